@@ -1,0 +1,270 @@
+//! TPM hash banks (TPM_ALG_ID per TCG Algorithm Registry) and PCR extend arithmetic.
+//!
+//! A bank is an open set in the specification, so it is an integer newtype with named
+//! constants: unknown algorithm IDs parse, round-trip and are reported by number.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rayon::prelude::*;
+use ring::digest;
+
+/// A TPM hash algorithm identifier (`TPM_ALG_ID`), i.e. a PCR bank.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HashAlg(pub u16);
+
+impl HashAlg {
+    pub const SHA1: HashAlg = HashAlg(0x0004);
+    pub const SHA256: HashAlg = HashAlg(0x000B);
+    pub const SHA384: HashAlg = HashAlg(0x000C);
+    pub const SHA512: HashAlg = HashAlg(0x000D);
+
+    /// The four banks systemd-measure computes by default, in its (sorted) output order.
+    pub const ALL: [HashAlg; 4] = [Self::SHA1, Self::SHA256, Self::SHA384, Self::SHA512];
+
+    /// Lower-case name as systemd and tpm2-tools print it, if the algorithm is known.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::SHA1 => "sha1",
+            Self::SHA256 => "sha256",
+            Self::SHA384 => "sha384",
+            Self::SHA512 => "sha512",
+            _ => return None,
+        })
+    }
+
+    /// Digest size in bytes, if the algorithm is one we can compute.
+    pub fn digest_size(self) -> Option<usize> {
+        self.ring_alg().map(|a| a.output_len())
+    }
+
+    fn ring_alg(self) -> Option<&'static digest::Algorithm> {
+        Some(match self {
+            Self::SHA1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+            Self::SHA256 => &digest::SHA256,
+            Self::SHA384 => &digest::SHA384,
+            Self::SHA512 => &digest::SHA512,
+            _ => return None,
+        })
+    }
+
+    /// Whether we can compute digests in this bank.
+    pub fn is_supported(self) -> bool {
+        self.ring_alg().is_some()
+    }
+
+    /// A streaming hasher for this bank.
+    pub fn hasher(self) -> Result<Hasher, UnsupportedAlg> {
+        self.ring_alg()
+            .map(|a| Hasher(digest::Context::new(a)))
+            .ok_or(UnsupportedAlg(self))
+    }
+
+    /// `H(data)` in this bank.
+    pub fn hash(self, data: &[u8]) -> Result<Digest, UnsupportedAlg> {
+        let mut h = self.hasher()?;
+        h.update(data);
+        Ok(h.finish())
+    }
+
+    /// The all-zero reset value of a PCR in this bank.
+    pub fn zero(self) -> Result<Digest, UnsupportedAlg> {
+        self.digest_size()
+            .map(|n| Digest(vec![0; n]))
+            .ok_or(UnsupportedAlg(self))
+    }
+}
+
+impl fmt::Debug for HashAlg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for HashAlg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(n) => f.write_str(n),
+            None => write!(f, "alg-0x{:04x}", self.0),
+        }
+    }
+}
+
+impl FromStr for HashAlg {
+    type Err = UnknownBankName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|b| b.name() == Some(lower.as_str()))
+            .ok_or_else(|| UnknownBankName(s.to_owned()))
+    }
+}
+
+/// A bank name that is not one of sha1, sha256, sha384, sha512.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown PCR bank {0:?} (expected sha1, sha256, sha384 or sha512)")]
+pub struct UnknownBankName(pub String);
+
+/// An algorithm we cannot compute.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("hash algorithm {0} is not supported")]
+pub struct UnsupportedAlg(pub HashAlg);
+
+/// A digest value of some bank.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub Vec<u8>);
+
+impl Digest {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    pub fn to_hex(&self) -> String {
+        hex::encode(&self.0)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// A streaming hash computation in one bank.
+#[derive(Clone)]
+pub struct Hasher(digest::Context);
+
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Hasher").field(self.0.algorithm()).finish()
+    }
+}
+
+impl Hasher {
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data)
+    }
+    pub fn finish(self) -> Digest {
+        Digest(self.0.finish().as_ref().to_vec())
+    }
+}
+
+/// The value of one PCR in one bank, with TPM2_PCR_Extend semantics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pcr {
+    bank: HashAlg,
+    value: Digest,
+}
+
+impl Pcr {
+    /// A PCR in its reset state (all zeros).
+    pub fn reset(bank: HashAlg) -> Result<Self, UnsupportedAlg> {
+        Ok(Pcr {
+            bank,
+            value: bank.zero()?,
+        })
+    }
+
+    /// A PCR holding `value`, which must have the bank's digest size.
+    pub fn with_value(bank: HashAlg, value: Digest) -> Result<Self, UnsupportedAlg> {
+        match bank.digest_size() {
+            Some(n) if n == value.0.len() => Ok(Pcr { bank, value }),
+            _ => Err(UnsupportedAlg(bank)),
+        }
+    }
+
+    pub fn bank(&self) -> HashAlg {
+        self.bank
+    }
+
+    pub fn value(&self) -> &Digest {
+        &self.value
+    }
+
+    /// `PCR := H(PCR || digest)`. The caller passes a digest of this bank's size.
+    pub fn extend(&mut self, digest: &Digest) {
+        let mut h = self
+            .bank
+            .hasher()
+            .expect("a Pcr only exists for a supported bank");
+        h.update(&self.value.0);
+        h.update(&digest.0);
+        self.value = h.finish();
+    }
+
+    /// `PCR := H(PCR || H(data))`, the way the stub and systemd-pcrphase measure bytes.
+    pub fn extend_data(&mut self, data: &[u8]) {
+        let d = self
+            .bank
+            .hash(data)
+            .expect("a Pcr only exists for a supported bank");
+        self.extend(&d);
+    }
+}
+
+/// Hashes `data` in every bank of `banks`, the banks in parallel (one pass of the data per
+/// bank, each on its own core where there is one).
+pub fn hash_all(banks: &[HashAlg], data: &[u8]) -> Result<Vec<Digest>, UnsupportedAlg> {
+    banks.par_iter().map(|b| b.hash(data)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_ids_display() {
+        for b in HashAlg::ALL {
+            assert_eq!(b.name().unwrap().parse::<HashAlg>().unwrap(), b);
+        }
+        assert_eq!("SHA256".parse::<HashAlg>().unwrap(), HashAlg::SHA256);
+        assert!("md5".parse::<HashAlg>().is_err());
+        assert_eq!(HashAlg(0x0012).to_string(), "alg-0x0012");
+        assert!(!HashAlg(0x0012).is_supported());
+    }
+
+    #[test]
+    fn ring_agrees_with_the_rustcrypto_implementations() {
+        use sha2::Digest as _;
+        let data = b"imgctl";
+        assert_eq!(
+            HashAlg::SHA1.hash(data).unwrap().0,
+            sha1::Sha1::digest(data).to_vec()
+        );
+        assert_eq!(
+            HashAlg::SHA256.hash(data).unwrap().0,
+            sha2::Sha256::digest(data).to_vec()
+        );
+        assert_eq!(
+            HashAlg::SHA384.hash(data).unwrap().0,
+            sha2::Sha384::digest(data).to_vec()
+        );
+        assert_eq!(
+            HashAlg::SHA512.hash(data).unwrap().0,
+            sha2::Sha512::digest(data).to_vec()
+        );
+    }
+
+    #[test]
+    fn extend_matches_the_published_pcrphase_vector() {
+        // ../shared/reference/systemd.md §9 E1: `.linux\0`, "A", then "enter-initrd" (sha256).
+        let mut p = Pcr::reset(HashAlg::SHA256).unwrap();
+        p.extend_data(b".linux\0");
+        p.extend_data(b"A");
+        assert_eq!(
+            p.value().to_hex(),
+            "0a7ff16282ca19a55360c6e428cad84a2965eeaf5bbe24010ca598c2fbe5d92a"
+        );
+        p.extend_data(b"enter-initrd");
+        assert_eq!(
+            p.value().to_hex(),
+            "2ccb64e2494a299a47994c804f7937bb5cbef8a849f2ca2d43d64f7c73e262c7"
+        );
+    }
+}

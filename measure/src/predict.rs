@@ -1,0 +1,295 @@
+//! PCR 11 prediction: the values a TPM shows after systemd-stub has measured a UKI's sections
+//! (the empty boot path) and after each systemd-pcrphase step.
+//!
+//! The output mirrors `systemd-measure calculate --json`: per bank, a list of
+//! `{"phase": PATH, "pcr": 11, "hash": HEX}` (no `phase` for the empty path).
+
+use std::fmt;
+use std::str::FromStr;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::bank::{Digest, HashAlg, Pcr};
+use crate::pcr11::{name_bytes, StubSemantics, DEFAULT_PHASE_PATHS, PCR_KERNEL_IMAGE};
+use crate::Error;
+
+/// A boot phase path: the pcrphase words extended after the stub, e.g.
+/// `enter-initrd:leave-initrd`. Empty words are dropped, as systemd-measure does, so `:` is the
+/// empty path (right after the stub).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct PhasePath(Vec<String>);
+
+impl PhasePath {
+    pub fn words(&self) -> &[String] {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The paths predicted when none are asked for: the empty path, then systemd-measure's
+    /// default paths.
+    pub fn defaults() -> Vec<PhasePath> {
+        std::iter::once(PhasePath::default())
+            .chain(
+                DEFAULT_PHASE_PATHS
+                    .iter()
+                    .map(|p| p.parse().unwrap_or_default()),
+            )
+            .collect()
+    }
+
+    /// Sorts and deduplicates paths the way systemd-measure does (`strv_sort_uniq` on the
+    /// normalised strings).
+    pub fn sort_uniq(mut paths: Vec<PhasePath>) -> Vec<PhasePath> {
+        paths.sort_by_key(|p| p.to_string());
+        paths.dedup();
+        paths
+    }
+}
+
+impl fmt::Display for PhasePath {
+    /// The normalised, colon-joined form; the empty path displays as an empty string.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(":"))
+    }
+}
+
+impl FromStr for PhasePath {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let words: Vec<String> = s
+            .split(':')
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(bad) = words
+            .iter()
+            .find(|w| !w.bytes().all(|b| b.is_ascii_graphic() && b != b':'))
+        {
+            return Err(Error::InvalidInput(format!(
+                "phase word {bad:?} in {s:?} must be printable ASCII without spaces"
+            )));
+        }
+        Ok(PhasePath(words))
+    }
+}
+
+/// A section of a UKI with the bytes the stub will measure.
+#[derive(Debug, Clone, Copy)]
+pub struct MeasuredSection<'a> {
+    pub name: &'a str,
+    pub data: &'a [u8],
+}
+
+/// The byte strings the stub hashes into PCR 11 for these sections, in measurement order.
+/// Sections the stub does not know, `.pcrsig`, and empty sections are left out; a measured
+/// section name present twice is an error (the stub would use only one of them).
+pub fn pcr11_event_data<'a>(
+    semantics: StubSemantics,
+    sections: &[MeasuredSection<'a>],
+) -> Result<Vec<(&'static str, Vec<u8>, &'a [u8])>, Error> {
+    let mut events = Vec::new();
+    for name in semantics.measured_sections() {
+        let mut found = sections
+            .iter()
+            .filter(|s| s.name == name && !s.data.is_empty());
+        if let Some(s) = found.next() {
+            if found.next().is_some() {
+                return Err(Error::InvalidInput(format!(
+                    "section {name} appears more than once; the stub measures only one"
+                )));
+            }
+            let (buf, n) = name_bytes(name);
+            events.push((name, buf[..n].to_vec(), s.data));
+        }
+    }
+    Ok(events)
+}
+
+/// One predicted value, serialised in systemd-measure's JSON shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PcrValue {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+    pub pcr: u32,
+    pub hash: String,
+}
+
+/// Predicted PCR 11 values, per bank in the order asked, per phase path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prediction {
+    pub banks: Vec<(HashAlg, Vec<(PhasePath, Digest)>)>,
+}
+
+impl Prediction {
+    /// `{"sha1":[{"phase":…,"pcr":11,"hash":…}],…}` exactly as systemd-measure prints it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for (bank, values) in &self.banks {
+            let list: Vec<PcrValue> = values
+                .iter()
+                .map(|(p, d)| PcrValue {
+                    phase: p.to_string(),
+                    pcr: PCR_KERNEL_IMAGE,
+                    hash: d.to_hex(),
+                })
+                .collect();
+            map.insert(
+                bank.to_string(),
+                serde_json::to_value(list).unwrap_or_default(),
+            );
+        }
+        serde_json::Value::Object(map)
+    }
+
+    /// The value for one bank and phase path.
+    pub fn get(&self, bank: HashAlg, phase: &PhasePath) -> Option<&Digest> {
+        self.banks
+            .iter()
+            .find(|(b, _)| *b == bank)?
+            .1
+            .iter()
+            .find(|(p, _)| p == phase)
+            .map(|(_, d)| d)
+    }
+}
+
+/// Predicts PCR 11 for the given sections in every bank and phase path.
+///
+/// Every (bank, event) digest is computed once, in parallel across both banks and sections, so
+/// large sections in slow banks (sha384/sha512) overlap with the rest.
+pub fn predict_pcr11(
+    semantics: StubSemantics,
+    sections: &[MeasuredSection<'_>],
+    banks: &[HashAlg],
+    phases: &[PhasePath],
+) -> Result<Prediction, Error> {
+    let events = pcr11_event_data(semantics, sections)?;
+    let inputs: Vec<&[u8]> = events
+        .iter()
+        .flat_map(|(_, name, data)| [name.as_slice(), *data])
+        .collect();
+    let jobs: Vec<(HashAlg, &[u8])> = banks
+        .iter()
+        .flat_map(|b| inputs.iter().map(move |d| (*b, *d)))
+        .collect();
+    let digests: Vec<Digest> = jobs
+        .par_iter()
+        .with_max_len(1)
+        .map(|(b, d)| b.hash(d))
+        .collect::<Result<_, _>>()?;
+
+    let mut out = Vec::with_capacity(banks.len());
+    for (i, bank) in banks.iter().enumerate() {
+        let mut pcr = Pcr::reset(*bank)?;
+        for d in &digests[i * inputs.len()..(i + 1) * inputs.len()] {
+            pcr.extend(d);
+        }
+        let mut values = Vec::with_capacity(phases.len());
+        for phase in phases {
+            let mut p = pcr.clone();
+            for word in phase.words() {
+                p.extend_data(word.as_bytes());
+            }
+            values.push((phase.clone(), p.value().clone()));
+        }
+        out.push((*bank, values));
+    }
+    Ok(Prediction { banks: out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e1(sections: &[MeasuredSection<'_>], phase: &str) -> String {
+        let p = predict_pcr11(
+            StubSemantics::Systemd252,
+            sections,
+            &[HashAlg::SHA256],
+            &[phase.parse().unwrap()],
+        )
+        .unwrap();
+        p.banks[0].1[0].1.to_hex()
+    }
+
+    /// ../shared/reference/systemd.md §9 E1, values printed by Debian's systemd-measure 252.
+    #[test]
+    fn reproduces_systemd_measure_vectors() {
+        let linux = MeasuredSection {
+            name: ".linux",
+            data: b"A",
+        };
+        let osrel = MeasuredSection {
+            name: ".osrel",
+            data: b"ID=test\n",
+        };
+        let cmdline = MeasuredSection {
+            name: ".cmdline",
+            data: b"quiet",
+        };
+        assert_eq!(
+            e1(&[linux], ":"),
+            "0a7ff16282ca19a55360c6e428cad84a2965eeaf5bbe24010ca598c2fbe5d92a"
+        );
+        assert_eq!(
+            e1(&[linux], "enter-initrd:leave-initrd:sysinit:ready"),
+            "7397cfd6bd191e12c42e759bbff70bc91e2348f1b4e0f8d4b06d25fd16026112"
+        );
+        // PE file order does not matter; canonical order does.
+        assert_eq!(
+            e1(&[cmdline, osrel, linux], "enter-initrd:leave-initrd"),
+            "6f7f5dc72a319ad014871af27a5b559a654f34135d8894d56d42a7e25a863810"
+        );
+    }
+
+    #[test]
+    fn phase_paths_normalise_like_systemd_measure() {
+        let p: PhasePath = "::enter-initrd::leave-initrd:".parse().unwrap();
+        assert_eq!(p.to_string(), "enter-initrd:leave-initrd");
+        assert!(":".parse::<PhasePath>().unwrap().is_empty());
+        assert!("enter initrd".parse::<PhasePath>().is_err());
+        let sorted = PhasePath::sort_uniq(vec![
+            "ready".parse().unwrap(),
+            ":".parse().unwrap(),
+            "ready".parse().unwrap(),
+        ]);
+        assert_eq!(sorted.len(), 2);
+        assert!(sorted[0].is_empty());
+    }
+
+    #[test]
+    fn duplicate_measured_sections_are_refused() {
+        let a = MeasuredSection {
+            name: ".linux",
+            data: b"A",
+        };
+        assert!(pcr11_event_data(StubSemantics::Upstream, &[a, a]).is_err());
+    }
+
+    #[test]
+    fn v252_ignores_sections_it_does_not_know() {
+        let linux = MeasuredSection {
+            name: ".linux",
+            data: b"A",
+        };
+        let uname = MeasuredSection {
+            name: ".uname",
+            data: b"6.1.0",
+        };
+        assert_eq!(e1(&[linux, uname], ":"), e1(&[linux], ":"));
+        let up = |s: &[MeasuredSection<'_>]| {
+            predict_pcr11(
+                StubSemantics::Upstream,
+                s,
+                &[HashAlg::SHA256],
+                &[PhasePath::default()],
+            )
+            .unwrap()
+        };
+        assert_ne!(up(&[linux, uname]), up(&[linux]));
+    }
+}
