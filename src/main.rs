@@ -1,1 +1,48 @@
-fn main() {}
+//! `imgctl`: build measured, immutable Linux OS images the systemd way, predict the PCRs a
+//! machine will show when it boots them, and verify afterwards what it booted.
+//!
+//! This binary only wires the library crates together: argument parsing, output rendering and
+//! exit codes. Each subcommand lives in its own module under `cmd/`.
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+mod cmd;
+
+/// Build measured, immutable Linux OS images and prove what a machine booted.
+///
+/// Exit status: 0 success; 1 failure (bad input, tool error); 2 usage error; commands that
+/// render a verdict (verify, audit, vm) document their own non-zero codes.
+#[derive(Debug, Parser)]
+#[command(
+    name = "imgctl",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Completions(cmd::completions::Args),
+    Manpage(cmd::completions::ManArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Completions(a) => cmd::completions::run(a, Cli::command()),
+        Command::Manpage(a) => cmd::completions::run_man(a, Cli::command()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("imgctl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

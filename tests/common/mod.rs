@@ -1,0 +1,80 @@
+//! Shared helpers for integration tests that run real peer tools and read real test data.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// True when running in CI (`CI=true`): missing tools or data are failures there.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Returns the tool's path if it exists. Outside CI a missing tool is reported loudly and the
+/// caller skips; in CI it panics, so that a skipped peer check can never pass silently.
+pub fn require_tool(path: &str, package: &str) -> Option<PathBuf> {
+    let p = if path.contains('/') {
+        PathBuf::from(path)
+    } else {
+        match which(path) {
+            Some(p) => p,
+            None => PathBuf::from(path),
+        }
+    };
+    if p.exists() {
+        return Some(p);
+    }
+    missing(&format!("peer tool {path} (Debian package {package}; run scripts/setup.sh)"));
+    None
+}
+
+/// Reports missing test prerequisites: panics in CI, prints a loud warning otherwise.
+pub fn missing(what: &str) {
+    if in_ci() {
+        panic!("CI=true and {what} is missing");
+    }
+    eprintln!("\n!!!!! SKIPPED: {what} is missing — this test did not check anything !!!!!\n");
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+}
+
+/// The shared data folder: `$IMGCTL_SHARED`, else `../shared` beside the repository.
+pub fn shared_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("IMGCTL_SHARED") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+    };
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        missing(&format!("shared test data folder {} (set IMGCTL_SHARED)", dir.display()));
+        None
+    }
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Path of the built imgctl binary.
+pub fn imgctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_imgctl"))
+}
+
+/// Runs a command, panicking with its stderr if it fails; returns stdout.
+pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
