@@ -113,10 +113,7 @@ impl<'a> Uki<'a> {
 
     /// The sections the stub sees when booting `profile` (0 when the UKI has no profiles):
     /// the base sections, overridden by the selected profile's. Each with its in-memory bytes.
-    pub fn sections_for_profile(
-        &self,
-        profile: u32,
-    ) -> Result<Vec<SectionData<'a>>, Error> {
+    pub fn sections_for_profile(&self, profile: u32) -> Result<Vec<SectionData<'a>>, Error> {
         let mut base: Vec<SectionData<'a>> = Vec::new();
         let mut profiles: Vec<Vec<SectionData<'a>>> = Vec::new();
         for s in &self.pe.sections {
