@@ -96,7 +96,7 @@ pub fn make_filesystem(
                 .arg(epoch.to_string());
         }
     }
-    // Timestamps must come from the arguments, never from the environment's clock.
-    cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
+    // Timestamps come from the arguments only (mksquashfs refuses both at once).
+    cmd.env_remove("SOURCE_DATE_EPOCH");
     run(&mut cmd, None).map(|_| ())
 }

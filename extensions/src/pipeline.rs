@@ -68,6 +68,15 @@ pub struct Manifest {
     pub files: Vec<FileRecord>,
 }
 
+impl Manifest {
+    pub fn filesystem_name(&self) -> &'static str {
+        match self.filesystem {
+            Filesystem::Erofs => "erofs",
+            Filesystem::Squashfs => "squashfs",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ReleaseRecord {
     pub path: String,
@@ -534,7 +543,11 @@ pub fn build(ext: &Extension, opts: &BuildOptions) -> Result<BuildOutput, Error>
     let vuuid = ext
         .verity_uuid
         .unwrap_or_else(|| Guid::v4_from(&sha256_of(&[b"imgctl verity uuid", &content_id])));
-    let tree = verity_of_file(&fs_image, VerityParams::new(&salt, vuuid.0)?)?;
+    let bs = ext.verity_block_size;
+    let tree = verity_of_file(
+        &fs_image,
+        VerityParams::with_block_sizes(&salt, vuuid.0, bs, bs)?,
+    )?;
     let root_hex = tree.root_hash_hex();
 
     // 5. Signature.
@@ -659,8 +672,8 @@ pub fn build(ext: &Extension, opts: &BuildOptions) -> Result<BuildOutput, Error>
             hash_algorithm: "sha256",
             salt: hex::encode(&salt),
             uuid: vuuid,
-            data_block_size: 4096,
-            hash_block_size: 4096,
+            data_block_size: bs,
+            hash_block_size: bs,
             data_blocks: tree.superblock.data_blocks,
             signed: signature.is_some(),
             certificate_fingerprint: signature

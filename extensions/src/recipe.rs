@@ -15,7 +15,7 @@
 //!   ARCHITECTURE: x86-64
 //! filesystem: erofs            # or squashfs
 //! signing: { key: key.pem, certificate: cert.pem }   # optional
-//! verity: { salt: HEX, uuid: UUID }                  # optional; derived from content otherwise
+//! verity: { salt: HEX, uuid: UUID, block_size: 4096 } # optional; salt/UUID derived from content
 //! ```
 //!
 //! Modes are read as octal text (`0755`, `"0755"` and `755` all mean rwxr-xr-x): the field is a
@@ -148,6 +148,10 @@ pub struct VeritySpec {
     /// Superblock UUID; default: derived like the salt.
     #[serde(default)]
     pub uuid: Option<String>,
+    /// Data and hash block size; default 4096 (veritysetup's default). systemd-repart 252 uses
+    /// 512.
+    #[serde(default)]
+    pub block_size: Option<u32>,
 }
 
 /// Where a file's content comes from.
@@ -183,6 +187,7 @@ pub struct Extension {
     pub signing: Option<SigningSpec>,
     pub verity_salt: Option<Vec<u8>>,
     pub verity_uuid: Option<Guid>,
+    pub verity_block_size: u32,
 }
 
 impl Extension {
@@ -321,6 +326,12 @@ impl ExtensionSpec {
                     .map_err(|e| recipe_err(format!("verity.uuid: {e}")))?,
             ),
         };
+        let verity_block_size = self.verity.block_size.unwrap_or(4096);
+        if !verity_block_size.is_power_of_two() || !(512..=4096).contains(&verity_block_size) {
+            return Err(recipe_err(format!(
+                "verity.block_size {verity_block_size} must be 512, 1024, 2048 or 4096"
+            )));
+        }
         Ok(Extension {
             kind: self.kind,
             name,
@@ -336,6 +347,7 @@ impl ExtensionSpec {
             }),
             verity_salt,
             verity_uuid,
+            verity_block_size,
         })
     }
 }

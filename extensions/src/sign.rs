@@ -4,7 +4,10 @@
 //! DER PKCS#7 SignedData, detached, over the root hash's lowercase hex string (no newline),
 //! SHA-256, no signed attributes (so that it is deterministic for RSA keys and carries no
 //! signing time), the signer certificate included:
-//! `openssl cms -sign -binary -noattr -nosmimecap -md sha256 -outform DER -signer CERT -inkey KEY`.
+//! `openssl smime -sign -binary -noattr -md sha256 -outform DER -signer CERT -inkey KEY`.
+//! `smime` goes through OpenSSL's PKCS7 API like systemd-repart's `PKCS7_sign()`, and gives the
+//! same bytes as repart 252 (the digest AlgorithmIdentifier carries NULL parameters; `openssl
+//! cms` omits them, which verifies the same but differs by bytes).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -70,7 +73,7 @@ impl Signer {
     pub fn sign(&self, content: &[u8]) -> Result<Vec<u8>, Error> {
         run(
             Command::new(&self.openssl)
-                .args(["cms", "-sign", "-binary", "-noattr", "-nosmimecap"])
+                .args(["smime", "-sign", "-binary", "-noattr"])
                 .args(["-md", "sha256", "-outform", "DER", "-signer"])
                 .arg(&self.cert)
                 .arg("-inkey")

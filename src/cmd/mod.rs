@@ -2,5 +2,6 @@
 
 pub mod build;
 pub mod completions;
+pub mod ext;
 pub mod inspect;
 pub mod predict;
