@@ -74,6 +74,22 @@ pub fn check_stub(stub: &PeFile<'_>) -> Result<(), Error> {
             stub.subsystem
         )));
     }
+    if stub.file_alignment > 0x10000 || stub.section_alignment < stub.file_alignment {
+        return Err(err(format!(
+            "unusable alignments (FileAlignment {:#x}, SectionAlignment {:#x}): the PE specification wants FileAlignment of at most 64 KiB and not above SectionAlignment",
+            stub.file_alignment, stub.section_alignment
+        )));
+    }
+    if stub.size_of_headers as usize > stub.data.len()
+        || stub.section_table_end() > stub.size_of_headers as usize
+    {
+        return Err(err(format!(
+            "SizeOfHeaders {:#x} does not cover the section table (ends at {:#x}) within the file ({:#x} bytes)",
+            stub.size_of_headers,
+            stub.section_table_end(),
+            stub.data.len()
+        )));
+    }
     if stub.is_signed() {
         return Err(err(
             "the stub carries an Authenticode signature; build from an unsigned stub and sign the UKI afterwards",
@@ -397,7 +413,9 @@ pub fn merge_sbat(parts: &[&[u8]]) -> Vec<u8> {
 
 /// Reads the `.sbat` section of a PE image as the stub will see it.
 pub fn pe_sbat(pe: &PeFile<'_>) -> Option<Vec<u8>> {
-    pe.section(".sbat").map(|s| pe.memory_data(s).into_owned())
+    pe.section(".sbat")
+        .and_then(|s| pe.memory_data(s).ok())
+        .map(|d| d.into_owned())
 }
 
 #[cfg(test)]
@@ -412,7 +430,7 @@ mod tests {
         assert_eq!(text.matches("sbat,1,SBAT Version").count(), 1);
         assert!(text.starts_with(SBAT_HEADER));
         assert!(text.contains("\nsystemd-stub,1,"));
-        assert!(text.ends_with("uki/\n\0"));
+        assert!(text.ends_with("unified_kernel_image/\n\0"));
     }
 
     #[test]

@@ -98,7 +98,7 @@ impl<'a> Uki<'a> {
     }
 
     pub fn identity(&self) -> StubIdentity {
-        let get = |n: &str| self.pe.section(n).map(|s| self.pe.memory_data(s));
+        let get = |n: &str| self.pe.section(n).and_then(|s| self.pe.memory_data(s).ok());
         StubIdentity::from_sections(get(".sdmagic").as_deref(), get(".sbat").as_deref())
     }
 
@@ -120,7 +120,7 @@ impl<'a> Uki<'a> {
             if s.name == ".profile" {
                 profiles.push(Vec::new());
             }
-            let entry = (s.name.clone(), self.pe.memory_data(s));
+            let entry = (s.name.clone(), self.pe.memory_data(s)?);
             match profiles.last_mut() {
                 Some(p) => p.push(entry),
                 None => base.push(entry),

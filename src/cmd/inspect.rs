@@ -57,11 +57,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let id = uki.identity();
     let semantics = id.semantics();
     let text = |name: &str| {
-        uki.pe.section(name).map(|s| {
-            let d = uki.pe.memory_data(s);
-            let end = d.iter().position(|&b| b == 0).unwrap_or(d.len());
-            String::from_utf8_lossy(&d[..end]).into_owned()
-        })
+        uki.pe
+            .section(name)
+            .and_then(|s| uki.pe.memory_data(s).ok())
+            .map(|d| {
+                let end = d.iter().position(|&b| b == 0).unwrap_or(d.len());
+                String::from_utf8_lossy(&d[..end]).into_owned()
+            })
     };
     let sections = uki
         .pe
@@ -75,7 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 virtual_size: s.virtual_size,
                 size_of_raw_data: s.size_of_raw_data,
                 measured: semantics.measured_sections().any(|m| m == s.name),
-                sha256: HashAlg::SHA256.hash(&uki.pe.memory_data(s))?.to_hex(),
+                sha256: HashAlg::SHA256.hash(&uki.pe.memory_data(s)?)?.to_hex(),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
