@@ -681,3 +681,100 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
         .unwrap();
     assert_clean_failure(&o, "broken", &out);
 }
+
+#[test]
+fn stub_sidecar_prediction_streams_the_archive_gnu_cpio_reads() {
+    use imgctl_extensions::stub::{archive, Sidecar};
+    let Some(cpio) = require_tool("cpio", "cpio") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        ("b.raw", vec![1u8; 5]),
+        ("a.raw", vec![2u8; 4099]),
+        ("c.confext.raw", vec![3u8; 7]),
+    ];
+    for (n, d) in &files {
+        std::fs::write(dir.path().join(n), d).unwrap();
+    }
+    let j: Value = serde_json::from_slice(&run_ok(
+        imgctl()
+            .args([
+                "ext",
+                "predict-pcrs",
+                "--stub",
+                "upstream",
+                "--bank",
+                "sha256",
+                "--json",
+            ])
+            .args(files.iter().map(|(n, _)| dir.path().join(n))),
+    ))
+    .unwrap();
+    // Sysext archive: a.raw then b.raw (strcmp order), confext excluded upstream.
+    let model = archive(
+        Sidecar::Sysext,
+        &[("a.raw", &files[1].1), ("b.raw", &files[0].1)],
+    )
+    .unwrap();
+    use sha2::Digest;
+    let ev = sha2::Sha256::digest(&model);
+    assert_eq!(j[0]["pcr"], 13);
+    assert_eq!(j[0]["files"], serde_json::json!(["a.raw", "b.raw"]));
+    assert_eq!(j[0]["banks"][0]["event_digest"], hex::encode(ev));
+    let pcr = sha2::Sha256::new()
+        .chain_update([0u8; 32])
+        .chain_update(ev)
+        .finalize();
+    assert_eq!(j[0]["banks"][0]["pcr_value"], hex::encode(pcr));
+    assert_eq!(j[1]["pcr"], 12);
+    assert_eq!(j[1]["files"], serde_json::json!(["c.confext.raw"]));
+
+    // GNU cpio unpacks the modelled archive to the stub's paths and modes.
+    let out = dir.path().join("x");
+    std::fs::create_dir(&out).unwrap();
+    let mut child = Command::new(&cpio)
+        .args(["-i", "-d", "--quiet", "--no-absolute-filenames"])
+        .current_dir(&out)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&model).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        std::fs::read(out.join(".extra/sysext/a.raw")).unwrap(),
+        files[1].1
+    );
+    assert_eq!(
+        std::fs::read(out.join(".extra/sysext/b.raw")).unwrap(),
+        files[0].1
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join(".extra/sysext/a.raw"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o444);
+
+    // systemd 252's stub packs every *.raw, confext included, into PCR 13 only.
+    let j: Value = serde_json::from_slice(&run_ok(
+        imgctl()
+            .args([
+                "ext",
+                "predict-pcrs",
+                "--stub",
+                "252",
+                "--bank",
+                "sha256",
+                "--json",
+            ])
+            .args(files.iter().map(|(n, _)| dir.path().join(n))),
+    ))
+    .unwrap();
+    assert_eq!(j.as_array().unwrap().len(), 1);
+    assert_eq!(
+        j[0]["files"],
+        serde_json::json!(["a.raw", "b.raw", "c.confext.raw"])
+    );
+}

@@ -34,6 +34,7 @@ pub mod recipe;
 pub mod release;
 pub mod sign;
 pub mod sigpart;
+pub mod stub;
 pub mod verity;
 
 use std::path::{Path, PathBuf};

@@ -820,3 +820,92 @@ pub fn inspect_file(path: &Path, verify: bool) -> Result<(Inspection, Option<Tre
     };
     Ok((inspection, check))
 }
+
+/// One sidecar archive's measurement as systemd-stub would make it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SidecarMeasurement {
+    pub pcr: u32,
+    pub description: &'static str,
+    /// File names in archive order.
+    pub files: Vec<String>,
+    /// Per bank: the event digest (hash of the archive) and the PCR value after extending it
+    /// into a reset PCR.
+    pub banks: Vec<SidecarBank>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SidecarBank {
+    pub bank: String,
+    pub event_digest: String,
+    pub pcr_value: String,
+}
+
+/// Predicts what systemd-stub measures for `files` placed in `<uki>.efi.extra.d/` (streamed,
+/// never loaded whole). Returns one entry per non-empty sidecar (sysext → PCR 13, confext →
+/// PCR 12 upstream only).
+pub fn predict_sidecars(
+    semantics: imgctl_measure::StubSemantics,
+    files: &[PathBuf],
+    banks: &[imgctl_measure::HashAlg],
+) -> Result<Vec<SidecarMeasurement>, Error> {
+    use crate::stub::{pcr_after, select, ArchiveHasher, Sidecar};
+    let mut by_name = BTreeMap::new();
+    for f in files {
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::Unsupported(format!("{}: no usable file name", f.display())))?;
+        if by_name.insert(name.to_owned(), f.clone()).is_some() {
+            return Err(Error::Unsupported(format!("{name} given twice")));
+        }
+    }
+    let names: Vec<&str> = by_name.keys().map(String::as_str).collect();
+    let mut out = Vec::new();
+    for sidecar in [Sidecar::Sysext, Sidecar::Confext] {
+        let chosen = select(semantics, sidecar, &names);
+        let mut h =
+            ArchiveHasher::new(sidecar, banks).map_err(|e| Error::Unsupported(e.to_string()))?;
+        for name in &chosen {
+            let path = &by_name[*name];
+            let mut f = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+            let len = f
+                .metadata()
+                .map_err(|e| Error::io(path, "reading", e))?
+                .len();
+            let size = u32::try_from(len).map_err(|_| {
+                Error::Unsupported(format!(
+                    "{}: cpio cannot hold files over 4 GiB",
+                    path.display()
+                ))
+            })?;
+            h.begin_file(name, size);
+            let mut buf = vec![0u8; CHUNK];
+            let mut left = len;
+            while left > 0 {
+                let n = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
+                f.read_exact(&mut buf[..n])
+                    .map_err(|e| Error::io(path, "reading", e))?;
+                h.data(&buf[..n]);
+                left -= n as u64;
+            }
+            h.end_file(size);
+        }
+        let Some(events) = h.finish() else { continue };
+        let mut rows = Vec::new();
+        for (bank, ev) in events {
+            let pcr = pcr_after(bank, &ev).map_err(|e| Error::Unsupported(e.to_string()))?;
+            rows.push(SidecarBank {
+                bank: bank.to_string(),
+                event_digest: ev.to_hex(),
+                pcr_value: pcr.to_hex(),
+            });
+        }
+        out.push(SidecarMeasurement {
+            pcr: sidecar.pcr(),
+            description: sidecar.description(),
+            files: chosen.iter().map(|s| s.to_string()).collect(),
+            banks: rows,
+        });
+    }
+    Ok(out)
+}

@@ -21,6 +21,53 @@ pub struct Args {
 enum ExtCommand {
     Build(BuildArgs),
     Inspect(InspectArgs),
+    Verity(VerityArgs),
+    PredictPcrs(PredictArgs),
+}
+
+/// Predict what systemd-stub measures for extension images placed next to a UKI
+/// (`<uki>.efi.extra.d/*.raw`): the sidecar cpio it builds, hashed into PCR 13 (sysext) and,
+/// upstream, PCR 12 (*.confext.raw). The PCR value assumes a reset PCR (true for 13).
+///
+/// Example: imgctl ext predict-pcrs images/demo-sysext/demo-sysext.raw --stub 252 --json
+#[derive(Debug, clap::Args)]
+struct PredictArgs {
+    /// The .raw files, named as they will be on the ESP.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Stub version: "252" (Debian 12) or "upstream".
+    #[arg(long, default_value = "252")]
+    stub: String,
+    /// PCR bank; repeat for several. Default: sha1, sha256, sha384, sha512.
+    #[arg(long = "bank", value_name = "BANK")]
+    banks: Vec<imgctl_measure::HashAlg>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Compute a dm-verity hash tree like `veritysetup format DATA HASH`: superblock plus tree,
+/// SHA-256, hashed in parallel on all cores. Prints the root hash.
+///
+/// Example: imgctl ext verity data.img data.verity --salt 0011 --uuid 11111111-2222-3333-4444-555555555555
+#[derive(Debug, clap::Args)]
+struct VerityArgs {
+    /// The data device (only whole blocks are covered, as with veritysetup).
+    data: PathBuf,
+    /// Where to write the superblock and hash tree.
+    hash: PathBuf,
+    /// Salt as hex ("-" for none).
+    #[arg(long)]
+    salt: String,
+    /// Superblock UUID.
+    #[arg(long)]
+    uuid: String,
+    /// Data and hash block size.
+    #[arg(long, default_value_t = 4096)]
+    block_size: u32,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Build an extension image from an extension recipe (YAML). Writes NAME.raw (confext:
@@ -60,6 +107,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         ExtCommand::Build(a) => run_build(a),
         ExtCommand::Inspect(a) => run_inspect(a),
+        ExtCommand::Verity(a) => run_verity(a),
+        ExtCommand::PredictPcrs(a) => run_predict(a),
     }
 }
 
@@ -161,4 +210,66 @@ fn run_inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn run_verity(args: VerityArgs) -> anyhow::Result<ExitCode> {
+    let salt = if args.salt == "-" {
+        Vec::new()
+    } else {
+        hex::decode(&args.salt).with_context(|| format!("--salt {:?} is not hex", args.salt))?
+    };
+    let uuid: imgctl_extensions::Guid = args.uuid.parse()?;
+    let params = imgctl_extensions::VerityParams::with_block_sizes(
+        &salt,
+        uuid.0,
+        args.block_size,
+        args.block_size,
+    )?;
+    let tree = imgctl_extensions::pipeline::verity_of_file(&args.data, params)?;
+    std::fs::write(&args.hash, &tree.hash_device)
+        .with_context(|| format!("writing {}", args.hash.display()))?;
+    if args.json {
+        crate::output::print_json(&serde_json::json!({
+            "root_hash": tree.root_hash_hex(),
+            "data_blocks": tree.superblock.data_blocks,
+            "hash_device_size": tree.hash_device.len(),
+        }))?;
+    } else {
+        println!("{}", tree.root_hash_hex());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
+    use imgctl_measure::{HashAlg, StubSemantics};
+    let semantics = match args.stub.as_str() {
+        "252" => StubSemantics::Systemd252,
+        "upstream" => StubSemantics::Upstream,
+        other => anyhow::bail!("--stub {other:?}: expected 252 or upstream"),
+    };
+    let banks = if args.banks.is_empty() {
+        HashAlg::ALL.to_vec()
+    } else {
+        args.banks
+    };
+    let m = imgctl_extensions::pipeline::predict_sidecars(semantics, &args.images, &banks)?;
+    if m.is_empty() {
+        eprintln!(
+            "imgctl: none of these files would be picked up by the stub; nothing is measured"
+        );
+    }
+    if args.json {
+        crate::output::print_json(&m)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in &m {
+        println!("PCR {} \"{}\": {}", s.pcr, s.description, s.files.join(" "));
+        for b in &s.banks {
+            println!(
+                "  {:<7} event {}  pcr {}",
+                b.bank, b.event_digest, b.pcr_value
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
