@@ -10,12 +10,13 @@
 //! Pure format modules (bytes in, bytes out): [`verity`] (superblock and hash tree, parallel),
 //! [`gpt`] (writer and reader), [`dps`] (partition types), [`sigpart`] (signature partition
 //! JSON), [`release`] (kinds, names, extension-release, allowed hierarchies), [`fsverity`],
-//! [`inspect`] (what an image's headers say, checked against each other), [`recipe`] (the YAML
-//! schema). Modules that run programs or touch files say so: [`mkfs`] (mkfs.erofs/mksquashfs),
+//! [`stub`] (the cpio systemd-stub builds from `*.raw` files next to a UKI, and the PCR 13/12
+//! extend), [`inspect`] (what an image's headers say, checked against each other), [`recipe`]
+//! (the YAML schema). Modules that run programs or touch files say so: [`mkfs`] (mkfs.erofs/mksquashfs),
 //! [`sign`] (openssl), [`pipeline`] (the build, written atomically, and reading images back).
 //!
-//! It does not mount, merge or activate extensions, and it does not predict PCR 12/13 for
-//! extensions handed to systemd-stub (the stub's cpio layout is not confirmed here).
+//! It does not mount, merge or activate extensions (systemd-sysext does), and it does not sign
+//! with keys it holds itself: signing goes through openssl.
 //!
 //! ```
 //! use imgctl_extensions::verity::{format, VerityParams};
