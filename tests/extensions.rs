@@ -627,6 +627,19 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
     let o = build(&f.recipe("a/b", ""), &out);
     assert_clean_failure(&o, "contains a slash", &out);
 
+    // A recipe file whose parent is a symlink in the tree (it would write outside the stage).
+    std::os::unix::fs::symlink("/tmp", f.path("tree/usr/share/link")).unwrap();
+    let r = f.recipe("link", "");
+    let text = std::fs::read_to_string(&r).unwrap().replace(
+        "files:\n",
+        "files:\n  - {path: /usr/share/link/x, content: boom}\n",
+    );
+    std::fs::write(&r, text).unwrap();
+    let o = build(&r, &out);
+    assert_clean_failure(&o, "its parent /usr/share/link is not a folder", &out);
+    assert!(!Path::new("/tmp/x").exists() || std::fs::read("/tmp/x").unwrap() != b"boom");
+    std::fs::remove_file(f.path("tree/usr/share/link")).unwrap();
+
     // No mkfs.erofs on PATH.
     let empty = f.path("empty-path");
     std::fs::create_dir(&empty).unwrap();

@@ -196,22 +196,26 @@ fn walk(
     Ok(())
 }
 
-fn add_parents(nodes: &mut BTreeMap<String, Node>, path: &str) {
+/// Adds the folders leading to `path`; a parent that is not a folder (say a symlink in the tree)
+/// is refused, so that nothing is ever written through a link out of the staging folder.
+fn add_parents(nodes: &mut BTreeMap<String, Node>, path: &str) -> Result<(), Error> {
     let mut acc = String::new();
-    for comp in path
-        .split('/')
-        .collect::<Vec<_>>()
-        .iter()
-        .rev()
-        .skip(1)
-        .rev()
-    {
+    let comps: Vec<&str> = path.split('/').collect();
+    for comp in &comps[..comps.len().saturating_sub(1)] {
         if !acc.is_empty() {
             acc.push('/');
         }
         acc.push_str(comp);
-        nodes.entry(acc.clone()).or_insert(Node::Dir);
+        match nodes.entry(acc.clone()).or_insert(Node::Dir) {
+            Node::Dir => {}
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "/{path}: its parent /{acc} is not a folder in the tree"
+                )))
+            }
+        }
     }
+    Ok(())
 }
 
 /// The tree to stage: the recipe's tree, its `files`, and the extension-release file.
@@ -244,7 +248,7 @@ fn plan_tree(ext: &Extension) -> Result<(BTreeMap<String, Node>, String, String)
                 mode: f.mode.unwrap_or(0o644),
             },
         };
-        add_parents(&mut nodes, &f.path);
+        add_parents(&mut nodes, &f.path)?;
         nodes.insert(f.path.clone(), node);
     }
     let rel = release_path(ext.kind, &ext.name);
@@ -254,7 +258,7 @@ fn plan_tree(ext: &Extension) -> Result<(BTreeMap<String, Node>, String, String)
         )));
     }
     let content = ext.release.render();
-    add_parents(&mut nodes, &rel);
+    add_parents(&mut nodes, &rel)?;
     nodes.insert(
         rel.clone(),
         Node::File {
@@ -790,9 +794,14 @@ pub fn inspect_file(path: &Path, verify: bool) -> Result<(Inspection, Option<Tre
             }
             let params = VerityParams::from_superblock(sb)?;
             let covered = sb.data_blocks.saturating_mul(u64::from(sb.data_block_size));
-            if covered > data.size() {
+            let file_len = f
+                .metadata()
+                .map_err(|e| Error::io(path, "reading", e))?
+                .len();
+            // Both bounds keep the leaf digests' allocation proportional to the file's size.
+            if covered > data.size() || data.offset().saturating_add(data.size()) > file_len {
                 return Err(Error::Unsupported(format!(
-                    "{}: verity covers more than the data partition",
+                    "{}: verity covers more than the data partition, or the partition extends past the end of the file",
                     path.display()
                 )));
             }
