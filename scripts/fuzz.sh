@@ -25,9 +25,9 @@ m = json.load(open(f"{img}/manifest.json")); data = open(f"{img}/{m['image']}", 
 parts = {p["designator"]: p for p in m["partitions"]}
 if t == "gpt": seed = data[:17408]
 else:
-    p = next(p for d, p in parts.items() if d.endswith("verity" if t == "verity_superblock" else "verity-sig"))
-    seed = data[p["offset"]:p["offset"] + (512 if t == "verity_superblock" else p["size"])]
-open(f"{corpus}/seed", "wb").write(seed)
+    p = next((p for d, p in parts.items() if d.endswith("verity" if t == "verity_superblock" else "verity-sig")), None)
+    seed = p and data[p["offset"]:p["offset"] + (512 if t == "verity_superblock" else p["size"])]
+if seed: open(f"{corpus}/seed", "wb").write(seed)
 PY
       ;;
     *eventlog*|*tcg*) find "$shared/testdata/eventlogs" -type f -name '*.bin' -size -200k -exec cp -f {} "$corpus/" \; 2>/dev/null || true ;;
