@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod cmd;
+mod vm;
 
 /// Build measured, immutable Linux OS images and prove what a machine booted.
 ///
@@ -30,6 +31,7 @@ pub struct Cli {
 enum Command {
     Completions(cmd::completions::Args),
     Manpage(cmd::completions::ManArgs),
+    Vm(cmd::vm::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Manpage(a) => cmd::completions::run_man(a, Cli::command()),
+        Command::Vm(a) => cmd::vm::run(a),
     };
     match result {
         Ok(code) => code,
