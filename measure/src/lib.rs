@@ -11,6 +11,7 @@
 //! - [`predict`]: PCR 11 prediction per bank and boot phase, in `systemd-measure`'s JSON shape.
 //! - [`pe`]: a bounds-checked PE/COFF reader; [`authenticode`]: the PE image hash (PCR 4).
 //! - [`guest_report`]: the PCRs and event log a booted demo guest prints on its console.
+//! - [`uki`]: UKI sections per profile and the identity of the stub inside.
 //! - [`reader`]: the cursor every parser of untrusted bytes reads through.
 //!
 //! What it deliberately does not do: build images (`imgctl-builder`), talk to a TPM, or read
@@ -32,6 +33,7 @@ pub mod pcr11;
 pub mod pe;
 pub mod predict;
 pub mod reader;
+pub mod uki;
 
 use std::fmt;
 
@@ -39,6 +41,7 @@ pub use bank::{Digest, HashAlg, Pcr};
 pub use pcr11::StubSemantics;
 pub use pe::PeFile;
 pub use predict::{predict_pcr11, MeasuredSection, PhasePath, Prediction};
+pub use uki::{StubIdentity, Uki};
 
 /// A malformed input: where, in which field, and what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
