@@ -55,6 +55,8 @@ impl Accel {
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub uki: PathBuf,
+    /// How to name the image in messages (the recipe or UKI the user gave).
+    pub label: String,
     pub timeout: Duration,
     pub secure_boot: bool,
     pub accel: Accel,
@@ -405,7 +407,7 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
     let accel = resolve_accel(cfg.accel, &tools);
     eprintln!(
         "imgctl vm: booting {} with {} ({}Secure Boot)",
-        cfg.uki.display(),
+        cfg.label,
         match accel {
             Accel::Kvm => "KVM",
             _ => "TCG emulation",

@@ -1,6 +1,7 @@
 //! `imgctl vm (RECIPE | UKI)`: boot an image under QEMU + OVMF + swtpm and report what the
 //! guest's TPM showed.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -50,14 +51,28 @@ pub struct Args {
     json: bool,
 }
 
+/// `--json` output.
+#[derive(Debug, serde::Serialize)]
+struct JsonOut<'a> {
+    result: &'a str,
+    accel: &'a str,
+    seconds: f64,
+    init_reached: bool,
+    /// Bank name → PCR index → lower-case hex.
+    pcrs: BTreeMap<String, BTreeMap<u32, String>>,
+    event_log_bytes: Option<usize>,
+    capture: Option<&'a Path>,
+}
+
 const EXIT_NOT_DONE: u8 = 3;
 const EXIT_TIMEOUT: u8 = 4;
 const EXIT_INTERRUPTED: u8 = 130;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let uki = uki_for(&args.input)?;
+    let (uki, _built) = uki_for(&args.input)?;
     vm::install_signal_handler();
     let cfg = VmConfig {
+        label: args.input.display().to_string(),
         uki,
         timeout: Duration::from_secs(args.timeout),
         secure_boot: args.secure_boot,
@@ -103,16 +118,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     if args.json {
-        let out = serde_json::json!({
-            "result": result,
-            "accel": run.accel.name(),
-            "seconds": (run.elapsed.as_secs_f64() * 10.0).round() / 10.0,
-            "init_reached": report.init_reached,
-            "pcrs": report.pcrs_by_bank(),
-            "event_log_bytes": report.event_log.as_ref().map(Vec::len),
-            "capture": args.capture,
-        });
-        println!("{out:#}");
+        let out = JsonOut {
+            result,
+            accel: run.accel.name(),
+            seconds: (run.elapsed.as_secs_f64() * 10.0).round() / 10.0,
+            init_reached: report.init_reached,
+            pcrs: report.pcrs_by_bank(),
+            event_log_bytes: report.event_log.as_ref().map(Vec::len),
+            capture: args.capture.as_deref(),
+        };
+        let out = serde_json::to_string_pretty(&out)?;
+        println!("{out}");
     } else {
         let banks: Vec<String> = report
             .pcrs
@@ -140,20 +156,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-/// The UKI to boot: the input itself if it is a PE file.
-fn uki_for(input: &Path) -> anyhow::Result<PathBuf> {
+/// The UKI to boot: the input itself if it is a PE file, else the recipe assembled in memory
+/// and written to a temporary file (kept until the returned guard drops).
+fn uki_for(input: &Path) -> anyhow::Result<(PathBuf, Option<tempfile::TempPath>)> {
     let mut magic = [0u8; 2];
     let mut f =
         std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
     let n = std::io::Read::read(&mut f, &mut magic)
         .with_context(|| format!("reading {}", input.display()))?;
     if n == 2 && &magic == b"MZ" {
-        return Ok(input.to_path_buf());
+        return Ok((input.to_path_buf(), None));
     }
-    bail!(
-        "{}: not a PE image (no MZ header); building a recipe first is not available in this build, run `imgctl build` and pass the UKI",
-        input.display()
-    )
+    let uki = crate::uki_input::load_uki(input)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix("imgctl-vm-")
+        .suffix(".efi")
+        .tempfile()
+        .context("creating a temporary file for the UKI")?;
+    std::io::Write::write_all(&mut tmp, &uki).context("writing the UKI")?;
+    let path = tmp.into_temp_path();
+    Ok((path.to_path_buf(), Some(path)))
 }
 
 fn stderr_note(stderr: &str) -> String {
