@@ -438,3 +438,62 @@ fn an_input_that_is_neither_a_uki_nor_a_recipe_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("junk.bin"), "{err}");
 }
+
+/// The capture in ../shared (made on this machine kind with an objcopy UKI on systemd-stub
+/// 252): tpm2_eventlog's replay equals the PCRs that guest read, and when our demo kernel is
+/// the one that booted there, its PCR 4 event holds our Authenticode hash of it.
+#[test]
+fn the_shared_ovmf_swtpm_capture_replays_and_measures_the_kernel_by_authenticode() {
+    use sha2::Digest as _;
+    if common::require_tool("tpm2_eventlog", "tpm2-tools").is_none() {
+        return;
+    }
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let dir = shared.join("testdata/eventlogs/ovmf-swtpm");
+    let log = tpm2_eventlog(&dir.join("ovmf-stub252-eventlog.bin"));
+    let read = std::fs::read_to_string(dir.join("ovmf-stub252-pcrs.txt")).unwrap();
+    let mut compared = 0;
+    for line in read.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [_, bank, index, hex] = f[..] else {
+            panic!("bad line {line:?}")
+        };
+        let index: u32 = index.parse().unwrap();
+        if let Some(replayed) = log.pcrs.get(bank).and_then(|b| b.get(&index)) {
+            assert_eq!(*replayed, hex.to_ascii_lowercase(), "{bank} PCR {index}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 20, "only {compared} PCRs compared");
+
+    let kernel_path = common::repo_root().join(".cache/demo/vmlinuz");
+    let Ok(kernel) = std::fs::read(&kernel_path) else {
+        common::missing("the demo kernel .cache/demo/vmlinuz (run scripts/setup.sh)");
+        return;
+    };
+    let inputs = std::fs::read_to_string(dir.join("ovmf-stub252-inputs.sha256")).unwrap();
+    let want = inputs
+        .lines()
+        .find(|l| l.ends_with(" vmlinuz"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap();
+    if hex::encode(sha2::Sha256::digest(&kernel)) != want {
+        common::missing("the kernel of the shared capture (Debian updated linux-image since)");
+        return;
+    }
+    let pe = PeFile::parse(&kernel).unwrap();
+    let ours = authenticode_digests(&pe, &[HashAlg::SHA1, HashAlg::SHA256]).unwrap();
+    let event = log
+        .events
+        .iter()
+        .find(|e| {
+            e.pcr == 4
+                && e.kind == "EV_EFI_BOOT_SERVICES_APPLICATION"
+                && e.image_length == Some(kernel.len() as u64)
+        })
+        .expect("a PCR 4 application event for the kernel");
+    assert_eq!(event.digests["sha1"], ours[0].to_hex());
+    assert_eq!(event.digests["sha256"], ours[1].to_hex());
+}
