@@ -2,6 +2,7 @@
 //! "Calculated message digest" must equal our hash of the signed file (certificate table
 //! excluded) and of the unsigned file padded to 8 bytes, as sbsign pads it before signing
 //! (reference systemd.md §5.2, E6).
+#![allow(clippy::unwrap_used)] // reason: test code; a panic is a test failure
 
 mod common;
 

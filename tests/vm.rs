@@ -4,6 +4,7 @@
 //!
 //! The two demo boots are shared by the tests in this file (run once, in parallel); under TCG
 //! emulation each takes about 15–30 s on a 2-core machine.
+#![allow(clippy::unwrap_used)] // reason: test code; a panic is a test failure
 
 mod common;
 
