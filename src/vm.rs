@@ -25,6 +25,8 @@ use imgctl_measure::guest_report::MARK_DONE;
 
 /// Where Debian's `ovmf` package puts the firmware; `IMGCTL_OVMF_DIR` overrides it.
 const OVMF_DIR: &str = "/usr/share/OVMF";
+/// What OVMF's boot manager prints when every boot option failed; it then waits for a key.
+const OVMF_NOTHING_BOOTABLE: &str = "No bootable option or device was found";
 /// How long the guest may take to power off after printing its done marker.
 const POWEROFF_GRACE: Duration = Duration::from_secs(15);
 /// How long OVMF may take to reach its boot manager under KVM before KVM is declared broken.
@@ -72,6 +74,8 @@ pub enum Ending {
     Done,
     /// QEMU exited without the done marker (guest powered off, reset, or QEMU failed).
     Exited(ExitStatus),
+    /// OVMF found nothing it could start (with Secure Boot: the UKI's signature was refused).
+    NothingBootable,
     /// `timeout` passed first.
     TimedOut,
     /// SIGINT or SIGTERM.
@@ -325,7 +329,8 @@ fn stream(out: Option<impl Read + Send + 'static>, echo: bool) -> mpsc::Receiver
     rx
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
@@ -482,6 +487,10 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
             console.extend_from_slice(&chunk);
             if done_at.is_none() && contains(&console[from..], MARK_DONE.as_bytes()) {
                 done_at = Some(Instant::now());
+            }
+            let from = from.saturating_sub(OVMF_NOTHING_BOOTABLE.len());
+            if contains(&console[from..], OVMF_NOTHING_BOOTABLE.as_bytes()) {
+                break Ending::NothingBootable;
             }
         }
         if let Ok(Some(status)) = run.children[q].1.try_wait() {

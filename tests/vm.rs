@@ -498,3 +498,25 @@ fn the_shared_ovmf_swtpm_capture_replays_and_measures_the_kernel_by_authenticode
     assert_eq!(event.digests["sha1"], ours[0].to_hex());
     assert_eq!(event.digests["sha256"], ours[1].to_hex());
 }
+
+#[test]
+fn secure_boot_firmware_refuses_the_unsigned_demo_uki() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let uki = build_demo(dir.path(), None);
+    let tmpdir = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmpdir).unwrap();
+    let out = common::imgctl()
+        .arg("vm")
+        .arg(&uki)
+        .args(["--secure-boot", "--timeout", "120", "--quiet"])
+        .env("TMPDIR", &tmpdir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("Secure Boot rejected its signature"), "{err}");
+    assert!(processes_mentioning(&tmpdir).is_empty());
+}

@@ -19,7 +19,8 @@ use crate::vm::{self, Accel, Ending, VmConfig};
 /// up on every exit, Ctrl-C included.
 ///
 /// Exit status: 0 the guest printed `IMGCTL-DEMO: done`; 1 error (bad input, missing tool,
-/// unreadable report); 3 the guest stopped without the done marker; 4 timeout; 130
+/// unreadable report); 3 the guest stopped without the done marker, or the firmware found
+/// nothing bootable (e.g. Secure Boot refused the UKI); 4 timeout; 130
 /// interrupted (SIGINT/SIGTERM).
 ///
 /// Example: imgctl vm images/demo/demo.efi --capture /tmp/boot --timeout 120
@@ -95,6 +96,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Some(format!(
                 "the guest stopped without printing `{MARK_DONE}` (QEMU {status}){}",
                 stderr_note(&run.qemu_stderr)
+            )),
+        ),
+        Ending::NothingBootable => (
+            "not-booted",
+            EXIT_NOT_DONE,
+            Some(format!(
+                "the firmware found nothing bootable{}; stopped QEMU and swtpm",
+                if vm::contains(&run.console, b"Access Denied") {
+                    " (it refused \\EFI\\BOOT\\BOOTX64.EFI: Access Denied, i.e. Secure Boot rejected its signature)"
+                } else {
+                    ""
+                }
             )),
         ),
         Ending::TimedOut => (
