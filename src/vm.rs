@@ -25,6 +25,8 @@ use imgctl_measure::guest_report::MARK_DONE;
 
 /// Where Debian's `ovmf` package puts the firmware; `IMGCTL_OVMF_DIR` overrides it.
 const OVMF_DIR: &str = "/usr/share/OVMF";
+/// What QEMU prints (and then stops the guest, without exiting) when KVM cannot run the code.
+const KVM_INTERNAL_ERROR: &str = "KVM internal error";
 /// What OVMF's boot manager prints when every boot option failed; it then waits for a key.
 const OVMF_NOTHING_BOOTABLE: &str = "No bootable option or device was found";
 /// How long the guest may take to power off after printing its done marker.
@@ -76,6 +78,8 @@ pub enum Ending {
     Exited(ExitStatus),
     /// OVMF found nothing it could start (with Secure Boot: the UKI's signature was refused).
     NothingBootable,
+    /// QEMU stopped the guest with an error of its own (e.g. "KVM internal error").
+    QemuFailed,
     /// `timeout` passed first.
     TimedOut,
     /// SIGINT or SIGTERM.
@@ -478,6 +482,7 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
     let rx = stream(run.children[q].1.stdout.take(), cfg.echo);
     let mut console = Vec::new();
     let mut done_at: Option<Instant> = None;
+    let mut last_stderr_check = start;
     let ending = loop {
         if INTERRUPTED.load(Ordering::SeqCst) {
             break Ending::Interrupted;
@@ -502,6 +507,13 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
                 break Ending::Done;
             }
             break Ending::Exited(status);
+        }
+        if last_stderr_check.elapsed() >= Duration::from_secs(1) {
+            last_stderr_check = Instant::now();
+            let err = std::fs::read_to_string(&stderr_file).unwrap_or_default();
+            if err.contains(KVM_INTERNAL_ERROR) {
+                break Ending::QemuFailed;
+            }
         }
         if done_at.is_some_and(|t| t.elapsed() > POWEROFF_GRACE) {
             break Ending::Done;

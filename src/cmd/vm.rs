@@ -110,6 +110,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             )),
         ),
+        Ending::QemuFailed => (
+            "qemu-failed",
+            EXIT_NOT_DONE,
+            Some(format!(
+                "QEMU stopped the guest{}; try --accel tcg",
+                stderr_note(&run.qemu_stderr)
+            )),
+        ),
         Ending::TimedOut => (
             "timeout",
             EXIT_TIMEOUT,
@@ -191,13 +199,17 @@ fn uki_for(input: &Path) -> anyhow::Result<(PathBuf, Option<tempfile::TempPath>)
     Ok((path.to_path_buf(), Some(path)))
 }
 
+/// QEMU's first few stderr lines (a KVM failure is followed by a long register dump).
 fn stderr_note(stderr: &str) -> String {
-    let s = stderr.trim();
-    if s.is_empty() {
-        String::new()
-    } else {
-        format!("; QEMU said: {s}")
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
     }
+    let more = if lines.len() > 3 { " …" } else { "" };
+    format!(
+        "; QEMU said: {}{more}",
+        lines[..lines.len().min(3)].join(" / ")
+    )
 }
 
 /// Writes console.log always, pcrs.json and eventlog.bin when the report has them.
