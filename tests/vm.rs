@@ -520,3 +520,45 @@ fn secure_boot_firmware_refuses_the_unsigned_demo_uki() {
     assert!(err.contains("Secure Boot rejected its signature"), "{err}");
     assert!(processes_mentioning(&tmpdir).is_empty());
 }
+
+#[test]
+fn sigint_and_sigterm_stop_the_guest_and_clean_up() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let uki = build_demo(dir.path(), None);
+    for signal in ["-INT", "-TERM"] {
+        let tmpdir = dir.path().join(format!("tmp{signal}"));
+        std::fs::create_dir_all(&tmpdir).unwrap();
+        let mut child = common::imgctl()
+            .arg("vm")
+            .arg(&uki)
+            .args(["--accel", "tcg", "--quiet", "--timeout", "120"])
+            .env("TMPDIR", &tmpdir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until both swtpm and QEMU run.
+        let start = Instant::now();
+        while processes_mentioning(&tmpdir).len() < 2 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "QEMU never started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        common::run_ok(
+            std::process::Command::new("kill")
+                .arg(signal)
+                .arg(child.id().to_string()),
+        );
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{signal}: {err}");
+        assert!(err.contains("interrupted; stopped QEMU and swtpm"), "{err}");
+        assert_eq!(processes_mentioning(&tmpdir), Vec::<String>::new());
+        assert_eq!(std::fs::read_dir(&tmpdir).unwrap().count(), 0);
+    }
+}
