@@ -338,7 +338,9 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Makes a FAT image holding `uki` as `\EFI\BOOT\BOOTX64.EFI`.
+/// Makes a FAT image holding `uki` as `\EFI\BOOT\BOOTX64.EFI`. Same UKI, same image bytes:
+/// fixed volume ID, `mkfs.vfat --invariant`, and mtools timestamps from SOURCE_DATE_EPOCH=0
+/// (directories) and the UKI's own mtime (`mcopy -m`).
 fn make_esp(tools: &Tools, uki: &Path, image: &Path) -> anyhow::Result<()> {
     let uki_size = std::fs::metadata(uki)
         .with_context(|| format!("reading {}", uki.display()))?
@@ -355,12 +357,13 @@ fn make_esp(tools: &Tools, uki: &Path, image: &Path) -> anyhow::Result<()> {
     let image_s = image.as_os_str();
     run_quiet(
         Command::new(&tools.mkfs_vfat)
-            .args(["-i", "494d4743", "-n", "IMGCTL-ESP"])
+            .args(["--invariant", "-i", "494d4743", "-n", "IMGCTL-ESP"])
             .arg(image_s),
         "mkfs.vfat",
     )?;
     run_quiet(
         Command::new(&tools.mmd)
+            .env("SOURCE_DATE_EPOCH", "0")
             .arg("-i")
             .arg(image_s)
             .args(["::/EFI", "::/EFI/BOOT"]),
@@ -368,7 +371,8 @@ fn make_esp(tools: &Tools, uki: &Path, image: &Path) -> anyhow::Result<()> {
     )?;
     run_quiet(
         Command::new(&tools.mcopy)
-            .arg("-i")
+            .env("SOURCE_DATE_EPOCH", "0")
+            .args(["-m", "-i"])
             .arg(image_s)
             .arg(uki)
             .arg("::/EFI/BOOT/BOOTX64.EFI"),
