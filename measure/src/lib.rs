@@ -30,6 +30,7 @@ pub mod pcr11;
 pub mod pe;
 pub mod predict;
 pub mod reader;
+pub mod tlog;
 
 use std::fmt;
 
