@@ -79,6 +79,7 @@ fn read_vkey(dir: &Path) -> Result<NoteVerifier, Error> {
 
 /// Creates a new, empty log in `dir` signed by `signer` (origin = the key's name).
 pub fn init(dir: &Path, signer: &NoteSigner) -> Result<String, Error> {
+    let dir = &std::path::absolute(dir).map_err(io_err(dir))?;
     if dir.join(CHECKPOINT).exists() {
         return Err(Error::Log(format!(
             "{} already holds a log (checkpoint exists)",
@@ -165,6 +166,7 @@ impl Appender {
     /// crashed process left, and loads the tree's right edge, checking it against the signed
     /// checkpoint.
     pub fn open(dir: &Path, signer: NoteSigner) -> Result<Appender, Error> {
+        let dir = &std::path::absolute(dir).map_err(io_err(dir))?;
         let vkey = read_vkey(dir)?;
         if &vkey != signer.verifier() {
             return Err(Error::Log(format!(
