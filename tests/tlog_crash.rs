@@ -5,6 +5,8 @@
 //!
 //! IMGCTL_CRASH_KILLS sets the number of kills (default 200); IMGCTL_CRASH_SEED the seed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: test code
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

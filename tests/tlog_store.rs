@@ -2,6 +2,8 @@
 //! imgctl wrote; tampering is detected with a message that says what; the client works over
 //! HTTP; concurrent appenders are serialised.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: test code
+
 mod common;
 
 use std::io::{Read, Write};

@@ -3,6 +3,8 @@
 //! reference tree of 8 leaves (roots at every size, and our generated proofs equal the
 //! published ones), and the C2SP signed-note example.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: test code
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -370,7 +370,7 @@ impl Trust {
         let witnesses = t
             .witness
             .iter()
-            .map(|w| Ok(NoteVerifier::parse_vkey(&key_arg(w)?).context("--witness")?))
+            .map(|w| NoteVerifier::parse_vkey(&key_arg(w)?).context("--witness"))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let min = t.min_witnesses.unwrap_or(witnesses.len());
         Ok(Trust {

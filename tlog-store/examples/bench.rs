@@ -38,7 +38,10 @@ fn du(p: &Path) -> (u64, u64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let base = PathBuf::from(args.get(1).expect("DIR"));
-    let n: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = args
+        .get(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let batch: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let per_entry_n: u64 = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(2_000);
 
@@ -56,7 +59,11 @@ fn main() {
     }
     let el = t.elapsed();
     drop(a);
-    println!("batched: {n} entries in batches of {batch}: {:.2?} = {:.0} entries/s", el, n as f64 / el.as_secs_f64());
+    println!(
+        "batched: {n} entries in batches of {batch}: {:.2?} = {:.0} entries/s",
+        el,
+        n as f64 / el.as_secs_f64()
+    );
     let (bytes, files) = du(&dir);
     println!("storage: {bytes} bytes in {files} files = {:.1} bytes/entry (entries themselves {:.1} bytes/entry)", bytes as f64 / n as f64, entry_bytes as f64 / n as f64);
 
@@ -76,12 +83,19 @@ fn main() {
         let s1 = 1 + (k * 7_919_993) % (c.size - 1);
         r.consistency(s1, c.size).expect("consistency");
     }
-    println!("consistency proof at size {}: {:.1} µs each", c.size, t.elapsed().as_secs_f64() * 1e6 / rounds as f64);
+    println!(
+        "consistency proof at size {}: {:.1} µs each",
+        c.size,
+        t.elapsed().as_secs_f64() * 1e6 / rounds as f64
+    );
     let t = Instant::now();
     for k in 0..rounds {
         r.prove((k * 7_919_993) % c.size).expect("tlog-proof");
     }
-    println!("full .tlog-proof (checkpoint read+verified, entry, proof): {:.1} µs each", t.elapsed().as_secs_f64() * 1e6 / rounds as f64);
+    println!(
+        "full .tlog-proof (checkpoint read+verified, entry, proof): {:.1} µs each",
+        t.elapsed().as_secs_f64() * 1e6 / rounds as f64
+    );
 
     let dir = base.join("per-entry");
     init(&dir, &key()).expect("init");

@@ -184,7 +184,9 @@ impl Appender {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        lock.lock().map_err(io_err(&lock_path))?;
+        // flock(2) through rustix: std's File::lock needs Rust 1.89, above our MSRV.
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_err(&lock_path)(e.into()))?;
         let (checkpoint, signed) = read_checkpoint(dir, &vkey)?;
         recover(dir, checkpoint.size)?;
         let edge = Edge::load(
