@@ -36,6 +36,7 @@ enum Command {
     PredictPcrs(cmd::predict::Args),
     Completions(cmd::completions::Args),
     Manpage(cmd::completions::ManArgs),
+    Log(cmd::log::Args),
     Vm(cmd::vm::Args),
 }
 
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         Command::PredictPcrs(a) => cmd::predict::run(a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Manpage(a) => cmd::completions::run_man(a, Cli::command()),
+        Command::Log(a) => cmd::log::run(a),
         Command::Vm(a) => cmd::vm::run(a),
     };
     match result {

@@ -33,6 +33,7 @@ pub mod pcr11;
 pub mod pe;
 pub mod predict;
 pub mod reader;
+pub mod tlog;
 pub mod uki;
 
 use std::fmt;
