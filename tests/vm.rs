@@ -531,7 +531,7 @@ fn sigint_and_sigterm_stop_the_guest_and_clean_up() {
     for signal in ["-INT", "-TERM"] {
         let tmpdir = dir.path().join(format!("tmp{signal}"));
         std::fs::create_dir_all(&tmpdir).unwrap();
-        let mut child = common::imgctl()
+        let child = common::imgctl()
             .arg("vm")
             .arg(&uki)
             .args(["--accel", "tcg", "--quiet", "--timeout", "120"])
