@@ -17,7 +17,7 @@ swtpm swtpm-tools tpm2-tools libtss2-dev
 sbsigntool osslsigncode openssl binutils
 qemu-system-x86 ovmf
 busybox-static cpio kmod
-python3 ca-certificates curl
+python3 python3-cryptography ca-certificates
 "
 
 if [ "$(id -u)" -ne 0 ]; then
