@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod cmd;
 mod output;
 mod uki_input;
+mod vm;
 
 /// Build measured, immutable Linux OS images and prove what a machine booted.
 ///
@@ -36,6 +37,8 @@ enum Command {
     Ext(cmd::ext::Args),
     Completions(cmd::completions::Args),
     Manpage(cmd::completions::ManArgs),
+    Log(cmd::log::Args),
+    Vm(cmd::vm::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,8 @@ fn main() -> ExitCode {
         Command::Ext(a) => cmd::ext::run(a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Manpage(a) => cmd::completions::run_man(a, Cli::command()),
+        Command::Log(a) => cmd::log::run(a),
+        Command::Vm(a) => cmd::vm::run(a),
     };
     match result {
         Ok(code) => code,

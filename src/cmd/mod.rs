@@ -4,4 +4,6 @@ pub mod build;
 pub mod completions;
 pub mod ext;
 pub mod inspect;
+pub mod log;
 pub mod predict;
+pub mod vm;
