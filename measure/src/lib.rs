@@ -26,8 +26,11 @@
 
 pub mod authenticode;
 pub mod bank;
+pub mod keys;
 pub mod pcr11;
+pub mod pcrsig;
 pub mod pe;
+pub mod policy;
 pub mod predict;
 pub mod reader;
 
@@ -85,4 +88,6 @@ pub enum Error {
     UnsupportedAlg(#[from] bank::UnsupportedAlg),
     #[error("{0}")]
     InvalidInput(String),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
 }
