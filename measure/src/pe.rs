@@ -100,6 +100,10 @@ pub mod coff {
     pub const CHARACTERISTICS: usize = 4 + 18;
 }
 
+/// Largest zero fill past a section's raw data we materialise (a kernel's SizeOfImage beyond
+/// its file size is tens of MiB).
+pub const MAX_ZERO_FILL: usize = 256 << 20;
+
 /// Upper bound on sections: the COFF limit is 96 for images; anything larger is hostile.
 const MAX_SECTIONS: u16 = 96;
 
@@ -297,17 +301,28 @@ impl<'a> PeFile<'a> {
     }
 
     /// The section's bytes as the firmware loads them: `VirtualSize` bytes, zero-filled past
-    /// the raw data. This is exactly what systemd-stub measures.
-    pub fn memory_data(&self, s: &Section) -> Cow<'a, [u8]> {
+    /// the raw data. This is exactly what systemd-stub measures. A section whose zero fill
+    /// would exceed [`MAX_ZERO_FILL`] is refused rather than allocated.
+    pub fn memory_data(&self, s: &Section) -> Result<Cow<'a, [u8]>, ParseError> {
         let raw = self.raw_data(s);
         let vsize = s.virtual_size as usize;
         if vsize <= raw.len() {
-            Cow::Borrowed(&raw[..vsize])
-        } else {
-            let mut v = raw.to_vec();
-            v.resize(vsize, 0);
-            Cow::Owned(v)
+            return Ok(Cow::Borrowed(&raw[..vsize]));
         }
+        if vsize - raw.len() > MAX_ZERO_FILL {
+            return Err(ParseError::new(
+                s.header_offset + 8,
+                "VirtualSize",
+                format!(
+                    "section {:?} has VirtualSize {vsize:#x} but only {:#x} bytes of data; refusing to zero-fill more than {MAX_ZERO_FILL:#x} bytes",
+                    s.name,
+                    raw.len()
+                ),
+            ));
+        }
+        let mut v = raw.to_vec();
+        v.resize(vsize, 0);
+        Ok(Cow::Owned(v))
     }
 }
 

@@ -1,3 +1,6 @@
 //! One module per subcommand: each has an `Args` struct (clap derive) and a `run` function.
 
+pub mod build;
 pub mod completions;
+pub mod inspect;
+pub mod predict;
