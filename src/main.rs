@@ -33,6 +33,7 @@ enum Command {
     Build(cmd::build::Args),
     Inspect(cmd::inspect::Args),
     PredictPcrs(cmd::predict::Args),
+    SignPcrs(cmd::sign_pcrs::Args),
     Completions(cmd::completions::Args),
     Manpage(cmd::completions::ManArgs),
 }
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         Command::Build(a) => cmd::build::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::PredictPcrs(a) => cmd::predict::run(a),
+        Command::SignPcrs(a) => cmd::sign_pcrs::run(a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Manpage(a) => cmd::completions::run_man(a, Cli::command()),
     };

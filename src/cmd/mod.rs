@@ -4,3 +4,4 @@ pub mod build;
 pub mod completions;
 pub mod inspect;
 pub mod predict;
+pub mod sign_pcrs;
