@@ -318,6 +318,40 @@ pub fn ecdsa_der_to_rs(signature: &[u8]) -> Result<([u8; 32], [u8; 32]), KeyErro
     Ok((r.into(), s.into()))
 }
 
+/// `TPM_ALG_RSASSA` and `TPM_ALG_ECDSA`.
+pub const TPM_ALG_RSASSA: u16 = 0x0014;
+pub const TPM_ALG_ECDSA: u16 = 0x0018;
+
+/// A `.pcrsig` signature as the marshalled `TPMT_SIGNATURE` that `TPM2_VerifySignature`
+/// takes: `sigAlg ‖ hash ‖ TPM2B sig` (RSASSA) or `sigAlg ‖ hash ‖ TPM2B r ‖ TPM2B s` (ECDSA).
+pub fn tpmt_signature(key: &TpmPublicKey, bank: HashAlg, signature: &[u8]) -> Result<Vec<u8>, KeyError> {
+    if !bank.is_supported() {
+        return Err(KeyError::Bank(bank));
+    }
+    let mut out = Vec::with_capacity(signature.len() + 8);
+    let push_tpm2b = |out: &mut Vec<u8>, b: &[u8]| -> Result<(), KeyError> {
+        let n = u16::try_from(b.len()).map_err(|_| malformed("signature", "longer than 65535 bytes"))?;
+        out.extend_from_slice(&n.to_be_bytes());
+        out.extend_from_slice(b);
+        Ok(())
+    };
+    match key {
+        TpmPublicKey::Rsa { .. } => {
+            out.extend_from_slice(&TPM_ALG_RSASSA.to_be_bytes());
+            out.extend_from_slice(&bank.0.to_be_bytes());
+            push_tpm2b(&mut out, signature)?;
+        }
+        TpmPublicKey::EccP256 { .. } => {
+            let (r, s) = ecdsa_der_to_rs(signature)?;
+            out.extend_from_slice(&TPM_ALG_ECDSA.to_be_bytes());
+            out.extend_from_slice(&bank.0.to_be_bytes());
+            push_tpm2b(&mut out, &r)?;
+            push_tpm2b(&mut out, &s)?;
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
