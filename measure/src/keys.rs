@@ -324,13 +324,18 @@ pub const TPM_ALG_ECDSA: u16 = 0x0018;
 
 /// A `.pcrsig` signature as the marshalled `TPMT_SIGNATURE` that `TPM2_VerifySignature`
 /// takes: `sigAlg ‖ hash ‖ TPM2B sig` (RSASSA) or `sigAlg ‖ hash ‖ TPM2B r ‖ TPM2B s` (ECDSA).
-pub fn tpmt_signature(key: &TpmPublicKey, bank: HashAlg, signature: &[u8]) -> Result<Vec<u8>, KeyError> {
+pub fn tpmt_signature(
+    key: &TpmPublicKey,
+    bank: HashAlg,
+    signature: &[u8],
+) -> Result<Vec<u8>, KeyError> {
     if !bank.is_supported() {
         return Err(KeyError::Bank(bank));
     }
     let mut out = Vec::with_capacity(signature.len() + 8);
     let push_tpm2b = |out: &mut Vec<u8>, b: &[u8]| -> Result<(), KeyError> {
-        let n = u16::try_from(b.len()).map_err(|_| malformed("signature", "longer than 65535 bytes"))?;
+        let n = u16::try_from(b.len())
+            .map_err(|_| malformed("signature", "longer than 65535 bytes"))?;
         out.extend_from_slice(&n.to_be_bytes());
         out.extend_from_slice(b);
         Ok(())

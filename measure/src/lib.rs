@@ -35,6 +35,7 @@ pub mod policy;
 pub mod predict;
 pub mod reader;
 pub mod uki;
+pub mod userspace_record;
 
 use std::fmt;
 

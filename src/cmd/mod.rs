@@ -3,5 +3,9 @@
 pub mod build;
 pub mod completions;
 pub mod inspect;
+#[cfg(feature = "tpm")]
+pub mod measure;
 pub mod predict;
 pub mod sign_pcrs;
+#[cfg(feature = "tpm")]
+pub mod tpm;

@@ -52,7 +52,7 @@ pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
 pub enum TpmError {
     #[error("invalid TCTI {tcti:?}: {reason} (examples: device:/dev/tpmrm0, swtpm:host=127.0.0.1,port=2321, mssim:host=…,port=…)")]
     Tcti { tcti: String, reason: String },
-    #[error("cannot reach the TPM through {tcti:?}: {source}")]
+    #[error("cannot reach the TPM through {tcti:?} (no such device, nothing listening, or not a TPM): {source}")]
     Connect {
         tcti: String,
         source: tss_esapi::Error,
@@ -190,7 +190,9 @@ fn tpm2b(data: &[u8]) -> Vec<u8> {
 fn untpm2b<'a>(data: &'a [u8], what: &str) -> Result<&'a [u8]> {
     match data {
         [a, b, rest @ ..] if usize::from(u16::from_be_bytes([*a, *b])) == rest.len() => Ok(rest),
-        _ => Err(TpmError::Blob(format!("{what}: size prefix does not match"))),
+        _ => Err(TpmError::Blob(format!(
+            "{what}: size prefix does not match"
+        ))),
     }
 }
 
@@ -248,8 +250,8 @@ impl Tpm {
         banks: &[(HashAlg, Vec<u32>)],
     ) -> Result<Vec<(HashAlg, Vec<(u32, Digest)>)>> {
         let list = selection(banks)?;
-        let data = tss_esapi::abstraction::pcr::read_all(&mut self.ctx, list)
-            .map_err(cmd("PCR_Read"))?;
+        let data =
+            tss_esapi::abstraction::pcr::read_all(&mut self.ctx, list).map_err(cmd("PCR_Read"))?;
         let mut out = Vec::new();
         for (bank, pcrs) in banks {
             let pb = data
@@ -473,10 +475,9 @@ impl Tpm {
         };
         let public = Public::unmarshall(untpm2b(&b64d(&blob.public, "public")?, "public")?)
             .map_err(|e| TpmError::Blob(format!("public: {e}")))?;
-        let private = Private::try_from(
-            untpm2b(&b64d(&blob.private, "private")?, "private")?.to_vec(),
-        )
-        .map_err(|e| TpmError::Blob(format!("private: {e}")))?;
+        let private =
+            Private::try_from(untpm2b(&b64d(&blob.private, "private")?, "private")?.to_vec())
+                .map_err(|e| TpmError::Blob(format!("private: {e}")))?;
 
         let session = self.policy_session()?;
         let result = self.unseal_in(session, &public, private, key, pcrsig, bank, blob);
@@ -528,11 +529,7 @@ impl Tpm {
             .map_err(cmd("LoadExternal"))?;
         let ahash = bank.hash(&approved).map_err(imgctl_measure::Error::from)?;
         let ticket = self.ctx.execute_without_session(|c| {
-            c.verify_signature(
-                key_handle,
-                TssDigest::try_from(ahash.0.clone())?,
-                signature,
-            )
+            c.verify_signature(key_handle, TssDigest::try_from(ahash.0.clone())?, signature)
         });
         let name = self.ctx.tr_get_name(key_handle.into());
         let _ = self.ctx.flush_context(key_handle.into());
@@ -613,4 +610,17 @@ pub fn tpm_public_key(public: &Public) -> Result<TpmPublicKey> {
         }
         _ => Err(TpmError::Policy("not an RSA or ECC key".into())),
     }
+}
+
+/// The key a blob was sealed to (recorded in it as `TPMT_PUBLIC`).
+pub fn blob_key(blob: &SealedBlob) -> Result<TpmPublicKey> {
+    let bytes = b64()
+        .decode(&blob.key)
+        .map_err(|e| TpmError::Blob(format!("key: {e}")))?;
+    let public = Public::unmarshall(&bytes).map_err(|e| TpmError::Blob(format!("key: {e}")))?;
+    let key = tpm_public_key(&public)?;
+    if hex::encode(key.fingerprint()) != blob.pkfp.to_ascii_lowercase() {
+        return Err(TpmError::Blob("key does not match pkfp".into()));
+    }
+    Ok(key)
 }
