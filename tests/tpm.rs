@@ -523,3 +523,74 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a .pcrsig JSON document"));
     assert!(!out.exists());
 }
+
+#[test]
+fn a_locked_out_tpm_is_reported_as_such() {
+    if !base_tools() || !have(&[("tpm2_dictionarylockout", "tpm2-tools")]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tpm = Swtpm::start_tcp();
+    let tools = |args: &[&str]| {
+        Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(d)
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .output()
+            .unwrap()
+    };
+    // One allowed failure, then a wrong password on a DA-protected key: lockout.
+    assert!(tools(&[
+        "tpm2_dictionarylockout",
+        "-s",
+        "-n",
+        "1",
+        "-t",
+        "600",
+        "-l",
+        "600"
+    ])
+    .status
+    .success());
+    assert!(tools(&[
+        "tpm2_createprimary",
+        "-C",
+        "o",
+        "-c",
+        "p.ctx",
+        "-p",
+        "right"
+    ])
+    .status
+    .success());
+    assert!(!tools(&[
+        "tpm2_create",
+        "-C",
+        "p.ctx",
+        "-P",
+        "wrong",
+        "-u",
+        "a.pub",
+        "-r",
+        "a.priv"
+    ])
+    .status
+    .success());
+    let _ = tools(&["tpm2_flushcontext", "-t"]);
+    let (_, public) = genkey(d, "k", EC);
+    let secret = d.join("secret");
+    std::fs::write(&secret, b"x").unwrap();
+    let blob = d.join("sealed.json");
+    let e = fails(
+        with_tpm(&tpm)
+            .args(["tpm", "seal", "--public-key"])
+            .arg(&public)
+            .arg("--secret-file")
+            .arg(&secret)
+            .arg("-o")
+            .arg(&blob),
+    );
+    assert!(e.contains("dictionary-attack lockout"), "{e}");
+    assert!(!blob.exists());
+}

@@ -277,9 +277,9 @@ pub fn parse_log(bytes: &[u8]) -> Result<Vec<Record>, Error> {
             if chunk.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            return Err(Error::InvalidInput(format!(
-                "log does not start with a record separator (0x1e) at offset 0"
-            )));
+            return Err(Error::InvalidInput(
+                "log does not start with a record separator (0x1e) at offset 0".into(),
+            ));
         }
         if !chunk.ends_with(b"\n") {
             return Err(Error::InvalidInput(format!(

@@ -141,6 +141,9 @@ fn pcr_handle(pcr: u32) -> Result<PcrHandle> {
     PcrHandle::try_from(ObjectHandle::from(pcr)).map_err(cmd("PCR_Extend"))
 }
 
+/// PCR values per bank, each bank's PCRs ascending.
+pub type PcrValues = Vec<(HashAlg, Vec<(u32, Digest)>)>;
+
 /// A quote and what a verifier needs to check it.
 #[derive(Debug, Clone)]
 pub struct Quote {
@@ -153,7 +156,7 @@ pub struct Quote {
     /// The attestation key in TPM form (convert with `VerifyingKey::from_tpm` for PEM).
     pub ak: TpmPublicKey,
     /// The quoted PCR values, per bank, as read right after the quote.
-    pub pcrs: Vec<(HashAlg, Vec<(u32, Digest)>)>,
+    pub pcrs: PcrValues,
 }
 
 /// A secret sealed to a signed PCR policy; serialised as JSON.
@@ -248,7 +251,7 @@ impl Tpm {
     pub fn read_pcrs(
         &mut self,
         banks: &[(HashAlg, Vec<u32>)],
-    ) -> Result<Vec<(HashAlg, Vec<(u32, Digest)>)>> {
+    ) -> Result<PcrValues> {
         let list = selection(banks)?;
         let data =
             tss_esapi::abstraction::pcr::read_all(&mut self.ctx, list).map_err(cmd("PCR_Read"))?;
