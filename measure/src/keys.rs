@@ -477,3 +477,21 @@ ASv+9NnK+QwhfdNfj02zUvgn/++LxRtz3M6AOir80msj3GuL6m5y6I8=
         assert!(e.to_string().contains("CERTIFICATE"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn pem_readers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = SigningKey::from_pem(&data);
+            let _ = VerifyingKey::from_pem(&data);
+            let mut framed = b"-----BEGIN PUBLIC KEY-----\n".to_vec();
+            framed.extend(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &data).into_bytes());
+            framed.extend_from_slice(b"\n-----END PUBLIC KEY-----\n");
+            let _ = VerifyingKey::from_pem(&framed);
+        }
+    }
+}

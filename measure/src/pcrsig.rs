@@ -242,3 +242,29 @@ p4atw3+zsI5p3n+M1wK0pUAirCTKRsnqi9zY3gst0YSFORTFvyaeoUxk
         assert!(PcrSignature::parse(b"{}\0").unwrap().banks.is_empty());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = PcrSignature::parse(&data);
+        }
+
+        #[test]
+        fn documents_round_trip(
+            entries in proptest::collection::vec(("[0-9a-f]{64}", "[A-Za-z0-9+/]{4,40}"), 0..6)
+        ) {
+            let mut doc = PcrSignature::default();
+            for (pol, sig) in entries {
+                doc.banks.entry("sha256".into()).or_default().push(PcrSigEntry {
+                    pcrs: vec![11], pkfp: "00".repeat(32), pol, sig,
+                });
+            }
+            prop_assert_eq!(PcrSignature::parse(doc.to_json().as_bytes()).unwrap(), doc);
+        }
+    }
+}

@@ -434,3 +434,29 @@ mod tests {
         assert_eq!(rfc3339_utc(4_102_444_799), "2099-12-31T23:59:59Z");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parse_log_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_log(&data);
+        }
+
+        #[test]
+        fn records_round_trip_and_break_glass_claims_survive(
+            actor in "\\PC{1,20}", reason in "\\PC{1,60}", secs in 0u64..4_000_000_000,
+        ) {
+            prop_assume!(!actor.trim().is_empty() && !reason.trim().is_empty());
+            let o = Origin { boot_id: "00".repeat(16), timestamp_usec: secs };
+            let bg = BreakGlass::new(&actor, &reason, secs).unwrap();
+            let r = bg.record(BREAK_GLASS_PCR, &HashAlg::ALL, &o).unwrap();
+            let parsed = parse_log(&r.to_json_seq()).unwrap();
+            prop_assert_eq!(&parsed[0], &r);
+            prop_assert_eq!(BreakGlass::from_record(&parsed[0]).unwrap().unwrap(), bg);
+        }
+    }
+}

@@ -248,10 +248,7 @@ impl Tpm {
     }
 
     /// Reads PCRs, per bank, ascending.
-    pub fn read_pcrs(
-        &mut self,
-        banks: &[(HashAlg, Vec<u32>)],
-    ) -> Result<PcrValues> {
+    pub fn read_pcrs(&mut self, banks: &[(HashAlg, Vec<u32>)]) -> Result<PcrValues> {
         let list = selection(banks)?;
         let data =
             tss_esapi::abstraction::pcr::read_all(&mut self.ctx, list).map_err(cmd("PCR_Read"))?;
