@@ -250,36 +250,56 @@ fn unseal_reads_the_pcrsig_section_of_a_uki() {
     let tpm = Swtpm::start_tcp();
     let (key, public) = genkey(d, "signer", EC);
     let uki = build_uki(d, "a", "quiet");
+    let signed_uki = d.join("signed.efi");
     let sig = run_ok(
         imgctl()
             .arg("sign-pcrs")
             .arg(&uki)
             .arg("--private-key")
             .arg(&key)
-            .args(["--phase", ":"]),
+            .args(["--phase", ":", "--embed"])
+            .arg(&signed_uki),
     );
-    // A UKI carrying the signature: the same sections plus .pcrsig (not measured).
-    let data = std::fs::read(&uki).unwrap();
-    let pe = PeFile::parse(&data).unwrap();
-    let mut new: Vec<NewSection> = [".linux", ".osrel", ".cmdline"]
-        .iter()
-        .map(|n| NewSection {
-            name: (*n).into(),
-            data: pe.memory_data(pe.section(n).unwrap()).unwrap().into_owned(),
-        })
-        .collect();
-    let mut sig_section = sig.clone();
-    sig_section.push(0);
-    new.push(NewSection {
-        name: ".pcrsig".into(),
-        data: sig_section,
-    });
-    let signed_uki = d.join("signed.efi");
-    std::fs::write(
-        &signed_uki,
-        assemble(&std::fs::read(STUB).unwrap(), &new).unwrap(),
-    )
-    .unwrap();
+    // The signed UKI: every section the input had, byte for byte, plus .pcrsig = JSON + NUL;
+    // and the same predicted PCR 11.
+    let before = std::fs::read(&uki).unwrap();
+    let after = std::fs::read(&signed_uki).unwrap();
+    let (pb, pa) = (
+        PeFile::parse(&before).unwrap(),
+        PeFile::parse(&after).unwrap(),
+    );
+    for s in &pb.sections {
+        let t = pa.section(&s.name).unwrap();
+        assert_eq!(
+            pb.memory_data(s).unwrap(),
+            pa.memory_data(t).unwrap(),
+            "{}",
+            s.name
+        );
+    }
+    let mut want = sig.clone();
+    want.pop(); // the newline systemd-measure prints
+    want.push(0);
+    assert_eq!(
+        pa.memory_data(pa.section(".pcrsig").unwrap())
+            .unwrap()
+            .as_ref(),
+        want.as_slice()
+    );
+    let predict = |f: &Path| run_ok(imgctl().arg("predict-pcrs").arg(f).arg("--json"));
+    assert_eq!(predict(&uki), predict(&signed_uki));
+    // A UKI cannot be signed into twice.
+    let e = fails(
+        imgctl()
+            .arg("sign-pcrs")
+            .arg(&signed_uki)
+            .arg("--private-key")
+            .arg(&key)
+            .arg("--embed")
+            .arg(d.join("twice.efi")),
+    );
+    assert!(e.contains("already has a .pcrsig"), "{e}");
+    assert!(!d.join("twice.efi").exists());
 
     let blob = d.join("sealed.json");
     let secret = d.join("secret");
