@@ -218,3 +218,67 @@ fn unsupported_keys_and_mismatched_public_keys_fail_clearly_and_write_nothing() 
         assert!(!out.exists());
     }
 }
+
+/// A recipe is assembled in memory: its signature equals the one for the UKI `imgctl build`
+/// writes (RSA signatures are deterministic), and that UKI carries the .pcrpkey it names.
+#[test]
+fn a_recipe_signs_like_its_built_uki() {
+    if !peers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, public) = genkey(d, "rsa", RSA);
+    std::fs::write(d.join("vmlinuz"), b"not a kernel, but bytes").unwrap();
+    let recipe = d.join("r.yaml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "name: r\nversion: \"1\"\nos-release: {{ ID: r }}\nkernel: vmlinuz\ncmdline: quiet\npcrpkey: {}\n",
+            public.display()
+        ),
+    )
+    .unwrap();
+    run_ok(
+        imgctl()
+            .arg("build")
+            .arg(&recipe)
+            .arg("-o")
+            .arg(d.join("out")),
+    );
+    let sign = |input: &Path| {
+        run_ok(
+            imgctl()
+                .arg("sign-pcrs")
+                .arg(input)
+                .arg("--private-key")
+                .arg(&key)
+                .env("SOURCE_DATE_EPOCH", "0"),
+        )
+    };
+    let from_recipe = sign(&recipe);
+    assert_eq!(from_recipe, sign(&d.join("out/r.efi")));
+    // The key is measured (.pcrpkey) and systemd-measure agrees on what that gives.
+    let tpm = swtpm::Swtpm::start_unix();
+    let mut sd = Command::new(SYSTEMD_MEASURE);
+    sd.arg("sign")
+        .arg(format!("--private-key={}", key.display()))
+        .arg(format!("--public-key={}", public.display()))
+        .arg(format!("--tpm2-device={}", tpm.tcti()));
+    let uki = std::fs::read(d.join("out/r.efi")).unwrap();
+    let pe = imgctl_measure::PeFile::parse(&uki).unwrap();
+    for (name, opt) in [
+        (".linux", "--linux"),
+        (".osrel", "--osrel"),
+        (".cmdline", "--cmdline"),
+        (".pcrpkey", "--pcrpkey"),
+    ] {
+        let f = d.join(name.trim_start_matches('.'));
+        std::fs::write(&f, pe.memory_data(pe.section(name).unwrap()).unwrap()).unwrap();
+        sd.arg(format!("{opt}={}", f.display()));
+    }
+    assert_eq!(
+        String::from_utf8(run_ok(&mut sd)).unwrap(),
+        String::from_utf8(from_recipe).unwrap()
+    );
+}
