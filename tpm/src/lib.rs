@@ -16,8 +16,11 @@
 //!   `PolicyAuthorize` with the ticket. A PCR 11 value that nobody signed has no entry, and a
 //!   forged entry gets no ticket.
 //!
-//! The storage parent is an ECC P-256 primary key in the owner hierarchy with the TCG
-//! "SRK" template, recreated on demand (same seed, same template, same key).
+//! The storage parent is an ECC P-256 restricted decryption primary key (AES-128-CFB) in the
+//! owner hierarchy, recreated on demand (same seed, same template, same key). Quotes are
+//! signed by a restricted ECDSA P-256 primary key in the endorsement hierarchy. Unsealing uses
+//! an unsalted policy session: the secret crosses the TPM bus in the clear (systemd salts its
+//! session with the SRK; not done here yet).
 
 use std::convert::TryFrom;
 
