@@ -5,7 +5,9 @@ pub mod completions;
 pub mod inspect;
 #[cfg(feature = "tpm")]
 pub mod measure;
+pub mod log;
 pub mod predict;
 pub mod sign_pcrs;
 #[cfg(feature = "tpm")]
 pub mod tpm;
+pub mod vm;
