@@ -3,9 +3,9 @@
 pub mod build;
 pub mod completions;
 pub mod inspect;
+pub mod log;
 #[cfg(feature = "tpm")]
 pub mod measure;
-pub mod log;
 pub mod predict;
 pub mod sign_pcrs;
 #[cfg(feature = "tpm")]
