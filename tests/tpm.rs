@@ -398,6 +398,8 @@ fn break_glass_twice_replays_to_the_tpm_in_every_bank() {
         "root shell: disk unlock failed",
         "--actor",
         "alice",
+        "--kind",
+        "debug-shell",
     ]));
     run_ok(with_tpm(&tpm).arg("measure").arg("--log").arg(&log).args([
         "break-glass",
@@ -436,6 +438,8 @@ fn break_glass_twice_replays_to_the_tpm_in_every_bank() {
         (claims[1].actor.as_str(), claims[1].reason.as_str()),
         ("bob", "second look")
     );
+    assert_eq!(claims[0].kind, "debug-shell");
+    assert_eq!(claims[1].kind, "unspecified");
     for c in &claims {
         assert!(c.time.ends_with('Z') && c.time.len() == 20, "{}", c.time);
     }

@@ -18,11 +18,12 @@
 //! The record must let an auditor see who, when and why, and make the claim tamper-evident:
 //! - `eventType` is `"break-glass"`;
 //! - `string` — the measured bytes — is `break-glass:` followed by the canonical JSON object
-//!   `{"actor":…,"reason":…,"time":…}` (keys sorted, compact, `time` RFC 3339 UTC to the
-//!   second). Changing any of the three changes the digest, so the log no longer replays to the
-//!   quoted PCR. This follows systemd's own `login:<user>:<canonical JSON>` NvPCR records.
-//! - `actor`, `reason`, `time` are repeated as plain `content` fields for readers; a reader
-//!   must check them against `string` ([`BreakGlass::from_record`] does).
+//!   `{"actor":…,"kind":…,"reason":…,"time":…}` (keys sorted, compact, `time` RFC 3339 UTC
+//!   to the second). Changing any field changes the digest, so the log no longer replays to
+//!   the quoted PCR. This follows systemd's own `login:<user>:<canonical JSON>` NvPCR records.
+//!   `content_type` is `"imgctl"` (the record is ours, not systemd's). This is byte for byte
+//!   the encoding of the verifier's `measure::breakglass` (branch `verify`); when both are
+//!   merged, one of the two implementations goes.
 //! - PCR: **15** by default. Every PCR a PC Client TPM lets locality 0 extend without letting
 //!   it reset (0–15) already has an owner: 0–7 firmware, 8–9 boot loader/kernel, 10 IMA,
 //!   11–13 systemd-stub, 14 shim; 16 and 23 are resettable and 17–22 belong to DRTM. PCR 15 is
@@ -72,12 +73,6 @@ pub struct Content {
     pub timestamp: Option<u64>,
     #[serde(rename = "eventType", default, skip_serializing_if = "Option::is_none")]
     pub event_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub actor: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time: Option<String>,
 }
 
 /// One userspace measurement record.
@@ -128,9 +123,6 @@ impl Record {
                 boot_id: Some(origin.boot_id.clone()),
                 timestamp: Some(origin.timestamp_usec),
                 event_type: Some(event_type.into()),
-                actor: None,
-                reason: None,
-                time: None,
             },
         })
     }
@@ -174,28 +166,32 @@ impl Record {
 
 /// A break-glass claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BreakGlass {
+    /// Who broke the glass (user name, ticket holder, key id).
     pub actor: String,
+    /// What kind of override, e.g. `debug-shell`, `emergency-login`, `recovery-key`.
+    pub kind: String,
+    /// Why, in the actor's words.
     pub reason: String,
     /// RFC 3339 UTC, e.g. `2026-11-23T01:30:00Z`.
     pub time: String,
 }
 
 impl BreakGlass {
-    /// A claim at `unix_seconds`.
-    pub fn new(actor: &str, reason: &str, unix_seconds: u64) -> Result<Self, Error> {
-        if reason.trim().is_empty() {
-            return Err(Error::InvalidInput(
-                "a break-glass record needs a reason".into(),
-            ));
-        }
-        if actor.trim().is_empty() {
-            return Err(Error::InvalidInput(
-                "a break-glass record needs an actor".into(),
-            ));
+    /// A claim at `unix_seconds`; every field must be non-empty text without control
+    /// characters.
+    pub fn new(actor: &str, kind: &str, reason: &str, unix_seconds: u64) -> Result<Self, Error> {
+        for (name, v) in [("actor", actor), ("kind", kind), ("reason", reason)] {
+            if v.trim().is_empty() || v.chars().any(char::is_control) {
+                return Err(Error::InvalidInput(format!(
+                    "a break-glass {name} must be non-empty text without control characters"
+                )));
+            }
         }
         Ok(BreakGlass {
             actor: actor.to_owned(),
+            kind: kind.to_owned(),
             reason: reason.to_owned(),
             time: rfc3339_utc(unix_seconds),
         })
@@ -203,7 +199,7 @@ impl BreakGlass {
 
     /// The measured string: `break-glass:` + canonical JSON (sorted keys, compact).
     pub fn string(&self) -> String {
-        // Struct fields are declared in sorted order: actor, reason, time.
+        // Struct fields are declared in sorted order: actor, kind, reason, time.
         format!(
             "{BREAK_GLASS}:{}",
             serde_json::to_string(self).unwrap_or_default()
@@ -213,9 +209,7 @@ impl BreakGlass {
     /// The log record, in `pcr` (normally [`BREAK_GLASS_PCR`]).
     pub fn record(&self, pcr: u32, banks: &[HashAlg], origin: &Origin) -> Result<Record, Error> {
         let mut r = Record::new(pcr, banks, self.string(), BREAK_GLASS, origin)?;
-        r.content.actor = Some(self.actor.clone());
-        r.content.reason = Some(self.reason.clone());
-        r.content.time = Some(self.time.clone());
+        r.content_type = Some("imgctl".into());
         Ok(r)
     }
 
@@ -238,19 +232,6 @@ impl BreakGlass {
                 if b.string() != r.content.string {
                     return Err(Error::InvalidInput(
                         "break-glass string is not in canonical form".into(),
-                    ));
-                }
-                let plain = (&r.content.actor, &r.content.reason, &r.content.time);
-                if plain
-                    != (
-                        &Some(b.actor.clone()),
-                        &Some(b.reason.clone()),
-                        &Some(b.time.clone()),
-                    )
-                {
-                    return Err(Error::InvalidInput(
-                        "break-glass actor/reason/time fields differ from the measured string"
-                            .into(),
                     ));
                 }
                 Ok(b)
@@ -368,11 +349,17 @@ mod tests {
 
     #[test]
     fn break_glass_round_trips_and_tampering_is_detected() {
-        let bg = BreakGlass::new("alice", "disk unlock failed: key \"x\"", 1_795_000_000).unwrap();
+        let bg = BreakGlass::new(
+            "alice",
+            "recovery-key",
+            "disk unlock failed: key \"x\"",
+            1_795_000_000,
+        )
+        .unwrap();
         assert_eq!(bg.time, "2026-11-18T11:06:40Z");
         assert_eq!(
             bg.string(),
-            "break-glass:{\"actor\":\"alice\",\"reason\":\"disk unlock failed: key \\\"x\\\"\",\"time\":\"2026-11-18T11:06:40Z\"}"
+            "break-glass:{\"actor\":\"alice\",\"kind\":\"recovery-key\",\"reason\":\"disk unlock failed: key \\\"x\\\"\",\"time\":\"2026-11-18T11:06:40Z\"}"
         );
         let r = bg
             .record(BREAK_GLASS_PCR, &HashAlg::ALL, &origin())
@@ -388,9 +375,9 @@ mod tests {
         assert_eq!(BreakGlass::from_record(&parsed[0]).unwrap().unwrap(), bg);
         assert!(BreakGlass::from_record(&parsed[1]).is_none());
         let mut forged = parsed[0].clone();
-        forged.content.actor = Some("mallory".into());
+        forged.content.string = forged.content.string.replace("{\"actor\"", "{ \"actor\"");
         assert!(BreakGlass::from_record(&forged).unwrap().is_err());
-        assert!(BreakGlass::new("alice", " ", 0).is_err());
+        assert!(BreakGlass::new("alice", "debug-shell", " ", 0).is_err());
     }
 
     #[test]
@@ -398,7 +385,7 @@ mod tests {
         let o = origin();
         let recs = vec![
             Record::phase("enter-initrd", &[HashAlg::SHA256], &o).unwrap(),
-            BreakGlass::new("a", "b", 0)
+            BreakGlass::new("a", "k", "b", 0)
                 .unwrap()
                 .record(15, &[HashAlg::SHA256], &o)
                 .unwrap(),
@@ -452,7 +439,7 @@ mod properties {
         ) {
             prop_assume!(!actor.trim().is_empty() && !reason.trim().is_empty());
             let o = Origin { boot_id: "00".repeat(16), timestamp_usec: secs };
-            let bg = BreakGlass::new(&actor, &reason, secs).unwrap();
+            let bg = BreakGlass::new(&actor, "debug-shell", &reason, secs).unwrap();
             let r = bg.record(BREAK_GLASS_PCR, &HashAlg::ALL, &o).unwrap();
             let parsed = parse_log(&r.to_json_seq()).unwrap();
             prop_assert_eq!(&parsed[0], &r);

@@ -55,6 +55,9 @@ enum What {
         /// Who broke it. Default: $SUDO_USER, else $USER, else "unknown".
         #[arg(long)]
         actor: Option<String>,
+        /// What kind of override: debug-shell, emergency-login, recovery-key, …
+        #[arg(long, default_value = "unspecified")]
+        kind: String,
         /// PCR to measure into.
         #[arg(long, default_value_t = BREAK_GLASS_PCR)]
         pcr: u32,
@@ -107,13 +110,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let origin = origin()?;
     let record = match &args.what {
         What::Phase { word } => Record::phase(word, &banks, &origin)?,
-        What::BreakGlass { reason, actor, pcr } => {
+        What::BreakGlass {
+            reason,
+            actor,
+            kind,
+            pcr,
+        } => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .context("system clock before 1970")?
                 .as_secs();
             let actor = actor.clone().unwrap_or_else(default_actor);
-            BreakGlass::new(&actor, reason, now)?.record(*pcr, &banks, &origin)?
+            BreakGlass::new(&actor, kind, reason, now)?.record(*pcr, &banks, &origin)?
         }
         What::Event {
             pcr,
