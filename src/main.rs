@@ -39,6 +39,7 @@ enum Command {
     Tpm(cmd::tpm::Args),
     #[cfg(feature = "tpm")]
     Measure(cmd::measure::Args),
+    Ext(cmd::ext::Args),
     Completions(cmd::completions::Args),
     Manpage(cmd::completions::ManArgs),
     Log(cmd::log::Args),
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
         Command::Tpm(a) => cmd::tpm::run(a),
         #[cfg(feature = "tpm")]
         Command::Measure(a) => cmd::measure::run(a),
+        Command::Ext(a) => cmd::ext::run(a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Manpage(a) => cmd::completions::run_man(a, Cli::command()),
         Command::Log(a) => cmd::log::run(a),
