@@ -34,6 +34,11 @@ enum Command {
     Build(cmd::build::Args),
     Inspect(cmd::inspect::Args),
     PredictPcrs(cmd::predict::Args),
+    SignPcrs(cmd::sign_pcrs::Args),
+    #[cfg(feature = "tpm")]
+    Tpm(cmd::tpm::Args),
+    #[cfg(feature = "tpm")]
+    Measure(cmd::measure::Args),
     Ext(cmd::ext::Args),
     Completions(cmd::completions::Args),
     Manpage(cmd::completions::ManArgs),
@@ -47,6 +52,11 @@ fn main() -> ExitCode {
         Command::Build(a) => cmd::build::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::PredictPcrs(a) => cmd::predict::run(a),
+        Command::SignPcrs(a) => cmd::sign_pcrs::run(a),
+        #[cfg(feature = "tpm")]
+        Command::Tpm(a) => cmd::tpm::run(a),
+        #[cfg(feature = "tpm")]
+        Command::Measure(a) => cmd::measure::run(a),
         Command::Ext(a) => cmd::ext::run(a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Manpage(a) => cmd::completions::run_man(a, Cli::command()),

@@ -29,12 +29,16 @@
 pub mod authenticode;
 pub mod bank;
 pub mod guest_report;
+pub mod keys;
 pub mod pcr11;
+pub mod pcrsig;
 pub mod pe;
+pub mod policy;
 pub mod predict;
 pub mod reader;
 pub mod tlog;
 pub mod uki;
+pub mod userspace_record;
 
 use std::fmt;
 
@@ -91,4 +95,6 @@ pub enum Error {
     UnsupportedAlg(#[from] bank::UnsupportedAlg),
     #[error("{0}")]
     InvalidInput(String),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
 }

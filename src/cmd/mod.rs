@@ -5,5 +5,10 @@ pub mod completions;
 pub mod ext;
 pub mod inspect;
 pub mod log;
+#[cfg(feature = "tpm")]
+pub mod measure;
 pub mod predict;
+pub mod sign_pcrs;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 pub mod vm;
