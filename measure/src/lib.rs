@@ -11,6 +11,7 @@
 //! - [`predict`]: PCR 11 prediction per bank and boot phase, in `systemd-measure`'s JSON shape.
 //! - [`pe`]: a bounds-checked PE/COFF reader; [`authenticode`]: the PE image hash (PCR 4).
 //! - [`uki`]: UKI sections per profile and the identity of the stub inside.
+//! - [`guest_report`]: the PCRs and event log a booted demo guest prints on its console.
 //! - [`reader`]: the cursor every parser of untrusted bytes reads through.
 //!
 //! What it deliberately does not do: build images (`imgctl-builder`), talk to a TPM, or read
@@ -27,6 +28,7 @@
 
 pub mod authenticode;
 pub mod bank;
+pub mod guest_report;
 pub mod pcr11;
 pub mod pe;
 pub mod predict;
