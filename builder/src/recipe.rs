@@ -20,7 +20,7 @@
 //! splash: splash.bmp              # optional .splash, .dtb and .pcrpkey sections
 //! dtb: board.dtb
 //! pcrpkey: pcr-public.pem
-//! stub: /usr/lib/systemd/boot/efi/linuxx64.efi.stub   # the default
+//! stub: /usr/lib/systemd/boot/efi/linuxx64.efi.stub   # the default; `imgctl` = our Rust stub
 //! ```
 //!
 //! Relative paths resolve against the recipe's folder. Unknown keys, wrong types and missing
@@ -35,6 +35,10 @@ use crate::Error;
 
 /// Debian's systemd-stub, the default stub.
 pub const DEFAULT_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+/// `stub: imgctl` selects our Rust stub: the file named by `$IMGCTL_STUB`, else
+/// [`IMGCTL_STUB_PATH`] (relative to the working directory), built by scripts/build-stub.sh.
+pub const IMGCTL_STUB: &str = "imgctl";
+pub const IMGCTL_STUB_PATH: &str = "target/uki-stub/imgctl-stub.efi";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -324,6 +328,17 @@ impl Recipe {
             |key: &str, v: &Option<String>| v.as_ref().map(|v| ctx.file(key, v)).transpose();
         let stub = match raw.stub.as_deref() {
             None => PathBuf::from(DEFAULT_STUB),
+            Some(IMGCTL_STUB) => {
+                let p = std::env::var_os("IMGCTL_STUB")
+                    .map_or_else(|| PathBuf::from(IMGCTL_STUB_PATH), PathBuf::from);
+                if !p.is_file() {
+                    return Err(ctx.err("stub", IMGCTL_STUB, &format!(
+                        "imgctl-stub is not built at {}: run scripts/build-stub.sh (or set IMGCTL_STUB)",
+                        p.display()
+                    )));
+                }
+                p
+            }
             Some(s) => ctx.file("stub", s)?,
         };
         if raw.stub.is_none() && !stub.is_file() {
