@@ -278,11 +278,15 @@ fn tool(cmd: &mut Command, what: &str) -> Result<Vec<u8>, Error> {
 }
 
 /// Builds the stub from the repository at `repo` into `out` (a `.efi` file): cargo (release,
-/// own target dir under `target/uki-stub/`), ld, the red-zone and relocation checks, and the
+/// own target dir `target/uki-stub/build`), ld, the red-zone and relocation checks, and the
 /// conversion.
 pub fn build(repo: &Path, out: &Path) -> Result<Built, Error> {
+    build_in(repo, &repo.join("target/uki-stub/build"), out)
+}
+
+/// [`build`] with the EFI program's cargo target dir at `target_dir`.
+pub fn build_in(repo: &Path, target_dir: &Path, out: &Path) -> Result<Built, Error> {
     let efi = repo.join("uki-stub/efi");
-    let target_dir = repo.join("target/uki-stub/build");
     let flags = [
         "-Crelocation-model=pic".to_owned(),
         "-Cno-redzone=yes".to_owned(),
@@ -298,7 +302,7 @@ pub fn build(repo: &Path, out: &Path) -> Result<Built, Error> {
             .args(["build", "--release", "--locked", "--manifest-path"])
             .arg(efi.join("Cargo.toml"))
             .arg("--target-dir")
-            .arg(&target_dir)
+            .arg(target_dir)
             .env("CARGO_ENCODED_RUSTFLAGS", flags)
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_BUILD_RUSTFLAGS")
