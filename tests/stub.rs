@@ -396,10 +396,8 @@ fn boot(uki: &Path, source: Source<'_>, until: Until) -> Console {
                     }),
             );
         }
-        if matches!(until, Until::DemoDone) && console.find("IMGCTL-DEMO: done").is_some() {
-            if matches!(qemu.0.try_wait(), Ok(Some(_))) {
-                break;
-            }
+        if reached && matches!(qemu.0.try_wait(), Ok(Some(_))) {
+            break;
         }
     }
     let _ = qemu.0.kill();

@@ -128,7 +128,7 @@ pub fn elf_to_pe(elf_bytes: &[u8]) -> Result<(Vec<u8>, PeInfo), Error> {
                 "unexpected relocation section {name}"
             )));
         }
-        let data = s.data(endian, elf_bytes).map_err(object::Error::from)?;
+        let data = s.data(endian, elf_bytes)?;
         for (i, r) in data.chunks(24).enumerate() {
             let [o, info, a] = [0, 8, 16].map(|at| {
                 r.get(at..at + 8)

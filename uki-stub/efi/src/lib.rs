@@ -18,13 +18,16 @@
 //! sysext cpios, devicetree, splash, random seed, the `Stub*`/`Loader*` EFI variables, the
 //! UEFI-shell argument form of LoadOptions, TPM 1.2 and confidential-computing measurement.
 #![no_std]
-// The firmware interface is raw pointers and function tables; `efi` wraps it (and `mem` provides
-// the C memory functions). Everything else in the stub is safe code.
-#![allow(unsafe_code)]
+// Unsafe code is allowed only where the stub meets the firmware: `efi` (raw tables, protocols,
+// pointers the firmware hands over), `mem` (the C memory functions) and the entry point.
+// `link_section` for .sbat/.sdmagic counts as unsafe too. Everything else — PE parsing, measurement order, command-line handling — is safe code.
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[allow(unsafe_code)] // reason: the FFI boundary with the firmware
 mod efi;
 mod image;
+#[allow(unsafe_code)] // reason: memcpy & co, called by compiler-generated code
 mod mem;
 #[allow(dead_code)]
 #[path = "../../../measure/src/pcr11.rs"]
@@ -39,6 +42,7 @@ use pcr11::{StubSemantics, PCR_KERNEL_IMAGE, PCR_KERNEL_PARAMETERS};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// `.sdmagic`: the identity `imgctl inspect` and `measure::uki::StubIdentity` read.
+#[allow(unsafe_code)] // reason: link_section puts the identity into its own PE section
 #[used]
 #[link_section = ".sdmagic"]
 static SDMAGIC: [u8; SDMAGIC_TEXT.len() + 1] = nul_terminated(SDMAGIC_TEXT);
@@ -50,6 +54,7 @@ const SDMAGIC_TEXT: &[u8] = concat!(
 .as_bytes();
 
 /// `.sbat`: the SBAT header line and our component line (generation 1).
+#[allow(unsafe_code)] // reason: link_section puts SBAT into its own PE section
 #[used]
 #[link_section = ".sbat"]
 static SBAT: [u8; SBAT_TEXT.len()] = copy_array(SBAT_TEXT);
@@ -108,6 +113,7 @@ fn fail(what: &'static str, status: Status) -> Failure {
 ///
 /// # Safety
 /// Called by the firmware as the image entry point, with our image handle and system table.
+#[allow(unsafe_code)] // reason: the image entry point the firmware calls
 #[no_mangle]
 pub unsafe extern "efiapi" fn efi_main(image: Handle, st: *mut SystemTable) -> Status {
     // SAFETY: these are the entry point arguments.
