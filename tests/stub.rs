@@ -127,6 +127,30 @@ fn stub_is_reproducible_signable_and_identifies_itself() {
     assert!(!st.status.success());
 }
 
+#[test]
+fn converter_refuses_relocations_the_firmware_cannot_apply() {
+    let Some(_) = stub() else { return };
+    // The shared object the build linked: patch one R_X86_64_RELATIVE into R_X86_64_64 (1).
+    let so = repo_root().join("target/uki-stub/build/imgctl-stub.so");
+    let mut elf = std::fs::read(&so).unwrap();
+    assert!(imgctl_uki_stub::elf_to_pe(&elf).is_ok());
+    let parsed = goblin::elf::Elf::parse(&elf).unwrap();
+    let rela = parsed
+        .section_headers
+        .iter()
+        .find(|h| parsed.shdr_strtab.get_at(h.sh_name) == Some(".rela.dyn"))
+        .expect(".rela.dyn")
+        .sh_offset as usize;
+    drop(parsed);
+    assert_eq!(elf[rela + 8], 8, "first relocation is R_X86_64_RELATIVE");
+    elf[rela + 8] = 1;
+    let err = imgctl_uki_stub::elf_to_pe(&elf).unwrap_err();
+    assert!(
+        matches!(err, imgctl_uki_stub::Error::Relocation { r_type: 1, .. }),
+        "{err}"
+    );
+}
+
 /// The demo recipe built with systemd-stub and with ours.
 struct Demo {
     systemd: PathBuf,
