@@ -17,7 +17,7 @@ swtpm swtpm-tools tpm2-tools libtss2-dev
 sbsigntool osslsigncode openssl binutils
 qemu-system-x86 ovmf
 busybox-static cpio kmod
-python3 ca-certificates curl
+python3 python3-cryptography ca-certificates
 "
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -37,11 +37,16 @@ done
 lists_stale() {
     [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null | head -n 1)" ]
 }
-if [ -n "$missing" ] || ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
-    if lists_stale; then
-        say "apt-get update (package lists are stale)"
+updated=no
+apt_update() {
+    if [ "$updated" = no ]; then
+        say "apt-get update"
         apt-get update -q
+        updated=yes
     fi
+}
+if lists_stale; then
+    apt_update
 fi
 if [ -n "$missing" ]; then
     say "installing:$missing"
@@ -60,9 +65,21 @@ if [ -z "$KPKG" ]; then
 fi
 KVER=${KPKG#linux-image-}
 mkdir -p "$CACHE/debs"
+download_kernel() {
+    # apt-get download runs unsandboxed as root here; its warning about that is noise.
+    (cd "$CACHE/debs" && apt-get download -q "$KPKG" 2>&1 | grep -v 'unsandboxed' >&2; true)
+    ls "$CACHE/debs/${KPKG}_"*.deb >/dev/null 2>&1
+}
 if ! ls "$CACHE/debs/${KPKG}_"*.deb >/dev/null 2>&1; then
     say "downloading $KPKG"
-    (cd "$CACHE/debs" && apt-get download -q "$KPKG" 2>&1 | grep -v "unsandboxed" || true)
+    # An old package list may name a version the mirror no longer has: refresh once and retry.
+    if ! download_kernel; then
+        apt_update
+        KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null |
+            sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n 1)
+        KVER=${KPKG#linux-image-}
+        download_kernel || { echo "setup: apt-get download $KPKG failed" >&2; exit 1; }
+    fi
 else
     say "$KPKG already downloaded"
 fi
@@ -76,7 +93,8 @@ if [ ! -f "$DEMO/.unpacked-$(basename "$DEB")" ]; then
     cp "$DEMO/root/boot/vmlinuz-$KVER" "$DEMO/vmlinuz"
     echo "$KVER" > "$DEMO/kernel-version"
 
-    # The TPM driver: built in, or modules (with their dependencies from modules.dep).
+    # The TPM driver: built in, or modules (with their dependencies from modules.dep) in
+    # .cache/demo/modules/ with a load-order file; the demo /init insmods them from /lib/modules/.
     MODDIR="$DEMO/root/lib/modules/$KVER"
     mkdir -p "$DEMO/modules"
     : > "$DEMO/modules/load-order"

@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod cmd;
 mod output;
 mod uki_input;
+mod vm;
 
 /// Build measured, immutable Linux OS images and prove what a machine booted.
 ///
@@ -35,6 +36,8 @@ enum Command {
     PredictPcrs(cmd::predict::Args),
     Completions(cmd::completions::Args),
     Manpage(cmd::completions::ManArgs),
+    Log(cmd::log::Args),
+    Vm(cmd::vm::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,8 @@ fn main() -> ExitCode {
         Command::PredictPcrs(a) => cmd::predict::run(a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Manpage(a) => cmd::completions::run_man(a, Cli::command()),
+        Command::Log(a) => cmd::log::run(a),
+        Command::Vm(a) => cmd::vm::run(a),
     };
     match result {
         Ok(code) => code,

@@ -301,3 +301,135 @@ fn inspect_shows_sections_stub_and_texts() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// Eight new sections do not fit in the v252 stub's 0x400-byte headers (ukify refuses with "Not
+/// enough header space"): the builder re-lays the headers, and every reader still agrees.
+#[test]
+fn headers_are_relaid_when_the_stub_has_no_room() {
+    if require_tool(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let f = Fixture::new("splash: extra.bin\ndtb: extra.bin\npcrpkey: extra.bin\n");
+    let out = f.path("out");
+    let o = f.build(&out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let data = std::fs::read(out.join("t.efi")).unwrap();
+    let pe = goblin::pe::PE::parse(&data).expect("goblin reads the re-laid UKI");
+    assert_eq!(pe.sections.len(), 16);
+    let size_of_headers = pe
+        .header
+        .optional_header
+        .unwrap()
+        .windows_fields
+        .size_of_headers;
+    assert!(
+        size_of_headers > 0x400,
+        "headers should have grown: {size_of_headers:#x}"
+    );
+    for name in [".splash", ".dtb", ".pcrpkey"] {
+        assert_eq!(section(&pe, &data, name), b"extra");
+    }
+    assert_eq!(
+        section(&pe, &data, ".linux"),
+        std::fs::read(f.path("vmlinuz")).unwrap()
+    );
+    // The stub's own code moved in the file but not in memory.
+    let stub = std::fs::read(STUB).unwrap();
+    let stub_pe = goblin::pe::PE::parse(&stub).unwrap();
+    assert_eq!(
+        section(&pe, &data, ".text"),
+        section(&stub_pe, &stub, ".text")
+    );
+    if let Some(sbverify) = require_tool("sbverify", "sbsigntool") {
+        let o = Command::new(sbverify)
+            .arg("--list")
+            .arg(out.join("t.efi"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    if let Some(objdump) = require_tool("objdump", "binutils") {
+        let listing = String::from_utf8(run_ok(
+            Command::new(objdump).arg("-h").arg(out.join("t.efi")),
+        ))
+        .unwrap();
+        assert!(
+            listing.contains(".pcrpkey") && listing.contains(".linux"),
+            "{listing}"
+        );
+    }
+}
+
+/// `build --log`: the UKI's entry (digests, PCR 11 predictions, recipe digest) is appended to a
+/// transparency log and its inclusion proof lands next to the UKI, verifiable by `log verify`.
+#[test]
+fn build_appends_to_the_log_and_writes_a_verifiable_proof() {
+    if require_tool(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let f = Fixture::new("");
+    let (log, key) = (f.path("log"), f.path("log.key"));
+    run_ok(
+        imgctl()
+            .arg("log")
+            .arg("init")
+            .arg(&log)
+            .arg("--key")
+            .arg(&key)
+            .args(["--origin", "example.org/imgctl-test"]),
+    );
+    let out = f.path("out");
+    run_ok(
+        imgctl()
+            .arg("build")
+            .arg(f.path("recipe.yaml"))
+            .arg("-o")
+            .arg(&out)
+            .arg("--log")
+            .arg(&log)
+            .arg("--log-key")
+            .arg(&key),
+    );
+    let proof = out.join("t.efi.tlog-proof");
+    let vkey = format!("@{}", f.path("log.vkey").display());
+    let said = String::from_utf8(run_ok(
+        imgctl()
+            .args(["log", "verify", "--vkey", &vkey, "--proof"])
+            .arg(&proof),
+    ))
+    .unwrap();
+    assert!(said.contains("entry is in the log"), "{said}");
+    // The logged entry carries the same PCR 11 prediction pcrs.json has.
+    let text = std::fs::read_to_string(&proof).unwrap();
+    let extra = text.lines().find_map(|l| l.strip_prefix("extra ")).unwrap();
+    use base64::Engine;
+    let entry = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(extra)
+            .unwrap(),
+    )
+    .unwrap();
+    let pcrs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("pcrs.json")).unwrap()).unwrap();
+    let empty_path = pcrs["sha256"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v.get("phase").is_none())
+        .unwrap();
+    assert!(
+        entry.contains(&format!(
+            "pcr 11 sha256 : {}",
+            empty_path["hash"].as_str().unwrap()
+        )),
+        "{entry}"
+    );
+    // A tampered proof is rejected.
+    std::fs::write(&proof, text.replace("index 0", "index 1")).unwrap();
+    let o = imgctl()
+        .args(["log", "verify", "--vkey", &vkey, "--proof"])
+        .arg(&proof)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+}

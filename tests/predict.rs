@@ -165,3 +165,78 @@ fn predict_matches_systemd_measure_on_the_demo_uki() {
         serde_json::from_slice(&std::fs::read(dir.path().join("pcrs.json")).unwrap()).unwrap();
     assert_eq!(written, ours(&uki, &phases));
 }
+
+/// Multi-profile UKIs (UAPI UKI spec): the stub measures the base sections overridden by the
+/// selected profile's. No peer here predicts profiles (systemd-measure 252 predates them), so
+/// this checks the override rule: profile N of a multi-profile UKI measures like a
+/// single-profile UKI holding the merged sections.
+#[test]
+fn profiles_measure_base_sections_overridden_by_the_selected_profile() {
+    let Ok(stub) = std::fs::read(STUB) else {
+        common::missing(STUB);
+        return;
+    };
+    let s = |n: &str, d: &str| NewSection {
+        name: n.into(),
+        data: d.as_bytes().to_vec(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, sections: &[NewSection]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, assemble(&stub, sections).unwrap()).unwrap();
+        p
+    };
+    let multi = write(
+        "multi.efi",
+        &[
+            s(".linux", "K"),
+            s(".osrel", "ID=x\n"),
+            s(".cmdline", "base"),
+            s(".profile", "ID=one\n"),
+            s(".cmdline", "one"),
+            s(".profile", "ID=two\n"),
+            s(".cmdline", "two"),
+            s(".osrel", "ID=y\n"),
+        ],
+    );
+    let single1 = write(
+        "p1.efi",
+        &[
+            s(".linux", "K"),
+            s(".osrel", "ID=y\n"),
+            s(".profile", "ID=two\n"),
+            s(".cmdline", "two"),
+        ],
+    );
+    let single0 = write(
+        "p0.efi",
+        &[
+            s(".linux", "K"),
+            s(".osrel", "ID=x\n"),
+            s(".profile", "ID=one\n"),
+            s(".cmdline", "one"),
+        ],
+    );
+    let predict = |uki: &Path, profile: &str| -> serde_json::Value {
+        serde_json::from_slice(&run_ok(imgctl().arg("predict-pcrs").arg(uki).args([
+            "--json",
+            "--stub-semantics",
+            "upstream",
+            "--profile",
+            profile,
+        ])))
+        .unwrap()
+    };
+    // Every UKI here carries the stub's .sbat, which upstream stubs measure too.
+    assert_eq!(predict(&multi, "1"), predict(&single1, "0"));
+    assert_eq!(predict(&multi, "0"), predict(&single0, "0"));
+    assert_ne!(predict(&multi, "0"), predict(&multi, "1"));
+    let o = imgctl()
+        .arg("predict-pcrs")
+        .arg(&multi)
+        .args(["--profile", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("only 2 profiles"));
+}

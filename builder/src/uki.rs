@@ -80,7 +80,9 @@ pub fn check_stub(stub: &PeFile<'_>) -> Result<(), Error> {
             stub.file_alignment, stub.section_alignment
         )));
     }
-    if stub.size_of_headers as usize > stub.data.len() || stub.section_table_end() > stub.size_of_headers as usize {
+    if stub.size_of_headers as usize > stub.data.len()
+        || stub.section_table_end() > stub.size_of_headers as usize
+    {
         return Err(err(format!(
             "SizeOfHeaders {:#x} does not cover the section table (ends at {:#x}) within the file ({:#x} bytes)",
             stub.size_of_headers,
@@ -411,7 +413,9 @@ pub fn merge_sbat(parts: &[&[u8]]) -> Vec<u8> {
 
 /// Reads the `.sbat` section of a PE image as the stub will see it.
 pub fn pe_sbat(pe: &PeFile<'_>) -> Option<Vec<u8>> {
-    pe.section(".sbat").and_then(|s| pe.memory_data(s).ok()).map(|d| d.into_owned())
+    pe.section(".sbat")
+        .and_then(|s| pe.memory_data(s).ok())
+        .map(|d| d.into_owned())
 }
 
 #[cfg(test)]

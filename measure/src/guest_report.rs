@@ -93,7 +93,9 @@ impl GuestReport {
             return Err(ParseError::new(
                 start,
                 "event log",
-                format!("{MARK_EVENTLOG_BEGIN} without {MARK_EVENTLOG_END}: the output was cut off"),
+                format!(
+                    "{MARK_EVENTLOG_BEGIN} without {MARK_EVENTLOG_END}: the output was cut off"
+                ),
             ));
         }
         Ok(report)
@@ -112,17 +114,16 @@ impl GuestReport {
         self.pcrs.get(&bank)?.get(&index)
     }
 
-    /// `{"sha1": {"0": "hex", …}, "sha256": {…}}`, lower-case hex, indices in numeric order.
-    pub fn pcrs_json(&self) -> serde_json::Value {
-        let mut banks = serde_json::Map::new();
-        for (bank, values) in &self.pcrs {
-            let mut m = serde_json::Map::new();
-            for (index, digest) in values {
-                m.insert(index.to_string(), digest.to_hex().into());
-            }
-            banks.insert(bank.to_string(), m.into());
-        }
-        banks.into()
+    /// `{"sha1": {"0": "hex", …}, "sha256": {…}}`: lower-case hex; serialised from this map,
+    /// the indices come out in numeric order.
+    pub fn pcrs_by_bank(&self) -> BTreeMap<String, BTreeMap<u32, String>> {
+        self.pcrs
+            .iter()
+            .map(|(bank, values)| {
+                let values = values.iter().map(|(i, d)| (*i, d.to_hex())).collect();
+                (bank.to_string(), values)
+            })
+            .collect()
     }
 }
 
@@ -178,8 +179,9 @@ IMGCTL-DEMO: done\r\n\
             "9672f6662bccf526f11e8442382262cb796eb11a"
         );
         assert_eq!(r.event_log.as_deref(), Some(&[0u8, 1, 2, 3, 4, 5][..]));
+        let json = serde_json::to_value(r.pcrs_by_bank()).unwrap();
         assert_eq!(
-            r.pcrs_json()["sha256"]["11"],
+            json["sha256"]["11"],
             "f9be52a1f48a59a23de71d6bbbea89da503242e8fc853282d11623d344940c9f"
         );
     }

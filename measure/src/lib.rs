@@ -10,8 +10,8 @@
 //!   `core`-only so the Rust stub can share it.
 //! - [`predict`]: PCR 11 prediction per bank and boot phase, in `systemd-measure`'s JSON shape.
 //! - [`pe`]: a bounds-checked PE/COFF reader; [`authenticode`]: the PE image hash (PCR 4).
-//! - [`uki`]: UKI sections per profile and the identity of the stub inside.
 //! - [`guest_report`]: the PCRs and event log a booted demo guest prints on its console.
+//! - [`uki`]: UKI sections per profile and the identity of the stub inside.
 //! - [`reader`]: the cursor every parser of untrusted bytes reads through.
 //!
 //! What it deliberately does not do: build images (`imgctl-builder`), talk to a TPM, or read
@@ -33,6 +33,7 @@ pub mod pcr11;
 pub mod pe;
 pub mod predict;
 pub mod reader;
+pub mod tlog;
 pub mod uki;
 
 use std::fmt;

@@ -295,9 +295,13 @@ impl<'a> PeFile<'a> {
 
     /// The section's raw bytes on disk (`SizeOfRawData` from `PointerToRawData`).
     pub fn raw_data(&self, s: &Section) -> &'a [u8] {
+        // In bounds for every section `parse` returned (checked there); empty for a section
+        // without raw data, whatever its PointerToRawData says.
         let start = s.pointer_to_raw_data as usize;
-        // In bounds: checked in `parse`.
-        &self.data[start..start + s.size_of_raw_data as usize]
+        self.data
+            .get(start..start.saturating_add(s.size_of_raw_data as usize))
+            .filter(|_| s.size_of_raw_data > 0)
+            .unwrap_or_default()
     }
 
     /// The section's bytes as the firmware loads them: `VirtualSize` bytes, zero-filled past
@@ -329,6 +333,20 @@ impl<'a> PeFile<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `pe` fuzz target: a section with no raw data and a PointerToRawData past
+    /// the end of the file.
+    #[test]
+    fn empty_section_with_wild_pointer_has_no_data() {
+        let stub = std::fs::read("/usr/lib/systemd/boot/efi/linuxx64.efi.stub");
+        let Ok(mut data) = stub else { return };
+        let pe = PeFile::parse(&data).unwrap();
+        let h = pe.sections[0].header_offset;
+        data[h + 16..h + 20].copy_from_slice(&0u32.to_le_bytes());
+        data[h + 20..h + 24].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+        let pe = PeFile::parse(&data).unwrap();
+        assert!(pe.raw_data(&pe.sections[0]).is_empty());
+    }
 
     #[test]
     fn rejects_non_pe_with_a_clear_reason() {

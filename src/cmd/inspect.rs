@@ -57,10 +57,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let id = uki.identity();
     let semantics = id.semantics();
     let text = |name: &str| {
-        uki.pe.section(name).and_then(|s| uki.pe.memory_data(s).ok()).map(|d| {
-            let end = d.iter().position(|&b| b == 0).unwrap_or(d.len());
-            String::from_utf8_lossy(&d[..end]).into_owned()
-        })
+        uki.pe
+            .section(name)
+            .and_then(|s| uki.pe.memory_data(s).ok())
+            .map(|d| {
+                let end = d.iter().position(|&b| b == 0).unwrap_or(d.len());
+                String::from_utf8_lossy(&d[..end]).into_owned()
+            })
     };
     let sections = uki
         .pe

@@ -3,4 +3,6 @@
 pub mod build;
 pub mod completions;
 pub mod inspect;
+pub mod log;
 pub mod predict;
+pub mod vm;
