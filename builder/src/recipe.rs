@@ -491,6 +491,22 @@ mod tests {
     }
 
     #[test]
+    fn stub_imgctl_resolves_through_imgctl_stub() {
+        // The only test that touches IMGCTL_STUB.
+        std::env::set_var("IMGCTL_STUB", "/bin/sh");
+        let r = parse("name: x\nversion: 1\nos-release: {ID: x}\nkernel: /bin/sh\nstub: imgctl\n")
+            .unwrap();
+        assert_eq!(r.stub, PathBuf::from("/bin/sh"));
+        std::env::set_var("IMGCTL_STUB", "/nonexistent/imgctl-stub.efi");
+        let e = parse("name: x\nversion: 1\nos-release: {ID: x}\nkernel: /bin/sh\nstub: imgctl\n")
+            .unwrap_err()
+            .to_string();
+        std::env::remove_var("IMGCTL_STUB");
+        assert!(e.contains("scripts/build-stub.sh"), "{e}");
+        assert!(e.contains("r.yaml:5"), "{e}");
+    }
+
+    #[test]
     fn names_with_slashes_are_refused() {
         let e =
             parse("name: a/b\nversion: 1\nos-release: {ID: x}\nkernel: /bin/sh\nstub: /bin/sh\n")
