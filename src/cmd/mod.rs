@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod completions;
+pub mod ext;
 pub mod inspect;
 pub mod log;
 pub mod predict;
