@@ -20,7 +20,7 @@
 //! splash: splash.bmp              # optional .splash, .dtb and .pcrpkey sections
 //! dtb: board.dtb
 //! pcrpkey: pcr-public.pem
-//! stub: /usr/lib/systemd/boot/efi/linuxx64.efi.stub   # the default
+//! stub: /usr/lib/systemd/boot/efi/linuxx64.efi.stub   # the default; `imgctl` = our Rust stub
 //! ```
 //!
 //! Relative paths resolve against the recipe's folder. Unknown keys, wrong types and missing
@@ -35,6 +35,10 @@ use crate::Error;
 
 /// Debian's systemd-stub, the default stub.
 pub const DEFAULT_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+/// `stub: imgctl` selects our Rust stub: the file named by `$IMGCTL_STUB`, else
+/// [`IMGCTL_STUB_PATH`] (relative to the working directory), built by scripts/build-stub.sh.
+pub const IMGCTL_STUB: &str = "imgctl";
+pub const IMGCTL_STUB_PATH: &str = "target/uki-stub/imgctl-stub.efi";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -324,6 +328,17 @@ impl Recipe {
             |key: &str, v: &Option<String>| v.as_ref().map(|v| ctx.file(key, v)).transpose();
         let stub = match raw.stub.as_deref() {
             None => PathBuf::from(DEFAULT_STUB),
+            Some(IMGCTL_STUB) => {
+                let p = std::env::var_os("IMGCTL_STUB")
+                    .map_or_else(|| PathBuf::from(IMGCTL_STUB_PATH), PathBuf::from);
+                if !p.is_file() {
+                    return Err(ctx.err("stub", IMGCTL_STUB, &format!(
+                        "imgctl-stub is not built at {}: run scripts/build-stub.sh (or set IMGCTL_STUB)",
+                        p.display()
+                    )));
+                }
+                p
+            }
             Some(s) => ctx.file("stub", s)?,
         };
         if raw.stub.is_none() && !stub.is_file() {
@@ -473,6 +488,22 @@ mod tests {
         assert!(e.contains("r.yaml:4"), "{e}");
         assert!(e.contains("kernel"), "{e}");
         assert!(e.contains("/nonexistent/vmlinuz"), "{e}");
+    }
+
+    #[test]
+    fn stub_imgctl_resolves_through_imgctl_stub() {
+        // The only test that touches IMGCTL_STUB.
+        std::env::set_var("IMGCTL_STUB", "/bin/sh");
+        let r = parse("name: x\nversion: 1\nos-release: {ID: x}\nkernel: /bin/sh\nstub: imgctl\n")
+            .unwrap();
+        assert_eq!(r.stub, PathBuf::from("/bin/sh"));
+        std::env::set_var("IMGCTL_STUB", "/nonexistent/imgctl-stub.efi");
+        let e = parse("name: x\nversion: 1\nos-release: {ID: x}\nkernel: /bin/sh\nstub: imgctl\n")
+            .unwrap_err()
+            .to_string();
+        std::env::remove_var("IMGCTL_STUB");
+        assert!(e.contains("scripts/build-stub.sh"), "{e}");
+        assert!(e.contains("r.yaml:5"), "{e}");
     }
 
     #[test]

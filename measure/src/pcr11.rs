@@ -101,6 +101,39 @@ pub fn name_bytes(name: &str) -> ([u8; 9], usize) {
     (buf, n + 1)
 }
 
+/// systemd-stub's `mangle_stub_cmdline()` on a UTF-16 command line (no NUL): leading
+/// whitespace dropped, every inner control character or space (`<= 0x20`, `0x7f`) turned into
+/// one space, trailing whitespace dropped. Works in place; returns the new length. The stub
+/// measures the result, UTF-16LE with a trailing NUL (`strsize16`), into PCR 12 as an `EV_IPL`
+/// event whose description is the same string (systemd `src/boot/util.c`, `src/boot/stub.c`
+/// `use_load_options()`, `src/boot/measure.c` `tpm_log_load_options()`).
+pub fn mangle_cmdline(buf: &mut [u16]) -> usize {
+    let is_space = |c: u16| c <= 0x20 || c == 0x7f;
+    let mut out = 0;
+    let mut end = 0;
+    let mut started = false;
+    let mut i = 0;
+    while i < buf.len() {
+        let c = buf[i];
+        i += 1;
+        if c == 0 {
+            break;
+        }
+        if is_space(c) {
+            if started {
+                buf[out] = b' ' as u16;
+                out += 1;
+            }
+            continue;
+        }
+        started = true;
+        buf[out] = c;
+        out += 1;
+        end = out;
+    }
+    end
+}
+
 /// The systemd-pcrphase words, in the order a normal boot extends them.
 pub const PHASE_WORDS: &[&str] = &[
     "enter-initrd",
@@ -136,6 +169,20 @@ mod tests {
             .filter(|s| SECTIONS_252.contains(s))
             .collect();
         assert_eq!(filtered, SECTIONS_252.iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn mangle_cmdline_trims_and_turns_controls_into_spaces() {
+        let mangle = |s: &str| {
+            let mut v: Vec<u16> = s.encode_utf16().collect();
+            let n = mangle_cmdline(&mut v);
+            String::from_utf16_lossy(&v[..n])
+        };
+        assert_eq!(mangle("  console=ttyS0\tquiet \n "), "console=ttyS0 quiet");
+        assert_eq!(mangle("a\x7fb"), "a b");
+        assert_eq!(mangle("a  b"), "a  b");
+        assert_eq!(mangle("ab\0cd"), "ab");
+        assert_eq!(mangle(" \r\n"), "");
     }
 
     #[test]
