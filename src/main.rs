@@ -30,6 +30,7 @@ pub struct Cli {
 enum Command {
     Completions(cmd::completions::Args),
     Manpage(cmd::completions::ManArgs),
+    Eventlog(cmd::eventlog::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Manpage(a) => cmd::completions::run_man(a, Cli::command()),
+        Command::Eventlog(a) => cmd::eventlog::run(a),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,10 @@
 //! - [`predict`]: PCR 11 prediction per bank and boot phase, in `systemd-measure`'s JSON shape.
 //! - [`pe`]: a bounds-checked PE/COFF reader; [`authenticode`]: the PE image hash (PCR 4).
 //! - [`reader`]: the cursor every parser of untrusted bytes reads through.
+//! - [`eventlog`]: firmware (TCG PFP) and systemd userspace event logs, parsing and replay.
+//! - [`quote`]: TPMS_ATTEST quotes and their signatures (RSASSA, RSA-PSS, ECDSA).
+//! - [`verify`]: the verifier: policy, references, verdict; [`breakglass`]: the break-glass
+//!   record shared by the recorder and the auditor.
 //!
 //! What it deliberately does not do: build images (`imgctl-builder`), talk to a TPM, or read
 //! files.
@@ -26,10 +30,14 @@
 
 pub mod authenticode;
 pub mod bank;
+pub mod breakglass;
+pub mod eventlog;
 pub mod pcr11;
 pub mod pe;
 pub mod predict;
+pub mod quote;
 pub mod reader;
+pub mod verify;
 
 use std::fmt;
 

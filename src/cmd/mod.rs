@@ -1,3 +1,4 @@
 //! One module per subcommand: each has an `Args` struct (clap derive) and a `run` function.
 
 pub mod completions;
+pub mod eventlog;
