@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod cmd;
+mod output;
+mod uki_input;
 
 /// Build measured, immutable Linux OS images and prove what a machine booted.
 ///
@@ -28,6 +30,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Build(cmd::build::Args),
+    Inspect(cmd::inspect::Args),
+    PredictPcrs(cmd::predict::Args),
     Completions(cmd::completions::Args),
     Manpage(cmd::completions::ManArgs),
     Eventlog(cmd::eventlog::Args),
@@ -36,6 +41,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Build(a) => cmd::build::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::PredictPcrs(a) => cmd::predict::run(a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Manpage(a) => cmd::completions::run_man(a, Cli::command()),
         Command::Eventlog(a) => cmd::eventlog::run(a),

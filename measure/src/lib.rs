@@ -10,6 +10,7 @@
 //!   `core`-only so the Rust stub can share it.
 //! - [`predict`]: PCR 11 prediction per bank and boot phase, in `systemd-measure`'s JSON shape.
 //! - [`pe`]: a bounds-checked PE/COFF reader; [`authenticode`]: the PE image hash (PCR 4).
+//! - [`uki`]: UKI sections per profile and the identity of the stub inside.
 //! - [`reader`]: the cursor every parser of untrusted bytes reads through.
 //! - [`eventlog`]: firmware (TCG PFP) and systemd userspace event logs, parsing and replay.
 //! - [`quote`]: TPMS_ATTEST quotes and their signatures (RSASSA, RSA-PSS, ECDSA).
@@ -37,6 +38,7 @@ pub mod pe;
 pub mod predict;
 pub mod quote;
 pub mod reader;
+pub mod uki;
 pub mod verify;
 
 use std::fmt;
@@ -45,6 +47,7 @@ pub use bank::{Digest, HashAlg, Pcr};
 pub use pcr11::StubSemantics;
 pub use pe::PeFile;
 pub use predict::{predict_pcr11, MeasuredSection, PhasePath, Prediction};
+pub use uki::{StubIdentity, Uki};
 
 /// A malformed input: where, in which field, and what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -100,6 +100,10 @@ pub mod coff {
     pub const CHARACTERISTICS: usize = 4 + 18;
 }
 
+/// Largest zero fill past a section's raw data we materialise (a kernel's SizeOfImage beyond
+/// its file size is tens of MiB).
+pub const MAX_ZERO_FILL: usize = 256 << 20;
+
 /// Upper bound on sections: the COFF limit is 96 for images; anything larger is hostile.
 const MAX_SECTIONS: u16 = 96;
 
@@ -291,29 +295,58 @@ impl<'a> PeFile<'a> {
 
     /// The section's raw bytes on disk (`SizeOfRawData` from `PointerToRawData`).
     pub fn raw_data(&self, s: &Section) -> &'a [u8] {
+        // In bounds for every section `parse` returned (checked there); empty for a section
+        // without raw data, whatever its PointerToRawData says.
         let start = s.pointer_to_raw_data as usize;
-        // In bounds: checked in `parse`.
-        &self.data[start..start + s.size_of_raw_data as usize]
+        self.data
+            .get(start..start.saturating_add(s.size_of_raw_data as usize))
+            .filter(|_| s.size_of_raw_data > 0)
+            .unwrap_or_default()
     }
 
     /// The section's bytes as the firmware loads them: `VirtualSize` bytes, zero-filled past
-    /// the raw data. This is exactly what systemd-stub measures.
-    pub fn memory_data(&self, s: &Section) -> Cow<'a, [u8]> {
+    /// the raw data. This is exactly what systemd-stub measures. A section whose zero fill
+    /// would exceed [`MAX_ZERO_FILL`] is refused rather than allocated.
+    pub fn memory_data(&self, s: &Section) -> Result<Cow<'a, [u8]>, ParseError> {
         let raw = self.raw_data(s);
         let vsize = s.virtual_size as usize;
         if vsize <= raw.len() {
-            Cow::Borrowed(&raw[..vsize])
-        } else {
-            let mut v = raw.to_vec();
-            v.resize(vsize, 0);
-            Cow::Owned(v)
+            return Ok(Cow::Borrowed(&raw[..vsize]));
         }
+        if vsize - raw.len() > MAX_ZERO_FILL {
+            return Err(ParseError::new(
+                s.header_offset + 8,
+                "VirtualSize",
+                format!(
+                    "section {:?} has VirtualSize {vsize:#x} but only {:#x} bytes of data; refusing to zero-fill more than {MAX_ZERO_FILL:#x} bytes",
+                    s.name,
+                    raw.len()
+                ),
+            ));
+        }
+        let mut v = raw.to_vec();
+        v.resize(vsize, 0);
+        Ok(Cow::Owned(v))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `pe` fuzz target: a section with no raw data and a PointerToRawData past
+    /// the end of the file.
+    #[test]
+    fn empty_section_with_wild_pointer_has_no_data() {
+        let stub = std::fs::read("/usr/lib/systemd/boot/efi/linuxx64.efi.stub");
+        let Ok(mut data) = stub else { return };
+        let pe = PeFile::parse(&data).unwrap();
+        let h = pe.sections[0].header_offset;
+        data[h + 16..h + 20].copy_from_slice(&0u32.to_le_bytes());
+        data[h + 20..h + 24].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+        let pe = PeFile::parse(&data).unwrap();
+        assert!(pe.raw_data(&pe.sections[0]).is_empty());
+    }
 
     #[test]
     fn rejects_non_pe_with_a_clear_reason() {

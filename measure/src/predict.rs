@@ -84,13 +84,17 @@ pub struct MeasuredSection<'a> {
     pub data: &'a [u8],
 }
 
+/// One PCR 11 section measurement: the section name, the name bytes hashed (with NUL), and the
+/// content hashed.
+pub type SectionMeasurement<'a> = (&'static str, Vec<u8>, &'a [u8]);
+
 /// The byte strings the stub hashes into PCR 11 for these sections, in measurement order.
 /// Sections the stub does not know, `.pcrsig`, and empty sections are left out; a measured
 /// section name present twice is an error (the stub would use only one of them).
 pub fn pcr11_event_data<'a>(
     semantics: StubSemantics,
     sections: &[MeasuredSection<'a>],
-) -> Result<Vec<(&'static str, Vec<u8>, &'a [u8])>, Error> {
+) -> Result<Vec<SectionMeasurement<'a>>, Error> {
     let mut events = Vec::new();
     for name in semantics.measured_sections() {
         let mut found = sections
@@ -167,26 +171,60 @@ pub fn predict_pcr11(
     banks: &[HashAlg],
     phases: &[PhasePath],
 ) -> Result<Prediction, Error> {
-    let events = pcr11_event_data(semantics, sections)?;
-    let inputs: Vec<&[u8]> = events
+    let contents: Vec<&[u8]> = sections.iter().map(|s| s.data).collect();
+    let digests = digest_matrix(banks, &contents)?;
+    let with_digests: Vec<(&str, &[u8], &[Digest])> = sections
         .iter()
-        .flat_map(|(_, name, data)| [name.as_slice(), *data])
+        .zip(&digests)
+        .map(|(s, d)| (s.name, s.data, d.as_slice()))
         .collect();
-    let jobs: Vec<(HashAlg, &[u8])> = banks
+    predict_from_digests(semantics, &with_digests, banks, phases)
+}
+
+/// `H_bank(data)` for every bank (inner) and every input (outer), all pairs in parallel.
+pub fn digest_matrix(banks: &[HashAlg], inputs: &[&[u8]]) -> Result<Vec<Vec<Digest>>, Error> {
+    let jobs: Vec<(HashAlg, &[u8])> = inputs
         .iter()
-        .flat_map(|b| inputs.iter().map(move |d| (*b, *d)))
+        .flat_map(|d| banks.iter().map(move |b| (*b, *d)))
         .collect();
-    let digests: Vec<Digest> = jobs
+    let flat: Vec<Digest> = jobs
         .par_iter()
         .with_max_len(1)
         .map(|(b, d)| b.hash(d))
         .collect::<Result<_, _>>()?;
+    Ok(flat
+        .chunks(banks.len().max(1))
+        .map(<[Digest]>::to_vec)
+        .collect())
+}
 
+/// Predicts PCR 11 from sections whose content digests are already known: `(name, content,
+/// digests in the order of banks)`. Used by the builder, which digests every section once for
+/// its manifest and its prediction alike.
+pub fn predict_from_digests(
+    semantics: StubSemantics,
+    sections: &[(&str, &[u8], &[Digest])],
+    banks: &[HashAlg],
+    phases: &[PhasePath],
+) -> Result<Prediction, Error> {
+    let measured: Vec<MeasuredSection<'_>> = sections
+        .iter()
+        .map(|(name, data, _)| MeasuredSection { name, data })
+        .collect();
+    let events = pcr11_event_data(semantics, &measured)?;
     let mut out = Vec::with_capacity(banks.len());
     for (i, bank) in banks.iter().enumerate() {
         let mut pcr = Pcr::reset(*bank)?;
-        for d in &digests[i * inputs.len()..(i + 1) * inputs.len()] {
-            pcr.extend(d);
+        for (name, name_bytes, data) in &events {
+            pcr.extend_data(name_bytes);
+            let content = sections
+                .iter()
+                .find(|(n, d, _)| n == name && std::ptr::eq(*d, *data))
+                .and_then(|(_, _, digests)| digests.get(i))
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!("no {bank} digest for section {name}"))
+                })?;
+            pcr.extend(content);
         }
         let mut values = Vec::with_capacity(phases.len());
         for phase in phases {

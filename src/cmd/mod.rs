@@ -1,4 +1,7 @@
 //! One module per subcommand: each has an `Args` struct (clap derive) and a `run` function.
 
+pub mod build;
 pub mod completions;
 pub mod eventlog;
+pub mod inspect;
+pub mod predict;

@@ -23,7 +23,9 @@ pub fn require_tool(path: &str, package: &str) -> Option<PathBuf> {
     if p.exists() {
         return Some(p);
     }
-    missing(&format!("peer tool {path} (Debian package {package}; run scripts/setup.sh)"));
+    missing(&format!(
+        "peer tool {path} (Debian package {package}; run scripts/setup.sh)"
+    ));
     None
 }
 
@@ -52,7 +54,10 @@ pub fn shared_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        missing(&format!("shared test data folder {} (set IMGCTL_SHARED)", dir.display()));
+        missing(&format!(
+            "shared test data folder {} (set IMGCTL_SHARED)",
+            dir.display()
+        ));
         None
     }
 }
@@ -69,7 +74,9 @@ pub fn imgctl() -> Command {
 
 /// Runs a command, panicking with its stderr if it fails; returns stdout.
 pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}",

@@ -1,0 +1,437 @@
+//! The build plan: recipe → initrd → UKI → measurements → manifest, written atomically.
+//!
+//! Output folder (default `images/NAME/`): `NAME.efi` (the UKI), `NAME.initrd` (the initrd
+//! that went into it, when there is one), `pcrs.json` (PCR 11 predictions in
+//! `systemd-measure calculate --json` shape) and `manifest.json` (written last).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use imgctl_measure::authenticode::authenticode_digests;
+use imgctl_measure::pe::PeFile;
+use imgctl_measure::predict::{digest_matrix, predict_from_digests};
+use imgctl_measure::{Digest, HashAlg, PhasePath, Prediction, StubSemantics, Uki};
+use serde::Serialize;
+
+use crate::output::Stage;
+use crate::recipe::{OsRelease, Recipe};
+use crate::uki::{assemble, check_stub, merge_sbat, pe_sbat, NewSection, SBAT_UKI_DEFAULT};
+use crate::Error;
+
+/// Manifest format identifier; bump on incompatible changes.
+pub const MANIFEST_FORMAT: &str = "imgctl-manifest/1";
+
+/// How to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub out_dir: PathBuf,
+    /// Timestamp for every embedded time (cpio mtimes).
+    pub source_date_epoch: u64,
+    /// Stub semantics for the prediction; default: detected from the stub.
+    pub semantics: Option<StubSemantics>,
+}
+
+impl BuildOptions {
+    pub fn new(out_dir: PathBuf, source_date_epoch: u64) -> Self {
+        BuildOptions {
+            out_dir,
+            source_date_epoch,
+            semantics: None,
+        }
+    }
+}
+
+/// What a build wrote.
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    pub uki: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub pcrs: PathBuf,
+    pub manifest_path: PathBuf,
+    pub manifest: Manifest,
+    pub prediction: Prediction,
+}
+
+/// Digests of one byte string in every bank, keyed by bank name.
+pub type Digests = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileRecord {
+    pub role: String,
+    pub path: String,
+    pub size: u64,
+    pub digests: Digests,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SectionRecord {
+    pub name: String,
+    /// File offset of the raw data.
+    pub offset: u32,
+    pub virtual_address: u32,
+    pub virtual_size: u32,
+    pub size_of_raw_data: u32,
+    /// Whether the stub measures this section into PCR 11.
+    pub measured: bool,
+    /// Digests of the `virtual_size` bytes the stub measures.
+    pub digests: Digests,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StubRecord {
+    pub path: String,
+    pub sdmagic: Option<String>,
+    pub semantics: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UkiRecord {
+    pub file: String,
+    pub size: u64,
+    pub digests: Digests,
+    /// The Authenticode hash per bank: what firmware extends into PCR 4 when it loads the UKI.
+    pub authenticode: Digests,
+    pub stub: StubRecord,
+    pub sections: Vec<SectionRecord>,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub format: String,
+    pub name: String,
+    pub version: String,
+    pub builder: String,
+    pub source_date_epoch: u64,
+    pub recipe: FileRecord,
+    pub inputs: Vec<FileRecord>,
+    pub uki: UkiRecord,
+    pub initrd: Option<FileRecord>,
+    /// PCR 11 predictions, as in pcrs.json.
+    pub pcrs: serde_json::Value,
+}
+
+fn digests_map(banks: &[HashAlg], d: &[Digest]) -> Digests {
+    banks
+        .iter()
+        .zip(d)
+        .map(|(b, d)| (b.to_string(), d.to_hex()))
+        .collect()
+}
+
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::io(path, what, e))
+}
+
+/// The os-release file content for recipe fields: `KEY=value` lines, values quoted when they
+/// hold anything but `[A-Za-z0-9._-]` (os-release(5) uses shell-compatible quoting).
+pub fn os_release_text(fields: &[(String, String)]) -> String {
+    let mut s = String::new();
+    for (k, v) in fields {
+        let plain = !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if plain {
+            s.push_str(&format!("{k}={v}\n"));
+        } else {
+            let escaped: String = v
+                .chars()
+                .flat_map(|c| match c {
+                    '"' | '\\' | '$' | '`' => vec!['\\', c],
+                    _ => vec![c],
+                })
+                .collect();
+            s.push_str(&format!("{k}=\"{escaped}\"\n"));
+        }
+    }
+    s
+}
+
+/// One planned section with where its bytes came from.
+#[derive(Debug, Clone)]
+struct Planned {
+    name: &'static str,
+    role: &'static str,
+    source: Option<PathBuf>,
+    data: Vec<u8>,
+}
+
+/// A UKI assembled in memory from a recipe, not yet written.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    pub uki: Vec<u8>,
+    pub initrd: Option<Vec<u8>>,
+    pub stub: Vec<u8>,
+    plan: Vec<Planned>,
+}
+
+/// Assembles the UKI a recipe describes, in memory.
+pub fn assemble_recipe(recipe: &Recipe, source_date_epoch: u64) -> Result<Assembled, Error> {
+    let stub_err = |e: Error| match e {
+        Error::Stub(m) => Error::Stub(format!("stub {}: {m}", recipe.stub.display())),
+        other => other,
+    };
+    let stub_bytes = read(&recipe.stub, "reading the stub")?;
+    let stub = PeFile::parse(&stub_bytes).map_err(|e| {
+        Error::Stub(format!(
+            "stub {}: not a valid PE image: {e}",
+            recipe.stub.display()
+        ))
+    })?;
+    check_stub(&stub).map_err(stub_err)?;
+
+    let kernel = read(&recipe.kernel, "reading the kernel")?;
+    let uname = match &recipe.uname {
+        Some(u) => Some(u.clone()),
+        None => crate::kernel::kernel_release(&kernel),
+    };
+    let mtime = u32::try_from(source_date_epoch).map_err(|_| {
+        Error::InvalidInput("SOURCE_DATE_EPOCH does not fit the cpio format (32 bits)".into())
+    })?;
+    let initrd = match &recipe.initrd {
+        Some(spec) => Some(crate::initrd::build_initrd(spec, mtime)?),
+        None => None,
+    };
+    let (osrel, osrel_source) = match &recipe.os_release {
+        OsRelease::Fields(f) => (os_release_text(f).into_bytes(), None),
+        OsRelease::File(p) => (read(p, "reading the os-release file")?, Some(p.clone())),
+    };
+    let kernel_sbat = PeFile::parse(&kernel).ok().and_then(|k| pe_sbat(&k));
+    let stub_sbat = pe_sbat(&stub).unwrap_or_default();
+    let recipe_sbat = recipe
+        .sbat
+        .clone()
+        .unwrap_or_else(|| SBAT_UKI_DEFAULT.to_owned());
+    let sbat = merge_sbat(&[
+        &stub_sbat,
+        kernel_sbat.as_deref().unwrap_or_default(),
+        recipe_sbat.as_bytes(),
+    ]);
+
+    // ukify's insertion order: .osrel .cmdline .dtb .uname .splash .pcrpkey .initrd, .sbat,
+    // and .linux last (its PE file order does not affect PCR 11).
+    let mut plan: Vec<Planned> = Vec::new();
+    let mut push = |name, role, source: Option<PathBuf>, data: Vec<u8>| {
+        if !data.is_empty() {
+            plan.push(Planned {
+                name,
+                role,
+                source,
+                data,
+            });
+        }
+    };
+    push(".osrel", "os-release", osrel_source, osrel);
+    push(
+        ".cmdline",
+        "cmdline",
+        None,
+        recipe.cmdline.clone().unwrap_or_default().into_bytes(),
+    );
+    if let Some(p) = &recipe.dtb {
+        push(
+            ".dtb",
+            "dtb",
+            Some(p.clone()),
+            read(p, "reading the devicetree")?,
+        );
+    }
+    push(
+        ".uname",
+        "uname",
+        None,
+        uname.clone().unwrap_or_default().into_bytes(),
+    );
+    if let Some(p) = &recipe.splash {
+        push(
+            ".splash",
+            "splash",
+            Some(p.clone()),
+            read(p, "reading the splash image")?,
+        );
+    }
+    if let Some(p) = &recipe.pcrpkey {
+        push(
+            ".pcrpkey",
+            "pcrpkey",
+            Some(p.clone()),
+            read(p, "reading the PCR public key")?,
+        );
+    }
+    push(
+        ".initrd",
+        "initrd",
+        None,
+        initrd.clone().unwrap_or_default(),
+    );
+    push(".sbat", "sbat", None, sbat);
+    push(".linux", "kernel", Some(recipe.kernel.clone()), kernel);
+
+    let new_sections: Vec<NewSection> = plan
+        .iter()
+        .map(|p| NewSection {
+            name: p.name.to_owned(),
+            data: p.data.clone(),
+        })
+        .collect();
+    let uki_bytes = assemble(&stub_bytes, &new_sections).map_err(stub_err)?;
+
+    Ok(Assembled {
+        uki: uki_bytes,
+        initrd,
+        stub: stub_bytes,
+        plan,
+    })
+}
+
+/// Builds the UKI a recipe describes and writes it, its initrd, pcrs.json and manifest.json.
+pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildOutput, Error> {
+    let banks = HashAlg::ALL;
+    let Assembled {
+        uki: uki_bytes,
+        initrd,
+        stub: stub_bytes,
+        plan,
+    } = assemble_recipe(recipe, opts.source_date_epoch)?;
+    // Measure what was built, from the built bytes.
+    let uki = Uki::parse(&uki_bytes).map_err(imgctl_measure::Error::from)?;
+    let identity = uki.identity();
+    let semantics = opts.semantics.unwrap_or_else(|| identity.semantics());
+    let sections = uki.sections_for_profile(0)?;
+    let contents: Vec<&[u8]> = sections.iter().map(|(_, d)| d.as_ref()).collect();
+    let mut digest_inputs = contents.clone();
+    digest_inputs.push(&uki_bytes);
+    digest_inputs.push(&recipe.source);
+    let initrd_index = initrd.as_ref().map(|i| {
+        digest_inputs.push(i);
+        digest_inputs.len() - 1
+    });
+    let matrix = digest_matrix(&banks, &digest_inputs)?;
+    let with: Vec<(&str, &[u8], &[Digest])> = sections
+        .iter()
+        .zip(&matrix)
+        .map(|((n, d), m)| (n.as_str(), d.as_ref(), m.as_slice()))
+        .collect();
+    let prediction = predict_from_digests(semantics, &with, &banks, &PhasePath::defaults())?;
+    let authenticode = authenticode_digests(&uki.pe, &banks)?;
+    let pcrs_json = prediction.to_json();
+
+    let section_records: Vec<SectionRecord> = uki
+        .pe
+        .sections
+        .iter()
+        .map(|s| {
+            let idx = sections.iter().position(|(n, _)| *n == s.name);
+            SectionRecord {
+                name: s.name.clone(),
+                offset: s.pointer_to_raw_data,
+                virtual_address: s.virtual_address,
+                virtual_size: s.virtual_size,
+                size_of_raw_data: s.size_of_raw_data,
+                measured: semantics.measured_sections().any(|m| m == s.name),
+                digests: idx
+                    .map(|i| digests_map(&banks, &matrix[i]))
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    let record = |role: &str, path: String, size: usize, d: &[Digest]| FileRecord {
+        role: role.to_owned(),
+        path,
+        size: size as u64,
+        digests: digests_map(&banks, d),
+    };
+    let mut inputs = vec![record(
+        "stub",
+        recipe.stub.display().to_string(),
+        stub_bytes.len(),
+        &digest_matrix(&banks, &[&stub_bytes])?[0],
+    )];
+    for p in &plan {
+        let Some(i) = sections.iter().position(|(n, _)| n == p.name) else {
+            continue;
+        };
+        let path = p.source.as_ref().map_or_else(
+            || format!("(recipe {})", p.role),
+            |s| s.display().to_string(),
+        );
+        inputs.push(record(p.role, path, p.data.len(), &matrix[i]));
+    }
+    let n = sections.len();
+    let uki_file = format!("{}.efi", recipe.name);
+    let initrd_file = format!("{}.initrd", recipe.name);
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.to_owned(),
+        name: recipe.name.clone(),
+        version: recipe.version.clone(),
+        builder: format!("imgctl-builder {}", env!("CARGO_PKG_VERSION")),
+        source_date_epoch: opts.source_date_epoch,
+        recipe: record(
+            "recipe",
+            recipe.path.display().to_string(),
+            recipe.source.len(),
+            &matrix[n + 1],
+        ),
+        inputs,
+        uki: UkiRecord {
+            file: uki_file.clone(),
+            size: uki_bytes.len() as u64,
+            digests: digests_map(&banks, &matrix[n]),
+            authenticode: digests_map(&banks, &authenticode),
+            stub: StubRecord {
+                path: recipe.stub.display().to_string(),
+                sdmagic: identity.sdmagic.clone(),
+                semantics: semantics.name().to_owned(),
+            },
+            sections: section_records,
+        },
+        initrd: initrd_index.map(|i| {
+            record(
+                "initrd",
+                initrd_file.clone(),
+                initrd.as_ref().map_or(0, Vec::len),
+                &matrix[i],
+            )
+        }),
+        pcrs: pcrs_json.clone(),
+    };
+
+    let mut stage = Stage::new(&opts.out_dir)?;
+    let uki_path = stage.add(&uki_file, &uki_bytes)?;
+    let initrd_path = match &initrd {
+        Some(i) => Some(stage.add(&initrd_file, i)?),
+        None => None,
+    };
+    let pcrs_path = stage.add("pcrs.json", &to_json_bytes(&pcrs_json)?)?;
+    let manifest_path = stage.add("manifest.json", &to_json_bytes(&manifest)?)?;
+    stage.commit()?;
+    Ok(BuildOutput {
+        uki: uki_path,
+        initrd: initrd_path,
+        pcrs: pcrs_path,
+        manifest_path,
+        manifest,
+        prediction,
+    })
+}
+
+fn to_json_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
+    let mut out = serde_json::to_vec_pretty(v)
+        .map_err(|e| Error::InvalidInput(format!("encoding JSON: {e}")))?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release_values_are_quoted_when_needed() {
+        let t = os_release_text(&[
+            ("ID".into(), "demo".into()),
+            ("PRETTY_NAME".into(), "Demo \"1\" $x".into()),
+        ]);
+        assert_eq!(t, "ID=demo\nPRETTY_NAME=\"Demo \\\"1\\\" \\$x\"\n");
+    }
+}

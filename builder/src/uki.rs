@@ -1,0 +1,441 @@
+//! Unified Kernel Image assembly: the stub plus new PE sections, placed as ukify places them.
+//!
+//! Algorithm (systemd's ukify `pe_add_sections()`, ../shared/reference/systemd.md §5.1):
+//! 1. Strip the COFF symbol table that gnu-efi stubs carry at the end of the file.
+//! 2. Keep the stub's sections, each at a file offset aligned to `FileAlignment`.
+//! 3. Append each new section after the last one: file offset and raw size rounded up to
+//!    `FileAlignment`, virtual address rounded up to `SectionAlignment`, `VirtualSize` = the
+//!    content length, so the stub measures exactly the content.
+//!    A section the stub already has (`.sbat`) is replaced in place.
+//! 4. Update `NumberOfSections`, `SizeOfInitializedData`, `SizeOfImage`; zero `CheckSum`.
+//!
+//! Where the stub's header has no room for the new section headers (ukify refuses then), the
+//! headers are re-laid: `SizeOfHeaders` grows by whole file-alignment units and every section's
+//! raw data moves down; RVAs never change, so the loaded image is the same. This is allowed
+//! only while the headers stay below the first section's RVA.
+//!
+//! Pure: bytes in, bytes out.
+
+use imgctl_measure::pe::{
+    coff, opt, PeFile, DIR_DEBUG, IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA,
+    IMAGE_SCN_MEM_READ, SECTION_HEADER_SIZE, SUBSYSTEM_EFI_APPLICATION,
+};
+
+use crate::Error;
+
+/// `IMAGE_FILE_LOCAL_SYMS_STRIPPED` in the COFF characteristics.
+const LOCAL_SYMS_STRIPPED: u16 = 0x0008;
+
+/// A section to add to the stub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSection {
+    /// At most 8 bytes, e.g. `.linux`.
+    pub name: String,
+    pub data: Vec<u8>,
+}
+
+fn round_up(v: u64, align: u64) -> u64 {
+    v.div_ceil(align) * align
+}
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::Stub(msg.into())
+}
+
+struct OutSection {
+    name: [u8; 8],
+    virtual_size: u32,
+    virtual_address: u32,
+    size_of_raw_data: u32,
+    pointer_to_raw_data: u32,
+    /// The 16 bytes from PointerToRelocations to NumberOfLinenumbers, kept from the stub.
+    reloc_fields: [u8; 12],
+    characteristics: u32,
+    data: Vec<u8>,
+}
+
+impl OutSection {
+    /// End of the section in memory. A zero VirtualSize means "the raw size" to loaders.
+    fn virtual_end(&self) -> u64 {
+        let size = if self.virtual_size == 0 {
+            self.size_of_raw_data
+        } else {
+            self.virtual_size
+        };
+        self.virtual_address as u64 + size as u64
+    }
+}
+
+/// Checks that `stub` is a PE we can build a UKI from: an unsigned EFI application.
+pub fn check_stub(stub: &PeFile<'_>) -> Result<(), Error> {
+    if stub.subsystem != SUBSYSTEM_EFI_APPLICATION {
+        return Err(err(format!(
+            "not an EFI application (PE subsystem {} instead of {SUBSYSTEM_EFI_APPLICATION})",
+            stub.subsystem
+        )));
+    }
+    if stub.file_alignment > 0x10000 || stub.section_alignment < stub.file_alignment {
+        return Err(err(format!(
+            "unusable alignments (FileAlignment {:#x}, SectionAlignment {:#x}): the PE specification wants FileAlignment of at most 64 KiB and not above SectionAlignment",
+            stub.file_alignment, stub.section_alignment
+        )));
+    }
+    if stub.size_of_headers as usize > stub.data.len()
+        || stub.section_table_end() > stub.size_of_headers as usize
+    {
+        return Err(err(format!(
+            "SizeOfHeaders {:#x} does not cover the section table (ends at {:#x}) within the file ({:#x} bytes)",
+            stub.size_of_headers,
+            stub.section_table_end(),
+            stub.data.len()
+        )));
+    }
+    if stub.is_signed() {
+        return Err(err(
+            "the stub carries an Authenticode signature; build from an unsigned stub and sign the UKI afterwards",
+        ));
+    }
+    Ok(())
+}
+
+/// Builds a UKI: `stub` with `sections` added in the given order.
+pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, Error> {
+    let stub = PeFile::parse(stub_bytes).map_err(|e| err(format!("not a valid PE image: {e}")))?;
+    check_stub(&stub)?;
+    let falign = stub.file_alignment as u64;
+    let salign = stub.section_alignment as u64;
+    for s in sections {
+        if s.name.is_empty() || s.name.len() > 8 || !s.name.is_ascii() {
+            return Err(Error::InvalidInput(format!(
+                "section name {:?} must be 1 to 8 ASCII bytes",
+                s.name
+            )));
+        }
+    }
+
+    // Everything the stub has that we keep: its sections' raw data. The symbol table and any
+    // gap between sections are dropped.
+    let mut out_sections: Vec<OutSection> = Vec::new();
+    for s in &stub.sections {
+        let mut name = [0u8; 8];
+        let raw_hdr = &stub_bytes[s.header_offset..s.header_offset + SECTION_HEADER_SIZE];
+        name.copy_from_slice(&raw_hdr[..8]);
+        let mut reloc_fields = [0u8; 12];
+        reloc_fields.copy_from_slice(&raw_hdr[24..36]);
+        out_sections.push(OutSection {
+            name,
+            virtual_size: s.virtual_size,
+            virtual_address: s.virtual_address,
+            size_of_raw_data: s.size_of_raw_data,
+            pointer_to_raw_data: s.pointer_to_raw_data,
+            reloc_fields,
+            characteristics: s.characteristics,
+            data: stub.raw_data(s).to_vec(),
+        });
+    }
+    let data_end = stub
+        .sections
+        .iter()
+        .map(|s| s.pointer_to_raw_data as u64 + s.size_of_raw_data as u64)
+        .max()
+        .unwrap_or(stub.size_of_headers as u64);
+    let symtab = stub.pointer_to_symbol_table as u64;
+    if symtab != 0 && symtab < data_end {
+        return Err(err(format!(
+            "COFF symbol table at {symtab:#x} lies inside the section data; cannot strip it"
+        )));
+    }
+    let trailing_end = if symtab != 0 {
+        symtab
+    } else {
+        stub_bytes.len() as u64
+    };
+    if trailing_end > round_up(data_end, falign) {
+        return Err(err(format!(
+            "{} bytes of unknown data follow the last section",
+            trailing_end - data_end
+        )));
+    }
+
+    // In-place replacements (sections the stub already has) and appended sections.
+    let mut added_initialized = 0u64;
+    let original_count = out_sections.len();
+    for new in sections {
+        let existing = out_sections[..original_count]
+            .iter_mut()
+            .find(|s| section_name(&s.name) == new.name);
+        if let Some(s) = existing {
+            let len = new.data.len() as u64;
+            if len > s.size_of_raw_data as u64 {
+                return Err(err(format!(
+                    "the stub's {} section has room for {} bytes, not {len}",
+                    new.name, s.size_of_raw_data
+                )));
+            }
+            let mut data = new.data.clone();
+            data.resize(s.size_of_raw_data as usize, 0);
+            s.data = data;
+            s.virtual_size = len as u32;
+            continue;
+        }
+        let end_va = out_sections
+            .iter()
+            .map(OutSection::virtual_end)
+            .max()
+            .unwrap_or(0);
+        let va = round_up(end_va, salign);
+        let vsize = new.data.len() as u64;
+        let raw_size = round_up(vsize, falign);
+        if va + raw_size > u32::MAX as u64 || vsize == 0 {
+            return Err(Error::InvalidInput(format!(
+                "section {} ({vsize} bytes) cannot be placed in a PE image",
+                new.name
+            )));
+        }
+        let mut name = [0u8; 8];
+        name[..new.name.len()].copy_from_slice(new.name.as_bytes());
+        let characteristics = IMAGE_SCN_MEM_READ
+            | if new.name == ".linux" {
+                IMAGE_SCN_CNT_CODE
+            } else {
+                IMAGE_SCN_CNT_INITIALIZED_DATA
+            };
+        let mut data = new.data.clone();
+        data.resize(raw_size as usize, 0);
+        out_sections.push(OutSection {
+            name,
+            virtual_size: vsize as u32,
+            virtual_address: va as u32,
+            size_of_raw_data: raw_size as u32,
+            pointer_to_raw_data: 0,
+            reloc_fields: [0; 12],
+            characteristics,
+            data,
+        });
+        added_initialized += vsize;
+    }
+
+    // Header room: grow SizeOfHeaders if the new section table does not fit.
+    let table_start = stub.optional_header_offset + stub.size_of_optional_header as usize;
+    let table_end = (table_start + out_sections.len() * SECTION_HEADER_SIZE) as u64;
+    let mut size_of_headers = round_up(stub.size_of_headers as u64, falign);
+    if table_end > size_of_headers {
+        size_of_headers = round_up(table_end, falign);
+        let first_va = out_sections
+            .iter()
+            .map(|s| s.virtual_address as u64)
+            .min()
+            .unwrap_or(u64::MAX);
+        if size_of_headers > first_va {
+            return Err(err(format!(
+                "no room for {} section headers: the headers would need {size_of_headers:#x} bytes but the first section starts at RVA {first_va:#x}",
+                out_sections.len()
+            )));
+        }
+    }
+
+    // Lay out raw data: stub sections in their original file order, then new ones.
+    let mut order: Vec<usize> = (0..out_sections.len()).collect();
+    order.sort_by_key(|&i| {
+        let s = &out_sections[i];
+        (i >= original_count, s.pointer_to_raw_data)
+    });
+    let mut cursor = size_of_headers;
+    let mut moves: Vec<(u32, u32, u32)> = Vec::new(); // (old ptr, old size, new ptr)
+    for &i in &order {
+        let s = &mut out_sections[i];
+        if s.data.is_empty() {
+            s.pointer_to_raw_data = 0;
+            continue;
+        }
+        s.data
+            .resize(round_up(s.data.len() as u64, falign) as usize, 0);
+        let new_ptr = round_up(cursor, falign);
+        if i < original_count {
+            moves.push((s.pointer_to_raw_data, s.size_of_raw_data, new_ptr as u32));
+        }
+        s.pointer_to_raw_data = new_ptr as u32;
+        s.size_of_raw_data = s.data.len() as u32;
+        cursor = new_ptr + s.data.len() as u64;
+    }
+    if cursor > u32::MAX as u64 {
+        return Err(Error::InvalidInput(
+            "the UKI would be larger than 4 GiB".into(),
+        ));
+    }
+
+    // Headers: copy the stub's, then patch.
+    let mut out = vec![0u8; cursor as usize];
+    let keep = (stub.size_of_headers as usize)
+        .min(table_start)
+        .min(stub_bytes.len());
+    out[..keep].copy_from_slice(&stub_bytes[..keep]);
+    let pe_off = stub.pe_offset;
+    let opt_off = stub.optional_header_offset;
+    put_u16(
+        &mut out,
+        pe_off + coff::NUMBER_OF_SECTIONS,
+        out_sections.len() as u16,
+    );
+    if symtab != 0 {
+        put_u32(&mut out, pe_off + coff::POINTER_TO_SYMBOL_TABLE, 0);
+        put_u32(&mut out, pe_off + coff::NUMBER_OF_SYMBOLS, 0);
+        put_u16(
+            &mut out,
+            pe_off + coff::CHARACTERISTICS,
+            stub.characteristics | LOCAL_SYMS_STRIPPED,
+        );
+    }
+    let init = (stub.size_of_initialized_data as u64 + added_initialized).min(u32::MAX as u64);
+    put_u32(
+        &mut out,
+        opt_off + opt::SIZE_OF_INITIALIZED_DATA,
+        init as u32,
+    );
+    let image_end = out_sections
+        .iter()
+        .map(OutSection::virtual_end)
+        .max()
+        .unwrap_or(0);
+    put_u32(
+        &mut out,
+        opt_off + opt::SIZE_OF_IMAGE,
+        round_up(image_end, salign) as u32,
+    );
+    put_u32(
+        &mut out,
+        opt_off + opt::SIZE_OF_HEADERS,
+        size_of_headers as u32,
+    );
+    put_u32(&mut out, opt_off + opt::CHECKSUM, 0);
+    for (i, s) in out_sections.iter().enumerate() {
+        let h = table_start + i * SECTION_HEADER_SIZE;
+        out[h..h + 8].copy_from_slice(&s.name);
+        put_u32(&mut out, h + 8, s.virtual_size);
+        put_u32(&mut out, h + 12, s.virtual_address);
+        put_u32(&mut out, h + 16, s.size_of_raw_data);
+        put_u32(&mut out, h + 20, s.pointer_to_raw_data);
+        out[h + 24..h + 36].copy_from_slice(&s.reloc_fields);
+        put_u32(&mut out, h + 36, s.characteristics);
+        let p = s.pointer_to_raw_data as usize;
+        out[p..p + s.data.len()].copy_from_slice(&s.data);
+    }
+    relocate_debug_directory(&stub, &mut out, &moves)?;
+    Ok(out)
+}
+
+/// Debug directory entries hold file offsets (`PointerToRawData`); move them with their section.
+fn relocate_debug_directory(
+    stub: &PeFile<'_>,
+    out: &mut [u8],
+    moves: &[(u32, u32, u32)],
+) -> Result<(), Error> {
+    let Some(dir) = stub.data_directory(DIR_DEBUG).filter(|d| d.size != 0) else {
+        return Ok(());
+    };
+    if moves.iter().all(|(old, _, new)| old == new) {
+        return Ok(());
+    }
+    // Find the directory's file offset through the section that holds its RVA.
+    let holder = stub
+        .sections
+        .iter()
+        .find(|s| {
+            dir.virtual_address >= s.virtual_address
+                && (dir.virtual_address as u64 + dir.size as u64)
+                    <= s.virtual_address as u64 + s.size_of_raw_data as u64
+        })
+        .ok_or_else(|| err("the debug directory lies outside every section"))?;
+    let shift = |old: u32| -> Option<u32> {
+        moves
+            .iter()
+            .find(|(o, size, _)| old >= *o && old < o + size)
+            .map(|(o, _, n)| old - o + n)
+    };
+    let dir_old = holder.pointer_to_raw_data + (dir.virtual_address - holder.virtual_address);
+    let dir_new =
+        shift(dir_old).ok_or_else(|| err("cannot relocate the debug directory"))? as usize;
+    for i in 0..(dir.size as usize / 28) {
+        let field = dir_new + i * 28 + 24;
+        let old = u32::from_le_bytes(
+            out.get(field..field + 4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| err("debug directory entry out of bounds"))?,
+        );
+        if old != 0 {
+            if let Some(new) = shift(old) {
+                put_u32(out, field, new);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn section_name(raw: &[u8; 8]) -> &str {
+    let n = raw.iter().position(|&b| b == 0).unwrap_or(8);
+    std::str::from_utf8(&raw[..n]).unwrap_or("")
+}
+
+fn put_u16(buf: &mut [u8], at: usize, v: u16) {
+    buf[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u32(buf: &mut [u8], at: usize, v: u32) {
+    buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// The `.sbat` header line every SBAT section starts with.
+pub const SBAT_HEADER: &str =
+    "sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md";
+/// ukify's default UKI line when the recipe gives none.
+pub const SBAT_UKI_DEFAULT: &str =
+    "uki,1,UKI,uki,1,https://uapi-group.org/specifications/specs/unified_kernel_image/";
+
+/// Merges SBAT texts as ukify's `merge_sbat()` does: one header line, then every non-header
+/// line of the stub's, the kernel's and the recipe's SBAT data, then `\n\0`.
+pub fn merge_sbat(parts: &[&[u8]]) -> Vec<u8> {
+    let mut lines: Vec<String> = Vec::new();
+    for part in parts {
+        let end = part.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        let text = String::from_utf8_lossy(&part[..end]);
+        lines.extend(
+            text.lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with("sbat,"))
+                .map(str::to_owned),
+        );
+    }
+    let mut out = String::from(SBAT_HEADER);
+    out.push('\n');
+    out.push_str(&lines.join("\n"));
+    out.push_str("\n\0");
+    out.into_bytes()
+}
+
+/// Reads the `.sbat` section of a PE image as the stub will see it.
+pub fn pe_sbat(pe: &PeFile<'_>) -> Option<Vec<u8>> {
+    pe.section(".sbat")
+        .and_then(|s| pe.memory_data(s).ok())
+        .map(|d| d.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sbat_merge_keeps_one_header_and_ends_in_newline_nul() {
+        let stub = b"sbat,1,SBAT Version,sbat,1,https://x\nsystemd-stub,1,The systemd Developers,systemd,252,https://systemd.io/\n\0\0";
+        let merged = merge_sbat(&[stub, SBAT_UKI_DEFAULT.as_bytes()]);
+        let text = String::from_utf8(merged).unwrap();
+        assert_eq!(text.matches("sbat,1,SBAT Version").count(), 1);
+        assert!(text.starts_with(SBAT_HEADER));
+        assert!(text.contains("\nsystemd-stub,1,"));
+        assert!(text.ends_with("unified_kernel_image/\n\0"));
+    }
+
+    #[test]
+    fn a_non_pe_stub_is_refused() {
+        let e = assemble(b"not a pe", &[]).unwrap_err();
+        assert!(e.to_string().contains("not a valid PE image"), "{e}");
+    }
+}

@@ -1,0 +1,179 @@
+//! Reading a Unified Kernel Image: its sections, which of them the stub measures, and which
+//! stub it carries.
+//!
+//! Multi-profile UKIs (UAPI UKI specification, "Multi-Profile UKIs"): sections before the first
+//! `.profile` form the base; each `.profile` section starts a profile whose sections override
+//! the base's when that profile is booted. The stub measures the merged set.
+
+use std::borrow::Cow;
+
+use crate::pcr11::StubSemantics;
+use crate::pe::PeFile;
+use crate::predict::MeasuredSection;
+use crate::{Error, ParseError};
+
+/// What identifies the stub a UKI was built from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StubIdentity {
+    /// The `.sdmagic` text, e.g. `#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####`.
+    pub sdmagic: Option<String>,
+    /// Stub name and version from `.sdmagic`, e.g. (`systemd-stub`, `252.39-1~deb12u2`).
+    pub name: Option<String>,
+    pub version: Option<String>,
+    /// The first `systemd-stub`/`imgctl-stub` component line of `.sbat`, if any.
+    pub sbat_component: Option<String>,
+}
+
+impl StubIdentity {
+    /// The systemd major version, when the stub is systemd-stub.
+    pub fn systemd_major(&self) -> Option<u32> {
+        if self.name.as_deref() != Some("systemd-stub") {
+            return None;
+        }
+        let v = self.version.as_deref()?;
+        let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    }
+
+    /// The measurement semantics this stub follows: v252 list for systemd-stub ≤ 252, the
+    /// upstream list otherwise (including our own stub, which follows upstream).
+    pub fn semantics(&self) -> StubSemantics {
+        match self.systemd_major() {
+            Some(v) => StubSemantics::for_systemd_version(v),
+            None => StubSemantics::Upstream,
+        }
+    }
+
+    /// Parses `.sdmagic` and `.sbat` contents.
+    pub fn from_sections(sdmagic: Option<&[u8]>, sbat: Option<&[u8]>) -> Self {
+        let text = |b: &[u8]| {
+            let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+            String::from_utf8_lossy(&b[..end]).trim().to_owned()
+        };
+        let sdmagic = sdmagic.map(text);
+        let (name, version) = sdmagic
+            .as_deref()
+            .and_then(|m| {
+                let inner = m.trim_matches('#').trim();
+                let rest = inner.strip_prefix("LoaderInfo:")?.trim();
+                let mut it = rest.splitn(2, ' ');
+                Some((
+                    it.next()?.to_owned(),
+                    it.next().map(|v| v.trim().to_owned()),
+                ))
+            })
+            .map_or((None, None), |(n, v)| (Some(n), v));
+        let sbat_component = sbat.map(text).and_then(|t| {
+            t.lines()
+                .find(|l| {
+                    l.starts_with("systemd-stub,")
+                        || l.starts_with("imgctl-stub,")
+                        || l.starts_with("systemd,")
+                })
+                .map(str::to_owned)
+        });
+        StubIdentity {
+            sdmagic,
+            name,
+            version,
+            sbat_component,
+        }
+    }
+}
+
+/// A section name with the bytes the stub sees in memory.
+pub type SectionData<'a> = (String, Cow<'a, [u8]>);
+
+/// A parsed UKI.
+#[derive(Debug, Clone)]
+pub struct Uki<'a> {
+    pub pe: PeFile<'a>,
+}
+
+impl<'a> Uki<'a> {
+    pub fn parse(data: &'a [u8]) -> Result<Self, ParseError> {
+        Ok(Uki {
+            pe: PeFile::parse(data)?,
+        })
+    }
+
+    pub fn identity(&self) -> StubIdentity {
+        let get = |n: &str| self.pe.section(n).and_then(|s| self.pe.memory_data(s).ok());
+        StubIdentity::from_sections(get(".sdmagic").as_deref(), get(".sbat").as_deref())
+    }
+
+    /// Number of `.profile` sections (0 for a single-profile UKI).
+    pub fn profile_count(&self) -> usize {
+        self.pe
+            .sections
+            .iter()
+            .filter(|s| s.name == ".profile")
+            .count()
+    }
+
+    /// The sections the stub sees when booting `profile` (0 when the UKI has no profiles):
+    /// the base sections, overridden by the selected profile's. Each with its in-memory bytes.
+    pub fn sections_for_profile(&self, profile: u32) -> Result<Vec<SectionData<'a>>, Error> {
+        let mut base: Vec<SectionData<'a>> = Vec::new();
+        let mut profiles: Vec<Vec<SectionData<'a>>> = Vec::new();
+        for s in &self.pe.sections {
+            if s.name == ".profile" {
+                profiles.push(Vec::new());
+            }
+            let entry = (s.name.clone(), self.pe.memory_data(s)?);
+            match profiles.last_mut() {
+                Some(p) => p.push(entry),
+                None => base.push(entry),
+            }
+        }
+        if profiles.is_empty() {
+            if profile != 0 {
+                return Err(Error::InvalidInput(format!(
+                    "profile {profile} requested but the UKI has no .profile sections"
+                )));
+            }
+            return Ok(base);
+        }
+        let Some(selected) = profiles.into_iter().nth(profile as usize) else {
+            return Err(Error::InvalidInput(format!(
+                "profile {profile} requested but the UKI has only {} profiles",
+                self.profile_count()
+            )));
+        };
+        for (name, data) in selected {
+            base.retain(|(n, _)| *n != name);
+            base.push((name, data));
+        }
+        Ok(base)
+    }
+}
+
+/// Borrows owned section contents as [`MeasuredSection`]s.
+pub fn as_measured<'s>(sections: &'s [SectionData<'_>]) -> Vec<MeasuredSection<'s>> {
+    sections
+        .iter()
+        .map(|(n, d)| MeasuredSection {
+            name: n.as_str(),
+            data: d.as_ref(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_of_debian_systemd_stub() {
+        let id = StubIdentity::from_sections(
+            Some(b"#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####\0"),
+            Some(b"sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md\nsystemd,1,The systemd Developers,systemd,252,https://systemd.io/\n"),
+        );
+        assert_eq!(id.name.as_deref(), Some("systemd-stub"));
+        assert_eq!(id.version.as_deref(), Some("252.39-1~deb12u2"));
+        assert_eq!(id.systemd_major(), Some(252));
+        assert_eq!(id.semantics(), StubSemantics::Systemd252);
+        assert!(id.sbat_component.unwrap().starts_with("systemd,1,"));
+        assert_eq!(StubIdentity::default().semantics(), StubSemantics::Upstream);
+    }
+}

@@ -1,0 +1,41 @@
+//! Reading the thing a command is pointed at: a built UKI, or a recipe to assemble in memory.
+
+use std::path::Path;
+
+use anyhow::Context;
+use imgctl_builder::recipe::Recipe;
+
+/// UKI bytes from a path that is either a PE image or a recipe.
+pub fn load_uki(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if data.starts_with(b"MZ") {
+        return Ok(data);
+    }
+    let recipe = Recipe::parse(path, data)?;
+    let sde = crate::output::source_date_epoch()?;
+    let assembled = imgctl_builder::build::assemble_recipe(&recipe, sde)?;
+    Ok(assembled.uki)
+}
+
+/// Which stub semantics to predict with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SemanticsArg {
+    /// Detect from the stub inside the UKI (.sdmagic): systemd-stub 252 or upstream.
+    #[default]
+    Auto,
+    /// Debian 12's systemd-stub 252: .linux .osrel .cmdline .initrd .splash .dtb .pcrpkey.
+    Systemd252,
+    /// Current upstream systemd-stub: adds .ucode .uname .sbat .profile .dtbauto .hwids .efifw.
+    Upstream,
+}
+
+impl SemanticsArg {
+    pub fn resolve(self, uki: &imgctl_measure::Uki<'_>) -> imgctl_measure::StubSemantics {
+        use imgctl_measure::StubSemantics;
+        match self {
+            SemanticsArg::Auto => uki.identity().semantics(),
+            SemanticsArg::Systemd252 => StubSemantics::Systemd252,
+            SemanticsArg::Upstream => StubSemantics::Upstream,
+        }
+    }
+}
