@@ -36,6 +36,8 @@ enum Command {
     Completions(cmd::completions::Args),
     Manpage(cmd::completions::ManArgs),
     Eventlog(cmd::eventlog::Args),
+    Verify(cmd::verify::Args),
+    Audit(cmd::audit::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +49,8 @@ fn main() -> ExitCode {
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Manpage(a) => cmd::completions::run_man(a, Cli::command()),
         Command::Eventlog(a) => cmd::eventlog::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::Audit(a) => cmd::audit::run(a),
     };
     match result {
         Ok(code) => code,

@@ -332,6 +332,11 @@ impl Finding {
     }
 }
 
+/// A rejecting finding about the quote.
+pub fn quote_finding(message: String) -> Finding {
+    Finding::new(Severity::Reject, "quote", "quote", message)
+}
+
 /// The verifier's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
@@ -377,16 +382,16 @@ pub fn verify(
         f.push(x);
     }
     check_stub_events(refs, log, &banks, &mut f, &mut checked);
-    if policy.pcrs.contains(&4) {
+    if policy.pcrs.contains(&4) && refs.artifacts.iter().any(|a| !a.authenticode.is_empty()) {
         check_pcr4(refs, log, &banks, &mut f, &mut checked);
     }
     let (r, quirks) = {
         let r = replay(log);
         (r.values.clone(), r.quirks)
     };
-    if let Some(u) = userspace {
-        check_userspace(policy, refs, &r, u, &banks, &mut f, &mut checked);
-    }
+    // Without a userspace log PCR 11 is checked right after the stub (phase path ":").
+    let empty = UserspaceLog::default();
+    check_userspace(policy, refs, &r, userspace.unwrap_or(&empty), &banks, &mut f, &mut checked);
     let (values, _) = combined_pcrs(log, userspace);
     for pcr in &policy.pcrs {
         for bank in &banks {
