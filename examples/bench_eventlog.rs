@@ -10,7 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--batch") {
         let n: usize = args.get(1).ok_or("N")?.parse()?;
-        let logs: Vec<Vec<u8>> = args[2..].iter().map(std::fs::read).collect::<Result<_, _>>()?;
+        let logs: Vec<Vec<u8>> = args[2..]
+            .iter()
+            .map(std::fs::read)
+            .collect::<Result<_, _>>()?;
         let t = Instant::now();
         let mut pcrs = 0;
         for i in 0..n {
@@ -18,7 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             pcrs += replay(&log).values.len();
         }
         let s = t.elapsed().as_secs_f64();
-        println!("imgctl: {n} logs in {s:.3}s = {:.0} logs/s ({pcrs} bank replays)", n as f64 / s);
+        println!(
+            "imgctl: {n} logs in {s:.3}s = {:.0} logs/s ({pcrs} bank replays)",
+            n as f64 / s
+        );
         return Ok(());
     }
     let data = std::fs::read(args.first().ok_or("FILE")?)?;

@@ -1,5 +1,7 @@
 //! TPM2 quote verification against the real quote in go-attestation's Windows GCE bundle.
 
+#![allow(clippy::unwrap_used)] // reason: test code; a panic is a test failure
+
 mod common;
 
 use base64::Engine as _;
@@ -21,7 +23,8 @@ fn b64(s: &serde_json::Value) -> Vec<u8> {
 }
 
 fn bundle() -> Option<Bundle> {
-    let d = common::shared_dir()?.join("testdata/eventlogs/go-attestation/windows_gcp_shielded_vm.json");
+    let d = common::shared_dir()?
+        .join("testdata/eventlogs/go-attestation/windows_gcp_shielded_vm.json");
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(d).unwrap()).unwrap();
     Some(Bundle {
         quote: b64(&j["Quote"]["Quote"]),
@@ -31,7 +34,14 @@ fn bundle() -> Option<Bundle> {
     })
 }
 
-fn check(b: &Bundle, quote: &[u8], sig: &[u8], ak: &[u8], nonce: &[u8], log: &EventLog) -> Result<(), QuoteError> {
+fn check(
+    b: &Bundle,
+    quote: &[u8],
+    sig: &[u8],
+    ak: &[u8],
+    nonce: &[u8],
+    log: &EventLog,
+) -> Result<(), QuoteError> {
     let sig = Signature::parse(sig)?;
     let ak = AkPublic::parse(ak)?;
     let replay = eventlog::replay(log);
@@ -55,18 +65,27 @@ fn a_flipped_bit_anywhere_in_quote_or_signature_is_rejected() {
     for i in 0..b.quote.len() * 8 {
         let mut q = b.quote.clone();
         q[i / 8] ^= 1 << (i % 8);
-        assert!(check(&b, &q, &b.sig, &b.ak, b"", &b.log).is_err(), "quote bit {i}");
+        assert!(
+            check(&b, &q, &b.sig, &b.ak, b"", &b.log).is_err(),
+            "quote bit {i}"
+        );
     }
     for i in 0..b.sig.len() * 8 {
         let mut s = b.sig.clone();
         s[i / 8] ^= 1 << (i % 8);
-        assert!(check(&b, &b.quote, &s, &b.ak, b"", &b.log).is_err(), "signature bit {i}");
+        assert!(
+            check(&b, &b.quote, &s, &b.ak, b"", &b.log).is_err(),
+            "signature bit {i}"
+        );
     }
     // The modulus of the AK (its last 256 bytes).
     for i in (b.ak.len() - 256) * 8..b.ak.len() * 8 {
         let mut k = b.ak.clone();
         k[i / 8] ^= 1 << (i % 8);
-        assert!(check(&b, &b.quote, &b.sig, &k, b"", &b.log).is_err(), "AK bit {i}");
+        assert!(
+            check(&b, &b.quote, &b.sig, &k, b"", &b.log).is_err(),
+            "AK bit {i}"
+        );
     }
 }
 

@@ -48,7 +48,12 @@ pub struct BreakGlass {
 impl BreakGlass {
     /// A record with every field non-empty and free of control characters.
     pub fn new(actor: &str, kind: &str, reason: &str, time: &str) -> Result<Self, Error> {
-        for (name, v) in [("actor", actor), ("kind", kind), ("reason", reason), ("time", time)] {
+        for (name, v) in [
+            ("actor", actor),
+            ("kind", kind),
+            ("reason", reason),
+            ("time", time),
+        ] {
             if v.is_empty() || v.chars().any(char::is_control) {
                 return Err(Error::InvalidInput(format!(
                     "break-glass {name} must be non-empty text without control characters"
@@ -80,10 +85,7 @@ impl BreakGlass {
     /// The digest to extend PCR 15 with in each bank.
     pub fn digests(&self, banks: &[HashAlg]) -> Result<Vec<(HashAlg, Digest)>, Error> {
         let data = self.measured_bytes();
-        banks
-            .iter()
-            .map(|b| Ok((*b, b.hash(&data)?)))
-            .collect()
+        banks.iter().map(|b| Ok((*b, b.hash(&data)?))).collect()
     }
 
     /// The JSON-SEQ record (RS, JSON, newline) to append to the userspace log.
@@ -138,8 +140,13 @@ mod tests {
 
     #[test]
     fn record_round_trips_through_the_userspace_log_parser() {
-        let bg = BreakGlass::new("alice", "debug-shell", "INC-42 \"disk\"", "2026-11-23T01:02:03Z")
-            .unwrap();
+        let bg = BreakGlass::new(
+            "alice",
+            "debug-shell",
+            "INC-42 \"disk\"",
+            "2026-11-23T01:02:03Z",
+        )
+        .unwrap();
         assert_eq!(
             bg.measured_string(),
             r#"break-glass:{"actor":"alice","kind":"debug-shell","reason":"INC-42 \"disk\"","time":"2026-11-23T01:02:03Z"}"#

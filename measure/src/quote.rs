@@ -124,7 +124,9 @@ impl Attest {
                     .iter()
                     .enumerate()
                     .flat_map(|(i, b)| {
-                        (0..8).filter(move |j| b & (1 << j) != 0).map(move |j| (i * 8 + j) as u32)
+                        (0..8)
+                            .filter(move |j| b & (1 << j) != 0)
+                            .map(move |j| (i * 8 + j) as u32)
                     })
                     .collect();
                 selections.push((bank, pcrs));
@@ -159,9 +161,19 @@ impl Attest {
 /// `TPMT_SIGNATURE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signature {
-    Rsassa { hash: HashAlg, sig: Vec<u8> },
-    Rsapss { hash: HashAlg, sig: Vec<u8> },
-    Ecdsa { hash: HashAlg, r: Vec<u8>, s: Vec<u8> },
+    Rsassa {
+        hash: HashAlg,
+        sig: Vec<u8>,
+    },
+    Rsapss {
+        hash: HashAlg,
+        sig: Vec<u8>,
+    },
+    Ecdsa {
+        hash: HashAlg,
+        r: Vec<u8>,
+        s: Vec<u8>,
+    },
 }
 
 impl Signature {
@@ -229,7 +241,10 @@ impl AkPublic {
             return Ok(k);
         }
         let mut r = Reader::new(data);
-        let inner = r.sub(usize::from(r.clone().u16_be("TPM2B_PUBLIC.size")?) + 2, "TPM2B_PUBLIC")?;
+        let inner = r.sub(
+            usize::from(r.clone().u16_be("TPM2B_PUBLIC.size")?) + 2,
+            "TPM2B_PUBLIC",
+        )?;
         r.expect_end("TPM2B_PUBLIC")?;
         let mut inner = inner;
         inner.skip(2, "TPM2B_PUBLIC.size")?;
@@ -341,7 +356,11 @@ fn parse_spki(data: &[u8]) -> Result<AkPublic, ParseError> {
         let mut k = Reader::new(seq);
         let (_, n) = der(&mut k, "modulus")?;
         let (_, e) = der(&mut k, "publicExponent")?;
-        let strip = |v: &[u8]| v.iter().position(|b| *b != 0).map_or(vec![], |p| v[p..].to_vec());
+        let strip = |v: &[u8]| {
+            v.iter()
+                .position(|b| *b != 0)
+                .map_or(vec![], |p| v[p..].to_vec())
+        };
         return Ok(AkPublic::Rsa {
             n: strip(n),
             e: strip(e),
@@ -355,7 +374,11 @@ fn parse_spki(data: &[u8]) -> Result<AkPublic, ParseError> {
             _ => return Err(ParseError::new(0, "namedCurve", "not P-256 or P-384")),
         };
         if key.len() != 1 + 2 * size || key.first() != Some(&4) {
-            return Err(ParseError::new(0, "subjectPublicKey", "not an uncompressed point"));
+            return Err(ParseError::new(
+                0,
+                "subjectPublicKey",
+                "not an uncompressed point",
+            ));
         }
         return Ok(AkPublic::Ecc {
             curve,
@@ -363,7 +386,11 @@ fn parse_spki(data: &[u8]) -> Result<AkPublic, ParseError> {
             y: key[1 + size..].to_vec(),
         });
     }
-    Err(ParseError::new(0, "algorithm", "neither RSA nor EC public key"))
+    Err(ParseError::new(
+        0,
+        "algorithm",
+        "neither RSA nor EC public key",
+    ))
 }
 
 /// Verifies `sig` over `msg` with `ak`.
@@ -421,7 +448,9 @@ pub fn verify_signature(ak: &AkPublic, sig: &Signature, msg: &[u8]) -> Result<()
 fn left_pad(v: &[u8], size: usize) -> Result<Vec<u8>, QuoteError> {
     let v = &v[v.iter().position(|b| *b != 0).unwrap_or(v.len())..];
     if v.len() > size {
-        return Err(QuoteError::Signature("EC coordinate longer than the curve".into()));
+        return Err(QuoteError::Signature(
+            "EC coordinate longer than the curve".into(),
+        ));
     }
     let mut out = vec![0; size - v.len()];
     out.extend_from_slice(v);
@@ -431,7 +460,10 @@ fn left_pad(v: &[u8], size: usize) -> Result<Vec<u8>, QuoteError> {
 /// DER `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` from raw big-endian r and s.
 fn ecdsa_der(r: &[u8], s: &[u8]) -> Vec<u8> {
     fn int(v: &[u8]) -> Vec<u8> {
-        let v = &v[v.iter().position(|b| *b != 0).unwrap_or(v.len().saturating_sub(1))..];
+        let v = &v[v
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(v.len().saturating_sub(1))..];
         let mut body = Vec::with_capacity(v.len() + 1);
         if v.first().is_none_or(|b| b & 0x80 != 0) {
             body.push(0);

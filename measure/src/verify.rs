@@ -130,16 +130,27 @@ pub fn parse_pcrs_json(name: &str, data: &[u8]) -> Result<Vec<PhaseValue>, Error
     pcrs_from(name, v)
 }
 
-fn pcrs_from(name: &str, v: BTreeMap<String, Vec<PcrsJsonEntry>>) -> Result<Vec<PhaseValue>, Error> {
+fn pcrs_from(
+    name: &str,
+    v: BTreeMap<String, Vec<PcrsJsonEntry>>,
+) -> Result<Vec<PhaseValue>, Error> {
     let mut out = Vec::new();
     for (bank, list) in v {
-        let bank: HashAlg = bank.parse().map_err(|e| Error::InvalidInput(format!("{name}: {e}")))?;
+        let bank: HashAlg = bank
+            .parse()
+            .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))?;
         for e in list.into_iter().filter(|e| e.pcr == PCR_KERNEL_IMAGE) {
             out.push(PhaseValue {
-                phase: e.phase.split(':').filter(|w| !w.is_empty()).map(str::to_owned).collect(),
+                phase: e
+                    .phase
+                    .split(':')
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
                 bank,
                 value: Digest(
-                    hex::decode(&e.hash).map_err(|e| Error::InvalidInput(format!("{name}: {e}")))?,
+                    hex::decode(&e.hash)
+                        .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))?,
                 ),
                 artifact: name.to_owned(),
             });
@@ -201,7 +212,11 @@ pub fn parse_manifest(file: &str, data: &[u8]) -> Result<Artifact, Error> {
     let m: ManifestJson = serde_json::from_slice(data)
         .map_err(|e| Error::InvalidInput(format!("{file}: not a manifest: {e}")))?;
     let mut a = Artifact {
-        name: if m.name.is_empty() { file.to_owned() } else { m.name.clone() },
+        name: if m.name.is_empty() {
+            file.to_owned()
+        } else {
+            m.name.clone()
+        },
         ..Artifact::default()
     };
     if let Some(uki) = &m.uki {
@@ -209,13 +224,17 @@ pub fn parse_manifest(file: &str, data: &[u8]) -> Result<Artifact, Error> {
             a.name = format!("{} ({})", uki.file, a.name);
         }
         a.authenticode = digests(&uki.authenticode)?;
-        a.semantics = uki.stub.as_ref().and_then(|s| s.semantics.as_deref()).map(|s| {
-            if s.contains("252") {
-                StubSemantics::Systemd252
-            } else {
-                StubSemantics::Upstream
-            }
-        });
+        a.semantics = uki
+            .stub
+            .as_ref()
+            .and_then(|s| s.semantics.as_deref())
+            .map(|s| {
+                if s.contains("252") {
+                    StubSemantics::Systemd252
+                } else {
+                    StubSemantics::Upstream
+                }
+            });
         for s in uki.sections.iter().filter(|s| s.measured) {
             a.sections.push(SectionRef {
                 name: s.name.clone(),
@@ -251,7 +270,9 @@ impl References {
     pub fn from_policy(policy: &Policy) -> Result<Self, Error> {
         let mut expected = PcrValues::new();
         for (bank, pcrs) in &policy.expected {
-            let bank: HashAlg = bank.parse().map_err(|e| Error::InvalidInput(format!("{e}")))?;
+            let bank: HashAlg = bank
+                .parse()
+                .map_err(|e| Error::InvalidInput(format!("{e}")))?;
             for (pcr, hex) in pcrs {
                 let pcr: u32 = pcr
                     .parse()
@@ -267,7 +288,9 @@ impl References {
     }
 
     fn all_pcr11(&self) -> impl Iterator<Item = &PhaseValue> {
-        self.pcr11.iter().chain(self.artifacts.iter().flat_map(|a| a.pcr11.iter()))
+        self.pcr11
+            .iter()
+            .chain(self.artifacts.iter().flat_map(|a| a.pcr11.iter()))
     }
 }
 
@@ -325,7 +348,9 @@ impl Finding {
         self.pcr = Some(e.pcr);
         self.index = Some(e.index);
         self.event_type = Some(e.event_type.to_string());
-        let d = bank.and_then(|b| e.digest(b)).or_else(|| e.digests.first().map(|(_, d)| d));
+        let d = bank
+            .and_then(|b| e.digest(b))
+            .or_else(|| e.digests.first().map(|(_, d)| d));
         self.digest = d.map(Digest::to_hex);
         self.description = Some(crate::eventlog::describe(e));
         self
@@ -368,11 +393,18 @@ pub fn verify(
     let mut f = Vec::new();
     let mut checked = Vec::new();
     let banks: Vec<HashAlg> = if policy.banks.is_empty() {
-        log.banks().into_iter().filter(|b| b.is_supported()).collect()
+        log.banks()
+            .into_iter()
+            .filter(|b| b.is_supported())
+            .collect()
     } else {
         policy.banks.iter().filter_map(|b| b.parse().ok()).collect()
     };
-    let sev_lint = if policy.allow_lint_findings { Severity::Note } else { Severity::Reject };
+    let sev_lint = if policy.allow_lint_findings {
+        Severity::Note
+    } else {
+        Severity::Reject
+    };
     for l in lint::lint(log) {
         let e = log.events.get(l.event);
         let mut x = Finding::new(sev_lint, l.kind, "firmware-log", l.message);
@@ -391,11 +423,23 @@ pub fn verify(
     };
     // Without a userspace log PCR 11 is checked right after the stub (phase path ":").
     let empty = UserspaceLog::default();
-    check_userspace(policy, refs, &r, userspace.unwrap_or(&empty), &banks, &mut f, &mut checked);
+    check_userspace(
+        policy,
+        refs,
+        &r,
+        userspace.unwrap_or(&empty),
+        &banks,
+        &mut f,
+        &mut checked,
+    );
     let (values, _) = combined_pcrs(log, userspace);
     for pcr in &policy.pcrs {
         for bank in &banks {
-            let got = values.get(bank).and_then(|m| m.get(pcr)).cloned().or_else(|| crate::eventlog::replay::reset_value(*bank, *pcr));
+            let got = values
+                .get(bank)
+                .and_then(|m| m.get(pcr))
+                .cloned()
+                .or_else(|| crate::eventlog::replay::reset_value(*bank, *pcr));
             if let Some(want) = refs.expected.get(bank).and_then(|m| m.get(pcr)) {
                 checked.push(format!("PCR {pcr} {bank} = policy expected value"));
                 if got.as_ref() != Some(want) {
@@ -403,7 +447,11 @@ pub fn verify(
                         Severity::Reject,
                         "pcr-mismatch",
                         "pcrs",
-                        format!("PCR {pcr} ({bank}) replays to {} but the policy expects {}", got.as_ref().map_or("nothing".into(), Digest::to_hex), want.to_hex()),
+                        format!(
+                            "PCR {pcr} ({bank}) replays to {} but the policy expects {}",
+                            got.as_ref().map_or("nothing".into(), Digest::to_hex),
+                            want.to_hex()
+                        ),
                     );
                     x.pcr = Some(*pcr);
                     x.expected = Some(want.to_hex());
@@ -417,11 +465,19 @@ pub fn verify(
             Severity::Reject,
             "no-reference",
             "pcrs",
-            "the policy names PCR 11 but no reference gives a PCR 11 value for the banks checked".into(),
+            "the policy names PCR 11 but no reference gives a PCR 11 value for the banks checked"
+                .into(),
         ));
     }
     // Rejects first, each group in evidence order (firmware log, then userspace log, then PCRs).
-    let rank = |x: &Finding| (x.severity != Severity::Reject, x.source != "firmware-log", x.source == "pcrs", x.index.unwrap_or(usize::MAX));
+    let rank = |x: &Finding| {
+        (
+            x.severity != Severity::Reject,
+            x.source != "firmware-log",
+            x.source == "pcrs",
+            x.index.unwrap_or(usize::MAX),
+        )
+    };
     f.sort_by_key(rank);
     Verdict {
         accepted: !f.iter().any(|x| x.severity == Severity::Reject),
@@ -444,13 +500,26 @@ fn is_stub_event(e: &Event) -> bool {
 }
 
 fn matches_ref(e: &Event, digests: &BTreeMap<HashAlg, Digest>, banks: &[HashAlg]) -> bool {
-    let common: Vec<_> = banks.iter().filter(|b| digests.contains_key(b) && e.digest(**b).is_some()).collect();
+    let common: Vec<_> = banks
+        .iter()
+        .filter(|b| digests.contains_key(b) && e.digest(**b).is_some())
+        .collect();
     !common.is_empty() && common.iter().all(|b| e.digest(**b) == digests.get(b))
 }
 
-fn check_stub_events(refs: &References, log: &EventLog, banks: &[HashAlg], f: &mut Vec<Finding>, checked: &mut Vec<String>) {
+fn check_stub_events(
+    refs: &References,
+    log: &EventLog,
+    banks: &[HashAlg],
+    f: &mut Vec<Finding>,
+    checked: &mut Vec<String>,
+) {
     let stub: Vec<&Event> = log.events.iter().filter(|e| is_stub_event(e)).collect();
-    let pcr11: Vec<&Event> = stub.iter().copied().filter(|e| e.pcr == PCR_KERNEL_IMAGE && e.event_type == EventType::EV_IPL).collect();
+    let pcr11: Vec<&Event> = stub
+        .iter()
+        .copied()
+        .filter(|e| e.pcr == PCR_KERNEL_IMAGE && e.event_type == EventType::EV_IPL)
+        .collect();
     // Which artifact explains the PCR 11 section events? The first whose sections all match.
     let mut explained: BTreeSet<usize> = BTreeSet::new();
     let mut best: Option<(&Artifact, Vec<Finding>, BTreeSet<usize>)> = None;
@@ -470,22 +539,38 @@ fn check_stub_events(refs: &References, log: &EventLog, banks: &[HashAlg], f: &m
         if explained.contains(&e.index) {
             continue;
         }
-        if e.pcr == PCR_KERNEL_IMAGE && e.event_type == EventType::EV_IPL && refs.artifacts.iter().any(|a| !a.sections.is_empty()) {
+        if e.pcr == PCR_KERNEL_IMAGE
+            && e.event_type == EventType::EV_IPL
+            && refs.artifacts.iter().any(|a| !a.sections.is_empty())
+        {
             continue; // already reported by match_sections
         }
-        let hit = refs.artifacts.iter().find(|a| a.events.iter().any(|r| r.pcr == e.pcr && matches_ref(e, &r.digests, banks)));
+        let hit = refs.artifacts.iter().find(|a| {
+            a.events
+                .iter()
+                .any(|r| r.pcr == e.pcr && matches_ref(e, &r.digests, banks))
+        });
         if let Some(a) = hit {
-            checked.push(format!("event {} (PCR {}) against {}", e.index, e.pcr, a.name));
+            checked.push(format!(
+                "event {} (PCR {}) against {}",
+                e.index, e.pcr, a.name
+            ));
             continue;
         }
         let mut x = Finding::new(
             Severity::Reject,
             "unknown-event",
             "firmware-log",
-            format!("event {} in PCR {} ({}) matches no reference", e.index, e.pcr, e.event_type),
+            format!(
+                "event {} in PCR {} ({}) matches no reference",
+                e.index, e.pcr, e.event_type
+            ),
         )
         .at_event(e, banks.first().copied());
-        if let Some((id, _)) = (e.event_type == EventType::EV_EVENT_TAG).then(|| tagged_event(&e.data)).flatten() {
+        if let Some((id, _)) = (e.event_type == EventType::EV_EVENT_TAG)
+            .then(|| tagged_event(&e.data))
+            .flatten()
+        {
             x.message.push_str(&format!(" (tag {id:#010x})"));
         }
         f.push(x);
@@ -494,7 +579,11 @@ fn check_stub_events(refs: &References, log: &EventLog, banks: &[HashAlg], f: &m
 
 /// Matches the PCR 11 EV_IPL events against an artifact's sections: pairs (name, content) in
 /// the stub's canonical order, names hashed as ASCII with one NUL, content as built.
-fn match_sections(a: &Artifact, events: &[&Event], banks: &[HashAlg]) -> (Vec<Finding>, BTreeSet<usize>) {
+fn match_sections(
+    a: &Artifact,
+    events: &[&Event],
+    banks: &[HashAlg],
+) -> (Vec<Finding>, BTreeSet<usize>) {
     let semantics = a.semantics.unwrap_or(StubSemantics::Upstream);
     let expected: Vec<&SectionRef> = semantics
         .measured_sections()
@@ -508,12 +597,23 @@ fn match_sections(a: &Artifact, events: &[&Event], banks: &[HashAlg]) -> (Vec<Fi
             errs.push(Finding {
                 artifact: Some(a.name.clone()),
                 expected: Some(format!("section {} (event pair {i})", want.name)),
-                ..Finding::new(Severity::Reject, "missing-event", "firmware-log", format!("PCR 11 ends before the stub measured section {} of {}", want.name, a.name))
+                ..Finding::new(
+                    Severity::Reject,
+                    "missing-event",
+                    "firmware-log",
+                    format!(
+                        "PCR 11 ends before the stub measured section {} of {}",
+                        want.name, a.name
+                    ),
+                )
             });
             break;
         };
         let (buf, n) = name_bytes(&want.name);
-        let name_ok = banks.iter().filter(|b| name_ev.digest(**b).is_some()).all(|b| b.hash(&buf[..n]).ok().as_ref() == name_ev.digest(*b));
+        let name_ok = banks
+            .iter()
+            .filter(|b| name_ev.digest(**b).is_some())
+            .all(|b| b.hash(&buf[..n]).ok().as_ref() == name_ev.digest(*b));
         let desc = utf16_of(&name_ev.data).unwrap_or_default();
         if !name_ok || desc != want.name {
             let what = if name_ok { "description" } else { "digest" };
@@ -528,17 +628,36 @@ fn match_sections(a: &Artifact, events: &[&Event], banks: &[HashAlg]) -> (Vec<Fi
         let Some(content_ev) = content_ev else {
             errs.push(Finding {
                 artifact: Some(a.name.clone()),
-                ..Finding::new(Severity::Reject, "missing-event", "firmware-log", format!("section {} has a name event but no content event", want.name))
+                ..Finding::new(
+                    Severity::Reject,
+                    "missing-event",
+                    "firmware-log",
+                    format!(
+                        "section {} has a name event but no content event",
+                        want.name
+                    ),
+                )
             });
             return (errs, ok);
         };
         let cdesc = utf16_of(&content_ev.data).unwrap_or_default();
         if !matches_ref(content_ev, &want.digests, banks) || cdesc != want.name {
-            let exp = banks.iter().find_map(|b| want.digests.get(b).map(|d| format!("{b} {d}")));
+            let exp = banks
+                .iter()
+                .find_map(|b| want.digests.get(b).map(|d| format!("{b} {d}")));
             errs.push(Finding {
                 artifact: Some(a.name.clone()),
                 expected: exp,
-                ..Finding::new(Severity::Reject, "section-digest", "firmware-log", format!("event {}: content of section {} is not the one built", content_ev.index, want.name)).at_event(content_ev, banks.first().copied())
+                ..Finding::new(
+                    Severity::Reject,
+                    "section-digest",
+                    "firmware-log",
+                    format!(
+                        "event {}: content of section {} is not the one built",
+                        content_ev.index, want.name
+                    ),
+                )
+                .at_event(content_ev, banks.first().copied())
             });
             return (errs, ok);
         }
@@ -547,14 +666,33 @@ fn match_sections(a: &Artifact, events: &[&Event], banks: &[HashAlg]) -> (Vec<Fi
     for extra in it {
         errs.push(Finding {
             artifact: Some(a.name.clone()),
-            ..Finding::new(Severity::Reject, "unknown-event", "firmware-log", format!("event {} in PCR 11 after the last section of {}", extra.index, a.name)).at_event(extra, banks.first().copied())
+            ..Finding::new(
+                Severity::Reject,
+                "unknown-event",
+                "firmware-log",
+                format!(
+                    "event {} in PCR 11 after the last section of {}",
+                    extra.index, a.name
+                ),
+            )
+            .at_event(extra, banks.first().copied())
         });
     }
     (errs, ok)
 }
 
-fn check_pcr4(refs: &References, log: &EventLog, banks: &[HashAlg], f: &mut Vec<Finding>, checked: &mut Vec<String>) {
-    let apps: Vec<&Event> = log.events.iter().filter(|e| e.pcr == 4 && e.event_type == EventType::EV_EFI_BOOT_SERVICES_APPLICATION).collect();
+fn check_pcr4(
+    refs: &References,
+    log: &EventLog,
+    banks: &[HashAlg],
+    f: &mut Vec<Finding>,
+    checked: &mut Vec<String>,
+) {
+    let apps: Vec<&Event> = log
+        .events
+        .iter()
+        .filter(|e| e.pcr == 4 && e.event_type == EventType::EV_EFI_BOOT_SERVICES_APPLICATION)
+        .collect();
     for e in apps {
         match refs.artifacts.iter().find(|a| matches_ref(e, &a.authenticode, banks)) {
             Some(a) => checked.push(format!("PCR 4 event {} = Authenticode of {}", e.index, a.name)),
@@ -563,26 +701,60 @@ fn check_pcr4(refs: &References, log: &EventLog, banks: &[HashAlg], f: &mut Vec<
     }
 }
 
-fn check_userspace(policy: &Policy, refs: &References, firmware: &PcrValues, u: &UserspaceLog, banks: &[HashAlg], f: &mut Vec<Finding>, checked: &mut Vec<String>) {
+fn check_userspace(
+    policy: &Policy,
+    refs: &References,
+    firmware: &PcrValues,
+    u: &UserspaceLog,
+    banks: &[HashAlg],
+    f: &mut Vec<Finding>,
+    checked: &mut Vec<String>,
+) {
     let mut pcr11: BTreeMap<HashAlg, Option<Pcr>> = banks
         .iter()
-        .map(|b| (*b, firmware.get(b).and_then(|m| m.get(&PCR_KERNEL_IMAGE)).cloned().and_then(|v| Pcr::with_value(*b, v).ok())))
+        .map(|b| {
+            (
+                *b,
+                firmware
+                    .get(b)
+                    .and_then(|m| m.get(&PCR_KERNEL_IMAGE))
+                    .cloned()
+                    .and_then(|v| Pcr::with_value(*b, v).ok()),
+            )
+        })
         .collect();
     let mut path: Vec<String> = Vec::new();
-    let check_path = |path: &[String], pcr11: &BTreeMap<HashAlg, Option<Pcr>>, f: &mut Vec<Finding>, checked: &mut Vec<String>, at: Option<usize>| {
+    let check_path = |path: &[String],
+                      pcr11: &BTreeMap<HashAlg, Option<Pcr>>,
+                      f: &mut Vec<Finding>,
+                      checked: &mut Vec<String>,
+                      at: Option<usize>| {
         for (bank, p) in pcr11 {
             let Some(p) = p else { continue };
-            let refs_for: Vec<&PhaseValue> = refs.all_pcr11().filter(|v| v.bank == *bank && v.phase == path).collect();
+            let refs_for: Vec<&PhaseValue> = refs
+                .all_pcr11()
+                .filter(|v| v.bank == *bank && v.phase == path)
+                .collect();
             if refs_for.is_empty() {
                 continue;
             }
-            let label = if path.is_empty() { ":".to_owned() } else { path.join(":") };
+            let label = if path.is_empty() {
+                ":".to_owned()
+            } else {
+                path.join(":")
+            };
             checked.push(format!("PCR 11 {bank} after phase path {label}"));
             if !refs_for.iter().any(|v| &v.value == p.value()) {
                 let mut x = Finding::new(Severity::Reject, "pcr-mismatch", if at.is_some() { "userspace-log" } else { "firmware-log" }, format!("PCR 11 ({bank}) after phase path {label:?} is {}, which no reference predicts", p.value()));
                 x.pcr = Some(PCR_KERNEL_IMAGE);
                 x.index = at;
-                x.expected = Some(refs_for.iter().map(|v| format!("{} ({})", v.value, v.artifact)).collect::<Vec<_>>().join(" or "));
+                x.expected = Some(
+                    refs_for
+                        .iter()
+                        .map(|v| format!("{} ({})", v.value, v.artifact))
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                );
                 x.artifact = refs_for.first().map(|v| v.artifact.clone());
                 f.push(x);
             }
@@ -601,12 +773,30 @@ fn check_userspace(policy: &Policy, refs: &References, firmware: &PcrValues, u: 
         };
         let bad = r.digest_mismatches();
         if !bad.is_empty() && r.event_type.as_deref() != Some("volume-key") {
-            f.push(base(Severity::Reject, "altered-record", format!("record {}: logged digest is not the hash of its string ({})", r.index, bad.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))));
+            f.push(base(
+                Severity::Reject,
+                "altered-record",
+                format!(
+                    "record {}: logged digest is not the hash of its string ({})",
+                    r.index,
+                    bad.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            ));
         }
         if let Some(bg) = BreakGlass::from_record(r) {
-            let sev = if policy.allow_break_glass { Severity::Note } else { Severity::Reject };
+            let sev = if policy.allow_break_glass {
+                Severity::Note
+            } else {
+                Severity::Reject
+            };
             let msg = match bg {
-                Ok(b) => format!("break-glass: {} by {} at {}: {}", b.kind, b.actor, b.time, b.reason),
+                Ok(b) => format!(
+                    "break-glass: {} by {} at {}: {}",
+                    b.kind, b.actor, b.time, b.reason
+                ),
                 Err(e) => format!("break-glass record {}: {e}", r.index),
             };
             f.push(base(sev, "break-glass", msg));
@@ -614,7 +804,14 @@ fn check_userspace(policy: &Policy, refs: &References, firmware: &PcrValues, u: 
         if r.pcr == Some(PCR_KERNEL_IMAGE) {
             let word = r.string.clone().unwrap_or_default();
             if r.event_type.as_deref() != Some("phase") || !PHASE_WORDS.contains(&word.as_str()) {
-                f.push(base(Severity::Reject, "unknown-event", format!("record {}: PCR 11 extended with {word:?}, not a pcrphase word", r.index)));
+                f.push(base(
+                    Severity::Reject,
+                    "unknown-event",
+                    format!(
+                        "record {}: PCR 11 extended with {word:?}, not a pcrphase word",
+                        r.index
+                    ),
+                ));
             }
             for (bank, p) in pcr11.iter_mut() {
                 match (p.as_mut(), r.digest(*bank)) {

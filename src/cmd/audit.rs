@@ -53,16 +53,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let load = || -> anyhow::Result<_> {
         let path = &args.userspace_log;
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let log = UserspaceLog::parse(&data).with_context(|| format!("parsing {}", path.display()))?;
+        let log =
+            UserspaceLog::parse(&data).with_context(|| format!("parsing {}", path.display()))?;
         let firmware = match &args.eventlog {
             Some(p) => {
                 let d = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                eventlog::replay(&EventLog::parse(&d).with_context(|| format!("parsing {}", p.display()))?).values
+                eventlog::replay(
+                    &EventLog::parse(&d).with_context(|| format!("parsing {}", p.display()))?,
+                )
+                .values
             }
             None => PcrValues::new(),
         };
         let pcrs = match &args.pcrs {
-            Some(p) => Some(parse_pcrs(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)?),
+            Some(p) => Some(parse_pcrs(
+                &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+            )?),
             None => None,
         };
         Ok((log, firmware, pcrs))
@@ -102,11 +108,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut checked = Vec::new();
     match &pcrs {
         Some(actual) => {
-            let pcrs_in_log: std::collections::BTreeSet<u32> = log.records.iter().filter_map(|r| r.pcr).chain([breakglass::PCR]).collect();
+            let pcrs_in_log: std::collections::BTreeSet<u32> = log
+                .records
+                .iter()
+                .filter_map(|r| r.pcr)
+                .chain([breakglass::PCR])
+                .collect();
             for (bank, m) in actual {
                 for pcr in &pcrs_in_log {
                     let Some(want) = m.get(pcr) else { continue };
-                    let got = replayed.get(bank).and_then(|x| x.get(pcr)).cloned().or_else(|| eventlog::replay::reset_value(*bank, *pcr));
+                    let got = replayed
+                        .get(bank)
+                        .and_then(|x| x.get(pcr))
+                        .cloned()
+                        .or_else(|| eventlog::replay::reset_value(*bank, *pcr));
                     checked.push(format!("PCR {pcr} {bank}"));
                     if got.as_ref() != Some(want) {
                         problems.push(format!("PCR {pcr} ({bank}) is {want} but the log replays to {} — a record is missing or altered", got.map_or("nothing".into(), |d| d.to_hex())));

@@ -82,7 +82,10 @@ fn load_quote(q: &Path, sig: Option<&Path>) -> anyhow::Result<(Vec<u8>, Vec<u8>)
         Some(inner) => (&inner["Quote"], &inner["Signature"]),
         None => (&j["quote"], &j["signature"]),
     };
-    Ok((decode_blob(qv).context("quote")?, decode_blob(sv).context("signature")?))
+    Ok((
+        decode_blob(qv).context("quote")?,
+        decode_blob(sv).context("signature")?,
+    ))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -110,7 +113,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut verdict = verify::verify(&policy, &refs, &log, userspace.as_ref());
     if let Some(q) = &args.quote {
-        let Some(ak) = &args.ak else { bail!("--quote needs --ak") };
+        let Some(ak) = &args.ak else {
+            bail!("--quote needs --ak")
+        };
         let nonce = hex::decode(&args.nonce).context("--nonce is not hex")?;
         let (attest, sig) = load_quote(q, args.signature.as_deref())?;
         let (values, _) = verify::combined_pcrs(&log, userspace.as_ref());
@@ -129,19 +134,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             });
         match result {
             Ok(vq) => {
-                verdict.checked.push(format!("quote: signature, magic, type, nonce, PCR digest over {} PCRs", vq.pcrs.len()));
+                verdict.checked.push(format!(
+                    "quote: signature, magic, type, nonce, PCR digest over {} PCRs",
+                    vq.pcrs.len()
+                ));
                 for p in &policy.pcrs {
                     if !vq.pcrs.iter().any(|(_, i, _)| i == p) {
-                        verdict.findings.push(quote_finding(format!("the quote does not cover PCR {p}, which the policy names")));
+                        verdict.findings.push(quote_finding(format!(
+                            "the quote does not cover PCR {p}, which the policy names"
+                        )));
                     }
                 }
             }
             Err(e) => verdict.findings.insert(0, quote_finding(format!("{e:#}"))),
         }
-        verdict.accepted = !verdict.findings.iter().any(|f| f.severity == Severity::Reject);
+        verdict.accepted = !verdict
+            .findings
+            .iter()
+            .any(|f| f.severity == Severity::Reject);
     }
     print_verdict(&verdict, args.json)?;
-    Ok(if verdict.accepted { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if verdict.accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn quote_finding(message: String) -> Finding {
@@ -158,17 +175,39 @@ fn print_verdict(v: &Verdict, json: bool) -> anyhow::Result<()> {
         println!("  quirk {} (PCR {}): {}", q.id, q.pcr, q.detail);
     }
     for (i, f) in v.findings.iter().enumerate() {
-        let lead = if i == 0 && f.severity == Severity::Reject { "first divergence" } else if f.severity == Severity::Reject { "reject" } else { "note" };
+        let lead = if i == 0 && f.severity == Severity::Reject {
+            "first divergence"
+        } else if f.severity == Severity::Reject {
+            "reject"
+        } else {
+            "note"
+        };
         println!("  {lead}: [{}] {}", f.kind, f.message);
         let mut at = Vec::new();
-        if let Some(p) = f.pcr { at.push(format!("PCR {p}")); }
-        if let Some(i) = f.index { at.push(format!("{} record {i}", f.source)); }
-        if let Some(t) = &f.event_type { at.push(t.clone()); }
-        if !at.is_empty() { println!("      at: {}", at.join(", ")); }
-        if let Some(d) = &f.digest { println!("      digest: {d}"); }
-        if let Some(d) = &f.description { println!("      description: {d}"); }
-        if let Some(e) = &f.expected { println!("      expected: {e}"); }
-        if let Some(a) = &f.artifact { println!("      artifact: {a}"); }
+        if let Some(p) = f.pcr {
+            at.push(format!("PCR {p}"));
+        }
+        if let Some(i) = f.index {
+            at.push(format!("{} record {i}", f.source));
+        }
+        if let Some(t) = &f.event_type {
+            at.push(t.clone());
+        }
+        if !at.is_empty() {
+            println!("      at: {}", at.join(", "));
+        }
+        if let Some(d) = &f.digest {
+            println!("      digest: {d}");
+        }
+        if let Some(d) = &f.description {
+            println!("      description: {d}");
+        }
+        if let Some(e) = &f.expected {
+            println!("      expected: {e}");
+        }
+        if let Some(a) = &f.artifact {
+            println!("      artifact: {a}");
+        }
     }
     for c in &v.checked {
         eprintln!("checked: {c}");

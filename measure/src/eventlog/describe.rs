@@ -30,8 +30,11 @@ pub fn utf16_string(data: &[u8]) -> Option<String> {
 pub fn ascii_string(data: &[u8]) -> Option<String> {
     let end = data.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
     let text = &data[..end];
-    (!text.is_empty() && text.iter().all(|b| b.is_ascii_graphic() || *b == b' ' || *b == b'\t' || *b == b'\n'))
-        .then(|| String::from_utf8_lossy(text).into_owned())
+    (!text.is_empty()
+        && text
+            .iter()
+            .all(|b| b.is_ascii_graphic() || *b == b' ' || *b == b'\t' || *b == b'\n'))
+    .then(|| String::from_utf8_lossy(text).into_owned())
 }
 
 /// A UTF-16 string if the data looks like one (every high byte of ASCII-range text is 0),
@@ -51,7 +54,11 @@ fn hex_preview(data: &[u8]) -> String {
     if data.len() <= HEX_LIMIT {
         hex::encode(data)
     } else {
-        format!("{}… ({} bytes)", hex::encode(&data[..HEX_LIMIT]), data.len())
+        format!(
+            "{}… ({} bytes)",
+            hex::encode(&data[..HEX_LIMIT]),
+            data.len()
+        )
     }
 }
 
@@ -130,7 +137,9 @@ pub fn device_path(dp: &[u8]) -> String {
             (0x7f, _) => parts.push("|".to_owned()),
             (0x04, 0x04) => parts.push(utf16_string(body).unwrap_or_else(|| "File(?)".into())),
             (0x04, 0x01) => {
-                let part = body.get(..4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                let part = body
+                    .get(..4)
+                    .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
                 parts.push(format!("HD({part})"));
             }
             (0x04, 0x06) | (0x04, 0x07) => {
@@ -140,7 +149,9 @@ pub fn device_path(dp: &[u8]) -> String {
                     Err(_) => parts.push(format!("{name}(?)")),
                 }
             }
-            (0x01, 0x01) if body.len() == 2 => parts.push(format!("Pci({:#x},{:#x})", body[1], body[0])),
+            (0x01, 0x01) if body.len() == 2 => {
+                parts.push(format!("Pci({:#x},{:#x})", body[1], body[0]))
+            }
             (0x02, 0x01) => parts.push("PciRoot".to_owned()),
             _ => parts.push(format!("DP({t:#x},{st:#x})")),
         }
@@ -204,9 +215,13 @@ pub fn describe(event: &Event) -> String {
         EventType::EV_POST_CODE if d.len() == 16 && ascii_string(d).is_none() => blob(d),
         _ => None,
     };
-    described
-        .or_else(|| text(d))
-        .unwrap_or_else(|| if d.is_empty() { String::new() } else { hex_preview(d) })
+    described.or_else(|| text(d)).unwrap_or_else(|| {
+        if d.is_empty() {
+            String::new()
+        } else {
+            hex_preview(d)
+        }
+    })
 }
 
 fn blob(d: &[u8]) -> Option<String> {
@@ -256,7 +271,10 @@ mod tests {
 
     #[test]
     fn utf16_with_nul_decodes() {
-        let data: Vec<u8> = ".linux\0".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let data: Vec<u8> = ".linux\0"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
         assert_eq!(utf16_string(&data).as_deref(), Some(".linux"));
         assert_eq!(text(&data).as_deref(), Some(".linux"));
         assert_eq!(text(b"grub_cmd: ls\0").as_deref(), Some("grub_cmd: ls"));

@@ -52,10 +52,7 @@ pub fn digest_mismatches(event: &Event) -> Vec<crate::bank::HashAlg> {
         .digests
         .iter()
         .filter(|(b, d)| {
-            b.is_supported()
-                && !candidates
-                    .iter()
-                    .any(|c| b.hash(c).is_ok_and(|h| &h == d))
+            b.is_supported() && !candidates.iter().any(|c| b.hash(c).is_ok_and(|h| &h == d))
         })
         .map(|(b, _)| *b)
         .collect()
@@ -76,7 +73,10 @@ pub fn lint(log: &EventLog) -> Vec<Finding> {
                     "event {}'s {} digest does not match its payload ({})",
                     e.index,
                     e.event_type,
-                    bad.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                    bad.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ),
             });
         }

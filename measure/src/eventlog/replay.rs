@@ -77,7 +77,10 @@ impl Replay {
 /// The TPM reset value of a PCR: all-ones for the DRTM PCRs 17–22, else zeros.
 pub fn reset_value(bank: HashAlg, pcr: u32) -> Option<Digest> {
     let n = bank.digest_size()?;
-    Some(Digest(vec![if (17..=22).contains(&pcr) { 0xff } else { 0 }; n]))
+    Some(Digest(vec![
+        if (17..=22).contains(&pcr) { 0xff } else { 0 };
+        n
+    ]))
 }
 
 /// The initial value of PCR `pcr` for this log (PCR 0 depends on the locality / H-CRTM).
@@ -131,7 +134,10 @@ pub fn replay_events(banks: &[HashAlg], events: &[Event]) -> Replay {
         }
         let mut pcrs: BTreeMap<u32, Pcr> = BTreeMap::new();
         let mut broken: BTreeMap<u32, String> = BTreeMap::new();
-        for e in events.iter().filter(|e| e.event_type != EventType::EV_NO_ACTION) {
+        for e in events
+            .iter()
+            .filter(|e| e.event_type != EventType::EV_NO_ACTION)
+        {
             if broken.contains_key(&e.pcr) {
                 continue;
             }
@@ -161,7 +167,9 @@ pub fn replay_events(banks: &[HashAlg], events: &[Event]) -> Replay {
         }
         out.values.insert(
             bank,
-            pcrs.into_iter().map(|(i, p)| (i, p.value().clone())).collect(),
+            pcrs.into_iter()
+                .map(|(i, p)| (i, p.value().clone()))
+                .collect(),
         );
         out.unreplayable
             .extend(broken.into_iter().map(|(p, why)| (bank, p, why)));

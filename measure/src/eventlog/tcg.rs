@@ -92,7 +92,9 @@ impl SpecIdEvent {
             algorithms.push((alg, size));
         }
         let vsize = r.u8("SpecIdEvent.vendorInfoSize")?;
-        let vendor_info = r.take(usize::from(vsize), "SpecIdEvent.vendorInfo")?.to_vec();
+        let vendor_info = r
+            .take(usize::from(vsize), "SpecIdEvent.vendorInfo")?
+            .to_vec();
         r.expect_end("SpecIdEvent (after vendorInfo)")?;
         Ok(SpecIdEvent {
             platform_class,
@@ -307,7 +309,12 @@ fn take_event_data(
 }
 
 /// Encodes an event as a `TCG_PCR_EVENT2` record (for tests and tools building logs).
-pub fn encode_agile(pcr: u32, event_type: EventType, digests: &[(HashAlg, Digest)], data: &[u8]) -> Vec<u8> {
+pub fn encode_agile(
+    pcr: u32,
+    event_type: EventType,
+    digests: &[(HashAlg, Digest)],
+    data: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&pcr.to_le_bytes());
     out.extend_from_slice(&event_type.0.to_le_bytes());
@@ -390,6 +397,49 @@ mod tests {
         assert_eq!(parsed.banks(), vec![HashAlg::SHA1, HashAlg::SHA256]);
         assert_eq!(parsed.events.len(), 1);
         assert_eq!(parsed.events[0].digests, d.to_vec());
-        assert_eq!(parsed.events[0].offset, log.len() - 4 - 4 - 4 - 4 - 2 - 20 - 2 - 32 - 4);
+        assert_eq!(
+            parsed.events[0].offset,
+            log.len() - 4 - 4 - 4 - 4 - 2 - 20 - 2 - 32 - 4
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let Ok(log) = EventLog::parse(&data) {
+                for e in &log.events {
+                    let _ = crate::eventlog::describe(e);
+                }
+                let _ = crate::eventlog::replay(&log);
+            }
+            let _ = crate::eventlog::UserspaceLog::parse(&data);
+            let _ = crate::quote::Attest::parse(&data);
+            let _ = crate::quote::Signature::parse(&data);
+            let _ = crate::quote::AkPublic::parse(&data);
+        }
+
+        #[test]
+        fn every_truncation_of_a_valid_log_is_an_error_inside_it(
+            n in 1usize..6,
+            cut in 0usize..1000,
+        ) {
+            let mut log = encode_spec_id_header(&[HashAlg::SHA1, HashAlg::SHA256]);
+            for i in 0..n {
+                let d = [
+                    (HashAlg::SHA1, Digest(vec![i as u8; 20])),
+                    (HashAlg::SHA256, Digest(vec![i as u8; 32])),
+                ];
+                log.extend(encode_agile(i as u32, EventType::EV_POST_CODE, &d, b"data"));
+            }
+            let whole = EventLog::parse(&log).unwrap();
+            proptest::prop_assert_eq!(whole.events.len(), n);
+            let cut = cut % log.len();
+            // Cutting at a record boundary leaves a shorter valid log; anywhere else is an error
+            // whose offset lies within the input.
+            match EventLog::parse(&log[..cut]) {
+                Ok(l) => proptest::prop_assert!(l.events.len() < n),
+                Err(e) => proptest::prop_assert!(e.offset <= cut),
+            }
+        }
     }
 }

@@ -96,7 +96,10 @@ mod tests {
     #[test]
     fn known_and_unknown_types_display() {
         assert_eq!(EventType(0x0d).to_string(), "EV_IPL");
-        assert_eq!(EventType(0x8000_00e0).to_string(), "EV_EFI_VARIABLE_AUTHORITY");
+        assert_eq!(
+            EventType(0x8000_00e0).to_string(),
+            "EV_EFI_VARIABLE_AUTHORITY"
+        );
         assert_eq!(EventType(0x8000_00e1).to_string(), "EV_0x800000e1");
     }
 }

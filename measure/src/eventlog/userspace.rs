@@ -141,29 +141,29 @@ impl UserspaceLog {
         for r in &self.records {
             let Some(index) = r.pcr else { continue };
             for (bank, d) in &r.digests {
-                let key = (*bank, index);
-                if !pcrs.contains_key(&key) {
-                    let init = start
-                        .get(bank)
-                        .and_then(|m| m.get(&index))
-                        .cloned()
-                        .map(|v| Pcr::with_value(*bank, v))
-                        .unwrap_or_else(|| Pcr::reset(*bank));
-                    match init {
-                        Ok(p) => {
-                            pcrs.insert(key, p);
+                let p = match pcrs.entry((*bank, index)) {
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        let init = start
+                            .get(bank)
+                            .and_then(|m| m.get(&index))
+                            .cloned()
+                            .map(|x| Pcr::with_value(*bank, x))
+                            .unwrap_or_else(|| Pcr::reset(*bank));
+                        match init {
+                            Ok(p) => v.insert(p),
+                            Err(_) => continue,
                         }
-                        Err(_) => continue,
                     }
-                }
-                if let Some(p) = pcrs.get_mut(&key) {
-                    p.extend(d);
-                }
+                };
+                p.extend(d);
             }
         }
         let mut out = start.clone();
         for ((bank, index), p) in pcrs {
-            out.entry(bank).or_default().insert(index, p.value().clone());
+            out.entry(bank)
+                .or_default()
+                .insert(index, p.value().clone());
         }
         out
     }
@@ -201,7 +201,12 @@ fn parse_record(body: &[u8], offset: usize, index: usize) -> Result<UserspaceRec
         }
         digests.push((bank, Digest(bytes)));
     }
-    let field = |k: &str| raw.content.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let field = |k: &str| {
+        raw.content
+            .get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
     let nv_index_name = field("nvIndexName");
     if raw.pcr.is_none() && nv_index_name.is_none() {
         return Err(ParseError::new(
