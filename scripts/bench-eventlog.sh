@@ -21,6 +21,7 @@ for f in "${ok[@]}"; do
   t0=$(date +%s%N); for _ in $(seq $reps); do tpm2_eventlog "$f" >/dev/null 2>&1; done; t1=$(date +%s%N)
   tt=$(( (t1 - t0) / reps ))
   to=$("$bin" "$f" 2000 | awk '{print $1}')
+  [ "$to" = 0 ] && { echo "${f#$shared/testdata/eventlogs/}: rejected by imgctl (see tests/eventlog.rs), skipped"; continue; }
   t0=$(date +%s%N); for _ in $(seq $reps); do target/release/imgctl eventlog replay "$f" --json >/dev/null 2>&1; done; t1=$(date +%s%N)
   tc=$(( (t1 - t0) / reps ))
   total_t=$((total_t + tt)); total_o=$((total_o + to))
