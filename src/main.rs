@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod cmd;
 mod output;
 mod uki_input;
+mod vm;
 
 /// Build measured, immutable Linux OS images and prove what a machine booted.
 ///
@@ -33,11 +34,19 @@ enum Command {
     Build(cmd::build::Args),
     Inspect(cmd::inspect::Args),
     PredictPcrs(cmd::predict::Args),
+    SignPcrs(cmd::sign_pcrs::Args),
+    #[cfg(feature = "tpm")]
+    Tpm(cmd::tpm::Args),
+    #[cfg(feature = "tpm")]
+    Measure(cmd::measure::Args),
+    Ext(cmd::ext::Args),
     Completions(cmd::completions::Args),
     Manpage(cmd::completions::ManArgs),
     Eventlog(cmd::eventlog::Args),
     Verify(cmd::verify::Args),
     Audit(cmd::audit::Args),
+    Log(cmd::log::Args),
+    Vm(cmd::vm::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,11 +55,19 @@ fn main() -> ExitCode {
         Command::Build(a) => cmd::build::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::PredictPcrs(a) => cmd::predict::run(a),
+        Command::SignPcrs(a) => cmd::sign_pcrs::run(a),
+        #[cfg(feature = "tpm")]
+        Command::Tpm(a) => cmd::tpm::run(a),
+        #[cfg(feature = "tpm")]
+        Command::Measure(a) => cmd::measure::run(a),
+        Command::Ext(a) => cmd::ext::run(a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Manpage(a) => cmd::completions::run_man(a, Cli::command()),
         Command::Eventlog(a) => cmd::eventlog::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Audit(a) => cmd::audit::run(a),
+        Command::Log(a) => cmd::log::run(a),
+        Command::Vm(a) => cmd::vm::run(a),
     };
     match result {
         Ok(code) => code,

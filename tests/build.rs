@@ -359,3 +359,77 @@ fn headers_are_relaid_when_the_stub_has_no_room() {
         );
     }
 }
+
+/// `build --log`: the UKI's entry (digests, PCR 11 predictions, recipe digest) is appended to a
+/// transparency log and its inclusion proof lands next to the UKI, verifiable by `log verify`.
+#[test]
+fn build_appends_to_the_log_and_writes_a_verifiable_proof() {
+    if require_tool(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let f = Fixture::new("");
+    let (log, key) = (f.path("log"), f.path("log.key"));
+    run_ok(
+        imgctl()
+            .arg("log")
+            .arg("init")
+            .arg(&log)
+            .arg("--key")
+            .arg(&key)
+            .args(["--origin", "example.org/imgctl-test"]),
+    );
+    let out = f.path("out");
+    run_ok(
+        imgctl()
+            .arg("build")
+            .arg(f.path("recipe.yaml"))
+            .arg("-o")
+            .arg(&out)
+            .arg("--log")
+            .arg(&log)
+            .arg("--log-key")
+            .arg(&key),
+    );
+    let proof = out.join("t.efi.tlog-proof");
+    let vkey = format!("@{}", f.path("log.vkey").display());
+    let said = String::from_utf8(run_ok(
+        imgctl()
+            .args(["log", "verify", "--vkey", &vkey, "--proof"])
+            .arg(&proof),
+    ))
+    .unwrap();
+    assert!(said.contains("entry is in the log"), "{said}");
+    // The logged entry carries the same PCR 11 prediction pcrs.json has.
+    let text = std::fs::read_to_string(&proof).unwrap();
+    let extra = text.lines().find_map(|l| l.strip_prefix("extra ")).unwrap();
+    use base64::Engine;
+    let entry = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(extra)
+            .unwrap(),
+    )
+    .unwrap();
+    let pcrs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("pcrs.json")).unwrap()).unwrap();
+    let empty_path = pcrs["sha256"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v.get("phase").is_none())
+        .unwrap();
+    assert!(
+        entry.contains(&format!(
+            "pcr 11 sha256 : {}",
+            empty_path["hash"].as_str().unwrap()
+        )),
+        "{entry}"
+    );
+    // A tampered proof is rejected.
+    std::fs::write(&proof, text.replace("index 0", "index 1")).unwrap();
+    let o = imgctl()
+        .args(["log", "verify", "--vkey", &vkey, "--proof"])
+        .arg(&proof)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+}

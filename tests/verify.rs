@@ -8,10 +8,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use imgctl_measure::breakglass::BreakGlass;
+use imgctl_measure::breakglass::{BreakGlass, PCR};
 use imgctl_measure::eventlog::{self, Event, EventLog, EventType, UserspaceLog};
 use imgctl_measure::pcr11::{name_bytes, StubSemantics};
 use imgctl_measure::predict::{predict_from_digests, PhasePath};
+use imgctl_measure::userspace_record::Origin;
 use imgctl_measure::verify::{self, Policy, References, Severity, Verdict};
 use imgctl_measure::{Digest, HashAlg};
 
@@ -397,17 +398,17 @@ fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
 fn break_glass_is_rejected_by_verify_and_listed_by_audit() {
     let Some(c) = capture() else { return };
     let (policy, refs) = setup(&c);
-    let bg = BreakGlass::new(
-        "alice",
-        "debug-shell",
-        "INC-7 disk full",
-        "2026-11-23T01:02:03Z",
-    )
-    .unwrap();
+    // The recorder's encoding (imgctl measure break-glass), 2026-11-23T01:02:03Z.
+    let bg = BreakGlass::new("alice", "debug-shell", "INC-7 disk full", 1_795_395_723).unwrap();
+    let origin = Origin {
+        boot_id: "0".into(),
+        timestamp_usec: 2,
+    };
     let mut ulog = phase_log(&["enter-initrd"]);
     ulog.extend(
-        bg.log_record(&[HashAlg::SHA1, HashAlg::SHA256], "0", 2)
-            .unwrap(),
+        bg.record(PCR, &[HashAlg::SHA1, HashAlg::SHA256], &origin)
+            .unwrap()
+            .to_json_seq(),
     );
     let u = UserspaceLog::parse(&ulog).unwrap();
     let v = verify::verify(&policy, &refs, &c.log, Some(&u));

@@ -422,6 +422,60 @@ fn to_json_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
+/// The transparency-log entry for a built UKI: its digest in every bank, its PCR 11 predictions
+/// per bank and phase, the recipe's digest and the builder's version.
+pub fn log_entry(out: &BuildOutput) -> Result<imgctl_measure::tlog::LogEntry, Error> {
+    use imgctl_measure::tlog::entry::PredictedPcr;
+    use imgctl_measure::tlog::{ArtifactKind, LogEntry};
+    let parse = |bank: &str, hex_value: &str| -> Result<(HashAlg, Digest), Error> {
+        let b: HashAlg = bank
+            .parse()
+            .map_err(|e| Error::InvalidInput(format!("{e}")))?;
+        let d = hex::decode(hex_value)
+            .map_err(|e| Error::InvalidInput(format!("digest {hex_value}: {e}")))?;
+        Ok((b, Digest(d)))
+    };
+    let digests = out
+        .manifest
+        .uki
+        .digests
+        .iter()
+        .map(|(b, h)| parse(b, h))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pcrs = out
+        .prediction
+        .banks
+        .iter()
+        .flat_map(|(bank, values)| {
+            values.iter().map(move |(phase, value)| PredictedPcr {
+                pcr: imgctl_measure::pcr11::PCR_KERNEL_IMAGE,
+                bank: *bank,
+                phase: phase.clone(),
+                value: value.clone(),
+            })
+        })
+        .collect();
+    let recipe = parse(
+        "sha256",
+        out.manifest
+            .recipe
+            .digests
+            .get("sha256")
+            .map_or("", String::as_str),
+    )?;
+    let builder = format!("imgctl/{}", env!("CARGO_PKG_VERSION"));
+    LogEntry::new(
+        ArtifactKind::Uki,
+        &out.manifest.name,
+        &out.manifest.version,
+        digests,
+        pcrs,
+        recipe,
+        &builder,
+    )
+    .map_err(|e| Error::InvalidInput(format!("log entry: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = log.replay();
         for r in &log.records {
             let _ = r.digest_mismatches();
-            let _ = imgctl_measure::breakglass::BreakGlass::from_record(r);
+            let _ = imgctl_measure::breakglass::from_record(r);
         }
     }
 });

@@ -10,6 +10,7 @@
 //!   `core`-only so the Rust stub can share it.
 //! - [`predict`]: PCR 11 prediction per bank and boot phase, in `systemd-measure`'s JSON shape.
 //! - [`pe`]: a bounds-checked PE/COFF reader; [`authenticode`]: the PE image hash (PCR 4).
+//! - [`guest_report`]: the PCRs and event log a booted demo guest prints on its console.
 //! - [`uki`]: UKI sections per profile and the identity of the stub inside.
 //! - [`reader`]: the cursor every parser of untrusted bytes reads through.
 //! - [`eventlog`]: firmware (TCG PFP) and systemd userspace event logs, parsing and replay.
@@ -33,12 +34,18 @@ pub mod authenticode;
 pub mod bank;
 pub mod breakglass;
 pub mod eventlog;
+pub mod guest_report;
+pub mod keys;
 pub mod pcr11;
+pub mod pcrsig;
 pub mod pe;
+pub mod policy;
 pub mod predict;
 pub mod quote;
 pub mod reader;
+pub mod tlog;
 pub mod uki;
+pub mod userspace_record;
 pub mod verify;
 
 use std::fmt;
@@ -96,4 +103,6 @@ pub enum Error {
     UnsupportedAlg(#[from] bank::UnsupportedAlg),
     #[error("{0}")]
     InvalidInput(String),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
 }

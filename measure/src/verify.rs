@@ -33,7 +33,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::bank::{Digest, HashAlg, Pcr};
-use crate::breakglass::BreakGlass;
 use crate::eventlog::describe::{tagged_event, text};
 use crate::eventlog::lint;
 use crate::eventlog::replay::{replay, PcrValues, Quirk};
@@ -786,7 +785,7 @@ fn check_userspace(
                 ),
             ));
         }
-        if let Some(bg) = BreakGlass::from_record(r) {
+        if let Some(bg) = crate::breakglass::from_record(r) {
             let sev = if policy.allow_break_glass {
                 Severity::Note
             } else {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use imgctl_measure::bank::{Digest, HashAlg};
-use imgctl_measure::breakglass::{self, BreakGlass};
+use imgctl_measure::breakglass;
 use imgctl_measure::eventlog::{self, EventLog, PcrValues, UserspaceLog};
 
 /// List break-glass events (debug shells, emergency logins, recovery-key unlocks) and check the
@@ -83,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut events = Vec::new();
     let mut problems = Vec::new();
     for r in &log.records {
-        if let Some(bg) = BreakGlass::from_record(r) {
+        if let Some(bg) = breakglass::from_record(r) {
             let ts = r.content.get("timestamp").cloned().unwrap_or_default();
             events.push(match bg {
                 Ok(b) => serde_json::json!({"record": r.index, "pcr": r.pcr, "actor": b.actor, "kind": b.kind, "reason": b.reason, "time": b.time, "bootId": r.content.get("bootId"), "timestamp": ts}),

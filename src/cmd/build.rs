@@ -26,6 +26,13 @@ pub struct Args {
     /// Stub semantics for pcrs.json.
     #[arg(long, value_enum, default_value_t)]
     stub_semantics: SemanticsArg,
+    /// Append the UKI's entry to this transparency log (see `imgctl log init`) and write its
+    /// inclusion proof next to the UKI as NAME.efi.tlog-proof.
+    #[arg(long, value_name = "DIR", requires = "log_key")]
+    log: Option<PathBuf>,
+    /// The log's signing key (with --log).
+    #[arg(long, value_name = "FILE")]
+    log_key: Option<PathBuf>,
     /// Print the manifest as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -45,6 +52,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let out = crate::output::with_spinner("building", || build(&recipe, &opts))
         .with_context(|| format!("building {}", args.recipe.display()))?;
+    let proof = match (&args.log, &args.log_key) {
+        (Some(dir), Some(key)) => Some(log_build(&out, dir, key)?),
+        _ => None,
+    };
     if args.json {
         crate::output::print_json(&out.manifest)?;
         return Ok(ExitCode::SUCCESS);
@@ -70,8 +81,39 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or("unknown"),
         out.manifest.uki.stub.semantics
     );
+    if let Some((path, index)) = &proof {
+        println!("  logged    entry {index}, proof {}", path.display());
+    }
     if let Some(v) = out.prediction.get(HashAlg::SHA256, &PhasePath::default()) {
         println!("  PCR 11 sha256 after the stub: {v}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Appends the build's entry to the log and writes the proof beside the UKI.
+fn log_build(
+    out: &imgctl_builder::build::BuildOutput,
+    dir: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<(PathBuf, u64)> {
+    let entry = imgctl_builder::build::log_entry(out)?;
+    let signer = crate::cmd::log::load_signer(key)?;
+    let proofs = imgctl_tlog_store::append_entries(dir, signer, &[entry.encode()])
+        .with_context(|| format!("appending to the log {}", dir.display()))?;
+    let proof = proofs
+        .into_iter()
+        .next()
+        .context("the log returned no proof")?;
+    let name = format!(
+        "{}.tlog-proof",
+        out.uki
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("uki")
+    );
+    let parent = out.uki.parent().unwrap_or(std::path::Path::new("."));
+    let mut stage = imgctl_builder::output::Stage::new(parent)?;
+    let path = stage.add(&name, proof.to_text().as_bytes())?;
+    stage.commit()?;
+    Ok((path, proof.index))
 }

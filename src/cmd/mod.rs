@@ -4,6 +4,14 @@ pub mod audit;
 pub mod build;
 pub mod completions;
 pub mod eventlog;
+pub mod ext;
 pub mod inspect;
+pub mod log;
+#[cfg(feature = "tpm")]
+pub mod measure;
 pub mod predict;
+pub mod sign_pcrs;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 pub mod verify;
+pub mod vm;

@@ -1,0 +1,17 @@
+//! The demo guest's console report: arbitrary serial output must parse or fail, never panic;
+//! what parses must be consistent (digest sizes match their bank).
+#![no_main]
+
+use imgctl_measure::guest_report::GuestReport;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(report) = GuestReport::parse(data) {
+        for (bank, values) in &report.pcrs {
+            for digest in values.values() {
+                assert_eq!(Some(digest.as_bytes().len()), bank.digest_size());
+            }
+        }
+        let _ = report.pcrs_by_bank();
+    }
+});

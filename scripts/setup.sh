@@ -1,0 +1,143 @@
+#!/bin/sh
+# Prepare a fresh Debian 12 (bookworm) machine for imgctl: install every Debian package the
+# project uses and fetch the demo kernel into .cache/demo/. Idempotent; run as root; no prompts.
+set -eu
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+CACHE="$REPO/.cache"
+DEMO="$CACHE/demo"
+
+say() { printf 'setup: %s\n' "$*"; }
+
+# Debian packages, one concern per line.
+PACKAGES="
+systemd systemd-boot-efi systemd-container
+cryptsetup-bin erofs-utils squashfs-tools fdisk dosfstools mtools
+swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
+sbsigntool osslsigncode openssl binutils
+qemu-system-x86 ovmf
+busybox-static cpio kmod fsverity
+python3 python3-cryptography ca-certificates
+"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: run as root (it installs Debian packages)" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+
+missing=""
+for p in $PACKAGES; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing="$missing $p"
+    fi
+done
+
+# Refresh the package lists once if they are older than a day (or absent).
+lists_stale() {
+    [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null | head -n 1)" ]
+}
+updated=no
+apt_update() {
+    if [ "$updated" = no ]; then
+        say "apt-get update"
+        apt-get update -q
+        updated=yes
+    fi
+}
+if lists_stale; then
+    apt_update
+fi
+if [ -n "$missing" ]; then
+    say "installing:$missing"
+    # shellcheck disable=SC2086
+    apt-get install -y -q --no-install-recommends $missing
+else
+    say "all Debian packages already installed"
+fi
+
+# --- The demo kernel: the linux-image-*-amd64 package that linux-image-amd64 depends on. ---
+KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null |
+    sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n 1)
+if [ -z "$KPKG" ]; then
+    echo "setup: cannot resolve the kernel package linux-image-amd64 depends on" >&2
+    exit 1
+fi
+KVER=${KPKG#linux-image-}
+mkdir -p "$CACHE/debs"
+download_kernel() {
+    # apt-get download runs unsandboxed as root here; its warning about that is noise.
+    (cd "$CACHE/debs" && apt-get download -q "$KPKG" 2>&1 | grep -v 'unsandboxed' >&2; true)
+    ls "$CACHE/debs/${KPKG}_"*.deb >/dev/null 2>&1
+}
+if ! ls "$CACHE/debs/${KPKG}_"*.deb >/dev/null 2>&1; then
+    say "downloading $KPKG"
+    # An old package list may name a version the mirror no longer has: refresh once and retry.
+    if ! download_kernel; then
+        apt_update
+        KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null |
+            sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n 1)
+        KVER=${KPKG#linux-image-}
+        download_kernel || { echo "setup: apt-get download $KPKG failed" >&2; exit 1; }
+    fi
+else
+    say "$KPKG already downloaded"
+fi
+DEB=$(ls "$CACHE/debs/${KPKG}_"*.deb | sort | tail -n 1)
+
+if [ ! -f "$DEMO/.unpacked-$(basename "$DEB")" ]; then
+    say "unpacking $(basename "$DEB")"
+    rm -rf "$DEMO"
+    mkdir -p "$DEMO/root"
+    dpkg-deb -x "$DEB" "$DEMO/root"
+    cp "$DEMO/root/boot/vmlinuz-$KVER" "$DEMO/vmlinuz"
+    echo "$KVER" > "$DEMO/kernel-version"
+
+    # The TPM driver: built in, or modules (with their dependencies from modules.dep) in
+    # .cache/demo/modules/ with a load-order file; the demo /init insmods them from /lib/modules/.
+    MODDIR="$DEMO/root/lib/modules/$KVER"
+    mkdir -p "$DEMO/modules"
+    : > "$DEMO/modules/load-order"
+    for m in tpm tpm_tis_core tpm_tis tpm_crb; do
+        if grep -qE "(^|/)$m\.ko" "$MODDIR/modules.builtin" 2>/dev/null; then
+            say "$m is built into the kernel"
+            continue
+        fi
+        # The .deb ships no modules.dep (depmod runs at install time): generate it.
+        [ -f "$MODDIR/modules.dep" ] || depmod -b "$DEMO/root" "$KVER"
+        line=$(grep -E "(^|/)$m\.ko(\.[a-z]+)?:" "$MODDIR/modules.dep" || true)
+        [ -n "$line" ] || { say "$m: not in this kernel"; continue; }
+        # modules.dep: "mod: dep1 dep2" where deps are listed nearest first; load them in reverse.
+        target=${line%%:*}
+        deps=$(echo "${line#*:}" | tr ' ' '\n' | sed '/^$/d' | tac)
+        for f in $deps $target; do
+            name=$(basename "$f")
+            case "$name" in
+                *.ko.xz) out=${name%.xz}; xz -dc "$MODDIR/$f" > "$DEMO/modules/$out" ;;
+                *.ko.zst) out=${name%.zst}; zstd -qdc "$MODDIR/$f" > "$DEMO/modules/$out" ;;
+                *) out=$name; cp "$MODDIR/$f" "$DEMO/modules/$out" ;;
+            esac
+            grep -qx "$out" "$DEMO/modules/load-order" || echo "$out" >> "$DEMO/modules/load-order"
+        done
+    done
+    rm -rf "$DEMO/root"
+    touch "$DEMO/.unpacked-$(basename "$DEB")"
+else
+    say "demo kernel already unpacked"
+fi
+say "demo kernel: $DEMO/vmlinuz ($KVER)"
+if [ -s "$DEMO/modules/load-order" ]; then
+    say "TPM modules for the demo initrd (load order): $(tr '\n' ' ' < "$DEMO/modules/load-order")"
+fi
+
+# --- Rust tooling ---
+if command -v cargo >/dev/null 2>&1; then
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        say "cargo-fuzz not installed (optional: cargo install cargo-fuzz; fuzzing needs nightly)"
+    else
+        say "cargo-fuzz present"
+    fi
+else
+    say "cargo not found: install Rust with rustup (https://rustup.rs)"
+fi
+say "done"

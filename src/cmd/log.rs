@@ -1,0 +1,581 @@
+//! `imgctl log ...`: the transparency log of measurements (C2SP tlog-tiles folder).
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use imgctl_measure::tlog::checkpoint::{self, Checkpoint, Policy};
+use imgctl_measure::tlog::note::{NoteSigner, NoteVerifier, VerifierKind};
+use imgctl_measure::tlog::{LogEntry, TlogProof};
+use imgctl_tlog_store::client::{self, TileFetch};
+use imgctl_tlog_store::{Appender, FolderTiles, HttpTiles, LogReader};
+use serde_json::json;
+
+/// Manage and check a transparency log of measurements.
+///
+/// Example: imgctl log init ./log --key log.key --origin example.com/imgctl-log
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: LogCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum LogCommand {
+    Init(InitArgs),
+    Append(AppendArgs),
+    Checkpoint(CheckpointArgs),
+    Prove(ProveArgs),
+    Verify(VerifyArgs),
+    Consistency(ConsistencyArgs),
+    Show(ShowArgs),
+}
+
+/// Create an empty log; generates the Ed25519 key if KEY does not exist.
+///
+/// Example: imgctl log init ./log --key log.key --origin example.com/imgctl-log
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    dir: PathBuf,
+    /// Signer key file (PRIVATE+KEY+... as golang.org/x/mod/sumdb/note writes it).
+    #[arg(long)]
+    key: PathBuf,
+    /// Origin (and key name) for a new key, e.g. example.com/imgctl-log.
+    #[arg(long)]
+    origin: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Append entries durably; prints their indices (and writes .tlog-proof files with --proof-dir).
+///
+/// Example: imgctl log append ./log --key log.key --entry uki.entry.json --proof-dir out/
+#[derive(Debug, clap::Args)]
+struct AppendArgs {
+    dir: PathBuf,
+    #[arg(long)]
+    key: PathBuf,
+    /// A log entry as JSON (kind, name, version, digests, pcrs, recipe, builder); repeatable.
+    #[arg(long)]
+    entry: Vec<PathBuf>,
+    /// A file whose bytes are appended as-is; repeatable.
+    #[arg(long)]
+    raw: Vec<PathBuf>,
+    /// Read entries from stdin, one per line, and acknowledge each batch on stdout as
+    /// `ack <first index> <count> <tree size>` once it is durable.
+    #[arg(long)]
+    stdin: bool,
+    /// With --stdin: lines per durable batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Write <index>.tlog-proof files here.
+    #[arg(long)]
+    proof_dir: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Print the log's current checkpoint (verified with the log's key).
+///
+/// Example: imgctl log checkpoint ./log > trusted.checkpoint
+#[derive(Debug, clap::Args)]
+struct CheckpointArgs {
+    dir: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Write a C2SP tlog-proof for an entry against the current checkpoint.
+///
+/// Example: imgctl log prove ./log --index 3 > entry3.tlog-proof
+#[derive(Debug, clap::Args)]
+struct ProveArgs {
+    dir: PathBuf,
+    #[arg(long)]
+    index: u64,
+    /// Write the proof here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Trust settings shared by verify and consistency.
+#[derive(Debug, clap::Args)]
+struct TrustArgs {
+    /// The log's verifier key (name+id+key), or @FILE to read it from a file.
+    #[arg(long)]
+    vkey: String,
+    /// A witness verifier key (cosignature/v1); repeatable; @FILE allowed.
+    #[arg(long)]
+    witness: Vec<String>,
+    /// How many witnesses must have cosigned (default: all given).
+    #[arg(long)]
+    min_witnesses: Option<usize>,
+}
+
+/// Check that an entry is in the log: from a .tlog-proof, or from the log's tiles
+/// (a folder or http:// URL); or audit a whole log folder.
+///
+/// Example: imgctl log verify --vkey @log.vkey --proof uki.tlog-proof --entry uki.entry
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// A .tlog-proof file.
+    #[arg(long)]
+    proof: Option<PathBuf>,
+    /// The entry bytes (default with --proof: the proof's extra data).
+    #[arg(long)]
+    entry: Option<PathBuf>,
+    /// A log folder or http:// URL to compute the proof from.
+    #[arg(long)]
+    log: Option<String>,
+    /// With --log: the entry's index.
+    #[arg(long)]
+    index: Option<u64>,
+    /// With --log (a folder): recompute every tile from the entries.
+    #[arg(long)]
+    audit: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Check that the log's current checkpoint is consistent with an older one.
+///
+/// Example: imgctl log consistency --vkey @log.vkey --old trusted.checkpoint --log http://127.0.0.1:8080/
+#[derive(Debug, clap::Args)]
+struct ConsistencyArgs {
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// The older checkpoint, trusted earlier.
+    #[arg(long)]
+    old: PathBuf,
+    /// A log folder or http:// URL.
+    #[arg(long)]
+    log: Option<String>,
+    /// Instead of --log: the newer checkpoint file (needs --proof-dir-less check: same size only).
+    #[arg(long)]
+    new: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Show the log's checkpoint and entries.
+///
+/// Example: imgctl log show ./log --index 0 --json
+#[derive(Debug, clap::Args)]
+struct ShowArgs {
+    dir: PathBuf,
+    /// Only this entry.
+    #[arg(long)]
+    index: Option<u64>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        LogCommand::Init(a) => init(a),
+        LogCommand::Append(a) => append(a),
+        LogCommand::Checkpoint(a) => show_checkpoint(a),
+        LogCommand::Prove(a) => prove(a),
+        LogCommand::Verify(a) => verify(a),
+        LogCommand::Consistency(a) => consistency(a),
+        LogCommand::Show(a) => show(a),
+    }
+}
+
+/// Reads a signer key file.
+pub fn load_signer(path: &Path) -> anyhow::Result<NoteSigner> {
+    let s =
+        std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+    NoteSigner::parse_skey(s.trim()).with_context(|| format!("key {}", path.display()))
+}
+
+fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
+    let signer = if a.key.exists() {
+        let s = load_signer(&a.key)?;
+        if let Some(o) = &a.origin {
+            if o != s.name() {
+                bail!("--origin {o} differs from the key's name {}", s.name());
+            }
+        }
+        s
+    } else {
+        let origin = a
+            .origin
+            .as_deref()
+            .context("--origin is needed to create a new key")?;
+        let s = NoteSigner::generate(origin, VerifierKind::Ed25519)?;
+        write_secret(&a.key, &format!("{}\n", s.skey()))?;
+        std::fs::write(
+            a.key.with_extension("vkey"),
+            format!("{}\n", s.verifier().vkey()),
+        )
+        .context("writing the vkey file")?;
+        eprintln!(
+            "imgctl: created key {} (verifier key beside it, .vkey)",
+            a.key.display()
+        );
+        s
+    };
+    let signed = imgctl_tlog_store::init(&a.dir, &signer)?;
+    if a.json {
+        println!(
+            "{}",
+            json!({"origin": signer.name(), "vkey": signer.verifier().vkey(), "checkpoint": signed})
+        );
+    } else {
+        println!("{}", signer.verifier().vkey());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_secret(path: &Path, s: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(s.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn read_entry_json(p: &Path) -> anyhow::Result<Vec<u8>> {
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", p.display()))?;
+    Ok(LogEntry::from_json(&v)
+        .with_context(|| format!("{}", p.display()))?
+        .encode())
+}
+
+fn append(a: AppendArgs) -> anyhow::Result<ExitCode> {
+    let signer = load_signer(&a.key)?;
+    let mut log = Appender::open(&a.dir, signer)
+        .with_context(|| format!("opening log {}", a.dir.display()))?;
+    if a.stdin {
+        let stdin = std::io::stdin();
+        let mut out = std::io::stdout().lock();
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut lines = stdin.lock().lines();
+        loop {
+            let line = lines.next().transpose().context("reading stdin")?;
+            let done = line.is_none();
+            if let Some(l) = line {
+                batch.push(l.into_bytes());
+            }
+            if batch.len() >= a.batch.max(1) || (done && !batch.is_empty()) {
+                let r = log.append(&batch)?;
+                writeln!(
+                    out,
+                    "ack {} {} {}",
+                    r.first_index,
+                    batch.len(),
+                    r.checkpoint.size
+                )?;
+                out.flush()?;
+                batch.clear();
+            }
+            if done {
+                break;
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut entries = Vec::new();
+    for p in &a.entry {
+        entries.push(read_entry_json(p)?);
+    }
+    for p in &a.raw {
+        entries.push(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?);
+    }
+    if entries.is_empty() {
+        bail!("nothing to append: give --entry, --raw or --stdin");
+    }
+    let r = log.append(&entries)?;
+    let indices: Vec<u64> = (0..entries.len() as u64)
+        .map(|i| r.first_index + i)
+        .collect();
+    if let Some(d) = &a.proof_dir {
+        std::fs::create_dir_all(d)?;
+        for &i in &indices {
+            let p = log.prove(i)?;
+            std::fs::write(d.join(format!("{i}.tlog-proof")), p.to_text())?;
+        }
+    }
+    if a.json {
+        println!(
+            "{}",
+            json!({"indices": indices, "size": r.checkpoint.size, "checkpoint": r.signed_checkpoint})
+        );
+    } else {
+        for i in indices {
+            println!("{i}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checkpoint_json(c: &Checkpoint) -> serde_json::Value {
+    json!({"origin": c.origin, "size": c.size, "root": hex::encode(c.root)})
+}
+
+fn show_checkpoint(a: CheckpointArgs) -> anyhow::Result<ExitCode> {
+    let r = LogReader::open(&a.dir)?;
+    let (c, signed) = r.checkpoint()?;
+    if a.json {
+        println!("{}", checkpoint_json(&c));
+    } else {
+        print!("{signed}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prove(a: ProveArgs) -> anyhow::Result<ExitCode> {
+    let r = LogReader::open(&a.dir)?;
+    let p = r.prove(a.index)?;
+    match a.out {
+        Some(o) => {
+            std::fs::write(&o, p.to_text()).with_context(|| format!("writing {}", o.display()))?
+        }
+        None => print!("{}", p.to_text()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn key_arg(s: &str) -> anyhow::Result<String> {
+    match s.strip_prefix('@') {
+        Some(f) => Ok(std::fs::read_to_string(f)
+            .with_context(|| format!("reading {f}"))?
+            .trim()
+            .to_owned()),
+        None => Ok(s.to_owned()),
+    }
+}
+
+struct Trust {
+    log: NoteVerifier,
+    witnesses: Vec<NoteVerifier>,
+    min: usize,
+}
+
+impl Trust {
+    fn new(t: &TrustArgs) -> anyhow::Result<Trust> {
+        let log = NoteVerifier::parse_vkey(&key_arg(&t.vkey)?).context("--vkey")?;
+        let witnesses = t
+            .witness
+            .iter()
+            .map(|w| NoteVerifier::parse_vkey(&key_arg(w)?).context("--witness"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let min = t.min_witnesses.unwrap_or(witnesses.len());
+        Ok(Trust {
+            log,
+            witnesses,
+            min,
+        })
+    }
+    fn policy(&self) -> Policy<'_> {
+        Policy {
+            log: &self.log,
+            origin: None,
+            witnesses: &self.witnesses,
+            min_witnesses: self.min,
+        }
+    }
+}
+
+fn source(s: &str) -> anyhow::Result<Box<dyn TileFetch>> {
+    if s.starts_with("http://") {
+        Ok(Box::new(HttpTiles::new(s)?))
+    } else {
+        Ok(Box::new(FolderTiles(PathBuf::from(s))))
+    }
+}
+
+fn verdict(json_out: bool, ok: bool, value: serde_json::Value, text: &str) -> ExitCode {
+    if json_out {
+        println!("{value}");
+    } else {
+        println!("{text}");
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let trust = Trust::new(&a.trust)?;
+    let policy = trust.policy();
+    let entry = a
+        .entry
+        .as_ref()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
+    let result: anyhow::Result<(Checkpoint, Option<u64>, String)> = (|| {
+        if let Some(p) = &a.proof {
+            let proof = TlogProof::parse(
+                &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+            )?;
+            let e = match (&entry, &proof.extra) {
+                (Some(e), _) => e.clone(),
+                (None, Some(x)) => x.clone(),
+                (None, None) => bail!("the proof carries no entry: give --entry"),
+            };
+            let vc = proof.verify(&e, &policy)?;
+            return Ok((
+                vc.checkpoint,
+                Some(proof.index),
+                "entry is in the log".into(),
+            ));
+        }
+        let src = source(a.log.as_deref().context("give --proof or --log")?)?;
+        if a.audit {
+            let dir = a.log.as_deref().unwrap_or_default();
+            let (vc, _) = client::fetch_checkpoint(src.as_ref(), &policy)?;
+            let c = vc.checkpoint;
+            let report = imgctl_measure::tlog::tiles::audit(
+                c.size,
+                &c.root,
+                client::tile_fetcher(src.as_ref()),
+            )
+            .with_context(|| format!("auditing {dir}"))?;
+            return Ok((
+                c,
+                None,
+                format!(
+                    "log verified: {} entries, {} tiles, {} bundles",
+                    report.entries, report.tiles, report.bundles
+                ),
+            ));
+        }
+        let index = a.index.context("--log needs --index")?;
+        let e = entry.clone().context("--log needs --entry")?;
+        let c = client::check_entry_in_log(src.as_ref(), &policy, &e, index)?;
+        Ok((c, Some(index), "entry is in the log".into()))
+    })();
+    Ok(match result {
+        Ok((c, index, msg)) => verdict(
+            a.json,
+            true,
+            json!({"verified": true, "index": index, "checkpoint": checkpoint_json(&c)}),
+            &format!("OK: {msg} ({} at size {})", c.origin, c.size),
+        ),
+        Err(e) => {
+            eprintln!("imgctl: verification failed: {e:#}");
+            verdict(
+                a.json,
+                false,
+                json!({"verified": false, "error": format!("{e:#}")}),
+                "FAIL",
+            )
+        }
+    })
+}
+
+fn consistency(a: ConsistencyArgs) -> anyhow::Result<ExitCode> {
+    let trust = Trust::new(&a.trust)?;
+    let policy = trust.policy();
+    let old_bytes =
+        std::fs::read(&a.old).with_context(|| format!("reading {}", a.old.display()))?;
+    let result: anyhow::Result<(Checkpoint, Checkpoint)> = (|| {
+        let old = checkpoint::verify(&old_bytes, &policy)
+            .context("old checkpoint")?
+            .checkpoint;
+        if let Some(n) = &a.new {
+            let new = checkpoint::verify(&std::fs::read(n)?, &policy)
+                .context("new checkpoint")?
+                .checkpoint;
+            if new.size != old.size || a.log.is_some() {
+                let src =
+                    source(a.log.as_deref().context(
+                        "checkpoints of different sizes need --log to compute the proof",
+                    )?)?;
+                let mut nodes = imgctl_measure::tlog::tiles::TileNodes::new(
+                    new.size,
+                    client::tile_fetcher(src.as_ref()),
+                );
+                let proof = if new.size > old.size && old.size > 0 {
+                    imgctl_measure::tlog::merkle::consistency_proof(&mut nodes, old.size, new.size)?
+                } else {
+                    Vec::new()
+                };
+                checkpoint::check_consistency(&old, &new, &proof)?;
+            } else {
+                checkpoint::check_consistency::<[u8; 32]>(&old, &new, &[])?;
+            }
+            return Ok((old, new));
+        }
+        let src = source(a.log.as_deref().context("give --log or --new")?)?;
+        let new = client::check_log_consistency(src.as_ref(), &policy, &old_bytes)?;
+        Ok((old, new))
+    })();
+    Ok(match result {
+        Ok((old, new)) => verdict(
+            a.json,
+            true,
+            json!({"consistent": true, "old": checkpoint_json(&old), "new": checkpoint_json(&new)}),
+            &format!("OK: size {} extends size {}", new.size, old.size),
+        ),
+        Err(e) => {
+            eprintln!("imgctl: consistency check failed: {e:#}");
+            verdict(
+                a.json,
+                false,
+                json!({"consistent": false, "error": format!("{e:#}")}),
+                "FAIL",
+            )
+        }
+    })
+}
+
+fn entry_view(bytes: &[u8]) -> serde_json::Value {
+    match LogEntry::parse(bytes) {
+        Ok(e) => e.to_json(),
+        Err(_) => json!({"raw": String::from_utf8_lossy(bytes)}),
+    }
+}
+
+fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
+    let r = LogReader::open(&a.dir)?;
+    let (c, _) = r.checkpoint()?;
+    let indices: Vec<u64> = match a.index {
+        Some(i) => vec![i],
+        None => (0..c.size).collect(),
+    };
+    let mut entries = Vec::new();
+    for i in indices {
+        entries.push((i, r.entry(i, c.size)?));
+    }
+    if a.json {
+        let list: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(i, e)| json!({"index": i, "entry": entry_view(e)}))
+            .collect();
+        println!(
+            "{}",
+            json!({"checkpoint": checkpoint_json(&c), "vkey": r.vkey().vkey(), "entries": list})
+        );
+    } else {
+        println!(
+            "origin {}\nsize {}\nroot {}\nvkey {}",
+            c.origin,
+            c.size,
+            hex::encode(c.root),
+            r.vkey().vkey()
+        );
+        for (i, e) in entries {
+            match LogEntry::parse(&e) {
+                Ok(le) => println!("{i}\t{} {} {}", le.kind(), le.name(), le.version()),
+                Err(_) => println!("{i}\t{}", String::from_utf8_lossy(&e).escape_debug()),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,189 @@
+//! `imgctl sign-pcrs`: the `.pcrsig` JSON for a UKI, as `systemd-measure sign` writes it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use imgctl_measure::keys::{SigningKey, VerifyingKey};
+use imgctl_measure::pcr11::DEFAULT_PHASE_PATHS;
+use imgctl_measure::uki::as_measured;
+use imgctl_measure::{pcrsig, predict_pcr11, HashAlg, PhasePath, Uki};
+
+use crate::uki_input::{load_uki, SemanticsArg};
+
+/// Sign the PCR 11 values a UKI will produce, per bank and boot phase: the `.pcrsig` JSON that
+/// `systemd-measure sign` writes and ukify embeds, computed in software (no TPM needed).
+///
+/// Keys: PEM RSA or ECDSA P-256 (PKCS#8 as `openssl genpkey` writes, PKCS#1, SEC1).
+///
+/// Example: imgctl sign-pcrs images/demo/demo.efi --private-key pcr-priv.pem -o demo.pcrsig
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A UKI (.efi) or a recipe (.yaml), which is assembled in memory.
+    input: PathBuf,
+    /// PEM private key that signs the policies.
+    #[arg(long, value_name = "FILE")]
+    private_key: PathBuf,
+    /// PEM public key; must be the private key's public half (checked). Default: derived.
+    #[arg(long, value_name = "FILE")]
+    public_key: Option<PathBuf>,
+    /// Boot phase path to sign for (pcrphase words joined by ':'); repeat for several.
+    /// Default: systemd-measure's four paths, enter-initrd … ready.
+    #[arg(long = "phase", value_name = "PATH")]
+    phases: Vec<String>,
+    /// PCR bank; repeat for several. Default: sha1, sha256, sha384, sha512.
+    #[arg(long = "bank", value_name = "BANK")]
+    banks: Vec<HashAlg>,
+    /// Profile of a multi-profile UKI to sign for.
+    #[arg(long, default_value_t = 0)]
+    profile: u32,
+    /// Which stub's measurement rules to apply.
+    #[arg(long, value_enum, default_value_t)]
+    stub_semantics: SemanticsArg,
+    /// Write the JSON here (atomically) instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Also write a copy of the UKI with the signature added as its .pcrsig section (JSON and
+    /// a NUL, as ukify embeds it). .pcrsig is not measured: PCR 11 stays what was signed,
+    /// which is checked before anything is written. Put the public key in .pcrpkey when
+    /// building (recipe `pcrpkey:`) so systemd finds it.
+    #[arg(long, value_name = "FILE")]
+    embed: Option<PathBuf>,
+}
+
+/// Reads a PEM private key, naming the file in errors.
+pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    SigningKey::from_pem(&pem).with_context(|| format!("{}", path.display()))
+}
+
+/// Reads a PEM public key (or the public half of a private key), naming the file in errors.
+pub fn read_verifying_key(path: &Path) -> anyhow::Result<VerifyingKey> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    VerifyingKey::from_pem(&pem).with_context(|| format!("{}", path.display()))
+}
+
+/// Writes `data` to `path` through a temporary file in the same directory and a rename, so a
+/// reader never sees half a file.
+pub fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::new(e).context(format!("renaming into {}", path.display()))
+    })
+}
+
+/// The UKI with `.pcrsig` = `json` + NUL appended as a new last section; refuses a UKI that
+/// already has one, and checks that PCR 11 did not move.
+fn embed_pcrsig(
+    uki: &[u8],
+    json: &str,
+    semantics: imgctl_measure::StubSemantics,
+    profile: u32,
+    signed: &imgctl_measure::Prediction,
+) -> anyhow::Result<Vec<u8>> {
+    let before = Uki::parse(uki)?;
+    if before.pe.section(".pcrsig").is_some() {
+        anyhow::bail!("the UKI already has a .pcrsig section");
+    }
+    let mut section = json.as_bytes().to_vec();
+    section.push(0);
+    let out = imgctl_builder::uki::assemble(
+        uki,
+        &[imgctl_builder::uki::NewSection {
+            name: ".pcrsig".into(),
+            data: section,
+        }],
+    )?;
+    let after = Uki::parse(&out)?;
+    let sections = after.sections_for_profile(profile)?;
+    let phases: Vec<PhasePath> = signed
+        .banks
+        .first()
+        .map(|(_, v)| v.iter().map(|(p, _)| p.clone()).collect())
+        .unwrap_or_default();
+    let banks: Vec<HashAlg> = signed.banks.iter().map(|(b, _)| *b).collect();
+    let again = predict_pcr11(semantics, &as_measured(&sections), &banks, &phases)?;
+    if again != *signed {
+        anyhow::bail!("adding .pcrsig changed the predicted PCR 11; refusing to write");
+    }
+    Ok(out)
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let key = read_signing_key(&args.private_key)?;
+    let public = match &args.public_key {
+        Some(p) => Some(read_verifying_key(p)?.tpm()),
+        None => None,
+    };
+    let data = load_uki(&args.input)?;
+    let uki = Uki::parse(&data)
+        .with_context(|| format!("{}: not a valid PE image", args.input.display()))?;
+    let semantics = args.stub_semantics.resolve(&uki);
+    let sections = uki
+        .sections_for_profile(args.profile)
+        .with_context(|| args.input.display().to_string())?;
+    let banks = if args.banks.is_empty() {
+        HashAlg::ALL.to_vec()
+    } else {
+        let mut b = args.banks.clone();
+        b.sort();
+        b.dedup();
+        b
+    };
+    let phases = if args.phases.is_empty() {
+        DEFAULT_PHASE_PATHS
+            .iter()
+            .map(|p| p.parse())
+            .collect::<Result<Vec<PhasePath>, _>>()?
+    } else {
+        let parsed = args
+            .phases
+            .iter()
+            .map(|p| p.parse::<PhasePath>())
+            .collect::<Result<Vec<_>, _>>()?;
+        PhasePath::sort_uniq(parsed)
+    };
+    let prediction = crate::output::with_spinner("hashing sections", || {
+        predict_pcr11(semantics, &as_measured(&sections), &banks, &phases)
+    })
+    .with_context(|| args.input.display().to_string())?;
+    let doc = pcrsig::sign(&key, public.as_ref(), &prediction).with_context(|| {
+        format!(
+            "signing with {}{}",
+            args.private_key.display(),
+            args.public_key
+                .as_ref()
+                .map(|p| format!(" / {}", p.display()))
+                .unwrap_or_default()
+        )
+    })?;
+    let mut text = doc.to_json();
+    if let Some(path) = &args.embed {
+        let signed = embed_pcrsig(&data, &text, semantics, args.profile, &prediction)
+            .with_context(|| format!("embedding .pcrsig into {}", args.input.display()))?;
+        if uki.pe.section(".pcrpkey").is_none() {
+            eprintln!(
+                "imgctl: warning: {} has no .pcrpkey section; systemd needs the public key \
+                 (recipe `pcrpkey:`) to use the signature",
+                args.input.display()
+            );
+        }
+        write_atomically(path, &signed)?;
+    }
+    text.push('\n');
+    match &args.output {
+        Some(path) => write_atomically(path, text.as_bytes())?,
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

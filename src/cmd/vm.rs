@@ -1,0 +1,240 @@
+//! `imgctl vm (RECIPE | UKI)`: boot an image under QEMU + OVMF + swtpm and report what the
+//! guest's TPM showed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use imgctl_measure::guest_report::{GuestReport, MARK_DONE};
+
+use crate::vm::{self, Accel, Ending, VmConfig};
+
+/// Boot a UKI under QEMU with OVMF and a private swtpm TPM 2.0, serial console on stderr.
+///
+/// The UKI goes to \EFI\BOOT\BOOTX64.EFI on a FAT ESP; KVM is used when a probe boot shows it
+/// works, TCG emulation otherwise. The demo initrd (recipes/demo) prints the PCRs and the
+/// firmware event log; `--capture` stores them. swtpm, QEMU and temporary files are cleaned
+/// up on every exit, Ctrl-C included.
+///
+/// Exit status: 0 the guest printed `IMGCTL-DEMO: done`; 1 error (bad input, missing tool,
+/// unreadable report); 3 the guest stopped without the done marker, or the firmware found
+/// nothing bootable (e.g. Secure Boot refused the UKI); 4 timeout; 130
+/// interrupted (SIGINT/SIGTERM).
+///
+/// Example: imgctl vm images/demo/demo.efi --capture /tmp/boot --timeout 120
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A UKI (PE file) to boot, or a recipe (YAML) to build first.
+    input: PathBuf,
+    /// Store the guest's PCRs (pcrs.json), event log (eventlog.bin) and console (console.log)
+    /// in this folder.
+    #[arg(long, value_name = "DIR")]
+    capture: Option<PathBuf>,
+    /// Stop the guest after this many seconds.
+    #[arg(long, value_name = "S", default_value_t = 300)]
+    timeout: u64,
+    /// Boot with Secure Boot enforced (OVMF secboot firmware, Microsoft keys enrolled).
+    #[arg(long)]
+    secure_boot: bool,
+    /// CPU virtualisation: auto probes KVM and falls back to TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: Accel,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    memory: u32,
+    /// Do not copy the serial console to stderr.
+    #[arg(long)]
+    quiet: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--json` output.
+#[derive(Debug, serde::Serialize)]
+struct JsonOut<'a> {
+    result: &'a str,
+    accel: &'a str,
+    seconds: f64,
+    init_reached: bool,
+    /// Bank name → PCR index → lower-case hex.
+    pcrs: BTreeMap<String, BTreeMap<u32, String>>,
+    event_log_bytes: Option<usize>,
+    capture: Option<&'a Path>,
+}
+
+const EXIT_NOT_DONE: u8 = 3;
+const EXIT_TIMEOUT: u8 = 4;
+const EXIT_INTERRUPTED: u8 = 130;
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (uki, _built) = uki_for(&args.input)?;
+    vm::install_signal_handler();
+    let cfg = VmConfig {
+        label: args.input.display().to_string(),
+        uki,
+        timeout: Duration::from_secs(args.timeout),
+        secure_boot: args.secure_boot,
+        accel: args.accel,
+        memory_mib: args.memory,
+        echo: !args.quiet,
+    };
+    let run = vm::boot(&cfg)?;
+    let report = GuestReport::parse(&run.console);
+
+    if let Some(dir) = &args.capture {
+        capture(dir, &run.console, report.as_ref().ok())?;
+    }
+
+    let (result, code, message) = match run.ending {
+        Ending::Done => ("done", 0, None),
+        Ending::Exited(status) => (
+            "exited",
+            EXIT_NOT_DONE,
+            Some(format!(
+                "the guest stopped without printing `{MARK_DONE}` (QEMU {status}){}",
+                stderr_note(&run.qemu_stderr)
+            )),
+        ),
+        Ending::NothingBootable => (
+            "not-booted",
+            EXIT_NOT_DONE,
+            Some(format!(
+                "the firmware found nothing bootable{}; stopped QEMU and swtpm",
+                if vm::contains(&run.console, b"Access Denied") {
+                    " (it refused \\EFI\\BOOT\\BOOTX64.EFI: Access Denied, i.e. Secure Boot rejected its signature)"
+                } else {
+                    ""
+                }
+            )),
+        ),
+        Ending::QemuFailed => (
+            "qemu-failed",
+            EXIT_NOT_DONE,
+            Some(format!(
+                "QEMU stopped the guest{}; try --accel tcg",
+                stderr_note(&run.qemu_stderr)
+            )),
+        ),
+        Ending::TimedOut => (
+            "timeout",
+            EXIT_TIMEOUT,
+            Some(format!(
+                "the guest did not finish within {}s (--timeout); stopped QEMU and swtpm",
+                args.timeout
+            )),
+        ),
+        Ending::Interrupted => (
+            "interrupted",
+            EXIT_INTERRUPTED,
+            Some("interrupted; stopped QEMU and swtpm".to_owned()),
+        ),
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(e) if code == 0 => bail!("the guest's console report is malformed: {e}"),
+        Err(_) => GuestReport::default(),
+    };
+
+    if args.json {
+        let out = JsonOut {
+            result,
+            accel: run.accel.name(),
+            seconds: (run.elapsed.as_secs_f64() * 10.0).round() / 10.0,
+            init_reached: report.init_reached,
+            pcrs: report.pcrs_by_bank(),
+            event_log_bytes: report.event_log.as_ref().map(Vec::len),
+            capture: args.capture.as_deref(),
+        };
+        let out = serde_json::to_string_pretty(&out)?;
+        println!("{out}");
+    } else {
+        let banks: Vec<String> = report
+            .pcrs
+            .iter()
+            .map(|(b, v)| format!("{} {b}", v.len()))
+            .collect();
+        println!(
+            "{result} after {:.1}s ({}): PCRs read: {}; event log: {}",
+            run.elapsed.as_secs_f64(),
+            run.accel.name(),
+            if banks.is_empty() {
+                "none".to_owned()
+            } else {
+                banks.join(", ")
+            },
+            report
+                .event_log
+                .as_ref()
+                .map_or("none".to_owned(), |l| format!("{} bytes", l.len())),
+        );
+    }
+    if let Some(m) = message {
+        eprintln!("imgctl vm: {m}");
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// The UKI to boot: the input itself if it is a PE file, else the recipe assembled in memory
+/// and written to a temporary file (kept until the returned guard drops).
+fn uki_for(input: &Path) -> anyhow::Result<(PathBuf, Option<tempfile::TempPath>)> {
+    let mut magic = [0u8; 2];
+    let mut f =
+        std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    let n = std::io::Read::read(&mut f, &mut magic)
+        .with_context(|| format!("reading {}", input.display()))?;
+    if n == 2 && &magic == b"MZ" {
+        return Ok((input.to_path_buf(), None));
+    }
+    let uki = crate::uki_input::load_uki(input)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix("imgctl-vm-")
+        .suffix(".efi")
+        .tempfile()
+        .context("creating a temporary file for the UKI")?;
+    std::io::Write::write_all(&mut tmp, &uki).context("writing the UKI")?;
+    let path = tmp.into_temp_path();
+    Ok((path.to_path_buf(), Some(path)))
+}
+
+/// QEMU's first few stderr lines (a KVM failure is followed by a long register dump).
+fn stderr_note(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let more = if lines.len() > 3 { " …" } else { "" };
+    format!(
+        "; QEMU said: {}{more}",
+        lines[..lines.len().min(3)].join(" / ")
+    )
+}
+
+/// Writes console.log always, pcrs.json and eventlog.bin when the report has them.
+fn capture(dir: &Path, console: &[u8], report: Option<&GuestReport>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))
+    };
+    for stale in ["pcrs.json", "eventlog.bin"] {
+        let p = dir.join(stale);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    write("console.log", console)?;
+    if let Some(r) = report {
+        if !r.pcrs.is_empty() {
+            let mut json = serde_json::to_vec_pretty(&r.pcrs_by_bank())?;
+            json.push(b'\n');
+            write("pcrs.json", &json)?;
+        }
+        if let Some(log) = &r.event_log {
+            write("eventlog.bin", log)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,539 @@
+//! Boots a UKI under QEMU with Debian's OVMF and a private swtpm TPM 2.0: process I/O only.
+//!
+//! One run: a temporary folder holds the swtpm state and control socket, a per-run copy of the
+//! OVMF variable store and a FAT image (the ESP) with the UKI at `\EFI\BOOT\BOOTX64.EFI`;
+//! swtpm and QEMU run as children in their own process groups (so a terminal's Ctrl-C reaches
+//! only us); the serial console is streamed back to the caller. [`Running`] kills both
+//! children and removes the folder when dropped, which covers every exit path: success, error,
+//! timeout and SIGINT/SIGTERM (the handler only sets a flag the wait loop polls). A SIGKILL of
+//! imgctl itself cannot be caught; swtpm then exits when QEMU closes its socket.
+//!
+//! What the guest printed is interpreted elsewhere (`imgctl_measure::guest_report`).
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use imgctl_measure::guest_report::MARK_DONE;
+
+/// Where Debian's `ovmf` package puts the firmware; `IMGCTL_OVMF_DIR` overrides it.
+const OVMF_DIR: &str = "/usr/share/OVMF";
+/// What QEMU prints (and then stops the guest, without exiting) when KVM cannot run the code.
+const KVM_INTERNAL_ERROR: &str = "KVM internal error";
+/// What OVMF's boot manager prints when every boot option failed; it then waits for a key.
+const OVMF_NOTHING_BOOTABLE: &str = "No bootable option or device was found";
+/// How long the guest may take to power off after printing its done marker.
+const POWEROFF_GRACE: Duration = Duration::from_secs(15);
+/// How long OVMF may take to reach its boot manager under KVM before KVM is declared broken.
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// CPU virtualisation for the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM if a probe boot of OVMF under KVM works, TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Auto => "auto",
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// What to boot and how.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub uki: PathBuf,
+    /// How to name the image in messages (the recipe or UKI the user gave).
+    pub label: String,
+    pub timeout: Duration,
+    pub secure_boot: bool,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    /// Copy the serial console to stderr as it arrives.
+    pub echo: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The guest printed the done marker (and powered off, or was stopped after the grace time).
+    Done,
+    /// QEMU exited without the done marker (guest powered off, reset, or QEMU failed).
+    Exited(ExitStatus),
+    /// OVMF found nothing it could start (with Secure Boot: the UKI's signature was refused).
+    NothingBootable,
+    /// QEMU stopped the guest with an error of its own (e.g. "KVM internal error").
+    QemuFailed,
+    /// `timeout` passed first.
+    TimedOut,
+    /// SIGINT or SIGTERM.
+    Interrupted,
+}
+
+/// The result of one boot.
+#[derive(Debug)]
+pub struct VmRun {
+    pub ending: Ending,
+    pub accel: Accel,
+    pub console: Vec<u8>,
+    pub elapsed: Duration,
+    /// QEMU's own stderr (errors such as a refused option or a dead TPM socket).
+    pub qemu_stderr: String,
+}
+
+/// The external programs and firmware files one run needs.
+#[derive(Debug)]
+struct Tools {
+    qemu: PathBuf,
+    swtpm: PathBuf,
+    mkfs_vfat: PathBuf,
+    mmd: PathBuf,
+    mcopy: PathBuf,
+    ovmf_code: PathBuf,
+    ovmf_vars: PathBuf,
+}
+
+impl Tools {
+    /// Finds everything, or names every missing piece with the Debian package that has it.
+    fn find(secure_boot: bool) -> anyhow::Result<Tools> {
+        let mut missing = Vec::new();
+        let mut tool = |name: &str, package: &str| {
+            find_in_path(name).unwrap_or_else(|| {
+                missing.push(format!("{name} (Debian package {package})"));
+                PathBuf::new()
+            })
+        };
+        let qemu = tool("qemu-system-x86_64", "qemu-system-x86");
+        let swtpm = tool("swtpm", "swtpm");
+        let mkfs_vfat = tool("mkfs.vfat", "dosfstools");
+        let mmd = tool("mmd", "mtools");
+        let mcopy = tool("mcopy", "mtools");
+        let dir = std::env::var_os("IMGCTL_OVMF_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(OVMF_DIR));
+        let (code, vars) = if secure_boot {
+            ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd")
+        } else {
+            ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd")
+        };
+        let mut firmware = |name: &str| {
+            let p = dir.join(name);
+            if !p.is_file() {
+                missing.push(format!("{} (Debian package ovmf)", p.display()));
+            }
+            p
+        };
+        let ovmf_code = firmware(code);
+        let ovmf_vars = firmware(vars);
+        if !missing.is_empty() {
+            bail!(
+                "cannot boot: missing {}; install with `apt-get install qemu-system-x86 ovmf swtpm dosfstools mtools` or run scripts/setup.sh",
+                missing.join(", ")
+            );
+        }
+        Ok(Tools {
+            qemu,
+            swtpm,
+            mkfs_vfat,
+            mmd,
+            mcopy,
+            ovmf_code,
+            ovmf_vars,
+        })
+    }
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Makes SIGINT and SIGTERM stop a run cleanly instead of killing imgctl mid-way.
+pub fn install_signal_handler() {
+    // An error means a handler is already installed (a second run in the same process).
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+}
+
+/// Child processes and the run folder, torn down on drop (children first, newest first).
+struct Running {
+    children: Vec<(&'static str, Child)>,
+    dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn new() -> anyhow::Result<Running> {
+        let dir = tempfile::Builder::new()
+            .prefix("imgctl-vm-")
+            .tempdir()
+            .context("creating the run folder")?;
+        Ok(Running {
+            children: Vec::new(),
+            dir,
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn spawn(&mut self, what: &'static str, cmd: &mut Command) -> anyhow::Result<usize> {
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {what} ({cmd:?})"))?;
+        self.children.push((what, child));
+        Ok(self.children.len() - 1)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for (_, child) in self.children.iter_mut().rev() {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Which accelerator to use: KVM only if asked for or if a probe boot under KVM works.
+fn resolve_accel(requested: Accel, tools: &Tools) -> Accel {
+    static PROBED: OnceLock<Accel> = OnceLock::new();
+    match requested {
+        Accel::Kvm | Accel::Tcg => requested,
+        Accel::Auto => *PROBED.get_or_init(|| match probe_kvm(tools) {
+            Ok(()) => Accel::Kvm,
+            Err(why) => {
+                eprintln!("imgctl vm: KVM unusable ({why:#}); using TCG emulation");
+                Accel::Tcg
+            }
+        }),
+    }
+}
+
+/// Boots OVMF alone under KVM and waits for its boot manager's first line on the serial port.
+/// On some hosts /dev/kvm exists but QEMU under OVMF stops at once with "KVM internal error".
+fn probe_kvm(tools: &Tools) -> anyhow::Result<()> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .context("opening /dev/kvm")?;
+    let mut run = Running::new()?;
+    let vars = run.path("vars.fd");
+    std::fs::copy(&tools.ovmf_vars, &vars).context("copying the OVMF variable store")?;
+    let stderr_file = run.path("qemu.err");
+    let mut cmd = Command::new(&tools.qemu);
+    cmd.args(["-machine", "q35", "-m", "256", "-accel", "kvm"])
+        .args(common_qemu_args())
+        .args(pflash_args(&tools.ovmf_code, &vars))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_file).context("creating qemu.err")?);
+    let i = run.spawn("qemu (KVM probe)", &mut cmd)?;
+    let rx = stream(run.children[i].1.stdout.take(), false);
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while start.elapsed() < KVM_PROBE_TIMEOUT {
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.extend_from_slice(&chunk);
+            if contains(&seen, b"BdsDxe") {
+                return Ok(());
+            }
+        }
+        let err = std::fs::read_to_string(&stderr_file).unwrap_or_default();
+        if let Some(line) = err
+            .lines()
+            .find(|l| l.contains("KVM") && !l.contains("warning"))
+        {
+            bail!("{}", line.trim());
+        }
+        if let Ok(Some(status)) = run.children[i].1.try_wait() {
+            bail!("QEMU exited ({status}): {}", err.trim());
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+    }
+    bail!(
+        "OVMF printed nothing within {}s",
+        KVM_PROBE_TIMEOUT.as_secs()
+    )
+}
+
+fn common_qemu_args() -> [&'static str; 9] {
+    [
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-no-user-config",
+    ]
+}
+
+fn pflash_args(code: &Path, vars: &Path) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            code.display()
+        ),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+    ]
+}
+
+/// Copies a child's output to a channel in chunks (and to stderr when `echo`), on a thread.
+fn stream(out: Option<impl Read + Send + 'static>, echo: bool) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    if let Some(mut out) = out {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match out.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if echo {
+                            let mut e = std::io::stderr().lock();
+                            let _ = e.write_all(&buf[..n]);
+                            let _ = e.flush();
+                        }
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Makes a FAT image holding `uki` as `\EFI\BOOT\BOOTX64.EFI`. Same UKI, same image bytes:
+/// fixed volume ID, `mkfs.vfat --invariant`, and mtools timestamps from SOURCE_DATE_EPOCH=0
+/// (directories) and the UKI's own mtime (`mcopy -m`).
+fn make_esp(tools: &Tools, uki: &Path, image: &Path) -> anyhow::Result<()> {
+    let uki_size = std::fs::metadata(uki)
+        .with_context(|| format!("reading {}", uki.display()))?
+        .len();
+    const MIB: u64 = 1 << 20;
+    // Room for the FAT structures and slack; at least 64 MiB so mkfs.vfat picks FAT16/32.
+    let size = (uki_size + uki_size / 8 + 16 * MIB)
+        .max(64 * MIB)
+        .div_ceil(MIB)
+        * MIB;
+    let f = std::fs::File::create(image).context("creating the ESP image")?;
+    f.set_len(size).context("sizing the ESP image")?;
+    drop(f);
+    let image_s = image.as_os_str();
+    run_quiet(
+        Command::new(&tools.mkfs_vfat)
+            .args(["--invariant", "-i", "494d4743", "-n", "IMGCTL-ESP"])
+            .arg(image_s),
+        "mkfs.vfat",
+    )?;
+    run_quiet(
+        Command::new(&tools.mmd)
+            .env("SOURCE_DATE_EPOCH", "0")
+            .arg("-i")
+            .arg(image_s)
+            .args(["::/EFI", "::/EFI/BOOT"]),
+        "mmd",
+    )?;
+    run_quiet(
+        Command::new(&tools.mcopy)
+            .env("SOURCE_DATE_EPOCH", "0")
+            .args(["-m", "-i"])
+            .arg(image_s)
+            .arg(uki)
+            .arg("::/EFI/BOOT/BOOTX64.EFI"),
+        "mcopy",
+    )
+}
+
+fn run_quiet(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Waits until swtpm's control socket exists (or swtpm died).
+fn wait_for_socket(run: &mut Running, idx: usize, sock: &Path) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !sock.exists() {
+        if let Ok(Some(status)) = run.children[idx].1.try_wait() {
+            let log = std::fs::read_to_string(run.path("swtpm.log")).unwrap_or_default();
+            bail!("swtpm exited ({status}) before listening: {}", log.trim());
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("swtpm did not create {} within 10s", sock.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Boots `cfg.uki` and waits for the guest's done marker, its exit, the timeout or a signal.
+pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
+    let tools = Tools::find(cfg.secure_boot)?;
+    if !cfg.uki.is_file() {
+        bail!("{}: no such file", cfg.uki.display());
+    }
+    let accel = resolve_accel(cfg.accel, &tools);
+    eprintln!(
+        "imgctl vm: booting {} with {} ({}Secure Boot)",
+        cfg.label,
+        match accel {
+            Accel::Kvm => "KVM",
+            _ => "TCG emulation",
+        },
+        if cfg.secure_boot { "" } else { "no " }
+    );
+
+    let mut run = Running::new()?;
+    let sock = run.path("swtpm.sock");
+    if sock.as_os_str().len() >= 108 {
+        bail!(
+            "the run folder path {} is too long for a unix socket; set TMPDIR to a shorter folder",
+            run.dir.path().display()
+        );
+    }
+    let vars = run.path("vars.fd");
+    std::fs::copy(&tools.ovmf_vars, &vars)
+        .with_context(|| format!("copying {}", tools.ovmf_vars.display()))?;
+    let esp = run.path("esp.img");
+    make_esp(&tools, &cfg.uki, &esp)?;
+
+    let state = run.path("tpm");
+    std::fs::create_dir(&state).context("creating the swtpm state folder")?;
+    let swtpm = run.spawn(
+        "swtpm",
+        Command::new(&tools.swtpm)
+            .args(["socket", "--tpm2", "--flags", "startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", sock.display()))
+            .arg("--log")
+            .arg(format!("file={},level=1", run.path("swtpm.log").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    wait_for_socket(&mut run, swtpm, &sock)?;
+
+    let stderr_file = run.path("qemu.err");
+    let mut qemu = Command::new(&tools.qemu);
+    let machine = if cfg.secure_boot { "q35,smm=on" } else { "q35" };
+    qemu.args(["-machine", machine, "-accel", accel.name()])
+        .args(["-m", &cfg.memory_mib.to_string(), "-smp", "1"])
+        .args(common_qemu_args())
+        .args(pflash_args(&tools.ovmf_code, &vars));
+    if cfg.secure_boot {
+        qemu.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+    }
+    qemu.arg("-chardev")
+        .arg(format!("socket,id=chrtpm,path={}", sock.display()))
+        .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+        .args(["-device", "tpm-tis,tpmdev=tpm0"])
+        .arg("-drive")
+        .arg(format!("if=none,id=esp,format=raw,file={}", esp.display()))
+        .args(["-device", "virtio-blk-pci,drive=esp"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_file).context("creating qemu.err")?);
+
+    let start = Instant::now();
+    let q = run.spawn("qemu-system-x86_64", &mut qemu)?;
+    let rx = stream(run.children[q].1.stdout.take(), cfg.echo);
+    let mut console = Vec::new();
+    let mut done_at: Option<Instant> = None;
+    let mut last_stderr_check = start;
+    let ending = loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            break Ending::Interrupted;
+        }
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
+            let from = console.len().saturating_sub(MARK_DONE.len());
+            console.extend_from_slice(&chunk);
+            if done_at.is_none() && contains(&console[from..], MARK_DONE.as_bytes()) {
+                done_at = Some(Instant::now());
+            }
+            let from = from.saturating_sub(OVMF_NOTHING_BOOTABLE.len());
+            if contains(&console[from..], OVMF_NOTHING_BOOTABLE.as_bytes()) {
+                break Ending::NothingBootable;
+            }
+        }
+        if let Ok(Some(status)) = run.children[q].1.try_wait() {
+            // Whatever the reader thread still holds belongs to this run.
+            while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+                console.extend_from_slice(&chunk);
+            }
+            if done_at.is_some() || contains(&console, MARK_DONE.as_bytes()) {
+                break Ending::Done;
+            }
+            break Ending::Exited(status);
+        }
+        if last_stderr_check.elapsed() >= Duration::from_secs(1) {
+            last_stderr_check = Instant::now();
+            let err = std::fs::read_to_string(&stderr_file).unwrap_or_default();
+            if err.contains(KVM_INTERNAL_ERROR) {
+                break Ending::QemuFailed;
+            }
+        }
+        if done_at.is_some_and(|t| t.elapsed() > POWEROFF_GRACE) {
+            break Ending::Done;
+        }
+        if done_at.is_none() && start.elapsed() >= cfg.timeout {
+            break Ending::TimedOut;
+        }
+    };
+    let elapsed = start.elapsed();
+    let qemu_stderr = std::fs::read_to_string(&stderr_file).unwrap_or_default();
+    drop(run); // stops QEMU and swtpm, removes the run folder
+    Ok(VmRun {
+        ending,
+        accel,
+        console,
+        elapsed,
+        qemu_stderr,
+    })
+}

@@ -1,0 +1,284 @@
+//! `imgctl sign-pcrs` against the real `systemd-measure sign` (Debian's systemd 252, which
+//! needs a TPM for this: it runs against a per-test swtpm) and `openssl dgst -verify`.
+
+#![allow(clippy::unwrap_used)] // reason: test code; a panic is a test failure
+
+mod common;
+#[path = "support/swtpm.rs"]
+mod swtpm;
+
+use std::path::Path;
+use std::process::Command;
+
+use base64::Engine as _;
+use common::{imgctl, require_tool, run_ok};
+use imgctl_builder::uki::{assemble, NewSection};
+
+const SYSTEMD_MEASURE: &str = "/lib/systemd/systemd-measure";
+const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+fn peers() -> bool {
+    require_tool(SYSTEMD_MEASURE, "systemd").is_some()
+        && require_tool(STUB, "systemd-boot-efi").is_some()
+        && require_tool(swtpm::SWTPM, "swtpm").is_some()
+        && require_tool("openssl", "openssl").is_some()
+}
+
+fn genkey(dir: &Path, name: &str, args: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    run_ok(
+        Command::new("openssl")
+            .arg("genpkey")
+            .args(args)
+            .arg("-out")
+            .arg(&key),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&public),
+    );
+    (key, public)
+}
+
+const RSA: &[&str] = &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
+const EC: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+
+/// (section, systemd-measure option, content)
+const CONTENT: &[(&str, &str, &[u8])] = &[
+    (".linux", "--linux", b"not really a kernel\n"),
+    (".osrel", "--osrel", b"ID=imgctl\nVERSION_ID=1\n"),
+    (".cmdline", "--cmdline", b"console=ttyS0 quiet"),
+    (".initrd", "--initrd", b"07070100000000"),
+];
+
+fn uki(dir: &Path) -> std::path::PathBuf {
+    let new: Vec<NewSection> = CONTENT
+        .iter()
+        .map(|(n, _, d)| NewSection {
+            name: (*n).to_owned(),
+            data: d.to_vec(),
+        })
+        .collect();
+    let path = dir.join("test.efi");
+    std::fs::write(
+        &path,
+        assemble(&std::fs::read(STUB).unwrap(), &new).unwrap(),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn sign_pcrs_equals_systemd_measure_sign_byte_for_byte() {
+    if !peers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = genkey(dir.path(), "rsa", RSA);
+    let uki = uki(dir.path());
+    let tpm = swtpm::Swtpm::start_unix();
+    for extra in [
+        vec![],
+        vec![
+            "--bank=sha256",
+            "--phase=enter-initrd:leave-initrd",
+            "--phase=ready",
+        ],
+    ] {
+        let mut sd = Command::new(SYSTEMD_MEASURE);
+        sd.arg("sign")
+            .arg(format!("--private-key={}", key.display()))
+            .arg(format!("--public-key={}", public.display()))
+            .arg(format!("--tpm2-device={}", tpm.tcti()))
+            .args(&extra);
+        for (name, opt, data) in CONTENT {
+            let f = dir.path().join(name.trim_start_matches('.'));
+            std::fs::write(&f, data).unwrap();
+            sd.arg(format!("{opt}={}", f.display()));
+        }
+        let expected = run_ok(&mut sd);
+        let ours = run_ok(
+            imgctl()
+                .arg("sign-pcrs")
+                .arg(&uki)
+                .arg("--private-key")
+                .arg(&key)
+                .arg("--public-key")
+                .arg(&public)
+                .args(&extra),
+        );
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            String::from_utf8(expected).unwrap(),
+            "extra args {extra:?}"
+        );
+    }
+}
+
+/// Every entry's `sig` verifies with `openssl dgst -<bank> -verify` over the raw `pol` bytes,
+/// for RSA and for ECDSA P-256 keys.
+#[test]
+fn signatures_verify_with_openssl() {
+    if !peers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let uki = uki(dir.path());
+    for (name, alg) in [("rsa", RSA), ("ec", EC)] {
+        let (key, public) = genkey(dir.path(), name, alg);
+        let out = dir.path().join(format!("{name}.pcrsig"));
+        run_ok(
+            imgctl()
+                .arg("sign-pcrs")
+                .arg(&uki)
+                .arg("--private-key")
+                .arg(&key)
+                .arg("-o")
+                .arg(&out),
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let mut checked = 0;
+        for (bank, entries) in doc.as_object().unwrap() {
+            for e in entries.as_array().unwrap() {
+                let pol = dir.path().join("pol.bin");
+                let sig = dir.path().join("sig.bin");
+                std::fs::write(&pol, hex::decode(e["pol"].as_str().unwrap()).unwrap()).unwrap();
+                std::fs::write(
+                    &sig,
+                    base64::engine::general_purpose::STANDARD
+                        .decode(e["sig"].as_str().unwrap())
+                        .unwrap(),
+                )
+                .unwrap();
+                run_ok(
+                    Command::new("openssl")
+                        .arg("dgst")
+                        .arg(format!("-{bank}"))
+                        .arg("-verify")
+                        .arg(&public)
+                        .arg("-signature")
+                        .arg(&sig)
+                        .arg(&pol),
+                );
+                // A flipped policy bit must not verify.
+                let mut bad = hex::decode(e["pol"].as_str().unwrap()).unwrap();
+                bad[7] ^= 0x10;
+                std::fs::write(&pol, bad).unwrap();
+                let st = Command::new("openssl")
+                    .arg("dgst")
+                    .arg(format!("-{bank}"))
+                    .arg("-verify")
+                    .arg(&public)
+                    .arg("-signature")
+                    .arg(&sig)
+                    .arg(&pol)
+                    .output()
+                    .unwrap();
+                assert!(!st.status.success());
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 16, "{name}: 4 banks x 4 default phases");
+    }
+}
+
+#[test]
+fn unsupported_keys_and_mismatched_public_keys_fail_clearly_and_write_nothing() {
+    if !peers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let uki = uki(dir.path());
+    let out = dir.path().join("out.pcrsig");
+    let (ed, _) = genkey(dir.path(), "ed", &["-algorithm", "ED25519"]);
+    let (rsa, _) = genkey(dir.path(), "rsa", RSA);
+    let (_, other_pub) = genkey(dir.path(), "other", EC);
+    for (key, public, needle) in [
+        (&ed, None, "Ed25519"),
+        (&rsa, Some(&other_pub), "not the public half"),
+    ] {
+        let mut cmd = imgctl();
+        cmd.arg("sign-pcrs")
+            .arg(&uki)
+            .arg("--private-key")
+            .arg(key)
+            .arg("-o")
+            .arg(&out);
+        if let Some(p) = public {
+            cmd.arg("--public-key").arg(p);
+        }
+        let o = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(err.contains(needle), "{err}");
+        assert!(!out.exists());
+    }
+}
+
+/// A recipe is assembled in memory: its signature equals the one for the UKI `imgctl build`
+/// writes (RSA signatures are deterministic), and that UKI carries the .pcrpkey it names.
+#[test]
+fn a_recipe_signs_like_its_built_uki() {
+    if !peers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, public) = genkey(d, "rsa", RSA);
+    std::fs::write(d.join("vmlinuz"), b"not a kernel, but bytes").unwrap();
+    let recipe = d.join("r.yaml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "name: r\nversion: \"1\"\nos-release: {{ ID: r }}\nkernel: vmlinuz\ncmdline: quiet\npcrpkey: {}\n",
+            public.display()
+        ),
+    )
+    .unwrap();
+    run_ok(
+        imgctl()
+            .arg("build")
+            .arg(&recipe)
+            .arg("-o")
+            .arg(d.join("out")),
+    );
+    let sign = |input: &Path| {
+        run_ok(
+            imgctl()
+                .arg("sign-pcrs")
+                .arg(input)
+                .arg("--private-key")
+                .arg(&key)
+                .env("SOURCE_DATE_EPOCH", "0"),
+        )
+    };
+    let from_recipe = sign(&recipe);
+    assert_eq!(from_recipe, sign(&d.join("out/r.efi")));
+    // The key is measured (.pcrpkey) and systemd-measure agrees on what that gives.
+    let tpm = swtpm::Swtpm::start_unix();
+    let mut sd = Command::new(SYSTEMD_MEASURE);
+    sd.arg("sign")
+        .arg(format!("--private-key={}", key.display()))
+        .arg(format!("--public-key={}", public.display()))
+        .arg(format!("--tpm2-device={}", tpm.tcti()));
+    let uki = std::fs::read(d.join("out/r.efi")).unwrap();
+    let pe = imgctl_measure::PeFile::parse(&uki).unwrap();
+    for (name, opt) in [
+        (".linux", "--linux"),
+        (".osrel", "--osrel"),
+        (".cmdline", "--cmdline"),
+        (".pcrpkey", "--pcrpkey"),
+    ] {
+        let f = d.join(name.trim_start_matches('.'));
+        std::fs::write(&f, pe.memory_data(pe.section(name).unwrap()).unwrap()).unwrap();
+        sd.arg(format!("{opt}={}", f.display()));
+    }
+    assert_eq!(
+        String::from_utf8(run_ok(&mut sd)).unwrap(),
+        String::from_utf8(from_recipe).unwrap()
+    );
+}

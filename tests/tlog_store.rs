@@ -1,0 +1,407 @@
+//! The log folder end to end through the CLI: an independent Python checker agrees with what
+//! imgctl wrote; tampering is detected with a message that says what; the client works over
+//! HTTP; concurrent appenders are serialised.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: test code
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{imgctl, run_ok};
+
+struct Log {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Log {
+    fn dir(&self) -> PathBuf {
+        self.root.join("log")
+    }
+    fn key(&self) -> PathBuf {
+        self.root.join("log.key")
+    }
+    fn vkey(&self) -> String {
+        format!("@{}", self.root.join("log.vkey").display())
+    }
+}
+
+fn new_log(origin: &str) -> Log {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let l = Log { _tmp: tmp, root };
+    run_ok(
+        imgctl()
+            .args(["log", "init"])
+            .arg(l.dir())
+            .arg("--key")
+            .arg(l.key())
+            .args(["--origin", origin]),
+    );
+    l
+}
+
+/// A second log folder signed with the same key (to forge histories the key holder could sign).
+fn same_key_log(l: &Log, name: &str) -> PathBuf {
+    let d = l.root.join(name);
+    run_ok(
+        imgctl()
+            .args(["log", "init"])
+            .arg(&d)
+            .arg("--key")
+            .arg(l.key()),
+    );
+    d
+}
+
+fn append_lines(dir: &Path, key: &Path, lines: &[String], batch: usize) {
+    let mut c = imgctl()
+        .args(["log", "append"])
+        .arg(dir)
+        .arg("--key")
+        .arg(key)
+        .args(["--stdin", "--batch", &batch.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all((lines.join("\n") + "\n").as_bytes())
+        .unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success());
+}
+
+fn entries(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix} entry {i}")).collect()
+}
+
+fn fails_with(cmd: &mut Command, want: &str) {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{cmd:?} should fail");
+    assert!(
+        err.contains(want),
+        "{cmd:?}: stderr should say {want:?}:\n{err}"
+    );
+}
+
+fn python_check(l: &Log, dir: &Path) -> std::process::Output {
+    let vkey = std::fs::read_to_string(l.root.join("log.vkey")).unwrap();
+    Command::new("python3")
+        .arg(common::repo_root().join("tests/tlog_check.py"))
+        .arg(dir)
+        .arg(vkey.trim())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn independent_python_checker_accepts_what_imgctl_wrote() {
+    if common::require_tool("python3", "python3").is_none() {
+        return;
+    }
+    let probe = Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .status()
+        .unwrap();
+    if !probe.success() {
+        common::missing("python3-cryptography");
+        return;
+    }
+    let l = new_log("example.com/pycheck");
+    // 70,000 would be the spec's example; 66,000 keeps the test fast and still has level-2 tiles.
+    append_lines(&l.dir(), &l.key(), &entries("py", 700), 7);
+    append_lines(&l.dir(), &l.key(), &entries("big", 65_300), 10_000);
+    let out = python_check(&l, &l.dir());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "python checker: {stdout}");
+    let cp = String::from_utf8(run_ok(
+        imgctl().args(["log", "checkpoint", "--json"]).arg(l.dir()),
+    ))
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&cp).unwrap();
+    assert_eq!(
+        stdout.trim(),
+        format!("ok 66000 {}", v["root"].as_str().unwrap())
+    );
+    assert!(l.dir().join("tile/2/000.p/1").exists());
+    // The checker is not a rubber stamp: it rejects a changed entry.
+    let bundle = l.dir().join("tile/entries/100");
+    let mut b = std::fs::read(&bundle).unwrap();
+    b[10] ^= 1;
+    std::fs::write(&bundle, b).unwrap();
+    let out = python_check(&l, &l.dir());
+    assert!(!out.status.success());
+}
+
+#[test]
+fn tampering_is_detected_with_a_clear_message() {
+    let l = new_log("example.com/tamper");
+    append_lines(&l.dir(), &l.key(), &entries("t", 600), 50);
+    let audit = |d: &Path| {
+        let mut c = imgctl();
+        c.args(["log", "verify", "--vkey", &l.vkey(), "--audit", "--log"])
+            .arg(d);
+        c
+    };
+    run_ok(&mut audit(&l.dir()));
+    let old_cp = l.root.join("old.checkpoint");
+    std::fs::copy(l.dir().join("checkpoint"), &old_cp).unwrap();
+
+    // A changed entry.
+    let changed = l.root.join("changed");
+    copy_dir(&l.dir(), &changed);
+    let b = changed.join("tile/entries/001");
+    let mut bytes = std::fs::read(&b).unwrap();
+    bytes[3] ^= 0x40;
+    std::fs::write(&b, bytes).unwrap();
+    fails_with(
+        &mut audit(&changed),
+        "tile/entries/001: entry 256 does not hash to its leaf hash",
+    );
+
+    // A truncated tile.
+    let trunc = l.root.join("trunc");
+    copy_dir(&l.dir(), &trunc);
+    let t = trunc.join("tile/0/002.p/88");
+    let bytes = std::fs::read(&t).unwrap();
+    std::fs::write(&t, &bytes[..bytes.len() - 7]).unwrap();
+    fails_with(
+        &mut audit(&trunc),
+        "tile/0/002.p/88: has 2809 bytes, expected 2816",
+    );
+    // ... and the appender refuses to extend it.
+    fails_with(
+        imgctl()
+            .args(["log", "append"])
+            .arg(&trunc)
+            .arg("--key")
+            .arg(l.key())
+            .args(["--raw", "/etc/hostname"]),
+        "tile/0/002.p/88",
+    );
+
+    // Rewritten history: same key, entry 5 differs, log grown past the old size.
+    let forged = same_key_log(&l, "forged");
+    let mut e = entries("t", 700);
+    e[5] = "rewritten".into();
+    append_lines(&forged, &l.key(), &e, 100);
+    run_ok(&mut audit(&forged)); // internally consistent ...
+    fails_with(
+        imgctl()
+            .args(["log", "consistency", "--vkey", &l.vkey(), "--old"])
+            .arg(&old_cp)
+            .arg("--log")
+            .arg(&forged),
+        "is not an extension of size 600 (history was rewritten?)",
+    );
+
+    // A checkpoint signed by an unknown key.
+    let other = new_log("example.com/tamper");
+    append_lines(&other.dir(), &other.key(), &entries("t", 600), 600);
+    fails_with(&mut audit(&other.dir()), "no signature from a known key");
+    let p = l.root.join("p.tlog-proof");
+    run_ok(
+        imgctl()
+            .args(["log", "prove"])
+            .arg(other.dir())
+            .args(["--index", "3", "--out"])
+            .arg(&p),
+    );
+    fails_with(
+        imgctl()
+            .args(["log", "verify", "--vkey", &l.vkey(), "--proof"])
+            .arg(&p),
+        "no signature from a known key",
+    );
+
+    // A checkpoint whose size goes backwards.
+    let shrunk = same_key_log(&l, "shrunk");
+    append_lines(&shrunk, &l.key(), &entries("t", 500), 500);
+    fails_with(
+        imgctl()
+            .args(["log", "consistency", "--vkey", &l.vkey(), "--old"])
+            .arg(&old_cp)
+            .arg("--log")
+            .arg(&shrunk),
+        "the log went backwards: new checkpoint has size 500, an earlier one had 600",
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// A tiny static file server for one folder (HTTP/1.1, Connection: close).
+fn serve(dir: PathBuf) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&req)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let path = line
+                .split(' ')
+                .nth(1)
+                .unwrap_or("/")
+                .trim_start_matches('/')
+                .to_owned();
+            let resp = match (path.contains(".."), std::fs::read(dir.join(&path))) {
+                (false, Ok(body)) => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(&body);
+                    r
+                }
+                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = s.write_all(&resp);
+        }
+    });
+    port
+}
+
+#[test]
+fn client_checks_inclusion_and_consistency_over_http() {
+    let l = new_log("example.com/http");
+    append_lines(&l.dir(), &l.key(), &entries("h", 300), 300);
+    let old_cp = l.root.join("old.checkpoint");
+    std::fs::copy(l.dir().join("checkpoint"), &old_cp).unwrap();
+    append_lines(&l.dir(), &l.key(), &entries("h2", 1000), 1000);
+    let url = format!("http://127.0.0.1:{}/", serve(l.dir()));
+    let entry = l.root.join("e");
+    std::fs::write(&entry, "h2 entry 17").unwrap();
+    let out = run_ok(
+        imgctl()
+            .args([
+                "log",
+                "verify",
+                "--json",
+                "--vkey",
+                &l.vkey(),
+                "--log",
+                &url,
+                "--index",
+                "317",
+                "--entry",
+            ])
+            .arg(&entry),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["checkpoint"]["size"], 1300);
+    fails_with(
+        imgctl()
+            .args([
+                "log",
+                "verify",
+                "--vkey",
+                &l.vkey(),
+                "--log",
+                &url,
+                "--index",
+                "318",
+                "--entry",
+            ])
+            .arg(&entry),
+        "computed root",
+    );
+    run_ok(
+        imgctl()
+            .args(["log", "consistency", "--vkey", &l.vkey(), "--old"])
+            .arg(&old_cp)
+            .args(["--log", &url]),
+    );
+}
+
+#[test]
+fn concurrent_appenders_are_serialised() {
+    let l = new_log("example.com/concurrent");
+    let handles: Vec<_> = (0..3)
+        .map(|p| {
+            let (d, k) = (l.dir(), l.key());
+            std::thread::spawn(move || append_lines(&d, &k, &entries(&format!("p{p}"), 200), 3))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let out = run_ok(
+        imgctl()
+            .args([
+                "log",
+                "verify",
+                "--json",
+                "--vkey",
+                &l.vkey(),
+                "--audit",
+                "--log",
+            ])
+            .arg(l.dir()),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["checkpoint"]["size"], 600);
+}
+
+#[test]
+fn canonical_entries_round_trip_through_the_log() {
+    let l = new_log("example.com/entries");
+    let json = serde_json::json!({
+        "kind": "uki", "name": "demo", "version": "1.0",
+        "digests": {"sha256": "11".repeat(32)},
+        "pcrs": [{"pcr": 11, "bank": "sha256", "phase": "enter-initrd", "value": "22".repeat(32)}],
+        "recipe": format!("sha256:{}", "33".repeat(32)), "builder": "imgctl/0.1.0"
+    });
+    let f = l.root.join("entry.json");
+    std::fs::write(&f, json.to_string()).unwrap();
+    let pd = l.root.join("proofs");
+    run_ok(
+        imgctl()
+            .args(["log", "append"])
+            .arg(l.dir())
+            .arg("--key")
+            .arg(l.key())
+            .arg("--entry")
+            .arg(&f)
+            .arg("--proof-dir")
+            .arg(&pd),
+    );
+    let out = run_ok(
+        imgctl()
+            .args(["log", "verify", "--json", "--vkey", &l.vkey(), "--proof"])
+            .arg(pd.join("0.tlog-proof")),
+    );
+    assert!(String::from_utf8_lossy(&out).contains("\"verified\":true"));
+    let out = run_ok(imgctl().args(["log", "show", "--json"]).arg(l.dir()));
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["entries"][0]["entry"], json);
+}

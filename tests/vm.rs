@@ -1,0 +1,564 @@
+//! Boot tests: the demo recipe is built, booted under QEMU + OVMF + swtpm with `imgctl vm`, and
+//! what the guest's TPM showed is checked against imgctl's predictions, tpm2-tools' replay of
+//! the firmware event log, and imgctl's Authenticode hash.
+//!
+//! The two demo boots are shared by the tests in this file (run once, in parallel); under TCG
+//! emulation each takes about 15–30 s on a 2-core machine.
+#![allow(clippy::unwrap_used)] // reason: test code; a panic is a test failure
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use imgctl_measure::authenticode::authenticode_digests;
+use imgctl_measure::{HashAlg, PeFile};
+
+const BOOT_TIMEOUT_S: u64 = 240;
+const CMDLINE_SECOND: &str = "console=ttyS0 panic=-1 imgctl.test=second-uki";
+
+/// Everything a boot test needs, or None (loudly, and a failure in CI) when something is missing.
+fn prerequisites() -> bool {
+    let tools = [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("swtpm", "swtpm"),
+        ("mkfs.vfat", "dosfstools"),
+        ("mcopy", "mtools"),
+        ("tpm2_eventlog", "tpm2-tools"),
+        ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
+        (
+            "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+            "systemd-boot-efi",
+        ),
+        ("/bin/busybox", "busybox-static"),
+    ];
+    let mut ok = true;
+    for (t, p) in tools {
+        ok &= common::require_tool(t, p).is_some();
+    }
+    if !common::repo_root().join(".cache/demo/vmlinuz").exists() {
+        common::missing("the demo kernel .cache/demo/vmlinuz (run scripts/setup.sh)");
+        ok = false;
+    }
+    ok
+}
+
+/// Builds the demo recipe, optionally with another kernel command line, into `dir`.
+fn build_demo(dir: &Path, cmdline: Option<&str>) -> PathBuf {
+    let recipes = common::repo_root().join("recipes");
+    let mut recipe = recipes.join("demo.yaml");
+    if let Some(cmdline) = cmdline {
+        // The same recipe with paths made absolute (it moves to `dir`) and another cmdline.
+        let text = std::fs::read_to_string(&recipe).unwrap();
+        let mut y: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let abs = |v: &mut serde_yaml::Value| {
+            let p = recipes.join(v.as_str().unwrap());
+            *v = p.to_str().unwrap().into();
+        };
+        abs(&mut y["kernel"]);
+        abs(&mut y["initrd"]["tree"]);
+        y["cmdline"] = cmdline.into();
+        recipe = dir.join("demo.yaml");
+        std::fs::write(&recipe, serde_yaml::to_string(&y).unwrap()).unwrap();
+    }
+    let out = dir.join("out");
+    common::run_ok(
+        common::imgctl()
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(&recipe)
+            .env("SOURCE_DATE_EPOCH", "0"),
+    );
+    out.join("demo.efi")
+}
+
+/// `imgctl predict-pcrs UKI --phase :` in sha1 and sha256: PCR 11 right after the stub.
+fn predicted_pcr11(uki: &Path) -> BTreeMap<String, String> {
+    let out = common::run_ok(common::imgctl().arg("predict-pcrs").arg(uki).args([
+        "--phase", ":", "--bank", "sha1", "--bank", "sha256", "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    ["sha1", "sha256"]
+        .iter()
+        .map(|b| {
+            let list = v[b].as_array().unwrap();
+            assert_eq!(list.len(), 1, "one value for the empty path: {v}");
+            assert_eq!(list[0]["pcr"], 11);
+            assert!(list[0].get("phase").is_none(), "empty path: {v}");
+            (b.to_string(), list[0]["hash"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// One `imgctl vm` run with its own TMPDIR, so processes and files it leaves can be found.
+struct Boot {
+    out: Output,
+    capture: PathBuf,
+    tmpdir: PathBuf,
+    elapsed: Duration,
+    /// Processes whose command line names this run's TMPDIR, after imgctl returned.
+    strays: Vec<String>,
+}
+
+impl Boot {
+    fn run(dir: &Path, uki: &Path, timeout_s: u64) -> Boot {
+        let tmpdir = dir.join("tmp");
+        let capture = dir.join("capture");
+        std::fs::create_dir_all(&tmpdir).unwrap();
+        let start = Instant::now();
+        let out = common::imgctl()
+            .arg("vm")
+            .arg(uki)
+            .arg("--capture")
+            .arg(&capture)
+            .args(["--timeout", &timeout_s.to_string(), "--json", "--quiet"])
+            .env("TMPDIR", &tmpdir)
+            .output()
+            .unwrap();
+        let elapsed = start.elapsed();
+        let strays = processes_mentioning(&tmpdir);
+        Boot {
+            out,
+            capture,
+            tmpdir,
+            elapsed,
+            strays,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.out.stdout)
+            .unwrap_or_else(|e| panic!("imgctl vm --json: {e}\nstderr:\n{}", self.stderr()))
+    }
+
+    fn assert_done(&self) {
+        assert!(
+            self.out.status.success(),
+            "imgctl vm failed ({}):\n{}\nconsole:\n{}",
+            self.out.status,
+            self.stderr(),
+            String::from_utf8_lossy(
+                &std::fs::read(self.capture.join("console.log")).unwrap_or_default()
+            )
+        );
+        assert_eq!(self.json()["result"], "done");
+    }
+
+    /// pcrs.json: bank → index → hex.
+    fn pcrs(&self) -> BTreeMap<String, BTreeMap<u32, String>> {
+        let text = std::fs::read(self.capture.join("pcrs.json")).unwrap();
+        serde_json::from_slice(&text).unwrap()
+    }
+
+    fn assert_clean(&self) {
+        assert!(self.strays.is_empty(), "stray processes: {:?}", self.strays);
+        let left: Vec<_> = std::fs::read_dir(&self.tmpdir).unwrap().collect();
+        assert!(left.is_empty(), "files left in TMPDIR: {left:?}");
+    }
+}
+
+/// Command lines of running processes that mention `dir` (swtpm and QEMU get paths in it).
+fn processes_mentioning(dir: &Path) -> Vec<String> {
+    let needle = dir.to_str().unwrap();
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(format!("{name}: {cmdline}"));
+            }
+        }
+    }
+    found
+}
+
+struct DemoBoots {
+    _dir: tempfile::TempDir,
+    first_uki: PathBuf,
+    second_uki: PathBuf,
+    first: Boot,
+    second: Boot,
+}
+
+/// Builds two demo UKIs (the recipe's cmdline and another) and boots both, once per test run.
+fn demo_boots() -> Option<&'static DemoBoots> {
+    static BOOTS: OnceLock<Option<DemoBoots>> = OnceLock::new();
+    BOOTS
+        .get_or_init(|| {
+            if !prerequisites() {
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let (d1, d2) = (dir.path().join("first"), dir.path().join("second"));
+            std::fs::create_dir_all(&d1).unwrap();
+            std::fs::create_dir_all(&d2).unwrap();
+            let first_uki = build_demo(&d1, None);
+            let second_uki = build_demo(&d2, Some(CMDLINE_SECOND));
+            let (first, second) = std::thread::scope(|s| {
+                let a = s.spawn(|| Boot::run(&d1, &first_uki, BOOT_TIMEOUT_S));
+                let b = s.spawn(|| Boot::run(&d2, &second_uki, BOOT_TIMEOUT_S));
+                (a.join().unwrap(), b.join().unwrap())
+            });
+            for (name, b) in [("first", &first), ("second", &second)] {
+                eprintln!(
+                    "boot of the {name} demo UKI: {:.1}s wall clock, {}s in the guest ({})",
+                    b.elapsed.as_secs_f64(),
+                    b.json()["seconds"],
+                    b.json()["accel"]
+                );
+            }
+            Some(DemoBoots {
+                _dir: dir,
+                first_uki,
+                second_uki,
+                first,
+                second,
+            })
+        })
+        .as_ref()
+}
+
+#[test]
+fn pcr11_read_by_the_guest_equals_predict_pcrs_in_sha1_and_sha256() {
+    let Some(b) = demo_boots() else { return };
+    b.first.assert_done();
+    let guest = b.first.pcrs();
+    let predicted = predicted_pcr11(&b.first_uki);
+    for bank in ["sha1", "sha256"] {
+        assert_eq!(
+            guest[bank].get(&11),
+            Some(&predicted[bank]),
+            "PCR 11 {bank}: guest vs imgctl predict-pcrs"
+        );
+    }
+}
+
+#[test]
+fn a_different_cmdline_gives_a_different_pcr11_equal_to_its_own_prediction() {
+    let Some(b) = demo_boots() else { return };
+    b.second.assert_done();
+    let guest = b.second.pcrs();
+    let own = predicted_pcr11(&b.second_uki);
+    let first = predicted_pcr11(&b.first_uki);
+    for bank in ["sha1", "sha256"] {
+        assert_eq!(guest[bank].get(&11), Some(&own[bank]), "{bank}");
+        assert_ne!(guest[bank].get(&11), Some(&first[bank]), "{bank}");
+    }
+    // The firmware's own PCRs do not depend on the UKI's cmdline.
+    assert_eq!(guest["sha256"][&0], b.first.pcrs()["sha256"][&0]);
+}
+
+/// `tpm2_eventlog`'s YAML: the `pcrs:` section (bank → index → hex) and every event's PCR,
+/// type, digests and image length.
+struct Tpm2Eventlog {
+    pcrs: BTreeMap<String, BTreeMap<u32, String>>,
+    events: Vec<Event>,
+}
+
+#[derive(Debug, Default)]
+struct Event {
+    pcr: u32,
+    kind: String,
+    digests: BTreeMap<String, String>,
+    image_length: Option<u64>,
+}
+
+fn tpm2_eventlog(log: &Path) -> Tpm2Eventlog {
+    let out = common::run_ok(std::process::Command::new("tpm2_eventlog").arg(log));
+    let text = String::from_utf8(out).unwrap();
+    let mut pcrs: BTreeMap<String, BTreeMap<u32, String>> = BTreeMap::new();
+    let mut events: Vec<Event> = Vec::new();
+    let mut in_pcrs = false;
+    let mut bank = String::new();
+    let mut alg = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if line == "pcrs:" {
+            in_pcrs = true;
+            continue;
+        }
+        if in_pcrs {
+            if let Some(b) = t.strip_suffix(':') {
+                bank = b.to_owned();
+            } else if let Some((i, v)) = t.split_once(':') {
+                let v = v.trim().trim_start_matches("0x").to_owned();
+                pcrs.entry(bank.clone())
+                    .or_default()
+                    .insert(i.trim().parse().unwrap(), v);
+            }
+            continue;
+        }
+        if t.starts_with("- EventNum:") {
+            events.push(Event::default());
+        } else if let (Some(e), Some((k, v))) = (events.last_mut(), t.split_once(':')) {
+            let v = v.trim().trim_matches('"');
+            match k.trim_start_matches("- ") {
+                "PCRIndex" => e.pcr = v.parse().unwrap(),
+                "EventType" => e.kind = v.to_owned(),
+                "AlgorithmId" => alg = v.to_owned(),
+                "Digest" => {
+                    e.digests.insert(alg.clone(), v.to_owned());
+                }
+                "ImageLengthInMemory" => e.image_length = v.parse().ok(),
+                _ => {}
+            }
+        }
+    }
+    Tpm2Eventlog { pcrs, events }
+}
+
+#[test]
+fn the_captured_event_log_replays_to_the_pcrs_the_guest_read() {
+    let Some(b) = demo_boots() else { return };
+    for boot in [&b.first, &b.second] {
+        boot.assert_done();
+        let guest = boot.pcrs();
+        let replay = tpm2_eventlog(&boot.capture.join("eventlog.bin")).pcrs;
+        for bank in ["sha1", "sha256"] {
+            let replayed = &replay[bank];
+            for i in [0, 1, 2, 3, 4, 5, 6, 7, 11] {
+                assert!(replayed.contains_key(&i), "{bank} PCR {i} not in the log");
+            }
+            for (i, v) in replayed {
+                assert_eq!(
+                    Some(v),
+                    guest[bank].get(i),
+                    "{bank} PCR {i}: tpm2_eventlog replay vs the guest"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn pcr4_holds_the_authenticode_hash_of_the_booted_uki_and_its_kernel() {
+    let Some(b) = demo_boots() else { return };
+    b.first.assert_done();
+    let log = tpm2_eventlog(&b.first.capture.join("eventlog.bin"));
+    let apps: Vec<&Event> = log
+        .events
+        .iter()
+        .filter(|e| e.pcr == 4 && e.kind == "EV_EFI_BOOT_SERVICES_APPLICATION")
+        .collect();
+
+    let uki = std::fs::read(&b.first_uki).unwrap();
+    let kernel = std::fs::read(common::repo_root().join(".cache/demo/vmlinuz")).unwrap();
+    for (what, image) in [("the UKI", &uki), ("the kernel the stub loads", &kernel)] {
+        let pe = PeFile::parse(image).unwrap();
+        let ours = authenticode_digests(&pe, &[HashAlg::SHA1, HashAlg::SHA256]).unwrap();
+        let event = apps
+            .iter()
+            .find(|e| e.image_length == Some(image.len() as u64))
+            .unwrap_or_else(|| panic!("no PCR 4 application event for {what}: {apps:?}"));
+        assert_eq!(event.digests["sha1"], ours[0].to_hex(), "{what} sha1");
+        assert_eq!(event.digests["sha256"], ours[1].to_hex(), "{what} sha256");
+    }
+}
+
+#[test]
+fn boots_leave_no_processes_or_files_behind() {
+    let Some(b) = demo_boots() else { return };
+    b.first.assert_clean();
+    b.second.assert_clean();
+}
+
+#[test]
+fn a_hanging_guest_is_stopped_at_the_timeout() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // No init anywhere and panic=0: the kernel panics and waits forever.
+    let uki = build_demo(
+        dir.path(),
+        Some("console=ttyS0 rdinit=/does-not-exist root=/dev/nothing panic=0"),
+    );
+    let timeout = 8;
+    let boot = Boot::run(dir.path(), &uki, timeout);
+    assert_eq!(boot.out.status.code(), Some(4), "{}", boot.stderr());
+    assert!(
+        boot.stderr()
+            .contains(&format!("did not finish within {timeout}s")),
+        "{}",
+        boot.stderr()
+    );
+    assert_eq!(boot.json()["result"], "timeout");
+    let guest_s = boot.json()["seconds"].as_f64().unwrap();
+    assert!(
+        (timeout as f64..timeout as f64 + 5.0).contains(&guest_s),
+        "stopped after {guest_s}s"
+    );
+    boot.assert_clean();
+}
+
+#[test]
+fn missing_qemu_swtpm_or_ovmf_is_named_with_its_debian_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let pe = dir.path().join("x.efi");
+    std::fs::write(&pe, b"MZ").unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = common::imgctl()
+        .arg("vm")
+        .arg(&pe)
+        .env("PATH", &empty)
+        .env("IMGCTL_OVMF_DIR", &empty)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "qemu-system-x86_64 (Debian package qemu-system-x86)",
+        "swtpm (Debian package swtpm)",
+        "OVMF_CODE_4M.fd (Debian package ovmf)",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in: {err}");
+    }
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn an_input_that_is_neither_a_uki_nor_a_recipe_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, b"\x7fELF not a UKI").unwrap();
+    let out = common::imgctl().arg("vm").arg(&junk).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("junk.bin"), "{err}");
+}
+
+/// The capture in ../shared (made on this machine kind with an objcopy UKI on systemd-stub
+/// 252): tpm2_eventlog's replay equals the PCRs that guest read, and when our demo kernel is
+/// the one that booted there, its PCR 4 event holds our Authenticode hash of it.
+#[test]
+fn the_shared_ovmf_swtpm_capture_replays_and_measures_the_kernel_by_authenticode() {
+    use sha2::Digest as _;
+    if common::require_tool("tpm2_eventlog", "tpm2-tools").is_none() {
+        return;
+    }
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let dir = shared.join("testdata/eventlogs/ovmf-swtpm");
+    let log = tpm2_eventlog(&dir.join("ovmf-stub252-eventlog.bin"));
+    let read = std::fs::read_to_string(dir.join("ovmf-stub252-pcrs.txt")).unwrap();
+    let mut compared = 0;
+    for line in read.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [_, bank, index, hex] = f[..] else {
+            panic!("bad line {line:?}")
+        };
+        let index: u32 = index.parse().unwrap();
+        if let Some(replayed) = log.pcrs.get(bank).and_then(|b| b.get(&index)) {
+            assert_eq!(*replayed, hex.to_ascii_lowercase(), "{bank} PCR {index}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 20, "only {compared} PCRs compared");
+
+    let kernel_path = common::repo_root().join(".cache/demo/vmlinuz");
+    let Ok(kernel) = std::fs::read(&kernel_path) else {
+        common::missing("the demo kernel .cache/demo/vmlinuz (run scripts/setup.sh)");
+        return;
+    };
+    let inputs = std::fs::read_to_string(dir.join("ovmf-stub252-inputs.sha256")).unwrap();
+    let want = inputs
+        .lines()
+        .find(|l| l.ends_with(" vmlinuz"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap();
+    if hex::encode(sha2::Sha256::digest(&kernel)) != want {
+        common::missing("the kernel of the shared capture (Debian updated linux-image since)");
+        return;
+    }
+    let pe = PeFile::parse(&kernel).unwrap();
+    let ours = authenticode_digests(&pe, &[HashAlg::SHA1, HashAlg::SHA256]).unwrap();
+    let event = log
+        .events
+        .iter()
+        .find(|e| {
+            e.pcr == 4
+                && e.kind == "EV_EFI_BOOT_SERVICES_APPLICATION"
+                && e.image_length == Some(kernel.len() as u64)
+        })
+        .expect("a PCR 4 application event for the kernel");
+    assert_eq!(event.digests["sha1"], ours[0].to_hex());
+    assert_eq!(event.digests["sha256"], ours[1].to_hex());
+}
+
+#[test]
+fn secure_boot_firmware_refuses_the_unsigned_demo_uki() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let uki = build_demo(dir.path(), None);
+    let tmpdir = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmpdir).unwrap();
+    let out = common::imgctl()
+        .arg("vm")
+        .arg(&uki)
+        .args(["--secure-boot", "--timeout", "120", "--quiet"])
+        .env("TMPDIR", &tmpdir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("Secure Boot rejected its signature"), "{err}");
+    assert!(processes_mentioning(&tmpdir).is_empty());
+}
+
+#[test]
+fn sigint_and_sigterm_stop_the_guest_and_clean_up() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let uki = build_demo(dir.path(), None);
+    for signal in ["-INT", "-TERM"] {
+        let tmpdir = dir.path().join(format!("tmp{signal}"));
+        std::fs::create_dir_all(&tmpdir).unwrap();
+        let child = common::imgctl()
+            .arg("vm")
+            .arg(&uki)
+            .args(["--accel", "tcg", "--quiet", "--timeout", "120"])
+            .env("TMPDIR", &tmpdir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until both swtpm and QEMU run.
+        let start = Instant::now();
+        while processes_mentioning(&tmpdir).len() < 2 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "QEMU never started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        common::run_ok(
+            std::process::Command::new("kill")
+                .arg(signal)
+                .arg(child.id().to_string()),
+        );
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{signal}: {err}");
+        assert!(err.contains("interrupted; stopped QEMU and swtpm"), "{err}");
+        assert_eq!(processes_mentioning(&tmpdir), Vec::<String>::new());
+        assert_eq!(std::fs::read_dir(&tmpdir).unwrap().count(), 0);
+    }
+}
