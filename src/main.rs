@@ -42,6 +42,9 @@ enum Command {
     Ext(cmd::ext::Args),
     Completions(cmd::completions::Args),
     Manpage(cmd::completions::ManArgs),
+    Eventlog(cmd::eventlog::Args),
+    Verify(cmd::verify::Args),
+    Audit(cmd::audit::Args),
     Log(cmd::log::Args),
     Vm(cmd::vm::Args),
 }
@@ -60,6 +63,9 @@ fn main() -> ExitCode {
         Command::Ext(a) => cmd::ext::run(a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Manpage(a) => cmd::completions::run_man(a, Cli::command()),
+        Command::Eventlog(a) => cmd::eventlog::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::Audit(a) => cmd::audit::run(a),
         Command::Log(a) => cmd::log::run(a),
         Command::Vm(a) => cmd::vm::run(a),
     };

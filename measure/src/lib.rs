@@ -13,6 +13,10 @@
 //! - [`guest_report`]: the PCRs and event log a booted demo guest prints on its console.
 //! - [`uki`]: UKI sections per profile and the identity of the stub inside.
 //! - [`reader`]: the cursor every parser of untrusted bytes reads through.
+//! - [`eventlog`]: firmware (TCG PFP) and systemd userspace event logs, parsing and replay.
+//! - [`quote`]: TPMS_ATTEST quotes and their signatures (RSASSA, RSA-PSS, ECDSA).
+//! - [`verify`]: the verifier: policy, references, verdict; [`breakglass`]: the break-glass
+//!   record shared by the recorder and the auditor.
 //!
 //! What it deliberately does not do: build images (`imgctl-builder`), talk to a TPM, or read
 //! files.
@@ -28,6 +32,8 @@
 
 pub mod authenticode;
 pub mod bank;
+pub mod breakglass;
+pub mod eventlog;
 pub mod guest_report;
 pub mod keys;
 pub mod pcr11;
@@ -35,10 +41,12 @@ pub mod pcrsig;
 pub mod pe;
 pub mod policy;
 pub mod predict;
+pub mod quote;
 pub mod reader;
 pub mod tlog;
 pub mod uki;
 pub mod userspace_record;
+pub mod verify;
 
 use std::fmt;
 

@@ -1,7 +1,9 @@
 //! One module per subcommand: each has an `Args` struct (clap derive) and a `run` function.
 
+pub mod audit;
 pub mod build;
 pub mod completions;
+pub mod eventlog;
 pub mod ext;
 pub mod inspect;
 pub mod log;
@@ -11,4 +13,5 @@ pub mod predict;
 pub mod sign_pcrs;
 #[cfg(feature = "tpm")]
 pub mod tpm;
+pub mod verify;
 pub mod vm;

@@ -1,0 +1,248 @@
+//! Replay of a firmware event log to PCR values, in every bank the log carries.
+//!
+//! Rules (../shared/reference/tlog-eventlog.md §B1, §B3; go-attestation attest/eventlog.go,
+//! tpm2-tools lib/tpm2_eventlog.c):
+//! - `PCR := H(PCR || digest)` for every event but EV_NO_ACTION, which is never extended.
+//! - PCR 0 starts as `00…00‖locality` when a StartupLocality EV_NO_ACTION is present, or
+//!   `00…04` when an EV_EFI_HCRTM_EVENT is (which then overrides StartupLocality).
+//! - PCRs 17–22 (DRTM) reset to all-ones; a PCR with no event keeps its reset value.
+//! - A bank an event has no digest for cannot be replayed for that PCR (reported, not guessed).
+//! - Known firmware quirks are applied only when they make the replay match the values it is
+//!   checked against, and are named when they apply: the missing ExitBootServices EV_EFI_ACTION
+//!   events in PCR 5 (go-attestation attest/eventlog_workarounds.go).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::bank::{Digest, HashAlg, Pcr};
+use crate::eventlog::tcg::{Event, EventLog};
+use crate::eventlog::types::EventType;
+
+/// PCR values per bank and index.
+pub type PcrValues = BTreeMap<HashAlg, BTreeMap<u32, Digest>>;
+
+/// A firmware quirk the replay took into account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Quirk {
+    /// A stable identifier, e.g. `startup-locality`.
+    pub id: &'static str,
+    pub pcr: u32,
+    pub detail: String,
+}
+
+/// The result of a replay.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Replay {
+    /// Replayed values of every PCR that has at least one extending event, per bank.
+    pub values: PcrValues,
+    pub quirks: Vec<Quirk>,
+    /// (bank, PCR) pairs that could not be replayed, with why.
+    pub unreplayable: Vec<(HashAlg, u32, String)>,
+    /// Banks of the log that we cannot compute (e.g. SM3).
+    pub unsupported_banks: Vec<HashAlg>,
+}
+
+impl Replay {
+    /// The value of `pcr` in `bank`: the replayed one, or the reset value when no event
+    /// extended it. `None` when the bank is unsupported or the PCR could not be replayed.
+    pub fn value(&self, bank: HashAlg, pcr: u32) -> Option<Digest> {
+        if self
+            .unreplayable
+            .iter()
+            .any(|(b, p, _)| *b == bank && *p == pcr)
+        {
+            return None;
+        }
+        match self.values.get(&bank).and_then(|m| m.get(&pcr)) {
+            Some(d) => Some(d.clone()),
+            None => reset_value(bank, pcr),
+        }
+    }
+
+    /// `{"<bank>": {"<pcr>": "<hex>"}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for (bank, pcrs) in &self.values {
+            let m: serde_json::Map<String, serde_json::Value> = pcrs
+                .iter()
+                .map(|(p, d)| (p.to_string(), d.to_hex().into()))
+                .collect();
+            out.insert(bank.to_string(), m.into());
+        }
+        out.into()
+    }
+}
+
+/// The TPM reset value of a PCR: all-ones for the DRTM PCRs 17–22, else zeros.
+pub fn reset_value(bank: HashAlg, pcr: u32) -> Option<Digest> {
+    let n = bank.digest_size()?;
+    Some(Digest(vec![
+        if (17..=22).contains(&pcr) { 0xff } else { 0 };
+        n
+    ]))
+}
+
+/// The initial value of PCR `pcr` for this log (PCR 0 depends on the locality / H-CRTM).
+fn initial_value(log_events: &[Event], bank: HashAlg, pcr: u32) -> Option<(Digest, Option<Quirk>)> {
+    let mut value = reset_value(bank, pcr)?;
+    if pcr != 0 {
+        return Some((value, None));
+    }
+    let hcrtm = log_events
+        .iter()
+        .any(|e| e.pcr == 0 && e.event_type == EventType::EV_EFI_HCRTM_EVENT);
+    let (last, quirk) = if hcrtm {
+        (
+            4,
+            Some(Quirk {
+                id: "h-crtm",
+                pcr: 0,
+                detail: "EV_EFI_HCRTM_EVENT present: PCR 0 starts as 00…04".into(),
+            }),
+        )
+    } else if let Some(loc) = log_events.iter().find_map(Event::startup_locality) {
+        (
+            loc,
+            Some(Quirk {
+                id: "startup-locality",
+                pcr: 0,
+                detail: format!("StartupLocality {loc}: PCR 0 starts as 00…{loc:02x}"),
+            }),
+        )
+    } else {
+        (0, None)
+    };
+    if let Some(b) = value.0.last_mut() {
+        *b = last;
+    }
+    Some((value, quirk))
+}
+
+/// Replays the log's events in every bank it carries.
+pub fn replay(log: &EventLog) -> Replay {
+    replay_events(&log.banks(), &log.events)
+}
+
+/// Replays `events` in `banks`.
+pub fn replay_events(banks: &[HashAlg], events: &[Event]) -> Replay {
+    let mut out = Replay::default();
+    for &bank in banks {
+        if !bank.is_supported() {
+            out.unsupported_banks.push(bank);
+            continue;
+        }
+        let mut pcrs: BTreeMap<u32, Pcr> = BTreeMap::new();
+        let mut broken: BTreeMap<u32, String> = BTreeMap::new();
+        for e in events
+            .iter()
+            .filter(|e| e.event_type != EventType::EV_NO_ACTION)
+        {
+            if broken.contains_key(&e.pcr) {
+                continue;
+            }
+            let Some(d) = e.digest(bank) else {
+                broken.insert(e.pcr, format!("event {} has no {bank} digest", e.index));
+                pcrs.remove(&e.pcr);
+                continue;
+            };
+            let pcr = match pcrs.entry(e.pcr) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let Some((init, quirk)) = initial_value(events, bank, e.pcr) else {
+                        continue;
+                    };
+                    if let Some(q) = quirk {
+                        if !out.quirks.contains(&q) {
+                            out.quirks.push(q);
+                        }
+                    }
+                    match Pcr::with_value(bank, init) {
+                        Ok(p) => v.insert(p),
+                        Err(_) => continue,
+                    }
+                }
+            };
+            pcr.extend(d);
+        }
+        out.values.insert(
+            bank,
+            pcrs.into_iter()
+                .map(|(i, p)| (i, p.value().clone()))
+                .collect(),
+        );
+        out.unreplayable
+            .extend(broken.into_iter().map(|(p, why)| (bank, p, why)));
+    }
+    out
+}
+
+/// Strings of the EV_EFI_ACTION events some firmware fails to log in PCR 5.
+pub const EBS_INVOCATION: &str = "Exit Boot Services Invocation";
+pub const EBS_SUCCESS: &str = "Exit Boot Services Returned with Success";
+pub const EBS_FAILURE: &str = "Exit Boot Services Returned with Failure";
+
+/// go-attestation's workarounds, tried in this order on PCR 5.
+const EBS_WORKAROUNDS: &[(&str, &[&str])] = &[
+    ("EBS Invocation + Success", &[EBS_INVOCATION, EBS_SUCCESS]),
+    ("EBS Invocation + Failure", &[EBS_INVOCATION, EBS_FAILURE]),
+    (
+        "EBS Invocation + Failure + Success",
+        &[EBS_INVOCATION, EBS_FAILURE, EBS_SUCCESS],
+    ),
+];
+
+/// Replays the log and, where a PCR disagrees with `expected`, tries the known firmware
+/// quirks; a quirk is kept (and named) only if it makes that PCR match in every bank given.
+pub fn replay_against(log: &EventLog, expected: &PcrValues) -> Replay {
+    let mut out = replay(log);
+    let pcr5_differs = expected.iter().any(|(bank, pcrs)| {
+        pcrs.get(&5)
+            .is_some_and(|want| out.value(*bank, 5).as_ref() != Some(want))
+    });
+    if !pcr5_differs {
+        return out;
+    }
+    for (id, actions) in EBS_WORKAROUNDS {
+        let mut events = log.events.clone();
+        for a in *actions {
+            events.push(synthetic_action(&log.banks(), events.len(), 5, a));
+        }
+        let alt = replay_events(&log.banks(), &events);
+        let matches = expected.iter().all(|(bank, pcrs)| {
+            pcrs.get(&5)
+                .is_none_or(|want| alt.value(*bank, 5).as_ref() == Some(want))
+        });
+        if matches {
+            for (bank, pcrs) in alt.values {
+                if let (Some(v), Some(target)) = (pcrs.get(&5), out.values.get_mut(&bank)) {
+                    target.insert(5, v.clone());
+                }
+            }
+            out.quirks.push(Quirk {
+                id: "ebs-events-missing",
+                pcr: 5,
+                detail: format!(
+                    "firmware omitted the ExitBootServices EV_EFI_ACTION events; replayed with \
+                     go-attestation's workaround \"{id}\""
+                ),
+            });
+            break;
+        }
+    }
+    out
+}
+
+fn synthetic_action(banks: &[HashAlg], index: usize, pcr: u32, text: &str) -> Event {
+    Event {
+        index,
+        offset: usize::MAX,
+        pcr,
+        event_type: EventType::EV_EFI_ACTION,
+        digests: banks
+            .iter()
+            .filter_map(|b| b.hash(text.as_bytes()).ok().map(|d| (*b, d)))
+            .collect(),
+        data: text.as_bytes().to_vec(),
+    }
+}

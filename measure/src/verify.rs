@@ -1,0 +1,826 @@
+//! The verifier: given a machine's evidence (firmware event log, systemd's userspace log, an
+//! optional quote already checked against the replay) and the references of what we built
+//! (`pcrs.json`, `manifest.json`), decide whether the machine booted what was published, and
+//! say why not: the first event that diverged, what was expected, which artifact.
+//!
+//! What is checked (each a [`Finding`]; any `reject` finding rejects):
+//! - the firmware log's structure ([`crate::eventlog::lint`]): payload-bound digests, separators;
+//! - every systemd-stub event (PCR 11 `EV_IPL` section pairs, `EV_EVENT_TAG` in PCRs 11–13,
+//!   PCR 12/13 `EV_IPL`) matches a reference: a manifest section in canonical order, or a
+//!   manifest `events` entry; unknown ones are reported by PCR, index, type, digest and
+//!   description;
+//! - every `EV_EFI_BOOT_SERVICES_APPLICATION` in PCR 4 matches an Authenticode reference when the
+//!   policy asks for PCR 4;
+//! - every userspace record: pcrphase words are known words whose digest is `H(word)`, and PCR
+//!   11 after each equals the `pcrs.json`/manifest value for that phase path where one is given;
+//!   break-glass records reject unless the policy allows them; altered records reject;
+//! - the policy's PCRs equal its golden values (`expected`) and the references' PCR 11.
+//!
+//! The policy (YAML or JSON):
+//! ```yaml
+//! pcrs: [0, 2, 4, 7, 11]          # PCRs that must match a reference (and be quoted, with a quote)
+//! banks: [sha256]                 # banks to check (default: every bank the references give)
+//! pcrs_json: [demo.pcrs.json]     # systemd-measure calculate --json output (imgctl predict-pcrs --json)
+//! manifests: [demo.manifest.json] # imgctl build manifests (format imgctl-manifest/1)
+//! expected: {sha256: {"0": "…"}}  # golden values for PCRs without a finer reference
+//! allow_break_glass: false
+//! allow_lint_findings: false      # accept logs with known firmware blemishes
+//! ```
+//! File paths are resolved by the caller (the CLI), relative to the policy file.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bank::{Digest, HashAlg, Pcr};
+use crate::eventlog::describe::{tagged_event, text};
+use crate::eventlog::lint;
+use crate::eventlog::replay::{replay, PcrValues, Quirk};
+use crate::eventlog::tcg::{Event, EventLog};
+use crate::eventlog::types::EventType;
+use crate::eventlog::userspace::UserspaceLog;
+use crate::pcr11::{name_bytes, StubSemantics, PCR_KERNEL_IMAGE, PHASE_WORDS};
+use crate::Error;
+
+/// A verification policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub pcrs: Vec<u32>,
+    #[serde(default)]
+    pub banks: Vec<String>,
+    #[serde(default)]
+    pub pcrs_json: Vec<String>,
+    #[serde(default)]
+    pub manifests: Vec<String>,
+    #[serde(default)]
+    pub expected: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    pub allow_break_glass: bool,
+    #[serde(default)]
+    pub allow_lint_findings: bool,
+}
+
+impl Policy {
+    /// Parses a policy in YAML (JSON is YAML).
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        serde_yaml::from_str(text).map_err(|e| Error::InvalidInput(format!("policy: {e}")))
+    }
+}
+
+/// One reference PCR 11 value: after the stub and the words of `phase`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseValue {
+    pub phase: Vec<String>,
+    pub bank: HashAlg,
+    pub value: Digest,
+    pub artifact: String,
+}
+
+/// A measured section of a built UKI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectionRef {
+    pub name: String,
+    pub digests: BTreeMap<HashAlg, Digest>,
+}
+
+/// Any other event a build predicts (cmdline, addons, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRef {
+    pub pcr: u32,
+    pub digests: BTreeMap<HashAlg, Digest>,
+    pub description: Option<String>,
+}
+
+/// One artifact's references.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Artifact {
+    pub name: String,
+    pub semantics: Option<StubSemantics>,
+    pub sections: Vec<SectionRef>,
+    pub authenticode: BTreeMap<HashAlg, Digest>,
+    pub events: Vec<EventRef>,
+    pub pcr11: Vec<PhaseValue>,
+}
+
+fn digests(map: &BTreeMap<String, String>) -> Result<BTreeMap<HashAlg, Digest>, Error> {
+    map.iter()
+        .map(|(b, h)| {
+            let bank: HashAlg = b.parse().map_err(|e| Error::InvalidInput(format!("{e}")))?;
+            let d = hex::decode(h).map_err(|e| Error::InvalidInput(format!("{b} digest: {e}")))?;
+            Ok((bank, Digest(d)))
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct PcrsJsonEntry {
+    #[serde(default)]
+    phase: String,
+    pcr: u32,
+    hash: String,
+}
+
+/// Reads `systemd-measure calculate --json` output (`imgctl predict-pcrs --json`).
+pub fn parse_pcrs_json(name: &str, data: &[u8]) -> Result<Vec<PhaseValue>, Error> {
+    let v: BTreeMap<String, Vec<PcrsJsonEntry>> = serde_json::from_slice(data)
+        .map_err(|e| Error::InvalidInput(format!("{name}: not a pcrs.json: {e}")))?;
+    pcrs_from(name, v)
+}
+
+fn pcrs_from(
+    name: &str,
+    v: BTreeMap<String, Vec<PcrsJsonEntry>>,
+) -> Result<Vec<PhaseValue>, Error> {
+    let mut out = Vec::new();
+    for (bank, list) in v {
+        let bank: HashAlg = bank
+            .parse()
+            .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))?;
+        for e in list.into_iter().filter(|e| e.pcr == PCR_KERNEL_IMAGE) {
+            out.push(PhaseValue {
+                phase: e
+                    .phase
+                    .split(':')
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                bank,
+                value: Digest(
+                    hex::decode(&e.hash)
+                        .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))?,
+                ),
+                artifact: name.to_owned(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct ManifestJson {
+    #[serde(default)]
+    name: String,
+    uki: Option<UkiJson>,
+    #[serde(default)]
+    events: Vec<EventJson>,
+    pcrs: Option<BTreeMap<String, Vec<PcrsJsonEntry>>>,
+}
+
+#[derive(Deserialize)]
+struct UkiJson {
+    #[serde(default)]
+    file: String,
+    #[serde(default)]
+    authenticode: BTreeMap<String, String>,
+    stub: Option<StubJson>,
+    #[serde(default)]
+    sections: Vec<SectionJson>,
+}
+
+#[derive(Deserialize)]
+struct StubJson {
+    semantics: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SectionJson {
+    name: String,
+    #[serde(default = "yes")]
+    measured: bool,
+    #[serde(default)]
+    digests: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct EventJson {
+    pcr: u32,
+    #[serde(default)]
+    digests: BTreeMap<String, String>,
+    description: Option<String>,
+}
+
+/// Reads an `imgctl build` manifest (`imgctl-manifest/1`): the UKI's measured sections and
+/// Authenticode hash, its PCR 11 predictions, and optional extra predicted `events`.
+pub fn parse_manifest(file: &str, data: &[u8]) -> Result<Artifact, Error> {
+    let m: ManifestJson = serde_json::from_slice(data)
+        .map_err(|e| Error::InvalidInput(format!("{file}: not a manifest: {e}")))?;
+    let mut a = Artifact {
+        name: if m.name.is_empty() {
+            file.to_owned()
+        } else {
+            m.name.clone()
+        },
+        ..Artifact::default()
+    };
+    if let Some(uki) = &m.uki {
+        if !uki.file.is_empty() {
+            a.name = format!("{} ({})", uki.file, a.name);
+        }
+        a.authenticode = digests(&uki.authenticode)?;
+        a.semantics = uki
+            .stub
+            .as_ref()
+            .and_then(|s| s.semantics.as_deref())
+            .map(|s| {
+                if s.contains("252") {
+                    StubSemantics::Systemd252
+                } else {
+                    StubSemantics::Upstream
+                }
+            });
+        for s in uki.sections.iter().filter(|s| s.measured) {
+            a.sections.push(SectionRef {
+                name: s.name.clone(),
+                digests: digests(&s.digests)?,
+            });
+        }
+    }
+    for e in &m.events {
+        a.events.push(EventRef {
+            pcr: e.pcr,
+            digests: digests(&e.digests)?,
+            description: e.description.clone(),
+        });
+    }
+    if let Some(p) = m.pcrs {
+        a.pcr11 = pcrs_from(&a.name, p)?;
+    }
+    Ok(a)
+}
+
+/// Everything the verifier compares against.
+#[derive(Debug, Clone, Default)]
+pub struct References {
+    pub artifacts: Vec<Artifact>,
+    /// PCR 11 values from pcrs.json files.
+    pub pcr11: Vec<PhaseValue>,
+    /// Golden PCR values.
+    pub expected: PcrValues,
+}
+
+impl References {
+    /// Builds references from a policy's `expected` values plus loaded files.
+    pub fn from_policy(policy: &Policy) -> Result<Self, Error> {
+        let mut expected = PcrValues::new();
+        for (bank, pcrs) in &policy.expected {
+            let bank: HashAlg = bank
+                .parse()
+                .map_err(|e| Error::InvalidInput(format!("{e}")))?;
+            for (pcr, hex) in pcrs {
+                let pcr: u32 = pcr
+                    .parse()
+                    .map_err(|_| Error::InvalidInput(format!("expected: PCR {pcr:?}")))?;
+                let d = hex::decode(hex).map_err(|e| Error::InvalidInput(format!("{e}")))?;
+                expected.entry(bank).or_default().insert(pcr, Digest(d));
+            }
+        }
+        Ok(References {
+            expected,
+            ..References::default()
+        })
+    }
+
+    fn all_pcr11(&self) -> impl Iterator<Item = &PhaseValue> {
+        self.pcr11
+            .iter()
+            .chain(self.artifacts.iter().flat_map(|a| a.pcr11.iter()))
+    }
+}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Reject,
+    Note,
+}
+
+/// One observation of the verifier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// A stable identifier: `unknown-event`, `section-order`, `pcr-mismatch`, …
+    pub kind: &'static str,
+    /// `firmware-log`, `userspace-log` or `pcrs`.
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pcr: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+}
+
+impl Finding {
+    fn new(severity: Severity, kind: &'static str, source: &'static str, message: String) -> Self {
+        Finding {
+            severity,
+            kind,
+            source,
+            pcr: None,
+            index: None,
+            event_type: None,
+            digest: None,
+            description: None,
+            message,
+            expected: None,
+            artifact: None,
+        }
+    }
+
+    fn at_event(mut self, e: &Event, bank: Option<HashAlg>) -> Self {
+        self.pcr = Some(e.pcr);
+        self.index = Some(e.index);
+        self.event_type = Some(e.event_type.to_string());
+        let d = bank
+            .and_then(|b| e.digest(b))
+            .or_else(|| e.digests.first().map(|(_, d)| d));
+        self.digest = d.map(Digest::to_hex);
+        self.description = Some(crate::eventlog::describe(e));
+        self
+    }
+}
+
+/// A rejecting finding about the quote.
+pub fn quote_finding(message: String) -> Finding {
+    Finding::new(Severity::Reject, "quote", "quote", message)
+}
+
+/// The verifier's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub accepted: bool,
+    /// Every finding, rejects first in evidence order; `findings[0]` is the first divergence.
+    pub findings: Vec<Finding>,
+    pub quirks: Vec<Quirk>,
+    /// What was compared, for the record (e.g. "PCR 11 sha256 = pcrs.json phase enter-initrd").
+    pub checked: Vec<String>,
+}
+
+/// The PCR values the evidence implies: the firmware replay with the userspace log on top.
+pub fn combined_pcrs(log: &EventLog, userspace: Option<&UserspaceLog>) -> (PcrValues, Vec<Quirk>) {
+    let r = replay(log);
+    let values = match userspace {
+        Some(u) => u.replay_onto(&r.values),
+        None => r.values.clone(),
+    };
+    (values, r.quirks)
+}
+
+/// Verifies the evidence against the policy and references.
+pub fn verify(
+    policy: &Policy,
+    refs: &References,
+    log: &EventLog,
+    userspace: Option<&UserspaceLog>,
+) -> Verdict {
+    let mut f = Vec::new();
+    let mut checked = Vec::new();
+    let banks: Vec<HashAlg> = if policy.banks.is_empty() {
+        log.banks()
+            .into_iter()
+            .filter(|b| b.is_supported())
+            .collect()
+    } else {
+        policy.banks.iter().filter_map(|b| b.parse().ok()).collect()
+    };
+    let sev_lint = if policy.allow_lint_findings {
+        Severity::Note
+    } else {
+        Severity::Reject
+    };
+    for l in lint::lint(log) {
+        let e = log.events.get(l.event);
+        let mut x = Finding::new(sev_lint, l.kind, "firmware-log", l.message);
+        if let Some(e) = e {
+            x = x.at_event(e, banks.first().copied());
+        }
+        f.push(x);
+    }
+    check_stub_events(refs, log, &banks, &mut f, &mut checked);
+    if policy.pcrs.contains(&4) && refs.artifacts.iter().any(|a| !a.authenticode.is_empty()) {
+        check_pcr4(refs, log, &banks, &mut f, &mut checked);
+    }
+    let (r, quirks) = {
+        let r = replay(log);
+        (r.values.clone(), r.quirks)
+    };
+    // Without a userspace log PCR 11 is checked right after the stub (phase path ":").
+    let empty = UserspaceLog::default();
+    check_userspace(
+        policy,
+        refs,
+        &r,
+        userspace.unwrap_or(&empty),
+        &banks,
+        &mut f,
+        &mut checked,
+    );
+    let (values, _) = combined_pcrs(log, userspace);
+    for pcr in &policy.pcrs {
+        for bank in &banks {
+            let got = values
+                .get(bank)
+                .and_then(|m| m.get(pcr))
+                .cloned()
+                .or_else(|| crate::eventlog::replay::reset_value(*bank, *pcr));
+            if let Some(want) = refs.expected.get(bank).and_then(|m| m.get(pcr)) {
+                checked.push(format!("PCR {pcr} {bank} = policy expected value"));
+                if got.as_ref() != Some(want) {
+                    let mut x = Finding::new(
+                        Severity::Reject,
+                        "pcr-mismatch",
+                        "pcrs",
+                        format!(
+                            "PCR {pcr} ({bank}) replays to {} but the policy expects {}",
+                            got.as_ref().map_or("nothing".into(), Digest::to_hex),
+                            want.to_hex()
+                        ),
+                    );
+                    x.pcr = Some(*pcr);
+                    x.expected = Some(want.to_hex());
+                    f.push(x);
+                }
+            }
+        }
+    }
+    if policy.pcrs.contains(&PCR_KERNEL_IMAGE) && !checked.iter().any(|c| c.starts_with("PCR 11")) {
+        f.push(Finding::new(
+            Severity::Reject,
+            "no-reference",
+            "pcrs",
+            "the policy names PCR 11 but no reference gives a PCR 11 value for the banks checked"
+                .into(),
+        ));
+    }
+    // Rejects first, each group in evidence order (firmware log, then userspace log, then PCRs).
+    let rank = |x: &Finding| {
+        (
+            x.severity != Severity::Reject,
+            x.source != "firmware-log",
+            x.source == "pcrs",
+            x.index.unwrap_or(usize::MAX),
+        )
+    };
+    f.sort_by_key(rank);
+    Verdict {
+        accepted: !f.iter().any(|x| x.severity == Severity::Reject),
+        findings: f,
+        quirks,
+        checked,
+    }
+}
+
+fn utf16_of(data: &[u8]) -> Option<String> {
+    text(data)
+}
+
+/// Is this an event systemd-stub (or sd-boot) makes?
+fn is_stub_event(e: &Event) -> bool {
+    matches!(
+        (e.pcr, e.event_type),
+        (11, EventType::EV_IPL) | (12, EventType::EV_IPL) | (13, EventType::EV_IPL)
+    ) || (e.event_type == EventType::EV_EVENT_TAG && (11..=13).contains(&e.pcr))
+}
+
+fn matches_ref(e: &Event, digests: &BTreeMap<HashAlg, Digest>, banks: &[HashAlg]) -> bool {
+    let common: Vec<_> = banks
+        .iter()
+        .filter(|b| digests.contains_key(b) && e.digest(**b).is_some())
+        .collect();
+    !common.is_empty() && common.iter().all(|b| e.digest(**b) == digests.get(b))
+}
+
+fn check_stub_events(
+    refs: &References,
+    log: &EventLog,
+    banks: &[HashAlg],
+    f: &mut Vec<Finding>,
+    checked: &mut Vec<String>,
+) {
+    let stub: Vec<&Event> = log.events.iter().filter(|e| is_stub_event(e)).collect();
+    let pcr11: Vec<&Event> = stub
+        .iter()
+        .copied()
+        .filter(|e| e.pcr == PCR_KERNEL_IMAGE && e.event_type == EventType::EV_IPL)
+        .collect();
+    // Which artifact explains the PCR 11 section events? The first whose sections all match.
+    let mut explained: BTreeSet<usize> = BTreeSet::new();
+    let mut best: Option<(&Artifact, Vec<Finding>, BTreeSet<usize>)> = None;
+    for a in refs.artifacts.iter().filter(|a| !a.sections.is_empty()) {
+        let (errs, ok) = match_sections(a, &pcr11, banks);
+        let better = best.as_ref().is_none_or(|(_, e, _)| errs.len() < e.len());
+        if better {
+            best = Some((a, errs, ok));
+        }
+    }
+    if let Some((a, errs, ok)) = best {
+        checked.push(format!("PCR 11 stub section events against {}", a.name));
+        explained.extend(ok);
+        f.extend(errs);
+    }
+    for e in stub {
+        if explained.contains(&e.index) {
+            continue;
+        }
+        if e.pcr == PCR_KERNEL_IMAGE
+            && e.event_type == EventType::EV_IPL
+            && refs.artifacts.iter().any(|a| !a.sections.is_empty())
+        {
+            continue; // already reported by match_sections
+        }
+        let hit = refs.artifacts.iter().find(|a| {
+            a.events
+                .iter()
+                .any(|r| r.pcr == e.pcr && matches_ref(e, &r.digests, banks))
+        });
+        if let Some(a) = hit {
+            checked.push(format!(
+                "event {} (PCR {}) against {}",
+                e.index, e.pcr, a.name
+            ));
+            continue;
+        }
+        let mut x = Finding::new(
+            Severity::Reject,
+            "unknown-event",
+            "firmware-log",
+            format!(
+                "event {} in PCR {} ({}) matches no reference",
+                e.index, e.pcr, e.event_type
+            ),
+        )
+        .at_event(e, banks.first().copied());
+        if let Some((id, _)) = (e.event_type == EventType::EV_EVENT_TAG)
+            .then(|| tagged_event(&e.data))
+            .flatten()
+        {
+            x.message.push_str(&format!(" (tag {id:#010x})"));
+        }
+        f.push(x);
+    }
+}
+
+/// Matches the PCR 11 EV_IPL events against an artifact's sections: pairs (name, content) in
+/// the stub's canonical order, names hashed as ASCII with one NUL, content as built.
+fn match_sections(
+    a: &Artifact,
+    events: &[&Event],
+    banks: &[HashAlg],
+) -> (Vec<Finding>, BTreeSet<usize>) {
+    let semantics = a.semantics.unwrap_or(StubSemantics::Upstream);
+    let expected: Vec<&SectionRef> = semantics
+        .measured_sections()
+        .filter_map(|n| a.sections.iter().find(|s| s.name == n))
+        .collect();
+    let mut errs = Vec::new();
+    let mut ok = BTreeSet::new();
+    let mut it = events.iter();
+    for (i, want) in expected.iter().enumerate() {
+        let (Some(name_ev), content_ev) = (it.next(), it.next()) else {
+            errs.push(Finding {
+                artifact: Some(a.name.clone()),
+                expected: Some(format!("section {} (event pair {i})", want.name)),
+                ..Finding::new(
+                    Severity::Reject,
+                    "missing-event",
+                    "firmware-log",
+                    format!(
+                        "PCR 11 ends before the stub measured section {} of {}",
+                        want.name, a.name
+                    ),
+                )
+            });
+            break;
+        };
+        let (buf, n) = name_bytes(&want.name);
+        let name_ok = banks
+            .iter()
+            .filter(|b| name_ev.digest(**b).is_some())
+            .all(|b| b.hash(&buf[..n]).ok().as_ref() == name_ev.digest(*b));
+        let desc = utf16_of(&name_ev.data).unwrap_or_default();
+        if !name_ok || desc != want.name {
+            let what = if name_ok { "description" } else { "digest" };
+            errs.push(Finding {
+                artifact: Some(a.name.clone()),
+                expected: Some(format!("section name event for {} (H(\"{}\\0\"))", want.name, want.name)),
+                ..Finding::new(Severity::Reject, "section-order", "firmware-log", format!("event {} should name section {} (canonical order of {}), but its {what} does not", name_ev.index, want.name, semantics.name())).at_event(name_ev, banks.first().copied())
+            });
+            return (errs, ok);
+        }
+        ok.insert(name_ev.index);
+        let Some(content_ev) = content_ev else {
+            errs.push(Finding {
+                artifact: Some(a.name.clone()),
+                ..Finding::new(
+                    Severity::Reject,
+                    "missing-event",
+                    "firmware-log",
+                    format!(
+                        "section {} has a name event but no content event",
+                        want.name
+                    ),
+                )
+            });
+            return (errs, ok);
+        };
+        let cdesc = utf16_of(&content_ev.data).unwrap_or_default();
+        if !matches_ref(content_ev, &want.digests, banks) || cdesc != want.name {
+            let exp = banks
+                .iter()
+                .find_map(|b| want.digests.get(b).map(|d| format!("{b} {d}")));
+            errs.push(Finding {
+                artifact: Some(a.name.clone()),
+                expected: exp,
+                ..Finding::new(
+                    Severity::Reject,
+                    "section-digest",
+                    "firmware-log",
+                    format!(
+                        "event {}: content of section {} is not the one built",
+                        content_ev.index, want.name
+                    ),
+                )
+                .at_event(content_ev, banks.first().copied())
+            });
+            return (errs, ok);
+        }
+        ok.insert(content_ev.index);
+    }
+    for extra in it {
+        errs.push(Finding {
+            artifact: Some(a.name.clone()),
+            ..Finding::new(
+                Severity::Reject,
+                "unknown-event",
+                "firmware-log",
+                format!(
+                    "event {} in PCR 11 after the last section of {}",
+                    extra.index, a.name
+                ),
+            )
+            .at_event(extra, banks.first().copied())
+        });
+    }
+    (errs, ok)
+}
+
+fn check_pcr4(
+    refs: &References,
+    log: &EventLog,
+    banks: &[HashAlg],
+    f: &mut Vec<Finding>,
+    checked: &mut Vec<String>,
+) {
+    let apps: Vec<&Event> = log
+        .events
+        .iter()
+        .filter(|e| e.pcr == 4 && e.event_type == EventType::EV_EFI_BOOT_SERVICES_APPLICATION)
+        .collect();
+    for e in apps {
+        match refs.artifacts.iter().find(|a| matches_ref(e, &a.authenticode, banks)) {
+            Some(a) => checked.push(format!("PCR 4 event {} = Authenticode of {}", e.index, a.name)),
+            None => f.push(Finding::new(Severity::Reject, "unknown-event", "firmware-log", format!("event {}: an EFI application was loaded whose Authenticode hash matches no artifact", e.index)).at_event(e, banks.first().copied())),
+        }
+    }
+}
+
+fn check_userspace(
+    policy: &Policy,
+    refs: &References,
+    firmware: &PcrValues,
+    u: &UserspaceLog,
+    banks: &[HashAlg],
+    f: &mut Vec<Finding>,
+    checked: &mut Vec<String>,
+) {
+    let mut pcr11: BTreeMap<HashAlg, Option<Pcr>> = banks
+        .iter()
+        .map(|b| {
+            (
+                *b,
+                firmware
+                    .get(b)
+                    .and_then(|m| m.get(&PCR_KERNEL_IMAGE))
+                    .cloned()
+                    .and_then(|v| Pcr::with_value(*b, v).ok()),
+            )
+        })
+        .collect();
+    let mut path: Vec<String> = Vec::new();
+    let check_path = |path: &[String],
+                      pcr11: &BTreeMap<HashAlg, Option<Pcr>>,
+                      f: &mut Vec<Finding>,
+                      checked: &mut Vec<String>,
+                      at: Option<usize>| {
+        for (bank, p) in pcr11 {
+            let Some(p) = p else { continue };
+            let refs_for: Vec<&PhaseValue> = refs
+                .all_pcr11()
+                .filter(|v| v.bank == *bank && v.phase == path)
+                .collect();
+            if refs_for.is_empty() {
+                continue;
+            }
+            let label = if path.is_empty() {
+                ":".to_owned()
+            } else {
+                path.join(":")
+            };
+            checked.push(format!("PCR 11 {bank} after phase path {label}"));
+            if !refs_for.iter().any(|v| &v.value == p.value()) {
+                let mut x = Finding::new(Severity::Reject, "pcr-mismatch", if at.is_some() { "userspace-log" } else { "firmware-log" }, format!("PCR 11 ({bank}) after phase path {label:?} is {}, which no reference predicts", p.value()));
+                x.pcr = Some(PCR_KERNEL_IMAGE);
+                x.index = at;
+                x.expected = Some(
+                    refs_for
+                        .iter()
+                        .map(|v| format!("{} ({})", v.value, v.artifact))
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                );
+                x.artifact = refs_for.first().map(|v| v.artifact.clone());
+                f.push(x);
+            }
+        }
+    };
+    check_path(&path, &pcr11, f, checked, None);
+    for r in &u.records {
+        let base = |sev, kind, msg: String| {
+            let mut x = Finding::new(sev, kind, "userspace-log", msg);
+            x.pcr = r.pcr;
+            x.index = Some(r.index);
+            x.event_type = r.event_type.clone();
+            x.description = r.string.clone();
+            x.digest = banks.first().and_then(|b| r.digest(*b)).map(Digest::to_hex);
+            x
+        };
+        let bad = r.digest_mismatches();
+        if !bad.is_empty() && r.event_type.as_deref() != Some("volume-key") {
+            f.push(base(
+                Severity::Reject,
+                "altered-record",
+                format!(
+                    "record {}: logged digest is not the hash of its string ({})",
+                    r.index,
+                    bad.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            ));
+        }
+        if let Some(bg) = crate::breakglass::from_record(r) {
+            let sev = if policy.allow_break_glass {
+                Severity::Note
+            } else {
+                Severity::Reject
+            };
+            let msg = match bg {
+                Ok(b) => format!(
+                    "break-glass: {} by {} at {}: {}",
+                    b.kind, b.actor, b.time, b.reason
+                ),
+                Err(e) => format!("break-glass record {}: {e}", r.index),
+            };
+            f.push(base(sev, "break-glass", msg));
+        }
+        if r.pcr == Some(PCR_KERNEL_IMAGE) {
+            let word = r.string.clone().unwrap_or_default();
+            if r.event_type.as_deref() != Some("phase") || !PHASE_WORDS.contains(&word.as_str()) {
+                f.push(base(
+                    Severity::Reject,
+                    "unknown-event",
+                    format!(
+                        "record {}: PCR 11 extended with {word:?}, not a pcrphase word",
+                        r.index
+                    ),
+                ));
+            }
+            for (bank, p) in pcr11.iter_mut() {
+                match (p.as_mut(), r.digest(*bank)) {
+                    (Some(p), Some(d)) => p.extend(d),
+                    (Some(_), None) => *p = None,
+                    _ => {}
+                }
+            }
+            path.push(word);
+            check_path(&path, &pcr11, f, checked, Some(r.index));
+        }
+    }
+}

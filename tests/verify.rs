@@ -1,0 +1,539 @@
+//! The verifier on the real OVMF + swtpm + systemd-stub 252 capture, a generated tampering
+//! corpus, the break-glass audit, and the CLI.
+
+#![allow(clippy::unwrap_used)] // reason: test code; a panic is a test failure
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use imgctl_measure::breakglass::{BreakGlass, PCR};
+use imgctl_measure::eventlog::{self, Event, EventLog, EventType, UserspaceLog};
+use imgctl_measure::pcr11::{name_bytes, StubSemantics};
+use imgctl_measure::predict::{predict_from_digests, PhasePath};
+use imgctl_measure::userspace_record::Origin;
+use imgctl_measure::verify::{self, Policy, References, Severity, Verdict};
+use imgctl_measure::{Digest, HashAlg};
+
+const OVMF: &str = "testdata/eventlogs/ovmf-swtpm";
+
+struct Capture {
+    dir: PathBuf,
+    log: EventLog,
+    /// sha256 of the inputs, by file name (ovmf-stub252-inputs.sha256).
+    inputs: BTreeMap<String, String>,
+    /// `PCR <bank> <index> <HEX>` as the guest read them.
+    pcrs: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+fn capture() -> Option<Capture> {
+    let dir = common::shared_dir()?.join(OVMF);
+    let log =
+        EventLog::parse(&std::fs::read(dir.join("ovmf-stub252-eventlog.bin")).unwrap()).unwrap();
+    let inputs = std::fs::read_to_string(dir.join("ovmf-stub252-inputs.sha256"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (h, n) = l.split_once(' ').unwrap();
+            (n.trim().to_owned(), h.to_owned())
+        })
+        .collect();
+    let mut pcrs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for l in std::fs::read_to_string(dir.join("ovmf-stub252-pcrs.txt"))
+        .unwrap()
+        .lines()
+    {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // PCR 10 (IMA) and 11 (checked through the references) are not golden values.
+        if f[2] != "10" && f[2] != "11" {
+            pcrs.entry(f[1].into())
+                .or_default()
+                .insert(f[2].into(), f[3].to_lowercase());
+        }
+    }
+    Some(Capture {
+        dir,
+        log,
+        inputs,
+        pcrs,
+    })
+}
+
+/// Section → input file, as MANIFEST.md describes the UKI that booted.
+const SECTIONS: [(&str, &str); 4] = [
+    (".linux", "vmlinuz"),
+    (".osrel", "osrel"),
+    (".cmdline", "cmdline"),
+    (".initrd", "initrd.cpio"),
+];
+
+fn manifest(c: &Capture) -> serde_json::Value {
+    let sections: Vec<_> = SECTIONS
+        .iter()
+        .map(|(s, f)| serde_json::json!({"name": s, "measured": true, "digests": {"sha256": c.inputs[*f]}}))
+        .collect();
+    let pcrs: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(c.dir.join("ovmf-stub252-systemd-measure.json")).unwrap(),
+    )
+    .unwrap();
+    serde_json::json!({
+        "format": "imgctl-manifest/1",
+        "name": "demo",
+        "uki": {"file": "demo.efi", "stub": {"semantics": "systemd-252"}, "sections": sections},
+        "pcrs": pcrs,
+    })
+}
+
+fn setup(c: &Capture) -> (Policy, References) {
+    let policy = Policy {
+        pcrs: vec![0, 1, 2, 3, 4, 5, 6, 7, 9, 11],
+        banks: vec!["sha1".into(), "sha256".into()],
+        expected: c.pcrs.clone(),
+        ..Policy::default()
+    };
+    let mut refs = References::from_policy(&policy).unwrap();
+    refs.artifacts.push(
+        verify::parse_manifest("demo.manifest.json", manifest(c).to_string().as_bytes()).unwrap(),
+    );
+    (policy, refs)
+}
+
+fn phase_log(words: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for w in words {
+        let digests: Vec<_> = [HashAlg::SHA1, HashAlg::SHA256]
+            .iter()
+            .map(|b| serde_json::json!({"hashAlg": b.to_string(), "digest": b.hash(w.as_bytes()).unwrap().to_hex()}))
+            .collect();
+        out.push(0x1e);
+        out.extend_from_slice(
+            serde_json::json!({"pcr": 11, "digests": digests, "content_type": "systemd",
+                "content": {"string": w, "bootId": "0", "timestamp": 1, "eventType": "phase"}})
+            .to_string()
+            .as_bytes(),
+        );
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The stub's PCR 11 events equal what measure::predict computes from the sections that
+/// booted (their sha256 from ovmf-stub252-inputs.sha256), and the replayed PCR 11 equals
+/// systemd-measure's value in all four banks.
+#[test]
+fn ovmf_stub252_pcr11_events_match_the_prediction() {
+    let Some(c) = capture() else { return };
+    let pcr11: Vec<&Event> = c.log.events.iter().filter(|e| e.pcr == 11).collect();
+    let order: Vec<&str> = StubSemantics::Systemd252
+        .measured_sections()
+        .filter(|s| SECTIONS.iter().any(|(n, _)| n == s))
+        .collect();
+    assert_eq!(pcr11.len(), 2 * order.len());
+    for (pair, name) in pcr11.chunks(2).zip(&order) {
+        let (buf, n) = name_bytes(name);
+        for e in pair {
+            assert_eq!(e.event_type, EventType::EV_IPL);
+            assert_eq!(eventlog::describe(e), *name);
+        }
+        for (bank, d) in &pair[0].digests {
+            assert_eq!(
+                d,
+                &bank.hash(&buf[..n]).unwrap(),
+                "{name} name event, {bank}"
+            );
+        }
+        let file = SECTIONS.iter().find(|(s, _)| s == name).unwrap().1;
+        assert_eq!(
+            pair[1].digest(HashAlg::SHA256).unwrap().to_hex(),
+            c.inputs[file],
+            "{name}"
+        );
+    }
+    // The two small sections are known byte for byte (MANIFEST.md).
+    assert_eq!(
+        HashAlg::SHA256
+            .hash(b"ID=demo\nVERSION_ID=1\n")
+            .unwrap()
+            .to_hex(),
+        c.inputs["osrel"]
+    );
+    assert_eq!(
+        HashAlg::SHA256
+            .hash(b"console=ttyS0 quiet")
+            .unwrap()
+            .to_hex(),
+        c.inputs["cmdline"]
+    );
+
+    let placeholders: Vec<Vec<u8>> = SECTIONS
+        .iter()
+        .map(|(s, _)| s.as_bytes().to_vec())
+        .collect();
+    let digests: Vec<[Digest; 1]> = SECTIONS
+        .iter()
+        .map(|(_, f)| [Digest(hex::decode(&c.inputs[*f]).unwrap())])
+        .collect();
+    let with: Vec<(&str, &[u8], &[Digest])> = SECTIONS
+        .iter()
+        .zip(&placeholders)
+        .zip(&digests)
+        .map(|(((s, _), p), d)| (*s, p.as_slice(), d.as_slice()))
+        .collect();
+    let p = predict_from_digests(
+        StubSemantics::Systemd252,
+        &with,
+        &[HashAlg::SHA256],
+        &[PhasePath::default()],
+    )
+    .unwrap();
+    let replay = eventlog::replay(&c.log);
+    assert_eq!(
+        p.get(HashAlg::SHA256, &PhasePath::default()),
+        replay.value(HashAlg::SHA256, 11).as_ref()
+    );
+    let sm: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(c.dir.join("ovmf-stub252-systemd-measure.json")).unwrap(),
+    )
+    .unwrap();
+    for bank in HashAlg::ALL {
+        assert_eq!(
+            sm[bank.to_string()][0]["hash"].as_str().unwrap(),
+            replay.value(bank, 11).unwrap().to_hex(),
+            "systemd-measure PCR 11 {bank}"
+        );
+    }
+}
+
+#[test]
+fn the_capture_is_accepted_against_the_uki_that_booted_and_rejected_against_another() {
+    let Some(c) = capture() else { return };
+    let (policy, refs) = setup(&c);
+    let u = UserspaceLog::parse(&phase_log(&["enter-initrd", "leave-initrd"])).unwrap();
+    let v = verify::verify(&policy, &refs, &c.log, Some(&u));
+    assert!(v.accepted, "{:#?}", v.findings);
+    assert!(
+        v.checked
+            .iter()
+            .any(|x| x.contains("PCR 11 sha256 after phase path :")),
+        "{:?}",
+        v.checked
+    );
+
+    // Another UKI: a different .cmdline.
+    let mut m = manifest(&c);
+    m["uki"]["sections"][2]["digests"]["sha256"] = HashAlg::SHA256
+        .hash(b"console=ttyS0")
+        .unwrap()
+        .to_hex()
+        .into();
+    m["pcrs"] = serde_json::json!({});
+    let mut other = References::from_policy(&policy).unwrap();
+    other
+        .artifacts
+        .push(verify::parse_manifest("other.json", m.to_string().as_bytes()).unwrap());
+    let v = verify::verify(&policy, &other, &c.log, None);
+    assert!(!v.accepted);
+    let first = &v.findings[0];
+    assert_eq!(
+        (first.kind, first.index, first.pcr),
+        ("section-digest", Some(36), Some(11)),
+        "{first:#?}"
+    );
+    assert_eq!(first.artifact.as_deref(), Some("demo.efi (demo)"));
+    assert!(first
+        .expected
+        .as_deref()
+        .unwrap()
+        .contains(&HashAlg::SHA256.hash(b"console=ttyS0").unwrap().to_hex()));
+}
+
+fn rejected(v: &Verdict, what: &str, kinds: &[&str]) {
+    assert!(!v.accepted, "FALSE ACCEPT: {what}");
+    let first = &v.findings[0];
+    assert_eq!(first.severity, Severity::Reject);
+    assert!(
+        kinds.contains(&first.kind),
+        "{what}: first finding {first:#?}"
+    );
+}
+
+/// Every single-step tampering of the real capture is caught, with the right explanation.
+#[test]
+fn tampering_corpus_is_caught_with_zero_false_accepts() {
+    let Some(c) = capture() else { return };
+    let (policy, refs) = setup(&c);
+    let base = &c.log;
+    let check = |log: &EventLog| verify::verify(&policy, &refs, log, None);
+    let extending: Vec<usize> = (0..base.events.len())
+        .filter(|i| base.events[*i].event_type != EventType::EV_NO_ACTION)
+        .collect();
+    let mut cases = 0;
+
+    // Removed.
+    for &i in &extending {
+        let mut log = base.clone();
+        log.events.remove(i);
+        rejected(
+            &check(&log),
+            &format!("event {i} removed"),
+            &[
+                "pcr-mismatch",
+                "section-order",
+                "section-digest",
+                "missing-event",
+            ],
+        );
+        cases += 1;
+    }
+    // Inserted: an unknown EV_IPL into PCR 11 and an extra application into PCR 4, everywhere.
+    for at in 0..=base.events.len() {
+        for (pcr, t) in [
+            (11, EventType::EV_IPL),
+            (4, EventType::EV_EFI_BOOT_SERVICES_APPLICATION),
+        ] {
+            let mut log = base.clone();
+            let mut e = base.events[extending[0]].clone();
+            e.pcr = pcr;
+            e.event_type = t;
+            e.digests = e
+                .digests
+                .iter()
+                .map(|(b, _)| (*b, b.hash(b"evil").unwrap()))
+                .collect();
+            log.events.insert(at, e);
+            rejected(
+                &check(&log),
+                &format!("{t} inserted into PCR {pcr} at {at}"),
+                &[
+                    "pcr-mismatch",
+                    "section-order",
+                    "unknown-event",
+                    "section-digest",
+                ],
+            );
+            cases += 1;
+        }
+    }
+    // Reordered: adjacent events of one PCR with different digests.
+    for w in extending.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        if base.events[a].pcr != base.events[b].pcr
+            || base.events[a].digests == base.events[b].digests
+        {
+            continue;
+        }
+        let mut log = base.clone();
+        log.events.swap(a, b);
+        rejected(
+            &check(&log),
+            &format!("events {a},{b} swapped"),
+            &["pcr-mismatch", "section-order", "section-digest"],
+        );
+        cases += 1;
+    }
+    // A digest changed, in each checked bank.
+    for &i in &extending {
+        for bank in [HashAlg::SHA1, HashAlg::SHA256] {
+            let mut log = base.clone();
+            let e = &mut log.events[i];
+            let Some(pos) = e.digests.iter().position(|(b, _)| *b == bank) else {
+                continue;
+            };
+            e.digests[pos].1 .0[0] ^= 1;
+            rejected(
+                &check(&log),
+                &format!("event {i} {bank} digest changed"),
+                &[
+                    "pcr-mismatch",
+                    "section-order",
+                    "section-digest",
+                    "digest-mismatch",
+                ],
+            );
+            cases += 1;
+        }
+    }
+    // A description changed, digest kept: every event whose description its digest or a
+    // reference binds (the stub's sections; payload-hashed firmware events).
+    let mut described = 0;
+    for &i in &extending {
+        let e = &base.events[i];
+        let mut log = base.clone();
+        let kinds: &[&str] = if e.pcr == 11 {
+            let other = if eventlog::describe(e) == ".linux" {
+                ".initrd"
+            } else {
+                ".linux"
+            };
+            log.events[i].data = other
+                .encode_utf16()
+                .chain([0])
+                .flat_map(u16::to_le_bytes)
+                .collect();
+            &["section-order", "section-digest"]
+        } else if !eventlog::lint::payload_candidates(e).is_empty() {
+            log.events[i].data.push(b'!');
+            &["digest-mismatch"]
+        } else {
+            continue;
+        };
+        let v = check(&log);
+        rejected(&v, &format!("event {i} description changed"), kinds);
+        assert_eq!(v.findings[0].index, Some(i));
+        described += 1;
+        cases += 1;
+    }
+    assert!(described >= 8 + 6, "only {described} description cases");
+    eprintln!("tampering corpus: {cases} cases, all rejected");
+}
+
+fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, data).unwrap();
+    p
+}
+
+#[test]
+fn break_glass_is_rejected_by_verify_and_listed_by_audit() {
+    let Some(c) = capture() else { return };
+    let (policy, refs) = setup(&c);
+    // The recorder's encoding (imgctl measure break-glass), 2026-11-23T01:02:03Z.
+    let bg = BreakGlass::new("alice", "debug-shell", "INC-7 disk full", 1_795_395_723).unwrap();
+    let origin = Origin {
+        boot_id: "0".into(),
+        timestamp_usec: 2,
+    };
+    let mut ulog = phase_log(&["enter-initrd"]);
+    ulog.extend(
+        bg.record(PCR, &[HashAlg::SHA1, HashAlg::SHA256], &origin)
+            .unwrap()
+            .to_json_seq(),
+    );
+    let u = UserspaceLog::parse(&ulog).unwrap();
+    let v = verify::verify(&policy, &refs, &c.log, Some(&u));
+    rejected(&v, "break-glass", &["break-glass"]);
+    assert!(v.findings[0].message.contains("alice"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let el = c.dir.join("ovmf-stub252-eventlog.bin");
+    let ul = write(tmp.path(), "tpm2-measure.log", &ulog);
+    // What the TPM shows after these records: the replay of both logs.
+    let pcrs = u.replay_onto(&eventlog::replay(&c.log).values);
+    let pcrs_json = eventlog::Replay {
+        values: pcrs,
+        ..Default::default()
+    }
+    .to_json();
+    let pf = write(tmp.path(), "pcrs.json", pcrs_json.to_string().as_bytes());
+    let run = |ul: &Path| {
+        common::imgctl()
+            .args(["audit", "--json", "--userspace-log"])
+            .arg(ul)
+            .arg("--eventlog")
+            .arg(&el)
+            .arg("--pcrs")
+            .arg(&pf)
+            .output()
+            .unwrap()
+    };
+    let out = run(&ul);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["break_glass"][0]["actor"], "alice");
+    assert_eq!(j["break_glass"][0]["reason"], "INC-7 disk full");
+    assert_eq!(j["consistent"], true, "{j}");
+
+    // The record removed: no break-glass listed, but PCR 15 gives it away (exit 4).
+    let ul2 = write(tmp.path(), "removed.log", &phase_log(&["enter-initrd"]));
+    let out = run(&ul2);
+    assert_eq!(out.status.code(), Some(4));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(j["problems"][0].as_str().unwrap().contains("PCR 15"), "{j}");
+
+    // The record altered (reason rewritten, digests kept).
+    let altered = String::from_utf8(ulog.clone())
+        .unwrap()
+        .replace("INC-7 disk full", "routine check");
+    let ul3 = write(tmp.path(), "altered.log", altered.as_bytes());
+    let out = run(&ul3);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        j["problems"][0].as_str().unwrap().contains("altered"),
+        "{j}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    // No break-glass, consistent: exit 0.
+    let clean = phase_log(&["enter-initrd"]);
+    let ul4 = write(tmp.path(), "clean.log", &clean);
+    let pcrs = UserspaceLog::parse(&clean)
+        .unwrap()
+        .replay_onto(&eventlog::replay(&c.log).values);
+    write(
+        tmp.path(),
+        "pcrs.json",
+        eventlog::Replay {
+            values: pcrs,
+            ..Default::default()
+        }
+        .to_json()
+        .to_string()
+        .as_bytes(),
+    );
+    assert_eq!(run(&ul4).status.code(), Some(0));
+}
+
+#[test]
+fn verify_cli_accepts_the_capture_and_explains_a_rejection() {
+    let Some(c) = capture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "demo.manifest.json",
+        manifest(&c).to_string().as_bytes(),
+    );
+    let policy = serde_json::json!({"pcrs": [0, 1, 2, 3, 4, 5, 6, 7, 9, 11], "banks": ["sha1", "sha256"],
+        "manifests": ["demo.manifest.json"], "expected": c.pcrs});
+    let yaml = serde_yaml::to_string(&policy).unwrap();
+    let pf = write(tmp.path(), "policy.yaml", yaml.as_bytes());
+    let el = c.dir.join("ovmf-stub252-eventlog.bin");
+    let out = common::imgctl()
+        .args(["verify", "--json", "--eventlog"])
+        .arg(&el)
+        .arg("--policy")
+        .arg(&pf)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let mut bad = std::fs::read(&el).unwrap();
+    let at = c.log.events[36].offset + 12 + 2 + 20 + 2; // .cmdline content event, sha256 digest
+    bad[at] ^= 0x80;
+    let bf = write(tmp.path(), "bad.bin", &bad);
+    let out = common::imgctl()
+        .args(["verify", "--eventlog"])
+        .arg(&bf)
+        .arg("--policy")
+        .arg(&pf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("REJECT"), "{text}");
+    assert!(
+        text.contains("first divergence: [section-digest] event 36: content of section .cmdline"),
+        "{text}"
+    );
+    assert!(text.contains("artifact: demo.efi"), "{text}");
+}
