@@ -562,3 +562,61 @@ fn sigint_and_sigterm_stop_the_guest_and_clean_up() {
         assert_eq!(std::fs::read_dir(&tmpdir).unwrap().count(), 0);
     }
 }
+
+/// The verifier on real boots: each capture is accepted against the manifest and predictions of
+/// the UKI that booted (PCR 4 and PCR 11), and rejected against the other UKI's, naming the
+/// first diverging stub event.
+#[test]
+fn boot_captures_verify_against_their_own_uki_and_not_another() {
+    let Some(b) = demo_boots() else { return };
+    b.first.assert_done();
+    b.second.assert_done();
+    let verify = |boot: &Boot, uki: &Path| -> Output {
+        let out = uki.parent().unwrap();
+        let policy = boot.capture.join(format!(
+            "policy-{}.yaml",
+            out.parent().unwrap().file_name().unwrap().to_str().unwrap()
+        ));
+        std::fs::write(
+            &policy,
+            format!(
+                "pcrs: [4, 11]\nbanks: [sha1, sha256]\nmanifests: [{}]\npcrs_json: [{}]\n",
+                out.join("manifest.json").display(),
+                out.join("pcrs.json").display()
+            ),
+        )
+        .unwrap();
+        common::imgctl()
+            .args(["verify", "--eventlog"])
+            .arg(boot.capture.join("eventlog.bin"))
+            .arg("--policy")
+            .arg(&policy)
+            .output()
+            .unwrap()
+    };
+    for (boot, own, other) in [
+        (&b.first, &b.first_uki, &b.second_uki),
+        (&b.second, &b.second_uki, &b.first_uki),
+    ] {
+        let ok = verify(boot, own);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&ok.stdout),
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert!(ok.status.success(), "own UKI must be accepted:\n{text}");
+        assert!(text.contains("Authenticode of the .linux kernel"), "{text}");
+        let bad = verify(boot, other);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&bad.stdout),
+            String::from_utf8_lossy(&bad.stderr)
+        );
+        assert_eq!(
+            bad.status.code(),
+            Some(1),
+            "another UKI must be rejected:\n{text}"
+        );
+        assert!(text.contains("REJECT") && text.contains("PCR 11"), "{text}");
+    }
+}

@@ -91,6 +91,10 @@ pub struct UkiRecord {
     pub digests: Digests,
     /// The Authenticode hash per bank: what firmware extends into PCR 4 when it loads the UKI.
     pub authenticode: Digests,
+    /// The Authenticode hash of the `.linux` kernel image, when it is a PE: stubs start it with
+    /// LoadImage, so firmware measures it into PCR 4 too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_authenticode: Option<Digests>,
     pub stub: StubRecord,
     pub sections: Vec<SectionRecord>,
 }
@@ -314,6 +318,13 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildOutput, Error>
         .collect();
     let prediction = predict_from_digests(semantics, &with, &banks, &PhasePath::defaults())?;
     let authenticode = authenticode_digests(&uki.pe, &banks)?;
+    let kernel_authenticode = match sections.iter().find(|(n, _)| n == ".linux") {
+        Some((_, data)) => match PeFile::parse(data) {
+            Ok(kernel) => Some(digests_map(&banks, &authenticode_digests(&kernel, &banks)?)),
+            Err(_) => None,
+        },
+        None => None,
+    };
     let pcrs_json = prediction.to_json();
 
     let section_records: Vec<SectionRecord> = uki
@@ -378,6 +389,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildOutput, Error>
             size: uki_bytes.len() as u64,
             digests: digests_map(&banks, &matrix[n]),
             authenticode: digests_map(&banks, &authenticode),
+            kernel_authenticode,
             stub: StubRecord {
                 path: recipe.stub.display().to_string(),
                 sdmagic: identity.sdmagic.clone(),

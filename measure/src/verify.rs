@@ -100,6 +100,8 @@ pub struct Artifact {
     pub semantics: Option<StubSemantics>,
     pub sections: Vec<SectionRef>,
     pub authenticode: BTreeMap<HashAlg, Digest>,
+    /// Authenticode of the kernel inside the UKI, which the stub loads with LoadImage.
+    pub kernel_authenticode: BTreeMap<HashAlg, Digest>,
     pub events: Vec<EventRef>,
     pub pcr11: Vec<PhaseValue>,
 }
@@ -174,6 +176,8 @@ struct UkiJson {
     file: String,
     #[serde(default)]
     authenticode: BTreeMap<String, String>,
+    #[serde(default)]
+    kernel_authenticode: BTreeMap<String, String>,
     stub: Option<StubJson>,
     #[serde(default)]
     sections: Vec<SectionJson>,
@@ -223,6 +227,7 @@ pub fn parse_manifest(file: &str, data: &[u8]) -> Result<Artifact, Error> {
             a.name = format!("{} ({})", uki.file, a.name);
         }
         a.authenticode = digests(&uki.authenticode)?;
+        a.kernel_authenticode = digests(&uki.kernel_authenticode)?;
         a.semantics = uki
             .stub
             .as_ref()
@@ -693,9 +698,20 @@ fn check_pcr4(
         .filter(|e| e.pcr == 4 && e.event_type == EventType::EV_EFI_BOOT_SERVICES_APPLICATION)
         .collect();
     for e in apps {
-        match refs.artifacts.iter().find(|a| matches_ref(e, &a.authenticode, banks)) {
-            Some(a) => checked.push(format!("PCR 4 event {} = Authenticode of {}", e.index, a.name)),
-            None => f.push(Finding::new(Severity::Reject, "unknown-event", "firmware-log", format!("event {}: an EFI application was loaded whose Authenticode hash matches no artifact", e.index)).at_event(e, banks.first().copied())),
+        let uki = refs
+            .artifacts
+            .iter()
+            .find(|a| matches_ref(e, &a.authenticode, banks));
+        let kernel = refs.artifacts.iter().find(|a| {
+            !a.kernel_authenticode.is_empty() && matches_ref(e, &a.kernel_authenticode, banks)
+        });
+        match (uki, kernel) {
+            (Some(a), _) => checked.push(format!("PCR 4 event {} = Authenticode of {}", e.index, a.name)),
+            (None, Some(a)) => checked.push(format!(
+                "PCR 4 event {} = Authenticode of the .linux kernel in {}",
+                e.index, a.name
+            )),
+            (None, None) => f.push(Finding::new(Severity::Reject, "unknown-event", "firmware-log", format!("event {}: an EFI application was loaded whose Authenticode hash matches no artifact", e.index)).at_event(e, banks.first().copied())),
         }
     }
 }
