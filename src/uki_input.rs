@@ -39,3 +39,19 @@ impl SemanticsArg {
         }
     }
 }
+
+/// Phase paths from `--phase` arguments, sorted and deduplicated as systemd-measure does; the
+/// `defaults` when none are given.
+pub fn phase_paths(
+    args: &[String],
+    defaults: Vec<imgctl_measure::PhasePath>,
+) -> anyhow::Result<Vec<imgctl_measure::PhasePath>> {
+    if args.is_empty() {
+        return Ok(defaults);
+    }
+    let parsed = args
+        .iter()
+        .map(|p| p.parse::<imgctl_measure::PhasePath>())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(imgctl_measure::PhasePath::sort_uniq(parsed))
+}

@@ -24,28 +24,7 @@ fn peers() -> bool {
         && require_tool("openssl", "openssl").is_some()
 }
 
-fn genkey(dir: &Path, name: &str, args: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
-    let key = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub.pem"));
-    run_ok(
-        Command::new("openssl")
-            .arg("genpkey")
-            .args(args)
-            .arg("-out")
-            .arg(&key),
-    );
-    run_ok(
-        Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&public),
-    );
-    (key, public)
-}
-
-const RSA: &[&str] = &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
-const EC: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+use common::{genkey, EC, RSA};
 
 /// (section, systemd-measure option, content)
 const CONTENT: &[(&str, &str, &[u8])] = &[

@@ -44,28 +44,7 @@ fn fails(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn genkey(dir: &Path, name: &str, alg: &[&str]) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub.pem"));
-    run_ok(
-        Command::new("openssl")
-            .arg("genpkey")
-            .args(alg)
-            .arg("-out")
-            .arg(&key),
-    );
-    run_ok(
-        Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&public),
-    );
-    (key, public)
-}
-
-const RSA: &[&str] = &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
-const EC: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+use common::{genkey, EC, RSA};
 
 fn build_uki(dir: &Path, name: &str, cmdline: &str) -> PathBuf {
     let sections = [

@@ -56,16 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         args.banks.clone()
     };
-    let phases = if args.phases.is_empty() {
-        PhasePath::defaults()
-    } else {
-        let parsed = args
-            .phases
-            .iter()
-            .map(|p| p.parse::<PhasePath>())
-            .collect::<Result<Vec<_>, _>>()?;
-        PhasePath::sort_uniq(parsed)
-    };
+    let phases = crate::uki_input::phase_paths(&args.phases, PhasePath::defaults())?;
     let prediction = crate::output::with_spinner("hashing sections", || {
         predict_pcr11(semantics, &as_measured(&sections), &banks, &phases)
     })

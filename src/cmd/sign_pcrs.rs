@@ -140,19 +140,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         b.dedup();
         b
     };
-    let phases = if args.phases.is_empty() {
-        DEFAULT_PHASE_PATHS
-            .iter()
-            .map(|p| p.parse())
-            .collect::<Result<Vec<PhasePath>, _>>()?
-    } else {
-        let parsed = args
-            .phases
-            .iter()
-            .map(|p| p.parse::<PhasePath>())
-            .collect::<Result<Vec<_>, _>>()?;
-        PhasePath::sort_uniq(parsed)
-    };
+    let defaults = DEFAULT_PHASE_PATHS
+        .iter()
+        .map(|p| p.parse())
+        .collect::<Result<Vec<PhasePath>, _>>()?;
+    let phases = crate::uki_input::phase_paths(&args.phases, defaults)?;
     let prediction = crate::output::with_spinner("hashing sections", || {
         predict_pcr11(semantics, &as_measured(&sections), &banks, &phases)
     })

@@ -85,3 +85,28 @@ pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// `openssl genpkey` options for an RSA-2048 and an ECDSA P-256 key.
+pub const RSA: &[&str] = &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
+pub const EC: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+
+/// A fresh private key `NAME.pem` (openssl genpkey with `alg`) and its public key `NAME.pub.pem`.
+pub fn genkey(dir: &Path, name: &str, alg: &[&str]) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    run_ok(
+        Command::new("openssl")
+            .arg("genpkey")
+            .args(alg)
+            .arg("-out")
+            .arg(&key),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&public),
+    );
+    (key, public)
+}
