@@ -13,7 +13,7 @@ pub fn load_uki(path: &Path) -> anyhow::Result<Vec<u8>> {
     }
     let recipe = Recipe::parse(path, data)?;
     let sde = crate::output::source_date_epoch()?;
-    let assembled = imgctl_builder::build::assemble_recipe(&recipe, sde)?;
+    let assembled = imgctl_builder::build::assemble_recipe(&recipe, sde, None)?;
     Ok(assembled.uki)
 }
 

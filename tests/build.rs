@@ -433,3 +433,51 @@ fn build_appends_to_the_log_and_writes_a_verifiable_proof() {
         .unwrap();
     assert!(!o.status.success());
 }
+
+/// `build --pcr-private-key`: .pcrsig (JSON + NUL) and .pcrpkey are embedded as ukify does; the
+/// embedded signature equals `imgctl sign-pcrs` on the same UKI (which tests/sign_pcrs.rs holds
+/// byte-identical to systemd-measure sign), and .pcrsig does not move PCR 11.
+#[test]
+fn build_with_a_pcr_key_embeds_pcrsig_and_pcrpkey() {
+    if require_tool(STUB, "systemd-boot-efi").is_none()
+        || require_tool("openssl", "openssl").is_none()
+    {
+        return;
+    }
+    let f = Fixture::new("");
+    let (key, public) = common::genkey(f.dir.path(), "pcr", common::RSA);
+    let out = f.path("out");
+    run_ok(
+        imgctl()
+            .arg("build")
+            .arg(f.path("recipe.yaml"))
+            .arg("-o")
+            .arg(&out)
+            .arg("--pcr-private-key")
+            .arg(&key),
+    );
+    let uki = out.join("t.efi");
+    let data = std::fs::read(&uki).unwrap();
+    let pe = goblin::pe::PE::parse(&data).unwrap();
+    let pcrsig = section(&pe, &data, ".pcrsig");
+    assert_eq!(pcrsig.last(), Some(&0), ".pcrsig ends in NUL");
+    let embedded: serde_json::Value = serde_json::from_slice(&pcrsig[..pcrsig.len() - 1]).unwrap();
+    let pem = String::from_utf8(section(&pe, &data, ".pcrpkey").to_vec()).unwrap();
+    assert_eq!(pem.trim(), std::fs::read_to_string(&public).unwrap().trim());
+    let signed: serde_json::Value = serde_json::from_slice(&run_ok(
+        imgctl()
+            .arg("sign-pcrs")
+            .arg(&uki)
+            .arg("--private-key")
+            .arg(&key),
+    ))
+    .unwrap();
+    assert_eq!(embedded, signed);
+    for bank in ["sha1", "sha256", "sha384", "sha512"] {
+        assert_eq!(
+            embedded[bank].as_array().unwrap().len(),
+            4,
+            "{bank}: the four default phases"
+        );
+    }
+}

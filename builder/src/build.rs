@@ -29,6 +29,9 @@ pub struct BuildOptions {
     pub source_date_epoch: u64,
     /// Stub semantics for the prediction; default: detected from the stub.
     pub semantics: Option<StubSemantics>,
+    /// Sign the predicted PCR 11 values with this key and embed `.pcrsig` (and `.pcrpkey`, when
+    /// the recipe has none), as ukify does with `--pcr-private-key`.
+    pub pcr_key: Option<imgctl_measure::keys::SigningKey>,
 }
 
 impl BuildOptions {
@@ -37,6 +40,7 @@ impl BuildOptions {
             out_dir,
             source_date_epoch,
             semantics: None,
+            pcr_key: None,
         }
     }
 }
@@ -170,7 +174,14 @@ pub struct Assembled {
 }
 
 /// Assembles the UKI a recipe describes, in memory.
-pub fn assemble_recipe(recipe: &Recipe, source_date_epoch: u64) -> Result<Assembled, Error> {
+///
+/// `pcrpkey` is the `.pcrpkey` content to use when the recipe names none (the public half of
+/// the PCR signing key, as ukify derives it).
+pub fn assemble_recipe(
+    recipe: &Recipe,
+    source_date_epoch: u64,
+    pcrpkey: Option<&[u8]>,
+) -> Result<Assembled, Error> {
     let stub_err = |e: Error| match e {
         Error::Stub(m) => Error::Stub(format!("stub {}: {m}", recipe.stub.display())),
         other => other,
@@ -261,6 +272,8 @@ pub fn assemble_recipe(recipe: &Recipe, source_date_epoch: u64) -> Result<Assemb
             Some(p.clone()),
             read(p, "reading the PCR public key")?,
         );
+    } else if let Some(pem) = pcrpkey {
+        push(".pcrpkey", "pcrpkey", None, pem.to_vec());
     }
     push(
         ".initrd",
@@ -291,12 +304,25 @@ pub fn assemble_recipe(recipe: &Recipe, source_date_epoch: u64) -> Result<Assemb
 /// Builds the UKI a recipe describes and writes it, its initrd, pcrs.json and manifest.json.
 pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildOutput, Error> {
     let banks = HashAlg::ALL;
+    let pcrpkey = match &opts.pcr_key {
+        Some(k) => Some(
+            k.verifying_key()
+                .to_pem()
+                .map_err(|e| Error::InvalidInput(format!("PCR signing key: {e}")))?
+                .into_bytes(),
+        ),
+        None => None,
+    };
     let Assembled {
         uki: uki_bytes,
         initrd,
         stub: stub_bytes,
         plan,
-    } = assemble_recipe(recipe, opts.source_date_epoch)?;
+    } = assemble_recipe(recipe, opts.source_date_epoch, pcrpkey.as_deref())?;
+    let uki_bytes = match &opts.pcr_key {
+        Some(key) => embed_pcrsig(uki_bytes, key, opts.semantics)?,
+        None => uki_bytes,
+    };
     // Measure what was built, from the built bytes.
     let uki = Uki::parse(&uki_bytes).map_err(imgctl_measure::Error::from)?;
     let identity = uki.identity();
@@ -431,6 +457,50 @@ fn to_json_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
     let mut out = serde_json::to_vec_pretty(v)
         .map_err(|e| Error::InvalidInput(format!("encoding JSON: {e}")))?;
     out.push(b'\n');
+    Ok(out)
+}
+
+/// Signs the UKI's PCR 11 values (every bank, systemd-measure's default phase paths) and appends
+/// the `.pcrsig` section: JSON + NUL, as ukify embeds it. `.pcrsig` is not measured, so the
+/// prediction of the result is the one signed (checked).
+fn embed_pcrsig(
+    uki_bytes: Vec<u8>,
+    key: &imgctl_measure::keys::SigningKey,
+    semantics: Option<StubSemantics>,
+) -> Result<Vec<u8>, Error> {
+    use imgctl_measure::uki::as_measured;
+    let phases: Vec<PhasePath> = imgctl_measure::pcr11::DEFAULT_PHASE_PATHS
+        .iter()
+        .map(|p| p.parse())
+        .collect::<Result<_, _>>()?;
+    let predict = |bytes: &[u8]| -> Result<Prediction, Error> {
+        let uki = Uki::parse(bytes).map_err(imgctl_measure::Error::from)?;
+        let semantics = semantics.unwrap_or_else(|| uki.identity().semantics());
+        let sections = uki.sections_for_profile(0)?;
+        Ok(imgctl_measure::predict_pcr11(
+            semantics,
+            &as_measured(&sections),
+            &HashAlg::ALL,
+            &phases,
+        )?)
+    };
+    let signed = predict(&uki_bytes)?;
+    let doc = imgctl_measure::pcrsig::sign(key, None, &signed)
+        .map_err(|e| Error::InvalidInput(format!("signing PCR 11: {e}")))?;
+    let mut data = doc.to_json().into_bytes();
+    data.push(0);
+    let out = assemble(
+        &uki_bytes,
+        &[NewSection {
+            name: ".pcrsig".into(),
+            data,
+        }],
+    )?;
+    if predict(&out)? != signed {
+        return Err(Error::InvalidInput(
+            "adding .pcrsig changed PCR 11; refusing to write".into(),
+        ));
+    }
     Ok(out)
 }
 

@@ -26,6 +26,10 @@ pub struct Args {
     /// Stub semantics for pcrs.json.
     #[arg(long, value_enum, default_value_t)]
     stub_semantics: SemanticsArg,
+    /// Sign the predicted PCR 11 values with this private key (PEM: RSA-2048 or ECDSA P-256)
+    /// and embed .pcrsig, plus .pcrpkey when the recipe names none, as ukify does.
+    #[arg(long, value_name = "FILE")]
+    pcr_private_key: Option<PathBuf>,
     /// Append the UKI's entry to this transparency log (see `imgctl log init`) and write its
     /// inclusion proof next to the UKI as NAME.efi.tlog-proof.
     #[arg(long, value_name = "DIR", requires = "log_key")]
@@ -50,6 +54,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         SemanticsArg::Systemd252 => Some(imgctl_measure::StubSemantics::Systemd252),
         SemanticsArg::Upstream => Some(imgctl_measure::StubSemantics::Upstream),
     };
+    if let Some(k) = &args.pcr_private_key {
+        let pem = std::fs::read(k).with_context(|| format!("reading {}", k.display()))?;
+        opts.pcr_key = Some(
+            imgctl_measure::keys::SigningKey::from_pem(&pem)
+                .with_context(|| format!("PCR signing key {}", k.display()))?,
+        );
+    }
     let out = crate::output::with_spinner("building", || build(&recipe, &opts))
         .with_context(|| format!("building {}", args.recipe.display()))?;
     let proof = match (&args.log, &args.log_key) {
