@@ -461,42 +461,71 @@ fn to_json_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
 }
 
 /// Signs the UKI's PCR 11 values (every bank, systemd-measure's default phase paths) and appends
-/// the `.pcrsig` section: JSON + NUL, as ukify embeds it. `.pcrsig` is not measured, so the
-/// prediction of the result is the one signed (checked).
+/// the `.pcrsig` section.
 fn embed_pcrsig(
     uki_bytes: Vec<u8>,
     key: &imgctl_measure::keys::SigningKey,
     semantics: Option<StubSemantics>,
 ) -> Result<Vec<u8>, Error> {
-    use imgctl_measure::uki::as_measured;
     let phases: Vec<PhasePath> = imgctl_measure::pcr11::DEFAULT_PHASE_PATHS
         .iter()
         .map(|p| p.parse())
         .collect::<Result<_, _>>()?;
-    let predict = |bytes: &[u8]| -> Result<Prediction, Error> {
-        let uki = Uki::parse(bytes).map_err(imgctl_measure::Error::from)?;
-        let semantics = semantics.unwrap_or_else(|| uki.identity().semantics());
-        let sections = uki.sections_for_profile(0)?;
-        Ok(imgctl_measure::predict_pcr11(
-            semantics,
-            &as_measured(&sections),
-            &HashAlg::ALL,
-            &phases,
-        )?)
-    };
-    let signed = predict(&uki_bytes)?;
+    let signed = predict_uki(&uki_bytes, semantics, 0, &HashAlg::ALL, &phases)?;
     let doc = imgctl_measure::pcrsig::sign(key, None, &signed)
         .map_err(|e| Error::InvalidInput(format!("signing PCR 11: {e}")))?;
-    let mut data = doc.to_json().into_bytes();
+    append_pcrsig(&uki_bytes, &doc.to_json(), semantics, 0, &signed)
+}
+
+/// PCR 11 of a UKI's `profile` in `banks` and `phases` (semantics detected when `None`).
+fn predict_uki(
+    bytes: &[u8],
+    semantics: Option<StubSemantics>,
+    profile: u32,
+    banks: &[HashAlg],
+    phases: &[PhasePath],
+) -> Result<Prediction, Error> {
+    let uki = Uki::parse(bytes).map_err(imgctl_measure::Error::from)?;
+    let semantics = semantics.unwrap_or_else(|| uki.identity().semantics());
+    let sections = uki.sections_for_profile(profile)?;
+    let measured = imgctl_measure::uki::as_measured(&sections);
+    Ok(imgctl_measure::predict_pcr11(
+        semantics, &measured, banks, phases,
+    )?)
+}
+
+/// The UKI with `.pcrsig` = `json` + NUL (as ukify embeds it) appended as its last section.
+/// Refuses a UKI that already has one, and checks that PCR 11 is still `signed`: `.pcrsig` is
+/// never measured, so the signature stays valid for the result.
+pub fn append_pcrsig(
+    uki: &[u8],
+    json: &str,
+    semantics: Option<StubSemantics>,
+    profile: u32,
+    signed: &Prediction,
+) -> Result<Vec<u8>, Error> {
+    let before = Uki::parse(uki).map_err(imgctl_measure::Error::from)?;
+    if before.pe.section(".pcrsig").is_some() {
+        return Err(Error::InvalidInput(
+            "the UKI already has a .pcrsig section".into(),
+        ));
+    }
+    let mut data = json.as_bytes().to_vec();
     data.push(0);
     let out = assemble(
-        &uki_bytes,
+        uki,
         &[NewSection {
             name: ".pcrsig".into(),
             data,
         }],
     )?;
-    if predict(&out)? != signed {
+    let banks: Vec<HashAlg> = signed.banks.iter().map(|(b, _)| *b).collect();
+    let phases: Vec<PhasePath> = signed
+        .banks
+        .first()
+        .map(|(_, v)| v.iter().map(|(p, _)| p.clone()).collect())
+        .unwrap_or_default();
+    if predict_uki(&out, semantics, profile, &banks, &phases)? != *signed {
         return Err(Error::InvalidInput(
             "adding .pcrsig changed PCR 11; refusing to write".into(),
         ));

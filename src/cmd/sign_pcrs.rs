@@ -82,43 +82,6 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     })
 }
 
-/// The UKI with `.pcrsig` = `json` + NUL appended as a new last section; refuses a UKI that
-/// already has one, and checks that PCR 11 did not move.
-fn embed_pcrsig(
-    uki: &[u8],
-    json: &str,
-    semantics: imgctl_measure::StubSemantics,
-    profile: u32,
-    signed: &imgctl_measure::Prediction,
-) -> anyhow::Result<Vec<u8>> {
-    let before = Uki::parse(uki)?;
-    if before.pe.section(".pcrsig").is_some() {
-        anyhow::bail!("the UKI already has a .pcrsig section");
-    }
-    let mut section = json.as_bytes().to_vec();
-    section.push(0);
-    let out = imgctl_builder::uki::assemble(
-        uki,
-        &[imgctl_builder::uki::NewSection {
-            name: ".pcrsig".into(),
-            data: section,
-        }],
-    )?;
-    let after = Uki::parse(&out)?;
-    let sections = after.sections_for_profile(profile)?;
-    let phases: Vec<PhasePath> = signed
-        .banks
-        .first()
-        .map(|(_, v)| v.iter().map(|(p, _)| p.clone()).collect())
-        .unwrap_or_default();
-    let banks: Vec<HashAlg> = signed.banks.iter().map(|(b, _)| *b).collect();
-    let again = predict_pcr11(semantics, &as_measured(&sections), &banks, &phases)?;
-    if again != *signed {
-        anyhow::bail!("adding .pcrsig changed the predicted PCR 11; refusing to write");
-    }
-    Ok(out)
-}
-
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let key = read_signing_key(&args.private_key)?;
     let public = match &args.public_key {
@@ -161,8 +124,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     let mut text = doc.to_json();
     if let Some(path) = &args.embed {
-        let signed = embed_pcrsig(&data, &text, semantics, args.profile, &prediction)
-            .with_context(|| format!("embedding .pcrsig into {}", args.input.display()))?;
+        let signed = imgctl_builder::build::append_pcrsig(
+            &data,
+            &text,
+            Some(semantics),
+            args.profile,
+            &prediction,
+        )
+        .with_context(|| format!("embedding .pcrsig into {}", args.input.display()))?;
         if uki.pe.section(".pcrpkey").is_none() {
             eprintln!(
                 "imgctl: warning: {} has no .pcrpkey section; systemd needs the public key \
