@@ -55,3 +55,24 @@ pub fn phase_paths(
         .collect::<Result<Vec<_>, _>>()?;
     Ok(imgctl_measure::PhasePath::sort_uniq(parsed))
 }
+
+/// Parses UKI bytes and returns the stub semantics to apply and the sections the stub sees for
+/// `profile`; errors name `input`.
+pub fn measured_sections<'a>(
+    input: &Path,
+    data: &'a [u8],
+    semantics: SemanticsArg,
+    profile: u32,
+) -> anyhow::Result<(
+    imgctl_measure::Uki<'a>,
+    imgctl_measure::StubSemantics,
+    Vec<imgctl_measure::uki::SectionData<'a>>,
+)> {
+    let uki = imgctl_measure::Uki::parse(data)
+        .with_context(|| format!("{}: not a valid PE image", input.display()))?;
+    let semantics = semantics.resolve(&uki);
+    let sections = uki
+        .sections_for_profile(profile)
+        .with_context(|| input.display().to_string())?;
+    Ok((uki, semantics, sections))
+}

@@ -38,6 +38,18 @@ fn with_tpm(tpm: &Swtpm) -> Command {
     c
 }
 
+/// `imgctl tpm seal --public-key PUBLIC --secret-file SECRET -o BLOB` against `tpm`.
+fn seal_cmd(tpm: &Swtpm, public: &Path, secret: &Path, blob: &Path) -> Command {
+    let mut c = with_tpm(tpm);
+    c.args(["tpm", "seal", "--public-key"])
+        .arg(public)
+        .arg("--secret-file")
+        .arg(secret)
+        .arg("-o")
+        .arg(blob);
+    c
+}
+
 fn fails(cmd: &mut Command) -> String {
     let o: Output = cmd.output().unwrap();
     assert!(!o.status.success(), "{cmd:?} unexpectedly succeeded");
@@ -148,15 +160,7 @@ fn unseal_succeeds_only_in_a_state_the_key_signed() {
     let secret = d.join("secret");
     std::fs::write(&secret, b"disk key 0123456789").unwrap();
     let blob = d.join("sealed.json");
-    run_ok(
-        with_tpm(&tpm)
-            .args(["tpm", "seal", "--public-key"])
-            .arg(&public)
-            .arg("--secret-file")
-            .arg(&secret)
-            .arg("-o")
-            .arg(&blob),
-    );
+    run_ok(&mut seal_cmd(&tpm, &public, &secret, &blob));
 
     extend_like_the_stub(&tpm, d, &uki);
     run_ok(with_tpm(&tpm).args(["tpm", "extend", "--pcr", "11", "--string", "enter-initrd"]));
@@ -283,15 +287,7 @@ fn unseal_reads_the_pcrsig_section_of_a_uki() {
     let blob = d.join("sealed.json");
     let secret = d.join("secret");
     std::fs::write(&secret, b"s3cret").unwrap();
-    run_ok(
-        with_tpm(&tpm)
-            .args(["tpm", "seal", "--public-key"])
-            .arg(&public)
-            .arg("--secret-file")
-            .arg(&secret)
-            .arg("-o")
-            .arg(&blob),
-    );
+    run_ok(&mut seal_cmd(&tpm, &public, &secret, &blob));
     extend_like_the_stub(&tpm, d, &signed_uki);
     let out = d.join("out");
     let o = unseal(&tpm, &blob, &signed_uki, &out);
@@ -511,15 +507,7 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     let (_, public) = genkey(d, "k", EC);
     let secret = d.join("secret");
     std::fs::write(&secret, b"x").unwrap();
-    run_ok(
-        with_tpm(&tpm)
-            .args(["tpm", "seal", "--public-key"])
-            .arg(&public)
-            .arg("--secret-file")
-            .arg(&secret)
-            .arg("-o")
-            .arg(&blob),
-    );
+    run_ok(&mut seal_cmd(&tpm, &public, &secret, &blob));
     let out = d.join("out");
     let o = unseal(&tpm, &blob, &junk, &out);
     assert!(!o.status.success());
@@ -585,15 +573,7 @@ fn a_locked_out_tpm_is_reported_as_such() {
     let secret = d.join("secret");
     std::fs::write(&secret, b"x").unwrap();
     let blob = d.join("sealed.json");
-    let e = fails(
-        with_tpm(&tpm)
-            .args(["tpm", "seal", "--public-key"])
-            .arg(&public)
-            .arg("--secret-file")
-            .arg(&secret)
-            .arg("-o")
-            .arg(&blob),
-    );
+    let e = fails(&mut seal_cmd(&tpm, &public, &secret, &blob));
     assert!(e.contains("dictionary-attack lockout"), "{e}");
     assert!(!blob.exists());
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use imgctl_measure::uki::as_measured;
-use imgctl_measure::{predict_pcr11, HashAlg, PhasePath, Uki};
+use imgctl_measure::{predict_pcr11, HashAlg, PhasePath};
 
 use crate::uki_input::{load_uki, SemanticsArg};
 
@@ -39,12 +39,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let data = load_uki(&args.input)?;
-    let uki = Uki::parse(&data)
-        .with_context(|| format!("{}: not a valid PE image", args.input.display()))?;
-    let semantics = args.stub_semantics.resolve(&uki);
-    let sections = uki
-        .sections_for_profile(args.profile)
-        .with_context(|| args.input.display().to_string())?;
+    let (_uki, semantics, sections) =
+        crate::uki_input::measured_sections(&args.input, &data, args.stub_semantics, args.profile)?;
     if !sections.iter().any(|(n, _)| n == ".linux") {
         eprintln!(
             "imgctl: warning: {} has no .linux section; is it a UKI?",

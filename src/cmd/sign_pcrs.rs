@@ -7,7 +7,7 @@ use anyhow::Context;
 use imgctl_measure::keys::{SigningKey, VerifyingKey};
 use imgctl_measure::pcr11::DEFAULT_PHASE_PATHS;
 use imgctl_measure::uki::as_measured;
-use imgctl_measure::{pcrsig, predict_pcr11, HashAlg, PhasePath, Uki};
+use imgctl_measure::{pcrsig, predict_pcr11, HashAlg, PhasePath};
 
 use crate::uki_input::{load_uki, SemanticsArg};
 
@@ -89,12 +89,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let data = load_uki(&args.input)?;
-    let uki = Uki::parse(&data)
-        .with_context(|| format!("{}: not a valid PE image", args.input.display()))?;
-    let semantics = args.stub_semantics.resolve(&uki);
-    let sections = uki
-        .sections_for_profile(args.profile)
-        .with_context(|| args.input.display().to_string())?;
+    let (uki, semantics, sections) =
+        crate::uki_input::measured_sections(&args.input, &data, args.stub_semantics, args.profile)?;
     let banks = if args.banks.is_empty() {
         HashAlg::ALL.to_vec()
     } else {
