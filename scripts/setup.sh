@@ -48,10 +48,61 @@ apt_update() {
 if lists_stale; then
     apt_update
 fi
+# What apt would remove to install $1...: "name version" lines (a dry run; nothing changes).
+removals() {
+    # shellcheck disable=SC2086
+    apt-get install -s -q --no-install-recommends "$@" 2>/dev/null |
+        sed -n 's/^Remv \([^ ]*\) \[\([^]]*\)\].*/\1 \2/p'
+}
+source_of() { apt-cache show --no-all-versions "$1" 2>/dev/null | sed -n 's/^Source: \([^ ]*\).*/\1/p' | head -n 1; }
+BACKPORTS_LIST=/etc/apt/sources.list.d/imgctl-bookworm-backports.sources
+
 if [ -n "$missing" ]; then
+    # Never remove what the machine already has. A stock machine may carry a newer build from
+    # bookworm-backports (e.g. qemu-utils 10.0 ~bpo12) that bookworm's package of the same source
+    # (qemu-system-x86 7.2) conflicts with: then take the missing packages of that source from
+    # bookworm-backports too, so the set is compatible, and stop if anything still conflicts.
+    # shellcheck disable=SC2086
+    conflicts=$(removals $missing)
+    if [ -n "$conflicts" ]; then
+        want=""
+        bpo_sources=$(echo "$conflicts" | while read -r name ver; do
+            case "$ver" in *~bpo12*) d=$(dpkg-query -W -f='${source:Package}' "$name" 2>/dev/null); echo "${d:-$name}";; esac
+        done | sort -u)
+        if [ -n "$bpo_sources" ]; then
+            if ! grep -qs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/*; then
+                say "adding bookworm-backports (the machine has packages from it: $(echo "$conflicts" | tr '\n' ' '))"
+                cat > "$BACKPORTS_LIST" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+                updated=no
+            fi
+            apt_update
+            for p in $missing; do
+                if echo "$bpo_sources" | grep -qx "$(source_of "$p")"; then
+                    want="$want $p/bookworm-backports"
+                else
+                    want="$want $p"
+                fi
+            done
+            missing=$want
+        fi
+        # shellcheck disable=SC2086
+        conflicts=$(removals $missing)
+        if [ -n "$conflicts" ]; then
+            echo "setup: installing$missing would remove packages this machine has:" >&2
+            echo "$conflicts" | sed 's/^/setup:   /' >&2
+            echo "setup: install a compatible set of these by hand (nothing was changed)" >&2
+            exit 1
+        fi
+    fi
     say "installing:$missing"
     # shellcheck disable=SC2086
-    apt-get install -y -q --no-install-recommends $missing
+    apt-get install -y -q --no-install-recommends --no-remove $missing
 else
     say "all Debian packages already installed"
 fi

@@ -71,9 +71,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("imgctl: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<output::StdoutError>() {
+            // The reader went away (`| head -1`): stop quietly, as a filter does.
+            Some(s) if s.is_closed_pipe() => ExitCode::FAILURE,
+            _ => {
+                eprintln!("imgctl: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use imgctl_measure::bank::{Digest, HashAlg};
 use imgctl_measure::breakglass;
 use imgctl_measure::eventlog::{self, EventLog, PcrValues, UserspaceLog};
+use crate::output::outln;
 
 /// List break-glass events (debug shells, emergency logins, recovery-key unlocks) and check the
 /// userspace log replays to the PCRs, so a removed or altered record is itself reported.
@@ -134,14 +135,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let consistent = problems.iter().all(|p| p.starts_with("no --pcrs"));
     if args.json {
         let out = serde_json::json!({"break_glass": events, "consistent": consistent, "problems": problems, "checked": checked});
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("{} break-glass event(s)", events.len());
+        outln!("{} break-glass event(s)", events.len());
         for e in &events {
-            println!("  {e}");
+            outln!("  {e}");
         }
         for p in &problems {
-            println!("  problem: {p}");
+            outln!("  problem: {p}");
         }
     }
     Ok(if !events.is_empty() {

@@ -9,6 +9,7 @@ use imgctl_builder::recipe::Recipe;
 use imgctl_measure::{HashAlg, PhasePath};
 
 use crate::uki_input::SemanticsArg;
+use crate::output::outln;
 
 /// Build the UKI a recipe describes, with its initrd, predicted PCRs (pcrs.json) and a
 /// manifest of every input and section with digests in every bank. Files are written
@@ -71,18 +72,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         crate::output::print_json(&out.manifest)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("built {} {}", recipe.name, recipe.version);
-    println!(
+    outln!("built {} {}", recipe.name, recipe.version);
+    outln!(
         "  uki       {} ({} bytes)",
         out.uki.display(),
         out.manifest.uki.size
     );
     if let Some(i) = &out.initrd {
-        println!("  initrd    {}", i.display());
+        outln!("  initrd    {}", i.display());
     }
-    println!("  pcrs      {}", out.pcrs.display());
-    println!("  manifest  {}", out.manifest_path.display());
-    println!(
+    outln!("  pcrs      {}", out.pcrs.display());
+    outln!("  manifest  {}", out.manifest_path.display());
+    outln!(
         "  stub      {} ({})",
         out.manifest
             .uki
@@ -93,10 +94,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         out.manifest.uki.stub.semantics
     );
     if let Some((path, index)) = &proof {
-        println!("  logged    entry {index}, proof {}", path.display());
+        outln!("  logged    entry {index}, proof {}", path.display());
     }
     if let Some(v) = out.prediction.get(HashAlg::SHA256, &PhasePath::default()) {
-        println!("  PCR 11 sha256 after the stub: {v}");
+        outln!("  PCR 11 sha256 after the stub: {v}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,5 @@
 //! `imgctl completions SHELL` and `imgctl manpage`.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -21,7 +20,10 @@ pub struct Args {
 pub struct ManArgs {}
 
 pub fn run(args: Args, mut cmd: clap::Command) -> anyhow::Result<ExitCode> {
-    clap_complete::generate(args.shell, &mut cmd, "imgctl", &mut std::io::stdout());
+    // Rendered into memory first: clap_complete panics when its writer fails.
+    let mut out = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "imgctl", &mut out);
+    crate::output::write_bytes(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -30,8 +32,6 @@ pub fn run_man(_args: ManArgs, cmd: clap::Command) -> anyhow::Result<ExitCode> {
     clap_mangen::Man::new(cmd)
         .render(&mut out)
         .context("rendering the man page")?;
-    std::io::stdout()
-        .write_all(&out)
-        .context("writing the man page")?;
+    crate::output::write_bytes(&out)?;
     Ok(ExitCode::SUCCESS)
 }

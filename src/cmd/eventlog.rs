@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use imgctl_measure::eventlog::{self, describe, EventLog};
+use crate::output::outln;
 
 /// List or replay a TCG PC Client firmware event log (binary_bios_measurements).
 ///
@@ -54,11 +55,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 eprintln!("imgctl: PCR {pcr} ({bank}) not replayed: {why}");
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&r.to_json())?);
+                outln!("{}", serde_json::to_string_pretty(&r.to_json())?);
             } else {
                 for (bank, pcrs) in &r.values {
                     for (pcr, d) in pcrs {
-                        println!("{bank} {pcr:2} {d}");
+                        outln!("{bank} {pcr:2} {d}");
                     }
                 }
             }
@@ -98,13 +99,13 @@ fn show(log: &EventLog, json: bool) -> anyhow::Result<ExitCode> {
             "findings": eventlog::lint::lint(log),
             "events": events,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     for f in eventlog::lint::lint(log) {
         eprintln!("WARN: {}", f.message);
     }
-    println!(
+    outln!(
         "# {:?} log, banks {}",
         log.format,
         log.banks()
@@ -114,16 +115,16 @@ fn show(log: &EventLog, json: bool) -> anyhow::Result<ExitCode> {
             .join(",")
     );
     for e in &log.events {
-        println!(
+        outln!(
             "{:3} PCR {:2} {} @{:#x}",
             e.index, e.pcr, e.event_type, e.offset
         );
         for (b, d) in &e.digests {
-            println!("      {b}: {d}");
+            outln!("      {b}: {d}");
         }
         let desc = describe(e);
         if !desc.is_empty() {
-            println!("      {desc}");
+            outln!("      {desc}");
         }
     }
     Ok(ExitCode::SUCCESS)

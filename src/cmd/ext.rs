@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use imgctl_extensions::pipeline::{build, inspect_file, BuildOptions};
 use imgctl_extensions::ExtensionSpec;
+use crate::output::outln;
 
 /// System (sysext) and configuration (confext) extension images: erofs/squashfs + dm-verity +
 /// signed root hash, in a GPT disk image that systemd-sysext/-confext and systemd-dissect accept.
@@ -128,22 +129,22 @@ fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let m = &out.manifest;
-    println!(
+    outln!(
         "built {} {} {} ({})",
         m.kind,
         m.name,
         m.version,
         m.filesystem_name()
     );
-    println!("  image      {} ({} bytes)", out.image.display(), m.size);
-    println!("  sha256     {}", m.sha256);
-    println!("  root hash  {}", m.verity.root_hash);
-    println!(
+    outln!("  image      {} ({} bytes)", out.image.display(), m.size);
+    outln!("  sha256     {}", m.sha256);
+    outln!("  root hash  {}", m.verity.root_hash);
+    outln!(
         "  signed     {}",
         if m.verity.signed { "yes" } else { "no" }
     );
-    println!("  files      {}", m.files.len());
-    println!("  manifest   {}", out.manifest_path.display());
+    outln!("  files      {}", m.files.len());
+    outln!("  manifest   {}", out.manifest_path.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -161,9 +162,9 @@ fn run_inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
             "ok": ok,
         }))?;
     } else {
-        println!("disk {}", insp.disk_uuid);
+        outln!("disk {}", insp.disk_uuid);
         for p in &insp.partitions {
-            println!(
+            outln!(
                 "  {:<16} {} uuid {} offset {} size {} label {:?}",
                 p.designator.unwrap_or("?"),
                 p.architecture.unwrap_or("?"),
@@ -174,19 +175,19 @@ fn run_inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
             );
         }
         if let Some(v) = &insp.verity {
-            println!(
+            outln!(
                 "verity {} type {} blocks {}×{} uuid {} salt {}",
                 v.hash_algorithm, v.hash_type, v.data_blocks, v.data_block_size, v.uuid, v.salt
             );
         }
         if let Some(s) = &insp.signature {
-            println!(
+            outln!(
                 "signature root hash {} ({} bytes PKCS#7)",
                 s.root_hash, s.signature_size
             );
         }
         if let Some(c) = &check {
-            println!(
+            outln!(
                 "recomputed root hash {}: hash partition {}, signature {}",
                 c.root_hash,
                 if c.hash_partition_matches {
@@ -235,7 +236,7 @@ fn run_verity(args: VerityArgs) -> anyhow::Result<ExitCode> {
             "hash_device_size": tree.hash_device.len(),
         }))?;
     } else {
-        println!("{}", tree.root_hash_hex());
+        outln!("{}", tree.root_hash_hex());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -263,9 +264,9 @@ fn run_predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for s in &m {
-        println!("PCR {} \"{}\": {}", s.pcr, s.description, s.files.join(" "));
+        outln!("PCR {} \"{}\": {}", s.pcr, s.description, s.files.join(" "));
         for b in &s.banks {
-            println!(
+            outln!(
                 "  {:<7} event {}  pcr {}",
                 b.bank, b.event_digest, b.pcr_value
             );

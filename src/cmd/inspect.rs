@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use imgctl_measure::{HashAlg, Uki};
 use serde::Serialize;
+use crate::output::outln;
 
 /// Show a UKI's sections (offset, sizes, sha256), the stub it was built from, and its
 /// os-release, command line and kernel release.
@@ -106,28 +107,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         crate::output::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{} ({} bytes, {}, {})",
         report.file,
         report.size,
         report.machine,
         if report.signed { "signed" } else { "unsigned" }
     );
-    println!(
+    outln!(
         "stub: {} {} (measures as {})",
         report.stub.as_deref().unwrap_or("unknown"),
         report.stub_version.as_deref().unwrap_or(""),
         report.semantics
     );
     if report.profiles > 0 {
-        println!("profiles: {}", report.profiles);
+        outln!("profiles: {}", report.profiles);
     }
-    println!(
+    outln!(
         "\n{:<9} {:>10} {:>10} {:>10} {:>10} {:<4} sha256",
         "section", "offset", "vaddr", "vsize", "rawsize", "pcr"
     );
     for s in &report.sections {
-        println!(
+        outln!(
             "{:<9} {:>#10x} {:>#10x} {:>10} {:>10} {:<4} {}",
             s.name,
             s.offset,
@@ -144,7 +145,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ("uname", &report.uname),
     ] {
         if let Some(v) = v {
-            println!("\n{label}:\n{}", v.trim_end());
+            outln!("\n{label}:\n{}", v.trim_end());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -11,6 +11,7 @@ use imgctl_measure::tlog::{LogEntry, TlogProof};
 use imgctl_tlog_store::client::{self, TileFetch};
 use imgctl_tlog_store::{Appender, FolderTiles, HttpTiles, LogReader};
 use serde_json::json;
+use crate::output::{outln, out};
 
 /// Manage and check a transparency log of measurements.
 ///
@@ -221,12 +222,12 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     };
     let signed = imgctl_tlog_store::init(&a.dir, &signer)?;
     if a.json {
-        println!(
+        outln!(
             "{}",
             json!({"origin": signer.name(), "vkey": signer.verifier().vkey(), "checkpoint": signed})
         );
     } else {
-        println!("{}", signer.verifier().vkey());
+        outln!("{}", signer.verifier().vkey());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -309,13 +310,13 @@ fn append(a: AppendArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if a.json {
-        println!(
+        outln!(
             "{}",
             json!({"indices": indices, "size": r.checkpoint.size, "checkpoint": r.signed_checkpoint})
         );
     } else {
         for i in indices {
-            println!("{i}");
+            outln!("{i}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -329,9 +330,9 @@ fn show_checkpoint(a: CheckpointArgs) -> anyhow::Result<ExitCode> {
     let r = LogReader::open(&a.dir)?;
     let (c, signed) = r.checkpoint()?;
     if a.json {
-        println!("{}", checkpoint_json(&c));
+        outln!("{}", checkpoint_json(&c));
     } else {
-        print!("{signed}");
+        out!("{signed}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -343,7 +344,7 @@ fn prove(a: ProveArgs) -> anyhow::Result<ExitCode> {
         Some(o) => {
             std::fs::write(&o, p.to_text()).with_context(|| format!("writing {}", o.display()))?
         }
-        None => print!("{}", p.to_text()),
+        None => out!("{}", p.to_text()),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -397,11 +398,17 @@ fn source(s: &str) -> anyhow::Result<Box<dyn TileFetch>> {
     }
 }
 
+/// Prints a verdict; the exit code is the verdict's even when stdout is closed or full.
 fn verdict(json_out: bool, ok: bool, value: serde_json::Value, text: &str) -> ExitCode {
-    if json_out {
-        println!("{value}");
+    let shown = if json_out {
+        crate::output::write_stdout(format_args!("{value}\n"))
     } else {
-        println!("{text}");
+        crate::output::write_stdout(format_args!("{text}\n"))
+    };
+    if let Err(e) = shown {
+        if !e.is_closed_pipe() {
+            eprintln!("imgctl: error: {e}");
+        }
     }
     if ok {
         ExitCode::SUCCESS
@@ -558,12 +565,12 @@ fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|(i, e)| json!({"index": i, "entry": entry_view(e)}))
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({"checkpoint": checkpoint_json(&c), "vkey": r.vkey().vkey(), "entries": list})
         );
     } else {
-        println!(
+        outln!(
             "origin {}\nsize {}\nroot {}\nvkey {}",
             c.origin,
             c.size,
@@ -572,8 +579,8 @@ fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
         );
         for (i, e) in entries {
             match LogEntry::parse(&e) {
-                Ok(le) => println!("{i}\t{} {} {}", le.kind(), le.name(), le.version()),
-                Err(_) => println!("{i}\t{}", String::from_utf8_lossy(&e).escape_debug()),
+                Ok(le) => outln!("{i}\t{} {} {}", le.kind(), le.name(), le.version()),
+                Err(_) => outln!("{i}\t{}", String::from_utf8_lossy(&e).escape_debug()),
             }
         }
     }

@@ -8,6 +8,7 @@ use imgctl_measure::uki::as_measured;
 use imgctl_measure::{predict_pcr11, HashAlg, PhasePath};
 
 use crate::uki_input::{load_uki, SemanticsArg};
+use crate::output::outln;
 
 /// Predict the PCR 11 values a machine shows when it boots a UKI with systemd-stub: right
 /// after the stub (the empty boot path ":") and after each systemd-pcrphase step.
@@ -60,17 +61,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         crate::output::print_json(&prediction.to_json())?;
     } else {
-        println!("# stub semantics: {}", semantics.name());
+        outln!("# stub semantics: {}", semantics.name());
         for phase in &phases {
             let label = if phase.is_empty() {
                 ":".to_owned()
             } else {
                 phase.to_string()
             };
-            println!("# PCR[11] phase <{label}>");
+            outln!("# PCR[11] phase <{label}>");
             for bank in &banks {
                 if let Some(d) = prediction.get(*bank, phase) {
-                    println!("11:{bank}={d}");
+                    outln!("11:{bank}={d}");
                 }
             }
         }

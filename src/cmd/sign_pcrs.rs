@@ -10,6 +10,7 @@ use imgctl_measure::uki::as_measured;
 use imgctl_measure::{pcrsig, predict_pcr11, HashAlg, PhasePath};
 
 use crate::uki_input::{load_uki, SemanticsArg};
+use crate::output::out;
 
 /// Sign the PCR 11 values a UKI will produce, per bank and boot phase: the `.pcrsig` JSON that
 /// `systemd-measure sign` writes and ukify embeds, computed in software (no TPM needed).
@@ -140,7 +141,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     text.push('\n');
     match &args.output {
         Some(path) => write_atomically(path, text.as_bytes())?,
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@ use imgctl_tpm::{SealedBlob, Tpm, DEFAULT_TCTI};
 use serde_json::json;
 
 use crate::cmd::sign_pcrs::{read_verifying_key, write_atomically};
+use crate::output::outln;
 
 /// Talk to a TPM: read and extend PCRs, quote them, seal a secret to a signed PCR policy.
 ///
@@ -198,7 +199,7 @@ fn pcrs(tcti: &str, a: PcrsArgs) -> anyhow::Result<ExitCode> {
     } else {
         for (bank, vals) in &values {
             for (p, d) in vals {
-                println!("{p}:{bank}={d}");
+                outln!("{p}:{bank}={d}");
             }
         }
     }

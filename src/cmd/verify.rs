@@ -8,6 +8,7 @@ use base64::Engine as _;
 use imgctl_measure::eventlog::{EventLog, UserspaceLog};
 use imgctl_measure::quote::{verify_quote, AkPublic, Signature};
 use imgctl_measure::verify::{self, Finding, Policy, References, Severity, Verdict};
+use crate::output::outln;
 
 /// Verify a machine's event logs (and TPM quote) against a policy and the published references.
 ///
@@ -153,7 +154,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .iter()
             .any(|f| f.severity == Severity::Reject);
     }
-    print_verdict(&verdict, args.json)?;
+    // The verdict is the exit code: a closed or full stdout must not turn it into another one.
+    if let Err(e) = print_verdict(&verdict, args.json) {
+        match e.downcast_ref::<crate::output::StdoutError>() {
+            Some(s) if s.is_closed_pipe() => {}
+            _ => eprintln!("imgctl: error: {e:#}"),
+        }
+    }
     Ok(if verdict.accepted {
         ExitCode::SUCCESS
     } else {
@@ -167,12 +174,12 @@ fn quote_finding(message: String) -> Finding {
 
 fn print_verdict(v: &Verdict, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(v)?);
+        outln!("{}", serde_json::to_string_pretty(v)?);
         return Ok(());
     }
-    println!("{}", if v.accepted { "ACCEPT" } else { "REJECT" });
+    outln!("{}", if v.accepted { "ACCEPT" } else { "REJECT" });
     for q in &v.quirks {
-        println!("  quirk {} (PCR {}): {}", q.id, q.pcr, q.detail);
+        outln!("  quirk {} (PCR {}): {}", q.id, q.pcr, q.detail);
     }
     for (i, f) in v.findings.iter().enumerate() {
         let lead = if i == 0 && f.severity == Severity::Reject {
@@ -182,7 +189,7 @@ fn print_verdict(v: &Verdict, json: bool) -> anyhow::Result<()> {
         } else {
             "note"
         };
-        println!("  {lead}: [{}] {}", f.kind, f.message);
+        outln!("  {lead}: [{}] {}", f.kind, f.message);
         let mut at = Vec::new();
         if let Some(p) = f.pcr {
             at.push(format!("PCR {p}"));
@@ -194,19 +201,19 @@ fn print_verdict(v: &Verdict, json: bool) -> anyhow::Result<()> {
             at.push(t.clone());
         }
         if !at.is_empty() {
-            println!("      at: {}", at.join(", "));
+            outln!("      at: {}", at.join(", "));
         }
         if let Some(d) = &f.digest {
-            println!("      digest: {d}");
+            outln!("      digest: {d}");
         }
         if let Some(d) = &f.description {
-            println!("      description: {d}");
+            outln!("      description: {d}");
         }
         if let Some(e) = &f.expected {
-            println!("      expected: {e}");
+            outln!("      expected: {e}");
         }
         if let Some(a) = &f.artifact {
-            println!("      artifact: {a}");
+            outln!("      artifact: {a}");
         }
     }
     for c in &v.checked {

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use imgctl_measure::guest_report::{GuestReport, MARK_DONE};
 
 use crate::vm::{self, Accel, Ending, VmConfig};
+use crate::output::outln;
 
 /// Boot a UKI under QEMU with OVMF and a private swtpm TPM 2.0, serial console on stderr.
 ///
@@ -149,14 +150,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             capture: args.capture.as_deref(),
         };
         let out = serde_json::to_string_pretty(&out)?;
-        println!("{out}");
+        outln!("{out}");
     } else {
         let banks: Vec<String> = report
             .pcrs
             .iter()
             .map(|(b, v)| format!("{} {b}", v.len()))
             .collect();
-        println!(
+        outln!(
             "{result} after {:.1}s ({}): PCRs read: {}; event log: {}",
             run.elapsed.as_secs_f64(),
             run.accel.name(),

@@ -1,0 +1,537 @@
+//! imgctl's file I/O edge, in one place.
+//!
+//! - **Reading untrusted inputs** ([`read_bounded`], [`open_regular`]): every input must be a
+//!   regular file (a FIFO, `/dev/zero` or a folder is refused with a message); inputs whose format
+//!   has a natural bound (keys, policies, proofs, event logs, quotes, notes, recipes) are read
+//!   with a cap and refused past it; large inputs are opened for streaming.
+//! - **Writing outputs** ([`Transaction`], [`write_atomic`]): every file is written under a
+//!   temporary name beside its final one, fsynced, and renamed into place only when all of a
+//!   command's files were written, then the folder is fsynced. A failed or interrupted command
+//!   leaves nothing new under a final name and the old files untouched. Temporaries are removed
+//!   on error, on drop, and on SIGINT/SIGTERM ([`remove_registered_temporaries`], called from the
+//!   CLI's signal handler); those left by a killed run (`kill -9`) are reclaimed by the next run
+//!   that writes into the same folder ([`reclaim_stale`]).
+//! - **Output paths** ([`check_output`]): an output never replaces a device node, FIFO, socket,
+//!   symlink or folder, and is never one of the command's inputs.
+//!
+//! This is the only crate whose job is file I/O; pure crates (`measure`) never open files.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// What went wrong, naming the path.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {action}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{}: not a regular file ({kind}){hint}", path.display())]
+    NotRegular {
+        path: PathBuf,
+        kind: &'static str,
+        hint: &'static str,
+    },
+    #[error("{}: {size_desc} is larger than the {cap}-byte limit for {what}", path.display())]
+    TooLarge {
+        path: PathBuf,
+        what: &'static str,
+        cap: u64,
+        size_desc: String,
+    },
+    #[error("{}: refusing to write over a {kind}", path.display())]
+    OutputIsSpecial { path: PathBuf, kind: &'static str },
+    #[error("{}: the output is also an input ({})", path.display(), input.display())]
+    OutputIsInput { path: PathBuf, input: PathBuf },
+    #[error("{}: has no file name", path.display())]
+    NoFileName { path: PathBuf },
+}
+
+impl Error {
+    pub fn io(path: &Path, action: &'static str, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.to_owned(),
+            action,
+            source,
+        }
+    }
+
+    /// The path the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Error::Io { path, .. }
+            | Error::NotRegular { path, .. }
+            | Error::TooLarge { path, .. }
+            | Error::OutputIsSpecial { path, .. }
+            | Error::OutputIsInput { path, .. }
+            | Error::NoFileName { path } => path,
+        }
+    }
+}
+
+fn kind_of(ft: &std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "a folder"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "a regular file"
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+// ---------------------------------------------------------------------------------------------
+
+/// Opens `path` for reading after checking that it is a regular file (following symlinks, as
+/// `open` does). Returns the file and its size.
+pub fn open_regular(path: &Path) -> Result<(File, u64), Error> {
+    let file = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(path, "reading metadata", e))?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let hint = if ft.is_dir() {
+            ""
+        } else {
+            ": endless and special inputs are refused"
+        };
+        return Err(Error::NotRegular {
+            path: path.to_owned(),
+            kind: kind_of(&ft),
+            hint,
+        });
+    }
+    Ok((file, meta.len()))
+}
+
+/// Reads a whole regular file of at most `cap` bytes. `what` names the kind of input in the
+/// error ("an event log", "a policy"). The file is read through a `take(cap + 1)` so a file that
+/// grows while being read is refused too.
+pub fn read_bounded(path: &Path, cap: u64, what: &'static str) -> Result<Vec<u8>, Error> {
+    let (file, len) = open_regular(path)?;
+    if len > cap {
+        return Err(Error::TooLarge {
+            path: path.to_owned(),
+            what,
+            cap,
+            size_desc: format!("its {len} bytes are"),
+        });
+    }
+    let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut data)
+        .map_err(|e| Error::io(path, "reading", e))?;
+    if data.len() as u64 > cap {
+        return Err(Error::TooLarge {
+            path: path.to_owned(),
+            what,
+            cap,
+            size_desc: "it grew while being read and".to_owned(),
+        });
+    }
+    Ok(data)
+}
+
+/// Reads at most `cap` bytes from a stream (stdin), refusing more.
+pub fn read_stream_bounded(
+    mut r: impl Read,
+    name: &Path,
+    cap: u64,
+    what: &'static str,
+) -> Result<Vec<u8>, Error> {
+    let mut data = Vec::new();
+    (&mut r)
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut data)
+        .map_err(|e| Error::io(name, "reading", e))?;
+    if data.len() as u64 > cap {
+        return Err(Error::TooLarge {
+            path: name.to_owned(),
+            what,
+            cap,
+            size_desc: "the input".to_owned(),
+        });
+    }
+    Ok(data)
+}
+
+/// Size caps for inputs whose format has a natural bound. Generous for real data, small enough
+/// that an endless or hostile input is refused quickly.
+pub mod caps {
+    /// PEM/DER keys and certificates.
+    pub const KEY: u64 = 1 << 20;
+    /// Verification policies, recipes, manifests, pcrs.json.
+    pub const POLICY: u64 = 16 << 20;
+    /// Firmware event logs (real ones are 10–100 KiB).
+    pub const EVENT_LOG: u64 = 64 << 20;
+    /// systemd's userspace measurement log.
+    pub const USERSPACE_LOG: u64 = 64 << 20;
+    /// TPM quotes, signatures, AK public areas.
+    pub const QUOTE: u64 = 1 << 20;
+    /// Signed notes, checkpoints, proofs.
+    pub const NOTE: u64 = 1 << 20;
+    /// A raw log entry.
+    pub const ENTRY: u64 = 16 << 20;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output paths
+// ---------------------------------------------------------------------------------------------
+
+/// Checks that `out` may be written: if something is there it is a regular file (not a device,
+/// FIFO, socket, symlink or folder), and it is none of `inputs` (compared by device and inode,
+/// so another spelling of the same file is caught).
+pub fn check_output(out: &Path, inputs: &[&Path]) -> Result<(), Error> {
+    match std::fs::symlink_metadata(out) {
+        Ok(m) => {
+            let ft = m.file_type();
+            if !ft.is_file() {
+                return Err(Error::OutputIsSpecial {
+                    path: out.to_owned(),
+                    kind: kind_of(&ft),
+                });
+            }
+            for i in inputs {
+                if let Ok(im) = std::fs::metadata(i) {
+                    if im.dev() == m.dev() && im.ino() == m.ino() {
+                        return Err(Error::OutputIsInput {
+                            path: out.to_owned(),
+                            input: i.to_path_buf(),
+                        });
+                    }
+                }
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(out, "checking the output path", e)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------------------------
+
+/// The marker in every temporary name: `.NAME.imgctl-tmp-PID`.
+const TMP_MARK: &str = ".imgctl-tmp-";
+
+static REGISTERED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn register(p: &Path) {
+    if let Ok(mut r) = REGISTERED.lock() {
+        r.push(p.to_owned());
+    }
+}
+
+fn unregister(p: &Path) {
+    if let Ok(mut r) = REGISTERED.lock() {
+        r.retain(|x| x != p);
+    }
+}
+
+/// Removes every temporary that a transaction of this process has not committed yet. The CLI
+/// calls it from its SIGINT/SIGTERM handler before exiting.
+pub fn remove_registered_temporaries() {
+    if let Ok(r) = REGISTERED.lock() {
+        for p in r.iter() {
+            let _ = std::fs::remove_file(p);
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Registers a temporary folder (a staging tree) for removal on a signal; [`forget_temporary`]
+/// once it is committed or removed.
+pub fn register_temporary(p: &Path) {
+    register(p);
+}
+
+/// Stops tracking a temporary registered with [`register_temporary`].
+pub fn forget_temporary(p: &Path) {
+    unregister(p);
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// The temporary name for `name` in this process: `.NAME.imgctl-tmp-PID`.
+pub fn temporary_name(name: &str) -> String {
+    format!(".{name}{TMP_MARK}{}", std::process::id())
+}
+
+/// Removes temporaries in `dir` left by imgctl processes that no longer run (a `kill -9`).
+/// Returns how many were removed. Errors reading the folder are ignored: reclaiming is a
+/// courtesy, never a reason to fail the command.
+pub fn reclaim_stale(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pos) = name.rfind(TMP_MARK) else {
+            continue;
+        };
+        if !name.starts_with('.') {
+            continue;
+        }
+        let Ok(pid) = name[pos + TMP_MARK.len()..].parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() || pid_alive(pid) {
+            continue;
+        }
+        let p = e.path();
+        let removed = match e.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p).is_ok(),
+            _ => std::fs::remove_file(&p).is_ok(),
+        };
+        if removed {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, "syncing the folder", e))
+}
+
+/// A set of files written together: each is staged under a temporary name beside its final
+/// path and synced; [`Transaction::commit`] renames them into place in the order added (put the
+/// file that marks completeness, e.g. a manifest, last) and syncs their folders. Dropping an
+/// uncommitted transaction removes its temporaries.
+#[derive(Debug, Default)]
+pub struct Transaction {
+    pending: Vec<(PathBuf, PathBuf)>,
+    inputs: Vec<PathBuf>,
+}
+
+impl Transaction {
+    pub fn new() -> Transaction {
+        Transaction::default()
+    }
+
+    /// Names the command's inputs, so no output may be one of them.
+    pub fn with_inputs<P: AsRef<Path>>(inputs: impl IntoIterator<Item = P>) -> Transaction {
+        Transaction {
+            pending: Vec::new(),
+            inputs: inputs.into_iter().map(|p| p.as_ref().to_owned()).collect(),
+        }
+    }
+
+    fn stage_path(&mut self, path: &Path) -> Result<PathBuf, Error> {
+        let inputs: Vec<&Path> = self.inputs.iter().map(PathBuf::as_path).collect();
+        check_output(path, &inputs)?;
+        if self.pending.iter().any(|(_, f)| f == path) {
+            return Err(Error::io(
+                path,
+                "staging",
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "named twice as an output"),
+            ));
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::NoFileName {
+                path: path.to_owned(),
+            })?;
+        let dir = parent_of(path);
+        reclaim_stale(dir);
+        let tmp = dir.join(temporary_name(name));
+        // Recorded before writing, so a partial temporary is removed too.
+        register(&tmp);
+        self.pending.push((tmp.clone(), path.to_owned()));
+        Ok(tmp)
+    }
+
+    /// Stages `data` for `path`.
+    pub fn add(&mut self, path: &Path, data: &[u8]) -> Result<(), Error> {
+        self.add_with(path, |w| w.write_all(data))
+    }
+
+    /// Stages a file for `path` whose content `write` streams into the given writer.
+    pub fn add_with(
+        &mut self,
+        path: &Path,
+        write: impl FnOnce(&mut std::io::BufWriter<&File>) -> std::io::Result<()>,
+    ) -> Result<(), Error> {
+        let tmp = self.stage_path(path)?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, "creating", e))?;
+        let mut w = std::io::BufWriter::new(&f);
+        write(&mut w)
+            .and_then(|()| w.flush())
+            .map_err(|e| Error::io(path, "writing", e))?;
+        drop(w);
+        f.sync_all().map_err(|e| Error::io(path, "syncing", e))?;
+        Ok(())
+    }
+
+    /// Stages an existing file (written by a tool) for `path`: `produce` gets the temporary
+    /// path to write to; the result is synced.
+    pub fn add_path(
+        &mut self,
+        path: &Path,
+        produce: impl FnOnce(&Path) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let tmp = self.stage_path(path)?;
+        produce(&tmp)?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(path, "syncing", e))
+    }
+
+    /// The final paths staged so far.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.pending.iter().map(|(_, f)| f.as_path())
+    }
+
+    /// Renames every staged file into place, in the order staged, and syncs each folder. A
+    /// failed rename removes what is still staged; files already renamed stay (they are
+    /// complete; the file staged last, e.g. the manifest, is what marks a finished output).
+    pub fn commit(mut self) -> Result<(), Error> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (i, (tmp, fin)) in pending.iter().enumerate() {
+            // Re-checked just before the rename: nothing may have put a special file there.
+            let inputs: Vec<&Path> = self.inputs.iter().map(PathBuf::as_path).collect();
+            let res = check_output(fin, &inputs).and_then(|()| {
+                std::fs::rename(tmp, fin).map_err(|e| Error::io(fin, "renaming into place", e))
+            });
+            if let Err(e) = res {
+                for (t, _) in &pending[i..] {
+                    let _ = std::fs::remove_file(t);
+                    unregister(t);
+                }
+                return Err(e);
+            }
+            unregister(tmp);
+            let d = parent_of(fin).to_owned();
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+        for d in dirs {
+            sync_dir(&d)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.pending {
+            let _ = std::fs::remove_file(tmp);
+            unregister(tmp);
+        }
+    }
+}
+
+/// Writes one file atomically (a [`Transaction`] of one).
+pub fn write_atomic(path: &Path, data: &[u8], inputs: &[&Path]) -> Result<(), Error> {
+    let mut t = Transaction::with_inputs(inputs.iter().copied());
+    t.add(path, data)?;
+    t.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_bounded_refuses_special_and_oversized_inputs() {
+        let e = read_bounded(Path::new("/dev/zero"), 10, "a key").unwrap_err();
+        assert!(e.to_string().contains("character device"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        std::fs::write(&p, [0u8; 11]).unwrap();
+        let e = read_bounded(&p, 10, "a key").unwrap_err();
+        assert!(e.to_string().contains("10-byte limit for a key"), "{e}");
+        assert_eq!(read_bounded(&p, 11, "a key").unwrap().len(), 11);
+        let e = read_bounded(dir.path(), 10, "a key").unwrap_err();
+        assert!(e.to_string().contains("a folder"), "{e}");
+    }
+
+    #[test]
+    fn outputs_never_replace_special_files_or_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = write_atomic(Path::new("/dev/null"), b"x", &[]).unwrap_err();
+        assert!(e.to_string().contains("character device"), "{e}");
+        let input = dir.path().join("in");
+        std::fs::write(&input, b"data").unwrap();
+        let e = write_atomic(&input, b"x", &[&input]).unwrap_err();
+        assert!(matches!(e, Error::OutputIsInput { .. }), "{e}");
+        std::os::unix::fs::symlink(&input, dir.path().join("link")).unwrap();
+        let e = write_atomic(&dir.path().join("link"), b"x", &[]).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read(&input).unwrap(), b"data");
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        assert!(write_atomic(&dir.path().join("sub"), b"x", &[]).is_err());
+    }
+
+    #[test]
+    fn a_dropped_transaction_leaves_nothing_and_commit_renames_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::write(&a, b"old").unwrap();
+        {
+            let mut t = Transaction::new();
+            t.add(&a, b"new").unwrap();
+            t.add(&b, b"new").unwrap();
+        }
+        assert_eq!(std::fs::read(&a).unwrap(), b"old");
+        assert!(!b.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let mut t = Transaction::new();
+        t.add(&a, b"new").unwrap();
+        t.add(&b, b"new").unwrap();
+        t.commit().unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_reclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        // PID 0x7fff_fff0 does not run; our own PID does.
+        let dead = dir.path().join(format!(".x.efi{TMP_MARK}{}", 0x7fff_fff0u32));
+        let live = dir.path().join(temporary_name("y"));
+        let other = dir.path().join(".not-ours.tmp-123");
+        std::fs::write(&dead, b"partial").unwrap();
+        std::fs::write(&live, b"in use").unwrap();
+        std::fs::write(&other, b"keep").unwrap();
+        assert_eq!(reclaim_stale(dir.path()), 1);
+        assert!(!dead.exists() && live.exists() && other.exists());
+    }
+}
