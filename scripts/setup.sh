@@ -18,6 +18,7 @@ sbsigntool osslsigncode openssl binutils
 qemu-system-x86 ovmf
 busybox-static cpio kmod fsverity
 python3 python3-cryptography ca-certificates
+mmdebstrap
 "
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -179,6 +180,25 @@ fi
 say "demo kernel: $DEMO/vmlinuz ($KVER)"
 if [ -s "$DEMO/modules/load-order" ]; then
     say "TPM modules for the demo initrd (load order): $(tr '\n' ' ' < "$DEMO/modules/load-order")"
+fi
+
+# --- systemd 257 (Debian 13, trixie): a chroot with the real 257 peers, cached and reused. ---
+# The tests run systemd-measure, ukify, systemd-pcrlock, systemd-repart and systemd-dissect 257
+# inside it and take the 257 stub from it. Made with mmdebstrap from Debian's registry; about
+# 2.5 minutes and 275 MB on a fresh machine. The packages are pinned by name, and the tests check
+# the version they find (`.cache/trixie-257/VERSION`), never "whatever is current".
+T257="$CACHE/trixie-257"
+T257_PACKAGES="systemd,systemd-boot-efi,systemd-ukify,python3-pefile,systemd-container,systemd-repart,cryptsetup-bin,tpm2-tools,binutils,openssl"
+if [ ! -f "$T257/.complete" ] || [ "$(cat "$T257/.complete")" != "$T257_PACKAGES" ]; then
+    command -v mmdebstrap >/dev/null 2>&1 || apt-get install -y -q --no-install-recommends --no-remove mmdebstrap
+    say "making the Debian 13 chroot for the systemd 257 peers ($T257)"
+    rm -rf "$T257" "$T257.tmp"
+    mmdebstrap --quiet --variant=apt --include="$T257_PACKAGES" trixie "$T257.tmp" http://deb.debian.org/debian
+    chroot "$T257.tmp" dpkg-query -W -f='${Version}\n' systemd > "$T257.tmp/VERSION"
+    echo "$T257_PACKAGES" > "$T257.tmp/.complete"
+    mv "$T257.tmp" "$T257"
+else
+    say "Debian 13 chroot already made: systemd $(cat "$T257/VERSION")"
 fi
 
 # --- Rust tooling ---

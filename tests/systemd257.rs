@@ -1,0 +1,184 @@
+//! imgctl against the real systemd 257 (Debian 13): `systemd-measure` 257 and `ukify` 257 run in
+//! the Debian 13 chroot that `scripts/setup.sh` makes in `.cache/trixie-257`, and the 257 stub
+//! comes from it. The expected values are whatever systemd-measure 257 prints for the exact bytes
+//! the stub measures (each section's VirtualSize bytes, read back from the built UKI with goblin,
+//! an independent PE reader). Sections where systemd-measure 257.13 itself is wrong (`.dtbauto`
+//! and `.hwids`, whose options it swaps: systemd PR #35765) are left to the boot tests.
+
+#![allow(clippy::unwrap_used)] // reason: test code; a panic is a test failure
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{imgctl, run_ok};
+use imgctl_builder::uki::{assemble, NewSection};
+use proptest::prelude::*;
+
+/// The version the chroot must hold: tests never take "whatever the archive serves today".
+const SYSTEMD_257: &str = "257.";
+
+/// The sections systemd-measure 257 predicts correctly, as (section, option), in the stub's
+/// canonical order (`.profile`, `.dtbauto`, `.hwids` are left out, see the module doc).
+const SECTIONS: &[(&str, &str)] = &[
+    (".linux", "--linux"),
+    (".osrel", "--osrel"),
+    (".cmdline", "--cmdline"),
+    (".initrd", "--initrd"),
+    (".ucode", "--ucode"),
+    (".splash", "--splash"),
+    (".dtb", "--dtb"),
+    (".uname", "--uname"),
+    (".sbat", "--sbat"),
+    (".pcrpkey", "--pcrpkey"),
+];
+
+const PHASES: &[&str] = &[
+    ":",
+    "enter-initrd",
+    "enter-initrd:leave-initrd",
+    "enter-initrd:leave-initrd:sysinit",
+    "enter-initrd:leave-initrd:sysinit:ready",
+];
+
+/// The chroot, checked to hold systemd 257; `None` (after a loud report, or a panic in CI) when
+/// it is missing.
+fn chroot() -> Option<PathBuf> {
+    let root = common::repo_root().join(".cache/trixie-257");
+    let version = std::fs::read_to_string(root.join("VERSION")).unwrap_or_default();
+    if !root.join("usr/lib/systemd/systemd-measure").exists() || version.is_empty() {
+        common::missing("the Debian 13 chroot .cache/trixie-257 (run scripts/setup.sh)");
+        return None;
+    }
+    assert!(
+        version.starts_with(SYSTEMD_257),
+        "{}: systemd {version} is not 257",
+        root.display()
+    );
+    Some(root)
+}
+
+fn stub(root: &Path) -> Vec<u8> {
+    std::fs::read(root.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub")).unwrap()
+}
+
+/// The VirtualSize bytes of every section of a PE image, by name, read with goblin.
+fn sections_of(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let pe = goblin::pe::PE::parse(data).unwrap();
+    pe.sections
+        .iter()
+        .map(|s| {
+            let start = s.pointer_to_raw_data as usize;
+            let len = (s.virtual_size as usize).min(s.size_of_raw_data as usize);
+            let mut bytes = data[start..start + len].to_vec();
+            // Memory past the raw data is zero-filled by the loader, and the stub measures it.
+            bytes.resize(s.virtual_size as usize, 0);
+            (s.name().unwrap().to_owned(), bytes)
+        })
+        .collect()
+}
+
+/// `systemd-measure calculate` 257 (in the chroot) over the measured sections of `uki`.
+fn systemd_measure(root: &Path, uki: &[u8], phases: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
+    let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
+    let mut cmd = Command::new("chroot");
+    cmd.arg(root)
+        .arg("/usr/lib/systemd/systemd-measure")
+        .arg("calculate")
+        .arg("--json=short");
+    for (name, data) in sections_of(uki) {
+        let Some((_, opt)) = SECTIONS.iter().find(|(n, _)| *n == name) else {
+            continue;
+        };
+        // systemd-measure skips empty files; the stub skips sections of size 0 likewise.
+        let file = name.trim_start_matches('.');
+        std::fs::write(dir.path().join(file), &data).unwrap();
+        cmd.arg(format!("{opt}={}", inside.join(file).display()));
+    }
+    for p in phases {
+        cmd.arg(format!("--phase={p}"));
+    }
+    serde_json::from_slice(&run_ok(&mut cmd)).unwrap()
+}
+
+fn ours(uki: &Path, phases: &[&str]) -> serde_json::Value {
+    let mut cmd = imgctl();
+    cmd.arg("predict-pcrs").arg(uki).arg("--json");
+    for p in phases {
+        cmd.arg(format!("--phase={p}"));
+    }
+    serde_json::from_slice(&run_ok(&mut cmd)).unwrap()
+}
+
+fn content() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        6 => proptest::collection::vec(any::<u8>(), 1..600),
+        1 => (1usize..3 << 20, any::<u8>()).prop_map(|(n, b)| (0..n).map(|i| (i as u8) ^ b).collect()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// UKIs assembled by imgctl on the 257 stub with random present/absent sections (the stub's
+    /// own `.sbat` stays and is measured, unless the UKI replaces it) in a shuffled PE order.
+    #[test]
+    fn predict_matches_systemd_measure_257_on_the_257_stub(
+        linux in proptest::collection::vec(any::<u8>(), 1..4096),
+        optional in proptest::collection::vec(proptest::option::of(content()), SECTIONS.len() - 1),
+    ) {
+        let Some(root) = chroot() else { return Ok(()) };
+        let mut new = vec![NewSection { name: ".linux".into(), data: linux }];
+        for (i, c) in optional.into_iter().enumerate() {
+            let name = SECTIONS[i + 1].0;
+            // `.sbat` is the stub's own (merged SBAT is the build tests' business).
+            if let (Some(data), false) = (c, name == ".sbat") {
+                new.push(NewSection { name: name.into(), data });
+            }
+        }
+        new.reverse();
+        let dir = tempfile::tempdir().unwrap();
+        let uki = dir.path().join("test.efi");
+        let bytes = assemble(&stub(&root), &new).unwrap();
+        std::fs::write(&uki, &bytes).unwrap();
+        prop_assert_eq!(ours(&uki, PHASES), systemd_measure(&root, &bytes, PHASES));
+    }
+}
+
+/// A UKI that ukify 257 builds on the 257 stub (the way Debian 13 users build them): imgctl
+/// predicts what systemd-measure 257 computes for its sections, the stub's `.sbat` included.
+#[test]
+fn predict_matches_systemd_measure_257_on_a_ukify_257_uki() {
+    let Some(root) = chroot() else { return };
+    let kernel = common::repo_root().join(".cache/demo/vmlinuz");
+    if !kernel.exists() {
+        common::missing("the demo kernel .cache/demo/vmlinuz (run scripts/setup.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
+    let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
+    std::fs::copy(&kernel, dir.path().join("vmlinuz")).unwrap();
+    std::fs::write(dir.path().join("initrd"), vec![7u8; 300_000]).unwrap();
+    std::fs::write(dir.path().join("os-release"), "ID=imgctl-test\nVERSION_ID=257\n").unwrap();
+    run_ok(
+        Command::new("chroot")
+            .arg(&root)
+            .arg("ukify")
+            .arg("build")
+            .arg(format!("--linux={}", inside.join("vmlinuz").display()))
+            .arg(format!("--initrd={}", inside.join("initrd").display()))
+            .arg(format!("--os-release=@{}", inside.join("os-release").display()))
+            .arg("--cmdline=console=ttyS0 quiet")
+            .arg("--uname=6.1.0-imgctl")
+            .arg(format!("--output={}", inside.join("uki.efi").display())),
+    );
+    let uki = dir.path().join("uki.efi");
+    let bytes = std::fs::read(&uki).unwrap();
+    let names: Vec<String> = sections_of(&bytes).into_iter().map(|(n, _)| n).collect();
+    for s in [".linux", ".osrel", ".cmdline", ".initrd", ".uname", ".sbat"] {
+        assert!(names.iter().any(|n| n == s), "ukify's UKI has {s}: {names:?}");
+    }
+    assert_eq!(ours(&uki, PHASES), systemd_measure(&root, &bytes, PHASES));
+}
