@@ -161,7 +161,11 @@ fn predict_matches_systemd_measure_257_on_a_ukify_257_uki() {
     let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
     std::fs::copy(&kernel, dir.path().join("vmlinuz")).unwrap();
     std::fs::write(dir.path().join("initrd"), vec![7u8; 300_000]).unwrap();
-    std::fs::write(dir.path().join("os-release"), "ID=imgctl-test\nVERSION_ID=257\n").unwrap();
+    std::fs::write(
+        dir.path().join("os-release"),
+        "ID=imgctl-test\nVERSION_ID=257\n",
+    )
+    .unwrap();
     run_ok(
         Command::new("chroot")
             .arg(&root)
@@ -169,7 +173,10 @@ fn predict_matches_systemd_measure_257_on_a_ukify_257_uki() {
             .arg("build")
             .arg(format!("--linux={}", inside.join("vmlinuz").display()))
             .arg(format!("--initrd={}", inside.join("initrd").display()))
-            .arg(format!("--os-release=@{}", inside.join("os-release").display()))
+            .arg(format!(
+                "--os-release=@{}",
+                inside.join("os-release").display()
+            ))
             .arg("--cmdline=console=ttyS0 quiet")
             .arg("--uname=6.1.0-imgctl")
             .arg(format!("--output={}", inside.join("uki.efi").display())),
@@ -178,7 +185,10 @@ fn predict_matches_systemd_measure_257_on_a_ukify_257_uki() {
     let bytes = std::fs::read(&uki).unwrap();
     let names: Vec<String> = sections_of(&bytes).into_iter().map(|(n, _)| n).collect();
     for s in [".linux", ".osrel", ".cmdline", ".initrd", ".uname", ".sbat"] {
-        assert!(names.iter().any(|n| n == s), "ukify's UKI has {s}: {names:?}");
+        assert!(
+            names.iter().any(|n| n == s),
+            "ukify's UKI has {s}: {names:?}"
+        );
     }
     assert_eq!(ours(&uki, PHASES), systemd_measure(&root, &bytes, PHASES));
 }

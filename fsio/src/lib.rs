@@ -353,7 +353,10 @@ impl Transaction {
             return Err(Error::io(
                 path,
                 "staging",
-                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "named twice as an output"),
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "named twice as an output",
+                ),
             ));
         }
         let name = path
@@ -525,7 +528,9 @@ mod tests {
     fn stale_temporaries_of_dead_processes_are_reclaimed() {
         let dir = tempfile::tempdir().unwrap();
         // PID 0x7fff_fff0 does not run; our own PID does.
-        let dead = dir.path().join(format!(".x.efi{TMP_MARK}{}", 0x7fff_fff0u32));
+        let dead = dir
+            .path()
+            .join(format!(".x.efi{TMP_MARK}{}", 0x7fff_fff0u32));
         let live = dir.path().join(temporary_name("y"));
         let other = dir.path().join(".not-ours.tmp-123");
         std::fs::write(&dead, b"partial").unwrap();

@@ -8,8 +8,8 @@ use imgctl_builder::build::{build, BuildOptions};
 use imgctl_builder::recipe::Recipe;
 use imgctl_measure::{HashAlg, PhasePath};
 
-use crate::uki_input::SemanticsArg;
 use crate::output::outln;
+use crate::uki_input::SemanticsArg;
 
 /// Build the UKI a recipe describes, with its initrd, predicted PCRs (pcrs.json) and a
 /// manifest of every input and section with digests in every bank. Files are written

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::output::outln;
 use anyhow::Context;
 use imgctl_extensions::pipeline::{build, inspect_file, BuildOptions};
 use imgctl_extensions::ExtensionSpec;
-use crate::output::outln;
 
 /// System (sysext) and configuration (confext) extension images: erofs/squashfs + dm-verity +
 /// signed root hash, in a GPT disk image that systemd-sysext/-confext and systemd-dissect accept.
@@ -177,13 +177,19 @@ fn run_inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         if let Some(v) = &insp.verity {
             outln!(
                 "verity {} type {} blocks {}×{} uuid {} salt {}",
-                v.hash_algorithm, v.hash_type, v.data_blocks, v.data_block_size, v.uuid, v.salt
+                v.hash_algorithm,
+                v.hash_type,
+                v.data_blocks,
+                v.data_block_size,
+                v.uuid,
+                v.salt
             );
         }
         if let Some(s) = &insp.signature {
             outln!(
                 "signature root hash {} ({} bytes PKCS#7)",
-                s.root_hash, s.signature_size
+                s.root_hash,
+                s.signature_size
             );
         }
         if let Some(c) = &check {
@@ -268,7 +274,9 @@ fn run_predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
         for b in &s.banks {
             outln!(
                 "  {:<7} event {}  pcr {}",
-                b.bank, b.event_digest, b.pcr_value
+                b.bank,
+                b.event_digest,
+                b.pcr_value
             );
         }
     }

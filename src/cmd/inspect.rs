@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::output::outln;
 use anyhow::Context;
 use imgctl_measure::{HashAlg, Uki};
 use serde::Serialize;
-use crate::output::outln;
 
 /// Show a UKI's sections (offset, sizes, sha256), the stub it was built from, and its
 /// os-release, command line and kernel release.
@@ -125,7 +125,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     outln!(
         "\n{:<9} {:>10} {:>10} {:>10} {:>10} {:<4} sha256",
-        "section", "offset", "vaddr", "vsize", "rawsize", "pcr"
+        "section",
+        "offset",
+        "vaddr",
+        "vsize",
+        "rawsize",
+        "pcr"
     );
     for s in &report.sections {
         outln!(

@@ -7,8 +7,8 @@ use anyhow::Context;
 use imgctl_measure::uki::as_measured;
 use imgctl_measure::{predict_pcr11, HashAlg, PhasePath};
 
-use crate::uki_input::{load_uki, SemanticsArg};
 use crate::output::outln;
+use crate::uki_input::{load_uki, SemanticsArg};
 
 /// Predict the PCR 11 values a machine shows when it boots a UKI with systemd-stub: right
 /// after the stub (the empty boot path ":") and after each systemd-pcrphase step.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use imgctl_measure::guest_report::{GuestReport, MARK_DONE};
 
-use crate::vm::{self, Accel, Ending, VmConfig};
 use crate::output::outln;
+use crate::vm::{self, Accel, Ending, VmConfig};
 
 /// Boot a UKI under QEMU with OVMF and a private swtpm TPM 2.0, serial console on stderr.
 ///
