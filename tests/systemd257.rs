@@ -192,3 +192,119 @@ fn predict_matches_systemd_measure_257_on_a_ukify_257_uki() {
     }
     assert_eq!(ours(&uki, PHASES), systemd_measure(&root, &bytes, PHASES));
 }
+
+/// `imgctl sign-pcrs` against `systemd-measure sign` 257 (which needs no TPM) on a UKI on the
+/// 257 stub: RSA output byte for byte (PKCS#1 v1.5 is deterministic); for ECDSA P-256, which 257
+/// signs too, every field but the (randomised) signature, and each signature checked by
+/// `openssl dgst -verify` over the policy digest.
+#[test]
+fn sign_pcrs_equals_systemd_measure_257_sign() {
+    let Some(root) = chroot() else { return };
+    let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
+    let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
+    let new: Vec<NewSection> = [
+        (".linux", &b"not really a kernel\n"[..]),
+        (".osrel", b"ID=imgctl\nVERSION_ID=257\n"),
+        (".cmdline", b"console=ttyS0 quiet"),
+        (".initrd", b"07070100000000"),
+        (".uname", b"6.1.0-imgctl"),
+    ]
+    .iter()
+    .map(|(n, d)| NewSection {
+        name: (*n).to_owned(),
+        data: d.to_vec(),
+    })
+    .collect();
+    let bytes = assemble(&stub(&root), &new).unwrap();
+    let uki = dir.path().join("test.efi");
+    std::fs::write(&uki, &bytes).unwrap();
+    for (name, alg) in [("rsa", common::RSA), ("ec", common::EC)] {
+        let (key, public) = common::genkey(dir.path(), name, alg);
+        for extra in [
+            vec![],
+            vec![
+                "--bank=sha256",
+                "--phase=enter-initrd:leave-initrd",
+                "--phase=ready",
+            ],
+        ] {
+            let mut sd = Command::new("chroot");
+            sd.arg(&root)
+                .arg("/usr/lib/systemd/systemd-measure")
+                .arg("sign")
+                .arg("--json=short")
+                .arg(format!(
+                    "--private-key={}",
+                    inside.join(format!("{name}.pem")).display()
+                ))
+                .arg(format!(
+                    "--public-key={}",
+                    inside.join(format!("{name}.pub.pem")).display()
+                ))
+                .args(&extra);
+            for (section, data) in sections_of(&bytes) {
+                let Some((_, opt)) = SECTIONS.iter().find(|(n, _)| *n == section) else {
+                    continue;
+                };
+                let file = format!("s{}", section.trim_start_matches('.'));
+                std::fs::write(dir.path().join(&file), &data).unwrap();
+                sd.arg(format!("{opt}={}", inside.join(&file).display()));
+            }
+            let expected: serde_json::Value = serde_json::from_slice(&run_ok(&mut sd)).unwrap();
+            let ours: serde_json::Value = serde_json::from_slice(&run_ok(
+                imgctl()
+                    .arg("sign-pcrs")
+                    .arg(&uki)
+                    .arg("--private-key")
+                    .arg(&key)
+                    .arg("--public-key")
+                    .arg(&public)
+                    .args(&extra),
+            ))
+            .unwrap();
+            if name == "rsa" {
+                assert_eq!(ours, expected, "{name} {extra:?}");
+                continue;
+            }
+            let strip = |v: &serde_json::Value| {
+                let mut v = v.clone();
+                for entries in v.as_object_mut().unwrap().values_mut() {
+                    for e in entries.as_array_mut().unwrap() {
+                        e.as_object_mut().unwrap().remove("sig");
+                    }
+                }
+                v
+            };
+            assert_eq!(strip(&ours), strip(&expected), "{name} {extra:?}");
+            let mut checked = 0;
+            for (bank, entries) in ours.as_object().unwrap() {
+                for e in entries.as_array().unwrap() {
+                    let pol = dir.path().join("pol.bin");
+                    let sig = dir.path().join("sig.bin");
+                    std::fs::write(&pol, hex::decode(e["pol"].as_str().unwrap()).unwrap()).unwrap();
+                    std::fs::write(
+                        &sig,
+                        base64::Engine::decode(
+                            &base64::engine::general_purpose::STANDARD,
+                            e["sig"].as_str().unwrap(),
+                        )
+                        .unwrap(),
+                    )
+                    .unwrap();
+                    run_ok(
+                        Command::new("openssl")
+                            .arg("dgst")
+                            .arg(format!("-{bank}"))
+                            .arg("-verify")
+                            .arg(&public)
+                            .arg("-signature")
+                            .arg(&sig)
+                            .arg(&pol),
+                    );
+                    checked += 1;
+                }
+            }
+            assert!(checked >= 2, "{checked} signatures checked");
+        }
+    }
+}
