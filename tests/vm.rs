@@ -48,9 +48,26 @@ fn prerequisites() -> bool {
 
 /// Builds the demo recipe, optionally with another kernel command line, into `dir`.
 fn build_demo(dir: &Path, cmdline: Option<&str>) -> PathBuf {
+    build_demo_on(dir, cmdline, None)
+}
+
+/// The systemd-stub 257 from the Debian 13 chroot that scripts/setup.sh makes.
+fn stub_257() -> Option<PathBuf> {
+    let stub =
+        common::repo_root().join(".cache/trixie-257/usr/lib/systemd/boot/efi/linuxx64.efi.stub");
+    if stub.exists() {
+        Some(stub)
+    } else {
+        common::missing("the systemd 257 stub in .cache/trixie-257 (run scripts/setup.sh)");
+        None
+    }
+}
+
+/// Builds the demo recipe into `dir`, optionally with another command line or another stub.
+fn build_demo_on(dir: &Path, cmdline: Option<&str>, stub: Option<&Path>) -> PathBuf {
     let recipes = common::repo_root().join("recipes");
     let mut recipe = recipes.join("demo.yaml");
-    if let Some(cmdline) = cmdline {
+    if cmdline.is_some() || stub.is_some() {
         // The same recipe with paths made absolute (it moves to `dir`) and another cmdline.
         let text = std::fs::read_to_string(&recipe).unwrap();
         let mut y: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
@@ -60,7 +77,12 @@ fn build_demo(dir: &Path, cmdline: Option<&str>) -> PathBuf {
         };
         abs(&mut y["kernel"]);
         abs(&mut y["initrd"]["tree"]);
-        y["cmdline"] = cmdline.into();
+        if let Some(cmdline) = cmdline {
+            y["cmdline"] = cmdline.into();
+        }
+        if let Some(stub) = stub {
+            y["stub"] = stub.to_str().unwrap().into();
+        }
         recipe = dir.join("demo.yaml");
         std::fs::write(&recipe, serde_yaml::to_string(&y).unwrap()).unwrap();
     }
@@ -190,6 +212,8 @@ struct DemoBoots {
     second_uki: PathBuf,
     first: Boot,
     second: Boot,
+    /// The demo on systemd-stub 257 (which also measures `.uname` and `.sbat`).
+    on_257: Option<(PathBuf, Boot)>,
 }
 
 /// Builds two demo UKIs (the recipe's cmdline and another) and boots both, once per test run.
@@ -204,14 +228,27 @@ fn demo_boots() -> Option<&'static DemoBoots> {
             let (d1, d2) = (dir.path().join("first"), dir.path().join("second"));
             std::fs::create_dir_all(&d1).unwrap();
             std::fs::create_dir_all(&d2).unwrap();
+            let d3 = dir.path().join("stub257");
+            std::fs::create_dir_all(&d3).unwrap();
             let first_uki = build_demo(&d1, None);
             let second_uki = build_demo(&d2, Some(CMDLINE_SECOND));
-            let (first, second) = std::thread::scope(|s| {
+            let uki_257 = stub_257().map(|stub| build_demo_on(&d3, None, Some(&stub)));
+            let (first, second, on_257) = std::thread::scope(|s| {
                 let a = s.spawn(|| Boot::run(&d1, &first_uki, BOOT_TIMEOUT_S));
                 let b = s.spawn(|| Boot::run(&d2, &second_uki, BOOT_TIMEOUT_S));
-                (a.join().unwrap(), b.join().unwrap())
+                let c = s.spawn(|| {
+                    uki_257.map(|uki| {
+                        let boot = Boot::run(&d3, &uki, BOOT_TIMEOUT_S);
+                        (uki, boot)
+                    })
+                });
+                (a.join().unwrap(), b.join().unwrap(), c.join().unwrap())
             });
-            for (name, b) in [("first", &first), ("second", &second)] {
+            let mut boots = vec![("first", &first), ("second", &second)];
+            if let Some((_, b)) = &on_257 {
+                boots.push(("systemd-stub 257", b));
+            }
+            for (name, b) in boots {
                 eprintln!(
                     "boot of the {name} demo UKI: {:.1}s wall clock, {}s in the guest ({})",
                     b.elapsed.as_secs_f64(),
@@ -225,9 +262,44 @@ fn demo_boots() -> Option<&'static DemoBoots> {
                 second_uki,
                 first,
                 second,
+                on_257,
             })
         })
         .as_ref()
+}
+
+/// The 257 stub measures `.uname` and `.sbat` besides what 252 measures: the guest's PCR 11
+/// equals imgctl's prediction (upstream semantics, from the stub's `.sdmagic`), and differs from
+/// what the 252 rules would give for the same UKI.
+#[test]
+fn pcr11_of_a_uki_on_the_257_stub_equals_predict_pcrs() {
+    let Some(b) = demo_boots() else { return };
+    let Some((uki, boot)) = &b.on_257 else { return };
+    boot.assert_done();
+    let guest = boot.pcrs();
+    let predicted = predicted_pcr11(uki);
+    let out = common::run_ok(common::imgctl().arg("predict-pcrs").arg(uki).args([
+        "--phase",
+        ":",
+        "--bank",
+        "sha256",
+        "--json",
+        "--stub-semantics",
+        "systemd252",
+    ]));
+    let as_252: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    for bank in ["sha1", "sha256"] {
+        assert_eq!(
+            guest[bank].get(&11),
+            Some(&predicted[bank]),
+            "PCR 11 {bank}: guest (257 stub) vs imgctl predict-pcrs"
+        );
+    }
+    assert_ne!(
+        Some(&as_252["sha256"][0]["hash"].as_str().unwrap().to_owned()),
+        guest["sha256"].get(&11),
+        "the 257 stub measures more than 252 does"
+    );
 }
 
 #[test]
