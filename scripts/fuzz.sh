@@ -114,6 +114,10 @@ try:
             put("sysext.verity-sb", data[p["offset"]:p["offset"] + 512])
 except Exception as e:
     print(f"fuzz.sh: no sysext seeds: {e}", file=sys.stderr)
+# An unsigned sysext has no signature partition: write one as systemd-repart lays it out.
+if not os.path.exists(f"{w}/sysext.verity-sig"):
+    sig = json.dumps({"rootHash": "ab" * 32, "signature": base64.b64encode(b"\x30\x82" + bytes(64)).decode()})
+    put("sysext.verity-sig", sig.encode().ljust(4096, b"\0"))
 PY
     touch "$work/.done"
 }

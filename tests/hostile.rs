@@ -1565,6 +1565,26 @@ fn verify_never_accepts_corrupted_evidence_and_reports_unreadable_input_as_3() {
             names.join("|"),
         ));
     }
+    // FUZZ pcrs_json (DEFECT, found by fuzz/fuzz_targets/pcrs_json.rs): a reference whose hash
+    // has the wrong length for its bank is accepted as a reference.
+    let short = write(
+        d,
+        "short-pcrs.json",
+        format!(
+            "{{\"sha256\": [{{\"pcr\": 11, \"hash\": \"{}\"}}]}}",
+            "ab".repeat(31)
+        )
+        .as_bytes(),
+    );
+    let with_short = pol.replacen('{', "{\"pcrs_json\": [\"short-pcrs.json\"], ", 1);
+    let pf = write(d, "policy-short.json", with_short.as_bytes());
+    three.push((
+        case(
+            "verify, a pcrs.json hash of 31 bytes in sha256 (FUZZ pcrs_json)",
+            base(&c.eventlog, &pf),
+        ),
+        name_of(&short),
+    ));
     // A policy that checks nothing must never ACCEPT.
     let empty = write(d, "policy-empty.json", b"{}");
     let o = run_one(case(
@@ -2309,4 +2329,33 @@ fn find_file(dir: &Path) -> Option<PathBuf> {
         }
     }
     None
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crashes found by the fuzz targets (scripts/fuzz.sh), reduced. Each fails until its parser is
+// fixed; the target and the artifact are named in the test.
+// ---------------------------------------------------------------------------------------------
+
+/// FUZZ pcrs_json (artifact crash-76ce83967b1de6e69c99f338a553f73a9ee7839b): `parse_pcrs_json`
+/// and `parse_manifest` take any hex as a bank's PCR value, so a 66-byte "sha384" value becomes
+/// a reference. Open defect (verify's references): fails until the parser checks the length.
+#[test]
+fn fuzz_pcrs_json_rejects_a_hash_of_the_wrong_length_for_its_bank() {
+    use imgctl_measure::verify::{parse_manifest, parse_pcrs_json};
+    for (bank, len) in [("sha1", 21), ("sha256", 31), ("sha384", 66), ("sha512", 0)] {
+        let pcrs = format!(
+            "{{\"{bank}\": [{{\"pcr\": 11, \"hash\": \"{}\"}}]}}",
+            "ab".repeat(len)
+        );
+        assert!(
+            parse_pcrs_json("pcrs.json", pcrs.as_bytes()).is_err(),
+            "pcrs.json: a {len}-byte {bank} value was accepted"
+        );
+        let manifest =
+            format!("{{\"format\": \"imgctl-manifest/1\", \"name\": \"t\", \"pcrs\": {pcrs}}}");
+        assert!(
+            parse_manifest("manifest.json", manifest.as_bytes()).is_err(),
+            "manifest.json: a {len}-byte {bank} value was accepted"
+        );
+    }
 }
