@@ -6,7 +6,7 @@
 # openssl, the shared event logs, quote and capture (../shared/testdata), and a built sysext.
 # A crash does not stop the run: every crashing target is listed at the end with its artifact
 # (also in .cache/fuzz/summary.txt, with the execs per target) and the script exits 1.
-# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
+# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (FUZZ_KEEP_GOING=1: keep fuzzing past crashes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -174,6 +174,7 @@ seed_target() {
 
 make_seeds
 (cd fuzz && cargo +nightly fuzz build >/dev/null)
+keep_going=${FUZZ_KEEP_GOING:+1}
 summary=$root/.cache/fuzz/summary.txt
 : >"$summary"
 crashed=()
@@ -185,12 +186,14 @@ for t in "${targets[@]}"; do
     log=$root/.cache/fuzz/$t.log
     echo "== fuzz $t for ${secs}s ($(find "$corpus" -type f | wc -l) inputs in the corpus)"
     status=0
+    # FUZZ_KEEP_GOING=1: run in fork mode past crashes (a known crash no longer ends the run).
     (cd fuzz && cargo +nightly fuzz run "$t" "$corpus" -- -max_total_time="$secs" \
-        -rss_limit_mb=2048 -timeout=10 >"$log" 2>&1) || status=$?
+        -rss_limit_mb=2048 -timeout=10 ${keep_going:+-fork=1 -ignore_crashes=1} >"$log" 2>&1) || status=$?
+    if [ -n "$keep_going" ] && grep -qE "Test unit written to|artifacts/$t/crash-" "$log"; then status=1; fi
     runs=$(sed -n 's/^Done \([0-9]*\) runs in.*/\1/p' "$log" | tail -n 1)
     [ -n "$runs" ] || runs=$(sed -n 's/^#\([0-9]*\).*/\1/p' "$log" | tail -n 1)
     if [ "$status" -ne 0 ]; then
-        artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)
+        artifact=$(sed -n -e 's/.*Test unit written to \(.*\)$/\1/p' -e "s|^[[:space:]]*\(artifacts/$t/crash-[0-9a-f]*\)\$|fuzz/\1|p" "$log" | tail -n 1)
         why=$(grep -m1 -E "panicked at|ERROR: libFuzzer|SUMMARY" "$log" || echo "exit $status")
         echo "   CRASH after ${runs:-?} execs: $why"
         echo "   artifact: ${artifact:-none} (log: $log)"

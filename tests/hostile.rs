@@ -52,6 +52,7 @@ struct Case {
     args: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     stdout: Stdout,
+    timeout: Duration,
 }
 
 fn case<I, S>(name: impl Into<String>, args: I) -> Case
@@ -64,12 +65,18 @@ where
         args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
         stdin: None,
         stdout: Stdout::Capture,
+        timeout: TIMEOUT,
     }
 }
 
 impl Case {
     fn stdout(mut self, s: Stdout) -> Case {
         self.stdout = s;
+        self
+    }
+    /// For runs that do real work on a large input (a loaded machine is slow).
+    fn timeout(mut self, t: Duration) -> Case {
+        self.timeout = t;
         self
     }
     fn stdin(mut self, data: &[u8]) -> Case {
@@ -175,13 +182,13 @@ fn run_all(cases: &[Case]) -> Vec<Outcome> {
             .collect();
         loop {
             let mut pending = false;
-            for (_, child, _, _, done) in running.iter_mut() {
+            for (c, child, _, _, done) in running.iter_mut() {
                 if done.is_some() {
                     continue;
                 }
                 match child.try_wait().unwrap() {
                     Some(st) => *done = Some((st.code(), false, started.elapsed())),
-                    None if started.elapsed() > TIMEOUT => {
+                    None if started.elapsed() > c.timeout => {
                         let _ = child.kill();
                         let st = child.wait().unwrap();
                         *done = Some((st.code(), true, started.elapsed()));
@@ -454,15 +461,18 @@ fn built_uki() -> Option<Uki> {
     std::fs::write(p.join("tree/init"), b"#!/bin/sh\necho hello\n").unwrap();
     std::fs::write(p.join("tree/etc/motd"), b"motd\n").unwrap();
     let recipe = write(p, "recipe.yaml", recipe_text("").as_bytes());
-    let o = run_one(case(
-        "build",
-        [
-            OsStr::new("build"),
-            recipe.as_os_str(),
-            OsStr::new("-o"),
-            p.join("out").as_os_str(),
-        ],
-    ));
+    let o = run_one(
+        case(
+            "build",
+            [
+                OsStr::new("build"),
+                recipe.as_os_str(),
+                OsStr::new("-o"),
+                p.join("out").as_os_str(),
+            ],
+        )
+        .timeout(Duration::from_secs(120)),
+    );
     assert_eq!(o.code, Some(0), "building the valid UKI: {}", o.brief());
     let efi = p.join("out/t.efi");
     Some(Uki { dir, recipe, efi })
@@ -1106,10 +1116,13 @@ fn build_killed_mid_write_leaves_no_partial_file_under_a_final_name() {
         "build always finished before the kill: make the input larger".into()
     });
     // DEFECT 13: the next build into the same folder succeeds and reclaims the temporaries.
-    let o = run_one(case(
-        "build after a killed build",
-        args(&[&"build", &recipe, &"-o", &out]),
-    ));
+    let o = run_one(
+        case(
+            "build after a killed build",
+            args(&[&"build", &recipe, &"-o", &out]),
+        )
+        .timeout(Duration::from_secs(120)),
+    );
     r.check(o.code == Some(0), || {
         format!("rebuild after the kill failed — {}", o.brief())
     });
@@ -1755,10 +1768,10 @@ fn built_sysext() -> Option<Sysext> {
     let dir = tempfile::tempdir().unwrap();
     let recipe = common::repo_root().join("recipes/demo-sysext.yaml");
     let out = dir.path().join("sx");
-    let o = run_one(case(
-        "ext build",
-        args(&[&"ext", &"build", &recipe, &"-o", &out]),
-    ));
+    let o = run_one(
+        case("ext build", args(&[&"ext", &"build", &recipe, &"-o", &out]))
+            .timeout(Duration::from_secs(120)),
+    );
     assert_eq!(o.code, Some(0), "building the demo sysext: {}", o.brief());
     let image = out.join("demo-sysext.raw");
     assert!(image.exists(), "{:?}", files_in(&out));
