@@ -203,8 +203,10 @@ fi
 
 # --- Rust tooling ---
 if command -v cargo >/dev/null 2>&1; then
+    # scripts/fuzz.sh runs the fuzz targets with cargo-fuzz (and the nightly toolchain).
     if ! cargo fuzz --version >/dev/null 2>&1; then
-        say "cargo-fuzz not installed (optional: cargo install cargo-fuzz; fuzzing needs nightly)"
+        say "installing cargo-fuzz"
+        cargo install -q cargo-fuzz --locked || say "cargo install cargo-fuzz failed (fuzzing only)"
     else
         say "cargo-fuzz present"
     fi

@@ -105,59 +105,63 @@ impl TileFetch for HttpTiles {
         s.take(MAX_RESOURCE as u64 + 65536)
             .read_to_end(&mut buf)
             .map_err(|e| err(format!("receive: {e}")))?;
-        let head_end = buf
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| err("no end of headers".into()))?;
-        let head =
-            std::str::from_utf8(&buf[..head_end]).map_err(|_| err("headers not UTF-8".into()))?;
-        let body = &buf[head_end + 4..];
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| err("bad status line".into()))?;
-        let mut len = None;
-        for l in lines {
-            let Some((k, v)) = l.split_once(':') else {
-                continue;
-            };
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-            if k == "content-length" {
-                len = Some(
-                    v.parse::<usize>()
-                        .map_err(|_| err("bad Content-Length".into()))?,
-                );
-            }
-            if k == "transfer-encoding" && !v.eq_ignore_ascii_case("identity") {
-                return Err(err(format!("Transfer-Encoding {v} is not supported")));
-            }
-            if k == "content-encoding" && !v.eq_ignore_ascii_case("identity") {
-                return Err(err(format!("Content-Encoding {v} is not supported")));
-            }
-        }
-        match status {
-            200 => {}
-            404 | 410 => return Ok(None),
-            s => return Err(err(format!("status {s}"))),
-        }
-        if let Some(n) = len {
-            if body.len() != n {
-                return Err(err(format!(
-                    "body has {} bytes, Content-Length {n}",
-                    body.len()
-                )));
-            }
-        }
-        if body.len() > MAX_RESOURCE {
-            return Err(err("resource too large".into()));
-        }
-        Ok(Some(body.to_vec()))
+        parse_response(&buf)
+            .map(|b| b.map(<[u8]>::to_vec))
+            .map_err(err)
     }
     fn describe(&self) -> String {
         format!("http://{}:{}{}", self.host, self.port, self.prefix)
     }
+}
+
+/// Parses a whole HTTP/1.1 response as [`HttpTiles`] receives it: the body of a 200, `None`
+/// for 404/410, an error for anything else (a message without the URL).
+pub fn parse_response(buf: &[u8]) -> Result<Option<&[u8]>, String> {
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| "no end of headers".to_owned())?;
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "headers not UTF-8".to_owned())?;
+    let body = &buf[head_end + 4..];
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| "bad status line".to_owned())?;
+    let mut len = None;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        if k == "content-length" {
+            len = Some(
+                v.parse::<usize>()
+                    .map_err(|_| "bad Content-Length".to_owned())?,
+            );
+        }
+        if k == "transfer-encoding" && !v.eq_ignore_ascii_case("identity") {
+            return Err(format!("Transfer-Encoding {v} is not supported"));
+        }
+        if k == "content-encoding" && !v.eq_ignore_ascii_case("identity") {
+            return Err(format!("Content-Encoding {v} is not supported"));
+        }
+    }
+    match status {
+        200 => {}
+        404 | 410 => return Ok(None),
+        s => return Err(format!("status {s}")),
+    }
+    if let Some(n) = len {
+        if body.len() != n {
+            return Err(format!("body has {} bytes, Content-Length {n}", body.len()));
+        }
+    }
+    if body.len() > MAX_RESOURCE {
+        return Err("resource too large".to_owned());
+    }
+    Ok(Some(body))
 }
 
 /// A tile fetcher for `imgctl_measure::tlog::tiles` over any [`TileFetch`]: a partial tile

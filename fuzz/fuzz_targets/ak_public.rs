@@ -1,0 +1,10 @@
+//! The attestation key `imgctl verify --ak FILE` reads: TPM2B_PUBLIC, TPMT_PUBLIC, or a PEM/DER
+//! SubjectPublicKeyInfo.
+#![no_main]
+
+use imgctl_measure::quote::AkPublic;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = AkPublic::parse(data);
+});
