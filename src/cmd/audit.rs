@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::output::outln;
 use anyhow::Context;
 use imgctl_measure::bank::{Digest, HashAlg};
 use imgctl_measure::breakglass;
 use imgctl_measure::eventlog::{self, EventLog, PcrValues, UserspaceLog};
-use crate::output::outln;
 
 /// List break-glass events (debug shells, emergency logins, recovery-key unlocks) and check the
 /// userspace log replays to the PCRs, so a removed or altered record is itself reported.

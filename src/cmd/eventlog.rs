@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::output::outln;
 use anyhow::Context;
 use imgctl_measure::eventlog::{self, describe, EventLog};
-use crate::output::outln;
 
 /// List or replay a TCG PC Client firmware event log (binary_bios_measurements).
 ///
@@ -38,7 +38,7 @@ enum Action {
 
 /// Reads and parses an event log file, naming the file in errors.
 pub fn load(file: &PathBuf) -> anyhow::Result<EventLog> {
-    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let data = imgctl_fsio::read_bounded(file, imgctl_fsio::caps::EVENT_LOG, "an event log")?;
     EventLog::parse(&data).with_context(|| format!("parsing event log {}", file.display()))
 }
 
@@ -117,7 +117,10 @@ fn show(log: &EventLog, json: bool) -> anyhow::Result<ExitCode> {
     for e in &log.events {
         outln!(
             "{:3} PCR {:2} {} @{:#x}",
-            e.index, e.pcr, e.event_type, e.offset
+            e.index,
+            e.pcr,
+            e.event_type,
+            e.offset
         );
         for (b, d) in &e.digests {
             outln!("      {b}: {d}");

@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::output::outln;
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use imgctl_measure::eventlog::{EventLog, UserspaceLog};
 use imgctl_measure::quote::{verify_quote, AkPublic, Signature};
 use imgctl_measure::verify::{self, Finding, Policy, References, Severity, Verdict};
-use crate::output::outln;
 
 /// Verify a machine's event logs (and TPM quote) against a policy and the published references.
 ///
