@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bank::{Digest, HashAlg, Pcr};
+use crate::bank::{Digest, HashAlg, Pcr, PcrIndex};
 use crate::eventlog::describe::{tagged_event, text};
 use crate::eventlog::lint;
 use crate::eventlog::replay::{replay, PcrValues, Quirk};
@@ -40,32 +40,89 @@ use crate::eventlog::tcg::{Event, EventLog};
 use crate::eventlog::types::EventType;
 use crate::eventlog::userspace::UserspaceLog;
 use crate::pcr11::{name_bytes, StubSemantics, PCR_KERNEL_IMAGE, PHASE_WORDS};
+use crate::quote::{verify_quote, AkPublic, Signature};
 use crate::Error;
 
-/// A verification policy.
+/// A verification policy. Parse it with [`Policy::parse`], which also checks it: unknown keys,
+/// unknown banks, PCR indices outside 0–23, malformed or wrong-sized golden values, golden
+/// values for PCRs or banks the policy does not check, and an empty `pcrs` are errors naming
+/// the key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// PCRs that must match a reference, in every bank checked.
     #[serde(default)]
-    pub pcrs: Vec<u32>,
+    pub pcrs: BTreeSet<PcrIndex>,
+    /// Banks to check; empty: every bank the log carries and a reference gives.
     #[serde(default)]
-    pub banks: Vec<String>,
+    pub banks: Vec<HashAlg>,
     #[serde(default)]
     pub pcrs_json: Vec<String>,
     #[serde(default)]
     pub manifests: Vec<String>,
+    /// Golden values: bank → PCR → hex.
     #[serde(default)]
-    pub expected: BTreeMap<String, BTreeMap<String, String>>,
+    pub expected: BTreeMap<HashAlg, BTreeMap<PcrIndex, String>>,
     #[serde(default)]
     pub allow_break_glass: bool,
     #[serde(default)]
     pub allow_lint_findings: bool,
+    /// Reject unless a quote was given and verified, covering every (bank, PCR) checked.
+    #[serde(default)]
+    pub require_quote: bool,
 }
 
 impl Policy {
-    /// Parses a policy in YAML (JSON is YAML).
+    /// Parses and checks a policy in YAML (JSON is YAML).
     pub fn parse(text: &str) -> Result<Self, Error> {
-        serde_yaml::from_str(text).map_err(|e| Error::InvalidInput(format!("policy: {e}")))
+        let p: Policy =
+            serde_yaml::from_str(text).map_err(|e| Error::InvalidInput(format!("{e}")))?;
+        p.check()?;
+        Ok(p)
+    }
+
+    /// The checks [`Policy::parse`] makes, for policies built in code.
+    pub fn check(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::InvalidInput(m));
+        if self.pcrs.is_empty() {
+            return bad("pcrs: empty or missing: a policy must name the PCRs it checks".into());
+        }
+        let mut seen = BTreeSet::new();
+        for b in &self.banks {
+            if !seen.insert(*b) {
+                return bad(format!("banks: {b} listed twice"));
+            }
+        }
+        for (bank, pcrs) in &self.expected {
+            if !self.banks.is_empty() && !self.banks.contains(bank) {
+                return bad(format!(
+                    "expected.{bank}: bank {bank} is not in banks, so these values would not be checked"
+                ));
+            }
+            for (pcr, hex) in pcrs {
+                if !self.pcrs.contains(pcr) {
+                    return bad(format!(
+                        "expected.{bank}.{pcr}: PCR {pcr} is not in pcrs, so this value would not be checked"
+                    ));
+                }
+                decode_digest(*bank, hex)
+                    .map_err(|e| Error::InvalidInput(format!("expected.{bank}.{pcr}: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a hex digest of `bank`, checking its length.
+fn decode_digest(bank: HashAlg, hex: &str) -> Result<Digest, String> {
+    let d = hex::decode(hex).map_err(|e| format!("{bank} digest {hex:?} is not hex: {e}"))?;
+    match bank.digest_size() {
+        Some(n) if n == d.len() => Ok(Digest(d)),
+        Some(n) => Err(format!(
+            "{bank} digest has {} bytes, a {bank} digest has {n}",
+            d.len()
+        )),
+        None => Err(format!("bank {bank} is not supported")),
     }
 }
 
@@ -110,8 +167,7 @@ fn digests(map: &BTreeMap<String, String>) -> Result<BTreeMap<HashAlg, Digest>, 
     map.iter()
         .map(|(b, h)| {
             let bank: HashAlg = b.parse().map_err(|e| Error::InvalidInput(format!("{e}")))?;
-            let d = hex::decode(h).map_err(|e| Error::InvalidInput(format!("{b} digest: {e}")))?;
-            Ok((bank, Digest(d)))
+            Ok((bank, decode_digest(bank, h).map_err(Error::InvalidInput)?))
         })
         .collect()
 }
@@ -149,10 +205,9 @@ fn pcrs_from(
                     .map(str::to_owned)
                     .collect(),
                 bank,
-                value: Digest(
-                    hex::decode(&e.hash)
-                        .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))?,
-                ),
+                value: decode_digest(bank, &e.hash).map_err(|m| {
+                    Error::InvalidInput(format!("{name}: PCR {} phase {:?}: {m}", e.pcr, e.phase))
+                })?,
                 artifact: name.to_owned(),
             });
         }
@@ -274,21 +329,27 @@ impl References {
     pub fn from_policy(policy: &Policy) -> Result<Self, Error> {
         let mut expected = PcrValues::new();
         for (bank, pcrs) in &policy.expected {
-            let bank: HashAlg = bank
-                .parse()
-                .map_err(|e| Error::InvalidInput(format!("{e}")))?;
             for (pcr, hex) in pcrs {
-                let pcr: u32 = pcr
-                    .parse()
-                    .map_err(|_| Error::InvalidInput(format!("expected: PCR {pcr:?}")))?;
-                let d = hex::decode(hex).map_err(|e| Error::InvalidInput(format!("{e}")))?;
-                expected.entry(bank).or_default().insert(pcr, Digest(d));
+                let d = decode_digest(*bank, hex)
+                    .map_err(|e| Error::InvalidInput(format!("expected.{bank}.{pcr}: {e}")))?;
+                expected.entry(*bank).or_default().insert(pcr.get(), d);
             }
         }
         Ok(References {
             expected,
             ..References::default()
         })
+    }
+
+    /// The banks some reference gives a value for.
+    fn banks(&self) -> BTreeSet<HashAlg> {
+        let mut b: BTreeSet<HashAlg> = self.expected.keys().copied().collect();
+        b.extend(self.all_pcr11().map(|v| v.bank));
+        for a in &self.artifacts {
+            b.extend(a.authenticode.keys().copied());
+            b.extend(a.sections.iter().flat_map(|s| s.digests.keys().copied()));
+        }
+        b
     }
 
     fn all_pcr11(&self) -> impl Iterator<Item = &PhaseValue> {
@@ -387,22 +448,38 @@ pub fn combined_pcrs(log: &EventLog, userspace: Option<&UserspaceLog>) -> (PcrVa
     (values, r.quirks)
 }
 
-/// Verifies the evidence against the policy and references.
+/// A quote to check: the TPMS_ATTEST bytes, its signature, the attestation key and the nonce
+/// the verifier sent. The quote's PCR digest is checked against the evidence's replay.
+#[derive(Debug, Clone, Copy)]
+pub struct QuoteEvidence<'a> {
+    pub attest: &'a [u8],
+    pub signature: &'a Signature,
+    pub ak: &'a AkPublic,
+    pub nonce: &'a [u8],
+}
+
+/// Verifies the evidence against the policy and references. The verdict accepts only when no
+/// finding rejects and every (bank, PCR) of the policy was compared with a reference (and,
+/// with a quote, is covered by it): a policy under which nothing was checked never accepts.
 pub fn verify(
     policy: &Policy,
     refs: &References,
     log: &EventLog,
     userspace: Option<&UserspaceLog>,
+    quote: Option<QuoteEvidence<'_>>,
 ) -> Verdict {
     let mut f = Vec::new();
     let mut checked = Vec::new();
+    // (bank, PCR) pairs whose final value was compared with a reference.
+    let mut covered: BTreeSet<(HashAlg, u32)> = BTreeSet::new();
     let banks: Vec<HashAlg> = if policy.banks.is_empty() {
+        let given = refs.banks();
         log.banks()
             .into_iter()
-            .filter(|b| b.is_supported())
+            .filter(|b| b.is_supported() && given.contains(b))
             .collect()
     } else {
-        policy.banks.iter().filter_map(|b| b.parse().ok()).collect()
+        policy.banks.clone()
     };
     let sev_lint = if policy.allow_lint_findings {
         Severity::Note
@@ -418,8 +495,10 @@ pub fn verify(
         f.push(x);
     }
     check_stub_events(refs, log, &banks, &mut f, &mut checked);
-    if policy.pcrs.contains(&4) && refs.artifacts.iter().any(|a| !a.authenticode.is_empty()) {
-        check_pcr4(refs, log, &banks, &mut f, &mut checked);
+    if policy.pcrs.iter().any(|p| p.get() == 4)
+        && refs.artifacts.iter().any(|a| !a.authenticode.is_empty())
+    {
+        check_pcr4(refs, log, &banks, &mut f, &mut checked, &mut covered);
     }
     let (r, quirks) = {
         let r = replay(log);
@@ -427,7 +506,7 @@ pub fn verify(
     };
     // Without a userspace log PCR 11 is checked right after the stub (phase path ":").
     let empty = UserspaceLog::default();
-    check_userspace(
+    let pcr11_final = check_userspace(
         policy,
         refs,
         &r,
@@ -436,16 +515,21 @@ pub fn verify(
         &mut f,
         &mut checked,
     );
+    covered.extend(pcr11_final.into_iter().map(|b| (b, PCR_KERNEL_IMAGE)));
     let (values, _) = combined_pcrs(log, userspace);
-    for pcr in &policy.pcrs {
+    let value_of = |bank: HashAlg, pcr: u32| {
+        values
+            .get(&bank)
+            .and_then(|m| m.get(&pcr))
+            .cloned()
+            .or_else(|| crate::eventlog::replay::reset_value(bank, pcr))
+    };
+    for pcr in policy.pcrs.iter().map(|p| p.get()) {
         for bank in &banks {
-            let got = values
-                .get(bank)
-                .and_then(|m| m.get(pcr))
-                .cloned()
-                .or_else(|| crate::eventlog::replay::reset_value(*bank, *pcr));
-            if let Some(want) = refs.expected.get(bank).and_then(|m| m.get(pcr)) {
+            let got = value_of(*bank, pcr);
+            if let Some(want) = refs.expected.get(bank).and_then(|m| m.get(&pcr)) {
                 checked.push(format!("PCR {pcr} {bank} = policy expected value"));
+                covered.insert((*bank, pcr));
                 if got.as_ref() != Some(want) {
                     let mut x = Finding::new(
                         Severity::Reject,
@@ -457,34 +541,88 @@ pub fn verify(
                             want.to_hex()
                         ),
                     );
-                    x.pcr = Some(*pcr);
+                    x.pcr = Some(pcr);
                     x.expected = Some(want.to_hex());
                     f.push(x);
                 }
             }
         }
     }
-    if policy.pcrs.contains(&PCR_KERNEL_IMAGE) && !checked.iter().any(|c| c.starts_with("PCR 11")) {
+    if banks.is_empty() {
         f.push(Finding::new(
             Severity::Reject,
-            "no-reference",
-            "pcrs",
-            "the policy names PCR 11 but no reference gives a PCR 11 value for the banks checked"
-                .into(),
+            "nothing-checked",
+            "policy",
+            "no bank to check: no reference gives a value in a bank the log carries".into(),
         ));
     }
-    // Rejects first, each group in evidence order (firmware log, then userspace log, then PCRs).
+    for pcr in policy.pcrs.iter().map(|p| p.get()) {
+        for bank in &banks {
+            if !covered.contains(&(*bank, pcr)) {
+                let mut x = Finding::new(
+                    Severity::Reject,
+                    "unchecked-pcr",
+                    "policy",
+                    format!(
+                        "PCR {pcr} ({bank}) is in the policy but no reference checks it (no expected value{})",
+                        if pcr == PCR_KERNEL_IMAGE {
+                            ", no PCR 11 prediction for the final phase path"
+                        } else if pcr == 4 {
+                            ", not every PCR 4 event matched an artifact"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                x.pcr = Some(pcr);
+                f.push(x);
+            }
+        }
+    }
+    match quote {
+        Some(q) => match verify_quote(q.attest, q.signature, q.ak, q.nonce, value_of) {
+            Ok(vq) => {
+                checked.push(format!(
+                    "quote: signature, magic, type, nonce, PCR digest over {} PCRs",
+                    vq.pcrs.len()
+                ));
+                for pcr in policy.pcrs.iter().map(|p| p.get()) {
+                    for bank in &banks {
+                        if !vq.pcrs.iter().any(|(b, i, _)| b == bank && *i == pcr) {
+                            let mut x = quote_finding(format!(
+                                    "the quote does not cover PCR {pcr} in bank {bank}, which the policy checks"
+                                ));
+                            x.pcr = Some(pcr);
+                            f.push(x);
+                        }
+                    }
+                }
+            }
+            Err(e) => f.push(quote_finding(format!("quote: {e}"))),
+        },
+        None if policy.require_quote => f.push(quote_finding(
+            "the policy requires a quote (require_quote) and none was given".into(),
+        )),
+        None => {}
+    }
+    // Rejects first, each group in evidence order: the firmware log, the userspace log (each by
+    // event index), the PCR values, the quote, then what the policy left unchecked.
     let rank = |x: &Finding| {
         (
             x.severity != Severity::Reject,
-            x.source != "firmware-log",
-            x.source == "pcrs",
+            match x.source {
+                "firmware-log" => 0,
+                "userspace-log" => 1,
+                "pcrs" => 2,
+                "quote" => 3,
+                _ => 4,
+            },
             x.index.unwrap_or(usize::MAX),
         )
     };
     f.sort_by_key(rank);
     Verdict {
-        accepted: !f.iter().any(|x| x.severity == Severity::Reject),
+        accepted: !f.iter().any(|x| x.severity == Severity::Reject) && !covered.is_empty(),
         findings: f,
         quirks,
         checked,
@@ -685,13 +823,25 @@ fn match_sections(
     (errs, ok)
 }
 
+/// PCR 4 counts as checked in a bank when every EFI application in it matched an artifact and
+/// its other events are separators and EFI actions, whose digests the lint binds to their data.
 fn check_pcr4(
     refs: &References,
     log: &EventLog,
     banks: &[HashAlg],
     f: &mut Vec<Finding>,
     checked: &mut Vec<String>,
+    covered: &mut BTreeSet<(HashAlg, u32)>,
 ) {
+    let before = f.len();
+    let others_bound = log.events.iter().filter(|e| e.pcr == 4).all(|e| {
+        matches!(
+            e.event_type,
+            EventType::EV_EFI_BOOT_SERVICES_APPLICATION
+                | EventType::EV_SEPARATOR
+                | EventType::EV_EFI_ACTION
+        )
+    });
     let apps: Vec<&Event> = log
         .events
         .iter()
@@ -714,6 +864,28 @@ fn check_pcr4(
             (None, None) => f.push(Finding::new(Severity::Reject, "unknown-event", "firmware-log", format!("event {}: an EFI application was loaded whose Authenticode hash matches no artifact", e.index)).at_event(e, banks.first().copied())),
         }
     }
+    if others_bound && f.len() == before {
+        for b in banks {
+            // Every application's digest in this very bank is an artifact's Authenticode hash.
+            let every_app_matched = log
+                .events
+                .iter()
+                .filter(|e| {
+                    e.pcr == 4 && e.event_type == EventType::EV_EFI_BOOT_SERVICES_APPLICATION
+                })
+                .all(|e| {
+                    e.digest(*b).is_some_and(|d| {
+                        refs.artifacts.iter().any(|a| {
+                            a.authenticode.get(b) == Some(d)
+                                || a.kernel_authenticode.get(b) == Some(d)
+                        })
+                    })
+                });
+            if every_app_matched {
+                covered.insert((*b, 4));
+            }
+        }
+    }
 }
 
 fn check_userspace(
@@ -724,7 +896,7 @@ fn check_userspace(
     banks: &[HashAlg],
     f: &mut Vec<Finding>,
     checked: &mut Vec<String>,
-) {
+) -> Vec<HashAlg> {
     let mut pcr11: BTreeMap<HashAlg, Option<Pcr>> = banks
         .iter()
         .map(|b| {
@@ -743,7 +915,9 @@ fn check_userspace(
                       pcr11: &BTreeMap<HashAlg, Option<Pcr>>,
                       f: &mut Vec<Finding>,
                       checked: &mut Vec<String>,
-                      at: Option<usize>| {
+                      at: Option<usize>|
+     -> Vec<HashAlg> {
+        let mut done = Vec::new();
         for (bank, p) in pcr11 {
             let Some(p) = p else { continue };
             let refs_for: Vec<&PhaseValue> = refs
@@ -759,6 +933,7 @@ fn check_userspace(
                 path.join(":")
             };
             checked.push(format!("PCR 11 {bank} after phase path {label}"));
+            done.push(*bank);
             if !refs_for.iter().any(|v| &v.value == p.value()) {
                 let mut x = Finding::new(Severity::Reject, "pcr-mismatch", if at.is_some() { "userspace-log" } else { "firmware-log" }, format!("PCR 11 ({bank}) after phase path {label:?} is {}, which no reference predicts", p.value()));
                 x.pcr = Some(PCR_KERNEL_IMAGE);
@@ -774,8 +949,14 @@ fn check_userspace(
                 f.push(x);
             }
         }
+        done
     };
-    check_path(&path, &pcr11, f, checked, None);
+    // A bank's final PCR 11 is checked when some phase path was compared with a prediction in
+    // it and every later PCR 11 record is a known phase word whose digest is H(word) (anything
+    // else rejects): the final value follows from the checked one.
+    let mut ever: BTreeSet<HashAlg> = check_path(&path, &pcr11, f, checked, None)
+        .into_iter()
+        .collect();
     for r in &u.records {
         let base = |sev, kind, msg: String| {
             let mut x = Finding::new(sev, kind, "userspace-log", msg);
@@ -836,7 +1017,10 @@ fn check_userspace(
                 }
             }
             path.push(word);
-            check_path(&path, &pcr11, f, checked, Some(r.index));
+            ever.extend(check_path(&path, &pcr11, f, checked, Some(r.index)));
         }
     }
+    ever.into_iter()
+        .filter(|b| pcr11.get(b).is_some_and(Option::is_some))
+        .collect()
 }

@@ -37,7 +37,7 @@ enum Action {
 }
 
 /// Reads and parses an event log file, naming the file in errors.
-pub fn load(file: &PathBuf) -> anyhow::Result<EventLog> {
+pub fn load(file: &std::path::Path) -> anyhow::Result<EventLog> {
     let data = imgctl_fsio::read_bounded(file, imgctl_fsio::caps::EVENT_LOG, "an event log")?;
     EventLog::parse(&data).with_context(|| format!("parsing event log {}", file.display()))
 }
