@@ -554,3 +554,270 @@ fn verify_cli_accepts_the_capture_and_explains_a_rejection() {
     );
     assert!(text.contains("artifact: demo.efi"), "{text}");
 }
+
+fn run_verify(args: &[&std::ffi::OsStr]) -> (Option<i32>, String, String) {
+    let out = common::imgctl().arg("verify").args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Defect A6: typos in a policy (unknown key, bank, PCR; bad hex; golden values nothing checks;
+/// a pcrs.json given as a manifest) were dropped or ignored. Each is exit 3, one line naming the
+/// key or file.
+#[test]
+fn policy_typos_are_errors_naming_the_key() {
+    let Some(c) = capture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "demo.manifest.json",
+        manifest(&c).to_string().as_bytes(),
+    );
+    std::fs::copy(
+        c.dir.join("ovmf-stub252-systemd-measure.json"),
+        tmp.path().join("pcrs.json"),
+    )
+    .unwrap();
+    let el = c.dir.join("ovmf-stub252-eventlog.bin");
+    let z = "00".repeat(32);
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (serde_json::json!({"pcrs": [0], "bnks": ["sha256"]}), "bnks"),
+        (
+            serde_json::json!({"pcrs": [0], "banks": ["sha-256"]}),
+            "sha-256",
+        ),
+        (serde_json::json!({"pcrs": [0], "banks": ["md5"]}), "md5"),
+        (serde_json::json!({"pcrs": [7, 99]}), "99"),
+        (serde_json::json!({"pcrs": []}), "pcrs"),
+        (serde_json::json!({"banks": ["sha256"]}), "pcrs"),
+        (
+            serde_json::json!({"pcrs": [0], "expected": {"sha256": {"0": "abc"}}}),
+            "expected.sha256.0",
+        ),
+        (
+            serde_json::json!({"pcrs": [0], "expected": {"sha256": {"0": "zz"}}}),
+            "expected.sha256.0",
+        ),
+        (
+            serde_json::json!({"pcrs": [0], "expected": {"sha256": {"0": "00"}}}),
+            "expected.sha256.0",
+        ),
+        (
+            serde_json::json!({"pcrs": [0], "expected": {"sha256": {"7": z}}}),
+            "expected.sha256.7",
+        ),
+        (
+            serde_json::json!({"pcrs": [0], "banks": ["sha1"], "expected": {"sha256": {"0": z}}}),
+            "expected.sha256",
+        ),
+        (
+            serde_json::json!({"pcrs": [11], "manifests": ["pcrs.json"]}),
+            "pcrs.json",
+        ),
+        (
+            serde_json::json!({"pcrs": [11], "pcrs_json": ["demo.manifest.json"]}),
+            "demo.manifest.json",
+        ),
+        (
+            serde_json::json!({"pcrs": [11], "require_quote": "yes"}),
+            "require_quote",
+        ),
+    ];
+    for (policy, key) in cases {
+        let pf = write(
+            tmp.path(),
+            "policy.yaml",
+            serde_yaml::to_string(&policy).unwrap().as_bytes(),
+        );
+        let (code, out, err) = run_verify(&[
+            "--eventlog".as_ref(),
+            el.as_os_str(),
+            "--policy".as_ref(),
+            pf.as_os_str(),
+        ]);
+        assert_eq!(code, Some(3), "{policy}: {out}{err}");
+        assert!(err.contains(key), "{policy}: {err}");
+        assert_eq!(err.lines().count(), 1, "{policy}: {err}");
+        assert!(out.is_empty(), "{policy}: {out}");
+    }
+}
+
+/// A6: a policy under which nothing is checked never accepts: PCRs no reference covers.
+#[test]
+fn a_policy_that_checks_nothing_never_accepts() {
+    let Some(c) = capture() else { return };
+    let run = |json: serde_json::Value| {
+        let policy = Policy::parse(&json.to_string()).unwrap();
+        let (_, mut refs) = setup(&c);
+        refs.expected = References::from_policy(&policy).unwrap().expected;
+        verify::verify(&policy, &refs, &c.log, None, None)
+    };
+    // PCR 7 with no golden value and no reference: nothing to compare.
+    let v = run(serde_json::json!({"pcrs": [7]}));
+    assert!(!v.accepted, "{v:#?}");
+    // A golden value in sha256 only, but sha1 checked too: sha1 PCR 7 is unchecked.
+    let mut g = golden(&c);
+    g.remove("sha1");
+    g.get_mut("sha256").unwrap().retain(|p, _| p == "7");
+    let v = run(serde_json::json!({"pcrs": [7], "banks": ["sha1", "sha256"], "expected": g}));
+    assert!(!v.accepted);
+    assert!(
+        v.findings
+            .iter()
+            .any(|f| f.kind == "unchecked-pcr" && f.message.contains("sha1")),
+        "{v:#?}"
+    );
+    // The same with sha256 alone accepts.
+    let v = run(serde_json::json!({"pcrs": [7], "banks": ["sha256"], "expected": g}));
+    assert!(v.accepted, "{v:#?}");
+    // require_quote without a quote rejects.
+    let v = run(
+        serde_json::json!({"pcrs": [7], "banks": ["sha256"], "expected": g, "require_quote": true}),
+    );
+    assert!(!v.accepted);
+    assert!(v.findings.iter().any(|f| f.kind == "quote"), "{v:#?}");
+}
+
+/// Defect A7: unreadable evidence gave 1 (reject); it is 3, with one line naming the file.
+#[test]
+fn unreadable_evidence_is_exit_3_naming_the_file() {
+    let Some(c) = capture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p = policy_json(&c);
+    p["banks"] = serde_json::json!(["sha256"]);
+    p["expected"].as_object_mut().unwrap().remove("sha1");
+    let pf = write(tmp.path(), "policy.json", p.to_string().as_bytes());
+    let el = c.dir.join("ovmf-stub252-eventlog.bin");
+    let garbage = write(tmp.path(), "garbage", b"not a log");
+    let quote = write(
+        tmp.path(),
+        "quote.json",
+        br#"{"quote": "00", "signature": "00"}"#,
+    );
+    let missing = tmp.path().join("missing");
+    let base = |extra: &[&std::ffi::OsStr], log: &Path| {
+        let mut a: Vec<&std::ffi::OsStr> = vec!["--policy".as_ref(), pf.as_os_str()];
+        a.extend_from_slice(&["--eventlog".as_ref(), log.as_os_str()]);
+        a.extend_from_slice(extra);
+        run_verify(&a)
+    };
+    let cases: Vec<(Vec<&std::ffi::OsStr>, &Path, String)> = vec![
+        (vec![], &missing, missing.display().to_string()),
+        (vec![], &garbage, garbage.display().to_string()),
+        (vec![], Path::new("/dev/zero"), "/dev/zero".into()),
+        (
+            vec!["--userspace-log".as_ref(), missing.as_os_str()],
+            &el,
+            missing.display().to_string(),
+        ),
+        (
+            vec!["--userspace-log".as_ref(), garbage.as_os_str()],
+            &el,
+            garbage.display().to_string(),
+        ),
+        (
+            vec![
+                "--quote".as_ref(),
+                missing.as_os_str(),
+                "--ak".as_ref(),
+                garbage.as_os_str(),
+            ],
+            &el,
+            missing.display().to_string(),
+        ),
+        (
+            vec![
+                "--quote".as_ref(),
+                garbage.as_os_str(),
+                "--ak".as_ref(),
+                garbage.as_os_str(),
+            ],
+            &el,
+            garbage.display().to_string(),
+        ),
+        (
+            vec![
+                "--quote".as_ref(),
+                quote.as_os_str(),
+                "--ak".as_ref(),
+                garbage.as_os_str(),
+                "--nonce".as_ref(),
+                "xyz".as_ref(),
+            ],
+            &el,
+            "--nonce".into(),
+        ),
+        (
+            vec![
+                "--quote".as_ref(),
+                quote.as_os_str(),
+                "--ak".as_ref(),
+                garbage.as_os_str(),
+            ],
+            &el,
+            quote.display().to_string(),
+        ),
+    ];
+    for (extra, log, name) in cases {
+        let (code, out, err) = base(&extra, log);
+        assert_eq!(code, Some(3), "{extra:?} {}: {out}{err}", log.display());
+        assert!(err.contains(&name), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+/// Defect A6: quote coverage is per (bank, PCR): the Windows GCE quote covers SHA-1 PCRs
+/// only, so it does not vouch for a SHA-256 replay.
+#[test]
+fn a_sha1_quote_does_not_cover_a_sha256_check() {
+    let Some(d) = common::shared_dir() else {
+        return;
+    };
+    use base64::Engine as _;
+    let j: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(d.join("testdata/eventlogs/go-attestation/windows_gcp_shielded_vm.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let log = EventLog::parse(&b64(&j["Log"]["Raw"])).unwrap();
+    let attest = b64(&j["Quote"]["Quote"]);
+    let sig = imgctl_measure::quote::Signature::parse(&b64(&j["Quote"]["Signature"])).unwrap();
+    let ak = imgctl_measure::quote::AkPublic::parse(&b64(&j["AK"]["Public"])).unwrap();
+    let r = eventlog::replay(&log);
+    let q = verify::QuoteEvidence {
+        attest: &attest,
+        signature: &sig,
+        ak: &ak,
+        nonce: b"",
+    };
+    for (bank, ok) in [(HashAlg::SHA1, true), (HashAlg::SHA256, false)] {
+        let policy = Policy::parse(
+            &serde_json::json!({"pcrs": [0], "banks": [bank.to_string()], "allow_lint_findings": true,
+                "require_quote": true,
+                "expected": {bank.to_string(): {"0": r.value(bank, 0).unwrap().to_hex()}}})
+            .to_string(),
+        )
+        .unwrap();
+        let refs = References::from_policy(&policy).unwrap();
+        let v = verify::verify(&policy, &refs, &log, None, Some(q));
+        // (The log's Windows EV_EVENT_TAG events in PCR 12–13 reject on their own; only the
+        // quote's findings matter here.)
+        let quote: Vec<_> = v.findings.iter().filter(|f| f.kind == "quote").collect();
+        assert_eq!(quote.is_empty(), ok, "{bank}: {quote:#?}");
+        if !ok {
+            assert!(
+                quote[0].message.contains("PCR 0 in bank sha256"),
+                "{quote:#?}"
+            );
+        }
+        assert!(v.checked.iter().any(|c| c.starts_with("quote: signature")));
+    }
+}

@@ -43,6 +43,9 @@ use crate::pcr11::{name_bytes, StubSemantics, PCR_KERNEL_IMAGE, PHASE_WORDS};
 use crate::quote::{verify_quote, AkPublic, Signature};
 use crate::Error;
 
+/// The manifest format this verifier reads (`imgctl build` writes it).
+pub const MANIFEST_FORMAT: &str = "imgctl-manifest/1";
+
 /// A verification policy. Parse it with [`Policy::parse`], which also checks it: unknown keys,
 /// unknown banks, PCR indices outside 0–23, malformed or wrong-sized golden values, golden
 /// values for PCRs or banks the policy does not check, and an empty `pcrs` are errors naming
@@ -217,6 +220,8 @@ fn pcrs_from(
 
 #[derive(Deserialize)]
 struct ManifestJson {
+    /// Required: a pcrs.json or any other JSON object given as a manifest is an error.
+    format: String,
     #[serde(default)]
     name: String,
     uki: Option<UkiJson>,
@@ -269,6 +274,12 @@ struct EventJson {
 pub fn parse_manifest(file: &str, data: &[u8]) -> Result<Artifact, Error> {
     let m: ManifestJson = serde_json::from_slice(data)
         .map_err(|e| Error::InvalidInput(format!("{file}: not a manifest: {e}")))?;
+    if m.format != MANIFEST_FORMAT {
+        return Err(Error::InvalidInput(format!(
+            "{file}: manifest format {:?}, expected {MANIFEST_FORMAT:?}",
+            m.format
+        )));
+    }
     let mut a = Artifact {
         name: if m.name.is_empty() {
             file.to_owned()
