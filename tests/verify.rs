@@ -484,7 +484,26 @@ fn break_glass_is_rejected_by_verify_and_listed_by_audit() {
         j["problems"][0].as_str().unwrap().contains("altered"),
         "{j}"
     );
-    assert_eq!(out.status.code(), Some(1));
+    // Defect A4: tampering is "inconsistent" (exit 4), not a benign break-glass finding.
+    assert_eq!(out.status.code(), Some(4), "{j}");
+    assert_eq!(j["verdict"], "inconsistent");
+
+    // The actor changed and the digests recomputed: the record is self-consistent, but the
+    // replay no longer gives the PCR 15 the TPM reports. Inconsistent too.
+    let forged_bg =
+        BreakGlass::new("mallory", "debug-shell", "INC-7 disk full", 1_795_395_723).unwrap();
+    let mut forged = phase_log(&["enter-initrd"]);
+    forged.extend(
+        forged_bg
+            .record(PCR, &[HashAlg::SHA1, HashAlg::SHA256], &origin)
+            .unwrap()
+            .to_json_seq(),
+    );
+    let ul5 = write(tmp.path(), "forged.log", &forged);
+    let out = run(&ul5);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(4), "{j}");
+    assert_eq!(j["consistent"], false);
 
     // No break-glass, consistent: exit 0.
     let clean = phase_log(&["enter-initrd"]);
