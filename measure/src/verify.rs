@@ -16,16 +16,27 @@
 //!   break-glass records reject unless the policy allows them; altered records reject;
 //! - the policy's PCRs equal its golden values (`expected`) and the references' PCR 11.
 //!
-//! The policy (YAML or JSON):
+//! The policy (YAML or JSON; unknown keys, banks other than sha1/sha256/sha384/sha512, PCRs
+//! outside 0–23, malformed or wrong-sized hex, and golden values for a PCR or bank the policy
+//! does not check are errors naming the key):
 //! ```yaml
-//! pcrs: [0, 2, 4, 7, 11]          # PCRs that must match a reference (and be quoted, with a quote)
-//! banks: [sha256]                 # banks to check (default: every bank the references give)
+//! pcrs: [0, 2, 4, 7, 11]          # required: PCRs that must match a reference, in every bank
+//! banks: [sha256]                 # banks to check (default: those the log carries and a
+//!                                 # reference gives)
 //! pcrs_json: [demo.pcrs.json]     # systemd-measure calculate --json output (imgctl predict-pcrs --json)
-//! manifests: [demo.manifest.json] # imgctl build manifests (format imgctl-manifest/1)
+//! manifests: [demo.manifest.json] # imgctl build manifests (format imgctl-manifest/1, required)
 //! expected: {sha256: {"0": "…"}}  # golden values for PCRs without a finer reference
 //! allow_break_glass: false
 //! allow_lint_findings: false      # accept logs with known firmware blemishes
+//! require_quote: false            # true: reject unless a verified quote is given
 //! ```
+//! A verdict accepts only when nothing rejects **and** every (bank, PCR) of `pcrs` × banks was
+//! compared with a reference: a golden value; for PCR 11 a prediction of a phase path reached
+//! by known pcrphase words; for PCR 4 every EFI application matching an artifact's
+//! Authenticode hash (other PCR 4 events only separators and EFI actions). With a quote, each
+//! of those (bank, PCR) pairs must be in the quote's selection. Findings come in evidence
+//! order: firmware log, userspace log (by index), PCR values, quote, policy; `findings[0]` is
+//! the first divergence.
 //! File paths are resolved by the caller (the CLI), relative to the policy file.
 
 use std::collections::{BTreeMap, BTreeSet};
