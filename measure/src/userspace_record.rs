@@ -214,30 +214,40 @@ impl BreakGlass {
     }
 
     /// The claim a break-glass record makes, checked against its measured string. `None` for
-    /// records of other types.
+    /// records that are not break-glass records by [`break_glass_claim`]'s one rule.
     pub fn from_record(r: &Record) -> Option<Result<Self, Error>> {
-        if r.content.event_type.as_deref() != Some(BREAK_GLASS) {
-            return None;
-        }
-        let parsed = r
-            .content
-            .string
-            .strip_prefix("break-glass:")
-            .ok_or_else(|| Error::InvalidInput("break-glass string lacks its prefix".into()))
-            .and_then(|j| {
-                serde_json::from_str::<BreakGlass>(j)
-                    .map_err(|e| Error::InvalidInput(format!("break-glass string: {e}")))
-            })
-            .and_then(|b| {
-                if b.string() != r.content.string {
-                    return Err(Error::InvalidInput(
-                        "break-glass string is not in canonical form".into(),
-                    ));
-                }
-                Ok(b)
-            });
-        Some(parsed)
+        break_glass_claim(r.content.event_type.as_deref(), Some(&r.content.string))
+            .map(|c| c.map_err(|e| Error::InvalidInput(format!("break-glass record: {e}"))))
     }
+}
+
+/// The one rule for break-glass records, used by the recorder's and the verifier's parsers: a
+/// record is one when its `eventType` is `break-glass` **or** its string starts with
+/// `break-glass:` (a record that hides its type is still reported); it is valid only when the
+/// string is `break-glass:` + the canonical JSON of a [`BreakGlass`].
+pub fn break_glass_claim(
+    event_type: Option<&str>,
+    string: Option<&str>,
+) -> Option<Result<BreakGlass, String>> {
+    const PREFIX: &str = "break-glass:";
+    let by_type = event_type == Some(BREAK_GLASS);
+    let by_string = string.is_some_and(|s| s.starts_with(PREFIX));
+    if !by_type && !by_string {
+        return None;
+    }
+    let s = string.unwrap_or_default();
+    Some(match s.strip_prefix(PREFIX) {
+        Some(json) => serde_json::from_str::<BreakGlass>(json)
+            .map_err(|e| format!("undecodable: {e}"))
+            .and_then(|b| {
+                if b.string() == s {
+                    Ok(b)
+                } else {
+                    Err("not in canonical form".into())
+                }
+            }),
+        None => Err("eventType break-glass without a break-glass: string".into()),
+    })
 }
 
 /// Parses a JSON-SEQ log. A trailing record without its newline (a writer that died mid-way)
