@@ -254,6 +254,7 @@ struct UkiJson {
     sections: Vec<SectionJson>,
 }
 
+/// `semantics` is spelled as [`StubSemantics::name`] writes it (the builder's manifest), exactly.
 #[derive(Deserialize)]
 struct StubJson {
     semantics: Option<String>,
@@ -305,17 +306,19 @@ pub fn parse_manifest(file: &str, data: &[u8]) -> Result<Artifact, Error> {
         }
         a.authenticode = digests(&uki.authenticode)?;
         a.kernel_authenticode = digests(&uki.kernel_authenticode)?;
-        a.semantics = uki
-            .stub
-            .as_ref()
-            .and_then(|s| s.semantics.as_deref())
-            .map(|s| {
-                if s.contains("252") {
-                    StubSemantics::Systemd252
-                } else {
-                    StubSemantics::Upstream
-                }
-            });
+        a.semantics = match uki.stub.as_ref().and_then(|s| s.semantics.as_deref()) {
+            None => None,
+            Some(s) => Some(
+                [StubSemantics::Systemd252, StubSemantics::Upstream]
+                    .into_iter()
+                    .find(|k| k.name() == s)
+                    .ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "{file}: uki.stub.semantics {s:?} is neither \"systemd-252\" nor \"upstream\""
+                        ))
+                    })?,
+            ),
+        };
         for s in uki.sections.iter().filter(|s| s.measured) {
             a.sections.push(SectionRef {
                 name: s.name.clone(),
@@ -1045,4 +1048,60 @@ fn check_userspace(
     ever.into_iter()
         .filter(|b| pcr11.get(b).is_some_and(Option::is_some))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(semantics: &str) -> Vec<u8> {
+        serde_json::json!({"format": MANIFEST_FORMAT, "name": "x",
+            "uki": {"file": "x.efi", "stub": {"semantics": semantics}, "sections": []}})
+        .to_string()
+        .into_bytes()
+    }
+
+    /// Defect H28: stub semantics was chosen by `contains("252")`, so "upstream-2520" meant
+    /// systemd 252 and a typo meant upstream. Only the builder's spelling is read.
+    #[test]
+    fn stub_semantics_is_read_by_its_one_spelling() {
+        let a = parse_manifest("m", &manifest("systemd-252")).unwrap();
+        assert_eq!(a.semantics, Some(StubSemantics::Systemd252));
+        let a = parse_manifest("m", &manifest("upstream")).unwrap();
+        assert_eq!(a.semantics, Some(StubSemantics::Upstream));
+        for bad in ["systemd252", "252", "upstream-2520", "Upstream"] {
+            let e = parse_manifest("m", &manifest(bad)).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    /// Defect A6: a pcrs.json given as a manifest was read as an empty manifest.
+    #[test]
+    fn a_pcrs_json_is_not_a_manifest() {
+        let pcrs = br#"{"sha256": [{"pcr": 11, "hash": "00"}]}"#;
+        assert!(parse_manifest("pcrs.json", pcrs).is_err());
+        assert!(parse_pcrs_json("m", &manifest("upstream")).is_err());
+    }
+
+    #[test]
+    fn policy_keys_and_values_are_checked() {
+        assert!(Policy::parse("pcrs: [0]\nbanks: [sha256]").is_ok());
+        for (bad, key) in [
+            ("pcrs: [0]\nbnks: [sha256]", "bnks"),
+            ("pcrs: [0]\nbanks: [md5]", "md5"),
+            ("pcrs: [0, 24]", "24"),
+            ("pcrs: []", "pcrs"),
+            (
+                "pcrs: [0]\nexpected: {sha256: {0: zz}}",
+                "expected.sha256.0",
+            ),
+            (
+                "pcrs: [0]\nexpected: {sha256: {1: '00'}}",
+                "expected.sha256.1",
+            ),
+        ] {
+            let e = Policy::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
 }
