@@ -62,12 +62,14 @@ fn parse_pcrs(data: &[u8]) -> anyhow::Result<PcrValues> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let load = || -> anyhow::Result<_> {
         let path = &args.userspace_log;
-        let data = imgctl_fsio::read_bounded(path, caps::USERSPACE_LOG, "a userspace log")?;
+        let data = imgctl_fsio::read_bounded(path, caps::USERSPACE_LOG, "a userspace log")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let log =
             UserspaceLog::parse(&data).with_context(|| format!("parsing {}", path.display()))?;
         let firmware = match &args.eventlog {
             Some(p) => {
-                let d = imgctl_fsio::read_bounded(p, caps::EVENT_LOG, "an event log")?;
+                let d = imgctl_fsio::read_bounded(p, caps::EVENT_LOG, "an event log")
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 eventlog::replay(
                     &EventLog::parse(&d).with_context(|| format!("parsing {}", p.display()))?,
                 )
@@ -77,11 +79,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let pcrs = match &args.pcrs {
             Some(p) => Some(
-                parse_pcrs(&imgctl_fsio::read_bounded(
-                    p,
-                    caps::POLICY,
-                    "a PCR values file",
-                )?)
+                parse_pcrs(
+                    &imgctl_fsio::read_bounded(p, caps::POLICY, "a PCR values file")
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                )
                 .with_context(|| format!("{}", p.display()))?,
             ),
             None => None,

@@ -46,7 +46,8 @@ pub struct Args {
 }
 
 fn read(p: &Path, cap: u64, what: &'static str) -> anyhow::Result<Vec<u8>> {
-    Ok(imgctl_fsio::read_bounded(p, cap, what)?)
+    // fsio's message already includes its cause: keep the one line from repeating it.
+    imgctl_fsio::read_bounded(p, cap, what).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Loads a policy and every reference file it names (paths relative to the policy).
