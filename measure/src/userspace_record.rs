@@ -457,3 +457,159 @@ mod properties {
         }
     }
 }
+
+/// The sticky bit that marks the log dirty between the extend and the append.
+pub const S_ISVTX: u32 = 0o1000;
+
+/// The log file as the write protocol needs it (the caller holds its exclusive flock).
+pub trait LogFile {
+    type Error;
+    /// The file's permission bits (`st_mode & 0o7777`).
+    fn mode(&mut self) -> Result<u32, Self::Error>;
+    fn set_mode(&mut self, mode: u32) -> Result<(), Self::Error>;
+    /// Appends and syncs.
+    fn append(&mut self, data: &[u8]) -> Result<(), Self::Error>;
+}
+
+/// How one write went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The log was already marked dirty by an earlier writer (the mark stays).
+    pub was_dirty: bool,
+}
+
+/// A failure of the protocol, saying what state the log was left in.
+#[derive(Debug)]
+pub enum WriteError<L, T> {
+    /// Reading or setting the mode, before the extend: nothing changed.
+    Log(L),
+    /// The extend failed: nothing was appended and the dirty mark was lifted again (unless an
+    /// earlier writer had set it).
+    Extend(T),
+    /// The PCR was extended but the record could not be appended: the log stays marked dirty.
+    Append(L),
+}
+
+/// systemd's userspace-log write protocol (systemd-pcrextend): mark the log dirty (sticky bit),
+/// extend the PCR, append the record, lift the mark; a crash in between leaves the mark, so an
+/// auditor sees the log does not replay. `extend` receives the record's PCR and digests.
+pub fn write_record<F: LogFile, T>(
+    log: &mut F,
+    record: &Record,
+    banks: &[HashAlg],
+    extend: impl FnOnce(u32, &[(HashAlg, Digest)]) -> Result<(), T>,
+) -> Result<Written, WriteError<F::Error, T>>
+where
+    F::Error: From<Error>,
+{
+    let pcr = record
+        .pcr
+        .ok_or_else(|| WriteError::Log(Error::InvalidInput("record has no PCR".into()).into()))?;
+    let digests = banks
+        .iter()
+        .map(|b| match record.digest(*b) {
+            Some(Ok(d)) => Ok((*b, d)),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::InvalidInput(format!("record lacks a {b} digest"))),
+        })
+        .collect::<Result<Vec<_>, Error>>()
+        .map_err(|e| WriteError::Log(e.into()))?;
+    let mode = log.mode().map_err(WriteError::Log)? & 0o7777;
+    let was_dirty = mode & S_ISVTX != 0;
+    log.set_mode(mode | S_ISVTX).map_err(WriteError::Log)?;
+    if let Err(e) = extend(pcr, &digests) {
+        if !was_dirty {
+            // Best effort: the extend did not happen, so the log is still in step.
+            let _ = log.set_mode(mode & !S_ISVTX);
+        }
+        return Err(WriteError::Extend(e));
+    }
+    log.append(&record.to_json_seq())
+        .map_err(WriteError::Append)?;
+    if !was_dirty {
+        log.set_mode(mode & !S_ISVTX).map_err(WriteError::Append)?;
+    }
+    Ok(Written { was_dirty })
+}
+
+#[cfg(test)]
+mod protocol {
+    use super::*;
+
+    #[derive(Default)]
+    struct Fake {
+        mode: u32,
+        data: Vec<u8>,
+        fail_append: bool,
+        modes: Vec<u32>,
+    }
+
+    impl LogFile for Fake {
+        type Error = String;
+        fn mode(&mut self) -> Result<u32, String> {
+            Ok(self.mode)
+        }
+        fn set_mode(&mut self, m: u32) -> Result<(), String> {
+            self.mode = m;
+            self.modes.push(m);
+            Ok(())
+        }
+        fn append(&mut self, d: &[u8]) -> Result<(), String> {
+            if self.fail_append {
+                return Err("disk full".into());
+            }
+            self.data.extend_from_slice(d);
+            Ok(())
+        }
+    }
+
+    impl From<Error> for String {
+        fn from(e: Error) -> String {
+            e.to_string()
+        }
+    }
+
+    fn rec() -> Record {
+        let o = Origin {
+            boot_id: "0".into(),
+            timestamp_usec: 1,
+        };
+        Record::phase("ready", &[HashAlg::SHA256], &o).unwrap()
+    }
+
+    #[test]
+    fn dirty_mark_brackets_the_extend_and_stays_when_the_append_fails() {
+        let r = rec();
+        let mut f = Fake {
+            mode: 0o600,
+            ..Fake::default()
+        };
+        let mut extended = None;
+        let w = write_record(&mut f, &r, &[HashAlg::SHA256], |p, d| {
+            extended = Some((p, d.to_vec()));
+            Ok::<(), String>(())
+        })
+        .unwrap();
+        assert!(!w.was_dirty);
+        assert_eq!(f.modes, vec![0o1600, 0o600]);
+        assert_eq!(parse_log(&f.data).unwrap(), vec![r.clone()]);
+        assert_eq!(extended.unwrap().0, 11);
+        // The extend fails: nothing appended, mark lifted.
+        let mut f = Fake {
+            mode: 0o600,
+            ..Fake::default()
+        };
+        let e = write_record(&mut f, &r, &[HashAlg::SHA256], |_, _| Err("no TPM"));
+        assert!(matches!(e, Err(WriteError::Extend("no TPM"))));
+        assert!(f.data.is_empty() && f.mode == 0o600);
+        // The append fails after the extend: the mark stays.
+        let mut f = Fake {
+            mode: 0o600,
+            fail_append: true,
+            ..Fake::default()
+        };
+        let e = write_record(&mut f, &r, &[HashAlg::SHA256], |_, _| Ok::<(), String>(()));
+        assert!(matches!(e, Err(WriteError::Append(_))));
+        assert_eq!(f.mode, 0o1600);
+    }
+}
