@@ -561,3 +561,43 @@ fn replay_agrees_with_tpm2_eventlog_where_it_is_right() {
     );
     assert!(compared > 300, "only {compared} values compared");
 }
+
+/// Defect F24: a PCR index outside 0–23 (0xfffffff0) was replayed into a PCR that does not
+/// exist, and 64 KiB of zeros parsed as a 2,048-event log. Both are errors naming the file;
+/// /dev/zero is refused before it is read.
+#[test]
+fn eventlog_cli_refuses_pcr_indices_past_23_zeros_and_endless_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let zeros = tmp.path().join("zeros.bin");
+    std::fs::write(&zeros, vec![0u8; 64 << 10]).unwrap();
+    let mut bad = eventlog::tcg::encode_spec_id_header(&[HashAlg::SHA256]);
+    bad.extend(eventlog::tcg::encode_agile(
+        0xffff_fff0,
+        EventType::EV_POST_CODE,
+        &[(HashAlg::SHA256, Digest(vec![7; 32]))],
+        b"x",
+    ));
+    let high = tmp.path().join("high.bin");
+    std::fs::write(&high, &bad).unwrap();
+    for (f, want) in [
+        (zeros.as_path(), "all-zero record"),
+        (high.as_path(), "outside 0–23"),
+        (Path::new("/dev/zero"), "not a regular file"),
+    ] {
+        for action in ["show", "replay"] {
+            let out = common::imgctl()
+                .args(["eventlog", action])
+                .arg(f)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{}: {err}", f.display());
+            assert!(out.stdout.is_empty(), "{}", f.display());
+            assert!(
+                err.contains(&f.display().to_string()) && err.contains(want),
+                "{err}"
+            );
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+}

@@ -85,13 +85,30 @@ fn manifest(c: &Capture) -> serde_json::Value {
     })
 }
 
+const POLICY_PCRS: [u32; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 9, 11];
+
+/// The guest's PCR values for the policy's PCRs (golden values for PCRs it does not check are
+/// a policy error).
+fn golden(c: &Capture) -> BTreeMap<String, BTreeMap<String, String>> {
+    c.pcrs
+        .iter()
+        .map(|(b, m)| {
+            let m = m
+                .iter()
+                .filter(|(p, _)| POLICY_PCRS.contains(&p.parse().unwrap()))
+                .map(|(p, v)| (p.clone(), v.clone()))
+                .collect();
+            (b.clone(), m)
+        })
+        .collect()
+}
+
+fn policy_json(c: &Capture) -> serde_json::Value {
+    serde_json::json!({"pcrs": POLICY_PCRS, "banks": ["sha1", "sha256"], "expected": golden(c)})
+}
+
 fn setup(c: &Capture) -> (Policy, References) {
-    let policy = Policy {
-        pcrs: vec![0, 1, 2, 3, 4, 5, 6, 7, 9, 11],
-        banks: vec!["sha1".into(), "sha256".into()],
-        expected: c.pcrs.clone(),
-        ..Policy::default()
-    };
+    let policy = Policy::parse(&policy_json(c).to_string()).unwrap();
     let mut refs = References::from_policy(&policy).unwrap();
     refs.artifacts.push(
         verify::parse_manifest("demo.manifest.json", manifest(c).to_string().as_bytes()).unwrap(),
@@ -210,7 +227,7 @@ fn the_capture_is_accepted_against_the_uki_that_booted_and_rejected_against_anot
     let Some(c) = capture() else { return };
     let (policy, refs) = setup(&c);
     let u = UserspaceLog::parse(&phase_log(&["enter-initrd", "leave-initrd"])).unwrap();
-    let v = verify::verify(&policy, &refs, &c.log, Some(&u));
+    let v = verify::verify(&policy, &refs, &c.log, Some(&u), None);
     assert!(v.accepted, "{:#?}", v.findings);
     assert!(
         v.checked
@@ -232,7 +249,7 @@ fn the_capture_is_accepted_against_the_uki_that_booted_and_rejected_against_anot
     other
         .artifacts
         .push(verify::parse_manifest("other.json", m.to_string().as_bytes()).unwrap());
-    let v = verify::verify(&policy, &other, &c.log, None);
+    let v = verify::verify(&policy, &other, &c.log, None, None);
     assert!(!v.accepted);
     let first = &v.findings[0];
     assert_eq!(
@@ -264,7 +281,7 @@ fn tampering_corpus_is_caught_with_zero_false_accepts() {
     let Some(c) = capture() else { return };
     let (policy, refs) = setup(&c);
     let base = &c.log;
-    let check = |log: &EventLog| verify::verify(&policy, &refs, log, None);
+    let check = |log: &EventLog| verify::verify(&policy, &refs, log, None, None);
     let extending: Vec<usize> = (0..base.events.len())
         .filter(|i| base.events[*i].event_type != EventType::EV_NO_ACTION)
         .collect();
@@ -411,7 +428,7 @@ fn break_glass_is_rejected_by_verify_and_listed_by_audit() {
             .to_json_seq(),
     );
     let u = UserspaceLog::parse(&ulog).unwrap();
-    let v = verify::verify(&policy, &refs, &c.log, Some(&u));
+    let v = verify::verify(&policy, &refs, &c.log, Some(&u), None);
     rejected(&v, "break-glass", &["break-glass"]);
     assert!(v.findings[0].message.contains("alice"));
 
@@ -467,7 +484,26 @@ fn break_glass_is_rejected_by_verify_and_listed_by_audit() {
         j["problems"][0].as_str().unwrap().contains("altered"),
         "{j}"
     );
-    assert_eq!(out.status.code(), Some(1));
+    // Defect A4: tampering is "inconsistent" (exit 4), not a benign break-glass finding.
+    assert_eq!(out.status.code(), Some(4), "{j}");
+    assert_eq!(j["verdict"], "inconsistent");
+
+    // The actor changed and the digests recomputed: the record is self-consistent, but the
+    // replay no longer gives the PCR 15 the TPM reports. Inconsistent too.
+    let forged_bg =
+        BreakGlass::new("mallory", "debug-shell", "INC-7 disk full", 1_795_395_723).unwrap();
+    let mut forged = phase_log(&["enter-initrd"]);
+    forged.extend(
+        forged_bg
+            .record(PCR, &[HashAlg::SHA1, HashAlg::SHA256], &origin)
+            .unwrap()
+            .to_json_seq(),
+    );
+    let ul5 = write(tmp.path(), "forged.log", &forged);
+    let out = run(&ul5);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(4), "{j}");
+    assert_eq!(j["consistent"], false);
 
     // No break-glass, consistent: exit 0.
     let clean = phase_log(&["enter-initrd"]);
@@ -498,8 +534,8 @@ fn verify_cli_accepts_the_capture_and_explains_a_rejection() {
         "demo.manifest.json",
         manifest(&c).to_string().as_bytes(),
     );
-    let policy = serde_json::json!({"pcrs": [0, 1, 2, 3, 4, 5, 6, 7, 9, 11], "banks": ["sha1", "sha256"],
-        "manifests": ["demo.manifest.json"], "expected": c.pcrs});
+    let mut policy = policy_json(&c);
+    policy["manifests"] = serde_json::json!(["demo.manifest.json"]);
     let yaml = serde_yaml::to_string(&policy).unwrap();
     let pf = write(tmp.path(), "policy.yaml", yaml.as_bytes());
     let el = c.dir.join("ovmf-stub252-eventlog.bin");
@@ -536,4 +572,271 @@ fn verify_cli_accepts_the_capture_and_explains_a_rejection() {
         "{text}"
     );
     assert!(text.contains("artifact: demo.efi"), "{text}");
+}
+
+fn run_verify(args: &[&std::ffi::OsStr]) -> (Option<i32>, String, String) {
+    let out = common::imgctl().arg("verify").args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Defect A6: typos in a policy (unknown key, bank, PCR; bad hex; golden values nothing checks;
+/// a pcrs.json given as a manifest) were dropped or ignored. Each is exit 3, one line naming the
+/// key or file.
+#[test]
+fn policy_typos_are_errors_naming_the_key() {
+    let Some(c) = capture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "demo.manifest.json",
+        manifest(&c).to_string().as_bytes(),
+    );
+    std::fs::copy(
+        c.dir.join("ovmf-stub252-systemd-measure.json"),
+        tmp.path().join("pcrs.json"),
+    )
+    .unwrap();
+    let el = c.dir.join("ovmf-stub252-eventlog.bin");
+    let z = "00".repeat(32);
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (serde_json::json!({"pcrs": [0], "bnks": ["sha256"]}), "bnks"),
+        (
+            serde_json::json!({"pcrs": [0], "banks": ["sha-256"]}),
+            "sha-256",
+        ),
+        (serde_json::json!({"pcrs": [0], "banks": ["md5"]}), "md5"),
+        (serde_json::json!({"pcrs": [7, 99]}), "99"),
+        (serde_json::json!({"pcrs": []}), "pcrs"),
+        (serde_json::json!({"banks": ["sha256"]}), "pcrs"),
+        (
+            serde_json::json!({"pcrs": [0], "expected": {"sha256": {"0": "abc"}}}),
+            "expected.sha256.0",
+        ),
+        (
+            serde_json::json!({"pcrs": [0], "expected": {"sha256": {"0": "zz"}}}),
+            "expected.sha256.0",
+        ),
+        (
+            serde_json::json!({"pcrs": [0], "expected": {"sha256": {"0": "00"}}}),
+            "expected.sha256.0",
+        ),
+        (
+            serde_json::json!({"pcrs": [0], "expected": {"sha256": {"7": z}}}),
+            "expected.sha256.7",
+        ),
+        (
+            serde_json::json!({"pcrs": [0], "banks": ["sha1"], "expected": {"sha256": {"0": z}}}),
+            "expected.sha256",
+        ),
+        (
+            serde_json::json!({"pcrs": [11], "manifests": ["pcrs.json"]}),
+            "pcrs.json",
+        ),
+        (
+            serde_json::json!({"pcrs": [11], "pcrs_json": ["demo.manifest.json"]}),
+            "demo.manifest.json",
+        ),
+        (
+            serde_json::json!({"pcrs": [11], "require_quote": "yes"}),
+            "require_quote",
+        ),
+    ];
+    for (policy, key) in cases {
+        let pf = write(
+            tmp.path(),
+            "policy.yaml",
+            serde_yaml::to_string(&policy).unwrap().as_bytes(),
+        );
+        let (code, out, err) = run_verify(&[
+            "--eventlog".as_ref(),
+            el.as_os_str(),
+            "--policy".as_ref(),
+            pf.as_os_str(),
+        ]);
+        assert_eq!(code, Some(3), "{policy}: {out}{err}");
+        assert!(err.contains(key), "{policy}: {err}");
+        assert_eq!(err.lines().count(), 1, "{policy}: {err}");
+        assert!(out.is_empty(), "{policy}: {out}");
+    }
+}
+
+/// A6: a policy under which nothing is checked never accepts: PCRs no reference covers.
+#[test]
+fn a_policy_that_checks_nothing_never_accepts() {
+    let Some(c) = capture() else { return };
+    let run = |json: serde_json::Value| {
+        let policy = Policy::parse(&json.to_string()).unwrap();
+        let (_, mut refs) = setup(&c);
+        refs.expected = References::from_policy(&policy).unwrap().expected;
+        verify::verify(&policy, &refs, &c.log, None, None)
+    };
+    // PCR 7 with no golden value and no reference: nothing to compare.
+    let v = run(serde_json::json!({"pcrs": [7]}));
+    assert!(!v.accepted, "{v:#?}");
+    // A golden value in sha256 only, but sha1 checked too: sha1 PCR 7 is unchecked.
+    let mut g = golden(&c);
+    g.remove("sha1");
+    g.get_mut("sha256").unwrap().retain(|p, _| p == "7");
+    let v = run(serde_json::json!({"pcrs": [7], "banks": ["sha1", "sha256"], "expected": g}));
+    assert!(!v.accepted);
+    assert!(
+        v.findings
+            .iter()
+            .any(|f| f.kind == "unchecked-pcr" && f.message.contains("sha1")),
+        "{v:#?}"
+    );
+    // The same with sha256 alone accepts.
+    let v = run(serde_json::json!({"pcrs": [7], "banks": ["sha256"], "expected": g}));
+    assert!(v.accepted, "{v:#?}");
+    // require_quote without a quote rejects.
+    let v = run(
+        serde_json::json!({"pcrs": [7], "banks": ["sha256"], "expected": g, "require_quote": true}),
+    );
+    assert!(!v.accepted);
+    assert!(v.findings.iter().any(|f| f.kind == "quote"), "{v:#?}");
+}
+
+/// Defect A7: unreadable evidence gave 1 (reject); it is 3, with one line naming the file.
+#[test]
+fn unreadable_evidence_is_exit_3_naming_the_file() {
+    let Some(c) = capture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p = policy_json(&c);
+    p["banks"] = serde_json::json!(["sha256"]);
+    p["expected"].as_object_mut().unwrap().remove("sha1");
+    let pf = write(tmp.path(), "policy.json", p.to_string().as_bytes());
+    let el = c.dir.join("ovmf-stub252-eventlog.bin");
+    let garbage = write(tmp.path(), "garbage", b"not a log");
+    let quote = write(
+        tmp.path(),
+        "quote.json",
+        br#"{"quote": "00", "signature": "00"}"#,
+    );
+    let missing = tmp.path().join("missing");
+    let base = |extra: &[&std::ffi::OsStr], log: &Path| {
+        let mut a: Vec<&std::ffi::OsStr> = vec!["--policy".as_ref(), pf.as_os_str()];
+        a.extend_from_slice(&["--eventlog".as_ref(), log.as_os_str()]);
+        a.extend_from_slice(extra);
+        run_verify(&a)
+    };
+    let cases: Vec<(Vec<&std::ffi::OsStr>, &Path, String)> = vec![
+        (vec![], &missing, missing.display().to_string()),
+        (vec![], &garbage, garbage.display().to_string()),
+        (vec![], Path::new("/dev/zero"), "/dev/zero".into()),
+        (
+            vec!["--userspace-log".as_ref(), missing.as_os_str()],
+            &el,
+            missing.display().to_string(),
+        ),
+        (
+            vec!["--userspace-log".as_ref(), garbage.as_os_str()],
+            &el,
+            garbage.display().to_string(),
+        ),
+        (
+            vec![
+                "--quote".as_ref(),
+                missing.as_os_str(),
+                "--ak".as_ref(),
+                garbage.as_os_str(),
+            ],
+            &el,
+            missing.display().to_string(),
+        ),
+        (
+            vec![
+                "--quote".as_ref(),
+                garbage.as_os_str(),
+                "--ak".as_ref(),
+                garbage.as_os_str(),
+            ],
+            &el,
+            garbage.display().to_string(),
+        ),
+        (
+            vec![
+                "--quote".as_ref(),
+                quote.as_os_str(),
+                "--ak".as_ref(),
+                garbage.as_os_str(),
+                "--nonce".as_ref(),
+                "xyz".as_ref(),
+            ],
+            &el,
+            "--nonce".into(),
+        ),
+        (
+            vec![
+                "--quote".as_ref(),
+                quote.as_os_str(),
+                "--ak".as_ref(),
+                garbage.as_os_str(),
+            ],
+            &el,
+            quote.display().to_string(),
+        ),
+    ];
+    for (extra, log, name) in cases {
+        let (code, out, err) = base(&extra, log);
+        assert_eq!(code, Some(3), "{extra:?} {}: {out}{err}", log.display());
+        assert!(err.contains(&name), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+/// Defect A6: quote coverage is per (bank, PCR): the Windows GCE quote covers SHA-1 PCRs
+/// only, so it does not vouch for a SHA-256 replay.
+#[test]
+fn a_sha1_quote_does_not_cover_a_sha256_check() {
+    let Some(d) = common::shared_dir() else {
+        return;
+    };
+    use base64::Engine as _;
+    let j: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(d.join("testdata/eventlogs/go-attestation/windows_gcp_shielded_vm.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let log = EventLog::parse(&b64(&j["Log"]["Raw"])).unwrap();
+    let attest = b64(&j["Quote"]["Quote"]);
+    let sig = imgctl_measure::quote::Signature::parse(&b64(&j["Quote"]["Signature"])).unwrap();
+    let ak = imgctl_measure::quote::AkPublic::parse(&b64(&j["AK"]["Public"])).unwrap();
+    let r = eventlog::replay(&log);
+    let q = verify::QuoteEvidence {
+        attest: &attest,
+        signature: &sig,
+        ak: &ak,
+        nonce: b"",
+    };
+    for (bank, ok) in [(HashAlg::SHA1, true), (HashAlg::SHA256, false)] {
+        let policy = Policy::parse(
+            &serde_json::json!({"pcrs": [0], "banks": [bank.to_string()], "allow_lint_findings": true,
+                "require_quote": true,
+                "expected": {bank.to_string(): {"0": r.value(bank, 0).unwrap().to_hex()}}})
+            .to_string(),
+        )
+        .unwrap();
+        let refs = References::from_policy(&policy).unwrap();
+        let v = verify::verify(&policy, &refs, &log, None, Some(q));
+        // (The log's Windows EV_EVENT_TAG events in PCR 12–13 reject on their own; only the
+        // quote's findings matter here.)
+        let quote: Vec<_> = v.findings.iter().filter(|f| f.kind == "quote").collect();
+        assert_eq!(quote.is_empty(), ok, "{bank}: {quote:#?}");
+        if !ok {
+            assert!(
+                quote[0].message.contains("PCR 0 in bank sha256"),
+                "{quote:#?}"
+            );
+        }
+        assert!(v.checked.iter().any(|c| c.starts_with("quote: signature")));
+    }
 }

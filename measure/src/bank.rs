@@ -105,6 +105,97 @@ impl FromStr for HashAlg {
     }
 }
 
+/// Banks serialise as their names (`sha256`); only the four known names deserialise.
+impl serde::Serialize for HashAlg {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HashAlg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A PCR index of a PC Client TPM: 0–23, checked on construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PcrIndex(u32);
+
+impl PcrIndex {
+    /// The highest PCR index.
+    pub const MAX: u32 = 23;
+
+    pub fn new(index: u32) -> Result<Self, InvalidPcrIndex> {
+        if index <= Self::MAX {
+            Ok(PcrIndex(index))
+        } else {
+            Err(InvalidPcrIndex(index.to_string()))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for PcrIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for PcrIndex {
+    type Err = InvalidPcrIndex;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<u32>()
+            .ok()
+            .filter(|i| *i <= Self::MAX)
+            .map(PcrIndex)
+            .ok_or_else(|| InvalidPcrIndex(s.to_owned()))
+    }
+}
+
+/// A PCR index that is not 0–23.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("PCR index {0:?} is not 0–23")]
+pub struct InvalidPcrIndex(pub String);
+
+impl serde::Serialize for PcrIndex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
+    }
+}
+
+/// Accepts an integer (`7`) or, for map keys in JSON, a decimal string (`"7"`).
+impl<'de> serde::Deserialize<'de> for PcrIndex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = PcrIndex;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a PCR index 0–23")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PcrIndex, E> {
+                u32::try_from(v)
+                    .ok()
+                    .and_then(|v| PcrIndex::new(v).ok())
+                    .ok_or_else(|| E::custom(InvalidPcrIndex(v.to_string())))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PcrIndex, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(InvalidPcrIndex(v.to_string())))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PcrIndex, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A bank name that is not one of sha1, sha256, sha384, sha512.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("unknown PCR bank {0:?} (expected sha1, sha256, sha384 or sha512)")]

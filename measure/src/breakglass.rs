@@ -16,26 +16,10 @@ pub const PREFIX: &str = "break-glass:";
 
 /// Reads a break-glass claim from a userspace log record: `None` if the record is not one
 /// (neither its `eventType` nor its string says so), `Err` if it claims to be one but its
-/// string does not decode to the canonical encoding.
+/// string does not decode to the canonical encoding. The rule is
+/// [`crate::userspace_record::break_glass_claim`], shared with the recorder's parser.
 pub fn from_record(r: &UserspaceRecord) -> Option<Result<BreakGlass, String>> {
-    let by_type = r.event_type.as_deref() == Some(EVENT_TYPE);
-    let by_string = r.string.as_deref().is_some_and(|s| s.starts_with(PREFIX));
-    if !by_type && !by_string {
-        return None;
-    }
-    let s = r.string.as_deref().unwrap_or_default();
-    Some(match s.strip_prefix(PREFIX) {
-        Some(json) => serde_json::from_str::<BreakGlass>(json)
-            .map_err(|e| format!("undecodable: {e}"))
-            .and_then(|b| {
-                if b.string() == s {
-                    Ok(b)
-                } else {
-                    Err("not in canonical form".into())
-                }
-            }),
-        None => Err("eventType break-glass without a break-glass: string".into()),
-    })
+    crate::userspace_record::break_glass_claim(r.event_type.as_deref(), r.string.as_deref())
 }
 
 #[cfg(test)]
@@ -65,5 +49,46 @@ mod tests {
         assert_eq!(r.pcr, Some(PCR));
         assert!(r.digest_mismatches().is_empty());
         assert_eq!(from_record(r), Some(Ok(bg)));
+    }
+}
+
+#[cfg(test)]
+mod one_rule {
+    use super::*;
+    use crate::bank::HashAlg;
+    use crate::eventlog::UserspaceLog;
+    use crate::userspace_record::{parse_log, Origin, Record};
+
+    /// Defect H27: the recorder's parser found break-glass by type only, the verifier's by type
+    /// or prefix. Both now say the same about the same bytes.
+    #[test]
+    fn both_parsers_apply_the_same_break_glass_rule() {
+        let o = Origin {
+            boot_id: "0".into(),
+            timestamp_usec: 1,
+        };
+        let bg = BreakGlass::new("alice", "debug-shell", "why", 0).unwrap();
+        let records = [
+            bg.record(PCR, &[HashAlg::SHA256], &o).unwrap(),
+            // The type hidden: still a break-glass record.
+            Record::new(PCR, &[HashAlg::SHA256], bg.string(), "imgctl", &o).unwrap(),
+            // The type without the encoding: a broken claim.
+            Record::new(PCR, &[HashAlg::SHA256], "x".into(), EVENT_TYPE, &o).unwrap(),
+            Record::phase("ready", &[HashAlg::SHA256], &o).unwrap(),
+        ];
+        let bytes: Vec<u8> = records.iter().flat_map(Record::to_json_seq).collect();
+        let ours = parse_log(&bytes).unwrap();
+        let theirs = UserspaceLog::parse(&bytes).unwrap();
+        let a: Vec<_> = ours
+            .iter()
+            .map(|r| BreakGlass::from_record(r).map(|x| x.is_ok()))
+            .collect();
+        let b: Vec<_> = theirs
+            .records
+            .iter()
+            .map(|r| from_record(r).map(|x| x.is_ok()))
+            .collect();
+        assert_eq!(a, b);
+        assert_eq!(a, vec![Some(true), Some(true), Some(false), None]);
     }
 }

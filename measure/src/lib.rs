@@ -15,6 +15,7 @@
 //! - [`reader`]: the cursor every parser of untrusted bytes reads through.
 //! - [`eventlog`]: firmware (TCG PFP) and systemd userspace event logs, parsing and replay.
 //! - [`quote`]: TPMS_ATTEST quotes and their signatures (RSASSA, RSA-PSS, ECDSA).
+//! - [`audit`]: the break-glass auditor (consistency first, then break-glass records).
 //! - [`verify`]: the verifier: policy, references, verdict; [`breakglass`]: the break-glass
 //!   record shared by the recorder and the auditor.
 //!
@@ -30,6 +31,7 @@
 //!            "2ccb64e2494a299a47994c804f7937bb5cbef8a849f2ca2d43d64f7c73e262c7");
 //! ```
 
+pub mod audit;
 pub mod authenticode;
 pub mod bank;
 pub mod breakglass;

@@ -214,30 +214,40 @@ impl BreakGlass {
     }
 
     /// The claim a break-glass record makes, checked against its measured string. `None` for
-    /// records of other types.
+    /// records that are not break-glass records by [`break_glass_claim`]'s one rule.
     pub fn from_record(r: &Record) -> Option<Result<Self, Error>> {
-        if r.content.event_type.as_deref() != Some(BREAK_GLASS) {
-            return None;
-        }
-        let parsed = r
-            .content
-            .string
-            .strip_prefix("break-glass:")
-            .ok_or_else(|| Error::InvalidInput("break-glass string lacks its prefix".into()))
-            .and_then(|j| {
-                serde_json::from_str::<BreakGlass>(j)
-                    .map_err(|e| Error::InvalidInput(format!("break-glass string: {e}")))
-            })
-            .and_then(|b| {
-                if b.string() != r.content.string {
-                    return Err(Error::InvalidInput(
-                        "break-glass string is not in canonical form".into(),
-                    ));
-                }
-                Ok(b)
-            });
-        Some(parsed)
+        break_glass_claim(r.content.event_type.as_deref(), Some(&r.content.string))
+            .map(|c| c.map_err(|e| Error::InvalidInput(format!("break-glass record: {e}"))))
     }
+}
+
+/// The one rule for break-glass records, used by the recorder's and the verifier's parsers: a
+/// record is one when its `eventType` is `break-glass` **or** its string starts with
+/// `break-glass:` (a record that hides its type is still reported); it is valid only when the
+/// string is `break-glass:` + the canonical JSON of a [`BreakGlass`].
+pub fn break_glass_claim(
+    event_type: Option<&str>,
+    string: Option<&str>,
+) -> Option<Result<BreakGlass, String>> {
+    const PREFIX: &str = "break-glass:";
+    let by_type = event_type == Some(BREAK_GLASS);
+    let by_string = string.is_some_and(|s| s.starts_with(PREFIX));
+    if !by_type && !by_string {
+        return None;
+    }
+    let s = string.unwrap_or_default();
+    Some(match s.strip_prefix(PREFIX) {
+        Some(json) => serde_json::from_str::<BreakGlass>(json)
+            .map_err(|e| format!("undecodable: {e}"))
+            .and_then(|b| {
+                if b.string() == s {
+                    Ok(b)
+                } else {
+                    Err("not in canonical form".into())
+                }
+            }),
+        None => Err("eventType break-glass without a break-glass: string".into()),
+    })
 }
 
 /// Parses a JSON-SEQ log. A trailing record without its newline (a writer that died mid-way)
@@ -445,5 +455,161 @@ mod properties {
             prop_assert_eq!(&parsed[0], &r);
             prop_assert_eq!(BreakGlass::from_record(&parsed[0]).unwrap().unwrap(), bg);
         }
+    }
+}
+
+/// The sticky bit that marks the log dirty between the extend and the append.
+pub const S_ISVTX: u32 = 0o1000;
+
+/// The log file as the write protocol needs it (the caller holds its exclusive flock).
+pub trait LogFile {
+    type Error;
+    /// The file's permission bits (`st_mode & 0o7777`).
+    fn mode(&mut self) -> Result<u32, Self::Error>;
+    fn set_mode(&mut self, mode: u32) -> Result<(), Self::Error>;
+    /// Appends and syncs.
+    fn append(&mut self, data: &[u8]) -> Result<(), Self::Error>;
+}
+
+/// How one write went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The log was already marked dirty by an earlier writer (the mark stays).
+    pub was_dirty: bool,
+}
+
+/// A failure of the protocol, saying what state the log was left in.
+#[derive(Debug)]
+pub enum WriteError<L, T> {
+    /// Reading or setting the mode, before the extend: nothing changed.
+    Log(L),
+    /// The extend failed: nothing was appended and the dirty mark was lifted again (unless an
+    /// earlier writer had set it).
+    Extend(T),
+    /// The PCR was extended but the record could not be appended: the log stays marked dirty.
+    Append(L),
+}
+
+/// systemd's userspace-log write protocol (systemd-pcrextend): mark the log dirty (sticky bit),
+/// extend the PCR, append the record, lift the mark; a crash in between leaves the mark, so an
+/// auditor sees the log does not replay. `extend` receives the record's PCR and digests.
+pub fn write_record<F: LogFile, T>(
+    log: &mut F,
+    record: &Record,
+    banks: &[HashAlg],
+    extend: impl FnOnce(u32, &[(HashAlg, Digest)]) -> Result<(), T>,
+) -> Result<Written, WriteError<F::Error, T>>
+where
+    F::Error: From<Error>,
+{
+    let pcr = record
+        .pcr
+        .ok_or_else(|| WriteError::Log(Error::InvalidInput("record has no PCR".into()).into()))?;
+    let digests = banks
+        .iter()
+        .map(|b| match record.digest(*b) {
+            Some(Ok(d)) => Ok((*b, d)),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::InvalidInput(format!("record lacks a {b} digest"))),
+        })
+        .collect::<Result<Vec<_>, Error>>()
+        .map_err(|e| WriteError::Log(e.into()))?;
+    let mode = log.mode().map_err(WriteError::Log)? & 0o7777;
+    let was_dirty = mode & S_ISVTX != 0;
+    log.set_mode(mode | S_ISVTX).map_err(WriteError::Log)?;
+    if let Err(e) = extend(pcr, &digests) {
+        if !was_dirty {
+            // Best effort: the extend did not happen, so the log is still in step.
+            let _ = log.set_mode(mode & !S_ISVTX);
+        }
+        return Err(WriteError::Extend(e));
+    }
+    log.append(&record.to_json_seq())
+        .map_err(WriteError::Append)?;
+    if !was_dirty {
+        log.set_mode(mode & !S_ISVTX).map_err(WriteError::Append)?;
+    }
+    Ok(Written { was_dirty })
+}
+
+#[cfg(test)]
+mod protocol {
+    use super::*;
+
+    #[derive(Default)]
+    struct Fake {
+        mode: u32,
+        data: Vec<u8>,
+        fail_append: bool,
+        modes: Vec<u32>,
+    }
+
+    impl LogFile for Fake {
+        type Error = String;
+        fn mode(&mut self) -> Result<u32, String> {
+            Ok(self.mode)
+        }
+        fn set_mode(&mut self, m: u32) -> Result<(), String> {
+            self.mode = m;
+            self.modes.push(m);
+            Ok(())
+        }
+        fn append(&mut self, d: &[u8]) -> Result<(), String> {
+            if self.fail_append {
+                return Err("disk full".into());
+            }
+            self.data.extend_from_slice(d);
+            Ok(())
+        }
+    }
+
+    impl From<Error> for String {
+        fn from(e: Error) -> String {
+            e.to_string()
+        }
+    }
+
+    fn rec() -> Record {
+        let o = Origin {
+            boot_id: "0".into(),
+            timestamp_usec: 1,
+        };
+        Record::phase("ready", &[HashAlg::SHA256], &o).unwrap()
+    }
+
+    #[test]
+    fn dirty_mark_brackets_the_extend_and_stays_when_the_append_fails() {
+        let r = rec();
+        let mut f = Fake {
+            mode: 0o600,
+            ..Fake::default()
+        };
+        let mut extended = None;
+        let w = write_record(&mut f, &r, &[HashAlg::SHA256], |p, d| {
+            extended = Some((p, d.to_vec()));
+            Ok::<(), String>(())
+        })
+        .unwrap();
+        assert!(!w.was_dirty);
+        assert_eq!(f.modes, vec![0o1600, 0o600]);
+        assert_eq!(parse_log(&f.data).unwrap(), vec![r.clone()]);
+        assert_eq!(extended.unwrap().0, 11);
+        // The extend fails: nothing appended, mark lifted.
+        let mut f = Fake {
+            mode: 0o600,
+            ..Fake::default()
+        };
+        let e = write_record(&mut f, &r, &[HashAlg::SHA256], |_, _| Err("no TPM"));
+        assert!(matches!(e, Err(WriteError::Extend("no TPM"))));
+        assert!(f.data.is_empty() && f.mode == 0o600);
+        // The append fails after the extend: the mark stays.
+        let mut f = Fake {
+            mode: 0o600,
+            fail_append: true,
+            ..Fake::default()
+        };
+        let e = write_record(&mut f, &r, &[HashAlg::SHA256], |_, _| Ok::<(), String>(()));
+        assert!(matches!(e, Err(WriteError::Append(_))));
+        assert_eq!(f.mode, 0o1600);
     }
 }

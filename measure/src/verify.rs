@@ -16,23 +16,34 @@
 //!   break-glass records reject unless the policy allows them; altered records reject;
 //! - the policy's PCRs equal its golden values (`expected`) and the references' PCR 11.
 //!
-//! The policy (YAML or JSON):
+//! The policy (YAML or JSON; unknown keys, banks other than sha1/sha256/sha384/sha512, PCRs
+//! outside 0–23, malformed or wrong-sized hex, and golden values for a PCR or bank the policy
+//! does not check are errors naming the key):
 //! ```yaml
-//! pcrs: [0, 2, 4, 7, 11]          # PCRs that must match a reference (and be quoted, with a quote)
-//! banks: [sha256]                 # banks to check (default: every bank the references give)
+//! pcrs: [0, 2, 4, 7, 11]          # required: PCRs that must match a reference, in every bank
+//! banks: [sha256]                 # banks to check (default: those the log carries and a
+//!                                 # reference gives)
 //! pcrs_json: [demo.pcrs.json]     # systemd-measure calculate --json output (imgctl predict-pcrs --json)
-//! manifests: [demo.manifest.json] # imgctl build manifests (format imgctl-manifest/1)
+//! manifests: [demo.manifest.json] # imgctl build manifests (format imgctl-manifest/1, required)
 //! expected: {sha256: {"0": "…"}}  # golden values for PCRs without a finer reference
 //! allow_break_glass: false
 //! allow_lint_findings: false      # accept logs with known firmware blemishes
+//! require_quote: false            # true: reject unless a verified quote is given
 //! ```
+//! A verdict accepts only when nothing rejects **and** every (bank, PCR) of `pcrs` × banks was
+//! compared with a reference: a golden value; for PCR 11 a prediction of a phase path reached
+//! by known pcrphase words; for PCR 4 every EFI application matching an artifact's
+//! Authenticode hash (other PCR 4 events only separators and EFI actions). With a quote, each
+//! of those (bank, PCR) pairs must be in the quote's selection. Findings come in evidence
+//! order: firmware log, userspace log (by index), PCR values, quote, policy; `findings[0]` is
+//! the first divergence.
 //! File paths are resolved by the caller (the CLI), relative to the policy file.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bank::{Digest, HashAlg, Pcr};
+use crate::bank::{Digest, HashAlg, Pcr, PcrIndex};
 use crate::eventlog::describe::{tagged_event, text};
 use crate::eventlog::lint;
 use crate::eventlog::replay::{replay, PcrValues, Quirk};
@@ -40,32 +51,92 @@ use crate::eventlog::tcg::{Event, EventLog};
 use crate::eventlog::types::EventType;
 use crate::eventlog::userspace::UserspaceLog;
 use crate::pcr11::{name_bytes, StubSemantics, PCR_KERNEL_IMAGE, PHASE_WORDS};
+use crate::quote::{verify_quote, AkPublic, Signature};
 use crate::Error;
 
-/// A verification policy.
+/// The manifest format this verifier reads (`imgctl build` writes it).
+pub const MANIFEST_FORMAT: &str = "imgctl-manifest/1";
+
+/// A verification policy. Parse it with [`Policy::parse`], which also checks it: unknown keys,
+/// unknown banks, PCR indices outside 0–23, malformed or wrong-sized golden values, golden
+/// values for PCRs or banks the policy does not check, and an empty `pcrs` are errors naming
+/// the key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// PCRs that must match a reference, in every bank checked.
     #[serde(default)]
-    pub pcrs: Vec<u32>,
+    pub pcrs: BTreeSet<PcrIndex>,
+    /// Banks to check; empty: every bank the log carries and a reference gives.
     #[serde(default)]
-    pub banks: Vec<String>,
+    pub banks: Vec<HashAlg>,
     #[serde(default)]
     pub pcrs_json: Vec<String>,
     #[serde(default)]
     pub manifests: Vec<String>,
+    /// Golden values: bank → PCR → hex.
     #[serde(default)]
-    pub expected: BTreeMap<String, BTreeMap<String, String>>,
+    pub expected: BTreeMap<HashAlg, BTreeMap<PcrIndex, String>>,
     #[serde(default)]
     pub allow_break_glass: bool,
     #[serde(default)]
     pub allow_lint_findings: bool,
+    /// Reject unless a quote was given and verified, covering every (bank, PCR) checked.
+    #[serde(default)]
+    pub require_quote: bool,
 }
 
 impl Policy {
-    /// Parses a policy in YAML (JSON is YAML).
+    /// Parses and checks a policy in YAML (JSON is YAML).
     pub fn parse(text: &str) -> Result<Self, Error> {
-        serde_yaml::from_str(text).map_err(|e| Error::InvalidInput(format!("policy: {e}")))
+        let p: Policy =
+            serde_yaml::from_str(text).map_err(|e| Error::InvalidInput(format!("{e}")))?;
+        p.check()?;
+        Ok(p)
+    }
+
+    /// The checks [`Policy::parse`] makes, for policies built in code.
+    pub fn check(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::InvalidInput(m));
+        if self.pcrs.is_empty() {
+            return bad("pcrs: empty or missing: a policy must name the PCRs it checks".into());
+        }
+        let mut seen = BTreeSet::new();
+        for b in &self.banks {
+            if !seen.insert(*b) {
+                return bad(format!("banks: {b} listed twice"));
+            }
+        }
+        for (bank, pcrs) in &self.expected {
+            if !self.banks.is_empty() && !self.banks.contains(bank) {
+                return bad(format!(
+                    "expected.{bank}: bank {bank} is not in banks, so these values would not be checked"
+                ));
+            }
+            for (pcr, hex) in pcrs {
+                if !self.pcrs.contains(pcr) {
+                    return bad(format!(
+                        "expected.{bank}.{pcr}: PCR {pcr} is not in pcrs, so this value would not be checked"
+                    ));
+                }
+                decode_digest(*bank, hex)
+                    .map_err(|e| Error::InvalidInput(format!("expected.{bank}.{pcr}: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a hex digest of `bank`, checking its length.
+fn decode_digest(bank: HashAlg, hex: &str) -> Result<Digest, String> {
+    let d = hex::decode(hex).map_err(|e| format!("{bank} digest {hex:?} is not hex: {e}"))?;
+    match bank.digest_size() {
+        Some(n) if n == d.len() => Ok(Digest(d)),
+        Some(n) => Err(format!(
+            "{bank} digest has {} bytes, a {bank} digest has {n}",
+            d.len()
+        )),
+        None => Err(format!("bank {bank} is not supported")),
     }
 }
 
@@ -110,8 +181,7 @@ fn digests(map: &BTreeMap<String, String>) -> Result<BTreeMap<HashAlg, Digest>, 
     map.iter()
         .map(|(b, h)| {
             let bank: HashAlg = b.parse().map_err(|e| Error::InvalidInput(format!("{e}")))?;
-            let d = hex::decode(h).map_err(|e| Error::InvalidInput(format!("{b} digest: {e}")))?;
-            Ok((bank, Digest(d)))
+            Ok((bank, decode_digest(bank, h).map_err(Error::InvalidInput)?))
         })
         .collect()
 }
@@ -149,10 +219,9 @@ fn pcrs_from(
                     .map(str::to_owned)
                     .collect(),
                 bank,
-                value: Digest(
-                    hex::decode(&e.hash)
-                        .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))?,
-                ),
+                value: decode_digest(bank, &e.hash).map_err(|m| {
+                    Error::InvalidInput(format!("{name}: PCR {} phase {:?}: {m}", e.pcr, e.phase))
+                })?,
                 artifact: name.to_owned(),
             });
         }
@@ -162,6 +231,8 @@ fn pcrs_from(
 
 #[derive(Deserialize)]
 struct ManifestJson {
+    /// Required: a pcrs.json or any other JSON object given as a manifest is an error.
+    format: String,
     #[serde(default)]
     name: String,
     uki: Option<UkiJson>,
@@ -183,6 +254,7 @@ struct UkiJson {
     sections: Vec<SectionJson>,
 }
 
+/// `semantics` is spelled as [`StubSemantics::name`] writes it (the builder's manifest), exactly.
 #[derive(Deserialize)]
 struct StubJson {
     semantics: Option<String>,
@@ -214,6 +286,12 @@ struct EventJson {
 pub fn parse_manifest(file: &str, data: &[u8]) -> Result<Artifact, Error> {
     let m: ManifestJson = serde_json::from_slice(data)
         .map_err(|e| Error::InvalidInput(format!("{file}: not a manifest: {e}")))?;
+    if m.format != MANIFEST_FORMAT {
+        return Err(Error::InvalidInput(format!(
+            "{file}: manifest format {:?}, expected {MANIFEST_FORMAT:?}",
+            m.format
+        )));
+    }
     let mut a = Artifact {
         name: if m.name.is_empty() {
             file.to_owned()
@@ -228,17 +306,19 @@ pub fn parse_manifest(file: &str, data: &[u8]) -> Result<Artifact, Error> {
         }
         a.authenticode = digests(&uki.authenticode)?;
         a.kernel_authenticode = digests(&uki.kernel_authenticode)?;
-        a.semantics = uki
-            .stub
-            .as_ref()
-            .and_then(|s| s.semantics.as_deref())
-            .map(|s| {
-                if s.contains("252") {
-                    StubSemantics::Systemd252
-                } else {
-                    StubSemantics::Upstream
-                }
-            });
+        a.semantics = match uki.stub.as_ref().and_then(|s| s.semantics.as_deref()) {
+            None => None,
+            Some(s) => Some(
+                [StubSemantics::Systemd252, StubSemantics::Upstream]
+                    .into_iter()
+                    .find(|k| k.name() == s)
+                    .ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "{file}: uki.stub.semantics {s:?} is neither \"systemd-252\" nor \"upstream\""
+                        ))
+                    })?,
+            ),
+        };
         for s in uki.sections.iter().filter(|s| s.measured) {
             a.sections.push(SectionRef {
                 name: s.name.clone(),
@@ -274,21 +354,27 @@ impl References {
     pub fn from_policy(policy: &Policy) -> Result<Self, Error> {
         let mut expected = PcrValues::new();
         for (bank, pcrs) in &policy.expected {
-            let bank: HashAlg = bank
-                .parse()
-                .map_err(|e| Error::InvalidInput(format!("{e}")))?;
             for (pcr, hex) in pcrs {
-                let pcr: u32 = pcr
-                    .parse()
-                    .map_err(|_| Error::InvalidInput(format!("expected: PCR {pcr:?}")))?;
-                let d = hex::decode(hex).map_err(|e| Error::InvalidInput(format!("{e}")))?;
-                expected.entry(bank).or_default().insert(pcr, Digest(d));
+                let d = decode_digest(*bank, hex)
+                    .map_err(|e| Error::InvalidInput(format!("expected.{bank}.{pcr}: {e}")))?;
+                expected.entry(*bank).or_default().insert(pcr.get(), d);
             }
         }
         Ok(References {
             expected,
             ..References::default()
         })
+    }
+
+    /// The banks some reference gives a value for.
+    fn banks(&self) -> BTreeSet<HashAlg> {
+        let mut b: BTreeSet<HashAlg> = self.expected.keys().copied().collect();
+        b.extend(self.all_pcr11().map(|v| v.bank));
+        for a in &self.artifacts {
+            b.extend(a.authenticode.keys().copied());
+            b.extend(a.sections.iter().flat_map(|s| s.digests.keys().copied()));
+        }
+        b
     }
 
     fn all_pcr11(&self) -> impl Iterator<Item = &PhaseValue> {
@@ -387,22 +473,38 @@ pub fn combined_pcrs(log: &EventLog, userspace: Option<&UserspaceLog>) -> (PcrVa
     (values, r.quirks)
 }
 
-/// Verifies the evidence against the policy and references.
+/// A quote to check: the TPMS_ATTEST bytes, its signature, the attestation key and the nonce
+/// the verifier sent. The quote's PCR digest is checked against the evidence's replay.
+#[derive(Debug, Clone, Copy)]
+pub struct QuoteEvidence<'a> {
+    pub attest: &'a [u8],
+    pub signature: &'a Signature,
+    pub ak: &'a AkPublic,
+    pub nonce: &'a [u8],
+}
+
+/// Verifies the evidence against the policy and references. The verdict accepts only when no
+/// finding rejects and every (bank, PCR) of the policy was compared with a reference (and,
+/// with a quote, is covered by it): a policy under which nothing was checked never accepts.
 pub fn verify(
     policy: &Policy,
     refs: &References,
     log: &EventLog,
     userspace: Option<&UserspaceLog>,
+    quote: Option<QuoteEvidence<'_>>,
 ) -> Verdict {
     let mut f = Vec::new();
     let mut checked = Vec::new();
+    // (bank, PCR) pairs whose final value was compared with a reference.
+    let mut covered: BTreeSet<(HashAlg, u32)> = BTreeSet::new();
     let banks: Vec<HashAlg> = if policy.banks.is_empty() {
+        let given = refs.banks();
         log.banks()
             .into_iter()
-            .filter(|b| b.is_supported())
+            .filter(|b| b.is_supported() && given.contains(b))
             .collect()
     } else {
-        policy.banks.iter().filter_map(|b| b.parse().ok()).collect()
+        policy.banks.clone()
     };
     let sev_lint = if policy.allow_lint_findings {
         Severity::Note
@@ -418,8 +520,10 @@ pub fn verify(
         f.push(x);
     }
     check_stub_events(refs, log, &banks, &mut f, &mut checked);
-    if policy.pcrs.contains(&4) && refs.artifacts.iter().any(|a| !a.authenticode.is_empty()) {
-        check_pcr4(refs, log, &banks, &mut f, &mut checked);
+    if policy.pcrs.iter().any(|p| p.get() == 4)
+        && refs.artifacts.iter().any(|a| !a.authenticode.is_empty())
+    {
+        check_pcr4(refs, log, &banks, &mut f, &mut checked, &mut covered);
     }
     let (r, quirks) = {
         let r = replay(log);
@@ -427,7 +531,7 @@ pub fn verify(
     };
     // Without a userspace log PCR 11 is checked right after the stub (phase path ":").
     let empty = UserspaceLog::default();
-    check_userspace(
+    let pcr11_final = check_userspace(
         policy,
         refs,
         &r,
@@ -436,16 +540,21 @@ pub fn verify(
         &mut f,
         &mut checked,
     );
+    covered.extend(pcr11_final.into_iter().map(|b| (b, PCR_KERNEL_IMAGE)));
     let (values, _) = combined_pcrs(log, userspace);
-    for pcr in &policy.pcrs {
+    let value_of = |bank: HashAlg, pcr: u32| {
+        values
+            .get(&bank)
+            .and_then(|m| m.get(&pcr))
+            .cloned()
+            .or_else(|| crate::eventlog::replay::reset_value(bank, pcr))
+    };
+    for pcr in policy.pcrs.iter().map(|p| p.get()) {
         for bank in &banks {
-            let got = values
-                .get(bank)
-                .and_then(|m| m.get(pcr))
-                .cloned()
-                .or_else(|| crate::eventlog::replay::reset_value(*bank, *pcr));
-            if let Some(want) = refs.expected.get(bank).and_then(|m| m.get(pcr)) {
+            let got = value_of(*bank, pcr);
+            if let Some(want) = refs.expected.get(bank).and_then(|m| m.get(&pcr)) {
                 checked.push(format!("PCR {pcr} {bank} = policy expected value"));
+                covered.insert((*bank, pcr));
                 if got.as_ref() != Some(want) {
                     let mut x = Finding::new(
                         Severity::Reject,
@@ -457,34 +566,88 @@ pub fn verify(
                             want.to_hex()
                         ),
                     );
-                    x.pcr = Some(*pcr);
+                    x.pcr = Some(pcr);
                     x.expected = Some(want.to_hex());
                     f.push(x);
                 }
             }
         }
     }
-    if policy.pcrs.contains(&PCR_KERNEL_IMAGE) && !checked.iter().any(|c| c.starts_with("PCR 11")) {
+    if banks.is_empty() {
         f.push(Finding::new(
             Severity::Reject,
-            "no-reference",
-            "pcrs",
-            "the policy names PCR 11 but no reference gives a PCR 11 value for the banks checked"
-                .into(),
+            "nothing-checked",
+            "policy",
+            "no bank to check: no reference gives a value in a bank the log carries".into(),
         ));
     }
-    // Rejects first, each group in evidence order (firmware log, then userspace log, then PCRs).
+    for pcr in policy.pcrs.iter().map(|p| p.get()) {
+        for bank in &banks {
+            if !covered.contains(&(*bank, pcr)) {
+                let mut x = Finding::new(
+                    Severity::Reject,
+                    "unchecked-pcr",
+                    "policy",
+                    format!(
+                        "PCR {pcr} ({bank}) is in the policy but no reference checks it (no expected value{})",
+                        if pcr == PCR_KERNEL_IMAGE {
+                            ", no PCR 11 prediction for the final phase path"
+                        } else if pcr == 4 {
+                            ", not every PCR 4 event matched an artifact"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                x.pcr = Some(pcr);
+                f.push(x);
+            }
+        }
+    }
+    match quote {
+        Some(q) => match verify_quote(q.attest, q.signature, q.ak, q.nonce, value_of) {
+            Ok(vq) => {
+                checked.push(format!(
+                    "quote: signature, magic, type, nonce, PCR digest over {} PCRs",
+                    vq.pcrs.len()
+                ));
+                for pcr in policy.pcrs.iter().map(|p| p.get()) {
+                    for bank in &banks {
+                        if !vq.pcrs.iter().any(|(b, i, _)| b == bank && *i == pcr) {
+                            let mut x = quote_finding(format!(
+                                    "the quote does not cover PCR {pcr} in bank {bank}, which the policy checks"
+                                ));
+                            x.pcr = Some(pcr);
+                            f.push(x);
+                        }
+                    }
+                }
+            }
+            Err(e) => f.push(quote_finding(format!("quote: {e}"))),
+        },
+        None if policy.require_quote => f.push(quote_finding(
+            "the policy requires a quote (require_quote) and none was given".into(),
+        )),
+        None => {}
+    }
+    // Rejects first, each group in evidence order: the firmware log, the userspace log (each by
+    // event index), the PCR values, the quote, then what the policy left unchecked.
     let rank = |x: &Finding| {
         (
             x.severity != Severity::Reject,
-            x.source != "firmware-log",
-            x.source == "pcrs",
+            match x.source {
+                "firmware-log" => 0,
+                "userspace-log" => 1,
+                "pcrs" => 2,
+                "quote" => 3,
+                _ => 4,
+            },
             x.index.unwrap_or(usize::MAX),
         )
     };
     f.sort_by_key(rank);
     Verdict {
-        accepted: !f.iter().any(|x| x.severity == Severity::Reject),
+        accepted: !f.iter().any(|x| x.severity == Severity::Reject) && !covered.is_empty(),
         findings: f,
         quirks,
         checked,
@@ -685,13 +848,25 @@ fn match_sections(
     (errs, ok)
 }
 
+/// PCR 4 counts as checked in a bank when every EFI application in it matched an artifact and
+/// its other events are separators and EFI actions, whose digests the lint binds to their data.
 fn check_pcr4(
     refs: &References,
     log: &EventLog,
     banks: &[HashAlg],
     f: &mut Vec<Finding>,
     checked: &mut Vec<String>,
+    covered: &mut BTreeSet<(HashAlg, u32)>,
 ) {
+    let before = f.len();
+    let others_bound = log.events.iter().filter(|e| e.pcr == 4).all(|e| {
+        matches!(
+            e.event_type,
+            EventType::EV_EFI_BOOT_SERVICES_APPLICATION
+                | EventType::EV_SEPARATOR
+                | EventType::EV_EFI_ACTION
+        )
+    });
     let apps: Vec<&Event> = log
         .events
         .iter()
@@ -714,6 +889,28 @@ fn check_pcr4(
             (None, None) => f.push(Finding::new(Severity::Reject, "unknown-event", "firmware-log", format!("event {}: an EFI application was loaded whose Authenticode hash matches no artifact", e.index)).at_event(e, banks.first().copied())),
         }
     }
+    if others_bound && f.len() == before {
+        for b in banks {
+            // Every application's digest in this very bank is an artifact's Authenticode hash.
+            let every_app_matched = log
+                .events
+                .iter()
+                .filter(|e| {
+                    e.pcr == 4 && e.event_type == EventType::EV_EFI_BOOT_SERVICES_APPLICATION
+                })
+                .all(|e| {
+                    e.digest(*b).is_some_and(|d| {
+                        refs.artifacts.iter().any(|a| {
+                            a.authenticode.get(b) == Some(d)
+                                || a.kernel_authenticode.get(b) == Some(d)
+                        })
+                    })
+                });
+            if every_app_matched {
+                covered.insert((*b, 4));
+            }
+        }
+    }
 }
 
 fn check_userspace(
@@ -724,7 +921,7 @@ fn check_userspace(
     banks: &[HashAlg],
     f: &mut Vec<Finding>,
     checked: &mut Vec<String>,
-) {
+) -> Vec<HashAlg> {
     let mut pcr11: BTreeMap<HashAlg, Option<Pcr>> = banks
         .iter()
         .map(|b| {
@@ -743,7 +940,9 @@ fn check_userspace(
                       pcr11: &BTreeMap<HashAlg, Option<Pcr>>,
                       f: &mut Vec<Finding>,
                       checked: &mut Vec<String>,
-                      at: Option<usize>| {
+                      at: Option<usize>|
+     -> Vec<HashAlg> {
+        let mut done = Vec::new();
         for (bank, p) in pcr11 {
             let Some(p) = p else { continue };
             let refs_for: Vec<&PhaseValue> = refs
@@ -759,6 +958,7 @@ fn check_userspace(
                 path.join(":")
             };
             checked.push(format!("PCR 11 {bank} after phase path {label}"));
+            done.push(*bank);
             if !refs_for.iter().any(|v| &v.value == p.value()) {
                 let mut x = Finding::new(Severity::Reject, "pcr-mismatch", if at.is_some() { "userspace-log" } else { "firmware-log" }, format!("PCR 11 ({bank}) after phase path {label:?} is {}, which no reference predicts", p.value()));
                 x.pcr = Some(PCR_KERNEL_IMAGE);
@@ -774,8 +974,14 @@ fn check_userspace(
                 f.push(x);
             }
         }
+        done
     };
-    check_path(&path, &pcr11, f, checked, None);
+    // A bank's final PCR 11 is checked when some phase path was compared with a prediction in
+    // it and every later PCR 11 record is a known phase word whose digest is H(word) (anything
+    // else rejects): the final value follows from the checked one.
+    let mut ever: BTreeSet<HashAlg> = check_path(&path, &pcr11, f, checked, None)
+        .into_iter()
+        .collect();
     for r in &u.records {
         let base = |sev, kind, msg: String| {
             let mut x = Finding::new(sev, kind, "userspace-log", msg);
@@ -836,7 +1042,66 @@ fn check_userspace(
                 }
             }
             path.push(word);
-            check_path(&path, &pcr11, f, checked, Some(r.index));
+            ever.extend(check_path(&path, &pcr11, f, checked, Some(r.index)));
+        }
+    }
+    ever.into_iter()
+        .filter(|b| pcr11.get(b).is_some_and(Option::is_some))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(semantics: &str) -> Vec<u8> {
+        serde_json::json!({"format": MANIFEST_FORMAT, "name": "x",
+            "uki": {"file": "x.efi", "stub": {"semantics": semantics}, "sections": []}})
+        .to_string()
+        .into_bytes()
+    }
+
+    /// Defect H28: stub semantics was chosen by `contains("252")`, so "upstream-2520" meant
+    /// systemd 252 and a typo meant upstream. Only the builder's spelling is read.
+    #[test]
+    fn stub_semantics_is_read_by_its_one_spelling() {
+        let a = parse_manifest("m", &manifest("systemd-252")).unwrap();
+        assert_eq!(a.semantics, Some(StubSemantics::Systemd252));
+        let a = parse_manifest("m", &manifest("upstream")).unwrap();
+        assert_eq!(a.semantics, Some(StubSemantics::Upstream));
+        for bad in ["systemd252", "252", "upstream-2520", "Upstream"] {
+            let e = parse_manifest("m", &manifest(bad)).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    /// Defect A6: a pcrs.json given as a manifest was read as an empty manifest.
+    #[test]
+    fn a_pcrs_json_is_not_a_manifest() {
+        let pcrs = br#"{"sha256": [{"pcr": 11, "hash": "00"}]}"#;
+        assert!(parse_manifest("pcrs.json", pcrs).is_err());
+        assert!(parse_pcrs_json("m", &manifest("upstream")).is_err());
+    }
+
+    #[test]
+    fn policy_keys_and_values_are_checked() {
+        assert!(Policy::parse("pcrs: [0]\nbanks: [sha256]").is_ok());
+        for (bad, key) in [
+            ("pcrs: [0]\nbnks: [sha256]", "bnks"),
+            ("pcrs: [0]\nbanks: [md5]", "md5"),
+            ("pcrs: [0, 24]", "24"),
+            ("pcrs: []", "pcrs"),
+            (
+                "pcrs: [0]\nexpected: {sha256: {0: zz}}",
+                "expected.sha256.0",
+            ),
+            (
+                "pcrs: [0]\nexpected: {sha256: {1: '00'}}",
+                "expected.sha256.1",
+            ),
+        ] {
+            let e = Policy::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
         }
     }
 }

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use crate::output::outln;
 use anyhow::Context;
+use imgctl_fsio::caps;
+use imgctl_measure::audit;
 use imgctl_measure::bank::{Digest, HashAlg};
-use imgctl_measure::breakglass;
 use imgctl_measure::eventlog::{self, EventLog, PcrValues, UserspaceLog};
 
 /// List break-glass events (debug shells, emergency logins, recovery-key unlocks) and check the
@@ -42,9 +43,17 @@ fn parse_pcrs(data: &[u8]) -> anyhow::Result<PcrValues> {
     for (b, m) in raw {
         let bank: HashAlg = b.parse()?;
         for (p, h) in m {
-            out.entry(bank)
-                .or_default()
-                .insert(p.parse().context("PCR index")?, Digest(hex::decode(h)?));
+            let pcr: u32 = p
+                .parse()
+                .ok()
+                .filter(|i| *i <= 23)
+                .with_context(|| format!("{bank}: PCR index {p:?} is not 0–23"))?;
+            let d =
+                hex::decode(&h).with_context(|| format!("{bank} PCR {pcr}: {h:?} is not hex"))?;
+            if Some(d.len()) != bank.digest_size() {
+                anyhow::bail!("{bank} PCR {pcr}: {} bytes, not a {bank} digest", d.len());
+            }
+            out.entry(bank).or_default().insert(pcr, Digest(d));
         }
     }
     Ok(out)
@@ -53,12 +62,14 @@ fn parse_pcrs(data: &[u8]) -> anyhow::Result<PcrValues> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let load = || -> anyhow::Result<_> {
         let path = &args.userspace_log;
-        let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let data = imgctl_fsio::read_bounded(path, caps::USERSPACE_LOG, "a userspace log")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let log =
             UserspaceLog::parse(&data).with_context(|| format!("parsing {}", path.display()))?;
         let firmware = match &args.eventlog {
             Some(p) => {
-                let d = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                let d = imgctl_fsio::read_bounded(p, caps::EVENT_LOG, "an event log")
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 eventlog::replay(
                     &EventLog::parse(&d).with_context(|| format!("parsing {}", p.display()))?,
                 )
@@ -67,9 +78,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => PcrValues::new(),
         };
         let pcrs = match &args.pcrs {
-            Some(p) => Some(parse_pcrs(
-                &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-            )?),
+            Some(p) => Some(
+                parse_pcrs(
+                    &imgctl_fsio::read_bounded(p, caps::POLICY, "a PCR values file")
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                )
+                .with_context(|| format!("{}", p.display()))?,
+            ),
             None => None,
         };
         Ok((log, firmware, pcrs))
@@ -81,75 +96,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(3));
         }
     };
-    let mut events = Vec::new();
-    let mut problems = Vec::new();
-    for r in &log.records {
-        if let Some(bg) = breakglass::from_record(r) {
-            let ts = r.content.get("timestamp").cloned().unwrap_or_default();
-            events.push(match bg {
-                Ok(b) => serde_json::json!({"record": r.index, "pcr": r.pcr, "actor": b.actor, "kind": b.kind, "reason": b.reason, "time": b.time, "bootId": r.content.get("bootId"), "timestamp": ts}),
-                Err(e) => serde_json::json!({"record": r.index, "pcr": r.pcr, "error": e}),
-            });
-        }
-        let bad = r.digest_mismatches();
-        if !bad.is_empty() && r.event_type.as_deref() != Some("volume-key") {
-            problems.push(format!("record {} ({}): logged digest is not the hash of its string in {} — altered after it was written", r.index, r.string.as_deref().unwrap_or(""), bad.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")));
-        }
-    }
     #[cfg(unix)]
-    {
+    let dirty = {
         use std::os::unix::fs::PermissionsExt;
-        if let Ok(m) = std::fs::metadata(&args.userspace_log) {
-            if m.permissions().mode() & 0o1000 != 0 {
-                problems.push("the log's sticky bit is set: a writer died between extending and appending, the log is incomplete".into());
-            }
-        }
-    }
-    let replayed = log.replay_onto(&firmware);
-    let mut checked = Vec::new();
-    match &pcrs {
-        Some(actual) => {
-            let pcrs_in_log: std::collections::BTreeSet<u32> = log
-                .records
-                .iter()
-                .filter_map(|r| r.pcr)
-                .chain([breakglass::PCR])
-                .collect();
-            for (bank, m) in actual {
-                for pcr in &pcrs_in_log {
-                    let Some(want) = m.get(pcr) else { continue };
-                    let got = replayed
-                        .get(bank)
-                        .and_then(|x| x.get(pcr))
-                        .cloned()
-                        .or_else(|| eventlog::replay::reset_value(*bank, *pcr));
-                    checked.push(format!("PCR {pcr} {bank}"));
-                    if got.as_ref() != Some(want) {
-                        problems.push(format!("PCR {pcr} ({bank}) is {want} but the log replays to {} — a record is missing or altered", got.map_or("nothing".into(), |d| d.to_hex())));
-                    }
-                }
-            }
-        }
-        None => problems.push("no --pcrs given: a removed record cannot be detected".into()),
-    }
-    let consistent = problems.iter().all(|p| p.starts_with("no --pcrs"));
+        std::fs::metadata(&args.userspace_log).is_ok_and(|m| m.permissions().mode() & 0o1000 != 0)
+    };
+    #[cfg(not(unix))]
+    let dirty = false;
+    let report = audit::audit(&log, &firmware, pcrs.as_ref(), dirty);
     if args.json {
-        let out = serde_json::json!({"break_glass": events, "consistent": consistent, "problems": problems, "checked": checked});
+        let out = serde_json::json!({"break_glass": report.break_glass, "consistent": report.consistent,
+            "problems": report.problems, "checked": report.checked, "verdict": report.verdict});
         outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        outln!("{} break-glass event(s)", events.len());
-        for e in &events {
+        outln!("{} break-glass event(s)", report.break_glass.len());
+        for e in &report.break_glass {
             outln!("  {e}");
         }
-        for p in &problems {
+        for p in &report.problems {
             outln!("  problem: {p}");
         }
     }
-    Ok(if !events.is_empty() {
-        ExitCode::from(1)
-    } else if !consistent {
-        ExitCode::from(4)
-    } else {
-        ExitCode::SUCCESS
+    Ok(match report.verdict {
+        audit::AuditVerdict::Inconsistent => ExitCode::from(4),
+        audit::AuditVerdict::BreakGlass => ExitCode::from(1),
+        audit::AuditVerdict::Clean => ExitCode::SUCCESS,
     })
 }

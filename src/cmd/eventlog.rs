@@ -37,8 +37,9 @@ enum Action {
 }
 
 /// Reads and parses an event log file, naming the file in errors.
-pub fn load(file: &PathBuf) -> anyhow::Result<EventLog> {
-    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+pub fn load(file: &std::path::Path) -> anyhow::Result<EventLog> {
+    let data = imgctl_fsio::read_bounded(file, imgctl_fsio::caps::EVENT_LOG, "an event log")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     EventLog::parse(&data).with_context(|| format!("parsing event log {}", file.display()))
 }
 

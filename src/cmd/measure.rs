@@ -8,11 +8,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use imgctl_measure::userspace_record::{BreakGlass, Origin, Record, BREAK_GLASS_PCR, DEFAULT_LOG};
+use imgctl_measure::userspace_record::{
+    write_record, BreakGlass, LogFile, Origin, Record, WriteError, BREAK_GLASS_PCR, DEFAULT_LOG,
+};
 use imgctl_measure::HashAlg;
-
-/// The sticky bit marks the log dirty between the extend and the append.
-const S_ISVTX: u32 = 0o1000;
 
 /// Measure an event into the TPM and systemd's userspace log (/run/log/systemd/tpm2-measure.log).
 ///
@@ -129,60 +128,70 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             event_type,
         } => Record::new(*pcr, &banks, string.clone(), event_type, &origin)?,
     };
-    let pcr = record.pcr.unwrap_or(0);
-    let digests = banks
-        .iter()
-        .map(|b| {
-            record
-                .digest(*b)
-                .context("record lacks a bank digest")?
-                .map(|d| (*b, d))
-                .map_err(anyhow::Error::from)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-
     if let Some(dir) = args.log.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut log = OpenOptions::new()
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
         .open(&args.log)
         .with_context(|| format!("opening {}", args.log.display()))?;
-    rustix::fs::flock(&log, rustix::fs::FlockOperation::LockExclusive)
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
         .with_context(|| format!("locking {}", args.log.display()))?;
-    let mode = log
-        .metadata()
-        .with_context(|| format!("stat {}", args.log.display()))?
-        .permissions()
-        .mode()
-        & 0o7777;
-    let was_dirty = mode & S_ISVTX != 0;
-    if was_dirty {
-        eprintln!(
+    let mut log = Log {
+        file,
+        path: &args.log,
+    };
+    // The protocol (dirty mark, extend, append, unmark) is the library's.
+    let written = write_record(&mut log, &record, &banks, |pcr, digests| {
+        tpm.extend(pcr, digests)
+            .map_err(|e| anyhow::Error::from(e).context(format!("extending PCR {pcr}")))
+    });
+    match written {
+        Ok(w) if w.was_dirty => eprintln!(
             "imgctl: warning: {} is marked dirty (sticky bit): an earlier writer stopped between \
              extending and logging, so this log does not replay; the mark stays",
             args.log.display()
-        );
-    }
-    set_mode(&log, mode | S_ISVTX, &args.log)?;
-    if let Err(e) = tpm.extend(pcr, &digests) {
-        if !was_dirty {
-            set_mode(&log, mode & !S_ISVTX, &args.log)?;
+        ),
+        Ok(_) => {}
+        Err(WriteError::Log(e)) | Err(WriteError::Extend(e)) => return Err(e),
+        Err(WriteError::Append(e)) => {
+            return Err(e.context(format!(
+                "appending to {} (left marked dirty)",
+                args.log.display()
+            )))
         }
-        return Err(anyhow::Error::from(e).context(format!("extending PCR {pcr}")));
-    }
-    append(&mut log, &record.to_json_seq())
-        .with_context(|| format!("appending to {} (left marked dirty)", args.log.display()))?;
-    if !was_dirty {
-        set_mode(&log, mode & !S_ISVTX, &args.log)?;
     }
     drop(log); // releases the lock
     if args.json {
         crate::output::print_json(&record)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The locked log file, for [`write_record`].
+struct Log<'a> {
+    file: File,
+    path: &'a std::path::Path,
+}
+
+impl LogFile for Log<'_> {
+    type Error = anyhow::Error;
+    fn mode(&mut self) -> anyhow::Result<u32> {
+        Ok(self
+            .file
+            .metadata()
+            .with_context(|| format!("stat {}", self.path.display()))?
+            .permissions()
+            .mode())
+    }
+    fn set_mode(&mut self, mode: u32) -> anyhow::Result<()> {
+        set_mode(&self.file, mode, self.path)
+    }
+    fn append(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        append(&mut self.file, data).with_context(|| format!("writing {}", self.path.display()))
+    }
 }
 
 fn set_mode(f: &File, mode: u32, path: &std::path::Path) -> anyhow::Result<()> {

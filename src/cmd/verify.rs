@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::output::outln;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use base64::Engine as _;
+use imgctl_fsio::caps;
 use imgctl_measure::eventlog::{EventLog, UserspaceLog};
-use imgctl_measure::quote::{verify_quote, AkPublic, Signature};
-use imgctl_measure::verify::{self, Finding, Policy, References, Severity, Verdict};
+use imgctl_measure::quote::{AkPublic, Attest, Signature};
+use imgctl_measure::verify::{self, Policy, QuoteEvidence, References, Severity, Verdict};
 
 /// Verify a machine's event logs (and TPM quote) against a policy and the published references.
 ///
@@ -44,116 +45,133 @@ pub struct Args {
     json: bool,
 }
 
-fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+fn read(p: &Path, cap: u64, what: &'static str) -> anyhow::Result<Vec<u8>> {
+    // fsio's message already includes its cause: keep the one line from repeating it.
+    imgctl_fsio::read_bounded(p, cap, what).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Loads a policy and every reference file it names (paths relative to the policy).
 pub fn load_policy(path: &Path) -> anyhow::Result<(Policy, References)> {
-    let text = String::from_utf8(read(path)?).context("policy is not UTF-8")?;
+    let data = read(path, caps::POLICY, "a policy")?;
+    let text = String::from_utf8(data)
+        .map_err(|_| anyhow::anyhow!("policy {}: not UTF-8", path.display()))?;
     let policy = Policy::parse(&text).with_context(|| format!("policy {}", path.display()))?;
-    let mut refs = References::from_policy(&policy)?;
+    let mut refs =
+        References::from_policy(&policy).with_context(|| format!("policy {}", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     for f in &policy.pcrs_json {
         let p = dir.join(f);
-        refs.pcr11.extend(verify::parse_pcrs_json(f, &read(&p)?)?);
+        let data = read(&p, caps::POLICY, "a pcrs.json")?;
+        refs.pcr11.extend(
+            verify::parse_pcrs_json(f, &data)
+                .with_context(|| format!("policy {}: pcrs_json", path.display()))?,
+        );
     }
     for f in &policy.manifests {
         let p = dir.join(f);
-        refs.artifacts.push(verify::parse_manifest(f, &read(&p)?)?);
+        let data = read(&p, caps::POLICY, "a manifest")?;
+        refs.artifacts.push(
+            verify::parse_manifest(f, &data)
+                .with_context(|| format!("policy {}: manifests", path.display()))?,
+        );
     }
     Ok((policy, refs))
 }
 
-fn decode_blob(v: &serde_json::Value) -> anyhow::Result<Vec<u8>> {
-    let s = v.as_str().context("expected a string")?;
+fn decode_blob(v: Option<&serde_json::Value>) -> anyhow::Result<Vec<u8>> {
+    let s = v
+        .and_then(|v| v.as_str())
+        .context("missing, or not a string")?;
     hex::decode(s)
         .or_else(|_| base64::engine::general_purpose::STANDARD.decode(s))
         .context("neither hex nor base64")
 }
 
 fn load_quote(q: &Path, sig: Option<&Path>) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-    let data = read(q)?;
+    let data = read(q, caps::QUOTE, "a quote")?;
     if let Some(s) = sig {
-        return Ok((data, read(s)?));
+        return Ok((data, read(s, caps::QUOTE, "a signature")?));
     }
-    let j: serde_json::Value = serde_json::from_slice(&data)
-        .context("--quote without --signature must be JSON with quote and signature")?;
+    let j: serde_json::Value = serde_json::from_slice(&data).with_context(|| {
+        format!(
+            "{}: --quote without --signature must be JSON with quote and signature",
+            q.display()
+        )
+    })?;
     let (qv, sv) = match j.get("Quote") {
-        Some(inner) => (&inner["Quote"], &inner["Signature"]),
-        None => (&j["quote"], &j["signature"]),
+        Some(inner) => (inner.get("Quote"), inner.get("Signature")),
+        None => (j.get("quote"), j.get("signature")),
     };
     Ok((
-        decode_blob(qv).context("quote")?,
-        decode_blob(sv).context("signature")?,
+        decode_blob(qv).with_context(|| format!("{}: quote", q.display()))?,
+        decode_blob(sv).with_context(|| format!("{}: signature", q.display()))?,
     ))
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (policy, refs) = match load_policy(&args.policy) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("imgctl: error: {e:#}");
-            return Ok(ExitCode::from(3));
-        }
+/// Everything read from disk, parsed: any failure here is exit 3 (unreadable evidence).
+struct Loaded {
+    policy: Policy,
+    refs: References,
+    log: EventLog,
+    userspace: Option<UserspaceLog>,
+    quote: Option<(Vec<u8>, Signature, AkPublic, Vec<u8>)>,
+}
+
+fn load(args: &Args) -> anyhow::Result<Loaded> {
+    let (policy, refs) = load_policy(&args.policy)?;
+    let el = &args.eventlog;
+    let log = EventLog::parse(&read(el, caps::EVENT_LOG, "an event log")?)
+        .with_context(|| format!("parsing event log {}", el.display()))?;
+    let userspace = match &args.userspace_log {
+        Some(p) => Some(
+            UserspaceLog::parse(&read(p, caps::USERSPACE_LOG, "a userspace log")?)
+                .with_context(|| format!("parsing userspace log {}", p.display()))?,
+        ),
+        None => None,
     };
-    let log = EventLog::parse(&read(&args.eventlog)?)
-        .with_context(|| format!("parsing {}", args.eventlog.display()));
-    let log = match log {
+    let quote = match &args.quote {
+        Some(q) => {
+            let ak = args.ak.as_deref().context("--quote needs --ak")?;
+            let nonce = hex::decode(&args.nonce)
+                .with_context(|| format!("--nonce {:?} is not hex", args.nonce))?;
+            let (attest, sig) = load_quote(q, args.signature.as_deref())?;
+            let sig_name = args.signature.as_deref().unwrap_or(q);
+            Attest::parse(&attest).with_context(|| format!("parsing quote {}", q.display()))?;
+            let sig = Signature::parse(&sig)
+                .with_context(|| format!("parsing signature {}", sig_name.display()))?;
+            let ak_key = AkPublic::parse(&read(ak, caps::KEY, "an attestation key")?)
+                .with_context(|| format!("parsing attestation key {}", ak.display()))?;
+            Some((attest, sig, ak_key, nonce))
+        }
+        None => None,
+    };
+    Ok(Loaded {
+        policy,
+        refs,
+        log,
+        userspace,
+        quote,
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let l = match load(&args) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("imgctl: error: {e:#}");
             return Ok(ExitCode::from(3));
         }
     };
-    let userspace = match &args.userspace_log {
-        Some(p) => Some(
-            UserspaceLog::parse(&read(p)?).with_context(|| format!("parsing {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let mut verdict = verify::verify(&policy, &refs, &log, userspace.as_ref());
-    if let Some(q) = &args.quote {
-        let Some(ak) = &args.ak else {
-            bail!("--quote needs --ak")
-        };
-        let nonce = hex::decode(&args.nonce).context("--nonce is not hex")?;
-        let (attest, sig) = load_quote(q, args.signature.as_deref())?;
-        let (values, _) = verify::combined_pcrs(&log, userspace.as_ref());
-        let result = Signature::parse(&sig)
-            .map_err(Into::into)
-            .and_then(|s| Ok((s, AkPublic::parse(&read(ak)?)?)))
-            .and_then(|(s, k): (Signature, AkPublic)| {
-                verify_quote(&attest, &s, &k, &nonce, |bank, pcr| {
-                    values
-                        .get(&bank)
-                        .and_then(|m| m.get(&pcr))
-                        .cloned()
-                        .or_else(|| imgctl_measure::eventlog::replay::reset_value(bank, pcr))
-                })
-                .map_err(anyhow::Error::from)
-            });
-        match result {
-            Ok(vq) => {
-                verdict.checked.push(format!(
-                    "quote: signature, magic, type, nonce, PCR digest over {} PCRs",
-                    vq.pcrs.len()
-                ));
-                for p in &policy.pcrs {
-                    if !vq.pcrs.iter().any(|(_, i, _)| i == p) {
-                        verdict.findings.push(quote_finding(format!(
-                            "the quote does not cover PCR {p}, which the policy names"
-                        )));
-                    }
-                }
-            }
-            Err(e) => verdict.findings.insert(0, quote_finding(format!("{e:#}"))),
-        }
-        verdict.accepted = !verdict
-            .findings
-            .iter()
-            .any(|f| f.severity == Severity::Reject);
-    }
+    let quote = l
+        .quote
+        .as_ref()
+        .map(|(attest, signature, ak, nonce)| QuoteEvidence {
+            attest,
+            signature,
+            ak,
+            nonce,
+        });
+    let verdict = verify::verify(&l.policy, &l.refs, &l.log, l.userspace.as_ref(), quote);
     // The verdict is the exit code: a closed or full stdout must not turn it into another one.
     if let Err(e) = print_verdict(&verdict, args.json) {
         match e.downcast_ref::<crate::output::StdoutError>() {
@@ -166,10 +184,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-fn quote_finding(message: String) -> Finding {
-    verify::quote_finding(message)
 }
 
 fn print_verdict(v: &Verdict, json: bool) -> anyhow::Result<()> {

@@ -18,6 +18,8 @@ use crate::ParseError;
 
 /// `"Spec ID Event03\0"`.
 pub const SPEC_ID_SIGNATURE: &[u8; 16] = b"Spec ID Event03\0";
+/// The highest PCR index a PC Client TPM has (PCRs 0–23).
+pub const MAX_PCR: u32 = 23;
 /// `"StartupLocality\0"`, the prefix of the PCR 0 EV_NO_ACTION that sets PCR 0's initial value.
 pub const STARTUP_LOCALITY_SIGNATURE: &[u8; 16] = b"StartupLocality\0";
 
@@ -230,7 +232,7 @@ fn parse_legacy(r: &mut Reader<'_>, index: usize) -> Result<Event, ParseError> {
     let digest = Digest(r.take(20, "TCG_PCR_EVENT.digest")?.to_vec());
     let size = r.u32_le("TCG_PCR_EVENT.eventDataSize")?;
     let data = take_event_data(r, size, "TCG_PCR_EVENT.event", index)?;
-    Ok(Event {
+    checked(Event {
         index,
         offset,
         pcr,
@@ -238,6 +240,38 @@ fn parse_legacy(r: &mut Reader<'_>, index: usize) -> Result<Event, ParseError> {
         digests: vec![(HashAlg::SHA1, digest)],
         data,
     })
+}
+
+/// Rejects records no firmware writes: a PCR index outside 0–23 on an event that extends
+/// (it would be replayed into a PCR that does not exist; EV_NO_ACTION events are never extended
+/// and real logs carry them in PCR 0xffffffff, e.g. go-attestation's option_rom_eventlog), and an all-zero record (event type 0, zero
+/// digests, no data), which is zero padding or an empty buffer, not a measurement: 64 KiB of
+/// zeros is not a 2,048-event log.
+fn checked(e: Event) -> Result<Event, ParseError> {
+    if e.pcr > MAX_PCR && e.event_type != EventType::EV_NO_ACTION {
+        return Err(ParseError::new(
+            e.offset,
+            "PCRIndex",
+            format!(
+                "event {}: PCR index {:#x} is outside 0–{MAX_PCR}",
+                e.index, e.pcr
+            ),
+        ));
+    }
+    if e.event_type == EventType::EV_PREBOOT_CERT
+        && e.data.is_empty()
+        && e.digests.iter().all(|(_, d)| d.0.iter().all(|b| *b == 0))
+    {
+        return Err(ParseError::new(
+            e.offset,
+            "event record",
+            format!(
+                "event {}: an all-zero record (type 0, zero digest, no data) is padding, not an event",
+                e.index
+            ),
+        ));
+    }
+    Ok(e)
 }
 
 fn parse_agile(r: &mut Reader<'_>, spec: &SpecIdEvent, index: usize) -> Result<Event, ParseError> {
@@ -278,7 +312,7 @@ fn parse_agile(r: &mut Reader<'_>, spec: &SpecIdEvent, index: usize) -> Result<E
     }
     let size = r.u32_le("TCG_PCR_EVENT2.EventSize")?;
     let data = take_event_data(r, size, "TCG_PCR_EVENT2.Event", index)?;
-    Ok(Event {
+    checked(Event {
         index,
         offset,
         pcr,
@@ -401,6 +435,50 @@ mod tests {
             parsed.events[0].offset,
             log.len() - 4 - 4 - 4 - 4 - 2 - 20 - 2 - 32 - 4
         );
+    }
+
+    #[test]
+    fn a_pcr_index_outside_0_to_23_is_an_error_not_replayed() {
+        for pcr in [24, 0xffff_fff0] {
+            let mut log = encode_spec_id_header(&[HashAlg::SHA256]);
+            log.extend(encode_agile(
+                pcr,
+                EventType::EV_POST_CODE,
+                &[(HashAlg::SHA256, Digest(vec![1; 32]))],
+                b"x",
+            ));
+            let err = EventLog::parse(&log).unwrap_err();
+            assert!(err.message.contains("outside 0–23"), "{err}");
+            // The legacy format too.
+            let mut legacy = Vec::new();
+            legacy.extend_from_slice(&pcr.to_le_bytes());
+            legacy.extend_from_slice(&EventType::EV_POST_CODE.0.to_le_bytes());
+            legacy.extend_from_slice(&[1; 20]);
+            legacy.extend_from_slice(&0u32.to_le_bytes());
+            assert!(EventLog::parse(&legacy).is_err());
+        }
+        // EV_NO_ACTION is never extended: real logs put it in PCR 0xffffffff.
+        let mut log = encode_spec_id_header(&[HashAlg::SHA256]);
+        log.extend(encode_agile(
+            u32::MAX,
+            EventType::EV_NO_ACTION,
+            &[(HashAlg::SHA256, Digest(vec![0; 32]))],
+            b"x",
+        ));
+        let parsed = EventLog::parse(&log).unwrap();
+        assert!(crate::eventlog::replay(&parsed)
+            .values
+            .values()
+            .all(|m| m.is_empty()));
+    }
+
+    #[test]
+    fn zeros_are_not_an_event_log() {
+        let err = EventLog::parse(&vec![0u8; 64 << 10]).unwrap_err();
+        assert!(err.message.contains("all-zero record"), "{err}");
+        let mut log = encode_spec_id_header(&[HashAlg::SHA256]);
+        log.extend(vec![0u8; 4096]);
+        assert!(EventLog::parse(&log).is_err());
     }
 
     proptest::proptest! {

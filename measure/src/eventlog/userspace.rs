@@ -122,7 +122,20 @@ impl UserspaceLog {
                     format!("record of {} bytes exceeds {MAX_RECORD}", body.len()),
                 ));
             }
-            records.push(parse_record(body, start, records.len())?);
+            let record = parse_record(body, start, records.len())?;
+            // systemd writes RS, JSON, LF: a record without its LF was cut short by a writer
+            // that died (the same rule as the recorder's parser, userspace_record::parse_log).
+            if !body.ends_with(b"\n") {
+                return Err(ParseError::new(
+                    start,
+                    "userspace log record",
+                    format!(
+                        "record {} is truncated (no trailing newline)",
+                        records.len()
+                    ),
+                ));
+            }
+            records.push(record);
             pos = end;
         }
         Ok(UserspaceLog { records })
@@ -265,6 +278,15 @@ mod tests {
             v[&HashAlg::SHA256][&11].to_hex(),
             "2ccb64e2494a299a47994c804f7937bb5cbef8a849f2ca2d43d64f7c73e262c7"
         );
+    }
+
+    #[test]
+    fn a_last_record_without_its_newline_is_truncated_in_both_parsers() {
+        let mut log = phase_record("sysinit");
+        log.pop();
+        let err = UserspaceLog::parse(&log).unwrap_err();
+        assert!(err.message.contains("truncated"), "{err}");
+        assert!(crate::userspace_record::parse_log(&log).is_err());
     }
 
     #[test]
