@@ -4,6 +4,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::output::{out, outln};
 use anyhow::{bail, Context};
 use imgctl_measure::tlog::checkpoint::{self, Checkpoint, Policy};
 use imgctl_measure::tlog::note::{NoteSigner, NoteVerifier, VerifierKind};
@@ -11,7 +12,6 @@ use imgctl_measure::tlog::{LogEntry, TlogProof};
 use imgctl_tlog_store::client::{self, TileFetch};
 use imgctl_tlog_store::{Appender, FolderTiles, HttpTiles, LogReader};
 use serde_json::json;
-use crate::output::{outln, out};
 
 /// Manage and check a transparency log of measurements.
 ///

@@ -9,8 +9,8 @@ use imgctl_measure::pcr11::DEFAULT_PHASE_PATHS;
 use imgctl_measure::uki::as_measured;
 use imgctl_measure::{pcrsig, predict_pcr11, HashAlg, PhasePath};
 
-use crate::uki_input::{load_uki, SemanticsArg};
 use crate::output::out;
+use crate::uki_input::{load_uki, SemanticsArg};
 
 /// Sign the PCR 11 values a UKI will produce, per bank and boot phase: the `.pcrsig` JSON that
 /// `systemd-measure sign` writes and ukify embeds, computed in software (no TPM needed).

@@ -36,7 +36,7 @@ pub mod client;
 pub mod store;
 
 pub use client::{FolderTiles, HttpTiles, TileFetch};
-pub use store::{append_entries, init, Appender, LogReader};
+pub use store::{append_entries, check_writable, init, Appender, LogReader};
 
 /// Errors of the store and the clients.
 #[derive(Debug, thiserror::Error)]

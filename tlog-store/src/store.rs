@@ -161,6 +161,27 @@ pub struct Appended {
     pub signed_checkpoint: String,
 }
 
+/// Checks, without taking the lock, that `dir` holds a log whose key is `signer`'s and whose
+/// checkpoint verifies: what a command that will append later checks before doing any work.
+pub fn check_writable(dir: &Path, signer: &NoteSigner) -> Result<(), Error> {
+    let vkey = read_vkey(dir)?;
+    check_key(&vkey, signer)?;
+    read_checkpoint(dir, &vkey).map(drop)
+}
+
+fn check_key(vkey: &NoteVerifier, signer: &NoteSigner) -> Result<(), Error> {
+    if vkey != signer.verifier() {
+        return Err(Error::Log(format!(
+            "the key {}+{:08x} is not this log's key ({}+{:08x})",
+            signer.name(),
+            signer.verifier().key_id,
+            vkey.name,
+            vkey.key_id
+        )));
+    }
+    Ok(())
+}
+
 impl Appender {
     /// Takes the folder's lock (waiting for other appenders), finishes or undoes an append a
     /// crashed process left, and loads the tree's right edge, checking it against the signed
@@ -168,15 +189,7 @@ impl Appender {
     pub fn open(dir: &Path, signer: NoteSigner) -> Result<Appender, Error> {
         let dir = &std::path::absolute(dir).map_err(io_err(dir))?;
         let vkey = read_vkey(dir)?;
-        if &vkey != signer.verifier() {
-            return Err(Error::Log(format!(
-                "the key {}+{:08x} is not this log's key ({}+{:08x})",
-                signer.name(),
-                signer.verifier().key_id,
-                vkey.name,
-                vkey.key_id
-            )));
-        }
+        check_key(&vkey, &signer)?;
         let lock_path = state(dir, "lock");
         let lock = OpenOptions::new()
             .create(true)
