@@ -453,6 +453,12 @@ impl Transaction {
         self.write_temporary(&tmp, path, 0o600, |w| w.write_all(data))
     }
 
+    /// Stages a secret for `path` (mode 0600), replacing a regular file that is there.
+    pub fn add_secret(&mut self, path: &Path, data: &[u8]) -> Result<(), Error> {
+        let tmp = self.stage_path(path, Replace::Allowed)?;
+        self.write_temporary(&tmp, path, 0o600, |w| w.write_all(data))
+    }
+
     /// Stages a file for `path` whose content `write` streams into the given writer.
     pub fn add_with(
         &mut self,
