@@ -453,13 +453,27 @@ impl LogReader {
         self.prove_at(index, &c, &signed)
     }
 
+    /// The proof is verified (checkpoint signature, inclusion of the entry under its root)
+    /// before it is returned: a damaged tile gives an error, never a proof that does not hold.
     fn prove_at(&self, index: u64, c: &Checkpoint, signed: &str) -> Result<TlogProof, Error> {
-        Ok(TlogProof {
-            extra: Some(self.entry(index, c.size)?),
+        let entry = self.entry(index, c.size)?;
+        let proof = TlogProof {
+            extra: Some(entry.clone()),
             index,
             proof: self.inclusion(index, c.size)?,
             checkpoint: signed.to_owned(),
-        })
+        };
+        proof
+            .verify(&entry, &Policy::log_only(&self.vkey))
+            .map_err(|e| {
+                Error::Log(format!(
+                    "{}: the proof for entry {index} does not verify against the checkpoint: {e} \
+                 (tiles were changed or damaged; `imgctl log verify --log {} --audit` finds them)",
+                    self.dir.display(),
+                    self.dir.display()
+                ))
+            })?;
+        Ok(proof)
     }
 
     /// Recomputes every tile from the entries and checks the checkpoint's root.
@@ -512,6 +526,21 @@ mod tests {
         .unwrap();
         let cp = r.consistency(old.size, c.size).unwrap();
         checkpoint::check_consistency(&old, &c, &cp).unwrap();
+    }
+
+    #[test]
+    fn prove_refuses_a_proof_over_a_damaged_entry_tile() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        init(&dir, &key()).unwrap();
+        append_entries(&dir, key(), &[b"a".to_vec(), b"b".to_vec()]).unwrap();
+        let bundle = dir.join("tile/entries/000.p/2");
+        let mut b = fs::read(&bundle).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        fs::write(&bundle, b).unwrap();
+        let e = LogReader::open(&dir).unwrap().prove(1).unwrap_err();
+        assert!(e.to_string().contains("does not verify"), "{e}");
     }
 
     #[test]
