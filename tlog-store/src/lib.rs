@@ -51,6 +51,8 @@ pub enum Error {
     Tlog(#[from] imgctl_measure::tlog::Error),
     #[error("{0}")]
     Log(String),
+    #[error(transparent)]
+    Fs(#[from] imgctl_fsio::Error),
     #[error("HTTP {url}: {message}")]
     Http { url: String, message: String },
 }

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use imgctl_measure::tlog::checkpoint::{self, Checkpoint, Policy};
@@ -54,20 +53,20 @@ fn tmp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp"))
 }
 
-/// Writes `bytes` to a temporary name, fsyncs it and renames it over `path`. The caller
-/// fsyncs the folders in `changed` afterwards.
-fn write_durable(path: &Path, bytes: &[u8], changed: &mut BTreeSet<PathBuf>) -> Result<(), Error> {
+/// Stages `bytes` for `path` in `tx` (imgctl-fsio: temporary name, fsync; the commit renames
+/// and fsyncs the file's folder), creating missing folders first; folders that gained a
+/// subfolder are recorded in `changed` for the caller to fsync after the commit.
+fn stage(
+    tx: &mut imgctl_fsio::Transaction,
+    path: &Path,
+    bytes: &[u8],
+    changed: &mut BTreeSet<PathBuf>,
+) -> Result<(), Error> {
     let parent = path
         .parent()
         .ok_or_else(|| Error::Log(format!("{} has no parent folder", path.display())))?;
     mkdir_all(parent, changed)?;
-    let tmp = tmp_name(path);
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    changed.insert(parent.to_path_buf());
+    tx.add(path, bytes)?;
     Ok(())
 }
 
@@ -87,8 +86,9 @@ pub fn init(dir: &Path, signer: &NoteSigner) -> Result<String, Error> {
         )));
     }
     let mut changed = BTreeSet::new();
-    mkdir_all(&dir.join(STATE_DIR), &mut changed)?;
-    write_durable(
+    let mut tx = imgctl_fsio::Transaction::new();
+    stage(
+        &mut tx,
         &state(dir, "vkey"),
         format!("{}\n", signer.verifier().vkey()).as_bytes(),
         &mut changed,
@@ -100,7 +100,13 @@ pub fn init(dir: &Path, signer: &NoteSigner) -> Result<String, Error> {
         extensions: Vec::new(),
     };
     let signed = c.sign(signer)?;
-    write_durable(&dir.join(CHECKPOINT), signed.as_bytes(), &mut changed)?;
+    stage(
+        &mut tx,
+        &dir.join(CHECKPOINT),
+        signed.as_bytes(),
+        &mut changed,
+    )?;
+    tx.commit()?;
     for d in &changed {
         sync_dir(d)?;
     }
@@ -259,10 +265,14 @@ impl Appender {
         let mut ignored = BTreeSet::new();
         write_durable_nosync(&pending_path, pending.encode().as_bytes(), &mut ignored)?;
 
+        // Step 3: every tile staged and synced, renamed into place, its folder synced (the
+        // commit), then the folders that gained a subfolder.
         let mut changed = BTreeSet::new();
+        let mut tx = imgctl_fsio::Transaction::new();
         for (id, bytes) in &files {
-            write_durable(&self.dir.join(id.path()), bytes, &mut changed)?;
+            stage(&mut tx, &self.dir.join(id.path()), bytes, &mut changed)?;
         }
+        tx.commit()?;
         for d in &changed {
             sync_dir(d)?;
         }
@@ -273,9 +283,8 @@ impl Appender {
             extensions: Vec::new(),
         };
         let signed = checkpoint.sign(&self.signer)?;
-        let mut changed = BTreeSet::new();
-        write_durable(&self.dir.join(CHECKPOINT), signed.as_bytes(), &mut changed)?;
-        sync_dir(&self.dir)?;
+        // Step 4: renamed into place and DIR synced by fsio; this rename is the commit.
+        imgctl_fsio::write_atomic(&self.dir.join(CHECKPOINT), signed.as_bytes(), &[])?;
         // Committed.
         collect_partials(&self.dir, &pending);
         let _ = fs::remove_file(&pending_path);
@@ -329,6 +338,7 @@ fn recover(dir: &Path, committed: u64) -> Result<(), Error> {
     let pending_path = state(dir, "pending");
     let _ = fs::remove_file(tmp_name(&pending_path));
     let _ = fs::remove_file(tmp_name(&dir.join(CHECKPOINT)));
+    imgctl_fsio::reclaim_stale(dir);
     let text = match fs::read_to_string(&pending_path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -340,6 +350,9 @@ fn recover(dir: &Path, committed: u64) -> Result<(), Error> {
             let mut changed = BTreeSet::new();
             for path in &p.paths {
                 let full = dir.join(path);
+                if let Some(parent) = full.parent() {
+                    imgctl_fsio::reclaim_stale(parent);
+                }
                 for f in [tmp_name(&full), full] {
                     match fs::remove_file(&f) {
                         Ok(()) => {
@@ -541,6 +554,23 @@ mod tests {
         fs::write(&bundle, b).unwrap();
         let e = LogReader::open(&dir).unwrap().prove(1).unwrap_err();
         assert!(e.to_string().contains("does not verify"), "{e}");
+    }
+
+    #[test]
+    fn temporaries_of_a_killed_appender_are_reclaimed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        init(&dir, &key()).unwrap();
+        // PID 0x7fff_fff0 does not run.
+        let stale = dir.join(".checkpoint.imgctl-tmp-2147483632");
+        fs::write(&stale, b"half a checkpoint").unwrap();
+        append_entries(&dir, key(), &[b"a".to_vec()]).unwrap();
+        assert!(!stale.exists());
+        let stale_tile = dir.join("tile/0/000.p/.1.imgctl-tmp-2147483632");
+        fs::write(&stale_tile, b"half a tile").unwrap();
+        append_entries(&dir, key(), &[b"b".to_vec()]).unwrap();
+        assert!(!stale_tile.exists());
+        assert_eq!(LogReader::open(&dir).unwrap().audit().unwrap().1.entries, 2);
     }
 
     #[test]
