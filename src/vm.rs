@@ -15,7 +15,6 @@ use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -33,8 +32,6 @@ const OVMF_NOTHING_BOOTABLE: &str = "No bootable option or device was found";
 const POWEROFF_GRACE: Duration = Duration::from_secs(15);
 /// How long OVMF may take to reach its boot manager under KVM before KVM is declared broken.
 const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// CPU virtualisation for the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -169,8 +166,7 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 
 /// Makes SIGINT and SIGTERM stop a run cleanly instead of killing imgctl mid-way.
 pub fn install_signal_handler() {
-    // An error means a handler is already installed (a second run in the same process).
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    crate::signals::cooperate();
 }
 
 /// Child processes and the run folder, torn down on drop (children first, newest first).
@@ -271,7 +267,7 @@ fn probe_kvm(tools: &Tools) -> anyhow::Result<()> {
         if let Ok(Some(status)) = run.children[i].1.try_wait() {
             bail!("QEMU exited ({status}): {}", err.trim());
         }
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if crate::signals::interrupted() {
             bail!("interrupted");
         }
     }
@@ -488,7 +484,7 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
     let mut done_at: Option<Instant> = None;
     let mut last_stderr_check = start;
     let ending = loop {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if crate::signals::interrupted() {
             break Ending::Interrupted;
         }
         if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {

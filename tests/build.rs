@@ -481,3 +481,176 @@ fn build_with_a_pcr_key_embeds_pcrsig_and_pcrpkey() {
         );
     }
 }
+
+/// Every file of a folder with its bytes, sorted by name (dotfiles, i.e. temporaries, included).
+fn snapshot(dir: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+    let mut v: Vec<(String, Option<Vec<u8>>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let data = e
+                .file_type()
+                .unwrap()
+                .is_file()
+                .then(|| std::fs::read(e.path()).unwrap());
+            (e.file_name().into_string().unwrap(), data)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn log_init(f: &Fixture, name: &str, origin: &str) -> (PathBuf, PathBuf) {
+    let (log, key) = (f.path(name), f.path(&format!("{name}.key")));
+    run_ok(
+        imgctl()
+            .args(["log", "init"])
+            .arg(&log)
+            .arg("--key")
+            .arg(&key)
+            .args(["--origin", origin]),
+    );
+    (log, key)
+}
+
+fn build_logged(f: &Fixture, out: &Path, log: &Path, key: &Path) -> Command {
+    let mut c = imgctl();
+    c.arg("build")
+        .arg(f.path("recipe.yaml"))
+        .arg("-o")
+        .arg(out)
+        .arg("--log")
+        .arg(log)
+        .arg("--log-key")
+        .arg(key);
+    c
+}
+
+/// C11: a rebuild whose commit cannot finish (pcrs.json is now a folder) exits 1 naming it and
+/// leaves every old output as it was, with no temporaries beside them.
+#[test]
+fn a_failed_rebuild_leaves_the_old_outputs_untouched_and_no_temporaries() {
+    if require_tool(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let f = Fixture::new("");
+    let out = f.path("out");
+    assert!(f.build(&out).status.success());
+    std::fs::remove_file(out.join("pcrs.json")).unwrap();
+    std::fs::create_dir(out.join("pcrs.json")).unwrap();
+    let before = snapshot(&out);
+    let recipe = std::fs::read_to_string(f.path("recipe.yaml")).unwrap();
+    std::fs::write(
+        f.path("recipe.yaml"),
+        recipe.replace("console=ttyS0 quiet", "console=ttyS0 changed"),
+    )
+    .unwrap();
+    let o = f.build(&out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("pcrs.json") && err.contains("folder"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(snapshot(&out), before);
+}
+
+/// C12: `build --log` with a missing log or another log's key fails before anything is
+/// written: no output folder, and the log unchanged.
+#[test]
+fn build_log_checks_the_log_and_its_key_before_writing_anything() {
+    if require_tool(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let f = Fixture::new("");
+    let (log, _key) = log_init(&f, "log", "example.org/imgctl-a");
+    let (_other, other_key) = log_init(&f, "other", "example.org/imgctl-b");
+    let log_before = snapshot(&log);
+    let out = f.path("out");
+    let o = build_logged(&f, &out, &f.path("missing-log"), &other_key)
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "missing-log", &out);
+    assert!(!out.exists());
+    let o = build_logged(&f, &out, &log, &other_key).output().unwrap();
+    assert_clean_failure(&o, "not this log's key", &out);
+    assert!(!out.exists());
+    assert_eq!(snapshot(&log), log_before);
+    // An output name taken by a folder is found before the append, too.
+    std::fs::create_dir_all(out.join("t.efi.tlog-proof")).unwrap();
+    let o = build_logged(&f, &out, &log, &_key).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("t.efi.tlog-proof"), "{err}");
+    assert_eq!(snapshot(&log), log_before);
+    assert_eq!(snapshot(&out).len(), 1);
+}
+
+/// C13: temporaries left by a killed build (a dead PID in the name) are reclaimed by the next
+/// build into the same folder; a live process's temporary is left alone.
+#[test]
+fn stale_temporaries_of_a_killed_build_are_reclaimed() {
+    if require_tool(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let f = Fixture::new("");
+    let out = f.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut dead = Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let stale = out.join(format!(".t.efi.imgctl-tmp-{dead_pid}"));
+    let stale_backup = out.join(format!(".manifest.json.imgctl-bak-{dead_pid}"));
+    let live = out.join(format!(".t.efi.imgctl-tmp-{}", std::process::id()));
+    for p in [&stale, &stale_backup, &live] {
+        std::fs::write(p, vec![0u8; 4096]).unwrap();
+    }
+    assert!(f.build(&out).status.success());
+    assert!(!stale.exists() && !stale_backup.exists());
+    assert!(live.exists());
+}
+
+/// A build stopped by SIGTERM or SIGINT while its outputs are staged (here: waiting for the
+/// log's lock, which another process holds) removes its temporaries and exits 130.
+#[test]
+fn a_signalled_build_removes_its_temporaries_and_exits_130() {
+    if require_tool(STUB, "systemd-boot-efi").is_none()
+        || require_tool("/usr/bin/flock", "util-linux").is_none()
+    {
+        return;
+    }
+    let f = Fixture::new("");
+    let (log, key) = log_init(&f, "log", "example.org/imgctl-a");
+    for (signal, code) in [("TERM", 130), ("INT", 130)] {
+        let out = f.path(&format!("out-{signal}"));
+        let mut holder = Command::new("flock")
+            .arg(log.join(".imgctl-log/lock"))
+            .args(["sleep", "60"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut build = build_logged(&f, &out, &log, &key)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the outputs are staged (temporaries exist).
+        let staged = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            out.is_dir()
+                && snapshot(&out)
+                    .iter()
+                    .any(|(n, _)| n.contains(".imgctl-tmp-"))
+        });
+        assert!(staged, "the build never staged its outputs");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        run_ok(
+            Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(build.id().to_string()),
+        );
+        let status = build.wait().unwrap();
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "SIG{signal}");
+        let left = snapshot(&out);
+        assert!(left.is_empty(), "SIG{signal} left {left:?}");
+    }
+}

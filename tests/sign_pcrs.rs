@@ -261,3 +261,100 @@ fn a_recipe_signs_like_its_built_uki() {
         String::from_utf8(from_recipe).unwrap()
     );
 }
+
+/// C9: `-o` and `--embed` never replace a FIFO, a symlink, a folder, a device node (as root,
+/// a `mknod` character device) or an input; the refusal comes before any output is written
+/// and leaves no temporaries.
+#[test]
+fn sign_pcrs_never_replaces_special_files_or_its_inputs() {
+    if require_tool(STUB, "systemd-boot-efi").is_none()
+        || require_tool("openssl", "openssl").is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = genkey(dir.path(), "ec", EC);
+    let input = uki(dir.path());
+    let target = dir.path().join("target");
+    std::fs::write(&target, b"keep").unwrap();
+    let fifo = dir.path().join("fifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let mut cases = vec![
+        (fifo.clone(), "FIFO"),
+        (link.clone(), "symbolic link"),
+        (folder.clone(), "folder"),
+        (input.clone(), "also an input"),
+        (key.clone(), "also an input"),
+    ];
+    let dev = dir.path().join("full");
+    let is_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    if is_root {
+        // Like /dev/full (1, 7), in the temporary folder.
+        run_ok(Command::new("mknod").arg(&dev).args(["c", "1", "7"]));
+        cases.push((dev.clone(), "character device"));
+    }
+    let before: Vec<_> = {
+        let mut v: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let uki_bytes = std::fs::read(&input).unwrap();
+    for (out, kind) in &cases {
+        for flag in ["-o", "--embed"] {
+            let o = imgctl()
+                .arg("sign-pcrs")
+                .arg(&input)
+                .arg("--private-key")
+                .arg(&key)
+                .arg(flag)
+                .arg(out)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{flag} {}: {err}", out.display());
+            assert!(err.contains(kind), "{flag} {}: {err}", out.display());
+            assert!(err.contains(&*out.to_string_lossy()), "{err}");
+        }
+        // A good -o with a bad --embed writes neither.
+        let good = dir.path().join("sig.json");
+        let o = imgctl()
+            .arg("sign-pcrs")
+            .arg(&input)
+            .arg("--private-key")
+            .arg(&key)
+            .arg("-o")
+            .arg(&good)
+            .arg("--embed")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        assert!(!good.exists());
+    }
+    let mut after: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    after.sort();
+    assert_eq!(after, before, "nothing new, no temporaries");
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    assert_eq!(std::fs::read(&input).unwrap(), uki_bytes);
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    if is_root {
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&dev)
+            .unwrap()
+            .file_type()
+            .is_char_device());
+    }
+}

@@ -405,3 +405,155 @@ fn canonical_entries_round_trip_through_the_log() {
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["entries"][0]["entry"], json);
 }
+
+fn log_size(l: &Log) -> String {
+    let out = run_ok(
+        imgctl()
+            .args(["log", "checkpoint"])
+            .arg(l.dir())
+            .arg("--json"),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    v["size"].to_string()
+}
+
+/// C14: `log append --proof-dir FILE` fails before appending and names the path.
+#[test]
+fn append_with_a_file_as_proof_dir_fails_before_appending() {
+    let l = new_log("example.org/c14-a");
+    let file = l.root.join("not-a-folder");
+    std::fs::write(&file, b"x").unwrap();
+    let raw = l.root.join("raw");
+    std::fs::write(&raw, b"an entry").unwrap();
+    fails_with(
+        imgctl()
+            .args(["log", "append"])
+            .arg(l.dir())
+            .arg("--key")
+            .arg(l.key())
+            .arg("--raw")
+            .arg(&raw)
+            .arg("--proof-dir")
+            .arg(&file),
+        &format!("{}: not a folder", file.display()),
+    );
+    assert_eq!(log_size(&l), "0");
+    // A proof name taken by a folder is found before the append too.
+    let d = l.root.join("proofs");
+    std::fs::create_dir_all(d.join("0.tlog-proof")).unwrap();
+    fails_with(
+        imgctl()
+            .args(["log", "append"])
+            .arg(l.dir())
+            .arg("--key")
+            .arg(l.key())
+            .arg("--raw")
+            .arg(&raw)
+            .arg("--proof-dir")
+            .arg(&d),
+        "0.tlog-proof",
+    );
+    assert_eq!(log_size(&l), "0");
+    run_ok(
+        imgctl()
+            .args(["log", "append"])
+            .arg(l.dir())
+            .arg("--key")
+            .arg(l.key())
+            .arg("--raw")
+            .arg(&raw)
+            .arg("--proof-dir")
+            .arg(l.root.join("good")),
+    );
+    run_ok(
+        imgctl()
+            .args(["log", "verify", "--vkey", &l.vkey(), "--proof"])
+            .arg(l.root.join("good/0.tlog-proof")),
+    );
+}
+
+/// C14: `log init FILE --key K` creates no key when the log cannot be made.
+#[test]
+fn init_on_a_file_creates_no_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let key = tmp.path().join("k.key");
+    fails_with(
+        imgctl()
+            .args(["log", "init"])
+            .arg(&file)
+            .arg("--key")
+            .arg(&key)
+            .args(["--origin", "example.org/c14-b"]),
+        &format!("{}: not a folder", file.display()),
+    );
+    // An existing log: refused, and no key either.
+    let l = new_log("example.org/c14-c");
+    fails_with(
+        imgctl()
+            .args(["log", "init"])
+            .arg(l.dir())
+            .arg("--key")
+            .arg(&key)
+            .args(["--origin", "example.org/c14-b"]),
+        "already holds a log",
+    );
+    let mut left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["file"]);
+    // A new key is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(l.key()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+}
+
+/// C14: `log prove` on a log with a flipped entry tile fails instead of printing a proof that
+/// `log verify` would reject.
+#[test]
+fn prove_fails_on_a_flipped_entry_tile() {
+    let l = new_log("example.org/c14-d");
+    append_lines(&l.dir(), &l.key(), &entries("p", 3), 3);
+    let bundle = l.dir().join("tile/entries/000.p/3");
+    let mut b = std::fs::read(&bundle).unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 0x20;
+    std::fs::write(&bundle, b).unwrap();
+    let out = imgctl()
+        .args(["log", "prove"])
+        .arg(l.dir())
+        .args(["--index", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty());
+    assert!(err.contains("does not verify"), "{err}");
+}
+
+/// B10: `log append --stdin` whose reader went away stops quietly (no panic, no message).
+#[test]
+fn append_stdin_with_a_closed_stdout_stops_quietly() {
+    let l = new_log("example.org/b10");
+    let mut c = imgctl()
+        .args(["log", "append"])
+        .arg(l.dir())
+        .arg("--key")
+        .arg(l.key())
+        .arg("--stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(c.stdout.take());
+    c.stdin.take().unwrap().write_all(b"one\ntwo\n").unwrap();
+    let out = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "{err}");
+    assert_ne!(out.status.code(), Some(101));
+}

@@ -13,7 +13,7 @@ use imgctl_measure::predict::{digest_matrix, predict_from_digests};
 use imgctl_measure::{Digest, HashAlg, PhasePath, Prediction, StubSemantics, Uki};
 use serde::Serialize;
 
-use crate::output::Stage;
+pub use crate::output::Stage;
 use crate::recipe::{OsRelease, Recipe};
 use crate::uki::{assemble, check_stub, merge_sbat, pe_sbat, NewSection, SBAT_UKI_DEFAULT};
 use crate::Error;
@@ -303,6 +303,14 @@ pub fn assemble_recipe(
 
 /// Builds the UKI a recipe describes and writes it, its initrd, pcrs.json and manifest.json.
 pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildOutput, Error> {
+    let (out, stage) = build_staged(recipe, opts)?;
+    stage.commit()?;
+    Ok(out)
+}
+
+/// Like [`build`], but leaves the files staged: the caller may add files (a log proof) and
+/// commits them all, or drops the stage and nothing is written.
+pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput, Stage), Error> {
     let banks = HashAlg::ALL;
     let pcrpkey = match &opts.pcr_key {
         Some(k) => Some(
@@ -434,7 +442,9 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildOutput, Error>
         pcrs: pcrs_json.clone(),
     };
 
-    let mut stage = Stage::new(&opts.out_dir)?;
+    let mut input_paths: Vec<&Path> = vec![&recipe.path, &recipe.stub];
+    input_paths.extend(plan.iter().filter_map(|p| p.source.as_deref()));
+    let mut stage = Stage::new(&opts.out_dir, &input_paths)?;
     let uki_path = stage.add(&uki_file, &uki_bytes)?;
     let initrd_path = match &initrd {
         Some(i) => Some(stage.add(&initrd_file, i)?),
@@ -442,15 +452,15 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildOutput, Error>
     };
     let pcrs_path = stage.add("pcrs.json", &to_json_bytes(&pcrs_json)?)?;
     let manifest_path = stage.add("manifest.json", &to_json_bytes(&manifest)?)?;
-    stage.commit()?;
-    Ok(BuildOutput {
+    let out = BuildOutput {
         uki: uki_path,
         initrd: initrd_path,
         pcrs: pcrs_path,
         manifest_path,
         manifest,
         prediction,
-    })
+    };
+    Ok((out, stage))
 }
 
 fn to_json_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {

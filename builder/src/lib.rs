@@ -51,6 +51,8 @@ pub enum Error {
     InvalidInput(String),
     #[error(transparent)]
     Measure(#[from] imgctl_measure::Error),
+    #[error(transparent)]
+    Fs(#[from] imgctl_fsio::Error),
 }
 
 impl Error {

@@ -1,9 +1,11 @@
-//! Atomic output: every file is written under a temporary name, synced, and renamed into place
-//! only when all of them were written, the manifest last. A failed build leaves nothing under
-//! the final names (temporary files are removed when the stage is dropped).
+//! The build's output folder, written through `imgctl-fsio`'s [`Transaction`]: every file is
+//! staged under a temporary name and synced; [`Stage::commit`] renames them all into place, the
+//! manifest last, or none of them. A failed build leaves nothing new under the final names, the
+//! old files untouched, no temporaries, and no output folder it created itself.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use imgctl_fsio::Transaction;
 
 use crate::Error;
 
@@ -11,17 +13,31 @@ use crate::Error;
 #[derive(Debug)]
 pub struct Stage {
     dir: PathBuf,
-    pending: Vec<(PathBuf, PathBuf)>,
+    tx: Transaction,
+    /// Folders this stage created (deepest first), removed again if it is never committed.
+    created: Vec<PathBuf>,
 }
 
 impl Stage {
-    /// Creates `dir` if needed and checks that it is writable.
-    pub fn new(dir: &Path) -> Result<Stage, Error> {
+    /// Creates `dir` if needed and reclaims temporaries a killed run left there. `inputs` are
+    /// the build's inputs: no output may be one of them.
+    pub fn new(dir: &Path, inputs: &[&Path]) -> Result<Stage, Error> {
+        let mut created = Vec::new();
+        let mut d = Some(dir);
+        while let Some(p) = d.filter(|p| !p.as_os_str().is_empty()) {
+            if std::fs::symlink_metadata(p).is_ok() {
+                break;
+            }
+            created.push(p.to_owned());
+            d = p.parent();
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(dir, "creating the output folder", e))?;
+        imgctl_fsio::reclaim_stale(dir);
         Ok(Stage {
             dir: dir.to_owned(),
-            pending: Vec::new(),
+            tx: Transaction::with_inputs(inputs.iter().copied()),
+            created,
         })
     }
 
@@ -29,36 +45,73 @@ impl Stage {
         &self.dir
     }
 
-    /// Writes `name` under a temporary name and syncs it. Returns the final path.
-    pub fn add(&mut self, name: &str, data: &[u8]) -> Result<PathBuf, Error> {
+    /// Names one more input (a key given on the command line).
+    pub fn add_input(&mut self, input: &Path) {
+        self.tx.add_input(input);
+    }
+
+    /// Checks that `name` could be written (not a folder, device, FIFO, socket, symlink or an
+    /// input) without staging it. Returns the final path.
+    pub fn check(&self, name: &str) -> Result<PathBuf, Error> {
         let fin = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()
-        };
-        // Record before writing so that a partial temp file is cleaned up too.
-        self.pending.push((tmp.clone(), fin.clone()));
-        write().map_err(|e| Error::io(&tmp, "writing", e))?;
+        self.tx.check(&fin)?;
         Ok(fin)
     }
 
-    /// Renames every file into place, in the order added, then syncs the folder.
+    /// Stages `name` under a temporary name and syncs it. Returns the final path.
+    pub fn add(&mut self, name: &str, data: &[u8]) -> Result<PathBuf, Error> {
+        let fin = self.dir.join(name);
+        self.tx.add(&fin, data)?;
+        Ok(fin)
+    }
+
+    /// Renames every file into place, in the order added, and syncs the folder; all or nothing.
     pub fn commit(mut self) -> Result<(), Error> {
-        for (tmp, fin) in std::mem::take(&mut self.pending) {
-            std::fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, "renaming into place", e))?;
-        }
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(&self.dir, "syncing the output folder", e))
+        let tx = std::mem::take(&mut self.tx);
+        self.created.clear();
+        tx.commit()?;
+        Ok(())
     }
 }
 
 impl Drop for Stage {
     fn drop(&mut self) {
-        for (tmp, _) in &self.pending {
-            let _ = std::fs::remove_file(tmp);
+        // The transaction's own drop removes the temporaries; the folders go once empty.
+        let tx = std::mem::take(&mut self.tx);
+        drop(tx);
+        for d in &self.created {
+            let _ = std::fs::remove_dir(d);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uncommitted_stage_leaves_no_folder_it_created() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        {
+            let mut s = Stage::new(&dir, &[]).unwrap();
+            s.add("x.efi", b"uki").unwrap();
+        }
+        assert!(!tmp.path().join("a").exists());
+        let mut s = Stage::new(&dir, &[]).unwrap();
+        s.add("x.efi", b"uki").unwrap();
+        s.commit().unwrap();
+        assert_eq!(std::fs::read(dir.join("x.efi")).unwrap(), b"uki");
+    }
+
+    #[test]
+    fn an_output_that_is_an_input_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("vmlinuz");
+        std::fs::write(&input, b"kernel").unwrap();
+        let mut s = Stage::new(tmp.path(), &[&input]).unwrap();
+        let e = s.add("vmlinuz", b"x").unwrap_err();
+        assert!(e.to_string().contains("also an input"), "{e}");
+        assert_eq!(std::fs::read(&input).unwrap(), b"kernel");
     }
 }

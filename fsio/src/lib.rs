@@ -229,6 +229,13 @@ pub fn check_output(out: &Path, inputs: &[&Path]) -> Result<(), Error> {
 
 /// The marker in every temporary name: `.NAME.imgctl-tmp-PID`.
 const TMP_MARK: &str = ".imgctl-tmp-";
+/// The marker of an old file kept during a commit, to put it back if the commit fails:
+/// `.NAME.imgctl-bak-PID`.
+const BAK_MARK: &str = ".imgctl-bak-";
+
+fn backup_name(name: &str) -> String {
+    format!(".{name}{BAK_MARK}{}", std::process::id())
+}
 
 static REGISTERED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
@@ -246,7 +253,23 @@ fn unregister(p: &Path) {
 
 /// Removes every temporary that a transaction of this process has not committed yet. The CLI
 /// calls it from its SIGINT/SIGTERM handler before exiting.
+///
+/// It first waits for every [`CriticalSection`] to end (a commit in progress finishes, or
+/// rolls back), and from then on no new one starts: the caller is about to exit.
 pub fn remove_registered_temporaries() {
+    {
+        let mut c = match CRITICAL.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        c.closing = true;
+        while c.depth > 0 {
+            c = match CRITICAL_DONE.wait(c) {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+        }
+    }
     if let Ok(r) = REGISTERED.lock() {
         for p in r.iter() {
             let _ = std::fs::remove_file(p);
@@ -286,13 +309,16 @@ pub fn reclaim_stale(dir: &Path) -> usize {
     for e in rd.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(pos) = name.rfind(TMP_MARK) else {
+        let Some(pid) = [TMP_MARK, BAK_MARK]
+            .iter()
+            .find_map(|m| name.rfind(m).map(|pos| &name[pos + m.len()..]))
+        else {
             continue;
         };
         if !name.starts_with('.') {
             continue;
         }
-        let Ok(pid) = name[pos + TMP_MARK.len()..].parse::<u32>() else {
+        let Ok(pid) = pid.parse::<u32>() else {
             continue;
         };
         if pid == std::process::id() || pid_alive(pid) {
@@ -323,13 +349,31 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
         .map_err(|e| Error::io(dir, "syncing the folder", e))
 }
 
+/// How a staged file takes its final name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    /// Renamed over whatever regular file is there.
+    Allowed,
+    /// Linked into place: fails if anything exists under the final name (new secret keys).
+    Never,
+}
+
+#[derive(Debug)]
+struct Staged {
+    tmp: PathBuf,
+    fin: PathBuf,
+    replace: Replace,
+}
+
 /// A set of files written together: each is staged under a temporary name beside its final
-/// path and synced; [`Transaction::commit`] renames them into place in the order added (put the
-/// file that marks completeness, e.g. a manifest, last) and syncs their folders. Dropping an
-/// uncommitted transaction removes its temporaries.
+/// path and synced; [`Transaction::commit`] checks every final path, then renames them into
+/// place in the order added and syncs their folders. Commit is all or nothing: if one rename
+/// fails, the files already renamed are put back as they were (the old ones restored from a
+/// hard link taken before the first rename, new ones removed). Dropping an uncommitted
+/// transaction removes its temporaries.
 #[derive(Debug, Default)]
 pub struct Transaction {
-    pending: Vec<(PathBuf, PathBuf)>,
+    pending: Vec<Staged>,
     inputs: Vec<PathBuf>,
 }
 
@@ -346,10 +390,17 @@ impl Transaction {
         }
     }
 
-    fn stage_path(&mut self, path: &Path) -> Result<PathBuf, Error> {
+    /// Adds inputs after creation (an input read later, e.g. a key named by an option).
+    pub fn add_input(&mut self, input: &Path) {
+        self.inputs.push(input.to_owned());
+    }
+
+    /// Checks that `path` could be an output of this transaction (see [`check_output`])
+    /// without staging anything: for checking every output before any work is done.
+    pub fn check(&self, path: &Path) -> Result<(), Error> {
         let inputs: Vec<&Path> = self.inputs.iter().map(PathBuf::as_path).collect();
         check_output(path, &inputs)?;
-        if self.pending.iter().any(|(_, f)| f == path) {
+        if self.pending.iter().any(|s| s.fin == path) {
             return Err(Error::io(
                 path,
                 "staging",
@@ -357,6 +408,18 @@ impl Transaction {
                     std::io::ErrorKind::AlreadyExists,
                     "named twice as an output",
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn stage_path(&mut self, path: &Path, replace: Replace) -> Result<PathBuf, Error> {
+        self.check(path)?;
+        if replace == Replace::Never && std::fs::symlink_metadata(path).is_ok() {
+            return Err(Error::io(
+                path,
+                "creating",
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists"),
             ));
         }
         let name = path
@@ -370,7 +433,11 @@ impl Transaction {
         let tmp = dir.join(temporary_name(name));
         // Recorded before writing, so a partial temporary is removed too.
         register(&tmp);
-        self.pending.push((tmp.clone(), path.to_owned()));
+        self.pending.push(Staged {
+            tmp: tmp.clone(),
+            fin: path.to_owned(),
+            replace,
+        });
         Ok(tmp)
     }
 
@@ -379,18 +446,43 @@ impl Transaction {
         self.add_with(path, |w| w.write_all(data))
     }
 
+    /// Stages a new secret for `path`: created with mode 0600, and the commit fails rather
+    /// than replace anything already at `path`.
+    pub fn add_new_secret(&mut self, path: &Path, data: &[u8]) -> Result<(), Error> {
+        let tmp = self.stage_path(path, Replace::Never)?;
+        self.write_temporary(&tmp, path, 0o600, |w| w.write_all(data))
+    }
+
+    /// Stages a secret for `path` (mode 0600), replacing a regular file that is there.
+    pub fn add_secret(&mut self, path: &Path, data: &[u8]) -> Result<(), Error> {
+        let tmp = self.stage_path(path, Replace::Allowed)?;
+        self.write_temporary(&tmp, path, 0o600, |w| w.write_all(data))
+    }
+
     /// Stages a file for `path` whose content `write` streams into the given writer.
     pub fn add_with(
         &mut self,
         path: &Path,
         write: impl FnOnce(&mut std::io::BufWriter<&File>) -> std::io::Result<()>,
     ) -> Result<(), Error> {
-        let tmp = self.stage_path(path)?;
+        let tmp = self.stage_path(path, Replace::Allowed)?;
+        self.write_temporary(&tmp, path, 0o666, write)
+    }
+
+    fn write_temporary(
+        &self,
+        tmp: &Path,
+        path: &Path,
+        mode: u32,
+        write: impl FnOnce(&mut std::io::BufWriter<&File>) -> std::io::Result<()>,
+    ) -> Result<(), Error> {
+        use std::os::unix::fs::OpenOptionsExt;
         let f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(&tmp, "creating", e))?;
+            .mode(mode)
+            .open(tmp)
+            .map_err(|e| Error::io(tmp, "creating", e))?;
         let mut w = std::io::BufWriter::new(&f);
         write(&mut w)
             .and_then(|()| w.flush())
@@ -407,7 +499,7 @@ impl Transaction {
         path: &Path,
         produce: impl FnOnce(&Path) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let tmp = self.stage_path(path)?;
+        let tmp = self.stage_path(path, Replace::Allowed)?;
         produce(&tmp)?;
         File::open(&tmp)
             .and_then(|f| f.sync_all())
@@ -416,47 +508,216 @@ impl Transaction {
 
     /// The final paths staged so far.
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.pending.iter().map(|(_, f)| f.as_path())
+        self.pending.iter().map(|s| s.fin.as_path())
     }
 
-    /// Renames every staged file into place, in the order staged, and syncs each folder. A
-    /// failed rename removes what is still staged; files already renamed stay (they are
-    /// complete; the file staged last, e.g. the manifest, is what marks a finished output).
+    /// Checks every final path, then renames every staged file into place, in the order
+    /// staged, and syncs each folder. All or nothing: on any error the old files are back
+    /// under their names and no new file is left under a final name or a temporary one. Runs
+    /// as a [`critical_section`], so SIGINT/SIGTERM wait for it.
     pub fn commit(mut self) -> Result<(), Error> {
+        let _critical = critical_section();
         let pending = std::mem::take(&mut self.pending);
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        for (i, (tmp, fin)) in pending.iter().enumerate() {
-            // Re-checked just before the rename: nothing may have put a special file there.
-            let inputs: Vec<&Path> = self.inputs.iter().map(PathBuf::as_path).collect();
-            let res = check_output(fin, &inputs).and_then(|()| {
-                std::fs::rename(tmp, fin).map_err(|e| Error::io(fin, "renaming into place", e))
-            });
-            if let Err(e) = res {
-                for (t, _) in &pending[i..] {
-                    let _ = std::fs::remove_file(t);
-                    unregister(t);
-                }
-                return Err(e);
-            }
-            unregister(tmp);
-            let d = parent_of(fin).to_owned();
+        let result = commit_all(&pending, &self.inputs);
+        for s in &pending {
+            let _ = std::fs::remove_file(&s.tmp);
+            unregister(&s.tmp);
+        }
+        result
+    }
+}
+
+/// What a commit did to one final name, to undo it.
+enum Done {
+    /// The name was free: remove the new file.
+    Created(PathBuf),
+    /// An old file was replaced: its hard-linked backup goes back.
+    Replaced { fin: PathBuf, backup: PathBuf },
+}
+
+fn commit_all(pending: &[Staged], inputs: &[PathBuf]) -> Result<(), Error> {
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    // Everything is checked before anything is renamed: a special file or an input under
+    // one of the names fails the commit with every old file untouched.
+    for s in pending {
+        check_output(&s.fin, &inputs)?;
+        if s.replace == Replace::Never && std::fs::symlink_metadata(&s.fin).is_ok() {
+            return Err(Error::io(
+                &s.fin,
+                "creating",
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists"),
+            ));
+        }
+    }
+    let mut done: Vec<Done> = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let result = (|| {
+        for s in pending {
+            let step = rename_one(s)?;
+            done.push(step);
+            let d = parent_of(&s.fin).to_owned();
             if !dirs.contains(&d) {
                 dirs.push(d);
             }
         }
-        for d in dirs {
-            sync_dir(&d)?;
+        for d in &dirs {
+            sync_dir(d)?;
         }
         Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            for d in done {
+                if let Done::Replaced { backup, .. } = d {
+                    let _ = std::fs::remove_file(&backup);
+                    unregister(&backup);
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            for d in done.into_iter().rev() {
+                match d {
+                    Done::Created(fin) => {
+                        let _ = std::fs::remove_file(&fin);
+                    }
+                    Done::Replaced { fin, backup } => {
+                        let _ = std::fs::rename(&backup, &fin);
+                        unregister(&backup);
+                    }
+                }
+            }
+            for d in &dirs {
+                let _ = sync_dir(d);
+            }
+            Err(e)
+        }
     }
+}
+
+fn rename_one(s: &Staged) -> Result<Done, Error> {
+    if s.replace == Replace::Never {
+        // link(2) fails if the name exists, unlike rename(2).
+        std::fs::hard_link(&s.tmp, &s.fin).map_err(|e| Error::io(&s.fin, "creating", e))?;
+        return Ok(Done::Created(s.fin.clone()));
+    }
+    let exists = match std::fs::symlink_metadata(&s.fin) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(Error::io(&s.fin, "checking the output path", e)),
+    };
+    if !exists {
+        std::fs::rename(&s.tmp, &s.fin).map_err(|e| Error::io(&s.fin, "renaming into place", e))?;
+        return Ok(Done::Created(s.fin.clone()));
+    }
+    let name = s
+        .fin
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::NoFileName {
+            path: s.fin.clone(),
+        })?;
+    let backup = parent_of(&s.fin).join(backup_name(name));
+    let _ = std::fs::remove_file(&backup);
+    register(&backup);
+    if let Err(e) = std::fs::hard_link(&s.fin, &backup) {
+        unregister(&backup);
+        return Err(Error::io(
+            &s.fin,
+            "keeping the old file until the commit ends",
+            e,
+        ));
+    }
+    if let Err(e) = fail_point().and_then(|()| std::fs::rename(&s.tmp, &s.fin)) {
+        let _ = std::fs::remove_file(&backup);
+        unregister(&backup);
+        return Err(Error::io(&s.fin, "renaming into place", e));
+    }
+    Ok(Done::Replaced {
+        fin: s.fin.clone(),
+        backup,
+    })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: how many renames over old files succeed before one fails.
+    static RENAMES_BEFORE_FAILURE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+fn fail_point() -> std::io::Result<()> {
+    RENAMES_BEFORE_FAILURE.with(|c| match c.get() {
+        Some(0) => Err(std::io::Error::other("injected failure")),
+        Some(n) => {
+            c.set(Some(n - 1));
+            Ok(())
+        }
+        None => Ok(()),
+    })
+}
+
+#[cfg(not(test))]
+fn fail_point() -> std::io::Result<()> {
+    Ok(())
 }
 
 impl Drop for Transaction {
     fn drop(&mut self) {
-        for (tmp, _) in &self.pending {
-            let _ = std::fs::remove_file(tmp);
-            unregister(tmp);
+        for s in &self.pending {
+            let _ = std::fs::remove_file(&s.tmp);
+            unregister(&s.tmp);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct Critical {
+    depth: usize,
+    closing: bool,
+}
+
+static CRITICAL: Mutex<Critical> = Mutex::new(Critical {
+    depth: 0,
+    closing: false,
+});
+static CRITICAL_DONE: std::sync::Condvar = std::sync::Condvar::new();
+
+/// While alive, [`remove_registered_temporaries`] (the signal handler's cleanup) waits: for a
+/// step that must not be cut in half, such as a commit, or a log append and the commit of the
+/// outputs it describes. Nests. Do not hold one across a wait for another process.
+#[derive(Debug)]
+pub struct CriticalSection(());
+
+/// Enters a [`CriticalSection`]. Once the signal handler has started its cleanup, this blocks
+/// until the process exits.
+pub fn critical_section() -> CriticalSection {
+    let mut c = match CRITICAL.lock() {
+        Ok(c) => c,
+        Err(p) => p.into_inner(),
+    };
+    while c.closing {
+        c = match CRITICAL_DONE.wait(c) {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+    }
+    c.depth += 1;
+    CriticalSection(())
+}
+
+impl Drop for CriticalSection {
+    fn drop(&mut self) {
+        let mut c = match CRITICAL.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        c.depth = c.depth.saturating_sub(1);
+        CRITICAL_DONE.notify_all();
     }
 }
 
@@ -524,6 +785,84 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn commit_checks_every_name_before_renaming_any() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        std::fs::write(&a, b"old a").unwrap();
+        std::fs::write(&c, b"old c").unwrap();
+        let mut t = Transaction::new();
+        t.add(&a, b"new").unwrap();
+        t.add(&b, b"new").unwrap();
+        t.add(&c, b"new").unwrap();
+        // Something puts a folder where the last output goes after it was staged.
+        std::fs::remove_file(&c).unwrap();
+        std::fs::create_dir(&c).unwrap();
+        let e = t.commit().unwrap_err();
+        assert!(e.to_string().contains("folder"), "{e}");
+        assert_eq!(std::fs::read(&a).unwrap(), b"old a");
+        assert_eq!(names(dir.path()), ["a", "c"]);
+    }
+
+    #[test]
+    fn a_failed_rename_puts_every_old_file_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        std::fs::write(&a, b"old a").unwrap();
+        std::fs::write(&c, b"old c").unwrap();
+        let mut t = Transaction::new();
+        t.add(&a, b"new").unwrap();
+        t.add(&b, b"new").unwrap();
+        t.add(&c, b"new").unwrap();
+        // a is replaced, b created, then replacing c fails.
+        RENAMES_BEFORE_FAILURE.with(|f| f.set(Some(1)));
+        let e = t.commit().unwrap_err();
+        RENAMES_BEFORE_FAILURE.with(|f| f.set(None));
+        assert!(e.to_string().contains("injected"), "{e}");
+        assert_eq!(std::fs::read(&a).unwrap(), b"old a");
+        assert_eq!(std::fs::read(&c).unwrap(), b"old c");
+        assert_eq!(names(dir.path()), ["a", "c"]);
+    }
+
+    #[test]
+    fn a_new_secret_is_private_and_never_replaces() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        let mut t = Transaction::new();
+        t.add_new_secret(&k, b"secret").unwrap();
+        t.commit().unwrap();
+        let mode = std::fs::metadata(&k).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mut t = Transaction::new();
+        assert!(t.add_new_secret(&k, b"other").is_err());
+        // Appearing between staging and commit is caught by link(2).
+        let k2 = dir.path().join("k2");
+        let mut t = Transaction::new();
+        t.add_new_secret(&k2, b"mine").unwrap();
+        std::fs::write(&k2, b"theirs").unwrap();
+        assert!(t.commit().is_err());
+        assert_eq!(std::fs::read(&k2).unwrap(), b"theirs");
+        assert_eq!(names(dir.path()), ["k", "k2"]);
+    }
+
     #[test]
     fn stale_temporaries_of_dead_processes_are_reclaimed() {
         let dir = tempfile::tempdir().unwrap();
@@ -533,10 +872,12 @@ mod tests {
             .join(format!(".x.efi{TMP_MARK}{}", 0x7fff_fff0u32));
         let live = dir.path().join(temporary_name("y"));
         let other = dir.path().join(".not-ours.tmp-123");
+        let backup = dir.path().join(format!(".z{BAK_MARK}{}", 0x7fff_fff0u32));
+        std::fs::write(&backup, b"old").unwrap();
         std::fs::write(&dead, b"partial").unwrap();
         std::fs::write(&live, b"in use").unwrap();
         std::fs::write(&other, b"keep").unwrap();
-        assert_eq!(reclaim_stale(dir.path()), 1);
-        assert!(!dead.exists() && live.exists() && other.exists());
+        assert_eq!(reclaim_stale(dir.path()), 2);
+        assert!(!dead.exists() && !backup.exists() && live.exists() && other.exists());
     }
 }

@@ -1,10 +1,10 @@
 //! `imgctl build`: recipe → UKI, initrd, pcrs.json, manifest.json.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use imgctl_builder::build::{build, BuildOptions};
+use imgctl_builder::build::{build_staged, BuildOptions, Stage};
 use imgctl_builder::recipe::Recipe;
 use imgctl_measure::{HashAlg, PhasePath};
 
@@ -62,11 +62,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("PCR signing key {}", k.display()))?,
         );
     }
-    let out = crate::output::with_spinner("building", || build(&recipe, &opts))
-        .with_context(|| format!("building {}", args.recipe.display()))?;
-    let proof = match (&args.log, &args.log_key) {
-        (Some(dir), Some(key)) => Some(log_build(&out, dir, key)?),
+    // Everything that can be checked is checked before anything is committed: the log folder
+    // and its key first (a wrong key or a missing log fails here, with nothing written).
+    let log = match (&args.log, &args.log_key) {
+        (Some(dir), Some(key)) => {
+            let signer = crate::cmd::log::load_signer(key)?;
+            imgctl_tlog_store::check_writable(dir, &signer)
+                .with_context(|| format!("the log {} with {}", dir.display(), key.display()))?;
+            Some((dir.as_path(), key.as_path()))
+        }
         _ => None,
+    };
+    let (out, mut stage) = crate::output::with_spinner("building", || build_staged(&recipe, &opts))
+        .with_context(|| format!("building {}", args.recipe.display()))?;
+    for p in [&args.pcr_private_key, &args.log_key].into_iter().flatten() {
+        stage.add_input(p);
+    }
+    let proof = match log {
+        Some((dir, key)) => Some(log_and_commit(&out, stage, dir, key)?),
+        None => {
+            stage.commit()?;
+            None
+        }
     };
     if args.json {
         crate::output::print_json(&out.manifest)?;
@@ -102,20 +119,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Appends the build's entry to the log and writes the proof beside the UKI.
-fn log_build(
+/// Appends the build's entry to the log, writes the proof beside the UKI and commits every
+/// output.
+///
+/// Order, and why: the log append cannot be undone (the log is append-only and others may
+/// already have seen the new checkpoint), so it is the point of no return and comes after
+/// everything that can fail without cost: the log and key were checked before the build, the
+/// outputs are staged and their names checked, the log is reopened (lock, key, tiles) and the
+/// proof's name is checked. After the append the outputs are committed whatever happens to the
+/// proof, because the log now says this UKI was built; a failure from there on keeps the entry
+/// (it is in the log) and says how to recover: `imgctl log prove` rewrites the proof, and the
+/// build is reproducible, so a rebuild gives the logged bytes. The append and the commit run as
+/// one critical section: SIGINT/SIGTERM wait for both rather than cut between them.
+fn log_and_commit(
     out: &imgctl_builder::build::BuildOutput,
-    dir: &std::path::Path,
-    key: &std::path::Path,
+    mut stage: Stage,
+    dir: &Path,
+    key: &Path,
 ) -> anyhow::Result<(PathBuf, u64)> {
     let entry = imgctl_builder::build::log_entry(out)?;
-    let signer = crate::cmd::log::load_signer(key)?;
-    let proofs = imgctl_tlog_store::append_entries(dir, signer, &[entry.encode()])
-        .with_context(|| format!("appending to the log {}", dir.display()))?;
-    let proof = proofs
-        .into_iter()
-        .next()
-        .context("the log returned no proof")?;
     let name = format!(
         "{}.tlog-proof",
         out.uki
@@ -123,9 +145,38 @@ fn log_build(
             .and_then(|n| n.to_str())
             .unwrap_or("uki")
     );
-    let parent = out.uki.parent().unwrap_or(std::path::Path::new("."));
-    let mut stage = imgctl_builder::output::Stage::new(parent)?;
-    let path = stage.add(&name, proof.to_text().as_bytes())?;
-    stage.commit()?;
-    Ok((path, proof.index))
+    stage.check(&name)?;
+    let signer = crate::cmd::log::load_signer(key)?;
+    let mut log = imgctl_tlog_store::Appender::open(dir, signer)
+        .with_context(|| format!("opening the log {} with {}", dir.display(), key.display()))?;
+    let _critical = imgctl_fsio::critical_section();
+    let appended = log
+        .append(&[entry.encode()])
+        .with_context(|| format!("appending to the log {}", dir.display()))?;
+    let index = appended.first_index;
+    // Past the point of no return.
+    let staged_proof = log
+        .prove(index)
+        .map_err(anyhow::Error::from)
+        .and_then(|p| Ok(stage.add(&name, p.to_text().as_bytes())?));
+    let proof_path = stage.dir().join(&name);
+    stage.commit().with_context(|| {
+        format!(
+            "the entry is in the log {} at index {index}, but the outputs were not written; \
+             rebuild (same inputs, same bytes) and run `imgctl log prove {} --index {index}`",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    staged_proof.with_context(|| {
+        format!(
+            "the entry is in the log {} at index {index} and the outputs are written, but not \
+             the proof {}: run `imgctl log prove {} --index {index} --out {}`",
+            dir.display(),
+            proof_path.display(),
+            dir.display(),
+            proof_path.display()
+        )
+    })?;
+    Ok((proof_path, index))
 }

@@ -1,6 +1,6 @@
 //! `imgctl log ...`: the transparency log of measurements (C2SP tlog-tiles folder).
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -194,6 +194,18 @@ pub fn load_signer(path: &Path) -> anyhow::Result<NoteSigner> {
 }
 
 fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
+    // Checked before a key is created: a log folder that cannot be one fails with nothing made.
+    match std::fs::symlink_metadata(&a.dir) {
+        Ok(m) if !m.is_dir() => bail!("{}: not a folder", a.dir.display()),
+        Ok(_) if a.dir.join("checkpoint").exists() => {
+            bail!(
+                "{}: already holds a log (checkpoint exists)",
+                a.dir.display()
+            )
+        }
+        _ => {}
+    }
+    let mut keys = imgctl_fsio::Transaction::new();
     let signer = if a.key.exists() {
         let s = load_signer(&a.key)?;
         if let Some(o) = &a.origin {
@@ -208,19 +220,24 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
             .as_deref()
             .context("--origin is needed to create a new key")?;
         let s = NoteSigner::generate(origin, VerifierKind::Ed25519)?;
-        write_secret(&a.key, &format!("{}\n", s.skey()))?;
-        std::fs::write(
-            a.key.with_extension("vkey"),
-            format!("{}\n", s.verifier().vkey()),
-        )
-        .context("writing the vkey file")?;
+        keys.add_new_secret(&a.key, format!("{}\n", s.skey()).as_bytes())?;
+        keys.add(
+            &a.key.with_extension("vkey"),
+            format!("{}\n", s.verifier().vkey()).as_bytes(),
+        )?;
+        s
+    };
+    // The log first, then the key: if the log cannot be made, no key is left either.
+    let created_key = keys.paths().next().is_some();
+    let signed = imgctl_tlog_store::init(&a.dir, &signer)
+        .with_context(|| format!("creating the log {}", a.dir.display()))?;
+    keys.commit()?;
+    if created_key {
         eprintln!(
             "imgctl: created key {} (verifier key beside it, .vkey)",
             a.key.display()
         );
-        s
-    };
-    let signed = imgctl_tlog_store::init(&a.dir, &signer)?;
+    }
     if a.json {
         outln!(
             "{}",
@@ -230,19 +247,6 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
         outln!("{}", signer.verifier().vkey());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn write_secret(path: &Path, s: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(s.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
 }
 
 fn read_entry_json(p: &Path) -> anyhow::Result<Vec<u8>> {
@@ -256,12 +260,21 @@ fn read_entry_json(p: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 fn append(a: AppendArgs) -> anyhow::Result<ExitCode> {
+    // The proof folder is checked before anything is appended.
+    if let Some(d) = &a.proof_dir {
+        match std::fs::metadata(d) {
+            Ok(m) if !m.is_dir() => bail!("--proof-dir {}: not a folder", d.display()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(d)
+                .with_context(|| format!("creating --proof-dir {}", d.display()))?,
+            Err(e) => bail!("--proof-dir {}: {e}", d.display()),
+        }
+    }
     let signer = load_signer(&a.key)?;
     let mut log = Appender::open(&a.dir, signer)
         .with_context(|| format!("opening log {}", a.dir.display()))?;
     if a.stdin {
         let stdin = std::io::stdin();
-        let mut out = std::io::stdout().lock();
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut lines = stdin.lock().lines();
         loop {
@@ -272,14 +285,12 @@ fn append(a: AppendArgs) -> anyhow::Result<ExitCode> {
             }
             if batch.len() >= a.batch.max(1) || (done && !batch.is_empty()) {
                 let r = log.append(&batch)?;
-                writeln!(
-                    out,
+                outln!(
                     "ack {} {} {}",
                     r.first_index,
                     batch.len(),
                     r.checkpoint.size
-                )?;
-                out.flush()?;
+                );
                 batch.clear();
             }
             if done {
@@ -298,16 +309,34 @@ fn append(a: AppendArgs) -> anyhow::Result<ExitCode> {
     if entries.is_empty() {
         bail!("nothing to append: give --entry, --raw or --stdin");
     }
-    let r = log.append(&entries)?;
-    let indices: Vec<u64> = (0..entries.len() as u64)
-        .map(|i| r.first_index + i)
-        .collect();
+    let first = log.size();
+    let indices: Vec<u64> = (0..entries.len() as u64).map(|i| first + i).collect();
+    let inputs: Vec<&Path> = a.entry.iter().chain(&a.raw).map(PathBuf::as_path).collect();
+    let mut proofs = imgctl_fsio::Transaction::with_inputs(inputs);
     if let Some(d) = &a.proof_dir {
-        std::fs::create_dir_all(d)?;
         for &i in &indices {
-            let p = log.prove(i)?;
-            std::fs::write(d.join(format!("{i}.tlog-proof")), p.to_text())?;
+            proofs.check(&d.join(format!("{i}.tlog-proof")))?;
         }
+    }
+    // The append is the point of no return; the proofs can be rewritten with `log prove`.
+    let r = log.append(&entries)?;
+    if let Some(d) = &a.proof_dir {
+        let written = (|| -> anyhow::Result<()> {
+            for &i in &indices {
+                let p = log.prove(i)?;
+                proofs.add(&d.join(format!("{i}.tlog-proof")), p.to_text().as_bytes())?;
+            }
+            Ok(proofs.commit()?)
+        })();
+        written.with_context(|| {
+            format!(
+                "entries {first}..{} are in the log {}, but their proofs were not written to {} \
+                 (`imgctl log prove` writes them)",
+                first + entries.len() as u64 - 1,
+                a.dir.display(),
+                d.display()
+            )
+        })?;
     }
     if a.json {
         outln!(
@@ -341,9 +370,7 @@ fn prove(a: ProveArgs) -> anyhow::Result<ExitCode> {
     let r = LogReader::open(&a.dir)?;
     let p = r.prove(a.index)?;
     match a.out {
-        Some(o) => {
-            std::fs::write(&o, p.to_text()).with_context(|| format!("writing {}", o.display()))?
-        }
+        Some(o) => imgctl_fsio::write_atomic(&o, p.to_text().as_bytes(), &[])?,
         None => out!("{}", p.to_text()),
     }
     Ok(ExitCode::SUCCESS)
@@ -496,28 +523,15 @@ fn consistency(a: ConsistencyArgs) -> anyhow::Result<ExitCode> {
             .context("old checkpoint")?
             .checkpoint;
         if let Some(n) = &a.new {
-            let new = checkpoint::verify(&std::fs::read(n)?, &policy)
-                .context("new checkpoint")?
-                .checkpoint;
-            if new.size != old.size || a.log.is_some() {
-                let src =
-                    source(a.log.as_deref().context(
-                        "checkpoints of different sizes need --log to compute the proof",
-                    )?)?;
-                let mut nodes = imgctl_measure::tlog::tiles::TileNodes::new(
-                    new.size,
-                    client::tile_fetcher(src.as_ref()),
-                );
-                let proof = if new.size > old.size && old.size > 0 {
-                    imgctl_measure::tlog::merkle::consistency_proof(&mut nodes, old.size, new.size)?
-                } else {
-                    Vec::new()
-                };
-                checkpoint::check_consistency(&old, &new, &proof)?;
-            } else {
-                checkpoint::check_consistency::<[u8; 32]>(&old, &new, &[])?;
-            }
-            return Ok((old, new));
+            let new_bytes = std::fs::read(n).with_context(|| format!("reading {}", n.display()))?;
+            let src = a.log.as_deref().map(source).transpose()?;
+            return client::check_checkpoints_consistency(
+                src.as_deref(),
+                &policy,
+                &old_bytes,
+                &new_bytes,
+            )
+            .with_context(|| format!("{} against {}", n.display(), a.old.display()));
         }
         let src = source(a.log.as_deref().context("give --log or --new")?)?;
         let new = client::check_log_consistency(src.as_ref(), &policy, &old_bytes)?;

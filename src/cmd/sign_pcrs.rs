@@ -64,23 +64,10 @@ pub fn read_verifying_key(path: &Path) -> anyhow::Result<VerifyingKey> {
     VerifyingKey::from_pem(&pem).with_context(|| format!("{}", path.display()))
 }
 
-/// Writes `data` to `path` through a temporary file in the same directory and a rename, so a
-/// reader never sees half a file.
-pub fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::Error::new(e).context(format!("renaming into {}", path.display()))
-    })
+/// Writes one output atomically through imgctl-fsio: never over a device, FIFO, socket,
+/// symlink or folder, never over one of `inputs`.
+pub fn write_atomically(path: &Path, data: &[u8], inputs: &[&Path]) -> anyhow::Result<()> {
+    Ok(imgctl_fsio::write_atomic(path, data, inputs)?)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -89,6 +76,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(p) => Some(read_verifying_key(p)?.tpm()),
         None => None,
     };
+    // Every output is checked before the work and written in one transaction.
+    let mut outputs = imgctl_fsio::Transaction::with_inputs(
+        [
+            Some(&args.input),
+            Some(&args.private_key),
+            args.public_key.as_ref(),
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    for p in [&args.embed, &args.output].into_iter().flatten() {
+        outputs.check(p)?;
+    }
     let data = load_uki(&args.input)?;
     let (uki, semantics, sections) =
         crate::uki_input::measured_sections(&args.input, &data, args.stub_semantics, args.profile)?;
@@ -136,12 +136,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 args.input.display()
             );
         }
-        write_atomically(path, &signed)?;
+        outputs.add(path, &signed)?;
     }
     text.push('\n');
-    match &args.output {
-        Some(path) => write_atomically(path, text.as_bytes())?,
-        None => out!("{text}"),
+    if let Some(path) = &args.output {
+        outputs.add(path, text.as_bytes())?;
+    }
+    outputs.commit()?;
+    if args.output.is_none() {
+        out!("{text}");
     }
     Ok(ExitCode::SUCCESS)
 }

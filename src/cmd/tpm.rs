@@ -1,6 +1,6 @@
 //! `imgctl tpm …`: read and extend PCRs, quote, seal and unseal through a TPM.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -263,10 +263,12 @@ fn quote(tcti: &str, a: QuoteArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_vec_pretty(&pcr_json).context("encoding PCR values")?,
         ),
     ];
+    let mut outputs = imgctl_fsio::Transaction::new();
     for (name, data) in &files {
-        write_atomically(&a.out.join(name), data)?;
+        outputs.add(&a.out.join(name), data)?;
     }
-    write_atomically(&a.ak_out, ak_pem.as_bytes())?;
+    outputs.add(&a.ak_out, ak_pem.as_bytes())?;
+    outputs.commit()?;
     if a.json {
         crate::output::print_json(&json!({
             "nonce": hex::encode(&nonce),
@@ -297,7 +299,12 @@ fn seal(tcti: &str, a: SealArgs) -> anyhow::Result<ExitCode> {
     let literal = (!a.lock_pcrs.is_empty()).then(|| (a.lock_bank, a.lock_pcrs.clone()));
     let blob = tpm.seal(&secret, &key, literal)?;
     let text = serde_json::to_vec_pretty(&blob).context("encoding the sealed blob")?;
-    write_atomically(&a.output, &text)?;
+    let inputs: Vec<&Path> = [Some(&a.public_key), a.secret_file.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::as_path)
+        .collect();
+    write_atomically(&a.output, &text, &inputs)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -336,10 +343,16 @@ fn unseal(tcti: &str, a: UnsealArgs) -> anyhow::Result<ExitCode> {
         .unseal(&blob, &key, &pcrsig, a.bank)
         .with_context(|| format!("unsealing {}", a.blob.display()))?;
     match &a.output {
-        Some(p) => write_atomically(p, &secret)?,
-        None => std::io::stdout()
-            .write_all(&secret)
-            .context("writing the secret")?,
+        Some(p) => {
+            let mut t = imgctl_fsio::Transaction::with_inputs(
+                [Some(&a.blob), Some(&a.pcrsig), a.public_key.as_ref()]
+                    .into_iter()
+                    .flatten(),
+            );
+            t.add_secret(p, &secret)?;
+            t.commit()?;
+        }
+        None => crate::output::write_bytes(&secret)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -256,3 +256,31 @@ pub fn check_log_consistency(
     checkpoint::check_consistency(&old, &new, &proof)?;
     Ok(new)
 }
+
+/// Checks that `new_bytes` is consistent with the older trusted `old_bytes` (both verified
+/// under `policy`). Checkpoints of the same size must have the same root; otherwise the
+/// consistency proof is computed from `src`, the log's tiles, which is then required.
+/// Returns both checkpoints.
+pub fn check_checkpoints_consistency(
+    src: Option<&dyn TileFetch>,
+    policy: &Policy<'_>,
+    old_bytes: &[u8],
+    new_bytes: &[u8],
+) -> Result<(Checkpoint, Checkpoint), Error> {
+    let old = checkpoint::verify(old_bytes, policy)?.checkpoint;
+    let new = checkpoint::verify(new_bytes, policy)?.checkpoint;
+    let proof =
+        match src {
+            Some(src) if new.size > old.size && old.size > 0 => {
+                let mut nodes = TileNodes::new(new.size, tile_fetcher(src));
+                consistency_proof(&mut nodes, old.size, new.size)?
+            }
+            None if new.size != old.size => return Err(Error::Log(
+                "checkpoints of different sizes need the log's tiles (--log) to compute the proof"
+                    .to_owned(),
+            )),
+            _ => Vec::new(),
+        };
+    checkpoint::check_consistency(&old, &new, &proof)?;
+    Ok((old, new))
+}

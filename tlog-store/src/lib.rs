@@ -36,7 +36,7 @@ pub mod client;
 pub mod store;
 
 pub use client::{FolderTiles, HttpTiles, TileFetch};
-pub use store::{append_entries, init, Appender, LogReader};
+pub use store::{append_entries, check_writable, init, Appender, LogReader};
 
 /// Errors of the store and the clients.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,8 @@ pub enum Error {
     Tlog(#[from] imgctl_measure::tlog::Error),
     #[error("{0}")]
     Log(String),
+    #[error(transparent)]
+    Fs(#[from] imgctl_fsio::Error),
     #[error("HTTP {url}: {message}")]
     Http { url: String, message: String },
 }

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use imgctl_measure::tlog::checkpoint::{self, Checkpoint, Policy};
@@ -54,20 +53,20 @@ fn tmp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp"))
 }
 
-/// Writes `bytes` to a temporary name, fsyncs it and renames it over `path`. The caller
-/// fsyncs the folders in `changed` afterwards.
-fn write_durable(path: &Path, bytes: &[u8], changed: &mut BTreeSet<PathBuf>) -> Result<(), Error> {
+/// Stages `bytes` for `path` in `tx` (imgctl-fsio: temporary name, fsync; the commit renames
+/// and fsyncs the file's folder), creating missing folders first; folders that gained a
+/// subfolder are recorded in `changed` for the caller to fsync after the commit.
+fn stage(
+    tx: &mut imgctl_fsio::Transaction,
+    path: &Path,
+    bytes: &[u8],
+    changed: &mut BTreeSet<PathBuf>,
+) -> Result<(), Error> {
     let parent = path
         .parent()
         .ok_or_else(|| Error::Log(format!("{} has no parent folder", path.display())))?;
     mkdir_all(parent, changed)?;
-    let tmp = tmp_name(path);
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    changed.insert(parent.to_path_buf());
+    tx.add(path, bytes)?;
     Ok(())
 }
 
@@ -87,8 +86,9 @@ pub fn init(dir: &Path, signer: &NoteSigner) -> Result<String, Error> {
         )));
     }
     let mut changed = BTreeSet::new();
-    mkdir_all(&dir.join(STATE_DIR), &mut changed)?;
-    write_durable(
+    let mut tx = imgctl_fsio::Transaction::new();
+    stage(
+        &mut tx,
         &state(dir, "vkey"),
         format!("{}\n", signer.verifier().vkey()).as_bytes(),
         &mut changed,
@@ -100,7 +100,13 @@ pub fn init(dir: &Path, signer: &NoteSigner) -> Result<String, Error> {
         extensions: Vec::new(),
     };
     let signed = c.sign(signer)?;
-    write_durable(&dir.join(CHECKPOINT), signed.as_bytes(), &mut changed)?;
+    stage(
+        &mut tx,
+        &dir.join(CHECKPOINT),
+        signed.as_bytes(),
+        &mut changed,
+    )?;
+    tx.commit()?;
     for d in &changed {
         sync_dir(d)?;
     }
@@ -161,6 +167,27 @@ pub struct Appended {
     pub signed_checkpoint: String,
 }
 
+/// Checks, without taking the lock, that `dir` holds a log whose key is `signer`'s and whose
+/// checkpoint verifies: what a command that will append later checks before doing any work.
+pub fn check_writable(dir: &Path, signer: &NoteSigner) -> Result<(), Error> {
+    let vkey = read_vkey(dir)?;
+    check_key(&vkey, signer)?;
+    read_checkpoint(dir, &vkey).map(drop)
+}
+
+fn check_key(vkey: &NoteVerifier, signer: &NoteSigner) -> Result<(), Error> {
+    if vkey != signer.verifier() {
+        return Err(Error::Log(format!(
+            "the key {}+{:08x} is not this log's key ({}+{:08x})",
+            signer.name(),
+            signer.verifier().key_id,
+            vkey.name,
+            vkey.key_id
+        )));
+    }
+    Ok(())
+}
+
 impl Appender {
     /// Takes the folder's lock (waiting for other appenders), finishes or undoes an append a
     /// crashed process left, and loads the tree's right edge, checking it against the signed
@@ -168,15 +195,7 @@ impl Appender {
     pub fn open(dir: &Path, signer: NoteSigner) -> Result<Appender, Error> {
         let dir = &std::path::absolute(dir).map_err(io_err(dir))?;
         let vkey = read_vkey(dir)?;
-        if &vkey != signer.verifier() {
-            return Err(Error::Log(format!(
-                "the key {}+{:08x} is not this log's key ({}+{:08x})",
-                signer.name(),
-                signer.verifier().key_id,
-                vkey.name,
-                vkey.key_id
-            )));
-        }
+        check_key(&vkey, &signer)?;
         let lock_path = state(dir, "lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -246,10 +265,14 @@ impl Appender {
         let mut ignored = BTreeSet::new();
         write_durable_nosync(&pending_path, pending.encode().as_bytes(), &mut ignored)?;
 
+        // Step 3: every tile staged and synced, renamed into place, its folder synced (the
+        // commit), then the folders that gained a subfolder.
         let mut changed = BTreeSet::new();
+        let mut tx = imgctl_fsio::Transaction::new();
         for (id, bytes) in &files {
-            write_durable(&self.dir.join(id.path()), bytes, &mut changed)?;
+            stage(&mut tx, &self.dir.join(id.path()), bytes, &mut changed)?;
         }
+        tx.commit()?;
         for d in &changed {
             sync_dir(d)?;
         }
@@ -260,9 +283,8 @@ impl Appender {
             extensions: Vec::new(),
         };
         let signed = checkpoint.sign(&self.signer)?;
-        let mut changed = BTreeSet::new();
-        write_durable(&self.dir.join(CHECKPOINT), signed.as_bytes(), &mut changed)?;
-        sync_dir(&self.dir)?;
+        // Step 4: renamed into place and DIR synced by fsio; this rename is the commit.
+        imgctl_fsio::write_atomic(&self.dir.join(CHECKPOINT), signed.as_bytes(), &[])?;
         // Committed.
         collect_partials(&self.dir, &pending);
         let _ = fs::remove_file(&pending_path);
@@ -316,6 +338,7 @@ fn recover(dir: &Path, committed: u64) -> Result<(), Error> {
     let pending_path = state(dir, "pending");
     let _ = fs::remove_file(tmp_name(&pending_path));
     let _ = fs::remove_file(tmp_name(&dir.join(CHECKPOINT)));
+    imgctl_fsio::reclaim_stale(dir);
     let text = match fs::read_to_string(&pending_path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -327,6 +350,9 @@ fn recover(dir: &Path, committed: u64) -> Result<(), Error> {
             let mut changed = BTreeSet::new();
             for path in &p.paths {
                 let full = dir.join(path);
+                if let Some(parent) = full.parent() {
+                    imgctl_fsio::reclaim_stale(parent);
+                }
                 for f in [tmp_name(&full), full] {
                     match fs::remove_file(&f) {
                         Ok(()) => {
@@ -440,13 +466,27 @@ impl LogReader {
         self.prove_at(index, &c, &signed)
     }
 
+    /// The proof is verified (checkpoint signature, inclusion of the entry under its root)
+    /// before it is returned: a damaged tile gives an error, never a proof that does not hold.
     fn prove_at(&self, index: u64, c: &Checkpoint, signed: &str) -> Result<TlogProof, Error> {
-        Ok(TlogProof {
-            extra: Some(self.entry(index, c.size)?),
+        let entry = self.entry(index, c.size)?;
+        let proof = TlogProof {
+            extra: Some(entry.clone()),
             index,
             proof: self.inclusion(index, c.size)?,
             checkpoint: signed.to_owned(),
-        })
+        };
+        proof
+            .verify(&entry, &Policy::log_only(&self.vkey))
+            .map_err(|e| {
+                Error::Log(format!(
+                    "{}: the proof for entry {index} does not verify against the checkpoint: {e} \
+                 (tiles were changed or damaged; `imgctl log verify --log {} --audit` finds them)",
+                    self.dir.display(),
+                    self.dir.display()
+                ))
+            })?;
+        Ok(proof)
     }
 
     /// Recomputes every tile from the entries and checks the checkpoint's root.
@@ -499,6 +539,38 @@ mod tests {
         .unwrap();
         let cp = r.consistency(old.size, c.size).unwrap();
         checkpoint::check_consistency(&old, &c, &cp).unwrap();
+    }
+
+    #[test]
+    fn prove_refuses_a_proof_over_a_damaged_entry_tile() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        init(&dir, &key()).unwrap();
+        append_entries(&dir, key(), &[b"a".to_vec(), b"b".to_vec()]).unwrap();
+        let bundle = dir.join("tile/entries/000.p/2");
+        let mut b = fs::read(&bundle).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        fs::write(&bundle, b).unwrap();
+        let e = LogReader::open(&dir).unwrap().prove(1).unwrap_err();
+        assert!(e.to_string().contains("does not verify"), "{e}");
+    }
+
+    #[test]
+    fn temporaries_of_a_killed_appender_are_reclaimed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        init(&dir, &key()).unwrap();
+        // PID 0x7fff_fff0 does not run.
+        let stale = dir.join(".checkpoint.imgctl-tmp-2147483632");
+        fs::write(&stale, b"half a checkpoint").unwrap();
+        append_entries(&dir, key(), &[b"a".to_vec()]).unwrap();
+        assert!(!stale.exists());
+        let stale_tile = dir.join("tile/0/000.p/.1.imgctl-tmp-2147483632");
+        fs::write(&stale_tile, b"half a tile").unwrap();
+        append_entries(&dir, key(), &[b"b".to_vec()]).unwrap();
+        assert!(!stale_tile.exists());
+        assert_eq!(LogReader::open(&dir).unwrap().audit().unwrap().1.entries, 2);
     }
 
     #[test]
