@@ -486,10 +486,7 @@ pub fn build(ext: &Extension, opts: &BuildOptions) -> Result<BuildOutput, Error>
     let mkfs_tool = mkfs::find_tool(tool, package)?;
     let signer = match &ext.signing {
         None => None,
-        Some(s) => {
-            let openssl = mkfs::find_tool("openssl", "openssl")?;
-            Some(Signer::new(&openssl, &s.key, &s.certificate)?)
-        }
+        Some(s) => Some(Signer::new(&s.key, &s.certificate)?),
     };
     let (nodes, release_rel, release_content) = plan_tree(ext)?;
     let designator = match ext.kind {
