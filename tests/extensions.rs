@@ -980,3 +980,59 @@ fn inspect_verify_fails_closed_on_transplants_flips_strangers_and_missing_verity
         "{v}"
     );
 }
+
+#[test]
+fn ext_verity_refuses_its_own_input_special_files_and_short_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let content = vec![7u8; 8192];
+    std::fs::write(&data, &content).unwrap();
+    let run = |d: &Path, h: &Path| {
+        imgctl()
+            .args(["ext", "verity", "--salt", "00", "--uuid"])
+            .arg("11111111-2222-3333-4444-555555555555")
+            .arg(d)
+            .arg(h)
+            .output()
+            .unwrap()
+    };
+    // HASH is DATA, under its own name and through a hard link.
+    let o = run(&data, &data);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("also an input"),
+        "{o:?}"
+    );
+    std::fs::hard_link(&data, dir.path().join("alias")).unwrap();
+    assert!(!run(&data, &dir.path().join("alias")).status.success());
+    assert_eq!(std::fs::read(&data).unwrap(), content, "data untouched");
+    // Special files.
+    assert!(!run(Path::new("/dev/zero"), &dir.path().join("h"))
+        .status
+        .success());
+    assert!(!run(&data, Path::new("/dev/null")).status.success());
+    // 12 bytes: says so.
+    let small = dir.path().join("small");
+    std::fs::write(&small, b"twelve bytes").unwrap();
+    let o = run(&small, &dir.path().join("h"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("12 bytes is less than one 4096-byte"),
+        "{err}"
+    );
+    assert!(!dir.path().join("h").exists());
+    // And the normal case writes the hash file, with no temporaries left.
+    assert!(run(&data, &dir.path().join("h")).status.success());
+    assert!(dir.path().join("h").exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .collect();
+    assert!(left.is_empty());
+}

@@ -394,6 +394,28 @@ pub fn verity_of_file(path: &Path, params: VerityParams) -> Result<crate::Verity
     })
 }
 
+/// `veritysetup format DATA HASH`: refuses a special DATA, a HASH that is DATA (by inode) or a
+/// special file, and DATA shorter than one block; writes HASH atomically (a failure, say a full
+/// disk, leaves nothing under its name).
+pub fn write_verity(
+    data: &Path,
+    hash: &Path,
+    params: VerityParams,
+) -> Result<crate::VerityTree, Error> {
+    let (_, len) = imgctl_fsio::open_regular(data)?;
+    imgctl_fsio::check_output(hash, &[data])?;
+    let bs = params.data_block_size();
+    if len < u64::from(bs) {
+        return Err(Error::Unsupported(format!(
+            "{}: {len} bytes is less than one {bs}-byte data block; dm-verity covers whole blocks only",
+            data.display()
+        )));
+    }
+    let tree = verity_of_file(data, params)?;
+    imgctl_fsio::write_atomic(hash, &tree.hash_device, &[data])?;
+    Ok(tree)
+}
+
 /// Hashes `blocks` data blocks read from `r`. Reads overlap hashing: one thread reads the next
 /// chunk while rayon hashes the current one.
 fn verity_of_reader(

@@ -252,9 +252,7 @@ fn run_verity(args: VerityArgs) -> anyhow::Result<ExitCode> {
         args.block_size,
         args.block_size,
     )?;
-    let tree = imgctl_extensions::pipeline::verity_of_file(&args.data, params)?;
-    std::fs::write(&args.hash, &tree.hash_device)
-        .with_context(|| format!("writing {}", args.hash.display()))?;
+    let tree = imgctl_extensions::pipeline::write_verity(&args.data, &args.hash, params)?;
     if args.json {
         crate::output::print_json(&serde_json::json!({
             "root_hash": tree.root_hash_hex(),
