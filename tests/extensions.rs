@@ -1036,3 +1036,38 @@ fn ext_verity_refuses_its_own_input_special_files_and_short_data() {
         .collect();
     assert!(left.is_empty());
 }
+
+#[test]
+fn ext_build_refuses_endless_sources_and_reclaims_killed_staging() {
+    if require_tool("mkfs.erofs", "erofs-utils").is_none() {
+        return;
+    }
+    let f = Fixture::new();
+    std::fs::create_dir_all(f.path("o")).unwrap();
+    let out = f.path("o/img");
+    // A staging folder of a killed run (PID that does not run).
+    let stale = f.path("o/.imgctl-ext.imgctl-tmp-2147483632");
+    std::fs::create_dir_all(stale.join("root")).unwrap();
+    std::fs::write(stale.join("fs.img"), vec![0u8; 4096]).unwrap();
+    for src in ["/dev/zero", "fifo"] {
+        if src == "fifo" {
+            assert!(Command::new("mkfifo")
+                .arg(f.path("fifo"))
+                .status()
+                .unwrap()
+                .success());
+        }
+        let r = f.recipe("endless", "");
+        let text = std::fs::read_to_string(&r).unwrap().replace(
+            "files:\n",
+            &format!("files:\n  - {{path: /usr/share/big, source: {src}}}\n"),
+        );
+        std::fs::write(&r, text).unwrap();
+        let o = build(&r, &out);
+        assert_clean_failure(&o, "not a regular file", &out);
+    }
+    assert!(
+        !stale.exists(),
+        "the killed run's staging folder was reclaimed"
+    );
+}

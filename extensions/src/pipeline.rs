@@ -266,6 +266,22 @@ fn plan_tree(ext: &Extension) -> Result<(BTreeMap<String, Node>, String, String)
                 mode: f.mode.unwrap_or(0o644),
             },
         };
+        if let Node::File {
+            source: FileSource::Path(p),
+            ..
+        } = &node
+        {
+            // An endless or special source (/dev/zero, a FIFO) is refused before anything is
+            // written.
+            // (By metadata first: opening a FIFO would block until a writer appears.)
+            let meta = fs::metadata(p).map_err(|e| Error::io(p, "reading", e))?;
+            if !meta.is_file() {
+                return Err(Error::Unsupported(format!(
+                    "{}: not a regular file: endless and special sources are refused",
+                    p.display()
+                )));
+            }
+        }
         add_parents(&mut nodes, &f.path)?;
         nodes.insert(f.path.clone(), node);
     }
@@ -303,7 +319,7 @@ fn copy_hashing(source: &FileSource, dest: &Path) -> Result<(u64, String, String
     match source {
         FileSource::Content(c) => feed(c)?,
         FileSource::Path(p) => {
-            let mut f = File::open(p).map_err(|e| Error::io(p, "opening", e))?;
+            let (mut f, _) = imgctl_fsio::open_regular(p)?;
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 let n = f.read(&mut buf).map_err(|e| Error::io(p, "reading", e))?;
@@ -503,6 +519,16 @@ fn write_zeros(out: &mut impl Write, sha: &mut Context, mut len: u64) -> std::io
 
 /// Builds the image and its manifest into `opts.out_dir`.
 pub fn build(ext: &Extension, opts: &BuildOptions) -> Result<BuildOutput, Error> {
+    // 0. Staging folders of killed runs beside the output folder go first.
+    if let Some(p) = opts.out_dir.parent().filter(|p| p.is_dir()) {
+        imgctl_fsio::reclaim_stale(p);
+    } else if opts
+        .out_dir
+        .parent()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        imgctl_fsio::reclaim_stale(Path::new("."));
+    }
     // 1. Everything checkable before writing anything.
     let (tool, package) = mkfs::tool_for(ext.filesystem);
     let mkfs_tool = mkfs::find_tool(tool, package)?;
@@ -528,8 +554,11 @@ pub fn build(ext: &Extension, opts: &BuildOptions) -> Result<BuildOutput, Error>
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, "creating", e))?;
+    // Named as fsio names temporaries (`.imgctl-ext.imgctl-tmp-PID`), so that the staging
+    // folder of a killed run is reclaimed by the next one (at the start of `build`).
     let tmp = tempfile::Builder::new()
-        .prefix(".imgctl-ext-")
+        .prefix(&imgctl_fsio::temporary_name("imgctl-ext"))
+        .rand_bytes(0)
         .tempdir_in(&parent)
         .map_err(|e| Error::io(&parent, "creating a temporary folder in", e))?;
 
