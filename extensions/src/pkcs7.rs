@@ -143,7 +143,7 @@ impl Cert {
             let after = &block[e + end_marker.len()..];
             let close = after.find("-----").map_or(after.len(), |i| i + 5);
             let len = e + end_marker.len() + close;
-            let (label, der) = der::pem::decode_vec(block[..len].as_bytes())
+            let (label, der) = der::pem::decode_vec(&block.as_bytes()[..len])
                 .map_err(|e| Pkcs7Error::Malformed(format!("PEM: {e}")))?;
             if label == "CERTIFICATE" {
                 out.push(Cert::from_der(&der)?);
@@ -231,7 +231,7 @@ enum PublicKey {
 /// A private key that can sign root hashes.
 #[derive(Debug, Clone)]
 pub enum SigningKey {
-    Rsa(rsa::RsaPrivateKey),
+    Rsa(Box<rsa::RsaPrivateKey>),
     P256(p256::ecdsa::SigningKey),
 }
 
@@ -273,7 +273,7 @@ impl SigningKey {
             return match label {
                 "PRIVATE KEY" => SigningKey::from_pkcs8(&der).map_err(|e| key_err(label, &e)),
                 "RSA PRIVATE KEY" => rsa::pkcs1::DecodeRsaPrivateKey::from_pkcs1_der(&der)
-                    .map(SigningKey::Rsa)
+                    .map(|k| SigningKey::Rsa(Box::new(k)))
                     .map_err(|e| key_err(label, &e)),
                 _ => p256::SecretKey::from_sec1_der(&der)
                     .map(|k| SigningKey::P256(k.into()))
@@ -290,7 +290,7 @@ impl SigningKey {
         let info = pkcs8::PrivateKeyInfo::try_from(der).map_err(|e| e.to_string())?;
         match info.algorithm.oid {
             oid::RSA => rsa::RsaPrivateKey::from_pkcs8_der(der)
-                .map(SigningKey::Rsa)
+                .map(|k| SigningKey::Rsa(Box::new(k)))
                 .map_err(|e| e.to_string()),
             oid::EC_PUBLIC_KEY => p256::SecretKey::from_pkcs8_der(der)
                 .map(|k| SigningKey::P256(k.into()))
