@@ -791,3 +791,283 @@ fn stub_sidecar_prediction_streams_the_archive_gnu_cpio_reads() {
         serde_json::json!(["a.raw", "b.raw", "c.confext.raw"])
     );
 }
+
+fn inspect_verify(image: &Path, cert: Option<&Path>) -> (bool, Value) {
+    let mut c = imgctl();
+    c.args(["ext", "inspect", "--verify", "--json"]).arg(image);
+    if let Some(cert) = cert {
+        c.arg("--certificate").arg(cert);
+    }
+    let o = c.output().unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    if o.status.success() {
+        assert_eq!(v["ok"], true, "exit 0 needs ok: true");
+    }
+    (o.status.success(), v)
+}
+
+/// `openssl cms -verify` of an image's signature over its JSON rootHash, or over `content`.
+fn openssl_accepts(openssl: &Path, dir: &Path, sig_json: &Value, content: &str, ca: &Path) -> bool {
+    use base64::Engine;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(sig_json["signature"].as_str().unwrap())
+        .unwrap();
+    std::fs::write(dir.join("t.sig"), der).unwrap();
+    std::fs::write(dir.join("t.content"), content).unwrap();
+    Command::new(openssl)
+        .args([
+            "cms", "-verify", "-binary", "-inform", "DER", "-purpose", "any", "-in",
+        ])
+        .arg(dir.join("t.sig"))
+        .arg("-content")
+        .arg(dir.join("t.content"))
+        .arg("-CAfile")
+        .arg(ca)
+        .args(["-out", "/dev/null"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn sig_json(image: &[u8], m: &Value) -> Value {
+    let sig = partition(image, m, "usr-verity-sig");
+    let end = sig.iter().position(|&b| b == 0).unwrap();
+    serde_json::from_slice(&sig[..end]).unwrap()
+}
+
+#[test]
+fn inspect_verify_fails_closed_on_transplants_flips_strangers_and_missing_verity() {
+    let Some(openssl) = require_tool("openssl", "openssl") else {
+        return;
+    };
+    let f = Fixture::new();
+    // One data block: a tree of a single leaf.
+    std::fs::remove_dir_all(f.path("tree")).unwrap();
+    std::fs::create_dir_all(f.path("tree/usr/bin")).unwrap();
+    std::fs::write(f.path("tree/usr/bin/hello"), b"hi\n").unwrap();
+    let Some(r) = f.signed_recipe("a") else {
+        return;
+    };
+    let ma = build_ok(&r, &f.path("a"));
+    let img_a = f.path("a/a.raw");
+    let (ok, v) = inspect_verify(&img_a, Some(&f.path("sign.crt")));
+    assert!(ok, "{v}");
+    assert_eq!(v["verify"]["signature"], "valid");
+    assert_eq!(v["verify"]["signer_trusted"], true);
+    let (ok, v) = inspect_verify(&img_a, None);
+    assert!(ok, "{v}");
+    assert_eq!(
+        v["verify"]["signer_trusted"], false,
+        "no trust anchor given"
+    );
+
+    // A second signed image with other content.
+    std::fs::write(f.path("tree/usr/bin/hello"), b"other\n").unwrap();
+    let mb = build_ok(&r, &f.path("b"));
+    let bytes_a = std::fs::read(&img_a).unwrap();
+    let bytes_b = std::fs::read(f.path("b/a.raw")).unwrap();
+    let off = |m: &Value, d: &str| {
+        m["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["designator"] == d)
+            .unwrap()["offset"]
+            .as_u64()
+            .unwrap() as usize
+    };
+
+    // 1. B's signature (and its JSON) transplanted into A: openssl rejects it over A's root hash,
+    // and so do we, in every mode.
+    let mut t = bytes_a.clone();
+    let sb = partition(&bytes_b, &mb, "usr-verity-sig");
+    let so = off(&ma, "usr-verity-sig");
+    t[so..so + sb.len()].copy_from_slice(sb);
+    let tp = f.path("transplant.raw");
+    std::fs::write(&tp, &t).unwrap();
+    let root_a = ma["verity"]["root_hash"].as_str().unwrap();
+    let jb = sig_json(&bytes_b, &mb);
+    assert!(!openssl_accepts(
+        &openssl,
+        &f.path(""),
+        &jb,
+        root_a,
+        &f.path("sign.crt")
+    ));
+    assert!(!inspect_verify(&tp, None).0);
+    assert!(!inspect_verify(&tp, Some(&f.path("sign.crt"))).0);
+    // Only the signature moved (A's rootHash kept): still rejected.
+    let ja = sig_json(&bytes_a, &ma);
+    let mut forged = ja.clone();
+    forged["signature"] = jb["signature"].clone();
+    let mut body = serde_json::to_vec(&forged).unwrap();
+    body.resize(4096, 0);
+    let mut t2 = bytes_a.clone();
+    t2[so..so + 4096].copy_from_slice(&body);
+    std::fs::write(&tp, &t2).unwrap();
+    assert!(!openssl_accepts(
+        &openssl,
+        &f.path(""),
+        &forged,
+        root_a,
+        &f.path("sign.crt")
+    ));
+    let (ok, v) = inspect_verify(&tp, None);
+    assert!(
+        !ok && v["ok"] == false && v["verify"]["signature"] == "invalid",
+        "{v}"
+    );
+    // openssl accepts our own signature, as a control.
+    assert!(openssl_accepts(
+        &openssl,
+        &f.path(""),
+        &ja,
+        root_a,
+        &f.path("sign.crt")
+    ));
+
+    // 2. One byte flipped in the one-block data partition.
+    let mut t3 = bytes_a.clone();
+    t3[off(&ma, "usr") + 100] ^= 1;
+    std::fs::write(&tp, &t3).unwrap();
+    let (ok, v) = inspect_verify(&tp, None);
+    assert!(!ok && v["ok"] == false, "{v}");
+
+    // 3. A certificate that is not the signer.
+    f.keypair("stranger").unwrap();
+    let (ok, v) = inspect_verify(&img_a, Some(&f.path("stranger.crt")));
+    assert!(!ok, "{v}");
+    assert!(
+        v["verify"]["failures"].to_string().contains("not any of"),
+        "{v}"
+    );
+
+    // 4. Two usr partitions and no verity, written with our GPT writer.
+    use imgctl_extensions::gpt::{DiskLayout, NewPartition};
+    let usr_type: imgctl_extensions::Guid = ma["partitions"][0]["type_uuid"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let p = |n: u8| NewPartition {
+        type_guid: usr_type,
+        unique_guid: imgctl_extensions::Guid([n; 16]),
+        name: "usr-x86-64".into(),
+        attributes: 0,
+        size: 4096,
+    };
+    let layout = DiskLayout::plan(imgctl_extensions::Guid([9; 16]), &[p(1), p(2)]).unwrap();
+    let mut t4 = vec![0u8; layout.size as usize];
+    let primary = layout.primary();
+    t4[..primary.len()].copy_from_slice(&primary);
+    let backup = layout.backup();
+    let bo = layout.backup_offset() as usize;
+    t4[bo..bo + backup.len()].copy_from_slice(&backup);
+    std::fs::write(&tp, &t4).unwrap();
+    let o = imgctl()
+        .args(["ext", "inspect", "--verify", "--json"])
+        .arg(&tp)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(!v["verify"].is_null(), "{v}");
+    let all = v.to_string();
+    assert!(
+        all.contains("no verity partition") && all.contains("2 root/usr partitions"),
+        "{v}"
+    );
+}
+
+#[test]
+fn ext_verity_refuses_its_own_input_special_files_and_short_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let content = vec![7u8; 8192];
+    std::fs::write(&data, &content).unwrap();
+    let run = |d: &Path, h: &Path| {
+        imgctl()
+            .args(["ext", "verity", "--salt", "00", "--uuid"])
+            .arg("11111111-2222-3333-4444-555555555555")
+            .arg(d)
+            .arg(h)
+            .output()
+            .unwrap()
+    };
+    // HASH is DATA, under its own name and through a hard link.
+    let o = run(&data, &data);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("also an input"),
+        "{o:?}"
+    );
+    std::fs::hard_link(&data, dir.path().join("alias")).unwrap();
+    assert!(!run(&data, &dir.path().join("alias")).status.success());
+    assert_eq!(std::fs::read(&data).unwrap(), content, "data untouched");
+    // Special files.
+    assert!(!run(Path::new("/dev/zero"), &dir.path().join("h"))
+        .status
+        .success());
+    assert!(!run(&data, Path::new("/dev/null")).status.success());
+    // 12 bytes: says so.
+    let small = dir.path().join("small");
+    std::fs::write(&small, b"twelve bytes").unwrap();
+    let o = run(&small, &dir.path().join("h"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("12 bytes is less than one 4096-byte"),
+        "{err}"
+    );
+    assert!(!dir.path().join("h").exists());
+    // And the normal case writes the hash file, with no temporaries left.
+    assert!(run(&data, &dir.path().join("h")).status.success());
+    assert!(dir.path().join("h").exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .collect();
+    assert!(left.is_empty());
+}
+
+#[test]
+fn ext_build_refuses_endless_sources_and_reclaims_killed_staging() {
+    if require_tool("mkfs.erofs", "erofs-utils").is_none() {
+        return;
+    }
+    let f = Fixture::new();
+    std::fs::create_dir_all(f.path("o")).unwrap();
+    let out = f.path("o/img");
+    // A staging folder of a killed run (PID that does not run).
+    let stale = f.path("o/.imgctl-ext.imgctl-tmp-2147483632");
+    std::fs::create_dir_all(stale.join("root")).unwrap();
+    std::fs::write(stale.join("fs.img"), vec![0u8; 4096]).unwrap();
+    for src in ["/dev/zero", "fifo"] {
+        if src == "fifo" {
+            assert!(Command::new("mkfifo")
+                .arg(f.path("fifo"))
+                .status()
+                .unwrap()
+                .success());
+        }
+        let r = f.recipe("endless", "");
+        let text = std::fs::read_to_string(&r).unwrap().replace(
+            "files:\n",
+            &format!("files:\n  - {{path: /usr/share/big, source: {src}}}\n"),
+        );
+        std::fs::write(&r, text).unwrap();
+        let o = build(&r, &out);
+        assert_clean_failure(&o, "not a regular file", &out);
+    }
+    assert!(
+        !stale.exists(),
+        "the killed run's staging folder was reclaimed"
+    );
+}

@@ -100,6 +100,30 @@ pub fn describe(
     if data.is_none() {
         problems.push("no root or usr partition".to_owned());
     }
+    if hash.is_none() {
+        problems.push("no verity partition: the data cannot be verified".to_owned());
+    }
+    for (what, pred) in [
+        ("root/usr", is_data as fn(Designator) -> bool),
+        ("verity", is_verity),
+        ("verity signature", is_signature),
+    ] {
+        let n = gpt
+            .partitions
+            .iter()
+            .filter(|p| {
+                PartitionType(p.type_guid)
+                    .lookup()
+                    .is_some_and(|(_, d)| pred(d))
+            })
+            .count();
+        if n > 1 {
+            problems.push(format!("{n} {what} partitions; an extension image has one"));
+        }
+    }
+    if find(gpt, is_signature).is_some() && hash.is_none() {
+        problems.push("a signature partition without a verity partition".to_owned());
+    }
     if let (Some(d), Some(h)) = (data, hash) {
         let dd = PartitionType(d.type_guid).lookup().map(|(_, x)| x);
         let hd = PartitionType(h.type_guid).lookup().map(|(_, x)| x);

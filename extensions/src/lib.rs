@@ -10,13 +10,14 @@
 //! Pure format modules (bytes in, bytes out): [`verity`] (superblock and hash tree, parallel),
 //! [`gpt`] (writer and reader), [`dps`] (partition types), [`sigpart`] (signature partition
 //! JSON), [`release`] (kinds, names, extension-release, allowed hierarchies), [`fsverity`],
-//! [`stub`] (the cpio systemd-stub builds from `*.raw` files next to a UKI, and the PCR 13/12
+//! [`pkcs7`] (root hash signatures: sign and verify), [`stub`] (the cpio systemd-stub builds from `*.raw` files next to a UKI, and the PCR 13/12
 //! extend), [`inspect`] (what an image's headers say, checked against each other), [`recipe`]
 //! (the YAML schema). Modules that run programs or touch files say so: [`mkfs`] (mkfs.erofs/mksquashfs),
-//! [`sign`] (openssl), [`pipeline`] (the build, written atomically, and reading images back).
+//! [`sign`] (reads keys, signs), [`pipeline`] (the build, written atomically, and reading images back).
 //!
-//! It does not mount, merge or activate extensions (systemd-sysext does), and it does not sign
-//! with keys it holds itself: signing goes through openssl.
+//! It does not mount, merge or activate extensions (systemd-sysext does). Root hash signatures
+//! are made and checked in Rust ([`pkcs7`]: RustCrypto `cms`, `rsa`, `p256`), never by running
+//! openssl, so nothing prompts for a passphrase.
 //!
 //! ```
 //! use imgctl_extensions::verity::{format, VerityParams};
@@ -31,6 +32,7 @@ pub mod gpt;
 pub mod inspect;
 pub mod mkfs;
 pub mod pipeline;
+pub mod pkcs7;
 pub mod recipe;
 pub mod release;
 pub mod sign;
@@ -78,6 +80,10 @@ pub enum Error {
         status: String,
         stderr: String,
     },
+    #[error("{}: {message}", path.display())]
+    Signing { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] imgctl_fsio::Error),
     #[error("private key {key} does not match certificate {cert} (their public keys differ)")]
     KeyCertMismatch { key: PathBuf, cert: PathBuf },
     #[error(transparent)]

@@ -266,6 +266,22 @@ fn plan_tree(ext: &Extension) -> Result<(BTreeMap<String, Node>, String, String)
                 mode: f.mode.unwrap_or(0o644),
             },
         };
+        if let Node::File {
+            source: FileSource::Path(p),
+            ..
+        } = &node
+        {
+            // An endless or special source (/dev/zero, a FIFO) is refused before anything is
+            // written.
+            // (By metadata first: opening a FIFO would block until a writer appears.)
+            let meta = fs::metadata(p).map_err(|e| Error::io(p, "reading", e))?;
+            if !meta.is_file() {
+                return Err(Error::Unsupported(format!(
+                    "{}: not a regular file: endless and special sources are refused",
+                    p.display()
+                )));
+            }
+        }
         add_parents(&mut nodes, &f.path)?;
         nodes.insert(f.path.clone(), node);
     }
@@ -303,7 +319,7 @@ fn copy_hashing(source: &FileSource, dest: &Path) -> Result<(u64, String, String
     match source {
         FileSource::Content(c) => feed(c)?,
         FileSource::Path(p) => {
-            let mut f = File::open(p).map_err(|e| Error::io(p, "opening", e))?;
+            let (mut f, _) = imgctl_fsio::open_regular(p)?;
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 let n = f.read(&mut buf).map_err(|e| Error::io(p, "reading", e))?;
@@ -394,6 +410,28 @@ pub fn verity_of_file(path: &Path, params: VerityParams) -> Result<crate::Verity
     })
 }
 
+/// `veritysetup format DATA HASH`: refuses a special DATA, a HASH that is DATA (by inode) or a
+/// special file, and DATA shorter than one block; writes HASH atomically (a failure, say a full
+/// disk, leaves nothing under its name).
+pub fn write_verity(
+    data: &Path,
+    hash: &Path,
+    params: VerityParams,
+) -> Result<crate::VerityTree, Error> {
+    let (_, len) = imgctl_fsio::open_regular(data)?;
+    imgctl_fsio::check_output(hash, &[data])?;
+    let bs = params.data_block_size();
+    if len < u64::from(bs) {
+        return Err(Error::Unsupported(format!(
+            "{}: {len} bytes is less than one {bs}-byte data block; dm-verity covers whole blocks only",
+            data.display()
+        )));
+    }
+    let tree = verity_of_file(data, params)?;
+    imgctl_fsio::write_atomic(hash, &tree.hash_device, &[data])?;
+    Ok(tree)
+}
+
 /// Hashes `blocks` data blocks read from `r`. Reads overlap hashing: one thread reads the next
 /// chunk while rayon hashes the current one.
 fn verity_of_reader(
@@ -481,15 +519,22 @@ fn write_zeros(out: &mut impl Write, sha: &mut Context, mut len: u64) -> std::io
 
 /// Builds the image and its manifest into `opts.out_dir`.
 pub fn build(ext: &Extension, opts: &BuildOptions) -> Result<BuildOutput, Error> {
+    // 0. Staging folders of killed runs beside the output folder go first.
+    if let Some(p) = opts.out_dir.parent().filter(|p| p.is_dir()) {
+        imgctl_fsio::reclaim_stale(p);
+    } else if opts
+        .out_dir
+        .parent()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        imgctl_fsio::reclaim_stale(Path::new("."));
+    }
     // 1. Everything checkable before writing anything.
     let (tool, package) = mkfs::tool_for(ext.filesystem);
     let mkfs_tool = mkfs::find_tool(tool, package)?;
     let signer = match &ext.signing {
         None => None,
-        Some(s) => {
-            let openssl = mkfs::find_tool("openssl", "openssl")?;
-            Some(Signer::new(&openssl, &s.key, &s.certificate)?)
-        }
+        Some(s) => Some(Signer::new(&s.key, &s.certificate)?),
     };
     let (nodes, release_rel, release_content) = plan_tree(ext)?;
     let designator = match ext.kind {
@@ -509,8 +554,11 @@ pub fn build(ext: &Extension, opts: &BuildOptions) -> Result<BuildOutput, Error>
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, "creating", e))?;
+    // Named as fsio names temporaries (`.imgctl-ext.imgctl-tmp-PID`), so that the staging
+    // folder of a killed run is reclaimed by the next one (at the start of `build`).
     let tmp = tempfile::Builder::new()
-        .prefix(".imgctl-ext-")
+        .prefix(&imgctl_fsio::temporary_name("imgctl-ext"))
+        .rand_bytes(0)
         .tempdir_in(&parent)
         .map_err(|e| Error::io(&parent, "creating a temporary folder in", e))?;
 
@@ -760,20 +808,40 @@ fn read_at(f: &mut File, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, 
     Ok(buf)
 }
 
-/// Result of recomputing the hash tree of an image's data partition.
+/// Result of `--verify`: the hash tree recomputed over the data partition and compared with
+/// everything that claims a root hash, and the signature checked cryptographically.
 #[derive(Debug, Clone, Serialize)]
 pub struct TreeCheck {
-    pub root_hash: String,
+    /// Recomputed from the data partition (absent when that could not be done).
+    pub root_hash: Option<String>,
     /// The stored hash partition equals the recomputed superblock and tree.
     pub hash_partition_matches: bool,
+    /// The data/verity partition UUIDs are the recomputed root hash's halves.
+    pub partition_uuids_match: bool,
     /// The recomputed root hash equals the signature partition's `rootHash`, if there is one.
     pub matches_signature: Option<bool>,
+    /// `valid` (verified against the root hash), `absent`, or `invalid`.
+    pub signature: &'static str,
+    /// Subject and SHA-256 fingerprint of the certificate that made a valid signature.
+    pub signer: Option<String>,
+    pub signer_fingerprint: Option<String>,
+    /// The signer is one of the `--certificate` certificates. False: the signature is valid but
+    /// the signer was not checked against any trust anchor.
+    pub signer_trusted: bool,
+    /// Every check that failed; `ok` only when empty.
+    pub failures: Vec<String>,
+    pub ok: bool,
 }
 
 /// Reads an image's GPT, verity superblock and signature partition; with `verify`, recomputes
-/// the hash tree over the data partition too.
-pub fn inspect_file(path: &Path, verify: bool) -> Result<(Inspection, Option<TreeCheck>), Error> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+/// the hash tree over the data partition and verifies the signature (against `trusted` when
+/// given: then a signature is required and its signer must be one of them).
+pub fn inspect_file(
+    path: &Path,
+    verify: bool,
+    trusted: Option<&[crate::pkcs7::Cert]>,
+) -> Result<(Inspection, Option<TreeCheck>), Error> {
+    let (mut f, _) = imgctl_fsio::open_regular(path)?;
     let perr = |source| Error::Parse {
         file: path.to_owned(),
         source,
@@ -802,50 +870,113 @@ pub fn inspect_file(path: &Path, verify: bool) -> Result<(Inspection, Option<Tre
         }
     };
     let inspection = inspect::describe(&gpt, superblock.as_ref(), signature.as_ref());
-    let check = match (verify, &superblock, inspect::find(&gpt, inspect::is_data)) {
-        (true, Some(sb), Some(data)) => {
-            if sb.algorithm != "sha256" || sb.hash_type != crate::verity::HashType::NORMAL {
-                return Err(Error::Unsupported(format!(
-                    "{}: can only verify sha256 hash type 1 trees",
-                    path.display()
-                )));
-            }
-            let params = VerityParams::from_superblock(sb)?;
+    if !verify {
+        return Ok((inspection, None));
+    }
+    let mut failures: Vec<String> = inspection.problems.clone();
+    let data = inspect::find(&gpt, inspect::is_data);
+    let hash_part = inspect::find(&gpt, inspect::is_verity);
+    let mut root: Option<[u8; 32]> = None;
+    let mut hash_partition_matches = false;
+    match (&superblock, data, hash_part) {
+        (Some(sb), Some(data), Some(h)) => {
             let covered = sb.data_blocks.saturating_mul(u64::from(sb.data_block_size));
             let file_len = f
                 .metadata()
                 .map_err(|e| Error::io(path, "reading", e))?
                 .len();
-            // Both bounds keep the leaf digests' allocation proportional to the file's size.
-            if covered > data.size() || data.offset().saturating_add(data.size()) > file_len {
-                return Err(Error::Unsupported(format!(
-                    "{}: verity covers more than the data partition, or the partition extends past the end of the file",
-                    path.display()
-                )));
-            }
-            f.seek(SeekFrom::Start(data.offset()))
-                .map_err(|e| Error::io(path, "reading", e))?;
-            let tree = verity_of_reader(&mut f, sb.data_blocks, params).map_err(|e| match e {
-                Error::Io { action, source, .. } => Error::io(path, action, source),
-                other => other,
-            })?;
-            let hash_part = inspect::find(&gpt, inspect::is_verity);
-            let stored = match hash_part {
-                Some(h) if h.size() >= tree.hash_device.len() as u64 => {
-                    read_at(&mut f, path, h.offset(), tree.hash_device.len() as u64)?
+            if sb.algorithm != "sha256" || sb.hash_type != crate::verity::HashType::NORMAL {
+                failures.push("only sha256 hash type 1 trees can be verified".into());
+            } else if covered != data.size() || data.offset().saturating_add(data.size()) > file_len
+            {
+                failures.push(format!(
+                    "verity covers {covered} bytes but the data partition has {} (or extends past the end of the file)",
+                    data.size()
+                ));
+            } else {
+                let params = VerityParams::from_superblock(sb)?;
+                f.seek(SeekFrom::Start(data.offset()))
+                    .map_err(|e| Error::io(path, "reading", e))?;
+                let tree =
+                    verity_of_reader(&mut f, sb.data_blocks, params).map_err(|e| match e {
+                        Error::Io { action, source, .. } => Error::io(path, action, source),
+                        other => other,
+                    })?;
+                let len = tree.hash_device.len() as u64;
+                hash_partition_matches =
+                    h.size() >= len && read_at(&mut f, path, h.offset(), len)? == tree.hash_device;
+                if !hash_partition_matches {
+                    failures.push(
+                        "the hash partition differs from the tree recomputed over the data".into(),
+                    );
                 }
-                _ => Vec::new(),
-            };
-            let root_hash = tree.root_hash_hex();
-            Some(TreeCheck {
-                hash_partition_matches: stored == tree.hash_device,
-                matches_signature: signature.as_ref().map(|s| s.root_hash == root_hash),
-                root_hash,
-            })
+                root = Some(tree.root_hash);
+            }
         }
-        _ => None,
+        _ => failures.push("no data partition with a verity partition and superblock".into()),
+    }
+    let root_hex = root.map(hex::encode);
+    let partition_uuids_match = match (root, data, hash_part) {
+        (Some(r), Some(d), Some(h)) => d.unique_guid.0 == r[..16] && h.unique_guid.0 == r[16..],
+        _ => false,
     };
-    Ok((inspection, check))
+    if root.is_some() && !partition_uuids_match {
+        failures.push("the data/verity partition UUIDs are not the root hash's halves".into());
+    }
+    let matches_signature = signature
+        .as_ref()
+        .map(|s| root_hex.as_deref() == Some(s.root_hash.as_str()));
+    if matches_signature == Some(false) {
+        failures.push("the signature partition's rootHash is not the recomputed root hash".into());
+    }
+    let mut sig_state = "absent";
+    let (mut signer, mut signer_fingerprint, mut signer_trusted) = (None, None, false);
+    match (&signature, &root_hex) {
+        (None, _) if trusted.is_some() => {
+            failures.push("no signature partition, but --certificate requires a signature".into())
+        }
+        (None, _) => {}
+        (Some(_), None) => sig_state = "invalid",
+        (Some(s), Some(r)) => {
+            // Over the recomputed root hash: a signature made for other data never verifies.
+            match crate::pkcs7::verify_detached(&s.signature, r.as_bytes(), trusted) {
+                Ok(who) => {
+                    if s.certificate_fingerprint
+                        .is_some_and(|f| f != who.fingerprint)
+                    {
+                        sig_state = "invalid";
+                        failures
+                            .push("certificateFingerprint is not the signer's certificate".into());
+                    } else {
+                        sig_state = "valid";
+                    }
+                    signer = Some(who.subject);
+                    signer_fingerprint = Some(hex::encode(who.fingerprint));
+                    signer_trusted = who.trusted;
+                }
+                Err(e) => {
+                    sig_state = "invalid";
+                    failures.push(format!("signature: {e}"));
+                }
+            }
+        }
+    }
+    let ok = failures.is_empty();
+    Ok((
+        inspection,
+        Some(TreeCheck {
+            root_hash: root_hex,
+            hash_partition_matches,
+            partition_uuids_match,
+            matches_signature,
+            signature: sig_state,
+            signer,
+            signer_fingerprint,
+            signer_trusted,
+            failures,
+            ok,
+        }),
+    ))
 }
 
 /// One sidecar archive's measurement as systemd-stub would make it.

@@ -1,84 +1,103 @@
-//! I/O: signs the root hash with openssl.
+//! I/O: reads the signing key and certificate and signs root hashes with them, in Rust.
 //!
 //! The signature is what the kernel's dm-verity `root_hash_sig_key_desc` and systemd expect: a
 //! DER PKCS#7 SignedData, detached, over the root hash's lowercase hex string (no newline),
 //! SHA-256, no signed attributes (so that it is deterministic for RSA keys and carries no
-//! signing time), the signer certificate included:
-//! `openssl smime -sign -binary -noattr -md sha256 -outform DER -signer CERT -inkey KEY`.
-//! `smime` goes through OpenSSL's PKCS7 API like systemd-repart's `PKCS7_sign()`, and gives the
-//! same bytes as repart 252 (the digest AlgorithmIdentifier carries NULL parameters; `openssl
-//! cms` omits them, which verifies the same but differs by bytes).
+//! signing time), the signer certificate included ([`crate::pkcs7::sign_detached`]). For RSA
+//! keys the bytes equal systemd-repart 252's (`PKCS7_sign()`) and `openssl smime -sign -binary
+//! -noattr -md sha256 -outform DER`'s. No program is run and nothing ever prompts: an encrypted
+//! key is refused with a message naming it.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use crate::mkfs::run;
+use crate::pkcs7::{sign_detached, Cert, SigningKey};
 use crate::Error;
 
 /// A checked signing identity: the key belongs to the certificate.
 #[derive(Debug, Clone)]
 pub struct Signer {
-    openssl: PathBuf,
-    key: PathBuf,
-    cert: PathBuf,
+    key: SigningKey,
+    cert: Cert,
     /// The certificate, DER.
     pub cert_der: Vec<u8>,
 }
 
-fn public_key(openssl: &Path, args: &[&str], file: &Path) -> Result<Vec<u8>, Error> {
-    if !file.is_file() {
-        return Err(Error::io(
-            file,
-            "reading",
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        ));
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    imgctl_fsio::read_bounded(path, imgctl_fsio::caps::KEY, "a key or certificate")
+        .map_err(Error::from)
+}
+
+/// Reads the certificates of a PEM bundle or DER file.
+pub fn read_certificates(path: &Path) -> Result<Vec<Cert>, Error> {
+    Cert::parse_all(&read(path)?).map_err(|e| Error::Signing {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads every certificate of `path`, or of each `*.pem`, `*.crt`, `*.cer` and `*.der` file of
+/// the folder `path` (sorted by name).
+pub fn read_trust_anchors(path: &Path) -> Result<Vec<Cert>, Error> {
+    if !path.is_dir() {
+        return read_certificates(path);
     }
-    run(Command::new(openssl).args(args).arg(file), None)
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| Error::io(path, "reading folder", e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| ["pem", "crt", "cer", "der"].contains(&x))
+        })
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in &files {
+        out.extend(read_certificates(f)?);
+    }
+    if out.is_empty() {
+        return Err(Error::Signing {
+            path: path.to_owned(),
+            message: "the folder holds no *.pem, *.crt, *.cer or *.der certificate".into(),
+        });
+    }
+    Ok(out)
 }
 
 impl Signer {
     /// Checks that `key` and `cert` exist, parse, and hold the same public key.
-    pub fn new(openssl: &Path, key: &Path, cert: &Path) -> Result<Signer, Error> {
-        let from_cert = public_key(openssl, &["x509", "-noout", "-pubkey", "-in"], cert)?;
-        let from_key = public_key(openssl, &["pkey", "-pubout", "-in"], key)?;
-        if from_cert != from_key {
+    pub fn new(key: &Path, cert: &Path) -> Result<Signer, Error> {
+        let certs = read_certificates(cert)?;
+        let Some(first) = certs.into_iter().next() else {
+            return Err(Error::Signing {
+                path: cert.to_owned(),
+                message: "no certificate".into(),
+            });
+        };
+        let signing_key = SigningKey::parse(&read(key)?).map_err(|e| Error::Signing {
+            path: key.to_owned(),
+            message: e.to_string(),
+        })?;
+        if !signing_key.matches(&first) {
             return Err(Error::KeyCertMismatch {
                 key: key.to_owned(),
                 cert: cert.to_owned(),
             });
         }
-        let cert_der = run(
-            Command::new(openssl)
-                .args(["x509", "-outform", "DER", "-in"])
-                .arg(cert),
-            None,
-        )?;
         Ok(Signer {
-            openssl: openssl.to_owned(),
-            key: key.to_owned(),
-            cert: cert.to_owned(),
-            cert_der,
+            key: signing_key,
+            cert_der: first.der.clone(),
+            cert: first,
         })
     }
 
     /// SHA-256 of the certificate's DER: the signature partition's `certificateFingerprint`.
     pub fn certificate_fingerprint(&self) -> [u8; 32] {
-        let d = ring::digest::digest(&ring::digest::SHA256, &self.cert_der);
-        let mut out = [0u8; 32];
-        out.copy_from_slice(d.as_ref());
-        out
+        self.cert.fingerprint()
     }
 
     /// DER PKCS#7 detached signature over `content`.
     pub fn sign(&self, content: &[u8]) -> Result<Vec<u8>, Error> {
-        run(
-            Command::new(&self.openssl)
-                .args(["smime", "-sign", "-binary", "-noattr"])
-                .args(["-md", "sha256", "-outform", "DER", "-signer"])
-                .arg(&self.cert)
-                .arg("-inkey")
-                .arg(&self.key),
-            Some(content),
-        )
+        sign_detached(&self.key, &self.cert, content).map_err(|e| Error::Unsupported(e.to_string()))
     }
 }

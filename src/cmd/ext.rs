@@ -96,9 +96,14 @@ struct BuildArgs {
 struct InspectArgs {
     /// The disk image.
     image: PathBuf,
-    /// Recompute the dm-verity tree and compare it with the hash partition and the signature.
+    /// Recompute the dm-verity tree and compare it with the hash partition, the partition UUIDs
+    /// and the signature's rootHash, and verify the PKCS#7 signature over it. Fails closed.
     #[arg(long)]
     verify: bool,
+    /// With --verify: the signer must be this certificate (PEM/DER), or one in this folder.
+    /// Without it a valid signature is reported as not checked against any trust anchor.
+    #[arg(long, value_name = "CERT.pem|DIR", requires = "verify")]
+    certificate: Option<PathBuf>,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -149,11 +154,13 @@ fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
-    let (insp, check) = inspect_file(&args.image, args.verify)?;
-    let ok = insp.problems.is_empty()
-        && check
-            .as_ref()
-            .is_none_or(|c| c.hash_partition_matches && c.matches_signature != Some(false));
+    let trusted = match &args.certificate {
+        Some(c) => Some(imgctl_extensions::sign::read_trust_anchors(c)?),
+        None => None,
+    };
+    let (insp, check) = inspect_file(&args.image, args.verify, trusted.as_deref())?;
+    // Fail closed: with --verify, only a verification that ran and passed is ok.
+    let ok = insp.problems.is_empty() && (!args.verify || check.as_ref().is_some_and(|c| c.ok));
     if args.json {
         crate::output::print_json(&serde_json::json!({
             "image": args.image,
@@ -194,22 +201,35 @@ fn run_inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(c) = &check {
             outln!(
-                "recomputed root hash {}: hash partition {}, signature {}",
-                c.root_hash,
+                "recomputed root hash {}: hash partition {}, partition UUIDs {}",
+                c.root_hash.as_deref().unwrap_or("(not computed)"),
                 if c.hash_partition_matches {
                     "matches"
                 } else {
                     "DIFFERS"
                 },
-                match c.matches_signature {
-                    None => "absent",
-                    Some(true) => "matches",
-                    Some(false) => "DIFFERS",
-                }
+                if c.partition_uuids_match {
+                    "match"
+                } else {
+                    "DIFFER"
+                },
             );
-        }
-        for p in &insp.problems {
-            eprintln!("imgctl: problem: {p}");
+            match (c.signature, &c.signer) {
+                ("valid", Some(who)) if c.signer_trusted => {
+                    outln!("signature valid, signed by {who} (a given certificate)")
+                }
+                ("valid", Some(who)) => outln!(
+                    "signature valid, signed by {who}; the signer is NOT checked against any trust anchor (give --certificate)"
+                ),
+                (state, _) => outln!("signature {state}"),
+            }
+            for f in &c.failures {
+                eprintln!("imgctl: verify failed: {f}");
+            }
+        } else {
+            for p in &insp.problems {
+                eprintln!("imgctl: problem: {p}");
+            }
         }
     }
     Ok(if ok {
@@ -232,9 +252,7 @@ fn run_verity(args: VerityArgs) -> anyhow::Result<ExitCode> {
         args.block_size,
         args.block_size,
     )?;
-    let tree = imgctl_extensions::pipeline::verity_of_file(&args.data, params)?;
-    std::fs::write(&args.hash, &tree.hash_device)
-        .with_context(|| format!("writing {}", args.hash.display()))?;
+    let tree = imgctl_extensions::pipeline::write_verity(&args.data, &args.hash, params)?;
     if args.json {
         crate::output::print_json(&serde_json::json!({
             "root_hash": tree.root_hash_hex(),

@@ -1,0 +1,555 @@
+//! PKCS#7 / CMS SignedData (RFC 2315, RFC 5652) for dm-verity root hash signatures: signing the
+//! way systemd-repart 252 does and verifying the way the kernel and `systemd-veritysetup` do.
+//! Pure: bytes in, bytes out.
+//!
+//! What is signed: the root hash's lowercase hex string, exactly as the signature partition's
+//! `rootHash` holds it (no newline), detached (the SignedData carries no content). Signing
+//! reproduces OpenSSL's `PKCS7_sign(cert, key, NULL, data, PKCS7_DETACHED | PKCS7_BINARY |
+//! PKCS7_NOATTR)`, which is what repart calls and `openssl smime -sign -binary -noattr -md sha256`
+//! produces, byte for byte for RSA keys:
+//!
+//! ```text
+//! ContentInfo { signedData, SignedData {
+//!   version 1, digestAlgorithms { sha256 NULL }, contentInfo { data } (no content),
+//!   certificates [0] { signer }, signerInfos { SignerInfo {
+//!     version 1, issuerAndSerialNumber, digestAlgorithm sha256 NULL,
+//!     digestEncryptionAlgorithm rsaEncryption NULL (P-256: ecdsa-with-SHA256),
+//!     encryptedDigest } } } }
+//! ```
+//!
+//! Verification accepts that shape and CMS with signed attributes (`openssl cms -sign`'s
+//! default: content-type and message-digest attributes, the signature over their DER), one
+//! signer, SHA-256/384/512, RSA PKCS#1 v1.5 or ECDSA P-256. Anything else is refused, never
+//! skipped.
+
+use cms::cert::x509::spki::AlgorithmIdentifierOwned;
+use cms::cert::x509::Certificate;
+use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
+use cms::content_info::{CmsVersion, ContentInfo};
+use cms::signed_data::{
+    CertificateSet, EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo, SignerInfos,
+};
+use der::asn1::{ObjectIdentifier as Oid, OctetString, SetOfVec};
+use der::{Any, Decode, Encode};
+use p256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
+use rsa::traits::PublicKeyParts;
+use sha2::Digest;
+
+/// What went wrong; every message says what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum Pkcs7Error {
+    #[error("not a PKCS#7 SignedData: {0}")]
+    Malformed(String),
+    #[error("unsupported PKCS#7: {0}")]
+    Unsupported(String),
+    #[error("the signature does not verify over root hash {content:?}{hint}")]
+    BadSignature { content: String, hint: &'static str },
+    #[error("signed by {signer}, which is not {trusted}")]
+    Untrusted { signer: String, trusted: String },
+    #[error("{0}")]
+    Key(String),
+}
+
+mod oid {
+    use der::asn1::ObjectIdentifier as Oid;
+    pub const DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.1");
+    pub const SIGNED_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.2");
+    pub const CONTENT_TYPE: Oid = Oid::new_unwrap("1.2.840.113549.1.9.3");
+    pub const MESSAGE_DIGEST: Oid = Oid::new_unwrap("1.2.840.113549.1.9.4");
+    pub const SHA256: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.2.1");
+    pub const SHA384: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.2.2");
+    pub const SHA512: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.2.3");
+    pub const RSA: Oid = Oid::new_unwrap("1.2.840.113549.1.1.1");
+    pub const SHA256_RSA: Oid = Oid::new_unwrap("1.2.840.113549.1.1.11");
+    pub const SHA384_RSA: Oid = Oid::new_unwrap("1.2.840.113549.1.1.12");
+    pub const SHA512_RSA: Oid = Oid::new_unwrap("1.2.840.113549.1.1.13");
+    pub const EC_PUBLIC_KEY: Oid = Oid::new_unwrap("1.2.840.10045.2.1");
+    pub const P256: Oid = Oid::new_unwrap("1.2.840.10045.3.1.7");
+    pub const ECDSA_SHA256: Oid = Oid::new_unwrap("1.2.840.10045.4.3.2");
+    pub const ECDSA_SHA384: Oid = Oid::new_unwrap("1.2.840.10045.4.3.3");
+    pub const ECDSA_SHA512: Oid = Oid::new_unwrap("1.2.840.10045.4.3.4");
+    pub const SUBJECT_KEY_ID: Oid = Oid::new_unwrap("2.5.29.14");
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hash {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl Hash {
+    fn from_oid(o: &Oid) -> Option<Hash> {
+        match *o {
+            oid::SHA256 => Some(Hash::Sha256),
+            oid::SHA384 => Some(Hash::Sha384),
+            oid::SHA512 => Some(Hash::Sha512),
+            _ => None,
+        }
+    }
+    fn digest(self, data: &[u8]) -> Vec<u8> {
+        match self {
+            Hash::Sha256 => sha2::Sha256::digest(data).to_vec(),
+            Hash::Sha384 => sha2::Sha384::digest(data).to_vec(),
+            Hash::Sha512 => sha2::Sha512::digest(data).to_vec(),
+        }
+    }
+    fn rsa_padding(self) -> rsa::Pkcs1v15Sign {
+        match self {
+            Hash::Sha256 => rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
+            Hash::Sha384 => rsa::Pkcs1v15Sign::new::<sha2::Sha384>(),
+            Hash::Sha512 => rsa::Pkcs1v15Sign::new::<sha2::Sha512>(),
+        }
+    }
+}
+
+fn der_err(what: &str) -> impl Fn(der::Error) -> Pkcs7Error + '_ {
+    move |e| Pkcs7Error::Malformed(format!("{what}: {e}"))
+}
+
+/// A certificate, kept with its exact DER (the fingerprint is over those bytes).
+#[derive(Debug, Clone)]
+pub struct Cert {
+    pub der: Vec<u8>,
+    cert: Certificate,
+}
+
+impl Cert {
+    pub fn from_der(der: &[u8]) -> Result<Cert, Pkcs7Error> {
+        let cert = Certificate::from_der(der).map_err(der_err("X.509 certificate"))?;
+        Ok(Cert {
+            der: der.to_vec(),
+            cert,
+        })
+    }
+
+    /// Every certificate in a PEM bundle, or the one certificate of a DER file.
+    pub fn parse_all(bytes: &[u8]) -> Result<Vec<Cert>, Pkcs7Error> {
+        if !bytes.starts_with(b"-----BEGIN") && !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Ok(vec![Cert::from_der(bytes)?]);
+        }
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| Pkcs7Error::Malformed("PEM file is not UTF-8".into()))?;
+        let mut out = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("-----BEGIN ") {
+            let block = &rest[start..];
+            let end_marker = "-----END ";
+            let Some(e) = block.find(end_marker) else {
+                return Err(Pkcs7Error::Malformed(
+                    "PEM block without an END line".into(),
+                ));
+            };
+            let after = &block[e + end_marker.len()..];
+            let close = after.find("-----").map_or(after.len(), |i| i + 5);
+            let len = e + end_marker.len() + close;
+            let (label, der) = der::pem::decode_vec(&block.as_bytes()[..len])
+                .map_err(|e| Pkcs7Error::Malformed(format!("PEM: {e}")))?;
+            if label == "CERTIFICATE" {
+                out.push(Cert::from_der(&der)?);
+            }
+            rest = &block[len..];
+        }
+        if out.is_empty() {
+            return Err(Pkcs7Error::Malformed(
+                "no CERTIFICATE block in the PEM file".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// SHA-256 of the DER: the signature partition's `certificateFingerprint`.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        sha2::Sha256::digest(&self.der).into()
+    }
+
+    pub fn subject(&self) -> String {
+        self.cert.tbs_certificate.subject.to_string()
+    }
+
+    fn issuer_and_serial(&self) -> IssuerAndSerialNumber {
+        IssuerAndSerialNumber {
+            issuer: self.cert.tbs_certificate.issuer.clone(),
+            serial_number: self.cert.tbs_certificate.serial_number.clone(),
+        }
+    }
+
+    fn is(&self, sid: &SignerIdentifier) -> bool {
+        match sid {
+            SignerIdentifier::IssuerAndSerialNumber(ias) => *ias == self.issuer_and_serial(),
+            SignerIdentifier::SubjectKeyIdentifier(ski) => self
+                .cert
+                .tbs_certificate
+                .extensions
+                .iter()
+                .flatten()
+                .filter(|e| e.extn_id == oid::SUBJECT_KEY_ID)
+                .any(|e| {
+                    OctetString::from_der(e.extn_value.as_bytes())
+                        .is_ok_and(|v| v.as_bytes() == ski.0.as_bytes())
+                }),
+        }
+    }
+
+    fn public_key(&self) -> Result<PublicKey, Pkcs7Error> {
+        let spki = &self.cert.tbs_certificate.subject_public_key_info;
+        let bits = spki.subject_public_key.raw_bytes();
+        match spki.algorithm.oid {
+            oid::RSA => {
+                let k = rsa::pkcs1::DecodeRsaPublicKey::from_pkcs1_der(bits)
+                    .map_err(|e| Pkcs7Error::Malformed(format!("RSA public key: {e}")))?;
+                Ok(PublicKey::Rsa(k))
+            }
+            oid::EC_PUBLIC_KEY => {
+                let curve = spki
+                    .algorithm
+                    .parameters
+                    .as_ref()
+                    .and_then(|p| p.decode_as::<Oid>().ok());
+                if curve != Some(oid::P256) {
+                    return Err(Pkcs7Error::Unsupported(format!(
+                        "EC key on curve {curve:?}; only P-256 is supported"
+                    )));
+                }
+                let k = p256::ecdsa::VerifyingKey::from_sec1_bytes(bits)
+                    .map_err(|e| Pkcs7Error::Malformed(format!("P-256 public key: {e}")))?;
+                Ok(PublicKey::P256(k))
+            }
+            other => Err(Pkcs7Error::Unsupported(format!(
+                "certificate key algorithm {other}"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PublicKey {
+    Rsa(rsa::RsaPublicKey),
+    P256(p256::ecdsa::VerifyingKey),
+}
+
+/// A private key that can sign root hashes.
+#[derive(Debug, Clone)]
+pub enum SigningKey {
+    Rsa(Box<rsa::RsaPrivateKey>),
+    P256(p256::ecdsa::SigningKey),
+}
+
+impl SigningKey {
+    /// Reads a PEM (PKCS#8, PKCS#1 `RSA PRIVATE KEY`, SEC1 `EC PRIVATE KEY`) or DER PKCS#8 key.
+    /// An encrypted key is refused (there is no passphrase prompt, ever).
+    pub fn parse(bytes: &[u8]) -> Result<SigningKey, Pkcs7Error> {
+        let key_err = |what: &str, e: &dyn std::fmt::Display| {
+            Pkcs7Error::Key(format!("not a usable {what} private key: {e}"))
+        };
+        let text = std::str::from_utf8(bytes).ok();
+        let Some(text) = text.filter(|t| t.contains("-----BEGIN ")) else {
+            return SigningKey::from_pkcs8(bytes).map_err(|e| key_err("DER PKCS#8", &e));
+        };
+        if text.contains("ENCRYPTED") {
+            return Err(Pkcs7Error::Key(
+                "the private key is encrypted; imgctl never prompts for a passphrase: decrypt it \
+                 (openssl pkey -in KEY -out PLAIN) or keep it in a protected location"
+                    .into(),
+            ));
+        }
+        for (begin, label) in [
+            ("-----BEGIN PRIVATE KEY-----", "PRIVATE KEY"),
+            ("-----BEGIN RSA PRIVATE KEY-----", "RSA PRIVATE KEY"),
+            ("-----BEGIN EC PRIVATE KEY-----", "EC PRIVATE KEY"),
+        ] {
+            let Some(start) = text.find(begin) else {
+                continue;
+            };
+            let end = format!("-----END {label}-----");
+            let Some(stop) = text[start..].find(&end) else {
+                return Err(Pkcs7Error::Key(format!(
+                    "{label} block without its END line"
+                )));
+            };
+            let block = &text[start..start + stop + end.len()];
+            let (_, der) =
+                der::pem::decode_vec(block.as_bytes()).map_err(|e| key_err(label, &e))?;
+            return match label {
+                "PRIVATE KEY" => SigningKey::from_pkcs8(&der).map_err(|e| key_err(label, &e)),
+                "RSA PRIVATE KEY" => rsa::pkcs1::DecodeRsaPrivateKey::from_pkcs1_der(&der)
+                    .map(|k| SigningKey::Rsa(Box::new(k)))
+                    .map_err(|e| key_err(label, &e)),
+                _ => p256::SecretKey::from_sec1_der(&der)
+                    .map(|k| SigningKey::P256(k.into()))
+                    .map_err(|e| key_err("P-256 EC", &e)),
+            };
+        }
+        Err(Pkcs7Error::Key(
+            "no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block".into(),
+        ))
+    }
+
+    fn from_pkcs8(der: &[u8]) -> Result<SigningKey, String> {
+        use pkcs8::DecodePrivateKey;
+        let info = pkcs8::PrivateKeyInfo::try_from(der).map_err(|e| e.to_string())?;
+        match info.algorithm.oid {
+            oid::RSA => rsa::RsaPrivateKey::from_pkcs8_der(der)
+                .map(|k| SigningKey::Rsa(Box::new(k)))
+                .map_err(|e| e.to_string()),
+            oid::EC_PUBLIC_KEY => p256::SecretKey::from_pkcs8_der(der)
+                .map(|k| SigningKey::P256(k.into()))
+                .map_err(|_| "an EC key that is not on P-256 (only P-256 is supported)".into()),
+            other => Err(format!(
+                "key algorithm {other} (RSA and P-256 are supported)"
+            )),
+        }
+    }
+
+    fn public(&self) -> PublicKey {
+        match self {
+            SigningKey::Rsa(k) => PublicKey::Rsa(k.to_public_key()),
+            SigningKey::P256(k) => PublicKey::P256(*k.verifying_key()),
+        }
+    }
+
+    /// Whether `cert` holds this key's public key.
+    pub fn matches(&self, cert: &Cert) -> bool {
+        cert.public_key().is_ok_and(|p| p == self.public())
+    }
+}
+
+fn alg(oid: Oid, null_params: bool) -> AlgorithmIdentifierOwned {
+    AlgorithmIdentifierOwned {
+        oid,
+        parameters: null_params.then(Any::null),
+    }
+}
+
+/// A detached PKCS#7 signature over `content`, as `PKCS7_sign(.., PKCS7_DETACHED |
+/// PKCS7_BINARY | PKCS7_NOATTR)` makes it with SHA-256.
+pub fn sign_detached(key: &SigningKey, cert: &Cert, content: &[u8]) -> Result<Vec<u8>, Pkcs7Error> {
+    if !key.matches(cert) {
+        return Err(Pkcs7Error::Key(
+            "the private key does not match the certificate".into(),
+        ));
+    }
+    let digest = Hash::Sha256.digest(content);
+    let (sig_alg, signature) = match key {
+        SigningKey::Rsa(k) => {
+            let s = k
+                .sign(Hash::Sha256.rsa_padding(), &digest)
+                .map_err(|e| Pkcs7Error::Key(format!("RSA signing failed: {e}")))?;
+            (alg(oid::RSA, true), s)
+        }
+        SigningKey::P256(k) => {
+            let s: p256::ecdsa::Signature = k
+                .sign_prehash(&digest)
+                .map_err(|e| Pkcs7Error::Key(format!("ECDSA signing failed: {e}")))?;
+            (
+                alg(oid::ECDSA_SHA256, false),
+                s.to_der().as_bytes().to_vec(),
+            )
+        }
+    };
+    let enc = |e: der::Error| Pkcs7Error::Malformed(format!("encoding: {e}"));
+    let signer = SignerInfo {
+        version: CmsVersion::V1,
+        sid: SignerIdentifier::IssuerAndSerialNumber(cert.issuer_and_serial()),
+        digest_alg: alg(oid::SHA256, true),
+        signed_attrs: None,
+        signature_algorithm: sig_alg,
+        signature: OctetString::new(signature).map_err(enc)?,
+        unsigned_attrs: None,
+    };
+    let mut digests = SetOfVec::new();
+    digests.insert(alg(oid::SHA256, true)).map_err(enc)?;
+    let mut certs = SetOfVec::new();
+    certs
+        .insert(CertificateChoices::Certificate(cert.cert.clone()))
+        .map_err(enc)?;
+    let mut signers = SetOfVec::new();
+    signers.insert(signer).map_err(enc)?;
+    let sd = SignedData {
+        version: CmsVersion::V1,
+        digest_algorithms: digests,
+        encap_content_info: EncapsulatedContentInfo {
+            econtent_type: oid::DATA,
+            econtent: None,
+        },
+        certificates: Some(CertificateSet(certs)),
+        crls: None,
+        signer_infos: SignerInfos(signers),
+    };
+    let ci = ContentInfo {
+        content_type: oid::SIGNED_DATA,
+        content: Any::encode_from(&sd).map_err(enc)?,
+    };
+    ci.to_der().map_err(enc)
+}
+
+/// Who signed, after the signature verified.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    pub subject: String,
+    pub fingerprint: [u8; 32],
+    /// The signer is one of the trusted certificates given to [`verify_detached`].
+    pub trusted: bool,
+}
+
+/// Verifies a detached PKCS#7/CMS signature over `content`. With `trusted`, the signer must be
+/// one of those certificates; without, the certificate carried in the signature is used and
+/// [`Signer::trusted`] is false (valid, but nobody vouched for the signer).
+pub fn verify_detached(
+    der: &[u8],
+    content: &[u8],
+    trusted: Option<&[Cert]>,
+) -> Result<Signer, Pkcs7Error> {
+    let ci = ContentInfo::from_der(der).map_err(der_err("ContentInfo"))?;
+    if ci.content_type != oid::SIGNED_DATA {
+        return Err(Pkcs7Error::Malformed(format!(
+            "content type {} is not signedData",
+            ci.content_type
+        )));
+    }
+    let sd: SignedData = ci.content.decode_as().map_err(der_err("SignedData"))?;
+    let eci = &sd.encap_content_info;
+    if eci.econtent_type != oid::DATA {
+        return Err(Pkcs7Error::Unsupported(format!(
+            "signed content type {} is not data",
+            eci.econtent_type
+        )));
+    }
+    if let Some(inner) = &eci.econtent {
+        // Not detached: the embedded content must be exactly what we verify.
+        let os: OctetString = inner.decode_as().map_err(der_err("embedded content"))?;
+        if os.as_bytes() != content {
+            return Err(Pkcs7Error::BadSignature {
+                content: String::from_utf8_lossy(content).into_owned(),
+                hint: " (it embeds different content)",
+            });
+        }
+    }
+    let signers: Vec<&SignerInfo> = sd.signer_infos.0.iter().collect();
+    let [si] = signers.as_slice() else {
+        return Err(Pkcs7Error::Unsupported(format!(
+            "{} signers; a root hash signature has exactly one",
+            signers.len()
+        )));
+    };
+    let hash = Hash::from_oid(&si.digest_alg.oid).ok_or_else(|| {
+        Pkcs7Error::Unsupported(format!("digest algorithm {}", si.digest_alg.oid))
+    })?;
+    let digest = hash.digest(content);
+    let message_digest = match &si.signed_attrs {
+        None => digest,
+        Some(attrs) => {
+            let one = |o: Oid, what: &str| -> Result<&Any, Pkcs7Error> {
+                let mut it = attrs.iter().filter(|a| a.oid == o);
+                match (it.next(), it.next()) {
+                    (Some(a), None) if a.values.len() == 1 => a
+                        .values
+                        .get(0)
+                        .ok_or_else(|| Pkcs7Error::Malformed(format!("{what} without a value"))),
+                    _ => Err(Pkcs7Error::Malformed(format!(
+                        "signed attributes need exactly one {what}"
+                    ))),
+                }
+            };
+            let ct: Oid = one(oid::CONTENT_TYPE, "content-type")?
+                .decode_as()
+                .map_err(der_err("content-type attribute"))?;
+            if ct != oid::DATA {
+                return Err(Pkcs7Error::Unsupported(format!(
+                    "signed content-type attribute {ct}"
+                )));
+            }
+            let md: OctetString = one(oid::MESSAGE_DIGEST, "message-digest")?
+                .decode_as()
+                .map_err(der_err("message-digest attribute"))?;
+            if md.as_bytes() != digest.as_slice() {
+                return Err(Pkcs7Error::BadSignature {
+                    content: String::from_utf8_lossy(content).into_owned(),
+                    hint: " (its message digest is of other content)",
+                });
+            }
+            hash.digest(&attrs.to_der().map_err(der_err("signed attributes"))?)
+        }
+    };
+    let embedded: Vec<Cert> = sd
+        .certificates
+        .iter()
+        .flat_map(|s| s.0.iter())
+        .filter_map(|c| match c {
+            CertificateChoices::Certificate(c) => c.to_der().ok(),
+            CertificateChoices::Other(_) => None,
+        })
+        .filter_map(|d| Cert::from_der(&d).ok())
+        .collect();
+    let pool: &[Cert] = trusted.unwrap_or(&embedded);
+    let Some(cert) = pool.iter().find(|c| c.is(&si.sid)) else {
+        let signer = embedded.iter().find(|c| c.is(&si.sid)).map_or_else(
+            || "a certificate the signature does not carry".into(),
+            Cert::subject,
+        );
+        return Err(match trusted {
+            Some(t) => Pkcs7Error::Untrusted {
+                signer,
+                trusted: format!(
+                    "any of the {} given certificate(s) ({})",
+                    t.len(),
+                    t.iter().map(Cert::subject).collect::<Vec<_>>().join("; ")
+                ),
+            },
+            None => Pkcs7Error::Malformed(
+                "the signer's certificate is not in the signature (give --certificate)".into(),
+            ),
+        });
+    };
+    let sig = si.signature.as_bytes();
+    let bad = || Pkcs7Error::BadSignature {
+        content: String::from_utf8_lossy(content).into_owned(),
+        hint: "",
+    };
+    match (cert.public_key()?, si.signature_algorithm.oid) {
+        (PublicKey::Rsa(k), o) => {
+            let implied = match o {
+                oid::RSA => None,
+                oid::SHA256_RSA => Some(Hash::Sha256),
+                oid::SHA384_RSA => Some(Hash::Sha384),
+                oid::SHA512_RSA => Some(Hash::Sha512),
+                other => {
+                    return Err(Pkcs7Error::Unsupported(format!(
+                        "signature algorithm {other} for an RSA key"
+                    )))
+                }
+            };
+            if implied.is_some_and(|h| h != hash) {
+                return Err(Pkcs7Error::Unsupported(
+                    "signature and digest algorithms name different hashes".into(),
+                ));
+            }
+            if sig.len() != k.size() {
+                return Err(bad());
+            }
+            k.verify(hash.rsa_padding(), &message_digest, sig)
+                .map_err(|_| bad())?;
+        }
+        (PublicKey::P256(k), o) => {
+            if ![
+                oid::ECDSA_SHA256,
+                oid::ECDSA_SHA384,
+                oid::ECDSA_SHA512,
+                oid::EC_PUBLIC_KEY,
+            ]
+            .contains(&o)
+            {
+                return Err(Pkcs7Error::Unsupported(format!(
+                    "signature algorithm {o} for a P-256 key"
+                )));
+            }
+            let s = p256::ecdsa::Signature::from_der(sig).map_err(|_| bad())?;
+            k.verify_prehash(&message_digest, &s).map_err(|_| bad())?;
+        }
+    }
+    Ok(Signer {
+        subject: cert.subject(),
+        fingerprint: cert.fingerprint(),
+        trusted: trusted.is_some(),
+    })
+}
