@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -99,11 +99,25 @@ fn kind_of(ft: &std::fs::FileType) -> &'static str {
 /// Opens `path` for reading after checking that it is a regular file (following symlinks, as
 /// `open` does). Returns the file and its size.
 pub fn open_regular(path: &Path) -> Result<(File, u64), Error> {
-    let file = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+    // Checked before opening too: opening a FIFO blocks until a writer comes.
+    if let Ok(m) = std::fs::metadata(path) {
+        not_regular(path, &m.file_type())?;
+    }
+    // O_NONBLOCK: a FIFO swapped in after the check must not block either (it is refused
+    // below); on a regular file the flag changes nothing.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| Error::io(path, "opening", e))?;
     let meta = file
         .metadata()
         .map_err(|e| Error::io(path, "reading metadata", e))?;
-    let ft = meta.file_type();
+    not_regular(path, &meta.file_type())?;
+    Ok((file, meta.len()))
+}
+
+fn not_regular(path: &Path, ft: &std::fs::FileType) -> Result<(), Error> {
     if !ft.is_file() {
         let hint = if ft.is_dir() {
             ""
@@ -112,11 +126,11 @@ pub fn open_regular(path: &Path) -> Result<(File, u64), Error> {
         };
         return Err(Error::NotRegular {
             path: path.to_owned(),
-            kind: kind_of(&ft),
+            kind: kind_of(ft),
             hint,
         });
     }
-    Ok((file, meta.len()))
+    Ok(())
 }
 
 /// Reads a whole regular file of at most `cap` bytes. `what` names the kind of input in the
@@ -742,6 +756,14 @@ mod tests {
         let e = read_bounded(&p, 10, "a key").unwrap_err();
         assert!(e.to_string().contains("10-byte limit for a key"), "{e}");
         assert_eq!(read_bounded(&p, 11, "a key").unwrap().len(), 11);
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let e = read_bounded(&fifo, 10, "a key").unwrap_err();
+        assert!(e.to_string().contains("FIFO"), "{e}");
         let e = read_bounded(dir.path(), 10, "a key").unwrap_err();
         assert!(e.to_string().contains("a folder"), "{e}");
     }
