@@ -51,6 +51,8 @@ pub enum Error {
     InvalidInput(String),
     #[error(transparent)]
     Measure(#[from] imgctl_measure::Error),
+    #[error(transparent)]
+    Fsio(#[from] imgctl_fsio::Error),
 }
 
 impl Error {
