@@ -40,13 +40,20 @@ pub const DEFAULT_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 pub const IMGCTL_STUB: &str = "imgctl";
 pub const IMGCTL_STUB_PATH: &str = "target/uki-stub/imgctl-stub.efi";
 
+// The `expecting` texts below replace serde's "expected struct RawRecipe" in messages.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "kebab-case",
+    expecting = "a recipe (a mapping of name, version, kernel, ...)"
+)]
 struct RawRecipe {
     name: String,
-    version: Scalar,
+    /// A `String` field keeps a plain YAML scalar's text as written (serde_yaml hands the
+    /// scalar's source text to `deserialize_str`): `1.10` stays "1.10", as in extension recipes.
+    version: String,
     #[serde(default)]
-    os_release: Option<serde_yaml::Mapping>,
+    os_release: Option<Fields>,
     #[serde(default)]
     os_release_file: Option<String>,
     kernel: String,
@@ -69,7 +76,11 @@ struct RawRecipe {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "kebab-case",
+    expecting = "a mapping of archives, tree, files, compression"
+)]
 struct RawInitrd {
     #[serde(default)]
     archives: Vec<String>,
@@ -82,33 +93,101 @@ struct RawInitrd {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an initrd file (a mapping of src, dst, mode)"
+)]
 struct RawFile {
     src: String,
     dst: String,
+    /// Octal text as written (`0755`, `"0755"` and `755` all mean rwxr-xr-x).
     #[serde(default)]
-    mode: Option<Scalar>,
+    mode: Option<String>,
 }
 
-/// A YAML scalar that may be written as a string or a number (`version: 1`, `mode: "0755"`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum Scalar {
-    String(String),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
+/// `os-release:` fields in recipe order; keys and values are scalars kept as written.
+#[derive(Debug, Default)]
+struct Fields(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping of os-release fields (KEY: value)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Fields, A::Error> {
+                let mut out: Vec<(String, String)> = Vec::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    let v: String = m.next_value()?;
+                    if out.iter().any(|(o, _)| *o == k) {
+                        return Err(serde::de::Error::custom(format!(
+                            "os-release field {k} is given twice"
+                        )));
+                    }
+                    out.push((k, v));
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
-impl Scalar {
-    fn text(&self) -> String {
-        match self {
-            Scalar::String(s) => s.clone(),
-            Scalar::Int(i) => i.to_string(),
-            Scalar::Float(f) => f.to_string(),
-            Scalar::Bool(b) => b.to_string(),
+/// Deepest nesting of YAML collections a recipe may have (the schema needs 4).
+const MAX_NESTING: usize = 32;
+
+/// Refuses YAML nested deeper than [`MAX_NESTING`] before serde_yaml sees it: the YAML parser
+/// builds every event before serde's own recursion limit applies, which takes tens of seconds
+/// for 100k levels. Flow collections (`[`, `{`) are counted outside quotes and comments; block
+/// nesting is bounded by the indentation plus the `- `/`? ` indicators that start a line.
+fn check_nesting(text: &str) -> Result<(), (usize, String)> {
+    let mut flow = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let lead = line
+            .bytes()
+            .take_while(|b| matches!(b, b' ' | b'-' | b'?' | b'\t'))
+            .count();
+        if lead > MAX_NESTING * 8 {
+            return Err((
+                i + 1,
+                format!(
+                    "indented {lead} columns deep; a recipe nests at most {MAX_NESTING} levels"
+                ),
+            ));
+        }
+        let mut quote: Option<u8> = None;
+        let mut prev = b' ';
+        for b in line.bytes() {
+            match (quote, b) {
+                (Some(q), _) if b == q => quote = None,
+                (Some(_), _) => {}
+                (None, b'\'' | b'"') if matches!(prev, b' ' | b'[' | b'{' | b',' | b':') => {
+                    quote = Some(b)
+                }
+                (None, b'#') if prev == b' ' => break,
+                (None, b'[' | b'{') => {
+                    flow += 1;
+                    if flow > MAX_NESTING {
+                        return Err((i + 1, format!("nested more than {MAX_NESTING} levels deep")));
+                    }
+                }
+                (None, b']' | b'}') => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            prev = b;
         }
     }
+    Ok(())
+}
+
+/// serde's messages, in the words a recipe author reads.
+fn yaml_message(e: &serde_yaml::Error) -> String {
+    e.to_string().replace(
+        "expected a string",
+        "expected a scalar (text or a number, kept as written)",
+    )
 }
 
 /// Initrd compression. The Linux kernel unpacks gzip when built with `CONFIG_RD_GZIP` (Debian
@@ -179,7 +258,7 @@ pub struct Recipe {
 impl Recipe {
     /// Reads and checks a recipe file.
     pub fn load(path: &Path) -> Result<Recipe, Error> {
-        let source = std::fs::read(path).map_err(|e| Error::io(path, "reading the recipe", e))?;
+        let source = imgctl_fsio::read_bounded(path, imgctl_fsio::caps::POLICY, "a recipe")?;
         Recipe::parse(path, source)
     }
 
@@ -192,11 +271,19 @@ impl Recipe {
             key: String::new(),
             message: format!("not UTF-8 text: {e}"),
         })?;
+        // A UTF-8 byte order mark (some Windows editors write one) is not part of the YAML.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        check_nesting(text).map_err(|(line, message)| Error::Recipe {
+            file: path.to_owned(),
+            line: Some(line),
+            key: String::new(),
+            message,
+        })?;
         let raw: RawRecipe = serde_yaml::from_str(text).map_err(|e| Error::Recipe {
             file: path.to_owned(),
             line: e.location().map(|l| l.line()),
             key: String::new(),
-            message: e.to_string(),
+            message: yaml_message(&e),
         })?;
         let dir = path.parent().unwrap_or(Path::new("")).to_owned();
         let ctx = Ctx {
@@ -208,7 +295,14 @@ impl Recipe {
         if !valid_name(&raw.name) {
             return Err(ctx.err("name", &raw.name, "must be 1-64 characters of [A-Za-z0-9._-], not starting with '.' (it names the output folder and files)"));
         }
-        let version = raw.version.text();
+        let version = raw.version;
+        if matches!(version.as_str(), "null" | "Null" | "NULL" | "~") {
+            return Err(ctx.err(
+                "version",
+                &version,
+                "is null; give a version such as \"1.10\"",
+            ));
+        }
         if version.is_empty() || version.contains(['/', '\n']) {
             return Err(ctx.err(
                 "version",
@@ -232,38 +326,21 @@ impl Recipe {
                 ))
             }
             (None, Some(f)) => OsRelease::File(ctx.file("os-release-file", &f)?),
-            (Some(map), None) => {
-                let mut fields = Vec::new();
-                for (k, v) in map {
-                    let key = match &k {
-                        serde_yaml::Value::String(s) => s.clone(),
-                        other => {
-                            return Err(ctx.err(
-                                "os-release",
-                                &format!("{other:?}"),
-                                "keys must be strings",
-                            ))
-                        }
-                    };
-                    if key.is_empty()
-                        || !key
-                            .bytes()
-                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            (Some(Fields(fields)), None) => {
+                for (key, _) in &fields {
+                    let mut bytes = key.bytes();
+                    let first_ok = bytes
+                        .next()
+                        .is_some_and(|b| b.is_ascii_uppercase() || b == b'_');
+                    if !first_ok
+                        || !bytes.all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
                     {
                         return Err(ctx.err(
                             "os-release",
-                            &key,
-                            "field names are upper-case letters, digits and '_'",
+                            key,
+                            "field names are upper-case letters, digits and '_', not starting with a digit",
                         ));
                     }
-                    let value: Scalar = serde_yaml::from_value(v).map_err(|e| {
-                        ctx.err(
-                            &format!("os-release.{key}"),
-                            &key,
-                            &format!("must be a scalar: {e}"),
-                        )
-                    })?;
-                    fields.push((key, value.text()));
                 }
                 if fields.is_empty() {
                     return Err(ctx.err("os-release", "os-release", "has no fields"));
@@ -306,10 +383,10 @@ impl Recipe {
                     })?;
                     let mode = match f.mode {
                         None => None,
-                        Some(m) => Some(parse_mode(&m.text()).ok_or_else(|| {
+                        Some(m) => Some(parse_mode(&m).ok_or_else(|| {
                             ctx.err(
                                 "initrd.files.mode",
-                                &m.text(),
+                                &m,
                                 "must be octal permission bits such as \"0755\"",
                             )
                         })?),
@@ -448,10 +525,13 @@ fn normalise_dst(d: &str) -> Option<String> {
     Some(format!("/{}", parts.join("/")))
 }
 
+/// Octal permission bits, read as extension recipes read them.
 fn parse_mode(s: &str) -> Option<u32> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
-    let m = u32::from_str_radix(digits, 8).ok()?;
-    (m <= 0o7777).then_some(m)
+    if digits.is_empty() || digits.len() > 4 {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o7777)
 }
 
 #[cfg(test)]
@@ -512,6 +592,133 @@ mod tests {
             parse("name: a/b\nversion: 1\nos-release: {ID: x}\nkernel: /bin/sh\nstub: /bin/sh\n")
                 .unwrap_err();
         assert!(e.to_string().contains("name"), "{e}");
+    }
+
+    const TAIL: &str = "kernel: /bin/sh\nstub: /bin/sh\n";
+
+    #[test]
+    fn scalars_keep_the_text_as_written() {
+        let r = parse(&format!(
+            "name: x\nversion: 1.10\nos-release: {{ID: x, VERSION_ID: 1.0, LEVEL: 010, ON: yes}}\n{TAIL}"
+        ))
+        .unwrap();
+        assert_eq!(r.version, "1.10");
+        assert_eq!(
+            r.os_release,
+            OsRelease::Fields(vec![
+                ("ID".into(), "x".into()),
+                ("VERSION_ID".into(), "1.0".into()),
+                ("LEVEL".into(), "010".into()),
+                ("ON".into(), "yes".into()),
+            ])
+        );
+        let r = parse(&format!(
+            "name: x\nversion: 1.0\nos-release: {{ID: x}}\n{TAIL}"
+        ))
+        .unwrap();
+        assert_eq!(r.version, "1.0");
+    }
+
+    #[test]
+    fn type_errors_name_no_rust_types() {
+        for (text, line) in [
+            (
+                format!("name: x\nversion: [1]\nos-release: {{ID: x}}\n{TAIL}"),
+                2,
+            ),
+            (
+                format!("name: x\nversion: 1\nos-release: {{ID: [x]}}\n{TAIL}"),
+                3,
+            ),
+            ("- a\n- b\n".to_owned(), 1),
+            (
+                format!("name: x\nversion: 1\nos-release: {{ID: x}}\ninitrd: [1]\n{TAIL}"),
+                4,
+            ),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            for leak in ["untagged", "Scalar", "Raw", "struct"] {
+                assert!(!e.contains(leak), "{e}");
+            }
+            assert!(e.contains(&format!("r.yaml:{line}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_null_version_points_at_its_line() {
+        for v in ["null", "~"] {
+            let e = parse(&format!(
+                "name: x\nos-release: {{ID: x}}\nversion: {v}\n{TAIL}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("r.yaml:3: version:"), "{e}");
+        }
+        let e = parse(&format!("name: x\nos-release: {{ID: x}}\nversion:\n{TAIL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("r.yaml:3: version:"), "{e}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_accepted() {
+        let r = parse(&format!(
+            "\u{feff}name: x\nversion: 2\nos-release: {{ID: x}}\n{TAIL}"
+        ))
+        .unwrap();
+        assert_eq!((r.name.as_str(), r.version.as_str()), ("x", "2"));
+    }
+
+    #[test]
+    fn duplicate_and_bad_os_release_keys_are_refused() {
+        let e = parse(&format!(
+            "name: x\nversion: 1\nos-release: {{ID: x, ID: y}}\n{TAIL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("twice"), "{e}");
+        let e = parse(&format!(
+            "name: x\nversion: 1\nos-release: {{1: x}}\n{TAIL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("field names"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_quickly() {
+        let started = std::time::Instant::now();
+        for text in [
+            format!(
+                "name: x\nversion: 1\ncmdline: {}{}\n",
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            ),
+            format!("name: x\nversion: 1\ncmdline: {}\n", "{a: ".repeat(50_000)),
+            (0..2000)
+                .map(|i| format!("{}- \n", " ".repeat(i * 2)))
+                .collect(),
+            format!("name: x\nversion: 1\ncmdline:\n{}x\n", "- ".repeat(100_000)),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains("nest"), "{e}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // Quotes and comments do not count.
+        parse(&format!(
+            "name: x\nversion: 1\nos-release: {{ID: x}}\ncmdline: \"{}\" # {}\n{TAIL}",
+            "[".repeat(100),
+            "{".repeat(100)
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn endless_recipes_are_refused() {
+        let e = Recipe::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/dev/zero"), "{e}");
     }
 
     #[test]
