@@ -5,9 +5,16 @@ use std::path::Path;
 use anyhow::Context;
 use imgctl_builder::recipe::Recipe;
 
+/// The largest UKI (or recipe) a command reads whole: far above any real one (tens of MiB).
+pub const MAX_INPUT: u64 = 4 << 30;
+
 /// UKI bytes from a path that is either a PE image or a recipe.
 pub fn load_uki(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let data = imgctl_fsio::read_bounded(
+        path.as_ref(),
+        crate::uki_input::MAX_INPUT,
+        "a UKI or a recipe",
+    )?;
     if data.starts_with(b"MZ") {
         return Ok(data);
     }

@@ -737,12 +737,10 @@ fn build_refuses_bad_recipes_and_endless_inputs_and_leaves_nothing() {
             "a NUL in an initrd destination (DEFECT 24)",
             "initrd:\n  files:\n    - { src: vmlinuz, dst: \"/a\\0b\" }\n".into(),
         ),
-        ("a BOM (DEFECT 20)", String::new()),
+        // A UTF-8 BOM is accepted (stripped, as editors write it): builder/src/recipe.rs tests it.
         ("version: [1] (DEFECT 20)", "version: [1]\n".into()),
     ] {
-        let body = if label.starts_with("a BOM") {
-            format!("\u{feff}{}", recipe_text(""))
-        } else {
+        let body = {
             // Later keys override: rewrite the recipe with the hostile field replacing its own.
             let key = extra.split(':').next().unwrap().to_owned();
             let base: String = recipe_text("")
@@ -1282,7 +1280,8 @@ fn capture() -> Option<Capture> {
         .lines()
     {
         let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() >= 4 && f[2] != "10" && f[2] != "11" {
+        // Golden values only for the PCRs the policy checks (a value nothing checks is an error).
+        if f.len() >= 4 && ["0", "1", "2", "3", "4", "5", "6", "7", "9"].contains(&f[2]) {
             expected
                 .entry(f[1].into())
                 .or_default()

@@ -841,13 +841,25 @@ pub fn inspect_file(
     verify: bool,
     trusted: Option<&[crate::pkcs7::Cert]>,
 ) -> Result<(Inspection, Option<TreeCheck>), Error> {
-    let (mut f, _) = imgctl_fsio::open_regular(path)?;
+    let (mut f, file_len) = imgctl_fsio::open_regular(path)?;
     let perr = |source| Error::Parse {
         file: path.to_owned(),
         source,
     };
     let head = read_at(&mut f, path, 0, 2 * SECTOR)?;
     let header = crate::gpt::Header::parse(&head[512..], 512).map_err(perr)?;
+    // The backup header sits in the LBA the primary names; an image cut short has lost it.
+    let needed = header
+        .alternate_lba
+        .saturating_add(1)
+        .saturating_mul(SECTOR);
+    if file_len < needed {
+        return Err(Error::Unsupported(format!(
+            "{}: truncated: {file_len} bytes, but the backup GPT header is at LBA {} (the image must be {needed} bytes)",
+            path.display(),
+            header.alternate_lba
+        )));
+    }
     let end = header
         .entries_lba
         .saturating_mul(SECTOR)

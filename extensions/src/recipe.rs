@@ -208,7 +208,7 @@ fn parse_mode(s: &str) -> Option<u32> {
 impl ExtensionSpec {
     /// Reads and checks a recipe file; relative paths resolve against its folder.
     pub fn load(path: &Path) -> Result<Extension, Error> {
-        let text = std::fs::read(path).map_err(|e| Error::io(path, "reading recipe", e))?;
+        let text = imgctl_fsio::read_bounded(path, imgctl_fsio::caps::POLICY, "a recipe")?;
         let spec: ExtensionSpec = serde_yaml::from_slice(&text).map_err(|e| Error::Recipe {
             path: path.to_owned(),
             message: e.to_string(),

@@ -44,6 +44,8 @@ pub enum KeyError {
     Bank(HashAlg),
     #[error("signing failed: {0}")]
     Sign(String),
+    #[error("the public key does not match the private key (it is not its public half)")]
+    Mismatch,
 }
 
 fn malformed(what: &'static str, e: impl std::fmt::Display) -> KeyError {

@@ -146,9 +146,7 @@ pub fn sign(
     let own = key.public();
     if let Some(p) = public {
         if *p != own {
-            return Err(Error::Key(KeyError::Unsupported(
-                "the public key is not the public half of the private key".into(),
-            )));
+            return Err(Error::Key(KeyError::Mismatch));
         }
     }
     let pkfp = hex::encode(own.fingerprint());

@@ -284,8 +284,33 @@ impl<'a> PeFile<'a> {
 
     /// Whether the image carries an Authenticode signature (a non-empty certificate table).
     pub fn is_signed(&self) -> bool {
-        self.data_directory(DIR_SECURITY)
-            .is_some_and(|d| d.virtual_address != 0 && d.size != 0)
+        // The certificate table (its "VirtualAddress" is a file offset) must lie inside the file
+        // and start with a well-formed WIN_CERTIFICATE: dwLength within the table, wRevision
+        // 0x0200, wCertificateType WIN_CERT_TYPE_PKCS_SIGNED_DATA (2). Anything else is not a
+        // signature, whatever the directory says.
+        let Some(d) = self.data_directory(DIR_SECURITY) else {
+            return false;
+        };
+        let (start, size) = (d.virtual_address as usize, d.size as usize);
+        if start == 0 || size < 8 {
+            return false;
+        }
+        let Some(table) = start
+            .checked_add(size)
+            .and_then(|end| self.data.get(start..end))
+        else {
+            return false;
+        };
+        let (Some(len), Some(rev), Some(kind)) = (
+            table
+                .get(0..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize),
+            table.get(4..6).map(|b| u16::from_le_bytes([b[0], b[1]])),
+            table.get(6..8).map(|b| u16::from_le_bytes([b[0], b[1]])),
+        ) else {
+            return false;
+        };
+        (9..=size).contains(&len) && rev == 0x0200 && kind == 2
     }
 
     /// The first section with that name.

@@ -56,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         SemanticsArg::Upstream => Some(imgctl_measure::StubSemantics::Upstream),
     };
     if let Some(k) = &args.pcr_private_key {
-        let pem = std::fs::read(k).with_context(|| format!("reading {}", k.display()))?;
+        let pem = imgctl_fsio::read_bounded(k.as_ref(), imgctl_fsio::caps::KEY, "a key")?;
         opts.pcr_key = Some(
             imgctl_measure::keys::SigningKey::from_pem(&pem)
                 .with_context(|| format!("PCR signing key {}", k.display()))?,

@@ -188,8 +188,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Reads a signer key file.
 pub fn load_signer(path: &Path) -> anyhow::Result<NoteSigner> {
-    let s =
-        std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+    let s = String::from_utf8(imgctl_fsio::read_bounded(
+        path,
+        imgctl_fsio::caps::KEY,
+        "a key",
+    )?)
+    .with_context(|| format!("key {} is not UTF-8", path.display()))?;
     NoteSigner::parse_skey(s.trim()).with_context(|| format!("key {}", path.display()))
 }
 
@@ -250,9 +254,11 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn read_entry_json(p: &Path) -> anyhow::Result<Vec<u8>> {
-    let v: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-    )
+    let v: serde_json::Value = serde_json::from_slice(&imgctl_fsio::read_bounded(
+        p.as_ref(),
+        imgctl_fsio::caps::ENTRY,
+        "a log input",
+    )?)
     .with_context(|| format!("{} is not JSON", p.display()))?;
     Ok(LogEntry::from_json(&v)
         .with_context(|| format!("{}", p.display()))?
@@ -277,10 +283,20 @@ fn append(a: AppendArgs) -> anyhow::Result<ExitCode> {
         let stdin = std::io::stdin();
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut lines = stdin.lock().lines();
+        let mut lineno = 0u64;
         loop {
             let line = lines.next().transpose().context("reading stdin")?;
             let done = line.is_none();
             if let Some(l) = line {
+                // Each line is one entry: a JSON object, refused (before its batch is
+                // appended) when it is anything else.
+                lineno += 1;
+                if !matches!(
+                    serde_json::from_str::<serde_json::Value>(&l),
+                    Ok(serde_json::Value::Object(_))
+                ) {
+                    anyhow::bail!("standard input, line {lineno}: not a JSON object; nothing of its batch was appended");
+                }
                 batch.push(l.into_bytes());
             }
             if batch.len() >= a.batch.max(1) || (done && !batch.is_empty()) {
@@ -304,7 +320,11 @@ fn append(a: AppendArgs) -> anyhow::Result<ExitCode> {
         entries.push(read_entry_json(p)?);
     }
     for p in &a.raw {
-        entries.push(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?);
+        entries.push(imgctl_fsio::read_bounded(
+            p.as_ref(),
+            imgctl_fsio::caps::ENTRY,
+            "a log input",
+        )?);
     }
     if entries.is_empty() {
         bail!("nothing to append: give --entry, --raw or --stdin");
@@ -378,10 +398,14 @@ fn prove(a: ProveArgs) -> anyhow::Result<ExitCode> {
 
 fn key_arg(s: &str) -> anyhow::Result<String> {
     match s.strip_prefix('@') {
-        Some(f) => Ok(std::fs::read_to_string(f)
-            .with_context(|| format!("reading {f}"))?
-            .trim()
-            .to_owned()),
+        Some(f) => Ok(String::from_utf8(imgctl_fsio::read_bounded(
+            Path::new(f),
+            imgctl_fsio::caps::KEY,
+            "a key",
+        )?)
+        .with_context(|| format!("{f} is not UTF-8"))?
+        .trim()
+        .to_owned()),
         None => Ok(s.to_owned()),
     }
 }
@@ -454,9 +478,11 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         .transpose()?;
     let result: anyhow::Result<(Checkpoint, Option<u64>, String)> = (|| {
         if let Some(p) = &a.proof {
-            let proof = TlogProof::parse(
-                &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-            )?;
+            let proof = TlogProof::parse(&imgctl_fsio::read_bounded(
+                p.as_ref(),
+                imgctl_fsio::caps::ENTRY,
+                "a log input",
+            )?)?;
             let e = match (&entry, &proof.extra) {
                 (Some(e), _) => e.clone(),
                 (None, Some(x)) => x.clone(),
@@ -517,13 +543,14 @@ fn consistency(a: ConsistencyArgs) -> anyhow::Result<ExitCode> {
     let trust = Trust::new(&a.trust)?;
     let policy = trust.policy();
     let old_bytes =
-        std::fs::read(&a.old).with_context(|| format!("reading {}", a.old.display()))?;
+        imgctl_fsio::read_bounded(&a.old.as_ref(), imgctl_fsio::caps::ENTRY, "a log input")?;
     let result: anyhow::Result<(Checkpoint, Checkpoint)> = (|| {
         let old = checkpoint::verify(&old_bytes, &policy)
             .context("old checkpoint")?
             .checkpoint;
         if let Some(n) = &a.new {
-            let new_bytes = std::fs::read(n).with_context(|| format!("reading {}", n.display()))?;
+            let new_bytes =
+                imgctl_fsio::read_bounded(n.as_ref(), imgctl_fsio::caps::ENTRY, "a log input")?;
             let src = a.log.as_deref().map(source).transpose()?;
             return client::check_checkpoints_consistency(
                 src.as_deref(),

@@ -211,7 +211,9 @@ fn extend(tcti: &str, a: ExtendArgs) -> anyhow::Result<ExitCode> {
     let banks = banks_or_active(&mut tpm, &a.banks)?;
     let data = match (&a.string, &a.file) {
         (Some(s), _) => s.as_bytes().to_vec(),
-        (None, Some(f)) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, Some(f)) => {
+            imgctl_fsio::read_bounded(f.as_ref(), imgctl_fsio::caps::QUOTE, "a TPM object")?
+        }
         (None, None) => bail!("give --string or --file"),
     };
     let digests = banks
@@ -283,7 +285,7 @@ fn quote(tcti: &str, a: QuoteArgs) -> anyhow::Result<ExitCode> {
 fn seal(tcti: &str, a: SealArgs) -> anyhow::Result<ExitCode> {
     let key = read_verifying_key(&a.public_key)?.tpm();
     let secret = match &a.secret_file {
-        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        Some(p) => imgctl_fsio::read_bounded(p.as_ref(), imgctl_fsio::caps::QUOTE, "a TPM object")?,
         None => {
             let mut v = Vec::new();
             std::io::stdin()
@@ -310,7 +312,7 @@ fn seal(tcti: &str, a: SealArgs) -> anyhow::Result<ExitCode> {
 
 /// `.pcrsig` from a JSON file or from a UKI's `.pcrsig` section.
 pub fn read_pcrsig(path: &Path) -> anyhow::Result<PcrSignature> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let data = imgctl_fsio::read_bounded(path.as_ref(), imgctl_fsio::caps::QUOTE, "a TPM object")?;
     let json = if data.starts_with(b"MZ") {
         let pe = PeFile::parse(&data).with_context(|| format!("{}", path.display()))?;
         let s = pe
@@ -326,7 +328,8 @@ pub fn read_pcrsig(path: &Path) -> anyhow::Result<PcrSignature> {
 }
 
 fn unseal(tcti: &str, a: UnsealArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read(&a.blob).with_context(|| format!("reading {}", a.blob.display()))?;
+    let text =
+        imgctl_fsio::read_bounded(&a.blob.as_ref(), imgctl_fsio::caps::QUOTE, "a TPM object")?;
     let blob: SealedBlob = serde_json::from_slice(&text).with_context(|| {
         format!(
             "{}: not a sealed blob from imgctl tpm seal",
