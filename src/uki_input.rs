@@ -10,11 +10,7 @@ pub const MAX_INPUT: u64 = 4 << 30;
 
 /// UKI bytes from a path that is either a PE image or a recipe.
 pub fn load_uki(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let data = imgctl_fsio::read_bounded(
-        path.as_ref(),
-        crate::uki_input::MAX_INPUT,
-        "a UKI or a recipe",
-    )?;
+    let data = imgctl_fsio::read_bounded(path, crate::uki_input::MAX_INPUT, "a UKI or a recipe")?;
     if data.starts_with(b"MZ") {
         return Ok(data);
     }

@@ -51,11 +51,8 @@ struct Report {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let data = imgctl_fsio::read_bounded(
-        &args.uki.as_ref(),
-        crate::uki_input::MAX_INPUT,
-        "a PE image",
-    )?;
+    let data =
+        imgctl_fsio::read_bounded(args.uki.as_ref(), crate::uki_input::MAX_INPUT, "a PE image")?;
     let uki = Uki::parse(&data)
         .with_context(|| format!("{}: not a valid PE image", args.uki.display()))?;
     let id = uki.identity();

@@ -255,7 +255,7 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
 
 fn read_entry_json(p: &Path) -> anyhow::Result<Vec<u8>> {
     let v: serde_json::Value = serde_json::from_slice(&imgctl_fsio::read_bounded(
-        p.as_ref(),
+        p,
         imgctl_fsio::caps::ENTRY,
         "a log input",
     )?)
@@ -543,7 +543,7 @@ fn consistency(a: ConsistencyArgs) -> anyhow::Result<ExitCode> {
     let trust = Trust::new(&a.trust)?;
     let policy = trust.policy();
     let old_bytes =
-        imgctl_fsio::read_bounded(&a.old.as_ref(), imgctl_fsio::caps::ENTRY, "a log input")?;
+        imgctl_fsio::read_bounded(a.old.as_ref(), imgctl_fsio::caps::ENTRY, "a log input")?;
     let result: anyhow::Result<(Checkpoint, Checkpoint)> = (|| {
         let old = checkpoint::verify(&old_bytes, &policy)
             .context("old checkpoint")?

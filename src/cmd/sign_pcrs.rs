@@ -54,13 +54,13 @@ pub struct Args {
 
 /// Reads a PEM private key, naming the file in errors.
 pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let pem = imgctl_fsio::read_bounded(path.as_ref(), imgctl_fsio::caps::KEY, "a key")?;
+    let pem = imgctl_fsio::read_bounded(path, imgctl_fsio::caps::KEY, "a key")?;
     SigningKey::from_pem(&pem).with_context(|| format!("{}", path.display()))
 }
 
 /// Reads a PEM public key (or the public half of a private key), naming the file in errors.
 pub fn read_verifying_key(path: &Path) -> anyhow::Result<VerifyingKey> {
-    let pem = imgctl_fsio::read_bounded(path.as_ref(), imgctl_fsio::caps::KEY, "a key")?;
+    let pem = imgctl_fsio::read_bounded(path, imgctl_fsio::caps::KEY, "a key")?;
     VerifyingKey::from_pem(&pem).with_context(|| format!("{}", path.display()))
 }
 

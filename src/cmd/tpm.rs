@@ -312,7 +312,7 @@ fn seal(tcti: &str, a: SealArgs) -> anyhow::Result<ExitCode> {
 
 /// `.pcrsig` from a JSON file or from a UKI's `.pcrsig` section.
 pub fn read_pcrsig(path: &Path) -> anyhow::Result<PcrSignature> {
-    let data = imgctl_fsio::read_bounded(path.as_ref(), imgctl_fsio::caps::QUOTE, "a TPM object")?;
+    let data = imgctl_fsio::read_bounded(path, imgctl_fsio::caps::QUOTE, "a TPM object")?;
     let json = if data.starts_with(b"MZ") {
         let pe = PeFile::parse(&data).with_context(|| format!("{}", path.display()))?;
         let s = pe
@@ -329,7 +329,7 @@ pub fn read_pcrsig(path: &Path) -> anyhow::Result<PcrSignature> {
 
 fn unseal(tcti: &str, a: UnsealArgs) -> anyhow::Result<ExitCode> {
     let text =
-        imgctl_fsio::read_bounded(&a.blob.as_ref(), imgctl_fsio::caps::QUOTE, "a TPM object")?;
+        imgctl_fsio::read_bounded(a.blob.as_ref(), imgctl_fsio::caps::QUOTE, "a TPM object")?;
     let blob: SealedBlob = serde_json::from_slice(&text).with_context(|| {
         format!(
             "{}: not a sealed blob from imgctl tpm seal",
