@@ -44,7 +44,7 @@ pub enum KeyError {
     Bank(HashAlg),
     #[error("signing failed: {0}")]
     Sign(String),
-    #[error("the public key does not match the private key (it is not its public half)")]
+    #[error("the public key does not match the private key (it is not the public half of the private key)")]
     Mismatch,
 }
 

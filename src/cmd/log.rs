@@ -283,20 +283,10 @@ fn append(a: AppendArgs) -> anyhow::Result<ExitCode> {
         let stdin = std::io::stdin();
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut lines = stdin.lock().lines();
-        let mut lineno = 0u64;
         loop {
             let line = lines.next().transpose().context("reading stdin")?;
             let done = line.is_none();
             if let Some(l) = line {
-                // Each line is one entry: a JSON object, refused (before its batch is
-                // appended) when it is anything else.
-                lineno += 1;
-                if !matches!(
-                    serde_json::from_str::<serde_json::Value>(&l),
-                    Ok(serde_json::Value::Object(_))
-                ) {
-                    anyhow::bail!("standard input, line {lineno}: not a JSON object; nothing of its batch was appended");
-                }
                 batch.push(l.into_bytes());
             }
             if batch.len() >= a.batch.max(1) || (done && !batch.is_empty()) {

@@ -110,3 +110,28 @@ pub fn genkey(dir: &Path, name: &str, alg: &[&str]) -> (PathBuf, PathBuf) {
     );
     (key, public)
 }
+
+/// `openssl dgst -<bank> -verify PUBLIC -signature SIG POL`: does a `.pcrsig` entry's base64
+/// `sig` verify over the raw policy digest `pol`? (Files are written into `dir`.)
+pub fn openssl_verifies(dir: &Path, bank: &str, public: &Path, pol: &[u8], sig_b64: &str) -> bool {
+    use base64::Engine as _;
+    let pol_file = dir.join("pol.bin");
+    let sig_file = dir.join("sig.bin");
+    std::fs::write(&pol_file, pol).unwrap();
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(sig_b64)
+        .unwrap();
+    std::fs::write(&sig_file, sig).unwrap();
+    Command::new("openssl")
+        .arg("dgst")
+        .arg(format!("-{bank}"))
+        .arg("-verify")
+        .arg(public)
+        .arg("-signature")
+        .arg(&sig_file)
+        .arg(&pol_file)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
