@@ -10,7 +10,6 @@ mod swtpm;
 use std::path::Path;
 use std::process::Command;
 
-use base64::Engine as _;
 use common::{imgctl, require_tool, run_ok};
 use imgctl_builder::uki::{assemble, NewSection};
 
