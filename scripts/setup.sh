@@ -49,61 +49,85 @@ apt_update() {
 if lists_stale; then
     apt_update
 fi
-# What apt would remove to install $1...: "name version" lines (a dry run; nothing changes).
+# What apt would remove to install $2...: "name version" lines (a dry run; nothing changes).
+# $1 is the release to prefer ("" for the default). A dry run that apt cannot solve at all is
+# reported as such and stops setup: an install that would fail must not be attempted.
 removals() {
+    local rel=$1 out
+    shift
     # shellcheck disable=SC2086
-    apt-get install -s -q --no-install-recommends "$@" 2>/dev/null |
-        sed -n 's/^Remv \([^ ]*\) \[\([^]]*\)\].*/\1 \2/p'
+    if ! out=$(apt-get install -s -q --no-install-recommends ${rel:+-t "$rel"} "$@" 2>&1); then
+        echo "setup: apt cannot install${rel:+ (from $rel)}: $*" >&2
+        echo "$out" | grep -E '^ |^E:' | sed 's/^/setup:   /' >&2
+        exit 1
+    fi
+    echo "$out" | sed -n 's/^Remv \([^ ]*\) \[\([^]]*\)\].*/\1 \2/p'
 }
 source_of() { apt-cache show --no-all-versions "$1" 2>/dev/null | sed -n 's/^Source: \([^ ]*\).*/\1/p' | head -n 1; }
 BACKPORTS_LIST=/etc/apt/sources.list.d/imgctl-bookworm-backports.sources
+# The source packages this machine already has from bookworm-backports (e.g. qemu on the stock
+# image, whose qemu-utils is 10.0 ~bpo12).
+bpo_sources() {
+    dpkg-query -W -f='${db:Status-Abbrev} ${Version} ${source:Package}\n' 2>/dev/null |
+        awk '$1 ~ /^ii/ && $2 ~ /~bpo12/ {print $3}' | sort -u
+}
+refuse_removals() {
+    if [ -n "$2" ]; then
+        echo "setup: installing $1 would remove packages this machine has:" >&2
+        echo "$2" | sed 's/^/setup:   /' >&2
+        echo "setup: install a compatible set of these by hand (nothing was changed)" >&2
+        exit 1
+    fi
+}
 
 if [ -n "$missing" ]; then
     # Never remove what the machine already has. A stock machine may carry a newer build from
-    # bookworm-backports (e.g. qemu-utils 10.0 ~bpo12) that bookworm's package of the same source
-    # (qemu-system-x86 7.2) conflicts with: then take the missing packages of that source from
-    # bookworm-backports too, so the set is compatible, and stop if anything still conflicts.
-    # shellcheck disable=SC2086
-    conflicts=$(removals $missing)
-    if [ -n "$conflicts" ]; then
-        want=""
-        bpo_sources=$(echo "$conflicts" | while read -r name ver; do
-            case "$ver" in *~bpo12*) d=$(dpkg-query -W -f='${source:Package}' "$name" 2>/dev/null); echo "${d:-$name}";; esac
-        done | sort -u)
-        if [ -n "$bpo_sources" ]; then
-            if ! grep -qs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/*; then
-                say "adding bookworm-backports (the machine has packages from it: $(echo "$conflicts" | tr '\n' ' '))"
-                cat > "$BACKPORTS_LIST" <<'SRC'
+    # bookworm-backports (qemu-utils 10.0 ~bpo12) that bookworm's package of the same source
+    # (qemu-system-x86 7.2) conflicts with: then the missing packages of that source are installed
+    # from bookworm-backports, in their own apt run with bookworm-backports preferred, so that
+    # their dependencies (qemu-system-common, qemu-system-data, seabios) come from there too.
+    # Everything else comes from bookworm. Either run stops before changing anything if apt would
+    # remove a package or cannot solve the set.
+    bpo=$(bpo_sources)
+    from_bpo=""
+    rest=""
+    if [ -n "$bpo" ]; then
+        if ! grep -qs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/*; then
+            say "adding bookworm-backports (the machine has packages from it, of: $(echo "$bpo" | tr '\n' ' '))"
+            cat > "$BACKPORTS_LIST" <<'SRC'
 Types: deb
 URIs: http://deb.debian.org/debian
 Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-                updated=no
-            fi
+            updated=no
             apt_update
-            for p in $missing; do
-                if echo "$bpo_sources" | grep -qx "$(source_of "$p")"; then
-                    want="$want $p/bookworm-backports"
-                else
-                    want="$want $p"
-                fi
-            done
-            missing=$want
-        fi
-        # shellcheck disable=SC2086
-        conflicts=$(removals $missing)
-        if [ -n "$conflicts" ]; then
-            echo "setup: installing$missing would remove packages this machine has:" >&2
-            echo "$conflicts" | sed 's/^/setup:   /' >&2
-            echo "setup: install a compatible set of these by hand (nothing was changed)" >&2
-            exit 1
         fi
     fi
-    say "installing:$missing"
-    # shellcheck disable=SC2086
-    apt-get install -y -q --no-install-recommends --no-remove $missing
+    for p in $missing; do
+        if [ -n "$bpo" ] && echo "$bpo" | grep -qx "$(source_of "$p")"; then
+            from_bpo="$from_bpo $p"
+        else
+            rest="$rest $p"
+        fi
+    done
+    if [ -n "$from_bpo" ]; then
+        # shellcheck disable=SC2086
+        r=$(removals bookworm-backports $from_bpo)
+        refuse_removals "$from_bpo (from bookworm-backports)" "$r"
+        say "installing from bookworm-backports:$from_bpo"
+        # shellcheck disable=SC2086
+        apt-get install -y -q --no-install-recommends --no-remove -t bookworm-backports $from_bpo
+    fi
+    if [ -n "$rest" ]; then
+        # shellcheck disable=SC2086
+        r=$(removals "" $rest)
+        refuse_removals "$rest" "$r"
+        say "installing:$rest"
+        # shellcheck disable=SC2086
+        apt-get install -y -q --no-install-recommends --no-remove $rest
+    fi
 else
     say "all Debian packages already installed"
 fi
