@@ -145,7 +145,7 @@ seed_target() {
             mkdir -p "$seeds/$t"
             find "$el" -type f -size -200k ! -name '*.json' ! -name '*.md' ! -name '*.yaml' ! -name '*.txt' \
                 ! -name '*.sha256' ! -name '*.b64' ! -name '*.warn' ! -name '*vmlinuz' -exec cp -f {} "$seeds/$t/" \; ;;
-        eventlog_userspace | userspace_log) seed "$t" "$w/userspace.log" ;;
+        eventlog_userspace) seed "$t" "$w/userspace.log" ;;
         tpms_attest | tpmt_signature | ak_public)
             seed "$t" "$w/quote.attest" "$w/quote.sig" "$w/ak.tpm2b" "$w/ec.pub.pem" "$w/rsa.pub.pem" "$w/ec.pub.der" ;;
         pem_key) seed "$t" "$w"/*.pem ;;

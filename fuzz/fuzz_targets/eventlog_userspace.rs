@@ -1,13 +1,37 @@
 #![no_main]
-//! systemd's userspace (CEL-JSON-like) log parser, replay and break-glass decoding.
+//! systemd's userspace measurement log (JSON-SEQ), the one parser the recorder, the verifier and
+//! the auditor share: parse, replay every bank, read break-glass claims, and re-encode records
+//! (what was parsed encodes to a log that parses to the same records).
+use imgctl_measure::eventlog::UserspaceLog;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(log) = imgctl_measure::eventlog::UserspaceLog::parse(data) {
+    if let Ok(log) = UserspaceLog::parse(data) {
         let _ = log.replay();
+        let mut again = Vec::new();
         for r in &log.records {
             let _ = r.digest_mismatches();
             let _ = imgctl_measure::breakglass::from_record(r);
+            again.extend(r.to_json_seq());
         }
+        let back = UserspaceLog::parse(&again).expect("own output parses");
+        let key = |l: &UserspaceLog| {
+            l.records
+                .iter()
+                .map(|r| {
+                    (
+                        r.pcr,
+                        r.nv_index_name.clone(),
+                        r.digests.clone(),
+                        r.content_type.clone(),
+                        r.event_type.clone(),
+                        r.string.clone(),
+                        r.boot_id.clone(),
+                        r.timestamp,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(key(&back), key(&log));
     }
 });

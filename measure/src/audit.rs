@@ -53,11 +53,10 @@ pub fn audit(
     let mut notes = Vec::new();
     for r in &log.records {
         if let Some(bg) = crate::breakglass::from_record(r) {
-            let ts = r.content.get("timestamp").cloned().unwrap_or_default();
             events.push(match bg {
                 Ok(b) => serde_json::json!({"record": r.index, "pcr": r.pcr, "actor": b.actor,
                     "kind": b.kind, "reason": b.reason, "time": b.time,
-                    "bootId": r.content.get("bootId"), "timestamp": ts}),
+                    "bootId": r.boot_id, "timestamp": r.timestamp}),
                 Err(e) => serde_json::json!({"record": r.index, "pcr": r.pcr, "error": e}),
             });
         }

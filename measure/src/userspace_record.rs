@@ -21,9 +21,9 @@
 //!   `{"actor":…,"kind":…,"reason":…,"time":…}` (keys sorted, compact, `time` RFC 3339 UTC
 //!   to the second). Changing any field changes the digest, so the log no longer replays to
 //!   the quoted PCR. This follows systemd's own `login:<user>:<canonical JSON>` NvPCR records.
-//!   `content_type` is `"imgctl"` (the record is ours, not systemd's). This is byte for byte
-//!   the encoding of the verifier's `measure::breakglass` (branch `verify`); when both are
-//!   merged, one of the two implementations goes.
+//!   `content_type` is `"imgctl"` (the record is ours, not systemd's). Records are the one
+//!   [`UserspaceRecord`] type of [`crate::eventlog::userspace`], which the verifier and the
+//!   auditor parse them back with.
 //! - PCR: **15** by default. Every PCR a PC Client TPM lets locality 0 extend without letting
 //!   it reset (0–15) already has an owner: 0–7 firmware, 8–9 boot loader/kernel, 10 IMA,
 //!   11–13 systemd-stub, 14 shim; 16 and 23 are resettable and 17–22 belong to DRTM. PCR 15 is
@@ -36,133 +36,15 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bank::{Digest, HashAlg};
+pub use crate::eventlog::userspace::{Origin, UserspaceRecord, RS};
 use crate::Error;
 
-/// The JSON-SEQ record separator.
-pub const RS: u8 = 0x1E;
 /// Where systemd keeps the log.
 pub const DEFAULT_LOG: &str = "/run/log/systemd/tpm2-measure.log";
 /// PCR imgctl measures break-glass events into (see the module doc).
 pub const BREAK_GLASS_PCR: u32 = 15;
 /// `eventType` of a break-glass record.
 pub const BREAK_GLASS: &str = "break-glass";
-/// Largest log we parse.
-pub const MAX_LOG_SIZE: usize = 64 << 20;
-
-/// One digest of a record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordDigest {
-    #[serde(rename = "hashAlg")]
-    pub hash_alg: String,
-    pub digest: String,
-}
-
-/// The `content` object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Content {
-    #[serde(
-        rename = "nvIndexName",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub nv_index_name: Option<String>,
-    pub string: String,
-    #[serde(rename = "bootId", default, skip_serializing_if = "Option::is_none")]
-    pub boot_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timestamp: Option<u64>,
-    #[serde(rename = "eventType", default, skip_serializing_if = "Option::is_none")]
-    pub event_type: Option<String>,
-}
-
-/// One userspace measurement record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pcr: Option<u32>,
-    pub digests: Vec<RecordDigest>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_type: Option<String>,
-    pub content: Content,
-}
-
-/// Where and when a record is made (the parts that come from the running system).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    /// `/proc/sys/kernel/random/boot_id` without dashes.
-    pub boot_id: String,
-    /// CLOCK_BOOTTIME in microseconds.
-    pub timestamp_usec: u64,
-}
-
-impl Record {
-    /// A record measuring `string` into `pcr` in `banks`, like systemd-pcrextend.
-    pub fn new(
-        pcr: u32,
-        banks: &[HashAlg],
-        string: String,
-        event_type: &str,
-        origin: &Origin,
-    ) -> Result<Record, Error> {
-        let digests = banks
-            .iter()
-            .map(|b| {
-                Ok(RecordDigest {
-                    hash_alg: b.to_string(),
-                    digest: b.hash(string.as_bytes())?.to_hex(),
-                })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
-        Ok(Record {
-            pcr: Some(pcr),
-            digests,
-            content_type: Some("systemd".into()),
-            content: Content {
-                nv_index_name: None,
-                string,
-                boot_id: Some(origin.boot_id.clone()),
-                timestamp: Some(origin.timestamp_usec),
-                event_type: Some(event_type.into()),
-            },
-        })
-    }
-
-    /// A pcrphase record (`eventType` `phase`, PCR 11).
-    pub fn phase(word: &str, banks: &[HashAlg], origin: &Origin) -> Result<Record, Error> {
-        let path: crate::PhasePath = word.parse()?;
-        if path.words().len() != 1 {
-            return Err(Error::InvalidInput(format!(
-                "phase word {word:?} must be a single word"
-            )));
-        }
-        Record::new(
-            crate::pcr11::PCR_KERNEL_IMAGE,
-            banks,
-            word.to_owned(),
-            "phase",
-            origin,
-        )
-    }
-
-    /// The digest for `bank`, if the record has one.
-    pub fn digest(&self, bank: HashAlg) -> Option<Result<Digest, Error>> {
-        let name = bank.to_string();
-        self.digests.iter().find(|d| d.hash_alg == name).map(|d| {
-            hex::decode(&d.digest)
-                .map(Digest)
-                .map_err(|e| Error::InvalidInput(format!("digest {:?}: {e}", d.digest)))
-        })
-    }
-
-    /// The JSON-SEQ encoding: `RS`, compact JSON, newline.
-    pub fn to_json_seq(&self) -> Vec<u8> {
-        let mut out = vec![RS];
-        // Plain strings, integers and vectors always serialise.
-        out.extend_from_slice(&serde_json::to_vec(self).unwrap_or_default());
-        out.push(b'\n');
-        out
-    }
-}
 
 /// A break-glass claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,17 +89,21 @@ impl BreakGlass {
     }
 
     /// The log record, in `pcr` (normally [`BREAK_GLASS_PCR`]).
-    pub fn record(&self, pcr: u32, banks: &[HashAlg], origin: &Origin) -> Result<Record, Error> {
-        let mut r = Record::new(pcr, banks, self.string(), BREAK_GLASS, origin)?;
+    pub fn record(
+        &self,
+        pcr: u32,
+        banks: &[HashAlg],
+        origin: &Origin,
+    ) -> Result<UserspaceRecord, Error> {
+        let mut r = UserspaceRecord::new(pcr, banks, self.string(), BREAK_GLASS, origin)?;
         r.content_type = Some("imgctl".into());
         Ok(r)
     }
 
     /// The claim a break-glass record makes, checked against its measured string. `None` for
     /// records that are not break-glass records by [`break_glass_claim`]'s one rule.
-    pub fn from_record(r: &Record) -> Option<Result<Self, Error>> {
-        break_glass_claim(r.content.event_type.as_deref(), Some(&r.content.string))
-            .map(|c| c.map_err(|e| Error::InvalidInput(format!("break-glass record: {e}"))))
+    pub fn from_record(r: &UserspaceRecord) -> Option<Result<Self, String>> {
+        break_glass_claim(r.event_type.as_deref(), r.string.as_deref())
     }
 }
 
@@ -250,65 +136,6 @@ pub fn break_glass_claim(
     })
 }
 
-/// Parses a JSON-SEQ log. A trailing record without its newline (a writer that died mid-way)
-/// is reported, not dropped.
-pub fn parse_log(bytes: &[u8]) -> Result<Vec<Record>, Error> {
-    if bytes.len() > MAX_LOG_SIZE {
-        return Err(Error::InvalidInput(format!(
-            "log of {} bytes exceeds the {MAX_LOG_SIZE}-byte limit",
-            bytes.len()
-        )));
-    }
-    let mut out = Vec::new();
-    let mut offset = 0usize;
-    for chunk in bytes.split(|&b| b == RS) {
-        let at = offset;
-        offset += chunk.len() + 1;
-        if at == 0 {
-            if chunk.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            return Err(Error::InvalidInput(
-                "log does not start with a record separator (0x1e) at offset 0".into(),
-            ));
-        }
-        if !chunk.ends_with(b"\n") {
-            return Err(Error::InvalidInput(format!(
-                "record {} at offset {:#x} is truncated (no trailing newline)",
-                out.len(),
-                at - 1
-            )));
-        }
-        let r: Record = serde_json::from_slice(chunk).map_err(|e| {
-            Error::InvalidInput(format!("record {} at offset {:#x}: {e}", out.len(), at - 1))
-        })?;
-        out.push(r);
-    }
-    Ok(out)
-}
-
-/// Replays the records' digests for `pcr` in `bank` onto `start` (a PCR's value before the
-/// first logged event). Records without a digest for that bank are an error.
-pub fn replay(records: &[Record], pcr: u32, bank: HashAlg, start: Digest) -> Result<Digest, Error> {
-    let mut p = crate::bank::Pcr::with_value(bank, start)?;
-    for (i, r) in records.iter().enumerate() {
-        if r.pcr != Some(pcr) {
-            continue;
-        }
-        let d = r
-            .digest(bank)
-            .ok_or_else(|| Error::InvalidInput(format!("record {i} has no {bank} digest")))??;
-        if Some(d.0.len()) != bank.digest_size() {
-            return Err(Error::InvalidInput(format!(
-                "record {i}: {bank} digest has {} bytes",
-                d.0.len()
-            )));
-        }
-        p.extend(&d);
-    }
-    Ok(p.value().clone())
-}
-
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the Unix epoch (proleptic Gregorian, UTC).
 pub fn rfc3339_utc(unix_seconds: u64) -> String {
     let days = unix_seconds / 86_400;
@@ -334,27 +161,13 @@ pub fn rfc3339_utc(unix_seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eventlog::UserspaceLog;
 
     fn origin() -> Origin {
         Origin {
             boot_id: "0123456789abcdef0123456789abcdef".into(),
             timestamp_usec: 1234,
         }
-    }
-
-    #[test]
-    fn phase_record_has_systemds_shape_and_digest() {
-        let r = Record::phase("enter-initrd", &[HashAlg::SHA256], &origin()).unwrap();
-        let text = String::from_utf8(r.to_json_seq()).unwrap();
-        // sha256("enter-initrd"), the digest pcrphase extends (reference §2.1, E1).
-        assert_eq!(
-            text,
-            format!(
-                "\u{1e}{{\"pcr\":11,\"digests\":[{{\"hashAlg\":\"sha256\",\"digest\":\"{}\"}}],\"content_type\":\"systemd\",\"content\":{{\"string\":\"enter-initrd\",\"bootId\":\"0123456789abcdef0123456789abcdef\",\"timestamp\":1234,\"eventType\":\"phase\"}}}}\n",
-                HashAlg::SHA256.hash(b"enter-initrd").unwrap()
-            )
-        );
-        assert!(Record::phase("a:b", &[HashAlg::SHA256], &origin()).is_err());
     }
 
     #[test]
@@ -376,51 +189,20 @@ mod tests {
             .unwrap();
         let mut log = r.to_json_seq();
         log.extend(
-            Record::phase("ready", &HashAlg::ALL, &origin())
+            UserspaceRecord::phase("ready", &HashAlg::ALL, &origin())
                 .unwrap()
                 .to_json_seq(),
         );
-        let parsed = parse_log(&log).unwrap();
+        let parsed = UserspaceLog::parse(&log).unwrap().records;
         assert_eq!(parsed[0], r);
         assert_eq!(BreakGlass::from_record(&parsed[0]).unwrap().unwrap(), bg);
         assert!(BreakGlass::from_record(&parsed[1]).is_none());
         let mut forged = parsed[0].clone();
-        forged.content.string = forged.content.string.replace("{\"actor\"", "{ \"actor\"");
+        forged.string = forged
+            .string
+            .map(|s| s.replace("{\"actor\"", "{ \"actor\""));
         assert!(BreakGlass::from_record(&forged).unwrap().is_err());
         assert!(BreakGlass::new("alice", "debug-shell", " ", 0).is_err());
-    }
-
-    #[test]
-    fn replay_extends_only_the_pcr_asked_for() {
-        let o = origin();
-        let recs = vec![
-            Record::phase("enter-initrd", &[HashAlg::SHA256], &o).unwrap(),
-            BreakGlass::new("a", "k", "b", 0)
-                .unwrap()
-                .record(15, &[HashAlg::SHA256], &o)
-                .unwrap(),
-        ];
-        let zero = HashAlg::SHA256.zero().unwrap();
-        let mut want = crate::bank::Pcr::reset(HashAlg::SHA256).unwrap();
-        want.extend_data(recs[1].content.string.as_bytes());
-        assert_eq!(
-            replay(&recs, 15, HashAlg::SHA256, zero.clone()).unwrap(),
-            *want.value()
-        );
-        assert!(replay(&recs, 15, HashAlg::SHA1, HashAlg::SHA1.zero().unwrap()).is_err());
-    }
-
-    #[test]
-    fn truncated_and_garbage_logs_are_reported_with_offsets() {
-        let r = Record::phase("ready", &[HashAlg::SHA256], &origin())
-            .unwrap()
-            .to_json_seq();
-        let mut two = r.clone();
-        two.extend_from_slice(&r[..r.len() - 5]);
-        let e = parse_log(&two).unwrap_err().to_string();
-        assert!(e.contains("record 1") && e.contains("truncated"), "{e}");
-        assert!(parse_log(b"{}\n").is_err());
-        assert!(parse_log(b"").unwrap().is_empty());
     }
 
     #[test]
@@ -435,12 +217,13 @@ mod tests {
 #[cfg(test)]
 mod properties {
     use super::*;
+    use crate::eventlog::UserspaceLog;
     use proptest::prelude::*;
 
     proptest! {
         #[test]
-        fn parse_log_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = parse_log(&data);
+        fn parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = UserspaceLog::parse(&data);
         }
 
         #[test]
@@ -451,7 +234,7 @@ mod properties {
             let o = Origin { boot_id: "00".repeat(16), timestamp_usec: secs };
             let bg = BreakGlass::new(&actor, "debug-shell", &reason, secs).unwrap();
             let r = bg.record(BREAK_GLASS_PCR, &HashAlg::ALL, &o).unwrap();
-            let parsed = parse_log(&r.to_json_seq()).unwrap();
+            let parsed = UserspaceLog::parse(&r.to_json_seq()).unwrap().records;
             prop_assert_eq!(&parsed[0], &r);
             prop_assert_eq!(BreakGlass::from_record(&parsed[0]).unwrap().unwrap(), bg);
         }
@@ -495,7 +278,7 @@ pub enum WriteError<L, T> {
 /// auditor sees the log does not replay. `extend` receives the record's PCR and digests.
 pub fn write_record<F: LogFile, T>(
     log: &mut F,
-    record: &Record,
+    record: &UserspaceRecord,
     banks: &[HashAlg],
     extend: impl FnOnce(u32, &[(HashAlg, Digest)]) -> Result<(), T>,
 ) -> Result<Written, WriteError<F::Error, T>>
@@ -508,8 +291,7 @@ where
     let digests = banks
         .iter()
         .map(|b| match record.digest(*b) {
-            Some(Ok(d)) => Ok((*b, d)),
-            Some(Err(e)) => Err(e),
+            Some(d) => Ok((*b, d.clone())),
             None => Err(Error::InvalidInput(format!("record lacks a {b} digest"))),
         })
         .collect::<Result<Vec<_>, Error>>()
@@ -569,12 +351,12 @@ mod protocol {
         }
     }
 
-    fn rec() -> Record {
+    fn rec() -> UserspaceRecord {
         let o = Origin {
             boot_id: "0".into(),
             timestamp_usec: 1,
         };
-        Record::phase("ready", &[HashAlg::SHA256], &o).unwrap()
+        UserspaceRecord::phase("ready", &[HashAlg::SHA256], &o).unwrap()
     }
 
     #[test]
@@ -592,7 +374,12 @@ mod protocol {
         .unwrap();
         assert!(!w.was_dirty);
         assert_eq!(f.modes, vec![0o1600, 0o600]);
-        assert_eq!(parse_log(&f.data).unwrap(), vec![r.clone()]);
+        assert_eq!(
+            crate::eventlog::UserspaceLog::parse(&f.data)
+                .unwrap()
+                .records,
+            vec![r.clone()]
+        );
         assert_eq!(extended.unwrap().0, 11);
         // The extend fails: nothing appended, mark lifted.
         let mut f = Fake {

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use imgctl_measure::userspace_record::{
-    write_record, BreakGlass, LogFile, Origin, Record, WriteError, BREAK_GLASS_PCR, DEFAULT_LOG,
+    write_record, BreakGlass, LogFile, Origin, UserspaceRecord, WriteError, BREAK_GLASS_PCR,
+    DEFAULT_LOG,
 };
 use imgctl_measure::HashAlg;
 
@@ -108,7 +109,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let origin = origin()?;
     let record = match &args.what {
-        What::Phase { word } => Record::phase(word, &banks, &origin)?,
+        What::Phase { word } => UserspaceRecord::phase(word, &banks, &origin)?,
         What::BreakGlass {
             reason,
             actor,
@@ -126,7 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             pcr,
             string,
             event_type,
-        } => Record::new(*pcr, &banks, string.clone(), event_type, &origin)?,
+        } => UserspaceRecord::new(*pcr, &banks, string.clone(), event_type, &origin)?,
     };
     if let Some(dir) = args.log.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -165,7 +166,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     drop(log); // releases the lock
     if args.json {
-        crate::output::print_json(&record)?;
+        // The record exactly as appended to the log, without the JSON-SEQ framing.
+        let seq = record.to_json_seq();
+        let json: serde_json::Value = serde_json::from_slice(seq.get(1..).unwrap_or_default())
+            .context("re-reading the record just written")?;
+        crate::output::print_json(&json)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,20 +11,35 @@
 //! systemd extends each bank with `H_bank(string)` (or an HMAC for secret-keyed events, whose
 //! digest cannot be recomputed from the log). Records for NvPCRs carry `nvIndexName` in
 //! `content`; they are parsed and kept apart from PCR replay.
+//!
+//! This is the one reader and writer of the format: the recorder (`imgctl measure`) builds
+//! [`UserspaceRecord`]s and encodes them with [`UserspaceRecord::to_json_seq`]; the verifier and
+//! the auditor read them back with [`UserspaceLog::parse`].
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bank::{Digest, HashAlg, Pcr};
 use crate::eventlog::replay::PcrValues;
-use crate::ParseError;
+use crate::{Error, ParseError};
 
 /// The JSON-SEQ record separator.
 pub const RS: u8 = 0x1e;
 /// Largest record accepted (systemd's records are a few hundred bytes; login records carry a
 /// user record and can be a few KiB).
 pub const MAX_RECORD: usize = 1 << 20;
+/// Largest log accepted (systemd's logs of a whole boot are a few KiB).
+pub const MAX_LOG: usize = 64 << 20;
+
+/// Where and when a record is made (the parts that come from the running system).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `/proc/sys/kernel/random/boot_id` without dashes.
+    pub boot_id: String,
+    /// CLOCK_BOOTTIME in microseconds.
+    pub timestamp_usec: u64,
+}
 
 /// One record of the userspace log.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,11 +58,85 @@ pub struct UserspaceRecord {
     pub event_type: Option<String>,
     /// `content.string`: the bytes systemd hashed.
     pub string: Option<String>,
-    /// The whole `content` object as logged.
-    pub content: serde_json::Value,
+    /// `content.bootId`.
+    pub boot_id: Option<String>,
+    /// `content.timestamp`: CLOCK_BOOTTIME in microseconds.
+    pub timestamp: Option<u64>,
 }
 
 impl UserspaceRecord {
+    /// A record measuring `string` into `pcr` in `banks`, as systemd-pcrextend writes it
+    /// (`content_type` `systemd`; position 0 until it is parsed from a log).
+    pub fn new(
+        pcr: u32,
+        banks: &[HashAlg],
+        string: String,
+        event_type: &str,
+        origin: &Origin,
+    ) -> Result<Self, Error> {
+        let digests = banks
+            .iter()
+            .map(|b| Ok((*b, b.hash(string.as_bytes())?)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(UserspaceRecord {
+            index: 0,
+            offset: 0,
+            pcr: Some(pcr),
+            nv_index_name: None,
+            digests,
+            content_type: Some("systemd".into()),
+            event_type: Some(event_type.into()),
+            string: Some(string),
+            boot_id: Some(origin.boot_id.clone()),
+            timestamp: Some(origin.timestamp_usec),
+        })
+    }
+
+    /// A pcrphase record (`eventType` `phase`, PCR 11).
+    pub fn phase(word: &str, banks: &[HashAlg], origin: &Origin) -> Result<Self, Error> {
+        let path: crate::PhasePath = word.parse()?;
+        if path.words().len() != 1 {
+            return Err(Error::InvalidInput(format!(
+                "phase word {word:?} must be a single word"
+            )));
+        }
+        Self::new(
+            crate::pcr11::PCR_KERNEL_IMAGE,
+            banks,
+            word.to_owned(),
+            "phase",
+            origin,
+        )
+    }
+
+    /// The JSON-SEQ encoding systemd writes: `RS`, compact JSON with systemd's key order, `LF`.
+    pub fn to_json_seq(&self) -> Vec<u8> {
+        let out = OutRecord {
+            pcr: self.pcr,
+            digests: self
+                .digests
+                .iter()
+                .map(|(b, d)| RawDigest {
+                    hash_alg: b.to_string(),
+                    digest: d.to_hex(),
+                })
+                .collect(),
+            content_type: self.content_type.as_deref(),
+            content: OutContent {
+                nv_index_name: self.nv_index_name.as_deref(),
+                string: self.string.as_deref(),
+                boot_id: self.boot_id.as_deref(),
+                timestamp: self.timestamp,
+                event_type: self.event_type.as_deref(),
+            },
+        };
+        let mut bytes = vec![RS];
+        // Strings, integers and vectors of them always serialise.
+        bytes.extend_from_slice(&serde_json::to_vec(&out).unwrap_or_default());
+        bytes.push(b'\n');
+        bytes
+    }
+
     pub fn digest(&self, bank: HashAlg) -> Option<&Digest> {
         self.digests
             .iter()
@@ -79,7 +168,31 @@ struct RawRecord {
     content: serde_json::Value,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize)]
+struct OutRecord<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pcr: Option<u32>,
+    digests: Vec<RawDigest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_type: Option<&'a str>,
+    content: OutContent<'a>,
+}
+
+#[derive(Serialize)]
+struct OutContent<'a> {
+    #[serde(rename = "nvIndexName", skip_serializing_if = "Option::is_none")]
+    nv_index_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    string: Option<&'a str>,
+    #[serde(rename = "bootId", skip_serializing_if = "Option::is_none")]
+    boot_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<u64>,
+    #[serde(rename = "eventType", skip_serializing_if = "Option::is_none")]
+    event_type: Option<&'a str>,
+}
+
+#[derive(Deserialize, Serialize)]
 struct RawDigest {
     #[serde(rename = "hashAlg")]
     hash_alg: String,
@@ -95,6 +208,13 @@ pub struct UserspaceLog {
 impl UserspaceLog {
     /// Parses a JSON-SEQ log. Empty input is an empty log (no userspace measurement yet).
     pub fn parse(data: &[u8]) -> Result<Self, ParseError> {
+        if data.len() > MAX_LOG {
+            return Err(ParseError::new(
+                0,
+                "userspace log",
+                format!("log of {} bytes exceeds {MAX_LOG}", data.len()),
+            ));
+        }
         let mut records = Vec::new();
         let mut pos = 0;
         // Leading whitespace before the first RS is tolerated; anything else is not JSON-SEQ.
@@ -124,7 +244,7 @@ impl UserspaceLog {
             }
             let record = parse_record(body, start, records.len())?;
             // systemd writes RS, JSON, LF: a record without its LF was cut short by a writer
-            // that died (the same rule as the recorder's parser, userspace_record::parse_log).
+            // that died.
             if !body.ends_with(b"\n") {
                 return Err(ParseError::new(
                     start,
@@ -237,7 +357,8 @@ fn parse_record(body: &[u8], offset: usize, index: usize) -> Result<UserspaceRec
         content_type: raw.content_type,
         event_type: field("eventType"),
         string: field("string"),
-        content: raw.content,
+        boot_id: field("bootId"),
+        timestamp: raw.content.get("timestamp").and_then(|v| v.as_u64()),
     })
 }
 
@@ -281,12 +402,57 @@ mod tests {
     }
 
     #[test]
-    fn a_last_record_without_its_newline_is_truncated_in_both_parsers() {
+    fn a_last_record_without_its_newline_is_truncated() {
         let mut log = phase_record("sysinit");
         log.pop();
         let err = UserspaceLog::parse(&log).unwrap_err();
         assert!(err.message.contains("truncated"), "{err}");
-        assert!(crate::userspace_record::parse_log(&log).is_err());
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            boot_id: "0123456789abcdef0123456789abcdef".into(),
+            timestamp_usec: 1234,
+        }
+    }
+
+    #[test]
+    fn phase_record_has_systemds_shape_and_digest() {
+        let r = UserspaceRecord::phase("enter-initrd", &[HashAlg::SHA256], &origin()).unwrap();
+        let text = String::from_utf8(r.to_json_seq()).unwrap();
+        // sha256("enter-initrd"), the digest pcrphase extends (reference §2.1, E1).
+        assert_eq!(
+            text,
+            format!(
+                "\u{1e}{{\"pcr\":11,\"digests\":[{{\"hashAlg\":\"sha256\",\"digest\":\"{}\"}}],\"content_type\":\"systemd\",\"content\":{{\"string\":\"enter-initrd\",\"bootId\":\"0123456789abcdef0123456789abcdef\",\"timestamp\":1234,\"eventType\":\"phase\"}}}}\n",
+                HashAlg::SHA256.hash(b"enter-initrd").unwrap()
+            )
+        );
+        assert!(UserspaceRecord::phase("a:b", &[HashAlg::SHA256], &origin()).is_err());
+    }
+
+    #[test]
+    fn records_the_recorder_writes_parse_back_equal() {
+        let o = origin();
+        let a = UserspaceRecord::phase("ready", &HashAlg::ALL, &o).unwrap();
+        let b = UserspaceRecord::new(15, &[HashAlg::SHA1], "x".into(), "imgctl", &o).unwrap();
+        let mut bytes = a.to_json_seq();
+        bytes.extend(b.to_json_seq());
+        let log = UserspaceLog::parse(&bytes).unwrap();
+        assert_eq!(log.records[0], a);
+        let second = &log.records[1];
+        assert_eq!((second.index, second.offset), (1, a.to_json_seq().len()));
+        assert_eq!(
+            UserspaceRecord {
+                index: 0,
+                offset: 0,
+                ..second.clone()
+            },
+            b
+        );
+        // Encoding what was parsed gives the same bytes.
+        let again: Vec<u8> = log.records.iter().flat_map(|r| r.to_json_seq()).collect();
+        assert_eq!(again, bytes);
     }
 
     #[test]
