@@ -27,12 +27,25 @@ pub enum SemanticsArg {
     #[default]
     Auto,
     /// Debian 12's systemd-stub 252: .linux .osrel .cmdline .initrd .splash .dtb .pcrpkey.
+    #[value(name = "systemd-252")]
     Systemd252,
     /// Current upstream systemd-stub: adds .ucode .uname .sbat .profile .dtbauto .hwids .efifw.
     Upstream,
 }
 
 impl SemanticsArg {
+    /// The semantics named, for inputs that carry no stub to detect it from (`auto` is refused).
+    pub fn explicit(self, what: &str) -> anyhow::Result<imgctl_measure::StubSemantics> {
+        use imgctl_measure::StubSemantics;
+        match self {
+            SemanticsArg::Auto => anyhow::bail!(
+                "--stub-semantics auto: {what} carries no stub to detect it from; give systemd-252 or upstream"
+            ),
+            SemanticsArg::Systemd252 => Ok(StubSemantics::Systemd252),
+            SemanticsArg::Upstream => Ok(StubSemantics::Upstream),
+        }
+    }
+
     pub fn resolve(self, uki: &imgctl_measure::Uki<'_>) -> imgctl_measure::StubSemantics {
         use imgctl_measure::StubSemantics;
         match self {

@@ -715,7 +715,7 @@ fn stub_sidecar_prediction_streams_the_archive_gnu_cpio_reads() {
             .args([
                 "ext",
                 "predict-pcrs",
-                "--stub",
+                "--stub-semantics",
                 "upstream",
                 "--bank",
                 "sha256",
@@ -776,8 +776,8 @@ fn stub_sidecar_prediction_streams_the_archive_gnu_cpio_reads() {
             .args([
                 "ext",
                 "predict-pcrs",
-                "--stub",
-                "252",
+                "--stub-semantics",
+                "systemd-252",
                 "--bank",
                 "sha256",
                 "--json",

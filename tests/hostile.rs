@@ -1292,8 +1292,7 @@ fn capture() -> Option<Capture> {
         &std::fs::read(src.join("ovmf-stub252-systemd-measure.json")).unwrap(),
     )
     .unwrap();
-    let manifest = serde_json::json!({"format": "imgctl-manifest/1", "name": "demo",
-        "uki": {"file": "demo.efi", "stub": {"semantics": "systemd-252"}, "sections": sections}, "pcrs": pcrs});
+    let manifest = common::reference_manifest("demo", "demo.efi", "systemd-252", &sections, pcrs);
     write(
         tmp.path(),
         "demo.manifest.json",
@@ -2349,8 +2348,14 @@ fn fuzz_pcrs_json_rejects_a_hash_of_the_wrong_length_for_its_bank() {
             parse_pcrs_json("pcrs.json", pcrs.as_bytes()).is_err(),
             "pcrs.json: a {len}-byte {bank} value was accepted"
         );
-        let manifest =
-            format!("{{\"format\": \"imgctl-manifest/1\", \"name\": \"t\", \"pcrs\": {pcrs}}}");
+        let manifest = common::reference_manifest(
+            "t",
+            "t.efi",
+            "upstream",
+            &[],
+            serde_json::from_str(&pcrs).unwrap(),
+        )
+        .to_string();
         assert!(
             parse_manifest("manifest.json", manifest.as_bytes()).is_err(),
             "manifest.json: a {len}-byte {bank} value was accepted"

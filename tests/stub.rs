@@ -603,7 +603,7 @@ fn demo_boots_with_our_stub_and_measures_like_systemd_stub() {
         );
         assert_eq!(
             pcr_hex(&sd_r, bank, 11),
-            predicted_pcr11(&demo.systemd, "systemd252", name),
+            predicted_pcr11(&demo.systemd, "systemd-252", name),
             "{name} PCR 11 with systemd-stub"
         );
     }

@@ -77,12 +77,7 @@ fn manifest(c: &Capture) -> serde_json::Value {
         &std::fs::read(c.dir.join("ovmf-stub252-systemd-measure.json")).unwrap(),
     )
     .unwrap();
-    serde_json::json!({
-        "format": "imgctl-manifest/1",
-        "name": "demo",
-        "uki": {"file": "demo.efi", "stub": {"semantics": "systemd-252"}, "sections": sections},
-        "pcrs": pcrs,
-    })
+    common::reference_manifest("demo", "demo.efi", "systemd-252", &sections, pcrs)
 }
 
 const POLICY_PCRS: [u32; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 9, 11];

@@ -285,7 +285,7 @@ fn pcr11_of_a_uki_on_the_257_stub_equals_predict_pcrs() {
         "sha256",
         "--json",
         "--stub-semantics",
-        "systemd252",
+        "systemd-252",
     ]));
     let as_252: serde_json::Value = serde_json::from_slice(&out).unwrap();
     for bank in ["sha1", "sha256"] {

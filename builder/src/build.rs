@@ -4,7 +4,6 @@
 //! that went into it, when there is one), `pcrs.json` (PCR 11 predictions in
 //! `systemd-measure calculate --json` shape) and `manifest.json` (written last).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use imgctl_measure::authenticode::authenticode_digests;
@@ -18,8 +17,9 @@ use crate::recipe::{OsRelease, Recipe};
 use crate::uki::{assemble, check_stub, merge_sbat, pe_sbat, NewSection, SBAT_UKI_DEFAULT};
 use crate::Error;
 
-/// Manifest format identifier; bump on incompatible changes.
-pub const MANIFEST_FORMAT: &str = "imgctl-manifest/1";
+pub use imgctl_measure::manifest::{
+    Digests, FileRecord, Manifest, SectionRecord, StubRecord, UkiRecord, MANIFEST_FORMAT,
+};
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -54,69 +54,6 @@ pub struct BuildOutput {
     pub manifest_path: PathBuf,
     pub manifest: Manifest,
     pub prediction: Prediction,
-}
-
-/// Digests of one byte string in every bank, keyed by bank name.
-pub type Digests = BTreeMap<String, String>;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct FileRecord {
-    pub role: String,
-    pub path: String,
-    pub size: u64,
-    pub digests: Digests,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SectionRecord {
-    pub name: String,
-    /// File offset of the raw data.
-    pub offset: u32,
-    pub virtual_address: u32,
-    pub virtual_size: u32,
-    pub size_of_raw_data: u32,
-    /// Whether the stub measures this section into PCR 11.
-    pub measured: bool,
-    /// Digests of the `virtual_size` bytes the stub measures.
-    pub digests: Digests,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StubRecord {
-    pub path: String,
-    pub sdmagic: Option<String>,
-    pub semantics: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct UkiRecord {
-    pub file: String,
-    pub size: u64,
-    pub digests: Digests,
-    /// The Authenticode hash per bank: what firmware extends into PCR 4 when it loads the UKI.
-    pub authenticode: Digests,
-    /// The Authenticode hash of the `.linux` kernel image, when it is a PE: stubs start it with
-    /// LoadImage, so firmware measures it into PCR 4 too.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kernel_authenticode: Option<Digests>,
-    pub stub: StubRecord,
-    pub sections: Vec<SectionRecord>,
-}
-
-/// `manifest.json`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Manifest {
-    pub format: String,
-    pub name: String,
-    pub version: String,
-    pub builder: String,
-    pub source_date_epoch: u64,
-    pub recipe: FileRecord,
-    pub inputs: Vec<FileRecord>,
-    pub uki: UkiRecord,
-    pub initrd: Option<FileRecord>,
-    /// PCR 11 predictions, as in pcrs.json.
-    pub pcrs: serde_json::Value,
 }
 
 fn digests_map(banks: &[HashAlg], d: &[Digest]) -> Digests {
@@ -427,7 +364,7 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
             stub: StubRecord {
                 path: recipe.stub.display().to_string(),
                 sdmagic: identity.sdmagic.clone(),
-                semantics: semantics.name().to_owned(),
+                semantics,
             },
             sections: section_records,
         },
@@ -439,7 +376,8 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
                 &matrix[i],
             )
         }),
-        pcrs: pcrs_json.clone(),
+        events: Vec::new(),
+        pcrs: prediction.to_pcrs_json(),
     };
 
     let mut input_paths: Vec<&Path> = vec![&recipe.path, &recipe.stub];
@@ -451,7 +389,7 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
         None => None,
     };
     let pcrs_path = stage.add("pcrs.json", &to_json_bytes(&pcrs_json)?)?;
-    let manifest_path = stage.add("manifest.json", &to_json_bytes(&manifest)?)?;
+    let manifest_path = stage.add("manifest.json", &manifest.to_json_bytes())?;
     let out = BuildOutput {
         uki: uki_path,
         initrd: initrd_path,

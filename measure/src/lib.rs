@@ -38,6 +38,7 @@ pub mod breakglass;
 pub mod eventlog;
 pub mod guest_report;
 pub mod keys;
+pub mod manifest;
 pub mod pcr11;
 pub mod pcrsig;
 pub mod pe;

@@ -114,8 +114,10 @@ pub fn pcr11_event_data<'a>(
 }
 
 /// One predicted value, serialised in systemd-measure's JSON shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PcrValue {
+    #[serde(default)]
     #[serde(skip_serializing_if = "String::is_empty")]
     pub phase: String,
     pub pcr: u32,
@@ -131,22 +133,25 @@ pub struct Prediction {
 impl Prediction {
     /// `{"sha1":[{"phase":…,"pcr":11,"hash":…}],…}` exactly as systemd-measure prints it.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut map = serde_json::Map::new();
-        for (bank, values) in &self.banks {
-            let list: Vec<PcrValue> = values
-                .iter()
-                .map(|(p, d)| PcrValue {
-                    phase: p.to_string(),
-                    pcr: PCR_KERNEL_IMAGE,
-                    hash: d.to_hex(),
-                })
-                .collect();
-            map.insert(
-                bank.to_string(),
-                serde_json::to_value(list).unwrap_or_default(),
-            );
-        }
-        serde_json::Value::Object(map)
+        serde_json::to_value(self.to_pcrs_json()).unwrap_or_default()
+    }
+
+    /// The same, typed (the `pcrs` of [`crate::manifest::Manifest`]).
+    pub fn to_pcrs_json(&self) -> crate::manifest::PcrsJson {
+        self.banks
+            .iter()
+            .map(|(bank, values)| {
+                let list = values
+                    .iter()
+                    .map(|(p, d)| PcrValue {
+                        phase: p.to_string(),
+                        pcr: PCR_KERNEL_IMAGE,
+                        hash: d.to_hex(),
+                    })
+                    .collect();
+                (bank.to_string(), list)
+            })
+            .collect()
     }
 
     /// The value for one bank and phase path.

@@ -54,8 +54,8 @@ use crate::pcr11::{name_bytes, StubSemantics, PCR_KERNEL_IMAGE, PHASE_WORDS};
 use crate::quote::{verify_quote, AkPublic, Signature};
 use crate::Error;
 
-/// The manifest format this verifier reads (`imgctl build` writes it).
-pub const MANIFEST_FORMAT: &str = "imgctl-manifest/1";
+pub use crate::manifest::MANIFEST_FORMAT;
+use crate::manifest::{Manifest, PcrsJson};
 
 /// A verification policy. Parse it with [`Policy::parse`], which also checks it: unknown keys,
 /// unknown banks, PCR indices outside 0–23, malformed or wrong-sized golden values, golden
@@ -186,25 +186,14 @@ fn digests(map: &BTreeMap<String, String>) -> Result<BTreeMap<HashAlg, Digest>, 
         .collect()
 }
 
-#[derive(Deserialize)]
-struct PcrsJsonEntry {
-    #[serde(default)]
-    phase: String,
-    pcr: u32,
-    hash: String,
-}
-
 /// Reads `systemd-measure calculate --json` output (`imgctl predict-pcrs --json`).
 pub fn parse_pcrs_json(name: &str, data: &[u8]) -> Result<Vec<PhaseValue>, Error> {
-    let v: BTreeMap<String, Vec<PcrsJsonEntry>> = serde_json::from_slice(data)
+    let v: PcrsJson = serde_json::from_slice(data)
         .map_err(|e| Error::InvalidInput(format!("{name}: not a pcrs.json: {e}")))?;
     pcrs_from(name, v)
 }
 
-fn pcrs_from(
-    name: &str,
-    v: BTreeMap<String, Vec<PcrsJsonEntry>>,
-) -> Result<Vec<PhaseValue>, Error> {
+fn pcrs_from(name: &str, v: PcrsJson) -> Result<Vec<PhaseValue>, Error> {
     let mut out = Vec::new();
     for (bank, list) in v {
         let bank: HashAlg = bank
@@ -229,102 +218,22 @@ fn pcrs_from(
     Ok(out)
 }
 
-#[derive(Deserialize)]
-struct ManifestJson {
-    /// Required: a pcrs.json or any other JSON object given as a manifest is an error.
-    format: String,
-    #[serde(default)]
-    name: String,
-    uki: Option<UkiJson>,
-    #[serde(default)]
-    events: Vec<EventJson>,
-    pcrs: Option<BTreeMap<String, Vec<PcrsJsonEntry>>>,
-}
-
-#[derive(Deserialize)]
-struct UkiJson {
-    #[serde(default)]
-    file: String,
-    #[serde(default)]
-    authenticode: BTreeMap<String, String>,
-    #[serde(default)]
-    kernel_authenticode: BTreeMap<String, String>,
-    stub: Option<StubJson>,
-    #[serde(default)]
-    sections: Vec<SectionJson>,
-}
-
-/// `semantics` is spelled as [`StubSemantics::name`] writes it (the builder's manifest), exactly.
-#[derive(Deserialize)]
-struct StubJson {
-    semantics: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct SectionJson {
-    name: String,
-    #[serde(default = "yes")]
-    measured: bool,
-    #[serde(default)]
-    digests: BTreeMap<String, String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Deserialize)]
-struct EventJson {
-    pcr: u32,
-    #[serde(default)]
-    digests: BTreeMap<String, String>,
-    description: Option<String>,
-}
-
 /// Reads an `imgctl build` manifest (`imgctl-manifest/1`): the UKI's measured sections and
 /// Authenticode hash, its PCR 11 predictions, and optional extra predicted `events`.
 pub fn parse_manifest(file: &str, data: &[u8]) -> Result<Artifact, Error> {
-    let m: ManifestJson = serde_json::from_slice(data)
-        .map_err(|e| Error::InvalidInput(format!("{file}: not a manifest: {e}")))?;
-    if m.format != MANIFEST_FORMAT {
-        return Err(Error::InvalidInput(format!(
-            "{file}: manifest format {:?}, expected {MANIFEST_FORMAT:?}",
-            m.format
-        )));
-    }
+    let m = Manifest::from_json(file, data)?;
     let mut a = Artifact {
-        name: if m.name.is_empty() {
-            file.to_owned()
-        } else {
-            m.name.clone()
-        },
+        name: format!("{} ({})", m.uki.file, m.name),
         ..Artifact::default()
     };
-    if let Some(uki) = &m.uki {
-        if !uki.file.is_empty() {
-            a.name = format!("{} ({})", uki.file, a.name);
-        }
-        a.authenticode = digests(&uki.authenticode)?;
-        a.kernel_authenticode = digests(&uki.kernel_authenticode)?;
-        a.semantics = match uki.stub.as_ref().and_then(|s| s.semantics.as_deref()) {
-            None => None,
-            Some(s) => Some(
-                [StubSemantics::Systemd252, StubSemantics::Upstream]
-                    .into_iter()
-                    .find(|k| k.name() == s)
-                    .ok_or_else(|| {
-                        Error::InvalidInput(format!(
-                            "{file}: uki.stub.semantics {s:?} is neither \"systemd-252\" nor \"upstream\""
-                        ))
-                    })?,
-            ),
-        };
-        for s in uki.sections.iter().filter(|s| s.measured) {
-            a.sections.push(SectionRef {
-                name: s.name.clone(),
-                digests: digests(&s.digests)?,
-            });
-        }
+    a.authenticode = digests(&m.uki.authenticode)?;
+    a.kernel_authenticode = digests(&m.uki.kernel_authenticode.unwrap_or_default())?;
+    a.semantics = Some(m.uki.stub.semantics);
+    for s in m.uki.sections.iter().filter(|s| s.measured) {
+        a.sections.push(SectionRef {
+            name: s.name.clone(),
+            digests: digests(&s.digests)?,
+        });
     }
     for e in &m.events {
         a.events.push(EventRef {
@@ -333,9 +242,7 @@ pub fn parse_manifest(file: &str, data: &[u8]) -> Result<Artifact, Error> {
             description: e.description.clone(),
         });
     }
-    if let Some(p) = m.pcrs {
-        a.pcr11 = pcrs_from(&a.name, p)?;
-    }
+    a.pcr11 = pcrs_from(&a.name, m.pcrs)?;
     Ok(a)
 }
 
@@ -1055,10 +962,9 @@ mod tests {
     use super::*;
 
     fn manifest(semantics: &str) -> Vec<u8> {
-        serde_json::json!({"format": MANIFEST_FORMAT, "name": "x",
-            "uki": {"file": "x.efi", "stub": {"semantics": semantics}, "sections": []}})
-        .to_string()
-        .into_bytes()
+        let mut m = serde_json::to_value(crate::manifest::tests::sample()).unwrap();
+        m["uki"]["stub"]["semantics"] = semantics.into();
+        m.to_string().into_bytes()
     }
 
     /// Defect H28: stub semantics was chosen by `contains("252")`, so "upstream-2520" meant

@@ -108,7 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .sdmagic
             .as_deref()
             .unwrap_or("unknown"),
-        out.manifest.uki.stub.semantics
+        out.manifest.uki.stub.semantics.name()
     );
     if let Some((path, index)) = &proof {
         outln!("  logged    entry {index}, proof {}", path.display());

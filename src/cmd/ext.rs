@@ -30,15 +30,15 @@ enum ExtCommand {
 /// (`<uki>.efi.extra.d/*.raw`): the sidecar cpio it builds, hashed into PCR 13 (sysext) and,
 /// upstream, PCR 12 (*.confext.raw). The PCR value assumes a reset PCR (true for 13).
 ///
-/// Example: imgctl ext predict-pcrs images/demo-sysext/demo-sysext.raw --stub 252 --json
+/// Example: imgctl ext predict-pcrs images/demo-sysext/demo-sysext.raw --stub-semantics systemd-252 --json
 #[derive(Debug, clap::Args)]
 struct PredictArgs {
     /// The .raw files, named as they will be on the ESP.
     #[arg(required = true)]
     images: Vec<PathBuf>,
-    /// Stub version: "252" (Debian 12) or "upstream".
-    #[arg(long, default_value = "252")]
-    stub: String,
+    /// The stub that will boot them: systemd-252 (Debian 12) or upstream.
+    #[arg(long = "stub-semantics", value_enum, default_value = "systemd-252")]
+    semantics: crate::uki_input::SemanticsArg,
     /// PCR bank; repeat for several. Default: sha1, sha256, sha384, sha512.
     #[arg(long = "bank", value_name = "BANK")]
     banks: Vec<imgctl_measure::HashAlg>,
@@ -266,12 +266,8 @@ fn run_verity(args: VerityArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
-    use imgctl_measure::{HashAlg, StubSemantics};
-    let semantics = match args.stub.as_str() {
-        "252" => StubSemantics::Systemd252,
-        "upstream" => StubSemantics::Upstream,
-        other => anyhow::bail!("--stub {other:?}: expected 252 or upstream"),
-    };
+    use imgctl_measure::HashAlg;
+    let semantics = args.semantics.explicit("an extension image")?;
     let banks = if args.banks.is_empty() {
         HashAlg::ALL.to_vec()
     } else {

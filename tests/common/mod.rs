@@ -135,3 +135,41 @@ pub fn openssl_verifies(dir: &Path, bank: &str, public: &Path, pol: &[u8], sig_b
         .status
         .success()
 }
+
+/// A complete `imgctl-manifest/1` for a UKI imgctl did not build (the shared OVMF capture's):
+/// `sections` are `{"name", "measured", "digests"}` objects; layout and provenance fields the
+/// verifier does not read are zero or "(reference)".
+#[allow(dead_code)]
+pub fn reference_manifest(
+    name: &str,
+    file: &str,
+    semantics: &str,
+    sections: &[serde_json::Value],
+    pcrs: serde_json::Value,
+) -> serde_json::Value {
+    let none =
+        serde_json::json!({"role": "reference", "path": "(reference)", "size": 0, "digests": {}});
+    let sections: Vec<serde_json::Value> = sections
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            for k in [
+                "offset",
+                "virtual_address",
+                "virtual_size",
+                "size_of_raw_data",
+            ] {
+                s[k] = 0.into();
+            }
+            s
+        })
+        .collect();
+    serde_json::json!({
+        "format": "imgctl-manifest/1", "name": name, "version": "0", "builder": "(reference)",
+        "source_date_epoch": 0, "recipe": none, "inputs": [], "initrd": null,
+        "uki": {"file": file, "size": 0, "digests": {}, "authenticode": {},
+                "stub": {"path": "(reference)", "sdmagic": null, "semantics": semantics},
+                "sections": sections},
+        "pcrs": pcrs,
+    })
+}
