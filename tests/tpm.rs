@@ -586,3 +586,118 @@ fn a_locked_out_tpm_is_reported_as_such() {
     assert!(e.contains("dictionary-attack lockout"), "{e}");
     assert!(!blob.exists());
 }
+
+/// An ECDSA P-256 AK made and used by tpm2-tools (not by imgctl): our quote verifier accepts
+/// its quote with the AK given as the PEM SubjectPublicKeyInfo tpm2-tools writes and as its
+/// TPM2B_PUBLIC, and refuses it for another nonce or with a flipped signature bit.
+#[test]
+fn a_tpm2_tools_ecdsa_p256_quote_verifies_with_our_verifier() {
+    use imgctl_measure::quote::{verify_quote, AkPublic, Signature};
+    if !base_tools() || !have(&[("tpm2_quote", "tpm2-tools")]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tpm = Swtpm::start_tcp();
+    let run = |args: &[&str]| {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(d)
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // swtpm has no resource manager here: flush transient objects after every step (the
+    // tools keep saved contexts in files).
+    let tools = |args: &[&str]| {
+        run(args);
+        run(&["tpm2_flushcontext", "-t"]);
+    };
+    tools(&[
+        "tpm2_createprimary",
+        "-C",
+        "e",
+        "-G",
+        "ecc",
+        "-c",
+        "primary.ctx",
+    ]);
+    tools(&[
+        "tpm2_create",
+        "-C",
+        "primary.ctx",
+        "-G",
+        "ecc256:ecdsa-sha256:null",
+        "-a",
+        "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign",
+        "-u",
+        "ak.pub",
+        "-r",
+        "ak.priv",
+    ]);
+    tools(&[
+        "tpm2_load",
+        "-C",
+        "primary.ctx",
+        "-u",
+        "ak.pub",
+        "-r",
+        "ak.priv",
+        "-c",
+        "ak.ctx",
+    ]);
+    tools(&[
+        "tpm2_readpublic",
+        "-c",
+        "ak.ctx",
+        "-f",
+        "pem",
+        "-o",
+        "ak.pem",
+    ]);
+    tools(&[
+        "tpm2_quote",
+        "-c",
+        "ak.ctx",
+        "-l",
+        "sha256:0,7,11",
+        "-q",
+        "abcdef0123",
+        "-m",
+        "quote.msg",
+        "-s",
+        "quote.sig",
+        "-g",
+        "sha256",
+    ]);
+    let msg = std::fs::read(d.join("quote.msg")).unwrap();
+    let sig_bytes = std::fs::read(d.join("quote.sig")).unwrap();
+    let sig = Signature::parse(&sig_bytes).unwrap();
+    assert!(matches!(sig, Signature::Ecdsa { .. }));
+    let values = |bank: imgctl_measure::HashAlg, index: u32| {
+        Some(imgctl_measure::Digest(
+            hex::decode(pcr(&tpm, &bank.to_string(), index)).unwrap(),
+        ))
+    };
+    for ak_file in ["ak.pem", "ak.pub"] {
+        let ak = AkPublic::parse(&std::fs::read(d.join(ak_file)).unwrap()).unwrap();
+        assert!(matches!(ak, AkPublic::Ecc { .. }), "{ak_file}");
+        verify_quote(&msg, &sig, &ak, &hex::decode("abcdef0123").unwrap(), values)
+            .unwrap_or_else(|e| panic!("{ak_file}: {e}"));
+        assert!(
+            verify_quote(&msg, &sig, &ak, &hex::decode("abcdef0124").unwrap(), values).is_err()
+        );
+        let mut flipped = sig_bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        let bad = Signature::parse(&flipped).unwrap();
+        assert!(
+            verify_quote(&msg, &bad, &ak, &hex::decode("abcdef0123").unwrap(), values).is_err()
+        );
+    }
+}

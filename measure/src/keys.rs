@@ -320,9 +320,7 @@ pub fn ecdsa_der_to_rs(signature: &[u8]) -> Result<([u8; 32], [u8; 32]), KeyErro
     Ok((r.into(), s.into()))
 }
 
-/// `TPM_ALG_RSASSA` and `TPM_ALG_ECDSA`.
-pub const TPM_ALG_RSASSA: u16 = 0x0014;
-pub const TPM_ALG_ECDSA: u16 = 0x0018;
+pub use crate::tpm_wire::{TPM_ALG_ECDSA, TPM_ALG_RSASSA};
 
 /// A `.pcrsig` signature as the marshalled `TPMT_SIGNATURE` that `TPM2_VerifySignature`
 /// takes: `sigAlg ‖ hash ‖ TPM2B sig` (RSASSA) or `sigAlg ‖ hash ‖ TPM2B r ‖ TPM2B s` (ECDSA).
@@ -336,11 +334,7 @@ pub fn tpmt_signature(
     }
     let mut out = Vec::with_capacity(signature.len() + 8);
     let push_tpm2b = |out: &mut Vec<u8>, b: &[u8]| -> Result<(), KeyError> {
-        let n = u16::try_from(b.len())
-            .map_err(|_| malformed("signature", "longer than 65535 bytes"))?;
-        out.extend_from_slice(&n.to_be_bytes());
-        out.extend_from_slice(b);
-        Ok(())
+        crate::tpm_wire::put_tpm2b(out, b, "signature").map_err(|e| malformed("signature", e))
     };
     match key {
         TpmPublicKey::Rsa { .. } => {

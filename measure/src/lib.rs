@@ -47,6 +47,7 @@ pub mod predict;
 pub mod quote;
 pub mod reader;
 pub mod tlog;
+pub mod tpm_wire;
 pub mod uki;
 pub mod userspace_record;
 pub mod verify;

@@ -25,13 +25,10 @@ use crate::Error;
 pub const TPM_CC_POLICY_PCR: u32 = 0x0000_017F;
 /// `TPM_CC_PolicyAuthorize`.
 pub const TPM_CC_POLICY_AUTHORIZE: u32 = 0x0000_016A;
-/// `TPM_ALG_RSA`, `TPM_ALG_ECC`, `TPM_ALG_NULL`, `TPM_ALG_SHA256`.
-pub const TPM_ALG_RSA: u16 = 0x0001;
-pub const TPM_ALG_ECC: u16 = 0x0023;
-pub const TPM_ALG_NULL: u16 = 0x0010;
-pub const TPM_ALG_SHA256: u16 = 0x000B;
-/// `TPM_ECC_NIST_P256`.
-pub const TPM_ECC_NIST_P256: u16 = 0x0003;
+use crate::tpm_wire::{put_pcr_selection_list, put_tpm2b};
+pub use crate::tpm_wire::{
+    TPM_ALG_ECC, TPM_ALG_NULL, TPM_ALG_RSA, TPM_ALG_SHA256, TPM_ECC_NIST_P256,
+};
 /// `TPMA_OBJECT` bits systemd sets on a loaded external public key.
 pub const TPMA_OBJECT_USERWITHAUTH: u32 = 0x0000_0040;
 pub const TPMA_OBJECT_DECRYPT: u32 = 0x0002_0000;
@@ -79,10 +76,8 @@ impl PcrSelection {
     /// sizeofSelect=3 ‖ pcrSelect[3]` (bit i of byte i/8 selects PCR i).
     pub fn marshal(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(10);
-        out.extend_from_slice(&1u32.to_be_bytes());
-        out.extend_from_slice(&self.bank.0.to_be_bytes());
-        out.push(3);
-        out.extend_from_slice(&self.mask.to_le_bytes()[..3]);
+        // The mask holds PCRs 0–23 only (checked in `new`), so this cannot fail.
+        let _ = put_pcr_selection_list(&mut out, &[(self.bank, self.mask)]);
         out
     }
 }
@@ -160,15 +155,16 @@ impl std::fmt::Debug for TpmPublicKey {
     }
 }
 
-fn tpm2b(out: &mut Vec<u8>, data: &[u8]) {
-    // Callers pass keys of at most a few hundred bytes.
-    out.extend_from_slice(&(data.len() as u16).to_be_bytes());
-    out.extend_from_slice(data);
-}
-
 impl TpmPublicKey {
     /// The marshalled `TPMT_PUBLIC` in systemd's template (see the module doc).
+    ///
+    /// A key whose modulus does not fit a TPM2B (no RSA key does: the TPM's limit is far lower)
+    /// marshals to nothing, so its Name matches no TPM's and nothing verifies with it.
     pub fn tpmt_public(&self) -> Vec<u8> {
+        self.try_tpmt_public().unwrap_or_default()
+    }
+
+    fn try_tpmt_public(&self) -> Result<Vec<u8>, crate::tpm_wire::TooLong> {
         let attrs = TPMA_OBJECT_DECRYPT | TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_USERWITHAUTH;
         let mut out = Vec::with_capacity(300);
         let ty = match self {
@@ -178,30 +174,31 @@ impl TpmPublicKey {
         out.extend_from_slice(&ty.to_be_bytes());
         out.extend_from_slice(&TPM_ALG_SHA256.to_be_bytes());
         out.extend_from_slice(&attrs.to_be_bytes());
-        tpm2b(&mut out, &[]); // authPolicy
+        put_tpm2b(&mut out, &[], "authPolicy")?;
         out.extend_from_slice(&TPM_ALG_NULL.to_be_bytes()); // symmetric
         out.extend_from_slice(&TPM_ALG_NULL.to_be_bytes()); // scheme
         match self {
             TpmPublicKey::Rsa { n, e } => {
                 out.extend_from_slice(&((n.len() * 8) as u16).to_be_bytes());
                 out.extend_from_slice(&e.to_be_bytes());
-                tpm2b(&mut out, n);
+                put_tpm2b(&mut out, n, "TPM2B_PUBLIC_KEY_RSA")?;
             }
             TpmPublicKey::EccP256 { x, y } => {
                 out.extend_from_slice(&TPM_ECC_NIST_P256.to_be_bytes());
                 out.extend_from_slice(&TPM_ALG_NULL.to_be_bytes()); // kdf
-                tpm2b(&mut out, x);
-                tpm2b(&mut out, y);
+                put_tpm2b(&mut out, x, "TPMS_ECC_POINT.x")?;
+                put_tpm2b(&mut out, y, "TPMS_ECC_POINT.y")?;
             }
         }
-        out
+        Ok(out)
     }
 
     /// `TPM2B_PUBLIC`: the `TPMT_PUBLIC` with a 16-bit size in front.
     pub fn tpm2b_public(&self) -> Vec<u8> {
         let t = self.tpmt_public();
         let mut out = Vec::with_capacity(t.len() + 2);
-        tpm2b(&mut out, &t);
+        // A TPMT_PUBLIC is a few hundred bytes.
+        let _ = put_tpm2b(&mut out, &t, "TPM2B_PUBLIC");
         out
     }
 

@@ -21,15 +21,11 @@ use crate::ParseError;
 
 pub const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
 pub const TPM_ST_ATTEST_QUOTE: u16 = 0x8018;
-pub const TPM_ALG_RSA: u16 = 0x0001;
-pub const TPM_ALG_NULL: u16 = 0x0010;
-pub const TPM_ALG_RSASSA: u16 = 0x0014;
-pub const TPM_ALG_RSAPSS: u16 = 0x0016;
-pub const TPM_ALG_ECDSA: u16 = 0x0018;
-pub const TPM_ALG_ECDAA: u16 = 0x001a;
-pub const TPM_ALG_ECC: u16 = 0x0023;
-pub const TPM_ECC_NIST_P256: u16 = 0x0003;
-pub const TPM_ECC_NIST_P384: u16 = 0x0004;
+use crate::tpm_wire::{read_pcr_selection_list, read_tpm2b as tpm2b};
+pub use crate::tpm_wire::{
+    TPM_ALG_ECC, TPM_ALG_ECDAA, TPM_ALG_ECDSA, TPM_ALG_NULL, TPM_ALG_RSA, TPM_ALG_RSAPSS,
+    TPM_ALG_RSASSA, TPM_ECC_NIST_P256, TPM_ECC_NIST_P384,
+};
 
 /// Why a quote was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,11 +72,6 @@ pub struct QuoteInfo {
     pub pcr_digest: Vec<u8>,
 }
 
-fn tpm2b<'a>(r: &mut Reader<'a>, what: &'static str) -> Result<&'a [u8], ParseError> {
-    let n = r.u16_be(what)?;
-    r.take(usize::from(n), what)
-}
-
 impl Attest {
     /// Parses a `TPM2B_ATTEST` (size-prefixed) or bare `TPMS_ATTEST`; returns the attest and
     /// the exact bytes the TPM signed.
@@ -106,31 +97,7 @@ impl Attest {
         let safe = r.u8("TPMS_CLOCK_INFO.safe")?;
         let firmware_version = r.u64_be("TPMS_ATTEST.firmwareVersion")?;
         let quote = if attest_type == TPM_ST_ATTEST_QUOTE {
-            let at = r.offset();
-            let count = r.u32_be("TPML_PCR_SELECTION.count")?;
-            if count as usize > r.remaining() / 3 {
-                return Err(ParseError::new(
-                    at,
-                    "TPML_PCR_SELECTION.count",
-                    format!("{count} selections cannot fit"),
-                ));
-            }
-            let mut selections = Vec::with_capacity(count as usize);
-            for _ in 0..count {
-                let bank = HashAlg(r.u16_be("TPMS_PCR_SELECTION.hash")?);
-                let n = r.u8("TPMS_PCR_SELECTION.sizeofSelect")?;
-                let bits = r.take(usize::from(n), "TPMS_PCR_SELECTION.pcrSelect")?;
-                let pcrs = bits
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(i, b)| {
-                        (0..8)
-                            .filter(move |j| b & (1 << j) != 0)
-                            .map(move |j| (i * 8 + j) as u32)
-                    })
-                    .collect();
-                selections.push((bank, pcrs));
-            }
+            let selections = read_pcr_selection_list(&mut r)?;
             let pcr_digest = tpm2b(&mut r, "TPMS_QUOTE_INFO.pcrDigest")?.to_vec();
             r.expect_end("TPMS_ATTEST")?;
             Some(QuoteInfo {
@@ -230,7 +197,7 @@ impl AkPublic {
     /// SubjectPublicKeyInfo.
     pub fn parse(data: &[u8]) -> Result<AkPublic, ParseError> {
         if let Some(der) = pem_body(data) {
-            return parse_spki(&der);
+            return parse_spki(&der?);
         }
         if data.first() == Some(&0x30) {
             return parse_spki(data);
@@ -308,88 +275,71 @@ fn parse_tpmt_public(r: &mut Reader<'_>, to_end: bool) -> Result<AkPublic, Parse
     Ok(key)
 }
 
-fn pem_body(data: &[u8]) -> Option<Vec<u8>> {
-    use base64::Engine as _;
+/// `BEGIN PUBLIC KEY` PEM (RFC 7468) to DER; `None` when `data` is not PEM at all.
+fn pem_body(data: &[u8]) -> Option<Result<Vec<u8>, ParseError>> {
     let text = std::str::from_utf8(data).ok()?;
-    let start = text.find("-----BEGIN PUBLIC KEY-----")?;
-    let rest = &text[start + 26..];
-    let end = rest.find("-----END PUBLIC KEY-----")?;
-    let b64: String = rest[..end].chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+    let start = text.find("-----BEGIN ")?;
+    Some(
+        match spki::der::pem::decode_vec(text[start..].trim_end().as_bytes()) {
+            Ok((label, der)) if label == "PUBLIC KEY" => Ok(der),
+            Ok((label, _)) => Err(ParseError::new(
+                start,
+                "PEM",
+                format!("a {label:?} PEM block, not a PUBLIC KEY"),
+            )),
+            Err(e) => Err(ParseError::new(start, "PEM", e.to_string())),
+        },
+    )
 }
 
-/// Reads one DER TLV; returns (tag, contents).
-fn der<'a>(r: &mut Reader<'a>, what: &'static str) -> Result<(u8, &'a [u8]), ParseError> {
-    let tag = r.u8(what)?;
-    let first = r.u8(what)?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return Err(ParseError::new(r.offset(), what, "unsupported DER length"));
-        }
-        r.take(n, what)?
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
-    };
-    Ok((tag, r.take(len, what)?))
-}
+const OID_RSA: spki::ObjectIdentifier = spki::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const OID_EC: spki::ObjectIdentifier = spki::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const OID_P256: spki::ObjectIdentifier = spki::ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const OID_P384: spki::ObjectIdentifier = spki::ObjectIdentifier::new_unwrap("1.3.132.0.34");
 
-const OID_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-const OID_EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
-
+/// A DER SubjectPublicKeyInfo (RFC 5280 §4.1.2.7), RSA (RFC 8017) or EC P-256/P-384 (RFC 5480).
 fn parse_spki(data: &[u8]) -> Result<AkPublic, ParseError> {
-    let mut r = Reader::new(data);
-    let (_, spki) = der(&mut r, "SubjectPublicKeyInfo")?;
-    let mut s = Reader::new(spki);
-    let (_, alg) = der(&mut s, "AlgorithmIdentifier")?;
-    let (_, bits) = der(&mut s, "subjectPublicKey")?;
-    let mut a = Reader::new(alg);
-    let (_, oid) = der(&mut a, "algorithm")?;
-    let key = bits.get(1..).unwrap_or_default(); // skip the unused-bits byte
-    if oid == OID_RSA {
-        let mut k = Reader::new(key);
-        let (_, seq) = der(&mut k, "RSAPublicKey")?;
-        let mut k = Reader::new(seq);
-        let (_, n) = der(&mut k, "modulus")?;
-        let (_, e) = der(&mut k, "publicExponent")?;
-        let strip = |v: &[u8]| {
-            v.iter()
-                .position(|b| *b != 0)
-                .map_or(vec![], |p| v[p..].to_vec())
-        };
+    use spki::der::Decode as _;
+    let bad =
+        |what: &'static str, e: &dyn std::fmt::Display| ParseError::new(0, what, e.to_string());
+    let info = spki::SubjectPublicKeyInfoRef::from_der(data)
+        .map_err(|e| bad("SubjectPublicKeyInfo", &e))?;
+    let key = info
+        .subject_public_key
+        .as_bytes()
+        .ok_or_else(|| bad("subjectPublicKey", &"not a whole number of bytes"))?;
+    if info.algorithm.oid == OID_RSA {
+        let k = pkcs1::RsaPublicKey::from_der(key).map_err(|e| bad("RSAPublicKey", &e))?;
         return Ok(AkPublic::Rsa {
-            n: strip(n),
-            e: strip(e),
+            n: k.modulus.as_bytes().to_vec(),
+            e: k.public_exponent.as_bytes().to_vec(),
         });
     }
-    if oid == OID_EC {
-        let (_, curve_oid) = der(&mut a, "namedCurve")?;
+    if info.algorithm.oid == OID_EC {
+        let curve_oid = info
+            .algorithm
+            .parameters_oid()
+            .map_err(|e| bad("namedCurve", &e))?;
         let (curve, size) = match curve_oid {
             c if c == OID_P256 => (TPM_ECC_NIST_P256, 32),
             c if c == OID_P384 => (TPM_ECC_NIST_P384, 48),
-            _ => return Err(ParseError::new(0, "namedCurve", "not P-256 or P-384")),
+            c => return Err(bad("namedCurve", &format!("{c} is not P-256 or P-384"))),
         };
-        if key.len() != 1 + 2 * size || key.first() != Some(&4) {
-            return Err(ParseError::new(
-                0,
-                "subjectPublicKey",
-                "not an uncompressed point",
-            ));
-        }
-        return Ok(AkPublic::Ecc {
-            curve,
-            x: key[1..1 + size].to_vec(),
-            y: key[1 + size..].to_vec(),
-        });
+        return match key {
+            [4, point @ ..] if point.len() == 2 * size => Ok(AkPublic::Ecc {
+                curve,
+                x: point[..size].to_vec(),
+                y: point[size..].to_vec(),
+            }),
+            _ => Err(bad("subjectPublicKey", &"not an uncompressed point")),
+        };
     }
-    Err(ParseError::new(
-        0,
+    Err(bad(
         "algorithm",
-        "neither RSA nor EC public key",
+        &format!(
+            "{} is neither an RSA nor an EC public key",
+            info.algorithm.oid
+        ),
     ))
 }
 
@@ -435,8 +385,11 @@ pub fn verify_signature(ak: &AkPublic, sig: &Signature, msg: &[u8]) -> Result<()
             let mut point = vec![4u8];
             point.extend(left_pad(x, size)?);
             point.extend(left_pad(y, size)?);
+            // TPMS_SIGNATURE_ECDSA carries r and s as big-endian integers; ring takes the DER
+            // `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` (RFC 5480 §2.2.3).
+            let der = ecdsa_sig_der(r, s)?;
             UnparsedPublicKey::new(alg, &point)
-                .verify(msg, &ecdsa_der(r, s))
+                .verify(msg, &der)
                 .map_err(bad)
         }
         _ => Err(QuoteError::Signature(
@@ -457,36 +410,15 @@ fn left_pad(v: &[u8], size: usize) -> Result<Vec<u8>, QuoteError> {
     Ok(out)
 }
 
-/// DER `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` from raw big-endian r and s.
-fn ecdsa_der(r: &[u8], s: &[u8]) -> Vec<u8> {
-    fn int(v: &[u8]) -> Vec<u8> {
-        let v = &v[v
-            .iter()
-            .position(|b| *b != 0)
-            .unwrap_or(v.len().saturating_sub(1))..];
-        let mut body = Vec::with_capacity(v.len() + 1);
-        if v.first().is_none_or(|b| b & 0x80 != 0) {
-            body.push(0);
-        }
-        body.extend_from_slice(v);
-        let mut out = vec![0x02];
-        push_len(&mut out, body.len());
-        out.extend(body);
-        out
-    }
-    fn push_len(out: &mut Vec<u8>, n: usize) {
-        if n < 0x80 {
-            out.push(n as u8);
-        } else {
-            out.push(0x81);
-            out.push(n as u8);
-        }
-    }
-    let body = [int(r), int(s)].concat();
-    let mut out = vec![0x30];
-    push_len(&mut out, body.len());
-    out.extend(body);
-    out
+fn ecdsa_sig_der(r: &[u8], s: &[u8]) -> Result<Vec<u8>, QuoteError> {
+    use spki::der::Encode as _;
+    let int = |v| {
+        spki::der::asn1::UintRef::new(v)
+            .map_err(|e| QuoteError::Signature(format!("ECDSA r/s: {e}")))
+    };
+    [int(r)?, int(s)?]
+        .to_der()
+        .map_err(|e| QuoteError::Signature(format!("ECDSA r/s: {e}")))
 }
 
 /// A quote that passed every check.

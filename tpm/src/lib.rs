@@ -186,20 +186,16 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-fn tpm2b(data: &[u8]) -> Vec<u8> {
+fn tpm2b(data: &[u8], what: &'static str) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(data.len() + 2);
-    out.extend_from_slice(&(data.len() as u16).to_be_bytes());
-    out.extend_from_slice(data);
-    out
+    imgctl_measure::tpm_wire::put_tpm2b(&mut out, data, what)
+        .map_err(|e| TpmError::Blob(e.to_string()))?;
+    Ok(out)
 }
 
-fn untpm2b<'a>(data: &'a [u8], what: &str) -> Result<&'a [u8]> {
-    match data {
-        [a, b, rest @ ..] if usize::from(u16::from_be_bytes([*a, *b])) == rest.len() => Ok(rest),
-        _ => Err(TpmError::Blob(format!(
-            "{what}: size prefix does not match"
-        ))),
-    }
+fn untpm2b<'a>(data: &'a [u8], what: &'static str) -> Result<&'a [u8]> {
+    imgctl_measure::tpm_wire::unwrap_tpm2b(data, what)
+        .map_err(|e| TpmError::Blob(format!("{what}: {e}")))
 }
 
 /// A connection to a TPM.
@@ -445,8 +441,8 @@ impl Tpm {
         let created = created.map_err(cmd("Create"))?;
         let out_public = created.out_public.marshall().map_err(cmd("Create"))?;
         Ok(SealedBlob {
-            public: b64().encode(tpm2b(&out_public)),
-            private: b64().encode(tpm2b(created.out_private.value())),
+            public: b64().encode(tpm2b(&out_public, "TPM2B_PUBLIC")?),
+            private: b64().encode(tpm2b(created.out_private.value(), "TPM2B_PRIVATE")?),
             policy: hex::encode(policy),
             pkfp: hex::encode(key.fingerprint()),
             key: b64().encode(key.tpmt_public()),
