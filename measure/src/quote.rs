@@ -281,7 +281,7 @@ fn pem_body(data: &[u8]) -> Option<Result<Vec<u8>, ParseError>> {
     let start = text.find("-----BEGIN ")?;
     Some(
         match spki::der::pem::decode_vec(text[start..].trim_end().as_bytes()) {
-            Ok((label, der)) if label == "PUBLIC KEY" => Ok(der),
+            Ok(("PUBLIC KEY", der)) => Ok(der),
             Ok((label, _)) => Err(ParseError::new(
                 start,
                 "PEM",
