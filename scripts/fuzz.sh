@@ -98,9 +98,6 @@ for dp, _, files in os.walk(os.path.join(w, "log", "tile")):
                 put(f"entry-{i}.bin", data[i + 2:i + 2 + n])
                 i += 2 + n
 # HTTP responses as a tile server sends them.
-put("http-200", b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
-put("http-404", b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-put("http-chunked", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
 # Partition table, verity superblock and signature partition of the built sysext.
 try:
     m = json.load(open(f"{w}/sysext/manifest.json"))
@@ -163,7 +160,6 @@ seed_target() {
                 [ -f "$f" ] && { printf '\000'; cat "$f"; } >"$seeds/$t/$(basename "$f")"
             done
             seed "$t" "$w"/entry-*.bin ;;
-        http_response) seed "$t" "$w"/http-* ;;
         gpt) seed "$t" "$w/sysext.gpt" ;;
         verity_superblock) seed "$t" "$w/sysext.verity-sb" ;;
         verity_signature) seed "$t" "$w/sysext.verity-sig" ;;

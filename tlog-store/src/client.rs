@@ -1,8 +1,6 @@
-//! Reading a tiled log: from a folder, or over plain HTTP/1.1 (a static server on localhost or
-//! behind a TLS-terminating proxy), plus the client-side checks a verifier runs.
+//! Reading a tiled log: from a folder, or over HTTP(S) (any static web server, object store or
+//! CDN that serves the tiles), plus the client-side checks a verifier runs.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -44,124 +42,93 @@ impl TileFetch for FolderTiles {
     }
 }
 
-/// A log served over HTTP at `http://host:port/prefix/`.
+/// How long one request may take in all (connect, send, receive), and to connect.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+pub const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A log served over HTTP(S) at `http[s]://host[:port][/prefix]/` (ureq: rustls for https,
+/// a connect and an overall deadline per request, bodies capped at [`MAX_RESOURCE`]).
 #[derive(Debug, Clone)]
 pub struct HttpTiles {
-    host: String,
-    port: u16,
-    prefix: String,
+    base: String,
+    agent: ureq::Agent,
 }
 
 impl HttpTiles {
-    /// Parses `http://host[:port][/prefix]`. Only plain HTTP; put TLS in a proxy.
     pub fn new(url: &str) -> Result<Self, Error> {
+        Self::with_timeout(url, HTTP_TIMEOUT)
+    }
+
+    /// Like [`HttpTiles::new`] with another overall deadline per request.
+    pub fn with_timeout(url: &str, timeout: Duration) -> Result<Self, Error> {
         let bad = |m: &str| Error::Http {
             url: url.to_owned(),
             message: m.to_owned(),
         };
         let rest = url
             .strip_prefix("http://")
-            .ok_or_else(|| bad("only http:// URLs are supported"))?;
-        let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().map_err(|_| bad("invalid port"))?),
-            None => (authority, 80),
-        };
-        if host.is_empty() {
+            .or_else(|| url.strip_prefix("https://"))
+            .ok_or_else(|| bad("only http:// and https:// URLs are supported"))?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.is_empty() || authority.starts_with(':') {
             return Err(bad("no host"));
         }
-        let prefix = prefix.trim_end_matches('/');
+        if url.contains(['?', '#']) {
+            return Err(bad("a log URL has no query or fragment"));
+        }
+        url.parse::<ureq::http::Uri>()
+            .map_err(|e| bad(&e.to_string()))?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(HTTP_CONNECT_TIMEOUT.min(timeout)))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .into();
         Ok(HttpTiles {
-            host: host.to_owned(),
-            port,
-            prefix: if prefix.is_empty() {
-                String::new()
-            } else {
-                format!("/{prefix}")
-            },
+            base: url.trim_end_matches('/').to_owned(),
+            agent,
         })
     }
 }
 
 impl TileFetch for HttpTiles {
     fn get(&self, path: &str) -> Result<Option<Vec<u8>>, Error> {
-        let target = format!("{}/{}", self.prefix, path);
-        let url = format!("http://{}:{}{}", self.host, self.port, target);
+        let url = format!("{}/{}", self.base, path);
         let err = |m: String| Error::Http {
             url: url.clone(),
             message: m,
         };
-        let mut s = TcpStream::connect((self.host.as_str(), self.port))
-            .map_err(|e| err(format!("connect: {e}")))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))
+        let mut response = self
+            .agent
+            .get(&url)
+            .header("Accept-Encoding", "identity")
+            .call()
             .map_err(|e| err(e.to_string()))?;
-        write!(
-            s,
-            "GET {target} HTTP/1.1\r\nHost: {}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
-            self.host
-        )
-        .map_err(|e| err(format!("send: {e}")))?;
-        let mut buf = Vec::new();
-        s.take(MAX_RESOURCE as u64 + 65536)
-            .read_to_end(&mut buf)
-            .map_err(|e| err(format!("receive: {e}")))?;
-        parse_response(&buf)
-            .map(|b| b.map(<[u8]>::to_vec))
-            .map_err(err)
+        match response.status().as_u16() {
+            200 => {}
+            404 | 410 => return Ok(None),
+            s => return Err(err(format!("status {s}"))),
+        }
+        if let Some(enc) = response.headers().get("content-encoding") {
+            if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
+                return Err(err(format!(
+                    "Content-Encoding {} is not supported",
+                    String::from_utf8_lossy(enc.as_bytes())
+                )));
+            }
+        }
+        response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESOURCE as u64)
+            .read_to_vec()
+            .map_err(|e| err(e.to_string()))
+            .map(Some)
     }
     fn describe(&self) -> String {
-        format!("http://{}:{}{}", self.host, self.port, self.prefix)
+        self.base.clone()
     }
-}
-
-/// Parses a whole HTTP/1.1 response as [`HttpTiles`] receives it: the body of a 200, `None`
-/// for 404/410, an error for anything else (a message without the URL).
-pub fn parse_response(buf: &[u8]) -> Result<Option<&[u8]>, String> {
-    let head_end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| "no end of headers".to_owned())?;
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "headers not UTF-8".to_owned())?;
-    let body = &buf[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| "bad status line".to_owned())?;
-    let mut len = None;
-    for l in lines {
-        let Some((k, v)) = l.split_once(':') else {
-            continue;
-        };
-        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-        if k == "content-length" {
-            len = Some(
-                v.parse::<usize>()
-                    .map_err(|_| "bad Content-Length".to_owned())?,
-            );
-        }
-        if k == "transfer-encoding" && !v.eq_ignore_ascii_case("identity") {
-            return Err(format!("Transfer-Encoding {v} is not supported"));
-        }
-        if k == "content-encoding" && !v.eq_ignore_ascii_case("identity") {
-            return Err(format!("Content-Encoding {v} is not supported"));
-        }
-    }
-    match status {
-        200 => {}
-        404 | 410 => return Ok(None),
-        s => return Err(format!("status {s}")),
-    }
-    if let Some(n) = len {
-        if body.len() != n {
-            return Err(format!("body has {} bytes, Content-Length {n}", body.len()));
-        }
-    }
-    if body.len() > MAX_RESOURCE {
-        return Err("resource too large".to_owned());
-    }
-    Ok(Some(body))
 }
 
 /// A tile fetcher for `imgctl_measure::tlog::tiles` over any [`TileFetch`]: a partial tile
@@ -283,4 +250,53 @@ pub fn check_checkpoints_consistency(
         };
     checkpoint::check_consistency(&old, &new, &proof)?;
     Ok((old, new))
+}
+
+#[cfg(test)]
+mod http_tests {
+    use super::*;
+
+    /// Defect H29: the hand-written client had no overall deadline, so a server that accepts
+    /// and then sends nothing (or a byte every 29 s) held the verifier forever.
+    #[test]
+    fn a_server_that_never_answers_is_an_error_within_the_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            std::thread::sleep(Duration::from_secs(4));
+            drop(conn);
+        });
+        let tiles = HttpTiles::with_timeout(
+            &format!("http://127.0.0.1:{port}/log/"),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let start = std::time::Instant::now();
+        let e = tiles.get("checkpoint").unwrap_err().to_string();
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(e.contains("/log/checkpoint"), "{e}");
+        hold.join().unwrap();
+    }
+
+    #[test]
+    fn only_http_and_https_urls_with_a_host_are_accepted() {
+        for bad in [
+            "ftp://x/",
+            "http://",
+            "http://:80/",
+            "file:///tmp",
+            "http://x/?a=b",
+        ] {
+            assert!(HttpTiles::new(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            HttpTiles::new("https://log.example/a/").unwrap().describe(),
+            "https://log.example/a"
+        );
+    }
 }
