@@ -105,6 +105,26 @@ pub struct Manifest {
     pub pcrs: PcrsJson,
 }
 
+impl Serialize for StubSemantics {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for StubSemantics {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        [StubSemantics::Systemd252, StubSemantics::Upstream]
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "stub semantics {s:?} is neither \"systemd-252\" nor \"upstream\""
+                ))
+            })
+    }
+}
+
 #[derive(Deserialize)]
 struct FormatOnly {
     format: Option<serde_json::Value>,

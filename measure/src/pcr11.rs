@@ -22,15 +22,14 @@ pub const PCR_INITRD_SYSEXTS: u32 = 13;
 /// Which stub's section list applies. Sections a stub does not know are ignored by it (neither
 /// measured nor used), so the same UKI can measure differently under different stubs.
 ///
-/// Serialised (manifest, log entries) as [`StubSemantics::name`] spells it, and only so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// Serialised (manifest, log entries) as [`StubSemantics::name`] spells it, and only so (the
+/// serde impls are in `manifest.rs`: this file is also compiled into the `no_std` stub).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StubSemantics {
     /// systemd 252/253 (Debian 12's systemd-stub): `.linux .osrel .cmdline .initrd .splash .dtb
     /// .pcrsig .pcrpkey`.
-    #[serde(rename = "systemd-252")]
     Systemd252,
     /// Current upstream systemd-stub: adds `.ucode .uname .sbat .profile .dtbauto .hwids .efifw`.
-    #[serde(rename = "upstream")]
     Upstream,
 }
 
