@@ -63,6 +63,7 @@ try:
     put("quote.attest", base64.b64decode(j["Quote"]["Quote"]))
     put("quote.sig", base64.b64decode(j["Quote"]["Signature"]))
     put("ak.tpm2b", base64.b64decode(j["AK"]["Public"]))
+    put("quote.json", json.dumps({"quote": j["Quote"]["Quote"], "signature": j["Quote"]["Signature"]}))
 except Exception as e:
     print(f"fuzz.sh: no quote seeds: {e}", file=sys.stderr)
 # systemd's userspace log: phase records as systemd-pcrphase writes them.
@@ -97,7 +98,8 @@ for dp, _, files in os.walk(os.path.join(w, "log", "tile")):
                 n = int.from_bytes(data[i:i + 2], "big")
                 put(f"entry-{i}.bin", data[i + 2:i + 2 + n])
                 i += 2 + n
-# HTTP responses as a tile server sends them.
+# PCR values as `eventlog replay --json` prints them and `audit --pcrs` reads them.
+put("pcr-values.json", json.dumps({"sha1": {"0": "00" * 20, "7": "ab" * 20}, "sha256": {"11": "cd" * 32}}))
 # Partition table, verity superblock and signature partition of the built sysext.
 try:
     m = json.load(open(f"{w}/sysext/manifest.json"))
@@ -150,6 +152,8 @@ seed_target() {
         policy) seed "$t" "$w/policy.json" "$w/policy.yaml" ;;
         pcrs_json) seed "$t" "$w/uki/pcrs.json" "$el/ovmf-swtpm/ovmf-stub252-systemd-measure.json" ;;
         manifest_json) seed "$t" "$w/uki/manifest.json" ;;
+        pcr_values) seed "$t" "$w/pcr-values.json" ;;
+        quote_json) seed "$t" "$testdata/eventlogs/go-attestation/windows_gcp_shielded_vm.json" "$w/quote.json" ;;
         log_entry) seed "$t" "$w/entry.json" "$w"/entry-*.bin ;;
         tlog_proof) seed "$t" "$w/uki/t.efi.tlog-proof" ;;
         checkpoint | tlog_note) seed "$t" "$w/log/checkpoint" "$testdata/tlog/signed-note-example.txt" "$w/uki/t.efi.tlog-proof" ;;

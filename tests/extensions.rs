@@ -482,6 +482,10 @@ fn image_agrees_with_systemd_repart_252_for_the_same_file_system() {
     // Both are PKCS#7 with RSA PKCS#1 v1.5 over the same string with the same key, no signed
     // attributes: byte-identical.
     assert_eq!(oj["signature"], tj["signature"]);
+    // The image systemd-repart wrote (its signature made by OpenSSL) verifies with ours.
+    let (ok, v) = inspect_verify(&theirs, Some(&f.path("sign.crt")));
+    assert!(ok, "{v}");
+    assert_eq!(v["verify"]["signature"], "valid", "{v}");
 }
 
 #[test]
@@ -1070,4 +1074,107 @@ fn ext_build_refuses_endless_sources_and_reclaims_killed_staging() {
         !stale.exists(),
         "the killed run's staging folder was reclaimed"
     );
+}
+
+/// Signatures that openssl made (not our signer) over the root hash, as other tools write them
+/// (`openssl cms -sign` with its default signed attributes, without them, SHA-384, and an ECDSA
+/// P-256 key), verify with `ext inspect --verify`; one over other content does not.
+#[test]
+fn root_hash_signatures_made_by_openssl_verify_with_ext_inspect() {
+    use base64::Engine;
+    let Some(openssl) = require_tool("openssl", "openssl") else {
+        return;
+    };
+    let f = Fixture::new();
+    let Some(r) = f.signed_recipe("o") else {
+        return;
+    };
+    let m = build_ok(&r, &f.path("out"));
+    let bytes = std::fs::read(f.path("out/o.raw")).unwrap();
+    let root = m["verity"]["root_hash"].as_str().unwrap().to_owned();
+    let sig_part = m["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["designator"] == "usr-verity-sig")
+        .unwrap()
+        .clone();
+    let (off, size) = (
+        sig_part["offset"].as_u64().unwrap() as usize,
+        sig_part["size"].as_u64().unwrap() as usize,
+    );
+    // An EC P-256 key and certificate besides the RSA pair.
+    run_ok(
+        Command::new(&openssl)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=imgctl-ec", "-keyout"])
+            .arg(f.path("ec.key"))
+            .arg("-out")
+            .arg(f.path("ec.crt")),
+    );
+    let fingerprint = |crt: &str| {
+        let pem = std::fs::read_to_string(f.path(crt)).unwrap();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&der))
+    };
+    std::fs::write(f.path("root.txt"), &root).unwrap();
+    std::fs::write(f.path("other.txt"), "00".repeat(32)).unwrap();
+    // (content signed, key, certificate, extra openssl flags, accepted?)
+    let cases: [(&str, &str, &str, &[&str], bool); 6] = [
+        ("root.txt", "sign.key", "sign.crt", &[], true),
+        ("root.txt", "sign.key", "sign.crt", &["-nocerts"], true),
+        ("root.txt", "sign.key", "sign.crt", &["-noattr"], true),
+        ("root.txt", "sign.key", "sign.crt", &["-md", "sha384"], true),
+        ("root.txt", "ec.key", "ec.crt", &[], true),
+        ("other.txt", "sign.key", "sign.crt", &[], false),
+    ];
+    for (content, key, crt, flags, want) in cases {
+        let der = run_ok(
+            Command::new(&openssl)
+                .args(["cms", "-sign", "-binary", "-outform", "DER", "-in"])
+                .arg(f.path(content))
+                .arg("-signer")
+                .arg(f.path(crt))
+                .arg("-inkey")
+                .arg(f.path(key))
+                .args(flags),
+        );
+        let json = serde_json::json!({
+            "rootHash": root,
+            "certificateFingerprint": fingerprint(crt),
+            "signature": base64::engine::general_purpose::STANDARD.encode(&der),
+        });
+        let mut body = serde_json::to_vec(&json).unwrap();
+        assert!(body.len() < size);
+        body.resize(size, 0);
+        let mut img = bytes.clone();
+        img[off..off + size].copy_from_slice(&body);
+        let p = f.path("openssl.raw");
+        std::fs::write(&p, &img).unwrap();
+        let (ok, v) = inspect_verify(&p, Some(&f.path(crt)));
+        assert_eq!(ok, want, "{content} {key} {flags:?}: {v}");
+        if want {
+            assert_eq!(v["verify"]["signature"], "valid", "{v}");
+            assert_eq!(v["verify"]["signer_trusted"], true, "{v}");
+            // The other certificate is not the signer.
+            let stranger = if crt == "ec.crt" {
+                "sign.crt"
+            } else {
+                "ec.crt"
+            };
+            assert!(!inspect_verify(&p, Some(&f.path(stranger))).0, "{v}");
+        } else {
+            assert_eq!(v["verify"]["signature"], "invalid", "{v}");
+        }
+    }
 }

@@ -1650,12 +1650,8 @@ fn audit_refuses_endless_and_truncated_logs_and_reports_tampering() {
     let log = imgctl_measure::eventlog::EventLog::parse(&c.log).unwrap();
     let u = imgctl_measure::eventlog::UserspaceLog::parse(&ulog).unwrap();
     let pcrs = u.replay_onto(&imgctl_measure::eventlog::replay(&log).values);
-    let pcrs_json = imgctl_measure::eventlog::Replay {
-        values: pcrs,
-        ..Default::default()
-    }
-    .to_json();
-    let pf = write(d, "pcrs.json", pcrs_json.to_string().as_bytes());
+    let pcrs_json = serde_json::to_string(&imgctl_measure::eventlog::PcrValuesJson(&pcrs)).unwrap();
+    let pf = write(d, "pcrs.json", pcrs_json.as_bytes());
     let audit = |ul: &Path, pcrs: &Path| -> Vec<OsString> {
         args(&[
             &"audit",

@@ -432,12 +432,8 @@ fn break_glass_is_rejected_by_verify_and_listed_by_audit() {
     let ul = write(tmp.path(), "tpm2-measure.log", &ulog);
     // What the TPM shows after these records: the replay of both logs.
     let pcrs = u.replay_onto(&eventlog::replay(&c.log).values);
-    let pcrs_json = eventlog::Replay {
-        values: pcrs,
-        ..Default::default()
-    }
-    .to_json();
-    let pf = write(tmp.path(), "pcrs.json", pcrs_json.to_string().as_bytes());
+    let pcrs_json = serde_json::to_string(&eventlog::PcrValuesJson(&pcrs)).unwrap();
+    let pf = write(tmp.path(), "pcrs.json", pcrs_json.as_bytes());
     let run = |ul: &Path| {
         common::imgctl()
             .args(["audit", "--json", "--userspace-log"])
@@ -509,13 +505,9 @@ fn break_glass_is_rejected_by_verify_and_listed_by_audit() {
     write(
         tmp.path(),
         "pcrs.json",
-        eventlog::Replay {
-            values: pcrs,
-            ..Default::default()
-        }
-        .to_json()
-        .to_string()
-        .as_bytes(),
+        serde_json::to_string(&eventlog::PcrValuesJson(&pcrs))
+            .unwrap()
+            .as_bytes(),
     );
     assert_eq!(run(&ul4).status.code(), Some(0));
 }

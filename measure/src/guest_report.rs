@@ -113,18 +113,6 @@ impl GuestReport {
     pub fn pcr(&self, bank: HashAlg, index: u32) -> Option<&Digest> {
         self.pcrs.get(&bank)?.get(&index)
     }
-
-    /// `{"sha1": {"0": "hex", …}, "sha256": {…}}`: lower-case hex; serialised from this map,
-    /// the indices come out in numeric order.
-    pub fn pcrs_by_bank(&self) -> BTreeMap<String, BTreeMap<u32, String>> {
-        self.pcrs
-            .iter()
-            .map(|(bank, values)| {
-                let values = values.iter().map(|(i, d)| (*i, d.to_hex())).collect();
-                (bank.to_string(), values)
-            })
-            .collect()
-    }
 }
 
 /// `<bank> <index> <HEX>` after the `IMGCTL-PCR ` marker.
@@ -179,7 +167,7 @@ IMGCTL-DEMO: done\r\n\
             "9672f6662bccf526f11e8442382262cb796eb11a"
         );
         assert_eq!(r.event_log.as_deref(), Some(&[0u8, 1, 2, 3, 4, 5][..]));
-        let json = serde_json::to_value(r.pcrs_by_bank()).unwrap();
+        let json = serde_json::to_value(crate::eventlog::PcrValuesJson(&r.pcrs)).unwrap();
         assert_eq!(
             json["sha256"]["11"],
             "f9be52a1f48a59a23de71d6bbbea89da503242e8fc853282d11623d344940c9f"

@@ -48,6 +48,38 @@ pub enum QuoteError {
     PcrDigest { quoted: String, computed: String },
 }
 
+/// A quote file that is not `{"quote": …, "signature": …}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct QuoteFileError(String);
+
+/// A quote and its signature in one JSON file: `{"quote": TPMS_ATTEST, "signature":
+/// TPMT_SIGNATURE}` (what `imgctl tpm quote --json` and Keylime-style verifiers exchange) or
+/// go-attestation's `{"Quote": {"Quote": …, "Signature": …}}`; each blob hex or base64.
+/// Returns the attest and signature bytes, not yet parsed.
+pub fn parse_quote_json(data: &[u8]) -> Result<(Vec<u8>, Vec<u8>), QuoteFileError> {
+    let j: serde_json::Value = serde_json::from_slice(data).map_err(|e| {
+        QuoteFileError(format!(
+            "not JSON with \"quote\" and \"signature\" (give the raw attest with --signature): {e}"
+        ))
+    })?;
+    let (q, s) = match j.get("Quote") {
+        Some(inner) => (inner.get("Quote"), inner.get("Signature")),
+        None => (j.get("quote"), j.get("signature")),
+    };
+    Ok((blob("quote", q)?, blob("signature", s)?))
+}
+
+fn blob(what: &str, v: Option<&serde_json::Value>) -> Result<Vec<u8>, QuoteFileError> {
+    use base64::Engine as _;
+    let s = v
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| QuoteFileError(format!("{what}: missing, or not a string")))?;
+    hex::decode(s)
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(s))
+        .map_err(|_| QuoteFileError(format!("{what}: neither hex nor base64")))
+}
+
 /// `TPMS_ATTEST`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attest {
@@ -479,4 +511,32 @@ pub fn verify_quote(
         attest: attest.clone(),
         pcrs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_json_reads_both_shapes_and_both_encodings_and_names_what_is_wrong() {
+        let ours = br#"{"quote": "00ff", "signature": "AAE="}"#;
+        assert_eq!(parse_quote_json(ours).unwrap(), (vec![0, 0xff], vec![0, 1]));
+        let go = br#"{"Quote": {"Quote": "AQI=", "Signature": "0304"}}"#;
+        assert_eq!(parse_quote_json(go).unwrap(), (vec![1, 2], vec![3, 4]));
+        for (bad, want) in [
+            (&b"\x00\x01"[..], "not JSON"),
+            (br#"{"quote": "00"}"#, "signature: missing"),
+            (
+                br#"{"quote": 5, "signature": "00"}"#,
+                "quote: missing, or not a string",
+            ),
+            (
+                br#"{"quote": "*", "signature": "00"}"#,
+                "quote: neither hex nor base64",
+            ),
+        ] {
+            let e = parse_quote_json(bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{e} lacks {want}");
+        }
+    }
 }

@@ -8,7 +8,6 @@ use crate::output::outln;
 use anyhow::Context;
 use imgctl_fsio::caps;
 use imgctl_measure::audit;
-use imgctl_measure::bank::{Digest, HashAlg};
 use imgctl_measure::eventlog::{self, EventLog, PcrValues, UserspaceLog};
 
 /// List break-glass events (debug shells, emergency logins, recovery-key unlocks) and check the
@@ -36,29 +35,6 @@ pub struct Args {
     json: bool,
 }
 
-fn parse_pcrs(data: &[u8]) -> anyhow::Result<PcrValues> {
-    let raw: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> =
-        serde_json::from_slice(data).context("--pcrs is not {\"bank\": {\"pcr\": \"hex\"}}")?;
-    let mut out = PcrValues::new();
-    for (b, m) in raw {
-        let bank: HashAlg = b.parse()?;
-        for (p, h) in m {
-            let pcr: u32 = p
-                .parse()
-                .ok()
-                .filter(|i| *i <= 23)
-                .with_context(|| format!("{bank}: PCR index {p:?} is not 0–23"))?;
-            let d =
-                hex::decode(&h).with_context(|| format!("{bank} PCR {pcr}: {h:?} is not hex"))?;
-            if Some(d.len()) != bank.digest_size() {
-                anyhow::bail!("{bank} PCR {pcr}: {} bytes, not a {bank} digest", d.len());
-            }
-            out.entry(bank).or_default().insert(pcr, Digest(d));
-        }
-    }
-    Ok(out)
-}
-
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let load = || -> anyhow::Result<_> {
         let path = &args.userspace_log;
@@ -79,11 +55,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let pcrs = match &args.pcrs {
             Some(p) => Some(
-                parse_pcrs(
+                eventlog::pcr_values_from_json(
                     &imgctl_fsio::read_bounded(p, caps::POLICY, "a PCR values file")
                         .map_err(|e| anyhow::anyhow!("{e}"))?,
                 )
-                .with_context(|| format!("{}", p.display()))?,
+                .with_context(|| format!("--pcrs {}", p.display()))?,
             ),
             None => None,
         };

@@ -56,7 +56,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 eprintln!("imgctl: PCR {pcr} ({bank}) not replayed: {why}");
             }
             if json {
-                outln!("{}", serde_json::to_string_pretty(&r.to_json())?);
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&eventlog::PcrValuesJson(&r.values))?
+                );
             } else {
                 for (bank, pcrs) in &r.values {
                     for (pcr, d) in pcrs {

@@ -432,7 +432,7 @@ impl Trust {
 }
 
 fn source(s: &str) -> anyhow::Result<Box<dyn TileFetch>> {
-    if s.starts_with("http://") {
+    if s.starts_with("http://") || s.starts_with("https://") {
         Ok(Box::new(HttpTiles::new(s)?))
     } else {
         Ok(Box::new(FolderTiles(PathBuf::from(s))))
@@ -464,7 +464,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let entry = a
         .entry
         .as_ref()
-        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .map(|p| imgctl_fsio::read_bounded(p, imgctl_fsio::caps::ENTRY, "a log entry"))
         .transpose()?;
     let result: anyhow::Result<(Checkpoint, Option<u64>, String)> = (|| {
         if let Some(p) = &a.proof {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use imgctl_measure::eventlog::{PcrValues, PcrValuesJson};
 use imgctl_measure::keys::VerifyingKey;
 use imgctl_measure::pcrsig::PcrSignature;
 use imgctl_measure::{HashAlg, PeFile};
@@ -247,14 +248,12 @@ fn quote(tcti: &str, a: QuoteArgs) -> anyhow::Result<ExitCode> {
         v.extend_from_slice(b);
         v
     };
-    let mut pcr_json = serde_json::Map::new();
-    for (bank, vals) in &q.pcrs {
-        let m: serde_json::Map<String, serde_json::Value> = vals
-            .iter()
-            .map(|(p, d)| (p.to_string(), json!(d.to_hex())))
-            .collect();
-        pcr_json.insert(bank.to_string(), serde_json::Value::Object(m));
-    }
+    let values: PcrValues = q
+        .pcrs
+        .iter()
+        .map(|(bank, vals)| (*bank, vals.iter().cloned().collect()))
+        .collect();
+    let pcr_json = PcrValuesJson(&values);
     let files: [(&str, Vec<u8>); 5] = [
         ("quote.msg", q.attest.clone()),
         ("quote.attest", size_prefixed(&q.attest)),

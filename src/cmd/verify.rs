@@ -5,10 +5,9 @@ use std::process::ExitCode;
 
 use crate::output::outln;
 use anyhow::Context;
-use base64::Engine as _;
 use imgctl_fsio::caps;
 use imgctl_measure::eventlog::{EventLog, UserspaceLog};
-use imgctl_measure::quote::{AkPublic, Attest, Signature};
+use imgctl_measure::quote::{parse_quote_json, AkPublic, Attest, Signature};
 use imgctl_measure::verify::{self, Policy, QuoteEvidence, References, Severity, Verdict};
 
 /// Verify a machine's event logs (and TPM quote) against a policy and the published references.
@@ -78,34 +77,12 @@ pub fn load_policy(path: &Path) -> anyhow::Result<(Policy, References)> {
     Ok((policy, refs))
 }
 
-fn decode_blob(v: Option<&serde_json::Value>) -> anyhow::Result<Vec<u8>> {
-    let s = v
-        .and_then(|v| v.as_str())
-        .context("missing, or not a string")?;
-    hex::decode(s)
-        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(s))
-        .context("neither hex nor base64")
-}
-
 fn load_quote(q: &Path, sig: Option<&Path>) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     let data = read(q, caps::QUOTE, "a quote")?;
-    if let Some(s) = sig {
-        return Ok((data, read(s, caps::QUOTE, "a signature")?));
+    match sig {
+        Some(s) => Ok((data, read(s, caps::QUOTE, "a signature")?)),
+        None => parse_quote_json(&data).with_context(|| format!("quote {}", q.display())),
     }
-    let j: serde_json::Value = serde_json::from_slice(&data).with_context(|| {
-        format!(
-            "{}: --quote without --signature must be JSON with quote and signature",
-            q.display()
-        )
-    })?;
-    let (qv, sv) = match j.get("Quote") {
-        Some(inner) => (inner.get("Quote"), inner.get("Signature")),
-        None => (j.get("quote"), j.get("signature")),
-    };
-    Ok((
-        decode_blob(qv).with_context(|| format!("{}: quote", q.display()))?,
-        decode_blob(sv).with_context(|| format!("{}: signature", q.display()))?,
-    ))
 }
 
 /// Everything read from disk, parsed: any failure here is exit 3 (unreadable evidence).

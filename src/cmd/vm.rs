@@ -1,12 +1,12 @@
 //! `imgctl vm (RECIPE | UKI)`: boot an image under QEMU + OVMF + swtpm and report what the
 //! guest's TPM showed.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use imgctl_measure::eventlog::PcrValuesJson;
 use imgctl_measure::guest_report::{GuestReport, MARK_DONE};
 
 use crate::output::outln;
@@ -61,7 +61,7 @@ struct JsonOut<'a> {
     seconds: f64,
     init_reached: bool,
     /// Bank name → PCR index → lower-case hex.
-    pcrs: BTreeMap<String, BTreeMap<u32, String>>,
+    pcrs: PcrValuesJson<'a>,
     event_log_bytes: Option<usize>,
     capture: Option<&'a Path>,
 }
@@ -145,7 +145,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             accel: run.accel.name(),
             seconds: (run.elapsed.as_secs_f64() * 10.0).round() / 10.0,
             init_reached: report.init_reached,
-            pcrs: report.pcrs_by_bank(),
+            pcrs: PcrValuesJson(&report.pcrs),
             event_log_bytes: report.event_log.as_ref().map(Vec::len),
             capture: args.capture.as_deref(),
         };
@@ -229,7 +229,7 @@ fn capture(dir: &Path, console: &[u8], report: Option<&GuestReport>) -> anyhow::
     write("console.log", console)?;
     if let Some(r) = report {
         if !r.pcrs.is_empty() {
-            let mut json = serde_json::to_vec_pretty(&r.pcrs_by_bank())?;
+            let mut json = serde_json::to_vec_pretty(&PcrValuesJson(&r.pcrs))?;
             json.push(b'\n');
             write("pcrs.json", &json)?;
         }

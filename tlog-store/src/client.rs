@@ -31,10 +31,15 @@ pub struct FolderTiles(pub PathBuf);
 impl TileFetch for FolderTiles {
     fn get(&self, path: &str) -> Result<Option<Vec<u8>>, Error> {
         let p = self.0.join(path);
-        match std::fs::read(&p) {
+        // A log folder may be anybody's: a tile is read as the HTTP client reads one, capped.
+        match imgctl_fsio::read_bounded(&p, MAX_RESOURCE as u64, "a log tile") {
             Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(crate::io_err(&p)(e)),
+            Err(imgctl_fsio::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
         }
     }
     fn describe(&self) -> String {

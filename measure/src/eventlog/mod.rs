@@ -15,7 +15,10 @@ pub mod types;
 pub mod userspace;
 
 pub use describe::describe;
-pub use replay::{replay, replay_against, PcrValues, Quirk, Replay};
+pub use replay::{
+    pcr_values_from_json, replay, replay_against, PcrValues, PcrValuesError, PcrValuesJson, Quirk,
+    Replay,
+};
 pub use tcg::{Event, EventLog, LogFormat, SpecIdEvent};
 pub use types::EventType;
 pub use userspace::{UserspaceLog, UserspaceRecord};

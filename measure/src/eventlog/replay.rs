@@ -59,19 +59,90 @@ impl Replay {
             None => reset_value(bank, pcr),
         }
     }
+}
 
-    /// `{"<bank>": {"<pcr>": "<hex>"}}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut out = serde_json::Map::new();
-        for (bank, pcrs) in &self.values {
-            let m: serde_json::Map<String, serde_json::Value> = pcrs
-                .iter()
-                .map(|(p, d)| (p.to_string(), d.to_hex().into()))
-                .collect();
-            out.insert(bank.to_string(), m.into());
+/// Most values a PCR values file may hold: every PCR of the four banks.
+const MAX_PCR_VALUES: usize = 4 * 24;
+
+/// What is wrong with a PCR values file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PcrValuesError {
+    #[error("not {{\"<bank>\": {{\"<pcr>\": \"<hex>\"}}}}: {0}")]
+    Shape(String),
+    #[error(transparent)]
+    Bank(#[from] crate::bank::UnknownBankName),
+    #[error("{bank}: {source}")]
+    Index {
+        bank: HashAlg,
+        source: crate::bank::InvalidPcrIndex,
+    },
+    #[error("{bank} PCR {pcr}: {value:?} is not hex")]
+    Hex {
+        bank: HashAlg,
+        pcr: u32,
+        value: String,
+    },
+    #[error("{bank} PCR {pcr}: {len} bytes, not a {bank} digest")]
+    Length { bank: HashAlg, pcr: u32, len: usize },
+    #[error("more than {MAX_PCR_VALUES} PCR values")]
+    TooMany,
+}
+
+/// PCR values as JSON, `{"<bank>": {"<pcr>": "<hex>"}}` with lower-case hex and the PCRs in
+/// numeric order: the one form `eventlog replay --json`, `vm --capture`'s pcrs.json and
+/// `audit --pcrs` share. Serialise it directly (a `serde_json::Value` would sort "10" before "2").
+#[derive(Debug, Clone, Copy)]
+pub struct PcrValuesJson<'a>(pub &'a PcrValues);
+
+impl Serialize for PcrValuesJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Bank<'a>(&'a BTreeMap<u32, Digest>);
+        impl Serialize for Bank<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.iter().map(|(p, d)| (p.to_string(), d.to_hex())))
+            }
         }
-        out.into()
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (bank, pcrs) in self.0 {
+            m.serialize_entry(&bank.to_string(), &Bank(pcrs))?;
+        }
+        m.end()
     }
+}
+
+/// Reads the form [`PcrValuesJson`] writes, strictly: known banks, PCRs 0–23, digests of
+/// the bank's size; anything else is an error naming the bank and PCR.
+pub fn pcr_values_from_json(data: &[u8]) -> Result<PcrValues, PcrValuesError> {
+    let raw: BTreeMap<String, BTreeMap<String, String>> =
+        serde_json::from_slice(data).map_err(|e| PcrValuesError::Shape(e.to_string()))?;
+    if raw.values().map(BTreeMap::len).sum::<usize>() > MAX_PCR_VALUES {
+        return Err(PcrValuesError::TooMany);
+    }
+    let mut out = PcrValues::new();
+    for (name, pcrs) in raw {
+        let bank: HashAlg = name.parse()?;
+        for (index, value) in pcrs {
+            let pcr = index
+                .parse::<crate::bank::PcrIndex>()
+                .map_err(|source| PcrValuesError::Index { bank, source })?
+                .get();
+            let bytes = hex::decode(&value).map_err(|_| PcrValuesError::Hex {
+                bank,
+                pcr,
+                value: value.clone(),
+            })?;
+            if Some(bytes.len()) != bank.digest_size() {
+                return Err(PcrValuesError::Length {
+                    bank,
+                    pcr,
+                    len: bytes.len(),
+                });
+            }
+            out.entry(bank).or_default().insert(pcr, Digest(bytes));
+        }
+    }
+    Ok(out)
 }
 
 /// The TPM reset value of a PCR: all-ones for the DRTM PCRs 17–22, else zeros.
@@ -244,5 +315,61 @@ fn synthetic_action(banks: &[HashAlg], index: usize, pcr: u32, text: &str) -> Ev
             .filter_map(|b| b.hash(text.as_bytes()).ok().map(|d| (*b, d)))
             .collect(),
         data: text.as_bytes().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn pcr_values_json_is_strict_and_names_the_bank_and_pcr() {
+        let ok = br#"{"sha1": {"0": "0000000000000000000000000000000000000000"}}"#;
+        assert_eq!(pcr_values_from_json(ok).unwrap()[&HashAlg::SHA1].len(), 1);
+        for (bad, want) in [
+            (&br#"{"sha-256": {}}"#[..], "unknown PCR bank \"sha-256\""),
+            (br#"{"sha1": {"24": "00"}}"#, "PCR index \"24\""),
+            (br#"{"sha1": {"7": "zz"}}"#, "sha1 PCR 7: \"zz\" is not hex"),
+            (br#"{"sha256": {"11": "0000"}}"#, "sha256 PCR 11: 2 bytes"),
+            (br#"{"sha1": {"0": 5}}"#, "not {\"<bank>\""),
+            (b"[]", "not {\"<bank>\""),
+        ] {
+            let e = pcr_values_from_json(bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{e} lacks {want}");
+        }
+    }
+
+    #[test]
+    fn pcr_values_json_lists_pcrs_in_numeric_order() {
+        let mut v = PcrValues::new();
+        for pcr in [10, 2, 0] {
+            v.entry(HashAlg::SHA1)
+                .or_default()
+                .insert(pcr, Digest(vec![pcr as u8; 20]));
+        }
+        let text = serde_json::to_string(&PcrValuesJson(&v)).unwrap();
+        let (a, b, c) = (
+            text.find("\"0\"").unwrap(),
+            text.find("\"2\"").unwrap(),
+            text.find("\"10\"").unwrap(),
+        );
+        assert!(a < b && b < c, "{text}");
+    }
+
+    proptest! {
+        #[test]
+        fn pcr_values_json_round_trips(
+            entries in proptest::collection::vec((0usize..4, 0u32..24, any::<u8>()), 0..40)
+        ) {
+            let mut v = PcrValues::new();
+            for (b, pcr, fill) in entries {
+                let bank = HashAlg::ALL[b];
+                let n = bank.digest_size().unwrap();
+                v.entry(bank).or_default().insert(pcr, Digest(vec![fill; n]));
+            }
+            let text = serde_json::to_vec(&PcrValuesJson(&v)).unwrap();
+            prop_assert_eq!(pcr_values_from_json(&text).unwrap(), v);
+        }
     }
 }
