@@ -20,39 +20,55 @@ pub fn load_uki(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(assembled.uki)
 }
 
-/// Which stub semantics to predict with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// `--stub-semantics`: which systemd-stub's measurements to predict with.
+///
+/// `auto` detects it from the stub inside the UKI (`.sdmagic`); otherwise a systemd version,
+/// `257` or `systemd-257`, read as the row of the version table that version follows
+/// (`imgctl_measure::pcr11::STUB_VERSIONS`: 252, 254, 256, 257, 258).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SemanticsArg {
-    /// Detect from the stub inside the UKI (.sdmagic): systemd-stub 252 or upstream.
     #[default]
     Auto,
-    /// Debian 12's systemd-stub 252: .linux .osrel .cmdline .initrd .splash .dtb .pcrpkey.
-    #[value(name = "systemd-252")]
-    Systemd252,
-    /// Current upstream systemd-stub: adds .ucode .uname .sbat .profile .dtbauto .hwids .efifw.
-    Upstream,
+    Fixed(imgctl_measure::StubSemantics),
+}
+
+impl std::str::FromStr for SemanticsArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(SemanticsArg::Auto);
+        }
+        imgctl_measure::StubSemantics::from_version_name(s)
+            .map(SemanticsArg::Fixed)
+            .ok_or_else(|| {
+                format!(
+                    "{s:?} is neither `auto` nor a systemd version 252 or later (e.g. 257 or systemd-257)"
+                )
+            })
+    }
 }
 
 impl SemanticsArg {
     /// The semantics named, for inputs that carry no stub to detect it from (`auto` is refused).
     pub fn explicit(self, what: &str) -> anyhow::Result<imgctl_measure::StubSemantics> {
-        use imgctl_measure::StubSemantics;
         match self {
             SemanticsArg::Auto => anyhow::bail!(
-                "--stub-semantics auto: {what} carries no stub to detect it from; give systemd-252 or upstream"
+                "--stub-semantics auto: {what} carries no stub to detect it from; give the systemd version of the stub (e.g. 252 or 257)"
             ),
-            SemanticsArg::Systemd252 => Ok(StubSemantics::Systemd252),
-            SemanticsArg::Upstream => Ok(StubSemantics::Upstream),
+            SemanticsArg::Fixed(s) => Ok(s),
+        }
+    }
+
+    /// The semantics named, or `None` for `auto`.
+    pub fn fixed(self) -> Option<imgctl_measure::StubSemantics> {
+        match self {
+            SemanticsArg::Auto => None,
+            SemanticsArg::Fixed(s) => Some(s),
         }
     }
 
     pub fn resolve(self, uki: &imgctl_measure::Uki<'_>) -> imgctl_measure::StubSemantics {
-        use imgctl_measure::StubSemantics;
-        match self {
-            SemanticsArg::Auto => uki.identity().semantics(),
-            SemanticsArg::Systemd252 => StubSemantics::Systemd252,
-            SemanticsArg::Upstream => StubSemantics::Upstream,
-        }
+        self.fixed().unwrap_or_else(|| uki.identity().semantics())
     }
 }
 

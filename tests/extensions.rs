@@ -720,7 +720,7 @@ fn stub_sidecar_prediction_streams_the_archive_gnu_cpio_reads() {
                 "ext",
                 "predict-pcrs",
                 "--stub-semantics",
-                "upstream",
+                "257",
                 "--bank",
                 "sha256",
                 "--json",
@@ -728,7 +728,7 @@ fn stub_sidecar_prediction_streams_the_archive_gnu_cpio_reads() {
             .args(files.iter().map(|(n, _)| dir.path().join(n))),
     ))
     .unwrap();
-    // Sysext archive: a.raw then b.raw (strcmp order), confext excluded upstream.
+    // Sysext archive: a.raw then b.raw (strcmp order), confext excluded since 256.
     let model = archive(
         Sidecar::Sysext,
         &[("a.raw", &files[1].1), ("b.raw", &files[0].1)],

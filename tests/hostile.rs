@@ -2347,7 +2347,7 @@ fn fuzz_pcrs_json_rejects_a_hash_of_the_wrong_length_for_its_bank() {
         let manifest = common::reference_manifest(
             "t",
             "t.efi",
-            "upstream",
+            "systemd-257",
             &[],
             serde_json::from_str(&pcrs).unwrap(),
         )

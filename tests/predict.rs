@@ -221,13 +221,13 @@ fn profiles_measure_base_sections_overridden_by_the_selected_profile() {
         serde_json::from_slice(&run_ok(imgctl().arg("predict-pcrs").arg(uki).args([
             "--json",
             "--stub-semantics",
-            "upstream",
+            "systemd-257",
             "--profile",
             profile,
         ])))
         .unwrap()
     };
-    // Every UKI here carries the stub's .sbat, which upstream stubs measure too.
+    // Every UKI here carries the stub's .sbat, which stubs since 254 measure too.
     assert_eq!(predict(&multi, "1"), predict(&single1, "0"));
     assert_eq!(predict(&multi, "0"), predict(&single0, "0"));
     assert_ne!(predict(&multi, "0"), predict(&multi, "1"));

@@ -86,7 +86,7 @@ fn stub_is_reproducible_signable_and_identifies_itself() {
         .sbat_component
         .as_deref()
         .is_some_and(|l| l.starts_with("imgctl-stub,1,")));
-    assert_eq!(id.semantics(), StubSemantics::Upstream);
+    assert_eq!(id.semantics(), StubSemantics::IMGCTL_STUB);
 
     // sbsign signs it and sbverify checks the signature against the certificate.
     let key = tmp.path().join("db.key");
@@ -598,7 +598,7 @@ fn demo_boots_with_our_stub_and_measures_like_systemd_stub() {
     for (bank, name) in [(sha256, "sha256"), (sha1, "sha1")] {
         assert_eq!(
             pcr_hex(&ours_r, bank, 11),
-            predicted_pcr11(&demo.ours, "upstream", name),
+            predicted_pcr11(&demo.ours, "auto", name),
             "{name} PCR 11 with imgctl-stub"
         );
         assert_eq!(
@@ -630,7 +630,7 @@ fn demo_boots_with_our_stub_and_measures_like_systemd_stub() {
     let uki = Uki::parse(&bytes).unwrap();
     let sections = uki.sections_for_profile(0).unwrap();
     let mut expected = Vec::new();
-    for name in StubSemantics::Upstream.measured_sections() {
+    for name in StubSemantics::IMGCTL_STUB.measured_sections() {
         let Some((_, data)) = sections.iter().find(|(n, _)| n == name) else {
             continue;
         };
@@ -717,7 +717,7 @@ fn passed_command_line_is_measured_into_pcr12_like_systemd_stub() {
     // PCR 11 does not depend on how the UKI was started.
     assert_eq!(
         pcr_hex(&ours_r, sha256, 11),
-        predicted_pcr11(&demo.ours, "upstream", "sha256")
+        predicted_pcr11(&demo.ours, "auto", "sha256")
     );
 }
 

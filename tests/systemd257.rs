@@ -190,7 +190,34 @@ fn predict_matches_systemd_measure_257_on_a_ukify_257_uki() {
             "ukify's UKI has {s}: {names:?}"
         );
     }
-    assert_eq!(ours(&uki, PHASES), systemd_measure(&root, &bytes, PHASES));
+    let theirs = systemd_measure(&root, &bytes, PHASES);
+    assert_eq!(ours(&uki, PHASES), theirs);
+    // The stub was detected as 257 from its .sdmagic, and the manifest spelling is recorded.
+    let text = String::from_utf8(run_ok(imgctl().arg("predict-pcrs").arg(&uki))).unwrap();
+    assert!(text.contains("# stub semantics: systemd-257"), "{text}");
+    // The version table: this UKI has no section added after 254, so every row from 254 on
+    // predicts what systemd-measure 257 computes; 252 measures neither .uname nor .sbat.
+    let with = |v: &str| {
+        let mut cmd = imgctl();
+        cmd.arg("predict-pcrs")
+            .arg(&uki)
+            .args(["--json", "--stub-semantics", v]);
+        for p in PHASES {
+            cmd.arg(format!("--phase={p}"));
+        }
+        serde_json::from_slice::<serde_json::Value>(&run_ok(&mut cmd)).unwrap()
+    };
+    for v in ["254", "255", "systemd-256", "257", "258"] {
+        assert_eq!(with(v), theirs, "--stub-semantics {v}");
+    }
+    assert_ne!(with("252"), theirs);
+    let o = imgctl()
+        .arg("predict-pcrs")
+        .arg(&uki)
+        .args(["--stub-semantics", "upstream"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "clap refuses an unknown version");
 }
 
 /// `imgctl sign-pcrs` against `systemd-measure sign` 257 (which needs no TPM) on a UKI on the

@@ -269,7 +269,7 @@ fn demo_boots() -> Option<&'static DemoBoots> {
 }
 
 /// The 257 stub measures `.uname` and `.sbat` besides what 252 measures: the guest's PCR 11
-/// equals imgctl's prediction (upstream semantics, from the stub's `.sdmagic`), and differs from
+/// equals imgctl's prediction (systemd-257 semantics, detected from the stub's `.sdmagic`), and differs from
 /// what the 252 rules would give for the same UKI.
 #[test]
 fn pcr11_of_a_uki_on_the_257_stub_equals_predict_pcrs() {

@@ -86,13 +86,15 @@ pub fn select<'a>(semantics: StubSemantics, sidecar: Sidecar, names: &[&'a str])
         .iter()
         .copied()
         .filter(|n| !n.starts_with('.') && n.is_ascii() && n.len() <= 255)
-        .filter(|n| match (semantics, sidecar) {
-            (StubSemantics::Systemd252, Sidecar::Sysext) => ends_with_no_case(n, ".raw"),
-            (StubSemantics::Systemd252, Sidecar::Confext) => false,
-            (_, Sidecar::Sysext) => {
-                ends_with_no_case(n, ".raw") && !ends_with_no_case(n, ".confext.raw")
+        .filter(|n| {
+            let confext = ends_with_no_case(n, ".confext.raw");
+            match (semantics.version().confext_sidecars, sidecar) {
+                // Before confexts (v256), every *.raw is a system extension.
+                (false, Sidecar::Sysext) => ends_with_no_case(n, ".raw"),
+                (false, Sidecar::Confext) => false,
+                (true, Sidecar::Sysext) => ends_with_no_case(n, ".raw") && !confext,
+                (true, Sidecar::Confext) => confext,
             }
-            (_, Sidecar::Confext) => ends_with_no_case(n, ".confext.raw"),
         })
         .collect();
     out.sort_unstable();
@@ -268,13 +270,13 @@ mod tests {
             ["A.RAW", "b.raw", "c.confext.raw"]
         );
         assert_eq!(
-            select(StubSemantics::Upstream, Sidecar::Sysext, &names),
-            ["A.RAW", "b.raw"]
+            select(StubSemantics::Systemd254, Sidecar::Sysext, &names),
+            ["A.RAW", "b.raw", "c.confext.raw"]
         );
-        assert_eq!(
-            select(StubSemantics::Upstream, Sidecar::Confext, &names),
-            ["c.confext.raw"]
-        );
+        for s in [StubSemantics::Systemd256, StubSemantics::Systemd257] {
+            assert_eq!(select(s, Sidecar::Sysext, &names), ["A.RAW", "b.raw"]);
+            assert_eq!(select(s, Sidecar::Confext, &names), ["c.confext.raw"]);
+        }
         assert!(select(StubSemantics::Systemd252, Sidecar::Confext, &names).is_empty());
     }
 }

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     for profile in 0..2 {
         if let Ok(sections) = uki.sections_for_profile(profile) {
             let _ = imgctl_measure::predict::pcr11_event_data(
-                imgctl_measure::StubSemantics::Upstream,
+                imgctl_measure::StubSemantics::LATEST,
                 &imgctl_measure::uki::as_measured(&sections),
             );
         }

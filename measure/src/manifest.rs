@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pcr11::STUB_VERSIONS;
 use crate::predict::PcrValue;
 use crate::{Error, StubSemantics};
 
@@ -114,12 +115,20 @@ impl Serialize for StubSemantics {
 impl<'de> Deserialize<'de> for StubSemantics {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        [StubSemantics::Systemd252, StubSemantics::Upstream]
-            .into_iter()
-            .find(|k| k.name() == s)
+        // "upstream" is how manifests and log entries named the newest list before the version
+        // table; it is read, never written.
+        if s == "upstream" {
+            return Ok(StubSemantics::Systemd258);
+        }
+        STUB_VERSIONS
+            .iter()
+            .find(|v| v.name == s)
+            .map(|v| v.semantics)
             .ok_or_else(|| {
+                let names: Vec<&str> = STUB_VERSIONS.iter().map(|v| v.name).collect();
                 serde::de::Error::custom(format!(
-                    "stub semantics {s:?} is neither \"systemd-252\" nor \"upstream\""
+                    "stub semantics {s:?} is not one of {}",
+                    names.join(", ")
                 ))
             })
     }

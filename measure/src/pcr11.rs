@@ -19,18 +19,41 @@ pub const PCR_KERNEL_PARAMETERS: u32 = 12;
 /// PCR for system extension images handed over through the ESP.
 pub const PCR_INITRD_SYSEXTS: u32 = 13;
 
-/// Which stub's section list applies. Sections a stub does not know are ignored by it (neither
-/// measured nor used), so the same UKI can measure differently under different stubs.
+/// Which systemd-stub's measurements apply: one row of [`STUB_VERSIONS`] per systemd version
+/// that changed what the stub measures. Sections a stub does not know are ignored by it
+/// (neither measured nor used), so the same UKI can measure differently under different stubs.
 ///
-/// Serialised (manifest, log entries) as [`StubSemantics::name`] spells it, and only so (the
-/// serde impls are in `manifest.rs`: this file is also compiled into the `no_std` stub).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Serialised (manifest, log entries) as [`StubSemantics::name`] spells it, `systemd-<version>`
+/// (the serde impls are in `manifest.rs`: this file is also compiled into the `no_std` stub).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StubSemantics {
-    /// systemd 252/253 (Debian 12's systemd-stub): `.linux .osrel .cmdline .initrd .splash .dtb
-    /// .pcrsig .pcrpkey`.
+    /// systemd 252–253 (Debian 12).
     Systemd252,
-    /// Current upstream systemd-stub: adds `.ucode .uname .sbat .profile .dtbauto .hwids .efifw`.
-    Upstream,
+    /// systemd 254–255: `.uname` and `.sbat` measured.
+    Systemd254,
+    /// systemd 256: `.ucode`; confext images beside the UKI (PCR 12).
+    Systemd256,
+    /// systemd 257 (Debian 13): `.profile`, `.dtbauto` (measured only when selected), `.hwids`;
+    /// the profile tag in PCR 12.
+    Systemd257,
+    /// systemd 258 and later: `.efifw`.
+    Systemd258,
+}
+
+/// One row of the version table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StubVersion {
+    pub semantics: StubSemantics,
+    /// The first systemd version that measures this way.
+    pub since: u32,
+    /// The spelling in manifests, log entries and `--stub-semantics`.
+    pub name: &'static str,
+    /// Every section the stub knows, in canonical measurement order (`enum UnifiedSection` of
+    /// that version's `src/fundamental/uki.h`, or `tpm-pcr.h` before 254).
+    pub sections: &'static [&'static str],
+    /// Whether `*.confext.raw` beside the UKI become a confext cpio measured into PCR 12 (else
+    /// every `*.raw` is a sysext, PCR 13).
+    pub confext_sidecars: bool,
 }
 
 /// Canonical order of `enum UnifiedSection` in systemd 252.
@@ -38,22 +61,91 @@ pub const SECTIONS_252: &[&str] = &[
     ".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrsig", ".pcrpkey",
 ];
 
-/// Canonical order of `enum UnifiedSection` in current upstream systemd (uki.h).
-pub const SECTIONS_UPSTREAM: &[&str] = &[
+/// systemd 254: `.uname` and `.sbat` after `.dtb`.
+pub const SECTIONS_254: &[&str] = &[
+    ".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".uname", ".sbat", ".pcrsig",
+    ".pcrpkey",
+];
+
+/// systemd 256: `.ucode` after `.initrd`.
+pub const SECTIONS_256: &[&str] = &[
+    ".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".splash", ".dtb", ".uname", ".sbat",
+    ".pcrsig", ".pcrpkey",
+];
+
+/// systemd 257: `.profile`, `.dtbauto`, `.hwids` at the end.
+pub const SECTIONS_257: &[&str] = &[
+    ".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".splash", ".dtb", ".uname", ".sbat",
+    ".pcrsig", ".pcrpkey", ".profile", ".dtbauto", ".hwids",
+];
+
+/// systemd 258: `.efifw` at the end.
+pub const SECTIONS_258: &[&str] = &[
     ".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".splash", ".dtb", ".uname", ".sbat",
     ".pcrsig", ".pcrpkey", ".profile", ".dtbauto", ".hwids", ".efifw",
+];
+
+/// What each systemd-stub version measures, oldest first. Sources: systemd NEWS and
+/// `src/fundamental/uki.h` of each release; ../shared/reference/systemd-257-and-later.md.
+pub const STUB_VERSIONS: &[StubVersion] = &[
+    StubVersion {
+        semantics: StubSemantics::Systemd252,
+        since: 252,
+        name: "systemd-252",
+        sections: SECTIONS_252,
+        confext_sidecars: false,
+    },
+    StubVersion {
+        semantics: StubSemantics::Systemd254,
+        since: 254,
+        name: "systemd-254",
+        sections: SECTIONS_254,
+        confext_sidecars: false,
+    },
+    StubVersion {
+        semantics: StubSemantics::Systemd256,
+        since: 256,
+        name: "systemd-256",
+        sections: SECTIONS_256,
+        confext_sidecars: true,
+    },
+    StubVersion {
+        semantics: StubSemantics::Systemd257,
+        since: 257,
+        name: "systemd-257",
+        sections: SECTIONS_257,
+        confext_sidecars: true,
+    },
+    StubVersion {
+        semantics: StubSemantics::Systemd258,
+        since: 258,
+        name: "systemd-258",
+        sections: SECTIONS_258,
+        confext_sidecars: true,
+    },
 ];
 
 /// The section that is never measured: it carries the signature over the measured values.
 pub const PCRSIG: &str = ".pcrsig";
 
 impl StubSemantics {
+    /// The newest row of the table.
+    pub const LATEST: StubSemantics = StubSemantics::Systemd258;
+    /// What our own stub (uki-stub/) implements; its `.sdmagic` names it `imgctl-stub`.
+    pub const IMGCTL_STUB: StubSemantics = StubSemantics::Systemd258;
+
+    /// This row of [`STUB_VERSIONS`].
+    pub fn version(self) -> &'static StubVersion {
+        let mut i = 0;
+        while i + 1 < STUB_VERSIONS.len() && STUB_VERSIONS[i].semantics != self {
+            i += 1;
+        }
+        &STUB_VERSIONS[i]
+    }
+
     /// Every section this stub knows, in canonical measurement order.
     pub fn sections(self) -> &'static [&'static str] {
-        match self {
-            StubSemantics::Systemd252 => SECTIONS_252,
-            StubSemantics::Upstream => SECTIONS_UPSTREAM,
-        }
+        self.version().sections
     }
 
     /// The sections this stub measures into PCR 11, in order.
@@ -66,22 +158,35 @@ impl StubSemantics {
         self.sections().contains(&name)
     }
 
-    /// Which semantics a systemd-stub of that major version follows. Only 252 (Debian 12) has
-    /// been checked against a real boot; later versions are taken to follow the upstream list,
-    /// which measures identically for UKIs without the sections added after 252.
+    /// Which row a systemd-stub of that major version follows: the newest row not newer than
+    /// it (a stub older than 252 is taken as 252; one newer than the table as its last row).
     pub fn for_systemd_version(major: u32) -> Self {
-        if major <= 252 {
-            StubSemantics::Systemd252
-        } else {
-            StubSemantics::Upstream
+        let mut out = STUB_VERSIONS[0].semantics;
+        for v in STUB_VERSIONS {
+            if v.since <= major {
+                out = v.semantics;
+            }
         }
+        out
     }
 
+    /// `systemd-<version>`.
     pub fn name(self) -> &'static str {
-        match self {
-            StubSemantics::Systemd252 => "systemd-252",
-            StubSemantics::Upstream => "upstream",
+        self.version().name
+    }
+
+    /// Reads `systemd-<N>` or `<N>` for any systemd version N ≥ 252 (`257`, `systemd-255`):
+    /// the row that version measures by. `None` for anything else.
+    pub fn from_version_name(s: &str) -> Option<Self> {
+        let digits = s.strip_prefix("systemd-").unwrap_or(s);
+        if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
         }
+        let mut major = 0u32;
+        for b in digits.bytes() {
+            major = major * 10 + u32::from(b - b'0');
+        }
+        (major >= STUB_VERSIONS[0].since).then(|| Self::for_systemd_version(major))
     }
 }
 
@@ -161,17 +266,59 @@ mod tests {
 
     #[test]
     fn pcrsig_is_never_measured_and_order_is_canonical() {
-        for s in [StubSemantics::Systemd252, StubSemantics::Upstream] {
+        for v in STUB_VERSIONS {
+            let s = v.semantics;
+            assert_eq!(s.version(), v);
             assert!(s.knows(PCRSIG));
             assert!(s.measured_sections().all(|n| n != PCRSIG));
             assert_eq!(s.measured_sections().next(), Some(".linux"));
         }
-        // The v252 list is the upstream list with the later additions removed, order kept.
-        let filtered: Vec<_> = SECTIONS_UPSTREAM
-            .iter()
-            .filter(|s| SECTIONS_252.contains(s))
-            .collect();
-        assert_eq!(filtered, SECTIONS_252.iter().collect::<Vec<_>>());
+        // Each version's list is the next one's with that version's additions removed, order
+        // kept: sections are only ever added.
+        for pair in STUB_VERSIONS.windows(2) {
+            let (old, new) = (pair[0].sections, pair[1].sections);
+            let filtered: Vec<_> = new.iter().filter(|s| old.contains(s)).collect();
+            assert_eq!(filtered, old.iter().collect::<Vec<_>>(), "{}", pair[1].name);
+            assert!(pair[0].since < pair[1].since && pair[0].semantics < pair[1].semantics);
+        }
+    }
+
+    #[test]
+    fn a_systemd_version_maps_to_the_newest_row_not_newer_than_it() {
+        use StubSemantics::*;
+        for (major, want) in [
+            (249, Systemd252),
+            (252, Systemd252),
+            (253, Systemd252),
+            (254, Systemd254),
+            (255, Systemd254),
+            (256, Systemd256),
+            (257, Systemd257),
+            (258, Systemd258),
+            (260, Systemd258),
+        ] {
+            assert_eq!(StubSemantics::for_systemd_version(major), want, "{major}");
+        }
+        assert_eq!(
+            StubSemantics::from_version_name("systemd-255"),
+            Some(Systemd254)
+        );
+        assert_eq!(StubSemantics::from_version_name("257"), Some(Systemd257));
+        for bad in [
+            "",
+            "systemd-",
+            "251",
+            "systemd252",
+            "upstream",
+            "257.13",
+            "99999",
+            "-1",
+        ] {
+            assert_eq!(StubSemantics::from_version_name(bad), None, "{bad:?}");
+        }
+        for v in STUB_VERSIONS {
+            assert_eq!(StubSemantics::from_version_name(v.name), Some(v.semantics));
+        }
     }
 
     #[test]

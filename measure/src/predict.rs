@@ -310,7 +310,7 @@ mod tests {
             name: ".linux",
             data: b"A",
         };
-        assert!(pcr11_event_data(StubSemantics::Upstream, &[a, a]).is_err());
+        assert!(pcr11_event_data(StubSemantics::LATEST, &[a, a]).is_err());
     }
 
     #[test]
@@ -326,7 +326,7 @@ mod tests {
         assert_eq!(e1(&[linux, uname], ":"), e1(&[linux], ":"));
         let up = |s: &[MeasuredSection<'_>]| {
             predict_pcr11(
-                StubSemantics::Upstream,
+                StubSemantics::LATEST,
                 s,
                 &[HashAlg::SHA256],
                 &[PhasePath::default()],

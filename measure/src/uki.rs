@@ -35,12 +35,14 @@ impl StubIdentity {
         digits.parse().ok()
     }
 
-    /// The measurement semantics this stub follows: v252 list for systemd-stub ≤ 252, the
-    /// upstream list otherwise (including our own stub, which follows upstream).
+    /// The measurement semantics this stub follows: for systemd-stub the row of its version
+    /// ([`StubSemantics::for_systemd_version`]), for our own stub the one it implements
+    /// ([`StubSemantics::IMGCTL_STUB`]); for any other the newest row.
     pub fn semantics(&self) -> StubSemantics {
         match self.systemd_major() {
             Some(v) => StubSemantics::for_systemd_version(v),
-            None => StubSemantics::Upstream,
+            None if self.name.as_deref() == Some("imgctl-stub") => StubSemantics::IMGCTL_STUB,
+            None => StubSemantics::LATEST,
         }
     }
 
@@ -174,6 +176,11 @@ mod tests {
         assert_eq!(id.systemd_major(), Some(252));
         assert_eq!(id.semantics(), StubSemantics::Systemd252);
         assert!(id.sbat_component.unwrap().starts_with("systemd,1,"));
-        assert_eq!(StubIdentity::default().semantics(), StubSemantics::Upstream);
+        assert_eq!(StubIdentity::default().semantics(), StubSemantics::LATEST);
+        let debian13 = StubIdentity::from_sections(
+            Some(b"#### LoaderInfo: systemd-stub 257.13-1~deb13u1 ####\0"),
+            None,
+        );
+        assert_eq!(debian13.semantics(), StubSemantics::Systemd257);
     }
 }

@@ -658,7 +658,7 @@ fn match_sections(
     events: &[&Event],
     banks: &[HashAlg],
 ) -> (Vec<Finding>, BTreeSet<usize>) {
-    let semantics = a.semantics.unwrap_or(StubSemantics::Upstream);
+    let semantics = a.semantics.unwrap_or(StubSemantics::LATEST);
     let expected: Vec<&SectionRef> = semantics
         .measured_sections()
         .filter_map(|n| a.sections.iter().find(|s| s.name == n))
@@ -973,9 +973,18 @@ mod tests {
     fn stub_semantics_is_read_by_its_one_spelling() {
         let a = parse_manifest("m", &manifest("systemd-252")).unwrap();
         assert_eq!(a.semantics, Some(StubSemantics::Systemd252));
+        let a = parse_manifest("m", &manifest("systemd-257")).unwrap();
+        assert_eq!(a.semantics, Some(StubSemantics::Systemd257));
+        // Manifests written before the version table said "upstream" for the newest list.
         let a = parse_manifest("m", &manifest("upstream")).unwrap();
-        assert_eq!(a.semantics, Some(StubSemantics::Upstream));
-        for bad in ["systemd252", "252", "upstream-2520", "Upstream"] {
+        assert_eq!(a.semantics, Some(StubSemantics::Systemd258));
+        for bad in [
+            "systemd252",
+            "252",
+            "upstream-2520",
+            "Upstream",
+            "systemd-255",
+        ] {
             let e = parse_manifest("m", &manifest(bad)).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }

@@ -24,8 +24,9 @@ pub struct Args {
     /// Output folder. Default: images/NAME.
     #[arg(short, long, value_name = "DIR")]
     output: Option<PathBuf>,
-    /// Stub semantics for pcrs.json.
-    #[arg(long, value_enum, default_value_t)]
+    /// Stub semantics for pcrs.json: `auto` (from the stub's .sdmagic) or the systemd version
+    /// of the stub that will boot it (252, 254, 256, 257, 258; `systemd-257` also).
+    #[arg(long, default_value = "auto", value_name = "VERSION")]
     stub_semantics: SemanticsArg,
     /// Sign the predicted PCR 11 values with this private key (PEM: RSA-2048 or ECDSA P-256)
     /// and embed .pcrsig, plus .pcrpkey when the recipe names none, as ukify does.
@@ -50,11 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("images").join(&recipe.name));
     let mut opts = BuildOptions::new(out_dir, crate::output::source_date_epoch()?);
-    opts.semantics = match args.stub_semantics {
-        SemanticsArg::Auto => None,
-        SemanticsArg::Systemd252 => Some(imgctl_measure::StubSemantics::Systemd252),
-        SemanticsArg::Upstream => Some(imgctl_measure::StubSemantics::Upstream),
-    };
+    opts.semantics = args.stub_semantics.fixed();
     if let Some(k) = &args.pcr_private_key {
         let pem = imgctl_fsio::read_bounded(k.as_ref(), imgctl_fsio::caps::KEY, "a key")?;
         opts.pcr_key = Some(

@@ -36,8 +36,12 @@ struct PredictArgs {
     /// The .raw files, named as they will be on the ESP.
     #[arg(required = true)]
     images: Vec<PathBuf>,
-    /// The stub that will boot them: systemd-252 (Debian 12) or upstream.
-    #[arg(long = "stub-semantics", value_enum, default_value = "systemd-252")]
+    /// The systemd version of the stub that will boot them: 252 (Debian 12), 257 (Debian 13), …
+    #[arg(
+        long = "stub-semantics",
+        default_value = "systemd-252",
+        value_name = "VERSION"
+    )]
     semantics: crate::uki_input::SemanticsArg,
     /// PCR bank; repeat for several. Default: sha1, sha256, sha384, sha512.
     #[arg(long = "bank", value_name = "BANK")]

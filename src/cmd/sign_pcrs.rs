@@ -38,8 +38,9 @@ pub struct Args {
     /// Profile of a multi-profile UKI to sign for.
     #[arg(long, default_value_t = 0)]
     profile: u32,
-    /// Which stub's measurement rules to apply.
-    #[arg(long, value_enum, default_value_t)]
+    /// Which stub's measurement rules to apply: `auto` (from the stub's .sdmagic) or the
+    /// systemd version of the stub (252, 254, 256, 257, 258; `systemd-257` also).
+    #[arg(long, default_value = "auto", value_name = "VERSION")]
     stub_semantics: SemanticsArg,
     /// Write the JSON here (atomically) instead of stdout.
     #[arg(short, long, value_name = "FILE")]

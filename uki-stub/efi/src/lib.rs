@@ -87,7 +87,7 @@ const fn nul_terminated<const N: usize>(s: &[u8]) -> [u8; N] {
 }
 
 /// The semantics this stub implements (`StubIdentity::semantics()` maps `imgctl-stub` here).
-const SEMANTICS: StubSemantics = StubSemantics::Upstream;
+const SEMANTICS: StubSemantics = StubSemantics::IMGCTL_STUB;
 
 /// Console writer for formatted messages.
 struct Console<'a>(&'a Firmware);
