@@ -153,6 +153,8 @@ seed_target() {
         pcrs_json) seed "$t" "$w/uki/pcrs.json" "$el/ovmf-swtpm/ovmf-stub252-systemd-measure.json" ;;
         manifest_json) seed "$t" "$w/uki/manifest.json" ;;
         pcr_values) seed "$t" "$w/pcr-values.json" ;;
+        dtb) mkdir -p "$seeds/$t"
+            printf '/dts-v1/;\n/ { compatible = "imgctl,a", "soc"; cpus { }; };\n' | dtc -I dts -O dtb -o "$seeds/$t/a.dtb" - 2>/dev/null || true ;;
         quote_json) seed "$t" "$testdata/eventlogs/go-attestation/windows_gcp_shielded_vm.json" "$w/quote.json" ;;
         log_entry) seed "$t" "$w/entry.json" "$w"/entry-*.bin ;;
         tlog_proof) seed "$t" "$w/uki/t.efi.tlog-proof" ;;

@@ -16,7 +16,7 @@ cryptsetup-bin erofs-utils squashfs-tools fdisk dosfstools mtools
 swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
 sbsigntool osslsigncode openssl binutils
 qemu-system-x86 ovmf
-busybox-static cpio kmod fsverity
+busybox-static cpio kmod fsverity device-tree-compiler
 python3 python3-cryptography ca-certificates
 mmdebstrap
 "

@@ -81,6 +81,16 @@ fn sections_of(data: &[u8]) -> Vec<(String, Vec<u8>)> {
 
 /// `systemd-measure calculate` 257 (in the chroot) over the measured sections of `uki`.
 fn systemd_measure(root: &Path, uki: &[u8], phases: &[&str]) -> serde_json::Value {
+    systemd_measure_with(root, uki, phases, &[])
+}
+
+/// [`systemd_measure`] with more `(option, file content)` pairs.
+fn systemd_measure_with(
+    root: &Path,
+    uki: &[u8],
+    phases: &[&str],
+    extra: &[(&str, &[u8])],
+) -> serde_json::Value {
     let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
     let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
     let mut cmd = Command::new("chroot");
@@ -95,6 +105,11 @@ fn systemd_measure(root: &Path, uki: &[u8], phases: &[&str]) -> serde_json::Valu
         // systemd-measure skips empty files; the stub skips sections of size 0 likewise.
         let file = name.trim_start_matches('.');
         std::fs::write(dir.path().join(file), &data).unwrap();
+        cmd.arg(format!("{opt}={}", inside.join(file).display()));
+    }
+    for (i, (opt, data)) in extra.iter().enumerate() {
+        let file = format!("extra{i}");
+        std::fs::write(dir.path().join(&file), data).unwrap();
         cmd.arg(format!("{opt}={}", inside.join(file).display()));
     }
     for p in phases {
@@ -323,4 +338,123 @@ fn sign_pcrs_equals_systemd_measure_257_sign() {
             assert!(checked >= 2, "{checked} signatures checked");
         }
     }
+}
+
+/// `dtc` makes a devicetree blob whose root compatible is `compatible` (a list).
+fn dtb(dir: &Path, name: &str, compatible: &[&str]) -> Vec<u8> {
+    let Some(dtc) = common::require_tool("dtc", "device-tree-compiler") else {
+        return Vec::new();
+    };
+    let list: Vec<String> = compatible.iter().map(|c| format!("\"{c}\"")).collect();
+    let src = dir.join(format!("{name}.dts"));
+    std::fs::write(
+        &src,
+        format!(
+            "/dts-v1/;\n/ {{\n\tmodel = \"{name}\";\n\tcompatible = {};\n\tcpus {{ }};\n}};\n",
+            list.join(", ")
+        ),
+    )
+    .unwrap();
+    let out = dir.join(format!("{name}.dtb"));
+    run_ok(
+        Command::new(dtc)
+            .args(["-I", "dts", "-O", "dtb", "-o"])
+            .arg(&out)
+            .arg(&src),
+    );
+    std::fs::read(out).unwrap()
+}
+
+/// A UKI that ukify 257 builds with two `.dtbauto` sections (`--devicetree-auto`, made by
+/// dtc): the stub selects the first whose root compatible matches the machine's, or none.
+/// `predict-pcrs` lists every case; each equals systemd-measure 257 given the selected blob
+/// (through `--hwids=`, the option 257.13 wrongly measures as `.dtbauto`, PR #35765) or no blob.
+#[test]
+fn dtbauto_predictions_follow_the_stubs_selection_and_systemd_measure_257() {
+    let Some(root) = chroot() else { return };
+    let kernel = common::repo_root().join(".cache/demo/vmlinuz");
+    if !kernel.exists() {
+        common::missing("the demo kernel .cache/demo/vmlinuz (run scripts/setup.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
+    let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
+    let a = dtb(dir.path(), "a", &["imgctl,board-a", "imgctl,soc"]);
+    let b = dtb(dir.path(), "b", &["imgctl,board-b"]);
+    if a.is_empty() {
+        return;
+    }
+    // fdtget, the devicetree tools' own reader, agrees on the compatible we select by.
+    if let Some(fdtget) = common::require_tool("fdtget", "device-tree-compiler") {
+        let o = run_ok(
+            Command::new(fdtget)
+                .args(["-t", "s"])
+                .arg(dir.path().join("a.dtb"))
+                .args(["/", "compatible"]),
+        );
+        assert!(String::from_utf8(o).unwrap().starts_with("imgctl,board-a"));
+    }
+    std::fs::copy(&kernel, dir.path().join("vmlinuz")).unwrap();
+    run_ok(
+        Command::new("chroot")
+            .arg(&root)
+            .arg("ukify")
+            .arg("build")
+            .arg(format!("--linux={}", inside.join("vmlinuz").display()))
+            .arg("--cmdline=console=ttyS0")
+            .arg(format!(
+                "--devicetree-auto={}",
+                inside.join("a.dtb").display()
+            ))
+            .arg(format!(
+                "--devicetree-auto={}",
+                inside.join("b.dtb").display()
+            ))
+            .arg(format!("--output={}", inside.join("uki.efi").display())),
+    );
+    let uki = dir.path().join("uki.efi");
+    let bytes = std::fs::read(&uki).unwrap();
+    let n = sections_of(&bytes)
+        .iter()
+        .filter(|(n, _)| n == ".dtbauto")
+        .count();
+    assert_eq!(n, 2, "ukify wrote both .dtbauto sections");
+    let predict = |extra: &[&str]| -> serde_json::Value {
+        let mut cmd = imgctl();
+        cmd.arg("predict-pcrs").arg(&uki).arg("--json").args(extra);
+        for p in PHASES {
+            cmd.arg(format!("--phase={p}"));
+        }
+        serde_json::from_slice(&run_ok(&mut cmd)).unwrap()
+    };
+    let none = systemd_measure(&root, &bytes, PHASES);
+    let with_a = systemd_measure_with(&root, &bytes, PHASES, &[("--hwids", &a)]);
+    let with_b = systemd_measure_with(&root, &bytes, PHASES, &[("--hwids", &b)]);
+    assert_ne!(with_a, none);
+    assert_ne!(with_a, with_b);
+    assert_eq!(predict(&["--no-dtb"]), none);
+    assert_eq!(predict(&["--dtb-match", "imgctl,board-a"]), with_a);
+    assert_eq!(predict(&["--dtb-match", "imgctl,board-b"]), with_b);
+    // Only the first string of the root compatible is compared.
+    assert_eq!(predict(&["--dtb-match", "imgctl,soc"]), none);
+    // Without a machine: every case, labelled, none first.
+    let all = predict(&[]);
+    let c = all["candidates"].as_array().unwrap();
+    assert_eq!(c.len(), 3, "{all}");
+    assert_eq!(c[0]["dtbauto"], serde_json::Value::Null);
+    assert_eq!(c[0]["pcrs"], none);
+    assert_eq!(c[1]["dtbauto"]["compatible"], "imgctl,board-a");
+    assert_eq!(c[1]["pcrs"], with_a);
+    assert_eq!(
+        (c[2]["dtbauto"]["index"].as_u64(), &c[2]["pcrs"]),
+        (Some(1), &with_b)
+    );
+    let text = String::from_utf8(run_ok(imgctl().arg("predict-pcrs").arg(&uki))).unwrap();
+    assert!(
+        text.contains("# devicetree: none selected")
+            && text.contains("# devicetree: .dtbauto #1 (imgctl,board-b)"),
+        "{text}"
+    );
+    // 256 does not know .dtbauto: one prediction, the sections it measures.
+    assert_eq!(predict(&["--stub-semantics", "256"]), none);
 }

@@ -35,6 +35,7 @@ pub mod audit;
 pub mod authenticode;
 pub mod bank;
 pub mod breakglass;
+pub mod dtb;
 pub mod eventlog;
 pub mod guest_report;
 pub mod keys;

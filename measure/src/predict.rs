@@ -186,6 +186,35 @@ pub fn predict_pcr11(
     predict_from_digests(semantics, &with_digests, banks, phases)
 }
 
+/// One prediction per `.dtbauto` the stub may select, and one for "none selected" first
+/// (see [`crate::uki::DtbChoice`]); a single "none" row when the stub does not select
+/// `.dtbauto` sections (before 257) or the UKI has none.
+pub fn predict_pcr11_per_dtb(
+    semantics: StubSemantics,
+    sections: &[crate::uki::SectionData<'_>],
+    banks: &[HashAlg],
+    phases: &[PhasePath],
+) -> Result<Vec<(Option<crate::uki::DtbCandidate>, Prediction)>, Error> {
+    use crate::uki::{as_measured, dtbauto_candidates, select_dtbauto, DtbChoice};
+    let mut choices = vec![(None, DtbChoice::None)];
+    if semantics.knows(".dtbauto") {
+        for c in dtbauto_candidates(sections).0 {
+            let choice = DtbChoice::Compatible(c.compatible.clone());
+            choices.push((Some(c), choice));
+        }
+    }
+    choices
+        .into_iter()
+        .map(|(c, choice)| {
+            let selected = select_dtbauto(sections, &choice);
+            Ok((
+                c,
+                predict_pcr11(semantics, &as_measured(&selected), banks, phases)?,
+            ))
+        })
+        .collect()
+}
+
 /// `H_bank(data)` for every bank (inner) and every input (outer), all pairs in parallel.
 pub fn digest_matrix(banks: &[HashAlg], inputs: &[&[u8]]) -> Result<Vec<Vec<Digest>>, Error> {
     let jobs: Vec<(HashAlg, &[u8])> = inputs

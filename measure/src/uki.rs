@@ -150,6 +150,76 @@ impl<'a> Uki<'a> {
     }
 }
 
+/// Which `.dtbauto` a machine makes the stub select (systemd 257+, `src/boot/pe.c`): the
+/// first `.dtbauto`, in section table order, whose devicetree's root `compatible` (its first
+/// string) equals the machine's: the firmware devicetree's, or the one the UKI's `.hwids`
+/// entry for the machine names. A `.dtbauto` the stub cannot read is never selected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DtbChoice {
+    /// No `.dtbauto` matches (e.g. an x86 machine without a devicetree): none is measured.
+    None,
+    /// The machine's devicetree compatible.
+    Compatible(String),
+}
+
+/// A `.dtbauto` section the stub could select.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DtbCandidate {
+    /// Which `.dtbauto` it is (0 = the first in the section table).
+    pub index: usize,
+    /// Its root compatible.
+    pub compatible: String,
+}
+
+/// The `.dtbauto` sections among `sections` that some machine selects: readable, with a root
+/// compatible, and the first of that compatible (a later one with the same is never chosen).
+/// The second list names the ones never selected, and why.
+pub fn dtbauto_candidates(
+    sections: &[SectionData<'_>],
+) -> (Vec<DtbCandidate>, Vec<(usize, String)>) {
+    let mut out: Vec<DtbCandidate> = Vec::new();
+    let mut never = Vec::new();
+    for (index, (_, data)) in sections.iter().filter(|(n, _)| n == ".dtbauto").enumerate() {
+        match crate::dtb::root_compatible(data) {
+            Ok(Some(c)) if out.iter().any(|o| o.compatible == c) => {
+                never.push((index, format!("an earlier .dtbauto is also {c:?}")))
+            }
+            Ok(Some(compatible)) => out.push(DtbCandidate { index, compatible }),
+            Ok(None) => never.push((index, "its root node has no compatible".into())),
+            Err(e) => never.push((index, format!("not a readable devicetree: {e}"))),
+        }
+    }
+    (out, never)
+}
+
+/// `sections` as the stub sees them on a machine that makes `choice`: every `.dtbauto` but the
+/// selected one removed.
+pub fn select_dtbauto<'a>(
+    sections: &[SectionData<'a>],
+    choice: &DtbChoice,
+) -> Vec<SectionData<'a>> {
+    let chosen = match choice {
+        DtbChoice::None => None,
+        DtbChoice::Compatible(c) => dtbauto_candidates(sections)
+            .0
+            .into_iter()
+            .find(|d| d.compatible == *c)
+            .map(|d| d.index),
+    };
+    let mut nth = 0;
+    sections
+        .iter()
+        .filter(|(n, _)| {
+            if n != ".dtbauto" {
+                return true;
+            }
+            nth += 1;
+            Some(nth - 1) == chosen
+        })
+        .cloned()
+        .collect()
+}
+
 /// Borrows owned section contents as [`MeasuredSection`]s.
 pub fn as_measured<'s>(sections: &'s [SectionData<'_>]) -> Vec<MeasuredSection<'s>> {
     sections
@@ -164,6 +234,38 @@ pub fn as_measured<'s>(sections: &'s [SectionData<'_>]) -> Vec<MeasuredSection<'
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stub_selects_the_first_dtbauto_of_the_machines_compatible() {
+        let d = |c: &[u8]| crate::dtb::tests::dtb(&[("compatible", c)]);
+        let sections: Vec<SectionData<'_>> = vec![
+            (".linux".into(), Cow::Owned(vec![1])),
+            (".dtbauto".into(), Cow::Owned(d(b"vendor,a\0soc\0"))),
+            (".dtbauto".into(), Cow::Owned(vec![0; 8])),
+            (".dtbauto".into(), Cow::Owned(d(b"vendor,b\0"))),
+            (".dtbauto".into(), Cow::Owned(d(b"vendor,a\0"))),
+        ];
+        let (cands, never) = dtbauto_candidates(&sections);
+        let names: Vec<(usize, &str)> = cands
+            .iter()
+            .map(|c| (c.index, c.compatible.as_str()))
+            .collect();
+        assert_eq!(names, [(0, "vendor,a"), (2, "vendor,b")]);
+        assert_eq!(never.iter().map(|n| n.0).collect::<Vec<_>>(), [1, 3]);
+        let pick = |c: DtbChoice| {
+            select_dtbauto(&sections, &c)
+                .into_iter()
+                .map(|(_, d)| d.into_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pick(DtbChoice::None), [vec![1]]);
+        assert_eq!(
+            pick(DtbChoice::Compatible("vendor,b".into())),
+            [vec![1], d(b"vendor,b\0")]
+        );
+        // Only the first string of the root compatible counts.
+        assert_eq!(pick(DtbChoice::Compatible("soc".into())), [vec![1]]);
+    }
 
     #[test]
     fn identity_of_debian_systemd_stub() {

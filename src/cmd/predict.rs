@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use imgctl_measure::uki::as_measured;
+use imgctl_measure::predict::predict_pcr11_per_dtb;
+use imgctl_measure::uki::{
+    as_measured, dtbauto_candidates, select_dtbauto, DtbCandidate, DtbChoice,
+};
 use imgctl_measure::{predict_pcr11, HashAlg, PhasePath};
 
 use crate::output::outln;
@@ -13,7 +16,10 @@ use crate::uki_input::{load_uki, SemanticsArg};
 /// Predict the PCR 11 values a machine shows when it boots a UKI with systemd-stub: right
 /// after the stub (the empty boot path ":") and after each systemd-pcrphase step.
 ///
-/// The JSON output has the shape `systemd-measure calculate --json` prints.
+/// The JSON output has the shape `systemd-measure calculate --json` prints. A UKI with
+/// `.dtbauto` sections (systemd 257+) measures differently per machine: without `--dtb-match`
+/// or `--no-dtb` there is one prediction per `.dtbauto` the stub may select and one for none,
+/// labelled (JSON: `{"candidates": [{"dtbauto": null | {"index", "compatible"}, "pcrs": …}]}`).
 ///
 /// Example: imgctl predict-pcrs images/demo/demo.efi --bank sha256 --phase enter-initrd --json
 #[derive(Debug, clap::Args)]
@@ -34,6 +40,14 @@ pub struct Args {
     /// systemd version of the stub (252, 254, 256, 257, 258; `systemd-257` also).
     #[arg(long, default_value = "auto", value_name = "VERSION")]
     stub_semantics: SemanticsArg,
+    /// The machine's devicetree compatible (the first string of its firmware devicetree's root
+    /// `compatible`, or the one the UKI's .hwids entry for it names): predict for the `.dtbauto`
+    /// the stub selects for it (systemd 257+).
+    #[arg(long, value_name = "COMPATIBLE", conflicts_with = "no_dtb")]
+    dtb_match: Option<String>,
+    /// Predict for a machine that selects no `.dtbauto` (e.g. x86 without a devicetree).
+    #[arg(long)]
+    no_dtb: bool,
     /// Print JSON (systemd-measure's shape) instead of text.
     #[arg(long)]
     json: bool,
@@ -55,24 +69,71 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.banks.clone()
     };
     let phases = crate::uki_input::phase_paths(&args.phases, PhasePath::defaults())?;
-    let prediction = crate::output::with_spinner("hashing sections", || {
-        predict_pcr11(semantics, &as_measured(&sections), &banks, &phases)
+    // Which .dtbauto the stub selects depends on the machine: one prediction per candidate
+    // (and "none") unless the machine is named.
+    let choice = match (&args.dtb_match, args.no_dtb) {
+        (Some(c), _) => Some(DtbChoice::Compatible(c.clone())),
+        (None, true) => Some(DtbChoice::None),
+        (None, false) => None,
+    };
+    let rows = crate::output::with_spinner("hashing sections", || match &choice {
+        Some(choice) => {
+            let selected = select_dtbauto(&sections, choice);
+            predict_pcr11(semantics, &as_measured(&selected), &banks, &phases)
+                .map(|p| vec![(None, p)])
+        }
+        None => predict_pcr11_per_dtb(semantics, &sections, &banks, &phases),
     })
     .with_context(|| args.input.display().to_string())?;
+    if let (Some(DtbChoice::Compatible(c)), true) = (&choice, semantics.knows(".dtbauto")) {
+        if !dtbauto_candidates(&sections)
+            .0
+            .iter()
+            .any(|d| d.compatible == *c)
+        {
+            eprintln!(
+                "imgctl: warning: no .dtbauto of {} is {c:?}: predicting with none selected",
+                args.input.display()
+            );
+        }
+    }
+    let label = |c: &Option<DtbCandidate>| match c {
+        None => "none selected".to_owned(),
+        Some(c) => format!(".dtbauto #{} ({})", c.index, c.compatible),
+    };
     if args.json {
-        crate::output::print_json(&prediction.to_json())?;
+        if rows.len() == 1 {
+            crate::output::print_json(&rows[0].1.to_json())?;
+        } else {
+            let list: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(c, p)| {
+                    serde_json::json!({
+                        "dtbauto": c.as_ref().map(|c| serde_json::json!({
+                            "index": c.index, "compatible": c.compatible})),
+                        "pcrs": p.to_json(),
+                    })
+                })
+                .collect();
+            crate::output::print_json(&serde_json::json!({ "candidates": list }))?;
+        }
     } else {
         outln!("# stub semantics: {}", semantics.name());
-        for phase in &phases {
-            let label = if phase.is_empty() {
-                ":".to_owned()
-            } else {
-                phase.to_string()
-            };
-            outln!("# PCR[11] phase <{label}>");
-            for bank in &banks {
-                if let Some(d) = prediction.get(*bank, phase) {
-                    outln!("11:{bank}={d}");
+        for (c, prediction) in &rows {
+            if rows.len() > 1 {
+                outln!("# devicetree: {}", label(c));
+            }
+            for phase in &phases {
+                let label = if phase.is_empty() {
+                    ":".to_owned()
+                } else {
+                    phase.to_string()
+                };
+                outln!("# PCR[11] phase <{label}>");
+                for bank in &banks {
+                    if let Some(d) = prediction.get(*bank, phase) {
+                        outln!("11:{bank}={d}");
+                    }
                 }
             }
         }
