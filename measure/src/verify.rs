@@ -177,11 +177,17 @@ pub struct Artifact {
     pub pcr11: Vec<PhaseValue>,
 }
 
-fn digests(map: &BTreeMap<String, String>) -> Result<BTreeMap<HashAlg, Digest>, Error> {
+/// `{bank: hex}` digests of `what` in the manifest `file`; errors name all three.
+fn digests(
+    file: &str,
+    what: &str,
+    map: &BTreeMap<String, String>,
+) -> Result<BTreeMap<HashAlg, Digest>, Error> {
     map.iter()
         .map(|(b, h)| {
-            let bank: HashAlg = b.parse().map_err(|e| Error::InvalidInput(format!("{e}")))?;
-            Ok((bank, decode_digest(bank, h).map_err(Error::InvalidInput)?))
+            let bad = |m: String| Error::InvalidInput(format!("{file}: {what}: {m}"));
+            let bank: HashAlg = b.parse().map_err(|e| bad(format!("{e}")))?;
+            Ok((bank, decode_digest(bank, h).map_err(bad)?))
         })
         .collect()
 }
@@ -226,19 +232,23 @@ pub fn parse_manifest(file: &str, data: &[u8]) -> Result<Artifact, Error> {
         name: format!("{} ({})", m.uki.file, m.name),
         ..Artifact::default()
     };
-    a.authenticode = digests(&m.uki.authenticode)?;
-    a.kernel_authenticode = digests(&m.uki.kernel_authenticode.unwrap_or_default())?;
+    a.authenticode = digests(file, "uki.authenticode", &m.uki.authenticode)?;
+    a.kernel_authenticode = digests(
+        file,
+        "uki.kernel_authenticode",
+        &m.uki.kernel_authenticode.unwrap_or_default(),
+    )?;
     a.semantics = Some(m.uki.stub.semantics);
     for s in m.uki.sections.iter().filter(|s| s.measured) {
         a.sections.push(SectionRef {
             name: s.name.clone(),
-            digests: digests(&s.digests)?,
+            digests: digests(file, &format!("section {}", s.name), &s.digests)?,
         });
     }
     for e in &m.events {
         a.events.push(EventRef {
             pcr: e.pcr,
-            digests: digests(&e.digests)?,
+            digests: digests(file, &format!("event for PCR {}", e.pcr), &e.digests)?,
             description: e.description.clone(),
         });
     }

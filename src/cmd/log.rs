@@ -547,11 +547,14 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             &format!("OK: {msg} ({} at size {})", c.origin, c.size),
         ),
         Err(e) => {
-            eprintln!("imgctl: verification failed: {e:#}");
+            eprintln!(
+                "imgctl: verification failed: {}",
+                crate::output::render_error(&e)
+            );
             verdict(
                 a.json,
                 false,
-                json!({"verified": false, "error": format!("{e:#}")}),
+                json!({"verified": false, "error": crate::output::render_error(&e)}),
                 "FAIL",
             )
         }
@@ -591,11 +594,14 @@ fn consistency(a: ConsistencyArgs) -> anyhow::Result<ExitCode> {
             &format!("OK: size {} extends size {}", new.size, old.size),
         ),
         Err(e) => {
-            eprintln!("imgctl: consistency check failed: {e:#}");
+            eprintln!(
+                "imgctl: consistency check failed: {}",
+                crate::output::render_error(&e)
+            );
             verdict(
                 a.json,
                 false,
-                json!({"consistent": false, "error": format!("{e:#}")}),
+                json!({"consistent": false, "error": crate::output::render_error(&e)}),
                 "FAIL",
             )
         }
