@@ -991,6 +991,30 @@ mod tests {
         }
     }
 
+    /// Defect E21: a bad digest in a manifest names the manifest, the field and the bank.
+    #[test]
+    fn manifest_digest_errors_name_the_file_field_and_bank() {
+        let mut m = serde_json::to_value(crate::manifest::tests::sample()).unwrap();
+        m["uki"]["authenticode"] = serde_json::json!({"sha256": "zz"});
+        let e = parse_manifest("demo.manifest.json", m.to_string().as_bytes()).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("demo.manifest.json: uki.authenticode: sha256 digest \"zz\" is not hex"),
+            "{e}"
+        );
+        let mut m = serde_json::to_value(crate::manifest::tests::sample()).unwrap();
+        m["uki"]["sections"] = serde_json::json!([{
+            "name": ".linux", "offset": 1024, "virtual_address": 4096, "virtual_size": 3,
+            "size_of_raw_data": 512, "measured": true, "digests": {"sha1": "abc"}
+        }]);
+        let e = parse_manifest("m.json", m.to_string().as_bytes()).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("m.json: section .linux: sha1 digest \"abc\" is not hex"),
+            "{e}"
+        );
+    }
+
     /// Defect A6: a pcrs.json given as a manifest was read as an empty manifest.
     #[test]
     fn a_pcrs_json_is_not_a_manifest() {
