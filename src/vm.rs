@@ -212,7 +212,10 @@ fn resolve_accel(requested: Accel, tools: &Tools) -> Accel {
         Accel::Auto => *PROBED.get_or_init(|| match probe_kvm(tools) {
             Ok(()) => Accel::Kvm,
             Err(why) => {
-                eprintln!("imgctl vm: KVM unusable ({why:#}); using TCG emulation");
+                eprintln!(
+                    "imgctl vm: KVM unusable ({}); using TCG emulation",
+                    crate::output::render_error(&why)
+                );
                 Accel::Tcg
             }
         }),

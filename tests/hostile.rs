@@ -1283,6 +1283,15 @@ fn vm_tpm_and_measure_check_every_argument_before_starting_anything() {
     let uki = std::fs::read(efi).unwrap();
     let cut = write(d, "cut.efi", &uki[..uki.len() / 2]);
     let stub_only = write(d, "stub-only.efi", &std::fs::read(STUB).unwrap());
+    let zeros = imgctl_builder::uki::NewSection {
+        name: ".linux".into(),
+        data: vec![0; 4096],
+    };
+    let zero_linux = write(
+        d,
+        "zero-linux.efi",
+        &imgctl_builder::uki::assemble(&std::fs::read(STUB).unwrap(), &[zeros]).unwrap(),
+    );
     let file = write(d, "a-file", b"x");
     let folder = d.join("a-folder");
     std::fs::create_dir(&folder).unwrap();
@@ -1296,6 +1305,7 @@ fn vm_tpm_and_measure_check_every_argument_before_starting_anything() {
     let mut vm_cases: Vec<(Vec<String>, &str)> = vec![
         (vec![s(&cut)], "cut.efi"),
         (vec![s(&stub_only)], ".linux"),
+        (vec![s(&zero_linux)], ".linux section holds no kernel"),
         (vec![s(efi), "--memory".into(), "0".into()], "--memory"),
         (vec![s(efi), "--memory".into(), "63".into()], "--memory"),
         (

@@ -227,7 +227,7 @@ fn check_uki(input: &Path, data: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("{}: .linux section", input.display()))?;
     if kernel.iter().all(|b| *b == 0) {
         bail!(
-            "{}: not a UKI: its .linux section is empty",
+            "{}: not a UKI: its .linux section holds no kernel (empty or all zeros)",
             input.display()
         );
     }
