@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             // The reader went away (`| head -1`): stop quietly, as a filter does.
             Some(s) if s.is_closed_pipe() => ExitCode::FAILURE,
             _ => {
-                eprintln!("imgctl: error: {e:#}");
+                eprintln!("imgctl: error: {}", crate::output::render_error(&e));
                 ExitCode::FAILURE
             }
         },

@@ -36,6 +36,26 @@ pub fn source_date_epoch() -> anyhow::Result<u64> {
     }
 }
 
+/// An error and its causes on one line, `outer: cause: inner cause`, without repeating a cause
+/// whose text its parent already includes (many library errors print their source in their
+/// own message, `"{file}: {source}"`, and also return it as `source()`; anyhow's `{:#}` would
+/// print it twice).
+pub fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut parent = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out.push_str(&text);
+        } else if !text.is_empty() && !parent.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        parent = text;
+    }
+    out
+}
+
 /// Standard output could not be written (closed pipe, full disk, …). `main` stops quietly on a
 /// closed pipe (`imgctl eventlog show LOG | head -1`) and reports any other write error.
 #[derive(Debug)]
@@ -85,3 +105,43 @@ macro_rules! out {
 }
 
 pub(crate) use {out, outln};
+
+#[cfg(test)]
+mod tests {
+    use super::render_error;
+
+    /// A library error that prints its source in its own message and also returns it.
+    #[derive(Debug)]
+    struct Repeats {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Repeats {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}: {}", self.path, self.source)
+        }
+    }
+
+    impl std::error::Error for Repeats {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        // A cause that its parent's message already includes is left out ...
+        let inner = std::io::Error::other("bad magic");
+        let e = anyhow::Error::new(Repeats {
+            path: "x.raw",
+            source: inner,
+        })
+        .context("inspecting x.raw");
+        assert_eq!(render_error(&e), "inspecting x.raw: x.raw: bad magic");
+        // ... and one it does not include is printed, as anyhow's {:#} does.
+        let e = anyhow::anyhow!("no MZ").context("reading a.efi");
+        assert_eq!(render_error(&e), format!("{e:#}"));
+        assert_eq!(render_error(&e), "reading a.efi: no MZ");
+    }
+}

@@ -79,8 +79,8 @@ pub enum Ending {
     QemuFailed,
     /// `timeout` passed first.
     TimedOut,
-    /// SIGINT or SIGTERM.
-    Interrupted,
+    /// SIGINT or SIGTERM (the signal's number).
+    Interrupted(i32),
 }
 
 /// The result of one boot.
@@ -111,7 +111,7 @@ impl Tools {
     fn find(secure_boot: bool) -> anyhow::Result<Tools> {
         let mut missing = Vec::new();
         let mut tool = |name: &str, package: &str| {
-            find_in_path(name).unwrap_or_else(|| {
+            imgctl_fsio::find_program(name).unwrap_or_else(|| {
                 missing.push(format!("{name} (Debian package {package})"));
                 PathBuf::new()
             })
@@ -154,14 +154,6 @@ impl Tools {
             ovmf_vars,
         })
     }
-}
-
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// Makes SIGINT and SIGTERM stop a run cleanly instead of killing imgctl mid-way.
@@ -220,7 +212,10 @@ fn resolve_accel(requested: Accel, tools: &Tools) -> Accel {
         Accel::Auto => *PROBED.get_or_init(|| match probe_kvm(tools) {
             Ok(()) => Accel::Kvm,
             Err(why) => {
-                eprintln!("imgctl vm: KVM unusable ({why:#}); using TCG emulation");
+                eprintln!(
+                    "imgctl vm: KVM unusable ({}); using TCG emulation",
+                    crate::output::render_error(&why)
+                );
                 Accel::Tcg
             }
         }),
@@ -267,7 +262,7 @@ fn probe_kvm(tools: &Tools) -> anyhow::Result<()> {
         if let Ok(Some(status)) = run.children[i].1.try_wait() {
             bail!("QEMU exited ({status}): {}", err.trim());
         }
-        if crate::signals::interrupted() {
+        if crate::signals::interrupted().is_some() {
             bail!("interrupted");
         }
     }
@@ -484,8 +479,8 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
     let mut done_at: Option<Instant> = None;
     let mut last_stderr_check = start;
     let ending = loop {
-        if crate::signals::interrupted() {
-            break Ending::Interrupted;
+        if let Some(signal) = crate::signals::interrupted() {
+            break Ending::Interrupted(signal);
         }
         if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
             let from = console.len().saturating_sub(MARK_DONE.len());

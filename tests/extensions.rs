@@ -630,6 +630,27 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
     // A name with a slash.
     let o = build(&f.recipe("a/b", ""), &out);
     assert_clean_failure(&o, "contains a slash", &out);
+    // E21: errors found checking the recipe (name, release, hierarchy) name the recipe file.
+    let recipe = f.path("recipe.yaml");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        err.contains(&format!("recipe {}: invalid image name", recipe.display())),
+        "{err}"
+    );
+    // E21: `ID: "a b"` is an ID error, not a missing VERSION_ID.
+    let r = f.recipe("idspace", "");
+    let text = std::fs::read_to_string(&r)
+        .unwrap()
+        .replace("  ID: _any\n", "  ID: \"a b\"\n");
+    std::fs::write(&r, text).unwrap();
+    let o = build(&r, &out);
+    assert_clean_failure(
+        &o,
+        &format!("recipe {}: extension-release ID: \"a b\"", recipe.display()),
+        &out,
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!err.contains("VERSION_ID"), "{err}");
 
     // A recipe file whose parent is a symlink in the tree (it would write outside the stage).
     std::os::unix::fs::symlink("/tmp", f.path("tree/usr/share/link")).unwrap();

@@ -53,6 +53,7 @@ struct Case {
     stdin: Option<Vec<u8>>,
     stdout: Stdout,
     timeout: Duration,
+    env: Vec<(OsString, OsString)>,
 }
 
 fn case<I, S>(name: impl Into<String>, args: I) -> Case
@@ -66,6 +67,7 @@ where
         stdin: None,
         stdout: Stdout::Capture,
         timeout: TIMEOUT,
+        env: Vec::new(),
     }
 }
 
@@ -117,6 +119,7 @@ fn spawn(c: &Case) -> Child {
         .arg(env!("CARGO_BIN_EXE_imgctl"))
         .args(&c.args)
         .env("SOURCE_DATE_EPOCH", "1700000000")
+        .envs(c.env.iter().map(|(k, v)| (k, v)))
         .stdin(if c.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -220,6 +223,18 @@ fn run_one(c: Case) -> Outcome {
 // Checks
 // ---------------------------------------------------------------------------------------------
 
+/// A part of an error line (between `: `) of some length that occurs twice: a cause printed by
+/// its parent's message and again as the next link of the chain.
+fn repeated_cause(line: &str) -> Option<String> {
+    let parts: Vec<&str> = line.split(": ").map(str::trim).collect();
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() >= 12 && parts[i + 1..].contains(p) {
+            return Some((*p).to_owned());
+        }
+    }
+    None
+}
+
 /// Collects failures so that a test reports every failing case at once.
 #[derive(Default)]
 struct Report {
@@ -288,6 +303,10 @@ impl Report {
                 o.brief()
             ));
             return;
+        }
+        // DEFECT 21: each cause once (`x.raw: bad magic: bad magic` repeats one).
+        if let Some(seg) = repeated_cause(lines[0]) {
+            self.fail(format!("the error repeats {seg:?} — {}", o.brief()));
         }
         if !names.is_empty() && !names.iter().any(|n| lines[0].contains(n)) {
             self.fail(format!(
@@ -800,6 +819,20 @@ fn build_refuses_bad_recipes_and_endless_inputs_and_leaves_nothing() {
         ));
         r.refused(&o, &[&name_of(p)]);
     }
+    // DEFECT 21: a file used as a parent folder is named as "not a folder" (for ext build too).
+    let sub = file_out.join("sub");
+    let ext_recipe = write(
+        d,
+        "ext.yaml",
+        b"kind: sysext\nname: e\nversion: \"1\"\nfiles:\n  - { path: /usr/share/e/f, content: x }\nrelease:\n  ID: _any\n",
+    );
+    for argv in [
+        args(&[&"build", &u.recipe, &"-o", &sub]),
+        args(&[&"ext", &"build", &ext_recipe, &"-o", &sub]),
+    ] {
+        let o = run_one(case(format!("{argv:?} (DEFECT 21)"), argv));
+        r.refused(&o, &[&format!("{}: not a folder", file_out.display())]);
+    }
     r.check(
         std::fs::read(&file_out).unwrap() == b"not a folder\n",
         || "build -o FILE changed the file".into(),
@@ -1135,6 +1168,555 @@ fn build_killed_mid_write_leaves_no_partial_file_under_a_final_name() {
         format!("DEFECT 13: temporaries beside the output folder: {stray:?}")
     });
     r.finish("build killed mid-write");
+}
+
+/// SIGTERM and SIGINT in the middle of a build: exit 143 and 130 (128 + the signal), every
+/// temporary removed, the old outputs untouched.
+#[test]
+fn build_stopped_by_sigterm_or_sigint_exits_143_or_130_and_leaves_the_old_outputs() {
+    let Some(u) = built_uki() else { return };
+    let d = u.dir.path();
+    let mut r = Report::default();
+    std::fs::write(
+        d.join("big.bin"),
+        (0..160u32 << 20)
+            .map(|i| (i >> 9) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let recipe = write(
+        d,
+        "big.yaml",
+        recipe_text("")
+            .replace(
+                "  tree: tree\n",
+                "  tree: tree\n  files:\n    - { src: big.bin, dst: /big.bin }\n",
+            )
+            .as_bytes(),
+    );
+    let out = d.join("out");
+    let old: Vec<(String, Vec<u8>)> = files_in(&out)
+        .into_iter()
+        .map(|f| (f.clone(), std::fs::read(out.join(&f)).unwrap()))
+        .collect();
+    assert!(old.len() >= 4, "the first build wrote {old:?}");
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let mut child = spawn(&case(
+            format!("build (to get SIG{signal})"),
+            args(&[&"build", &recipe, &"-o", &out]),
+        ));
+        // Mid-build: once the first temporary is there (a build stages every file before it
+        // renames any).
+        let start = Instant::now();
+        let mut finished = false;
+        while !files_in(&out).iter().any(|f| f.starts_with('.')) {
+            if child.try_wait().unwrap().is_some() || start.elapsed() > Duration::from_secs(60) {
+                finished = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if finished {
+            let _ = child.kill();
+            r.fail(format!(
+                "SIG{signal}: the build ended before it staged a file: make the input larger"
+            ));
+            continue;
+        }
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let started = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if started.elapsed() > TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        r.check(status.and_then(|s| s.code()) == Some(code), || {
+            format!("SIG{signal}: exit {status:?}, want {code}")
+        });
+        let left: Vec<String> = files_in(&out)
+            .into_iter()
+            .filter(|f| f.starts_with('.'))
+            .chain(files_in(d).into_iter().filter(|f| f.contains("imgctl-tmp")))
+            .collect();
+        r.check(left.is_empty(), || {
+            format!("SIG{signal}: temporaries left: {left:?}")
+        });
+        for (f, data) in &old {
+            r.check(
+                std::fs::read(out.join(f)).ok().as_ref() == Some(data),
+                || format!("SIG{signal}: the old {f} was changed"),
+            );
+        }
+        r.check(files_in(&out).len() == old.len(), || {
+            format!("SIG{signal}: outputs now {:?}", files_in(&out))
+        });
+    }
+    r.finish("build stopped by a signal");
+}
+
+// ---------------------------------------------------------------------------------------------
+// vm, tpm, measure: every argument checked before QEMU/swtpm start or the TPM is opened
+// ---------------------------------------------------------------------------------------------
+
+/// A TCTI that reaches nothing: the TPM's "connection refused" shows if a check comes too late.
+const NO_TPM: &str = "swtpm:host=127.0.0.1,port=9";
+
+/// DEFECT 18: each bad argument of `vm`, `tpm …` and `measure …` fails fast (well under a
+/// second), naming the argument, before QEMU or swtpm start or the TPM is opened.
+#[test]
+fn vm_tpm_and_measure_check_every_argument_before_starting_anything() {
+    let Some(u) = built_uki() else { return };
+    let d = u.dir.path();
+    let mut r = Report::default();
+    let efi = &u.efi;
+    let uki = std::fs::read(efi).unwrap();
+    let cut = write(d, "cut.efi", &uki[..uki.len() / 2]);
+    let stub_only = write(d, "stub-only.efi", &std::fs::read(STUB).unwrap());
+    let zeros = imgctl_builder::uki::NewSection {
+        name: ".linux".into(),
+        data: vec![0; 4096],
+    };
+    let zero_linux = write(
+        d,
+        "zero-linux.efi",
+        &imgctl_builder::uki::assemble(&std::fs::read(STUB).unwrap(), &[zeros]).unwrap(),
+    );
+    let file = write(d, "a-file", b"x");
+    let folder = d.join("a-folder");
+    std::fs::create_dir(&folder).unwrap();
+    let capture = d.join("capture");
+    std::fs::create_dir_all(capture.join("console.log")).unwrap();
+    let fifo = fifo(d, "a-fifo");
+    let s = |p: &Path| p.display().to_string();
+    let file_sub = s(&file.join("sub"));
+
+    // vm: QEMU can never start here (no firmware), so a late check shows as "missing …".
+    let mut vm_cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![s(&cut)], "cut.efi"),
+        (vec![s(&stub_only)], ".linux"),
+        (vec![s(&zero_linux)], ".linux section holds no kernel"),
+        (vec![s(efi), "--memory".into(), "0".into()], "--memory"),
+        (vec![s(efi), "--memory".into(), "63".into()], "--memory"),
+        (
+            vec![s(efi), "--memory".into(), "4000000".into()],
+            "--memory",
+        ),
+        (vec![s(efi), "--timeout".into(), "0".into()], "--timeout"),
+        (vec![s(efi), "--capture".into(), s(&file)], "a-file"),
+        (vec![s(efi), "--capture".into(), file_sub.clone()], "a-file"),
+        (vec![s(efi), "--capture".into(), s(&capture)], "console.log"),
+    ];
+    let empty = d.join("no-firmware");
+    std::fs::create_dir(&empty).unwrap();
+    let mut cases = Vec::new();
+    let mut names = Vec::new();
+    for (a, name) in vm_cases.drain(..) {
+        let mut argv = vec!["vm".to_owned()];
+        argv.extend(a);
+        cases.push(case(format!("{argv:?} (DEFECT 18)"), argv));
+        names.push(name.to_owned());
+    }
+
+    // tpm and measure against a TPM that is not there.
+    let key = openssl_key(
+        d,
+        "rsa.pem",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    let public = key.as_ref().and_then(|k| {
+        let p = d.join("rsa.pub.pem");
+        Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(k)
+            .arg("-out")
+            .arg(&p)
+            .status()
+            .ok()
+            .filter(|st| st.success())
+            .map(|_| p)
+    });
+    let Some(public) = public else {
+        r.fail("openssl could not make an RSA public key".into());
+        r.finish("DEFECT 18");
+        return;
+    };
+    let secret129 = write(d, "secret129", &[7u8; 129]);
+    let secret0 = write(d, "secret0", b"");
+    let secret = write(d, "secret", b"0123456789abcdef");
+    let blob = write(d, "garbage.blob", b"{not a blob");
+    let nonce65 = "ab".repeat(65);
+    let log = s(&d.join("measure.log"));
+    let tpm_cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["tpm", "pcrs", "--pcr", "24"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "24",
+        ),
+        (
+            vec!["tpm", "pcrs", "--pcr", "99"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "99",
+        ),
+        (
+            vec!["tpm", "extend", "--pcr", "99", "--string", "x"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "99",
+        ),
+        (
+            vec![
+                "tpm".into(),
+                "extend".into(),
+                "--pcr".into(),
+                "1".into(),
+                "--file".into(),
+                s(&fifo),
+            ],
+            "a-fifo",
+        ),
+        (
+            vec![
+                "tpm".into(),
+                "quote".into(),
+                "--nonce".into(),
+                "zz".into(),
+                "--ak-out".into(),
+                s(&d.join("ak.pem")),
+                "-o".into(),
+                s(&d.join("q")),
+            ],
+            "--nonce",
+        ),
+        (
+            vec![
+                "tpm".into(),
+                "quote".into(),
+                "--nonce".into(),
+                nonce65,
+                "--ak-out".into(),
+                s(&d.join("ak.pem")),
+                "-o".into(),
+                s(&d.join("q")),
+            ],
+            "--nonce",
+        ),
+        (
+            vec![
+                "tpm".into(),
+                "quote".into(),
+                "--nonce".into(),
+                "00".into(),
+                "--pcr".into(),
+                "24".into(),
+                "--ak-out".into(),
+                s(&d.join("ak.pem")),
+                "-o".into(),
+                s(&d.join("q")),
+            ],
+            "24",
+        ),
+        (
+            vec![
+                "tpm".into(),
+                "quote".into(),
+                "--nonce".into(),
+                "00".into(),
+                "--ak-out".into(),
+                s(&folder),
+                "-o".into(),
+                s(&d.join("q")),
+            ],
+            "a-folder",
+        ),
+        (
+            vec![
+                "tpm".into(),
+                "quote".into(),
+                "--nonce".into(),
+                "00".into(),
+                "--ak-out".into(),
+                s(&d.join("ak.pem")),
+                "-o".into(),
+                file_sub.clone(),
+            ],
+            "a-file",
+        ),
+        (
+            vec![
+                "tpm".into(),
+                "seal".into(),
+                "--public-key".into(),
+                s(&public),
+                "--secret-file".into(),
+                s(&secret129),
+                "-o".into(),
+                s(&d.join("b")),
+            ],
+            "128",
+        ),
+        (
+            vec![
+                "tpm".into(),
+                "seal".into(),
+                "--public-key".into(),
+                s(&public),
+                "--secret-file".into(),
+                s(&secret0),
+                "-o".into(),
+                s(&d.join("b")),
+            ],
+            "empty",
+        ),
+        (
+            vec![
+                "tpm".into(),
+                "seal".into(),
+                "--public-key".into(),
+                s(&public),
+                "--secret-file".into(),
+                s(&secret),
+                "--pcr-lock".into(),
+                "24".into(),
+                "-o".into(),
+                s(&d.join("b")),
+            ],
+            "24",
+        ),
+        (
+            vec![
+                "tpm".into(),
+                "seal".into(),
+                "--public-key".into(),
+                s(&file),
+                "--secret-file".into(),
+                s(&secret),
+                "-o".into(),
+                s(&d.join("b")),
+            ],
+            "a-file",
+        ),
+        (
+            vec![
+                "tpm".into(),
+                "seal".into(),
+                "--public-key".into(),
+                s(&public),
+                "--secret-file".into(),
+                s(&secret),
+                "-o".into(),
+                s(&folder),
+            ],
+            "a-folder",
+        ),
+        (
+            vec![
+                "tpm".into(),
+                "unseal".into(),
+                s(&blob),
+                "--pcrsig".into(),
+                s(efi),
+            ],
+            "garbage.blob",
+        ),
+        (
+            vec![
+                "measure".into(),
+                "--log".into(),
+                log.clone(),
+                "event".into(),
+                "--pcr".into(),
+                "99".into(),
+                "--string".into(),
+                "x".into(),
+            ],
+            "99",
+        ),
+        (
+            vec![
+                "measure".into(),
+                "--log".into(),
+                log.clone(),
+                "break-glass".into(),
+                "--reason".into(),
+                "".into(),
+            ],
+            "--reason",
+        ),
+        (
+            vec![
+                "measure".into(),
+                "--log".into(),
+                log.clone(),
+                "break-glass".into(),
+                "--reason".into(),
+                "  ".into(),
+            ],
+            "--reason",
+        ),
+        (
+            vec![
+                "measure".into(),
+                "--log".into(),
+                log.clone(),
+                "break-glass".into(),
+                "--reason".into(),
+                "r".into(),
+                "--actor".into(),
+                "".into(),
+            ],
+            "--actor",
+        ),
+        (
+            vec![
+                "measure".into(),
+                "--log".into(),
+                log.clone(),
+                "break-glass".into(),
+                "--reason".into(),
+                "r".into(),
+                "--pcr".into(),
+                "24".into(),
+            ],
+            "24",
+        ),
+        (
+            vec![
+                "measure".into(),
+                "--log".into(),
+                log.clone(),
+                "phase".into(),
+                "two words".into(),
+            ],
+            "two words",
+        ),
+        (
+            vec![
+                "measure".into(),
+                "--log".into(),
+                log.clone(),
+                "event".into(),
+                "--pcr".into(),
+                "1".into(),
+                "--string".into(),
+                "x".into(),
+                "--event-type".into(),
+                "".into(),
+            ],
+            "--event-type",
+        ),
+        (
+            vec![
+                "measure".into(),
+                "--log".into(),
+                s(&folder),
+                "event".into(),
+                "--pcr".into(),
+                "1".into(),
+                "--string".into(),
+                "x".into(),
+            ],
+            "a-folder",
+        ),
+        (
+            vec![
+                "measure".into(),
+                "--log".into(),
+                s(&file.join("sub/log")),
+                "event".into(),
+                "--pcr".into(),
+                "1".into(),
+                "--string".into(),
+                "x".into(),
+            ],
+            "a-file",
+        ),
+    ];
+    for (a, name) in tpm_cases {
+        let mut argv = a;
+        argv.insert(1, format!("--tcti={NO_TPM}"));
+        cases.push(case(format!("{argv:?} (DEFECT 18)"), argv));
+        names.push(name.to_owned());
+    }
+    // The control: a valid command does reach for the TPM and fails saying so.
+    let control = run_one(case(
+        "tpm pcrs with no TPM (control)",
+        args(&[&"tpm", &format!("--tcti={NO_TPM}"), &"pcrs"]),
+    ));
+    // What any command says when it reaches for the missing TPM, whatever context it adds.
+    let tpm_error = control
+        .stderr
+        .trim()
+        .trim_start_matches("imgctl: error: ")
+        .to_owned();
+    r.check(control.code == Some(1) && !tpm_error.is_empty(), || {
+        format!(
+            "the control did not fail on the missing TPM — {}",
+            control.brief()
+        )
+    });
+    // vm runs with no firmware, so that a check made too late fails on that instead of
+    // booting; other commands do not read it.
+    for c in &mut cases {
+        c.env
+            .push((os("IMGCTL_OVMF_DIR"), empty.clone().into_os_string()));
+    }
+    let outs = run_all(&cases);
+    for (o, name) in outs.iter().zip(&names) {
+        if !r.sane(o) {
+            continue;
+        }
+        let first = o.stderr.lines().next().unwrap_or_default();
+        r.check(o.code.is_some_and(|c| c != 0), || {
+            format!("exit 0 — {}", o.brief())
+        });
+        r.check(first.contains(name.as_str()), || {
+            format!(
+                "the first stderr line does not name {name:?} — {}",
+                o.brief()
+            )
+        });
+        r.check(o.elapsed < Duration::from_secs(1), || {
+            format!(
+                "took {:.2}s, not well under a second — {}",
+                o.elapsed.as_secs_f64(),
+                o.brief()
+            )
+        });
+        r.check(
+            !o.stderr.contains("cannot boot")
+                && (tpm_error.is_empty() || !o.stderr.contains(&tpm_error)),
+            || {
+                format!(
+                    "checked only after starting the VM or opening the TPM — {}",
+                    o.brief()
+                )
+            },
+        );
+    }
+    r.check(!Path::new(&log).exists(), || {
+        "a refused measure created the log".into()
+    });
+    r.check(
+        !d.join("q").exists() && !d.join("b").exists() && !d.join("ak.pem").exists(),
+        || "a refused tpm command wrote an output".into(),
+    );
+    r.finish("DEFECT 18");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1829,9 +2411,25 @@ fn ext_commands_refuse_corrupted_images_and_special_paths() {
             args(&[&"ext", &"inspect", &f, &"--verify"]),
         ));
     }
+    // Plain `ext inspect` of the cut images too: a failure prints each cause once (DEFECT 21).
+    for at in cut_points(img.len()) {
+        let f = d.join(format!("cut{at}.raw"));
+        cases.push(case(
+            format!("ext inspect, image cut at {at} (DEFECT 21)"),
+            args(&[&"ext", &"inspect", &f]),
+        ));
+    }
     let outs = run_all(&cases);
     for o in &outs {
         r.not_accepted(o);
+        for line in o.stderr.lines() {
+            if let Some(seg) = repeated_cause(line) {
+                r.fail(format!(
+                    "DEFECT 21: the error repeats {seg:?} — {}",
+                    o.brief()
+                ));
+            }
+        }
     }
     let mut cases = Vec::new();
     for (label, p) in endless(d, "ext") {
@@ -2156,9 +2754,59 @@ fn log_commands_refuse_bad_inputs_without_changing_the_log() {
     for (o, (_, name)) in outs.iter().zip(&cases) {
         r.refused(o, &[name]);
     }
-    // DEFECT 24 (`log append --stdin` stores a non-JSON line) is still open: the log's own tests
-    // (tests/tlog_store.rs, tests/tlog_crash.rs) append plain lines through --stdin, so the entry
-    // format of --stdin must be decided first (see the closing note of 2026-12-02).
+    // DEFECT 24: `log append --stdin` takes JSON log entries (the `--entry` format): a line that
+    // is not one (plain text, truncated JSON, an unknown key, a valid entry then garbage in the
+    // same batch) is refused naming its line, and nothing of its batch is appended.
+    let mut stdin_cases = Vec::new();
+    let good = String::from_utf8(ej.to_vec()).unwrap();
+    for (label, input, line) in [
+        ("a plain line", "not json\n".to_owned(), "stdin line 1"),
+        (
+            "truncated JSON",
+            format!("{}\n", &good[..good.len() / 2]),
+            "stdin line 1",
+        ),
+        (
+            "an unknown key",
+            format!("{}\n", good.replacen('{', "{\"extra\":1,", 1)),
+            "stdin line 1",
+        ),
+        (
+            "an entry, then garbage",
+            format!("{good}\ngarbage\n"),
+            "stdin line 2",
+        ),
+    ] {
+        let l = copy_log(&log, &mut logs);
+        let mut c = case(
+            format!("log append --stdin, {label} (DEFECT 24)"),
+            args(&[
+                &"log", &"append", &l, &"--key", &key, &"--stdin", &"--batch", &"2",
+            ]),
+        );
+        c.stdin = Some(input.into_bytes());
+        stdin_cases.push((c, line));
+    }
+    let list: Vec<Case> = stdin_cases.iter().map(|(c, _)| c.clone()).collect();
+    for (o, (_, line)) in run_all(&list).iter().zip(&stdin_cases) {
+        r.refused(o, &[line]);
+    }
+    // --stdin with --entry or --raw is a usage error (exit 2), before the log is opened.
+    for other in ["--entry", "--raw"] {
+        let l = copy_log(&log, &mut logs);
+        let o = run_one(case(
+            format!("log append --stdin {other} (DEFECT 24)"),
+            args(&[
+                &"log", &"append", &l, &"--key", &key, &"--stdin", &other, &entry,
+            ]),
+        ));
+        if r.sane(&o) {
+            r.check(
+                o.code == Some(2) && o.stderr.contains("cannot be used with"),
+                || format!("--stdin with {other} must be a usage error — {}", o.brief()),
+            );
+        }
+    }
     for l in &logs {
         let now = std::fs::read(l.join("checkpoint")).unwrap_or_default();
         r.check(now == checkpoint, || {

@@ -71,7 +71,7 @@ fn sigkilled_appenders_lose_no_acknowledged_entry() {
             .arg(&dir)
             .arg("--key")
             .arg(&key)
-            .args(["--stdin", "--batch", &batch.to_string()])
+            .args(["--stdin=raw", "--batch", &batch.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

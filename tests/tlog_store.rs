@@ -64,7 +64,7 @@ fn append_lines(dir: &Path, key: &Path, lines: &[String], batch: usize) {
         .arg(dir)
         .arg("--key")
         .arg(key)
-        .args(["--stdin", "--batch", &batch.to_string()])
+        .args(["--stdin=raw", "--batch", &batch.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -543,7 +543,7 @@ fn append_stdin_with_a_closed_stdout_stops_quietly() {
         .arg(l.dir())
         .arg("--key")
         .arg(l.key())
-        .arg("--stdin")
+        .arg("--stdin=raw")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -556,4 +556,86 @@ fn append_stdin_with_a_closed_stdout_stops_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.is_empty(), "{err}");
     assert_ne!(out.status.code(), Some(101));
+}
+
+/// F24: `log append --stdin` takes one JSON log entry per line, the format `--entry` takes, and
+/// stores it as `--entry` does (the same canonical bytes); a non-JSON line is refused naming its
+/// line and nothing of its batch is stored; `--stdin=raw` stores lines as given.
+#[test]
+fn stdin_takes_json_entries_like_entry_and_raw_lines_only_when_asked() {
+    let entry = |name: &str| {
+        format!(
+            r#"{{"kind":"uki","name":"{name}","version":"1","digests":{{"sha256":"{}"}},"pcrs":[],"recipe":"sha256:{}","builder":"imgctl"}}"#,
+            "ab".repeat(32),
+            "cd".repeat(32)
+        )
+    };
+    let show = |dir: &Path| -> serde_json::Value {
+        let out = run_ok(imgctl().args(["log", "show", "--json"]).arg(dir));
+        serde_json::from_slice::<serde_json::Value>(&out).unwrap()["entries"].clone()
+    };
+    let feed = |l: &Log, format: &str, input: &str| {
+        let mut c = imgctl()
+            .args(["log", "append"])
+            .arg(l.dir())
+            .arg("--key")
+            .arg(l.key())
+            .arg(format)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
+    };
+
+    // JSON lines, stored as --entry stores the same JSON.
+    let by_stdin = new_log("example.org/f24-stdin");
+    let out = feed(
+        &by_stdin,
+        "--stdin",
+        &format!("{}\n{}\n", entry("a"), entry("b")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let by_entry = new_log("example.org/f24-entry");
+    for name in ["a", "b"] {
+        let f = by_entry.root.join(format!("{name}.json"));
+        std::fs::write(&f, entry(name)).unwrap();
+        run_ok(
+            imgctl()
+                .args(["log", "append"])
+                .arg(by_entry.dir())
+                .arg("--key")
+                .arg(by_entry.key())
+                .arg("--entry")
+                .arg(&f),
+        );
+    }
+    let entries = show(&by_stdin.dir());
+    assert_eq!(entries, show(&by_entry.dir()));
+    assert_eq!(entries[1]["entry"]["name"], "b", "{entries}");
+
+    // A non-JSON line: refused, naming the line; its batch (the default batch is one line) is
+    // not stored, earlier batches stay.
+    let out = feed(&by_stdin, "--stdin", &format!("{}\nnot json\n", entry("c")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stdin line 2: not a log entry"), "{err}");
+    let entries = show(&by_stdin.dir());
+    assert_eq!(entries.as_array().unwrap().len(), 3, "{entries}");
+    assert_eq!(entries[2]["entry"]["name"], "c", "{entries}");
+
+    // --stdin=raw stores the line's bytes.
+    let out = feed(&by_stdin, "--stdin=raw", "not json\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(show(&by_stdin.dir())[3]["entry"]["raw"], "not json");
 }

@@ -63,6 +63,10 @@ pub enum Error {
     },
     #[error("recipe {path}: {message}")]
     Recipe { path: PathBuf, message: String },
+    /// Another error found while checking the recipe at `path` (not a `source`: its text is
+    /// part of this message).
+    #[error("recipe {path}: {error}")]
+    InRecipe { path: PathBuf, error: Box<Error> },
     #[error("{action} {path}: {source}")]
     Io {
         path: PathBuf,

@@ -23,14 +23,9 @@ pub fn tool_for(fs: Filesystem) -> (&'static str, &'static str) {
     }
 }
 
-/// Finds `tool` on `PATH` only (so that a PATH without it simulates its absence).
+/// Finds `tool` with the workspace's one program lookup (`imgctl_fsio::find_program`).
 pub fn find_tool(tool: &'static str, package: &'static str) -> Result<PathBuf, Error> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-        .ok_or(Error::MissingTool { tool, package })
+    imgctl_fsio::find_program(tool).ok_or(Error::MissingTool { tool, package })
 }
 
 /// Runs a command, returning stdout; a failure carries the command's stderr.

@@ -214,12 +214,17 @@ impl ExtensionSpec {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        // Every error names the recipe: its own checks, and those of the parts it names
+        // (image name, extension-release, hierarchy, files).
         spec.check(base).map_err(|e| match e {
             Error::Recipe { message, .. } => Error::Recipe {
                 path: path.to_owned(),
                 message,
             },
-            other => other,
+            other => Error::InRecipe {
+                path: path.to_owned(),
+                error: Box::new(other),
+            },
         })
     }
 

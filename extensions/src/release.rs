@@ -120,6 +120,13 @@ pub fn release_path(kind: ExtensionKind, name: &ImageName) -> String {
     format!("{}/extension-release.{}", kind.release_dir(), name)
 }
 
+/// os-release(5)'s rule for `ID` and `VERSION_ID`: non-empty, only `0-9 a-z . _ -`.
+fn os_release_word(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b"._-".contains(&b))
+}
+
 /// A checked extension-release file: ordered `KEY=value` pairs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExtensionRelease {
@@ -171,6 +178,20 @@ impl ExtensionRelease {
         }
         let id = get("ID")
             .ok_or_else(|| bad("ID", "is required (use _any to match every OS)".into()))?;
+        // os-release(5): ID and VERSION_ID are lower-case strings of 0-9 a-z . _ - (no spaces);
+        // checked first, so a bad ID is reported as one and not as a missing VERSION_ID.
+        for key in ["ID", "VERSION_ID"] {
+            if let Some(v) = get(key) {
+                if !os_release_word(v) {
+                    return Err(bad(
+                        key,
+                        format!(
+                            "{v:?} must be lower-case 0-9 a-z . _ - without spaces (os-release(5))"
+                        ),
+                    ));
+                }
+            }
+        }
         let level_key = format!("{}_LEVEL", kind.key_prefix());
         if let Some(level) = get(&level_key) {
             if level.is_empty()
@@ -299,6 +320,20 @@ mod tests {
         assert!(ExtensionRelease::new(k, kv(&[("ID", "x"), ("SYSEXT_LEVEL", "A")])).is_err());
         assert!(ExtensionRelease::new(k, kv(&[("ID", "x"), ("CONFEXT_LEVEL", "1")])).is_err());
         assert!(ExtensionRelease::new(k, kv(&[("ID", "x\"y"), ("VERSION_ID", "1")])).is_err());
+        // A bad ID is an ID error, even without VERSION_ID; VERSION_ID follows the same rule.
+        let e = ExtensionRelease::new(k, kv(&[("ID", "a b")])).unwrap_err();
+        assert!(
+            e.to_string().starts_with("extension-release ID: \"a b\""),
+            "{e}"
+        );
+        let e = ExtensionRelease::new(k, kv(&[("ID", "Debian"), ("VERSION_ID", "1")])).unwrap_err();
+        assert!(e.to_string().starts_with("extension-release ID:"), "{e}");
+        let e =
+            ExtensionRelease::new(k, kv(&[("ID", "debian"), ("VERSION_ID", "1 2")])).unwrap_err();
+        assert!(
+            e.to_string().starts_with("extension-release VERSION_ID:"),
+            "{e}"
+        );
         assert!(ExtensionRelease::new(k, kv(&[("ID", "_any"), ("ARCHITECTURE", "mips")])).is_err());
     }
 

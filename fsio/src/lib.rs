@@ -50,6 +50,18 @@ pub enum Error {
     OutputIsInput { path: PathBuf, input: PathBuf },
     #[error("{}: has no file name", path.display())]
     NoFileName { path: PathBuf },
+    #[error("{}: not a folder ({kind}){}", path.display(), within.as_ref().map(|w| format!(", so {} cannot be created", w.display())).unwrap_or_default())]
+    NotAFolder {
+        path: PathBuf,
+        kind: &'static str,
+        /// The folder that was to be made inside it, when `path` is one of its parents.
+        within: Option<PathBuf>,
+    },
+    #[error("{}: folder is not writable: {source}", path.display())]
+    FolderNotWritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -69,7 +81,9 @@ impl Error {
             | Error::TooLarge { path, .. }
             | Error::OutputIsSpecial { path, .. }
             | Error::OutputIsInput { path, .. }
-            | Error::NoFileName { path } => path,
+            | Error::NoFileName { path }
+            | Error::NotAFolder { path, .. }
+            | Error::FolderNotWritable { path, .. } => path,
         }
     }
 }
@@ -235,6 +249,66 @@ pub fn check_output(out: &Path, inputs: &[&Path]) -> Result<(), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(out, "checking the output path", e)),
     }
+}
+
+/// Checks that `dir` can be an output folder, without creating anything: it is a folder (a
+/// symlink to one counts) we may write into, or it does not exist and its nearest existing
+/// parent is such a folder. A file (or FIFO, device …) where a folder or one of its parents
+/// should be is named: `-o ofile/sub` says that `ofile` is not a folder.
+pub fn check_output_dir(dir: &Path) -> Result<(), Error> {
+    let mut cur = dir;
+    loop {
+        match std::fs::metadata(cur) {
+            Ok(m) if m.is_dir() => return writable(cur),
+            Ok(m) => {
+                return Err(Error::NotAFolder {
+                    path: cur.to_owned(),
+                    kind: kind_of(&m.file_type()),
+                    within: (cur != dir).then(|| dir.to_owned()),
+                })
+            }
+            // Missing, or a file further up (ENOTDIR): look at the parent.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match cur.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => cur = p,
+                    _ => return writable(Path::new(".")),
+                }
+            }
+            Err(e) => return Err(Error::io(cur, "checking the output folder", e)),
+        }
+    }
+}
+
+/// Whether this process may create files in `dir` (access(2) W_OK|X_OK: a read-only file
+/// system and missing permissions are both caught).
+fn writable(dir: &Path) -> Result<(), Error> {
+    use rustix::fs::Access;
+    rustix::fs::access(dir, Access::WRITE_OK | Access::EXEC_OK).map_err(|e| {
+        Error::FolderNotWritable {
+            path: dir.to_owned(),
+            source: e.into(),
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Programs
+// ---------------------------------------------------------------------------------------------
+
+/// Where an external program is: the first executable `name` on `PATH` (the `which` crate's
+/// lookup), then in /usr/sbin and /sbin, where administration tools such as mkfs.vfat live and
+/// which a user's `PATH` often lacks. A name with a slash is taken as a path.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin"].map(PathBuf::from));
+    let dirs = std::env::join_paths(dirs).ok()?;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    which::which_in(name, Some(dirs), cwd).ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -883,6 +957,53 @@ mod tests {
         assert!(t.commit().is_err());
         assert_eq!(std::fs::read(&k2).unwrap(), b"theirs");
         assert_eq!(names(dir.path()), ["k", "k2"]);
+    }
+
+    #[test]
+    fn output_folders_are_checked_without_creating_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ofile");
+        std::fs::write(&file, b"x").unwrap();
+        // A file as the folder, and as a parent of it.
+        let e = check_output_dir(&file).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: not a folder (a regular file)", file.display())
+        );
+        let e = check_output_dir(&file.join("sub/deeper")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: not a folder (a regular file), so {} cannot be created",
+                file.display(),
+                file.join("sub/deeper").display()
+            )
+        );
+        assert_eq!(e.path(), file);
+        // A FIFO is not a folder either.
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let e = check_output_dir(&fifo.join("x")).unwrap_err();
+        assert!(e.to_string().contains("not a folder (a FIFO)"), "{e}");
+        // A folder, and a folder to be made (nothing is created).
+        check_output_dir(dir.path()).unwrap();
+        let new = dir.path().join("a/b/c");
+        check_output_dir(&new).unwrap();
+        assert!(!dir.path().join("a").exists());
+    }
+
+    #[test]
+    fn programs_are_found_on_path_and_in_sbin() {
+        assert!(find_program("sh").is_some_and(|p| p.is_absolute() && p.ends_with("sh")));
+        assert!(find_program("imgctl-no-such-program").is_none());
+        // Not executable: not a program.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("prog"), b"#!/bin/sh\n").unwrap();
+        assert!(find_program(dir.path().join("prog").to_str().unwrap()).is_none());
     }
 
     #[test]

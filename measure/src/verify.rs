@@ -177,11 +177,17 @@ pub struct Artifact {
     pub pcr11: Vec<PhaseValue>,
 }
 
-fn digests(map: &BTreeMap<String, String>) -> Result<BTreeMap<HashAlg, Digest>, Error> {
+/// `{bank: hex}` digests of `what` in the manifest `file`; errors name all three.
+fn digests(
+    file: &str,
+    what: &str,
+    map: &BTreeMap<String, String>,
+) -> Result<BTreeMap<HashAlg, Digest>, Error> {
     map.iter()
         .map(|(b, h)| {
-            let bank: HashAlg = b.parse().map_err(|e| Error::InvalidInput(format!("{e}")))?;
-            Ok((bank, decode_digest(bank, h).map_err(Error::InvalidInput)?))
+            let bad = |m: String| Error::InvalidInput(format!("{file}: {what}: {m}"));
+            let bank: HashAlg = b.parse().map_err(|e| bad(format!("{e}")))?;
+            Ok((bank, decode_digest(bank, h).map_err(bad)?))
         })
         .collect()
 }
@@ -226,19 +232,23 @@ pub fn parse_manifest(file: &str, data: &[u8]) -> Result<Artifact, Error> {
         name: format!("{} ({})", m.uki.file, m.name),
         ..Artifact::default()
     };
-    a.authenticode = digests(&m.uki.authenticode)?;
-    a.kernel_authenticode = digests(&m.uki.kernel_authenticode.unwrap_or_default())?;
+    a.authenticode = digests(file, "uki.authenticode", &m.uki.authenticode)?;
+    a.kernel_authenticode = digests(
+        file,
+        "uki.kernel_authenticode",
+        &m.uki.kernel_authenticode.unwrap_or_default(),
+    )?;
     a.semantics = Some(m.uki.stub.semantics);
     for s in m.uki.sections.iter().filter(|s| s.measured) {
         a.sections.push(SectionRef {
             name: s.name.clone(),
-            digests: digests(&s.digests)?,
+            digests: digests(file, &format!("section {}", s.name), &s.digests)?,
         });
     }
     for e in &m.events {
         a.events.push(EventRef {
             pcr: e.pcr,
-            digests: digests(&e.digests)?,
+            digests: digests(file, &format!("event for PCR {}", e.pcr), &e.digests)?,
             description: e.description.clone(),
         });
     }
@@ -988,6 +998,30 @@ mod tests {
             let e = parse_manifest("m", &manifest(bad)).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
+    }
+
+    /// Defect E21: a bad digest in a manifest names the manifest, the field and the bank.
+    #[test]
+    fn manifest_digest_errors_name_the_file_field_and_bank() {
+        let mut m = serde_json::to_value(crate::manifest::tests::sample()).unwrap();
+        m["uki"]["authenticode"] = serde_json::json!({"sha256": "zz"});
+        let e = parse_manifest("demo.manifest.json", m.to_string().as_bytes()).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("demo.manifest.json: uki.authenticode: sha256 digest \"zz\" is not hex"),
+            "{e}"
+        );
+        let mut m = serde_json::to_value(crate::manifest::tests::sample()).unwrap();
+        m["uki"]["sections"] = serde_json::json!([{
+            "name": ".linux", "offset": 1024, "virtual_address": 4096, "virtual_size": 3,
+            "size_of_raw_data": 512, "measured": true, "digests": {"sha1": "abc"}
+        }]);
+        let e = parse_manifest("m.json", m.to_string().as_bytes()).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("m.json: section .linux: sha1 digest \"abc\" is not hex"),
+            "{e}"
+        );
     }
 
     /// Defect A6: a pcrs.json given as a manifest was read as an empty manifest.

@@ -68,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (log, firmware, pcrs) = match load() {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("imgctl: error: {e:#}");
+            eprintln!("imgctl: error: {}", crate::output::render_error(&e));
             return Ok(ExitCode::from(3));
         }
     };

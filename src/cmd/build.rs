@@ -50,6 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from("images").join(&recipe.name));
+    imgctl_fsio::check_output_dir(&out_dir)?;
     let mut opts = BuildOptions::new(out_dir, crate::output::source_date_epoch()?);
     opts.semantics = args.stub_semantics.fixed();
     if let Some(k) = &args.pcr_private_key {

@@ -127,6 +127,7 @@ fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let out_dir = args
         .output
         .unwrap_or_else(|| PathBuf::from("images").join(ext.name.as_str()));
+    imgctl_fsio::check_output_dir(&out_dir)?;
     let opts = BuildOptions {
         out_dir,
         source_date_epoch: crate::output::source_date_epoch()?,

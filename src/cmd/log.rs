@@ -64,9 +64,20 @@ struct AppendArgs {
     #[arg(long)]
     raw: Vec<PathBuf>,
     /// Read entries from stdin, one per line, and acknowledge each batch on stdout as
-    /// `ack <first index> <count> <tree size>` once it is durable.
-    #[arg(long)]
-    stdin: bool,
+    /// `ack <first index> <count> <tree size>` once it is durable. `--stdin` (`=json`): each
+    /// line is a JSON log entry as `--entry` takes, stored in its canonical form; a line that
+    /// is not one stops the run before its batch is appended. `--stdin=raw`: each line's bytes
+    /// are stored as given.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "json",
+        conflicts_with_all = ["entry", "raw"]
+    )]
+    stdin: Option<StdinFormat>,
     /// With --stdin: lines per durable batch.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -75,6 +86,15 @@ struct AppendArgs {
     proof_dir: Option<PathBuf>,
     #[arg(long)]
     json: bool,
+}
+
+/// What `log append --stdin` reads: one entry per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StdinFormat {
+    /// A JSON log entry per line, the format `--entry` takes.
+    Json,
+    /// Each line's bytes as they are.
+    Raw,
 }
 
 /// Print the log's current checkpoint (verified with the log's key).
@@ -254,15 +274,14 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn read_entry_json(p: &Path) -> anyhow::Result<Vec<u8>> {
-    let v: serde_json::Value = serde_json::from_slice(&imgctl_fsio::read_bounded(
-        p,
-        imgctl_fsio::caps::ENTRY,
-        "a log input",
-    )?)
-    .with_context(|| format!("{} is not JSON", p.display()))?;
-    Ok(LogEntry::from_json(&v)
-        .with_context(|| format!("{}", p.display()))?
-        .encode())
+    let data = imgctl_fsio::read_bounded(p, imgctl_fsio::caps::ENTRY, "a log input")?;
+    entry_from_json(&data).with_context(|| p.display().to_string())
+}
+
+/// A log entry in the JSON form `--entry` and `--stdin` take, canonically encoded.
+fn entry_from_json(data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let v: serde_json::Value = serde_json::from_slice(data).context("not JSON")?;
+    Ok(LogEntry::from_json(&v)?.encode())
 }
 
 fn append(a: AppendArgs) -> anyhow::Result<ExitCode> {
@@ -279,15 +298,25 @@ fn append(a: AppendArgs) -> anyhow::Result<ExitCode> {
     let signer = load_signer(&a.key)?;
     let mut log = Appender::open(&a.dir, signer)
         .with_context(|| format!("opening log {}", a.dir.display()))?;
-    if a.stdin {
+    if let Some(format) = a.stdin {
         let stdin = std::io::stdin();
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut lines = stdin.lock().lines();
+        let mut number = 0u64;
         loop {
             let line = lines.next().transpose().context("reading stdin")?;
             let done = line.is_none();
             if let Some(l) = line {
-                batch.push(l.into_bytes());
+                number += 1;
+                batch.push(match format {
+                    StdinFormat::Raw => l.into_bytes(),
+                    StdinFormat::Json => entry_from_json(l.as_bytes()).with_context(|| {
+                        format!(
+                            "stdin line {number}: not a log entry (nothing of this batch was \
+                             appended; --stdin=raw stores lines as given)"
+                        )
+                    })?,
+                });
             }
             if batch.len() >= a.batch.max(1) || (done && !batch.is_empty()) {
                 let r = log.append(&batch)?;
@@ -518,11 +547,14 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             &format!("OK: {msg} ({} at size {})", c.origin, c.size),
         ),
         Err(e) => {
-            eprintln!("imgctl: verification failed: {e:#}");
+            eprintln!(
+                "imgctl: verification failed: {}",
+                crate::output::render_error(&e)
+            );
             verdict(
                 a.json,
                 false,
-                json!({"verified": false, "error": format!("{e:#}")}),
+                json!({"verified": false, "error": crate::output::render_error(&e)}),
                 "FAIL",
             )
         }
@@ -562,11 +594,14 @@ fn consistency(a: ConsistencyArgs) -> anyhow::Result<ExitCode> {
             &format!("OK: size {} extends size {}", new.size, old.size),
         ),
         Err(e) => {
-            eprintln!("imgctl: consistency check failed: {e:#}");
+            eprintln!(
+                "imgctl: consistency check failed: {}",
+                crate::output::render_error(&e)
+            );
             verdict(
                 a.json,
                 false,
-                json!({"consistent": false, "error": format!("{e:#}")}),
+                json!({"consistent": false, "error": crate::output::render_error(&e)}),
                 "FAIL",
             )
         }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use imgctl_measure::bank::PcrIndex;
 use imgctl_measure::userspace_record::{
     write_record, BreakGlass, LogFile, Origin, UserspaceRecord, WriteError, BREAK_GLASS_PCR,
     DEFAULT_LOG,
@@ -19,6 +20,8 @@ use imgctl_measure::HashAlg;
 /// Each command extends one PCR in every active bank with H(string) and appends one JSON-SEQ
 /// record, holding an exclusive flock on the log; the log's sticky bit is set while the two
 /// are out of step, so a crash in between is visible. If the extend fails, nothing is written.
+/// Every argument (the record's fields, PCR 0–23, the log's path) is checked before the TPM is
+/// opened.
 ///
 /// Example: imgctl measure --tcti swtpm:host=127.0.0.1,port=2321 break-glass --reason "root shell for disk recovery" --actor alice
 #[derive(Debug, clap::Args)]
@@ -49,27 +52,28 @@ enum What {
     /// Record that emergency access was used: who, why, when (eventType "break-glass",
     /// PCR 15 by default; see docs/break-glass.md).
     BreakGlass {
-        /// Why the glass was broken.
-        #[arg(long)]
+        /// Why the glass was broken (not empty).
+        #[arg(long, value_parser = non_empty)]
         reason: String,
         /// Who broke it. Default: $SUDO_USER, else $USER, else "unknown".
-        #[arg(long)]
+        #[arg(long, value_parser = non_empty)]
         actor: Option<String>,
         /// What kind of override: debug-shell, emergency-login, recovery-key, …
-        #[arg(long, default_value = "unspecified")]
+        #[arg(long, default_value = "unspecified", value_parser = non_empty)]
         kind: String,
-        /// PCR to measure into.
-        #[arg(long, default_value_t = BREAK_GLASS_PCR)]
-        pcr: u32,
+        /// PCR to measure into (0–23).
+        #[arg(long, default_value_t = break_glass_pcr())]
+        pcr: PcrIndex,
     },
     /// Any string into any PCR, with an eventType of your choice.
     Event {
+        /// PCR to measure into (0–23).
         #[arg(long)]
-        pcr: u32,
+        pcr: PcrIndex,
         /// The measured bytes (UTF-8, no NUL).
         #[arg(long)]
         string: String,
-        #[arg(long, default_value = "imgctl")]
+        #[arg(long, default_value = "imgctl", value_parser = non_empty)]
         event_type: String,
     },
 }
@@ -96,8 +100,82 @@ fn default_actor() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// A clap value parser: text that is not empty or only white space.
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+fn break_glass_pcr() -> PcrIndex {
+    PcrIndex::new(BREAK_GLASS_PCR).unwrap_or_else(|_| unreachable!("PCR 15 is 0–23"))
+}
+
+/// The record `args` asks for, with digests in `banks`.
+fn record(
+    args: &Args,
+    banks: &[HashAlg],
+    origin: &Origin,
+    now: u64,
+) -> anyhow::Result<UserspaceRecord> {
+    Ok(match &args.what {
+        What::Phase { word } => UserspaceRecord::phase(word, banks, origin)?,
+        What::BreakGlass {
+            reason,
+            actor,
+            kind,
+            pcr,
+        } => {
+            let actor = actor.clone().unwrap_or_else(default_actor);
+            BreakGlass::new(&actor, kind, reason, now)
+                .map_err(|e| anyhow::anyhow!("break-glass: {e}"))?
+                .record(pcr.get(), banks, origin)?
+        }
+        What::Event {
+            pcr,
+            string,
+            event_type,
+        } => UserspaceRecord::new(pcr.get(), banks, string.clone(), event_type, origin)?,
+    })
+}
+
+/// The log must be a regular file (or not exist yet) in a folder that can be written or made.
+fn check_log(log: &std::path::Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(log) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => imgctl_fsio::open_regular(log).map(|_| ())?,
+        // Missing, or a file where a parent folder should be (named below).
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) => {}
+        Err(e) => return Err(e).with_context(|| format!("--log {}", log.display())),
+    }
+    if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
+        imgctl_fsio::check_output_dir(dir).context("--log")?;
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // The TPM first: when it is unreachable nothing is created or written.
+    // Everything is checked before the TPM is opened: the record (in the banks given, or
+    // SHA-256 until the TPM names its active ones) and the log's path.
+    let origin = origin()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("system clock before 1970")?
+        .as_secs();
+    let check_banks = if args.banks.is_empty() {
+        vec![HashAlg::SHA256]
+    } else {
+        args.banks.clone()
+    };
+    record(&args, &check_banks, &origin, now)?;
+    check_log(&args.log)?;
+    // The TPM next: when it is unreachable nothing is created or written.
     let mut tpm = crate::cmd::tpm::open(&args.tcti)?;
     let banks = if args.banks.is_empty() {
         tpm.active_banks()?
@@ -107,28 +185,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if banks.is_empty() {
         bail!("the TPM has no active PCR bank imgctl can compute");
     }
-    let origin = origin()?;
-    let record = match &args.what {
-        What::Phase { word } => UserspaceRecord::phase(word, &banks, &origin)?,
-        What::BreakGlass {
-            reason,
-            actor,
-            kind,
-            pcr,
-        } => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .context("system clock before 1970")?
-                .as_secs();
-            let actor = actor.clone().unwrap_or_else(default_actor);
-            BreakGlass::new(&actor, kind, reason, now)?.record(*pcr, &banks, &origin)?
-        }
-        What::Event {
-            pcr,
-            string,
-            event_type,
-        } => UserspaceRecord::new(*pcr, &banks, string.clone(), event_type, &origin)?,
-    };
+    let record = record(&args, &banks, &origin, now)?;
     if let Some(dir) = args.log.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

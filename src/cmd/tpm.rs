@@ -1,10 +1,10 @@
 //! `imgctl tpm …`: read and extend PCRs, quote, seal and unseal through a TPM.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use imgctl_measure::bank::PcrIndex;
 use imgctl_measure::eventlog::{PcrValues, PcrValuesJson};
 use imgctl_measure::keys::VerifyingKey;
 use imgctl_measure::pcrsig::PcrSignature;
@@ -16,6 +16,9 @@ use crate::cmd::sign_pcrs::{read_verifying_key, write_atomically};
 use crate::output::outln;
 
 /// Talk to a TPM: read and extend PCRs, quote them, seal a secret to a signed PCR policy.
+///
+/// Every argument and input (PCR indices 0–23, the nonce, the secret, keys, blobs, output
+/// paths) is checked before the TPM is opened.
 ///
 /// Example: imgctl tpm --tcti swtpm:host=127.0.0.1,port=2321 pcrs --bank sha256 --pcr 11
 #[derive(Debug, clap::Args)]
@@ -45,9 +48,9 @@ struct PcrsArgs {
     /// Bank; repeat for several. Default: every active bank.
     #[arg(long = "bank", value_name = "BANK")]
     banks: Vec<HashAlg>,
-    /// PCR index; repeat for several. Default: 0–23.
+    /// PCR index (0–23); repeat for several. Default: 0–23.
     #[arg(long = "pcr", value_name = "N")]
-    pcrs: Vec<u32>,
+    pcrs: Vec<PcrIndex>,
     /// JSON output: {"sha256": {"11": "<hex>", …}, …}.
     #[arg(long)]
     json: bool,
@@ -58,8 +61,9 @@ struct PcrsArgs {
 /// Example: imgctl tpm extend --pcr 11 --string enter-initrd
 #[derive(Debug, clap::Args)]
 struct ExtendArgs {
+    /// PCR index, 0–23.
     #[arg(long, value_name = "N")]
-    pcr: u32,
+    pcr: PcrIndex,
     /// The bytes to measure (UTF-8, no trailing NUL), like systemd-pcrextend.
     #[arg(
         long,
@@ -98,9 +102,9 @@ struct QuoteArgs {
     /// Bank to quote; repeat for several. Default: sha256.
     #[arg(long = "bank", value_name = "BANK")]
     banks: Vec<HashAlg>,
-    /// PCR to quote; repeat for several. Default: 0–15.
+    /// PCR to quote (0–23); repeat for several. Default: 0–15.
     #[arg(long = "pcr", value_name = "N")]
-    pcrs: Vec<u32>,
+    pcrs: Vec<PcrIndex>,
     /// Print a JSON summary.
     #[arg(long)]
     json: bool,
@@ -119,7 +123,7 @@ struct SealArgs {
     secret_file: Option<PathBuf>,
     /// Also bind to the current values of these PCRs (literal PolicyPCR); repeat.
     #[arg(long = "pcr-lock", value_name = "N")]
-    lock_pcrs: Vec<u32>,
+    lock_pcrs: Vec<PcrIndex>,
     /// Bank of --pcr-lock.
     #[arg(long, default_value = "sha256", value_name = "BANK")]
     lock_bank: HashAlg,
@@ -177,14 +181,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// PCR indices as the TPM layer takes them; `default` when none are given.
+fn indices(pcrs: &[PcrIndex], default: std::ops::Range<u32>) -> Vec<u32> {
+    if pcrs.is_empty() {
+        default.collect()
+    } else {
+        pcrs.iter().map(|p| p.get()).collect()
+    }
+}
+
 fn pcrs(tcti: &str, a: PcrsArgs) -> anyhow::Result<ExitCode> {
+    let pcrs = indices(&a.pcrs, 0..PcrIndex::MAX + 1);
     let mut tpm = open(tcti)?;
     let banks = banks_or_active(&mut tpm, &a.banks)?;
-    let pcrs: Vec<u32> = if a.pcrs.is_empty() {
-        (0..24).collect()
-    } else {
-        a.pcrs.clone()
-    };
     let sel: Vec<(HashAlg, Vec<u32>)> = banks.iter().map(|b| (*b, pcrs.clone())).collect();
     let values = tpm.read_pcrs(&sel)?;
     if a.json {
@@ -208,8 +217,6 @@ fn pcrs(tcti: &str, a: PcrsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn extend(tcti: &str, a: ExtendArgs) -> anyhow::Result<ExitCode> {
-    let mut tpm = open(tcti)?;
-    let banks = banks_or_active(&mut tpm, &a.banks)?;
     let data = match (&a.string, &a.file) {
         (Some(s), _) => s.as_bytes().to_vec(),
         (None, Some(f)) => {
@@ -217,27 +224,40 @@ fn extend(tcti: &str, a: ExtendArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => bail!("give --string or --file"),
     };
+    let mut tpm = open(tcti)?;
+    let banks = banks_or_active(&mut tpm, &a.banks)?;
     let digests = banks
         .iter()
         .map(|b| Ok((*b, b.hash(&data)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    tpm.extend(a.pcr, &digests)
+    tpm.extend(a.pcr.get(), &digests)
         .with_context(|| format!("extending PCR {}", a.pcr))?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn quote(tcti: &str, a: QuoteArgs) -> anyhow::Result<ExitCode> {
-    let nonce = hex::decode(a.nonce.trim()).context("--nonce is not hex")?;
+    let nonce =
+        hex::decode(a.nonce.trim()).with_context(|| format!("--nonce {:?} is not hex", a.nonce))?;
+    if nonce.len() > imgctl_tpm::MAX_NONCE {
+        bail!(
+            "--nonce is {} bytes; a TPM takes at most {} (TPM2B_DATA)",
+            nonce.len(),
+            imgctl_tpm::MAX_NONCE
+        );
+    }
     let banks = if a.banks.is_empty() {
         vec![HashAlg::SHA256]
     } else {
         a.banks.clone()
     };
-    let pcrs: Vec<u32> = if a.pcrs.is_empty() {
-        (0..16).collect()
-    } else {
-        a.pcrs.clone()
-    };
+    let pcrs = indices(&a.pcrs, 0..16);
+    // Every output is checked before the TPM is opened.
+    imgctl_fsio::check_output_dir(&a.out).context("-o")?;
+    let mut outputs = imgctl_fsio::Transaction::new();
+    for name in QUOTE_FILES {
+        outputs.check(&a.out.join(name))?;
+    }
+    outputs.check(&a.ak_out)?;
     let mut tpm = open(tcti)?;
     let sel: Vec<(HashAlg, Vec<u32>)> = banks.iter().map(|b| (*b, pcrs.clone())).collect();
     let q = tpm.quote(&nonce, &sel)?;
@@ -255,16 +275,15 @@ fn quote(tcti: &str, a: QuoteArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let pcr_json = PcrValuesJson(&values);
     let files: [(&str, Vec<u8>); 5] = [
-        ("quote.msg", q.attest.clone()),
-        ("quote.attest", size_prefixed(&q.attest)),
-        ("quote.sig", q.signature.clone()),
-        ("ak.pub", size_prefixed(&q.ak_public)),
+        (QUOTE_FILES[0], q.attest.clone()),
+        (QUOTE_FILES[1], size_prefixed(&q.attest)),
+        (QUOTE_FILES[2], q.signature.clone()),
+        (QUOTE_FILES[3], size_prefixed(&q.ak_public)),
         (
-            "pcrs.json",
+            QUOTE_FILES[4],
             serde_json::to_vec_pretty(&pcr_json).context("encoding PCR values")?,
         ),
     ];
-    let mut outputs = imgctl_fsio::Transaction::new();
     for (name, data) in &files {
         outputs.add(&a.out.join(name), data)?;
     }
@@ -281,30 +300,47 @@ fn quote(tcti: &str, a: QuoteArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `tpm quote` writes into its folder.
+const QUOTE_FILES: [&str; 5] = [
+    "quote.msg",
+    "quote.attest",
+    "quote.sig",
+    "ak.pub",
+    "pcrs.json",
+];
+
 fn seal(tcti: &str, a: SealArgs) -> anyhow::Result<ExitCode> {
     let key = read_verifying_key(&a.public_key)?.tpm();
-    let secret = match &a.secret_file {
-        Some(p) => imgctl_fsio::read_bounded(p.as_ref(), imgctl_fsio::caps::QUOTE, "a TPM object")?,
-        None => {
-            let mut v = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut v)
-                .context("reading the secret from stdin")?;
-            v
-        }
+    let max = imgctl_tpm::MAX_SECRET as u64;
+    let (secret, source) = match &a.secret_file {
+        Some(p) => (
+            imgctl_fsio::read_bounded(p.as_ref(), max, "a sealed secret (TPM2B_SENSITIVE_DATA)")?,
+            p.display().to_string(),
+        ),
+        None => (
+            imgctl_fsio::read_stream_bounded(
+                std::io::stdin().lock(),
+                Path::new("stdin"),
+                max,
+                "a sealed secret (TPM2B_SENSITIVE_DATA)",
+            )?,
+            "stdin".to_owned(),
+        ),
     };
     if secret.is_empty() {
-        bail!("the secret is empty");
+        bail!("{source}: the secret is empty");
     }
-    let mut tpm = open(tcti)?;
-    let literal = (!a.lock_pcrs.is_empty()).then(|| (a.lock_bank, a.lock_pcrs.clone()));
-    let blob = tpm.seal(&secret, &key, literal)?;
-    let text = serde_json::to_vec_pretty(&blob).context("encoding the sealed blob")?;
     let inputs: Vec<&Path> = [Some(&a.public_key), a.secret_file.as_ref()]
         .into_iter()
         .flatten()
         .map(PathBuf::as_path)
         .collect();
+    imgctl_fsio::check_output(&a.output, &inputs)?;
+    let mut tpm = open(tcti)?;
+    let literal = (!a.lock_pcrs.is_empty())
+        .then(|| (a.lock_bank, a.lock_pcrs.iter().map(|p| p.get()).collect()));
+    let blob = tpm.seal(&secret, &key, literal)?;
+    let text = serde_json::to_vec_pretty(&blob).context("encoding the sealed blob")?;
     write_atomically(&a.output, &text, &inputs)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -340,17 +376,21 @@ fn unseal(tcti: &str, a: UnsealArgs) -> anyhow::Result<ExitCode> {
         Some(p) => read_verifying_key(p)?.tpm(),
         None => imgctl_tpm::blob_key(&blob)?,
     };
+    let inputs: Vec<&Path> = [Some(&a.blob), Some(&a.pcrsig), a.public_key.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::as_path)
+        .collect();
+    if let Some(p) = &a.output {
+        imgctl_fsio::check_output(p, &inputs)?;
+    }
     let mut tpm = open(tcti)?;
     let secret = tpm
         .unseal(&blob, &key, &pcrsig, a.bank)
         .with_context(|| format!("unsealing {}", a.blob.display()))?;
     match &a.output {
         Some(p) => {
-            let mut t = imgctl_fsio::Transaction::with_inputs(
-                [Some(&a.blob), Some(&a.pcrsig), a.public_key.as_ref()]
-                    .into_iter()
-                    .flatten(),
-            );
+            let mut t = imgctl_fsio::Transaction::with_inputs(inputs);
             t.add_secret(p, &secret)?;
             t.commit()?;
         }

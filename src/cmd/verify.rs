@@ -135,7 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let l = match load(&args) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("imgctl: error: {e:#}");
+            eprintln!("imgctl: error: {}", crate::output::render_error(&e));
             return Ok(ExitCode::from(3));
         }
     };
@@ -153,7 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Err(e) = print_verdict(&verdict, args.json) {
         match e.downcast_ref::<crate::output::StdoutError>() {
             Some(s) if s.is_closed_pipe() => {}
-            _ => eprintln!("imgctl: error: {e:#}"),
+            _ => eprintln!("imgctl: error: {}", crate::output::render_error(&e)),
         }
     }
     Ok(if verdict.accepted {

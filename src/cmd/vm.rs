@@ -21,8 +21,9 @@ use crate::vm::{self, Accel, Ending, VmConfig};
 ///
 /// Exit status: 0 the guest printed `IMGCTL-DEMO: done`; 1 error (bad input, missing tool,
 /// unreadable report); 3 the guest stopped without the done marker, or the firmware found
-/// nothing bootable (e.g. Secure Boot refused the UKI); 4 timeout; 130
-/// interrupted (SIGINT/SIGTERM).
+/// nothing bootable (e.g. Secure Boot refused the UKI); 4 timeout; 130 interrupted by SIGINT,
+/// 143 by SIGTERM. Every argument and the UKI itself (a PE image with a non-empty `.linux`)
+/// are checked before QEMU or swtpm start.
 ///
 /// Example: imgctl vm images/demo/demo.efi --capture /tmp/boot --timeout 120
 #[derive(Debug, clap::Args)]
@@ -33,8 +34,9 @@ pub struct Args {
     /// in this folder.
     #[arg(long, value_name = "DIR")]
     capture: Option<PathBuf>,
-    /// Stop the guest after this many seconds.
-    #[arg(long, value_name = "S", default_value_t = 300)]
+    /// Stop the guest after this many seconds (1 to 86400).
+    #[arg(long, value_name = "S", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_S))]
     timeout: u64,
     /// Boot with Secure Boot enforced (OVMF secboot firmware, Microsoft keys enrolled).
     #[arg(long)]
@@ -42,8 +44,9 @@ pub struct Args {
     /// CPU virtualisation: auto probes KVM and falls back to TCG.
     #[arg(long, value_enum, default_value = "auto")]
     accel: Accel,
-    /// Guest memory in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    /// Guest memory in MiB (64 to 65536).
+    #[arg(long, value_name = "MIB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(MIN_MEMORY_MIB..=MAX_MEMORY_MIB))]
     memory: u32,
     /// Do not copy the serial console to stderr.
     #[arg(long)]
@@ -68,9 +71,19 @@ struct JsonOut<'a> {
 
 const EXIT_NOT_DONE: u8 = 3;
 const EXIT_TIMEOUT: u8 = 4;
-const EXIT_INTERRUPTED: u8 = 130;
+/// The least memory OVMF and the demo guest boot with; the most a test VM needs.
+const MIN_MEMORY_MIB: i64 = 64;
+const MAX_MEMORY_MIB: i64 = 64 << 10;
+/// A day: a longer `--timeout` is a typo, not a boot.
+const MAX_TIMEOUT_S: u64 = 24 * 3600;
+/// What `--capture` writes.
+const CAPTURED: [&str; 3] = ["console.log", "pcrs.json", "eventlog.bin"];
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Everything is checked before QEMU and swtpm start: the capture folder, then the UKI.
+    if let Some(dir) = &args.capture {
+        check_capture(dir, &args.input)?;
+    }
     let (uki, _built) = uki_for(&args.input)?;
     vm::install_signal_handler();
     let cfg = VmConfig {
@@ -127,9 +140,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 args.timeout
             )),
         ),
-        Ending::Interrupted => (
+        Ending::Interrupted(signal) => (
             "interrupted",
-            EXIT_INTERRUPTED,
+            u8::try_from(crate::signals::exit_code(signal)).unwrap_or(u8::MAX),
             Some("interrupted; stopped QEMU and swtpm".to_owned()),
         ),
     };
@@ -179,8 +192,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The UKI to boot: the input itself if it is a PE file, else the recipe assembled in memory
-/// and written to a temporary file (kept until the returned guard drops).
+/// and written to a temporary file (kept until the returned guard drops). Either way it must
+/// be a PE image with a non-empty `.linux`, so nothing else is booted into a timeout.
 fn uki_for(input: &Path) -> anyhow::Result<(PathBuf, Option<tempfile::TempPath>)> {
+    let data = crate::uki_input::load_uki(input)?;
+    check_uki(input, &data)?;
     let mut magic = [0u8; 2];
     let mut f =
         std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
@@ -189,15 +205,43 @@ fn uki_for(input: &Path) -> anyhow::Result<(PathBuf, Option<tempfile::TempPath>)
     if n == 2 && &magic == b"MZ" {
         return Ok((input.to_path_buf(), None));
     }
-    let uki = crate::uki_input::load_uki(input)?;
     let mut tmp = tempfile::Builder::new()
         .prefix("imgctl-vm-")
         .suffix(".efi")
         .tempfile()
         .context("creating a temporary file for the UKI")?;
-    std::io::Write::write_all(&mut tmp, &uki).context("writing the UKI")?;
+    std::io::Write::write_all(&mut tmp, &data).context("writing the UKI")?;
     let path = tmp.into_temp_path();
     Ok((path.to_path_buf(), Some(path)))
+}
+
+/// A bootable UKI: a PE image (measure's reader) whose `.linux` section has content.
+fn check_uki(input: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let pe = imgctl_measure::PeFile::parse(data)
+        .with_context(|| format!("{}: not a valid PE image", input.display()))?;
+    let linux = pe
+        .section(".linux")
+        .with_context(|| format!("{}: not a UKI: no .linux section", input.display()))?;
+    let kernel = pe
+        .memory_data(linux)
+        .with_context(|| format!("{}: .linux section", input.display()))?;
+    if kernel.iter().all(|b| *b == 0) {
+        bail!(
+            "{}: not a UKI: its .linux section holds no kernel (empty or all zeros)",
+            input.display()
+        );
+    }
+    Ok(())
+}
+
+/// `--capture DIR` must be a folder this process can write (or create), and none of the files
+/// it writes there may be a folder, device, FIFO, socket, symlink or the input.
+fn check_capture(dir: &Path, input: &Path) -> anyhow::Result<()> {
+    imgctl_fsio::check_output_dir(dir).context("--capture")?;
+    for name in CAPTURED {
+        imgctl_fsio::check_output(&dir.join(name), &[input]).context("--capture")?;
+    }
+    Ok(())
 }
 
 /// QEMU's first few stderr lines (a KVM failure is followed by a long register dump).
@@ -213,28 +257,31 @@ fn stderr_note(stderr: &str) -> String {
     )
 }
 
-/// Writes console.log always, pcrs.json and eventlog.bin when the report has them.
+/// Writes console.log always, pcrs.json and eventlog.bin when the report has them, in one
+/// transaction; a pcrs.json or eventlog.bin of an earlier boot that this one did not produce
+/// is removed, so the folder never mixes two boots.
 fn capture(dir: &Path, console: &[u8], report: Option<&GuestReport>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let write = |name: &str, bytes: &[u8]| {
-        let p = dir.join(name);
-        std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))
-    };
-    for stale in ["pcrs.json", "eventlog.bin"] {
-        let p = dir.join(stale);
-        if p.exists() {
-            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-        }
-    }
-    write("console.log", console)?;
+    let mut t = imgctl_fsio::Transaction::new();
+    t.add(&dir.join("console.log"), console)?;
+    let mut written = vec!["console.log"];
     if let Some(r) = report {
         if !r.pcrs.is_empty() {
             let mut json = serde_json::to_vec_pretty(&PcrValuesJson(&r.pcrs))?;
             json.push(b'\n');
-            write("pcrs.json", &json)?;
+            t.add(&dir.join("pcrs.json"), &json)?;
+            written.push("pcrs.json");
         }
         if let Some(log) = &r.event_log {
-            write("eventlog.bin", log)?;
+            t.add(&dir.join("eventlog.bin"), log)?;
+            written.push("eventlog.bin");
+        }
+    }
+    t.commit()?;
+    for stale in CAPTURED.iter().filter(|n| !written.contains(n)) {
+        let p = dir.join(stale);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
     Ok(())

@@ -15,10 +15,7 @@ pub fn require_tool(path: &str, package: &str) -> Option<PathBuf> {
     let p = if path.contains('/') {
         PathBuf::from(path)
     } else {
-        match which(path) {
-            Some(p) => p,
-            None => PathBuf::from(path),
-        }
+        imgctl_fsio::find_program(path).unwrap_or_else(|| PathBuf::from(path))
     };
     if p.exists() {
         return Some(p);
@@ -35,14 +32,6 @@ pub fn missing(what: &str) {
         panic!("CI=true and {what} is missing");
     }
     eprintln!("\n!!!!! SKIPPED: {what} is missing — this test did not check anything !!!!!\n");
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
 }
 
 /// The shared data folder: `$IMGCTL_SHARED`, else `../shared` beside the repository.

@@ -49,6 +49,12 @@ use tss_esapi::{Context, TctiNameConf};
 
 /// The TCTI systemd uses when none is given: the kernel's resource manager device.
 pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+/// The largest secret [`Tpm::seal`] takes: the data of a sealed keyed-hash object is at most
+/// MAX_SYM_DATA = 128 bytes (TPM 2.0 Part 2, TPM2B_SENSITIVE_DATA; swtpm's value).
+pub const MAX_SECRET: usize = 128;
+/// The longest nonce [`Tpm::quote`] takes: the qualifying data is a TPM2B_DATA of at most
+/// sizeof(TPMU_HA) = 64 bytes (TPM 2.0 Part 2, TPM2B_DATA).
+pub const MAX_NONCE: usize = 64;
 
 /// What went wrong talking to the TPM.
 #[derive(Debug, thiserror::Error)]
@@ -345,7 +351,7 @@ impl Tpm {
         let ak = self.ecc_primary(true)?;
         let data = tss_esapi::structures::Data::try_from(nonce.to_vec()).map_err(|_| {
             TpmError::Policy(format!(
-                "nonce of {} bytes is too long for the TPM (at most 64)",
+                "nonce of {} bytes is too long for the TPM (at most {MAX_NONCE})",
                 nonce.len()
             ))
         })?;
@@ -429,7 +435,7 @@ impl Tpm {
             .map_err(cmd("Create"))?;
         let data = SensitiveData::try_from(secret.to_vec()).map_err(|_| {
             TpmError::Policy(format!(
-                "secret of {} bytes is too long to seal (at most 128)",
+                "secret of {} bytes is too long to seal (at most {MAX_SECRET})",
                 secret.len()
             ))
         })?;
