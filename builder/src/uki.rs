@@ -98,6 +98,68 @@ pub fn check_stub(stub: &PeFile<'_>) -> Result<(), Error> {
     Ok(())
 }
 
+/// PE machine type of x86-64 images.
+const MACHINE_X86_64: u16 = 0x8664;
+
+/// A name for a PE machine type, for messages.
+fn machine_name(machine: u16) -> String {
+    match machine {
+        0xaa64 => "arm64".into(),
+        0x014c => "32-bit x86".into(),
+        0x01c2 | 0x01c4 => "32-bit ARM".into(),
+        0x5064 => "riscv64".into(),
+        0x6264 => "loongarch64".into(),
+        other => format!("machine {other:#06x}"),
+    }
+}
+
+/// Sections a UKI carries and a bare stub does not (`.sbat` and `.sdmagic` are the stub's own).
+fn is_uki_payload(name: &str) -> bool {
+    name != ".sbat"
+        && (imgctl_measure::pcr11::SECTIONS_UPSTREAM.contains(&name)
+            || name == imgctl_measure::pcr11::PCRSIG)
+}
+
+/// Checks that `stub` is what a UKI is built on: an x86-64 systemd-stub or imgctl-stub
+/// (`.sdmagic` names it), not systemd-boot, an addon stub, a stub for another architecture or a
+/// finished UKI (whose stale `.linux`/`.cmdline`/`.uname` would be kept or shadowed).
+pub fn check_stub_identity(stub: &PeFile<'_>) -> Result<(), Error> {
+    if stub.machine != MACHINE_X86_64 {
+        return Err(err(format!(
+            "is an {} EFI image; imgctl builds x86-64 UKIs (give linuxx64.efi.stub)",
+            machine_name(stub.machine)
+        )));
+    }
+    let identity = imgctl_measure::Uki { pe: stub.clone() }.identity();
+    match identity.name.as_deref() {
+        Some("systemd-stub" | "imgctl-stub") => {}
+        Some(other) => {
+            return Err(err(format!(
+                "is {other} (.sdmagic {:?}), not a UKI stub; give systemd-stub (linuxx64.efi.stub) or imgctl-stub",
+                identity.sdmagic.unwrap_or_default()
+            )))
+        }
+        None => {
+            return Err(err(
+                "has no .sdmagic naming systemd-stub or imgctl-stub; it is not a UKI stub",
+            ))
+        }
+    }
+    let payload: Vec<&str> = stub
+        .sections
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| is_uki_payload(n))
+        .collect();
+    if !payload.is_empty() {
+        return Err(err(format!(
+            "is already a UKI (it has {}); build from the bare stub (linuxx64.efi.stub)",
+            payload.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Builds a UKI: `stub` with `sections` added in the given order.
 pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, Error> {
     let stub = PeFile::parse(stub_bytes).map_err(|e| err(format!("not a valid PE image: {e}")))?;
