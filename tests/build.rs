@@ -470,6 +470,84 @@ fn headers_are_relaid_when_the_stub_has_no_room() {
     }
 }
 
+/// DEFECT 23: a distribution's SBAT (three vendor lines) is longer than the 252 stub's `.sbat`
+/// can hold (0x200 raw bytes, and .sdmagic starts 0x100 bytes after it in memory): the build
+/// gives it a section of its own, which objdump reads whole, and no two sections overlap in
+/// memory. (tests/systemd257.rs checks the same against ukify 257 and systemd-measure 257.)
+#[test]
+fn a_long_sbat_gets_a_section_of_its_own() {
+    if require_tool(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let Some(objdump) = require_tool("objdump", "binutils") else {
+        return;
+    };
+    let vendor = "uki,1,UKI,uki,1,https://uapi-group.org/specifications/specs/unified_kernel_image/\n  \
+                  uki.debian,1,Debian GNU/Linux,uki,1,https://tracker.debian.org/pkg/systemd\n  \
+                  uki.acme,1,ACME Corporation,acme-uki,2.4.1-3,https://security.acme.example/uki\n  \
+                  uki.acme-fleet,1,ACME Fleet Images,acme-fleet-uki,2026.12.1,mailto:secalert@acme.example\n";
+    let f = Fixture::new(&format!("sbat: |\n  {vendor}"));
+    let out = f.path("out");
+    let o = f.build(&out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let data = std::fs::read(out.join("t.efi")).unwrap();
+    let pe = goblin::pe::PE::parse(&data).unwrap();
+    let sbats: Vec<_> = pe
+        .sections
+        .iter()
+        .filter(|s| s.name().ok() == Some(".sbat"))
+        .collect();
+    assert_eq!(sbats.len(), 1, "one .sbat section");
+    let sbat = String::from_utf8(section(&pe, &data, ".sbat").to_vec()).unwrap();
+    assert!(sbat.len() > 0x200, "{} bytes", sbat.len());
+    for line in [
+        "systemd,1,The systemd Developers",
+        "systemd.debian,1,",
+        "uki,1,UKI",
+        "uki.acme,1,",
+        "uki.acme-fleet,1,",
+    ] {
+        assert!(
+            sbat.contains(&format!("\n{line}")),
+            "{line} missing: {sbat}"
+        );
+    }
+    assert!(
+        sbat.ends_with("mailto:secalert@acme.example\n\0"),
+        "{sbat:?}"
+    );
+    // objdump reads the same bytes.
+    let dump = String::from_utf8(run_ok(
+        Command::new(&objdump)
+            .args(["-s", "-j", ".sbat"])
+            .arg(out.join("t.efi")),
+    ))
+    .unwrap();
+    // " ADDR 4 groups of 8 hex digits  ASCII": the hex area is the 35 columns after ADDR.
+    let hex_dump: String = dump
+        .lines()
+        .filter_map(|l| l.strip_prefix(' ')?.split_once(' '))
+        .flat_map(|(_, rest)| rest.chars().take(35).filter(|c| !c.is_whitespace()))
+        .collect();
+    assert_eq!(hex_dump, hex(sbat.as_bytes()));
+    // No two sections overlap in memory.
+    let mut ranges: Vec<(u32, u32, String)> = pe
+        .sections
+        .iter()
+        .map(|s| {
+            (
+                s.virtual_address,
+                s.virtual_address + s.virtual_size,
+                s.name().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    ranges.sort();
+    for w in ranges.windows(2) {
+        assert!(w[0].1 <= w[1].0, "{} overlaps {} in memory", w[0].2, w[1].2);
+    }
+}
+
 /// `build --log`: the UKI's entry (digests, PCR 11 predictions, recipe digest) is appended to a
 /// transparency log and its inclusion proof lands next to the UKI, verifiable by `log verify`.
 #[test]
