@@ -155,8 +155,15 @@ pub fn looks_like_recipe(data: &[u8]) -> Result<(), String> {
         .bytes()
         .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
         .count();
+    let quoted_key = ['"', '\''].into_iter().any(|q| {
+        first
+            .strip_prefix(q)
+            .and_then(|rest| rest.split_once(q))
+            .is_some_and(|(_, after)| after.trim_start().starts_with(':'))
+    });
     let mapping = first.starts_with('{')
         || first.starts_with("---")
+        || quoted_key
         || (key_len > 0 && first[key_len..].starts_with(':'));
     if mapping {
         Ok(())
@@ -722,6 +729,8 @@ mod tests {
             b"\xef\xbb\xbfname: x",
             b"{name: x}",
             b"---\nname: x",
+            b"\"name\": x",
+            b"'name' : x",
         ] {
             assert_eq!(looks_like_recipe(ok), Ok(()), "{ok:?}");
         }
@@ -731,6 +740,7 @@ mod tests {
             (b"name: x\0", "NUL"),
             (b"", "empty"),
             (b"- a\n- b\n", "not a YAML mapping"),
+            (b"\"just a string\"\n", "not a YAML mapping"),
         ] {
             assert!(looks_like_recipe(bad).unwrap_err().contains(why), "{bad:?}");
         }
