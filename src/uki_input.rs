@@ -14,6 +14,12 @@ pub fn load_uki(path: &Path) -> anyhow::Result<Vec<u8>> {
     if data.starts_with(b"MZ") {
         return Ok(data);
     }
+    if let Err(what) = imgctl_builder::recipe::looks_like_recipe(&data) {
+        anyhow::bail!(
+            "{}: neither a PE image (no MZ) nor a recipe ({what})",
+            path.display()
+        );
+    }
     let recipe = Recipe::parse(path, data)?;
     let sde = crate::output::source_date_epoch()?;
     let assembled = imgctl_builder::build::assemble_recipe(&recipe, sde, None)?;

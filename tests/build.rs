@@ -22,11 +22,7 @@ impl Fixture {
     fn new(extra: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        std::fs::write(
-            p.join("vmlinuz"),
-            (0..100_000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>(),
-        )
-        .unwrap();
+        std::fs::write(p.join("vmlinuz"), common::fake_kernel(100_000)).unwrap();
         std::fs::create_dir_all(p.join("tree/etc")).unwrap();
         std::fs::write(p.join("tree/init"), b"#!/bin/sh\necho hello\n").unwrap();
         std::fs::write(p.join("tree/etc/motd"), b"motd\n").unwrap();
@@ -253,6 +249,115 @@ fn bad_input_fails_cleanly_and_leaves_nothing_behind() {
     assert_clean_failure(&o, "blocker/out", &f.path("blocker/out"));
 }
 
+/// Like [`assert_clean_failure`], and the error also says `why`.
+fn assert_refused(o: &Output, file: &str, why: &str, out: &Path) {
+    assert_clean_failure(o, file, out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(why), "error should say {why:?}: {err}");
+}
+
+/// DEFECT 24 (review of 2026-12-01): what is not a kernel, not an x86-64 UKI stub or not a public
+/// key is refused, naming the file and what it is, instead of building a UKI without `.linux`,
+/// on systemd-boot, on an arm64 stub or on a finished UKI, or embedding a private key.
+#[test]
+fn build_refuses_what_is_not_a_kernel_a_stub_or_a_public_key() {
+    if require_tool(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let stub = std::fs::read(STUB).unwrap();
+    // Kernels: empty, random bytes, an arm64 Image, a finished UKI.
+    let mut arm64 = vec![0u8; 4096];
+    arm64[0x38..0x3c].copy_from_slice(b"ARM\x64");
+    let f = Fixture::new("");
+    let out = f.path("out");
+    assert!(f.build(&f.path("built")).status.success());
+    let uki = std::fs::read(f.path("built/t.efi")).unwrap();
+    let random: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for (bytes, why) in [
+        (&[][..], "is empty"),
+        (&random[..], "not an x86 Linux kernel"),
+        (&arm64[..], "arm64 kernel"),
+        (&uki[..], "already a UKI"),
+    ] {
+        std::fs::write(f.path("vmlinuz"), bytes).unwrap();
+        assert_refused(&f.build(&out), "vmlinuz", why, &out);
+    }
+
+    // Stubs: systemd-boot, an arm64 stub, systemd's addon stub, a finished UKI.
+    let mut stubs: Vec<(String, Vec<u8>, &str)> = vec![(
+        "uki.efi".into(),
+        uki.clone(),
+        "already a UKI (it has .osrel, .cmdline",
+    )];
+    let boot = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+    if let Some(p) = require_tool(boot, "systemd-boot-efi") {
+        stubs.push((
+            "systemd-bootx64.efi".into(),
+            std::fs::read(p).unwrap(),
+            "is systemd-boot",
+        ));
+    }
+    let chroot_efi = common::repo_root().join(".cache/trixie-257/usr/lib/systemd/boot/efi");
+    match std::fs::read(chroot_efi.join("linuxaa64.efi.stub")) {
+        Ok(b) => stubs.push(("linuxaa64.efi.stub".into(), b, "arm64 EFI image")),
+        Err(_) => {
+            // The x86-64 stub with its COFF Machine set to arm64 (0xaa64).
+            let lfanew = u32::from_le_bytes(stub[0x3c..0x40].try_into().unwrap()) as usize;
+            let mut b = stub.clone();
+            b[lfanew + 4..lfanew + 6].copy_from_slice(&0xaa64u16.to_le_bytes());
+            stubs.push(("arm64.efi.stub".into(), b, "arm64 EFI image"));
+        }
+    }
+    if let Ok(b) = std::fs::read(chroot_efi.join("addonx64.efi.stub")) {
+        stubs.push(("addonx64.efi.stub".into(), b, "is systemd-addon"));
+    }
+    std::fs::write(f.path("vmlinuz"), common::fake_kernel(100_000)).unwrap();
+    for (name, bytes, why) in &stubs {
+        let g = Fixture::new(&format!("stub: {name}\n"));
+        std::fs::write(g.path(name), bytes).unwrap();
+        assert_refused(&g.build(&out), name, why, &out);
+    }
+
+    // .pcrpkey: a private key, and something that is no key at all.
+    let (key, _) = common::genkey(f.dir.path(), "k", common::EC);
+    for (file, why) in [
+        (key.clone(), "is a private key"),
+        (f.path("extra.bin"), "not a PEM public key"),
+    ] {
+        let g = Fixture::new(&format!("pcrpkey: {}\n", file.display()));
+        assert_refused(
+            &g.build(&out),
+            &file.file_name().unwrap().to_string_lossy(),
+            why,
+            &out,
+        );
+    }
+
+    // Initrd destinations that clash with the tree: a file it has, under a file, under a symlink.
+    for (dst, why) in [
+        ("/etc/motd", "also in the initrd tree"),
+        ("/init/x", "lies under /init"),
+        ("/linuxrc/x", "lies under /linuxrc"),
+        (
+            "/usr/extra.bin/x",
+            "lies under /usr/extra.bin, which is a file",
+        ),
+        ("/usr/extra.bin", "given twice"),
+    ] {
+        let g = Fixture::new("");
+        let text = std::fs::read_to_string(g.path("recipe.yaml"))
+            .unwrap()
+            .replace(
+                "mode: \"0600\" }\n",
+                &format!("mode: \"0600\" }}\n    - {{ src: extra.bin, dst: {dst} }}\n"),
+            );
+        std::fs::write(g.path("recipe.yaml"), text).unwrap();
+        assert_refused(&g.build(&out), dst, why, &out);
+    }
+}
+
 #[test]
 fn inspect_shows_sections_stub_and_texts() {
     if require_tool(STUB, "systemd-boot-efi").is_none() {
@@ -309,7 +414,8 @@ fn headers_are_relaid_when_the_stub_has_no_room() {
     if require_tool(STUB, "systemd-boot-efi").is_none() {
         return;
     }
-    let f = Fixture::new("splash: extra.bin\ndtb: extra.bin\npcrpkey: extra.bin\n");
+    let f = Fixture::new("splash: extra.bin\ndtb: extra.bin\npcrpkey: pcr.pub.pem\n");
+    let (_, public) = common::genkey(f.dir.path(), "pcr", common::EC);
     let out = f.path("out");
     let o = f.build(&out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -326,9 +432,13 @@ fn headers_are_relaid_when_the_stub_has_no_room() {
         size_of_headers > 0x400,
         "headers should have grown: {size_of_headers:#x}"
     );
-    for name in [".splash", ".dtb", ".pcrpkey"] {
+    for name in [".splash", ".dtb"] {
         assert_eq!(section(&pe, &data, name), b"extra");
     }
+    assert_eq!(
+        section(&pe, &data, ".pcrpkey"),
+        std::fs::read(&public).unwrap()
+    );
     assert_eq!(
         section(&pe, &data, ".linux"),
         std::fs::read(f.path("vmlinuz")).unwrap()
@@ -357,6 +467,84 @@ fn headers_are_relaid_when_the_stub_has_no_room() {
             listing.contains(".pcrpkey") && listing.contains(".linux"),
             "{listing}"
         );
+    }
+}
+
+/// DEFECT 23: a distribution's SBAT (three vendor lines) is longer than the 252 stub's `.sbat`
+/// can hold (0x200 raw bytes, and .sdmagic starts 0x100 bytes after it in memory): the build
+/// gives it a section of its own, which objdump reads whole, and no two sections overlap in
+/// memory. (tests/systemd257.rs checks the same against ukify 257 and systemd-measure 257.)
+#[test]
+fn a_long_sbat_gets_a_section_of_its_own() {
+    if require_tool(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let Some(objdump) = require_tool("objdump", "binutils") else {
+        return;
+    };
+    let vendor = "uki,1,UKI,uki,1,https://uapi-group.org/specifications/specs/unified_kernel_image/\n  \
+                  uki.debian,1,Debian GNU/Linux,uki,1,https://tracker.debian.org/pkg/systemd\n  \
+                  uki.acme,1,ACME Corporation,acme-uki,2.4.1-3,https://security.acme.example/uki\n  \
+                  uki.acme-fleet,1,ACME Fleet Images,acme-fleet-uki,2026.12.1,mailto:secalert@acme.example\n";
+    let f = Fixture::new(&format!("sbat: |\n  {vendor}"));
+    let out = f.path("out");
+    let o = f.build(&out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let data = std::fs::read(out.join("t.efi")).unwrap();
+    let pe = goblin::pe::PE::parse(&data).unwrap();
+    let sbats: Vec<_> = pe
+        .sections
+        .iter()
+        .filter(|s| s.name().ok() == Some(".sbat"))
+        .collect();
+    assert_eq!(sbats.len(), 1, "one .sbat section");
+    let sbat = String::from_utf8(section(&pe, &data, ".sbat").to_vec()).unwrap();
+    assert!(sbat.len() > 0x200, "{} bytes", sbat.len());
+    for line in [
+        "systemd,1,The systemd Developers",
+        "systemd.debian,1,",
+        "uki,1,UKI",
+        "uki.acme,1,",
+        "uki.acme-fleet,1,",
+    ] {
+        assert!(
+            sbat.contains(&format!("\n{line}")),
+            "{line} missing: {sbat}"
+        );
+    }
+    assert!(
+        sbat.ends_with("mailto:secalert@acme.example\n\0"),
+        "{sbat:?}"
+    );
+    // objdump reads the same bytes.
+    let dump = String::from_utf8(run_ok(
+        Command::new(&objdump)
+            .args(["-s", "-j", ".sbat"])
+            .arg(out.join("t.efi")),
+    ))
+    .unwrap();
+    // " ADDR 4 groups of 8 hex digits  ASCII": the hex area is the 35 columns after ADDR.
+    let hex_dump: String = dump
+        .lines()
+        .filter_map(|l| l.strip_prefix(' ')?.split_once(' '))
+        .flat_map(|(_, rest)| rest.chars().take(35).filter(|c| !c.is_whitespace()))
+        .collect();
+    assert_eq!(hex_dump, hex(sbat.as_bytes()));
+    // No two sections overlap in memory.
+    let mut ranges: Vec<(u32, u32, String)> = pe
+        .sections
+        .iter()
+        .map(|s| {
+            (
+                s.virtual_address,
+                s.virtual_address + s.virtual_size,
+                s.name().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    ranges.sort();
+    for w in ranges.windows(2) {
+        assert!(w[0].1 <= w[1].0, "{} overlaps {} in memory", w[0].2, w[1].2);
     }
 }
 

@@ -444,13 +444,14 @@ fn flipped(data: &[u8], at: usize) -> Vec<u8> {
     d
 }
 
-/// A real kernel when the shared data has one, else 1 MiB of patterned bytes.
+/// A real kernel when the shared data has one, else 1 MiB of patterned bytes with an x86 boot
+/// header.
 fn kernel_bytes() -> Vec<u8> {
     let real = std::env::var_os("IMGCTL_SHARED")
         .map(PathBuf::from)
         .unwrap_or_else(|| common::repo_root().join("../shared"))
         .join("testdata/eventlogs/ovmf-swtpm/ovmf-stub252-vmlinuz");
-    std::fs::read(real).unwrap_or_else(|_| (0..1u32 << 20).map(|i| (i * 7) as u8).collect())
+    std::fs::read(real).unwrap_or_else(|_| common::fake_kernel(1 << 20))
 }
 
 /// A recipe folder (kernel, initrd tree, recipe) and a built UKI in `dir/out`.
@@ -665,13 +666,31 @@ fn uki_commands_refuse_truncated_flipped_and_endless_inputs() {
     // A folder as the UKI.
     refuse.push((cases.len(), name_of(d)));
     cases.push(case("inspect of a folder", args(&[&"inspect", &d])));
-    // DEFECT 19: a non-PE read as a recipe.
+    // DEFECT 19: a non-PE read as a recipe, by every command that takes "a UKI or a recipe":
+    // text that is no YAML mapping, and binary data.
     let junk = write(d, "junk.efi", &[0x5au8; 3000]);
-    refuse.push((cases.len(), "junk.efi".into()));
-    cases.push(case(
-        "predict-pcrs of a non-PE (DEFECT 19)",
-        args(&[&"predict-pcrs", &junk]),
-    ));
+    let binary = write(d, "binary.efi", &flipped(&[0xffu8; 3000], 0));
+    let first_non_pe = cases.len();
+    for f in [&junk, &binary] {
+        let mut commands = vec![
+            args(&[&"predict-pcrs", f]),
+            args(&[&"vm", f, &"--timeout", &"5"]),
+        ];
+        if let Some(k) = &key {
+            commands.push(args(&[&"sign-pcrs", f, &"--private-key", k]));
+        }
+        for a in commands {
+            refuse.push((cases.len(), name_of(f)));
+            cases.push(case(
+                format!(
+                    "{} of a non-PE {} (DEFECT 19)",
+                    a[0].to_string_lossy(),
+                    name_of(f)
+                ),
+                a,
+            ));
+        }
+    }
 
     let outs = run_all(&cases);
     for (i, o) in outs.iter().enumerate() {
@@ -681,9 +700,11 @@ fn uki_commands_refuse_truncated_flipped_and_endless_inputs() {
         }
     }
     // DEFECT 19: the message says what the input is not.
-    if let Some(o) = outs.last() {
+    for o in &outs[first_non_pe..] {
         r.check(
-            !o.stderr.contains("missing field") && !o.stderr.contains("RawRecipe"),
+            o.stderr.contains("neither a PE image (no MZ) nor a recipe")
+                && !o.stderr.contains("missing field")
+                && !o.stderr.contains("RawRecipe"),
             || {
                 format!(
                     "DEFECT 19: a non-PE is reported as a bad recipe — {}",
@@ -2485,6 +2506,38 @@ fn ext_commands_refuse_corrupted_images_and_special_paths() {
             name_of(&p),
         ));
     }
+    // DEFECT 17/20: an extension recipe nested 100k deep (200 KB), and one with internal type
+    // names in serde's message, are refused by the same rules as UKI recipes.
+    for (label, text) in [
+        (
+            "nested 100k deep (DEFECT 17)",
+            format!(
+                "kind: sysext\nname: deep\nversion: \"1\"\nrelease: {{ID: _any}}\nfiles: {}{}\n",
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            ),
+        ),
+        ("a list (DEFECT 20)", "- kind\n- sysext\n".to_owned()),
+    ] {
+        let rf = write(
+            d,
+            &format!("hostile-ext-{}.yaml", cases.len()),
+            text.as_bytes(),
+        );
+        cases.push((
+            case(
+                format!("ext build of a recipe {label}"),
+                args(&[
+                    &"ext",
+                    &"build",
+                    &rf,
+                    &"-o",
+                    &d.join(format!("eo{}", cases.len())),
+                ]),
+            ),
+            name_of(&rf),
+        ));
+    }
     // DEFECT 8: ext verity DATA DATA.
     let data = write(d, "data.img", &vec![7u8; 8192]);
     cases.push((
@@ -2567,6 +2620,12 @@ fn ext_commands_refuse_corrupted_images_and_special_paths() {
         } else {
             r.refused(o, &[name]);
         }
+    }
+    for o in &outs {
+        r.check(
+            !o.stderr.contains("expected struct") && !o.stderr.contains("untagged enum"),
+            || format!("DEFECT 20: internal names in the error — {}", o.brief()),
+        );
     }
     r.check(std::fs::read(&data).unwrap() == vec![7u8; 8192], || {
         "DEFECT 8: ext verity DATA DATA overwrote the data".into()

@@ -191,7 +191,7 @@ fn a_recipe_signs_like_its_built_uki() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (key, public) = genkey(d, "rsa", RSA);
-    std::fs::write(d.join("vmlinuz"), b"not a kernel, but bytes").unwrap();
+    std::fs::write(d.join("vmlinuz"), common::fake_kernel(4096)).unwrap();
     let recipe = d.join("r.yaml");
     std::fs::write(
         &recipe,

@@ -458,3 +458,219 @@ fn dtbauto_predictions_follow_the_stubs_selection_and_systemd_measure_257() {
     // 256 does not know .dtbauto: one prediction, the sections it measures.
     assert_eq!(predict(&["--stub-semantics", "256"]), none);
 }
+
+/// A distribution's SBAT: the UKI line and three vendor lines, as a distribution and a vendor
+/// would add them (about 400 bytes; with the 257 stub's own two lines the merged text is over
+/// the 512 bytes the stub's `.sbat` has).
+const DISTRO_SBAT: &str =
+    "sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md
+uki,1,UKI,uki,1,https://uapi-group.org/specifications/specs/unified_kernel_image/
+uki.debian,1,Debian GNU/Linux,uki,1,https://tracker.debian.org/pkg/systemd
+uki.acme,1,ACME Corporation,acme-uki,2.4.1-3,https://security.acme.example/uki
+uki.acme-fleet,1,ACME Fleet Images,acme-fleet-uki,2026.12.1,mailto:secalert@acme.example
+";
+
+/// ukify 257's own `merge_sbat()` (imported from the chroot's ukify) over the stub, the kernel
+/// and `sbat`: the `.sbat` text ukify means for a UKI, also where its build refuses.
+fn ukify_merge_sbat(root: &Path, inside: &Path, kernel: &str, sbat: &str) -> Vec<u8> {
+    let script = format!(
+        "import importlib.machinery, importlib.util, sys\n\
+         from pathlib import Path\n\
+         loader = importlib.machinery.SourceFileLoader('ukify', '/usr/lib/systemd/ukify')\n\
+         spec = importlib.util.spec_from_loader('ukify', loader)\n\
+         m = importlib.util.module_from_spec(spec)\n\
+         loader.exec_module(m)\n\
+         text = Path('{sbat}').read_text()\n\
+         stub = Path('/usr/lib/systemd/boot/efi/linuxx64.efi.stub')\n\
+         sys.stdout.buffer.write(m.merge_sbat([stub, Path('{kernel}')], [text]).encode())\n",
+        sbat = inside.join(sbat).display(),
+        kernel = inside.join(kernel).display(),
+    );
+    run_ok(
+        Command::new("chroot")
+            .arg(root)
+            .args(["python3", "-c", &script]),
+    )
+}
+
+/// `objdump -h`'s (size, file offset) of a section, and those bytes of the file.
+fn objdump_section(uki: &Path, name: &str) -> Vec<u8> {
+    let listing = String::from_utf8(run_ok(Command::new("objdump").arg("-h").arg(uki))).unwrap();
+    let fields: Vec<&str> = listing
+        .lines()
+        .map(str::split_whitespace)
+        .map(Iterator::collect::<Vec<_>>)
+        .find(|f| f.get(1) == Some(&name))
+        .unwrap_or_else(|| panic!("objdump -h lists no {name}: {listing}"))
+        .to_vec();
+    let size = usize::from_str_radix(fields[2], 16).unwrap();
+    let offset = usize::from_str_radix(fields[5], 16).unwrap();
+    std::fs::read(uki).unwrap()[offset..offset + size].to_vec()
+}
+
+/// `imgctl build` on the 257 stub in the chroot with the SBAT text of the file `sbat` (the same
+/// inputs ukify gets); returns the UKI's path.
+fn build_257(root: &Path, dir: &Path, sbat: &str) -> PathBuf {
+    let text = std::fs::read_to_string(dir.join(sbat)).unwrap();
+    // A JSON string is a YAML double-quoted scalar.
+    std::fs::write(
+        dir.join("recipe.yaml"),
+        format!(
+            "name: sbat\nversion: \"1\"\nos-release-file: os-release\nkernel: vmlinuz\n\
+             cmdline: console=ttyS0 quiet\nuname: 6.1.0-imgctl\nsbat: {}\nstub: {}\n",
+            serde_json::to_string(&text).unwrap(),
+            root.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+                .display()
+        ),
+    )
+    .unwrap();
+    let out = dir.join(format!("out-{sbat}"));
+    run_ok(
+        imgctl()
+            .arg("build")
+            .arg(dir.join("recipe.yaml"))
+            .arg("-o")
+            .arg(&out),
+    );
+    out.join("sbat.efi")
+}
+
+/// DEFECT 23 (review of 2026-12-01). ukify 257 puts the merged SBAT into the stub's own `.sbat`
+/// (`pe_add_sections()`: same header, raw size kept, VirtualSize = the text's length) and
+/// refuses when it does not fit ("Not enough space in existing section .sbat"). imgctl does the
+/// same where it fits, byte for byte, and where it does not (a distribution SBAT) drops the
+/// stub's `.sbat` and appends a new one: its content is what ukify's own `merge_sbat()` makes,
+/// objdump and `imgctl inspect` read it there, and PCR 11 is what systemd-measure 257 computes.
+#[test]
+fn a_distribution_sbat_that_does_not_fit_the_stub_gets_its_own_section() {
+    let Some(root) = chroot() else { return };
+    let kernel = common::repo_root().join(".cache/demo/vmlinuz");
+    if !kernel.exists() {
+        common::missing("the demo kernel .cache/demo/vmlinuz (run scripts/setup.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
+    let d = dir.path();
+    let inside = Path::new("/tmp").join(d.file_name().unwrap());
+    std::fs::copy(&kernel, d.join("vmlinuz")).unwrap();
+    std::fs::write(d.join("os-release"), "ID=imgctl-test\nVERSION_ID=257\n").unwrap();
+    let short: String = DISTRO_SBAT
+        .lines()
+        .take(2)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(d.join("short.sbat"), &short).unwrap();
+    std::fs::write(d.join("distro.sbat"), DISTRO_SBAT).unwrap();
+    let ukify = |sbat: &str| {
+        Command::new("chroot")
+            .arg(&root)
+            .arg("ukify")
+            .arg("build")
+            .arg(format!("--linux={}", inside.join("vmlinuz").display()))
+            .arg(format!(
+                "--os-release=@{}",
+                inside.join("os-release").display()
+            ))
+            .arg("--cmdline=console=ttyS0 quiet")
+            .arg("--uname=6.1.0-imgctl")
+            .arg(format!("--sbat=@{}", inside.join(sbat).display()))
+            .arg(format!(
+                "--output={}",
+                inside.join(format!("{sbat}.efi")).display()
+            ))
+            .output()
+            .unwrap()
+    };
+    let stub_sbat_raw = 0x200;
+
+    // Fits: every section ukify writes, ours holds byte for byte.
+    let o = ukify("short.sbat");
+    assert!(
+        o.status.success(),
+        "ukify: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let theirs = std::fs::read(d.join("short.sbat.efi")).unwrap();
+    let ours_path = build_257(&root, d, "short.sbat");
+    let ours_bytes = std::fs::read(&ours_path).unwrap();
+    let mut a = sections_of(&theirs);
+    let mut b = sections_of(&ours_bytes);
+    a.sort();
+    b.sort();
+    assert_eq!(
+        a.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        b.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{name} differs from ukify's");
+    }
+    let merged = ukify_merge_sbat(&root, &inside, "vmlinuz", "short.sbat");
+    assert!(merged.len() <= stub_sbat_raw, "{} bytes", merged.len());
+    assert_eq!(objdump_section(&ours_path, ".sbat"), merged);
+    assert_eq!(
+        ours(&ours_path, PHASES),
+        systemd_measure(&root, &ours_bytes, PHASES)
+    );
+
+    // Does not fit: ukify refuses; ours builds, with ukify's merged text in a section of its own.
+    let merged = ukify_merge_sbat(&root, &inside, "vmlinuz", "distro.sbat");
+    assert!(merged.len() > stub_sbat_raw, "{} bytes", merged.len());
+    let o = ukify("distro.sbat");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("Not enough space in existing section .sbat"),
+        "ukify 257 was expected to refuse the long SBAT (if it builds now, compare with it): {err}"
+    );
+    let ours_path = build_257(&root, d, "distro.sbat");
+    let ours_bytes = std::fs::read(&ours_path).unwrap();
+    assert_eq!(objdump_section(&ours_path, ".sbat"), merged);
+    let sbat: Vec<(String, Vec<u8>)> = sections_of(&ours_bytes)
+        .into_iter()
+        .filter(|(n, _)| n == ".sbat")
+        .collect();
+    assert_eq!(sbat.len(), 1, "exactly one .sbat section");
+    assert_eq!(sbat[0].1, merged);
+    let inspect: serde_json::Value = serde_json::from_slice(&run_ok(
+        imgctl().arg("inspect").arg(&ours_path).arg("--json"),
+    ))
+    .unwrap();
+    let text = String::from_utf8(merged.clone()).unwrap();
+    assert_eq!(
+        inspect["sbat"]
+            .as_str()
+            .map(|s| s.trim_end_matches(['\0', '\n'])),
+        Some(text.trim_end_matches(['\0', '\n']))
+    );
+    // The stub's code and data are where they were in memory; only .sbat moved.
+    let stub_pe = goblin::pe::PE::parse(
+        &std::fs::read(root.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub")).unwrap(),
+    )
+    .unwrap()
+    .sections
+    .iter()
+    .map(|s| (s.name().unwrap().to_owned(), s.virtual_address))
+    .collect::<Vec<_>>();
+    let ours_pe = goblin::pe::PE::parse(&ours_bytes).unwrap();
+    for (name, va) in &stub_pe {
+        let s = ours_pe
+            .sections
+            .iter()
+            .find(|s| s.name().unwrap() == name)
+            .unwrap();
+        if name == ".sbat" {
+            assert!(
+                s.virtual_address > *va,
+                ".sbat should have moved past the stub"
+            );
+        } else {
+            assert_eq!(s.virtual_address, *va, "{name} moved in memory");
+        }
+    }
+    if let Some(sbverify) = common::require_tool("sbverify", "sbsigntool") {
+        run_ok(Command::new(sbverify).arg("--list").arg(&ours_path));
+    }
+    assert_eq!(
+        ours(&ours_path, PHASES),
+        systemd_measure(&root, &ours_bytes, PHASES)
+    );
+}

@@ -65,9 +65,19 @@ fn stub_257() -> Option<PathBuf> {
 
 /// Builds the demo recipe into `dir`, optionally with another command line or another stub.
 fn build_demo_on(dir: &Path, cmdline: Option<&str>, stub: Option<&Path>) -> PathBuf {
+    build_demo_with(dir, cmdline, stub, None)
+}
+
+/// [`build_demo_on`], optionally with the recipe's `sbat:` lines.
+fn build_demo_with(
+    dir: &Path,
+    cmdline: Option<&str>,
+    stub: Option<&Path>,
+    sbat: Option<&str>,
+) -> PathBuf {
     let recipes = common::repo_root().join("recipes");
     let mut recipe = recipes.join("demo.yaml");
-    if cmdline.is_some() || stub.is_some() {
+    if cmdline.is_some() || stub.is_some() || sbat.is_some() {
         // The same recipe with paths made absolute (it moves to `dir`) and another cmdline.
         let text = std::fs::read_to_string(&recipe).unwrap();
         let mut y: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
@@ -82,6 +92,9 @@ fn build_demo_on(dir: &Path, cmdline: Option<&str>, stub: Option<&Path>) -> Path
         }
         if let Some(stub) = stub {
             y["stub"] = stub.to_str().unwrap().into();
+        }
+        if let Some(sbat) = sbat {
+            y["sbat"] = sbat.into();
         }
         recipe = dir.join("demo.yaml");
         std::fs::write(&recipe, serde_yaml::to_string(&y).unwrap()).unwrap();
@@ -299,6 +312,62 @@ fn pcr11_of_a_uki_on_the_257_stub_equals_predict_pcrs() {
         Some(&as_252["sha256"][0]["hash"].as_str().unwrap().to_owned()),
         guest["sha256"].get(&11),
         "the 257 stub measures more than 252 does"
+    );
+}
+
+/// DEFECT 23: a distribution's SBAT (a UKI line and three vendor lines) does not fit the 257
+/// stub's `.sbat`, so the build gives it a section of its own at a new address. The 257 stub
+/// finds it by name and measures it: the guest's PCR 11 equals imgctl's prediction, which
+/// differs from the same UKI's with the default SBAT (so the relocated `.sbat` is measured).
+#[test]
+fn a_relocated_sbat_is_measured_by_the_257_stub_as_predicted() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(stub) = stub_257() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sbat = "uki,1,UKI,uki,1,https://uapi-group.org/specifications/specs/unified_kernel_image/\n\
+                uki.debian,1,Debian GNU/Linux,uki,1,https://tracker.debian.org/pkg/systemd\n\
+                uki.acme,1,ACME Corporation,acme-uki,2.4.1-3,https://security.acme.example/uki\n\
+                uki.acme-fleet,1,ACME Fleet Images,acme-fleet-uki,2026.12.1,mailto:secalert@acme.example\n";
+    let uki = build_demo_with(dir.path(), None, Some(&stub), Some(sbat));
+    let data = std::fs::read(&uki).unwrap();
+    let pe = goblin::pe::PE::parse(&data).unwrap();
+    let section = pe
+        .sections
+        .iter()
+        .find(|s| s.name().ok() == Some(".sbat"))
+        .unwrap();
+    assert!(section.virtual_size > 0x200, "{:#x}", section.virtual_size);
+    let stub_bytes = std::fs::read(&stub).unwrap();
+    let stub_pe = goblin::pe::PE::parse(&stub_bytes).unwrap();
+    let stub_sbat = stub_pe
+        .sections
+        .iter()
+        .find(|s| s.name().ok() == Some(".sbat"))
+        .unwrap();
+    assert!(
+        section.virtual_address > stub_sbat.virtual_address,
+        ".sbat should have its own section past the stub's"
+    );
+    let boot = Boot::run(dir.path(), &uki, BOOT_TIMEOUT_S);
+    boot.assert_done();
+    let guest = boot.pcrs();
+    let predicted = predicted_pcr11(&uki);
+    for bank in ["sha1", "sha256"] {
+        assert_eq!(
+            guest[bank].get(&11),
+            Some(&predicted[bank]),
+            "PCR 11 {bank}: guest (257 stub, relocated .sbat) vs imgctl predict-pcrs"
+        );
+    }
+    let other = dir.path().join("default-sbat");
+    std::fs::create_dir_all(&other).unwrap();
+    let default_uki = build_demo_on(&other, None, Some(&stub));
+    assert_ne!(
+        predicted,
+        predicted_pcr11(&default_uki),
+        "the SBAT is measured"
     );
 }
 

@@ -14,7 +14,9 @@ use serde::Serialize;
 
 pub use crate::output::Stage;
 use crate::recipe::{OsRelease, Recipe};
-use crate::uki::{assemble, check_stub, merge_sbat, pe_sbat, NewSection, SBAT_UKI_DEFAULT};
+use crate::uki::{
+    assemble, check_stub, check_stub_identity, merge_sbat, pe_sbat, NewSection, SBAT_UKI_DEFAULT,
+};
 use crate::Error;
 
 pub use imgctl_measure::manifest::{
@@ -92,6 +94,27 @@ pub fn os_release_text(fields: &[(String, String)]) -> String {
     s
 }
 
+/// Checks `.pcrpkey` content: a PEM public key (SPKI, `BEGIN PUBLIC KEY`, RSA or ECDSA P-256),
+/// as systemd-stub passes it on and systemd-cryptenroll reads it. A private key is refused: the
+/// section is readable by anyone who has the UKI.
+pub fn check_pcrpkey(pem: &[u8]) -> Result<(), String> {
+    let text = String::from_utf8_lossy(pem);
+    let label = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("-----BEGIN "))
+        .and_then(|l| l.strip_suffix("-----"));
+    match label {
+        Some(l) if l.ends_with("PRIVATE KEY") => Err(format!(
+            "is a private key ({l}); .pcrpkey must hold the public key (openssl pkey -pubout)"
+        )),
+        Some("PUBLIC KEY") => imgctl_measure::keys::VerifyingKey::from_pem(pem)
+            .map(|_| ())
+            .map_err(|e| format!("not a usable public key: {e}")),
+        Some(l) => Err(format!("is a PEM {l}, not a public key (BEGIN PUBLIC KEY)")),
+        None => Err("is not a PEM public key (no BEGIN PUBLIC KEY line)".into()),
+    }
+}
+
 /// One planned section with where its bytes came from.
 #[derive(Debug, Clone)]
 struct Planned {
@@ -131,8 +154,11 @@ pub fn assemble_recipe(
         ))
     })?;
     check_stub(&stub).map_err(stub_err)?;
+    check_stub_identity(&stub).map_err(stub_err)?;
 
     let kernel = read(&recipe.kernel, "reading the kernel")?;
+    crate::kernel::check_kernel(&kernel)
+        .map_err(|m| Error::InvalidInput(format!("kernel {}: {m}", recipe.kernel.display())))?;
     let uname = match &recipe.uname {
         Some(u) => Some(u.clone()),
         None => crate::kernel::kernel_release(&kernel),
@@ -203,12 +229,10 @@ pub fn assemble_recipe(
         );
     }
     if let Some(p) = &recipe.pcrpkey {
-        push(
-            ".pcrpkey",
-            "pcrpkey",
-            Some(p.clone()),
-            read(p, "reading the PCR public key")?,
-        );
+        let pem = read(p, "reading the PCR public key")?;
+        check_pcrpkey(&pem)
+            .map_err(|m| Error::InvalidInput(format!("pcrpkey {}: {m}", p.display())))?;
+        push(".pcrpkey", "pcrpkey", Some(p.clone()), pem);
     } else if let Some(pem) = pcrpkey {
         push(".pcrpkey", "pcrpkey", None, pem.to_vec());
     }

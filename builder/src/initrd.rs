@@ -163,7 +163,12 @@ pub fn build_initrd(spec: &InitrdSpec, mtime: u32) -> Result<Vec<u8>, Error> {
             Some(t) => collect_tree(t)?,
             None => Vec::new(),
         };
+        let tree: BTreeMap<String, bool> = entries
+            .iter()
+            .map(|e| (e.path.clone(), e.kind == EntryKind::Dir))
+            .collect();
         for f in &spec.files {
+            check_placement(&tree, &f.dst)?;
             let data = std::fs::read(&f.src).map_err(|e| Error::io(&f.src, "reading", e))?;
             let mode = match f.mode {
                 Some(m) => m,
@@ -188,6 +193,28 @@ pub fn build_initrd(spec: &InitrdSpec, mtime: u32) -> Result<Vec<u8>, Error> {
         }
     }
     Ok(out)
+}
+
+/// Refuses a `files:` destination that the tree already holds, or that lies under a tree
+/// entry that is not a directory (a file, or a symlink the unpacker would follow). `tree` maps
+/// each tree path to whether it is a directory.
+fn check_placement(tree: &BTreeMap<String, bool>, dst: &str) -> Result<(), Error> {
+    let rel = dst.trim_start_matches('/');
+    if tree.contains_key(rel) {
+        return Err(Error::InvalidInput(format!(
+            "initrd.files: {dst} is also in the initrd tree; give each destination once"
+        )));
+    }
+    let mut parent = rel;
+    while let Some((up, _)) = parent.rsplit_once('/') {
+        if tree.get(up) == Some(&false) {
+            return Err(Error::InvalidInput(format!(
+                "initrd.files: {dst} lies under /{up}, which the initrd tree has as a file or symlink"
+            )));
+        }
+        parent = up;
+    }
+    Ok(())
 }
 
 /// gzip with no name and mtime 0, so the output depends on the input only.

@@ -135,59 +135,46 @@ impl<'de> Deserialize<'de> for Fields {
     }
 }
 
-/// Deepest nesting of YAML collections a recipe may have (the schema needs 4).
-const MAX_NESTING: usize = 32;
-
-/// Refuses YAML nested deeper than [`MAX_NESTING`] before serde_yaml sees it: the YAML parser
-/// builds every event before serde's own recursion limit applies, which takes tens of seconds
-/// for 100k levels. Flow collections (`[`, `{`) are counted outside quotes and comments; block
-/// nesting is bounded by the indentation plus the `- `/`? ` indicators that start a line.
-fn check_nesting(text: &str) -> Result<(), (usize, String)> {
-    let mut flow = 0usize;
-    for (i, line) in text.lines().enumerate() {
-        let lead = line
-            .bytes()
-            .take_while(|b| matches!(b, b' ' | b'-' | b'?' | b'\t'))
-            .count();
-        if lead > MAX_NESTING * 8 {
-            return Err((
-                i + 1,
-                format!(
-                    "indented {lead} columns deep; a recipe nests at most {MAX_NESTING} levels"
-                ),
-            ));
-        }
-        let mut quote: Option<u8> = None;
-        let mut prev = b' ';
-        for b in line.bytes() {
-            match (quote, b) {
-                (Some(q), _) if b == q => quote = None,
-                (Some(_), _) => {}
-                (None, b'\'' | b'"') if matches!(prev, b' ' | b'[' | b'{' | b',' | b':') => {
-                    quote = Some(b)
-                }
-                (None, b'#') if prev == b' ' => break,
-                (None, b'[' | b'{') => {
-                    flow += 1;
-                    if flow > MAX_NESTING {
-                        return Err((i + 1, format!("nested more than {MAX_NESTING} levels deep")));
-                    }
-                }
-                (None, b']' | b'}') => flow = flow.saturating_sub(1),
-                _ => {}
-            }
-            prev = b;
-        }
+/// Whether `data` could be a recipe at all, for commands that take "a UKI or a recipe": UTF-8
+/// text without NUL whose first line of content is a YAML mapping (`key:`, `{`, or `---`).
+/// `Err` says what it is instead, e.g. "not UTF-8 text".
+pub fn looks_like_recipe(data: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(data).map_err(|_| "not UTF-8 text".to_owned())?;
+    if text.contains('\0') {
+        return Err("text with NUL bytes".into());
     }
-    Ok(())
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let first = text
+        .lines()
+        .map(str::trim_end)
+        .find(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("%"));
+    let Some(first) = first else {
+        return Err("empty text".into());
+    };
+    let key_len = first
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        .count();
+    let quoted_key = ['"', '\''].into_iter().any(|q| {
+        first
+            .strip_prefix(q)
+            .and_then(|rest| rest.split_once(q))
+            .is_some_and(|(_, after)| after.trim_start().starts_with(':'))
+    });
+    let mapping = first.starts_with('{')
+        || first.starts_with("---")
+        || quoted_key
+        || (key_len > 0 && first[key_len..].starts_with(':'));
+    if mapping {
+        Ok(())
+    } else {
+        Err("text that is not a YAML mapping of name, version, kernel, ...".into())
+    }
 }
 
-/// serde's messages, in the words a recipe author reads.
+/// serde's messages, in the words a recipe author reads (the same rewording for every recipe).
 fn yaml_message(e: &serde_yaml::Error) -> String {
-    e.to_string().replace(
-        "expected a string",
-        "expected a scalar (text or a number, kept as written)",
-    )
+    imgctl_fsio::yaml::plain_serde_message(&e.to_string())
 }
 
 /// Initrd compression. The Linux kernel unpacks gzip when built with `CONFIG_RD_GZIP` (Debian
@@ -265,19 +252,12 @@ impl Recipe {
     /// Checks recipe text that was read from `path` (used to resolve relative paths and in
     /// error messages).
     pub fn parse(path: &Path, source: Vec<u8>) -> Result<Recipe, Error> {
-        let text = std::str::from_utf8(&source).map_err(|e| Error::Recipe {
+        // UTF-8, no byte order mark, nesting bounded: the rules every recipe reader shares.
+        let text = imgctl_fsio::yaml::checked_text(&source).map_err(|e| Error::Recipe {
             file: path.to_owned(),
-            line: None,
+            line: e.line,
             key: String::new(),
-            message: format!("not UTF-8 text: {e}"),
-        })?;
-        // A UTF-8 byte order mark (some Windows editors write one) is not part of the YAML.
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        check_nesting(text).map_err(|(line, message)| Error::Recipe {
-            file: path.to_owned(),
-            line: Some(line),
-            key: String::new(),
-            message,
+            message: e.message,
         })?;
         let raw: RawRecipe = serde_yaml::from_str(text).map_err(|e| Error::Recipe {
             file: path.to_owned(),
@@ -371,16 +351,26 @@ impl Recipe {
                         Some(p)
                     }
                 };
-                let mut files = Vec::new();
+                let mut files: Vec<ExtraFile> = Vec::new();
                 for f in i.files {
                     let src = ctx.file("initrd.files.src", &f.src)?;
-                    let dst = normalise_dst(&f.dst).ok_or_else(|| {
-                        ctx.err(
-                            "initrd.files.dst",
-                            &f.dst,
-                            "must be an absolute path inside the initrd without '.' or '..'",
-                        )
+                    let dst = check_dst(&f.dst).map_err(|why| {
+                        ctx.err("initrd.files.dst", &f.dst.replace('\0', "\\0"), &why)
                     })?;
+                    for other in &files {
+                        let clash = if other.dst == dst {
+                            Some("is given twice".to_owned())
+                        } else if dst.starts_with(&format!("{}/", other.dst)) {
+                            Some(format!("lies under {}, which is a file", other.dst))
+                        } else if other.dst.starts_with(&format!("{dst}/")) {
+                            Some(format!("is a file but {} lies under it", other.dst))
+                        } else {
+                            None
+                        };
+                        if let Some(why) = clash {
+                            return Err(ctx.err("initrd.files.dst", &dst, &format!("{dst} {why}")));
+                        }
+                    }
                     let mode = match f.mode {
                         None => None,
                         Some(m) => Some(parse_mode(&m).ok_or_else(|| {
@@ -514,15 +504,33 @@ fn valid_name(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-fn normalise_dst(d: &str) -> Option<String> {
-    if !d.starts_with('/') {
-        return None;
+/// Longest initrd destination (the kernel's PATH_MAX, which the unpacker applies).
+const MAX_DST: usize = 4095;
+
+/// An initrd destination as written: `/` then non-empty components, none `.` or `..`, no NUL
+/// or other control characters (the kernel's unpacker would cut the name or create something
+/// else than the recipe says).
+fn check_dst(d: &str) -> Result<String, String> {
+    if let Some(c) = d.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "contains the control character {:?}; a destination is a plain path",
+            c
+        ));
     }
-    let parts: Vec<&str> = d.split('/').filter(|p| !p.is_empty()).collect();
-    if parts.is_empty() || parts.iter().any(|p| *p == "." || *p == "..") {
-        return None;
+    let Some(rel) = d.strip_prefix('/') else {
+        return Err("must be an absolute path inside the initrd (starting with /)".into());
+    };
+    if d.len() > MAX_DST {
+        return Err(format!("is {} bytes long; at most {MAX_DST}", d.len()));
     }
-    Some(format!("/{}", parts.join("/")))
+    for part in rel.split('/') {
+        match part {
+            "" => return Err("has an empty component ('//' or a trailing '/')".into()),
+            "." | ".." => return Err(format!("has a '{part}' component")),
+            _ => {}
+        }
+    }
+    Ok(d.to_owned())
 }
 
 /// Octal permission bits, read as extension recipes read them.
@@ -714,6 +722,31 @@ mod tests {
     }
 
     #[test]
+    fn only_yaml_mappings_look_like_recipes() {
+        for ok in [
+            &b"name: x\n"[..],
+            b"# c\n\nkernel: k\n",
+            b"\xef\xbb\xbfname: x",
+            b"{name: x}",
+            b"---\nname: x",
+            b"\"name\": x",
+            b"'name' : x",
+        ] {
+            assert_eq!(looks_like_recipe(ok), Ok(()), "{ok:?}");
+        }
+        for (bad, why) in [
+            (&[0x5au8; 3000][..], "not a YAML mapping"),
+            (b"\xff\xfe\x00", "not UTF-8"),
+            (b"name: x\0", "NUL"),
+            (b"", "empty"),
+            (b"- a\n- b\n", "not a YAML mapping"),
+            (b"\"just a string\"\n", "not a YAML mapping"),
+        ] {
+            assert!(looks_like_recipe(bad).unwrap_err().contains(why), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn endless_recipes_are_refused() {
         let e = Recipe::load(Path::new("/dev/zero"))
             .unwrap_err()
@@ -726,11 +759,55 @@ mod tests {
         assert_eq!(parse_mode("0755"), Some(0o755));
         assert_eq!(parse_mode("0o644"), Some(0o644));
         assert_eq!(parse_mode("9"), None);
-        assert_eq!(
-            normalise_dst("/bin//busybox/").as_deref(),
-            Some("/bin/busybox")
-        );
-        assert_eq!(normalise_dst("bin/x"), None);
-        assert_eq!(normalise_dst("/a/../b"), None);
+        assert_eq!(check_dst("/bin/busybox").as_deref(), Ok("/bin/busybox"));
+        for bad in [
+            "bin/x",
+            "/a/../b",
+            "/a/./b",
+            "/bin//busybox",
+            "/bin/",
+            "/",
+            "/a\0b",
+            "/a\nb",
+        ] {
+            assert!(check_dst(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_dst(&format!("/{}", "a".repeat(5000))).is_err());
+    }
+
+    #[test]
+    fn initrd_destinations_that_clash_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let recipe = |files: &str| {
+            Recipe::parse(
+                &dir.path().join("r.yaml"),
+                format!(
+                    "name: x\nversion: 1\nos-release: {{ID: x}}\nkernel: f\nstub: f\ninitrd:\n  files:\n{files}"
+                )
+                .into_bytes(),
+            )
+        };
+        recipe("    - { src: f, dst: /a/b }\n    - { src: f, dst: /a/c }\n").unwrap();
+        for (files, needle) in [
+            (
+                "    - { src: f, dst: /a }\n    - { src: f, dst: /a }\n",
+                "given twice",
+            ),
+            (
+                "    - { src: f, dst: /a }\n    - { src: f, dst: /a/b }\n",
+                "which is a file",
+            ),
+            (
+                "    - { src: f, dst: /a/b }\n    - { src: f, dst: /a }\n",
+                "lies under it",
+            ),
+            ("    - { src: f, dst: \"/a\\0b\" }\n", "control character"),
+            ("    - { src: f, dst: /a/../b }\n", "'..'"),
+        ] {
+            let e = recipe(files).unwrap_err().to_string();
+            assert!(e.contains(needle) && e.contains("r.yaml:"), "{files}: {e}");
+            assert!(!e.contains('\0'), "{e:?}");
+        }
     }
 }

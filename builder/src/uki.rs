@@ -6,7 +6,13 @@
 //! 3. Append each new section after the last one: file offset and raw size rounded up to
 //!    `FileAlignment`, virtual address rounded up to `SectionAlignment`, `VirtualSize` = the
 //!    content length, so the stub measures exactly the content.
-//!    A section the stub already has (`.sbat`) is replaced in place.
+//!    A section the stub already has (`.sbat`) is replaced in place, as ukify does, when the
+//!    new content fits in its raw data and before the next section's address.
+//!    A merged `.sbat` that does not fit (a distribution's SBAT with several vendor lines; ukify
+//!    257 refuses with "Not enough space in existing section .sbat") replaces the stub's
+//!    section: that one is dropped and the new `.sbat` is appended like the other new sections.
+//!    Its old address range stays unused; nothing refers to `.sbat` by address (shim and the
+//!    stub look it up by name).
 //! 4. Update `NumberOfSections`, `SizeOfInitializedData`, `SizeOfImage`; zero `CheckSum`.
 //!
 //! Where the stub's header has no room for the new section headers (ukify refuses then), the
@@ -52,6 +58,8 @@ struct OutSection {
     reloc_fields: [u8; 12],
     characteristics: u32,
     data: Vec<u8>,
+    /// One of the stub's sections (kept in its file order), not one we add.
+    from_stub: bool,
 }
 
 impl OutSection {
@@ -98,6 +106,68 @@ pub fn check_stub(stub: &PeFile<'_>) -> Result<(), Error> {
     Ok(())
 }
 
+/// PE machine type of x86-64 images.
+const MACHINE_X86_64: u16 = 0x8664;
+
+/// A name for a PE machine type, for messages.
+fn machine_name(machine: u16) -> String {
+    match machine {
+        0xaa64 => "arm64".into(),
+        0x014c => "32-bit x86".into(),
+        0x01c2 | 0x01c4 => "32-bit ARM".into(),
+        0x5064 => "riscv64".into(),
+        0x6264 => "loongarch64".into(),
+        other => format!("machine {other:#06x}"),
+    }
+}
+
+/// Sections a UKI carries and a bare stub does not (`.sbat` and `.sdmagic` are the stub's own).
+fn is_uki_payload(name: &str) -> bool {
+    name != ".sbat"
+        && (imgctl_measure::StubSemantics::LATEST.knows(name)
+            || name == imgctl_measure::pcr11::PCRSIG)
+}
+
+/// Checks that `stub` is what a UKI is built on: an x86-64 systemd-stub or imgctl-stub
+/// (`.sdmagic` names it), not systemd-boot, an addon stub, a stub for another architecture or a
+/// finished UKI (whose stale `.linux`/`.cmdline`/`.uname` would be kept or shadowed).
+pub fn check_stub_identity(stub: &PeFile<'_>) -> Result<(), Error> {
+    if stub.machine != MACHINE_X86_64 {
+        return Err(err(format!(
+            "is an {} EFI image; imgctl builds x86-64 UKIs (give linuxx64.efi.stub)",
+            machine_name(stub.machine)
+        )));
+    }
+    let identity = imgctl_measure::Uki { pe: stub.clone() }.identity();
+    match identity.name.as_deref() {
+        Some("systemd-stub" | "imgctl-stub") => {}
+        Some(other) => {
+            return Err(err(format!(
+                "is {other} (.sdmagic {:?}), not a UKI stub; give systemd-stub (linuxx64.efi.stub) or imgctl-stub",
+                identity.sdmagic.unwrap_or_default()
+            )))
+        }
+        None => {
+            return Err(err(
+                "has no .sdmagic naming systemd-stub or imgctl-stub; it is not a UKI stub",
+            ))
+        }
+    }
+    let payload: Vec<&str> = stub
+        .sections
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| is_uki_payload(n))
+        .collect();
+    if !payload.is_empty() {
+        return Err(err(format!(
+            "is already a UKI (it has {}); build from the bare stub (linuxx64.efi.stub)",
+            payload.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Builds a UKI: `stub` with `sections` added in the given order.
 pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, Error> {
     let stub = PeFile::parse(stub_bytes).map_err(|e| err(format!("not a valid PE image: {e}")))?;
@@ -131,6 +201,7 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
             reloc_fields,
             characteristics: s.characteristics,
             data: stub.raw_data(s).to_vec(),
+            from_stub: true,
         });
     }
     let data_end = stub
@@ -157,21 +228,30 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
         )));
     }
 
+    // A merged SBAT longer than the stub's .sbat has room for (ukify refuses: "Not enough space
+    // in existing section"): the stub's section goes and the new one is appended like any
+    // other. Nothing refers to .sbat by address: shim and the stub find it by name.
+    for new in sections.iter().filter(|n| n.name == ".sbat") {
+        if let Some((i, room)) = in_place_room(&out_sections, &new.name) {
+            if new.data.len() as u64 > room {
+                out_sections.remove(i);
+            }
+        }
+    }
+
     // In-place replacements (sections the stub already has) and appended sections.
     let mut added_initialized = 0u64;
     let original_count = out_sections.len();
     for new in sections {
-        let existing = out_sections[..original_count]
-            .iter_mut()
-            .find(|s| section_name(&s.name) == new.name);
-        if let Some(s) = existing {
+        if let Some((i, room)) = in_place_room(&out_sections[..original_count], &new.name) {
             let len = new.data.len() as u64;
-            if len > s.size_of_raw_data as u64 {
+            if len > room {
                 return Err(err(format!(
-                    "the stub's {} section has room for {} bytes, not {len}",
-                    new.name, s.size_of_raw_data
+                    "the stub's {} section has room for {room} bytes, not {len}",
+                    new.name
                 )));
             }
+            let s = &mut out_sections[i];
             let mut data = new.data.clone();
             data.resize(s.size_of_raw_data as usize, 0);
             s.data = data;
@@ -211,6 +291,7 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
             reloc_fields: [0; 12],
             characteristics,
             data,
+            from_stub: false,
         });
         added_initialized += vsize;
     }
@@ -238,7 +319,7 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
     let mut order: Vec<usize> = (0..out_sections.len()).collect();
     order.sort_by_key(|&i| {
         let s = &out_sections[i];
-        (i >= original_count, s.pointer_to_raw_data)
+        (!s.from_stub, s.pointer_to_raw_data)
     });
     let mut cursor = size_of_headers;
     let mut moves: Vec<(u32, u32, u32)> = Vec::new(); // (old ptr, old size, new ptr)
@@ -251,7 +332,7 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
         s.data
             .resize(round_up(s.data.len() as u64, falign) as usize, 0);
         let new_ptr = round_up(cursor, falign);
-        if i < original_count {
+        if s.from_stub {
             moves.push((s.pointer_to_raw_data, s.size_of_raw_data, new_ptr as u32));
         }
         s.pointer_to_raw_data = new_ptr as u32;
@@ -322,6 +403,24 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
     }
     relocate_debug_directory(&stub, &mut out, &moves)?;
     Ok(out)
+}
+
+/// Where a section named `name` of the stub can take new content in place: its index and the
+/// bytes that fit both in its raw data and in memory before the next section's address (the
+/// 252 stub's .sbat has 0x200 raw bytes but .sdmagic starts 0x100 bytes after it).
+fn in_place_room(stub_sections: &[OutSection], name: &str) -> Option<(usize, u64)> {
+    let i = stub_sections
+        .iter()
+        .position(|s| section_name(&s.name) == name)?;
+    let s = &stub_sections[i];
+    let next_va = stub_sections
+        .iter()
+        .map(|o| o.virtual_address as u64)
+        .filter(|&va| va > s.virtual_address as u64)
+        .min()
+        .unwrap_or(u64::MAX);
+    let room = (s.size_of_raw_data as u64).min(next_va - s.virtual_address as u64);
+    Some((i, room))
 }
 
 /// Debug directory entries hold file offsets (`PointerToRawData`); move them with their section.

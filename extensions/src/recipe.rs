@@ -32,8 +32,12 @@ use crate::release::{check_tree_path, ExtensionKind, ExtensionRelease, ImageName
 use crate::Error;
 
 /// The YAML document, as written.
+// The `expecting` texts replace serde's "expected struct ExtensionSpec" in messages.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an extension recipe (a mapping of kind, name, version, release, ...)"
+)]
 pub struct ExtensionSpec {
     pub kind: ExtensionKind,
     pub name: String,
@@ -55,7 +59,10 @@ pub struct ExtensionSpec {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a file (a mapping of path, source, content, mode)"
+)]
 pub struct FileSpec {
     /// Absolute path in the running system, e.g. `/usr/bin/hello`.
     pub path: String,
@@ -70,7 +77,10 @@ pub struct FileSpec {
 
 /// extension-release keys (UAPI Extension Image spec).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "extension-release fields (a mapping of ID, VERSION_ID, SYSEXT_LEVEL, ...)"
+)]
 #[allow(non_snake_case)] // reason: the keys are spelled as in the file
 pub struct ReleaseSpec {
     pub ID: String,
@@ -125,7 +135,7 @@ impl ReleaseSpec {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", expecting = "erofs or squashfs")]
 pub enum Filesystem {
     #[default]
     Erofs,
@@ -133,14 +143,20 @@ pub enum Filesystem {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "signing (a mapping of key, certificate)"
+)]
 pub struct SigningSpec {
     pub key: PathBuf,
     pub certificate: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "verity (a mapping of salt, uuid, block_size)"
+)]
 pub struct VeritySpec {
     /// Hex; default: derived from the file system image's SHA-256.
     #[serde(default)]
@@ -208,10 +224,10 @@ fn parse_mode(s: &str) -> Option<u32> {
 impl ExtensionSpec {
     /// Reads and checks a recipe file; relative paths resolve against its folder.
     pub fn load(path: &Path) -> Result<Extension, Error> {
-        let text = imgctl_fsio::read_bounded(path, imgctl_fsio::caps::POLICY, "a recipe")?;
-        let spec: ExtensionSpec = serde_yaml::from_slice(&text).map_err(|e| Error::Recipe {
+        let data = imgctl_fsio::read_bounded(path, imgctl_fsio::caps::POLICY, "a recipe")?;
+        let spec = ExtensionSpec::parse(&data).map_err(|message| Error::Recipe {
             path: path.to_owned(),
-            message: e.to_string(),
+            message,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         // Every error names the recipe: its own checks, and those of the parts it names
@@ -226,6 +242,33 @@ impl ExtensionSpec {
                 error: Box::new(other),
             },
         })
+    }
+
+    /// Parses recipe text under the rules every recipe reader shares (UTF-8, a byte order mark
+    /// stripped, nesting bounded: `imgctl_fsio::yaml`); the error is one line, with the line
+    /// number where there is one.
+    pub fn parse(data: &[u8]) -> Result<ExtensionSpec, String> {
+        let text = imgctl_fsio::yaml::checked_text(data).map_err(|e| e.to_string())?;
+        let spec: ExtensionSpec = serde_yaml::from_str(text).map_err(|e| {
+            let message = imgctl_fsio::yaml::plain_serde_message(&e.to_string());
+            match e.location() {
+                Some(l) if !message.contains(" at line ") => {
+                    format!("line {}: {message}", l.line())
+                }
+                _ => message,
+            }
+        })?;
+        if matches!(spec.version.as_str(), "" | "null" | "Null" | "NULL" | "~") {
+            let line = text
+                .lines()
+                .position(|l| l.starts_with("version:"))
+                .map(|i| format!("line {}: ", i + 1))
+                .unwrap_or_default();
+            return Err(format!(
+                "{line}version is empty or null; give a version such as \"1.10\""
+            ));
+        }
+        Ok(spec)
     }
 
     /// Checks every field; relative paths resolve against `base`.
@@ -362,11 +405,70 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> Result<Extension, Error> {
-        let spec: ExtensionSpec = serde_yaml::from_str(yaml).map_err(|e| Error::Recipe {
+        let spec = ExtensionSpec::parse(yaml.as_bytes()).map_err(|message| Error::Recipe {
             path: PathBuf::new(),
-            message: e.to_string(),
+            message,
         })?;
         spec.check(Path::new("/r"))
+    }
+
+    const BASE: &str = "kind: sysext\nname: d\nversion: '1'\nrelease: {ID: _any}\n";
+
+    #[test]
+    fn messages_name_no_rust_types_and_null_versions_point_at_their_line() {
+        for (text, line) in [
+            ("- a\n- b\n".to_owned(), "line 1"),
+            (
+                "kind: sysext\nname: d\nversion: [1]\nrelease: {ID: _any}\n".into(),
+                "line 3",
+            ),
+            (
+                "kind: sysext\nname: d\nversion: '1'\nrelease: [1]\n".into(),
+                "line 4",
+            ),
+            (format!("{BASE}files: [1]\n"), "line 5"),
+            (format!("{BASE}signing: 1\n"), "line 5"),
+            (format!("{BASE}verity: {{block_size: x}}\n"), "line 5"),
+            (format!("{BASE}filesystem: [x]\n"), "line 5"),
+            (
+                "kind: [1]\nname: d\nversion: '1'\nrelease: {ID: _any}\n".into(),
+                "line 1",
+            ),
+            (
+                "kind: sysext\nname: d\nrelease: {ID: _any}\nversion: null\n".into(),
+                "line 4",
+            ),
+            (
+                "kind: sysext\nname: d\nrelease: {ID: _any}\nversion: ~\n".into(),
+                "line 4",
+            ),
+            (
+                "kind: sysext\nname: d\nrelease: {ID: _any}\nversion:\n".into(),
+                "line 4",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            for leak in ["struct", "enum", "untagged", "Spec", "u32", "ExtensionKind"] {
+                assert!(!e.contains(leak), "{text:?}: {e}");
+            }
+            assert!(e.contains(line), "{text:?}: want {line}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_accepted_and_deep_nesting_refused_quickly() {
+        let e = parse(&format!("\u{feff}{BASE}")).unwrap();
+        assert_eq!(e.version, "1");
+        let started = std::time::Instant::now();
+        let deep = format!(
+            "{BASE}files: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(deep.len() > 200_000);
+        let e = parse(&deep).unwrap_err().to_string();
+        assert!(e.contains("line 5") && e.contains("nest"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::Error;
 
 /// System extension (`/usr`, `/opt`) or configuration extension (`/etc`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", expecting = "sysext or confext")]
 pub enum ExtensionKind {
     Sysext,
     Confext,

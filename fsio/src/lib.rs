@@ -14,6 +14,9 @@
 //! - **Output paths** ([`check_output`]): an output never replaces a device node, FIFO, socket,
 //!   symlink or folder, and is never one of the command's inputs.
 //!
+//! - **Recipe text** ([`yaml::checked_text`]): UTF-8, byte order mark stripped, nesting bounded
+//!   before any YAML parser sees it; shared by the UKI and the extension recipe readers.
+//!
 //! This is the only crate whose job is file I/O; pure crates (`measure`) never open files.
 
 use std::fs::File;
@@ -197,6 +200,8 @@ pub fn read_stream_bounded(
     }
     Ok(data)
 }
+
+pub mod yaml;
 
 /// Size caps for inputs whose format has a natural bound. Generous for real data, small enough
 /// that an endless or hostile input is refused quickly.

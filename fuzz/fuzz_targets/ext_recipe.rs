@@ -6,7 +6,7 @@ use imgctl_extensions::ExtensionSpec;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(spec) = serde_yaml::from_slice::<ExtensionSpec>(data) {
+    if let Ok(spec) = ExtensionSpec::parse(data) {
         if let Ok(ext) = spec.check(std::path::Path::new("/nonexistent/fuzz")) {
             let _ = ext.image_file_name();
         }

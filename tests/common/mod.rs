@@ -162,3 +162,18 @@ pub fn reference_manifest(
         "pcrs": pcrs,
     })
 }
+
+/// `len` patterned bytes that pass for an x86 Linux kernel: the boot sector's boot_flag 0xAA55
+/// at 0x1fe and the setup header magic `HdrS` at 0x202 (x86 boot protocol), which the builder
+/// requires of a kernel; the rest is not a real kernel.
+#[allow(dead_code)]
+pub fn fake_kernel(len: usize) -> Vec<u8> {
+    assert!(
+        len >= 0x210,
+        "a fake kernel needs room for the setup header"
+    );
+    let mut k: Vec<u8> = (0..len as u32).map(|i| (i * 7) as u8).collect();
+    k[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    k[0x202..0x206].copy_from_slice(b"HdrS");
+    k
+}
