@@ -189,6 +189,100 @@ fn initrd_is_a_cpio_that_gnu_cpio_reads_with_fixed_owner_and_time() {
     );
 }
 
+/// G26: the same tree checked out under umask 022 and under umask 002 (0775 folders, 0664
+/// files) gives the same initrd, the same UKI and the same PCR 11: modes are normalised (folders
+/// and executables 0755, other files 0644, symlinks 0777) unless the recipe sets one.
+#[test]
+fn initrd_modes_do_not_depend_on_the_umask() {
+    let Some(cpio) = require_tool("cpio", "cpio") else {
+        return;
+    };
+    if require_tool(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    let mut outs = Vec::new();
+    for umask in ["022", "002", "077"] {
+        let dir = top.path().join(format!("umask-{umask}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("vmlinuz"), b"not a kernel, just bytes").unwrap();
+        // A checkout as git makes it: the umask decides the folder and file modes.
+        run_ok(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "umask {umask} && mkdir -p tree/etc tree/bin && \
+                     printf '#!/bin/sh\\n' > tree/init && chmod +x tree/init && \
+                     printf 'motd\\n' > tree/etc/motd && \
+                     printf 'secret\\n' > tree/etc/secret && chmod go-rwx tree/etc/secret && \
+                     printf 'tool\\n' > tree/bin/tool && chmod u+x tree/bin/tool && \
+                     ln -s init tree/linuxrc && \
+                     printf 'run\\n' > run.sh && chmod +x run.sh && printf 'x' > extra.bin"
+                ))
+                .current_dir(&dir),
+        );
+        std::fs::write(
+            dir.join("recipe.yaml"),
+            "name: t\nversion: 1\nos-release:\n  ID: t\nkernel: vmlinuz\nuname: 6.1.0-test\n\
+             initrd:\n  tree: tree\n  files:\n    - { src: run.sh, dst: /usr/run.sh }\n    \
+             - { src: extra.bin, dst: /usr/extra.bin, mode: \"0600\" }\n",
+        )
+        .unwrap();
+        let out = dir.join("out");
+        let o = imgctl()
+            .arg("build")
+            .arg(dir.join("recipe.yaml"))
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        outs.push(out);
+    }
+    for file in ["t.initrd", "t.efi", "pcrs.json"] {
+        for other in &outs[1..] {
+            assert!(
+                std::fs::read(outs[0].join(file)).unwrap()
+                    == std::fs::read(other.join(file)).unwrap(),
+                "{file} depends on the umask ({})",
+                other.display()
+            );
+        }
+    }
+    // GNU cpio reads the modes we say.
+    let listing = run_ok(
+        Command::new(&cpio)
+            .args(["-itv", "--quiet", "-F"])
+            .arg(outs[1].join("t.initrd")),
+    );
+    let modes: Vec<(String, String)> = String::from_utf8(listing)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mode = l.split_whitespace().next().unwrap().to_owned();
+            let name = l.split_whitespace().nth(8).unwrap().to_owned();
+            (name, mode)
+        })
+        .collect();
+    let want = [
+        ("bin", "drwxr-xr-x"),
+        ("bin/tool", "-rwxr-xr-x"),
+        ("etc", "drwxr-xr-x"),
+        ("etc/motd", "-rw-r--r--"),
+        ("etc/secret", "-rw-r--r--"),
+        ("init", "-rwxr-xr-x"),
+        ("linuxrc", "lrwxrwxrwx"),
+        ("usr", "drwxr-xr-x"),
+        ("usr/extra.bin", "-rw-------"),
+        ("usr/run.sh", "-rwxr-xr-x"),
+    ];
+    let got: Vec<(&str, &str)> = modes
+        .iter()
+        .map(|(n, m)| (n.as_str(), m.as_str()))
+        .collect();
+    assert_eq!(got, want);
+}
+
 fn assert_clean_failure(o: &Output, needle: &str, out: &Path) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(

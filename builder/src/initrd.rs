@@ -3,7 +3,9 @@
 //!
 //! Determinism (same tree, same bytes): entries sorted by path, every parent directory present,
 //! owner 0:0, mtime = SOURCE_DATE_EPOCH, inode numbers assigned in order from 1, device numbers
-//! 0, `nlink` 2 for directories and 1 otherwise. Symlinks and directories are kept; device
+//! 0, `nlink` 2 for directories and 1 otherwise. Modes are normalised as the extension images'
+//! are, so the umask of a checkout does not leak into the archive (and PCR 11): directories and
+//! executables (any x bit) 0755, other files 0644, symlinks 0777, unless the recipe sets a mode. Symlinks and directories are kept; device
 //! nodes, FIFOs and sockets are refused (create them at boot, or pack them in an archive).
 //! The format is the kernel's (Documentation/driver-api/early-userspace/buffer-format.rst).
 
@@ -97,8 +99,17 @@ pub fn collect_tree(root: &Path) -> Result<Vec<CpioEntry>, Error> {
     Ok(out)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<CpioEntry>) -> Result<(), Error> {
+/// The mode a file gets when the recipe sets none: 0755 if any x bit is set, else 0644.
+fn normal_mode(meta: &std::fs::Metadata) -> u32 {
     use std::os::unix::fs::PermissionsExt;
+    if meta.permissions().mode() & 0o111 != 0 {
+        0o755
+    } else {
+        0o644
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<CpioEntry>) -> Result<(), Error> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, "reading the initrd tree", e))?
         .map(|r| r.map(|e| e.path()))
@@ -113,12 +124,11 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<CpioEntry>) -> Result<(), Error> 
             .to_str()
             .ok_or_else(|| Error::InvalidInput(format!("{} is not valid UTF-8", p.display())))?
             .to_owned();
-        let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         if ft.is_dir() {
             out.push(CpioEntry {
                 path: rel,
-                mode,
+                mode: 0o755,
                 kind: EntryKind::Dir,
             });
             walk(root, &p, out)?;
@@ -126,7 +136,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<CpioEntry>) -> Result<(), Error> 
             let data = std::fs::read(&p).map_err(|e| Error::io(&p, "reading", e))?;
             out.push(CpioEntry {
                 path: rel,
-                mode,
+                mode: normal_mode(&meta),
                 kind: EntryKind::File(data),
             });
         } else if ft.is_symlink() {
@@ -151,7 +161,6 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<CpioEntry>) -> Result<(), Error> 
 
 /// Builds the initrd a spec describes: archives (each padded to 4 bytes), then the packed tree.
 pub fn build_initrd(spec: &InitrdSpec, mtime: u32) -> Result<Vec<u8>, Error> {
-    use std::os::unix::fs::PermissionsExt;
     let mut out = Vec::new();
     for a in &spec.archives {
         let data = std::fs::read(a).map_err(|e| Error::io(a, "reading the initrd archive", e))?;
@@ -167,13 +176,9 @@ pub fn build_initrd(spec: &InitrdSpec, mtime: u32) -> Result<Vec<u8>, Error> {
             let data = std::fs::read(&f.src).map_err(|e| Error::io(&f.src, "reading", e))?;
             let mode = match f.mode {
                 Some(m) => m,
-                None => {
-                    std::fs::metadata(&f.src)
-                        .map_err(|e| Error::io(&f.src, "reading", e))?
-                        .permissions()
-                        .mode()
-                        & 0o7777
-                }
+                None => normal_mode(
+                    &std::fs::metadata(&f.src).map_err(|e| Error::io(&f.src, "reading", e))?,
+                ),
             };
             entries.push(CpioEntry {
                 path: f.dst.trim_start_matches('/').to_owned(),
