@@ -283,6 +283,73 @@ fn initrd_modes_do_not_depend_on_the_umask() {
     assert_eq!(got, want);
 }
 
+/// The build digests its outputs while it streams them to disk (D16): every digest in the
+/// manifest is that of the bytes written, as coreutils' sha*sum sees the files, goblin the
+/// sections (their VirtualSize bytes, what the stub measures) and the Authenticode hasher the
+/// image.
+#[test]
+fn manifest_digests_are_those_of_the_written_files() {
+    if require_tool(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let f = Fixture::new("");
+    let out = f.path("out");
+    let o = f.build(&out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let sum = |tool: &str, file: &Path| -> String {
+        let o = run_ok(Command::new(tool).arg(file));
+        String::from_utf8(o).unwrap()[..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    for (bank, tool) in [
+        ("sha1", "sha1sum"),
+        ("sha256", "sha256sum"),
+        ("sha384", "sha384sum"),
+        ("sha512", "sha512sum"),
+    ] {
+        assert_eq!(
+            manifest["uki"]["digests"][bank],
+            sum(tool, &out.join("t.efi")),
+            "{bank}"
+        );
+        assert_eq!(
+            manifest["initrd"]["digests"][bank],
+            sum(tool, &out.join("t.initrd")),
+            "{bank}"
+        );
+    }
+    let data = std::fs::read(out.join("t.efi")).unwrap();
+    assert_eq!(manifest["uki"]["size"], data.len() as u64);
+    let pe = goblin::pe::PE::parse(&data).unwrap();
+    let records = manifest["uki"]["sections"].as_array().unwrap();
+    assert_eq!(records.len(), pe.sections.len());
+    for (s, r) in pe.sections.iter().zip(records) {
+        let name = s.name().unwrap();
+        assert_eq!(r["name"], name);
+        assert_eq!(r["offset"], s.pointer_to_raw_data as u64, "{name}");
+        let mut image =
+            data[s.pointer_to_raw_data as usize..][..s.size_of_raw_data as usize].to_vec();
+        image.resize(s.virtual_size as usize, 0);
+        assert_eq!(r["digests"]["sha256"], hex(&sha2_256(&image)), "{name}");
+    }
+    let ours = imgctl_measure::authenticode::authenticode_digests(
+        &imgctl_measure::PeFile::parse(&data).unwrap(),
+        &[imgctl_measure::HashAlg::SHA256],
+    )
+    .unwrap();
+    assert_eq!(manifest["uki"]["authenticode"]["sha256"], ours[0].to_hex());
+}
+
+fn sha2_256(data: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).to_vec()
+}
+
 fn assert_clean_failure(o: &Output, needle: &str, out: &Path) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(
