@@ -5,10 +5,10 @@
 //! owner 0:0, mtime = SOURCE_DATE_EPOCH, inode numbers assigned in order from 1, device numbers
 //! 0, `nlink` 2 for directories and 1 otherwise. Modes are normalised as the extension images'
 //! are, so the umask of a checkout does not leak into the archive (and PCR 11): directories and
-//! executables (any x bit) 0755, other files 0644, symlinks 0777, unless the recipe sets a mode. Symlinks and directories are kept; device
-//! nodes, FIFOs and sockets are refused (create them at boot, or pack them in an archive).
+//! executables (any x bit) 0755, other files 0644, symlinks 0777, unless the recipe sets a mode.
+//! Symlinks and directories are kept; device nodes, FIFOs and sockets are refused (create them
+//! at boot, or pack them in an archive).
 //! The format is the kernel's (Documentation/driver-api/early-userspace/buffer-format.rst).
-
 //!
 //! Streaming: file contents are copied from disk through a bounded buffer straight into the
 //! writer (the build's temporary file), never held whole; a file must still have the size it had
