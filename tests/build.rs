@@ -185,6 +185,167 @@ fn initrd_is_a_cpio_that_gnu_cpio_reads_with_fixed_owner_and_time() {
     );
 }
 
+/// G26: the same tree checked out under umask 022 and under umask 002 (0775 folders, 0664
+/// files) gives the same initrd, the same UKI and the same PCR 11: modes are normalised (folders
+/// and executables 0755, other files 0644, symlinks 0777) unless the recipe sets one.
+#[test]
+fn initrd_modes_do_not_depend_on_the_umask() {
+    let Some(cpio) = require_tool("cpio", "cpio") else {
+        return;
+    };
+    if require_tool(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    let mut outs = Vec::new();
+    for umask in ["022", "002", "077"] {
+        let dir = top.path().join(format!("umask-{umask}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("vmlinuz"), b"not a kernel, just bytes").unwrap();
+        // A checkout as git makes it: the umask decides the folder and file modes.
+        run_ok(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "umask {umask} && mkdir -p tree/etc tree/bin && \
+                     printf '#!/bin/sh\\n' > tree/init && chmod +x tree/init && \
+                     printf 'motd\\n' > tree/etc/motd && \
+                     printf 'secret\\n' > tree/etc/secret && chmod go-rwx tree/etc/secret && \
+                     printf 'tool\\n' > tree/bin/tool && chmod u+x tree/bin/tool && \
+                     ln -s init tree/linuxrc && \
+                     printf 'run\\n' > run.sh && chmod +x run.sh && printf 'x' > extra.bin"
+                ))
+                .current_dir(&dir),
+        );
+        std::fs::write(
+            dir.join("recipe.yaml"),
+            "name: t\nversion: 1\nos-release:\n  ID: t\nkernel: vmlinuz\nuname: 6.1.0-test\n\
+             initrd:\n  tree: tree\n  files:\n    - { src: run.sh, dst: /usr/run.sh }\n    \
+             - { src: extra.bin, dst: /usr/extra.bin, mode: \"0600\" }\n",
+        )
+        .unwrap();
+        let out = dir.join("out");
+        let o = imgctl()
+            .arg("build")
+            .arg(dir.join("recipe.yaml"))
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        outs.push(out);
+    }
+    for file in ["t.initrd", "t.efi", "pcrs.json"] {
+        for other in &outs[1..] {
+            assert!(
+                std::fs::read(outs[0].join(file)).unwrap()
+                    == std::fs::read(other.join(file)).unwrap(),
+                "{file} depends on the umask ({})",
+                other.display()
+            );
+        }
+    }
+    // GNU cpio reads the modes we say.
+    let listing = run_ok(
+        Command::new(&cpio)
+            .args(["-itv", "--quiet", "-F"])
+            .arg(outs[1].join("t.initrd")),
+    );
+    let modes: Vec<(String, String)> = String::from_utf8(listing)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mode = l.split_whitespace().next().unwrap().to_owned();
+            let name = l.split_whitespace().nth(8).unwrap().to_owned();
+            (name, mode)
+        })
+        .collect();
+    let want = [
+        ("bin", "drwxr-xr-x"),
+        ("bin/tool", "-rwxr-xr-x"),
+        ("etc", "drwxr-xr-x"),
+        ("etc/motd", "-rw-r--r--"),
+        ("etc/secret", "-rw-r--r--"),
+        ("init", "-rwxr-xr-x"),
+        ("linuxrc", "lrwxrwxrwx"),
+        ("usr", "drwxr-xr-x"),
+        ("usr/extra.bin", "-rw-------"),
+        ("usr/run.sh", "-rwxr-xr-x"),
+    ];
+    let got: Vec<(&str, &str)> = modes
+        .iter()
+        .map(|(n, m)| (n.as_str(), m.as_str()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// The build digests its outputs while it streams them to disk (D16): every digest in the
+/// manifest is that of the bytes written, as coreutils' sha*sum sees the files, goblin the
+/// sections (their VirtualSize bytes, what the stub measures) and the Authenticode hasher the
+/// image.
+#[test]
+fn manifest_digests_are_those_of_the_written_files() {
+    if require_tool(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let f = Fixture::new("");
+    let out = f.path("out");
+    let o = f.build(&out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let sum = |tool: &str, file: &Path| -> String {
+        let o = run_ok(Command::new(tool).arg(file));
+        String::from_utf8(o).unwrap()[..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    for (bank, tool) in [
+        ("sha1", "sha1sum"),
+        ("sha256", "sha256sum"),
+        ("sha384", "sha384sum"),
+        ("sha512", "sha512sum"),
+    ] {
+        assert_eq!(
+            manifest["uki"]["digests"][bank],
+            sum(tool, &out.join("t.efi")),
+            "{bank}"
+        );
+        assert_eq!(
+            manifest["initrd"]["digests"][bank],
+            sum(tool, &out.join("t.initrd")),
+            "{bank}"
+        );
+    }
+    let data = std::fs::read(out.join("t.efi")).unwrap();
+    assert_eq!(manifest["uki"]["size"], data.len() as u64);
+    let pe = goblin::pe::PE::parse(&data).unwrap();
+    let records = manifest["uki"]["sections"].as_array().unwrap();
+    assert_eq!(records.len(), pe.sections.len());
+    for (s, r) in pe.sections.iter().zip(records) {
+        let name = s.name().unwrap();
+        assert_eq!(r["name"], name);
+        assert_eq!(r["offset"], s.pointer_to_raw_data as u64, "{name}");
+        let mut image =
+            data[s.pointer_to_raw_data as usize..][..s.size_of_raw_data as usize].to_vec();
+        image.resize(s.virtual_size as usize, 0);
+        assert_eq!(r["digests"]["sha256"], hex(&sha2_256(&image)), "{name}");
+    }
+    let ours = imgctl_measure::authenticode::authenticode_digests(
+        &imgctl_measure::PeFile::parse(&data).unwrap(),
+        &[imgctl_measure::HashAlg::SHA256],
+    )
+    .unwrap();
+    assert_eq!(manifest["uki"]["authenticode"]["sha256"], ours[0].to_hex());
+}
+
+fn sha2_256(data: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).to_vec()
+}
+
 fn assert_clean_failure(o: &Output, needle: &str, out: &Path) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(

@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 
 use imgctl_measure::authenticode::authenticode_digests;
 use imgctl_measure::pe::PeFile;
-use imgctl_measure::predict::{digest_matrix, predict_from_digests};
+use imgctl_measure::predict::{digest_matrix, predict_from_section_digests};
 use imgctl_measure::{Digest, HashAlg, PhasePath, Prediction, StubSemantics, Uki};
 use serde::Serialize;
 
 pub use crate::output::Stage;
 use crate::recipe::{OsRelease, Recipe};
 use crate::uki::{
-    assemble, check_stub, check_stub_identity, merge_sbat, pe_sbat, NewSection, SBAT_UKI_DEFAULT,
+    assemble, check_stub, check_stub_identity, merge_sbat, pe_sbat, Content, Layout, NewSection,
+    Origin, PlacedSection, SectionInput, SBAT_UKI_DEFAULT,
 };
 use crate::Error;
 
@@ -115,13 +116,30 @@ pub fn check_pcrpkey(pem: &[u8]) -> Result<(), String> {
     }
 }
 
+/// What a planned section holds.
+#[derive(Debug, Clone)]
+enum PlannedData {
+    Bytes(Vec<u8>),
+    /// The initrd, written on its own (streamed to its file) and taken from there.
+    Initrd,
+}
+
 /// One planned section with where its bytes came from.
 #[derive(Debug, Clone)]
 struct Planned {
     name: &'static str,
     role: &'static str,
     source: Option<PathBuf>,
-    data: Vec<u8>,
+    data: PlannedData,
+}
+
+/// Everything a UKI is made of but the initrd: read, checked, in ukify's order.
+#[derive(Debug)]
+struct Prepared {
+    stub: Vec<u8>,
+    plan: Vec<Planned>,
+    /// The cpio mtime (SOURCE_DATE_EPOCH).
+    mtime: u32,
 }
 
 /// A UKI assembled in memory from a recipe, not yet written.
@@ -130,22 +148,17 @@ pub struct Assembled {
     pub uki: Vec<u8>,
     pub initrd: Option<Vec<u8>>,
     pub stub: Vec<u8>,
-    plan: Vec<Planned>,
 }
 
-/// Assembles the UKI a recipe describes, in memory.
+/// Reads and checks every input of a recipe but the initrd tree, and plans the sections.
 ///
 /// `pcrpkey` is the `.pcrpkey` content to use when the recipe names none (the public half of
 /// the PCR signing key, as ukify derives it).
-pub fn assemble_recipe(
+fn prepare(
     recipe: &Recipe,
     source_date_epoch: u64,
     pcrpkey: Option<&[u8]>,
-) -> Result<Assembled, Error> {
-    let stub_err = |e: Error| match e {
-        Error::Stub(m) => Error::Stub(format!("stub {}: {m}", recipe.stub.display())),
-        other => other,
-    };
+) -> Result<Prepared, Error> {
     let stub_bytes = read(&recipe.stub, "reading the stub")?;
     let stub = PeFile::parse(&stub_bytes).map_err(|e| {
         Error::Stub(format!(
@@ -153,8 +166,8 @@ pub fn assemble_recipe(
             recipe.stub.display()
         ))
     })?;
-    check_stub(&stub).map_err(stub_err)?;
-    check_stub_identity(&stub).map_err(stub_err)?;
+    check_stub(&stub).map_err(|e| stub_error(recipe, e))?;
+    check_stub_identity(&stub).map_err(|e| stub_error(recipe, e))?;
 
     let kernel = read(&recipe.kernel, "reading the kernel")?;
     crate::kernel::check_kernel(&kernel)
@@ -166,10 +179,6 @@ pub fn assemble_recipe(
     let mtime = u32::try_from(source_date_epoch).map_err(|_| {
         Error::InvalidInput("SOURCE_DATE_EPOCH does not fit the cpio format (32 bits)".into())
     })?;
-    let initrd = match &recipe.initrd {
-        Some(spec) => Some(crate::initrd::build_initrd(spec, mtime)?),
-        None => None,
-    };
     let (osrel, osrel_source) = match &recipe.os_release {
         OsRelease::Fields(f) => (os_release_text(f).into_bytes(), None),
         OsRelease::File(p) => (read(p, "reading the os-release file")?, Some(p.clone())),
@@ -195,7 +204,7 @@ pub fn assemble_recipe(
                 name,
                 role,
                 source,
-                data,
+                data: PlannedData::Bytes(data),
             });
         }
     };
@@ -236,29 +245,95 @@ pub fn assemble_recipe(
     } else if let Some(pem) = pcrpkey {
         push(".pcrpkey", "pcrpkey", None, pem.to_vec());
     }
-    push(
-        ".initrd",
-        "initrd",
-        None,
-        initrd.clone().unwrap_or_default(),
-    );
+    if recipe.initrd.is_some() {
+        plan.push(Planned {
+            name: ".initrd",
+            role: "initrd",
+            source: None,
+            data: PlannedData::Initrd,
+        });
+    }
+    let mut push = |name, role, source: Option<PathBuf>, data: Vec<u8>| {
+        if !data.is_empty() {
+            plan.push(Planned {
+                name,
+                role,
+                source,
+                data: PlannedData::Bytes(data),
+            });
+        }
+    };
     push(".sbat", "sbat", None, sbat);
     push(".linux", "kernel", Some(recipe.kernel.clone()), kernel);
-
-    let new_sections: Vec<NewSection> = plan
-        .iter()
-        .map(|p| NewSection {
-            name: p.name.to_owned(),
-            data: p.data.clone(),
-        })
-        .collect();
-    let uki_bytes = assemble(&stub_bytes, &new_sections).map_err(stub_err)?;
-
-    Ok(Assembled {
-        uki: uki_bytes,
-        initrd,
+    Ok(Prepared {
         stub: stub_bytes,
         plan,
+        mtime,
+    })
+}
+
+fn stub_error(recipe: &Recipe, e: Error) -> Error {
+    match e {
+        Error::Stub(m) => Error::Stub(format!("stub {}: {m}", recipe.stub.display())),
+        other => other,
+    }
+}
+
+/// The sections to add, in plan order: the initrd as `initrd` (left out when empty), then
+/// `.pcrsig` when given.
+fn section_inputs<'a>(
+    plan: &'a [Planned],
+    initrd: Content<'a>,
+    pcrsig: Option<&'a [u8]>,
+) -> Vec<SectionInput<'a>> {
+    let mut inputs: Vec<SectionInput<'a>> = plan
+        .iter()
+        .filter_map(|p| {
+            let content = match &p.data {
+                PlannedData::Bytes(b) => Content::Bytes(b),
+                PlannedData::Initrd if initrd.is_empty() => return None,
+                PlannedData::Initrd => initrd,
+            };
+            Some(SectionInput {
+                name: p.name,
+                content,
+            })
+        })
+        .collect();
+    if let Some(data) = pcrsig {
+        inputs.push(SectionInput {
+            name: ".pcrsig",
+            content: Content::Bytes(data),
+        });
+    }
+    inputs
+}
+
+/// Assembles the UKI a recipe describes, in memory.
+///
+/// `pcrpkey` is the `.pcrpkey` content to use when the recipe names none (the public half of
+/// the PCR signing key, as ukify derives it).
+pub fn assemble_recipe(
+    recipe: &Recipe,
+    source_date_epoch: u64,
+    pcrpkey: Option<&[u8]>,
+) -> Result<Assembled, Error> {
+    let prepared = prepare(recipe, source_date_epoch, pcrpkey)?;
+    let initrd = match &recipe.initrd {
+        Some(spec) => Some(crate::initrd::build_initrd(spec, prepared.mtime)?),
+        None => None,
+    };
+    let initrd_content = Content::Bytes(initrd.as_deref().unwrap_or_default());
+    let inputs = section_inputs(&prepared.plan, initrd_content, None);
+    let layout = crate::uki::layout(&prepared.stub, &inputs).map_err(|e| stub_error(recipe, e))?;
+    let mut uki = Vec::new();
+    layout.write(&mut uki, Path::new("(memory)"), &mut |i, _| {
+        Err(Error::InvalidInput(format!("section {i} has no content")))
+    })?;
+    Ok(Assembled {
+        uki,
+        initrd,
+        stub: prepared.stub,
     })
 }
 
@@ -269,9 +344,196 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildOutput, Error>
     Ok(out)
 }
 
+/// The digests of every section's memory image (`VirtualSize` bytes, what the stub measures),
+/// each computed once per bank: the stub's own sections from the stub, added sections from
+/// their content (`known` for streamed ones, hashed while they were written).
+#[derive(Debug)]
+struct SectionDigests {
+    stub: Vec<Vec<Digest>>,
+    inputs: Vec<Vec<Digest>>,
+}
+
+impl SectionDigests {
+    fn new(
+        stub: &PeFile<'_>,
+        inputs: &[SectionInput<'_>],
+        known: &[(usize, Vec<Digest>)],
+        banks: &[HashAlg],
+    ) -> Result<SectionDigests, Error> {
+        let images = stub
+            .sections
+            .iter()
+            .map(|s| stub.memory_data(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(imgctl_measure::Error::from)?;
+        let refs: Vec<&[u8]> = images.iter().map(|c| c.as_ref()).collect();
+        let stub_digests = digest_matrix(banks, &refs)?;
+        let mut d = SectionDigests {
+            stub: stub_digests,
+            inputs: Vec::new(),
+        };
+        d.add_inputs(inputs, known, banks)?;
+        Ok(d)
+    }
+
+    /// Digests the inputs not digested yet (those past the ones already known).
+    fn add_inputs(
+        &mut self,
+        inputs: &[SectionInput<'_>],
+        known: &[(usize, Vec<Digest>)],
+        banks: &[HashAlg],
+    ) -> Result<(), Error> {
+        let start = self.inputs.len();
+        let bytes: Vec<&[u8]> = inputs[start..]
+            .iter()
+            .map(|s| match s.content {
+                Content::Bytes(b) => b,
+                Content::Streamed(_) => &[],
+            })
+            .collect();
+        let mut digests = digest_matrix(banks, &bytes)?;
+        for (i, d) in known {
+            if let Some(slot) = i.checked_sub(start).and_then(|j| digests.get_mut(j)) {
+                *slot = d.clone();
+            }
+        }
+        self.inputs.extend(digests);
+        Ok(())
+    }
+
+    fn of(&self, s: &PlacedSection) -> &[Digest] {
+        match s.origin {
+            Origin::Stub(i) => &self.stub[i],
+            Origin::Input(i) => &self.inputs[i],
+        }
+    }
+}
+
+/// A laid-out UKI seen as the stub sees it.
+#[derive(Debug)]
+struct Measured<'l> {
+    identity: imgctl_measure::StubIdentity,
+    semantics: StubSemantics,
+    /// The sections of profile 0 (placed indices), as `Uki::sections_for_profile` lists them.
+    selected: Vec<usize>,
+    /// The memory image of a section that is in memory (the stub's, or given as bytes).
+    images: Vec<Option<std::borrow::Cow<'l, [u8]>>>,
+}
+
+impl<'l> Measured<'l> {
+    fn new(
+        layout: &Layout<'l>,
+        stub: &PeFile<'l>,
+        inputs: &[SectionInput<'l>],
+        semantics: Option<StubSemantics>,
+    ) -> Result<Measured<'l>, Error> {
+        let images: Vec<Option<std::borrow::Cow<'l, [u8]>>> = layout
+            .sections()
+            .iter()
+            .map(|s| match s.origin {
+                Origin::Stub(i) => stub
+                    .memory_data(&stub.sections[i])
+                    .map(Some)
+                    .map_err(|e| Error::Measure(e.into())),
+                Origin::Input(i) => Ok(match inputs[i].content {
+                    Content::Bytes(b) => Some(std::borrow::Cow::Borrowed(b)),
+                    Content::Streamed(_) => None,
+                }),
+            })
+            .collect::<Result<_, _>>()?;
+        let first = |name: &str| {
+            layout
+                .sections()
+                .iter()
+                .position(|s| s.name == name)
+                .and_then(|i| images[i].as_deref())
+        };
+        let identity =
+            imgctl_measure::StubIdentity::from_sections(first(".sdmagic"), first(".sbat"));
+        let semantics = semantics.unwrap_or_else(|| identity.semantics());
+        let names: Vec<&str> = layout.sections().iter().map(|s| s.name.as_str()).collect();
+        let selected = imgctl_measure::uki::profile_sections(&names, 0)?;
+        Ok(Measured {
+            identity,
+            semantics,
+            selected,
+            images,
+        })
+    }
+
+    fn predict(
+        &self,
+        layout: &Layout<'_>,
+        digests: &SectionDigests,
+        banks: &[HashAlg],
+        phases: &[PhasePath],
+    ) -> Result<Prediction, Error> {
+        let with: Vec<(&str, u64, &[Digest])> = self
+            .selected
+            .iter()
+            .map(|&i| {
+                let s = &layout.sections()[i];
+                (s.name.as_str(), s.virtual_size as u64, digests.of(s))
+            })
+            .collect();
+        Ok(predict_from_section_digests(
+            self.semantics,
+            &with,
+            banks,
+            phases,
+        )?)
+    }
+
+    /// The first selected section named `name`.
+    fn find(&self, layout: &Layout<'_>, name: &str) -> Option<usize> {
+        self.selected
+            .iter()
+            .copied()
+            .find(|&i| layout.sections()[i].name == name)
+    }
+}
+
+/// Copies a staged file (the initrd) of `len` bytes into the UKI being written.
+fn copy_staged(path: &Path, len: u64, w: &mut dyn std::io::Write, out: &Path) -> Result<(), Error> {
+    use std::io::Read;
+    let (mut f, size) = imgctl_fsio::open_regular(path)?;
+    if size != len {
+        return Err(Error::InvalidInput(format!(
+            "{}: {size} bytes staged, {len} expected",
+            path.display()
+        )));
+    }
+    let mut buf = vec![0u8; crate::hashing::CHUNK];
+    let mut left = len;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = match f.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(Error::InvalidInput(format!(
+                    "{}: ends {left} bytes early",
+                    path.display()
+                )))
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(path, "reading", e)),
+        };
+        w.write_all(&buf[..n])
+            .map_err(|e| Error::io(out, "writing", e))?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
 /// Like [`build`], but leaves the files staged: the caller may add files (a log proof) and
 /// commits them all, or drops the stage and nothing is written.
+///
+/// Streaming: the initrd is written to its temporary file while it is packed and hashed; the
+/// UKI is then written to its own, its `.initrd` copied from the initrd's temporary, the file
+/// and its Authenticode image hash digested on the way. What stays in memory is the stub, the
+/// kernel and the small sections.
 pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput, Stage), Error> {
+    use crate::hashing::{HashingWriter, Tap};
     let banks = HashAlg::ALL;
     let pcrpkey = match &opts.pcr_key {
         Some(k) => Some(
@@ -282,90 +544,172 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
         ),
         None => None,
     };
-    let Assembled {
-        uki: uki_bytes,
-        initrd,
-        stub: stub_bytes,
-        plan,
-    } = assemble_recipe(recipe, opts.source_date_epoch, pcrpkey.as_deref())?;
-    let uki_bytes = match &opts.pcr_key {
-        Some(key) => embed_pcrsig(uki_bytes, key, opts.semantics)?,
-        None => uki_bytes,
+    let prepared = prepare(recipe, opts.source_date_epoch, pcrpkey.as_deref())?;
+    let stub = PeFile::parse(&prepared.stub).map_err(imgctl_measure::Error::from)?;
+    let uki_file = format!("{}.efi", recipe.name);
+    let initrd_file = format!("{}.initrd", recipe.name);
+
+    let mut input_paths: Vec<&Path> = vec![&recipe.path, &recipe.stub];
+    input_paths.extend(prepared.plan.iter().filter_map(|p| p.source.as_deref()));
+    let mut stage = Stage::new(&opts.out_dir, &input_paths)?;
+    // Every output is checked before the long work starts.
+    for name in [
+        uki_file.as_str(),
+        initrd_file.as_str(),
+        "pcrs.json",
+        "manifest.json",
+    ] {
+        stage.check(name)?;
+    }
+
+    // The initrd, to its file, hashed on the way.
+    let initrd = match &recipe.initrd {
+        Some(spec) => {
+            let (path, (len, digests)) = stage.add_streamed(&initrd_file, |w| {
+                let fin = opts.out_dir.join(&initrd_file);
+                let mut hw = HashingWriter::new(w, vec![Tap::new(&banks)?]);
+                crate::initrd::write_initrd(spec, prepared.mtime, &mut hw, &fin)?;
+                let (_, len, mut digests) =
+                    hw.finish().map_err(|e| Error::io(&fin, "writing", e))?;
+                Ok((len, digests.remove(0)))
+            })?;
+            let staged = stage
+                .temporary(&initrd_file)
+                .ok_or_else(|| Error::InvalidInput(format!("{}: not staged", path.display())))?;
+            Some((path, staged, len, digests))
+        }
+        None => None,
     };
-    // Measure what was built, from the built bytes.
-    let uki = Uki::parse(&uki_bytes).map_err(imgctl_measure::Error::from)?;
-    let identity = uki.identity();
-    let semantics = opts.semantics.unwrap_or_else(|| identity.semantics());
-    let sections = uki.sections_for_profile(0)?;
-    let contents: Vec<&[u8]> = sections.iter().map(|(_, d)| d.as_ref()).collect();
-    let mut digest_inputs = contents.clone();
-    digest_inputs.push(&uki_bytes);
-    digest_inputs.push(&recipe.source);
-    let initrd_index = initrd.as_ref().map(|i| {
-        digest_inputs.push(i);
-        digest_inputs.len() - 1
-    });
-    let matrix = digest_matrix(&banks, &digest_inputs)?;
-    let with: Vec<(&str, &[u8], &[Digest])> = sections
+    let initrd_content = Content::Streamed(initrd.as_ref().map_or(0, |i| i.2));
+
+    // Lay the UKI out and measure it from the section digests; sign PCR 11 and add .pcrsig.
+    let inputs = section_inputs(&prepared.plan, initrd_content, None);
+    let known: Vec<(usize, Vec<Digest>)> = inputs
         .iter()
-        .zip(&matrix)
-        .map(|((n, d), m)| (n.as_str(), d.as_ref(), m.as_slice()))
+        .position(|s| matches!(s.content, Content::Streamed(_)))
+        .zip(initrd.as_ref().map(|i| i.3.clone()))
+        .into_iter()
         .collect();
-    let prediction = predict_from_digests(semantics, &with, &banks, &PhasePath::defaults())?;
-    let authenticode = authenticode_digests(&uki.pe, &banks)?;
-    let kernel_authenticode = match sections.iter().find(|(n, _)| n == ".linux") {
-        Some((_, data)) => match PeFile::parse(data) {
-            Ok(kernel) => Some(digests_map(&banks, &authenticode_digests(&kernel, &banks)?)),
-            Err(_) => None,
+    let layout = crate::uki::layout(&prepared.stub, &inputs).map_err(|e| stub_error(recipe, e))?;
+    let mut digests = SectionDigests::new(&stub, &inputs, &known, &banks)?;
+    let pcrsig = match &opts.pcr_key {
+        Some(key) => {
+            let measured = Measured::new(&layout, &stub, &inputs, opts.semantics)?;
+            if layout.sections().iter().any(|s| s.name == ".pcrsig") {
+                return Err(Error::InvalidInput(
+                    "the UKI already has a .pcrsig section".into(),
+                ));
+            }
+            let phases: Vec<PhasePath> = imgctl_measure::pcr11::DEFAULT_PHASE_PATHS
+                .iter()
+                .map(|p| p.parse())
+                .collect::<Result<_, _>>()?;
+            let signed = measured.predict(&layout, &digests, &banks, &phases)?;
+            let doc = imgctl_measure::pcrsig::sign(key, None, &signed)
+                .map_err(|e| Error::InvalidInput(format!("signing PCR 11: {e}")))?;
+            let mut data = doc.to_json().into_bytes();
+            data.push(0);
+            Some((data, signed, phases))
+        }
+        None => None,
+    };
+    let inputs = section_inputs(
+        &prepared.plan,
+        initrd_content,
+        pcrsig.as_ref().map(|p| p.0.as_slice()),
+    );
+    let layout = crate::uki::layout(&prepared.stub, &inputs).map_err(|e| stub_error(recipe, e))?;
+    digests.add_inputs(&inputs, &known, &banks)?;
+    let measured = Measured::new(&layout, &stub, &inputs, opts.semantics)?;
+    if let Some((_, signed, phases)) = &pcrsig {
+        if measured.predict(&layout, &digests, &banks, phases)? != *signed {
+            return Err(Error::InvalidInput(
+                "adding .pcrsig changed PCR 11; refusing to write".into(),
+            ));
+        }
+    }
+    let prediction = measured.predict(&layout, &digests, &banks, &PhasePath::defaults())?;
+    let semantics = measured.semantics;
+
+    // The UKI, to its file, digested (file and Authenticode) on the way.
+    let (uki_path, (uki_size, uki_digests, authenticode)) = stage.add_streamed(&uki_file, |w| {
+        let fin = opts.out_dir.join(&uki_file);
+        let taps = vec![
+            Tap::new(&banks)?,
+            Tap::skipping(&banks, layout.authenticode_excluded())?,
+        ];
+        let mut hw = HashingWriter::new(w, taps);
+        layout.write(
+            &mut hw,
+            &fin,
+            &mut |_, w: &mut dyn std::io::Write| match &initrd {
+                Some((_, staged, len, _)) => copy_staged(staged, *len, w, &fin),
+                None => Err(Error::InvalidInput("no initrd to copy".into())),
+            },
+        )?;
+        let (_, size, mut d) = hw.finish().map_err(|e| Error::io(&fin, "writing", e))?;
+        let authenticode = d.pop().unwrap_or_default();
+        let file = d.pop().unwrap_or_default();
+        Ok((size, file, authenticode))
+    })?;
+
+    let kernel_authenticode = match measured.find(&layout, ".linux") {
+        Some(i) => match measured.images[i].as_deref().map(PeFile::parse) {
+            Some(Ok(kernel)) => Some(digests_map(&banks, &authenticode_digests(&kernel, &banks)?)),
+            _ => None,
         },
         None => None,
     };
     let pcrs_json = prediction.to_json();
 
-    let section_records: Vec<SectionRecord> = uki
-        .pe
-        .sections
+    let section_records: Vec<SectionRecord> = layout
+        .sections()
         .iter()
-        .map(|s| {
-            let idx = sections.iter().position(|(n, _)| *n == s.name);
-            SectionRecord {
-                name: s.name.clone(),
-                offset: s.pointer_to_raw_data,
-                virtual_address: s.virtual_address,
-                virtual_size: s.virtual_size,
-                size_of_raw_data: s.size_of_raw_data,
-                measured: semantics.measured_sections().any(|m| m == s.name),
-                digests: idx
-                    .map(|i| digests_map(&banks, &matrix[i]))
-                    .unwrap_or_default(),
-            }
+        .map(|s| SectionRecord {
+            name: s.name.clone(),
+            offset: s.pointer_to_raw_data,
+            virtual_address: s.virtual_address,
+            virtual_size: s.virtual_size,
+            size_of_raw_data: s.size_of_raw_data,
+            measured: semantics.measured_sections().any(|m| m == s.name),
+            digests: measured
+                .find(&layout, &s.name)
+                .map(|i| digests_map(&banks, digests.of(&layout.sections()[i])))
+                .unwrap_or_default(),
         })
         .collect();
-    let record = |role: &str, path: String, size: usize, d: &[Digest]| FileRecord {
+    let record = |role: &str, path: String, size: u64, d: &[Digest]| FileRecord {
         role: role.to_owned(),
         path,
-        size: size as u64,
+        size,
         digests: digests_map(&banks, d),
     };
-    let mut inputs = vec![record(
+    let small = digest_matrix(&banks, &[&prepared.stub, &recipe.source])?;
+    let mut inputs_records = vec![record(
         "stub",
         recipe.stub.display().to_string(),
-        stub_bytes.len(),
-        &digest_matrix(&banks, &[&stub_bytes])?[0],
+        prepared.stub.len() as u64,
+        &small[0],
     )];
-    for p in &plan {
-        let Some(i) = sections.iter().position(|(n, _)| n == p.name) else {
+    for p in &prepared.plan {
+        let size = match &p.data {
+            PlannedData::Bytes(b) => b.len() as u64,
+            PlannedData::Initrd => initrd.as_ref().map_or(0, |i| i.2),
+        };
+        let Some(i) = measured.find(&layout, p.name).filter(|_| size > 0) else {
             continue;
         };
         let path = p.source.as_ref().map_or_else(
             || format!("(recipe {})", p.role),
             |s| s.display().to_string(),
         );
-        inputs.push(record(p.role, path, p.data.len(), &matrix[i]));
+        inputs_records.push(record(
+            p.role,
+            path,
+            size,
+            digests.of(&layout.sections()[i]),
+        ));
     }
-    let n = sections.len();
-    let uki_file = format!("{}.efi", recipe.name);
-    let initrd_file = format!("{}.initrd", recipe.name);
     let manifest = Manifest {
         format: MANIFEST_FORMAT.to_owned(),
         name: recipe.name.clone(),
@@ -375,48 +719,35 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
         recipe: record(
             "recipe",
             recipe.path.display().to_string(),
-            recipe.source.len(),
-            &matrix[n + 1],
+            recipe.source.len() as u64,
+            &small[1],
         ),
-        inputs,
+        inputs: inputs_records,
         uki: UkiRecord {
             file: uki_file.clone(),
-            size: uki_bytes.len() as u64,
-            digests: digests_map(&banks, &matrix[n]),
+            size: uki_size,
+            digests: digests_map(&banks, &uki_digests),
             authenticode: digests_map(&banks, &authenticode),
             kernel_authenticode,
             stub: StubRecord {
                 path: recipe.stub.display().to_string(),
-                sdmagic: identity.sdmagic.clone(),
+                sdmagic: measured.identity.sdmagic.clone(),
                 semantics,
             },
             sections: section_records,
         },
-        initrd: initrd_index.map(|i| {
-            record(
-                "initrd",
-                initrd_file.clone(),
-                initrd.as_ref().map_or(0, Vec::len),
-                &matrix[i],
-            )
-        }),
+        initrd: initrd
+            .as_ref()
+            .map(|(_, _, len, d)| record("initrd", initrd_file.clone(), *len, d)),
         events: Vec::new(),
         pcrs: prediction.to_pcrs_json(),
     };
 
-    let mut input_paths: Vec<&Path> = vec![&recipe.path, &recipe.stub];
-    input_paths.extend(plan.iter().filter_map(|p| p.source.as_deref()));
-    let mut stage = Stage::new(&opts.out_dir, &input_paths)?;
-    let uki_path = stage.add(&uki_file, &uki_bytes)?;
-    let initrd_path = match &initrd {
-        Some(i) => Some(stage.add(&initrd_file, i)?),
-        None => None,
-    };
     let pcrs_path = stage.add("pcrs.json", &to_json_bytes(&pcrs_json)?)?;
     let manifest_path = stage.add("manifest.json", &manifest.to_json_bytes())?;
     let out = BuildOutput {
         uki: uki_path,
-        initrd: initrd_path,
+        initrd: initrd.map(|i| i.0),
         pcrs: pcrs_path,
         manifest_path,
         manifest,
@@ -430,23 +761,6 @@ fn to_json_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
         .map_err(|e| Error::InvalidInput(format!("encoding JSON: {e}")))?;
     out.push(b'\n');
     Ok(out)
-}
-
-/// Signs the UKI's PCR 11 values (every bank, systemd-measure's default phase paths) and appends
-/// the `.pcrsig` section.
-fn embed_pcrsig(
-    uki_bytes: Vec<u8>,
-    key: &imgctl_measure::keys::SigningKey,
-    semantics: Option<StubSemantics>,
-) -> Result<Vec<u8>, Error> {
-    let phases: Vec<PhasePath> = imgctl_measure::pcr11::DEFAULT_PHASE_PATHS
-        .iter()
-        .map(|p| p.parse())
-        .collect::<Result<_, _>>()?;
-    let signed = predict_uki(&uki_bytes, semantics, 0, &HashAlg::ALL, &phases)?;
-    let doc = imgctl_measure::pcrsig::sign(key, None, &signed)
-        .map_err(|e| Error::InvalidInput(format!("signing PCR 11: {e}")))?;
-    append_pcrsig(&uki_bytes, &doc.to_json(), semantics, 0, &signed)
 }
 
 /// PCR 11 of a UKI's `profile` in `banks` and `phases` (semantics detected when `None`).

@@ -3,13 +3,20 @@
 //!
 //! Determinism (same tree, same bytes): entries sorted by path, every parent directory present,
 //! owner 0:0, mtime = SOURCE_DATE_EPOCH, inode numbers assigned in order from 1, device numbers
-//! 0, `nlink` 2 for directories and 1 otherwise. Symlinks and directories are kept; device
-//! nodes, FIFOs and sockets are refused (create them at boot, or pack them in an archive).
+//! 0, `nlink` 2 for directories and 1 otherwise. Modes are normalised as the extension images'
+//! are, so the umask of a checkout does not leak into the archive (and PCR 11): directories and
+//! executables (any x bit) 0755, other files 0644, symlinks 0777, unless the recipe sets a mode.
+//! Symlinks and directories are kept; device nodes, FIFOs and sockets are refused (create them
+//! at boot, or pack them in an archive).
 //! The format is the kernel's (Documentation/driver-api/early-userspace/buffer-format.rst).
+//!
+//! Streaming: file contents are copied from disk through a bounded buffer straight into the
+//! writer (the build's temporary file), never held whole; a file must still have the size it had
+//! when the tree was listed, or the build fails.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 use crate::recipe::{Compression, InitrdSpec};
 use crate::Error;
@@ -18,8 +25,28 @@ use crate::Error;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
     Dir,
-    File(Vec<u8>),
+    File(FileData),
     Symlink(String),
+}
+
+/// Where a member's content comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileData {
+    Bytes(Vec<u8>),
+    /// A regular file, streamed when the archive is written; `size` is its length when listed.
+    Path {
+        path: PathBuf,
+        size: u64,
+    },
+}
+
+impl FileData {
+    fn len(&self) -> u64 {
+        match self {
+            FileData::Bytes(b) => b.len() as u64,
+            FileData::Path { size, .. } => *size,
+        }
+    }
 }
 
 /// One archive member. `path` is relative (no leading `/`), `mode` the permission bits.
@@ -34,9 +61,56 @@ const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
 const S_IFLNK: u32 = 0o120000;
 
-/// Encodes entries as a newc archive with a trailer. Missing parent directories are added
-/// (mode 0755); later entries for the same path replace earlier ones.
+/// The buffer file contents are copied through.
+const COPY_BUFFER: usize = 256 << 10;
+
+/// Counts what goes through (for the 4-byte padding after each archive).
+struct Counting<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Swallows flushes: the cpio crate flushes after every member, which would make a gzip
+/// stream below it emit a sync block each time (other bytes than compressing the whole archive
+/// at once, and worse compression).
+struct NoFlush<W>(W);
+
+impl<W: Write> Write for NoFlush<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encodes entries as a newc archive with a trailer, in memory. See [`write_newc`].
 pub fn encode_newc(entries: &[CpioEntry], mtime: u32) -> Result<Vec<u8>, Error> {
+    let mut w = Vec::new();
+    write_newc(entries, mtime, &mut w, Path::new("(memory)"))?;
+    Ok(w)
+}
+
+/// Writes entries as a newc archive with a trailer to `w` (`out` names it in errors). Missing
+/// parent directories are added (mode 0755); later entries for the same path replace earlier
+/// ones.
+pub fn write_newc<W: Write>(
+    entries: &[CpioEntry],
+    mtime: u32,
+    w: &mut W,
+    out: &Path,
+) -> Result<(), Error> {
     let mut by_path: BTreeMap<String, &CpioEntry> = BTreeMap::new();
     for e in entries {
         by_path.insert(e.path.clone(), e);
@@ -60,14 +134,16 @@ pub fn encode_newc(entries: &[CpioEntry], mtime: u32) -> Result<Vec<u8>, Error> 
         by_path.entry(d.path.clone()).or_insert(d);
     }
 
-    let mut w: Vec<u8> = Vec::new();
+    let werr = |e| Error::io(out, "writing", e);
+    let mut w = NoFlush(w);
+    let mut buf = vec![0u8; COPY_BUFFER];
     for (ino, (path, e)) in (1u32..).zip(by_path) {
-        let (ftype, nlink, data): (u32, u32, &[u8]) = match &e.kind {
-            EntryKind::Dir => (S_IFDIR, 2, &[]),
-            EntryKind::File(d) => (S_IFREG, 1, d),
-            EntryKind::Symlink(t) => (S_IFLNK, 1, t.as_bytes()),
+        let (ftype, nlink, len) = match &e.kind {
+            EntryKind::Dir => (S_IFDIR, 2, 0),
+            EntryKind::File(d) => (S_IFREG, 1, d.len()),
+            EntryKind::Symlink(t) => (S_IFLNK, 1, t.len() as u64),
         };
-        let size = u32::try_from(data.len()).map_err(|_| {
+        let size = u32::try_from(len).map_err(|_| {
             Error::InvalidInput(format!("initrd member {path} is larger than 4 GiB"))
         })?;
         let mut member = cpio::newc::Builder::new(&path)
@@ -78,27 +154,81 @@ pub fn encode_newc(entries: &[CpioEntry], mtime: u32) -> Result<Vec<u8>, Error> 
             .nlink(nlink)
             .mtime(mtime)
             .write(&mut w, size);
-        member
-            .write_all(data)
-            .map_err(|e| Error::InvalidInput(format!("encoding {path}: {e}")))?;
-        member
-            .finish()
-            .map_err(|e| Error::InvalidInput(format!("encoding {path}: {e}")))?;
+        match &e.kind {
+            EntryKind::Dir => {}
+            EntryKind::File(FileData::Bytes(d)) => member.write_all(d).map_err(werr)?,
+            EntryKind::File(FileData::Path { path: src, size }) => {
+                copy_exact(src, *size, &mut member, out, &mut buf)?
+            }
+            EntryKind::Symlink(t) => member.write_all(t.as_bytes()).map_err(werr)?,
+        }
+        member.finish().map_err(werr)?;
     }
-    cpio::newc::trailer(&mut w)
-        .map_err(|e| Error::InvalidInput(format!("encoding the trailer: {e}")))?;
-    Ok(w)
+    cpio::newc::trailer(&mut w).map_err(werr)?;
+    Ok(())
 }
 
-/// Walks a directory tree into entries (sorted; paths relative to `root`).
+/// Copies the regular file `src`, which must hold exactly `size` bytes (its size when it was
+/// listed), to `w` through `buf`.
+fn copy_exact(
+    src: &Path,
+    size: u64,
+    w: &mut impl Write,
+    out: &Path,
+    buf: &mut [u8],
+) -> Result<(), Error> {
+    let changed = || {
+        Error::InvalidInput(format!(
+            "{}: changed while the initrd was being written (it had {size} bytes)",
+            src.display()
+        ))
+    };
+    let (mut f, len) = imgctl_fsio::open_regular(src)?;
+    if len != size {
+        return Err(changed());
+    }
+    let mut left = size;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = match f.read(&mut buf[..want]) {
+            Ok(0) => return Err(changed()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(src, "reading", e)),
+        };
+        w.write_all(&buf[..n])
+            .map_err(|e| Error::io(out, "writing", e))?;
+        left -= n as u64;
+    }
+    loop {
+        match f.read(&mut buf[..1]) {
+            Ok(0) => return Ok(()),
+            Ok(_) => return Err(changed()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(src, "reading", e)),
+        }
+    }
+}
+
+/// Walks a directory tree into entries (sorted; paths relative to `root`; file contents are
+/// referenced, not read).
 pub fn collect_tree(root: &Path) -> Result<Vec<CpioEntry>, Error> {
     let mut out = Vec::new();
     walk(root, root, &mut out)?;
     Ok(out)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<CpioEntry>) -> Result<(), Error> {
+/// The mode a file gets when the recipe sets none: 0755 if any x bit is set, else 0644.
+fn normal_mode(meta: &std::fs::Metadata) -> u32 {
     use std::os::unix::fs::PermissionsExt;
+    if meta.permissions().mode() & 0o111 != 0 {
+        0o755
+    } else {
+        0o644
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<CpioEntry>) -> Result<(), Error> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, "reading the initrd tree", e))?
         .map(|r| r.map(|e| e.path()))
@@ -113,21 +243,22 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<CpioEntry>) -> Result<(), Error> 
             .to_str()
             .ok_or_else(|| Error::InvalidInput(format!("{} is not valid UTF-8", p.display())))?
             .to_owned();
-        let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         if ft.is_dir() {
             out.push(CpioEntry {
                 path: rel,
-                mode,
+                mode: 0o755,
                 kind: EntryKind::Dir,
             });
             walk(root, &p, out)?;
         } else if ft.is_file() {
-            let data = std::fs::read(&p).map_err(|e| Error::io(&p, "reading", e))?;
             out.push(CpioEntry {
                 path: rel,
-                mode,
-                kind: EntryKind::File(data),
+                mode: normal_mode(&meta),
+                kind: EntryKind::File(FileData::Path {
+                    path: p.clone(),
+                    size: meta.len(),
+                }),
             });
         } else if ft.is_symlink() {
             let t = std::fs::read_link(&p).map_err(|e| Error::io(&p, "reading the link", e))?;
@@ -149,15 +280,31 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<CpioEntry>) -> Result<(), Error> 
     Ok(())
 }
 
-/// Builds the initrd a spec describes: archives (each padded to 4 bytes), then the packed tree.
+/// Builds the initrd a spec describes, in memory. See [`write_initrd`].
 pub fn build_initrd(spec: &InitrdSpec, mtime: u32) -> Result<Vec<u8>, Error> {
-    use std::os::unix::fs::PermissionsExt;
     let mut out = Vec::new();
+    write_initrd(spec, mtime, &mut out, Path::new("(memory)"))?;
+    Ok(out)
+}
+
+/// Writes the initrd a spec describes to `w` (`out` names it in errors): archives (each padded
+/// to 4 bytes), then the packed tree, compressed as the spec says. Returns its length.
+pub fn write_initrd<W: Write>(
+    spec: &InitrdSpec,
+    mtime: u32,
+    w: W,
+    out: &Path,
+) -> Result<u64, Error> {
+    let werr = |e| Error::io(out, "writing", e);
+    let mut w = Counting { inner: w, count: 0 };
+    let mut buf = vec![0u8; COPY_BUFFER];
     for a in &spec.archives {
-        let data = std::fs::read(a).map_err(|e| Error::io(a, "reading the initrd archive", e))?;
-        out.extend_from_slice(&data);
-        out.resize(out.len().div_ceil(4) * 4, 0);
+        let (_, size) = imgctl_fsio::open_regular(a)?;
+        copy_exact(a, size, &mut w, out, &mut buf)?;
+        let pad = w.count.next_multiple_of(4) - w.count;
+        w.write_all(&[0; 4][..pad as usize]).map_err(werr)?;
     }
+    drop(buf);
     if spec.packs_tree() {
         let mut entries = match &spec.tree {
             Some(t) => collect_tree(t)?,
@@ -169,30 +316,35 @@ pub fn build_initrd(spec: &InitrdSpec, mtime: u32) -> Result<Vec<u8>, Error> {
             .collect();
         for f in &spec.files {
             check_placement(&tree, &f.dst)?;
-            let data = std::fs::read(&f.src).map_err(|e| Error::io(&f.src, "reading", e))?;
+            let (file, size) = imgctl_fsio::open_regular(&f.src)?;
             let mode = match f.mode {
                 Some(m) => m,
-                None => {
-                    std::fs::metadata(&f.src)
-                        .map_err(|e| Error::io(&f.src, "reading", e))?
-                        .permissions()
-                        .mode()
-                        & 0o7777
-                }
+                None => normal_mode(
+                    &file
+                        .metadata()
+                        .map_err(|e| Error::io(&f.src, "reading", e))?,
+                ),
             };
             entries.push(CpioEntry {
                 path: f.dst.trim_start_matches('/').to_owned(),
                 mode,
-                kind: EntryKind::File(data),
+                kind: EntryKind::File(FileData::Path {
+                    path: f.src.clone(),
+                    size,
+                }),
             });
         }
-        let cpio = encode_newc(&entries, mtime)?;
         match spec.compression {
-            Compression::None => out.extend_from_slice(&cpio),
-            Compression::Gzip => out.extend_from_slice(&gzip(&cpio)?),
+            Compression::None => write_newc(&entries, mtime, &mut w, out)?,
+            Compression::Gzip => {
+                let mut enc = gzip_writer(NoFlush(&mut w));
+                write_newc(&entries, mtime, &mut enc, out)?;
+                enc.finish().map_err(werr)?;
+            }
         }
     }
-    Ok(out)
+    w.flush().map_err(werr)?;
+    Ok(w.count)
 }
 
 /// Refuses a `files:` destination that the tree already holds, or that lies under a tree
@@ -218,14 +370,11 @@ fn check_placement(tree: &BTreeMap<String, bool>, dst: &str) -> Result<(), Error
 }
 
 /// gzip with no name and mtime 0, so the output depends on the input only.
-fn gzip(data: &[u8]) -> Result<Vec<u8>, Error> {
-    let mut enc = flate2::GzBuilder::new()
+fn gzip_writer<W: Write>(w: W) -> flate2::write::GzEncoder<W> {
+    flate2::GzBuilder::new()
         .mtime(0)
         .operating_system(3)
-        .write(Vec::new(), flate2::Compression::best());
-    enc.write_all(data)
-        .and_then(|_| enc.finish())
-        .map_err(|e| Error::InvalidInput(format!("compressing the initrd: {e}")))
+        .write(w, flate2::Compression::best())
 }
 
 #[cfg(test)]
@@ -236,7 +385,7 @@ mod tests {
         CpioEntry {
             path: p.into(),
             mode: 0o644,
-            kind: EntryKind::File(d.to_vec()),
+            kind: EntryKind::File(FileData::Bytes(d.to_vec())),
         }
     }
 
@@ -263,9 +412,73 @@ mod tests {
         assert_eq!(names.iter().map(|n| n.1).collect::<Vec<_>>(), [1, 2, 3, 4]);
     }
 
+    /// gzip of the whole archive at once, as the builder compressed before it streamed.
+    fn gzip_at_once(data: &[u8]) -> Vec<u8> {
+        let mut enc = gzip_writer(Vec::new());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
     #[test]
     fn gzip_is_deterministic() {
-        assert_eq!(gzip(b"abc").unwrap(), gzip(b"abc").unwrap());
-        assert_eq!(&gzip(b"abc").unwrap()[..2], &[0x1f, 0x8b]);
+        assert_eq!(gzip_at_once(b"abc"), gzip_at_once(b"abc"));
+        assert_eq!(&gzip_at_once(b"abc")[..2], &[0x1f, 0x8b]);
+    }
+
+    /// Streaming files from disk through the cpio writer into gzip gives the bytes that
+    /// compressing the archive built in memory gives: the flushes the cpio crate makes after
+    /// each member must not reach the compressor.
+    #[test]
+    fn streamed_initrd_equals_the_archive_built_in_memory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        let mut contents = Vec::new();
+        for (i, name) in ["a/b/one", "a/two", "three", "a/b/four"].iter().enumerate() {
+            // Compressible and larger than the copy buffer for some.
+            let data: Vec<u8> = (0..(i * 200_000 + 17))
+                .map(|j| (j % (7 + i)) as u8)
+                .collect();
+            std::fs::write(tree.join(name), &data).unwrap();
+            contents.push((name.to_string(), data));
+        }
+        let in_memory: Vec<CpioEntry> = contents.iter().map(|(n, d)| file(n, d)).collect();
+        let cpio = encode_newc(&in_memory, 7).unwrap();
+        for compression in [Compression::None, Compression::Gzip] {
+            let spec = InitrdSpec {
+                tree: Some(tree.clone()),
+                compression,
+                ..Default::default()
+            };
+            let streamed = build_initrd(&spec, 7).unwrap();
+            let want = match compression {
+                Compression::None => cpio.clone(),
+                Compression::Gzip => gzip_at_once(&cpio),
+            };
+            assert!(streamed == want, "{compression:?} differs");
+        }
+    }
+
+    #[test]
+    fn a_file_that_changes_size_while_being_packed_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("f");
+        std::fs::write(&p, b"12345").unwrap();
+        let entry = |size| CpioEntry {
+            path: "f".into(),
+            mode: 0o644,
+            kind: EntryKind::File(FileData::Path {
+                path: p.clone(),
+                size,
+            }),
+        };
+        assert!(encode_newc(&[entry(5)], 0).is_ok());
+        for size in [4, 6] {
+            let e = encode_newc(&[entry(size)], 0).unwrap_err().to_string();
+            assert!(
+                e.contains("changed while the initrd was being written"),
+                "{e}"
+            );
+        }
     }
 }

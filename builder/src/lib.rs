@@ -4,8 +4,9 @@
 //! manifest that lists every input and every UKI section with its digests in every bank.
 //!
 //! - [`recipe`]: the YAML schema, fully checked on load (paths resolved, files present).
-//! - [`initrd`]: deterministic cpio (newc) archives from file trees.
-//! - [`uki`]: PE assembly from a stub, as ukify places sections (pure).
+//! - [`initrd`]: deterministic cpio (newc) archives from file trees, streamed.
+//! - [`hashing`]: digests in every bank of what is written, in the one pass that writes it.
+//! - [`uki`]: PE assembly from a stub, as ukify places sections (pure; large sections streamed).
 //! - [`kernel`]: the kernel release string for `.uname`.
 //! - [`build`]: the build plan, from recipe to written artifacts.
 //! - [`output`]: atomic writes (temporary names, sync, rename, manifest last).
@@ -21,6 +22,7 @@
 //! ```
 
 pub mod build;
+pub mod hashing;
 pub mod initrd;
 pub mod kernel;
 pub mod output;

@@ -65,6 +65,23 @@ impl Stage {
         Ok(fin)
     }
 
+    /// Stages `name` with the content `write` streams into the writer (a build's large outputs,
+    /// never held in memory). Returns the final path and what `write` returned.
+    pub fn add_streamed<T>(
+        &mut self,
+        name: &str,
+        write: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> Result<T, Error>,
+    ) -> Result<(PathBuf, T), Error> {
+        let fin = self.dir.join(name);
+        let t = self.tx.add_streamed(&fin, write)?;
+        Ok((fin, t))
+    }
+
+    /// Where the staged `name` is until the commit, to read back what was written.
+    pub fn temporary(&self, name: &str) -> Option<PathBuf> {
+        self.tx.temporary(&self.dir.join(name)).map(Path::to_owned)
+    }
+
     /// Renames every file into place, in the order added, and syncs the folder; all or nothing.
     pub fn commit(mut self) -> Result<(), Error> {
         let tx = std::mem::take(&mut self.tx);

@@ -20,7 +20,14 @@
 //! raw data moves down; RVAs never change, so the loaded image is the same. This is allowed
 //! only while the headers stay below the first section's RVA.
 //!
-//! Pure: bytes in, bytes out.
+//! [`layout`] places everything and builds the headers and the stub's sections in memory; new
+//! sections may be given as bytes or as a length whose content the caller streams when
+//! [`Layout::write`] gets there (a 1 GiB initrd is never in memory). [`assemble`] does both in
+//! memory. Pure: bytes in, bytes out (any writer).
+
+use std::io::Write;
+use std::ops::Range;
+use std::path::Path;
 
 use imgctl_measure::pe::{
     coff, opt, PeFile, DIR_DEBUG, IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA,
@@ -40,6 +47,70 @@ pub struct NewSection {
     pub data: Vec<u8>,
 }
 
+/// A new section's content: bytes, or a length whose bytes the caller writes when the image is
+/// written ([`Layout::write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content<'a> {
+    Bytes(&'a [u8]),
+    Streamed(u64),
+}
+
+impl Content<'_> {
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Bytes(b) => b.len() as u64,
+            Content::Streamed(n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A section to add, by reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SectionInput<'a> {
+    /// At most 8 bytes, e.g. `.linux`.
+    pub name: &'a str,
+    pub content: Content<'a>,
+}
+
+/// Where a section's bytes in the image come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The stub's section with this index, unchanged: its memory image is the stub's.
+    Stub(usize),
+    /// The input with this index (appended, or replacing the stub's section of that name):
+    /// its memory image is exactly the input's content (`VirtualSize` = content length).
+    Input(usize),
+}
+
+/// One section of the assembled image, as its header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedSection {
+    pub name: String,
+    pub virtual_size: u32,
+    pub virtual_address: u32,
+    pub size_of_raw_data: u32,
+    pub pointer_to_raw_data: u32,
+    pub characteristics: u32,
+    pub origin: Origin,
+}
+
+/// A UKI laid out, not yet written: the headers and the stub's sections are in `head` (file
+/// offsets from 0), the new sections follow it back to back in file order.
+#[derive(Debug)]
+pub struct Layout<'a> {
+    head: Vec<u8>,
+    /// (input index, content, PointerToRawData, SizeOfRawData), in file order.
+    tail: Vec<(usize, Content<'a>, u64, u64)>,
+    sections: Vec<PlacedSection>,
+    size: u64,
+    size_of_headers: u64,
+    excluded: Vec<Range<usize>>,
+}
+
 fn round_up(v: u64, align: u64) -> u64 {
     v.div_ceil(align) * align
 }
@@ -48,7 +119,14 @@ fn err(msg: impl Into<String>) -> Error {
     Error::Stub(msg.into())
 }
 
-struct OutSection {
+/// A section's raw data while laying out: the stub's (or a replacement) in memory, or a new
+/// section's content, padded to its `SizeOfRawData`.
+enum Data<'a> {
+    Owned(Vec<u8>),
+    New(usize, Content<'a>),
+}
+
+struct OutSection<'a> {
     name: [u8; 8],
     virtual_size: u32,
     virtual_address: u32,
@@ -57,12 +135,11 @@ struct OutSection {
     /// The 16 bytes from PointerToRelocations to NumberOfLinenumbers, kept from the stub.
     reloc_fields: [u8; 12],
     characteristics: u32,
-    data: Vec<u8>,
-    /// One of the stub's sections (kept in its file order), not one we add.
-    from_stub: bool,
+    data: Data<'a>,
+    origin: Origin,
 }
 
-impl OutSection {
+impl OutSection<'_> {
     /// End of the section in memory. A zero VirtualSize means "the raw size" to loaders.
     fn virtual_end(&self) -> u64 {
         let size = if self.virtual_size == 0 {
@@ -71,6 +148,13 @@ impl OutSection {
             self.virtual_size
         };
         self.virtual_address as u64 + size as u64
+    }
+
+    fn data_len(&self) -> u64 {
+        match &self.data {
+            Data::Owned(v) => v.len() as u64,
+            Data::New(..) => self.size_of_raw_data as u64,
+        }
     }
 }
 
@@ -168,8 +252,26 @@ pub fn check_stub_identity(stub: &PeFile<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Builds a UKI: `stub` with `sections` added in the given order.
+/// Builds a UKI in memory: `stub` with `sections` added in the given order.
 pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, Error> {
+    let inputs: Vec<SectionInput<'_>> = sections
+        .iter()
+        .map(|s| SectionInput {
+            name: &s.name,
+            content: Content::Bytes(&s.data),
+        })
+        .collect();
+    let layout = layout(stub_bytes, &inputs)?;
+    let mut out = Vec::with_capacity(usize::try_from(layout.size()).unwrap_or(0));
+    layout.write(&mut out, Path::new("(memory)"), &mut |i, _| {
+        Err(Error::InvalidInput(format!("section {i} has no content")))
+    })?;
+    Ok(out)
+}
+
+/// Lays out a UKI: `stub` with `sections` added in the given order (see the module
+/// documentation). Nothing is written yet.
+pub fn layout<'a>(stub_bytes: &[u8], sections: &[SectionInput<'a>]) -> Result<Layout<'a>, Error> {
     let stub = PeFile::parse(stub_bytes).map_err(|e| err(format!("not a valid PE image: {e}")))?;
     check_stub(&stub)?;
     let falign = stub.file_alignment as u64;
@@ -185,8 +287,8 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
 
     // Everything the stub has that we keep: its sections' raw data. The symbol table and any
     // gap between sections are dropped.
-    let mut out_sections: Vec<OutSection> = Vec::new();
-    for s in &stub.sections {
+    let mut out_sections: Vec<OutSection<'a>> = Vec::new();
+    for (index, s) in stub.sections.iter().enumerate() {
         let mut name = [0u8; 8];
         let raw_hdr = &stub_bytes[s.header_offset..s.header_offset + SECTION_HEADER_SIZE];
         name.copy_from_slice(&raw_hdr[..8]);
@@ -200,8 +302,8 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
             pointer_to_raw_data: s.pointer_to_raw_data,
             reloc_fields,
             characteristics: s.characteristics,
-            data: stub.raw_data(s).to_vec(),
-            from_stub: true,
+            data: Data::Owned(stub.raw_data(s).to_vec()),
+            origin: Origin::Stub(index),
         });
     }
     let data_end = stub
@@ -232,8 +334,8 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
     // in existing section"): the stub's section goes and the new one is appended like any
     // other. Nothing refers to .sbat by address: shim and the stub find it by name.
     for new in sections.iter().filter(|n| n.name == ".sbat") {
-        if let Some((i, room)) = in_place_room(&out_sections, &new.name) {
-            if new.data.len() as u64 > room {
+        if let Some((i, room)) = in_place_room(&out_sections, new.name) {
+            if new.content.len() > room {
                 out_sections.remove(i);
             }
         }
@@ -242,9 +344,9 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
     // In-place replacements (sections the stub already has) and appended sections.
     let mut added_initialized = 0u64;
     let original_count = out_sections.len();
-    for new in sections {
-        if let Some((i, room)) = in_place_room(&out_sections[..original_count], &new.name) {
-            let len = new.data.len() as u64;
+    for (index, new) in sections.iter().enumerate() {
+        if let Some((i, room)) = in_place_room(&out_sections[..original_count], new.name) {
+            let len = new.content.len();
             if len > room {
                 return Err(err(format!(
                     "the stub's {} section has room for {room} bytes, not {len}",
@@ -252,10 +354,17 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
                 )));
             }
             let s = &mut out_sections[i];
-            let mut data = new.data.clone();
+            let Content::Bytes(bytes) = new.content else {
+                return Err(Error::InvalidInput(format!(
+                    "section {} replaces the stub's and must be given in memory",
+                    new.name
+                )));
+            };
+            let mut data = bytes.to_vec();
             data.resize(s.size_of_raw_data as usize, 0);
-            s.data = data;
+            s.data = Data::Owned(data);
             s.virtual_size = len as u32;
+            s.origin = Origin::Input(index);
             continue;
         }
         let end_va = out_sections
@@ -264,7 +373,7 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
             .max()
             .unwrap_or(0);
         let va = round_up(end_va, salign);
-        let vsize = new.data.len() as u64;
+        let vsize = new.content.len();
         let raw_size = round_up(vsize, falign);
         if va + raw_size > u32::MAX as u64 || vsize == 0 {
             return Err(Error::InvalidInput(format!(
@@ -280,8 +389,6 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
             } else {
                 IMAGE_SCN_CNT_INITIALIZED_DATA
             };
-        let mut data = new.data.clone();
-        data.resize(raw_size as usize, 0);
         out_sections.push(OutSection {
             name,
             virtual_size: vsize as u32,
@@ -290,8 +397,8 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
             pointer_to_raw_data: 0,
             reloc_fields: [0; 12],
             characteristics,
-            data,
-            from_stub: false,
+            data: Data::New(index, new.content),
+            origin: Origin::Input(index),
         });
         added_initialized += vsize;
     }
@@ -319,34 +426,44 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
     let mut order: Vec<usize> = (0..out_sections.len()).collect();
     order.sort_by_key(|&i| {
         let s = &out_sections[i];
-        (!s.from_stub, s.pointer_to_raw_data)
+        (i >= original_count, s.pointer_to_raw_data)
     });
     let mut cursor = size_of_headers;
+    let mut head_end = size_of_headers;
     let mut moves: Vec<(u32, u32, u32)> = Vec::new(); // (old ptr, old size, new ptr)
+    let mut tail = Vec::new();
     for &i in &order {
         let s = &mut out_sections[i];
-        if s.data.is_empty() {
+        if s.data_len() == 0 {
             s.pointer_to_raw_data = 0;
             continue;
         }
-        s.data
-            .resize(round_up(s.data.len() as u64, falign) as usize, 0);
+        if let Data::Owned(v) = &mut s.data {
+            v.resize(round_up(v.len() as u64, falign) as usize, 0);
+        }
         let new_ptr = round_up(cursor, falign);
-        if s.from_stub {
+        if i < original_count {
             moves.push((s.pointer_to_raw_data, s.size_of_raw_data, new_ptr as u32));
         }
         s.pointer_to_raw_data = new_ptr as u32;
-        s.size_of_raw_data = s.data.len() as u32;
-        cursor = new_ptr + s.data.len() as u64;
+        s.size_of_raw_data = s.data_len() as u32;
+        cursor = new_ptr + s.data_len();
+        match s.data {
+            Data::Owned(_) => head_end = cursor,
+            Data::New(input, content) => tail.push((input, content, new_ptr, s.data_len())),
+        }
     }
     if cursor > u32::MAX as u64 {
         return Err(Error::InvalidInput(
             "the UKI would be larger than 4 GiB".into(),
         ));
     }
+    if tail.first().is_some_and(|t| t.2 < head_end) {
+        return Err(err("a new section would precede the stub's sections"));
+    }
 
-    // Headers: copy the stub's, then patch.
-    let mut out = vec![0u8; cursor as usize];
+    // Headers and the stub's sections: copy the stub's headers, then patch.
+    let mut out = vec![0u8; head_end as usize];
     let keep = (stub.size_of_headers as usize)
         .min(table_start)
         .min(stub_bytes.len());
@@ -398,11 +515,119 @@ pub fn assemble(stub_bytes: &[u8], sections: &[NewSection]) -> Result<Vec<u8>, E
         put_u32(&mut out, h + 20, s.pointer_to_raw_data);
         out[h + 24..h + 36].copy_from_slice(&s.reloc_fields);
         put_u32(&mut out, h + 36, s.characteristics);
-        let p = s.pointer_to_raw_data as usize;
-        out[p..p + s.data.len()].copy_from_slice(&s.data);
+        if let Data::Owned(data) = &s.data {
+            let p = s.pointer_to_raw_data as usize;
+            out[p..p + data.len()].copy_from_slice(data);
+        }
     }
     relocate_debug_directory(&stub, &mut out, &moves)?;
-    Ok(out)
+    let excluded = imgctl_measure::authenticode::excluded_header_fields(&stub)
+        .map_err(|e| err(format!("not a valid PE image: {e}")))?;
+    let placed = out_sections
+        .iter()
+        .map(|s| PlacedSection {
+            name: section_name(&s.name).to_owned(),
+            virtual_size: s.virtual_size,
+            virtual_address: s.virtual_address,
+            size_of_raw_data: s.size_of_raw_data,
+            pointer_to_raw_data: s.pointer_to_raw_data,
+            characteristics: s.characteristics,
+            origin: s.origin,
+        })
+        .collect();
+    Ok(Layout {
+        head: out,
+        tail,
+        sections: placed,
+        size: cursor,
+        size_of_headers,
+        excluded,
+    })
+}
+
+impl Layout<'_> {
+    /// The section table of the image, in header order.
+    pub fn sections(&self) -> &[PlacedSection] {
+        &self.sections
+    }
+
+    /// The size of the image file.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The file ranges the Authenticode image hash leaves out. Everything else is hashed, in
+    /// file order: the layout has the section data back to back from `SizeOfHeaders` to the
+    /// end of the file, no certificate table and nothing after the last section, so the hash
+    /// is the file's bytes minus these ranges.
+    pub fn authenticode_excluded(&self) -> Vec<Range<u64>> {
+        self.excluded
+            .iter()
+            .map(|r| r.start as u64..r.end as u64)
+            .filter(|r| r.end <= self.size_of_headers)
+            .collect()
+    }
+
+    /// Writes the image to `w` (named `out` in errors). `stream(i, w)` is called for each
+    /// [`Content::Streamed`] input `i`, in file order, and must write exactly its length.
+    pub fn write<W: Write>(
+        &self,
+        w: &mut W,
+        out: &Path,
+        stream: &mut dyn FnMut(usize, &mut dyn Write) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        const ZEROS: [u8; 4096] = [0; 4096];
+        let werr = |e| Error::io(out, "writing", e);
+        let zeros = |w: &mut W, mut n: u64| -> Result<(), Error> {
+            while n > 0 {
+                let k = n.min(ZEROS.len() as u64) as usize;
+                w.write_all(&ZEROS[..k]).map_err(werr)?;
+                n -= k as u64;
+            }
+            Ok(())
+        };
+        w.write_all(&self.head).map_err(werr)?;
+        let mut at = self.head.len() as u64;
+        for &(input, content, ptr, raw) in &self.tail {
+            zeros(w, ptr - at)?;
+            match content {
+                Content::Bytes(b) => w.write_all(b).map_err(werr)?,
+                Content::Streamed(len) => {
+                    let mut counted = CountingWriter {
+                        inner: &mut *w,
+                        count: 0,
+                    };
+                    stream(input, &mut counted)?;
+                    if counted.count != len {
+                        return Err(Error::InvalidInput(format!(
+                            "section {input} of {}: {} bytes were written instead of {len}",
+                            out.display(),
+                            counted.count
+                        )));
+                    }
+                }
+            }
+            zeros(w, raw - content.len())?;
+            at = ptr + raw;
+        }
+        zeros(w, self.size - at)
+    }
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Where a section named `name` of the stub can take new content in place: its index and the

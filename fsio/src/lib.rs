@@ -562,6 +562,50 @@ impl Transaction {
         self.write_temporary(&tmp, path, 0o666, write)
     }
 
+    /// Stages a file for `path` whose content `write` streams into the given writer, and returns
+    /// what `write` returns. `write`'s own error passes through unchanged (so an error reading
+    /// an input can name that input); the temporary is removed with the transaction. The
+    /// staged bytes can be read back from [`Transaction::temporary`] until the commit.
+    pub fn add_streamed<T, E: From<Error>>(
+        &mut self,
+        path: &Path,
+        write: impl FnOnce(&mut std::io::BufWriter<&File>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let tmp = self.stage_path(path, Replace::Allowed)?;
+        let (mut done, mut failed) = (None, None);
+        let written = self.write_temporary(&tmp, path, 0o666, |w| match write(w) {
+            Ok(t) => {
+                done = Some(t);
+                Ok(())
+            }
+            Err(e) => {
+                // Stops before the flush and sync: the temporary is discarded anyway.
+                failed = Some(e);
+                Err(std::io::Error::other("abandoned"))
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        written?;
+        done.ok_or_else(|| {
+            Error::io(
+                path,
+                "writing",
+                std::io::Error::other("nothing was written"),
+            )
+            .into()
+        })
+    }
+
+    /// The temporary a staged `path` is written to, while the transaction is uncommitted.
+    pub fn temporary(&self, path: &Path) -> Option<&Path> {
+        self.pending
+            .iter()
+            .find(|s| s.fin == path)
+            .map(|s| s.tmp.as_path())
+    }
+
     fn write_temporary(
         &self,
         tmp: &Path,

@@ -9,9 +9,40 @@
 //! attribute certificate table. Note that `sbsign` pads the file to 8 bytes before appending
 //! the certificate table and that padding is hashed: emit images whose size is a multiple of 8.
 
+use std::ops::Range;
+
 use crate::bank::{Digest, HashAlg};
 use crate::pe::{PeFile, DIR_SECURITY};
 use crate::{Error, ParseError};
+
+/// The header fields Authenticode leaves out, as file ranges in ascending order: the 4-byte
+/// `CheckSum`, and the 8-byte Certificate Table directory entry when the image has that
+/// directory. Everything else up to `SizeOfHeaders` is hashed. A writer that streams a PE
+/// image (headers, then section data back to back, nothing after) hashes it by skipping these.
+pub fn excluded_header_fields(pe: &PeFile<'_>) -> Result<Vec<Range<usize>>, ParseError> {
+    let headers_end = pe.size_of_headers as usize;
+    let checksum = pe.checksum_offset();
+    if pe.data_directory(DIR_SECURITY).is_some() {
+        let cert_entry = pe.data_directories_offset + DIR_SECURITY * 8;
+        if !(checksum + 4 <= cert_entry && cert_entry + 8 <= headers_end) {
+            return Err(ParseError::new(
+                cert_entry,
+                "Certificate Table entry",
+                "lies outside the headers",
+            ));
+        }
+        Ok(vec![checksum..checksum + 4, cert_entry..cert_entry + 8])
+    } else {
+        if checksum + 4 > headers_end {
+            return Err(ParseError::new(
+                checksum,
+                "CheckSum",
+                "lies outside the headers",
+            ));
+        }
+        Ok(std::iter::once(checksum..checksum + 4).collect())
+    }
+}
 
 /// The byte ranges Authenticode hashes, in order.
 pub fn hashed_regions<'a>(pe: &PeFile<'a>) -> Result<Vec<&'a [u8]>, ParseError> {
@@ -27,32 +58,14 @@ pub fn hashed_regions<'a>(pe: &PeFile<'a>) -> Result<Vec<&'a [u8]>, ParseError> 
             ),
         ));
     }
-    let checksum = pe.checksum_offset();
-    let mut regions: Vec<&'a [u8]> = Vec::new();
     let cert_dir = pe.data_directory(DIR_SECURITY);
-    if cert_dir.is_some() {
-        let cert_entry = pe.data_directories_offset + DIR_SECURITY * 8;
-        if !(checksum + 4 <= cert_entry && cert_entry + 8 <= headers_end) {
-            return Err(ParseError::new(
-                cert_entry,
-                "Certificate Table entry",
-                "lies outside the headers",
-            ));
-        }
-        regions.push(&data[..checksum]);
-        regions.push(&data[checksum + 4..cert_entry]);
-        regions.push(&data[cert_entry + 8..headers_end]);
-    } else {
-        if checksum + 4 > headers_end {
-            return Err(ParseError::new(
-                checksum,
-                "CheckSum",
-                "lies outside the headers",
-            ));
-        }
-        regions.push(&data[..checksum]);
-        regions.push(&data[checksum + 4..headers_end]);
+    let mut regions: Vec<&'a [u8]> = Vec::new();
+    let mut at = 0;
+    for skip in excluded_header_fields(pe)? {
+        regions.push(&data[at..skip.start]);
+        at = skip.end;
     }
+    regions.push(&data[at..headers_end]);
 
     let mut sections: Vec<_> = pe
         .sections

@@ -95,19 +95,38 @@ pub fn pcr11_event_data<'a>(
     semantics: StubSemantics,
     sections: &[MeasuredSection<'a>],
 ) -> Result<Vec<SectionMeasurement<'a>>, Error> {
+    Ok(
+        measured_in_order(semantics, sections, |s| s.name, |s| s.data.is_empty())?
+            .into_iter()
+            .map(|(name, s)| {
+                let (buf, n) = name_bytes(name);
+                (name, buf[..n].to_vec(), s.data)
+            })
+            .collect(),
+    )
+}
+
+/// The sections the stub measures, in its order, each with its canonical name: the one rule
+/// (known names, non-empty, no name twice) behind [`pcr11_event_data`] and
+/// [`predict_from_section_digests`].
+fn measured_in_order<T>(
+    semantics: StubSemantics,
+    sections: &[T],
+    name_of: impl Fn(&T) -> &str,
+    is_empty: impl Fn(&T) -> bool,
+) -> Result<Vec<(&'static str, &T)>, Error> {
     let mut events = Vec::new();
     for name in semantics.measured_sections() {
         let mut found = sections
             .iter()
-            .filter(|s| s.name == name && !s.data.is_empty());
+            .filter(|s| name_of(s) == name && !is_empty(s));
         if let Some(s) = found.next() {
             if found.next().is_some() {
                 return Err(Error::InvalidInput(format!(
                     "section {name} appears more than once; the stub measures only one"
                 )));
             }
-            let (buf, n) = name_bytes(name);
-            events.push((name, buf[..n].to_vec(), s.data));
+            events.push((name, s));
         }
     }
     Ok(events)
@@ -241,23 +260,32 @@ pub fn predict_from_digests(
     banks: &[HashAlg],
     phases: &[PhasePath],
 ) -> Result<Prediction, Error> {
-    let measured: Vec<MeasuredSection<'_>> = sections
+    let known: Vec<(&str, u64, &[Digest])> = sections
         .iter()
-        .map(|(name, data, _)| MeasuredSection { name, data })
+        .map(|(name, data, digests)| (*name, data.len() as u64, *digests))
         .collect();
-    let events = pcr11_event_data(semantics, &measured)?;
+    predict_from_section_digests(semantics, &known, banks, phases)
+}
+
+/// Predicts PCR 11 from sections known only by name, content length (the `VirtualSize` bytes
+/// the stub measures) and content digests in the order of `banks`: for a builder that streams
+/// large sections to disk and hashes them on the way, never holding them in memory.
+pub fn predict_from_section_digests(
+    semantics: StubSemantics,
+    sections: &[(&str, u64, &[Digest])],
+    banks: &[HashAlg],
+    phases: &[PhasePath],
+) -> Result<Prediction, Error> {
+    let events = measured_in_order(semantics, sections, |s| s.0, |s| s.1 == 0)?;
     let mut out = Vec::with_capacity(banks.len());
     for (i, bank) in banks.iter().enumerate() {
         let mut pcr = Pcr::reset(*bank)?;
-        for (name, name_bytes, data) in &events {
-            pcr.extend_data(name_bytes);
-            let content = sections
-                .iter()
-                .find(|(n, d, _)| n == name && std::ptr::eq(*d, *data))
-                .and_then(|(_, _, digests)| digests.get(i))
-                .ok_or_else(|| {
-                    Error::InvalidInput(format!("no {bank} digest for section {name}"))
-                })?;
+        for (name, (_, _, digests)) in &events {
+            let (buf, n) = name_bytes(name);
+            pcr.extend_data(&buf[..n]);
+            let content = digests.get(i).ok_or_else(|| {
+                Error::InvalidInput(format!("no {bank} digest for section {name}"))
+            })?;
             pcr.extend(content);
         }
         let mut values = Vec::with_capacity(phases.len());

@@ -116,37 +116,14 @@ impl<'a> Uki<'a> {
     /// The sections the stub sees when booting `profile` (0 when the UKI has no profiles):
     /// the base sections, overridden by the selected profile's. Each with its in-memory bytes.
     pub fn sections_for_profile(&self, profile: u32) -> Result<Vec<SectionData<'a>>, Error> {
-        let mut base: Vec<SectionData<'a>> = Vec::new();
-        let mut profiles: Vec<Vec<SectionData<'a>>> = Vec::new();
-        for s in &self.pe.sections {
-            if s.name == ".profile" {
-                profiles.push(Vec::new());
-            }
-            let entry = (s.name.clone(), self.pe.memory_data(s)?);
-            match profiles.last_mut() {
-                Some(p) => p.push(entry),
-                None => base.push(entry),
-            }
-        }
-        if profiles.is_empty() {
-            if profile != 0 {
-                return Err(Error::InvalidInput(format!(
-                    "profile {profile} requested but the UKI has no .profile sections"
-                )));
-            }
-            return Ok(base);
-        }
-        let Some(selected) = profiles.into_iter().nth(profile as usize) else {
-            return Err(Error::InvalidInput(format!(
-                "profile {profile} requested but the UKI has only {} profiles",
-                self.profile_count()
-            )));
-        };
-        for (name, data) in selected {
-            base.retain(|(n, _)| *n != name);
-            base.push((name, data));
-        }
-        Ok(base)
+        let names: Vec<&str> = self.pe.sections.iter().map(|s| s.name.as_str()).collect();
+        profile_sections(&names, profile)?
+            .into_iter()
+            .map(|i| {
+                let s = &self.pe.sections[i];
+                Ok((s.name.clone(), self.pe.memory_data(s)?))
+            })
+            .collect()
     }
 }
 
@@ -218,6 +195,43 @@ pub fn select_dtbauto<'a>(
         })
         .cloned()
         .collect()
+}
+
+/// Which of a UKI's sections (given by name, in section-table order) the stub sees when booting
+/// `profile`, as indices in the order [`Uki::sections_for_profile`] returns them: the sections
+/// before the first `.profile`, each overridden by a section of the same name in the selected
+/// profile (a `.profile` section and those after it, up to the next `.profile`).
+pub fn profile_sections(names: &[&str], profile: u32) -> Result<Vec<usize>, Error> {
+    let mut base: Vec<usize> = Vec::new();
+    let mut profiles: Vec<Vec<usize>> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if *name == ".profile" {
+            profiles.push(Vec::new());
+        }
+        match profiles.last_mut() {
+            Some(p) => p.push(i),
+            None => base.push(i),
+        }
+    }
+    if profiles.is_empty() {
+        if profile != 0 {
+            return Err(Error::InvalidInput(format!(
+                "profile {profile} requested but the UKI has no .profile sections"
+            )));
+        }
+        return Ok(base);
+    }
+    let count = profiles.len();
+    let Some(selected) = profiles.into_iter().nth(profile as usize) else {
+        return Err(Error::InvalidInput(format!(
+            "profile {profile} requested but the UKI has only {count} profiles"
+        )));
+    };
+    for i in selected {
+        base.retain(|&b| names[b] != names[i]);
+        base.push(i);
+    }
+    Ok(base)
 }
 
 /// Borrows owned section contents as [`MeasuredSection`]s.
