@@ -114,3 +114,46 @@ pub fn measured_sections<'a>(
         .with_context(|| input.display().to_string())?;
     Ok((uki, semantics, sections))
 }
+
+/// Which `.dtbauto` the machine makes a 257+ stub select (`--dtb-match`, `--no-dtb`); neither:
+/// every case.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DtbArgs {
+    /// The machine's devicetree compatible (the first string of its firmware devicetree's root
+    /// `compatible`, or the one the UKI's .hwids entry for it names): use the `.dtbauto` the
+    /// stub selects for it (systemd 257+). Default: every `.dtbauto` the stub may select, and none.
+    #[arg(long, value_name = "COMPATIBLE", conflicts_with = "no_dtb")]
+    dtb_match: Option<String>,
+    /// The machine selects no `.dtbauto` (e.g. x86 without a devicetree).
+    #[arg(long)]
+    no_dtb: bool,
+}
+
+impl DtbArgs {
+    pub fn choice(&self) -> Option<imgctl_measure::uki::DtbChoice> {
+        use imgctl_measure::uki::DtbChoice;
+        match (&self.dtb_match, self.no_dtb) {
+            (Some(c), _) => Some(DtbChoice::Compatible(c.clone())),
+            (None, true) => Some(DtbChoice::None),
+            (None, false) => None,
+        }
+    }
+
+    /// Warns when `--dtb-match` names a compatible no `.dtbauto` of `input` has.
+    pub fn warn_unmatched(
+        &self,
+        input: &Path,
+        semantics: imgctl_measure::StubSemantics,
+        sections: &[imgctl_measure::uki::SectionData<'_>],
+    ) {
+        if let (Some(c), true) = (&self.dtb_match, semantics.knows(".dtbauto")) {
+            let (candidates, _) = imgctl_measure::uki::dtbauto_candidates(sections);
+            if !candidates.iter().any(|d| d.compatible == *c) {
+                eprintln!(
+                    "imgctl: warning: no .dtbauto of {} is {c:?}: none is selected",
+                    input.display()
+                );
+            }
+        }
+    }
+}

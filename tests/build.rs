@@ -201,7 +201,7 @@ fn initrd_modes_do_not_depend_on_the_umask() {
     for umask in ["022", "002", "077"] {
         let dir = top.path().join(format!("umask-{umask}"));
         std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("vmlinuz"), b"not a kernel, just bytes").unwrap();
+        std::fs::write(dir.join("vmlinuz"), common::fake_kernel(4096)).unwrap();
         // A checkout as git makes it: the umask decides the folder and file modes.
         run_ok(
             Command::new("sh")

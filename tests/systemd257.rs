@@ -457,6 +457,80 @@ fn dtbauto_predictions_follow_the_stubs_selection_and_systemd_measure_257() {
     );
     // 256 does not know .dtbauto: one prediction, the sections it measures.
     assert_eq!(predict(&["--stub-semantics", "256"]), none);
+
+    // sign-pcrs signs every case (systemd picks the entry whose policy the TPM matches), each
+    // equal to systemd-measure sign 257 for that case (RSA PKCS#1 v1.5 is deterministic).
+    let (key, public) = common::genkey(dir.path(), "rsa", common::RSA);
+    let measure_sign = |extra: Option<&[u8]>| -> serde_json::Value {
+        let mut sd = Command::new("chroot");
+        sd.arg(&root)
+            .arg("/usr/lib/systemd/systemd-measure")
+            .arg("sign")
+            .arg("--json=short")
+            .arg(format!(
+                "--private-key={}",
+                inside.join("rsa.pem").display()
+            ))
+            .arg(format!(
+                "--public-key={}",
+                inside.join("rsa.pub.pem").display()
+            ));
+        for (section, data) in sections_of(&bytes) {
+            let Some((_, opt)) = SECTIONS.iter().find(|(n, _)| *n == section) else {
+                continue;
+            };
+            let file = format!("s{}", section.trim_start_matches('.'));
+            std::fs::write(dir.path().join(&file), &data).unwrap();
+            sd.arg(format!("{opt}={}", inside.join(&file).display()));
+        }
+        if let Some(blob) = extra {
+            std::fs::write(dir.path().join("selected.dtb"), blob).unwrap();
+            sd.arg(format!("--hwids={}", inside.join("selected.dtb").display()));
+        }
+        serde_json::from_slice(&run_ok(&mut sd)).unwrap()
+    };
+    let sign = |extra: &[&str]| -> serde_json::Value {
+        serde_json::from_slice(&run_ok(
+            imgctl()
+                .arg("sign-pcrs")
+                .arg(&uki)
+                .arg("--private-key")
+                .arg(&key)
+                .arg("--public-key")
+                .arg(&public)
+                .args(extra),
+        ))
+        .unwrap()
+    };
+    let (s_none, s_a, s_b) = (
+        measure_sign(None),
+        measure_sign(Some(&a)),
+        measure_sign(Some(&b)),
+    );
+    assert_eq!(sign(&["--no-dtb"]), s_none);
+    assert_eq!(sign(&["--dtb-match", "imgctl,board-b"]), s_b);
+    let all = sign(&[]);
+    for (bank, entries) in all.as_object().unwrap() {
+        let mut want = Vec::new();
+        for doc in [&s_none, &s_a, &s_b] {
+            want.extend(doc[bank].as_array().unwrap().iter().cloned());
+        }
+        assert_eq!(entries.as_array().unwrap(), &want, "{bank}");
+    }
+    // Embedding keeps every measured section (the check is on the loaded bytes).
+    run_ok(
+        imgctl()
+            .arg("sign-pcrs")
+            .arg(&uki)
+            .arg("--private-key")
+            .arg(&key)
+            .arg("--embed")
+            .arg(dir.path().join("signed.efi"))
+            .arg("-o")
+            .arg(dir.path().join("signed.pcrsig")),
+    );
+    let signed = std::fs::read(dir.path().join("signed.efi")).unwrap();
+    assert_eq!(systemd_measure(&root, &signed, PHASES), none);
 }
 
 /// A distribution's SBAT: the UKI line and three vendor lines, as a distribution and a vendor

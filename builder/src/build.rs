@@ -763,33 +763,11 @@ fn to_json_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// PCR 11 of a UKI's `profile` in `banks` and `phases` (semantics detected when `None`).
-fn predict_uki(
-    bytes: &[u8],
-    semantics: Option<StubSemantics>,
-    profile: u32,
-    banks: &[HashAlg],
-    phases: &[PhasePath],
-) -> Result<Prediction, Error> {
-    let uki = Uki::parse(bytes).map_err(imgctl_measure::Error::from)?;
-    let semantics = semantics.unwrap_or_else(|| uki.identity().semantics());
-    let sections = uki.sections_for_profile(profile)?;
-    let measured = imgctl_measure::uki::as_measured(&sections);
-    Ok(imgctl_measure::predict_pcr11(
-        semantics, &measured, banks, phases,
-    )?)
-}
-
 /// The UKI with `.pcrsig` = `json` + NUL (as ukify embeds it) appended as its last section.
-/// Refuses a UKI that already has one, and checks that PCR 11 is still `signed`: `.pcrsig` is
-/// never measured, so the signature stays valid for the result.
-pub fn append_pcrsig(
-    uki: &[u8],
-    json: &str,
-    semantics: Option<StubSemantics>,
-    profile: u32,
-    signed: &Prediction,
-) -> Result<Vec<u8>, Error> {
+/// Refuses a UKI that already has one, and checks that every other section, name and loaded
+/// bytes, is unchanged: `.pcrsig` is never measured, so whatever PCR 11 was signed (any profile,
+/// any `.dtbauto` selection, any stub version) stays valid for the result.
+pub fn append_pcrsig(uki: &[u8], json: &str) -> Result<Vec<u8>, Error> {
     let before = Uki::parse(uki).map_err(imgctl_measure::Error::from)?;
     if before.pe.section(".pcrsig").is_some() {
         return Err(Error::InvalidInput(
@@ -805,15 +783,18 @@ pub fn append_pcrsig(
             data,
         }],
     )?;
-    let banks: Vec<HashAlg> = signed.banks.iter().map(|(b, _)| *b).collect();
-    let phases: Vec<PhasePath> = signed
-        .banks
-        .first()
-        .map(|(_, v)| v.iter().map(|(p, _)| p.clone()).collect())
-        .unwrap_or_default();
-    if predict_uki(&out, semantics, profile, &banks, &phases)? != *signed {
+    let after = Uki::parse(&out).map_err(imgctl_measure::Error::from)?;
+    let loaded = |u: &Uki<'_>| -> Result<Vec<(String, Vec<u8>)>, Error> {
+        u.pe.sections
+            .iter()
+            .filter(|s| s.name != ".pcrsig")
+            .map(|s| Ok((s.name.clone(), u.pe.memory_data(s)?.into_owned())))
+            .collect::<Result<_, imgctl_measure::ParseError>>()
+            .map_err(|e| Error::from(imgctl_measure::Error::from(e)))
+    };
+    if loaded(&before)? != loaded(&after)? {
         return Err(Error::InvalidInput(
-            "adding .pcrsig changed PCR 11; refusing to write".into(),
+            "adding .pcrsig changed the measured sections; refusing to write".into(),
         ));
     }
     Ok(out)

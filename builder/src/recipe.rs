@@ -193,7 +193,8 @@ pub struct ExtraFile {
     pub src: PathBuf,
     /// Absolute path inside the initrd, normalised (no `.`/`..`, no trailing slash).
     pub dst: String,
-    /// Permission bits; default: the source file's.
+    /// Permission bits; default: normalised like the tree's (0755 when the source has any x bit,
+    /// else 0644), so the checkout's umask does not change the initrd.
     pub mode: Option<u32>,
 }
 

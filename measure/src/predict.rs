@@ -205,21 +205,29 @@ pub fn predict_pcr11(
     predict_from_digests(semantics, &with_digests, banks, phases)
 }
 
-/// One prediction per `.dtbauto` the stub may select, and one for "none selected" first
-/// (see [`crate::uki::DtbChoice`]); a single "none" row when the stub does not select
-/// `.dtbauto` sections (before 257) or the UKI has none.
+/// PCR 11 on a machine that makes `choice` of the UKI's `.dtbauto` sections
+/// ([`crate::uki::DtbChoice`]); with `None` (the machine is not known), one prediction per
+/// `.dtbauto` the stub may select and one for "none selected" first. Before 257 (no `.dtbauto`
+/// selection) and for UKIs without `.dtbauto`, one row.
 pub fn predict_pcr11_per_dtb(
     semantics: StubSemantics,
     sections: &[crate::uki::SectionData<'_>],
     banks: &[HashAlg],
     phases: &[PhasePath],
+    choice: Option<&crate::uki::DtbChoice>,
 ) -> Result<Vec<(Option<crate::uki::DtbCandidate>, Prediction)>, Error> {
     use crate::uki::{as_measured, dtbauto_candidates, select_dtbauto, DtbChoice};
-    let mut choices = vec![(None, DtbChoice::None)];
-    if semantics.knows(".dtbauto") {
-        for c in dtbauto_candidates(sections).0 {
-            let choice = DtbChoice::Compatible(c.compatible.clone());
-            choices.push((Some(c), choice));
+    let mut choices = Vec::new();
+    match choice {
+        Some(c) => choices.push((None, c.clone())),
+        None => {
+            choices.push((None, DtbChoice::None));
+            if semantics.knows(".dtbauto") {
+                for c in dtbauto_candidates(sections).0 {
+                    let choice = DtbChoice::Compatible(c.compatible.clone());
+                    choices.push((Some(c), choice));
+                }
+            }
         }
     }
     choices

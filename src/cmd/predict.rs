@@ -5,13 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use imgctl_measure::predict::predict_pcr11_per_dtb;
-use imgctl_measure::uki::{
-    as_measured, dtbauto_candidates, select_dtbauto, DtbCandidate, DtbChoice,
-};
-use imgctl_measure::{predict_pcr11, HashAlg, PhasePath};
+use imgctl_measure::uki::DtbCandidate;
+use imgctl_measure::{HashAlg, PhasePath};
 
 use crate::output::outln;
-use crate::uki_input::{load_uki, SemanticsArg};
+use crate::uki_input::{load_uki, DtbArgs, SemanticsArg};
 
 /// Predict the PCR 11 values a machine shows when it boots a UKI with systemd-stub: right
 /// after the stub (the empty boot path ":") and after each systemd-pcrphase step.
@@ -40,14 +38,8 @@ pub struct Args {
     /// systemd version of the stub (252, 254, 256, 257, 258; `systemd-257` also).
     #[arg(long, default_value = "auto", value_name = "VERSION")]
     stub_semantics: SemanticsArg,
-    /// The machine's devicetree compatible (the first string of its firmware devicetree's root
-    /// `compatible`, or the one the UKI's .hwids entry for it names): predict for the `.dtbauto`
-    /// the stub selects for it (systemd 257+).
-    #[arg(long, value_name = "COMPATIBLE", conflicts_with = "no_dtb")]
-    dtb_match: Option<String>,
-    /// Predict for a machine that selects no `.dtbauto` (e.g. x86 without a devicetree).
-    #[arg(long)]
-    no_dtb: bool,
+    #[command(flatten)]
+    dtb: DtbArgs,
     /// Print JSON (systemd-measure's shape) instead of text.
     #[arg(long)]
     json: bool,
@@ -71,32 +63,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let phases = crate::uki_input::phase_paths(&args.phases, PhasePath::defaults())?;
     // Which .dtbauto the stub selects depends on the machine: one prediction per candidate
     // (and "none") unless the machine is named.
-    let choice = match (&args.dtb_match, args.no_dtb) {
-        (Some(c), _) => Some(DtbChoice::Compatible(c.clone())),
-        (None, true) => Some(DtbChoice::None),
-        (None, false) => None,
-    };
-    let rows = crate::output::with_spinner("hashing sections", || match &choice {
-        Some(choice) => {
-            let selected = select_dtbauto(&sections, choice);
-            predict_pcr11(semantics, &as_measured(&selected), &banks, &phases)
-                .map(|p| vec![(None, p)])
-        }
-        None => predict_pcr11_per_dtb(semantics, &sections, &banks, &phases),
+    let rows = crate::output::with_spinner("hashing sections", || {
+        predict_pcr11_per_dtb(
+            semantics,
+            &sections,
+            &banks,
+            &phases,
+            args.dtb.choice().as_ref(),
+        )
     })
     .with_context(|| args.input.display().to_string())?;
-    if let (Some(DtbChoice::Compatible(c)), true) = (&choice, semantics.knows(".dtbauto")) {
-        if !dtbauto_candidates(&sections)
-            .0
-            .iter()
-            .any(|d| d.compatible == *c)
-        {
-            eprintln!(
-                "imgctl: warning: no .dtbauto of {} is {c:?}: predicting with none selected",
-                args.input.display()
-            );
-        }
-    }
+    args.dtb.warn_unmatched(&args.input, semantics, &sections);
     let label = |c: &Option<DtbCandidate>| match c {
         None => "none selected".to_owned(),
         Some(c) => format!(".dtbauto #{} ({})", c.index, c.compatible),

@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use imgctl_measure::keys::{SigningKey, VerifyingKey};
 use imgctl_measure::pcr11::DEFAULT_PHASE_PATHS;
-use imgctl_measure::uki::as_measured;
-use imgctl_measure::{pcrsig, predict_pcr11, HashAlg, PhasePath};
+use imgctl_measure::predict::predict_pcr11_per_dtb;
+use imgctl_measure::{pcrsig, HashAlg, PhasePath};
 
 use crate::output::out;
-use crate::uki_input::{load_uki, SemanticsArg};
+use crate::uki_input::{load_uki, DtbArgs, SemanticsArg};
 
 /// Sign the PCR 11 values a UKI will produce, per bank and boot phase: the `.pcrsig` JSON that
 /// `systemd-measure sign` writes and ukify embeds, computed in software (no TPM needed).
@@ -42,6 +42,8 @@ pub struct Args {
     /// systemd version of the stub (252, 254, 256, 257, 258; `systemd-257` also).
     #[arg(long, default_value = "auto", value_name = "VERSION")]
     stub_semantics: SemanticsArg,
+    #[command(flatten)]
+    dtb: DtbArgs,
     /// Write the JSON here (atomically) instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -106,30 +108,38 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|p| p.parse())
         .collect::<Result<Vec<PhasePath>, _>>()?;
     let phases = crate::uki_input::phase_paths(&args.phases, defaults)?;
-    let prediction = crate::output::with_spinner("hashing sections", || {
-        predict_pcr11(semantics, &as_measured(&sections), &banks, &phases)
+    // A UKI with .dtbauto sections measures differently per machine: unless the machine is
+    // named, every case is signed (systemd picks the entry whose policy matches the TPM).
+    let rows = crate::output::with_spinner("hashing sections", || {
+        predict_pcr11_per_dtb(
+            semantics,
+            &sections,
+            &banks,
+            &phases,
+            args.dtb.choice().as_ref(),
+        )
     })
     .with_context(|| args.input.display().to_string())?;
-    let doc = pcrsig::sign(&key, public.as_ref(), &prediction).with_context(|| {
-        format!(
-            "signing with {}{}",
-            args.private_key.display(),
-            args.public_key
-                .as_ref()
-                .map(|p| format!(" / {}", p.display()))
-                .unwrap_or_default()
-        )
-    })?;
+    args.dtb.warn_unmatched(&args.input, semantics, &sections);
+    let mut doc = pcrsig::PcrSignature::default();
+    for (_, prediction) in &rows {
+        doc.append(
+            pcrsig::sign(&key, public.as_ref(), prediction).with_context(|| {
+                format!(
+                    "signing with {}{}",
+                    args.private_key.display(),
+                    args.public_key
+                        .as_ref()
+                        .map(|p| format!(" / {}", p.display()))
+                        .unwrap_or_default()
+                )
+            })?,
+        );
+    }
     let mut text = doc.to_json();
     if let Some(path) = &args.embed {
-        let signed = imgctl_builder::build::append_pcrsig(
-            &data,
-            &text,
-            Some(semantics),
-            args.profile,
-            &prediction,
-        )
-        .with_context(|| format!("embedding .pcrsig into {}", args.input.display()))?;
+        let signed = imgctl_builder::build::append_pcrsig(&data, &text)
+            .with_context(|| format!("embedding .pcrsig into {}", args.input.display()))?;
         if uki.pe.section(".pcrpkey").is_none() {
             eprintln!(
                 "imgctl: warning: {} has no .pcrpkey section; systemd needs the public key \
