@@ -9,4 +9,6 @@ scripts/setup.sh
 export IMGCTL_SHARED=${IMGCTL_SHARED:-$(cd .. && pwd)/shared}
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The fuzz targets (outside the workspace, run by scripts/fuzz.sh on nightly) must keep compiling.
+cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
 cargo test --workspace
