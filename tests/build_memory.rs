@@ -67,7 +67,7 @@ fn a_200_mib_initrd_tree_builds_in_bounded_memory() {
         }
     }
     assert!(total > 190 * MIB, "the tree is {total} bytes");
-    std::fs::write(p.join("vmlinuz"), b"not a kernel").unwrap();
+    std::fs::write(p.join("vmlinuz"), common::fake_kernel(4096)).unwrap();
     std::fs::write(
         p.join("recipe.yaml"),
         "name: big\nversion: 1\nos-release:\n  ID: big\nkernel: vmlinuz\nuname: 6.1.0-test\n\

@@ -748,3 +748,93 @@ fn a_distribution_sbat_that_does_not_fit_the_stub_gets_its_own_section() {
         systemd_measure(&root, &ours_bytes, PHASES)
     );
 }
+
+/// A recipe with two `dtbauto:` blobs on the 257 stub: the UKI carries both `.dtbauto`
+/// sections, pcrs.json holds the none-selected case (what systemd-measure 257 gives without a
+/// blob), the embedded `.pcrsig` signs all three cases, and a blob no machine could select (a
+/// second one with the same compatible) is refused.
+#[test]
+fn a_recipe_with_dtbauto_builds_and_signs_every_case() {
+    let Some(root) = chroot() else { return };
+    let kernel = common::repo_root().join(".cache/demo/vmlinuz");
+    if !kernel.exists() {
+        common::missing("the demo kernel .cache/demo/vmlinuz (run scripts/setup.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
+    let d = dir.path();
+    let a = dtb(d, "a", &["imgctl,board-a"]);
+    if a.is_empty() {
+        return;
+    }
+    dtb(d, "b", &["imgctl,board-b"]);
+    dtb(d, "a2", &["imgctl,board-a"]);
+    let (key, _) = common::genkey(d, "rsa", common::RSA);
+    let recipe = |blobs: &str| {
+        let r = d.join("r.yaml");
+        std::fs::write(
+            &r,
+            format!(
+                "name: dt\nversion: \"1\"\nos-release:\n  ID: dt\nkernel: {}\ncmdline: console=ttyS0\n\
+                 stub: {}\ndtbauto: [{blobs}]\n",
+                kernel.display(),
+                root.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub").display()
+            ),
+        )
+        .unwrap();
+        r
+    };
+    run_ok(
+        imgctl()
+            .arg("build")
+            .arg(recipe("a.dtb, b.dtb"))
+            .arg("-o")
+            .arg(d.join("out"))
+            .arg("--pcr-private-key")
+            .arg(&key),
+    );
+    let bytes = std::fs::read(d.join("out/dt.efi")).unwrap();
+    let names: Vec<String> = sections_of(&bytes).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names.iter().filter(|n| *n == ".dtbauto").count(),
+        2,
+        "{names:?}"
+    );
+    let pcrs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("out/pcrs.json")).unwrap()).unwrap();
+    // systemd-measure's four default paths (what .pcrsig signs); pcrs.json also has ":".
+    let defaults = &PHASES[1..];
+    let mut phased = pcrs.clone();
+    for list in phased.as_object_mut().unwrap().values_mut() {
+        list.as_array_mut()
+            .unwrap()
+            .retain(|e| e.get("phase").is_some());
+    }
+    assert_eq!(
+        phased,
+        systemd_measure(&root, &bytes, defaults),
+        "pcrs.json: none selected"
+    );
+    let (_, sig) = sections_of(&bytes)
+        .into_iter()
+        .find(|(n, _)| n == ".pcrsig")
+        .unwrap();
+    let end = sig.iter().position(|&b| b == 0).unwrap_or(sig.len());
+    let doc: serde_json::Value = serde_json::from_slice(&sig[..end]).unwrap();
+    assert_eq!(
+        doc["sha256"].as_array().unwrap().len(),
+        3 * defaults.len(),
+        "none, board-a and board-b, each for every phase path"
+    );
+    let o = imgctl()
+        .arg("build")
+        .arg(recipe("a.dtb, a2.dtb"))
+        .arg("-o")
+        .arg(d.join("out2"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("a2.dtb") && e.contains("never select"), "{e}");
+    assert!(!d.join("out2/dt.efi").exists());
+}

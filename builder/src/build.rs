@@ -223,6 +223,34 @@ fn prepare(
             read(p, "reading the devicetree")?,
         );
     }
+    // ukify 257: each .dtbauto after .dtb, in the recipe's order. A blob the stub cannot read
+    // would never be selected: refused.
+    let mut compatibles: Vec<String> = Vec::new();
+    for p in &recipe.dtbauto {
+        let blob = read(p, "reading the devicetree")?;
+        match imgctl_measure::dtb::root_compatible(&blob) {
+            Ok(Some(c)) if compatibles.contains(&c) => {
+                return Err(Error::InvalidInput(format!(
+                    "dtbauto {}: an earlier dtbauto is also {c:?}; the stub would never select this one",
+                    p.display()
+                )))
+            }
+            Ok(Some(c)) => compatibles.push(c),
+            Ok(None) => {
+                return Err(Error::InvalidInput(format!(
+                    "dtbauto {}: the root node has no compatible, so no machine selects it",
+                    p.display()
+                )))
+            }
+            Err(e) => {
+                return Err(Error::InvalidInput(format!(
+                    "dtbauto {}: not a devicetree blob: {e}",
+                    p.display()
+                )))
+            }
+        }
+        push(".dtbauto", "dtbauto", Some(p.clone()), blob);
+    }
     push(
         ".uname",
         "uname",
@@ -263,6 +291,14 @@ fn prepare(
             });
         }
     };
+    if let Some(p) = &recipe.ucode {
+        push(
+            ".ucode",
+            "ucode",
+            Some(p.clone()),
+            read(p, "reading the microcode cpio")?,
+        );
+    }
     push(".sbat", "sbat", None, sbat);
     push(".linux", "kernel", Some(recipe.kernel.clone()), kernel);
     Ok(Prepared {
@@ -461,6 +497,7 @@ impl<'l> Measured<'l> {
         })
     }
 
+    /// PCR 11 on a machine that selects no `.dtbauto` (what pcrs.json holds).
     fn predict(
         &self,
         layout: &Layout<'_>,
@@ -468,9 +505,54 @@ impl<'l> Measured<'l> {
         banks: &[HashAlg],
         phases: &[PhasePath],
     ) -> Result<Prediction, Error> {
+        self.predict_with_dtb(layout, digests, banks, phases, None)
+    }
+
+    /// PCR 11 in every case: no `.dtbauto` selected, then each `.dtbauto` in turn (the recipe's
+    /// blobs have distinct compatibles, so each is selected on some machine). One case when the
+    /// stub does not select `.dtbauto` sections or the UKI has none.
+    fn predict_cases(
+        &self,
+        layout: &Layout<'_>,
+        digests: &SectionDigests,
+        banks: &[HashAlg],
+        phases: &[PhasePath],
+    ) -> Result<Vec<Prediction>, Error> {
+        let n = if self.semantics.knows(".dtbauto") {
+            self.selected
+                .iter()
+                .filter(|&&i| layout.sections()[i].name == ".dtbauto")
+                .count()
+        } else {
+            0
+        };
+        std::iter::once(None)
+            .chain((0..n).map(Some))
+            .map(|dtb| self.predict_with_dtb(layout, digests, banks, phases, dtb))
+            .collect()
+    }
+
+    /// PCR 11 with the `dtb`-th `.dtbauto` selected (`None`: none), when the stub selects them.
+    fn predict_with_dtb(
+        &self,
+        layout: &Layout<'_>,
+        digests: &SectionDigests,
+        banks: &[HashAlg],
+        phases: &[PhasePath],
+        dtb: Option<usize>,
+    ) -> Result<Prediction, Error> {
+        let selects = self.semantics.knows(".dtbauto");
+        let mut nth = 0;
         let with: Vec<(&str, u64, &[Digest])> = self
             .selected
             .iter()
+            .filter(|&&i| {
+                if !selects || layout.sections()[i].name != ".dtbauto" {
+                    return true;
+                }
+                nth += 1;
+                dtb == Some(nth - 1)
+            })
             .map(|&i| {
                 let s = &layout.sections()[i];
                 (s.name.as_str(), s.virtual_size as u64, digests.of(s))
@@ -604,9 +686,15 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
                 .iter()
                 .map(|p| p.parse())
                 .collect::<Result<_, _>>()?;
-            let signed = measured.predict(&layout, &digests, &banks, &phases)?;
-            let doc = imgctl_measure::pcrsig::sign(key, None, &signed)
-                .map_err(|e| Error::InvalidInput(format!("signing PCR 11: {e}")))?;
+            // Every .dtbauto case is signed: systemd uses the entry the TPM's PCR 11 matches.
+            let signed = measured.predict_cases(&layout, &digests, &banks, &phases)?;
+            let mut doc = imgctl_measure::pcrsig::PcrSignature::default();
+            for case in &signed {
+                doc.append(
+                    imgctl_measure::pcrsig::sign(key, None, case)
+                        .map_err(|e| Error::InvalidInput(format!("signing PCR 11: {e}")))?,
+                );
+            }
             let mut data = doc.to_json().into_bytes();
             data.push(0);
             Some((data, signed, phases))
@@ -622,7 +710,7 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
     digests.add_inputs(&inputs, &known, &banks)?;
     let measured = Measured::new(&layout, &stub, &inputs, opts.semantics)?;
     if let Some((_, signed, phases)) = &pcrsig {
-        if measured.predict(&layout, &digests, &banks, phases)? != *signed {
+        if measured.predict_cases(&layout, &digests, &banks, phases)? != *signed {
             return Err(Error::InvalidInput(
                 "adding .pcrsig changed PCR 11; refusing to write".into(),
             ));

@@ -19,6 +19,8 @@
 //!   demo,1,Demo,demo,1,https://example.org
 //! splash: splash.bmp              # optional .splash, .dtb and .pcrpkey sections
 //! dtb: board.dtb
+//! dtbauto: [board-a.dtb, board-b.dtb] # .dtbauto sections (systemd 257+ picks one per machine)
+//! ucode: ucode.cpio                  # .ucode: early microcode cpio (systemd 256+)
 //! pcrpkey: pcr-public.pem
 //! stub: /usr/lib/systemd/boot/efi/linuxx64.efi.stub   # the default; `imgctl` = our Rust stub
 //! ```
@@ -69,6 +71,10 @@ struct RawRecipe {
     splash: Option<String>,
     #[serde(default)]
     dtb: Option<String>,
+    #[serde(default)]
+    dtbauto: Vec<String>,
+    #[serde(default)]
+    ucode: Option<String>,
     #[serde(default)]
     pcrpkey: Option<String>,
     #[serde(default)]
@@ -239,6 +245,10 @@ pub struct Recipe {
     pub sbat: Option<String>,
     pub splash: Option<PathBuf>,
     pub dtb: Option<PathBuf>,
+    /// `.dtbauto` sections, in this order (systemd 257+ selects one by the machine's devicetree).
+    pub dtbauto: Vec<PathBuf>,
+    /// `.ucode`: an early microcode cpio (systemd 256+).
+    pub ucode: Option<PathBuf>,
     pub pcrpkey: Option<PathBuf>,
     pub stub: PathBuf,
 }
@@ -432,6 +442,12 @@ impl Recipe {
             sbat: raw.sbat,
             splash: opt_file("splash", &raw.splash)?,
             dtb: opt_file("dtb", &raw.dtb)?,
+            dtbauto: raw
+                .dtbauto
+                .iter()
+                .map(|v| ctx.file("dtbauto", v))
+                .collect::<Result<_, _>>()?,
+            ucode: opt_file("ucode", &raw.ucode)?,
             pcrpkey: opt_file("pcrpkey", &raw.pcrpkey)?,
             stub,
         })

@@ -663,20 +663,33 @@ fn check_stub_events(
 
 /// Matches the PCR 11 EV_IPL events against an artifact's sections: pairs (name, content) in
 /// the stub's canonical order, names hashed as ASCII with one NUL, content as built.
+const DTBAUTO: &str = ".dtbauto";
+
 fn match_sections(
     a: &Artifact,
     events: &[&Event],
     banks: &[HashAlg],
 ) -> (Vec<Finding>, BTreeSet<usize>) {
     let semantics = a.semantics.unwrap_or(StubSemantics::LATEST);
+    // A 257+ stub measures at most one `.dtbauto`, the one the machine selected, or none: that
+    // slot is taken only when the log names it, and its content may be any published one.
+    let selects_dtb = semantics.knows(DTBAUTO);
     let expected: Vec<&SectionRef> = semantics
         .measured_sections()
         .filter_map(|n| a.sections.iter().find(|s| s.name == n))
         .collect();
     let mut errs = Vec::new();
     let mut ok = BTreeSet::new();
-    let mut it = events.iter();
+    let mut it = events.iter().peekable();
     for (i, want) in expected.iter().enumerate() {
+        if selects_dtb && want.name == DTBAUTO {
+            let named = it
+                .peek()
+                .is_some_and(|e| utf16_of(&e.data).unwrap_or_default() == DTBAUTO);
+            if !named {
+                continue;
+            }
+        }
         let (Some(name_ev), content_ev) = (it.next(), it.next()) else {
             errs.push(Finding {
                 artifact: Some(a.name.clone()),
@@ -725,7 +738,14 @@ fn match_sections(
             return (errs, ok);
         };
         let cdesc = utf16_of(&content_ev.data).unwrap_or_default();
-        if !matches_ref(content_ev, &want.digests, banks) || cdesc != want.name {
+        let published =
+            |r: &&SectionRef| r.name == want.name && matches_ref(content_ev, &r.digests, banks);
+        let content_ok = if want.name == DTBAUTO {
+            a.sections.iter().any(|r| published(&r))
+        } else {
+            matches_ref(content_ev, &want.digests, banks)
+        };
+        if !content_ok || cdesc != want.name {
             let exp = banks
                 .iter()
                 .find_map(|b| want.digests.get(b).map(|d| format!("{b} {d}")));
@@ -970,6 +990,65 @@ fn check_userspace(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 257 stub measures the `.dtbauto` the machine selected, or none: the verifier takes
+    /// either, matches a selected one against every published `.dtbauto`, and rejects content
+    /// that was not published.
+    #[test]
+    fn a_dtbauto_slot_is_taken_only_when_the_log_names_it() {
+        let b = HashAlg::SHA256;
+        let sref = |name: &str, data: &[u8]| SectionRef {
+            name: name.into(),
+            digests: [(b, b.hash(data).unwrap())].into_iter().collect(),
+        };
+        let artifact = Artifact {
+            name: "u".into(),
+            semantics: Some(StubSemantics::Systemd257),
+            sections: vec![
+                sref(".linux", b"kernel"),
+                sref(".dtbauto", b"dtb-a"),
+                sref(".dtbauto", b"dtb-b"),
+            ],
+            authenticode: BTreeMap::new(),
+            kernel_authenticode: BTreeMap::new(),
+            events: Vec::new(),
+            pcr11: Vec::new(),
+        };
+        let pair = |i: usize, name: &str, data: &[u8]| {
+            let utf16: Vec<u8> = name
+                .encode_utf16()
+                .chain([0])
+                .flat_map(u16::to_le_bytes)
+                .collect();
+            let (buf, n) = name_bytes(name);
+            let ev = |index: usize, d: &[u8]| Event {
+                index,
+                offset: 0,
+                pcr: 11,
+                event_type: EventType::EV_IPL,
+                digests: vec![(b, b.hash(d).unwrap())],
+                data: utf16.clone(),
+            };
+            [ev(i, &buf[..n]), ev(i + 1, data)]
+        };
+        let check = |events: Vec<Event>| {
+            let refs: Vec<&Event> = events.iter().collect();
+            match_sections(&artifact, &refs, &[b]).0
+        };
+        let linux = pair(0, ".linux", b"kernel");
+        assert!(check(linux.to_vec()).is_empty(), "none selected");
+        let with_b: Vec<Event> = linux.iter().cloned().chain(pair(2, ".dtbauto", b"dtb-b")).collect();
+        assert!(check(with_b).is_empty(), "the second .dtbauto selected");
+        let stranger: Vec<Event> = linux.iter().cloned().chain(pair(2, ".dtbauto", b"dtb-x")).collect();
+        let f = check(stranger);
+        assert_eq!(f.first().map(|f| f.kind), Some("section-digest"), "{f:?}");
+        // Before 257 a stub does not know .dtbauto: the event is one too many.
+        let mut old = artifact.clone();
+        old.semantics = Some(StubSemantics::Systemd256);
+        let events: Vec<Event> = linux.iter().cloned().chain(pair(2, ".dtbauto", b"dtb-a")).collect();
+        let refs: Vec<&Event> = events.iter().collect();
+        assert!(!match_sections(&old, &refs, &[b]).0.is_empty());
+    }
 
     fn manifest(semantics: &str) -> Vec<u8> {
         let mut m = serde_json::to_value(crate::manifest::tests::sample()).unwrap();
