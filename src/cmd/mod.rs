@@ -11,6 +11,7 @@ pub mod log;
 pub mod measure;
 pub mod predict;
 pub mod sign_pcrs;
+pub mod sign_pe;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 pub mod verify;
