@@ -37,6 +37,7 @@ enum Command {
     PredictPcrs(cmd::predict::Args),
     SignPcrs(cmd::sign_pcrs::Args),
     SignPe(cmd::sign_pe::Args),
+    Keygen(cmd::keygen::Args),
     #[cfg(feature = "tpm")]
     Tpm(cmd::tpm::Args),
     #[cfg(feature = "tpm")]
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
         Command::PredictPcrs(a) => cmd::predict::run(a),
         Command::SignPcrs(a) => cmd::sign_pcrs::run(a),
         Command::SignPe(a) => cmd::sign_pe::run(a),
+        Command::Keygen(a) => cmd::keygen::run(a),
         #[cfg(feature = "tpm")]
         Command::Tpm(a) => cmd::tpm::run(a),
         #[cfg(feature = "tpm")]

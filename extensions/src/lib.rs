@@ -32,6 +32,7 @@ pub mod dps;
 pub mod fsverity;
 pub mod gpt;
 pub mod inspect;
+pub mod keygen;
 pub mod mkfs;
 pub mod pipeline;
 pub mod pkcs7;

@@ -6,6 +6,7 @@ pub mod completions;
 pub mod eventlog;
 pub mod ext;
 pub mod inspect;
+pub mod keygen;
 pub mod log;
 #[cfg(feature = "tpm")]
 pub mod measure;
