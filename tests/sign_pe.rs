@@ -321,3 +321,138 @@ fn sign_pe_signs_the_same_content_as_sbsign() {
     // sbsign's table is longer by its signingTime and SMIMECapabilities attributes.
     assert!(theirs.len() > ours.len());
 }
+
+fn inspect_json(image: &Path) -> serde_json::Value {
+    let out = common::run_ok(common::imgctl().arg("inspect").arg("--json").arg(image));
+    serde_json::from_slice(&out).unwrap()
+}
+
+fn osslsigncode_verifies(crt: &Path, image: &Path) -> bool {
+    osslsigncode(crt, image).0
+}
+
+#[test]
+fn inspect_reports_signers_and_agrees_with_sbverify_and_osslsigncode() {
+    if !peers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, crt) = db_key(d, "db");
+    let (other_key, other_crt) = db_key(d, "other");
+    let stub = Path::new(STUB);
+
+    // The Authenticode hash in every bank equals osslsigncode's calculated digest for a
+    // signature in that algorithm, and inspect verifies osslsigncode's signatures too.
+    let unsigned = inspect_json(stub);
+    for bank in ["sha1", "sha256", "sha384", "sha512"] {
+        let out = d.join(format!("osslsigncode-{bank}.efi"));
+        common::run_ok(
+            Command::new("osslsigncode")
+                .args(["sign", "-h", bank, "-certs"])
+                .arg(&crt)
+                .arg("-key")
+                .arg(&key)
+                .arg("-in")
+                .arg(stub)
+                .arg("-out")
+                .arg(&out),
+        );
+        let (ok, calculated) = osslsigncode(&crt, &out);
+        assert!(ok, "osslsigncode -h {bank}");
+        let report = inspect_json(&out);
+        let ours = report["authenticode"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p[0] == bank)
+            .unwrap()[1]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(ours, calculated, "{bank}");
+        let sig = &report["signatures"][0];
+        if bank == "sha1" {
+            // osslsigncode -h sha1 signs with SHA-1 too; we refuse SHA-1 signatures, naming it.
+            assert_eq!(sig["verifies"], false, "{sig}");
+            assert!(sig["problem"].as_str().unwrap().contains("sha1"), "{sig}");
+        } else {
+            assert_eq!(sig["verifies"], true, "{bank}: {sig}");
+        }
+        assert_eq!(sig["digest_algorithm"], bank);
+        assert_eq!(sig["signed_digest"].as_str().unwrap(), calculated);
+        assert_eq!(sig["subject"], "CN=imgctl db");
+        assert_eq!(sig["issuer"], "CN=imgctl db");
+        let serial = common::run_ok(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-serial", "-in"])
+                .arg(&crt),
+        );
+        assert_eq!(
+            String::from_utf8(serial).unwrap().trim(),
+            format!("serial={}", sig["serial"].as_str().unwrap())
+        );
+    }
+    assert_eq!(unsigned["signatures"].as_array().unwrap().len(), 0);
+
+    // Ours and sbsign's verify; modified after signing, neither does, for anyone.
+    let ours = d.join("ours.efi");
+    let bytes = sign_ok(stub, &ours, &key, &crt, &[]);
+    let by_sbsign = d.join("sbsign.efi");
+    common::run_ok(
+        Command::new("sbsign")
+            .arg("--key")
+            .arg(&key)
+            .arg("--cert")
+            .arg(&crt)
+            .arg("--output")
+            .arg(&by_sbsign)
+            .arg(stub),
+    );
+    for p in [&ours, &by_sbsign] {
+        assert_eq!(inspect_json(p)["signatures"][0]["verifies"], true);
+        assert!(sbverify(&crt, p) && osslsigncode_verifies(&crt, p));
+    }
+    let mut tampered = bytes.clone();
+    tampered[0x500] ^= 1; // inside .text
+    let tampered_path = d.join("tampered.efi");
+    std::fs::write(&tampered_path, &tampered).unwrap();
+    let sig = &inspect_json(&tampered_path)["signatures"][0];
+    assert_eq!(sig["verifies"], false);
+    assert!(
+        sig["problem"]
+            .as_str()
+            .unwrap()
+            .contains("modified after signing"),
+        "{sig}"
+    );
+    assert!(!sbverify(&crt, &tampered_path));
+    assert!(!osslsigncode_verifies(&crt, &tampered_path));
+
+    // The signature itself altered (its last byte, in the RSA signature value).
+    let pe = PeFile::parse(&bytes).unwrap();
+    let entry = &certificate_table(&pe).unwrap()[0];
+    let at = entry.offset + 8 + entry.certificate.len() - 1;
+    let mut bad_sig = bytes.clone();
+    bad_sig[at] ^= 0x40;
+    let bad_sig_path = d.join("bad-signature.efi");
+    std::fs::write(&bad_sig_path, &bad_sig).unwrap();
+    let sig = &inspect_json(&bad_sig_path)["signatures"][0];
+    assert_eq!(sig["verifies"], false);
+    assert!(
+        sig["problem"].as_str().unwrap().contains("does not verify"),
+        "{sig}"
+    );
+    assert!(!sbverify(&crt, &bad_sig_path));
+    assert!(!osslsigncode_verifies(&crt, &bad_sig_path));
+
+    // Signed by another key: valid, and inspect names that signer; sbverify and
+    // osslsigncode refuse it for our certificate and accept it for its own.
+    let foreign = d.join("foreign.efi");
+    sign_ok(stub, &foreign, &other_key, &other_crt, &[]);
+    let sig = &inspect_json(&foreign)["signatures"][0];
+    assert_eq!(sig["verifies"], true);
+    assert_eq!(sig["subject"], "CN=imgctl other");
+    assert!(!sbverify(&crt, &foreign) && sbverify(&other_crt, &foreign));
+    assert!(!osslsigncode_verifies(&crt, &foreign) && osslsigncode_verifies(&other_crt, &foreign));
+}

@@ -659,3 +659,166 @@ pub fn sign_authenticode(
     };
     ci.to_der().map_err(enc)
 }
+
+#[derive(der::Sequence)]
+struct SpcAttributeTypeAndOptionalValue {
+    value_type: Oid,
+    value: Option<Any>,
+}
+
+#[derive(der::Sequence)]
+struct DigestInfo {
+    digest_algorithm: AlgorithmIdentifierOwned,
+    digest: OctetString,
+}
+
+#[derive(der::Sequence)]
+struct SpcIndirectDataContent {
+    data: SpcAttributeTypeAndOptionalValue,
+    message_digest: DigestInfo,
+}
+
+/// What an Authenticode signature says, and whether its PKCS#7 signature verifies.
+#[derive(Debug, Clone)]
+pub struct AuthenticodeSignature {
+    pub subject: String,
+    pub issuer: String,
+    /// The signer certificate's serial number, upper-case hex.
+    pub serial: String,
+    /// The image hash algorithm of the `SpcIndirectDataContent` (`sha1`, `sha256`, …).
+    pub digest_algorithm: String,
+    /// The image hash the signature carries.
+    pub image_digest: Vec<u8>,
+    /// The signer's certificate, DER.
+    pub certificate_der: Vec<u8>,
+    /// `Ok` when the SignedData verifies with the certificate it carries (over the
+    /// `SpcIndirectDataContent`); else why not.
+    pub verified: Result<(), String>,
+}
+
+fn hash_name(o: &Oid) -> String {
+    match *o {
+        oid::SHA256 => "sha256".into(),
+        oid::SHA384 => "sha384".into(),
+        oid::SHA512 => "sha512".into(),
+        o if o == Oid::new_unwrap("1.3.14.3.2.26") => "sha1".into(),
+        o => o.to_string(),
+    }
+}
+
+/// Reads an Authenticode PKCS#7 SignedData (a `WIN_CERTIFICATE`'s `bCertificate`) and checks
+/// its signature: one signer, found by issuer and serial among the carried certificates,
+/// signed attributes with contentType `SPC_INDIRECT_DATA` and a messageDigest over the
+/// content octets, RSA PKCS#1 v1.5 or ECDSA P-256 over their DER. Whether the carried image
+/// hash is the image's is the caller's check; whether the signer is trusted too.
+pub fn read_authenticode(der: &[u8]) -> Result<AuthenticodeSignature, Pkcs7Error> {
+    let ci = ContentInfo::from_der(der).map_err(der_err("ContentInfo"))?;
+    if ci.content_type != oid::SIGNED_DATA {
+        return Err(Pkcs7Error::Malformed(format!(
+            "content type {} is not signedData",
+            ci.content_type
+        )));
+    }
+    let sd: SignedData = ci.content.decode_as().map_err(der_err("SignedData"))?;
+    let eci = &sd.encap_content_info;
+    if eci.econtent_type != oid::SPC_INDIRECT_DATA {
+        return Err(Pkcs7Error::Unsupported(format!(
+            "signed content type {} is not SpcIndirectDataContent",
+            eci.econtent_type
+        )));
+    }
+    let content = eci
+        .econtent
+        .as_ref()
+        .ok_or_else(|| Pkcs7Error::Malformed("no SpcIndirectDataContent".into()))?
+        .to_der()
+        .map_err(der_err("SpcIndirectDataContent"))?;
+    let idc =
+        SpcIndirectDataContent::from_der(&content).map_err(der_err("SpcIndirectDataContent"))?;
+    let octets = imgctl_measure::authenticode_sign::indirect_data_content_octets(&content)
+        .ok_or_else(|| Pkcs7Error::Malformed("SpcIndirectDataContent length".into()))?;
+    let signers: Vec<&SignerInfo> = sd.signer_infos.0.iter().collect();
+    let [si] = signers.as_slice() else {
+        return Err(Pkcs7Error::Unsupported(format!(
+            "{} signers; Authenticode has exactly one",
+            signers.len()
+        )));
+    };
+    let embedded: Vec<Cert> = sd
+        .certificates
+        .iter()
+        .flat_map(|s| s.0.iter())
+        .filter_map(|c| match c {
+            CertificateChoices::Certificate(c) => c.to_der().ok(),
+            CertificateChoices::Other(_) => None,
+        })
+        .filter_map(|d| Cert::from_der(&d).ok())
+        .collect();
+    let cert = embedded.iter().find(|c| c.is(&si.sid)).ok_or_else(|| {
+        Pkcs7Error::Malformed("the signer's certificate is not in the signature".into())
+    })?;
+    let verified = verify_signer_info(si, cert, octets);
+    Ok(AuthenticodeSignature {
+        subject: cert.subject(),
+        issuer: cert.cert.tbs_certificate.issuer.to_string(),
+        serial: hex::encode_upper(cert.cert.tbs_certificate.serial_number.as_bytes()),
+        digest_algorithm: hash_name(&idc.message_digest.digest_algorithm.oid),
+        image_digest: idc.message_digest.digest.as_bytes().to_vec(),
+        certificate_der: cert.der.clone(),
+        verified,
+    })
+}
+
+fn verify_signer_info(si: &SignerInfo, cert: &Cert, octets: &[u8]) -> Result<(), String> {
+    let hash = Hash::from_oid(&si.digest_alg.oid).ok_or_else(|| {
+        format!(
+            "unsupported digest algorithm {}",
+            hash_name(&si.digest_alg.oid)
+        )
+    })?;
+    let attrs = si
+        .signed_attrs
+        .as_ref()
+        .ok_or("no signed attributes (Authenticode requires them)")?;
+    let one = |o: Oid, what: &str| -> Result<Any, String> {
+        let mut it = attrs.iter().filter(|a| a.oid == o);
+        match (it.next(), it.next()) {
+            (Some(a), None) if a.values.len() == 1 => a
+                .values
+                .get(0)
+                .cloned()
+                .ok_or_else(|| format!("{what} without a value")),
+            _ => Err(format!("signed attributes need exactly one {what}")),
+        }
+    };
+    let ct: Oid = one(oid::CONTENT_TYPE, "contentType")?
+        .decode_as()
+        .map_err(|e| format!("contentType: {e}"))?;
+    if ct != oid::SPC_INDIRECT_DATA {
+        return Err(format!(
+            "signed contentType {ct} is not SpcIndirectDataContent"
+        ));
+    }
+    let md: OctetString = one(oid::MESSAGE_DIGEST, "messageDigest")?
+        .decode_as()
+        .map_err(|e| format!("messageDigest: {e}"))?;
+    if md.as_bytes() != hash.digest(octets).as_slice() {
+        return Err("the messageDigest is not of the SpcIndirectDataContent".into());
+    }
+    let signed = hash.digest(&attrs.to_der().map_err(|e| e.to_string())?);
+    let sig = si.signature.as_bytes();
+    let bad = || "the signature does not verify with the signer's certificate".to_string();
+    match cert.public_key().map_err(|e| e.to_string())? {
+        PublicKey::Rsa(k) => {
+            if sig.len() != k.size() {
+                return Err(bad());
+            }
+            k.verify(hash.rsa_padding(), &signed, sig)
+                .map_err(|_| bad())
+        }
+        PublicKey::P256(k) => {
+            let s = p256::ecdsa::Signature::from_der(sig).map_err(|_| bad())?;
+            k.verify_prehash(&signed, &s).map_err(|_| bad())
+        }
+    }
+}
