@@ -36,6 +36,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     PredictPcrs(cmd::predict::Args),
     SignPcrs(cmd::sign_pcrs::Args),
+    SignPe(cmd::sign_pe::Args),
+    Keygen(cmd::keygen::Args),
     #[cfg(feature = "tpm")]
     Tpm(cmd::tpm::Args),
     #[cfg(feature = "tpm")]
@@ -58,6 +60,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::PredictPcrs(a) => cmd::predict::run(a),
         Command::SignPcrs(a) => cmd::sign_pcrs::run(a),
+        Command::SignPe(a) => cmd::sign_pe::run(a),
+        Command::Keygen(a) => cmd::keygen::run(a),
         #[cfg(feature = "tpm")]
         Command::Tpm(a) => cmd::tpm::run(a),
         #[cfg(feature = "tpm")]

@@ -740,6 +740,122 @@ fn uki_commands_refuse_truncated_flipped_and_endless_inputs() {
 }
 
 #[test]
+fn sign_pe_refuses_truncated_endless_and_badly_tabled_images_and_writes_nothing() {
+    if common::require_tool(STUB, "systemd-boot-efi").is_none()
+        || common::require_tool("openssl", "openssl").is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, crt) = (d.join("db.key"), d.join("db.crt"));
+    common::run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=hostile"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt),
+    );
+    let stub = std::fs::read(STUB).unwrap();
+    let mut r = Report::default();
+    let mut cases = Vec::new();
+    let mut refuse = Vec::new();
+    let mut outputs = Vec::new();
+    let mut add = |cases: &mut Vec<Case>, label: String, input: &Path, must_refuse: bool| {
+        let out = d.join(format!("out{}.efi", cases.len()));
+        if must_refuse {
+            refuse.push((cases.len(), name_of(input)));
+        }
+        outputs.push(out.clone());
+        cases.push(case(
+            label,
+            args(&[
+                &"sign-pe",
+                &input,
+                &"-o",
+                &out,
+                &"--key",
+                &key,
+                &"--certificate",
+                &crt,
+            ]),
+        ));
+    };
+    for at in cut_points(stub.len()).into_iter().filter(|&at| at < 0x400) {
+        let f = write(d, &format!("cut-{at}.efi"), &stub[..at]);
+        add(
+            &mut cases,
+            format!("sign-pe of the stub cut at {at}"),
+            &f,
+            true,
+        );
+    }
+    for at in flip_points(stub.len().min(1024), 16) {
+        let f = write(d, &format!("flip-{at}.efi"), &flipped(&stub, at));
+        add(
+            &mut cases,
+            format!("sign-pe of the stub, bit {at} flipped"),
+            &f,
+            false,
+        );
+    }
+    // Certificate tables that are not where Authenticode puts them, or whose entries lie.
+    let pe = u32::from_le_bytes(stub[0x3c..0x40].try_into().unwrap()) as usize;
+    let dd = pe + 24 + 0x70 + 4 * 8;
+    let mut padded = stub.clone();
+    padded.resize(stub.len().next_multiple_of(8), 0);
+    let table_at = padded.len() as u32;
+    for (label, rva, size, entry) in [
+        ("past EOF", table_at + 4096, 64u32, None),
+        ("of size 0xffffffff", 0x400, 0xffff_ffff, None),
+        ("inside the sections", 0x400, 16, Some(16u32)),
+        ("with dwLength past the table", table_at, 16, Some(4096u32)),
+        ("with dwLength 0", table_at, 16, Some(0u32)),
+    ] {
+        let mut s = padded.clone();
+        if let Some(len) = entry {
+            if rva == table_at {
+                s.extend_from_slice(&len.to_le_bytes());
+                s.extend_from_slice(&[0, 2, 2, 0]);
+                s.resize(s.len() + 8, 0);
+            }
+        }
+        s[dd..dd + 4].copy_from_slice(&rva.to_le_bytes());
+        s[dd + 4..dd + 8].copy_from_slice(&size.to_le_bytes());
+        let f = write(d, &format!("table-{}.efi", cases.len()), &s);
+        for mode in ["--replace", "--append"] {
+            add(
+                &mut cases,
+                format!("sign-pe, certificate table {label} ({mode})"),
+                &f,
+                true,
+            );
+            let last = cases.last_mut().unwrap();
+            last.args.push(os(mode));
+        }
+    }
+    for (label, p) in endless(d, "pe") {
+        add(&mut cases, format!("sign-pe of {label}"), &p, true);
+    }
+    let outs = run_all(&cases);
+    for (i, o) in outs.iter().enumerate() {
+        match refuse.iter().find(|(j, _)| *j == i) {
+            Some((_, name)) => r.refused(o, &[name]),
+            None => r.sane_or_refused(o, &[]),
+        }
+        let written = outputs[i].exists();
+        r.check(o.code == Some(0) || !written, || {
+            format!("sign-pe failed but wrote its output — {}", o.brief())
+        });
+    }
+    r.finish("sign-pe");
+}
+
+#[test]
 fn build_refuses_bad_recipes_and_endless_inputs_and_leaves_nothing() {
     let Some(u) = built_uki() else { return };
     let d = u.dir.path();

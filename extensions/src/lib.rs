@@ -10,7 +10,8 @@
 //! Pure format modules (bytes in, bytes out): [`verity`] (superblock and hash tree, parallel),
 //! [`gpt`] (writer and reader), [`dps`] (partition types), [`sigpart`] (signature partition
 //! JSON), [`release`] (kinds, names, extension-release, allowed hierarchies), [`fsverity`],
-//! [`pkcs7`] (root hash signatures: sign and verify), [`stub`] (the cpio systemd-stub builds from `*.raw` files next to a UKI, and the PCR 13/12
+//! [`pkcs7`] (root hash signatures: sign and verify; Authenticode SignedData), [`authenticode`]
+//! (Secure Boot signatures of PE images), [`stub`] (the cpio systemd-stub builds from `*.raw` files next to a UKI, and the PCR 13/12
 //! extend), [`inspect`] (what an image's headers say, checked against each other), [`recipe`]
 //! (the YAML schema). Modules that run programs or touch files say so: [`mkfs`] (mkfs.erofs/mksquashfs),
 //! [`sign`] (reads keys, signs), [`pipeline`] (the build, written atomically, and reading images back).
@@ -26,10 +27,12 @@
 //! assert_eq!(tree.hash_device.len(), 2 * 4096); // superblock + one tree block
 //! ```
 
+pub mod authenticode;
 pub mod dps;
 pub mod fsverity;
 pub mod gpt;
 pub mod inspect;
+pub mod keygen;
 pub mod mkfs;
 pub mod pipeline;
 pub mod pkcs7;
@@ -101,6 +104,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Authenticode(#[from] authenticode::AuthenticodeError),
 }
 
 impl Error {

@@ -69,7 +69,12 @@ mod oid {
     pub const ECDSA_SHA384: Oid = Oid::new_unwrap("1.2.840.10045.4.3.3");
     pub const ECDSA_SHA512: Oid = Oid::new_unwrap("1.2.840.10045.4.3.4");
     pub const SUBJECT_KEY_ID: Oid = Oid::new_unwrap("2.5.29.14");
+    /// Authenticode's `SPC_INDIRECT_DATA_OBJID`.
+    pub const SPC_INDIRECT_DATA: Oid = Oid::new_unwrap("1.3.6.1.4.1.311.2.1.4");
 }
+
+/// Authenticode's `SPC_INDIRECT_DATA_OBJID` (1.3.6.1.4.1.311.2.1.4).
+pub const SPC_INDIRECT_DATA: Oid = oid::SPC_INDIRECT_DATA;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hash {
@@ -321,6 +326,31 @@ fn alg(oid: Oid, null_params: bool) -> AlgorithmIdentifierOwned {
     }
 }
 
+/// Signs a SHA-256 digest: RSASSA-PKCS1-v1_5 (algorithm `rsaEncryption NULL`, as OpenSSL's
+/// PKCS#7 writes it) or deterministic ECDSA P-256 (RFC 6979, `ecdsa-with-SHA256`).
+fn sign_sha256_digest(
+    key: &SigningKey,
+    digest: &[u8],
+) -> Result<(AlgorithmIdentifierOwned, Vec<u8>), Pkcs7Error> {
+    match key {
+        SigningKey::Rsa(k) => {
+            let s = k
+                .sign(Hash::Sha256.rsa_padding(), digest)
+                .map_err(|e| Pkcs7Error::Key(format!("RSA signing failed: {e}")))?;
+            Ok((alg(oid::RSA, true), s))
+        }
+        SigningKey::P256(k) => {
+            let s: p256::ecdsa::Signature = k
+                .sign_prehash(digest)
+                .map_err(|e| Pkcs7Error::Key(format!("ECDSA signing failed: {e}")))?;
+            Ok((
+                alg(oid::ECDSA_SHA256, false),
+                s.to_der().as_bytes().to_vec(),
+            ))
+        }
+    }
+}
+
 /// A detached PKCS#7 signature over `content`, as `PKCS7_sign(.., PKCS7_DETACHED |
 /// PKCS7_BINARY | PKCS7_NOATTR)` makes it with SHA-256.
 pub fn sign_detached(key: &SigningKey, cert: &Cert, content: &[u8]) -> Result<Vec<u8>, Pkcs7Error> {
@@ -329,24 +359,7 @@ pub fn sign_detached(key: &SigningKey, cert: &Cert, content: &[u8]) -> Result<Ve
             "the private key does not match the certificate".into(),
         ));
     }
-    let digest = Hash::Sha256.digest(content);
-    let (sig_alg, signature) = match key {
-        SigningKey::Rsa(k) => {
-            let s = k
-                .sign(Hash::Sha256.rsa_padding(), &digest)
-                .map_err(|e| Pkcs7Error::Key(format!("RSA signing failed: {e}")))?;
-            (alg(oid::RSA, true), s)
-        }
-        SigningKey::P256(k) => {
-            let s: p256::ecdsa::Signature = k
-                .sign_prehash(&digest)
-                .map_err(|e| Pkcs7Error::Key(format!("ECDSA signing failed: {e}")))?;
-            (
-                alg(oid::ECDSA_SHA256, false),
-                s.to_der().as_bytes().to_vec(),
-            )
-        }
-    };
+    let (sig_alg, signature) = sign_sha256_digest(key, &Hash::Sha256.digest(content))?;
     let enc = |e: der::Error| Pkcs7Error::Malformed(format!("encoding: {e}"));
     let signer = SignerInfo {
         version: CmsVersion::V1,
@@ -552,4 +565,260 @@ pub fn verify_detached(
         fingerprint: cert.fingerprint(),
         trusted: trusted.is_some(),
     })
+}
+
+/// An Authenticode PKCS#7 SignedData over `content` (the DER of an `SpcIndirectDataContent`,
+/// `content_type` its OID), the way sbsign 0.9.4 makes it, less what would make it
+/// irreproducible or mean nothing to firmware:
+///
+/// ```text
+/// ContentInfo { signedData, SignedData {
+///   version 1, digestAlgorithms { sha256 NULL },
+///   contentInfo { content_type, [0] content },
+///   certificates [0] { signer }, signerInfos { SignerInfo {
+///     version 1, issuerAndSerialNumber, digestAlgorithm sha256 NULL,
+///     authenticatedAttributes [0] { contentType content_type,
+///                                   messageDigest SHA-256(content octets of content) },
+///     digestEncryptionAlgorithm rsaEncryption NULL (P-256: ecdsa-with-SHA256),
+///     encryptedDigest } } } }
+/// ```
+///
+/// sbsign also writes `signingTime` (the clock: never the same bytes twice) and
+/// `SMIMECapabilities` (S/MIME cipher preferences, meaningless for a boot image); we write
+/// neither. Authenticode's message digest is over the content's octets without the outer
+/// SEQUENCE tag and length.
+pub fn sign_authenticode(
+    key: &SigningKey,
+    cert: &Cert,
+    content_type: Oid,
+    content: &[u8],
+) -> Result<Vec<u8>, Pkcs7Error> {
+    use cms::cert::x509::attr::{Attribute, AttributeValue};
+    if !key.matches(cert) {
+        return Err(Pkcs7Error::Key(
+            "the private key does not match the certificate".into(),
+        ));
+    }
+    let enc = |e: der::Error| Pkcs7Error::Malformed(format!("encoding: {e}"));
+    let octets = imgctl_measure::authenticode_sign::indirect_data_content_octets(content)
+        .ok_or_else(|| {
+            Pkcs7Error::Malformed("the signed content is not one DER SEQUENCE".into())
+        })?;
+    let attribute = |oid: Oid, value: AttributeValue| -> Result<Attribute, Pkcs7Error> {
+        let mut values = SetOfVec::new();
+        values.insert(value).map_err(enc)?;
+        Ok(Attribute { oid, values })
+    };
+    let mut attrs = SetOfVec::new();
+    attrs
+        .insert(attribute(
+            oid::CONTENT_TYPE,
+            Any::encode_from(&content_type).map_err(enc)?,
+        )?)
+        .map_err(enc)?;
+    attrs
+        .insert(attribute(
+            oid::MESSAGE_DIGEST,
+            Any::encode_from(&OctetString::new(Hash::Sha256.digest(octets)).map_err(enc)?)
+                .map_err(enc)?,
+        )?)
+        .map_err(enc)?;
+    let signed = Hash::Sha256.digest(&attrs.to_der().map_err(enc)?);
+    let (sig_alg, signature) = sign_sha256_digest(key, &signed)?;
+    let signer = SignerInfo {
+        version: CmsVersion::V1,
+        sid: SignerIdentifier::IssuerAndSerialNumber(cert.issuer_and_serial()),
+        digest_alg: alg(oid::SHA256, true),
+        signed_attrs: Some(attrs),
+        signature_algorithm: sig_alg,
+        signature: OctetString::new(signature).map_err(enc)?,
+        unsigned_attrs: None,
+    };
+    let mut digests = SetOfVec::new();
+    digests.insert(alg(oid::SHA256, true)).map_err(enc)?;
+    let mut certs = SetOfVec::new();
+    certs
+        .insert(CertificateChoices::Certificate(cert.cert.clone()))
+        .map_err(enc)?;
+    let mut signers = SetOfVec::new();
+    signers.insert(signer).map_err(enc)?;
+    let sd = SignedData {
+        version: CmsVersion::V1,
+        digest_algorithms: digests,
+        encap_content_info: EncapsulatedContentInfo {
+            econtent_type: content_type,
+            econtent: Some(Any::from_der(content).map_err(der_err("signed content"))?),
+        },
+        certificates: Some(CertificateSet(certs)),
+        crls: None,
+        signer_infos: SignerInfos(signers),
+    };
+    let ci = ContentInfo {
+        content_type: oid::SIGNED_DATA,
+        content: Any::encode_from(&sd).map_err(enc)?,
+    };
+    ci.to_der().map_err(enc)
+}
+
+#[derive(der::Sequence)]
+struct SpcAttributeTypeAndOptionalValue {
+    value_type: Oid,
+    value: Option<Any>,
+}
+
+#[derive(der::Sequence)]
+struct DigestInfo {
+    digest_algorithm: AlgorithmIdentifierOwned,
+    digest: OctetString,
+}
+
+#[derive(der::Sequence)]
+struct SpcIndirectDataContent {
+    data: SpcAttributeTypeAndOptionalValue,
+    message_digest: DigestInfo,
+}
+
+/// What an Authenticode signature says, and whether its PKCS#7 signature verifies.
+#[derive(Debug, Clone)]
+pub struct AuthenticodeSignature {
+    pub subject: String,
+    pub issuer: String,
+    /// The signer certificate's serial number, upper-case hex.
+    pub serial: String,
+    /// The image hash algorithm of the `SpcIndirectDataContent` (`sha1`, `sha256`, …).
+    pub digest_algorithm: String,
+    /// The image hash the signature carries.
+    pub image_digest: Vec<u8>,
+    /// The signer's certificate, DER.
+    pub certificate_der: Vec<u8>,
+    /// `Ok` when the SignedData verifies with the certificate it carries (over the
+    /// `SpcIndirectDataContent`); else why not.
+    pub verified: Result<(), String>,
+}
+
+fn hash_name(o: &Oid) -> String {
+    match *o {
+        oid::SHA256 => "sha256".into(),
+        oid::SHA384 => "sha384".into(),
+        oid::SHA512 => "sha512".into(),
+        o if o == Oid::new_unwrap("1.3.14.3.2.26") => "sha1".into(),
+        o => o.to_string(),
+    }
+}
+
+/// Reads an Authenticode PKCS#7 SignedData (a `WIN_CERTIFICATE`'s `bCertificate`) and checks
+/// its signature: one signer, found by issuer and serial among the carried certificates,
+/// signed attributes with contentType `SPC_INDIRECT_DATA` and a messageDigest over the
+/// content octets, RSA PKCS#1 v1.5 or ECDSA P-256 over their DER. Whether the carried image
+/// hash is the image's is the caller's check; whether the signer is trusted too.
+pub fn read_authenticode(der: &[u8]) -> Result<AuthenticodeSignature, Pkcs7Error> {
+    let ci = ContentInfo::from_der(der).map_err(der_err("ContentInfo"))?;
+    if ci.content_type != oid::SIGNED_DATA {
+        return Err(Pkcs7Error::Malformed(format!(
+            "content type {} is not signedData",
+            ci.content_type
+        )));
+    }
+    let sd: SignedData = ci.content.decode_as().map_err(der_err("SignedData"))?;
+    let eci = &sd.encap_content_info;
+    if eci.econtent_type != oid::SPC_INDIRECT_DATA {
+        return Err(Pkcs7Error::Unsupported(format!(
+            "signed content type {} is not SpcIndirectDataContent",
+            eci.econtent_type
+        )));
+    }
+    let content = eci
+        .econtent
+        .as_ref()
+        .ok_or_else(|| Pkcs7Error::Malformed("no SpcIndirectDataContent".into()))?
+        .to_der()
+        .map_err(der_err("SpcIndirectDataContent"))?;
+    let idc =
+        SpcIndirectDataContent::from_der(&content).map_err(der_err("SpcIndirectDataContent"))?;
+    let octets = imgctl_measure::authenticode_sign::indirect_data_content_octets(&content)
+        .ok_or_else(|| Pkcs7Error::Malformed("SpcIndirectDataContent length".into()))?;
+    let signers: Vec<&SignerInfo> = sd.signer_infos.0.iter().collect();
+    let [si] = signers.as_slice() else {
+        return Err(Pkcs7Error::Unsupported(format!(
+            "{} signers; Authenticode has exactly one",
+            signers.len()
+        )));
+    };
+    let embedded: Vec<Cert> = sd
+        .certificates
+        .iter()
+        .flat_map(|s| s.0.iter())
+        .filter_map(|c| match c {
+            CertificateChoices::Certificate(c) => c.to_der().ok(),
+            CertificateChoices::Other(_) => None,
+        })
+        .filter_map(|d| Cert::from_der(&d).ok())
+        .collect();
+    let cert = embedded.iter().find(|c| c.is(&si.sid)).ok_or_else(|| {
+        Pkcs7Error::Malformed("the signer's certificate is not in the signature".into())
+    })?;
+    let verified = verify_signer_info(si, cert, octets);
+    Ok(AuthenticodeSignature {
+        subject: cert.subject(),
+        issuer: cert.cert.tbs_certificate.issuer.to_string(),
+        serial: hex::encode_upper(cert.cert.tbs_certificate.serial_number.as_bytes()),
+        digest_algorithm: hash_name(&idc.message_digest.digest_algorithm.oid),
+        image_digest: idc.message_digest.digest.as_bytes().to_vec(),
+        certificate_der: cert.der.clone(),
+        verified,
+    })
+}
+
+fn verify_signer_info(si: &SignerInfo, cert: &Cert, octets: &[u8]) -> Result<(), String> {
+    let hash = Hash::from_oid(&si.digest_alg.oid).ok_or_else(|| {
+        format!(
+            "unsupported digest algorithm {}",
+            hash_name(&si.digest_alg.oid)
+        )
+    })?;
+    let attrs = si
+        .signed_attrs
+        .as_ref()
+        .ok_or("no signed attributes (Authenticode requires them)")?;
+    let one = |o: Oid, what: &str| -> Result<Any, String> {
+        let mut it = attrs.iter().filter(|a| a.oid == o);
+        match (it.next(), it.next()) {
+            (Some(a), None) if a.values.len() == 1 => a
+                .values
+                .get(0)
+                .cloned()
+                .ok_or_else(|| format!("{what} without a value")),
+            _ => Err(format!("signed attributes need exactly one {what}")),
+        }
+    };
+    let ct: Oid = one(oid::CONTENT_TYPE, "contentType")?
+        .decode_as()
+        .map_err(|e| format!("contentType: {e}"))?;
+    if ct != oid::SPC_INDIRECT_DATA {
+        return Err(format!(
+            "signed contentType {ct} is not SpcIndirectDataContent"
+        ));
+    }
+    let md: OctetString = one(oid::MESSAGE_DIGEST, "messageDigest")?
+        .decode_as()
+        .map_err(|e| format!("messageDigest: {e}"))?;
+    if md.as_bytes() != hash.digest(octets).as_slice() {
+        return Err("the messageDigest is not of the SpcIndirectDataContent".into());
+    }
+    let signed = hash.digest(&attrs.to_der().map_err(|e| e.to_string())?);
+    let sig = si.signature.as_bytes();
+    let bad = || "the signature does not verify with the signer's certificate".to_string();
+    match cert.public_key().map_err(|e| e.to_string())? {
+        PublicKey::Rsa(k) => {
+            if sig.len() != k.size() {
+                return Err(bad());
+            }
+            k.verify(hash.rsa_padding(), &signed, sig)
+                .map_err(|_| bad())
+        }
+        PublicKey::P256(k) => {
+            let s = p256::ecdsa::Signature::from_der(sig).map_err(|_| bad())?;
+            k.verify_prehash(&signed, &s).map_err(|_| bad())
+        }
+    }
 }

@@ -96,6 +96,18 @@ impl Signer {
         self.cert.fingerprint()
     }
 
+    /// The PE image `data` with an Authenticode signature by this key added
+    /// ([`crate::authenticode::sign_pe`]).
+    pub fn sign_pe(
+        &self,
+        data: &[u8],
+        existing: imgctl_measure::authenticode_sign::ExistingSignatures,
+    ) -> Result<Vec<u8>, Error> {
+        Ok(crate::authenticode::sign_pe(
+            data, &self.key, &self.cert, existing,
+        )?)
+    }
+
     /// DER PKCS#7 detached signature over `content`.
     pub fn sign(&self, content: &[u8]) -> Result<Vec<u8>, Error> {
         sign_detached(&self.key, &self.cert, content).map_err(|e| Error::Unsupported(e.to_string()))

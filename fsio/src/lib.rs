@@ -546,6 +546,13 @@ impl Transaction {
         self.write_temporary(&tmp, path, 0o600, |w| w.write_all(data))
     }
 
+    /// Stages a new public file for `path` (mode 0666 less the umask): the commit fails rather
+    /// than replace anything already at `path`.
+    pub fn add_new(&mut self, path: &Path, data: &[u8]) -> Result<(), Error> {
+        let tmp = self.stage_path(path, Replace::Never)?;
+        self.write_temporary(&tmp, path, 0o666, |w| w.write_all(data))
+    }
+
     /// Stages a secret for `path` (mode 0600), replacing a regular file that is there.
     pub fn add_secret(&mut self, path: &Path, data: &[u8]) -> Result<(), Error> {
         let tmp = self.stage_path(path, Replace::Allowed)?;

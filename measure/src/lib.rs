@@ -9,7 +9,8 @@
 //! - [`pcr11`]: the systemd-stub PCR 11 model (canonical section order, pcrphase words),
 //!   `core`-only so the Rust stub can share it.
 //! - [`predict`]: PCR 11 prediction per bank and boot phase, in `systemd-measure`'s JSON shape.
-//! - [`pe`]: a bounds-checked PE/COFF reader; [`authenticode`]: the PE image hash (PCR 4).
+//! - [`pe`]: a bounds-checked PE/COFF reader; [`authenticode`]: the PE image hash (PCR 4);
+//!   [`authenticode_sign`]: the certificate table and what a Secure Boot signature signs.
 //! - [`guest_report`]: the PCRs and event log a booted demo guest prints on its console.
 //! - [`uki`]: UKI sections per profile and the identity of the stub inside.
 //! - [`reader`]: the cursor every parser of untrusted bytes reads through.
@@ -33,6 +34,7 @@
 
 pub mod audit;
 pub mod authenticode;
+pub mod authenticode_sign;
 pub mod bank;
 pub mod breakglass;
 pub mod dtb;

@@ -8,8 +8,10 @@ use anyhow::Context;
 use imgctl_measure::{HashAlg, Uki};
 use serde::Serialize;
 
-/// Show a UKI's sections (offset, sizes, sha256), the stub it was built from, and its
-/// os-release, command line and kernel release.
+/// Show a UKI's sections (offset, sizes, sha256), the stub it was built from, its
+/// os-release, command line and kernel release, its Authenticode hash in every bank (what
+/// firmware extends into PCR 4), and each Secure Boot signature: signer, issuer, serial,
+/// digest algorithm and whether it verifies over this image.
 ///
 /// Example: imgctl inspect images/demo/demo.efi --json
 #[derive(Debug, clap::Args)]
@@ -33,6 +35,21 @@ struct SectionInfo {
 }
 
 #[derive(Debug, Serialize)]
+struct SignatureInfo {
+    offset: usize,
+    subject: Option<String>,
+    issuer: Option<String>,
+    serial: Option<String>,
+    digest_algorithm: Option<String>,
+    /// The image hash the signature carries.
+    signed_digest: Option<String>,
+    /// The signature is valid and over this image's Authenticode hash.
+    verifies: bool,
+    /// Why it does not, when it does not.
+    problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
 struct Report {
     file: String,
     size: usize,
@@ -43,6 +60,9 @@ struct Report {
     semantics: String,
     profiles: usize,
     signed: bool,
+    /// The Authenticode hash (what firmware extends into PCR 4) per bank.
+    authenticode: Vec<(String, String)>,
+    signatures: Vec<SignatureInfo>,
     sections: Vec<SectionInfo>,
     os_release: Option<String>,
     cmdline: Option<String>,
@@ -82,6 +102,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let authenticode = imgctl_measure::authenticode::authenticode_digests(&uki.pe, &HashAlg::ALL)
+        .with_context(|| args.uki.display().to_string())?
+        .into_iter()
+        .zip(HashAlg::ALL)
+        .map(|(d, b)| (b.to_string(), d.to_hex()))
+        .collect();
+    // A certificate table that cannot be read is reported, not fatal: inspect shows why.
+    let signatures = match imgctl_extensions::authenticode::pe_signatures(&data) {
+        Err(e) => vec![SignatureInfo {
+            offset: 0,
+            subject: None,
+            issuer: None,
+            serial: None,
+            digest_algorithm: None,
+            signed_digest: None,
+            verifies: false,
+            problem: Some(format!("unreadable certificate table: {e}")),
+        }],
+        Ok(list) => list
+            .into_iter()
+            .map(|p| {
+                let problem = p.problem();
+                let s = p.signature.as_ref().ok();
+                SignatureInfo {
+                    offset: p.offset,
+                    subject: s.map(|s| s.subject.clone()),
+                    issuer: s.map(|s| s.issuer.clone()),
+                    serial: s.map(|s| s.serial.clone()),
+                    digest_algorithm: s.map(|s| s.digest_algorithm.clone()),
+                    signed_digest: s.map(|s| hex::encode(&s.image_digest)),
+                    verifies: problem.is_none(),
+                    problem,
+                }
+            })
+            .collect(),
+    };
     let report = Report {
         file: args.uki.display().to_string(),
         size: data.len(),
@@ -97,6 +153,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         semantics: semantics.name().to_owned(),
         profiles: uki.profile_count(),
         signed: uki.pe.is_signed(),
+        authenticode,
+        signatures,
         sections,
         os_release: text(".osrel"),
         cmdline: text(".cmdline"),
@@ -122,6 +180,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     if report.profiles > 0 {
         outln!("profiles: {}", report.profiles);
+    }
+    outln!("\nauthenticode (PCR 4):");
+    for (bank, hex) in &report.authenticode {
+        outln!("  {bank:<7} {hex}");
+    }
+    for (i, s) in report.signatures.iter().enumerate() {
+        outln!(
+            "signature {} (offset {:#x}): {}",
+            i + 1,
+            s.offset,
+            match &s.problem {
+                None => "verifies over this image".to_owned(),
+                Some(p) => format!("DOES NOT VERIFY: {p}"),
+            }
+        );
+        if let Some(subject) = &s.subject {
+            outln!("  subject: {subject}");
+            outln!("  issuer:  {}", s.issuer.as_deref().unwrap_or(""));
+            outln!("  serial:  {}", s.serial.as_deref().unwrap_or(""));
+            outln!(
+                "  digest:  {} {}",
+                s.digest_algorithm.as_deref().unwrap_or(""),
+                s.signed_digest.as_deref().unwrap_or("")
+            );
+        }
     }
     outln!(
         "\n{:<9} {:>10} {:>10} {:>10} {:>10} {:<4} sha256",

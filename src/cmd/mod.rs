@@ -6,11 +6,13 @@ pub mod completions;
 pub mod eventlog;
 pub mod ext;
 pub mod inspect;
+pub mod keygen;
 pub mod log;
 #[cfg(feature = "tpm")]
 pub mod measure;
 pub mod predict;
 pub mod sign_pcrs;
+pub mod sign_pe;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 pub mod verify;
