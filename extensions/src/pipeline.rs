@@ -398,16 +398,13 @@ fn sha256_of(parts: &[&[u8]]) -> [u8; 32] {
 
 /// Streams a file through the verity tree builder (whole blocks; the file is block-aligned).
 pub fn verity_of_file(path: &Path, params: VerityParams) -> Result<crate::VerityTree, Error> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+    let f = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
     let len = f
         .metadata()
         .map_err(|e| Error::io(path, "reading", e))?
         .len();
     let bs = u64::from(params.data_block_size());
-    verity_of_reader(&mut f, len / bs, params).map_err(|e| match e {
-        Error::Io { action, source, .. } => Error::io(path, action, source),
-        other => other,
-    })
+    verity_of_file_at(&f, path, 0, len / bs, params)
 }
 
 /// `veritysetup format DATA HASH`: refuses a special DATA, a HASH that is DATA (by inode) or a
@@ -432,39 +429,25 @@ pub fn write_verity(
     Ok(tree)
 }
 
-/// Hashes `blocks` data blocks read from `r`. Reads overlap hashing: one thread reads the next
-/// chunk while rayon hashes the current one.
-fn verity_of_reader(
-    r: &mut (impl Read + Send),
+/// Hashes `blocks` data blocks of `f` (named `path`) starting at byte `offset`: each core
+/// reads its own chunks with positional reads and hashes them at once
+/// ([`TreeBuilder::update_from`]). A file shorter than that is an error, not a shorter tree.
+fn verity_of_file_at(
+    f: &File,
+    path: &Path,
+    offset: u64,
     blocks: u64,
     params: VerityParams,
 ) -> Result<crate::VerityTree, Error> {
-    let bs = params.data_block_size() as usize;
-    let chunk = CHUNK / bs * bs;
+    use std::os::unix::fs::FileExt;
     let mut builder = TreeBuilder::with_capacity(params, blocks)?;
-    let mut remaining = blocks.saturating_mul(bs as u64);
-    let mut cur = vec![0u8; chunk];
-    let mut next = vec![0u8; chunk];
-    let read_into = |r: &mut (dyn Read + Send), buf: &mut Vec<u8>, want: u64| {
-        let n = usize::try_from(want.min(buf.len() as u64)).unwrap_or(buf.len());
-        buf.truncate(n);
-        r.read_exact(buf).map(|_| n)
-    };
-    let io_err = |e| Error::io(Path::new("data"), "reading", e);
-    let mut n = read_into(r, &mut cur, remaining).map_err(io_err)?;
-    remaining -= n as u64;
-    while n > 0 {
-        next.resize(chunk, 0);
-        let (read, hashed) = rayon::join(
-            || read_into(r, &mut next, remaining),
-            || builder.update(&cur[..n]),
-        );
-        hashed?;
-        let m = read.map_err(io_err)?;
-        remaining -= m as u64;
-        std::mem::swap(&mut cur, &mut next);
-        n = m;
-    }
+    builder.update_from(blocks, |at, buf: &mut [u8]| {
+        let pos = offset
+            .checked_add(at)
+            .ok_or_else(|| Error::io(path, "reading", std::io::ErrorKind::InvalidInput.into()))?;
+        f.read_exact_at(buf, pos)
+            .map_err(|e| Error::io(path, "reading", e))
+    })?;
     Ok(builder.finish()?)
 }
 
@@ -907,13 +890,7 @@ pub fn inspect_file(
                 ));
             } else {
                 let params = VerityParams::from_superblock(sb)?;
-                f.seek(SeekFrom::Start(data.offset()))
-                    .map_err(|e| Error::io(path, "reading", e))?;
-                let tree =
-                    verity_of_reader(&mut f, sb.data_blocks, params).map_err(|e| match e {
-                        Error::Io { action, source, .. } => Error::io(path, action, source),
-                        other => other,
-                    })?;
+                let tree = verity_of_file_at(&f, path, data.offset(), sb.data_blocks, params)?;
                 let len = tree.hash_device.len() as u64;
                 hash_partition_matches =
                     h.size() >= len && read_at(&mut f, path, h.offset(), len)? == tree.hash_device;

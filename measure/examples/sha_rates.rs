@@ -1,0 +1,95 @@
+//! Per-core hash rates of the implementations we can use (run by hand, release build: not a
+//! test): `cargo run --release -p imgctl-measure --example sha_rates [MIB]`.
+//!
+//! Prints GB/s on one core for ring and RustCrypto (sha1/sha2, which pick SHA-NI / AVX2 at run
+//! time) over one large buffer, and for dm-verity's salted 4 KiB blocks, so the faster one per
+//! algorithm can be chosen on this CPU and the two-core limit of each row computed.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use ring::digest;
+use sha2::Digest as _;
+
+fn rate(bytes: usize, f: impl Fn()) -> f64 {
+    f(); // warm
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    bytes as f64 / best / 1e9
+}
+
+fn main() {
+    let mib: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    let data: Vec<u8> = (0..mib << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let n = data.len();
+    let ring_of = |alg: &'static digest::Algorithm| {
+        rate(n, || {
+            black_box(digest::digest(alg, &data));
+        })
+    };
+    println!("one buffer of {mib} MiB, GB/s on one core:");
+    println!(
+        "  sha1    ring {:.2}  rustcrypto {:.2}",
+        ring_of(&digest::SHA1_FOR_LEGACY_USE_ONLY),
+        rate(n, || {
+            black_box(sha1::Sha1::digest(&data));
+        })
+    );
+    println!(
+        "  sha256  ring {:.2}  rustcrypto {:.2}",
+        ring_of(&digest::SHA256),
+        rate(n, || {
+            black_box(sha2::Sha256::digest(&data));
+        })
+    );
+    println!(
+        "  sha384  ring {:.2}  rustcrypto {:.2}",
+        ring_of(&digest::SHA384),
+        rate(n, || {
+            black_box(sha2::Sha384::digest(&data));
+        })
+    );
+    println!(
+        "  sha512  ring {:.2}  rustcrypto {:.2}",
+        ring_of(&digest::SHA512),
+        rate(n, || {
+            black_box(sha2::Sha512::digest(&data));
+        })
+    );
+    let salt = [0x5au8; 32];
+    let ring_salted = {
+        let mut c = digest::Context::new(&digest::SHA256);
+        c.update(&salt);
+        c
+    };
+    let rc_salted = {
+        let mut c = sha2::Sha256::new();
+        c.update(salt);
+        c
+    };
+    println!("dm-verity blocks (SHA-256 of 32-byte salt + 4 KiB), GB/s on one core:");
+    println!(
+        "  ring {:.2}  rustcrypto {:.2}",
+        rate(n, || {
+            for b in data.chunks_exact(4096) {
+                let mut c = ring_salted.clone();
+                c.update(b);
+                black_box(c.finish());
+            }
+        }),
+        rate(n, || {
+            for b in data.chunks_exact(4096) {
+                let mut c = rc_salted.clone();
+                c.update(b);
+                black_box(c.finalize());
+            }
+        })
+    );
+}
