@@ -1037,15 +1037,27 @@ mod tests {
         };
         let linux = pair(0, ".linux", b"kernel");
         assert!(check(linux.to_vec()).is_empty(), "none selected");
-        let with_b: Vec<Event> = linux.iter().cloned().chain(pair(2, ".dtbauto", b"dtb-b")).collect();
+        let with_b: Vec<Event> = linux
+            .iter()
+            .cloned()
+            .chain(pair(2, ".dtbauto", b"dtb-b"))
+            .collect();
         assert!(check(with_b).is_empty(), "the second .dtbauto selected");
-        let stranger: Vec<Event> = linux.iter().cloned().chain(pair(2, ".dtbauto", b"dtb-x")).collect();
+        let stranger: Vec<Event> = linux
+            .iter()
+            .cloned()
+            .chain(pair(2, ".dtbauto", b"dtb-x"))
+            .collect();
         let f = check(stranger);
         assert_eq!(f.first().map(|f| f.kind), Some("section-digest"), "{f:?}");
         // Before 257 a stub does not know .dtbauto: the event is one too many.
         let mut old = artifact.clone();
         old.semantics = Some(StubSemantics::Systemd256);
-        let events: Vec<Event> = linux.iter().cloned().chain(pair(2, ".dtbauto", b"dtb-a")).collect();
+        let events: Vec<Event> = linux
+            .iter()
+            .cloned()
+            .chain(pair(2, ".dtbauto", b"dtb-a"))
+            .collect();
         let refs: Vec<&Event> = events.iter().collect();
         assert!(!match_sections(&old, &refs, &[b]).0.is_empty());
     }
