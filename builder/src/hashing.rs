@@ -186,3 +186,21 @@ mod tests {
         }
     }
 }
+
+/// Passes bytes on and counts them (where the output is, e.g. for padding).
+#[derive(Debug)]
+pub(crate) struct CountingWriter<W> {
+    pub(crate) inner: W,
+    pub(crate) count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -14,6 +14,7 @@
 //! writer (the build's temporary file), never held whole; a file must still have the size it had
 //! when the tree was listed, or the build fails.
 
+use crate::hashing::CountingWriter;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -63,23 +64,6 @@ const S_IFLNK: u32 = 0o120000;
 
 /// The buffer file contents are copied through.
 const COPY_BUFFER: usize = 256 << 10;
-
-/// Counts what goes through (for the 4-byte padding after each archive).
-struct Counting<W> {
-    inner: W,
-    count: u64,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
 
 /// Swallows flushes: the cpio crate flushes after every member, which would make a gzip
 /// stream below it emit a sync block each time (other bytes than compressing the whole archive
@@ -296,7 +280,7 @@ pub fn write_initrd<W: Write>(
     out: &Path,
 ) -> Result<u64, Error> {
     let werr = |e| Error::io(out, "writing", e);
-    let mut w = Counting { inner: w, count: 0 };
+    let mut w = CountingWriter { inner: w, count: 0 };
     let mut buf = vec![0u8; COPY_BUFFER];
     for a in &spec.archives {
         let (_, size) = imgctl_fsio::open_regular(a)?;

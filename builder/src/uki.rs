@@ -25,6 +25,7 @@
 //! [`Layout::write`] gets there (a 1 GiB initrd is never in memory). [`assemble`] does both in
 //! memory. Pure: bytes in, bytes out (any writer).
 
+use crate::hashing::CountingWriter;
 use std::io::Write;
 use std::ops::Range;
 use std::path::Path;
@@ -611,22 +612,6 @@ impl Layout<'_> {
             at = ptr + raw;
         }
         zeros(w, self.size - at)
-    }
-}
-
-struct CountingWriter<W> {
-    inner: W,
-    count: u64,
-}
-
-impl<W: Write> Write for CountingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 

@@ -360,13 +360,26 @@ pub fn sign_detached(key: &SigningKey, cert: &Cert, content: &[u8]) -> Result<Ve
         ));
     }
     let (sig_alg, signature) = sign_sha256_digest(key, &Hash::Sha256.digest(content))?;
+    signed_data(cert, None, sig_alg, signature, oid::DATA, None)
+}
+
+/// DER `ContentInfo` of a `SignedData` with one SHA-256 signer (`cert`, by issuer and serial),
+/// its certificate, and `econtent` (`None`: detached) of `econtent_type`.
+fn signed_data(
+    cert: &Cert,
+    signed_attrs: Option<cms::signed_data::SignedAttributes>,
+    signature_algorithm: AlgorithmIdentifierOwned,
+    signature: Vec<u8>,
+    econtent_type: Oid,
+    econtent: Option<Any>,
+) -> Result<Vec<u8>, Pkcs7Error> {
     let enc = |e: der::Error| Pkcs7Error::Malformed(format!("encoding: {e}"));
     let signer = SignerInfo {
         version: CmsVersion::V1,
         sid: SignerIdentifier::IssuerAndSerialNumber(cert.issuer_and_serial()),
         digest_alg: alg(oid::SHA256, true),
-        signed_attrs: None,
-        signature_algorithm: sig_alg,
+        signed_attrs,
+        signature_algorithm,
         signature: OctetString::new(signature).map_err(enc)?,
         unsigned_attrs: None,
     };
@@ -382,8 +395,8 @@ pub fn sign_detached(key: &SigningKey, cert: &Cert, content: &[u8]) -> Result<Ve
         version: CmsVersion::V1,
         digest_algorithms: digests,
         encap_content_info: EncapsulatedContentInfo {
-            econtent_type: oid::DATA,
-            econtent: None,
+            econtent_type,
+            econtent,
         },
         certificates: Some(CertificateSet(certs)),
         crls: None,
@@ -625,39 +638,14 @@ pub fn sign_authenticode(
         .map_err(enc)?;
     let signed = Hash::Sha256.digest(&attrs.to_der().map_err(enc)?);
     let (sig_alg, signature) = sign_sha256_digest(key, &signed)?;
-    let signer = SignerInfo {
-        version: CmsVersion::V1,
-        sid: SignerIdentifier::IssuerAndSerialNumber(cert.issuer_and_serial()),
-        digest_alg: alg(oid::SHA256, true),
-        signed_attrs: Some(attrs),
-        signature_algorithm: sig_alg,
-        signature: OctetString::new(signature).map_err(enc)?,
-        unsigned_attrs: None,
-    };
-    let mut digests = SetOfVec::new();
-    digests.insert(alg(oid::SHA256, true)).map_err(enc)?;
-    let mut certs = SetOfVec::new();
-    certs
-        .insert(CertificateChoices::Certificate(cert.cert.clone()))
-        .map_err(enc)?;
-    let mut signers = SetOfVec::new();
-    signers.insert(signer).map_err(enc)?;
-    let sd = SignedData {
-        version: CmsVersion::V1,
-        digest_algorithms: digests,
-        encap_content_info: EncapsulatedContentInfo {
-            econtent_type: content_type,
-            econtent: Some(Any::from_der(content).map_err(der_err("signed content"))?),
-        },
-        certificates: Some(CertificateSet(certs)),
-        crls: None,
-        signer_infos: SignerInfos(signers),
-    };
-    let ci = ContentInfo {
-        content_type: oid::SIGNED_DATA,
-        content: Any::encode_from(&sd).map_err(enc)?,
-    };
-    ci.to_der().map_err(enc)
+    signed_data(
+        cert,
+        Some(attrs),
+        sig_alg,
+        signature,
+        content_type,
+        Some(Any::from_der(content).map_err(der_err("signed content"))?),
+    )
 }
 
 #[derive(der::Sequence)]
