@@ -139,8 +139,37 @@ impl DtbArgs {
         }
     }
 
+    /// PCR 11 for the machine named (or every `.dtbauto` case), with a spinner, errors naming
+    /// `input`; warns when `--dtb-match` names a compatible no `.dtbauto` of `input` has.
+    pub fn predict(
+        &self,
+        input: &Path,
+        semantics: imgctl_measure::StubSemantics,
+        sections: &[imgctl_measure::uki::SectionData<'_>],
+        banks: &[imgctl_measure::HashAlg],
+        phases: &[imgctl_measure::PhasePath],
+    ) -> anyhow::Result<
+        Vec<(
+            Option<imgctl_measure::uki::DtbCandidate>,
+            imgctl_measure::Prediction,
+        )>,
+    > {
+        let rows = crate::output::with_spinner("hashing sections", || {
+            imgctl_measure::predict::predict_pcr11_per_dtb(
+                semantics,
+                sections,
+                banks,
+                phases,
+                self.choice().as_ref(),
+            )
+        })
+        .with_context(|| input.display().to_string())?;
+        self.warn_unmatched(input, semantics, sections);
+        Ok(rows)
+    }
+
     /// Warns when `--dtb-match` names a compatible no `.dtbauto` of `input` has.
-    pub fn warn_unmatched(
+    fn warn_unmatched(
         &self,
         input: &Path,
         semantics: imgctl_measure::StubSemantics,

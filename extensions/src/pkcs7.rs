@@ -363,6 +363,25 @@ pub fn sign_detached(key: &SigningKey, cert: &Cert, content: &[u8]) -> Result<Ve
     signed_data(cert, None, sig_alg, signature, oid::DATA, None)
 }
 
+/// The `SignedData` in a DER `ContentInfo`, whose signed content is of `econtent_type`.
+fn signed_data_of(der: &[u8], econtent_type: Oid, what: &str) -> Result<SignedData, Pkcs7Error> {
+    let ci = ContentInfo::from_der(der).map_err(der_err("ContentInfo"))?;
+    if ci.content_type != oid::SIGNED_DATA {
+        return Err(Pkcs7Error::Malformed(format!(
+            "content type {} is not signedData",
+            ci.content_type
+        )));
+    }
+    let sd: SignedData = ci.content.decode_as().map_err(der_err("SignedData"))?;
+    if sd.encap_content_info.econtent_type != econtent_type {
+        return Err(Pkcs7Error::Unsupported(format!(
+            "signed content type {} is not {what}",
+            sd.encap_content_info.econtent_type
+        )));
+    }
+    Ok(sd)
+}
+
 /// DER `ContentInfo` of a `SignedData` with one SHA-256 signer (`cert`, by issuer and serial),
 /// its certificate, and `econtent` (`None`: detached) of `econtent_type`.
 fn signed_data(
@@ -426,21 +445,8 @@ pub fn verify_detached(
     content: &[u8],
     trusted: Option<&[Cert]>,
 ) -> Result<Signer, Pkcs7Error> {
-    let ci = ContentInfo::from_der(der).map_err(der_err("ContentInfo"))?;
-    if ci.content_type != oid::SIGNED_DATA {
-        return Err(Pkcs7Error::Malformed(format!(
-            "content type {} is not signedData",
-            ci.content_type
-        )));
-    }
-    let sd: SignedData = ci.content.decode_as().map_err(der_err("SignedData"))?;
+    let sd = signed_data_of(der, oid::DATA, "data")?;
     let eci = &sd.encap_content_info;
-    if eci.econtent_type != oid::DATA {
-        return Err(Pkcs7Error::Unsupported(format!(
-            "signed content type {} is not data",
-            eci.econtent_type
-        )));
-    }
     if let Some(inner) = &eci.econtent {
         // Not detached: the embedded content must be exactly what we verify.
         let os: OctetString = inner.decode_as().map_err(der_err("embedded content"))?;
@@ -700,21 +706,8 @@ fn hash_name(o: &Oid) -> String {
 /// content octets, RSA PKCS#1 v1.5 or ECDSA P-256 over their DER. Whether the carried image
 /// hash is the image's is the caller's check; whether the signer is trusted too.
 pub fn read_authenticode(der: &[u8]) -> Result<AuthenticodeSignature, Pkcs7Error> {
-    let ci = ContentInfo::from_der(der).map_err(der_err("ContentInfo"))?;
-    if ci.content_type != oid::SIGNED_DATA {
-        return Err(Pkcs7Error::Malformed(format!(
-            "content type {} is not signedData",
-            ci.content_type
-        )));
-    }
-    let sd: SignedData = ci.content.decode_as().map_err(der_err("SignedData"))?;
+    let sd = signed_data_of(der, oid::SPC_INDIRECT_DATA, "SpcIndirectDataContent")?;
     let eci = &sd.encap_content_info;
-    if eci.econtent_type != oid::SPC_INDIRECT_DATA {
-        return Err(Pkcs7Error::Unsupported(format!(
-            "signed content type {} is not SpcIndirectDataContent",
-            eci.econtent_type
-        )));
-    }
     let content = eci
         .econtent
         .as_ref()

@@ -3,8 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use imgctl_measure::predict::predict_pcr11_per_dtb;
 use imgctl_measure::uki::DtbCandidate;
 use imgctl_measure::{HashAlg, PhasePath};
 
@@ -63,17 +61,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let phases = crate::uki_input::phase_paths(&args.phases, PhasePath::defaults())?;
     // Which .dtbauto the stub selects depends on the machine: one prediction per candidate
     // (and "none") unless the machine is named.
-    let rows = crate::output::with_spinner("hashing sections", || {
-        predict_pcr11_per_dtb(
-            semantics,
-            &sections,
-            &banks,
-            &phases,
-            args.dtb.choice().as_ref(),
-        )
-    })
-    .with_context(|| args.input.display().to_string())?;
-    args.dtb.warn_unmatched(&args.input, semantics, &sections);
+    let rows = args
+        .dtb
+        .predict(&args.input, semantics, &sections, &banks, &phases)?;
     let label = |c: &Option<DtbCandidate>| match c {
         None => "none selected".to_owned(),
         Some(c) => format!(".dtbauto #{} ({})", c.index, c.compatible),

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use imgctl_measure::keys::{SigningKey, VerifyingKey};
 use imgctl_measure::pcr11::DEFAULT_PHASE_PATHS;
-use imgctl_measure::predict::predict_pcr11_per_dtb;
 use imgctl_measure::{pcrsig, HashAlg, PhasePath};
 
 use crate::output::out;
@@ -110,17 +109,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let phases = crate::uki_input::phase_paths(&args.phases, defaults)?;
     // A UKI with .dtbauto sections measures differently per machine: unless the machine is
     // named, every case is signed (systemd picks the entry whose policy matches the TPM).
-    let rows = crate::output::with_spinner("hashing sections", || {
-        predict_pcr11_per_dtb(
-            semantics,
-            &sections,
-            &banks,
-            &phases,
-            args.dtb.choice().as_ref(),
-        )
-    })
-    .with_context(|| args.input.display().to_string())?;
-    args.dtb.warn_unmatched(&args.input, semantics, &sections);
+    let rows = args
+        .dtb
+        .predict(&args.input, semantics, &sections, &banks, &phases)?;
     let mut doc = pcrsig::PcrSignature::default();
     for (_, prediction) in &rows {
         doc.append(
