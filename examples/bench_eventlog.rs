@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use imgctl_measure::eventlog::{replay, EventLog};
+use imgctl_attest::eventlog::{replay, EventLog};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

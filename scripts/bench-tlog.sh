@@ -6,4 +6,4 @@ set -eu
 cd "$(dirname "$0")/.."
 dir=$(mktemp -d "${TMPDIR:-/tmp}/imgctl-bench-tlog.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
-cargo run --release -q -p imgctl-tlog-store --example bench -- "$dir" "${1:-1000000}" "${2:-10000}" "${3:-2000}"
+cargo run --release -q -p imgctl-tlog --example bench -- "$dir" "${1:-1000000}" "${2:-10000}" "${3:-2000}"

@@ -38,7 +38,7 @@ else
 fi
 echo "building release binaries ..." >&2
 cargo build --release -q --bin imgctl --example bench_eventlog
-cargo build --release -q -p imgctl-tlog-store --example bench
+cargo build --release -q -p imgctl-tlog --example bench
 imgctl=$root/target/release/imgctl
 work=$(mktemp -d "$bench/run.XXXXXX")
 chroot_tmp=""

@@ -8,7 +8,7 @@
 //! timeout and SIGINT/SIGTERM (the handler only sets a flag the wait loop polls). A SIGKILL of
 //! imgctl itself cannot be caught; swtpm then exits when QEMU closes its socket.
 //!
-//! What the guest printed is interpreted elsewhere (`imgctl_measure::guest_report`).
+//! What the guest printed is interpreted elsewhere (`imgctl_attest::guest_report`).
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use imgctl_measure::guest_report::MARK_DONE;
+use imgctl_attest::guest_report::MARK_DONE;
 
 /// Where Debian's `ovmf` package puts the firmware; `IMGCTL_OVMF_DIR` overrides it.
 const OVMF_DIR: &str = "/usr/share/OVMF";

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use imgctl_measure::eventlog::{self, lint, EventLog, EventType, LogFormat, PcrValues};
+use imgctl_attest::eventlog::{self, lint, EventLog, EventType, LogFormat, PcrValues};
 use imgctl_measure::{Digest, HashAlg};
 
 fn dir() -> Option<PathBuf> {

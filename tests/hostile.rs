@@ -2066,7 +2066,7 @@ fn eventlog_commands_refuse_truncated_oversized_and_endless_logs() {
         "eventlog show, an event of 4 GiB",
         args(&[&"eventlog", &"show", &f]),
     ));
-    let parsed = imgctl_measure::eventlog::EventLog::parse(&c.log).unwrap();
+    let parsed = imgctl_attest::eventlog::EventLog::parse(&c.log).unwrap();
     let last = parsed.events.last().unwrap().offset;
     let mut pcr = c.log.clone();
     pcr[last..last + 4].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
@@ -2135,7 +2135,7 @@ fn verify_never_accepts_corrupted_evidence_and_reports_unreadable_input_as_3() {
     // Corrupted event logs: every one must be rejected (1) or unreadable (3), never accepted.
     // Flips where they change what the log claims was measured: an event's PCR index and its
     // first digest (event data is descriptive; the digests are the evidence).
-    let parsed = imgctl_measure::eventlog::EventLog::parse(&c.log).unwrap();
+    let parsed = imgctl_attest::eventlog::EventLog::parse(&c.log).unwrap();
     let mut points = Vec::new();
     for e in parsed
         .events
@@ -2354,7 +2354,7 @@ fn audit_refuses_endless_and_truncated_logs_and_reports_tampering() {
     let d = c.dir.path();
     let mut r = Report::default();
     // A break-glass record as `imgctl measure break-glass` writes it, after a phase record.
-    use imgctl_measure::userspace_record::{BreakGlass, Origin};
+    use imgctl_attest::userspace_record::{BreakGlass, Origin};
     use imgctl_measure::HashAlg;
     let bg = BreakGlass::new("alice", "debug-shell", "INC-7 disk full", 1_795_395_723).unwrap();
     let origin = Origin {
@@ -2366,10 +2366,10 @@ fn audit_refuses_endless_and_truncated_logs_and_reports_tampering() {
         .unwrap()
         .to_json_seq();
     let ul = write(d, "tpm2-measure.log", &ulog);
-    let log = imgctl_measure::eventlog::EventLog::parse(&c.log).unwrap();
-    let u = imgctl_measure::eventlog::UserspaceLog::parse(&ulog).unwrap();
-    let pcrs = u.replay_onto(&imgctl_measure::eventlog::replay(&log).values);
-    let pcrs_json = serde_json::to_string(&imgctl_measure::eventlog::PcrValuesJson(&pcrs)).unwrap();
+    let log = imgctl_attest::eventlog::EventLog::parse(&c.log).unwrap();
+    let u = imgctl_attest::eventlog::UserspaceLog::parse(&ulog).unwrap();
+    let pcrs = u.replay_onto(&imgctl_attest::eventlog::replay(&log).values);
+    let pcrs_json = serde_json::to_string(&imgctl_attest::eventlog::PcrValuesJson(&pcrs)).unwrap();
     let pf = write(d, "pcrs.json", pcrs_json.as_bytes());
     let audit = |ul: &Path, pcrs: &Path| -> Vec<OsString> {
         args(&[
@@ -3157,7 +3157,7 @@ fn find_file(dir: &Path) -> Option<PathBuf> {
 /// a reference. Open defect (verify's references): fails until the parser checks the length.
 #[test]
 fn fuzz_pcrs_json_rejects_a_hash_of_the_wrong_length_for_its_bank() {
-    use imgctl_measure::verify::{parse_manifest, parse_pcrs_json};
+    use imgctl_attest::verify::{parse_manifest, parse_pcrs_json};
     for (bank, len) in [("sha1", 21), ("sha256", 31), ("sha384", 66), ("sha512", 0)] {
         let pcrs = format!(
             "{{\"{bank}\": [{{\"pcr\": 11, \"hash\": \"{}\"}}]}}",

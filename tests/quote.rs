@@ -5,8 +5,8 @@
 mod common;
 
 use base64::Engine as _;
-use imgctl_measure::eventlog::{self, EventLog};
-use imgctl_measure::quote::{verify_quote, AkPublic, Attest, QuoteError, Signature};
+use imgctl_attest::eventlog::{self, EventLog};
+use imgctl_attest::quote::{verify_quote, AkPublic, Attest, QuoteError, Signature};
 use imgctl_measure::{Digest, HashAlg};
 
 struct Bundle {

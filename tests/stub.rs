@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{imgctl, missing, repo_root, require_tool, run_ok};
+use imgctl_attest::guest_report::GuestReport;
 use imgctl_measure::bank::{HashAlg, Pcr};
-use imgctl_measure::guest_report::GuestReport;
 use imgctl_measure::pcr11::{self, StubSemantics, SECTIONS_252};
 use imgctl_measure::uki::Uki;
 

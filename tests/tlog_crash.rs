@@ -13,9 +13,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
-use imgctl_measure::tlog::checkpoint::{self, Policy};
-use imgctl_measure::tlog::note::NoteSigner;
-use imgctl_tlog_store::{Appender, LogReader};
+use imgctl_tlog::checkpoint::{self, Policy};
+use imgctl_tlog::note::NoteSigner;
+use imgctl_tlog::{Appender, LogReader};
 
 struct Rng(u64);
 impl Rng {

@@ -10,10 +10,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use imgctl_measure::tlog::merkle::{
+use imgctl_tlog::merkle::{
     consistency_proof, inclusion_proof, verify_consistency, verify_inclusion, MemTree,
 };
-use imgctl_measure::tlog::note::{self, NoteVerifier};
+use imgctl_tlog::note::{self, NoteVerifier};
 use serde_json::Value;
 
 fn b64(v: &Value) -> Vec<u8> {

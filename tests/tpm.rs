@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{imgctl, require_tool, run_ok};
+use imgctl_attest::eventlog::UserspaceLog;
+use imgctl_attest::userspace_record::BreakGlass;
 use imgctl_builder::uki::{assemble, NewSection};
-use imgctl_measure::eventlog::UserspaceLog;
-use imgctl_measure::userspace_record::BreakGlass;
 use imgctl_measure::{HashAlg, PeFile};
 use swtpm::Swtpm;
 
@@ -592,7 +592,7 @@ fn a_locked_out_tpm_is_reported_as_such() {
 /// TPM2B_PUBLIC, and refuses it for another nonce or with a flipped signature bit.
 #[test]
 fn a_tpm2_tools_ecdsa_p256_quote_verifies_with_our_verifier() {
-    use imgctl_measure::quote::{verify_quote, AkPublic, Signature};
+    use imgctl_attest::quote::{verify_quote, AkPublic, Signature};
     if !base_tools() || !have(&[("tpm2_quote", "tpm2-tools")]) {
         return;
     }

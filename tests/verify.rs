@@ -8,12 +8,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use imgctl_measure::breakglass::{BreakGlass, PCR};
-use imgctl_measure::eventlog::{self, Event, EventLog, EventType, UserspaceLog};
+use imgctl_attest::breakglass::{BreakGlass, PCR};
+use imgctl_attest::eventlog::{self, Event, EventLog, EventType, UserspaceLog};
+use imgctl_attest::userspace_record::Origin;
+use imgctl_attest::verify::{self, Policy, References, Severity, Verdict};
 use imgctl_measure::pcr11::{name_bytes, StubSemantics};
 use imgctl_measure::predict::{predict_from_digests, PhasePath};
-use imgctl_measure::userspace_record::Origin;
-use imgctl_measure::verify::{self, Policy, References, Severity, Verdict};
 use imgctl_measure::{Digest, HashAlg};
 
 const OVMF: &str = "testdata/eventlogs/ovmf-swtpm";
@@ -795,8 +795,8 @@ fn a_sha1_quote_does_not_cover_a_sha256_check() {
     };
     let log = EventLog::parse(&b64(&j["Log"]["Raw"])).unwrap();
     let attest = b64(&j["Quote"]["Quote"]);
-    let sig = imgctl_measure::quote::Signature::parse(&b64(&j["Quote"]["Signature"])).unwrap();
-    let ak = imgctl_measure::quote::AkPublic::parse(&b64(&j["AK"]["Public"])).unwrap();
+    let sig = imgctl_attest::quote::Signature::parse(&b64(&j["Quote"]["Signature"])).unwrap();
+    let ak = imgctl_attest::quote::AkPublic::parse(&b64(&j["AK"]["Public"])).unwrap();
     let r = eventlog::replay(&log);
     let q = verify::QuoteEvidence {
         attest: &attest,

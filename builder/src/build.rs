@@ -890,9 +890,9 @@ pub fn append_pcrsig(uki: &[u8], json: &str) -> Result<Vec<u8>, Error> {
 
 /// The transparency-log entry for a built UKI: its digest in every bank, its PCR 11 predictions
 /// per bank and phase, the recipe's digest and the builder's version.
-pub fn log_entry(out: &BuildOutput) -> Result<imgctl_measure::tlog::LogEntry, Error> {
-    use imgctl_measure::tlog::entry::PredictedPcr;
-    use imgctl_measure::tlog::{ArtifactKind, LogEntry};
+pub fn log_entry(out: &BuildOutput) -> Result<imgctl_tlog::LogEntry, Error> {
+    use imgctl_tlog::entry::PredictedPcr;
+    use imgctl_tlog::{ArtifactKind, LogEntry};
     let parse = |bank: &str, hex_value: &str| -> Result<(HashAlg, Digest), Error> {
         let b: HashAlg = bank
             .parse()

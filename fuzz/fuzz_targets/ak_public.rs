@@ -2,7 +2,7 @@
 //! SubjectPublicKeyInfo.
 #![no_main]
 
-use imgctl_measure::quote::AkPublic;
+use imgctl_attest::quote::AkPublic;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

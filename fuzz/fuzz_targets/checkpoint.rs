@@ -2,8 +2,8 @@
 //! then the checkpoint body, under a fixed log key with and without witnesses.
 #![no_main]
 
-use imgctl_measure::tlog::checkpoint::{self, Checkpoint, Policy};
-use imgctl_measure::tlog::note::NoteVerifier;
+use imgctl_tlog::checkpoint::{self, Checkpoint, Policy};
+use imgctl_tlog::note::NoteVerifier;
 use libfuzzer_sys::fuzz_target;
 
 const VKEY: &str = "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k";

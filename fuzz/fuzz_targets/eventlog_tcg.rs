@@ -3,11 +3,11 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(log) = imgctl_measure::eventlog::EventLog::parse(data) {
+    if let Ok(log) = imgctl_attest::eventlog::EventLog::parse(data) {
         for e in &log.events {
-            let _ = imgctl_measure::eventlog::describe(e);
+            let _ = imgctl_attest::eventlog::describe(e);
         }
-        let _ = imgctl_measure::eventlog::lint::lint(&log);
-        let _ = imgctl_measure::eventlog::replay(&log);
+        let _ = imgctl_attest::eventlog::lint::lint(&log);
+        let _ = imgctl_attest::eventlog::replay(&log);
     }
 });

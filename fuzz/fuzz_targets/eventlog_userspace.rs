@@ -2,7 +2,7 @@
 //! systemd's userspace measurement log (JSON-SEQ), the one parser the recorder, the verifier and
 //! the auditor share: parse, replay every bank, read break-glass claims, and re-encode records
 //! (what was parsed encodes to a log that parses to the same records).
-use imgctl_measure::eventlog::UserspaceLog;
+use imgctl_attest::eventlog::UserspaceLog;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         let mut again = Vec::new();
         for r in &log.records {
             let _ = r.digest_mismatches();
-            let _ = imgctl_measure::breakglass::from_record(r);
+            let _ = imgctl_attest::breakglass::from_record(r);
             again.extend(r.to_json_seq());
         }
         let back = UserspaceLog::parse(&again).expect("own output parses");

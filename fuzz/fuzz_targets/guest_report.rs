@@ -2,7 +2,7 @@
 //! what parses must be consistent (digest sizes match their bank).
 #![no_main]
 
-use imgctl_measure::guest_report::GuestReport;
+use imgctl_attest::guest_report::GuestReport;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         // What `vm --capture` writes as pcrs.json reads back to the same values.
-        let text = serde_json::to_vec(&imgctl_measure::eventlog::PcrValuesJson(&report.pcrs)).unwrap();
-        assert_eq!(imgctl_measure::eventlog::pcr_values_from_json(&text).unwrap(), report.pcrs);
+        let text = serde_json::to_vec(&imgctl_attest::eventlog::PcrValuesJson(&report.pcrs)).unwrap();
+        assert_eq!(imgctl_attest::eventlog::pcr_values_from_json(&text).unwrap(), report.pcrs);
     }
 });

@@ -2,7 +2,7 @@
 //! JSON form `imgctl log append --entry FILE` reads (`LogEntry::from_json`). Each round-trips.
 #![no_main]
 
-use imgctl_measure::tlog::LogEntry;
+use imgctl_tlog::LogEntry;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = imgctl_measure::verify::parse_manifest("manifest.json", data);
+    let _ = imgctl_attest::verify::parse_manifest("manifest.json", data);
 });

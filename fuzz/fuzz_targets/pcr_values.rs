@@ -2,7 +2,7 @@
 //! parses has digests of its bank's size and writes back to the same values.
 #![no_main]
 
-use imgctl_measure::eventlog::{pcr_values_from_json, PcrValuesJson};
+use imgctl_attest::eventlog::{pcr_values_from_json, PcrValuesJson};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(values) = imgctl_measure::verify::parse_pcrs_json("pcrs.json", data) {
+    if let Ok(values) = imgctl_attest::verify::parse_pcrs_json("pcrs.json", data) {
         for v in &values {
             assert_eq!(Some(v.value.as_bytes().len()), v.bank.digest_size());
         }

@@ -1,7 +1,7 @@
 //! The verification policy `imgctl verify --policy` reads (YAML, or JSON which is YAML).
 #![no_main]
 
-use imgctl_measure::verify::Policy;
+use imgctl_attest::verify::Policy;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! `imgctl verify --quote` reads it, then the blobs as the verifier parses them.
 #![no_main]
 
-use imgctl_measure::quote::{parse_quote_json, Attest, Signature};
+use imgctl_attest::quote::{parse_quote_json, Attest, Signature};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,9 +1,9 @@
 //! Signed notes, checkpoints, vkeys/skeys and tlog-proofs from untrusted bytes.
 #![no_main]
 
-use imgctl_measure::tlog::checkpoint::Checkpoint;
-use imgctl_measure::tlog::note::{self, Note, NoteSigner, NoteVerifier};
-use imgctl_measure::tlog::TlogProof;
+use imgctl_tlog::checkpoint::Checkpoint;
+use imgctl_tlog::note::{self, Note, NoteSigner, NoteVerifier};
+use imgctl_tlog::TlogProof;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

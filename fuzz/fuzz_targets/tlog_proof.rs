@@ -2,7 +2,7 @@
 //! and check it against a fixed log key and entry as `log verify` does.
 #![no_main]
 
-use imgctl_measure::tlog::TlogProof;
+use imgctl_tlog::TlogProof;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

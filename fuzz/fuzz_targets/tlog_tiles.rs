@@ -1,8 +1,8 @@
 //! Tile paths, hash tiles, entry bundles and log entries from untrusted bytes.
 #![no_main]
 
-use imgctl_measure::tlog::tiles::{encode_bundle, parse_bundle, parse_hash_tile, TileId, TileKind};
-use imgctl_measure::tlog::LogEntry;
+use imgctl_tlog::tiles::{encode_bundle, parse_bundle, parse_hash_tile, TileId, TileKind};
+use imgctl_tlog::LogEntry;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,6 +1,6 @@
 #![no_main]
 //! TPMS_ATTEST, TPMT_SIGNATURE and AK public key parsers, and quote verification.
-use imgctl_measure::quote::{verify_quote, AkPublic, Attest, Signature};
+use imgctl_attest::quote::{verify_quote, AkPublic, Attest, Signature};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! TPMS_ATTEST taken from the same input.
 #![no_main]
 
-use imgctl_measure::quote::{Attest, Signature};
+use imgctl_attest::quote::{Attest, Signature};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -11,17 +11,14 @@
 //! - [`predict`]: PCR 11 prediction per bank and boot phase, in `systemd-measure`'s JSON shape.
 //! - [`pe`]: a bounds-checked PE/COFF reader; [`authenticode`]: the PE image hash (PCR 4);
 //!   [`authenticode_sign`]: the certificate table and what a Secure Boot signature signs.
-//! - [`guest_report`]: the PCRs and event log a booted demo guest prints on its console.
 //! - [`uki`]: UKI sections per profile and the identity of the stub inside.
 //! - [`reader`]: the cursor every parser of untrusted bytes reads through.
-//! - [`eventlog`]: firmware (TCG PFP) and systemd userspace event logs, parsing and replay.
-//! - [`quote`]: TPMS_ATTEST quotes and their signatures (RSASSA, RSA-PSS, ECDSA).
-//! - [`audit`]: the break-glass auditor (consistency first, then break-glass records).
-//! - [`verify`]: the verifier: policy, references, verdict; [`breakglass`]: the break-glass
-//!   record shared by the recorder and the auditor.
+//! - [`manifest`]: the build manifest (`manifest.json`); [`keys`], [`policy`], [`pcrsig`]:
+//!   PCR policy keys, TPM policy digests and the signed `.pcrsig` policy; [`tpm_wire`]: the
+//!   TPM 2.0 structures they are encoded in; [`dtb`]: the device-tree facts `.dtbauto` needs.
 //!
-//! What it deliberately does not do: build images (`imgctl-builder`), talk to a TPM, or read
-//! files.
+//! What it deliberately does not do: build images (`imgctl-builder`), read evidence (`imgctl-attest`),
+//! keep the transparency log (`imgctl-tlog`), talk to a TPM, or read files.
 //!
 //! ```
 //! use imgctl_measure::{bank::HashAlg, pcr11::StubSemantics, predict::*};
@@ -32,14 +29,10 @@
 //!            "2ccb64e2494a299a47994c804f7937bb5cbef8a849f2ca2d43d64f7c73e262c7");
 //! ```
 
-pub mod audit;
 pub mod authenticode;
 pub mod authenticode_sign;
 pub mod bank;
-pub mod breakglass;
 pub mod dtb;
-pub mod eventlog;
-pub mod guest_report;
 pub mod keys;
 pub mod manifest;
 pub mod pcr11;
@@ -47,13 +40,9 @@ pub mod pcrsig;
 pub mod pe;
 pub mod policy;
 pub mod predict;
-pub mod quote;
 pub mod reader;
-pub mod tlog;
 pub mod tpm_wire;
 pub mod uki;
-pub mod userspace_record;
-pub mod verify;
 
 use std::fmt;
 

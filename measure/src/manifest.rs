@@ -171,43 +171,45 @@ impl Manifest {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    pub(crate) fn sample() -> Manifest {
-        let file = |role: &str| FileRecord {
-            role: role.into(),
-            path: format!("{role}.bin"),
-            size: 3,
-            digests: [("sha256".to_string(), "00".repeat(32))].into(),
-        };
-        Manifest {
-            format: MANIFEST_FORMAT.into(),
-            name: "demo".into(),
-            version: "1.10".into(),
-            builder: "imgctl-builder 0".into(),
-            source_date_epoch: 1,
-            recipe: file("recipe"),
-            inputs: vec![file("stub")],
-            uki: UkiRecord {
-                file: "demo.efi".into(),
-                size: 9,
-                digests: Digests::new(),
-                authenticode: Digests::new(),
-                kernel_authenticode: None,
-                stub: StubRecord {
-                    path: "linuxx64.efi.stub".into(),
-                    sdmagic: Some("#### LoaderInfo: systemd-stub 252 ####".into()),
-                    semantics: StubSemantics::Systemd252,
-                },
-                sections: vec![],
+/// A small, valid manifest, for the tests of the crates that read manifests.
+#[cfg(any(test, feature = "testing"))]
+pub fn sample() -> Manifest {
+    let file = |role: &str| FileRecord {
+        role: role.into(),
+        path: format!("{role}.bin"),
+        size: 3,
+        digests: [("sha256".to_string(), "00".repeat(32))].into(),
+    };
+    Manifest {
+        format: MANIFEST_FORMAT.into(),
+        name: "demo".into(),
+        version: "1.10".into(),
+        builder: "imgctl-builder 0".into(),
+        source_date_epoch: 1,
+        recipe: file("recipe"),
+        inputs: vec![file("stub")],
+        uki: UkiRecord {
+            file: "demo.efi".into(),
+            size: 9,
+            digests: Digests::new(),
+            authenticode: Digests::new(),
+            kernel_authenticode: None,
+            stub: StubRecord {
+                path: "linuxx64.efi.stub".into(),
+                sdmagic: Some("#### LoaderInfo: systemd-stub 252 ####".into()),
+                semantics: StubSemantics::Systemd252,
             },
-            initrd: None,
-            events: vec![],
-            pcrs: PcrsJson::new(),
-        }
+            sections: vec![],
+        },
+        initrd: None,
+        events: vec![],
+        pcrs: PcrsJson::new(),
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn what_the_builder_writes_the_verifier_reads_back_equal() {

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use crate::output::outln;
 use anyhow::Context;
+use imgctl_attest::audit;
+use imgctl_attest::eventlog::{self, EventLog, PcrValues, UserspaceLog};
 use imgctl_fsio::caps;
-use imgctl_measure::audit;
-use imgctl_measure::eventlog::{self, EventLog, PcrValues, UserspaceLog};
 
 /// List break-glass events (debug shells, emergency logins, recovery-key unlocks) and check the
 /// userspace log replays to the PCRs, so a removed or altered record is itself reported.

@@ -65,7 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let log = match (&args.log, &args.log_key) {
         (Some(dir), Some(key)) => {
             let signer = crate::cmd::log::load_signer(key)?;
-            imgctl_tlog_store::check_writable(dir, &signer)
+            imgctl_tlog::check_writable(dir, &signer)
                 .with_context(|| format!("the log {} with {}", dir.display(), key.display()))?;
             Some((dir.as_path(), key.as_path()))
         }
@@ -145,7 +145,7 @@ fn log_and_commit(
     );
     stage.check(&name)?;
     let signer = crate::cmd::log::load_signer(key)?;
-    let mut log = imgctl_tlog_store::Appender::open(dir, signer)
+    let mut log = imgctl_tlog::Appender::open(dir, signer)
         .with_context(|| format!("opening the log {} with {}", dir.display(), key.display()))?;
     let _critical = imgctl_fsio::critical_section();
     let appended = log

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use crate::output::outln;
 use anyhow::Context;
-use imgctl_measure::eventlog::{self, describe, EventLog};
+use imgctl_attest::eventlog::{self, describe, EventLog};
 
 /// List or replay a TCG PC Client firmware event log (binary_bios_measurements).
 ///

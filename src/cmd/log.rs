@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 use crate::output::{out, outln};
 use anyhow::{bail, Context};
-use imgctl_measure::tlog::checkpoint::{self, Checkpoint, Policy};
-use imgctl_measure::tlog::note::{NoteSigner, NoteVerifier, VerifierKind};
-use imgctl_measure::tlog::{LogEntry, TlogProof};
-use imgctl_tlog_store::client::{self, TileFetch};
-use imgctl_tlog_store::{Appender, FolderTiles, HttpTiles, LogReader};
+use imgctl_tlog::checkpoint::{self, Checkpoint, Policy};
+use imgctl_tlog::client::{self, TileFetch};
+use imgctl_tlog::note::{NoteSigner, NoteVerifier, VerifierKind};
+use imgctl_tlog::{Appender, FolderTiles, HttpTiles, LogReader};
+use imgctl_tlog::{LogEntry, TlogProof};
 use serde_json::json;
 
 /// Manage and check a transparency log of measurements.
@@ -253,7 +253,7 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     };
     // The log first, then the key: if the log cannot be made, no key is left either.
     let created_key = keys.paths().next().is_some();
-    let signed = imgctl_tlog_store::init(&a.dir, &signer)
+    let signed = imgctl_tlog::init(&a.dir, &signer)
         .with_context(|| format!("creating the log {}", a.dir.display()))?;
     keys.commit()?;
     if created_key {
@@ -519,12 +519,9 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             let dir = a.log.as_deref().unwrap_or_default();
             let (vc, _) = client::fetch_checkpoint(src.as_ref(), &policy)?;
             let c = vc.checkpoint;
-            let report = imgctl_measure::tlog::tiles::audit(
-                c.size,
-                &c.root,
-                client::tile_fetcher(src.as_ref()),
-            )
-            .with_context(|| format!("auditing {dir}"))?;
+            let report =
+                imgctl_tlog::tiles::audit(c.size, &c.root, client::tile_fetcher(src.as_ref()))
+                    .with_context(|| format!("auditing {dir}"))?;
             return Ok((
                 c,
                 None,

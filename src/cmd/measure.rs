@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use imgctl_measure::bank::PcrIndex;
-use imgctl_measure::userspace_record::{
+use imgctl_attest::userspace_record::{
     write_record, BreakGlass, LogFile, Origin, UserspaceRecord, WriteError, BREAK_GLASS_PCR,
     DEFAULT_LOG,
 };
+use imgctl_measure::bank::PcrIndex;
 use imgctl_measure::HashAlg;
 
 /// Measure an event into the TPM and systemd's userspace log (/run/log/systemd/tpm2-measure.log).

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use imgctl_attest::eventlog::{PcrValues, PcrValuesJson};
 use imgctl_measure::bank::PcrIndex;
-use imgctl_measure::eventlog::{PcrValues, PcrValuesJson};
 use imgctl_measure::keys::VerifyingKey;
 use imgctl_measure::pcrsig::PcrSignature;
 use imgctl_measure::{HashAlg, PeFile};

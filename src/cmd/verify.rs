@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use crate::output::outln;
 use anyhow::Context;
+use imgctl_attest::eventlog::{EventLog, UserspaceLog};
+use imgctl_attest::quote::{parse_quote_json, AkPublic, Attest, Signature};
+use imgctl_attest::verify::{self, Policy, QuoteEvidence, References, Severity, Verdict};
 use imgctl_fsio::caps;
-use imgctl_measure::eventlog::{EventLog, UserspaceLog};
-use imgctl_measure::quote::{parse_quote_json, AkPublic, Attest, Signature};
-use imgctl_measure::verify::{self, Policy, QuoteEvidence, References, Severity, Verdict};
 
 /// Verify a machine's event logs (and TPM quote) against a policy and the published references.
 ///

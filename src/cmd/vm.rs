@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use imgctl_measure::eventlog::PcrValuesJson;
-use imgctl_measure::guest_report::{GuestReport, MARK_DONE};
+use imgctl_attest::eventlog::PcrValuesJson;
+use imgctl_attest::guest_report::{GuestReport, MARK_DONE};
 
 use crate::output::outln;
 use crate::vm::{self, Accel, Ending, VmConfig};

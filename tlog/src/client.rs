@@ -4,14 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use imgctl_measure::tlog::checkpoint::{self, Checkpoint, Policy, VerifiedCheckpoint};
-use imgctl_measure::tlog::merkle::{
-    consistency_proof, inclusion_proof, leaf_hash, verify_inclusion,
-};
-use imgctl_measure::tlog::tiles::{TileId, TileNodes};
-use imgctl_measure::tlog::Error as TlogError;
+use crate::checkpoint::{self, Checkpoint, Policy, VerifiedCheckpoint};
+use crate::merkle::{consistency_proof, inclusion_proof, leaf_hash, verify_inclusion};
+use crate::tiles::{TileId, TileNodes};
+use crate::Error as TlogError;
 
-use crate::Error;
+use crate::StoreError as Error;
 
 /// The largest resource we download (a checkpoint with many cosignatures, a full bundle).
 pub const MAX_RESOURCE: usize = 64 << 20;
@@ -136,7 +134,7 @@ impl TileFetch for HttpTiles {
     }
 }
 
-/// A tile fetcher for `imgctl_measure::tlog::tiles` over any [`TileFetch`]: a partial tile
+/// A tile fetcher for `crate::tiles` over any [`TileFetch`]: a partial tile
 /// that is gone is replaced by the prefix of its full tile, as tlog-tiles allows clients to.
 pub fn tile_fetcher<'a>(
     src: &'a dyn TileFetch,
@@ -154,10 +152,10 @@ pub fn fetch_tile(src: &dyn TileFetch, id: &TileId) -> Result<Vec<u8>, TlogError
         if !id.is_full() {
             if let Some(full) = src.get(&id.full().path()).map_err(fail)? {
                 let n = usize::from(id.width) * 32;
-                if id.kind != imgctl_measure::tlog::tiles::TileKind::Entries && full.len() >= n {
+                if id.kind != crate::tiles::TileKind::Entries && full.len() >= n {
                     return Ok(full[..n].to_vec());
                 }
-                if id.kind == imgctl_measure::tlog::tiles::TileKind::Entries {
+                if id.kind == crate::tiles::TileKind::Entries {
                     return truncate_bundle(&full, id);
                 }
             }
@@ -171,8 +169,8 @@ pub fn fetch_tile(src: &dyn TileFetch, id: &TileId) -> Result<Vec<u8>, TlogError
 
 fn truncate_bundle(full: &[u8], id: &TileId) -> Result<Vec<u8>, TlogError> {
     let full_id = id.full();
-    let entries = imgctl_measure::tlog::tiles::parse_bundle(&full_id, full)?;
-    imgctl_measure::tlog::tiles::encode_bundle(&entries[..usize::from(id.width)])
+    let entries = crate::tiles::parse_bundle(&full_id, full)?;
+    crate::tiles::encode_bundle(&entries[..usize::from(id.width)])
 }
 
 /// Fetches and verifies the log's current checkpoint.

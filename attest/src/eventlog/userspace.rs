@@ -20,9 +20,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bank::{Digest, HashAlg, Pcr};
 use crate::eventlog::replay::PcrValues;
 use crate::{Error, ParseError};
+use imgctl_measure::bank::{Digest, HashAlg, Pcr};
 
 /// The JSON-SEQ record separator.
 pub const RS: u8 = 0x1e;
@@ -94,14 +94,14 @@ impl UserspaceRecord {
 
     /// A pcrphase record (`eventType` `phase`, PCR 11).
     pub fn phase(word: &str, banks: &[HashAlg], origin: &Origin) -> Result<Self, Error> {
-        let path: crate::PhasePath = word.parse()?;
+        let path: imgctl_measure::PhasePath = word.parse()?;
         if path.words().len() != 1 {
             return Err(Error::InvalidInput(format!(
                 "phase word {word:?} must be a single word"
             )));
         }
         Self::new(
-            crate::pcr11::PCR_KERNEL_IMAGE,
+            imgctl_measure::pcr11::PCR_KERNEL_IMAGE,
             banks,
             word.to_owned(),
             "phase",

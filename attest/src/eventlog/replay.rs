@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::bank::{Digest, HashAlg, Pcr};
 use crate::eventlog::tcg::{Event, EventLog};
 use crate::eventlog::types::EventType;
+use imgctl_measure::bank::{Digest, HashAlg, Pcr};
 
 /// PCR values per bank and index.
 pub type PcrValues = BTreeMap<HashAlg, BTreeMap<u32, Digest>>;
@@ -70,11 +70,11 @@ pub enum PcrValuesError {
     #[error("not {{\"<bank>\": {{\"<pcr>\": \"<hex>\"}}}}: {0}")]
     Shape(String),
     #[error(transparent)]
-    Bank(#[from] crate::bank::UnknownBankName),
+    Bank(#[from] imgctl_measure::bank::UnknownBankName),
     #[error("{bank}: {source}")]
     Index {
         bank: HashAlg,
-        source: crate::bank::InvalidPcrIndex,
+        source: imgctl_measure::bank::InvalidPcrIndex,
     },
     #[error("{bank} PCR {pcr}: {value:?} is not hex")]
     Hex {
@@ -124,7 +124,7 @@ pub fn pcr_values_from_json(data: &[u8]) -> Result<PcrValues, PcrValuesError> {
         let bank: HashAlg = name.parse()?;
         for (index, value) in pcrs {
             let pcr = index
-                .parse::<crate::bank::PcrIndex>()
+                .parse::<imgctl_measure::bank::PcrIndex>()
                 .map_err(|source| PcrValuesError::Index { bank, source })?
                 .get();
             let bytes = hex::decode(&value).map_err(|_| PcrValuesError::Hex {

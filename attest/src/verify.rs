@@ -43,19 +43,19 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bank::{Digest, HashAlg, Pcr, PcrIndex};
 use crate::eventlog::describe::{tagged_event, text};
 use crate::eventlog::lint;
 use crate::eventlog::replay::{replay, PcrValues, Quirk};
 use crate::eventlog::tcg::{Event, EventLog};
 use crate::eventlog::types::EventType;
 use crate::eventlog::userspace::UserspaceLog;
-use crate::pcr11::{name_bytes, StubSemantics, PCR_KERNEL_IMAGE, PHASE_WORDS};
 use crate::quote::{verify_quote, AkPublic, Signature};
 use crate::Error;
+use imgctl_measure::bank::{Digest, HashAlg, Pcr, PcrIndex};
+use imgctl_measure::pcr11::{name_bytes, StubSemantics, PCR_KERNEL_IMAGE, PHASE_WORDS};
 
-pub use crate::manifest::MANIFEST_FORMAT;
-use crate::manifest::{Manifest, PcrsJson};
+pub use imgctl_measure::manifest::MANIFEST_FORMAT;
+use imgctl_measure::manifest::{Manifest, PcrsJson};
 
 /// A verification policy. Parse it with [`Policy::parse`], which also checks it: unknown keys,
 /// unknown banks, PCR indices outside 0–23, malformed or wrong-sized golden values, golden
@@ -1063,7 +1063,7 @@ mod tests {
     }
 
     fn manifest(semantics: &str) -> Vec<u8> {
-        let mut m = serde_json::to_value(crate::manifest::tests::sample()).unwrap();
+        let mut m = serde_json::to_value(imgctl_measure::manifest::sample()).unwrap();
         m["uki"]["stub"]["semantics"] = semantics.into();
         m.to_string().into_bytes()
     }
@@ -1094,7 +1094,7 @@ mod tests {
     /// Defect E21: a bad digest in a manifest names the manifest, the field and the bank.
     #[test]
     fn manifest_digest_errors_name_the_file_field_and_bank() {
-        let mut m = serde_json::to_value(crate::manifest::tests::sample()).unwrap();
+        let mut m = serde_json::to_value(imgctl_measure::manifest::sample()).unwrap();
         m["uki"]["authenticode"] = serde_json::json!({"sha256": "zz"});
         let e = parse_manifest("demo.manifest.json", m.to_string().as_bytes()).unwrap_err();
         let e = e.to_string();
@@ -1102,7 +1102,7 @@ mod tests {
             e.contains("demo.manifest.json: uki.authenticode: sha256 digest \"zz\" is not hex"),
             "{e}"
         );
-        let mut m = serde_json::to_value(crate::manifest::tests::sample()).unwrap();
+        let mut m = serde_json::to_value(imgctl_measure::manifest::sample()).unwrap();
         m["uki"]["sections"] = serde_json::json!([{
             "name": ".linux", "offset": 1024, "virtual_address": 4096, "virtual_size": 3,
             "size_of_raw_data": 512, "measured": true, "digests": {"sha1": "abc"}

@@ -35,9 +35,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::bank::{Digest, HashAlg};
 pub use crate::eventlog::userspace::{Origin, UserspaceRecord, RS};
 use crate::Error;
+use imgctl_measure::bank::{Digest, HashAlg};
 
 /// Where systemd keeps the log.
 pub const DEFAULT_LOG: &str = "/run/log/systemd/tpm2-measure.log";
@@ -327,27 +327,30 @@ mod protocol {
     }
 
     impl LogFile for Fake {
-        type Error = String;
-        fn mode(&mut self) -> Result<u32, String> {
+        type Error = FakeError;
+        fn mode(&mut self) -> Result<u32, FakeError> {
             Ok(self.mode)
         }
-        fn set_mode(&mut self, m: u32) -> Result<(), String> {
+        fn set_mode(&mut self, m: u32) -> Result<(), FakeError> {
             self.mode = m;
             self.modes.push(m);
             Ok(())
         }
-        fn append(&mut self, d: &[u8]) -> Result<(), String> {
+        fn append(&mut self, d: &[u8]) -> Result<(), FakeError> {
             if self.fail_append {
-                return Err("disk full".into());
+                return Err(FakeError("disk full".into()));
             }
             self.data.extend_from_slice(d);
             Ok(())
         }
     }
 
-    impl From<Error> for String {
-        fn from(e: Error) -> String {
-            e.to_string()
+    #[derive(Debug, PartialEq)]
+    struct FakeError(String);
+
+    impl From<Error> for FakeError {
+        fn from(e: Error) -> FakeError {
+            FakeError(e.to_string())
         }
     }
 

@@ -204,7 +204,7 @@ pub fn check_consistency<P: AsRef<[u8]>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tlog::note::VerifierKind;
+    use crate::note::VerifierKind;
 
     #[test]
     fn spec_example_body_parses_and_round_trips() {

@@ -25,9 +25,9 @@ pub fn from_record(r: &UserspaceRecord) -> Option<Result<BreakGlass, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bank::HashAlg;
     use crate::eventlog::UserspaceLog;
     use crate::userspace_record::Origin;
+    use imgctl_measure::bank::HashAlg;
 
     #[test]
     fn the_recorders_record_is_read_back_by_the_verifiers_parser() {
@@ -55,9 +55,9 @@ mod tests {
 #[cfg(test)]
 mod one_rule {
     use super::*;
-    use crate::bank::HashAlg;
     use crate::eventlog::UserspaceLog;
     use crate::userspace_record::Origin;
+    use imgctl_measure::bank::HashAlg;
 
     /// Defect H27: the recorder's parser found break-glass by type only, the verifier's by type
     /// or prefix. There is one parser and one rule now: a record is break-glass by type or by

@@ -1,7 +1,11 @@
-//! A transparency log of measurements, in the formats the C2SP ecosystem speaks.
+//! # imgctl-tlog
 //!
-//! Everything here is pure: functions of bytes and values. The file store that writes a log
-//! folder crash-safely lives in the `imgctl-tlog-store` crate.
+//! A transparency log of measurements, in the formats the C2SP ecosystem speaks, and the store
+//! that keeps one on disk.
+//!
+//! The format modules are pure (functions of bytes and values); the two modules that do I/O say
+//! so: [`store`] (the crash-safe folder) and [`client`] (reading a log from a folder or over
+//! HTTP).
 //!
 //! | module | what | spec |
 //! |---|---|---|
@@ -11,16 +15,49 @@
 //! | [`tiles`] | tile paths, hash tiles, entry bundles, the right edge of a tiled tree | C2SP tlog-tiles |
 //! | [`proof`] | the offline proof bundle (`.tlog-proof`) | C2SP tlog-proof |
 //! | [`entry`] | imgctl's canonical log entry for an artifact | this crate (versioned) |
+//! | [`store`] | I/O: the log folder, appends, proofs from the folder | C2SP tlog-tiles on disk |
+//! | [`client`] | I/O: tiles from a folder or over HTTP, verified reads | C2SP tlog-tiles |
 //!
 //! A log entry's leaf hash is `SHA-256(0x00 ‖ entry bytes)`; the tree is the RFC 6962 tree over
 //! the entries in append order; the log publishes signed checkpoints (origin, size, root) and
 //! the tree as tiles, so any tlog-tiles client can compute proofs itself.
+//!
+//! ## The store
+//!
+//! Folder layout:
+//!
+//! ```text
+//! DIR/checkpoint                    signed checkpoint (the commit point)
+//! DIR/tile/<L>/<N>[.p/<W>]          hash tiles
+//! DIR/tile/entries/<N>[.p/<W>]      entry bundles
+//! DIR/.imgctl-log/vkey              the log's verifier key
+//! DIR/.imgctl-log/lock              appenders hold an exclusive flock on it
+//! DIR/.imgctl-log/pending           intent of an append in progress (for cleanup)
+//! ```
+//!
+//! Durability protocol of one (batched) append, under the lock:
+//! 1. compute the new tiles and bundles from the right edge of the tree (pure);
+//! 2. record the intent (old size, new size, paths to write) in `pending`;
+//! 3. write every tile to a temporary name, fsync it, rename it into place; then fsync every
+//!    folder that gained a name (new folders: their parents too);
+//! 4. sign the new checkpoint, write it the same way, fsync `DIR`: **this rename is the commit**;
+//!    entries are acknowledged only after it returns;
+//! 5. delete partial tiles whose full tile now exists (the spec allows it) and the intent.
+//!
+//! A crash before step 4 leaves the old checkpoint, whose tiles were never touched (an append
+//! only writes tiles the old tree does not have); the next appender reads the intent and
+//! deletes what the dead one wrote. A crash after it leaves the new state. Either way the
+//! published checkpoint and the tiles it names agree.
+
+#![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod client;
 pub mod entry;
 pub mod merkle;
 pub mod note;
 pub mod proof;
+pub mod store;
 pub mod tiles;
 
 pub use checkpoint::Checkpoint;
@@ -30,7 +67,10 @@ pub use note::{NoteSigner, NoteVerifier};
 pub use proof::TlogProof;
 pub use tiles::{Edge, TileId};
 
-use crate::ParseError;
+pub use client::{FolderTiles, HttpTiles, TileFetch};
+pub use store::{append_entries, check_writable, init, Appender, LogReader};
+
+use imgctl_measure::ParseError;
 
 /// Errors of the transparency-log code: each says what failed and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,4 +117,30 @@ pub(crate) fn b64_encode(data: &[u8]) -> String {
 pub(crate) fn b64_decode(s: &str) -> Option<Vec<u8>> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+/// Errors of the store and the clients: I/O, HTTP, and the format errors they meet.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tlog(#[from] Error),
+    #[error("{0}")]
+    Log(String),
+    #[error(transparent)]
+    Fs(#[from] imgctl_fsio::Error),
+    #[error("HTTP {url}: {message}")]
+    Http { url: String, message: String },
+}
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }

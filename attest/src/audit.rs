@@ -124,8 +124,8 @@ pub fn audit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bank::HashAlg;
     use crate::userspace_record::{BreakGlass, Origin};
+    use imgctl_measure::bank::HashAlg;
 
     fn log(actor: &str) -> Vec<u8> {
         let o = Origin {

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use imgctl_measure::tlog::note::{NoteSigner, VerifierKind};
-use imgctl_tlog_store::{init, Appender, LogReader};
+use imgctl_tlog::note::{NoteSigner, VerifierKind};
+use imgctl_tlog::{init, Appender, LogReader};
 
 fn key() -> NoteSigner {
     NoteSigner::from_seed("bench.example/log", VerifierKind::Ed25519, [3; 32]).expect("key")

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 
-use crate::bank::{Digest, HashAlg};
 use crate::ParseError;
+use imgctl_measure::bank::{Digest, HashAlg};
 
 pub const MARK_INIT: &str = "IMGCTL-DEMO: init reached";
 pub const MARK_DONE: &str = "IMGCTL-DEMO: done";

@@ -25,8 +25,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::Error;
-use crate::bank::{Digest, HashAlg};
-use crate::predict::PhasePath;
+use imgctl_measure::bank::{Digest, HashAlg};
+use imgctl_measure::predict::PhasePath;
 
 /// The first line of a version-1 entry.
 pub const ENTRY_V1: &str = "imgctl.dev/log-entry/v1";
@@ -366,7 +366,7 @@ impl LogEntry {
                     phase: p
                         .phase
                         .parse()
-                        .map_err(|x: crate::Error| e(x.to_string()))?,
+                        .map_err(|x: imgctl_measure::Error| e(x.to_string()))?,
                     value: hx(&p.value)?,
                 })
             })

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use super::merkle::{empty_root, leaf_hash, node_hash, root_of, Hash, NodeSource};
 use super::Error;
-use crate::reader::Reader;
+use imgctl_measure::reader::Reader;
 
 /// Tree levels per tile.
 pub const TILE_HEIGHT: u32 = 8;
@@ -281,7 +281,7 @@ pub fn encode_bundle<E: AsRef<[u8]>>(entries: &[E]) -> Result<Vec<u8>, Error> {
 
 /// Parses an entry bundle that must hold exactly `id.width` entries and nothing else.
 pub fn parse_bundle<'a>(id: &TileId, bytes: &'a [u8]) -> Result<Vec<&'a [u8]>, Error> {
-    let wrap = |e: crate::ParseError| Error::Tile {
+    let wrap = |e: imgctl_measure::ParseError| Error::Tile {
         path: id.path(),
         message: e.to_string(),
     };
@@ -626,7 +626,7 @@ pub fn audit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tlog::merkle::{consistency_proof, inclusion_proof, MemTree};
+    use crate::merkle::{consistency_proof, inclusion_proof, MemTree};
     use proptest::prelude::*;
 
     fn store_of(batches: &[u64]) -> (HashMap<TileId, Vec<u8>>, Edge, MemTree) {

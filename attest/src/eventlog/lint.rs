@@ -43,7 +43,7 @@ pub fn payload_candidates(event: &Event) -> Vec<&[u8]> {
 }
 
 /// Banks in which `event`'s digest is none of the hashes its data determines.
-pub fn digest_mismatches(event: &Event) -> Vec<crate::bank::HashAlg> {
+pub fn digest_mismatches(event: &Event) -> Vec<imgctl_measure::bank::HashAlg> {
     let candidates = payload_candidates(event);
     if candidates.is_empty() {
         return Vec::new();

@@ -5,14 +5,14 @@ use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use imgctl_measure::tlog::checkpoint::{self, Checkpoint, Policy};
-use imgctl_measure::tlog::merkle::{consistency_proof, empty_root, inclusion_proof, Hash};
-use imgctl_measure::tlog::note::{NoteSigner, NoteVerifier};
-use imgctl_measure::tlog::tiles::{self, audit, AuditReport, Edge, TileId, TileKind, TileNodes};
-use imgctl_measure::tlog::TlogProof;
+use crate::checkpoint::{self, Checkpoint, Policy};
+use crate::merkle::{consistency_proof, empty_root, inclusion_proof, Hash};
+use crate::note::{NoteSigner, NoteVerifier};
+use crate::tiles::{self, audit, AuditReport, Edge, TileId, TileKind, TileNodes};
+use crate::TlogProof;
 
 use crate::client::{fetch_tile, tile_fetcher, FolderTiles};
-use crate::{io_err, Error};
+use crate::{io_err, StoreError as Error};
 
 const STATE_DIR: &str = ".imgctl-log";
 const CHECKPOINT: &str = "checkpoint";
@@ -427,7 +427,7 @@ impl LogReader {
         read_checkpoint(&self.dir, &self.vkey)
     }
 
-    fn fetch(&self) -> impl FnMut(&TileId) -> Result<Vec<u8>, imgctl_measure::tlog::Error> + '_ {
+    fn fetch(&self) -> impl FnMut(&TileId) -> Result<Vec<u8>, crate::Error> + '_ {
         let dir = self.dir.clone();
         move |id: &TileId| fetch_tile(&FolderTiles(dir.clone()), id)
     }
@@ -500,7 +500,7 @@ impl LogReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imgctl_measure::tlog::note::VerifierKind;
+    use crate::note::VerifierKind;
 
     fn key() -> NoteSigner {
         NoteSigner::from_seed("example.com/test-log", VerifierKind::Ed25519, [42; 32]).unwrap()
@@ -532,7 +532,7 @@ mod tests {
             .verify(&entries[3], &Policy::log_only(r.vkey()))
             .unwrap();
         let old = Checkpoint::parse_text(
-            &imgctl_measure::tlog::note::Note::parse(proofs[0].checkpoint.as_bytes())
+            &crate::note::Note::parse(proofs[0].checkpoint.as_bytes())
                 .unwrap()
                 .text,
         )

@@ -15,14 +15,14 @@
 
 use ring::signature::{self, UnparsedPublicKey};
 
-use crate::bank::{Digest, HashAlg};
-use crate::reader::Reader;
 use crate::ParseError;
+use imgctl_measure::bank::{Digest, HashAlg};
+use imgctl_measure::reader::Reader;
 
 pub const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
 pub const TPM_ST_ATTEST_QUOTE: u16 = 0x8018;
-use crate::tpm_wire::{read_pcr_selection_list, read_tpm2b as tpm2b};
-pub use crate::tpm_wire::{
+use imgctl_measure::tpm_wire::{read_pcr_selection_list, read_tpm2b as tpm2b};
+pub use imgctl_measure::tpm_wire::{
     TPM_ALG_ECC, TPM_ALG_ECDAA, TPM_ALG_ECDSA, TPM_ALG_NULL, TPM_ALG_RSA, TPM_ALG_RSAPSS,
     TPM_ALG_RSASSA, TPM_ECC_NIST_P256, TPM_ECC_NIST_P384,
 };

@@ -11,10 +11,10 @@
 //! Memory is bounded by the input: every length is checked against the bytes that remain
 //! before anything is sliced, and nothing is allocated ahead of the bytes it describes.
 
-use crate::bank::{Digest, HashAlg};
 use crate::eventlog::types::EventType;
-use crate::reader::Reader;
 use crate::ParseError;
+use imgctl_measure::bank::{Digest, HashAlg};
+use imgctl_measure::reader::Reader;
 
 /// `"Spec ID Event03\0"`.
 pub const SPEC_ID_SIGNATURE: &[u8; 16] = b"Spec ID Event03\0";

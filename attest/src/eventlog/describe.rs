@@ -6,7 +6,7 @@
 
 use crate::eventlog::tcg::{Event, SPEC_ID_SIGNATURE, STARTUP_LOCALITY_SIGNATURE};
 use crate::eventlog::types::EventType;
-use crate::reader::Reader;
+use imgctl_measure::reader::Reader;
 
 /// Most bytes shown as hex for undecodable data.
 const HEX_LIMIT: usize = 32;
