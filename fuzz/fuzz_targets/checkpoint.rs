@@ -19,6 +19,6 @@ fuzz_target!(|data: &[u8]| {
     let witnesses = [log.clone()];
     let _ = checkpoint::verify(
         data,
-        &Policy { log: &log, origin: Some("example.com/foo"), witnesses: &witnesses, min_witnesses: 1 },
+        &Policy { log: &log, origin: Some("example.com/foo"), witnesses: &witnesses, quorum: imgctl_tlog::Quorum::threshold(1, witnesses.len()) },
     );
 });

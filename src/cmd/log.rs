@@ -455,7 +455,7 @@ impl Trust {
             log: &self.log,
             origin: None,
             witnesses: &self.witnesses,
-            min_witnesses: self.min,
+            quorum: imgctl_tlog::Quorum::threshold(self.min, self.witnesses.len()),
         }
     }
 }

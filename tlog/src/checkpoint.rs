@@ -4,10 +4,13 @@
 //! extension lines. The origin is non-empty; the size is ASCII decimal without leading zeros;
 //! the root is the standard base64 of the 32-byte RFC 6962 root. A checkpoint is accepted when
 //! the log's Ed25519 key signed it (C2SP signed-note rules, unknown signatures ignored) and,
-//! when witness keys are configured, enough of them cosigned it.
+//! its cosignatures meet the witness quorum ([`Policy::quorum`], C2SP tlog-policy).
+
+use std::collections::BTreeSet;
 
 use super::merkle::{verify_consistency, Hash};
 use super::note::{self, NoteSigner, NoteVerifier};
+use super::policy::{Quorum, TrustPolicy};
 use super::{b64_decode, b64_encode, Error};
 
 /// A checkpoint body.
@@ -94,8 +97,8 @@ pub struct Policy<'a> {
     pub origin: Option<&'a str>,
     /// Witness keys (cosignature/v1 or Ed25519).
     pub witnesses: &'a [NoteVerifier],
-    /// How many of `witnesses` must have cosigned.
-    pub min_witnesses: usize,
+    /// Which cosignatures of `witnesses` are needed (indices into it).
+    pub quorum: Quorum,
 }
 
 impl<'a> Policy<'a> {
@@ -105,8 +108,24 @@ impl<'a> Policy<'a> {
             log,
             origin: None,
             witnesses: &[],
-            min_witnesses: 0,
+            quorum: Quorum::None,
         }
+    }
+
+    /// The checkpoint rule of a tlog-policy file for the log named `origin`: that log's key,
+    /// the policy's witnesses and quorum. `None` when the policy lists no such log.
+    pub fn from_trust(
+        trust: &'a TrustPolicy,
+        witnesses: &'a [NoteVerifier],
+        origin: &str,
+    ) -> Option<Self> {
+        let log = trust.log_for(origin)?;
+        Some(Policy {
+            log: &log.key,
+            origin: None,
+            witnesses,
+            quorum: trust.quorum.clone(),
+        })
     }
 }
 
@@ -149,11 +168,25 @@ pub fn verify(bytes: &[u8], policy: &Policy<'_>) -> Result<VerifiedCheckpoint, E
         .filter(|(v, _)| policy.witnesses.contains(v))
         .map(|(v, ts)| (v.name.clone(), *ts))
         .collect();
-    if cosigned_by.len() < policy.min_witnesses {
+    let cosigned: BTreeSet<usize> = policy
+        .witnesses
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| opened.signed_by(w))
+        .map(|(i, _)| i)
+        .collect();
+    if !policy.quorum.satisfied_by(&cosigned) {
+        let names: Vec<String> = policy.witnesses.iter().map(|w| w.name.clone()).collect();
+        let by: Vec<&str> = cosigned_by.iter().map(|(n, _)| n.as_str()).collect();
         return Err(Error::Checkpoint(format!(
-            "cosigned by {} of the required {} witnesses",
-            cosigned_by.len(),
-            policy.min_witnesses
+            "the witness quorum is not met: cosigned by {} ({}), the quorum needs {}",
+            by.len(),
+            if by.is_empty() {
+                "none".to_owned()
+            } else {
+                by.join(", ")
+            },
+            policy.quorum.describe(&names)
         )));
     }
     Ok(VerifiedCheckpoint {
@@ -241,7 +274,7 @@ mod tests {
             log: log.verifier(),
             origin: None,
             witnesses: &wv,
-            min_witnesses: 1,
+            quorum: Quorum::threshold(1, 1),
         };
         let v = verify(signed.as_bytes(), &p).unwrap();
         assert_eq!(v.checkpoint, c);
@@ -253,7 +286,7 @@ mod tests {
         assert!(verify(only_log.as_bytes(), &p)
             .unwrap_err()
             .to_string()
-            .contains("witnesses"));
+            .contains("quorum is not met"));
         let other =
             NoteSigner::from_seed("example.com/log", VerifierKind::Ed25519, [3; 32]).unwrap();
         let forged = c.sign(&other).unwrap();

@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | [`merkle`] | leaf/node hashing, roots, inclusion and consistency proofs | RFC 6962 §2.1, edge rules of transparency-dev/merkle `proof/verify.go` |
 //! | [`note`] | signed notes, Ed25519 keys, key IDs, vkeys, witness cosignatures | C2SP signed-note, tlog-cosignature |
+//! | [`policy`] | which logs and witnesses are trusted, and the quorum of cosignatures | C2SP tlog-policy |
 //! | [`checkpoint`] | the checkpoint note body and its verification | C2SP tlog-checkpoint |
 //! | [`tiles`] | tile paths, hash tiles, entry bundles, the right edge of a tiled tree | C2SP tlog-tiles |
 //! | [`proof`] | the offline proof bundle (`.tlog-proof`) | C2SP tlog-proof |
@@ -56,6 +57,7 @@ pub mod client;
 pub mod entry;
 pub mod merkle;
 pub mod note;
+pub mod policy;
 pub mod proof;
 pub mod store;
 pub mod tiles;
@@ -64,6 +66,7 @@ pub use checkpoint::Checkpoint;
 pub use entry::{ArtifactKind, LogEntry};
 pub use merkle::{Hash, MemTree, NodeSource};
 pub use note::{NoteSigner, NoteVerifier};
+pub use policy::{Quorum, TrustPolicy};
 pub use proof::TlogProof;
 pub use tiles::{Edge, TileId};
 
@@ -102,6 +105,12 @@ pub enum Error {
     /// The log went backwards or forked.
     #[error("log consistency: {0}")]
     Consistency(String),
+    /// A trust policy file (C2SP tlog-policy) that is malformed.
+    #[error("witness policy: {0}")]
+    Policy(String),
+    /// A tlog-witness request or response that is malformed.
+    #[error("witness protocol: {0}")]
+    Witness(String),
     /// Whatever supplies tiles or nodes failed (missing file, HTTP error ...).
     #[error("{0}")]
     Source(String),
