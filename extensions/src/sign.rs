@@ -113,3 +113,24 @@ impl Signer {
         sign_detached(&self.key, &self.cert, content).map_err(|e| Error::Unsupported(e.to_string()))
     }
 }
+
+impl imgctl_measure::authenticode_sign::AuthenticodeSigner for Signer {
+    fn sign_pe(&self, pe: &[u8]) -> Result<Vec<u8>, String> {
+        Signer::sign_pe(
+            self,
+            pe,
+            imgctl_measure::authenticode_sign::ExistingSignatures::Append,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn sign_indirect_data(&self, indirect_data: &[u8]) -> Result<Vec<u8>, String> {
+        crate::pkcs7::sign_authenticode(
+            &self.key,
+            &self.cert,
+            crate::pkcs7::SPC_INDIRECT_DATA,
+            indirect_data,
+        )
+        .map_err(|e| e.to_string())
+    }
+}

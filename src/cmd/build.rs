@@ -32,6 +32,17 @@ pub struct Args {
     /// and embed .pcrsig, plus .pcrpkey when the recipe names none, as ukify does.
     #[arg(long, value_name = "FILE")]
     pcr_private_key: Option<PathBuf>,
+    /// Sign the UKI for Secure Boot with this private key (PEM, the db key), last, after
+    /// .pcrsig is embedded, as ukify does; sbverify and osslsigncode accept the result.
+    #[arg(long, value_name = "FILE", requires = "secureboot_certificate")]
+    secureboot_key: Option<PathBuf>,
+    /// The Secure Boot key's X.509 certificate (PEM or DER); must hold its public key.
+    #[arg(long, value_name = "FILE", requires = "secureboot_key")]
+    secureboot_certificate: Option<PathBuf>,
+    /// Also sign the kernel before it is embedded (first; this changes PCR 11, which is
+    /// predicted over the signed kernel). An already signed kernel keeps its signatures.
+    #[arg(long, requires = "secureboot_key")]
+    sign_kernel: bool,
     /// Append the UKI's entry to this transparency log (see `imgctl log init`) and write its
     /// inclusion proof next to the UKI as NAME.efi.tlog-proof.
     #[arg(long, value_name = "DIR", requires = "log_key")]
@@ -60,6 +71,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("PCR signing key {}", k.display()))?,
         );
     }
+    if let (Some(k), Some(c)) = (&args.secureboot_key, &args.secureboot_certificate) {
+        let signer = imgctl_extensions::sign::Signer::new(k, c)?;
+        opts.secure_boot = Some(imgctl_builder::build::SecureBootSigning {
+            signer: std::sync::Arc::new(signer),
+            sign_kernel: args.sign_kernel,
+        });
+    }
     // Everything that can be checked is checked before anything is committed: the log folder
     // and its key first (a wrong key or a missing log fails here, with nothing written).
     let log = match (&args.log, &args.log_key) {
@@ -73,7 +91,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (out, mut stage) = crate::output::with_spinner("building", || build_staged(&recipe, &opts))
         .with_context(|| format!("building {}", args.recipe.display()))?;
-    for p in [&args.pcr_private_key, &args.log_key].into_iter().flatten() {
+    for p in [
+        &args.pcr_private_key,
+        &args.log_key,
+        &args.secureboot_key,
+        &args.secureboot_certificate,
+    ]
+    .into_iter()
+    .flatten()
+    {
         stage.add_input(p);
     }
     let proof = match log {
