@@ -328,3 +328,224 @@ fn build_refuses_a_secure_boot_key_that_is_not_the_certificates() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(!d.join("o").join("t.efi").exists());
 }
+
+// ---- Booting with our keys enrolled (`imgctl vm --secure-boot --enroll DIR`) ----
+
+/// What the Secure Boot boot tests need besides the build peers, or None (loudly; a failure
+/// in CI) when something is missing.
+fn boot_peers() -> Option<PathBuf> {
+    let mut ok = true;
+    for (t, p) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("swtpm", "swtpm"),
+        ("mkfs.vfat", "dosfstools"),
+        ("mcopy", "mtools"),
+        ("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "ovmf"),
+        ("/usr/share/OVMF/OVMF_VARS_4M.fd", "ovmf"),
+        ("virt-fw-vars", "virt-firmware from PyPI (scripts/setup.sh)"),
+        ("/bin/busybox", "busybox-static"),
+    ] {
+        ok &= require_tool(t, p).is_some();
+    }
+    peers().filter(|_| ok)
+}
+
+/// The demo recipe (paths made absolute, as it moves to `dir`) built into `dir/NAME` with
+/// `extra` arguments; the UKI's path.
+fn build_demo(dir: &Path, name: &str, extra: &[&std::ffi::OsStr]) -> PathBuf {
+    let recipes = common::repo_root().join("recipes");
+    let recipe = dir.join("demo.yaml");
+    if !recipe.exists() {
+        let text = std::fs::read_to_string(recipes.join("demo.yaml")).unwrap();
+        let mut y: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let abs = |v: &mut serde_yaml::Value| {
+            *v = recipes.join(v.as_str().unwrap()).to_str().unwrap().into();
+        };
+        abs(&mut y["kernel"]);
+        abs(&mut y["initrd"]["tree"]);
+        std::fs::write(&recipe, serde_yaml::to_string(&y).unwrap()).unwrap();
+    }
+    let out = dir.join(name);
+    run_ok(
+        imgctl()
+            .arg("build")
+            .arg(&recipe)
+            .arg("-o")
+            .arg(&out)
+            .args(extra)
+            .env("SOURCE_DATE_EPOCH", "0"),
+    );
+    out.join("demo.efi")
+}
+
+/// `imgctl keygen DIR --pk-kek`: PK, KEK, db and the PCR key pair.
+fn keygen(dir: &Path) -> PathBuf {
+    let keys = dir.join("keys");
+    run_ok(imgctl().arg("keygen").arg(&keys).args([
+        "--pk-kek",
+        "--common-name",
+        "imgctl secure boot test",
+    ]));
+    keys
+}
+
+fn boot(uki: &Path, keys: &Path, tmp: &Path, capture: Option<&Path>) -> std::process::Output {
+    std::fs::create_dir_all(tmp).unwrap();
+    let mut cmd = imgctl();
+    cmd.arg("vm")
+        .arg(uki)
+        .args(["--secure-boot", "--enroll"])
+        .arg(keys)
+        .args(["--timeout", "240", "--quiet"])
+        .env("TMPDIR", tmp);
+    if let Some(c) = capture {
+        cmd.arg("--capture").arg(c);
+    }
+    cmd.output().unwrap()
+}
+
+/// A GUID as UEFI stores it (first three fields little-endian).
+fn guid_bytes(guid: &str) -> Vec<u8> {
+    let h = hex::decode(guid.replace('-', "")).unwrap();
+    let mut out = Vec::new();
+    out.extend(h[0..4].iter().rev());
+    out.extend(h[4..6].iter().rev());
+    out.extend(h[6..8].iter().rev());
+    out.extend(&h[8..]);
+    out
+}
+
+/// The owner GUID `imgctl vm --enroll` gives the certificates it enrols (src/vm.rs).
+const SIGNATURE_OWNER: &str = "0f6c57a4-6e5b-4d28-9d1a-696d6763746c";
+const EFI_IMAGE_SECURITY_DATABASE_GUID: &str = "d719b2cb-3d3a-4596-a3bc-dad00e67656f";
+
+#[test]
+fn a_uki_signed_with_our_db_key_boots_with_our_keys_enrolled_and_others_are_refused() {
+    let Some(_) = boot_peers() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keys = keygen(d);
+    let (db, crt) = (keys.join("db.key"), keys.join("db.crt"));
+    let signed = build_demo(
+        d,
+        "signed",
+        &[
+            "--secureboot-key".as_ref(),
+            db.as_os_str(),
+            "--secureboot-certificate".as_ref(),
+            crt.as_os_str(),
+        ],
+    );
+    let unsigned = build_demo(d, "unsigned", &[]);
+    let (other_key, other_crt) = db_key(d, "other");
+    let other = build_demo(
+        d,
+        "other",
+        &[
+            "--secureboot-key".as_ref(),
+            other_key.as_os_str(),
+            "--secureboot-certificate".as_ref(),
+            other_crt.as_os_str(),
+        ],
+    );
+    // Signed, then one byte of .cmdline changed ("panic=-1" → "panic=-2").
+    let mut bytes = std::fs::read(&signed).unwrap();
+    let at = bytes.windows(8).position(|w| w == b"panic=-1").unwrap();
+    bytes[at + 7] = b'2';
+    let modified = d.join("modified.efi");
+    std::fs::write(&modified, &bytes).unwrap();
+    let inspect = run_ok(imgctl().arg("inspect").arg(&modified));
+    assert!(
+        String::from_utf8_lossy(&inspect)
+            .contains("DOES NOT VERIFY: the image hash it signs is not this image's"),
+        "inspect does not say why the modified UKI is refused"
+    );
+
+    // The three refusals run beside the good boot (2 at a time: the machine has 2 cores).
+    let refusals = std::thread::scope(|s| {
+        let bad = s.spawn(|| {
+            [
+                ("unsigned", &unsigned),
+                ("other", &other),
+                ("modified", &modified),
+            ]
+            .map(|(name, uki)| (name, boot(uki, &keys, &d.join(format!("tmp-{name}")), None)))
+        });
+        let capture = d.join("capture");
+        let good = boot(&signed, &keys, &d.join("tmp-signed"), Some(&capture));
+        let err = String::from_utf8_lossy(&good.stderr);
+        assert!(good.status.success(), "the signed UKI did not boot:\n{err}");
+        (bad.join().unwrap(), capture)
+    });
+    let (bad, capture) = refusals;
+    for (name, out) in bad {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{name}: {err}");
+        assert!(
+            err.contains("Secure Boot rejected its signature"),
+            "{name}: {err}"
+        );
+    }
+
+    // PCR 7 of the good boot: the firmware log replays to what the guest's TPM showed, and its
+    // authority event is the db entry we enrolled (owner GUID + our certificate), hashed.
+    let guest: serde_json::Value = json(&capture.join("pcrs.json"));
+    let replay: serde_json::Value = serde_json::from_slice(&run_ok(
+        imgctl()
+            .args(["eventlog", "replay", "--json"])
+            .arg(capture.join("eventlog.bin")),
+    ))
+    .unwrap();
+    for bank in ["sha1", "sha256"] {
+        assert_eq!(replay[bank]["7"], guest[bank]["7"], "{bank} PCR 7");
+    }
+    let log: serde_json::Value = serde_json::from_slice(&run_ok(
+        imgctl()
+            .args(["eventlog", "show", "--json"])
+            .arg(capture.join("eventlog.bin")),
+    ))
+    .unwrap();
+    let pcr7: Vec<&serde_json::Value> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["pcr"] == 7)
+        .collect();
+    let kinds: Vec<&str> = pcr7.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "EV_EFI_VARIABLE_DRIVER_CONFIG",
+            "EV_EFI_VARIABLE_DRIVER_CONFIG",
+            "EV_EFI_VARIABLE_DRIVER_CONFIG",
+            "EV_EFI_VARIABLE_DRIVER_CONFIG",
+            "EV_EFI_VARIABLE_DRIVER_CONFIG",
+            "EV_SEPARATOR",
+            "EV_EFI_VARIABLE_AUTHORITY"
+        ],
+        "SecureBoot, PK, KEK, db, dbx, separator, the db authority"
+    );
+    let der = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&crt),
+    );
+    let mut want = guid_bytes(EFI_IMAGE_SECURITY_DATABASE_GUID);
+    want.extend(2u64.to_le_bytes());
+    want.extend(((16 + der.len()) as u64).to_le_bytes());
+    want.extend(b"d\0b\0");
+    want.extend(guid_bytes(SIGNATURE_OWNER));
+    want.extend(&der);
+    let authority = pcr7[6];
+    assert_eq!(authority["data"].as_str().unwrap(), hex::encode(&want));
+    assert_eq!(
+        authority["digests"]["sha256"].as_str().unwrap(),
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&want))
+    );
+    assert!(pcr7[0]["description"]
+        .as_str()
+        .unwrap()
+        .ends_with("SecureBoot = 1"));
+}

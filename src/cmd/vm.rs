@@ -41,6 +41,11 @@ pub struct Args {
     /// Boot with Secure Boot enforced (OVMF secboot firmware, Microsoft keys enrolled).
     #[arg(long)]
     secure_boot: bool,
+    /// With --secure-boot: enrol our keys instead of Microsoft's, the PK.crt, KEK.crt and
+    /// db.crt of DIR (`imgctl keygen DIR --pk-kek`), with virt-fw-vars (PyPI virt-firmware);
+    /// then only a UKI signed by DIR's db key boots.
+    #[arg(long, value_name = "DIR", requires = "secure_boot")]
+    enroll: Option<PathBuf>,
     /// CPU virtualisation: auto probes KVM and falls back to TCG.
     #[arg(long, value_enum, default_value = "auto")]
     accel: Accel,
@@ -91,6 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         uki,
         timeout: Duration::from_secs(args.timeout),
         secure_boot: args.secure_boot,
+        enroll: args.enroll.clone(),
         accel: args.accel,
         memory_mib: args.memory,
         echo: !args.quiet,
