@@ -95,6 +95,8 @@ pub struct VmRun {
     pub elapsed: Duration,
     /// QEMU's own stderr (errors such as a refused option or a dead TPM socket).
     pub qemu_stderr: String,
+    /// The OVMF variable store as the firmware started with it (before the boot changed it).
+    pub firmware_vars: Vec<u8>,
 }
 
 /// The external programs and firmware files one run needs.
@@ -505,6 +507,7 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
                 .with_context(|| format!("copying {}", tools.ovmf_vars.display()))?;
         }
     }
+    let firmware_vars = imgctl_fsio::read_bounded(&vars, 64 << 20, "an OVMF variable store")?;
     let esp = run.path("esp.img");
     make_esp(&tools, &cfg.uki, &esp)?;
 
@@ -601,5 +604,6 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
         console,
         elapsed,
         qemu_stderr,
+        firmware_vars,
     })
 }

@@ -4,6 +4,11 @@
 //! UKI, and PCR 11 is systemd-measure 252's over the sections it carries, the signed kernel
 //! included), the manifest describes the signed file, and signing changes neither PCR 11 nor
 //! the Authenticode hash firmware extends into PCR 4 (what osslsigncode calculates).
+//!
+//! Then booting under OVMF with our PK/KEK/db enrolled (`vm --secure-boot --enroll`): the UKI
+//! signed by our db key boots; unsigned, signed by another key, or signed and then modified, it
+//! is refused; the guest's PCR 7 equals the replay of the firmware's log and imgctl's
+//! prediction from the variable store (`predict-pcrs --pcr 7 --firmware-vars`).
 #![allow(clippy::unwrap_used)] // reason: test code; a panic is a test failure
 
 mod common;
@@ -498,9 +503,32 @@ fn a_uki_signed_with_our_db_key_boots_with_our_keys_enrolled_and_others_are_refu
             .arg(capture.join("eventlog.bin")),
     ))
     .unwrap();
+    // imgctl's prediction from the variable store the firmware started with.
+    let predicted: serde_json::Value = serde_json::from_slice(&run_ok(
+        imgctl()
+            .arg("predict-pcrs")
+            .arg(&signed)
+            .args(["--pcr", "7", "--json", "--firmware-vars"])
+            .arg(capture.join("firmware-vars.fd")),
+    ))
+    .unwrap();
     for bank in ["sha1", "sha256"] {
-        assert_eq!(replay[bank]["7"], guest[bank]["7"], "{bank} PCR 7");
+        assert_eq!(replay[bank]["7"], guest[bank]["7"], "{bank} PCR 7 replayed");
+        assert_eq!(
+            predicted[bank]["7"], guest[bank]["7"],
+            "{bank} PCR 7 predicted"
+        );
     }
+    // Another db key: no entry vouches for the UKI, so no prediction (and no boot).
+    let out = imgctl()
+        .arg("predict-pcrs")
+        .arg(&other)
+        .args(["--pcr", "7", "--firmware-vars"])
+        .arg(capture.join("firmware-vars.fd"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no X.509 entry of db"));
     let log: serde_json::Value = serde_json::from_slice(&run_ok(
         imgctl()
             .args(["eventlog", "show", "--json"])

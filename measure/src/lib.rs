@@ -49,6 +49,7 @@ pub mod policy;
 pub mod predict;
 pub mod quote;
 pub mod reader;
+pub mod secureboot;
 pub mod tlog;
 pub mod tpm_wire;
 pub mod uki;
