@@ -577,3 +577,169 @@ fn a_uki_signed_with_our_db_key_boots_with_our_keys_enrolled_and_others_are_refu
         .unwrap()
         .ends_with("SecureBoot = 1"));
 }
+
+// ---- Passphrase-protected keys ----
+
+/// `key` encrypted as PKCS#8 by openssl (`-v2 aes-256-cbc`, PBKDF2; or `-scrypt`) with the
+/// passphrase in `pw`.
+fn encrypt_key(key: &Path, out: &Path, pw: &Path, scrypt: bool) {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["pkcs8", "-topk8"]);
+    if scrypt {
+        cmd.arg("-scrypt");
+    } else {
+        cmd.args(["-v2", "aes-256-cbc"]);
+    }
+    cmd.arg("-in")
+        .arg(key)
+        .arg("-out")
+        .arg(out)
+        .arg("-passout")
+        .arg(format!("file:{}", pw.display()));
+    run_ok(&mut cmd);
+}
+
+fn assert_one_line_error(out: &std::process::Output, file: &str, why: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {err}");
+    assert!(err.contains(file) && err.contains(why), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn an_encrypted_key_signs_as_the_plain_key_with_its_passphrase_file_and_fails_clearly_without() {
+    if peers().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (db, crt) = db_key(d, "db");
+    let (pcr, _) = common::genkey(d, "pcr", common::RSA);
+    let pw = d.join("pw");
+    std::fs::write(&pw, "correct horse\n").unwrap();
+    let wrong = d.join("wrong");
+    std::fs::write(&wrong, "battery staple\n").unwrap();
+    let uki = d.join("stub.efi");
+    std::fs::copy(STUB, &uki).unwrap();
+    for scrypt in [false, true] {
+        let (db_enc, pcr_enc) = (d.join("db.enc"), d.join("pcr.enc"));
+        encrypt_key(&db, &db_enc, &pw, scrypt);
+        encrypt_key(&pcr, &pcr_enc, &pw, scrypt);
+        let sign_pe = |key: &Path, out: &str, pass: Option<&Path>| {
+            let mut cmd = imgctl();
+            cmd.arg("sign-pe")
+                .arg(&uki)
+                .arg("-o")
+                .arg(d.join(out))
+                .arg("--key")
+                .arg(key)
+                .arg("--certificate")
+                .arg(&crt)
+                .stdin(std::process::Stdio::null());
+            if let Some(p) = pass {
+                cmd.arg("--key-passphrase-file").arg(p);
+            }
+            cmd.output().unwrap()
+        };
+        assert!(sign_pe(&db, "plain.efi", None).status.success());
+        let o = sign_pe(&db_enc, "enc.efi", Some(&pw));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            std::fs::read(d.join("enc.efi")).unwrap(),
+            std::fs::read(d.join("plain.efi")).unwrap(),
+            "scrypt {scrypt}: RSA PKCS#1 v1.5 is deterministic: same key, same bytes"
+        );
+        assert!(sbverify(&crt, &d.join("enc.efi")));
+        // No passphrase: a clear error and no prompt (stdin is not a terminal).
+        assert_one_line_error(
+            &sign_pe(&db_enc, "x.efi", None),
+            "db.enc",
+            "--key-passphrase-file",
+        );
+        assert_one_line_error(
+            &sign_pe(&db_enc, "x.efi", Some(&wrong)),
+            "db.enc",
+            "cannot decrypt",
+        );
+        assert!(!d.join("x.efi").exists());
+
+        let sign_pcrs = |key: &Path, pass: Option<&Path>| {
+            let mut cmd = imgctl();
+            cmd.arg("sign-pcrs")
+                .arg(&uki)
+                .arg("--private-key")
+                .arg(key)
+                .stdin(std::process::Stdio::null());
+            if let Some(p) = pass {
+                cmd.arg("--key-passphrase-file").arg(p);
+            }
+            cmd.output().unwrap()
+        };
+        let plain = sign_pcrs(&pcr, None);
+        let enc = sign_pcrs(&pcr_enc, Some(&pw));
+        assert!(
+            enc.status.success(),
+            "{}",
+            String::from_utf8_lossy(&enc.stderr)
+        );
+        assert_eq!(enc.stdout, plain.stdout);
+        assert_one_line_error(
+            &sign_pcrs(&pcr_enc, None),
+            "pcr.enc",
+            "--key-passphrase-file",
+        );
+    }
+}
+
+#[test]
+fn build_takes_encrypted_pcr_and_secure_boot_keys_with_one_passphrase_file() {
+    let Some(kernel) = peers() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let r = recipe(d, &kernel);
+    let (db, crt) = db_key(d, "db");
+    let (pcr, _) = common::genkey(d, "pcr", common::RSA);
+    let pw = d.join("pw");
+    std::fs::write(&pw, "correct horse\n").unwrap();
+    let (db_enc, pcr_enc) = (d.join("db.enc"), d.join("pcr.enc"));
+    encrypt_key(&db, &db_enc, &pw, false);
+    encrypt_key(&pcr, &pcr_enc, &pw, false);
+    let args = |p: &PathBuf, s: &PathBuf| -> Vec<std::ffi::OsString> {
+        vec![
+            "--pcr-private-key".into(),
+            p.into(),
+            "--secureboot-key".into(),
+            s.into(),
+            "--secureboot-certificate".into(),
+            crt.clone().into(),
+        ]
+    };
+    let plain_args = args(&pcr, &db);
+    let plain = build(
+        &r,
+        &d.join("plain"),
+        &plain_args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(),
+    );
+    let mut enc_args = args(&pcr_enc, &db_enc);
+    enc_args.extend(["--key-passphrase-file".into(), pw.clone().into()]);
+    let enc = build(
+        &r,
+        &d.join("enc"),
+        &enc_args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(),
+    );
+    assert_eq!(enc, plain);
+    enc_args.truncate(6);
+    let out = imgctl()
+        .arg("build")
+        .arg(&r)
+        .arg("-o")
+        .arg(d.join("none"))
+        .args(&enc_args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "pcr.enc", "--key-passphrase-file");
+    assert!(!d.join("none/t.efi").exists());
+}

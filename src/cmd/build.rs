@@ -43,6 +43,10 @@ pub struct Args {
     /// predicted over the signed kernel). An already signed kernel keeps its signatures.
     #[arg(long, requires = "secureboot_key")]
     sign_kernel: bool,
+    /// The passphrase (the first line of FILE) of an encrypted --pcr-private-key or
+    /// --secureboot-key (PKCS#8).
+    #[arg(long, value_name = "FILE")]
+    key_passphrase_file: Option<PathBuf>,
     /// Append the UKI's entry to this transparency log (see `imgctl log init`) and write its
     /// inclusion proof next to the UKI as NAME.efi.tlog-proof.
     #[arg(long, value_name = "DIR", requires = "log_key")]
@@ -64,15 +68,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     imgctl_fsio::check_output_dir(&out_dir)?;
     let mut opts = BuildOptions::new(out_dir, crate::output::source_date_epoch()?);
     opts.semantics = args.stub_semantics.fixed();
+    let passphrase = crate::cmd::sign_pcrs::read_passphrase(args.key_passphrase_file.as_deref())?;
     if let Some(k) = &args.pcr_private_key {
-        let pem = imgctl_fsio::read_bounded(k.as_ref(), imgctl_fsio::caps::KEY, "a key")?;
         opts.pcr_key = Some(
-            imgctl_measure::keys::SigningKey::from_pem(&pem)
-                .with_context(|| format!("PCR signing key {}", k.display()))?,
+            crate::cmd::sign_pcrs::read_signing_key(k, passphrase.as_deref())
+                .context("PCR signing key")?,
         );
     }
     if let (Some(k), Some(c)) = (&args.secureboot_key, &args.secureboot_certificate) {
-        let signer = imgctl_extensions::sign::Signer::new(k, c)?;
+        let signer = imgctl_extensions::sign::Signer::with_passphrase(k, c, passphrase.as_deref())?;
         opts.secure_boot = Some(imgctl_builder::build::SecureBootSigning {
             signer: std::sync::Arc::new(signer),
             sign_kernel: args.sign_kernel,
