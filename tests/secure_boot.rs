@@ -743,3 +743,45 @@ fn build_takes_encrypted_pcr_and_secure_boot_keys_with_one_passphrase_file() {
     assert_one_line_error(&out, "pcr.enc", "--key-passphrase-file");
     assert!(!d.join("none/t.efi").exists());
 }
+
+#[test]
+fn on_a_terminal_the_passphrase_is_asked_for() {
+    if peers().is_none() || require_tool("script", "bsdutils").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (db, crt) = db_key(d, "db");
+    let pw = d.join("pw");
+    std::fs::write(&pw, "correct horse\n").unwrap();
+    let db_enc = d.join("db.enc");
+    encrypt_key(&db, &db_enc, &pw, false);
+    let imgctl_bin = env!("CARGO_BIN_EXE_imgctl");
+    let sign = |key: &Path, out: &Path| {
+        format!(
+            "{imgctl_bin} sign-pe {STUB} -o {} --key {} --certificate {}",
+            out.display(),
+            key.display(),
+            crt.display()
+        )
+    };
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(sign(&db, &d.join("plain.efi"))),
+    );
+    // script(1) gives imgctl a terminal; the passphrase is typed once the prompt is up.
+    let out = run_ok(Command::new("sh").arg("-c").arg(format!(
+        "(sleep 1; echo 'correct horse') | script -qec '{}' /dev/null",
+        sign(&db_enc, &d.join("prompted.efi"))
+    )));
+    assert!(
+        String::from_utf8_lossy(&out).contains("Passphrase for"),
+        "no prompt: {}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(
+        std::fs::read(d.join("prompted.efi")).unwrap(),
+        std::fs::read(d.join("plain.efi")).unwrap()
+    );
+}

@@ -68,14 +68,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     imgctl_fsio::check_output_dir(&out_dir)?;
     let mut opts = BuildOptions::new(out_dir, crate::output::source_date_epoch()?);
     opts.semantics = args.stub_semantics.fixed();
-    let passphrase = crate::cmd::sign_pcrs::read_passphrase(args.key_passphrase_file.as_deref())?;
+    let passphrase_file = args.key_passphrase_file.as_deref();
     if let Some(k) = &args.pcr_private_key {
         opts.pcr_key = Some(
-            crate::cmd::sign_pcrs::read_signing_key(k, passphrase.as_deref())
-                .context("PCR signing key")?,
+            crate::cmd::sign_pcrs::read_signing_key(
+                k,
+                crate::cmd::sign_pcrs::key_passphrase(k, passphrase_file)?.as_deref(),
+            )
+            .context("PCR signing key")?,
         );
     }
     if let (Some(k), Some(c)) = (&args.secureboot_key, &args.secureboot_certificate) {
+        let passphrase = crate::cmd::sign_pcrs::key_passphrase(k, passphrase_file)?;
         let signer = imgctl_extensions::sign::Signer::with_passphrase(k, c, passphrase.as_deref())?;
         opts.secure_boot = Some(imgctl_builder::build::SecureBootSigning {
             signer: std::sync::Arc::new(signer),
