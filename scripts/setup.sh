@@ -17,7 +17,7 @@ swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
 sbsigntool osslsigncode openssl binutils
 qemu-system-x86 ovmf
 busybox-static cpio kmod fsverity device-tree-compiler
-python3 python3-cryptography ca-certificates
+python3 python3-cryptography python3-pip ca-certificates
 mmdebstrap
 "
 
@@ -131,6 +131,17 @@ SRC
 else
     say "all Debian packages already installed"
 fi
+
+# --- PyPI: virt-fw-vars (virt-firmware), which `imgctl vm --secure-boot --enroll DIR` uses to
+# enrol our PK/KEK/db into OVMF's variable store. Pinned; its dependencies are pefile and
+# python3-cryptography (the Debian package above). ---
+VIRT_FIRMWARE=26.10
+if ! python3 -m pip show virt-firmware 2>/dev/null | grep -qx "Version: $VIRT_FIRMWARE"; then
+    say "pip install virt-firmware==$VIRT_FIRMWARE"
+    python3 -m pip install -q --break-system-packages "virt-firmware==$VIRT_FIRMWARE" ||
+        python3 -m pip install -q "virt-firmware==$VIRT_FIRMWARE"
+fi
+command -v virt-fw-vars >/dev/null 2>&1 || { echo "setup: virt-fw-vars is not on PATH after pip install" >&2; exit 1; }
 
 # --- The demo kernel: the linux-image-*-amd64 package that linux-image-amd64 depends on. ---
 KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null |

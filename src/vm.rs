@@ -60,6 +60,9 @@ pub struct VmConfig {
     pub label: String,
     pub timeout: Duration,
     pub secure_boot: bool,
+    /// With `secure_boot`: enrol the PK, KEK and db certificates of this folder (`PK.crt`,
+    /// `KEK.crt`, `db.crt`, as `imgctl keygen --pk-kek` writes them) instead of Microsoft's.
+    pub enroll: Option<PathBuf>,
     pub accel: Accel,
     pub memory_mib: u32,
     /// Copy the serial console to stderr as it arrives.
@@ -92,6 +95,8 @@ pub struct VmRun {
     pub elapsed: Duration,
     /// QEMU's own stderr (errors such as a refused option or a dead TPM socket).
     pub qemu_stderr: String,
+    /// The OVMF variable store as the firmware started with it (before the boot changed it).
+    pub firmware_vars: Vec<u8>,
 }
 
 /// The external programs and firmware files one run needs.
@@ -104,11 +109,24 @@ struct Tools {
     mcopy: PathBuf,
     ovmf_code: PathBuf,
     ovmf_vars: PathBuf,
+    /// `virt-fw-vars` (PyPI's virt-firmware), with `--enroll`.
+    virt_fw_vars: Option<PathBuf>,
 }
+
+/// The owner GUID (`SignatureOwner` of each EFI_SIGNATURE_DATA) of the certificates
+/// `--enroll` puts into PK, KEK and db; PCR 7's db authority event carries it.
+pub const SIGNATURE_OWNER: &str = "0f6c57a4-6e5b-4d28-9d1a-696d6763746c";
+
+/// The certificates `--enroll` reads from its folder, with the virt-fw-vars option of each.
+const ENROLLED: [(&str, &str); 3] = [
+    ("--set-pk", "PK.crt"),
+    ("--add-kek", "KEK.crt"),
+    ("--add-db", "db.crt"),
+];
 
 impl Tools {
     /// Finds everything, or names every missing piece with the Debian package that has it.
-    fn find(secure_boot: bool) -> anyhow::Result<Tools> {
+    fn find(secure_boot: bool, enroll: bool) -> anyhow::Result<Tools> {
         let mut missing = Vec::new();
         let mut tool = |name: &str, package: &str| {
             imgctl_fsio::find_program(name).unwrap_or_else(|| {
@@ -124,7 +142,19 @@ impl Tools {
         let dir = std::env::var_os("IMGCTL_OVMF_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(OVMF_DIR));
-        let (code, vars) = if secure_boot {
+        let virt_fw_vars = enroll.then(|| {
+            imgctl_fsio::find_program("virt-fw-vars").unwrap_or_else(|| {
+                missing.push(
+                    "virt-fw-vars (PyPI package virt-firmware: pip install virt-firmware==26.10)"
+                        .to_owned(),
+                );
+                PathBuf::new()
+            })
+        });
+        let (code, vars) = if secure_boot && enroll {
+            // No keys enrolled: ours go in.
+            ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.fd")
+        } else if secure_boot {
             ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd")
         } else {
             ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd")
@@ -152,6 +182,7 @@ impl Tools {
             mcopy,
             ovmf_code,
             ovmf_vars,
+            virt_fw_vars,
         })
     }
 }
@@ -402,9 +433,50 @@ fn wait_for_socket(run: &mut Running, idx: usize, sock: &Path) -> anyhow::Result
     Ok(())
 }
 
+/// Writes `vars`: the variable store `template` with `dir`'s PK, KEK and db certificates
+/// enrolled (owner [`SIGNATURE_OWNER`]) and Secure Boot enabled, by virt-fw-vars.
+fn enroll(virt_fw_vars: &Path, template: &Path, dir: &Path, vars: &Path) -> anyhow::Result<()> {
+    let mut cmd = Command::new(virt_fw_vars);
+    cmd.arg("-i").arg(template);
+    for (opt, name) in ENROLLED {
+        cmd.arg(opt).arg(SIGNATURE_OWNER).arg(dir.join(name));
+    }
+    cmd.arg("--secure-boot").arg("-o").arg(vars);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", virt_fw_vars.display()))?;
+    if !out.status.success() || !vars.is_file() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "{}: enrolling the keys of {} failed: {}",
+            virt_fw_vars.display(),
+            dir.display(),
+            err.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no message")
+        );
+    }
+    Ok(())
+}
+
 /// Boots `cfg.uki` and waits for the guest's done marker, its exit, the timeout or a signal.
 pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
-    let tools = Tools::find(cfg.secure_boot)?;
+    if cfg.enroll.is_some() && !cfg.secure_boot {
+        bail!("--enroll needs --secure-boot");
+    }
+    if let Some(dir) = &cfg.enroll {
+        for (_, name) in ENROLLED {
+            if !dir.join(name).is_file() {
+                bail!(
+                    "{}: no {name} (make the keys with `imgctl keygen DIR --pk-kek`)",
+                    dir.display()
+                );
+            }
+        }
+    }
+    let tools = Tools::find(cfg.secure_boot, cfg.enroll.is_some())?;
     if !cfg.uki.is_file() {
         bail!("{}: no such file", cfg.uki.display());
     }
@@ -428,8 +500,14 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
         );
     }
     let vars = run.path("vars.fd");
-    std::fs::copy(&tools.ovmf_vars, &vars)
-        .with_context(|| format!("copying {}", tools.ovmf_vars.display()))?;
+    match (&cfg.enroll, &tools.virt_fw_vars) {
+        (Some(dir), Some(virt_fw_vars)) => enroll(virt_fw_vars, &tools.ovmf_vars, dir, &vars)?,
+        _ => {
+            std::fs::copy(&tools.ovmf_vars, &vars)
+                .with_context(|| format!("copying {}", tools.ovmf_vars.display()))?;
+        }
+    }
+    let firmware_vars = imgctl_fsio::read_bounded(&vars, 64 << 20, "an OVMF variable store")?;
     let esp = run.path("esp.img");
     make_esp(&tools, &cfg.uki, &esp)?;
 
@@ -526,5 +604,6 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
         console,
         elapsed,
         qemu_stderr,
+        firmware_vars,
     })
 }

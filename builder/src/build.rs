@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use imgctl_measure::authenticode::authenticode_digests;
+use imgctl_measure::authenticode_sign::AuthenticodeSigner;
 use imgctl_measure::pe::PeFile;
 use imgctl_measure::predict::{digest_matrix, predict_from_section_digests};
 use imgctl_measure::{Digest, HashAlg, PhasePath, Prediction, StubSemantics, Uki};
@@ -35,6 +36,19 @@ pub struct BuildOptions {
     /// Sign the predicted PCR 11 values with this key and embed `.pcrsig` (and `.pcrpkey`, when
     /// the recipe has none), as ukify does with `--pcr-private-key`.
     pub pcr_key: Option<imgctl_measure::keys::SigningKey>,
+    /// Sign the UKI for Secure Boot (last, after `.pcrsig` is embedded) and, if asked, the
+    /// kernel it carries (first), as ukify does with `--secureboot-private-key` and
+    /// `--sign-kernel`.
+    pub secure_boot: Option<SecureBootSigning>,
+}
+
+/// Secure Boot signing of a build.
+#[derive(Debug, Clone)]
+pub struct SecureBootSigning {
+    pub signer: std::sync::Arc<dyn AuthenticodeSigner>,
+    /// Also sign the kernel before it goes into `.linux` (its signatures are kept: sbsign
+    /// appends), which changes PCR 11 and so comes before anything is measured.
+    pub sign_kernel: bool,
 }
 
 impl BuildOptions {
@@ -44,6 +58,7 @@ impl BuildOptions {
             source_date_epoch,
             semantics: None,
             pcr_key: None,
+            secure_boot: None,
         }
     }
 }
@@ -158,6 +173,7 @@ fn prepare(
     recipe: &Recipe,
     source_date_epoch: u64,
     pcrpkey: Option<&[u8]>,
+    kernel_signer: Option<&dyn AuthenticodeSigner>,
 ) -> Result<Prepared, Error> {
     let stub_bytes = read(&recipe.stub, "reading the stub")?;
     let stub = PeFile::parse(&stub_bytes).map_err(|e| {
@@ -169,9 +185,17 @@ fn prepare(
     check_stub(&stub).map_err(|e| stub_error(recipe, e))?;
     check_stub_identity(&stub).map_err(|e| stub_error(recipe, e))?;
 
-    let kernel = read(&recipe.kernel, "reading the kernel")?;
+    let mut kernel = read(&recipe.kernel, "reading the kernel")?;
     crate::kernel::check_kernel(&kernel)
         .map_err(|m| Error::InvalidInput(format!("kernel {}: {m}", recipe.kernel.display())))?;
+    if let Some(signer) = kernel_signer {
+        kernel = signer.sign_pe(&kernel).map_err(|m| {
+            Error::InvalidInput(format!(
+                "signing the kernel {} for Secure Boot: {m}",
+                recipe.kernel.display()
+            ))
+        })?;
+    }
     let uname = match &recipe.uname {
         Some(u) => Some(u.clone()),
         None => crate::kernel::kernel_release(&kernel),
@@ -354,7 +378,7 @@ pub fn assemble_recipe(
     source_date_epoch: u64,
     pcrpkey: Option<&[u8]>,
 ) -> Result<Assembled, Error> {
-    let prepared = prepare(recipe, source_date_epoch, pcrpkey)?;
+    let prepared = prepare(recipe, source_date_epoch, pcrpkey, None)?;
     let initrd = match &recipe.initrd {
         Some(spec) => Some(crate::initrd::build_initrd(spec, prepared.mtime)?),
         None => None,
@@ -626,7 +650,17 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
         ),
         None => None,
     };
-    let prepared = prepare(recipe, opts.source_date_epoch, pcrpkey.as_deref())?;
+    let kernel_signer = opts
+        .secure_boot
+        .as_ref()
+        .filter(|s| s.sign_kernel)
+        .map(|s| s.signer.as_ref());
+    let prepared = prepare(
+        recipe,
+        opts.source_date_epoch,
+        pcrpkey.as_deref(),
+        kernel_signer,
+    )?;
     let stub = PeFile::parse(&prepared.stub).map_err(imgctl_measure::Error::from)?;
     let uki_file = format!("{}.efi", recipe.name);
     let initrd_file = format!("{}.initrd", recipe.name);
@@ -720,26 +754,43 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
     let semantics = measured.semantics;
 
     // The UKI, to its file, digested (file and Authenticode) on the way.
-    let (uki_path, (uki_size, uki_digests, authenticode)) = stage.add_streamed(&uki_file, |w| {
-        let fin = opts.out_dir.join(&uki_file);
-        let taps = vec![
-            Tap::new(&banks)?,
-            Tap::skipping(&banks, layout.authenticode_excluded())?,
-        ];
-        let mut hw = HashingWriter::new(w, taps);
-        layout.write(
-            &mut hw,
-            &fin,
-            &mut |_, w: &mut dyn std::io::Write| match &initrd {
-                Some((_, staged, len, _)) => copy_staged(staged, *len, w, &fin),
-                None => Err(Error::InvalidInput("no initrd to copy".into())),
-            },
+    let (uki_path, (mut uki_size, mut uki_digests, authenticode)) =
+        stage.add_streamed(&uki_file, |w| {
+            let fin = opts.out_dir.join(&uki_file);
+            let taps = vec![
+                Tap::new(&banks)?,
+                Tap::skipping(&banks, layout.authenticode_excluded())?,
+            ];
+            let mut hw = HashingWriter::new(w, taps);
+            layout.write(
+                &mut hw,
+                &fin,
+                &mut |_, w: &mut dyn std::io::Write| match &initrd {
+                    Some((_, staged, len, _)) => copy_staged(staged, *len, w, &fin),
+                    None => Err(Error::InvalidInput("no initrd to copy".into())),
+                },
+            )?;
+            let (_, size, mut d) = hw.finish().map_err(|e| Error::io(&fin, "writing", e))?;
+            let authenticode = d.pop().unwrap_or_default();
+            let file = d.pop().unwrap_or_default();
+            Ok((size, file, authenticode))
+        })?;
+    // Secure Boot last: the signature covers every byte of the UKI but its certificate table,
+    // so nothing may change after it (ukify's order: .pcrsig, then sbsign).
+    if let Some(sb) = &opts.secure_boot {
+        let staged = stage
+            .temporary(&uki_file)
+            .ok_or_else(|| Error::InvalidInput(format!("{}: not staged", uki_path.display())))?;
+        (uki_size, uki_digests) = sign_staged_uki(
+            &staged,
+            &uki_path,
+            uki_size,
+            &layout.authenticode_excluded(),
+            &authenticode,
+            sb.signer.as_ref(),
+            &banks,
         )?;
-        let (_, size, mut d) = hw.finish().map_err(|e| Error::io(&fin, "writing", e))?;
-        let authenticode = d.pop().unwrap_or_default();
-        let file = d.pop().unwrap_or_default();
-        Ok((size, file, authenticode))
-    })?;
+    }
 
     let kernel_authenticode = match measured.find(&layout, ".linux") {
         Some(i) => match measured.images[i].as_deref().map(PeFile::parse) {
@@ -842,6 +893,103 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
         prediction,
     };
     Ok((out, stage))
+}
+
+/// Signs the UKI staged at `staged` in place: one `WIN_CERTIFICATE` appended, the Certificate
+/// Table directory and the CheckSum set, as [`imgctl_measure::authenticode_sign::Unsigned`]
+/// does in memory. `authenticode` is the image's Authenticode hash in every bank, taken while
+/// it was written; the SHA-256 one is what the signature carries. Streams: the file is read
+/// back twice (CheckSum, then the file digests), never held. Returns the new size and file
+/// digests.
+fn sign_staged_uki(
+    staged: &Path,
+    fin: &Path,
+    size: u64,
+    excluded: &[std::ops::Range<u64>],
+    authenticode: &[Digest],
+    signer: &dyn AuthenticodeSigner,
+    banks: &[HashAlg],
+) -> Result<(u64, Vec<Digest>), Error> {
+    use imgctl_measure::authenticode_sign::{
+        spc_indirect_data_sha256, win_certificates, PeChecksum,
+    };
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let invalid = |m: String| Error::InvalidInput(format!("{}: {m}", fin.display()));
+    if size % 8 != 0 {
+        // The layout pads every section to FileAlignment; a UKI of another size would need
+        // the padding hashed first.
+        return Err(invalid(format!(
+            "{size} bytes is not a multiple of 8; cannot sign it"
+        )));
+    }
+    // What Authenticode leaves out of the headers: the CheckSum field (4 bytes) and the
+    // Certificate Table directory entry (8 bytes), the two fields signing sets.
+    let field = |len: u64| {
+        excluded
+            .iter()
+            .find(|r| r.end - r.start == len)
+            .cloned()
+            .ok_or_else(|| invalid("no CheckSum or Certificate Table entry to set".into()))
+    };
+    let (checksum, directory) = (field(4)?, field(8)?);
+    let sha256: [u8; 32] = banks
+        .iter()
+        .position(|b| *b == HashAlg::SHA256)
+        .and_then(|i| authenticode.get(i))
+        .and_then(|d| d.as_bytes().try_into().ok())
+        .ok_or_else(|| invalid("no SHA-256 Authenticode hash".into()))?;
+    let signature = signer
+        .sign_indirect_data(&spc_indirect_data_sha256(&sha256))
+        .map_err(|m| invalid(format!("signing for Secure Boot: {m}")))?;
+    let table = win_certificates(&[&signature]).map_err(|e| invalid(e.to_string()))?;
+    let start = u32::try_from(size).map_err(|_| invalid("larger than 4 GiB".into()))?;
+    let table_len =
+        u32::try_from(table.len()).map_err(|_| invalid("signature too large".into()))?;
+    start
+        .checked_add(table_len)
+        .ok_or_else(|| invalid("larger than 4 GiB once signed".into()))?;
+
+    let io = |action| move |e| Error::io(fin, action, e);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(staged)
+        .map_err(io("opening"))?;
+    f.seek(SeekFrom::Start(size)).map_err(io("seeking"))?;
+    f.write_all(&table).map_err(io("writing"))?;
+    let mut dir = [0u8; 8];
+    dir[..4].copy_from_slice(&start.to_le_bytes());
+    dir[4..].copy_from_slice(&table_len.to_le_bytes());
+    f.seek(SeekFrom::Start(directory.start))
+        .map_err(io("seeking"))?;
+    f.write_all(&dir).map_err(io("writing"))?;
+
+    let checksum_offset =
+        usize::try_from(checksum.start).map_err(|_| invalid("CheckSum offset".into()))?;
+    let mut sum = PeChecksum::new(checksum_offset);
+    let mut buf = vec![0u8; 1 << 20];
+    f.seek(SeekFrom::Start(0)).map_err(io("seeking"))?;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(fin, "reading", e)),
+        };
+        sum.update(&buf[..n]);
+    }
+    f.seek(SeekFrom::Start(checksum.start))
+        .map_err(io("seeking"))?;
+    f.write_all(&sum.finish().to_le_bytes())
+        .map_err(io("writing"))?;
+
+    f.seek(SeekFrom::Start(0)).map_err(io("seeking"))?;
+    let mut hw =
+        crate::hashing::HashingWriter::new(std::io::sink(), vec![crate::hashing::Tap::new(banks)?]);
+    std::io::copy(&mut f, &mut hw).map_err(io("reading"))?;
+    let (_, total, mut digests) = hw.finish().map_err(io("hashing"))?;
+    f.sync_all().map_err(io("syncing"))?;
+    Ok((total, digests.pop().unwrap_or_default()))
 }
 
 fn to_json_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {

@@ -253,8 +253,7 @@ impl SigningKey {
         };
         if text.contains("ENCRYPTED") {
             return Err(Pkcs7Error::Key(
-                "the private key is encrypted; imgctl never prompts for a passphrase: decrypt it \
-                 (openssl pkey -in KEY -out PLAIN) or keep it in a protected location"
+                "the private key is encrypted: give its passphrase with --key-passphrase-file FILE"
                     .into(),
             ));
         }

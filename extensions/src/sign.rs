@@ -6,7 +6,8 @@
 //! signing time), the signer certificate included ([`crate::pkcs7::sign_detached`]). For RSA
 //! keys the bytes equal systemd-repart 252's (`PKCS7_sign()`) and `openssl smime -sign -binary
 //! -noattr -md sha256 -outform DER`'s. No program is run and nothing ever prompts: an encrypted
-//! key is refused with a message naming it.
+//! PKCS#8 key is decrypted with the passphrase the caller gives ([`Signer::with_passphrase`]),
+//! or refused with a message naming it.
 
 use std::path::{Path, PathBuf};
 
@@ -67,6 +68,16 @@ pub fn read_trust_anchors(path: &Path) -> Result<Vec<Cert>, Error> {
 impl Signer {
     /// Checks that `key` and `cert` exist, parse, and hold the same public key.
     pub fn new(key: &Path, cert: &Path) -> Result<Signer, Error> {
+        Signer::with_passphrase(key, cert, None)
+    }
+
+    /// [`Signer::new`] for a key that may be encrypted (PKCS#8), decrypted with `passphrase`
+    /// by [`imgctl_measure::keys::decrypt_pem`].
+    pub fn with_passphrase(
+        key: &Path,
+        cert: &Path,
+        passphrase: Option<&[u8]>,
+    ) -> Result<Signer, Error> {
         let certs = read_certificates(cert)?;
         let Some(first) = certs.into_iter().next() else {
             return Err(Error::Signing {
@@ -74,10 +85,14 @@ impl Signer {
                 message: "no certificate".into(),
             });
         };
-        let signing_key = SigningKey::parse(&read(key)?).map_err(|e| Error::Signing {
+        let signing_error = |message: String| Error::Signing {
             path: key.to_owned(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let raw = read(key)?;
+        let plain = imgctl_measure::keys::decrypt_pem(&raw, passphrase)
+            .map_err(|e| signing_error(e.to_string()))?;
+        let signing_key = SigningKey::parse(&plain).map_err(|e| signing_error(e.to_string()))?;
         if !signing_key.matches(&first) {
             return Err(Error::KeyCertMismatch {
                 key: key.to_owned(),
@@ -111,5 +126,26 @@ impl Signer {
     /// DER PKCS#7 detached signature over `content`.
     pub fn sign(&self, content: &[u8]) -> Result<Vec<u8>, Error> {
         sign_detached(&self.key, &self.cert, content).map_err(|e| Error::Unsupported(e.to_string()))
+    }
+}
+
+impl imgctl_measure::authenticode_sign::AuthenticodeSigner for Signer {
+    fn sign_pe(&self, pe: &[u8]) -> Result<Vec<u8>, String> {
+        Signer::sign_pe(
+            self,
+            pe,
+            imgctl_measure::authenticode_sign::ExistingSignatures::Append,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn sign_indirect_data(&self, indirect_data: &[u8]) -> Result<Vec<u8>, String> {
+        crate::pkcs7::sign_authenticode(
+            &self.key,
+            &self.cert,
+            crate::pkcs7::SPC_INDIRECT_DATA,
+            indirect_data,
+        )
+        .map_err(|e| e.to_string())
     }
 }

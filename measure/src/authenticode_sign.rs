@@ -230,15 +230,7 @@ impl Unsigned {
     /// signature in `signatures` (DER PKCS#7 SignedData), the directory and CheckSum updated.
     pub fn attach(&self, signatures: &[&[u8]]) -> Result<Vec<u8>, SignError> {
         let mut table = self.kept.clone();
-        for sig in signatures {
-            let len = u32::try_from(WIN_CERTIFICATE_HEADER + sig.len())
-                .map_err(|_| SignError::TooLarge)?;
-            table.extend_from_slice(&len.to_le_bytes());
-            table.extend_from_slice(&WIN_CERT_REVISION_2_0.to_le_bytes());
-            table.extend_from_slice(&WIN_CERT_TYPE_PKCS_SIGNED_DATA.to_le_bytes());
-            table.extend_from_slice(sig);
-            table.resize(table.len().div_ceil(8) * 8, 0);
-        }
+        table.extend_from_slice(&win_certificates(signatures)?);
         let start = u32::try_from(self.image.len()).map_err(|_| SignError::TooLarge)?;
         let size = u32::try_from(table.len()).map_err(|_| SignError::TooLarge)?;
         if start.checked_add(size).is_none() {
@@ -253,6 +245,88 @@ impl Unsigned {
         let sum = pe_checksum(&out, self.checksum_offset);
         out[self.checksum_offset..self.checksum_offset + 4].copy_from_slice(&sum.to_le_bytes());
         Ok(out)
+    }
+}
+
+/// `WIN_CERTIFICATE` entries (revision 2.0, PKCS#7 SignedData), one per DER signature, each
+/// zero-padded to 8 bytes: what follows an 8-byte-aligned image in its certificate table.
+pub fn win_certificates(signatures: &[&[u8]]) -> Result<Vec<u8>, SignError> {
+    let mut table = Vec::new();
+    for sig in signatures {
+        let len =
+            u32::try_from(WIN_CERTIFICATE_HEADER + sig.len()).map_err(|_| SignError::TooLarge)?;
+        table.extend_from_slice(&len.to_le_bytes());
+        table.extend_from_slice(&WIN_CERT_REVISION_2_0.to_le_bytes());
+        table.extend_from_slice(&WIN_CERT_TYPE_PKCS_SIGNED_DATA.to_le_bytes());
+        table.extend_from_slice(sig);
+        table.resize(table.len().div_ceil(8) * 8, 0);
+    }
+    Ok(table)
+}
+
+/// Makes Authenticode signatures: implemented where the keys are (`imgctl-extensions`), used
+/// where images are built (`imgctl-builder`), so that the builder needs no key code.
+pub trait AuthenticodeSigner: Send + Sync + std::fmt::Debug {
+    /// The PE image `pe` with a signature added after its existing ones (`sbsign`'s
+    /// behaviour; what ukify's `--sign-kernel` does to the kernel).
+    fn sign_pe(&self, pe: &[u8]) -> Result<Vec<u8>, String>;
+    /// A DER PKCS#7 SignedData over the DER `SpcIndirectDataContent` `indirect_data`
+    /// (see [`spc_indirect_data_sha256`]), for an image hashed elsewhere (streamed).
+    fn sign_indirect_data(&self, indirect_data: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// [`pe_checksum`] over a file read in pieces, in order: the `CheckSum` field at
+/// `checksum_offset` is skipped wherever a piece boundary falls.
+#[derive(Debug, Clone)]
+pub struct PeChecksum {
+    checksum_offset: u64,
+    at: u64,
+    sum: u32,
+    odd: Option<u8>,
+}
+
+impl PeChecksum {
+    pub fn new(checksum_offset: usize) -> Self {
+        PeChecksum {
+            checksum_offset: checksum_offset as u64,
+            at: 0,
+            sum: 0,
+            odd: None,
+        }
+    }
+
+    /// Adds the next bytes of the file.
+    pub fn update(&mut self, piece: &[u8]) {
+        let skip = self.checksum_offset..self.checksum_offset.saturating_add(4);
+        for &b in piece {
+            let at = self.at;
+            self.at += 1;
+            if skip.contains(&at) {
+                // pe_checksum sums the bytes before the field on their own: an odd last one
+                // counts as a word.
+                if let Some(lo) = self.odd.take() {
+                    self.add(u16::from(lo));
+                }
+                continue;
+            }
+            match self.odd.take() {
+                None => self.odd = Some(b),
+                Some(lo) => self.add(u16::from_le_bytes([lo, b])),
+            }
+        }
+    }
+
+    fn add(&mut self, word: u16) {
+        self.sum += u32::from(word);
+        self.sum = (self.sum >> 16) + (self.sum & 0xffff);
+    }
+
+    /// The checksum: the folded sum plus the file length.
+    pub fn finish(mut self) -> u32 {
+        if let Some(lo) = self.odd.take() {
+            self.add(u16::from(lo));
+        }
+        self.sum.wrapping_add(self.at as u32)
     }
 }
 
@@ -344,6 +418,23 @@ mod tests {
         assert_eq!(&der[sbsign_idc.len()..], &digest);
         assert_eq!(der.len(), 0x6a);
         assert_eq!(indirect_data_content_octets(&der).unwrap(), &der[2..]);
+    }
+
+    #[test]
+    fn streamed_checksum_equals_the_whole_file_checksum() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        for checksum_offset in [0usize, 2, 3, 216, 996] {
+            let want = pe_checksum(&data, checksum_offset);
+            for piece in [1usize, 3, 64, 1000] {
+                let mut c = PeChecksum::new(checksum_offset);
+                data.chunks(piece).for_each(|p| c.update(p));
+                assert_eq!(
+                    c.finish(),
+                    want,
+                    "offset {checksum_offset}, pieces of {piece}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -46,6 +46,43 @@ pub enum KeyError {
     Sign(String),
     #[error("the public key does not match the private key (it is not the public half of the private key)")]
     Mismatch,
+    #[error("the private key is encrypted: give its passphrase with --key-passphrase-file FILE")]
+    Encrypted,
+    #[error("cannot decrypt the private key: {0}")]
+    Decrypt(String),
+}
+
+/// The one place imgctl decrypts a key: `text` (a PEM file) with its `ENCRYPTED PRIVATE KEY`
+/// block (PKCS#8 `EncryptedPrivateKeyInfo`, PBES2 with PBKDF2 or scrypt and AES, what
+/// `openssl genpkey -aes-256-cbc` and `openssl pkcs8 -topk8` write) decrypted with
+/// `passphrase` into a `PRIVATE KEY` PEM; any other PEM unchanged. An encrypted key without a
+/// passphrase, a wrong passphrase, or OpenSSL's legacy `Proc-Type: 4,ENCRYPTED` PEM is an
+/// error. Nothing here prompts: the passphrase comes from the caller.
+pub fn decrypt_pem<'a>(
+    text: &'a [u8],
+    passphrase: Option<&[u8]>,
+) -> Result<std::borrow::Cow<'a, [u8]>, KeyError> {
+    use pkcs8::der::Decode;
+    if find(text, b"Proc-Type: 4,ENCRYPTED").is_some() {
+        return Err(KeyError::Unsupported(
+            "legacy OpenSSL-encrypted PEM (Proc-Type: 4,ENCRYPTED); convert it to PKCS#8: \
+             openssl pkcs8 -topk8 -v2 aes-256-cbc -in K -out K.p8"
+                .into(),
+        ));
+    }
+    if find(text, b"-----BEGIN ENCRYPTED PRIVATE KEY-----").is_none() {
+        return Ok(std::borrow::Cow::Borrowed(text));
+    }
+    let passphrase = passphrase.ok_or(KeyError::Encrypted)?;
+    let (_, der) = decode_pem(text)?;
+    let info = pkcs8::EncryptedPrivateKeyInfo::from_der(&der)
+        .map_err(|e| malformed("PKCS#8 EncryptedPrivateKeyInfo", e))?;
+    let plain = info.decrypt(passphrase).map_err(|e| {
+        KeyError::Decrypt(format!("{e} (wrong passphrase, or an unsupported cipher)"))
+    })?;
+    let pem = pem::encode_string("PRIVATE KEY", pem::LineEnding::LF, plain.as_bytes())
+        .map_err(|e| KeyError::Pem(e.to_string()))?;
+    Ok(std::borrow::Cow::Owned(pem.into_bytes()))
 }
 
 fn malformed(what: &'static str, e: impl std::fmt::Display) -> KeyError {
@@ -156,9 +193,7 @@ impl SigningKey {
                 .map_err(|e| {
                     KeyError::Unsupported(format!("SEC1 EC key that is not a P-256 key ({e})"))
                 }),
-            "ENCRYPTED PRIVATE KEY" => Err(KeyError::Unsupported(
-                "encrypted private key (decrypt it first: openssl pkey -in K -out K.pem)".into(),
-            )),
+            "ENCRYPTED PRIVATE KEY" => Err(KeyError::Encrypted),
             _ => Err(KeyError::Label(label)),
         }
     }

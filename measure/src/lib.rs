@@ -41,6 +41,7 @@ pub mod pe;
 pub mod policy;
 pub mod predict;
 pub mod reader;
+pub mod secureboot;
 pub mod tpm_wire;
 pub mod uki;
 

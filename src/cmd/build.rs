@@ -32,6 +32,21 @@ pub struct Args {
     /// and embed .pcrsig, plus .pcrpkey when the recipe names none, as ukify does.
     #[arg(long, value_name = "FILE")]
     pcr_private_key: Option<PathBuf>,
+    /// Sign the UKI for Secure Boot with this private key (PEM, the db key), last, after
+    /// .pcrsig is embedded, as ukify does; sbverify and osslsigncode accept the result.
+    #[arg(long, value_name = "FILE", requires = "secureboot_certificate")]
+    secureboot_key: Option<PathBuf>,
+    /// The Secure Boot key's X.509 certificate (PEM or DER); must hold its public key.
+    #[arg(long, value_name = "FILE", requires = "secureboot_key")]
+    secureboot_certificate: Option<PathBuf>,
+    /// Also sign the kernel before it is embedded (first; this changes PCR 11, which is
+    /// predicted over the signed kernel). An already signed kernel keeps its signatures.
+    #[arg(long, requires = "secureboot_key")]
+    sign_kernel: bool,
+    /// The passphrase (the first line of FILE) of an encrypted --pcr-private-key or
+    /// --secureboot-key (PKCS#8).
+    #[arg(long, value_name = "FILE")]
+    key_passphrase_file: Option<PathBuf>,
     /// Append the UKI's entry to this transparency log (see `imgctl log init`) and write its
     /// inclusion proof next to the UKI as NAME.efi.tlog-proof.
     #[arg(long, value_name = "DIR", requires = "log_key")]
@@ -53,12 +68,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     imgctl_fsio::check_output_dir(&out_dir)?;
     let mut opts = BuildOptions::new(out_dir, crate::output::source_date_epoch()?);
     opts.semantics = args.stub_semantics.fixed();
+    let passphrase_file = args.key_passphrase_file.as_deref();
     if let Some(k) = &args.pcr_private_key {
-        let pem = imgctl_fsio::read_bounded(k.as_ref(), imgctl_fsio::caps::KEY, "a key")?;
         opts.pcr_key = Some(
-            imgctl_measure::keys::SigningKey::from_pem(&pem)
-                .with_context(|| format!("PCR signing key {}", k.display()))?,
+            crate::cmd::sign_pcrs::read_signing_key(
+                k,
+                crate::cmd::sign_pcrs::key_passphrase(k, passphrase_file)?.as_deref(),
+            )
+            .context("PCR signing key")?,
         );
+    }
+    if let (Some(k), Some(c)) = (&args.secureboot_key, &args.secureboot_certificate) {
+        let passphrase = crate::cmd::sign_pcrs::key_passphrase(k, passphrase_file)?;
+        let signer = imgctl_extensions::sign::Signer::with_passphrase(k, c, passphrase.as_deref())?;
+        opts.secure_boot = Some(imgctl_builder::build::SecureBootSigning {
+            signer: std::sync::Arc::new(signer),
+            sign_kernel: args.sign_kernel,
+        });
     }
     // Everything that can be checked is checked before anything is committed: the log folder
     // and its key first (a wrong key or a missing log fails here, with nothing written).
@@ -73,7 +99,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (out, mut stage) = crate::output::with_spinner("building", || build_staged(&recipe, &opts))
         .with_context(|| format!("building {}", args.recipe.display()))?;
-    for p in [&args.pcr_private_key, &args.log_key].into_iter().flatten() {
+    for p in [
+        &args.pcr_private_key,
+        &args.log_key,
+        &args.secureboot_key,
+        &args.secureboot_certificate,
+    ]
+    .into_iter()
+    .flatten()
+    {
         stage.add_input(p);
     }
     let proof = match log {

@@ -38,12 +38,79 @@ pub struct Args {
     stub_semantics: SemanticsArg,
     #[command(flatten)]
     dtb: DtbArgs,
+    /// Which PCR: 11 (default; the stub's measurements) or 7 (the Secure Boot policy, as
+    /// OVMF measures it booting this signed UKI; needs --firmware-vars).
+    #[arg(long, default_value_t = 11, value_parser = clap::value_parser!(u32).range(7..=11))]
+    pcr: u32,
+    /// The firmware's variable store (an EDK2 raw varstore such as OVMF_VARS_4M.fd, e.g. the
+    /// one `imgctl vm --enroll` boots with): PCR 7 is predicted from its SecureBoot, PK, KEK,
+    /// db and dbx and the db entry that vouches for the UKI's signer.
+    #[arg(long, value_name = "FILE")]
+    firmware_vars: Option<PathBuf>,
     /// Print JSON (systemd-measure's shape) instead of text.
     #[arg(long)]
     json: bool,
 }
 
+/// `--pcr 7`: `{"<bank>": {"7": "<hex>"}}` (the shape of `vm --capture`'s pcrs.json) or text.
+fn predict_pcr7(args: &Args) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    use imgctl_measure::secureboot::{pcr7_events, replay_pcr7, VarStore};
+    let Some(vars_path) = &args.firmware_vars else {
+        anyhow::bail!("--pcr 7 needs --firmware-vars FILE (the firmware's variable store)");
+    };
+    let raw = imgctl_fsio::read_bounded(vars_path, 64 << 20, "a firmware variable store")?;
+    let store = VarStore::parse(&raw).with_context(|| vars_path.display().to_string())?;
+    let data = load_uki(&args.input)?;
+    let signatures = imgctl_extensions::authenticode::pe_signatures(&data)
+        .with_context(|| args.input.display().to_string())?;
+    let signer = signatures
+        .iter()
+        .find(|s| s.problem().is_none())
+        .and_then(|s| s.signature.as_ref().ok())
+        .with_context(|| {
+            format!(
+                "{}: no valid Authenticode signature, so Secure Boot firmware would refuse it",
+                args.input.display()
+            )
+        })?;
+    let events = pcr7_events(&store, &signer.certificate_der).with_context(|| {
+        format!(
+            "predicting PCR 7 for {} with {}",
+            args.input.display(),
+            vars_path.display()
+        )
+    })?;
+    let banks = if args.banks.is_empty() {
+        HashAlg::ALL.to_vec()
+    } else {
+        args.banks.clone()
+    };
+    let mut out = serde_json::Map::new();
+    for bank in &banks {
+        let v = replay_pcr7(&events, *bank)?;
+        out.insert(bank.to_string(), serde_json::json!({ "7": v.to_hex() }));
+    }
+    if args.json {
+        crate::output::print_json(&serde_json::Value::Object(out))?;
+    } else {
+        for e in &events {
+            outln!("# {}", e.kind);
+        }
+        for bank in &banks {
+            outln!("7:{bank}={}", replay_pcr7(&events, *bank)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match (args.pcr, &args.firmware_vars) {
+        (7, _) => return predict_pcr7(&args),
+        (11, None) => {}
+        (11, Some(_)) => anyhow::bail!("--firmware-vars is for --pcr 7"),
+        (n, _) => anyhow::bail!("PCR {n} is not predicted (7 or 11)"),
+    }
     let data = load_uki(&args.input)?;
     let (_uki, semantics, sections) =
         crate::uki_input::measured_sections(&args.input, &data, args.stub_semantics, args.profile)?;

@@ -52,12 +52,55 @@ pub struct Args {
     /// building (recipe `pcrpkey:`) so systemd finds it.
     #[arg(long, value_name = "FILE")]
     embed: Option<PathBuf>,
+    /// The private key's passphrase (the first line of FILE), for an encrypted PKCS#8 key.
+    /// Without it imgctl asks on the terminal, and only when stdin is one.
+    #[arg(long, value_name = "FILE")]
+    key_passphrase_file: Option<PathBuf>,
 }
 
-/// Reads a PEM private key, naming the file in errors.
-pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+/// Reads a PEM private key, decrypting it with `passphrase` when it is encrypted, naming the
+/// file in errors.
+pub fn read_signing_key(path: &Path, passphrase: Option<&[u8]>) -> anyhow::Result<SigningKey> {
     let pem = imgctl_fsio::read_bounded(path, imgctl_fsio::caps::KEY, "a key")?;
-    SigningKey::from_pem(&pem).with_context(|| format!("{}", path.display()))
+    let plain = imgctl_measure::keys::decrypt_pem(&pem, passphrase)
+        .with_context(|| format!("{}", path.display()))?;
+    SigningKey::from_pem(&plain).with_context(|| format!("{}", path.display()))
+}
+
+/// The passphrase for the private key `key`: the first line of `file` (as OpenSSL's `-passin
+/// file:` reads it) when given; else, when `key` is an encrypted PKCS#8 PEM and stdin is a
+/// terminal, asked for on the terminal; else none (an encrypted key then fails with a message
+/// naming --key-passphrase-file). Never prompts when stdin is not a terminal.
+pub fn key_passphrase(key: &Path, file: Option<&Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    use std::io::IsTerminal;
+    if file.is_some() {
+        return read_passphrase(file);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    let raw = imgctl_fsio::read_bounded(key, imgctl_fsio::caps::KEY, "a key")?;
+    let marker = b"-----BEGIN ENCRYPTED PRIVATE KEY-----";
+    if !raw.windows(marker.len()).any(|w| w == marker) {
+        return Ok(None);
+    }
+    let p = rpassword::prompt_password(format!("Passphrase for {}: ", key.display()))
+        .with_context(|| format!("reading the passphrase of {}", key.display()))?;
+    Ok(Some(p.into_bytes()))
+}
+
+/// The passphrase of `--key-passphrase-file FILE`: the file's first line. Never prompts.
+pub fn read_passphrase(path: Option<&Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let raw = imgctl_fsio::read_bounded(path, 64 << 10, "a passphrase file")?;
+    let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        anyhow::bail!("{}: the passphrase file is empty", path.display());
+    }
+    Ok(Some(line.to_vec()))
 }
 
 /// Reads a PEM public key (or the public half of a private key), naming the file in errors.
@@ -73,7 +116,8 @@ pub fn write_atomically(path: &Path, data: &[u8], inputs: &[&Path]) -> anyhow::R
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let key = read_signing_key(&args.private_key)?;
+    let passphrase = key_passphrase(&args.private_key, args.key_passphrase_file.as_deref())?;
+    let key = read_signing_key(&args.private_key, passphrase.as_deref())?;
     let public = match &args.public_key {
         Some(p) => Some(read_verifying_key(p)?.tpm()),
         None => None,

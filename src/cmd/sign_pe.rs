@@ -36,13 +36,23 @@ pub struct Args {
     /// If the image is already signed, keep its signatures and add this one after them.
     #[arg(long)]
     append: bool,
+    /// The key's passphrase (the first line of FILE), for an encrypted PKCS#8 key. Without
+    /// it imgctl asks on the terminal, and only when stdin is one.
+    #[arg(long, value_name = "FILE")]
+    key_passphrase_file: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut outputs =
         imgctl_fsio::Transaction::with_inputs([&args.input, &args.key, &args.certificate]);
     outputs.check(&args.output)?;
-    let signer = imgctl_extensions::sign::Signer::new(&args.key, &args.certificate)?;
+    let passphrase =
+        crate::cmd::sign_pcrs::key_passphrase(&args.key, args.key_passphrase_file.as_deref())?;
+    let signer = imgctl_extensions::sign::Signer::with_passphrase(
+        &args.key,
+        &args.certificate,
+        passphrase.as_deref(),
+    )?;
     let data = imgctl_fsio::read_bounded(&args.input, crate::uki_input::MAX_INPUT, "a PE image")?;
     let existing = if args.replace {
         ExistingSignatures::Replace

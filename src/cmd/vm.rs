@@ -30,8 +30,8 @@ use crate::vm::{self, Accel, Ending, VmConfig};
 pub struct Args {
     /// A UKI (PE file) to boot, or a recipe (YAML) to build first.
     input: PathBuf,
-    /// Store the guest's PCRs (pcrs.json), event log (eventlog.bin) and console (console.log)
-    /// in this folder.
+    /// Store the guest's PCRs (pcrs.json), event log (eventlog.bin), console (console.log)
+    /// and the firmware variable store it started with (firmware-vars.fd) in this folder.
     #[arg(long, value_name = "DIR")]
     capture: Option<PathBuf>,
     /// Stop the guest after this many seconds (1 to 86400).
@@ -41,6 +41,11 @@ pub struct Args {
     /// Boot with Secure Boot enforced (OVMF secboot firmware, Microsoft keys enrolled).
     #[arg(long)]
     secure_boot: bool,
+    /// With --secure-boot: enrol our keys instead of Microsoft's, the PK.crt, KEK.crt and
+    /// db.crt of DIR (`imgctl keygen DIR --pk-kek`), with virt-fw-vars (PyPI virt-firmware);
+    /// then only a UKI signed by DIR's db key boots.
+    #[arg(long, value_name = "DIR", requires = "secure_boot")]
+    enroll: Option<PathBuf>,
     /// CPU virtualisation: auto probes KVM and falls back to TCG.
     #[arg(long, value_enum, default_value = "auto")]
     accel: Accel,
@@ -77,7 +82,12 @@ const MAX_MEMORY_MIB: i64 = 64 << 10;
 /// A day: a longer `--timeout` is a typo, not a boot.
 const MAX_TIMEOUT_S: u64 = 24 * 3600;
 /// What `--capture` writes.
-const CAPTURED: [&str; 3] = ["console.log", "pcrs.json", "eventlog.bin"];
+const CAPTURED: [&str; 4] = [
+    "console.log",
+    "pcrs.json",
+    "eventlog.bin",
+    "firmware-vars.fd",
+];
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Everything is checked before QEMU and swtpm start: the capture folder, then the UKI.
@@ -91,6 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         uki,
         timeout: Duration::from_secs(args.timeout),
         secure_boot: args.secure_boot,
+        enroll: args.enroll.clone(),
         accel: args.accel,
         memory_mib: args.memory,
         echo: !args.quiet,
@@ -99,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = GuestReport::parse(&run.console);
 
     if let Some(dir) = &args.capture {
-        capture(dir, &run.console, report.as_ref().ok())?;
+        capture(dir, &run.console, &run.firmware_vars, report.as_ref().ok())?;
     }
 
     let (result, code, message) = match run.ending {
@@ -260,11 +271,18 @@ fn stderr_note(stderr: &str) -> String {
 /// Writes console.log always, pcrs.json and eventlog.bin when the report has them, in one
 /// transaction; a pcrs.json or eventlog.bin of an earlier boot that this one did not produce
 /// is removed, so the folder never mixes two boots.
-fn capture(dir: &Path, console: &[u8], report: Option<&GuestReport>) -> anyhow::Result<()> {
+fn capture(
+    dir: &Path,
+    console: &[u8],
+    firmware_vars: &[u8],
+    report: Option<&GuestReport>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut t = imgctl_fsio::Transaction::new();
     t.add(&dir.join("console.log"), console)?;
-    let mut written = vec!["console.log"];
+    // The variable store the firmware started with (`predict-pcrs --pcr 7 --firmware-vars`).
+    t.add(&dir.join("firmware-vars.fd"), firmware_vars)?;
+    let mut written = vec!["console.log", "firmware-vars.fd"];
     if let Some(r) = report {
         if !r.pcrs.is_empty() {
             let mut json = serde_json::to_vec_pretty(&PcrValuesJson(&r.pcrs))?;
