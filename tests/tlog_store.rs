@@ -639,3 +639,79 @@ fn stdin_takes_json_entries_like_entry_and_raw_lines_only_when_asked() {
     );
     assert_eq!(show(&by_stdin.dir())[3]["entry"]["raw"], "not json");
 }
+
+/// A cosignature/v1 verifier key for `name` (type 0x04, key ID per C2SP signed-note).
+fn witness_vkey(name: &str, pk: [u8; 32]) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(name.as_bytes());
+    h.update(b"\n\x04");
+    h.update(pk);
+    let id = h.finalize();
+    let mut k = vec![4u8];
+    k.extend_from_slice(&pk);
+    format!(
+        "{name}+{}+{}",
+        hex_of(&id[..4]),
+        base64::engine::general_purpose::STANDARD.encode(k)
+    )
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn a_witness_policy_decides_which_log_and_how_many_cosignatures() {
+    let l = new_log("example.com/policy");
+    let pd = l.root.join("proofs");
+    let f = l.root.join("e.txt");
+    std::fs::write(&f, "an entry\n").unwrap();
+    run_ok(
+        imgctl()
+            .args(["log", "append"])
+            .arg(l.dir())
+            .arg("--key")
+            .arg(l.key())
+            .arg("--raw")
+            .arg(&f)
+            .arg("--proof-dir")
+            .arg(&pd),
+    );
+    let vkey = std::fs::read_to_string(l.root.join("log.vkey")).unwrap();
+    let vkey = vkey.trim();
+    let w1 = witness_vkey("w1.example", [7; 32]);
+    let w2 = witness_vkey("w2.example", [8; 32]);
+    let verify = |policy: &str| {
+        let p = l.root.join("policy.txt");
+        std::fs::write(&p, policy).unwrap();
+        let mut c = imgctl();
+        c.args(["log", "verify", "--witness-policy"])
+            .arg(&p)
+            .arg("--proof")
+            .arg(pd.join("0.tlog-proof"));
+        c
+    };
+    // The log alone, with no witnesses required: accepted.
+    run_ok(&mut verify(&format!("log {vkey}\nquorum none\n")));
+    // One witness of two required, none cosigned: rejected, naming the quorum.
+    fails_with(
+        &mut verify(&format!(
+            "log {vkey}\nwitness a {w1}\nwitness b {w2}\ngroup g any a b\nquorum g\n"
+        )),
+        "quorum is not met: cosigned by 0 (none), the quorum needs g: 1 of (w1.example, w2.example)",
+    );
+    // A policy for another log: this log's checkpoint is not accepted.
+    let other = new_log("example.com/other");
+    let other_vkey = std::fs::read_to_string(other.root.join("log.vkey")).unwrap();
+    fails_with(
+        &mut verify(&format!("log {}\nquorum none\n", other_vkey.trim())),
+        "example.com/other",
+    );
+    // A malformed policy names the file and the line.
+    fails_with(
+        &mut verify("quorum nobody\n"),
+        "policy.txt: witness policy: line 1",
+    );
+}

@@ -124,14 +124,18 @@ struct ProveArgs {
 #[derive(Debug, clap::Args)]
 struct TrustArgs {
     /// The log's verifier key (name+id+key), or @FILE to read it from a file.
-    #[arg(long)]
-    vkey: String,
+    #[arg(long, required_unless_present = "witness_policy")]
+    vkey: Option<String>,
     /// A witness verifier key (cosignature/v1); repeatable; @FILE allowed.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "witness_policy")]
     witness: Vec<String>,
     /// How many witnesses must have cosigned (default: all given).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "witness_policy")]
     min_witnesses: Option<usize>,
+    /// A C2SP tlog-policy file: the logs and witnesses trusted and the quorum of cosignatures
+    /// a checkpoint needs. With --vkey, that log must be one the policy lists.
+    #[arg(long)]
+    witness_policy: Option<PathBuf>,
 }
 
 /// Check that an entry is in the log: from a .tlog-proof, or from the log's tiles
@@ -432,12 +436,47 @@ fn key_arg(s: &str) -> anyhow::Result<String> {
 struct Trust {
     log: NoteVerifier,
     witnesses: Vec<NoteVerifier>,
-    min: usize,
+    quorum: imgctl_tlog::Quorum,
 }
 
 impl Trust {
     fn new(t: &TrustArgs) -> anyhow::Result<Trust> {
-        let log = NoteVerifier::parse_vkey(&key_arg(&t.vkey)?).context("--vkey")?;
+        let vkey = t
+            .vkey
+            .as_deref()
+            .map(|v| NoteVerifier::parse_vkey(&key_arg(v)?).context("--vkey"))
+            .transpose()?;
+        if let Some(path) = &t.witness_policy {
+            let bytes = imgctl_fsio::read_bounded(
+                path,
+                imgctl_tlog::policy::MAX_POLICY_LEN as u64,
+                "a witness policy",
+            )?;
+            let trust = imgctl_tlog::TrustPolicy::parse(&bytes)
+                .with_context(|| format!("{}", path.display()))?;
+            let log = match vkey {
+                Some(v) if trust.logs.is_empty() || trust.logs.iter().any(|l| l.key == v) => v,
+                Some(v) => anyhow::bail!(
+                    "{}: the policy does not list the log key {}",
+                    path.display(),
+                    v.vkey()
+                ),
+                None => match trust.logs.as_slice() {
+                    [one] => one.key.clone(),
+                    [] => anyhow::bail!("{}: the policy lists no log; give --vkey", path.display()),
+                    _ => anyhow::bail!(
+                        "{}: the policy lists several logs; say which with --vkey",
+                        path.display()
+                    ),
+                },
+            };
+            return Ok(Trust {
+                log,
+                witnesses: trust.witness_keys(),
+                quorum: trust.quorum,
+            });
+        }
+        let log = vkey.context("--vkey is required without --witness-policy")?;
         let witnesses = t
             .witness
             .iter()
@@ -446,8 +485,8 @@ impl Trust {
         let min = t.min_witnesses.unwrap_or(witnesses.len());
         Ok(Trust {
             log,
+            quorum: imgctl_tlog::Quorum::threshold(min, witnesses.len()),
             witnesses,
-            min,
         })
     }
     fn policy(&self) -> Policy<'_> {
@@ -455,7 +494,7 @@ impl Trust {
             log: &self.log,
             origin: None,
             witnesses: &self.witnesses,
-            quorum: imgctl_tlog::Quorum::threshold(self.min, self.witnesses.len()),
+            quorum: self.quorum.clone(),
         }
     }
 }
