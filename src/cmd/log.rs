@@ -10,7 +10,7 @@ use imgctl_tlog::checkpoint::{self, Checkpoint, Policy};
 use imgctl_tlog::client::{self, TileFetch};
 use imgctl_tlog::note::{NoteSigner, NoteVerifier, VerifierKind};
 use imgctl_tlog::{Appender, FolderTiles, HttpTiles, LogReader};
-use imgctl_tlog::{LogEntry, TlogProof};
+use imgctl_tlog::{Entry, TlogProof};
 use serde_json::json;
 
 /// Manage and check a transparency log of measurements.
@@ -57,7 +57,9 @@ struct AppendArgs {
     dir: PathBuf,
     #[arg(long)]
     key: PathBuf,
-    /// A log entry as JSON (kind, name, version, digests, pcrs, recipe, builder); repeatable.
+    /// A log entry as JSON: an artifact record (`"format": "imgctl-record/2"`, or an old
+    /// manifest.json, stored as a version-2 entry) or a version-1 entry (kind, name, version,
+    /// digests, pcrs, recipe, builder); repeatable.
     #[arg(long)]
     entry: Vec<PathBuf>,
     /// A file whose bytes are appended as-is; repeatable.
@@ -281,7 +283,7 @@ fn read_entry_json(p: &Path) -> anyhow::Result<Vec<u8>> {
 /// A log entry in the JSON form `--entry` and `--stdin` take, canonically encoded.
 fn entry_from_json(data: &[u8]) -> anyhow::Result<Vec<u8>> {
     let v: serde_json::Value = serde_json::from_slice(data).context("not JSON")?;
-    Ok(LogEntry::from_json(&v)?.encode())
+    Ok(Entry::from_json(&v)?.encode()?)
 }
 
 fn append(a: AppendArgs) -> anyhow::Result<ExitCode> {
@@ -606,7 +608,7 @@ fn consistency(a: ConsistencyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn entry_view(bytes: &[u8]) -> serde_json::Value {
-    match LogEntry::parse(bytes) {
+    match Entry::parse(bytes) {
         Ok(e) => e.to_json(),
         Err(_) => json!({"raw": String::from_utf8_lossy(bytes)}),
     }
@@ -641,7 +643,7 @@ fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
             r.vkey().vkey()
         );
         for (i, e) in entries {
-            match LogEntry::parse(&e) {
+            match Entry::parse(&e) {
                 Ok(le) => outln!("{i}\t{} {} {}", le.kind(), le.name(), le.version()),
                 Err(_) => outln!("{i}\t{}", String::from_utf8_lossy(&e).escape_debug()),
             }
