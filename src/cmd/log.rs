@@ -651,3 +651,63 @@ fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `--log DIR --log-key KEY` of the build commands that log an artifact once its outputs are
+/// committed (`ext build`, `sign-pcrs`): checked before any work by [`ArtifactLog::check`],
+/// then [`ArtifactLog::publish`] appends the record and writes its `.tlog-proof`.
+pub struct ArtifactLog {
+    dir: PathBuf,
+    key: PathBuf,
+}
+
+impl ArtifactLog {
+    /// Opens nothing yet; fails if the folder is not a log writable with this key.
+    pub fn check(dir: &Path, key: &Path) -> anyhow::Result<ArtifactLog> {
+        let signer = load_signer(key)?;
+        imgctl_tlog::check_writable(dir, &signer)
+            .with_context(|| format!("the log {} with {}", dir.display(), key.display()))?;
+        Ok(ArtifactLog {
+            dir: dir.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// Appends the record as a version-2 entry and writes its inclusion proof to `proof`
+    /// (atomically). Returns the entry's index.
+    pub fn publish(
+        &self,
+        record: &imgctl_measure::record::ArtifactRecord,
+        proof: &Path,
+    ) -> anyhow::Result<u64> {
+        let entry = record.encode_entry()?;
+        let (dir, key) = (&self.dir, &self.key);
+        let signer = load_signer(key)?;
+        let mut log = imgctl_tlog::Appender::open(dir, signer)
+            .with_context(|| format!("opening the log {} with {}", dir.display(), key.display()))?;
+        let _critical = imgctl_fsio::critical_section();
+        let index = log
+            .append(&[entry])
+            .with_context(|| format!("appending to the log {}", dir.display()))?
+            .first_index;
+        log.prove(index)
+            .map_err(anyhow::Error::from)
+            .and_then(|p| {
+                Ok(imgctl_fsio::write_atomic(
+                    proof,
+                    p.to_text().as_bytes(),
+                    &[],
+                )?)
+            })
+            .with_context(|| {
+                format!(
+                    "the entry is in the log {} at index {index}, but the proof {} was not \
+                     written: run `imgctl log prove {} --index {index} --out {}`",
+                    dir.display(),
+                    proof.display(),
+                    dir.display(),
+                    proof.display()
+                )
+            })?;
+        Ok(index)
+    }
+}
