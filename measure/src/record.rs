@@ -88,7 +88,8 @@ pub struct ExtensionRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRecord {
-    /// SHA-256 of the public key's DER SubjectPublicKeyInfo (`.pcrpkey`).
+    /// The key's fingerprint as `.pcrsig` names it (`pkfp`): SHA-256 of OpenSSL's
+    /// `i2d_PublicKey` (DER PKCS#1 `RSAPublicKey` for RSA, `04 ‖ X ‖ Y` for P-256).
     pub key_fingerprint_sha256: String,
     /// What it signs: per bank, the PCR values (per phase) the signatures authorise.
     pub signs: PcrsJson,
@@ -360,6 +361,63 @@ impl ArtifactRecord {
                 "entry is not in canonical form (compact JSON, field order, sorted maps)".into(),
             ));
         }
+        Ok(r)
+    }
+
+    /// The record of a signed PCR policy (`.pcrsig` JSON `pcrsig`, for the UKI `uki` named
+    /// `uki_name`): its and the UKI's sha256, the key's fingerprint (systemd's `pkfp`) and the
+    /// PCR 11 values it authorises (every `.dtbauto` case merged, duplicates dropped). The
+    /// version is the first 16 hex digits of the UKI's sha256, so two policies for two builds
+    /// of one UKI name differ.
+    pub fn for_policy(
+        uki_name: &str,
+        uki: &[u8],
+        pcrsig: &[u8],
+        key_fingerprint: &[u8; 32],
+        signs: &[&crate::Prediction],
+        builder: &str,
+    ) -> Result<ArtifactRecord, Error> {
+        let sha = |b: &[u8]| hex::encode(ring::digest::digest(&ring::digest::SHA256, b));
+        let uki_sha = sha(uki);
+        let mut merged = PcrsJson::new();
+        for p in signs {
+            for (bank, values) in p.to_pcrs_json() {
+                let row = merged.entry(bank).or_default();
+                for v in values {
+                    if !row.contains(&v) {
+                        row.push(v);
+                    }
+                }
+            }
+        }
+        let file = |role: &str, path: &str, b: &[u8]| FileRecord {
+            role: role.into(),
+            path: path.into(),
+            size: b.len() as u64,
+            digests: [("sha256".to_string(), sha(b))].into(),
+        };
+        let r = ArtifactRecord {
+            format: RECORD_FORMAT.into(),
+            kind: RecordKind::Policy,
+            name: uki_name.into(),
+            version: uki_sha[..16].to_owned(),
+            builder: builder.into(),
+            source_date_epoch: None,
+            recipe: None,
+            files: vec![
+                file("pcrsig", &format!("{uki_name}.pcrsig"), pcrsig),
+                file("uki", &format!("{uki_name}.efi"), uki),
+            ],
+            uki: None,
+            pcrs: Default::default(),
+            events: vec![],
+            extension: None,
+            policy: Some(PolicyRecord {
+                key_fingerprint_sha256: hex::encode(key_fingerprint),
+                signs: merged,
+            }),
+        };
+        r.check()?;
         Ok(r)
     }
 
