@@ -417,7 +417,7 @@ fn prove(a: ProveArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn key_arg(s: &str) -> anyhow::Result<String> {
+pub fn key_arg(s: &str) -> anyhow::Result<String> {
     match s.strip_prefix('@') {
         Some(f) => Ok(String::from_utf8(imgctl_fsio::read_bounded(
             Path::new(f),

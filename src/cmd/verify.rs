@@ -39,9 +39,42 @@ pub struct Args {
     /// The verification policy (YAML or JSON).
     #[arg(long)]
     policy: PathBuf,
+    /// A transparency log (folder or http(s) URL): every UKI record it holds (v2 entries) is a
+    /// reference, read only after the entries hash to its checkpoint signed by --vkey.
+    #[arg(long, value_name = "DIR|URL", requires = "vkey")]
+    log: Option<String>,
+    /// The log's verifier key (or @FILE), with --log.
+    #[arg(long, value_name = "KEY", requires = "log")]
+    vkey: Option<String>,
     /// Print the verdict as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Adds every UKI record of the log to the references. The entries are read through the tile
+/// client and must hash to the root of the checkpoint the key signed.
+fn load_log_references(src: &str, vkey: &str, refs: &mut References) -> anyhow::Result<()> {
+    let key = imgctl_tlog::NoteVerifier::parse_vkey(&crate::cmd::log::key_arg(vkey)?)
+        .context("--vkey")?;
+    let tiles: Box<dyn imgctl_tlog::TileFetch> =
+        if src.starts_with("http://") || src.starts_with("https://") {
+            Box::new(imgctl_tlog::HttpTiles::new(src)?)
+        } else {
+            Box::new(imgctl_tlog::FolderTiles(PathBuf::from(src)))
+        };
+    let policy = imgctl_tlog::checkpoint::Policy::log_only(&key);
+    let (c, _, entries) = imgctl_tlog::client::read_all_entries(tiles.as_ref(), &policy)
+        .with_context(|| format!("the log {src}"))?;
+    for (i, e) in entries.iter().enumerate() {
+        // Entries of other formats (v1, raw) carry no section digests: not references.
+        if let Ok(imgctl_tlog::Entry::V2(r)) = imgctl_tlog::Entry::parse(e) {
+            let name = format!("{src} entry {i} of {}", c.size);
+            if let Some(a) = verify::artifact_from_record(&name, &r)? {
+                refs.artifacts.push(a);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read(p: &Path, cap: u64, what: &'static str) -> anyhow::Result<Vec<u8>> {
@@ -95,7 +128,10 @@ struct Loaded {
 }
 
 fn load(args: &Args) -> anyhow::Result<Loaded> {
-    let (policy, refs) = load_policy(&args.policy)?;
+    let (policy, mut refs) = load_policy(&args.policy)?;
+    if let (Some(src), Some(vkey)) = (&args.log, &args.vkey) {
+        load_log_references(src, vkey, &mut refs)?;
+    }
     let el = &args.eventlog;
     let log = EventLog::parse(&read(el, caps::EVENT_LOG, "an event log")?)
         .with_context(|| format!("parsing event log {}", el.display()))?;
