@@ -936,3 +936,68 @@ fn the_capture_verifies_against_the_log_alone() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.starts_with("ACCEPT"), "{out}");
 }
+
+/// Split view: two logs with the same origin and key but diverging entries. The verifier
+/// remembers the first checkpoint (--state) and rejects the second as inconsistent.
+#[test]
+fn a_split_view_is_rejected_as_inconsistent_with_the_checkpoint_seen_before() {
+    let Some(c) = capture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, vkey) = log_with(tmp.path(), "a", &manifest(&c));
+    // A second folder under the same key (so the same origin), holding another record.
+    let b = tmp.path().join("b");
+    let key = tmp.path().join("a.key");
+    let o = common::imgctl()
+        .args(["log", "init"])
+        .arg(&b)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut other = manifest(&c);
+    other["name"] = "other".into();
+    other["recipe"]["digests"]["sha256"] = "00".repeat(32).into();
+    other["uki"]["digests"]["sha256"] = "00".repeat(32).into();
+    let f = write(tmp.path(), "other.json", other.to_string().as_bytes());
+    let o = common::imgctl()
+        .args(["log", "append"])
+        .arg(&b)
+        .arg("--key")
+        .arg(&key)
+        .arg("--entry")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let yaml = serde_yaml::to_string(&policy_json(&c)).unwrap();
+    let pf = write(tmp.path(), "policy.yaml", yaml.as_bytes());
+    let el = c.dir.join("ovmf-stub252-eventlog.bin");
+    let state = tmp.path().join("state/seen.json");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    let verify_with = |log: &Path| {
+        run_verify(&[
+            "--eventlog".as_ref(),
+            el.as_os_str(),
+            "--policy".as_ref(),
+            pf.as_os_str(),
+            "--log".as_ref(),
+            log.as_os_str(),
+            "--vkey".as_ref(),
+            vkey.as_ref(),
+            "--state".as_ref(),
+            state.as_os_str(),
+        ])
+    };
+    let (code, out, err) = verify_with(&a);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // Again: the same checkpoint is consistent with itself.
+    let (code, out, err) = verify_with(&a);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = verify_with(&b);
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("inconsistent with the checkpoint seen before"),
+        "{out}{err}"
+    );
+}

@@ -46,14 +46,61 @@ pub struct Args {
     /// The log's verifier key (or @FILE), with --log.
     #[arg(long, value_name = "KEY", requires = "log")]
     vkey: Option<String>,
+    /// With --log: remembers the last checkpoint seen per log origin in this JSON file
+    /// (written atomically) and rejects a checkpoint not consistent with it (split view).
+    #[arg(long, value_name = "FILE", requires = "log")]
+    state: Option<PathBuf>,
     /// Print the verdict as JSON.
     #[arg(long)]
     json: bool,
 }
 
+/// Checks the log's checkpoint against the one `state` remembers for its origin, then
+/// remembers the new one.
+fn check_state(
+    state: &Path,
+    tiles: &dyn imgctl_tlog::TileFetch,
+    policy: &imgctl_tlog::checkpoint::Policy<'_>,
+    origin: &str,
+    note: &[u8],
+) -> anyhow::Result<()> {
+    let mut seen: std::collections::BTreeMap<String, String> = match std::fs::metadata(state) {
+        Ok(_) => serde_json::from_slice(&read(state, caps::POLICY, "a verifier state file")?)
+            .with_context(|| format!("{}: not a verifier state file", state.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+        Err(e) => return Err(e).with_context(|| state.display().to_string()),
+    };
+    let new = String::from_utf8(note.to_vec()).context("checkpoint is not UTF-8")?;
+    if let Some(old) = seen.get(origin) {
+        imgctl_tlog::client::check_checkpoints_consistency(
+            Some(tiles),
+            policy,
+            old.as_bytes(),
+            note,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the log {origin}: checkpoint inconsistent with the checkpoint seen before \
+                 (state {}): {e}",
+                state.display()
+            )
+        })?;
+    }
+    seen.insert(origin.to_owned(), new);
+    let mut bytes = serde_json::to_vec_pretty(&seen)?;
+    bytes.push(b'\n');
+    imgctl_fsio::write_atomic(state, &bytes, &[])?;
+    Ok(())
+}
+
 /// Adds every UKI record of the log to the references. The entries are read through the tile
 /// client and must hash to the root of the checkpoint the key signed.
-fn load_log_references(src: &str, vkey: &str, refs: &mut References) -> anyhow::Result<()> {
+fn load_log_references(
+    src: &str,
+    vkey: &str,
+    state: Option<&Path>,
+    refs: &mut References,
+) -> anyhow::Result<()> {
     let key = imgctl_tlog::NoteVerifier::parse_vkey(&crate::cmd::log::key_arg(vkey)?)
         .context("--vkey")?;
     let tiles: Box<dyn imgctl_tlog::TileFetch> =
@@ -63,8 +110,11 @@ fn load_log_references(src: &str, vkey: &str, refs: &mut References) -> anyhow::
             Box::new(imgctl_tlog::FolderTiles(PathBuf::from(src)))
         };
     let policy = imgctl_tlog::checkpoint::Policy::log_only(&key);
-    let (c, _, entries) = imgctl_tlog::client::read_all_entries(tiles.as_ref(), &policy)
+    let (c, note, entries) = imgctl_tlog::client::read_all_entries(tiles.as_ref(), &policy)
         .with_context(|| format!("the log {src}"))?;
+    if let Some(state) = state {
+        check_state(state, tiles.as_ref(), &policy, &c.origin, &note)?;
+    }
     for (i, e) in entries.iter().enumerate() {
         // Entries of other formats (v1, raw) carry no section digests: not references.
         if let Ok(imgctl_tlog::Entry::V2(r)) = imgctl_tlog::Entry::parse(e) {
@@ -130,7 +180,7 @@ struct Loaded {
 fn load(args: &Args) -> anyhow::Result<Loaded> {
     let (policy, mut refs) = load_policy(&args.policy)?;
     if let (Some(src), Some(vkey)) = (&args.log, &args.vkey) {
-        load_log_references(src, vkey, &mut refs)?;
+        load_log_references(src, vkey, args.state.as_deref(), &mut refs)?;
     }
     let el = &args.eventlog;
     let log = EventLog::parse(&read(el, caps::EVENT_LOG, "an event log")?)
