@@ -95,10 +95,15 @@ fn check_state(
 
 /// Adds every UKI record of the log to the references. The entries are read through the tile
 /// client and must hash to the root of the checkpoint the key signed.
+/// A witness policy check over the checkpoint's note text (C2SP tlog-cosignature/tlog-policy):
+/// Ok only if a quorum of the configured witnesses cosigned it.
+pub type WitnessCheck<'a> = &'a dyn Fn(&str) -> anyhow::Result<()>;
+
 fn load_log_references(
     src: &str,
     vkey: &str,
     state: Option<&Path>,
+    witness: Option<WitnessCheck<'_>>,
     refs: &mut References,
 ) -> anyhow::Result<()> {
     let key = imgctl_tlog::NoteVerifier::parse_vkey(&crate::cmd::log::key_arg(vkey)?)
@@ -112,6 +117,10 @@ fn load_log_references(
     let policy = imgctl_tlog::checkpoint::Policy::log_only(&key);
     let (c, note, entries) = imgctl_tlog::client::read_all_entries(tiles.as_ref(), &policy)
         .with_context(|| format!("the log {src}"))?;
+    if let Some(check) = witness {
+        let text = std::str::from_utf8(&note).context("checkpoint is not UTF-8")?;
+        check(text).with_context(|| format!("the log {src}: witness policy"))?;
+    }
     if let Some(state) = state {
         check_state(state, tiles.as_ref(), &policy, &c.origin, &note)?;
     }
@@ -180,7 +189,8 @@ struct Loaded {
 fn load(args: &Args) -> anyhow::Result<Loaded> {
     let (policy, mut refs) = load_policy(&args.policy)?;
     if let (Some(src), Some(vkey)) = (&args.log, &args.vkey) {
-        load_log_references(src, vkey, args.state.as_deref(), &mut refs)?;
+        // TODO(lead, issue 13 item 4): pass the `--witness-policy FILE` check here.
+        load_log_references(src, vkey, args.state.as_deref(), None, &mut refs)?;
     }
     let el = &args.eventlog;
     let log = EventLog::parse(&read(el, caps::EVENT_LOG, "an event log")?)
