@@ -766,11 +766,26 @@ fn build_appends_to_the_log_and_writes_a_verifiable_proof() {
         .iter()
         .find(|v| v.get("phase").is_none())
         .unwrap();
+    // A version-2 entry: the artifact record, whose PCR 11 values are pcrs.json's and whose
+    // UKI digest is manifest.json's.
+    let json = entry
+        .strip_prefix("imgctl.dev/log-entry/v2\n")
+        .unwrap_or_else(|| panic!("not a v2 entry: {entry}"));
+    let record: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(record["format"], "imgctl-record/2", "{entry}");
+    assert_eq!(record["pcrs"], pcrs, "{entry}");
     assert!(
-        entry.contains(&format!(
-            "pcr 11 sha256 : {}",
-            empty_path["hash"].as_str().unwrap()
-        )),
+        record["pcrs"]["sha256"]
+            .as_array()
+            .unwrap()
+            .contains(empty_path),
+        "{entry}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(record["uki"], manifest["uki"], "{entry}");
+    assert!(
+        record["uki"]["authenticode"]["sha384"].is_string(),
         "{entry}"
     );
     // A tampered proof is rejected.

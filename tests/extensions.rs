@@ -1199,3 +1199,119 @@ fn root_hash_signatures_made_by_openssl_verify_with_ext_inspect() {
         }
     }
 }
+
+/// `ext build --log`: the image's artifact record (its sha256 as sha256sum computes it, the
+/// root hash, the partition UUIDs, the signing certificate's fingerprint as openssl computes
+/// it) is appended as a v2 entry and its proof, written beside the image, verifies; a wrong
+/// log key fails before anything is built.
+#[test]
+fn ext_build_logs_the_image_record_and_writes_its_proof() {
+    if require_tool("mkfs.erofs", "erofs-utils").is_none() {
+        return;
+    }
+    let f = Fixture::new();
+    let Some(recipe) = f.signed_recipe("logged") else {
+        return;
+    };
+    let (log, key) = (f.path("log"), f.path("log.key"));
+    run_ok(
+        imgctl()
+            .args(["log", "init"])
+            .arg(&log)
+            .arg("--key")
+            .arg(&key)
+            .args(["--origin", "example.org/ext-test"]),
+    );
+    // A wrong key: refused, nothing built.
+    run_ok(
+        imgctl()
+            .args(["log", "init"])
+            .arg(f.path("other"))
+            .arg("--key")
+            .arg(f.path("other.key"))
+            .args(["--origin", "example.org/other"]),
+    );
+    let out = f.path("out");
+    let o = imgctl()
+        .args(["ext", "build"])
+        .arg(&recipe)
+        .arg("-o")
+        .arg(&out)
+        .arg("--log")
+        .arg(&log)
+        .arg("--log-key")
+        .arg(f.path("other.key"))
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(!out.join("logged.raw").exists());
+    run_ok(
+        imgctl()
+            .args(["ext", "build"])
+            .arg(&recipe)
+            .arg("-o")
+            .arg(&out)
+            .arg("--log")
+            .arg(&log)
+            .arg("--log-key")
+            .arg(&key)
+            .env("SOURCE_DATE_EPOCH", EPOCH),
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let proof = out.join("logged.raw.tlog-proof");
+    let vkey = format!("@{}", f.path("log.vkey").display());
+    let said = String::from_utf8(run_ok(
+        imgctl()
+            .args(["log", "verify", "--vkey", &vkey, "--proof"])
+            .arg(&proof),
+    ))
+    .unwrap();
+    assert!(said.contains("entry is in the log"), "{said}");
+    let shown: Value = serde_json::from_slice(&run_ok(
+        imgctl()
+            .args(["log", "show", "--json", "--index", "0"])
+            .arg(&log),
+    ))
+    .unwrap();
+    let r = &shown["entries"][0]["entry"];
+    assert_eq!(r["format"], "imgctl-record/2", "{shown}");
+    assert_eq!(r["kind"], "sysext");
+    assert_eq!(r["extension"]["root_hash"], manifest["verity"]["root_hash"]);
+    let sha = String::from_utf8(run_ok(
+        Command::new("sha256sum").arg(out.join("logged.raw")),
+    ))
+    .unwrap();
+    assert_eq!(
+        r["files"][0]["digests"]["sha256"].as_str().unwrap(),
+        sha.split_whitespace().next().unwrap()
+    );
+    let uuids: Vec<&Value> = r["extension"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["uuid"])
+        .collect();
+    let want: Vec<&Value> = manifest["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["uuid"])
+        .collect();
+    assert_eq!(uuids, want);
+    let fp = String::from_utf8(run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(f.path("sign.crt")),
+    ))
+    .unwrap();
+    let fp = fp
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_lowercase();
+    assert_eq!(r["extension"]["signature_certificate_sha256"], fp.as_str());
+}

@@ -341,3 +341,99 @@ fn sign_pcrs_never_replaces_special_files_or_its_inputs() {
             .is_char_device());
     }
 }
+
+/// `sign-pcrs --log`: the policy's artifact record says what it signs, and that is what
+/// `systemd-measure calculate` computes for the same UKI contents; its key fingerprint is the
+/// sha256 of the PKCS#1 RSAPublicKey DER `openssl rsa -RSAPublicKey_out` writes (systemd's
+/// pkfp) and the .pcrsig's own pkfp; the .pcrsig's sha256 is the written
+/// file's; the proof beside it verifies.
+#[test]
+fn sign_pcrs_logs_the_policy_record() {
+    if !peers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = genkey(dir.path(), "rsa", RSA);
+    let uki = uki(dir.path());
+    let (log, log_key) = (dir.path().join("log"), dir.path().join("log.key"));
+    run_ok(
+        imgctl()
+            .args(["log", "init"])
+            .arg(&log)
+            .arg("--key")
+            .arg(&log_key)
+            .args(["--origin", "example.org/policy-test"]),
+    );
+    let out = dir.path().join("test.pcrsig");
+    run_ok(
+        imgctl()
+            .arg("sign-pcrs")
+            .arg(&uki)
+            .arg("--private-key")
+            .arg(&key)
+            .args(["--bank=sha256", "-o"])
+            .arg(&out)
+            .arg("--log")
+            .arg(&log)
+            .arg("--log-key")
+            .arg(&log_key),
+    );
+    let vkey = format!("@{}", dir.path().join("log.vkey").display());
+    run_ok(
+        imgctl()
+            .args(["log", "verify", "--vkey", &vkey, "--proof"])
+            .arg(dir.path().join("test.pcrsig.tlog-proof")),
+    );
+    let shown: serde_json::Value =
+        serde_json::from_slice(&run_ok(imgctl().args(["log", "show", "--json"]).arg(&log)))
+            .unwrap();
+    let r = &shown["entries"][0]["entry"];
+    assert_eq!(r["kind"], "policy", "{shown}");
+    let mut sd = Command::new(SYSTEMD_MEASURE);
+    sd.args(["calculate", "--json=short", "--bank=sha256"]);
+    for (name, opt, data) in CONTENT {
+        let f = dir.path().join(name.trim_start_matches('.'));
+        std::fs::write(&f, data).unwrap();
+        sd.arg(format!("{opt}={}", f.display()));
+    }
+    let expected: serde_json::Value = serde_json::from_slice(&run_ok(&mut sd)).unwrap();
+    let key_of = |v: &serde_json::Value| {
+        let mut rows: Vec<String> = v["sha256"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} {}",
+                    e["pcr"],
+                    e.get("phase").and_then(|p| p.as_str()).unwrap_or(""),
+                    e["hash"].as_str().unwrap()
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(key_of(&r["policy"]["signs"]), key_of(&expected), "{shown}");
+    let der = run_ok(
+        Command::new("openssl")
+            .args([
+                "rsa",
+                "-pubin",
+                "-RSAPublicKey_out",
+                "-outform",
+                "DER",
+                "-in",
+            ])
+            .arg(&public),
+    );
+    let fp = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&der));
+    assert_eq!(r["policy"]["key_fingerprint_sha256"], fp.as_str());
+    let sig: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(sig["sha256"][0]["pkfp"], fp.as_str());
+    let file = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        std::fs::read(&out).unwrap(),
+    ));
+    assert_eq!(r["files"][0]["role"], "pcrsig");
+    assert_eq!(r["files"][0]["digests"]["sha256"], file.as_str());
+}

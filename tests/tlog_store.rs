@@ -640,6 +640,82 @@ fn stdin_takes_json_entries_like_entry_and_raw_lines_only_when_asked() {
     assert_eq!(show(&by_stdin.dir())[3]["entry"]["raw"], "not json");
 }
 
+/// `log append --entry` takes an artifact record (here an old manifest.json, converted) and
+/// stores it as a version-2 entry; `log show` reads it back; a v1 entry beside it still reads;
+/// the independent checker accepts the log.
+#[test]
+fn artifact_records_are_stored_as_v2_entries_beside_v1() {
+    let l = new_log("example.com/records");
+    let tmp = &l.root;
+    let sha = |b: &str| b.repeat(32);
+    let manifest = serde_json::json!({
+        "format": "imgctl-manifest/1", "name": "demo", "version": "1", "builder": "imgctl-builder 0",
+        "source_date_epoch": 0,
+        "recipe": {"role": "recipe", "path": "r.yaml", "size": 1, "digests": {"sha256": sha("01")}},
+        "inputs": [],
+        "uki": {"file": "demo.efi", "size": 2, "digests": {"sha256": sha("02")},
+                "authenticode": {"sha256": sha("03")},
+                "stub": {"path": "s", "sdmagic": null, "semantics": "systemd-257"}, "sections": []},
+        "initrd": null,
+        "pcrs": {"sha256": [{"phase": "enter-initrd", "pcr": 11, "hash": sha("04")}]}
+    });
+    let v1 = serde_json::json!({"kind": "uki", "name": "old", "version": "1",
+        "digests": {"sha256": sha("05")}, "recipe": format!("sha256:{}", sha("06")),
+        "builder": "imgctl/0.1.0"});
+    std::fs::write(tmp.join("m.json"), manifest.to_string()).unwrap();
+    std::fs::write(tmp.join("v1.json"), v1.to_string()).unwrap();
+    run_ok(
+        imgctl()
+            .args(["log", "append"])
+            .arg(l.dir())
+            .arg("--key")
+            .arg(l.key())
+            .arg("--entry")
+            .arg(tmp.join("m.json"))
+            .arg("--entry")
+            .arg(tmp.join("v1.json")),
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&run_ok(
+        imgctl().args(["log", "show", "--json"]).arg(l.dir()),
+    ))
+    .unwrap();
+    let e = &shown["entries"];
+    assert_eq!(e[0]["entry"]["format"], "imgctl-record/2", "{shown}");
+    assert_eq!(e[0]["entry"]["kind"], "uki", "{shown}");
+    assert_eq!(e[0]["entry"]["uki"]["authenticode"]["sha256"], sha("03"));
+    assert_eq!(e[0]["entry"]["files"][0]["role"], "uki");
+    assert_eq!(e[1]["entry"]["name"], "old", "{shown}");
+    let text = String::from_utf8(run_ok(imgctl().args(["log", "show"]).arg(l.dir()))).unwrap();
+    assert!(
+        text.contains("0\tuki demo 1") && text.contains("1\tuki old 1"),
+        "{text}"
+    );
+    // A record missing what its kind needs is refused before anything is appended.
+    let mut bad = manifest.clone();
+    bad["uki"]["digests"] = serde_json::json!({"sha1": "00".repeat(20)});
+    std::fs::write(tmp.join("bad.json"), bad.to_string()).unwrap();
+    fails_with(
+        imgctl()
+            .args(["log", "append"])
+            .arg(l.dir())
+            .arg("--key")
+            .arg(l.key())
+            .arg("--entry")
+            .arg(tmp.join("bad.json")),
+        "no sha256 digest",
+    );
+    if common::require_tool("python3", "python3").is_none() {
+        return;
+    }
+    let o = python_check(&l, &l.dir());
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// A cosignature/v1 verifier key for `name` (type 0x04, key ID per C2SP signed-note).
 fn witness_vkey(name: &str, pk: [u8; 32]) -> String {
     use base64::Engine;

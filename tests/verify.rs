@@ -827,3 +827,210 @@ fn a_sha1_quote_does_not_cover_a_sha256_check() {
         assert!(v.checked.iter().any(|c| c.starts_with("quote: signature")));
     }
 }
+
+/// A log holding `record` (the capture's reference manifest, as a v2 entry), with its vkey.
+fn log_with(dir: &Path, name: &str, record: &serde_json::Value) -> (PathBuf, String) {
+    let (log, key) = (dir.join(name), dir.join(format!("{name}.key")));
+    let o = common::imgctl()
+        .args(["log", "init"])
+        .arg(&log)
+        .arg("--key")
+        .arg(&key)
+        .args(["--origin", &format!("example.org/{name}")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut r = record.clone();
+    // The log requires a file digest; the capture records none for the UKI file itself.
+    r["recipe"]["digests"]["sha256"] = "00".repeat(32).into();
+    r["uki"]["digests"]["sha256"] = "00".repeat(32).into();
+    let f = write(dir, &format!("{name}.entry.json"), r.to_string().as_bytes());
+    let o = common::imgctl()
+        .args(["log", "append"])
+        .arg(&log)
+        .arg("--key")
+        .arg(&key)
+        .arg("--entry")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let vkey = std::fs::read_to_string(dir.join(format!("{name}.vkey"))).unwrap();
+    (log, vkey.trim().to_owned())
+}
+
+/// Issue 13 item 3 (partly): the captured OVMF + systemd-stub 252 boot verifies against a log
+/// alone (no manifest or pcrs.json in the policy): ACCEPT; against a log holding another build
+/// (its .cmdline differs): REJECT naming the event; the log served by `python3 -m http.server`
+/// verifies the same as the folder; a wrong vkey is an error.
+#[test]
+fn the_capture_verifies_against_the_log_alone() {
+    let Some(c) = capture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, vkey) = log_with(tmp.path(), "good", &manifest(&c));
+    let mut other = manifest(&c);
+    other["uki"]["sections"][2]["digests"]["sha256"] = "11".repeat(32).into();
+    other["name"] = "other".into();
+    let (bad, bad_vkey) = log_with(tmp.path(), "other", &other);
+    let yaml = serde_yaml::to_string(&policy_json(&c)).unwrap();
+    let pf = write(tmp.path(), "policy.yaml", yaml.as_bytes());
+    let el = c.dir.join("ovmf-stub252-eventlog.bin");
+    let verify_with = |log: &str, vkey: &str| {
+        run_verify(&[
+            "--eventlog".as_ref(),
+            el.as_os_str(),
+            "--policy".as_ref(),
+            pf.as_os_str(),
+            "--log".as_ref(),
+            log.as_ref(),
+            "--vkey".as_ref(),
+            vkey.as_ref(),
+        ])
+    };
+    let (code, out, err) = verify_with(good.to_str().unwrap(), &vkey);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("ACCEPT"), "{out}");
+    let (code, out, err) = verify_with(bad.to_str().unwrap(), &bad_vkey);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.starts_with("REJECT") && out.contains("event 36"),
+        "{out}"
+    );
+    // The good log under the other log's key: not its checkpoint.
+    let (code, out, err) = verify_with(good.to_str().unwrap(), &bad_vkey);
+    assert_eq!(code, Some(3), "{out}{err}");
+    // A witness policy: `quorum none` accepts; one needing a witness that never cosigned
+    // refuses the checkpoint, naming the quorum.
+    let vkey_text = match vkey.strip_prefix('@') {
+        Some(f) => std::fs::read_to_string(f).unwrap(),
+        None => vkey.clone(),
+    };
+    let witness = "w.example+fd0a1844+BAcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcH";
+    for (name, policy, want) in [
+        (
+            "none",
+            format!("log {}\nquorum none\n", vkey_text.trim()),
+            Some(0),
+        ),
+        ("one", format!("witness w {witness}\nquorum w\n"), Some(3)),
+    ] {
+        let wp = write(tmp.path(), &format!("{name}.policy"), policy.as_bytes());
+        let (code, out, err) = run_verify(&[
+            "--eventlog".as_ref(),
+            el.as_os_str(),
+            "--policy".as_ref(),
+            pf.as_os_str(),
+            "--log".as_ref(),
+            good.as_os_str(),
+            "--vkey".as_ref(),
+            vkey.as_ref(),
+            "--witness-policy".as_ref(),
+            wp.as_os_str(),
+        ]);
+        assert_eq!(code, want, "{name}: {out}{err}");
+        if want == Some(3) {
+            assert!(err.contains("quorum is not met"), "{err}");
+        }
+    }
+    // Over HTTP from a plain static file server.
+    if common::require_tool("python3", "python3").is_none() {
+        return;
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(&good)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut result = None;
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let r = verify_with(&url, &vkey);
+        if r.0 == Some(0) {
+            result = Some(r);
+            break;
+        }
+        result = Some(r);
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let (code, out, err) = result.unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("ACCEPT"), "{out}");
+}
+
+/// Split view: two logs with the same origin and key but diverging entries. The verifier
+/// remembers the first checkpoint (--state) and rejects the second as inconsistent.
+#[test]
+fn a_split_view_is_rejected_as_inconsistent_with_the_checkpoint_seen_before() {
+    let Some(c) = capture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, vkey) = log_with(tmp.path(), "a", &manifest(&c));
+    // A second folder under the same key (so the same origin), holding another record.
+    let b = tmp.path().join("b");
+    let key = tmp.path().join("a.key");
+    let o = common::imgctl()
+        .args(["log", "init"])
+        .arg(&b)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut other = manifest(&c);
+    other["name"] = "other".into();
+    other["recipe"]["digests"]["sha256"] = "00".repeat(32).into();
+    other["uki"]["digests"]["sha256"] = "00".repeat(32).into();
+    let f = write(tmp.path(), "other.json", other.to_string().as_bytes());
+    let o = common::imgctl()
+        .args(["log", "append"])
+        .arg(&b)
+        .arg("--key")
+        .arg(&key)
+        .arg("--entry")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let yaml = serde_yaml::to_string(&policy_json(&c)).unwrap();
+    let pf = write(tmp.path(), "policy.yaml", yaml.as_bytes());
+    let el = c.dir.join("ovmf-stub252-eventlog.bin");
+    let state = tmp.path().join("state/seen.json");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    let verify_with = |log: &Path| {
+        run_verify(&[
+            "--eventlog".as_ref(),
+            el.as_os_str(),
+            "--policy".as_ref(),
+            pf.as_os_str(),
+            "--log".as_ref(),
+            log.as_os_str(),
+            "--vkey".as_ref(),
+            vkey.as_ref(),
+            "--state".as_ref(),
+            state.as_os_str(),
+        ])
+    };
+    let (code, out, err) = verify_with(&a);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // Again: the same checkpoint is consistent with itself.
+    let (code, out, err) = verify_with(&a);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = verify_with(&b);
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("inconsistent with the checkpoint seen before"),
+        "{out}{err}"
+    );
+}

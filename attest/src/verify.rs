@@ -228,32 +228,46 @@ fn pcrs_from(name: &str, v: PcrsJson) -> Result<Vec<PhaseValue>, Error> {
 /// Authenticode hash, its PCR 11 predictions, and optional extra predicted `events`.
 pub fn parse_manifest(file: &str, data: &[u8]) -> Result<Artifact, Error> {
     let m = Manifest::from_json(file, data)?;
+    let r = imgctl_measure::record::ArtifactRecord::from_manifest(&m);
+    Ok(artifact_from_record(file, &r)?.unwrap_or_default())
+}
+
+/// The references an artifact record gives (`file` names where it came from in errors): a
+/// UKI's or addon's measured sections, Authenticode hashes, stub semantics, PCR 11
+/// predictions and events; `None` for a record without PE facts (extensions, policies).
+pub fn artifact_from_record(
+    file: &str,
+    r: &imgctl_measure::record::ArtifactRecord,
+) -> Result<Option<Artifact>, Error> {
+    let Some(u) = &r.uki else {
+        return Ok(None);
+    };
     let mut a = Artifact {
-        name: format!("{} ({})", m.uki.file, m.name),
+        name: format!("{} ({})", u.file, r.name),
         ..Artifact::default()
     };
-    a.authenticode = digests(file, "uki.authenticode", &m.uki.authenticode)?;
+    a.authenticode = digests(file, "uki.authenticode", &u.authenticode)?;
     a.kernel_authenticode = digests(
         file,
         "uki.kernel_authenticode",
-        &m.uki.kernel_authenticode.unwrap_or_default(),
+        &u.kernel_authenticode.clone().unwrap_or_default(),
     )?;
-    a.semantics = Some(m.uki.stub.semantics);
-    for s in m.uki.sections.iter().filter(|s| s.measured) {
+    a.semantics = Some(u.stub.semantics);
+    for s in u.sections.iter().filter(|s| s.measured) {
         a.sections.push(SectionRef {
             name: s.name.clone(),
             digests: digests(file, &format!("section {}", s.name), &s.digests)?,
         });
     }
-    for e in &m.events {
+    for e in &r.events {
         a.events.push(EventRef {
             pcr: e.pcr,
             digests: digests(file, &format!("event for PCR {}", e.pcr), &e.digests)?,
             description: e.description.clone(),
         });
     }
-    a.pcr11 = pcrs_from(&a.name, m.pcrs)?;
-    Ok(a)
+    a.pcr11 = pcrs_from(&a.name, r.pcrs.clone())?;
+    Ok(Some(a))
 }
 
 /// Everything the verifier compares against.

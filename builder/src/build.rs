@@ -1036,58 +1036,14 @@ pub fn append_pcrsig(uki: &[u8], json: &str) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// The transparency-log entry for a built UKI: its digest in every bank, its PCR 11 predictions
-/// per bank and phase, the recipe's digest and the builder's version.
-pub fn log_entry(out: &BuildOutput) -> Result<imgctl_tlog::LogEntry, Error> {
-    use imgctl_tlog::entry::PredictedPcr;
-    use imgctl_tlog::{ArtifactKind, LogEntry};
-    let parse = |bank: &str, hex_value: &str| -> Result<(HashAlg, Digest), Error> {
-        let b: HashAlg = bank
-            .parse()
-            .map_err(|e| Error::InvalidInput(format!("{e}")))?;
-        let d = hex::decode(hex_value)
-            .map_err(|e| Error::InvalidInput(format!("digest {hex_value}: {e}")))?;
-        Ok((b, Digest(d)))
-    };
-    let digests = out
-        .manifest
-        .uki
-        .digests
-        .iter()
-        .map(|(b, h)| parse(b, h))
-        .collect::<Result<Vec<_>, _>>()?;
-    let pcrs = out
-        .prediction
-        .banks
-        .iter()
-        .flat_map(|(bank, values)| {
-            values.iter().map(move |(phase, value)| PredictedPcr {
-                pcr: imgctl_measure::pcr11::PCR_KERNEL_IMAGE,
-                bank: *bank,
-                phase: phase.clone(),
-                value: value.clone(),
-            })
-        })
-        .collect();
-    let recipe = parse(
-        "sha256",
-        out.manifest
-            .recipe
-            .digests
-            .get("sha256")
-            .map_or("", String::as_str),
-    )?;
-    let builder = format!("imgctl/{}", env!("CARGO_PKG_VERSION"));
-    LogEntry::new(
-        ArtifactKind::Uki,
-        &out.manifest.name,
-        &out.manifest.version,
-        digests,
-        pcrs,
-        recipe,
-        &builder,
-    )
-    .map_err(|e| Error::InvalidInput(format!("log entry: {e}")))
+/// The artifact record of a built UKI (what `build --log` appends, as a version-2 entry): its
+/// files with their digests in every bank, its and its kernel's Authenticode hashes, every
+/// section's digests, the stub semantics and the PCR 11 predictions per bank and phase.
+pub fn record(out: &BuildOutput) -> Result<imgctl_measure::record::ArtifactRecord, Error> {
+    let r = imgctl_measure::record::ArtifactRecord::from_manifest(&out.manifest);
+    r.check()
+        .map_err(|e| Error::InvalidInput(format!("artifact record: {e}")))?;
+    Ok(r)
 }
 
 #[cfg(test)]

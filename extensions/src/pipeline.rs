@@ -87,6 +87,55 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The artifact record of this image (what `ext build --log` appends, as a version-2 log
+    /// entry): the image's sha256, the root hash, the partitions' type and own UUIDs and the
+    /// signing certificate's fingerprint. PCR 12/13 are not predicted per image (the stub's
+    /// sidecar cpio depends on every image beside the UKI; `ext predict-pcrs` computes it).
+    pub fn record(&self) -> Result<imgctl_measure::record::ArtifactRecord, Error> {
+        use imgctl_measure::manifest::FileRecord as MFile;
+        use imgctl_measure::record::{
+            ArtifactRecord, ExtensionRecord, PartitionRecord as MPart, RecordKind, RECORD_FORMAT,
+        };
+        let r = ArtifactRecord {
+            format: RECORD_FORMAT.into(),
+            kind: match self.kind {
+                ExtensionKind::Sysext => RecordKind::Sysext,
+                ExtensionKind::Confext => RecordKind::Confext,
+            },
+            name: self.name.clone(),
+            version: self.version.clone(),
+            builder: format!("imgctl/{}", env!("CARGO_PKG_VERSION")),
+            source_date_epoch: Some(self.source_date_epoch),
+            recipe: None,
+            files: vec![MFile {
+                role: "image".into(),
+                path: self.image.clone(),
+                size: self.size,
+                digests: [("sha256".to_string(), self.sha256.clone())].into(),
+            }],
+            uki: None,
+            pcrs: Default::default(),
+            events: vec![],
+            extension: Some(ExtensionRecord {
+                root_hash: self.verity.root_hash.clone(),
+                partitions: self
+                    .partitions
+                    .iter()
+                    .map(|p| MPart {
+                        role: p.designator.to_string(),
+                        type_uuid: p.type_uuid.to_string(),
+                        uuid: p.uuid.to_string(),
+                    })
+                    .collect(),
+                signature_certificate_sha256: self.verity.certificate_fingerprint.clone(),
+            }),
+            policy: None,
+        };
+        r.check()
+            .map_err(|e| Error::Unsupported(format!("artifact record: {e}")))?;
+        Ok(r)
+    }
+
     pub fn filesystem_name(&self) -> &'static str {
         match self.filesystem {
             Filesystem::Erofs => "erofs",

@@ -5,6 +5,7 @@
 //! talks to a TPM; every function takes bytes and values and returns values.
 //!
 //! What it implements:
+//! - [`record`]: the versioned artifact record (JSON form and canonical log entry v2).
 //! - [`bank`]: TPM hash banks (`TPM_ALG_ID`) and PCR extend arithmetic.
 //! - [`pcr11`]: the systemd-stub PCR 11 model (canonical section order, pcrphase words),
 //!   `core`-only so the Rust stub can share it.
@@ -41,6 +42,7 @@ pub mod pe;
 pub mod policy;
 pub mod predict;
 pub mod reader;
+pub mod record;
 pub mod secureboot;
 pub mod tpm_wire;
 pub mod uki;

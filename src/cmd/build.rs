@@ -169,7 +169,7 @@ fn log_and_commit(
     dir: &Path,
     key: &Path,
 ) -> anyhow::Result<(PathBuf, u64)> {
-    let entry = imgctl_builder::build::log_entry(out)?;
+    let entry = imgctl_builder::build::record(out)?.encode_entry()?;
     let name = format!(
         "{}.tlog-proof",
         out.uki
@@ -183,7 +183,7 @@ fn log_and_commit(
         .with_context(|| format!("opening the log {} with {}", dir.display(), key.display()))?;
     let _critical = imgctl_fsio::critical_section();
     let appended = log
-        .append(&[entry.encode()])
+        .append(&[entry])
         .with_context(|| format!("appending to the log {}", dir.display()))?;
     let index = appended.first_index;
     // Past the point of no return.

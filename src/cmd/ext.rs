@@ -90,6 +90,14 @@ struct BuildArgs {
     /// Print the manifest as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Append the image's artifact record (sha256, root hash, partition UUIDs, signing
+    /// certificate) to this transparency log and write its inclusion proof beside the image as
+    /// NAME.raw.tlog-proof.
+    #[arg(long, value_name = "DIR", requires = "log_key")]
+    log: Option<PathBuf>,
+    /// The log's signing key (with --log).
+    #[arg(long, value_name = "KEY", requires = "log")]
+    log_key: Option<PathBuf>,
 }
 
 /// Show an extension image's partitions, verity superblock and signature, checked against each
@@ -128,12 +136,30 @@ fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .output
         .unwrap_or_else(|| PathBuf::from("images").join(ext.name.as_str()));
     imgctl_fsio::check_output_dir(&out_dir)?;
+    // The log and its key are checked before the build: a wrong key writes nothing.
+    let log = match (&args.log, &args.log_key) {
+        (Some(dir), Some(key)) => Some(crate::cmd::log::ArtifactLog::check(dir, key)?),
+        _ => None,
+    };
     let opts = BuildOptions {
         out_dir,
         source_date_epoch: crate::output::source_date_epoch()?,
     };
     let out = crate::output::with_spinner("building extension", || build(&ext, &opts))
         .with_context(|| format!("building {}", args.recipe.display()))?;
+    let logged = match &log {
+        Some(l) => {
+            let record = out.manifest.record()?;
+            let mut proof = out.image.clone().into_os_string();
+            proof.push(".tlog-proof");
+            let proof = PathBuf::from(proof);
+            let index = l.publish(&record, &proof).with_context(|| {
+                format!("logging the image {} (it is built)", out.image.display())
+            })?;
+            Some((index, proof))
+        }
+        None => None,
+    };
     if args.json {
         crate::output::print_json(&out.manifest)?;
         return Ok(ExitCode::SUCCESS);
@@ -155,6 +181,9 @@ fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     );
     outln!("  files      {}", m.files.len());
     outln!("  manifest   {}", out.manifest_path.display());
+    if let Some((index, proof)) = logged {
+        outln!("  logged     entry {index}, proof {}", proof.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,7 +10,7 @@ use imgctl_tlog::checkpoint::{self, Checkpoint, Policy};
 use imgctl_tlog::client::{self, TileFetch};
 use imgctl_tlog::note::{NoteSigner, NoteVerifier, VerifierKind};
 use imgctl_tlog::{Appender, FolderTiles, HttpTiles, LogReader};
-use imgctl_tlog::{LogEntry, TlogProof};
+use imgctl_tlog::{Entry, TlogProof};
 use serde_json::json;
 
 /// Manage and check a transparency log of measurements.
@@ -57,7 +57,9 @@ struct AppendArgs {
     dir: PathBuf,
     #[arg(long)]
     key: PathBuf,
-    /// A log entry as JSON (kind, name, version, digests, pcrs, recipe, builder); repeatable.
+    /// A log entry as JSON: an artifact record (`"format": "imgctl-record/2"`, or an old
+    /// manifest.json, stored as a version-2 entry) or a version-1 entry (kind, name, version,
+    /// digests, pcrs, recipe, builder); repeatable.
     #[arg(long)]
     entry: Vec<PathBuf>,
     /// A file whose bytes are appended as-is; repeatable.
@@ -285,7 +287,7 @@ fn read_entry_json(p: &Path) -> anyhow::Result<Vec<u8>> {
 /// A log entry in the JSON form `--entry` and `--stdin` take, canonically encoded.
 fn entry_from_json(data: &[u8]) -> anyhow::Result<Vec<u8>> {
     let v: serde_json::Value = serde_json::from_slice(data).context("not JSON")?;
-    Ok(LogEntry::from_json(&v)?.encode())
+    Ok(Entry::from_json(&v)?.encode()?)
 }
 
 fn append(a: AppendArgs) -> anyhow::Result<ExitCode> {
@@ -419,7 +421,7 @@ fn prove(a: ProveArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn key_arg(s: &str) -> anyhow::Result<String> {
+pub fn key_arg(s: &str) -> anyhow::Result<String> {
     match s.strip_prefix('@') {
         Some(f) => Ok(String::from_utf8(imgctl_fsio::read_bounded(
             Path::new(f),
@@ -645,7 +647,7 @@ fn consistency(a: ConsistencyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn entry_view(bytes: &[u8]) -> serde_json::Value {
-    match LogEntry::parse(bytes) {
+    match Entry::parse(bytes) {
         Ok(e) => e.to_json(),
         Err(_) => json!({"raw": String::from_utf8_lossy(bytes)}),
     }
@@ -680,11 +682,71 @@ fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
             r.vkey().vkey()
         );
         for (i, e) in entries {
-            match LogEntry::parse(&e) {
+            match Entry::parse(&e) {
                 Ok(le) => outln!("{i}\t{} {} {}", le.kind(), le.name(), le.version()),
                 Err(_) => outln!("{i}\t{}", String::from_utf8_lossy(&e).escape_debug()),
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--log DIR --log-key KEY` of the build commands that log an artifact once its outputs are
+/// committed (`ext build`, `sign-pcrs`): checked before any work by [`ArtifactLog::check`],
+/// then [`ArtifactLog::publish`] appends the record and writes its `.tlog-proof`.
+pub struct ArtifactLog {
+    dir: PathBuf,
+    key: PathBuf,
+}
+
+impl ArtifactLog {
+    /// Opens nothing yet; fails if the folder is not a log writable with this key.
+    pub fn check(dir: &Path, key: &Path) -> anyhow::Result<ArtifactLog> {
+        let signer = load_signer(key)?;
+        imgctl_tlog::check_writable(dir, &signer)
+            .with_context(|| format!("the log {} with {}", dir.display(), key.display()))?;
+        Ok(ArtifactLog {
+            dir: dir.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// Appends the record as a version-2 entry and writes its inclusion proof to `proof`
+    /// (atomically). Returns the entry's index.
+    pub fn publish(
+        &self,
+        record: &imgctl_measure::record::ArtifactRecord,
+        proof: &Path,
+    ) -> anyhow::Result<u64> {
+        let entry = record.encode_entry()?;
+        let (dir, key) = (&self.dir, &self.key);
+        let signer = load_signer(key)?;
+        let mut log = imgctl_tlog::Appender::open(dir, signer)
+            .with_context(|| format!("opening the log {} with {}", dir.display(), key.display()))?;
+        let _critical = imgctl_fsio::critical_section();
+        let index = log
+            .append(&[entry])
+            .with_context(|| format!("appending to the log {}", dir.display()))?
+            .first_index;
+        log.prove(index)
+            .map_err(anyhow::Error::from)
+            .and_then(|p| {
+                Ok(imgctl_fsio::write_atomic(
+                    proof,
+                    p.to_text().as_bytes(),
+                    &[],
+                )?)
+            })
+            .with_context(|| {
+                format!(
+                    "the entry is in the log {} at index {index}, but the proof {} was not \
+                     written: run `imgctl log prove {} --index {index} --out {}`",
+                    dir.display(),
+                    proof.display(),
+                    dir.display(),
+                    proof.display()
+                )
+            })?;
+        Ok(index)
+    }
 }

@@ -56,6 +56,14 @@ pub struct Args {
     /// Without it imgctl asks on the terminal, and only when stdin is one.
     #[arg(long, value_name = "FILE")]
     key_passphrase_file: Option<PathBuf>,
+    /// Append the policy's artifact record (the key's fingerprint, the PCR 11 values it signs,
+    /// the digests of the .pcrsig JSON and of the UKI) to this transparency log and write its
+    /// inclusion proof as FILE.tlog-proof beside the -o FILE (which it requires).
+    #[arg(long, value_name = "DIR", requires_all = ["log_key", "output"])]
+    log: Option<PathBuf>,
+    /// The log's signing key (with --log).
+    #[arg(long, value_name = "KEY", requires = "log")]
+    log_key: Option<PathBuf>,
 }
 
 /// Reads a PEM private key, decrypting it with `passphrase` when it is encrypted, naming the
@@ -135,6 +143,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for p in [&args.embed, &args.output].into_iter().flatten() {
         outputs.check(p)?;
     }
+    // The log and its key are checked before any work.
+    let log = match (&args.log, &args.log_key) {
+        (Some(dir), Some(k)) => Some(crate::cmd::log::ArtifactLog::check(dir, k)?),
+        _ => None,
+    };
     let data = load_uki(&args.input)?;
     let (uki, semantics, sections) =
         crate::uki_input::measured_sections(&args.input, &data, args.stub_semantics, args.profile)?;
@@ -188,7 +201,39 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.output {
         outputs.add(path, text.as_bytes())?;
     }
+    let record = match (&log, &args.output) {
+        (Some(_), Some(path)) => {
+            let name = args
+                .input
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("uki");
+            let predictions: Vec<&imgctl_measure::Prediction> =
+                rows.iter().map(|(_, p)| p).collect();
+            Some((
+                imgctl_measure::record::ArtifactRecord::for_policy(
+                    name,
+                    &data,
+                    text.as_bytes(),
+                    &key.public().fingerprint(),
+                    &predictions,
+                    &format!("imgctl/{}", env!("CARGO_PKG_VERSION")),
+                )?,
+                path,
+            ))
+        }
+        _ => None,
+    };
     outputs.commit()?;
+    if let (Some(l), Some((record, path))) = (&log, record) {
+        let mut proof = path.clone().into_os_string();
+        proof.push(".tlog-proof");
+        let proof = PathBuf::from(proof);
+        let index = l
+            .publish(&record, &proof)
+            .with_context(|| format!("logging the policy {} (it is written)", path.display()))?;
+        eprintln!("imgctl: logged entry {index}, proof {}", proof.display());
+    }
     if args.output.is_none() {
         out!("{text}");
     }

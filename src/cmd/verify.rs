@@ -39,9 +39,123 @@ pub struct Args {
     /// The verification policy (YAML or JSON).
     #[arg(long)]
     policy: PathBuf,
+    /// A transparency log (folder or http(s) URL): every UKI record it holds (v2 entries) is a
+    /// reference, read only after the entries hash to its checkpoint signed by --vkey.
+    #[arg(long, value_name = "DIR|URL", requires = "vkey")]
+    log: Option<String>,
+    /// The log's verifier key (or @FILE), with --log.
+    #[arg(long, value_name = "KEY", requires = "log")]
+    vkey: Option<String>,
+    /// With --log: remembers the last checkpoint seen per log origin in this JSON file
+    /// (written atomically) and rejects a checkpoint not consistent with it (split view).
+    #[arg(long, value_name = "FILE", requires = "log")]
+    state: Option<PathBuf>,
+    /// With --log: a C2SP tlog-policy file; the log's checkpoint must be cosigned by a quorum
+    /// of its witnesses (and the --vkey log must be one it lists, if it lists any).
+    #[arg(long, value_name = "FILE", requires = "log")]
+    witness_policy: Option<PathBuf>,
     /// Print the verdict as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Checks the log's checkpoint against the one `state` remembers for its origin, then
+/// remembers the new one.
+fn check_state(
+    state: &Path,
+    tiles: &dyn imgctl_tlog::TileFetch,
+    policy: &imgctl_tlog::checkpoint::Policy<'_>,
+    origin: &str,
+    note: &[u8],
+) -> anyhow::Result<()> {
+    let mut seen: std::collections::BTreeMap<String, String> = match std::fs::metadata(state) {
+        Ok(_) => serde_json::from_slice(&read(state, caps::POLICY, "a verifier state file")?)
+            .with_context(|| format!("{}: not a verifier state file", state.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+        Err(e) => return Err(e).with_context(|| state.display().to_string()),
+    };
+    let new = String::from_utf8(note.to_vec()).context("checkpoint is not UTF-8")?;
+    if let Some(old) = seen.get(origin) {
+        imgctl_tlog::client::check_checkpoints_consistency(
+            Some(tiles),
+            policy,
+            old.as_bytes(),
+            note,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the log {origin}: checkpoint inconsistent with the checkpoint seen before \
+                 (state {}): {e}",
+                state.display()
+            )
+        })?;
+    }
+    seen.insert(origin.to_owned(), new);
+    let mut bytes = serde_json::to_vec_pretty(&seen)?;
+    bytes.push(b'\n');
+    imgctl_fsio::write_atomic(state, &bytes, &[])?;
+    Ok(())
+}
+
+/// Adds every UKI record of the log to the references. The entries are read through the tile
+/// client and must hash to the root of the checkpoint the key signed.
+/// A witness policy check over the checkpoint's note text (C2SP tlog-cosignature/tlog-policy):
+/// Ok only if a quorum of the configured witnesses cosigned it.
+fn load_log_references(
+    src: &str,
+    vkey: &str,
+    state: Option<&Path>,
+    witness: Option<&Path>,
+    refs: &mut References,
+) -> anyhow::Result<()> {
+    let key = imgctl_tlog::NoteVerifier::parse_vkey(&crate::cmd::log::key_arg(vkey)?)
+        .context("--vkey")?;
+    let tiles: Box<dyn imgctl_tlog::TileFetch> =
+        if src.starts_with("http://") || src.starts_with("https://") {
+            Box::new(imgctl_tlog::HttpTiles::new(src)?)
+        } else {
+            Box::new(imgctl_tlog::FolderTiles(PathBuf::from(src)))
+        };
+    let trust = witness
+        .map(|path| -> anyhow::Result<_> {
+            let bytes = read(
+                path,
+                imgctl_tlog::policy::MAX_POLICY_LEN as u64,
+                "a witness policy",
+            )?;
+            let t = imgctl_tlog::TrustPolicy::parse(&bytes)
+                .with_context(|| format!("{}", path.display()))?;
+            if !t.logs.is_empty() && !t.logs.iter().any(|l| l.key == key) {
+                anyhow::bail!(
+                    "{}: the policy does not list the log key {}",
+                    path.display(),
+                    key.vkey()
+                );
+            }
+            Ok(t)
+        })
+        .transpose()?;
+    let witnesses = trust.as_ref().map(|t| t.witness_keys()).unwrap_or_default();
+    let mut policy = imgctl_tlog::checkpoint::Policy::log_only(&key);
+    if let Some(t) = &trust {
+        policy.witnesses = &witnesses;
+        policy.quorum = t.quorum.clone();
+    }
+    let (c, note, entries) = imgctl_tlog::client::read_all_entries(tiles.as_ref(), &policy)
+        .with_context(|| format!("the log {src}"))?;
+    if let Some(state) = state {
+        check_state(state, tiles.as_ref(), &policy, &c.origin, &note)?;
+    }
+    for (i, e) in entries.iter().enumerate() {
+        // Entries of other formats (v1, raw) carry no section digests: not references.
+        if let Ok(imgctl_tlog::Entry::V2(r)) = imgctl_tlog::Entry::parse(e) {
+            let name = format!("{src} entry {i} of {}", c.size);
+            if let Some(a) = verify::artifact_from_record(&name, &r)? {
+                refs.artifacts.push(a);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read(p: &Path, cap: u64, what: &'static str) -> anyhow::Result<Vec<u8>> {
@@ -95,7 +209,16 @@ struct Loaded {
 }
 
 fn load(args: &Args) -> anyhow::Result<Loaded> {
-    let (policy, refs) = load_policy(&args.policy)?;
+    let (policy, mut refs) = load_policy(&args.policy)?;
+    if let (Some(src), Some(vkey)) = (&args.log, &args.vkey) {
+        load_log_references(
+            src,
+            vkey,
+            args.state.as_deref(),
+            args.witness_policy.as_deref(),
+            &mut refs,
+        )?;
+    }
     let el = &args.eventlog;
     let log = EventLog::parse(&read(el, caps::EVENT_LOG, "an event log")?)
         .with_context(|| format!("parsing event log {}", el.display()))?;

@@ -185,6 +185,45 @@ pub fn fetch_checkpoint(
     Ok((vc, bytes))
 }
 
+/// A log read whole: its verified checkpoint, the checkpoint's note bytes, every entry.
+pub type WholeLog = (Checkpoint, Vec<u8>, Vec<Vec<u8>>);
+
+/// The most entries [`read_all_entries`] reads.
+pub const MAX_READ_ENTRIES: u64 = 1 << 22;
+
+/// Every entry of the log as of its current checkpoint (verified under `policy`), with the
+/// checkpoint's note text: the entries' Merkle tree is recomputed and must have the signed
+/// root, which proves each one's inclusion at once.
+pub fn read_all_entries(src: &dyn TileFetch, policy: &Policy<'_>) -> Result<WholeLog, Error> {
+    let (vc, bytes) = fetch_checkpoint(src, policy)?;
+    let c = vc.checkpoint;
+    if c.size > MAX_READ_ENTRIES {
+        return Err(Error::Log(format!(
+            "{}: the log has {} entries, more than the {MAX_READ_ENTRIES} read at once",
+            src.describe(),
+            c.size
+        )));
+    }
+    let mut entries = Vec::with_capacity(c.size as usize);
+    let mut tree = crate::MemTree::new();
+    for t in 0..c.size.div_ceil(256) {
+        let id = TileId::for_size(crate::tiles::TileKind::Entries, t, c.size)?;
+        let bundle = fetch_tile(src, &id)?;
+        for e in crate::tiles::parse_bundle(&id, &bundle)? {
+            tree.push(e);
+            entries.push(e.to_vec());
+        }
+    }
+    if tree.size() != c.size || tree.root() != c.root {
+        return Err(Error::Log(format!(
+            "{}: the entries do not hash to the checkpoint's root (size {})",
+            src.describe(),
+            c.size
+        )));
+    }
+    Ok((c, bytes, entries))
+}
+
 /// Checks that `entry` is at `index` in the log as of its current (verified) checkpoint,
 /// computing the inclusion proof from the log's tiles.
 pub fn check_entry_in_log(

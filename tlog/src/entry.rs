@@ -18,6 +18,10 @@
 //! digest length; `<phase>` is a pcrphase path (`enter-initrd:leave-initrd`), the empty path
 //! written `:`. Same entry, same bytes: [`LogEntry::new`] sorts, and [`LogEntry::parse`] accepts
 //! only bytes that re-encode identically. A later format gets a new first line.
+//!
+//! Version 2 (`imgctl.dev/log-entry/v2`) is the canonical encoding of
+//! [`imgctl_measure::record::ArtifactRecord`], written and read by that module; [`Entry`] reads
+//! either version.
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::Error;
 use imgctl_measure::bank::{Digest, HashAlg};
 use imgctl_measure::predict::PhasePath;
+use imgctl_measure::record::ArtifactRecord;
 
 /// The first line of a version-1 entry.
 pub const ENTRY_V1: &str = "imgctl.dev/log-entry/v1";
@@ -387,6 +392,74 @@ impl LogEntry {
     }
 }
 
+/// A log entry of either version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    V1(LogEntry),
+    V2(Box<ArtifactRecord>),
+}
+
+impl Entry {
+    /// Parses an entry by its first line; only canonical encodings are accepted.
+    pub fn parse(bytes: &[u8]) -> Result<Entry, Error> {
+        if ArtifactRecord::is_entry(bytes) {
+            ArtifactRecord::parse_entry(bytes)
+                .map(|r| Entry::V2(Box::new(r)))
+                .map_err(|e| Error::Entry(e.to_string()))
+        } else {
+            LogEntry::parse(bytes).map(Entry::V1)
+        }
+    }
+
+    /// The canonical bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, Error> {
+        match self {
+            Entry::V1(e) => Ok(e.encode()),
+            Entry::V2(r) => r.encode_entry().map_err(|e| Error::Entry(e.to_string())),
+        }
+    }
+
+    /// `uki`, `sysext`, `confext`, `policy` or `addon`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::V1(e) => e.kind().as_str(),
+            Entry::V2(r) => r.kind.as_str(),
+        }
+    }
+    pub fn name(&self) -> &str {
+        match self {
+            Entry::V1(e) => e.name(),
+            Entry::V2(r) => &r.name,
+        }
+    }
+    pub fn version(&self) -> &str {
+        match self {
+            Entry::V1(e) => e.version(),
+            Entry::V2(r) => &r.version,
+        }
+    }
+
+    /// The JSON form: v1's [`LogEntry::to_json`], or the record's JSON form.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Entry::V1(e) => e.to_json(),
+            Entry::V2(r) => serde_json::to_value(r).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// Reads either JSON form: an artifact record (or old manifest) by its `format`, else v1.
+    pub fn from_json(v: &serde_json::Value) -> Result<Entry, Error> {
+        if v.get("format").is_some() {
+            let bytes = serde_json::to_vec(v).map_err(|e| Error::Entry(e.to_string()))?;
+            ArtifactRecord::from_json("entry", &bytes)
+                .map(|r| Entry::V2(Box::new(r)))
+                .map_err(|e| Error::Entry(e.to_string()))
+        } else {
+            LogEntry::from_json(v).map(Entry::V1)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,6 +524,27 @@ mod tests {
         let mut reordered = lines.clone();
         reordered.swap(4, 5);
         assert!(LogEntry::parse((reordered.join("\n") + "\n").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn both_versions_read_through_entry() {
+        let v1 = sample();
+        let e = Entry::parse(&v1.encode()).unwrap();
+        assert_eq!(e, Entry::V1(v1.clone()));
+        assert_eq!(e.kind(), "uki");
+        assert_eq!(Entry::from_json(&e.to_json()).unwrap(), e);
+        let r = imgctl_measure::record::sample();
+        let bytes = r.encode_entry().unwrap();
+        let e = Entry::parse(&bytes).unwrap();
+        assert_eq!(e, Entry::V2(Box::new(r)));
+        assert_eq!(e.encode().unwrap(), bytes);
+        assert_eq!((e.kind(), e.name(), e.version()), ("uki", "demo", "1.10"));
+        assert_eq!(Entry::from_json(&e.to_json()).unwrap(), e);
+        // A broken v2 entry is a v2 error, not a v1 fallback.
+        let mut bad = bytes.clone();
+        bad.pop();
+        let err = Entry::parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("newline"), "{err}");
     }
 
     proptest! {

@@ -63,7 +63,7 @@ pub mod store;
 pub mod tiles;
 
 pub use checkpoint::Checkpoint;
-pub use entry::{ArtifactKind, LogEntry};
+pub use entry::{ArtifactKind, Entry, LogEntry};
 pub use merkle::{Hash, MemTree, NodeSource};
 pub use note::{NoteSigner, NoteVerifier};
 pub use policy::{Quorum, TrustPolicy};
