@@ -16,7 +16,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{imgctl, require_tool, run_ok};
+use common::{imgctl, osslsigncode, require_tool, run_ok, sbverify};
 
 const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 const SYSTEMD_MEASURE: &str = "/lib/systemd/systemd-measure";
@@ -94,39 +94,6 @@ fn build(recipe: &Path, out: &Path, extra: &[&std::ffi::OsStr]) -> Vec<u8> {
             .env("SOURCE_DATE_EPOCH", "1700000000"),
     );
     std::fs::read(out.join("t.efi")).unwrap()
-}
-
-fn sbverify(crt: &Path, image: &Path) -> bool {
-    Command::new("sbverify")
-        .arg("--cert")
-        .arg(crt)
-        .arg(image)
-        .output()
-        .unwrap()
-        .status
-        .success()
-}
-
-/// osslsigncode's verdict and its "Calculated message digest" (the Authenticode SHA-256).
-fn osslsigncode(crt: &Path, image: &Path) -> (bool, String) {
-    let out = Command::new("osslsigncode")
-        .args(["verify", "-CAfile"])
-        .arg(crt)
-        .arg("-in")
-        .arg(image)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let calculated = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Calculated message digest"))
-        .and_then(|r| r.split(':').nth(1))
-        .map(|h| h.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    (
-        out.status.success() && text.contains("Succeeded"),
-        calculated,
-    )
 }
 
 fn section(uki: &Path, name: &str, to: &Path) -> PathBuf {

@@ -9,6 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::{osslsigncode, sbverify};
 use imgctl_measure::authenticode::authenticode_digests;
 use imgctl_measure::authenticode_sign::{certificate_table, spc_indirect_data_sha256};
 use imgctl_measure::{HashAlg, PeFile};
@@ -80,39 +81,6 @@ fn sign_ok(input: &Path, output: &Path, key: &Path, crt: &Path, extra: &[&str]) 
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::read(output).unwrap()
-}
-
-fn sbverify(crt: &Path, image: &Path) -> bool {
-    Command::new("sbverify")
-        .arg("--cert")
-        .arg(crt)
-        .arg(image)
-        .output()
-        .unwrap()
-        .status
-        .success()
-}
-
-/// osslsigncode's verdict (exit status) and its printed "Calculated message digest".
-fn osslsigncode(crt: &Path, image: &Path) -> (bool, String) {
-    let out = Command::new("osslsigncode")
-        .args(["verify", "-CAfile"])
-        .arg(crt)
-        .arg("-in")
-        .arg(image)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let calculated = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Calculated message digest"))
-        .and_then(|r| r.split(':').nth(1))
-        .map(|h| h.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    (
-        out.status.success() && text.contains("Succeeded"),
-        calculated,
-    )
 }
 
 /// osslsigncode's "Message digest" of the authenticated attributes (what the signer signed).

@@ -177,3 +177,37 @@ pub fn fake_kernel(len: usize) -> Vec<u8> {
     k[0x202..0x206].copy_from_slice(b"HdrS");
     k
 }
+
+/// sbverify's verdict on `image` with `crt` as the trusted certificate.
+pub fn sbverify(crt: &Path, image: &Path) -> bool {
+    Command::new("sbverify")
+        .arg("--cert")
+        .arg(crt)
+        .arg(image)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// osslsigncode's verdict and its "Calculated message digest" (the Authenticode SHA-256).
+pub fn osslsigncode(crt: &Path, image: &Path) -> (bool, String) {
+    let out = Command::new("osslsigncode")
+        .args(["verify", "-CAfile"])
+        .arg(crt)
+        .arg("-in")
+        .arg(image)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let calculated = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Calculated message digest"))
+        .and_then(|r| r.split(':').nth(1))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    (
+        out.status.success() && text.contains("Succeeded"),
+        calculated,
+    )
+}
