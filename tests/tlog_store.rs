@@ -25,6 +25,15 @@ impl Log {
     fn key(&self) -> PathBuf {
         self.root.join("log.key")
     }
+    /// `imgctl log append DIR --key KEY`, for the caller to add entries to.
+    fn append(&self) -> Command {
+        let mut c = imgctl();
+        c.args(["log", "append"])
+            .arg(self.dir())
+            .arg("--key")
+            .arg(self.key());
+        c
+    }
     fn vkey(&self) -> String {
         format!("@{}", self.root.join("log.vkey").display())
     }
@@ -385,11 +394,7 @@ fn canonical_entries_round_trip_through_the_log() {
     std::fs::write(&f, json.to_string()).unwrap();
     let pd = l.root.join("proofs");
     run_ok(
-        imgctl()
-            .args(["log", "append"])
-            .arg(l.dir())
-            .arg("--key")
-            .arg(l.key())
+        l.append()
             .arg("--entry")
             .arg(&f)
             .arg("--proof-dir")
@@ -426,11 +431,7 @@ fn append_with_a_file_as_proof_dir_fails_before_appending() {
     let raw = l.root.join("raw");
     std::fs::write(&raw, b"an entry").unwrap();
     fails_with(
-        imgctl()
-            .args(["log", "append"])
-            .arg(l.dir())
-            .arg("--key")
-            .arg(l.key())
+        l.append()
             .arg("--raw")
             .arg(&raw)
             .arg("--proof-dir")
@@ -442,24 +443,12 @@ fn append_with_a_file_as_proof_dir_fails_before_appending() {
     let d = l.root.join("proofs");
     std::fs::create_dir_all(d.join("0.tlog-proof")).unwrap();
     fails_with(
-        imgctl()
-            .args(["log", "append"])
-            .arg(l.dir())
-            .arg("--key")
-            .arg(l.key())
-            .arg("--raw")
-            .arg(&raw)
-            .arg("--proof-dir")
-            .arg(&d),
+        l.append().arg("--raw").arg(&raw).arg("--proof-dir").arg(&d),
         "0.tlog-proof",
     );
     assert_eq!(log_size(&l), "0");
     run_ok(
-        imgctl()
-            .args(["log", "append"])
-            .arg(l.dir())
-            .arg("--key")
-            .arg(l.key())
+        l.append()
             .arg("--raw")
             .arg(&raw)
             .arg("--proof-dir")
@@ -538,11 +527,8 @@ fn prove_fails_on_a_flipped_entry_tile() {
 #[test]
 fn append_stdin_with_a_closed_stdout_stops_quietly() {
     let l = new_log("example.org/b10");
-    let mut c = imgctl()
-        .args(["log", "append"])
-        .arg(l.dir())
-        .arg("--key")
-        .arg(l.key())
+    let mut c = l
+        .append()
         .arg("--stdin=raw")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -575,11 +561,8 @@ fn stdin_takes_json_entries_like_entry_and_raw_lines_only_when_asked() {
         serde_json::from_slice::<serde_json::Value>(&out).unwrap()["entries"].clone()
     };
     let feed = |l: &Log, format: &str, input: &str| {
-        let mut c = imgctl()
-            .args(["log", "append"])
-            .arg(l.dir())
-            .arg("--key")
-            .arg(l.key())
+        let mut c = l
+            .append()
             .arg(format)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -606,15 +589,7 @@ fn stdin_takes_json_entries_like_entry_and_raw_lines_only_when_asked() {
     for name in ["a", "b"] {
         let f = by_entry.root.join(format!("{name}.json"));
         std::fs::write(&f, entry(name)).unwrap();
-        run_ok(
-            imgctl()
-                .args(["log", "append"])
-                .arg(by_entry.dir())
-                .arg("--key")
-                .arg(by_entry.key())
-                .arg("--entry")
-                .arg(&f),
-        );
+        run_ok(by_entry.append().arg("--entry").arg(&f));
     }
     let entries = show(&by_stdin.dir());
     assert_eq!(entries, show(&by_entry.dir()));
@@ -665,11 +640,7 @@ fn artifact_records_are_stored_as_v2_entries_beside_v1() {
     std::fs::write(tmp.join("m.json"), manifest.to_string()).unwrap();
     std::fs::write(tmp.join("v1.json"), v1.to_string()).unwrap();
     run_ok(
-        imgctl()
-            .args(["log", "append"])
-            .arg(l.dir())
-            .arg("--key")
-            .arg(l.key())
+        l.append()
             .arg("--entry")
             .arg(tmp.join("m.json"))
             .arg("--entry")
@@ -695,13 +666,7 @@ fn artifact_records_are_stored_as_v2_entries_beside_v1() {
     bad["uki"]["digests"] = serde_json::json!({"sha1": "00".repeat(20)});
     std::fs::write(tmp.join("bad.json"), bad.to_string()).unwrap();
     fails_with(
-        imgctl()
-            .args(["log", "append"])
-            .arg(l.dir())
-            .arg("--key")
-            .arg(l.key())
-            .arg("--entry")
-            .arg(tmp.join("bad.json")),
+        l.append().arg("--entry").arg(tmp.join("bad.json")),
         "no sha256 digest",
     );
     if common::require_tool("python3", "python3").is_none() {
@@ -744,17 +709,7 @@ fn a_witness_policy_decides_which_log_and_how_many_cosignatures() {
     let pd = l.root.join("proofs");
     let f = l.root.join("e.txt");
     std::fs::write(&f, "an entry\n").unwrap();
-    run_ok(
-        imgctl()
-            .args(["log", "append"])
-            .arg(l.dir())
-            .arg("--key")
-            .arg(l.key())
-            .arg("--raw")
-            .arg(&f)
-            .arg("--proof-dir")
-            .arg(&pd),
-    );
+    run_ok(l.append().arg("--raw").arg(&f).arg("--proof-dir").arg(&pd));
     let vkey = std::fs::read_to_string(l.root.join("log.vkey")).unwrap();
     let vkey = vkey.trim();
     let w1 = witness_vkey("w1.example", [7; 32]);
