@@ -893,9 +893,64 @@ fn the_capture_verifies_against_the_log_alone() {
     let (code, out, err) = verify_with(bad.to_str().unwrap(), &bad_vkey);
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(
-        out.starts_with("REJECT") && out.contains("event 36"),
+        out.starts_with("REJECT")
+            && out.contains("event 36")
+            && out.contains("not published in the log"),
         "{out}"
     );
+    use base64::Engine as _;
+    // Offline: the entry's .tlog-proof instead of the log (what `build --log` writes).
+    let prove = |log: &Path, name: &str| {
+        let out = tmp.path().join(format!("{name}.tlog-proof"));
+        common::run_ok(
+            common::imgctl()
+                .args(["log", "prove"])
+                .arg(log)
+                .args(["--index", "0", "--out"])
+                .arg(&out),
+        );
+        out
+    };
+    let (good_proof, other_proof) = (prove(&good, "good"), prove(&bad, "other"));
+    let verify_proof = |proof: &Path, vkey: &str| {
+        run_verify(&[
+            "--eventlog".as_ref(),
+            el.as_os_str(),
+            "--policy".as_ref(),
+            pf.as_os_str(),
+            "--proof".as_ref(),
+            proof.as_os_str(),
+            "--vkey".as_ref(),
+            vkey.as_ref(),
+        ])
+    };
+    let (code, out, err) = verify_proof(&good_proof, &vkey);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("ACCEPT"), "{out}");
+    let (code, out, err) = verify_proof(&other_proof, &bad_vkey);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("not published in the proofs"), "{out}");
+    // A proof under another key, or whose entry was altered, is no reference: exit 3.
+    let (code, out, err) = verify_proof(&good_proof, &bad_vkey);
+    assert_eq!(code, Some(3), "{out}{err}");
+    let text = std::fs::read_to_string(&good_proof).unwrap();
+    let extra = text.lines().find(|l| l.starts_with("extra ")).unwrap();
+    let mut b = base64::engine::general_purpose::STANDARD
+        .decode(&extra["extra ".len()..])
+        .unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 1;
+    let forged = text.replace(
+        extra,
+        &format!(
+            "extra {}",
+            base64::engine::general_purpose::STANDARD.encode(&b)
+        ),
+    );
+    let fp = write(tmp.path(), "forged.tlog-proof", forged.as_bytes());
+    let (code, out, err) = verify_proof(&fp, &vkey);
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(err.contains("forged.tlog-proof"), "{err}");
     // The good log under the other log's key: not its checkpoint.
     let (code, out, err) = verify_with(good.to_str().unwrap(), &bad_vkey);
     assert_eq!(code, Some(3), "{out}{err}");

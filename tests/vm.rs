@@ -778,3 +778,95 @@ fn boot_captures_verify_against_their_own_uki_and_not_another() {
         assert!(text.contains("REJECT") && text.contains("PCR 11"), "{text}");
     }
 }
+
+/// Issue 13: the locked loop on a real boot. The demo, rebuilt with `build --log` (byte for
+/// byte the UKI that booted), is the only reference: the boot is accepted against the log
+/// alone (PCR 4 and PCR 11 resolved to the logged record) and against the `.tlog-proof` that
+/// build wrote (offline); the other UKI's boot is rejected as "not published", naming its event;
+/// after the second build is published too, that boot is accepted.
+#[test]
+fn the_demo_boot_verifies_against_the_log_alone() {
+    let Some(b) = demo_boots() else { return };
+    b.first.assert_done();
+    b.second.assert_done();
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, key) = (tmp.path().join("log"), tmp.path().join("log.key"));
+    common::run_ok(
+        common::imgctl()
+            .args(["log", "init"])
+            .arg(&log)
+            .arg("--key")
+            .arg(&key)
+            .args(["--origin", "example.org/demo-loop"]),
+    );
+    let vkey = format!("@{}", tmp.path().join("log.vkey").display());
+    let publish = |name: &str, cmdline: Option<&str>, booted: &Path| -> PathBuf {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Writes the recipe with another cmdline to `dir` (as the boot's build did).
+        build_demo(&dir, cmdline);
+        let recipe = if cmdline.is_some() {
+            dir.join("demo.yaml")
+        } else {
+            common::repo_root().join("recipes/demo.yaml")
+        };
+        let out = dir.join("published");
+        common::run_ok(
+            common::imgctl()
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(&recipe)
+                .arg("--log")
+                .arg(&log)
+                .arg("--log-key")
+                .arg(&key)
+                .env("SOURCE_DATE_EPOCH", "0"),
+        );
+        assert!(
+            std::fs::read(out.join("demo.efi")).unwrap() == std::fs::read(booted).unwrap(),
+            "the build published to the log must be byte for byte the UKI that booted"
+        );
+        out.join("demo.efi.tlog-proof")
+    };
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(&policy, "pcrs: [4, 11]\nbanks: [sha1, sha256]\n").unwrap();
+    let verify = |boot: &Boot, source: &[&std::ffi::OsStr]| -> (Option<i32>, String) {
+        let o = common::imgctl()
+            .args(["verify", "--eventlog"])
+            .arg(boot.capture.join("eventlog.bin"))
+            .arg("--policy")
+            .arg(&policy)
+            .args(source)
+            .arg("--vkey")
+            .arg(&vkey)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), text)
+    };
+    let first_proof = publish("first", None, &b.first_uki);
+    let by_log = ["--log".as_ref(), log.as_os_str()];
+    let (code, text) = verify(&b.first, &by_log);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("Authenticode of the .linux kernel"), "{text}");
+    let by_proof = ["--proof".as_ref(), first_proof.as_os_str()];
+    let (code, text) = verify(&b.first, &by_proof);
+    assert_eq!(code, Some(0), "offline, from the .tlog-proof: {text}");
+    // The second UKI (another .cmdline) was not published: its boot is rejected at the event
+    // that measured its command line.
+    let (code, text) = verify(&b.second, &by_log);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("first divergence")
+            && text.contains("not published in the log")
+            && text.contains(".cmdline"),
+        "{text}"
+    );
+    publish("second", Some(CMDLINE_SECOND), &b.second_uki);
+    let (code, text) = verify(&b.second, &by_log);
+    assert_eq!(code, Some(0), "published now: {text}");
+}

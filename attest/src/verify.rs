@@ -278,6 +278,9 @@ pub struct References {
     pub pcr11: Vec<PhaseValue>,
     /// Golden PCR values.
     pub expected: PcrValues,
+    /// Where the artifacts were published (a transparency log or its proofs), when they come
+    /// from one: an event that matches none of them is reported as "not published" there.
+    pub published_in: Option<String>,
 }
 
 impl References {
@@ -576,6 +579,11 @@ pub fn verify(
             x.index.unwrap_or(usize::MAX),
         )
     };
+    if let Some(log) = &refs.published_in {
+        for x in f.iter_mut().filter(|x| is_unpublished(x)) {
+            x.message = format!("not published in {log}: {}", x.message);
+        }
+    }
     f.sort_by_key(rank);
     Verdict {
         accepted: !f.iter().any(|x| x.severity == Severity::Reject) && !covered.is_empty(),
@@ -583,6 +591,15 @@ pub fn verify(
         quirks,
         checked,
     }
+}
+
+/// A rejection of a firmware-log event that no artifact explains: with references from a
+/// transparency log, that event's artifact was not published.
+fn is_unpublished(x: &Finding) -> bool {
+    x.severity == Severity::Reject
+        && x.source == "firmware-log"
+        && x.index.is_some()
+        && matches!(x.kind, "unknown-event" | "section-digest" | "section-order")
 }
 
 fn utf16_of(data: &[u8]) -> Option<String> {

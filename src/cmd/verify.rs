@@ -39,20 +39,31 @@ pub struct Args {
     /// The verification policy (YAML or JSON).
     #[arg(long)]
     policy: PathBuf,
-    /// A transparency log (folder or http(s) URL): every UKI record it holds (v2 entries) is a
-    /// reference, read only after the entries hash to its checkpoint signed by --vkey.
-    #[arg(long, value_name = "DIR|URL", requires = "vkey")]
+    /// A transparency log (folder or http(s) URL): every artifact record it holds (v2 entries)
+    /// is a reference, read only after the entries hash to its checkpoint signed by --vkey. An
+    /// event that matches none is rejected as "not published".
+    #[arg(
+        long,
+        value_name = "DIR|URL",
+        requires = "vkey",
+        conflicts_with = "proof"
+    )]
     log: Option<String>,
-    /// The log's verifier key (or @FILE), with --log.
-    #[arg(long, value_name = "KEY", requires = "log")]
+    /// Offline instead of --log: a `.tlog-proof` file (as `build --log` writes beside each
+    /// artifact) whose entry, inclusion proof and checkpoint signed by --vkey make it a
+    /// reference; repeatable.
+    #[arg(long, value_name = "FILE", requires = "vkey")]
+    proof: Vec<PathBuf>,
+    /// The log's verifier key (or @FILE), with --log or --proof.
+    #[arg(long, value_name = "KEY")]
     vkey: Option<String>,
     /// With --log: remembers the last checkpoint seen per log origin in this JSON file
     /// (written atomically) and rejects a checkpoint not consistent with it (split view).
     #[arg(long, value_name = "FILE", requires = "log")]
     state: Option<PathBuf>,
-    /// With --log: a C2SP tlog-policy file; the log's checkpoint must be cosigned by a quorum
-    /// of its witnesses (and the --vkey log must be one it lists, if it lists any).
-    #[arg(long, value_name = "FILE", requires = "log")]
+    /// With --log or --proof: a C2SP tlog-policy file; the log's checkpoint must be cosigned
+    /// by a quorum of its witnesses (and the --vkey log must be one it lists, if it lists any).
+    #[arg(long, value_name = "FILE", requires = "vkey")]
     witness_policy: Option<PathBuf>,
     /// Print the verdict as JSON.
     #[arg(long)]
@@ -97,64 +108,127 @@ fn check_state(
     Ok(())
 }
 
-/// Adds every UKI record of the log to the references. The entries are read through the tile
-/// client and must hash to the root of the checkpoint the key signed.
-/// A witness policy check over the checkpoint's note text (C2SP tlog-cosignature/tlog-policy):
-/// Ok only if a quorum of the configured witnesses cosigned it.
+/// The log's key and, with a witness policy, the witnesses and quorum its checkpoints need.
+struct Trust {
+    key: imgctl_tlog::NoteVerifier,
+    witnesses: Vec<imgctl_tlog::NoteVerifier>,
+    quorum: Option<imgctl_tlog::policy::Quorum>,
+}
+
+impl Trust {
+    fn load(vkey: &str, witness: Option<&Path>) -> anyhow::Result<Trust> {
+        let key = imgctl_tlog::NoteVerifier::parse_vkey(&crate::cmd::log::key_arg(vkey)?)
+            .context("--vkey")?;
+        let Some(path) = witness else {
+            return Ok(Trust {
+                key,
+                witnesses: Vec::new(),
+                quorum: None,
+            });
+        };
+        let bytes = read(
+            path,
+            imgctl_tlog::policy::MAX_POLICY_LEN as u64,
+            "a witness policy",
+        )?;
+        let t = imgctl_tlog::TrustPolicy::parse(&bytes)
+            .with_context(|| format!("{}", path.display()))?;
+        if !t.logs.is_empty() && !t.logs.iter().any(|l| l.key == key) {
+            anyhow::bail!(
+                "{}: the policy does not list the log key {}",
+                path.display(),
+                key.vkey()
+            );
+        }
+        Ok(Trust {
+            key,
+            witnesses: t.witness_keys(),
+            quorum: Some(t.quorum.clone()),
+        })
+    }
+
+    fn policy(&self) -> imgctl_tlog::checkpoint::Policy<'_> {
+        let mut policy = imgctl_tlog::checkpoint::Policy::log_only(&self.key);
+        if let Some(q) = &self.quorum {
+            policy.witnesses = &self.witnesses;
+            policy.quorum = q.clone();
+        }
+        policy
+    }
+}
+
+/// Adds an entry's artifact record to the references; entries of other formats (v1, raw)
+/// carry no section digests and are not references.
+fn add_entry(name: &str, entry: &[u8], refs: &mut References) -> anyhow::Result<()> {
+    if let Ok(imgctl_tlog::Entry::V2(r)) = imgctl_tlog::Entry::parse(entry) {
+        if let Some(a) = verify::artifact_from_record(name, &r)? {
+            refs.artifacts.push(a);
+        }
+    }
+    Ok(())
+}
+
+/// Adds every artifact record of the log to the references. The entries are read through the
+/// tile client and must hash to the root of the checkpoint the key signed (and the witness
+/// quorum cosigned).
 fn load_log_references(
     src: &str,
-    vkey: &str,
+    trust: &Trust,
     state: Option<&Path>,
-    witness: Option<&Path>,
     refs: &mut References,
 ) -> anyhow::Result<()> {
-    let key = imgctl_tlog::NoteVerifier::parse_vkey(&crate::cmd::log::key_arg(vkey)?)
-        .context("--vkey")?;
     let tiles: Box<dyn imgctl_tlog::TileFetch> =
         if src.starts_with("http://") || src.starts_with("https://") {
             Box::new(imgctl_tlog::HttpTiles::new(src)?)
         } else {
             Box::new(imgctl_tlog::FolderTiles(PathBuf::from(src)))
         };
-    let trust = witness
-        .map(|path| -> anyhow::Result<_> {
-            let bytes = read(
-                path,
-                imgctl_tlog::policy::MAX_POLICY_LEN as u64,
-                "a witness policy",
-            )?;
-            let t = imgctl_tlog::TrustPolicy::parse(&bytes)
-                .with_context(|| format!("{}", path.display()))?;
-            if !t.logs.is_empty() && !t.logs.iter().any(|l| l.key == key) {
-                anyhow::bail!(
-                    "{}: the policy does not list the log key {}",
-                    path.display(),
-                    key.vkey()
-                );
-            }
-            Ok(t)
-        })
-        .transpose()?;
-    let witnesses = trust.as_ref().map(|t| t.witness_keys()).unwrap_or_default();
-    let mut policy = imgctl_tlog::checkpoint::Policy::log_only(&key);
-    if let Some(t) = &trust {
-        policy.witnesses = &witnesses;
-        policy.quorum = t.quorum.clone();
-    }
+    let policy = trust.policy();
     let (c, note, entries) = imgctl_tlog::client::read_all_entries(tiles.as_ref(), &policy)
         .with_context(|| format!("the log {src}"))?;
     if let Some(state) = state {
         check_state(state, tiles.as_ref(), &policy, &c.origin, &note)?;
     }
     for (i, e) in entries.iter().enumerate() {
-        // Entries of other formats (v1, raw) carry no section digests: not references.
-        if let Ok(imgctl_tlog::Entry::V2(r)) = imgctl_tlog::Entry::parse(e) {
-            let name = format!("{src} entry {i} of {}", c.size);
-            if let Some(a) = verify::artifact_from_record(&name, &r)? {
-                refs.artifacts.push(a);
-            }
-        }
+        add_entry(&format!("{src} entry {i} of {}", c.size), e, refs)?;
     }
+    let n = if c.size == 1 { "entry" } else { "entries" };
+    refs.published_in = Some(format!("the log {src} ({} {n})", c.size));
+    Ok(())
+}
+
+/// Adds the record each `.tlog-proof` carries, once its inclusion proof leads to a checkpoint
+/// the trust policy accepts (offline verification: no log is read).
+fn load_proof_references(
+    proofs: &[PathBuf],
+    trust: &Trust,
+    refs: &mut References,
+) -> anyhow::Result<()> {
+    let policy = trust.policy();
+    for p in proofs {
+        let data = read(p, caps::ENTRY, "a .tlog-proof")?;
+        let proof =
+            imgctl_tlog::TlogProof::parse(&data).with_context(|| format!("{}", p.display()))?;
+        let entry = proof.extra.as_deref().with_context(|| {
+            format!(
+                "{}: the proof carries no entry (no `extra` line): give the log instead",
+                p.display()
+            )
+        })?;
+        let vc = proof
+            .verify(entry, &policy)
+            .with_context(|| format!("{}", p.display()))?;
+        let name = format!(
+            "{} (entry {} of {} at size {})",
+            p.display(),
+            proof.index,
+            vc.checkpoint.origin,
+            vc.checkpoint.size
+        );
+        add_entry(&name, entry, refs)?;
+    }
+    let names: Vec<String> = proofs.iter().map(|p| p.display().to_string()).collect();
+    refs.published_in = Some(format!("the proofs {}", names.join(", ")));
     Ok(())
 }
 
@@ -210,14 +284,21 @@ struct Loaded {
 
 fn load(args: &Args) -> anyhow::Result<Loaded> {
     let (policy, mut refs) = load_policy(&args.policy)?;
-    if let (Some(src), Some(vkey)) = (&args.log, &args.vkey) {
-        load_log_references(
-            src,
-            vkey,
-            args.state.as_deref(),
-            args.witness_policy.as_deref(),
-            &mut refs,
-        )?;
+    match &args.vkey {
+        Some(vkey) => {
+            let trust = Trust::load(vkey, args.witness_policy.as_deref())?;
+            match &args.log {
+                Some(src) => load_log_references(src, &trust, args.state.as_deref(), &mut refs)?,
+                None if !args.proof.is_empty() => {
+                    load_proof_references(&args.proof, &trust, &mut refs)?
+                }
+                None => anyhow::bail!("--vkey needs --log or --proof"),
+            }
+        }
+        None if args.log.is_some() || !args.proof.is_empty() => {
+            anyhow::bail!("--log and --proof need --vkey")
+        }
+        None => {}
     }
     let el = &args.eventlog;
     let log = EventLog::parse(&read(el, caps::EVENT_LOG, "an event log")?)
