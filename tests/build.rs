@@ -313,8 +313,14 @@ fn manifest_digests_are_those_of_the_written_files() {
             sum(tool, &out.join("t.efi")),
             "{bank}"
         );
+        let initrd = manifest["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["role"] == "initrd")
+            .unwrap();
         assert_eq!(
-            manifest["initrd"]["digests"][bank],
+            initrd["digests"][bank],
             sum(tool, &out.join("t.initrd")),
             "{bank}"
         );
@@ -550,7 +556,7 @@ fn inspect_shows_sections_stub_and_texts() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(
-        manifest["inputs"]
+        manifest["files"]
             .as_array()
             .unwrap()
             .iter()
@@ -783,7 +789,8 @@ fn build_appends_to_the_log_and_writes_a_verifiable_proof() {
     );
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(record["uki"], manifest["uki"], "{entry}");
+    // manifest.json is the record's JSON form: the same record, field for field.
+    assert_eq!(record, manifest, "{entry}");
     assert!(
         record["uki"]["authenticode"]["sha384"].is_string(),
         "{entry}"

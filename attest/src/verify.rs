@@ -224,12 +224,23 @@ fn pcrs_from(name: &str, v: PcrsJson) -> Result<Vec<PhaseValue>, Error> {
     Ok(out)
 }
 
-/// Reads an `imgctl build` manifest (`imgctl-manifest/1`): the UKI's measured sections and
-/// Authenticode hash, its PCR 11 predictions, and optional extra predicted `events`.
+/// Reads an `imgctl build` manifest.json (the artifact record, `imgctl-record/2`, or the old
+/// `imgctl-manifest/1`): the UKI's measured sections and Authenticode hash, its PCR 11
+/// predictions, and optional extra predicted `events`.
 pub fn parse_manifest(file: &str, data: &[u8]) -> Result<Artifact, Error> {
-    let m = Manifest::from_json(file, data)?;
-    let r = imgctl_measure::record::ArtifactRecord::from_manifest(&m);
-    Ok(artifact_from_record(file, &r)?.unwrap_or_default())
+    use imgctl_measure::record::ArtifactRecord;
+    // An old manifest is a reference even without the UKI file's digest (which nothing
+    // measures); a record must pass the record checks.
+    let r = match Manifest::from_json(file, data) {
+        Ok(m) => ArtifactRecord::from_manifest(&m),
+        Err(_) => ArtifactRecord::from_json(file, data)?,
+    };
+    artifact_from_record(file, &r)?.ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "{file}: a {} record gives no UKI references",
+            r.kind
+        ))
+    })
 }
 
 /// The references an artifact record gives (`file` names where it came from in errors): a

@@ -21,9 +21,8 @@ use crate::uki::{
 };
 use crate::Error;
 
-pub use imgctl_measure::manifest::{
-    Digests, FileRecord, Manifest, SectionRecord, StubRecord, UkiRecord, MANIFEST_FORMAT,
-};
+pub use imgctl_measure::manifest::{Digests, FileRecord, SectionRecord, StubRecord, UkiRecord};
+pub use imgctl_measure::record::{ArtifactRecord, RecordKind, RECORD_FORMAT};
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -70,8 +69,16 @@ pub struct BuildOutput {
     pub initrd: Option<PathBuf>,
     pub pcrs: PathBuf,
     pub manifest_path: PathBuf,
-    pub manifest: Manifest,
+    /// The artifact record, whose JSON form is manifest.json (`imgctl-record/2`).
+    pub record: ArtifactRecord,
     pub prediction: Prediction,
+}
+
+impl BuildOutput {
+    /// The UKI's facts in the record (always there for a build).
+    pub fn uki_record(&self) -> Option<&UkiRecord> {
+        self.record.uki.as_ref()
+    }
 }
 
 fn digests_map(banks: &[HashAlg], d: &[Digest]) -> Digests {
@@ -849,20 +856,28 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
             digests.of(&layout.sections()[i]),
         ));
     }
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT.to_owned(),
+    let mut files = vec![record("uki", uki_file.clone(), uki_size, &uki_digests)];
+    files.extend(
+        initrd
+            .as_ref()
+            .map(|(_, _, len, d)| record("initrd", initrd_file.clone(), *len, d)),
+    );
+    files.extend(inputs_records);
+    let artifact = ArtifactRecord {
+        format: RECORD_FORMAT.to_owned(),
+        kind: RecordKind::Uki,
         name: recipe.name.clone(),
         version: recipe.version.clone(),
         builder: format!("imgctl-builder {}", env!("CARGO_PKG_VERSION")),
-        source_date_epoch: opts.source_date_epoch,
-        recipe: record(
+        source_date_epoch: Some(opts.source_date_epoch),
+        recipe: Some(record(
             "recipe",
             recipe.path.display().to_string(),
             recipe.source.len() as u64,
             &small[1],
-        ),
-        inputs: inputs_records,
-        uki: UkiRecord {
+        )),
+        files,
+        uki: Some(UkiRecord {
             file: uki_file.clone(),
             size: uki_size,
             digests: digests_map(&banks, &uki_digests),
@@ -874,22 +889,24 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
                 semantics,
             },
             sections: section_records,
-        },
-        initrd: initrd
-            .as_ref()
-            .map(|(_, _, len, d)| record("initrd", initrd_file.clone(), *len, d)),
-        events: Vec::new(),
+        }),
         pcrs: prediction.to_pcrs_json(),
+        events: Vec::new(),
+        extension: None,
+        policy: None,
     };
+    artifact
+        .check()
+        .map_err(|e| Error::InvalidInput(format!("artifact record: {e}")))?;
 
     let pcrs_path = stage.add("pcrs.json", &to_json_bytes(&pcrs_json)?)?;
-    let manifest_path = stage.add("manifest.json", &manifest.to_json_bytes())?;
+    let manifest_path = stage.add("manifest.json", &artifact.to_json_bytes())?;
     let out = BuildOutput {
         uki: uki_path,
         initrd: initrd.map(|i| i.0),
         pcrs: pcrs_path,
         manifest_path,
-        manifest,
+        record: artifact,
         prediction,
     };
     Ok((out, stage))
@@ -1034,16 +1051,6 @@ pub fn append_pcrsig(uki: &[u8], json: &str) -> Result<Vec<u8>, Error> {
         ));
     }
     Ok(out)
-}
-
-/// The artifact record of a built UKI (what `build --log` appends, as a version-2 entry): its
-/// files with their digests in every bank, its and its kernel's Authenticode hashes, every
-/// section's digests, the stub semantics and the PCR 11 predictions per bank and phase.
-pub fn record(out: &BuildOutput) -> Result<imgctl_measure::record::ArtifactRecord, Error> {
-    let r = imgctl_measure::record::ArtifactRecord::from_manifest(&out.manifest);
-    r.check()
-        .map_err(|e| Error::InvalidInput(format!("artifact record: {e}")))?;
-    Ok(r)
 }
 
 #[cfg(test)]

@@ -118,15 +118,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     if args.json {
-        crate::output::print_json(&out.manifest)?;
+        crate::output::print_json(&out.record)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let uki = out
+        .uki_record()
+        .context("the build's record has no UKI facts")?;
     outln!("built {} {}", recipe.name, recipe.version);
-    outln!(
-        "  uki       {} ({} bytes)",
-        out.uki.display(),
-        out.manifest.uki.size
-    );
+    outln!("  uki       {} ({} bytes)", out.uki.display(), uki.size);
     if let Some(i) = &out.initrd {
         outln!("  initrd    {}", i.display());
     }
@@ -134,13 +133,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     outln!("  manifest  {}", out.manifest_path.display());
     outln!(
         "  stub      {} ({})",
-        out.manifest
-            .uki
-            .stub
-            .sdmagic
-            .as_deref()
-            .unwrap_or("unknown"),
-        out.manifest.uki.stub.semantics.name()
+        uki.stub.sdmagic.as_deref().unwrap_or("unknown"),
+        uki.stub.semantics.name()
     );
     if let Some((path, index)) = &proof {
         outln!("  logged    entry {index}, proof {}", path.display());
@@ -169,7 +163,7 @@ fn log_and_commit(
     dir: &Path,
     key: &Path,
 ) -> anyhow::Result<(PathBuf, u64)> {
-    let entry = imgctl_builder::build::record(out)?.encode_entry()?;
+    let entry = out.record.encode_entry()?;
     let name = format!(
         "{}.tlog-proof",
         out.uki
