@@ -67,6 +67,9 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// Copy the serial console to stderr as it arrives.
     pub echo: bool,
+    /// Files put beside the UKI in `\EFI\BOOT\BOOTX64.EFI.extra.d\` (extension images,
+    /// credentials, addons: what systemd-stub picks up and measures into PCR 12/13).
+    pub extra: Vec<PathBuf>,
 }
 
 /// How a run ended.
@@ -362,11 +365,17 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Makes a FAT image holding `uki` as `\EFI\BOOT\BOOTX64.EFI`. Same UKI, same image bytes:
 /// fixed volume ID, `mkfs.vfat --invariant`, and mtools timestamps from SOURCE_DATE_EPOCH=0
-/// (directories) and the UKI's own mtime (`mcopy -m`).
-fn make_esp(tools: &Tools, uki: &Path, image: &Path) -> anyhow::Result<()> {
-    let uki_size = std::fs::metadata(uki)
+/// (directories) and the UKI's own mtime (`mcopy -m`). Each of `extra` goes into
+/// `\EFI\BOOT\BOOTX64.EFI.extra.d\` under its own file name.
+fn make_esp(tools: &Tools, uki: &Path, extra: &[PathBuf], image: &Path) -> anyhow::Result<()> {
+    let mut uki_size = std::fs::metadata(uki)
         .with_context(|| format!("reading {}", uki.display()))?
         .len();
+    for e in extra {
+        uki_size += std::fs::metadata(e)
+            .with_context(|| format!("reading {}", e.display()))?
+            .len();
+    }
     const MIB: u64 = 1 << 20;
     // Room for the FAT structures and slack; at least 64 MiB so mkfs.vfat picks FAT16/32.
     let size = (uki_size + uki_size / 8 + 16 * MIB)
@@ -399,7 +408,35 @@ fn make_esp(tools: &Tools, uki: &Path, image: &Path) -> anyhow::Result<()> {
             .arg(uki)
             .arg("::/EFI/BOOT/BOOTX64.EFI"),
         "mcopy",
-    )
+    )?;
+    if extra.is_empty() {
+        return Ok(());
+    }
+    const EXTRA_DIR: &str = "::/EFI/BOOT/BOOTX64.EFI.extra.d";
+    run_quiet(
+        Command::new(&tools.mmd)
+            .env("SOURCE_DATE_EPOCH", "0")
+            .arg("-i")
+            .arg(image_s)
+            .arg(EXTRA_DIR),
+        "mmd",
+    )?;
+    for e in extra {
+        let name = e
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{}: no usable file name", e.display()))?;
+        run_quiet(
+            Command::new(&tools.mcopy)
+                .env("SOURCE_DATE_EPOCH", "0")
+                .args(["-m", "-i"])
+                .arg(image_s)
+                .arg(e)
+                .arg(format!("{EXTRA_DIR}/{name}")),
+            "mcopy",
+        )?;
+    }
+    Ok(())
 }
 
 fn run_quiet(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
@@ -509,7 +546,7 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
     }
     let firmware_vars = imgctl_fsio::read_bounded(&vars, 64 << 20, "an OVMF variable store")?;
     let esp = run.path("esp.img");
-    make_esp(&tools, &cfg.uki, &esp)?;
+    make_esp(&tools, &cfg.uki, &cfg.extra, &esp)?;
 
     let state = run.path("tpm");
     std::fs::create_dir(&state).context("creating the swtpm state folder")?;

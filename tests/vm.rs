@@ -75,39 +75,72 @@ fn build_demo_with(
     stub: Option<&Path>,
     sbat: Option<&str>,
 ) -> PathBuf {
+    let recipe = demo_recipe(dir, cmdline, stub, sbat);
+    build_recipe(&recipe, &dir.join("out"), None)
+}
+
+/// The demo recipe, or a copy of it in `dir` with another cmdline, stub or `sbat:` lines.
+fn demo_recipe(
+    dir: &Path,
+    cmdline: Option<&str>,
+    stub: Option<&Path>,
+    sbat: Option<&str>,
+) -> PathBuf {
     let recipes = common::repo_root().join("recipes");
-    let mut recipe = recipes.join("demo.yaml");
-    if cmdline.is_some() || stub.is_some() || sbat.is_some() {
-        // The same recipe with paths made absolute (it moves to `dir`) and another cmdline.
-        let text = std::fs::read_to_string(&recipe).unwrap();
-        let mut y: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-        let abs = |v: &mut serde_yaml::Value| {
-            let p = recipes.join(v.as_str().unwrap());
-            *v = p.to_str().unwrap().into();
-        };
-        abs(&mut y["kernel"]);
-        abs(&mut y["initrd"]["tree"]);
-        if let Some(cmdline) = cmdline {
-            y["cmdline"] = cmdline.into();
-        }
-        if let Some(stub) = stub {
-            y["stub"] = stub.to_str().unwrap().into();
-        }
-        if let Some(sbat) = sbat {
-            y["sbat"] = sbat.into();
-        }
-        recipe = dir.join("demo.yaml");
-        std::fs::write(&recipe, serde_yaml::to_string(&y).unwrap()).unwrap();
+    let recipe = recipes.join("demo.yaml");
+    if cmdline.is_none() && stub.is_none() && sbat.is_none() {
+        return recipe;
     }
-    let out = dir.join("out");
+    // The same recipe with paths made absolute (it moves to `dir`) and another cmdline.
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let mut y: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let abs = |v: &mut serde_yaml::Value| {
+        let p = recipes.join(v.as_str().unwrap());
+        *v = p.to_str().unwrap().into();
+    };
+    abs(&mut y["kernel"]);
+    abs(&mut y["initrd"]["tree"]);
+    if let Some(cmdline) = cmdline {
+        y["cmdline"] = cmdline.into();
+    }
+    if let Some(stub) = stub {
+        y["stub"] = stub.to_str().unwrap().into();
+    }
+    if let Some(sbat) = sbat {
+        y["sbat"] = sbat.into();
+    }
+    let recipe = dir.join("demo.yaml");
+    std::fs::write(&recipe, serde_yaml::to_string(&y).unwrap()).unwrap();
+    recipe
+}
+
+/// `imgctl build RECIPE -o OUT [--log LOG --log-key KEY]`; returns OUT/demo.efi.
+fn build_recipe(recipe: &Path, out: &Path, log: Option<(&Path, &Path)>) -> PathBuf {
+    let mut cmd = common::imgctl();
+    cmd.args(["build", "-o"])
+        .arg(out)
+        .arg(recipe)
+        .env("SOURCE_DATE_EPOCH", "0");
+    if let Some((log, key)) = log {
+        cmd.arg("--log").arg(log).arg("--log-key").arg(key);
+    }
+    common::run_ok(&mut cmd);
+    out.join("demo.efi")
+}
+
+/// A new transparency log in `dir/NAME` with its key; returns (log, key, "@vkey file").
+fn new_log(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
+    let (log, key) = (dir.join(name), dir.join(format!("{name}.key")));
     common::run_ok(
         common::imgctl()
-            .args(["build", "-o"])
-            .arg(&out)
-            .arg(&recipe)
-            .env("SOURCE_DATE_EPOCH", "0"),
+            .args(["log", "init"])
+            .arg(&log)
+            .arg("--key")
+            .arg(&key)
+            .args(["--origin", &format!("example.org/{name}")]),
     );
-    out.join("demo.efi")
+    let vkey = format!("@{}", dir.join(format!("{name}.vkey")).display());
+    (log, key, vkey)
 }
 
 /// `imgctl predict-pcrs UKI --phase :` in sha1 and sha256: PCR 11 right after the stub.
@@ -140,6 +173,11 @@ struct Boot {
 
 impl Boot {
     fn run(dir: &Path, uki: &Path, timeout_s: u64) -> Boot {
+        Boot::run_with(dir, uki, &[], timeout_s)
+    }
+
+    /// [`Boot::run`] with `extra` files beside the UKI (`vm --extra`).
+    fn run_with(dir: &Path, uki: &Path, extra: &[PathBuf], timeout_s: u64) -> Boot {
         let tmpdir = dir.join("tmp");
         let capture = dir.join("capture");
         std::fs::create_dir_all(&tmpdir).unwrap();
@@ -150,6 +188,11 @@ impl Boot {
             .arg("--capture")
             .arg(&capture)
             .args(["--timeout", &timeout_s.to_string(), "--json", "--quiet"])
+            .args(
+                extra
+                    .iter()
+                    .flat_map(|e| [std::ffi::OsStr::new("--extra"), e.as_os_str()]),
+            )
             .env("TMPDIR", &tmpdir)
             .output()
             .unwrap();
@@ -790,40 +833,15 @@ fn the_demo_boot_verifies_against_the_log_alone() {
     b.first.assert_done();
     b.second.assert_done();
     let tmp = tempfile::tempdir().unwrap();
-    let (log, key) = (tmp.path().join("log"), tmp.path().join("log.key"));
-    common::run_ok(
-        common::imgctl()
-            .args(["log", "init"])
-            .arg(&log)
-            .arg("--key")
-            .arg(&key)
-            .args(["--origin", "example.org/demo-loop"]),
-    );
-    let vkey = format!("@{}", tmp.path().join("log.vkey").display());
+    let (log, key, vkey) = new_log(tmp.path(), "log");
     let publish = |name: &str, cmdline: Option<&str>, booted: &Path| -> PathBuf {
         let dir = tmp.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        // Writes the recipe with another cmdline to `dir` (as the boot's build did).
-        build_demo(&dir, cmdline);
-        let recipe = if cmdline.is_some() {
-            dir.join("demo.yaml")
-        } else {
-            common::repo_root().join("recipes/demo.yaml")
-        };
+        let recipe = demo_recipe(&dir, cmdline, None, None);
         let out = dir.join("published");
-        common::run_ok(
-            common::imgctl()
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg(&recipe)
-                .arg("--log")
-                .arg(&log)
-                .arg("--log-key")
-                .arg(&key)
-                .env("SOURCE_DATE_EPOCH", "0"),
-        );
+        let uki = build_recipe(&recipe, &out, Some((&log, &key)));
         assert!(
-            std::fs::read(out.join("demo.efi")).unwrap() == std::fs::read(booted).unwrap(),
+            std::fs::read(&uki).unwrap() == std::fs::read(booted).unwrap(),
             "the build published to the log must be byte for byte the UKI that booted"
         );
         out.join("demo.efi.tlog-proof")
@@ -869,4 +887,136 @@ fn the_demo_boot_verifies_against_the_log_alone() {
     publish("second", Some(CMDLINE_SECOND), &b.second_uki);
     let (code, text) = verify(&b.second, &by_log);
     assert_eq!(code, Some(0), "published now: {text}");
+}
+
+/// PCR 13 on real boots (issues 12 and 13): the demo sysext image beside the UKI
+/// (`vm --extra`, i.e. `\EFI\BOOT\BOOTX64.EFI.extra.d\demo-sysext.raw`), booted on
+/// systemd-stub 252 and 257. The guest's PCR 13 equals `ext predict-pcrs` for that stub in
+/// sha1 and sha256 and the firmware log replays to it; the boot verifies against a log holding
+/// the UKI and the image (`ext build --log` records the stub's event for it), PCR 13 included;
+/// against a log without the image it is rejected as "not published" at the PCR 13 event.
+#[test]
+fn a_sysext_beside_the_uki_is_measured_into_pcr13_as_predicted_and_checked_against_the_log() {
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, key, vkey) = new_log(tmp.path(), "log");
+    let (bare, bare_key, bare_vkey) = new_log(tmp.path(), "without-sysext");
+    let ext_out = tmp.path().join("sysext");
+    common::run_ok(
+        common::imgctl()
+            .args(["ext", "build"])
+            .arg(common::repo_root().join("recipes/demo-sysext.yaml"))
+            .arg("-o")
+            .arg(&ext_out)
+            .arg("--log")
+            .arg(&log)
+            .arg("--log-key")
+            .arg(&key)
+            .env("SOURCE_DATE_EPOCH", "0"),
+    );
+    let image = ext_out.join("demo-sysext.raw");
+    let mut stubs: Vec<(&str, Option<PathBuf>)> = vec![("252", None)];
+    if let Some(s) = stub_257() {
+        stubs.push(("257", Some(s)));
+    }
+    let runs: Vec<(&str, PathBuf, PathBuf)> = stubs
+        .iter()
+        .map(|(v, stub)| {
+            let dir = tmp.path().join(format!("stub{v}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let recipe = demo_recipe(&dir, None, stub.as_deref(), None);
+            let uki = build_recipe(&recipe, &dir.join("out"), Some((&log, &key)));
+            build_recipe(&recipe, &dir.join("bare"), Some((&bare, &bare_key)));
+            (*v, dir, uki)
+        })
+        .collect();
+    let boots: Vec<Boot> = std::thread::scope(|s| {
+        let hs: Vec<_> = runs
+            .iter()
+            .map(|(_, dir, uki)| {
+                let image = image.clone();
+                s.spawn(move || Boot::run_with(dir, uki, &[image], BOOT_TIMEOUT_S))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(&policy, "pcrs: [4, 11, 13]\nbanks: [sha1, sha256]\n").unwrap();
+    for ((v, _, _), boot) in runs.iter().zip(&boots) {
+        boot.assert_done();
+        eprintln!(
+            "boot on systemd-stub {v} with a sysext beside: {:.1}s",
+            boot.elapsed.as_secs_f64()
+        );
+        let predicted: serde_json::Value = serde_json::from_slice(&common::run_ok(
+            common::imgctl()
+                .args(["ext", "predict-pcrs", "--json", "--stub-semantics", v])
+                .arg(&image),
+        ))
+        .unwrap();
+        let row = predicted
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["pcr"] == 13)
+            .unwrap_or_else(|| panic!("no PCR 13 prediction: {predicted}"));
+        let seen = boot.pcrs();
+        let replay: serde_json::Value = serde_json::from_slice(&common::run_ok(
+            common::imgctl()
+                .args(["eventlog", "replay", "--json"])
+                .arg(boot.capture.join("eventlog.bin")),
+        ))
+        .unwrap();
+        for bank in ["sha1", "sha256"] {
+            let want = row["banks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["bank"] == bank)
+                .unwrap()["pcr_value"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(
+                seen[bank][&13], want,
+                "stub {v}: PCR 13 {bank} vs ext predict-pcrs"
+            );
+            assert_eq!(
+                replay[bank]["13"], want,
+                "stub {v}: the firmware log's PCR 13 {bank}"
+            );
+        }
+        let verify = |log: &Path, vkey: &str| {
+            let o = common::imgctl()
+                .args(["verify", "--eventlog"])
+                .arg(boot.capture.join("eventlog.bin"))
+                .arg("--policy")
+                .arg(&policy)
+                .arg("--log")
+                .arg(log)
+                .args(["--vkey", vkey])
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            (o.status.code(), text)
+        };
+        let (code, text) = verify(&log, &vkey);
+        assert_eq!(code, Some(0), "stub {v}: {text}");
+        assert!(
+            text.contains("PCR 13 sha256: 1 published stub event"),
+            "{text}"
+        );
+        let (code, text) = verify(&bare, &bare_vkey);
+        assert_eq!(code, Some(1), "stub {v}, the sysext unpublished: {text}");
+        assert!(
+            text.contains("not published in the log") && text.contains("PCR 13"),
+            "{text}"
+        );
+    }
 }

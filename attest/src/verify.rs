@@ -251,7 +251,16 @@ pub fn artifact_from_record(
     r: &imgctl_measure::record::ArtifactRecord,
 ) -> Result<Option<Artifact>, Error> {
     let Some(u) = &r.uki else {
-        return Ok(None);
+        // An extension's predicted stub events (PCR 12/13) are references too.
+        if r.events.is_empty() {
+            return Ok(None);
+        }
+        let mut a = Artifact {
+            name: format!("{} {} {}", r.kind, r.name, r.version),
+            ..Artifact::default()
+        };
+        a.events = events_from(file, r)?;
+        return Ok(Some(a));
     };
     let mut a = Artifact {
         name: format!("{} ({})", u.file, r.name),
@@ -270,15 +279,25 @@ pub fn artifact_from_record(
             digests: digests(file, &format!("section {}", s.name), &s.digests)?,
         });
     }
-    for e in &r.events {
-        a.events.push(EventRef {
-            pcr: e.pcr,
-            digests: digests(file, &format!("event for PCR {}", e.pcr), &e.digests)?,
-            description: e.description.clone(),
-        });
-    }
+    a.events = events_from(file, r)?;
     a.pcr11 = pcrs_from(&a.name, r.pcrs.clone())?;
     Ok(Some(a))
+}
+
+fn events_from(
+    file: &str,
+    r: &imgctl_measure::record::ArtifactRecord,
+) -> Result<Vec<EventRef>, Error> {
+    r.events
+        .iter()
+        .map(|e| {
+            Ok(EventRef {
+                pcr: e.pcr,
+                digests: digests(file, &format!("event for PCR {}", e.pcr), &e.digests)?,
+                description: e.description.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Everything the verifier compares against.
@@ -469,6 +488,11 @@ pub fn verify(
         && refs.artifacts.iter().any(|a| !a.authenticode.is_empty())
     {
         check_pcr4(refs, log, &banks, &mut f, &mut checked, &mut covered);
+    }
+    for pcr in [12, 13] {
+        if policy.pcrs.iter().any(|p| p.get() == pcr) {
+            cover_stub_pcr(refs, log, &banks, pcr, &mut checked, &mut covered);
+        }
     }
     let (r, quirks) = {
         let r = replay(log);
@@ -825,6 +849,40 @@ fn match_sections(
         });
     }
     (errs, ok)
+}
+
+/// PCR 12 or 13 counts as checked in a bank when every event in it is a stub measurement
+/// (EV_IPL) whose digest in that bank is a reference's predicted event for that PCR (an
+/// extension or credential that was published), or when nothing was measured into it.
+fn cover_stub_pcr(
+    refs: &References,
+    log: &EventLog,
+    banks: &[HashAlg],
+    pcr: u32,
+    checked: &mut Vec<String>,
+    covered: &mut BTreeSet<(HashAlg, u32)>,
+) {
+    let events: Vec<&Event> = log.events.iter().filter(|e| e.pcr == pcr).collect();
+    for b in banks {
+        let all = events.iter().all(|e| {
+            e.event_type == EventType::EV_IPL
+                && e.digest(*b).is_some_and(|d| {
+                    refs.artifacts.iter().any(|a| {
+                        a.events
+                            .iter()
+                            .any(|r| r.pcr == pcr && r.digests.get(b) == Some(d))
+                    })
+                })
+        });
+        if all {
+            checked.push(if events.is_empty() {
+                format!("PCR {pcr} {b}: nothing measured")
+            } else {
+                format!("PCR {pcr} {b}: {} published stub event(s)", events.len())
+            });
+            covered.insert((*b, pcr));
+        }
+    }
 }
 
 /// PCR 4 counts as checked in a bank when every EFI application in it matched an artifact and

@@ -1105,3 +1105,44 @@ pub fn predict_sidecars(
     }
     Ok(out)
 }
+
+/// What systemd-stub measures when `image` is the only extension beside the UKI
+/// (`<uki>.efi.extra.d/`), under the stubs before confexts (every `*.raw` a sysext, PCR 13) and
+/// since (v256: `*.confext.raw` into PCR 12): one event per distinct measurement, in every bank.
+/// The record of an extension carries these, so a verifier can resolve a boot's PCR 12/13 event
+/// to the published image; several images beside one UKI make another archive, which only
+/// `ext predict-pcrs` over all of them predicts.
+pub fn alone_beside_uki_events(
+    image: &Path,
+) -> Result<Vec<imgctl_measure::manifest::EventRecord>, Error> {
+    use imgctl_measure::{HashAlg, StubSemantics};
+    let mut out: Vec<imgctl_measure::manifest::EventRecord> = Vec::new();
+    for major in [252, 258] {
+        let semantics = StubSemantics::for_systemd_version(major);
+        for m in predict_sidecars(semantics, &[image.to_owned()], &HashAlg::ALL)? {
+            let digests: BTreeMap<String, String> = m
+                .banks
+                .iter()
+                .map(|b| (b.bank.clone(), b.event_digest.clone()))
+                .collect();
+            if out.iter().any(|e| e.pcr == m.pcr && e.digests == digests) {
+                continue;
+            }
+            out.push(imgctl_measure::manifest::EventRecord {
+                pcr: m.pcr,
+                digests,
+                description: Some(format!(
+                    "{} of {} alone beside the UKI ({})",
+                    m.description,
+                    m.files.join(" "),
+                    if semantics.version().confext_sidecars {
+                        "systemd 256 and later"
+                    } else {
+                        "systemd before 256"
+                    }
+                )),
+            });
+        }
+    }
+    Ok(out)
+}

@@ -149,7 +149,8 @@ fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("building {}", args.recipe.display()))?;
     let logged = match &log {
         Some(l) => {
-            let record = out.manifest.record()?;
+            let mut record = out.manifest.record()?;
+            record.events = imgctl_extensions::pipeline::alone_beside_uki_events(&out.image)?;
             let mut proof = out.image.clone().into_os_string();
             proof.push(".tlog-proof");
             let proof = PathBuf::from(proof);

@@ -46,6 +46,10 @@ pub struct Args {
     /// then only a UKI signed by DIR's db key boots.
     #[arg(long, value_name = "DIR", requires = "secure_boot")]
     enroll: Option<PathBuf>,
+    /// A file to put beside the UKI in \EFI\BOOT\BOOTX64.EFI.extra.d\ (a sysext or confext
+    /// image, a credential, an addon), as systemd-stub finds and measures them; repeatable.
+    #[arg(long, value_name = "FILE")]
+    extra: Vec<PathBuf>,
     /// CPU virtualisation: auto probes KVM and falls back to TCG.
     #[arg(long, value_enum, default_value = "auto")]
     accel: Accel,
@@ -89,12 +93,43 @@ const CAPTURED: [&str; 4] = [
     "firmware-vars.fd",
 ];
 
+/// Each `--extra` is a regular file with a plain ASCII name that systemd-stub would consider
+/// (not hidden, at most 255 bytes), named once.
+fn check_extra(extra: &[PathBuf]) -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for e in extra {
+        let name = e.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.is_empty()
+            || name.starts_with('.')
+            || name.len() > 255
+            || !name.bytes().all(|b| b.is_ascii_graphic())
+        {
+            bail!(
+                "--extra {}: the file name must be plain ASCII, not hidden, at most 255 bytes",
+                e.display()
+            );
+        }
+        let meta = std::fs::metadata(e).with_context(|| format!("--extra {}", e.display()))?;
+        if !meta.is_file() {
+            bail!("--extra {}: not a regular file", e.display());
+        }
+        if !seen.insert(name.to_ascii_lowercase()) {
+            bail!(
+                "--extra {}: a file of that name is given twice",
+                e.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Everything is checked before QEMU and swtpm start: the capture folder, then the UKI.
     if let Some(dir) = &args.capture {
         check_capture(dir, &args.input)?;
     }
     let (uki, _built) = uki_for(&args.input)?;
+    check_extra(&args.extra)?;
     vm::install_signal_handler();
     let cfg = VmConfig {
         label: args.input.display().to_string(),
@@ -105,6 +140,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         accel: args.accel,
         memory_mib: args.memory,
         echo: !args.quiet,
+        extra: args.extra.clone(),
     };
     let run = vm::boot(&cfg)?;
     let report = GuestReport::parse(&run.console);
