@@ -298,6 +298,39 @@ impl Appender {
         })
     }
 
+    /// Publishes the current checkpoint again with `cosignatures` (witness lines, already
+    /// verified by the caller) added: written to a temporary name, fsynced and renamed, under
+    /// the lock, so it cannot replace a newer checkpoint. Proofs made after this carry them.
+    pub fn add_cosignatures(
+        &mut self,
+        cosignatures: &[crate::note::NoteSignature],
+    ) -> Result<String, Error> {
+        if cosignatures.is_empty() {
+            return Ok(self.signed.clone());
+        }
+        let signed = crate::witness::add_signatures(self.signed.as_bytes(), cosignatures)?;
+        // Still the same checkpoint, still signed by the log.
+        let again =
+            checkpoint::verify(signed.as_bytes(), &Policy::log_only(self.signer.verifier()))?;
+        if again.checkpoint != self.checkpoint {
+            return Err(Error::Log(
+                "cosigned checkpoint differs from the log's".into(),
+            ));
+        }
+        imgctl_fsio::write_atomic(&self.dir.join(CHECKPOINT), signed.as_bytes(), &[])?;
+        self.signed = signed.clone();
+        Ok(signed)
+    }
+
+    /// A consistency proof between two sizes of this log (for witnesses).
+    pub fn consistency(&self, size1: u64, size2: u64) -> Result<Vec<Hash>, Error> {
+        LogReader {
+            dir: self.dir.clone(),
+            vkey: self.signer.verifier().clone(),
+        }
+        .consistency(size1, size2)
+    }
+
     /// A `.tlog-proof` for `index` against the current checkpoint, with the entry as extra data.
     pub fn prove(&self, index: u64) -> Result<TlogProof, Error> {
         let reader = LogReader {
