@@ -390,11 +390,13 @@ pub fn collect_cosignature(
             WitnessReply::Cosigned(b) => {
                 return Ok(crate::witness::cosignatures_from_response(signed, &b, key)?)
             }
-            WitnessReply::Conflict(latest) if latest > size => return Err(Error::Log(format!(
+            WitnessReply::Conflict(latest) if latest > size => {
+                return Err(Error::Log(format!(
                 "witness {} at {prefix} has cosigned size {latest}, more than the log's {size}: \
                      the log lost entries or forked",
                 key.name
-            ))),
+            )))
+            }
             WitnessReply::Conflict(latest) if latest != old => old = latest,
             WitnessReply::Conflict(latest) => {
                 return Err(Error::Log(format!(

@@ -530,6 +530,59 @@ impl LogReader {
     }
 }
 
+/// A witness's state folder (`imgctl log witness --state DIR`): `DIR/witness-state` holds the
+/// [`WitnessState`](crate::witness::WitnessState) record, `DIR/lock` an exclusive flock held by
+/// the one witness process that may use it.
+#[derive(Debug)]
+pub struct WitnessStore {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl WitnessStore {
+    /// Creates the folder if needed, takes its lock (failing if another process holds it),
+    /// and reads the record (empty if there is none yet).
+    pub fn open(dir: &Path) -> Result<(WitnessStore, crate::witness::WitnessState), Error> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| {
+                Error::Log(format!(
+                    "{}: another witness process uses this state folder",
+                    dir.display()
+                ))
+            },
+        )?;
+        let path = dir.join("witness-state");
+        let state = match fs::metadata(&path) {
+            Ok(_) => {
+                let bytes = imgctl_fsio::read_bounded(
+                    &path,
+                    crate::witness::MAX_STATE as u64,
+                    "a witness state",
+                )?;
+                crate::witness::WitnessState::parse(&bytes)
+                    .map_err(|e| Error::Log(format!("{}: {e}", path.display())))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        Ok((WitnessStore { path, _lock: lock }, state))
+    }
+
+    /// Replaces the record durably (temporary name, fsync, rename, fsync of the folder).
+    pub fn save(&self, state: &crate::witness::WitnessState) -> Result<(), Error> {
+        imgctl_fsio::write_atomic(&self.path, state.encode().as_bytes(), &[])?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
