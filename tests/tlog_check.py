@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Independent checker for a C2SP tlog-tiles log folder written by imgctl.
 
-Written from the specs (RFC 6962 §2.1, C2SP signed-note, tlog-checkpoint, tlog-tiles), not
-from imgctl's Rust code. Usage: tlog_check.py DIR VKEY
+Written from the specs (RFC 6962 §2.1, C2SP signed-note, tlog-checkpoint, tlog-tiles, tlog-cosignature),
+not from imgctl's Rust code. Usage: tlog_check.py DIR VKEY [WITNESS_VKEY...]
+Each WITNESS_VKEY (type 0x04, cosignature/v1) must have cosigned the checkpoint: a signature
+line whose bytes are key ID, 8-byte big-endian timestamp, Ed25519 signature over
+"cosignature/v1\ntime <T>\n" followed by the checkpoint text.
 Checks: the checkpoint's Ed25519 signature by VKEY (key ID rule included), every entry bundle
 hashes to its level-0 tile, every full tile's root appears one level up, and the tree root
 equals the checkpoint's. Prints "ok SIZE ROOTHEX" and exits 0, or prints why and exits 1.
@@ -96,9 +99,39 @@ def check_note(data, vkey):
     return size, root
 
 
+def check_cosignature(data, wvkey):
+    name, key_id_hex, key_b64 = wvkey.split("+", 2)
+    key = base64.b64decode(key_b64, validate=True)
+    if key[0] != 0x04 or len(key) != 33:
+        fail("witness vkey %s is not an Ed25519 cosignature/v1 key" % name)
+    key_id = hashlib.sha256(name.encode() + b"\n" + key).digest()[:4]
+    if key_id.hex() != key_id_hex:
+        fail("witness vkey key ID does not match SHA-256(name || 0x0A || 0x04 || key)[:4]")
+    text = data.decode("utf-8")
+    i = text.rfind("\n\n")
+    body, sigs = text[: i + 1], text[i + 2 :]
+    for line in sigs.splitlines():
+        sname, sig_b64 = line[2:].split(" ", 1)
+        sig = base64.b64decode(sig_b64, validate=True)
+        if sname == name and sig[:4] == key_id:
+            if len(sig) != 4 + 8 + 64:
+                fail("cosignature by %s has %d bytes" % (name, len(sig)))
+            (ts,) = struct.unpack(">Q", sig[4:12])
+            msg = ("cosignature/v1\ntime %d\n" % ts).encode() + body.encode()
+            try:
+                Ed25519PublicKey.from_public_bytes(key[1:]).verify(sig[12:], msg)
+            except Exception:
+                fail("cosignature by %s does not verify" % name)
+            return
+    fail("checkpoint not cosigned by witness " + name)
+
+
 def main():
     d, vkey = sys.argv[1], sys.argv[2]
-    size, root = check_note(read(d, "checkpoint"), vkey)
+    note = read(d, "checkpoint")
+    size, root = check_note(note, vkey)
+    for w in sys.argv[3:]:
+        check_cosignature(note, w)
     # Level 0 from the entry bundles.
     level_hashes = []  # all hashes of tree level 8*L, recomputed bottom-up
     entries = 0
@@ -140,7 +173,7 @@ def main():
     computed = mth(level_hashes)
     if computed != root:
         fail("root %s from entries != checkpoint root %s" % (computed.hex(), root.hex()))
-    print("ok %d %s" % (size, root.hex()))
+    print("ok %d %s" % (size, root.hex()) + (" cosigned by %d" % len(sys.argv[3:]) if sys.argv[3:] else ""))
 
 
 if __name__ == "__main__":

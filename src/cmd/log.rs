@@ -31,6 +31,8 @@ enum LogCommand {
     Verify(VerifyArgs),
     Consistency(ConsistencyArgs),
     Show(ShowArgs),
+    Witness(crate::cmd::witness::WitnessArgs),
+    Monitor(MonitorArgs),
 }
 
 /// Create an empty log; generates the Ed25519 key if KEY does not exist.
@@ -86,6 +88,11 @@ struct AppendArgs {
     /// Write <index>.tlog-proof files here.
     #[arg(long)]
     proof_dir: Option<PathBuf>,
+    /// A C2SP tlog-policy file: after the append, its witnesses (`witness` lines with a URL)
+    /// are asked to cosign the new checkpoint, which is published with their cosignatures
+    /// (and the proofs carry them). A witness that fails is reported; the entries stay.
+    #[arg(long)]
+    witness_policy: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -99,12 +106,20 @@ enum StdinFormat {
     Raw,
 }
 
-/// Print the log's current checkpoint (verified with the log's key).
+/// Print the log's current checkpoint (verified with the log's key); with --witness-policy,
+/// first collect cosignatures from the policy's witnesses (tlog-witness add-checkpoint) and
+/// publish the checkpoint with them.
 ///
-/// Example: imgctl log checkpoint ./log > trusted.checkpoint
+/// Example: imgctl log checkpoint ./log --key log.key --witness-policy witnesses.policy
 #[derive(Debug, clap::Args)]
 struct CheckpointArgs {
     dir: PathBuf,
+    /// The log's signer key (needed with --witness-policy: publishing takes the log's lock).
+    #[arg(long, requires = "witness_policy")]
+    key: Option<PathBuf>,
+    /// A C2SP tlog-policy file whose `witness <name> <vkey> <url>` lines are asked to cosign.
+    #[arg(long, requires = "key")]
+    witness_policy: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -187,6 +202,31 @@ struct ConsistencyArgs {
     json: bool,
 }
 
+/// Follow a log: check that its checkpoint is consistent with the last one seen (--state) and
+/// print every entry added since (kind, name, version, builder, digests).
+///
+/// Example: imgctl log monitor https://log.example/ --vkey @log.vkey --state seen.checkpoint --follow
+#[derive(Debug, clap::Args)]
+struct MonitorArgs {
+    /// A log folder or http(s):// URL.
+    log: String,
+    /// The log's verifier key, or @FILE.
+    #[arg(long)]
+    vkey: String,
+    /// The last checkpoint seen (signed note), read and replaced atomically; without it every
+    /// entry is new each run.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Keep checking every --interval seconds.
+    #[arg(long)]
+    follow: bool,
+    #[arg(long, default_value_t = 60, requires = "follow")]
+    interval: u64,
+    /// One JSON object per line: each new entry, then the checkpoint.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Show the log's checkpoint and entries.
 ///
 /// Example: imgctl log show ./log --index 0 --json
@@ -209,6 +249,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         LogCommand::Verify(a) => verify(a),
         LogCommand::Consistency(a) => consistency(a),
         LogCommand::Show(a) => show(a),
+        LogCommand::Witness(a) => crate::cmd::witness::run(a),
+        LogCommand::Monitor(a) => monitor(a),
     }
 }
 
@@ -363,8 +405,24 @@ fn append(a: AppendArgs) -> anyhow::Result<ExitCode> {
             proofs.check(&d.join(format!("{i}.tlog-proof")))?;
         }
     }
+    let witnesses = a
+        .witness_policy
+        .as_deref()
+        .map(policy_witnesses)
+        .transpose()?;
     // The append is the point of no return; the proofs can be rewritten with `log prove`.
-    let r = log.append(&entries)?;
+    let mut r = log.append(&entries)?;
+    if let Some(w) = &witnesses {
+        // The entries are durable already; a witness that fails is reported, not fatal.
+        match collect_cosignatures(&mut log, w) {
+            Ok(_) => r.signed_checkpoint = log.signed_checkpoint().to_owned(),
+            Err(e) => eprintln!(
+                "imgctl: warning: the entries are in the log, but the cosigned checkpoint was \
+                 not published: {} (`imgctl log checkpoint --witness-policy` retries)",
+                crate::output::render_error(&e)
+            ),
+        }
+    }
     if let Some(d) = &a.proof_dir {
         let written = (|| -> anyhow::Result<()> {
             for &i in &indices {
@@ -400,7 +458,90 @@ fn checkpoint_json(c: &Checkpoint) -> serde_json::Value {
     json!({"origin": c.origin, "size": c.size, "root": hex::encode(c.root)})
 }
 
+/// The witnesses of a tlog-policy file that give a URL (those are asked to cosign).
+fn policy_witnesses(path: &Path) -> anyhow::Result<Vec<imgctl_tlog::policy::PolicyWitness>> {
+    let bytes = imgctl_fsio::read_bounded(
+        path,
+        imgctl_tlog::policy::MAX_POLICY_LEN as u64,
+        "a witness policy",
+    )?;
+    let t = imgctl_tlog::TrustPolicy::parse(&bytes).with_context(|| path.display().to_string())?;
+    let with_url: Vec<_> = t
+        .witnesses
+        .into_iter()
+        .filter(|w| w.url.is_some())
+        .collect();
+    if with_url.is_empty() {
+        bail!(
+            "{}: no `witness <name> <vkey> <url>` line gives a URL to ask",
+            path.display()
+        );
+    }
+    Ok(with_url)
+}
+
+/// Asks each witness to cosign the log's current checkpoint (C2SP tlog-witness, handling 409
+/// by retrying from the size it names) and publishes the checkpoint with every cosignature
+/// that verified. Returns the witnesses that did not cosign; each is reported on stderr.
+fn collect_cosignatures(
+    log: &mut Appender,
+    witnesses: &[imgctl_tlog::policy::PolicyWitness],
+) -> anyhow::Result<Vec<String>> {
+    let signed = log.signed_checkpoint().to_owned();
+    let size = log.size();
+    let mut sigs = Vec::new();
+    let mut failed = Vec::new();
+    for w in witnesses {
+        let Some(url) = &w.url else { continue };
+        let got = client::collect_cosignature(url, &w.key, signed.as_bytes(), size, |a, b| {
+            log.consistency(a, b)
+        });
+        match got {
+            Ok(s) => {
+                eprintln!("imgctl: witness {} cosigned size {size}", w.name);
+                sigs.extend(s)
+            }
+            Err(e) => {
+                eprintln!(
+                    "imgctl: WARNING: witness {} ({url}) did not cosign the checkpoint at size \
+                     {size}: {e}",
+                    w.name
+                );
+                failed.push(w.name.clone());
+            }
+        }
+    }
+    log.add_cosignatures(&sigs)
+        .context("publishing the cosigned checkpoint")?;
+    Ok(failed)
+}
+
 fn show_checkpoint(a: CheckpointArgs) -> anyhow::Result<ExitCode> {
+    if let (Some(key), Some(policy)) = (&a.key, &a.witness_policy) {
+        let witnesses = policy_witnesses(policy)?;
+        let signer = load_signer(key)?;
+        let mut log = Appender::open(&a.dir, signer)
+            .with_context(|| format!("opening log {}", a.dir.display()))?;
+        let failed = collect_cosignatures(&mut log, &witnesses)?;
+        if a.json {
+            outln!(
+                "{}",
+                json!({"checkpoint": checkpoint_json(log.checkpoint()), "note": log.signed_checkpoint(), "failed_witnesses": failed})
+            );
+        } else {
+            out!("{}", log.signed_checkpoint());
+        }
+        if !failed.is_empty() {
+            eprintln!(
+                "imgctl: error: {} of {} witnesses did not cosign: {}",
+                failed.len(),
+                witnesses.len(),
+                failed.join(", ")
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let r = LogReader::open(&a.dir)?;
     let (c, signed) = r.checkpoint()?;
     if a.json {
@@ -689,6 +830,106 @@ fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn monitor(a: MonitorArgs) -> anyhow::Result<ExitCode> {
+    let vkey = NoteVerifier::parse_vkey(&key_arg(&a.vkey)?).context("--vkey")?;
+    let policy = Policy::log_only(&vkey);
+    let src = source(&a.log)?;
+    let mut seen: Option<Vec<u8>> = match &a.state {
+        Some(p) if p.exists() => Some(imgctl_fsio::read_bounded(
+            p,
+            imgctl_fsio::caps::ENTRY,
+            "a monitor state (checkpoint)",
+        )?),
+        _ => None,
+    };
+    loop {
+        let round: anyhow::Result<Vec<u8>> = (|| {
+            let (c, note, entries) = client::read_all_entries(src.as_ref(), &policy)?;
+            let from = match &seen {
+                Some(old) => {
+                    let (old, _) = client::check_checkpoints_consistency(
+                        Some(src.as_ref()),
+                        &policy,
+                        old,
+                        &note,
+                    )
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}: checkpoint inconsistent with the checkpoint seen before{}: {e}",
+                            a.log,
+                            a.state
+                                .as_ref()
+                                .map(|p| format!(" (state {})", p.display()))
+                                .unwrap_or_default()
+                        )
+                    })?;
+                    old.size
+                }
+                None => 0,
+            };
+            for (i, e) in entries.iter().enumerate().skip(from as usize) {
+                print_monitored(a.json, i as u64, e)?;
+            }
+            if a.json {
+                outln!(
+                    "{}",
+                    json!({"checkpoint": checkpoint_json(&c), "new_entries": c.size - from})
+                );
+            } else {
+                outln!(
+                    "checkpoint {} size {} root {} ({} new)",
+                    c.origin,
+                    c.size,
+                    hex::encode(c.root),
+                    c.size - from
+                );
+            }
+            if let Some(p) = &a.state {
+                imgctl_fsio::write_atomic(p, &note, &[])?;
+            }
+            Ok(note)
+        })();
+        match round {
+            Ok(note) => seen = Some(note),
+            Err(e) => {
+                eprintln!("imgctl: monitor: {}", crate::output::render_error(&e));
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        if !a.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(a.interval.max(1)));
+    }
+}
+
+fn print_monitored(json_out: bool, index: u64, bytes: &[u8]) -> anyhow::Result<()> {
+    match Entry::parse(bytes) {
+        Ok(e) if json_out => outln!("{}", json!({"index": index, "entry": e.to_json()})),
+        Ok(e) => {
+            outln!(
+                "{index}\t{} {} {} builder={}",
+                e.kind(),
+                e.name(),
+                e.version(),
+                e.builder()
+            );
+            for (what, alg, hex) in e.digest_list() {
+                outln!("  {what} {alg}:{hex}");
+            }
+        }
+        Err(_) if json_out => outln!(
+            "{}",
+            json!({"index": index, "raw": String::from_utf8_lossy(bytes)})
+        ),
+        Err(_) => outln!(
+            "{index}\t(not an imgctl entry) {}",
+            String::from_utf8_lossy(bytes).escape_debug()
+        ),
+    }
+    Ok(())
 }
 
 /// `--log DIR --log-key KEY` of the build commands that log an artifact once its outputs are

@@ -17,3 +17,4 @@ pub mod sign_pe;
 pub mod tpm;
 pub mod verify;
 pub mod vm;
+pub mod witness;

@@ -211,3 +211,63 @@ pub fn osslsigncode(crt: &Path, image: &Path) -> (bool, String) {
         calculated,
     )
 }
+
+/// A running `imgctl log witness` on a free loopback port (port 0, the URL it prints); killed
+/// when dropped.
+pub struct WitnessProc {
+    child: std::process::Child,
+    pub url: String,
+    pub vkey: String,
+    pub key: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Drop for WitnessProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts (or restarts: same key and state folder) a witness named `name` for the log whose
+/// vkey (or @FILE) is `log_vkey`, keeping its key and state in `dir`.
+pub fn spawn_witness(dir: &Path, name: &str, log_vkey: &str) -> WitnessProc {
+    use std::io::BufRead;
+    let stem: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let key = dir.join(format!("{stem}.key"));
+    let state = dir.join(format!("{stem}-state"));
+    let mut child = imgctl()
+        .args(["log", "witness", "--name", name, "--listen", "127.0.0.1:0"])
+        .arg("--key")
+        .arg(&key)
+        .arg("--state")
+        .arg(&state)
+        .args(["--log-vkey", log_vkey])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().to_owned();
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "witness printed {line:?}"
+    );
+    let vkey = std::fs::read_to_string(key.with_extension("vkey"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    WitnessProc {
+        child,
+        url,
+        vkey,
+        key,
+        state,
+    }
+}

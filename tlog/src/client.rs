@@ -294,6 +294,130 @@ pub fn check_checkpoints_consistency(
     Ok((old, new))
 }
 
+/// How long one `add-checkpoint` request to a witness may take in all.
+pub const WITNESS_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A witness's answer to `add-checkpoint` (C2SP tlog-witness).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WitnessReply {
+    /// 200: the body, cosignature lines.
+    Cosigned(Vec<u8>),
+    /// 409 with `text/x.tlog.size`: the size the witness last cosigned.
+    Conflict(u64),
+    /// Any other status, with the start of the body.
+    Refused { status: u16, body: String },
+}
+
+/// Sends one `add-checkpoint` request to the witness at `prefix` (its submission prefix).
+pub fn add_checkpoint(prefix: &str, body: &[u8]) -> Result<WitnessReply, Error> {
+    let url = format!("{}/add-checkpoint", prefix.trim_end_matches('/'));
+    let err = |m: String| Error::Http {
+        url: url.clone(),
+        message: m,
+    };
+    if !(prefix.starts_with("http://") || prefix.starts_with("https://")) {
+        return Err(err("a witness URL is http:// or https://".into()));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(WITNESS_TIMEOUT))
+        .timeout_connect(Some(HTTP_CONNECT_TIMEOUT))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let mut response = agent
+        .post(&url)
+        .header("Content-Type", "text/plain")
+        .send(body)
+        .map_err(|e| err(e.to_string()))?;
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let bytes = response
+        .body_mut()
+        .with_config()
+        .limit(crate::witness::MAX_REQUEST as u64)
+        .read_to_vec()
+        .map_err(|e| err(e.to_string()))?;
+    match status {
+        200 => Ok(WitnessReply::Cosigned(bytes)),
+        409 if content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with(crate::witness::SIZE_CONTENT_TYPE)) =>
+        {
+            let size = std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|t| t.strip_suffix('\n'))
+                .and_then(|t| t.parse::<u64>().ok())
+                .ok_or_else(|| err("409 body is not a tree size line".into()))?;
+            Ok(WitnessReply::Conflict(size))
+        }
+        status => Ok(WitnessReply::Refused {
+            status,
+            body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+                .trim_end()
+                .to_owned(),
+        }),
+    }
+}
+
+/// Asks the witness `key` at `prefix` to cosign `signed` (the log's current checkpoint, of
+/// `size`), starting from `old` 0 and retrying once with the size a 409 names, the proof
+/// from `consistency(old, size)`. Returns the verified cosignature lines.
+pub fn collect_cosignature(
+    prefix: &str,
+    key: &crate::note::NoteVerifier,
+    signed: &[u8],
+    size: u64,
+    mut consistency: impl FnMut(u64, u64) -> Result<Vec<crate::Hash>, Error>,
+) -> Result<Vec<crate::note::NoteSignature>, Error> {
+    let mut old = 0u64;
+    for _ in 0..3 {
+        let proof = if old == 0 || old == size {
+            Vec::new()
+        } else {
+            consistency(old, size)?
+        };
+        let body = crate::witness::AddCheckpoint {
+            old,
+            proof,
+            checkpoint: signed.to_vec(),
+        }
+        .encode();
+        match add_checkpoint(prefix, &body)? {
+            WitnessReply::Cosigned(b) => {
+                return Ok(crate::witness::cosignatures_from_response(signed, &b, key)?)
+            }
+            WitnessReply::Conflict(latest) if latest > size => {
+                return Err(Error::Log(format!(
+                "witness {} at {prefix} has cosigned size {latest}, more than the log's {size}: \
+                     the log lost entries or forked",
+                key.name
+            )))
+            }
+            WitnessReply::Conflict(latest) if latest != old => old = latest,
+            WitnessReply::Conflict(latest) => {
+                return Err(Error::Log(format!(
+                    "witness {} at {prefix} answered 409 for its own size {latest}",
+                    key.name
+                )))
+            }
+            WitnessReply::Refused { status, body } => {
+                return Err(Error::Log(format!(
+                    "witness {} at {prefix} refused the checkpoint: {status} {body}",
+                    key.name
+                )))
+            }
+        }
+    }
+    Err(Error::Log(format!(
+        "witness {} at {prefix}: its size kept changing (3 attempts)",
+        key.name
+    )))
+}
+
 #[cfg(test)]
 mod http_tests {
     use super::*;

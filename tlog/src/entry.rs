@@ -439,6 +439,34 @@ impl Entry {
         }
     }
 
+    /// Who built it (the record's `builder`).
+    pub fn builder(&self) -> &str {
+        match self {
+            Entry::V1(e) => e.builder(),
+            Entry::V2(r) => &r.builder,
+        }
+    }
+
+    /// The artifact's digests as `(what, algorithm, hex)`: v1's digests, or each file's.
+    pub fn digest_list(&self) -> Vec<(String, String, String)> {
+        match self {
+            Entry::V1(e) => e
+                .digests()
+                .iter()
+                .map(|(alg, d)| ("artifact".to_owned(), alg.to_string(), hex::encode(&d.0)))
+                .collect(),
+            Entry::V2(r) => r
+                .files
+                .iter()
+                .flat_map(|f| {
+                    f.digests
+                        .iter()
+                        .map(|(alg, d)| (format!("{} {}", f.role, f.path), alg.clone(), d.clone()))
+                })
+                .collect(),
+        }
+    }
+
     /// The JSON form: v1's [`LogEntry::to_json`], or the record's JSON form.
     pub fn to_json(&self) -> serde_json::Value {
         match self {

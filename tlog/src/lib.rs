@@ -15,6 +15,7 @@
 //! | [`checkpoint`] | the checkpoint note body and its verification | C2SP tlog-checkpoint |
 //! | [`tiles`] | tile paths, hash tiles, entry bundles, the right edge of a tiled tree | C2SP tlog-tiles |
 //! | [`proof`] | the offline proof bundle (`.tlog-proof`) | C2SP tlog-proof |
+//! | [`witness`] | the add-checkpoint request, the witness's checks and state, cosignatures | C2SP tlog-witness |
 //! | [`entry`] | imgctl's canonical log entry for an artifact | this crate (versioned) |
 //! | [`store`] | I/O: the log folder, appends, proofs from the folder | C2SP tlog-tiles on disk |
 //! | [`client`] | I/O: tiles from a folder or over HTTP, verified reads | C2SP tlog-tiles |
@@ -61,6 +62,7 @@ pub mod policy;
 pub mod proof;
 pub mod store;
 pub mod tiles;
+pub mod witness;
 
 pub use checkpoint::Checkpoint;
 pub use entry::{ArtifactKind, Entry, LogEntry};

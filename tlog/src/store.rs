@@ -298,6 +298,39 @@ impl Appender {
         })
     }
 
+    /// Publishes the current checkpoint again with `cosignatures` (witness lines, already
+    /// verified by the caller) added: written to a temporary name, fsynced and renamed, under
+    /// the lock, so it cannot replace a newer checkpoint. Proofs made after this carry them.
+    pub fn add_cosignatures(
+        &mut self,
+        cosignatures: &[crate::note::NoteSignature],
+    ) -> Result<String, Error> {
+        if cosignatures.is_empty() {
+            return Ok(self.signed.clone());
+        }
+        let signed = crate::witness::add_signatures(self.signed.as_bytes(), cosignatures)?;
+        // Still the same checkpoint, still signed by the log.
+        let again =
+            checkpoint::verify(signed.as_bytes(), &Policy::log_only(self.signer.verifier()))?;
+        if again.checkpoint != self.checkpoint {
+            return Err(Error::Log(
+                "cosigned checkpoint differs from the log's".into(),
+            ));
+        }
+        imgctl_fsio::write_atomic(&self.dir.join(CHECKPOINT), signed.as_bytes(), &[])?;
+        self.signed = signed.clone();
+        Ok(signed)
+    }
+
+    /// A consistency proof between two sizes of this log (for witnesses).
+    pub fn consistency(&self, size1: u64, size2: u64) -> Result<Vec<Hash>, Error> {
+        LogReader {
+            dir: self.dir.clone(),
+            vkey: self.signer.verifier().clone(),
+        }
+        .consistency(size1, size2)
+    }
+
     /// A `.tlog-proof` for `index` against the current checkpoint, with the entry as extra data.
     pub fn prove(&self, index: u64) -> Result<TlogProof, Error> {
         let reader = LogReader {
@@ -494,6 +527,59 @@ impl LogReader {
         let (c, _) = self.checkpoint()?;
         let report = audit(c.size, &c.root, self.fetch())?;
         Ok((c, report))
+    }
+}
+
+/// A witness's state folder (`imgctl log witness --state DIR`): `DIR/witness-state` holds the
+/// [`WitnessState`](crate::witness::WitnessState) record, `DIR/lock` an exclusive flock held by
+/// the one witness process that may use it.
+#[derive(Debug)]
+pub struct WitnessStore {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl WitnessStore {
+    /// Creates the folder if needed, takes its lock (failing if another process holds it),
+    /// and reads the record (empty if there is none yet).
+    pub fn open(dir: &Path) -> Result<(WitnessStore, crate::witness::WitnessState), Error> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| {
+                Error::Log(format!(
+                    "{}: another witness process uses this state folder",
+                    dir.display()
+                ))
+            },
+        )?;
+        let path = dir.join("witness-state");
+        let state = match fs::metadata(&path) {
+            Ok(_) => {
+                let bytes = imgctl_fsio::read_bounded(
+                    &path,
+                    crate::witness::MAX_STATE as u64,
+                    "a witness state",
+                )?;
+                crate::witness::WitnessState::parse(&bytes)
+                    .map_err(|e| Error::Log(format!("{}: {e}", path.display())))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        Ok((WitnessStore { path, _lock: lock }, state))
+    }
+
+    /// Replaces the record durably (temporary name, fsync, rename, fsync of the folder).
+    pub fn save(&self, state: &crate::witness::WitnessState) -> Result<(), Error> {
+        imgctl_fsio::write_atomic(&self.path, state.encode().as_bytes(), &[])?;
+        Ok(())
     }
 }
 
