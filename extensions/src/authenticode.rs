@@ -5,7 +5,8 @@
 
 use imgctl_measure::authenticode_sign::{ExistingSignatures, SignError, Unsigned};
 
-use crate::pkcs7::{sign_authenticode, Cert, Pkcs7Error, SigningKey, SPC_INDIRECT_DATA};
+use crate::pkcs7::{sign_authenticode, Cert, Pkcs7Error, SPC_INDIRECT_DATA};
+use imgctl_measure::keys::SigningKey;
 
 /// What went wrong signing a PE image.
 #[derive(Debug, thiserror::Error)]

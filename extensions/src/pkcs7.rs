@@ -31,7 +31,8 @@ use cms::signed_data::{
 };
 use der::asn1::{ObjectIdentifier as Oid, OctetString, SetOfVec};
 use der::{Any, Decode, Encode};
-use p256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
+use imgctl_measure::keys::{SigningKey, VerifyingKey};
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use rsa::traits::PublicKeyParts;
 use sha2::Digest;
 
@@ -233,89 +234,16 @@ enum PublicKey {
     P256(p256::ecdsa::VerifyingKey),
 }
 
-/// A private key that can sign root hashes.
-#[derive(Debug, Clone)]
-pub enum SigningKey {
-    Rsa(Box<rsa::RsaPrivateKey>),
-    P256(p256::ecdsa::SigningKey),
-}
-
-impl SigningKey {
-    /// Reads a PEM (PKCS#8, PKCS#1 `RSA PRIVATE KEY`, SEC1 `EC PRIVATE KEY`) or DER PKCS#8 key.
-    /// An encrypted key is refused (there is no passphrase prompt, ever).
-    pub fn parse(bytes: &[u8]) -> Result<SigningKey, Pkcs7Error> {
-        let key_err = |what: &str, e: &dyn std::fmt::Display| {
-            Pkcs7Error::Key(format!("not a usable {what} private key: {e}"))
-        };
-        let text = std::str::from_utf8(bytes).ok();
-        let Some(text) = text.filter(|t| t.contains("-----BEGIN ")) else {
-            return SigningKey::from_pkcs8(bytes).map_err(|e| key_err("DER PKCS#8", &e));
-        };
-        if text.contains("ENCRYPTED") {
-            return Err(Pkcs7Error::Key(
-                "the private key is encrypted: give its passphrase with --key-passphrase-file FILE"
-                    .into(),
-            ));
-        }
-        for (begin, label) in [
-            ("-----BEGIN PRIVATE KEY-----", "PRIVATE KEY"),
-            ("-----BEGIN RSA PRIVATE KEY-----", "RSA PRIVATE KEY"),
-            ("-----BEGIN EC PRIVATE KEY-----", "EC PRIVATE KEY"),
-        ] {
-            let Some(start) = text.find(begin) else {
-                continue;
-            };
-            let end = format!("-----END {label}-----");
-            let Some(stop) = text[start..].find(&end) else {
-                return Err(Pkcs7Error::Key(format!(
-                    "{label} block without its END line"
-                )));
-            };
-            let block = &text[start..start + stop + end.len()];
-            let (_, der) =
-                der::pem::decode_vec(block.as_bytes()).map_err(|e| key_err(label, &e))?;
-            return match label {
-                "PRIVATE KEY" => SigningKey::from_pkcs8(&der).map_err(|e| key_err(label, &e)),
-                "RSA PRIVATE KEY" => rsa::pkcs1::DecodeRsaPrivateKey::from_pkcs1_der(&der)
-                    .map(|k| SigningKey::Rsa(Box::new(k)))
-                    .map_err(|e| key_err(label, &e)),
-                _ => p256::SecretKey::from_sec1_der(&der)
-                    .map(|k| SigningKey::P256(k.into()))
-                    .map_err(|e| key_err("P-256 EC", &e)),
-            };
-        }
-        Err(Pkcs7Error::Key(
-            "no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block".into(),
-        ))
-    }
-
-    fn from_pkcs8(der: &[u8]) -> Result<SigningKey, String> {
-        use pkcs8::DecodePrivateKey;
-        let info = pkcs8::PrivateKeyInfo::try_from(der).map_err(|e| e.to_string())?;
-        match info.algorithm.oid {
-            oid::RSA => rsa::RsaPrivateKey::from_pkcs8_der(der)
-                .map(|k| SigningKey::Rsa(Box::new(k)))
-                .map_err(|e| e.to_string()),
-            oid::EC_PUBLIC_KEY => p256::SecretKey::from_pkcs8_der(der)
-                .map(|k| SigningKey::P256(k.into()))
-                .map_err(|_| "an EC key that is not on P-256 (only P-256 is supported)".into()),
-            other => Err(format!(
-                "key algorithm {other} (RSA and P-256 are supported)"
-            )),
-        }
-    }
-
-    fn public(&self) -> PublicKey {
-        match self {
-            SigningKey::Rsa(k) => PublicKey::Rsa(k.to_public_key()),
-            SigningKey::P256(k) => PublicKey::P256(*k.verifying_key()),
-        }
-    }
-
-    /// Whether `cert` holds this key's public key.
-    pub fn matches(&self, cert: &Cert) -> bool {
-        cert.public_key().is_ok_and(|p| p == self.public())
-    }
+/// Whether `cert` holds `key`'s public key.
+pub fn key_matches(key: &SigningKey, cert: &Cert) -> bool {
+    let Ok(public) = cert.public_key() else {
+        return false;
+    };
+    let public = match public {
+        PublicKey::Rsa(k) => VerifyingKey::Rsa(k),
+        PublicKey::P256(k) => VerifyingKey::EccP256(p256::PublicKey::from(k)),
+    };
+    public == key.verifying_key()
 }
 
 fn alg(oid: Oid, null_params: bool) -> AlgorithmIdentifierOwned {
@@ -331,29 +259,20 @@ fn sign_sha256_digest(
     key: &SigningKey,
     digest: &[u8],
 ) -> Result<(AlgorithmIdentifierOwned, Vec<u8>), Pkcs7Error> {
-    match key {
-        SigningKey::Rsa(k) => {
-            let s = k
-                .sign(Hash::Sha256.rsa_padding(), digest)
-                .map_err(|e| Pkcs7Error::Key(format!("RSA signing failed: {e}")))?;
-            Ok((alg(oid::RSA, true), s))
-        }
-        SigningKey::P256(k) => {
-            let s: p256::ecdsa::Signature = k
-                .sign_prehash(digest)
-                .map_err(|e| Pkcs7Error::Key(format!("ECDSA signing failed: {e}")))?;
-            Ok((
-                alg(oid::ECDSA_SHA256, false),
-                s.to_der().as_bytes().to_vec(),
-            ))
-        }
-    }
+    let algorithm = match key.verifying_key() {
+        VerifyingKey::Rsa(_) => alg(oid::RSA, true),
+        VerifyingKey::EccP256(_) => alg(oid::ECDSA_SHA256, false),
+    };
+    let signature = key
+        .sign_digest(imgctl_measure::HashAlg::SHA256, digest)
+        .map_err(|e| Pkcs7Error::Key(e.to_string()))?;
+    Ok((algorithm, signature))
 }
 
 /// A detached PKCS#7 signature over `content`, as `PKCS7_sign(.., PKCS7_DETACHED |
 /// PKCS7_BINARY | PKCS7_NOATTR)` makes it with SHA-256.
 pub fn sign_detached(key: &SigningKey, cert: &Cert, content: &[u8]) -> Result<Vec<u8>, Pkcs7Error> {
-    if !key.matches(cert) {
+    if !key_matches(key, cert) {
         return Err(Pkcs7Error::Key(
             "the private key does not match the certificate".into(),
         ));
@@ -612,7 +531,7 @@ pub fn sign_authenticode(
     content: &[u8],
 ) -> Result<Vec<u8>, Pkcs7Error> {
     use cms::cert::x509::attr::{Attribute, AttributeValue};
-    if !key.matches(cert) {
+    if !key_matches(key, cert) {
         return Err(Pkcs7Error::Key(
             "the private key does not match the certificate".into(),
         ));

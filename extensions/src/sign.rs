@@ -11,8 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::pkcs7::{sign_detached, Cert, SigningKey};
+use crate::pkcs7::{key_matches, sign_detached, Cert};
 use crate::Error;
+use imgctl_measure::keys::SigningKey;
 
 /// A checked signing identity: the key belongs to the certificate.
 #[derive(Debug, Clone)]
@@ -93,7 +94,7 @@ impl Signer {
         let plain = imgctl_measure::keys::decrypt_pem(&raw, passphrase)
             .map_err(|e| signing_error(e.to_string()))?;
         let signing_key = SigningKey::parse(&plain).map_err(|e| signing_error(e.to_string()))?;
-        if !signing_key.matches(&first) {
+        if !key_matches(&signing_key, &first) {
             return Err(Error::KeyCertMismatch {
                 key: key.to_owned(),
                 cert: cert.to_owned(),

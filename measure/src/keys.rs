@@ -198,6 +198,23 @@ impl SigningKey {
         }
     }
 
+    /// Reads a private key file's bytes: any PEM form [`SigningKey::from_pem`] reads, or a DER
+    /// PKCS#8 `PrivateKeyInfo` (what `openssl pkcs8 -topk8 -nocrypt -outform DER` writes).
+    pub fn parse(bytes: &[u8]) -> Result<Self, KeyError> {
+        if find(bytes, b"-----BEGIN ").is_some() {
+            return SigningKey::from_pem(bytes);
+        }
+        let pem = pem::encode_string("PRIVATE KEY", pem::LineEnding::LF, bytes)
+            .map_err(|e| KeyError::Pem(e.to_string()))?;
+        SigningKey::from_pem(pem.as_bytes()).map_err(|e| match e {
+            KeyError::Malformed { message, .. } => KeyError::Malformed {
+                what: "DER PKCS#8 private key",
+                message,
+            },
+            other => other,
+        })
+    }
+
     /// The public half.
     pub fn verifying_key(&self) -> VerifyingKey {
         match self {
@@ -216,13 +233,27 @@ impl SigningKey {
     /// Signs `H_bank(message)` (see the module doc).
     pub fn sign(&self, bank: HashAlg, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let digest = bank.hash(message).map_err(|_| KeyError::Bank(bank))?;
+        self.sign_digest(bank, digest.as_bytes())
+    }
+
+    /// Signs a digest already computed with `bank`'s hash: RSASSA-PKCS1-v1_5 (the DigestInfo
+    /// of `bank` around `digest`), or ECDSA P-256 (RFC 6979, deterministic) as a DER
+    /// `Ecdsa-Sig-Value`. This is what every imgctl signature comes down to: `.pcrsig`
+    /// entries, Authenticode and root-hash PKCS#7 `SignerInfo`s.
+    pub fn sign_digest(&self, bank: HashAlg, digest: &[u8]) -> Result<Vec<u8>, KeyError> {
+        if Some(digest.len()) != bank.digest_size() {
+            return Err(KeyError::Sign(format!(
+                "a {bank} digest is not {} bytes long",
+                digest.len()
+            )));
+        }
         match self {
             SigningKey::Rsa(k) => k
-                .sign(pkcs1v15(bank)?, digest.as_bytes())
+                .sign(pkcs1v15(bank)?, digest)
                 .map_err(|e| KeyError::Sign(e.to_string())),
             SigningKey::EccP256(k) => {
                 let sig: p256::ecdsa::Signature = k
-                    .sign_prehash(digest.as_bytes())
+                    .sign_prehash(digest)
                     .map_err(|e| KeyError::Sign(e.to_string()))?;
                 Ok(sig.to_der().as_bytes().to_vec())
             }
