@@ -197,7 +197,9 @@ impl OsRecipe {
                 return Err(ctx.err(
                     "packages",
                     p,
-                    "is not a Debian package name (lower-case letters, digits, + - .)",
+                    &format!(
+                        "{p:?} is not a Debian package name (lower-case letters, digits, + - .)"
+                    ),
                 ));
             }
         }
