@@ -25,6 +25,9 @@ pub mod build;
 pub mod hashing;
 pub mod initrd;
 pub mod kernel;
+pub mod mmdebstrap;
+pub mod os_image;
+pub mod os_recipe;
 pub mod output;
 pub mod recipe;
 pub mod uki;
@@ -55,6 +58,8 @@ pub enum Error {
     Measure(#[from] imgctl_measure::Error),
     #[error(transparent)]
     Fs(#[from] imgctl_fsio::Error),
+    #[error(transparent)]
+    Extensions(#[from] imgctl_extensions::Error),
 }
 
 impl Error {

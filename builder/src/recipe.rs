@@ -179,7 +179,7 @@ pub fn looks_like_recipe(data: &[u8]) -> Result<(), String> {
 }
 
 /// serde's messages, in the words a recipe author reads (the same rewording for every recipe).
-fn yaml_message(e: &serde_yaml::Error) -> String {
+pub(crate) fn yaml_message(e: &serde_yaml::Error) -> String {
     imgctl_fsio::yaml::plain_serde_message(&e.to_string())
 }
 
@@ -454,14 +454,14 @@ impl Recipe {
     }
 }
 
-struct Ctx<'a> {
-    file: &'a Path,
-    text: &'a str,
-    dir: &'a Path,
+pub(crate) struct Ctx<'a> {
+    pub(crate) file: &'a Path,
+    pub(crate) text: &'a str,
+    pub(crate) dir: &'a Path,
 }
 
 impl Ctx<'_> {
-    fn resolve(&self, p: &str) -> PathBuf {
+    pub(crate) fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
             p.to_owned()
@@ -471,7 +471,7 @@ impl Ctx<'_> {
     }
 
     /// A path that must name an existing regular file.
-    fn file(&self, key: &str, value: &str) -> Result<PathBuf, Error> {
+    pub(crate) fn file(&self, key: &str, value: &str) -> Result<PathBuf, Error> {
         let p = self.resolve(value);
         match std::fs::metadata(&p) {
             Ok(m) if m.is_file() => Ok(p),
@@ -485,7 +485,7 @@ impl Ctx<'_> {
     }
 
     /// An error about `key`, located at the first line that mentions `needle`.
-    fn err(&self, key: &str, needle: &str, message: &str) -> Error {
+    pub(crate) fn err(&self, key: &str, needle: &str, message: &str) -> Error {
         let leaf = key.rsplit('.').next().unwrap_or(key);
         let line = self
             .text
@@ -513,7 +513,7 @@ impl Ctx<'_> {
     }
 }
 
-fn valid_name(n: &str) -> bool {
+pub(crate) fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && !n.starts_with('.')
@@ -527,7 +527,7 @@ const MAX_DST: usize = 4095;
 /// An initrd destination as written: `/` then non-empty components, none `.` or `..`, no NUL
 /// or other control characters (the kernel's unpacker would cut the name or create something
 /// else than the recipe says).
-fn check_dst(d: &str) -> Result<String, String> {
+pub(crate) fn check_dst(d: &str) -> Result<String, String> {
     if let Some(c) = d.chars().find(|c| c.is_control()) {
         return Err(format!(
             "contains the control character {:?}; a destination is a plain path",
@@ -551,7 +551,7 @@ fn check_dst(d: &str) -> Result<String, String> {
 }
 
 /// Octal permission bits, read as extension recipes read them.
-fn parse_mode(s: &str) -> Option<u32> {
+pub(crate) fn parse_mode(s: &str) -> Option<u32> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     if digits.is_empty() || digits.len() > 4 {
         return None;

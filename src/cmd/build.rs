@@ -57,10 +57,27 @@ pub struct Args {
     /// Print the manifest as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// `kind: os` recipes: the folder of cached OS trees (made by mmdebstrap, one per suite,
+    /// mirror and package set).
+    #[arg(long, value_name = "DIR", default_value = imgctl_builder::os_image::DEFAULT_CACHE)]
+    cache: PathBuf,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let recipe = Recipe::load(&args.recipe)?;
+    let text = imgctl_fsio::read_bounded(&args.recipe, imgctl_fsio::caps::POLICY, "a recipe")?;
+    match imgctl_builder::os_recipe::recipe_kind(&text).as_deref() {
+        None => {}
+        Some("os") => return run_os(args, text),
+        Some(k @ ("sysext" | "confext")) => anyhow::bail!(
+            "{}: kind: {k} is an extension recipe: build it with `imgctl ext build`",
+            args.recipe.display()
+        ),
+        Some(k) => anyhow::bail!(
+            "{}: kind: {k} is not a recipe kind `imgctl build` knows (os, or none for a UKI)",
+            args.recipe.display()
+        ),
+    }
+    let recipe = Recipe::parse(&args.recipe, text)?;
     let out_dir = args
         .output
         .clone()
@@ -205,4 +222,62 @@ fn log_and_commit(
         )
     })?;
     Ok((proof_path, index))
+}
+
+/// `kind: os`: the OS tree (cached), the disk image, its UKI, pcrs.json and manifest.json.
+fn run_os(args: Args, text: Vec<u8>) -> anyhow::Result<ExitCode> {
+    use imgctl_builder::os_image::{build_os_staged, OsBuildOptions};
+    use imgctl_builder::os_recipe::OsRecipe;
+    if args.pcr_private_key.is_some() || args.secureboot_key.is_some() || args.log.is_some() {
+        anyhow::bail!(
+            "{}: --pcr-private-key, --secureboot-key and --log are not supported for kind: os yet",
+            args.recipe.display()
+        );
+    }
+    let recipe = OsRecipe::parse(&args.recipe, text)?;
+    let out_dir = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("images").join(&recipe.name));
+    imgctl_fsio::check_output_dir(&out_dir)?;
+    let mut uki = BuildOptions::new(out_dir, crate::output::source_date_epoch()?);
+    uki.semantics = args.stub_semantics.fixed();
+    let opts = OsBuildOptions {
+        uki,
+        cache: args.cache.clone(),
+    };
+    let started = std::time::Instant::now();
+    let (out, stage) =
+        crate::output::with_spinner("building the OS image", || build_os_staged(&recipe, &opts))
+            .with_context(|| format!("building {}", args.recipe.display()))?;
+    stage.commit()?;
+    if args.json {
+        crate::output::print_json(&out.record)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!("built {} {} (OS image)", recipe.name, recipe.version);
+    outln!(
+        "  tree      {} ({})",
+        out.tree.root.display(),
+        if out.tree.made { "made now" } else { "cached" }
+    );
+    outln!("  kernel    {}", out.tree.kernel_release);
+    outln!(
+        "  image     {} ({} bytes)",
+        out.image.display(),
+        out.record.size
+    );
+    outln!("  uki       {}", out.uki.uki.display());
+    outln!("  pcrs      {}", out.uki.pcrs.display());
+    outln!("  manifest  {}", out.uki.manifest_path.display());
+    outln!("  usrhash   {}", out.record.usr_root_hash);
+    outln!("  time      {:.1} s", started.elapsed().as_secs_f64());
+    if let Some(v) = out
+        .uki
+        .prediction
+        .get(HashAlg::SHA256, &PhasePath::default())
+    {
+        outln!("  PCR 11 sha256 after the stub: {v}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,351 @@
+//! `kind: os` recipes: a whole bootable disk image made from Debian packages.
+//!
+//! ```yaml
+//! kind: os
+//! name: os                          # image name: [A-Za-z0-9._-], no leading dot
+//! version: "1"
+//! suite: trixie                     # the default; the Debian suite mmdebstrap installs
+//! mirror: http://deb.debian.org/debian   # the default (scripts/setup.sh uses the same)
+//! packages: [systemd, systemd-sysv, udev, linux-image-amd64, dracut, systemd-boot-efi]
+//! cmdline: console=ttyS0            # usrhash= and the /usr mount options are added by imgctl
+//! files:                            # placed into the tree after mmdebstrap (under /usr or /etc)
+//!   - { src: os/imgctl-capture.service, dst: /usr/lib/systemd/system/imgctl-capture.service }
+//! units: [imgctl-capture.service]   # enabled through their [Install] WantedBy= (links in /usr)
+//! stub: tree                        # tree (the image's own systemd-stub, the default),
+//!                                   # imgctl (our Rust stub), or a path to a stub
+//! ```
+//!
+//! Relative paths resolve against the recipe's folder. Unknown keys, wrong types and missing
+//! files are errors that name the file, the line and the key. An [`OsRecipe`] is fully checked.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::recipe::{check_dst, parse_mode, valid_name, yaml_message, Ctx, IMGCTL_STUB};
+use crate::Error;
+
+/// The Debian suite when the recipe names none.
+pub const DEFAULT_SUITE: &str = "trixie";
+/// The mirror scripts/setup.sh makes the systemd 257 chroot from.
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+/// The systemd-stub inside the tree (Debian's systemd-boot-efi).
+pub const TREE_STUB: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+/// At most this many packages (a bound on what the key and the command line carry).
+const MAX_PACKAGES: usize = 512;
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "kebab-case",
+    expecting = "an OS recipe (a mapping of kind, name, version, packages, ...)"
+)]
+struct RawOsRecipe {
+    kind: String,
+    name: String,
+    version: String,
+    #[serde(default)]
+    suite: Option<String>,
+    #[serde(default)]
+    mirror: Option<String>,
+    packages: Vec<String>,
+    #[serde(default)]
+    cmdline: Option<String>,
+    #[serde(default)]
+    files: Vec<RawOsFile>,
+    #[serde(default)]
+    units: Vec<String>,
+    #[serde(default)]
+    stub: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a file to add (a mapping of src, dst, mode)"
+)]
+struct RawOsFile {
+    src: String,
+    dst: String,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// Which systemd-stub the UKI is made with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OsStub {
+    /// The tree's own `/usr/lib/systemd/boot/efi/linuxx64.efi.stub` (systemd-boot-efi).
+    Tree,
+    /// A stub file outside the tree (ours, or another systemd's).
+    File(PathBuf),
+}
+
+/// A file added to the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsFile {
+    pub src: PathBuf,
+    /// Absolute, normalised path inside the tree.
+    pub dst: String,
+    pub mode: Option<u32>,
+}
+
+/// A fully checked OS recipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsRecipe {
+    pub path: PathBuf,
+    pub source: Vec<u8>,
+    pub name: String,
+    pub version: String,
+    pub suite: String,
+    pub mirror: String,
+    /// Sorted and without duplicates (the order does not change what apt installs).
+    pub packages: Vec<String>,
+    pub cmdline: Option<String>,
+    pub files: Vec<OsFile>,
+    pub units: Vec<String>,
+    pub stub: OsStub,
+}
+
+/// The `kind:` of recipe text, if it has one at the top level (UKI recipes have none).
+pub fn recipe_kind(text: &[u8]) -> Option<String> {
+    let text = imgctl_fsio::yaml::checked_text(text).ok()?;
+    let v: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    v.get("kind")?.as_str().map(str::to_owned)
+}
+
+fn debian_word(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+}
+
+impl OsRecipe {
+    pub fn load(path: &Path) -> Result<OsRecipe, Error> {
+        let source = imgctl_fsio::read_bounded(path, imgctl_fsio::caps::POLICY, "a recipe")?;
+        OsRecipe::parse(path, source)
+    }
+
+    pub fn parse(path: &Path, source: Vec<u8>) -> Result<OsRecipe, Error> {
+        let text = imgctl_fsio::yaml::checked_text(&source).map_err(|e| Error::Recipe {
+            file: path.to_owned(),
+            line: e.line,
+            key: String::new(),
+            message: e.message,
+        })?;
+        let raw: RawOsRecipe = serde_yaml::from_str(text).map_err(|e| Error::Recipe {
+            file: path.to_owned(),
+            line: e.location().map(|l| l.line()),
+            key: String::new(),
+            message: yaml_message(&e),
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("")).to_owned();
+        let ctx = Ctx {
+            file: path,
+            text,
+            dir: &dir,
+        };
+        if raw.kind != "os" {
+            return Err(ctx.err("kind", &raw.kind, "must be `os` for an OS recipe"));
+        }
+        if !valid_name(&raw.name) {
+            return Err(ctx.err("name", &raw.name, "must be 1-64 characters of [A-Za-z0-9._-], not starting with '.' (it names the output folder and files)"));
+        }
+        if raw.version.is_empty() || raw.version.contains(['/', '\n']) || raw.version == "~" {
+            return Err(ctx.err(
+                "version",
+                &raw.version,
+                "must be non-empty and contain no '/' or newline",
+            ));
+        }
+        let suite = raw.suite.unwrap_or_else(|| DEFAULT_SUITE.to_owned());
+        if !debian_word(&suite) {
+            return Err(ctx.err(
+                "suite",
+                &suite,
+                "must be a Debian suite name such as trixie",
+            ));
+        }
+        let mirror = raw.mirror.unwrap_or_else(|| DEFAULT_MIRROR.to_owned());
+        if !(mirror.starts_with("http://") || mirror.starts_with("https://"))
+            || mirror.contains(char::is_whitespace)
+            || mirror.len() > 512
+        {
+            return Err(ctx.err(
+                "mirror",
+                &mirror,
+                "must be an http:// or https:// URL without spaces",
+            ));
+        }
+        if raw.packages.is_empty() {
+            return Err(ctx.err(
+                "packages",
+                "packages",
+                "is empty: name at least systemd and a kernel",
+            ));
+        }
+        if raw.packages.len() > MAX_PACKAGES {
+            return Err(ctx.err(
+                "packages",
+                "packages",
+                &format!("has {} entries; at most {MAX_PACKAGES}", raw.packages.len()),
+            ));
+        }
+        for p in &raw.packages {
+            if !debian_word(p) {
+                return Err(ctx.err(
+                    "packages",
+                    p,
+                    &format!(
+                        "{p:?} is not a Debian package name (lower-case letters, digits, + - .)"
+                    ),
+                ));
+            }
+        }
+        let mut packages = raw.packages.clone();
+        packages.sort();
+        packages.dedup();
+        for needed in ["systemd", "linux-image-amd64", "dracut"] {
+            if !packages.iter().any(|p| p == needed) {
+                return Err(ctx.err(
+                    "packages",
+                    "packages",
+                    &format!("must include {needed} (the image boots its own kernel with a dracut initrd into systemd)"),
+                ));
+            }
+        }
+        let mut files: Vec<OsFile> = Vec::new();
+        for f in raw.files {
+            let src = ctx.file("files.src", &f.src)?;
+            let dst = check_dst(&f.dst)
+                .map_err(|why| ctx.err("files.dst", &f.dst.replace('\0', "\\0"), &why))?;
+            if !(dst.starts_with("/usr/") || dst.starts_with("/etc/")) {
+                return Err(ctx.err(
+                    "files.dst",
+                    &dst,
+                    "must lie under /usr/ (the verity-protected partition) or /etc/",
+                ));
+            }
+            if files.iter().any(|o| o.dst == dst) {
+                return Err(ctx.err("files.dst", &dst, "is given twice"));
+            }
+            let mode = match f.mode {
+                None => None,
+                Some(m) => Some(parse_mode(&m).ok_or_else(|| {
+                    ctx.err(
+                        "files.mode",
+                        &m,
+                        "must be octal permission bits such as \"0755\"",
+                    )
+                })?),
+            };
+            files.push(OsFile { src, dst, mode });
+        }
+        for u in &raw.units {
+            let ok = !u.is_empty()
+                && u.len() <= 255
+                && !u.contains('/')
+                && u.rsplit_once('.').is_some_and(|(stem, ext)| {
+                    !stem.is_empty()
+                        && matches!(
+                            ext,
+                            "service" | "target" | "socket" | "timer" | "path" | "mount"
+                        )
+                });
+            if !ok {
+                return Err(ctx.err(
+                    "units",
+                    u,
+                    "must be a unit file name such as foo.service (no folders)",
+                ));
+            }
+        }
+        let stub = match raw.stub.as_deref() {
+            None | Some("tree") => OsStub::Tree,
+            Some(IMGCTL_STUB) => {
+                let p = std::env::var_os("IMGCTL_STUB").map_or_else(
+                    || PathBuf::from(crate::recipe::IMGCTL_STUB_PATH),
+                    PathBuf::from,
+                );
+                if !p.is_file() {
+                    return Err(ctx.err("stub", IMGCTL_STUB, &format!(
+                        "imgctl-stub is not built at {}: run scripts/build-stub.sh (or set IMGCTL_STUB)",
+                        p.display()
+                    )));
+                }
+                OsStub::File(p)
+            }
+            Some(s) => OsStub::File(ctx.file("stub", s)?),
+        };
+        Ok(OsRecipe {
+            path: path.to_owned(),
+            source: source.clone(),
+            name: raw.name,
+            version: raw.version,
+            suite,
+            mirror,
+            packages,
+            cmdline: raw.cmdline,
+            files,
+            units: raw.units,
+            stub,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str =
+        "kind: os\nname: t\nversion: '1'\npackages: [systemd, linux-image-amd64, dracut]\n";
+
+    fn parse(text: &str) -> Result<OsRecipe, Error> {
+        OsRecipe::parse(
+            &std::env::temp_dir().join("os.yaml"),
+            text.as_bytes().to_vec(),
+        )
+    }
+
+    #[test]
+    fn defaults_are_trixie_and_the_tree_stub() {
+        let r = parse(BASE).unwrap();
+        assert_eq!(r.suite, "trixie");
+        assert_eq!(r.mirror, DEFAULT_MIRROR);
+        assert_eq!(r.stub, OsStub::Tree);
+        assert_eq!(r.packages, ["dracut", "linux-image-amd64", "systemd"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse(&format!("{BASE}kernel: x\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kernel"), "{e}");
+        assert!(e.contains(":5"), "{e}");
+    }
+
+    #[test]
+    fn bad_packages_and_units_are_named() {
+        let e = parse("kind: os\nname: t\nversion: '1'\npackages: [systemd, 'a b']\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("packages") && e.contains("a b"), "{e}");
+        let e = parse("kind: os\nname: t\nversion: '1'\npackages: [systemd]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("linux-image-amd64"), "{e}");
+        let e = parse(&format!("{BASE}units: [../x.service]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("units"), "{e}");
+    }
+
+    #[test]
+    fn kind_is_read_from_the_text() {
+        assert_eq!(recipe_kind(BASE.as_bytes()).as_deref(), Some("os"));
+        assert_eq!(recipe_kind(b"name: demo\n"), None);
+        assert_eq!(recipe_kind(b"\xff"), None);
+    }
+}
