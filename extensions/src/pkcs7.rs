@@ -595,7 +595,8 @@ struct SpcIndirectDataContent {
 pub struct AuthenticodeSignature {
     pub subject: String,
     pub issuer: String,
-    /// The signer certificate's serial number, upper-case hex.
+    /// The signer certificate's serial number, upper-case hex, as the integer (DER's leading
+    /// 0x00 sign byte dropped, as `openssl x509 -serial` prints it).
     pub serial: String,
     /// The image hash algorithm of the `SpcIndirectDataContent` (`sha1`, `sha256`, …).
     pub digest_algorithm: String,
@@ -660,7 +661,7 @@ pub fn read_authenticode(der: &[u8]) -> Result<AuthenticodeSignature, Pkcs7Error
     Ok(AuthenticodeSignature {
         subject: cert.subject(),
         issuer: cert.cert.tbs_certificate.issuer.to_string(),
-        serial: hex::encode_upper(cert.cert.tbs_certificate.serial_number.as_bytes()),
+        serial: serial_hex(cert.cert.tbs_certificate.serial_number.as_bytes()),
         digest_algorithm: hash_name(&idc.message_digest.digest_algorithm.oid),
         image_digest: idc.message_digest.digest.as_bytes().to_vec(),
         certificate_der: cert.der.clone(),
@@ -719,5 +720,25 @@ fn verify_signer_info(si: &SignerInfo, cert: &Cert, octets: &[u8]) -> Result<(),
             let s = p256::ecdsa::Signature::from_der(sig).map_err(|_| bad())?;
             k.verify_prehash(&signed, &s).map_err(|_| bad())
         }
+    }
+}
+
+/// A DER INTEGER's content octets of a (positive) serial as upper-case hex of the integer: the
+/// leading zero bytes DER adds for the sign are dropped, one digit pair is kept.
+fn serial_hex(der: &[u8]) -> String {
+    let start = der
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(der.len().saturating_sub(1));
+    hex::encode_upper(&der[start..])
+}
+
+#[cfg(test)]
+mod serial_tests {
+    #[test]
+    fn a_serial_prints_as_openssl_prints_it() {
+        assert_eq!(super::serial_hex(&[0x00, 0x92, 0xe2]), "92E2");
+        assert_eq!(super::serial_hex(&[0x01, 0x00]), "0100");
+        assert_eq!(super::serial_hex(&[0x00]), "00");
     }
 }
