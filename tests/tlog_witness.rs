@@ -451,7 +451,7 @@ fn entry_json(l: &Log, name: &str, version: &str) -> PathBuf {
         &format!("{name}-{version}.json"),
         &serde_json::json!({"kind": "uki", "name": name, "version": version,
             "digests": {"sha256": digest_of(version)}, "pcrs": [],
-            "recipe": {"sha256": z}, "builder": "ci.example/builder"})
+            "recipe": format!("sha256:{z}"), "builder": "ci.example/builder"})
         .to_string(),
     )
 }
