@@ -128,6 +128,31 @@ fn build_recipe(recipe: &Path, out: &Path, log: Option<(&Path, &Path)>) -> PathB
     out.join("demo.efi")
 }
 
+/// `imgctl verify` of a boot's firmware log under `policy` with the references from `source`
+/// (`--log DIR` or `--proof FILE`) signed by `vkey`: exit code and stdout + stderr.
+fn verify_boot(
+    boot: &Boot,
+    policy: &Path,
+    source: &[&std::ffi::OsStr],
+    vkey: &str,
+) -> (Option<i32>, String) {
+    let o = common::imgctl()
+        .args(["verify", "--eventlog"])
+        .arg(boot.capture.join("eventlog.bin"))
+        .arg("--policy")
+        .arg(policy)
+        .args(source)
+        .args(["--vkey", vkey])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code(), text)
+}
+
 /// A new transparency log in `dir/NAME` with its key; returns (log, key, "@vkey file").
 fn new_log(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
     let (log, key) = (dir.join(name), dir.join(format!("{name}.key")));
@@ -848,24 +873,8 @@ fn the_demo_boot_verifies_against_the_log_alone() {
     };
     let policy = tmp.path().join("policy.yaml");
     std::fs::write(&policy, "pcrs: [4, 11]\nbanks: [sha1, sha256]\n").unwrap();
-    let verify = |boot: &Boot, source: &[&std::ffi::OsStr]| -> (Option<i32>, String) {
-        let o = common::imgctl()
-            .args(["verify", "--eventlog"])
-            .arg(boot.capture.join("eventlog.bin"))
-            .arg("--policy")
-            .arg(&policy)
-            .args(source)
-            .arg("--vkey")
-            .arg(&vkey)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        (o.status.code(), text)
-    };
+    let verify =
+        |boot: &Boot, source: &[&std::ffi::OsStr]| verify_boot(boot, &policy, source, &vkey);
     let first_proof = publish("first", None, &b.first_uki);
     let by_log = ["--log".as_ref(), log.as_os_str()];
     let (code, text) = verify(&b.first, &by_log);
@@ -989,22 +998,7 @@ fn a_sysext_beside_the_uki_is_measured_into_pcr13_as_predicted_and_checked_again
             );
         }
         let verify = |log: &Path, vkey: &str| {
-            let o = common::imgctl()
-                .args(["verify", "--eventlog"])
-                .arg(boot.capture.join("eventlog.bin"))
-                .arg("--policy")
-                .arg(&policy)
-                .arg("--log")
-                .arg(log)
-                .args(["--vkey", vkey])
-                .output()
-                .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            (o.status.code(), text)
+            verify_boot(boot, &policy, &["--log".as_ref(), log.as_os_str()], vkey)
         };
         let (code, text) = verify(&log, &vkey);
         assert_eq!(code, Some(0), "stub {v}: {text}");

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::recipe::{check_dst, parse_mode, valid_name, yaml_message, Ctx, IMGCTL_STUB};
+use crate::recipe::{check_dst, decode_yaml, parse_mode, valid_name, Ctx, IMGCTL_STUB};
 use crate::Error;
 
 /// The Debian suite when the recipe names none.
@@ -128,18 +128,7 @@ impl OsRecipe {
     }
 
     pub fn parse(path: &Path, source: Vec<u8>) -> Result<OsRecipe, Error> {
-        let text = imgctl_fsio::yaml::checked_text(&source).map_err(|e| Error::Recipe {
-            file: path.to_owned(),
-            line: e.line,
-            key: String::new(),
-            message: e.message,
-        })?;
-        let raw: RawOsRecipe = serde_yaml::from_str(text).map_err(|e| Error::Recipe {
-            file: path.to_owned(),
-            line: e.location().map(|l| l.line()),
-            key: String::new(),
-            message: yaml_message(&e),
-        })?;
+        let (raw, text): (RawOsRecipe, &str) = decode_yaml(path, &source)?;
         let dir = path.parent().unwrap_or(Path::new("")).to_owned();
         let ctx = Ctx {
             file: path,

@@ -253,6 +253,27 @@ pub struct Recipe {
     pub stub: PathBuf,
 }
 
+/// A recipe file's YAML, decoded into its raw form: UTF-8, no byte order mark, nesting bounded
+/// (the rules every recipe reader shares); errors name the file and line.
+pub(crate) fn decode_yaml<'a, T: serde::de::DeserializeOwned>(
+    path: &Path,
+    source: &'a [u8],
+) -> Result<(T, &'a str), Error> {
+    let text = imgctl_fsio::yaml::checked_text(source).map_err(|e| Error::Recipe {
+        file: path.to_owned(),
+        line: e.line,
+        key: String::new(),
+        message: e.message,
+    })?;
+    let raw = serde_yaml::from_str(text).map_err(|e| Error::Recipe {
+        file: path.to_owned(),
+        line: e.location().map(|l| l.line()),
+        key: String::new(),
+        message: yaml_message(&e),
+    })?;
+    Ok((raw, text))
+}
+
 impl Recipe {
     /// Reads and checks a recipe file.
     pub fn load(path: &Path) -> Result<Recipe, Error> {
@@ -263,19 +284,7 @@ impl Recipe {
     /// Checks recipe text that was read from `path` (used to resolve relative paths and in
     /// error messages).
     pub fn parse(path: &Path, source: Vec<u8>) -> Result<Recipe, Error> {
-        // UTF-8, no byte order mark, nesting bounded: the rules every recipe reader shares.
-        let text = imgctl_fsio::yaml::checked_text(&source).map_err(|e| Error::Recipe {
-            file: path.to_owned(),
-            line: e.line,
-            key: String::new(),
-            message: e.message,
-        })?;
-        let raw: RawRecipe = serde_yaml::from_str(text).map_err(|e| Error::Recipe {
-            file: path.to_owned(),
-            line: e.location().map(|l| l.line()),
-            key: String::new(),
-            message: yaml_message(&e),
-        })?;
+        let (raw, text): (RawRecipe, &str) = decode_yaml(path, &source)?;
         let dir = path.parent().unwrap_or(Path::new("")).to_owned();
         let ctx = Ctx {
             file: path,
