@@ -30,7 +30,7 @@ const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const EV_IPL: u32 = 0x0d;
 /// A command line passed as LoadOptions (QEMU `-append` with `-kernel`: OVMF hands it to the
 /// image as UTF-16 with NUL).
-const PASSED_CMDLINE: &str = "console=ttyS0 panic=-1 imgctl.test=1";
+const PASSED_CMDLINE: &str = "console=ttyS0 panic=-1 no_timer_check imgctl.test=1";
 
 fn have_tools(list: &[(&str, &str)]) -> bool {
     list.iter().all(|(t, p)| require_tool(t, p).is_some())
