@@ -75,7 +75,7 @@ fn recipe(dir: &Path, kernel: &Path) -> PathBuf {
         &r,
         format!(
             "name: t\nversion: 1\nos-release:\n  ID: t\n  VERSION_ID: 1\nkernel: {}\n\
-             initrd:\n  tree: tree\ncmdline: console=ttyS0\n",
+             initrd:\n  tree: tree\ncmdline: console=ttyS0 no_timer_check\n",
             kernel.display()
         ),
     )
