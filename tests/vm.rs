@@ -1014,3 +1014,145 @@ fn a_sysext_beside_the_uki_is_measured_into_pcr13_as_predicted_and_checked_again
         );
     }
 }
+
+/// PCR 12 and 13 on real boots (issue 12): a credential (`demo.cred`) and a configuration
+/// extension (`demo.confext.raw`, made by `imgctl ext build`) beside the UKI, booted on
+/// systemd-stub 252 and 257. The 257 stub measures the "Credentials initrd" and then the
+/// "Configuration extension initrd" into PCR 12 and leaves PCR 13 alone; the 252 stub knows no
+/// confexts, so it packs `demo.confext.raw` as a system extension into PCR 13. In every case
+/// the guest's PCR 12 and 13 equal `ext predict-pcrs` for that stub over the same files in
+/// sha1 and sha256, and the captured firmware log replays to them and names the archives.
+#[test]
+fn credentials_and_a_confext_beside_the_uki_are_measured_as_predicted() {
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let etc = tmp.path().join("conf-tree/etc/demo");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("demo.conf"), b"greeting=hello\n").unwrap();
+    let recipe = tmp.path().join("demo-confext.yaml");
+    std::fs::write(
+        &recipe,
+        "kind: confext\nname: demo\nversion: \"1\"\ntree: conf-tree\nfilesystem: erofs\n\
+         release: {ID: _any, CONFEXT_SCOPE: system}\n",
+    )
+    .unwrap();
+    common::run_ok(
+        common::imgctl()
+            .args(["ext", "build"])
+            .arg(&recipe)
+            .arg("-o")
+            .arg(tmp.path().join("confext"))
+            .env("SOURCE_DATE_EPOCH", "0"),
+    );
+    let confext = tmp.path().join("confext/demo.confext.raw");
+    assert!(confext.is_file(), "ext build made no demo.confext.raw");
+    // A credential as systemd-creds would name it; the stub packs any *.cred as it is.
+    let cred = tmp.path().join("demo.cred");
+    std::fs::write(&cred, b"imgctl test credential\n").unwrap();
+    let extra = [cred, confext];
+
+    let mut stubs: Vec<(&str, Option<PathBuf>)> = vec![("252", None)];
+    if let Some(s) = stub_257() {
+        stubs.push(("257", Some(s)));
+    }
+    let runs: Vec<(&str, PathBuf, PathBuf)> = stubs
+        .iter()
+        .map(|(v, stub)| {
+            let dir = tmp.path().join(format!("stub{v}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let recipe = demo_recipe(&dir, None, stub.as_deref(), None);
+            let uki = build_recipe(&recipe, &dir.join("out"), None);
+            (*v, dir, uki)
+        })
+        .collect();
+    let boots: Vec<Boot> = std::thread::scope(|s| {
+        let hs: Vec<_> = runs
+            .iter()
+            .map(|(_, dir, uki)| {
+                let extra = &extra;
+                s.spawn(move || Boot::run_with(dir, uki, extra, BOOT_TIMEOUT_S))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((v, _, _), boot) in runs.iter().zip(&boots) {
+        boot.assert_done();
+        eprintln!(
+            "boot on systemd-stub {v} with a credential and a confext beside: {:.1}s",
+            boot.elapsed.as_secs_f64()
+        );
+        let predicted: serde_json::Value = serde_json::from_slice(&common::run_ok(
+            common::imgctl()
+                .args(["ext", "predict-pcrs", "--json", "--stub-semantics", v])
+                .args(&extra),
+        ))
+        .unwrap();
+        let rows = predicted.as_array().unwrap();
+        let descriptions: Vec<&str> = rows
+            .iter()
+            .map(|r| r["description"].as_str().unwrap())
+            .collect();
+        let expected: &[&str] = if *v == "252" {
+            &["Credentials initrd", "System extension initrd"]
+        } else {
+            &["Credentials initrd", "Configuration extension initrd"]
+        };
+        assert_eq!(descriptions, expected, "stub {v}: {predicted}");
+        // The value of a PCR after the stub: its last predicted row; zeros when it has none.
+        let want = |pcr: u32, bank: &str| -> String {
+            rows.iter()
+                .rev()
+                .find(|r| r["pcr"] == pcr)
+                .map(|r| {
+                    r["banks"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|b| b["bank"] == bank)
+                        .unwrap()["pcr_value"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .unwrap_or_else(|| "00".repeat(if bank == "sha1" { 20 } else { 32 }))
+        };
+        let seen = boot.pcrs();
+        let replay: serde_json::Value = serde_json::from_slice(&common::run_ok(
+            common::imgctl()
+                .args(["eventlog", "replay", "--json"])
+                .arg(boot.capture.join("eventlog.bin")),
+        ))
+        .unwrap();
+        for bank in ["sha1", "sha256"] {
+            for pcr in [12u32, 13] {
+                assert_eq!(
+                    seen[bank][&pcr],
+                    want(pcr, bank),
+                    "stub {v}: PCR {pcr} {bank} vs ext predict-pcrs"
+                );
+                let replayed = replay[bank][pcr.to_string()]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| want(pcr, bank));
+                assert_eq!(
+                    replayed, seen[bank][&pcr],
+                    "stub {v}: the firmware log's PCR {pcr} {bank}"
+                );
+            }
+        }
+        let shown = String::from_utf8(common::run_ok(
+            common::imgctl()
+                .args(["eventlog", "show"])
+                .arg(boot.capture.join("eventlog.bin")),
+        ))
+        .unwrap();
+        for d in expected {
+            assert!(
+                shown.contains(d),
+                "stub {v}: no {d:?} event in the log:\n{shown}"
+            );
+        }
+    }
+}

@@ -1024,8 +1024,8 @@ pub struct SidecarMeasurement {
     pub description: &'static str,
     /// File names in archive order.
     pub files: Vec<String>,
-    /// Per bank: the event digest (hash of the archive) and the PCR value after extending it
-    /// into a reset PCR.
+    /// Per bank: the event digest (hash of the archive) and the PCR value after the stub's
+    /// sidecar extends up to this one into a reset PCR (PCR 12: credentials, then confexts).
     pub banks: Vec<SidecarBank>,
 }
 
@@ -1037,8 +1037,8 @@ pub struct SidecarBank {
 }
 
 /// Predicts what systemd-stub measures for `files` placed in `<uki>.efi.extra.d/` (streamed,
-/// never loaded whole). Returns one entry per non-empty sidecar (sysext → PCR 13, confext →
-/// PCR 12 upstream only).
+/// never loaded whole). Returns one entry per non-empty sidecar, in the stub's order:
+/// credentials (`*.cred`) → PCR 12, sysext → PCR 13, confext → PCR 12 (systemd 256 and later).
 pub fn predict_sidecars(
     semantics: imgctl_measure::StubSemantics,
     files: &[PathBuf],
@@ -1057,7 +1057,10 @@ pub fn predict_sidecars(
     }
     let names: Vec<&str> = by_name.keys().map(String::as_str).collect();
     let mut out = Vec::new();
-    for sidecar in [Sidecar::Sysext, Sidecar::Confext] {
+    // The events extended so far, per PCR and bank: PCR 12 takes credentials, then confexts.
+    let mut extended: BTreeMap<(u32, imgctl_measure::HashAlg), Vec<imgctl_measure::Digest>> =
+        BTreeMap::new();
+    for sidecar in Sidecar::IN_STUB_ORDER {
         let chosen = select(semantics, sidecar, &names);
         let mut h =
             ArchiveHasher::new(sidecar, banks).map_err(|e| Error::Unsupported(e.to_string()))?;
@@ -1089,7 +1092,10 @@ pub fn predict_sidecars(
         let Some(events) = h.finish() else { continue };
         let mut rows = Vec::new();
         for (bank, ev) in events {
-            let pcr = pcr_after(bank, &ev).map_err(|e| Error::Unsupported(e.to_string()))?;
+            let before = extended.entry((sidecar.pcr(), bank)).or_default();
+            before.push(ev.clone());
+            let pcr = pcr_after(bank, &before.iter().collect::<Vec<_>>())
+                .map_err(|e| Error::Unsupported(e.to_string()))?;
             rows.push(SidecarBank {
                 bank: bank.to_string(),
                 event_digest: ev.to_hex(),

@@ -1,7 +1,9 @@
-//! What systemd-stub measures for extension images it finds next to the UKI on the ESP
-//! (`<uki>.efi.extra.d/*.raw`): it packs them into a cpio "sidecar initrd" and measures the whole
-//! archive as one EV_IPL event, digest = hash of the archive, into PCR 13 (sysext) or PCR 12
-//! (confext). `reference/systemd.md` §1.5 step 8.
+//! What systemd-stub measures for the files it finds next to the UKI on the ESP
+//! (`<uki>.efi.extra.d/`): credentials (`*.cred`) and extension images (`*.raw`). It packs each
+//! kind into a cpio "sidecar initrd" and measures the whole archive as one EV_IPL event, digest =
+//! hash of the archive: credentials into PCR 12, system extensions into PCR 13, configuration
+//! extensions into PCR 12, in that order (`generate_sidecar_initrds()` in src/boot/stub.c, 252
+//! through 258). `reference/systemd.md` §1.5 step 8.
 //!
 //! Archive layout, read from systemd's `src/boot/cpio.c` (identical at three versions: the
 //! v251/252-era `src/boot/efi/cpio.c` with `measure_cpio(tpm_pcr[], n_tpm_pcr)`, a later
@@ -12,13 +14,15 @@
 //! - inodes count from 1: first a directory record for every leading component of the target
 //!   prefix (mode `040555`), then the prefix itself (`040000 | dir_mode`), then one record per
 //!   file named `PREFIX/NAME` (`0100000 | access_mode`), files sorted by `strcmp16` (byte order
-//!   for the ASCII names it accepts);
+//!   for the ASCII names it accepts); credentials use dir mode 0500 and access mode 0400,
+//!   extensions 0555 and 0444;
 //! - the fixed trailer record `TRAILER!!!` (namesize `0000000B`, nlink 1, 124 bytes).
 //!
 //! File selection: names not starting with `.`, ASCII, at most 255 characters, suffix matched
 //! case-insensitively; v252 packs every `*.raw` as sysext (no confext); upstream packs `*.raw`
 //! minus `*.confext.raw` as sysext under `.extra/sysext` and `*.confext.raw` under
-//! `.extra/confext`, both with dir mode 0555 and file mode 0444. No files: nothing is measured.
+//! `.extra/confext`; every version packs `*.cred` under `.extra/credentials` ("Credentials
+//! initrd", PCR 12). No files: nothing is measured.
 
 use imgctl_measure::bank::{Digest, HashAlg, Hasher, Pcr, UnsupportedAlg};
 use imgctl_measure::StubSemantics;
@@ -26,34 +30,52 @@ use imgctl_measure::StubSemantics;
 /// Which sidecar archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sidecar {
+    Credentials,
     Sysext,
     Confext,
 }
 
 impl Sidecar {
+    /// Every sidecar, in the order the stub packs and measures them.
+    pub const IN_STUB_ORDER: [Sidecar; 3] =
+        [Sidecar::Credentials, Sidecar::Sysext, Sidecar::Confext];
+
     pub fn pcr(self) -> u32 {
         match self {
+            Sidecar::Credentials | Sidecar::Confext => 12,
             Sidecar::Sysext => 13,
-            Sidecar::Confext => 12,
         }
     }
     /// The EV_IPL event description (UTF-16 in the log).
     pub fn description(self) -> &'static str {
         match self {
+            Sidecar::Credentials => "Credentials initrd",
             Sidecar::Sysext => "System extension initrd",
             Sidecar::Confext => "Configuration extension initrd",
         }
     }
     pub fn prefix(self) -> &'static str {
         match self {
+            Sidecar::Credentials => ".extra/credentials",
             Sidecar::Sysext => ".extra/sysext",
             Sidecar::Confext => ".extra/confext",
         }
     }
+    /// The prefix directory's mode (its parents are always 0555).
+    fn dir_mode(self) -> u32 {
+        match self {
+            Sidecar::Credentials => 0o500,
+            Sidecar::Sysext | Sidecar::Confext => 0o555,
+        }
+    }
+    /// Every packed file's mode.
+    fn file_mode(self) -> u32 {
+        match self {
+            Sidecar::Credentials => 0o400,
+            Sidecar::Sysext | Sidecar::Confext => 0o444,
+        }
+    }
 }
-
-const DIR_MODE: u32 = 0o555;
-const FILE_MODE: u32 = 0o444;
 
 /// The stub's trailer record (note the upper-case `B` in its namesize field).
 pub const TRAILER: &[u8] = concat!(
@@ -89,6 +111,7 @@ pub fn select<'a>(semantics: StubSemantics, sidecar: Sidecar, names: &[&'a str])
         .filter(|n| {
             let confext = ends_with_no_case(n, ".confext.raw");
             match (semantics.version().confext_sidecars, sidecar) {
+                (_, Sidecar::Credentials) => ends_with_no_case(n, ".cred"),
                 // Before confexts (v256), every *.raw is a system extension.
                 (false, Sidecar::Sysext) => ends_with_no_case(n, ".raw"),
                 (false, Sidecar::Confext) => false,
@@ -128,7 +151,7 @@ pub fn prefix_records(sidecar: Sidecar) -> (Vec<u8>, u32) {
         out.extend(record(ino, 0o040000 | 0o555, 0, &prefix[..i]));
         ino += 1;
     }
-    out.extend(record(ino, 0o040000 | DIR_MODE, 0, prefix));
+    out.extend(record(ino, 0o040000 | sidecar.dir_mode(), 0, prefix));
     (out, ino + 1)
 }
 
@@ -137,7 +160,7 @@ pub fn prefix_records(sidecar: Sidecar) -> (Vec<u8>, u32) {
 pub fn file_header(sidecar: Sidecar, ino: u32, name: &str, size: u32) -> Vec<u8> {
     record(
         ino,
-        0o100000 | FILE_MODE,
+        0o100000 | sidecar.file_mode(),
         size,
         &format!("{}/{name}", sidecar.prefix()),
     )
@@ -226,12 +249,14 @@ impl ArchiveHasher {
     }
 }
 
-/// The PCR value after the stub's single extend, from a reset PCR (true for PCR 13, which
-/// nothing else measures into before userspace; PCR 12 also holds the command line and
-/// credentials, so for confext this is only the value if nothing else was measured).
-pub fn pcr_after(bank: HashAlg, event: &Digest) -> Result<Digest, UnsupportedAlg> {
+/// The PCR value after the stub's extends of `events` (in order) into a reset PCR: PCR 13 holds
+/// nothing before them; PCR 12 holds these unless the stub also measured a passed command line,
+/// addons or a profile.
+pub fn pcr_after(bank: HashAlg, events: &[&Digest]) -> Result<Digest, UnsupportedAlg> {
     let mut p = Pcr::reset(bank)?;
-    p.extend(event);
+    for e in events {
+        p.extend(e);
+    }
     Ok(p.value().clone())
 }
 
@@ -278,5 +303,39 @@ mod tests {
             assert_eq!(select(s, Sidecar::Confext, &names), ["c.confext.raw"]);
         }
         assert!(select(StubSemantics::Systemd252, Sidecar::Confext, &names).is_empty());
+        for s in [StubSemantics::Systemd252, StubSemantics::Systemd257] {
+            let names = ["b.cred", "A.CRED", ".h.cred", "x.raw", "c.cred.txt"];
+            assert_eq!(
+                select(s, Sidecar::Credentials, &names),
+                ["A.CRED", "b.cred"]
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_are_packed_private_under_extra_credentials() {
+        let a = archive(Sidecar::Credentials, &[("k.cred", b"secret")]).unwrap();
+        let s = String::from_utf8_lossy(&a);
+        // ".extra" (ino 1, 040555), ".extra/credentials" (ino 2, 040500: dir_mode 0500),
+        // the file (ino 3, 0100400: access_mode 0400), as stub.c packs "Credentials initrd".
+        assert!(s.starts_with("070701000000010000416d"));
+        assert!(s.contains("0707010000000200004140"));
+        assert!(s.contains("07070100000003000081000000000000000000000000010000000000000006"));
+        assert!(s.contains(".extra/credentials/k.cred\0"));
+        assert_eq!(Sidecar::Credentials.pcr(), 12);
+    }
+
+    #[test]
+    fn pcr_after_extends_in_order() {
+        let b = HashAlg::SHA256;
+        let (x, y) = (b.hash(b"x").unwrap(), b.hash(b"y").unwrap());
+        let mut p = Pcr::reset(b).unwrap();
+        p.extend(&x);
+        p.extend(&y);
+        assert_eq!(&pcr_after(b, &[&x, &y]).unwrap(), p.value());
+        assert_ne!(
+            pcr_after(b, &[&y, &x]).unwrap(),
+            pcr_after(b, &[&x, &y]).unwrap()
+        );
     }
 }

@@ -26,14 +26,16 @@ enum ExtCommand {
     PredictPcrs(PredictArgs),
 }
 
-/// Predict what systemd-stub measures for extension images placed next to a UKI
-/// (`<uki>.efi.extra.d/*.raw`): the sidecar cpio it builds, hashed into PCR 13 (sysext) and,
-/// upstream, PCR 12 (*.confext.raw). The PCR value assumes a reset PCR (true for 13).
+/// Predict what systemd-stub measures for files placed next to a UKI (`<uki>.efi.extra.d/`):
+/// the sidecar cpios it builds from credentials (*.cred, PCR 12), extension images (*.raw,
+/// PCR 13) and, from systemd 256, configuration extensions (*.confext.raw, PCR 12), in the
+/// stub's order. The PCR values assume nothing else was measured into PCR 12 (no passed
+/// command line, addons or profile) and PCR 13.
 ///
 /// Example: imgctl ext predict-pcrs images/demo-sysext/demo-sysext.raw --stub-semantics systemd-252 --json
 #[derive(Debug, clap::Args)]
 struct PredictArgs {
-    /// The .raw files, named as they will be on the ESP.
+    /// The .raw and .cred files, named as they will be on the ESP.
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// The systemd version of the stub that will boot them: 252 (Debian 12), 257 (Debian 13), …
