@@ -548,6 +548,118 @@ fn a_uki_signed_with_our_db_key_boots_with_our_keys_enrolled_and_others_are_refu
     pcrlock_agrees(&capture, &pcr7, &predicted, &guest);
 }
 
+/// A db entry that is a CA: the UKI is signed by a leaf the enrolled db certificate issued
+/// (openssl makes both); OVMF boots it and logs the CA's db entry as the authority, and imgctl
+/// predicts that PCR 7.
+#[test]
+fn a_uki_signed_by_a_leaf_of_the_enrolled_db_ca_boots_and_pcr_7_names_the_ca() {
+    let Some(_) = boot_peers() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keys = keygen(d);
+    let chain = d.join("chain");
+    std::fs::create_dir_all(&chain).unwrap();
+    for f in ["PK.crt", "KEK.crt"] {
+        std::fs::copy(keys.join(f), chain.join(f)).unwrap();
+    }
+    let (ca_key, ca_crt) = (d.join("ca.key"), chain.join("db.crt"));
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=imgctl test db CA"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,digitalSignature"])
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca_crt),
+    );
+    let (leaf_key, leaf_csr, leaf_crt) =
+        (d.join("leaf.key"), d.join("leaf.csr"), d.join("leaf.crt"));
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-new", "-newkey", "rsa:2048", "-nodes"])
+            .args(["-subj", "/CN=imgctl test leaf"])
+            .arg("-keyout")
+            .arg(&leaf_key)
+            .arg("-out")
+            .arg(&leaf_csr),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-set_serial", "7", "-in"])
+            .arg(&leaf_csr)
+            .arg("-CA")
+            .arg(&ca_crt)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&leaf_crt),
+    );
+    let signed = build_demo(
+        d,
+        "leaf",
+        &[
+            "--secureboot-key".as_ref(),
+            leaf_key.as_os_str(),
+            "--secureboot-certificate".as_ref(),
+            leaf_crt.as_os_str(),
+        ],
+    );
+    let capture = d.join("capture");
+    let out = boot(&signed, &chain, &d.join("tmp"), Some(&capture));
+    assert!(
+        out.status.success(),
+        "the UKI signed by the db CA's leaf did not boot:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let guest: serde_json::Value = json(&capture.join("pcrs.json"));
+    let predicted: serde_json::Value = serde_json::from_slice(&run_ok(
+        imgctl()
+            .arg("predict-pcrs")
+            .arg(&signed)
+            .args(["--pcr", "7", "--json", "--firmware-vars"])
+            .arg(capture.join("firmware-vars.fd")),
+    ))
+    .unwrap();
+    for bank in ["sha1", "sha256"] {
+        assert_eq!(
+            predicted[bank]["7"], guest[bank]["7"],
+            "{bank} PCR 7 predicted"
+        );
+    }
+    // The firmware's authority event is the CA's db entry, not the leaf.
+    let log: serde_json::Value = serde_json::from_slice(&run_ok(
+        imgctl()
+            .args(["eventlog", "show", "--json"])
+            .arg(capture.join("eventlog.bin")),
+    ))
+    .unwrap();
+    let authority: Vec<&serde_json::Value> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["pcr"] == 7 && e["type"] == "EV_EFI_VARIABLE_AUTHORITY")
+        .collect();
+    assert_eq!(authority.len(), 1);
+    let der = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&ca_crt),
+    );
+    let mut want = guid_bytes(EFI_IMAGE_SECURITY_DATABASE_GUID);
+    want.extend(2u64.to_le_bytes());
+    want.extend(((16 + der.len()) as u64).to_le_bytes());
+    want.extend(b"d\0b\0");
+    want.extend(guid_bytes(SIGNATURE_OWNER));
+    want.extend(&der);
+    assert_eq!(authority[0]["data"].as_str().unwrap(), hex::encode(&want));
+}
+
 // ---- systemd-pcrlock 257 (Debian 13 chroot) fed the enrolled guest's state ----
 
 const T257_PCRLOCK: &str = "/usr/lib/systemd/systemd-pcrlock";
