@@ -852,6 +852,10 @@ fn pcrlock_agrees(
         for r in &authority {
             extend(&hex::decode(r[bank].as_str().unwrap()).unwrap());
         }
+        eprintln!(
+            "systemd-pcrlock 257 records replay to PCR 7 {bank} = {}",
+            hex::encode(&pcr)
+        );
         assert_eq!(
             predicted[bank]["7"].as_str().unwrap(),
             hex::encode(&pcr),
