@@ -14,7 +14,7 @@ PACKAGES="
 systemd systemd-boot-efi systemd-container
 cryptsetup-bin erofs-utils squashfs-tools fdisk dosfstools mtools
 swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
-sbsigntool osslsigncode openssl binutils
+sbsigntool osslsigncode openssl binutils softhsm2
 qemu-system-x86 ovmf
 busybox-static cpio kmod fsverity device-tree-compiler
 python3 python3-cryptography python3-pip ca-certificates

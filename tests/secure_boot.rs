@@ -12,6 +12,8 @@
 #![allow(clippy::unwrap_used)] // reason: test code; a panic is a test failure
 
 mod common;
+#[path = "support/swtpm.rs"]
+mod swtpm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -543,6 +545,328 @@ fn a_uki_signed_with_our_db_key_boots_with_our_keys_enrolled_and_others_are_refu
         .as_str()
         .unwrap()
         .ends_with("SecureBoot = 1"));
+    pcrlock_agrees(&capture, &pcr7, &predicted, &guest);
+}
+
+/// A db entry that is a CA: the UKI is signed by a leaf the enrolled db certificate issued
+/// (openssl makes both); OVMF boots it and logs the CA's db entry as the authority, and imgctl
+/// predicts that PCR 7.
+#[test]
+fn a_uki_signed_by_a_leaf_of_the_enrolled_db_ca_boots_and_pcr_7_names_the_ca() {
+    let Some(_) = boot_peers() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keys = keygen(d);
+    let chain = d.join("chain");
+    std::fs::create_dir_all(&chain).unwrap();
+    for f in ["PK.crt", "KEK.crt"] {
+        std::fs::copy(keys.join(f), chain.join(f)).unwrap();
+    }
+    let (ca_key, ca_crt) = (d.join("ca.key"), chain.join("db.crt"));
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=imgctl test db CA"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,digitalSignature"])
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca_crt),
+    );
+    let (leaf_key, leaf_csr, leaf_crt) =
+        (d.join("leaf.key"), d.join("leaf.csr"), d.join("leaf.crt"));
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-new", "-newkey", "rsa:2048", "-nodes"])
+            .args(["-subj", "/CN=imgctl test leaf"])
+            .arg("-keyout")
+            .arg(&leaf_key)
+            .arg("-out")
+            .arg(&leaf_csr),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-set_serial", "7", "-in"])
+            .arg(&leaf_csr)
+            .arg("-CA")
+            .arg(&ca_crt)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&leaf_crt),
+    );
+    let signed = build_demo(
+        d,
+        "leaf",
+        &[
+            "--secureboot-key".as_ref(),
+            leaf_key.as_os_str(),
+            "--secureboot-certificate".as_ref(),
+            leaf_crt.as_os_str(),
+        ],
+    );
+    let capture = d.join("capture");
+    let out = boot(&signed, &chain, &d.join("tmp"), Some(&capture));
+    assert!(
+        out.status.success(),
+        "the UKI signed by the db CA's leaf did not boot:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let guest: serde_json::Value = json(&capture.join("pcrs.json"));
+    let predicted: serde_json::Value = serde_json::from_slice(&run_ok(
+        imgctl()
+            .arg("predict-pcrs")
+            .arg(&signed)
+            .args(["--pcr", "7", "--json", "--firmware-vars"])
+            .arg(capture.join("firmware-vars.fd")),
+    ))
+    .unwrap();
+    for bank in ["sha1", "sha256"] {
+        assert_eq!(
+            predicted[bank]["7"], guest[bank]["7"],
+            "{bank} PCR 7 predicted"
+        );
+    }
+    // The firmware's authority event is the CA's db entry, not the leaf.
+    let log: serde_json::Value = serde_json::from_slice(&run_ok(
+        imgctl()
+            .args(["eventlog", "show", "--json"])
+            .arg(capture.join("eventlog.bin")),
+    ))
+    .unwrap();
+    let authority: Vec<&serde_json::Value> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["pcr"] == 7 && e["type"] == "EV_EFI_VARIABLE_AUTHORITY")
+        .collect();
+    assert_eq!(authority.len(), 1);
+    let der = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&ca_crt),
+    );
+    let mut want = guid_bytes(EFI_IMAGE_SECURITY_DATABASE_GUID);
+    want.extend(2u64.to_le_bytes());
+    want.extend(((16 + der.len()) as u64).to_le_bytes());
+    want.extend(b"d\0b\0");
+    want.extend(guid_bytes(SIGNATURE_OWNER));
+    want.extend(&der);
+    assert_eq!(authority[0]["data"].as_str().unwrap(), hex::encode(&want));
+}
+
+// ---- systemd-pcrlock 257 (Debian 13 chroot) fed the enrolled guest's state ----
+
+const T257_PCRLOCK: &str = "/usr/lib/systemd/systemd-pcrlock";
+const EFI_GLOBAL_VARIABLE_GUID: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+
+/// Runs `systemd-pcrlock VERB --pcrlock=/tmp/out.pcrlock` of the Debian 13 chroot in a private
+/// mount namespace, where /sys is a tmpfs whose firmware/efi/efivars holds the files of
+/// `efivars` (efivarfs-shaped: 4-byte attributes, then the data) and /tmp a tmpfs holding the
+/// files of `tmp`; `env` is passed to it. pcrlock 257 reads the variables with
+/// `efi_get_variable()` from /sys/firmware/efi/efivars (src/basic/efivars.c, no override) and
+/// the firmware log from $SYSTEMD_MEASURE_LOG_FIRMWARE. Returns the .pcrlock JSON.
+fn pcrlock(verb: &str, efivars: &Path, tmp: &Path, env: &[(&str, String)]) -> serde_json::Value {
+    let chroot = common::repo_root().join(".cache/trixie-257");
+    let script = r#"set -e
+C="$1"; V="$2"; T="$3"; shift 3
+mount -t tmpfs none "$C/sys"
+mkdir -p "$C/sys/firmware/efi/efivars"
+cp -R "$V"/. "$C/sys/firmware/efi/efivars/"
+mount -t tmpfs none "$C/tmp"
+cp -R "$T"/. "$C/tmp/"
+chroot "$C" env "$@" --pcrlock=/tmp/out.pcrlock
+cat "$C/tmp/out.pcrlock""#;
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ])
+    .arg(&chroot)
+    .arg(efivars)
+    .arg(tmp);
+    for (k, v) in env {
+        cmd.arg(format!("{k}={v}"));
+    }
+    cmd.args([T257_PCRLOCK, verb]);
+    serde_json::from_slice(&run_ok(&mut cmd)).unwrap()
+}
+
+/// sha1 and sha256 digests of each record of a .pcrlock file (all PCR 7).
+fn pcrlock_digests(lock: &serde_json::Value) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    lock["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["pcr"], 7);
+            r["digests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    (
+                        d["hashAlg"].as_str().unwrap().to_owned(),
+                        d["digest"].clone(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// `systemd-pcrlock lock-secureboot-policy` over the guest's enrolled variables (read out of
+/// the captured store by virt-fw-vars, written as efivarfs files; SecureBoot = 1 as the
+/// booted guest's runtime variable) and `lock-secureboot-authority` over the guest's firmware
+/// log give the PCR 7 events the guest's firmware logged, and, with the separator, the PCR 7
+/// the guest showed and imgctl predicted. pcrlock checks the log against a TPM's PCR 7 before
+/// it trusts it: a swtpm whose PCR 7 is extended with the log's PCR 7 digests stands in for
+/// the guest's TPM (the log replaying to the guest's PCR 7 is checked above).
+fn pcrlock_agrees(
+    capture: &Path,
+    log_pcr7: &[&serde_json::Value],
+    predicted: &serde_json::Value,
+    guest: &serde_json::Value,
+) {
+    let chroot = common::repo_root().join(".cache/trixie-257");
+    if !chroot.join(T257_PCRLOCK.trim_start_matches('/')).exists() {
+        common::missing(
+            "the Debian 13 chroot .cache/trixie-257 with systemd-pcrlock (scripts/setup.sh)",
+        );
+        return;
+    }
+    if require_tool("tpm2_pcrextend", "tpm2-tools").is_none()
+        || require_tool("unshare", "util-linux").is_none()
+    {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let efivars = work.path().join("efivars");
+    let tmp = work.path().join("tmp");
+    std::fs::create_dir_all(&efivars).unwrap();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let vars_json = work.path().join("vars.json");
+    run_ok(
+        Command::new("virt-fw-vars")
+            .arg("-i")
+            .arg(capture.join("firmware-vars.fd"))
+            .arg("--output-json")
+            .arg(&vars_json),
+    );
+    let vars = json(&vars_json);
+    let mut written = Vec::new();
+    for v in vars["variables"].as_array().unwrap() {
+        let name = v["name"].as_str().unwrap();
+        if !["PK", "KEK", "db", "dbx"].contains(&name) {
+            continue;
+        }
+        let mut file = (v["attr"].as_u64().unwrap() as u32).to_le_bytes().to_vec();
+        file.extend(hex::decode(v["data"].as_str().unwrap()).unwrap());
+        std::fs::write(
+            efivars.join(format!("{name}-{}", v["guid"].as_str().unwrap())),
+            file,
+        )
+        .unwrap();
+        written.push(name.to_owned());
+    }
+    written.sort();
+    assert_eq!(
+        written,
+        ["KEK", "PK", "db", "dbx"],
+        "the enrolled store's variables"
+    );
+    // EFI_VARIABLE_BOOTSERVICE_ACCESS | RUNTIME_ACCESS, 1: what the booted guest's efivarfs shows.
+    let mut sb = 6u32.to_le_bytes().to_vec();
+    sb.push(1);
+    std::fs::write(
+        efivars.join(format!("SecureBoot-{EFI_GLOBAL_VARIABLE_GUID}")),
+        sb,
+    )
+    .unwrap();
+    let policy = pcrlock_digests(&pcrlock("lock-secureboot-policy", &efivars, &tmp, &[]));
+
+    std::fs::copy(capture.join("eventlog.bin"), tmp.join("eventlog.bin")).unwrap();
+    let tpm = swtpm::Swtpm::start_tcp();
+    let port = tpm.port.unwrap();
+    for e in log_pcr7 {
+        let digests: Vec<String> = e["digests"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(bank, d)| format!("{bank}={}", d.as_str().unwrap()))
+            .collect();
+        run_ok(
+            Command::new("tpm2_pcrextend")
+                .arg(format!("7:{}", digests.join(",")))
+                .env(
+                    "TPM2TOOLS_TCTI",
+                    format!("swtpm:host=127.0.0.1,port={port}"),
+                ),
+        );
+    }
+    let authority = pcrlock_digests(&pcrlock(
+        "lock-secureboot-authority",
+        &efivars,
+        &tmp,
+        &[
+            ("SYSTEMD_MEASURE_LOG_FIRMWARE", "/tmp/eventlog.bin".into()),
+            (
+                "SYSTEMD_TPM2_DEVICE",
+                format!("swtpm:host=127.0.0.1,port={port}"),
+            ),
+        ],
+    ));
+    assert_eq!(policy.len(), 5, "SecureBoot, PK, KEK, db, dbx");
+    assert_eq!(authority.len(), 1, "one authority: our db certificate");
+    for bank in ["sha1", "sha256"] {
+        for (i, record) in policy.iter().chain(&authority).enumerate() {
+            let logged = if i < 5 { log_pcr7[i] } else { log_pcr7[6] };
+            assert_eq!(
+                record[bank], logged["digests"][bank],
+                "{bank}: pcrlock record {i} is not the guest firmware's event"
+            );
+        }
+        // pcrlock's records, with the separator between them, replay to imgctl's PCR 7.
+        let alg: imgctl_measure::HashAlg = bank.parse().unwrap();
+        let mut pcr = vec![0u8; alg.digest_size().unwrap()];
+        let separator = alg.hash(&[0u8; 4]).unwrap();
+        let mut extend = |d: &[u8]| {
+            let mut m = pcr.clone();
+            m.extend_from_slice(d);
+            pcr = alg.hash(&m).unwrap().as_bytes().to_vec();
+        };
+        for r in &policy {
+            extend(&hex::decode(r[bank].as_str().unwrap()).unwrap());
+        }
+        extend(separator.as_bytes());
+        for r in &authority {
+            extend(&hex::decode(r[bank].as_str().unwrap()).unwrap());
+        }
+        eprintln!(
+            "systemd-pcrlock 257 records replay to PCR 7 {bank} = {}",
+            hex::encode(&pcr)
+        );
+        assert_eq!(
+            predicted[bank]["7"].as_str().unwrap(),
+            hex::encode(&pcr),
+            "{bank}: pcrlock's PCR 7 vs imgctl's prediction"
+        );
+        assert_eq!(
+            guest[bank]["7"].as_str().unwrap(),
+            hex::encode(&pcr),
+            "{bank}: pcrlock's PCR 7 vs the guest's"
+        );
+    }
 }
 
 // ---- Passphrase-protected keys ----

@@ -106,6 +106,8 @@ pub enum Error {
     Unsupported(String),
     #[error(transparent)]
     Authenticode(#[from] authenticode::AuthenticodeError),
+    #[error(transparent)]
+    Pkcs11(#[from] imgctl_pkcs11::Pkcs11Error),
 }
 
 impl Error {

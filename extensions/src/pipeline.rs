@@ -59,6 +59,9 @@ pub struct BuildOptions {
     /// Folder receiving `NAME.raw` (or `NAME.confext.raw`) and `manifest.json`.
     pub out_dir: PathBuf,
     pub source_date_epoch: u64,
+    /// The PKCS#11 module for a recipe whose `signing.key` is a `pkcs11:` URI (else the URI's
+    /// module-path).
+    pub pkcs11_module: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -566,7 +569,12 @@ pub fn build(ext: &Extension, opts: &BuildOptions) -> Result<BuildOutput, Error>
     let mkfs_tool = mkfs::find_tool(tool, package)?;
     let signer = match &ext.signing {
         None => None,
-        Some(s) => Some(Signer::new(&s.key, &s.certificate)?),
+        Some(s) => Some(Signer::open(
+            &s.key,
+            &s.certificate,
+            None,
+            opts.pkcs11_module.as_deref(),
+        )?),
     };
     let (nodes, release_rel, release_content) = plan_tree(ext)?;
     let designator = match ext.kind {

@@ -228,6 +228,42 @@ impl Cert {
     }
 }
 
+/// Whether the certificate `issuer_der` issued `child_der`: the child's issuer is the issuer's
+/// subject and the child's signature (RSA PKCS#1 v1.5 or ECDSA P-256 with SHA-256/384/512)
+/// verifies with the issuer's public key. Validity dates and extensions are not looked at (UEFI
+/// firmware does not either). Anything unparsable is `false`.
+pub fn issued_by(child_der: &[u8], issuer_der: &[u8]) -> bool {
+    let (Ok(child), Ok(issuer)) = (Cert::from_der(child_der), Cert::from_der(issuer_der)) else {
+        return false;
+    };
+    if child.cert.tbs_certificate.issuer != issuer.cert.tbs_certificate.subject {
+        return false;
+    }
+    let Ok(tbs) = child.cert.tbs_certificate.to_der() else {
+        return false;
+    };
+    let sig = child.cert.signature.raw_bytes();
+    let (hash, ecdsa) = match child.cert.signature_algorithm.oid {
+        oid::SHA256_RSA => (Hash::Sha256, false),
+        oid::SHA384_RSA => (Hash::Sha384, false),
+        oid::SHA512_RSA => (Hash::Sha512, false),
+        oid::ECDSA_SHA256 => (Hash::Sha256, true),
+        oid::ECDSA_SHA384 => (Hash::Sha384, true),
+        oid::ECDSA_SHA512 => (Hash::Sha512, true),
+        _ => return false,
+    };
+    let digest = hash.digest(&tbs);
+    match issuer.public_key() {
+        Ok(PublicKey::Rsa(k)) if !ecdsa => k.verify(hash.rsa_padding(), &digest, sig).is_ok(),
+        Ok(PublicKey::P256(k)) if ecdsa => {
+            use p256::ecdsa::signature::hazmat::PrehashVerifier;
+            p256::ecdsa::Signature::from_der(sig)
+                .is_ok_and(|s| k.verify_prehash(&digest, &s).is_ok())
+        }
+        _ => false,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PublicKey {
     Rsa(rsa::RsaPublicKey),

@@ -14,7 +14,7 @@
 //!   SYSEXT_LEVEL: "1.0"
 //!   ARCHITECTURE: x86-64
 //! filesystem: erofs            # or squashfs
-//! signing: { key: key.pem, certificate: cert.pem }   # optional
+//! signing: { key: key.pem, certificate: cert.pem }   # optional; key: also a pkcs11: URI
 //! verity: { salt: HEX, uuid: UUID, block_size: 4096 } # optional; salt/UUID derived from content
 //! ```
 //!
@@ -390,7 +390,12 @@ impl ExtensionSpec {
             filesystem: self.filesystem,
             architecture,
             signing: self.signing.map(|s| SigningSpec {
-                key: base.join(s.key),
+                // A PKCS#11 URI names a key on a token, not a file beside the recipe.
+                key: if s.key.to_str().is_some_and(imgctl_pkcs11::is_pkcs11_uri) {
+                    s.key
+                } else {
+                    base.join(s.key)
+                },
                 certificate: base.join(s.certificate),
             }),
             verity_salt,

@@ -1,5 +1,9 @@
 //! I/O: reads the signing key and certificate and signs root hashes with them, in Rust.
 //!
+//! [`load_key`] is where every imgctl command gets a private key: a key file (PEM or DER,
+//! encrypted PKCS#8 with a passphrase), or a key on a PKCS#11 token named by a `pkcs11:` URI
+//! ([`imgctl_pkcs11`]). Both give an [`imgctl_measure::keys::SigningKey`].
+//!
 //! The signature is what the kernel's dm-verity `root_hash_sig_key_desc` and systemd expect: a
 //! DER PKCS#7 SignedData, detached, over the root hash's lowercase hex string (no newline),
 //! SHA-256, no signed attributes (so that it is deterministic for RSA keys and carries no
@@ -37,6 +41,16 @@ pub fn read_certificates(path: &Path) -> Result<Vec<Cert>, Error> {
     })
 }
 
+fn first_certificate(cert: &Path) -> Result<Cert, Error> {
+    read_certificates(cert)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Signing {
+            path: cert.to_owned(),
+            message: "no certificate".into(),
+        })
+}
+
 /// Reads every certificate of `path`, or of each `*.pem`, `*.crt`, `*.cer` and `*.der` file of
 /// the folder `path` (sorted by name).
 pub fn read_trust_anchors(path: &Path) -> Result<Vec<Cert>, Error> {
@@ -66,10 +80,83 @@ pub fn read_trust_anchors(path: &Path) -> Result<Vec<Cert>, Error> {
     Ok(out)
 }
 
+/// Whether `key` (a `--key` argument or a recipe's `signing.key`) is a PKCS#11 URI rather than
+/// a file.
+pub fn is_pkcs11(key: &Path) -> bool {
+    key.to_str().is_some_and(imgctl_pkcs11::is_pkcs11_uri)
+}
+
+/// `key` for messages: a PKCS#11 URI without its PIN, or the file's path.
+pub fn key_display(key: &Path) -> String {
+    match key.to_str().filter(|k| imgctl_pkcs11::is_pkcs11_uri(k)) {
+        Some(uri) => imgctl_pkcs11::Pkcs11Uri::parse(uri)
+            .map(|u| u.redacted())
+            .unwrap_or_else(|_| "a PKCS#11 URI".into()),
+        None => key.display().to_string(),
+    }
+}
+
+/// The private key `key` names: a `pkcs11:` URI (opened on its token through `pkcs11_module`
+/// or the URI's module-path; `passphrase` is not used) or a key file (PEM or DER PKCS#8,
+/// decrypted with `passphrase` when encrypted). Errors name the file or the URI.
+pub fn load_key(
+    key: &Path,
+    passphrase: Option<&[u8]>,
+    pkcs11_module: Option<&Path>,
+) -> Result<SigningKey, Error> {
+    if let Some(uri) = key.to_str().filter(|k| imgctl_pkcs11::is_pkcs11_uri(k)) {
+        return Ok(imgctl_pkcs11::open(uri, pkcs11_module)?);
+    }
+    let signing_error = |message: String| Error::Signing {
+        path: key.to_owned(),
+        message,
+    };
+    let raw = read(key)?;
+    let plain = imgctl_measure::keys::decrypt_pem(&raw, passphrase)
+        .map_err(|e| signing_error(e.to_string()))?;
+    SigningKey::parse(&plain).map_err(|e| signing_error(e.to_string()))
+}
+
 impl Signer {
     /// Checks that `key` and `cert` exist, parse, and hold the same public key.
     pub fn new(key: &Path, cert: &Path) -> Result<Signer, Error> {
         Signer::with_passphrase(key, cert, None)
+    }
+
+    /// [`Signer::new`] for any key [`load_key`] reads: a key file (with its `passphrase`) or
+    /// a PKCS#11 URI.
+    pub fn open(
+        key: &Path,
+        cert: &Path,
+        passphrase: Option<&[u8]>,
+        pkcs11_module: Option<&Path>,
+    ) -> Result<Signer, Error> {
+        let first = first_certificate(cert)?;
+        let signing_key = load_key(key, passphrase, pkcs11_module)?;
+        Signer::from_key(signing_key, key, first, cert)
+    }
+
+    fn from_key(
+        signing_key: SigningKey,
+        key: &Path,
+        first: Cert,
+        cert: &Path,
+    ) -> Result<Signer, Error> {
+        if !key_matches(&signing_key, &first) {
+            return Err(Error::KeyCertMismatch {
+                // A URI is named without its PIN.
+                key: match &signing_key {
+                    SigningKey::External(k) => PathBuf::from(k.describe()),
+                    _ => key.to_owned(),
+                },
+                cert: cert.to_owned(),
+            });
+        }
+        Ok(Signer {
+            key: signing_key,
+            cert_der: first.der.clone(),
+            cert: first,
+        })
     }
 
     /// [`Signer::new`] for a key that may be encrypted (PKCS#8), decrypted with `passphrase`
@@ -79,32 +166,7 @@ impl Signer {
         cert: &Path,
         passphrase: Option<&[u8]>,
     ) -> Result<Signer, Error> {
-        let certs = read_certificates(cert)?;
-        let Some(first) = certs.into_iter().next() else {
-            return Err(Error::Signing {
-                path: cert.to_owned(),
-                message: "no certificate".into(),
-            });
-        };
-        let signing_error = |message: String| Error::Signing {
-            path: key.to_owned(),
-            message,
-        };
-        let raw = read(key)?;
-        let plain = imgctl_measure::keys::decrypt_pem(&raw, passphrase)
-            .map_err(|e| signing_error(e.to_string()))?;
-        let signing_key = SigningKey::parse(&plain).map_err(|e| signing_error(e.to_string()))?;
-        if !key_matches(&signing_key, &first) {
-            return Err(Error::KeyCertMismatch {
-                key: key.to_owned(),
-                cert: cert.to_owned(),
-            });
-        }
-        Ok(Signer {
-            key: signing_key,
-            cert_der: first.der.clone(),
-            cert: first,
-        })
+        Signer::open(key, cert, passphrase, None)
     }
 
     /// SHA-256 of the certificate's DER: the signature partition's `certificateFingerprint`.

@@ -92,16 +92,46 @@ fn malformed(what: &'static str, e: impl std::fmt::Display) -> KeyError {
     }
 }
 
-/// A private key that signs PCR policies.
+/// The raw operation a key held outside imgctl (a PKCS#11 token) is asked to perform; the
+/// framing around it (DigestInfo, DER `Ecdsa-Sig-Value`) is done here, so that a token and a
+/// key file give the same signatures (byte for byte with RSA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawSignRequest<'a> {
+    /// RSASSA-PKCS1-v1_5 over this DER `DigestInfo` (PKCS#11 `CKM_RSA_PKCS`); the answer is
+    /// the signature, as long as the modulus.
+    RsaPkcs1 { digest_info: &'a [u8] },
+    /// ECDSA over this digest (PKCS#11 `CKM_ECDSA`); the answer is `r ‖ s`, 32 bytes each.
+    Ecdsa { digest: &'a [u8] },
+}
+
+/// A private key held outside imgctl: it never leaves its device, which signs what
+/// [`RawSignRequest`] asks. Implemented by the `imgctl-pkcs11` crate (PKCS#11 tokens).
+pub trait ExternalKey: Send + Sync {
+    /// The key in messages (a PKCS#11 URI without its PIN).
+    fn describe(&self) -> String;
+    /// The public half, read from the device.
+    fn public(&self) -> &VerifyingKey;
+    /// Performs `request` with the private key.
+    fn sign_raw(&self, request: RawSignRequest<'_>) -> Result<Vec<u8>, String>;
+}
+
+/// A private key that signs: PCR policies (`.pcrsig`), Authenticode and root-hash PKCS#7
+/// signatures all go through [`SigningKey::sign_digest`], whichever kind of key it is.
 #[derive(Clone)]
 pub enum SigningKey {
     Rsa(Box<rsa::RsaPrivateKey>),
     EccP256(p256::ecdsa::SigningKey),
+    /// A key on a device (PKCS#11); every signature it returns is verified with its public
+    /// half before it is used.
+    External(std::sync::Arc<dyn ExternalKey>),
 }
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SigningKey({:?})", self.public())
+        match self {
+            SigningKey::External(k) => write!(f, "SigningKey({})", k.describe()),
+            _ => write!(f, "SigningKey({:?})", self.public()),
+        }
     }
 }
 
@@ -222,6 +252,7 @@ impl SigningKey {
             SigningKey::EccP256(k) => {
                 VerifyingKey::EccP256(p256::PublicKey::from(k.verifying_key()))
             }
+            SigningKey::External(k) => k.public().clone(),
         }
     }
 
@@ -257,6 +288,46 @@ impl SigningKey {
                     .map_err(|e| KeyError::Sign(e.to_string()))?;
                 Ok(sig.to_der().as_bytes().to_vec())
             }
+            SigningKey::External(k) => sign_external(k.as_ref(), bank, digest),
+        }
+    }
+}
+
+/// The DER `DigestInfo` that RSASSA-PKCS1-v1_5 signs: `bank`'s prefix, then `digest`.
+pub fn digest_info(bank: HashAlg, digest: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let scheme = pkcs1v15(bank)?;
+    let mut out = scheme.prefix.to_vec();
+    out.extend_from_slice(digest);
+    Ok(out)
+}
+
+/// Signs through an [`ExternalKey`] and checks the result with its public half, so that a
+/// device that signs with another key, or returns garbage, is an error and never a signature.
+fn sign_external(key: &dyn ExternalKey, bank: HashAlg, digest: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let fail = |m: String| KeyError::Sign(format!("{}: {m}", key.describe()));
+    match key.public() {
+        VerifyingKey::Rsa(public) => {
+            let info = digest_info(bank, digest)?;
+            let sig = key
+                .sign_raw(RawSignRequest::RsaPkcs1 { digest_info: &info })
+                .map_err(fail)?;
+            public.verify(pkcs1v15(bank)?, digest, &sig).map_err(|_| {
+                fail("the signature it returned does not verify with its public key".into())
+            })?;
+            Ok(sig)
+        }
+        VerifyingKey::EccP256(public) => {
+            let raw = key
+                .sign_raw(RawSignRequest::Ecdsa { digest })
+                .map_err(fail)?;
+            let sig = p256::ecdsa::Signature::from_slice(&raw)
+                .map_err(|e| fail(format!("not an ECDSA P-256 r||s signature ({e})")))?;
+            p256::ecdsa::VerifyingKey::from(public)
+                .verify_prehash(digest, &sig)
+                .map_err(|_| {
+                    fail("the signature it returned does not verify with its public key".into())
+                })?;
+            Ok(sig.to_der().as_bytes().to_vec())
         }
     }
 }

@@ -287,13 +287,25 @@ pub enum Pcr7Error {
     NotEnforced,
     #[error("db: {0}")]
     Db(ParseError),
-    #[error("no X.509 entry of db is the boot application's signer certificate, so the firmware would refuse it (or trust it through a chain, which is not modelled)")]
+    #[error("no X.509 entry of db is the boot application's signer certificate or its issuer, so the firmware would refuse it (or trust it through a longer chain, which is not modelled)")]
     NoAuthority,
 }
 
 /// The PCR 7 events OVMF logs booting one application signed by `signer_der` (a DER
 /// certificate) with `store`'s Secure Boot variables (see the module doc).
 pub fn pcr7_events(store: &VarStore, signer_der: &[u8]) -> Result<Vec<Pcr7Event>, Pcr7Error> {
+    pcr7_events_trusting(store, signer_der, &|_| false)
+}
+
+/// [`pcr7_events`] where a db certificate also vouches for the application when `issued`
+/// says it issued the signer certificate (a CA in db, as EDK2's `IsAllowedByDb` accepts it with
+/// `Pkcs7Verify` against each db certificate in order): the authority event is the first db
+/// X.509 entry that is the signer or its issuer.
+pub fn pcr7_events_trusting(
+    store: &VarStore,
+    signer_der: &[u8],
+    issued: &dyn Fn(&[u8]) -> bool,
+) -> Result<Vec<Pcr7Event>, Pcr7Error> {
     if !store.secure_boot() {
         return Err(Pcr7Error::NotEnforced);
     }
@@ -325,7 +337,7 @@ pub fn pcr7_events(store: &VarStore, signer_der: &[u8]) -> Result<Vec<Pcr7Event>
     let db = signature_database(var(&EFI_IMAGE_SECURITY_DATABASE, "db")).map_err(Pcr7Error::Db)?;
     let entry = db
         .iter()
-        .find(|e| e.signature_type == EFI_CERT_X509 && e.data == signer_der)
+        .find(|e| e.signature_type == EFI_CERT_X509 && (e.data == signer_der || issued(e.data)))
         .ok_or(Pcr7Error::NoAuthority)?;
     events.push(Pcr7Event {
         kind: "EV_EFI_VARIABLE_AUTHORITY",

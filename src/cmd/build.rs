@@ -28,13 +28,15 @@ pub struct Args {
     /// of the stub that will boot it (252, 254, 256, 257, 258; `systemd-257` also).
     #[arg(long, default_value = "auto", value_name = "VERSION")]
     stub_semantics: SemanticsArg,
-    /// Sign the predicted PCR 11 values with this private key (PEM: RSA-2048 or ECDSA P-256)
-    /// and embed .pcrsig, plus .pcrpkey when the recipe names none, as ukify does.
-    #[arg(long, value_name = "FILE")]
+    /// Sign the predicted PCR 11 values with this private key (PEM: RSA-2048 or ECDSA P-256,
+    /// or a `pkcs11:` URI) and embed .pcrsig, plus .pcrpkey when the recipe names none, as
+    /// ukify does.
+    #[arg(long, value_name = "FILE|URI")]
     pcr_private_key: Option<PathBuf>,
-    /// Sign the UKI for Secure Boot with this private key (PEM, the db key), last, after
-    /// .pcrsig is embedded, as ukify does; sbverify and osslsigncode accept the result.
-    #[arg(long, value_name = "FILE", requires = "secureboot_certificate")]
+    /// Sign the UKI for Secure Boot with this private key (PEM, the db key, or a `pkcs11:`
+    /// URI), last, after .pcrsig is embedded, as ukify does; sbverify and osslsigncode accept
+    /// the result.
+    #[arg(long, value_name = "FILE|URI", requires = "secureboot_certificate")]
     secureboot_key: Option<PathBuf>,
     /// The Secure Boot key's X.509 certificate (PEM or DER); must hold its public key.
     #[arg(long, value_name = "FILE", requires = "secureboot_key")]
@@ -43,6 +45,8 @@ pub struct Args {
     /// predicted over the signed kernel). An already signed kernel keeps its signatures.
     #[arg(long, requires = "secureboot_key")]
     sign_kernel: bool,
+    #[command(flatten)]
+    pkcs11: crate::cmd::sign_pcrs::Pkcs11Args,
     /// The passphrase (the first line of FILE) of an encrypted --pcr-private-key or
     /// --secureboot-key (PKCS#8).
     #[arg(long, value_name = "FILE")]
@@ -91,13 +95,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             crate::cmd::sign_pcrs::read_signing_key(
                 k,
                 crate::cmd::sign_pcrs::key_passphrase(k, passphrase_file)?.as_deref(),
+                args.pkcs11.pkcs11_module.as_deref(),
             )
             .context("PCR signing key")?,
         );
     }
     if let (Some(k), Some(c)) = (&args.secureboot_key, &args.secureboot_certificate) {
         let passphrase = crate::cmd::sign_pcrs::key_passphrase(k, passphrase_file)?;
-        let signer = imgctl_extensions::sign::Signer::with_passphrase(k, c, passphrase.as_deref())?;
+        let signer = imgctl_extensions::sign::Signer::open(
+            k,
+            c,
+            passphrase.as_deref(),
+            args.pkcs11.pkcs11_module.as_deref(),
+        )?;
         opts.secure_boot = Some(imgctl_builder::build::SecureBootSigning {
             signer: std::sync::Arc::new(signer),
             sign_kernel: args.sign_kernel,

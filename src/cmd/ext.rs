@@ -100,6 +100,9 @@ struct BuildArgs {
     /// The log's signing key (with --log).
     #[arg(long, value_name = "KEY", requires = "log")]
     log_key: Option<PathBuf>,
+    /// For a recipe whose `signing.key` is a `pkcs11:` URI.
+    #[command(flatten)]
+    pkcs11: crate::cmd::sign_pcrs::Pkcs11Args,
 }
 
 /// Show an extension image's partitions, verity superblock and signature, checked against each
@@ -146,6 +149,7 @@ fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let opts = BuildOptions {
         out_dir,
         source_date_epoch: crate::output::source_date_epoch()?,
+        pkcs11_module: args.pkcs11.pkcs11_module.clone(),
     };
     let out = crate::output::with_spinner("building extension", || build(&ext, &opts))
         .with_context(|| format!("building {}", args.recipe.display()))?;

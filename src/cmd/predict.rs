@@ -55,7 +55,7 @@ pub struct Args {
 /// `--pcr 7`: `{"<bank>": {"7": "<hex>"}}` (the shape of `vm --capture`'s pcrs.json) or text.
 fn predict_pcr7(args: &Args) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
-    use imgctl_measure::secureboot::{pcr7_events, replay_pcr7, VarStore};
+    use imgctl_measure::secureboot::{pcr7_events_trusting, replay_pcr7, VarStore};
     let Some(vars_path) = &args.firmware_vars else {
         anyhow::bail!("--pcr 7 needs --firmware-vars FILE (the firmware's variable store)");
     };
@@ -74,13 +74,16 @@ fn predict_pcr7(args: &Args) -> anyhow::Result<ExitCode> {
                 args.input.display()
             )
         })?;
-    let events = pcr7_events(&store, &signer.certificate_der).with_context(|| {
-        format!(
-            "predicting PCR 7 for {} with {}",
-            args.input.display(),
-            vars_path.display()
-        )
-    })?;
+    // The authority: the db certificate that is the signer's, or the CA that issued it.
+    let issued = |ca: &[u8]| imgctl_extensions::pkcs7::issued_by(&signer.certificate_der, ca);
+    let events =
+        pcr7_events_trusting(&store, &signer.certificate_der, &issued).with_context(|| {
+            format!(
+                "predicting PCR 7 for {} with {}",
+                args.input.display(),
+                vars_path.display()
+            )
+        })?;
     let banks = if args.banks.is_empty() {
         HashAlg::ALL.to_vec()
     } else {

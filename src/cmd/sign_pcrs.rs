@@ -14,16 +14,20 @@ use crate::uki_input::{load_uki, DtbArgs, SemanticsArg};
 /// Sign the PCR 11 values a UKI will produce, per bank and boot phase: the `.pcrsig` JSON that
 /// `systemd-measure sign` writes and ukify embeds, computed in software (no TPM needed).
 ///
-/// Keys: PEM RSA or ECDSA P-256 (PKCS#8 as `openssl genpkey` writes, PKCS#1, SEC1).
+/// Keys: PEM RSA or ECDSA P-256 (PKCS#8 as `openssl genpkey` writes, PKCS#1, SEC1), or a key on
+/// a PKCS#11 token named by a `pkcs11:` URI (RFC 7512) with --pkcs11-module.
 ///
 /// Example: imgctl sign-pcrs images/demo/demo.efi --private-key pcr-priv.pem -o demo.pcrsig
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A UKI (.efi) or a recipe (.yaml), which is assembled in memory.
     input: PathBuf,
-    /// PEM private key that signs the policies.
-    #[arg(long, value_name = "FILE")]
+    /// PEM private key that signs the policies, or a PKCS#11 URI
+    /// (`pkcs11:token=T;object=K?pin-source=FILE`).
+    #[arg(long, value_name = "FILE|URI")]
     private_key: PathBuf,
+    #[command(flatten)]
+    pkcs11: Pkcs11Args,
     /// PEM public key; must be the private key's public half (checked). Default: derived.
     #[arg(long, value_name = "FILE")]
     public_key: Option<PathBuf>,
@@ -66,13 +70,24 @@ pub struct Args {
     log_key: Option<PathBuf>,
 }
 
-/// Reads a PEM private key, decrypting it with `passphrase` when it is encrypted, naming the
-/// file in errors.
-pub fn read_signing_key(path: &Path, passphrase: Option<&[u8]>) -> anyhow::Result<SigningKey> {
-    let pem = imgctl_fsio::read_bounded(path, imgctl_fsio::caps::KEY, "a key")?;
-    let plain = imgctl_measure::keys::decrypt_pem(&pem, passphrase)
-        .with_context(|| format!("{}", path.display()))?;
-    SigningKey::from_pem(&plain).with_context(|| format!("{}", path.display()))
+/// The PKCS#11 module for keys given as `pkcs11:` URIs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Pkcs11Args {
+    /// The PKCS#11 library (module) holding keys given as `pkcs11:` URIs, e.g.
+    /// /usr/lib/softhsm/libsofthsm2.so; or module-path= in the URI. There is no default.
+    #[arg(long, value_name = "PATH")]
+    pub pkcs11_module: Option<PathBuf>,
+}
+
+/// Reads a private key: a key file (PEM or DER; an encrypted one is decrypted with
+/// `passphrase`) or a `pkcs11:` URI opened through `module`, naming the file or URI (never its
+/// PIN) in errors.
+pub fn read_signing_key(
+    path: &Path,
+    passphrase: Option<&[u8]>,
+    module: Option<&Path>,
+) -> anyhow::Result<SigningKey> {
+    Ok(imgctl_extensions::sign::load_key(path, passphrase, module)?)
 }
 
 /// The passphrase for the private key `key`: the first line of `file` (as OpenSSL's `-passin
@@ -81,6 +96,10 @@ pub fn read_signing_key(path: &Path, passphrase: Option<&[u8]>) -> anyhow::Resul
 /// naming --key-passphrase-file). Never prompts when stdin is not a terminal.
 pub fn key_passphrase(key: &Path, file: Option<&Path>) -> anyhow::Result<Option<Vec<u8>>> {
     use std::io::IsTerminal;
+    if imgctl_extensions::sign::is_pkcs11(key) {
+        // A token key has a PIN (in its URI), not a passphrase.
+        return Ok(None);
+    }
     if file.is_some() {
         return read_passphrase(file);
     }
@@ -125,7 +144,11 @@ pub fn write_atomically(path: &Path, data: &[u8], inputs: &[&Path]) -> anyhow::R
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let passphrase = key_passphrase(&args.private_key, args.key_passphrase_file.as_deref())?;
-    let key = read_signing_key(&args.private_key, passphrase.as_deref())?;
+    let key = read_signing_key(
+        &args.private_key,
+        passphrase.as_deref(),
+        args.pkcs11.pkcs11_module.as_deref(),
+    )?;
     let public = match &args.public_key {
         Some(p) => Some(read_verifying_key(p)?.tpm()),
         None => None,
@@ -175,7 +198,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             pcrsig::sign(&key, public.as_ref(), prediction).with_context(|| {
                 format!(
                     "signing with {}{}",
-                    args.private_key.display(),
+                    imgctl_extensions::sign::key_display(&args.private_key),
                     args.public_key
                         .as_ref()
                         .map(|p| format!(" / {}", p.display()))

@@ -13,7 +13,8 @@ use imgctl_measure::authenticode_sign::ExistingSignatures;
 /// `osslsigncode verify` accept it. An image whose size is not a multiple of 8 is padded with
 /// zeros first (as sbsign does), so that the certificate table is aligned.
 ///
-/// Keys: PEM RSA or ECDSA P-256 (PKCS#8, PKCS#1, SEC1); firmware accepts RSA-2048 keys.
+/// Keys: PEM RSA or ECDSA P-256 (PKCS#8, PKCS#1, SEC1), or a key on a PKCS#11 token named by a
+/// `pkcs11:` URI (RFC 7512) with --pkcs11-module; firmware accepts RSA-2048 keys.
 ///
 /// Example: imgctl sign-pe images/demo/demo.efi -o demo.signed.efi --key db.key --certificate db.crt
 #[derive(Debug, clap::Args)]
@@ -23,9 +24,12 @@ pub struct Args {
     /// Where to write the signed image (atomically; never over the input).
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
-    /// PEM private key (the Secure Boot db key).
-    #[arg(long, value_name = "FILE")]
+    /// PEM private key (the Secure Boot db key), or a PKCS#11 URI
+    /// (`pkcs11:token=T;object=K?pin-source=FILE`).
+    #[arg(long, value_name = "FILE|URI")]
     key: PathBuf,
+    #[command(flatten)]
+    pkcs11: crate::cmd::sign_pcrs::Pkcs11Args,
     /// The key's X.509 certificate (PEM or DER); must hold the key's public key (checked).
     #[arg(long, value_name = "FILE")]
     certificate: PathBuf,
@@ -48,10 +52,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     outputs.check(&args.output)?;
     let passphrase =
         crate::cmd::sign_pcrs::key_passphrase(&args.key, args.key_passphrase_file.as_deref())?;
-    let signer = imgctl_extensions::sign::Signer::with_passphrase(
+    let signer = imgctl_extensions::sign::Signer::open(
         &args.key,
         &args.certificate,
         passphrase.as_deref(),
+        args.pkcs11.pkcs11_module.as_deref(),
     )?;
     let data = imgctl_fsio::read_bounded(&args.input, crate::uki_input::MAX_INPUT, "a PE image")?;
     let existing = if args.replace {
