@@ -13,7 +13,7 @@ say() { printf 'setup: %s\n' "$*"; }
 PACKAGES="
 systemd systemd-boot-efi systemd-container
 cryptsetup-bin erofs-utils squashfs-tools fdisk dosfstools mtools
-swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config libsqlite3-dev
+swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config libsqlite3-dev postgresql
 sbsigntool osslsigncode openssl binutils
 qemu-system-x86 ovmf
 busybox-static cpio kmod fsverity device-tree-compiler

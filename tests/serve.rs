@@ -15,7 +15,7 @@ mod swtpm;
 use std::collections::BTreeMap;
 use std::io::BufRead as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use common::{imgctl, require_tool, run_ok};
@@ -51,7 +51,7 @@ fn tools() -> bool {
 
 /// Writes the policy (golden values from the guest's PCR reads, PCR 11 through a manifest of
 /// the booted sections and systemd-measure's prediction) next to a service configuration.
-fn setup(dir: &Path, nonce_ttl: u32) -> Option<Capture> {
+fn setup(dir: &Path, nonce_ttl: u32, database: &str) -> Option<Capture> {
     let src = common::shared_dir()?.join(OVMF);
     let mut golden: BTreeMap<String, String> = BTreeMap::new();
     for l in std::fs::read_to_string(src.join("ovmf-stub252-pcrs.txt"))
@@ -98,7 +98,7 @@ fn setup(dir: &Path, nonce_ttl: u32) -> Option<Capture> {
     std::fs::write(
         dir.join("serve.yaml"),
         format!(
-            "listen: 127.0.0.1:0\ndatabase: state.db\nnonce_ttl_seconds: {nonce_ttl}\n\
+            "listen: 127.0.0.1:0\ndatabase: '{database}'\nnonce_ttl_seconds: {nonce_ttl}\n\
              policy:\n  name: demo\n  version: 3\n  file: demo.policy.yaml\n  checkpoint: checkpoint\n\
              \x20 secrets:\n    - {{name: disk-key, file: disk.key}}\n"
         ),
@@ -107,6 +107,94 @@ fn setup(dir: &Path, nonce_ttl: u32) -> Option<Capture> {
     Some(Capture {
         log: std::fs::read(src.join("ovmf-stub252-eventlog.bin")).unwrap(),
     })
+}
+
+/// A PostgreSQL cluster of its own (Debian's postgresql: initdb + pg_ctl) in a temporary
+/// folder, reachable only on a unix socket there; stopped on drop. As root, it runs as the
+/// `postgres` user (initdb refuses root).
+struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Postgres {
+    fn start() -> Option<Postgres> {
+        // Whatever major version Debian installed: the newest under /usr/lib/postgresql.
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|r| {
+                r.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                    .filter(|b| b.join("initdb").exists())
+                    .max()
+            })
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/VERSION/bin"));
+        require_tool(bin.join("initdb").to_str().unwrap(), "postgresql")?;
+        let dir = tempfile::tempdir().unwrap();
+        let pg = Postgres { dir, bin };
+        if is_root() {
+            run_ok(
+                Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(pg.dir.path()),
+            );
+        }
+        run_ok(
+            pg.tool("initdb", &["-A", "trust", "-U", "imgctl", "-N", "-D"])
+                .arg(pg.data()),
+        );
+        run_ok(
+            pg.tool("pg_ctl", &["-w", "-D"])
+                .arg(pg.data())
+                .arg("-l")
+                .arg(pg.dir.path().join("log"))
+                .arg("-o")
+                .arg(format!(
+                    "-F -k {} -c listen_addresses=",
+                    pg.dir.path().display()
+                ))
+                .arg("start"),
+        );
+        Some(pg)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn tool(&self, name: &str, args: &[&str]) -> Command {
+        let mut c = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(name));
+            c
+        } else {
+            Command::new(self.bin.join(name))
+        };
+        c.args(args).stdout(Stdio::null());
+        c
+    }
+
+    fn database(&self) -> String {
+        format!(
+            "host={} port=5432 user=imgctl dbname=postgres",
+            self.dir.path().display()
+        )
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .tool("pg_ctl", &["-m", "immediate", "-D"])
+            .arg(self.data())
+            .arg("stop")
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 /// `imgctl serve --config` as a child process; killed on drop.
@@ -242,12 +330,23 @@ fn rejected(v: EvidenceResponse, want: &str) {
 /// 0600) that only its TPM could open; a second swtpm cannot open that release.
 #[test]
 fn accept_releases_the_secret_to_that_tpm_only() {
+    accept_releases(None);
+}
+
+#[test]
+fn accept_releases_the_secret_to_that_tpm_only_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    accept_releases(Some(&pg));
+}
+
+fn accept_releases(pg: Option<&Postgres>) {
     if !tools() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let Some(cap) = setup(d, 60) else { return };
+    let db = pg.map_or("state.db".into(), Postgres::database);
+    let Some(cap) = setup(d, 60, &db) else { return };
     std::fs::write(d.join("eventlog.bin"), &cap.log).unwrap();
     let server = serve(d);
     let tpm = Swtpm::start_tcp();
@@ -311,12 +410,23 @@ fn accept_releases_the_secret_to_that_tpm_only() {
 /// reason, and nothing is released.
 #[test]
 fn tampered_replayed_expired_foreign_and_unactivated_evidence_gets_nothing() {
+    refusals(None);
+}
+
+#[test]
+fn tampered_replayed_expired_foreign_and_unactivated_evidence_gets_nothing_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    refusals(Some(&pg));
+}
+
+fn refusals(pg: Option<&Postgres>) {
     if !tools() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let Some(cap) = setup(d, 2) else { return };
+    let db = pg.map_or("state.db".into(), Postgres::database);
+    let Some(cap) = setup(d, 2, &db) else { return };
     let server = serve(d);
     let c = Client::new(&server.url);
     let (sa, sb, sc) = (Swtpm::start_tcp(), Swtpm::start_tcp(), Swtpm::start_tcp());

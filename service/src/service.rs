@@ -26,7 +26,8 @@ pub const MAX_SECRET: usize = 32;
 /// `imgctl serve --config FILE` (YAML; paths relative to the file):
 /// ```yaml
 /// listen: 127.0.0.1:8080
-/// database: state.db            # SQLite file, created with its schema on first start
+/// database: state.db            # SQLite file, created with its schema on first start, or a
+///                               # PostgreSQL connection string (host=/run/postgresql dbname=imgctl)
 /// nonce_ttl_seconds: 60         # how long a challenge may be answered
 /// enrol_ttl_seconds: 300        # how long an enrolment credential may be activated
 /// policy:                       # the policy every enrolled machine is checked against
@@ -41,7 +42,9 @@ pub const MAX_SECRET: usize = 32;
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub listen: String,
-    pub database: PathBuf,
+    /// A SQLite file (relative to the configuration), or a PostgreSQL connection string
+    /// (`postgresql://…`, or `host=… dbname=…`).
+    pub database: String,
     #[serde(default = "default_nonce_ttl")]
     pub nonce_ttl_seconds: u32,
     #[serde(default = "default_enrol_ttl")]
@@ -88,7 +91,7 @@ pub enum ConfigError {
 #[derive(Debug)]
 pub struct Config {
     pub listen: String,
-    pub database: PathBuf,
+    pub database: String,
     pub nonce_ttl: i64,
     pub enrol_ttl: i64,
     pub policy_name: String,
@@ -180,7 +183,11 @@ impl Config {
         }
         Ok(Config {
             listen: c.listen,
-            database: base.join(c.database),
+            database: if crate::store::is_postgres(&c.database) {
+                c.database
+            } else {
+                base.join(&c.database).display().to_string()
+            },
             nonce_ttl: i64::from(c.nonce_ttl_seconds),
             enrol_ttl: i64::from(c.enrol_ttl_seconds),
             policy_name: c.policy.name,
@@ -245,8 +252,7 @@ pub struct Service {
 
 impl Service {
     pub fn open(config: Config) -> Result<Service, ConfigError> {
-        let db = config.database.display().to_string();
-        let store = Store::open(&db)?;
+        let store = Store::open(&config.database)?;
         Ok(Service { config, store })
     }
 
@@ -317,7 +323,7 @@ impl Service {
         }
     }
 
-    fn machine(&self, id: &str) -> Result<Machine, Refusal> {
+    fn machine(&mut self, id: &str) -> Result<Machine, Refusal> {
         self.store.machine(id)?.ok_or_else(|| {
             refuse(
                 404,
@@ -327,7 +333,7 @@ impl Service {
         })
     }
 
-    fn active_machine(&self, id: &str) -> Result<Machine, Refusal> {
+    fn active_machine(&mut self, id: &str) -> Result<Machine, Refusal> {
         let m = self.machine(id)?;
         if m.state != "active" {
             return Err(refuse(

@@ -1,4 +1,5 @@
--- imgctl-service schema, version 1. Plain SQL that SQLite and PostgreSQL both take.
+-- imgctl-service schema, version 1, PostgreSQL dialect (migrations/sqlite/0001_init.sql is the same
+-- schema for SQLite: only the generated keys are spelled differently).
 -- Times are Unix seconds; binary values are stored hex-encoded (TEXT) so both take them alike.
 
 CREATE TABLE machines (
@@ -21,7 +22,7 @@ CREATE TABLE nonces (
 );
 
 CREATE TABLE verdicts (
-    id              INTEGER PRIMARY KEY,
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     machine         TEXT NOT NULL REFERENCES machines (id),
     nonce           TEXT NOT NULL UNIQUE REFERENCES nonces (nonce),
     accepted        BOOLEAN NOT NULL,
@@ -34,7 +35,7 @@ CREATE TABLE verdicts (
 );
 
 CREATE TABLE releases (
-    id          INTEGER PRIMARY KEY,
+    id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     verdict     BIGINT NOT NULL REFERENCES verdicts (id),
     machine     TEXT NOT NULL REFERENCES machines (id),
     nonce       TEXT NOT NULL REFERENCES nonces (nonce),
