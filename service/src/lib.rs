@@ -12,11 +12,12 @@
 //! - [`credential`]: MakeCredential in pure Rust (no TPM on the server), tpm2-tools' file format.
 //! - [`tpm_public`]: `TPMT_PUBLIC` of EKs and AKs, their Names and attribute checks.
 //! - [`api`]: the request bodies, bounded and parsed into typed values; the answers.
-//! - [`store`]: the SQLite database and its migrations (`migrations/`).
+//! - [`store`]: the database, SQLite or PostgreSQL, and its migrations (`migrations/`).
 //! - [`service`]: the decisions; [`server`]: the axum routes; [`client`]: the machine's side.
 //!
-//! Not yet: EK certificates checked against CAs, TLS, PostgreSQL, the transparency log of
-//! verdicts; the policy is one per service.
+//! Not yet: EK certificates checked against CAs, TLS, ECC EKs, inclusion of the references in
+//! the transparency log at verdict time (the configured checkpoint is recorded, not checked),
+//! the transparency log of verdicts; one policy per service.
 
 pub mod api;
 pub mod client;
