@@ -13,7 +13,7 @@ say() { printf 'setup: %s\n' "$*"; }
 PACKAGES="
 systemd systemd-boot-efi systemd-container
 cryptsetup-bin erofs-utils squashfs-tools fdisk dosfstools mtools
-swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
+swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config libsqlite3-dev postgresql
 sbsigntool osslsigncode openssl binutils softhsm2
 qemu-system-x86 ovmf
 busybox-static cpio kmod fsverity device-tree-compiler

@@ -50,6 +50,9 @@ enum Command {
     Audit(cmd::audit::Args),
     Log(cmd::log::Args),
     Vm(cmd::vm::Args),
+    Serve(cmd::serve::Args),
+    #[cfg(feature = "tpm")]
+    Attest(cmd::attest::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +77,9 @@ fn main() -> ExitCode {
         Command::Audit(a) => cmd::audit::run(a),
         Command::Log(a) => cmd::log::run(a),
         Command::Vm(a) => cmd::vm::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        #[cfg(feature = "tpm")]
+        Command::Attest(a) => cmd::attest::run(a),
     };
     match result {
         Ok(code) => code,

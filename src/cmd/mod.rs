@@ -1,5 +1,7 @@
 //! One module per subcommand: each has an `Args` struct (clap derive) and a `run` function.
 
+#[cfg(feature = "tpm")]
+pub mod attest;
 pub mod audit;
 pub mod build;
 pub mod completions;
@@ -11,6 +13,7 @@ pub mod log;
 #[cfg(feature = "tpm")]
 pub mod measure;
 pub mod predict;
+pub mod serve;
 pub mod sign_pcrs;
 pub mod sign_pe;
 #[cfg(feature = "tpm")]

@@ -378,6 +378,113 @@ impl Tpm {
         })
     }
 
+    /// The endorsement key from the TCG default RSA-2048 template (EK Credential Profile,
+    /// template L-1; swtpm's and most TPMs' EK), recreated from the endorsement seed.
+    fn rsa_ek(&mut self) -> Result<KeyHandle> {
+        tss_esapi::abstraction::ek::create_ek_object_2(
+            &mut self.ctx,
+            tss_esapi::abstraction::AsymmetricAlgorithmSelection::Rsa(
+                tss_esapi::interface_types::key_bits::RsaKeyBits::Rsa2048,
+            ),
+            None,
+        )
+        .map_err(cmd("CreatePrimary"))
+    }
+
+    fn public_of(&mut self, key: KeyHandle) -> Result<Vec<u8>> {
+        let r = self.ctx.read_public(key);
+        let _ = self.ctx.flush_context(key.into());
+        let (public, _, _) = r.map_err(cmd("ReadPublic"))?;
+        public.marshall().map_err(cmd("ReadPublic"))
+    }
+
+    /// The RSA-2048 endorsement key's `TPMT_PUBLIC`: the machine's identity for enrolment.
+    pub fn ek_public(&mut self) -> Result<Vec<u8>> {
+        let ek = self.rsa_ek()?;
+        self.public_of(ek)
+    }
+
+    /// The `TPMT_PUBLIC` of the attestation key [`Tpm::quote`] signs with.
+    pub fn ak_public(&mut self) -> Result<Vec<u8>> {
+        let ak = self.ecc_primary(true)?;
+        self.public_of(ak)
+    }
+
+    /// `TPM2_ActivateCredential` with the attestation key of [`Tpm::quote`] as the activated
+    /// object and the RSA EK as the key that opens the seed (authorised by
+    /// `PolicySecret(TPM_RH_ENDORSEMENT)`, the EK template's policy). `id_object` and
+    /// `encrypted_secret` are the TPM2B buffers' contents (without their size). Returns the
+    /// credential; fails when it was not made for this EK and this AK's Name.
+    pub fn activate_credential(
+        &mut self,
+        id_object: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Vec<u8>> {
+        let id = tss_esapi::structures::IdObject::try_from(id_object.to_vec())
+            .map_err(cmd("ActivateCredential"))?;
+        let secret = tss_esapi::structures::EncryptedSecret::try_from(encrypted_secret.to_vec())
+            .map_err(cmd("ActivateCredential"))?;
+        let ak = self.ecc_primary(true)?;
+        let ek = match self.rsa_ek() {
+            Ok(ek) => ek,
+            Err(e) => {
+                let _ = self.ctx.flush_context(ak.into());
+                return Err(e);
+            }
+        };
+        let result = self.activate_with(ak, ek, id, secret);
+        let _ = self.ctx.flush_context(ak.into());
+        let _ = self.ctx.flush_context(ek.into());
+        result
+    }
+
+    fn activate_with(
+        &mut self,
+        ak: KeyHandle,
+        ek: KeyHandle,
+        id: tss_esapi::structures::IdObject,
+        secret: tss_esapi::structures::EncryptedSecret,
+    ) -> Result<Vec<u8>> {
+        let session = self
+            .ctx
+            .start_auth_session(
+                None,
+                None,
+                None,
+                SessionType::Policy,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(cmd("StartAuthSession"))?
+            .ok_or_else(|| TpmError::Policy("the TPM returned no session".into()))?;
+        let policy = PolicySession::try_from(session).map_err(cmd("StartAuthSession"))?;
+        let out = self
+            .ctx
+            .execute_with_nullauth_session(|c| {
+                c.policy_secret(
+                    policy,
+                    tss_esapi::handles::AuthHandle::Endorsement,
+                    Nonce::default(),
+                    TssDigest::default(),
+                    Nonce::default(),
+                    None,
+                )
+            })
+            .map_err(cmd("PolicySecret"))
+            .and_then(|_| {
+                self.ctx
+                    .execute_with_sessions(
+                        (Some(AuthSession::Password), Some(session), None),
+                        |c| c.activate_credential(ak, ek, id, secret),
+                    )
+                    .map_err(cmd("ActivateCredential"))
+            });
+        let _ = self
+            .ctx
+            .flush_context(tss_esapi::handles::SessionHandle::from(session).into());
+        Ok(out?.value().to_vec())
+    }
+
     fn policy_session(&mut self) -> Result<PolicySession> {
         let session = self
             .ctx

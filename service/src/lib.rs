@@ -1,0 +1,28 @@
+//! # imgctl-service
+//!
+//! `imgctl serve`: a verifier service for a fleet. It enrols machines (their EK and AK, the AK
+//! trusted only after TPM2_ActivateCredential proves it sits on the EK's TPM), challenges them
+//! with single-use expiring nonces, verifies their evidence (a quote by the enrolled AK over
+//! the nonce, the firmware and systemd event logs) with [`imgctl_attest::verify`] against the
+//! machine's policy, stores every verdict with the evidence digest, the policy version and the
+//! log checkpoint, and on ACCEPT releases the policy's secrets wrapped by TPM2_MakeCredential
+//! to that machine's EK for its AK's Name, so only that TPM can open them. Every release is
+//! recorded.
+//!
+//! - [`credential`]: MakeCredential in pure Rust (no TPM on the server), tpm2-tools' file format.
+//! - [`tpm_public`]: `TPMT_PUBLIC` of EKs and AKs, their Names and attribute checks.
+//! - [`api`]: the request bodies, bounded and parsed into typed values; the answers.
+//! - [`store`]: the database, SQLite or PostgreSQL, and its migrations (`migrations/`).
+//! - [`service`]: the decisions; [`server`]: the axum routes; [`client`]: the machine's side.
+//!
+//! Not yet: EK certificates checked against CAs, TLS, ECC EKs, inclusion of the references in
+//! the transparency log at verdict time (the configured checkpoint is recorded, not checked),
+//! the transparency log of verdicts; one policy per service.
+
+pub mod api;
+pub mod client;
+pub mod credential;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod tpm_public;

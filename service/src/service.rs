@@ -1,0 +1,476 @@
+//! The service's decisions: enrolment by credential activation, challenges, verdicts and key
+//! release. Each request is one call here on typed values ([`crate::api`]); state lives only
+//! in the [`Store`].
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use imgctl_attest::eventlog::{EventLog, UserspaceLog};
+use imgctl_attest::quote::Signature;
+use imgctl_attest::verify::{self, Policy, QuoteEvidence, References};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::api::{
+    self, ActivateRequest, ChallengeRequest, ChallengeResponse, EnrolRequest, EnrolResponse,
+    EvidenceRequest, EvidenceResponse, Release,
+};
+use crate::credential::{make_credential, CredentialFile};
+use crate::store::{Machine, NonceUse, Store, StoreError};
+use crate::tpm_public::TpmPublic;
+
+/// The largest secret released: a credential is a TPM2B_DIGEST, at most the size of the EK's
+/// name-algorithm digest (32 bytes for the default SHA-256 EK).
+pub const MAX_SECRET: usize = 32;
+
+/// `imgctl serve --config FILE` (YAML; paths relative to the file):
+/// ```yaml
+/// listen: 127.0.0.1:8080
+/// database: state.db            # SQLite file, created with its schema on first start, or a
+///                               # PostgreSQL connection string (host=/run/postgresql dbname=imgctl)
+/// nonce_ttl_seconds: 60         # how long a challenge may be answered
+/// enrol_ttl_seconds: 300        # how long an enrolment credential may be activated
+/// policy:                       # the policy every enrolled machine is checked against
+///   name: demo
+///   version: 1
+///   file: demo.policy.yaml      # an `imgctl verify` policy (its files relative to it)
+///   checkpoint: log/checkpoint  # optional: the transparency-log checkpoint it was published under
+///   secrets:                    # released only on ACCEPT, to the attesting TPM alone
+///     - {name: disk-key, file: disk.key}
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: String,
+    /// A SQLite file (relative to the configuration), or a PostgreSQL connection string
+    /// (`postgresql://…`, or `host=… dbname=…`).
+    pub database: String,
+    #[serde(default = "default_nonce_ttl")]
+    pub nonce_ttl_seconds: u32,
+    #[serde(default = "default_enrol_ttl")]
+    pub enrol_ttl_seconds: u32,
+    pub policy: PolicyConfig,
+}
+
+fn default_nonce_ttl() -> u32 {
+    60
+}
+fn default_enrol_ttl() -> u32 {
+    300
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub name: String,
+    pub version: i64,
+    pub file: PathBuf,
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
+    #[serde(default)]
+    pub secrets: Vec<SecretConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretConfig {
+    pub name: String,
+    pub file: PathBuf,
+}
+
+/// A configuration problem, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A loaded, checked configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: String,
+    pub database: String,
+    pub nonce_ttl: i64,
+    pub enrol_ttl: i64,
+    pub policy_name: String,
+    pub policy_version: i64,
+    pub policy: Policy,
+    pub references: References,
+    pub checkpoint: Option<String>,
+    pub secrets: Vec<(String, Vec<u8>)>,
+}
+
+const MAX_CONFIG_FILE: u64 = 64 << 20;
+
+fn read_bounded(path: &Path, what: &str) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read as _;
+    let bad = |message: String| ConfigError::Invalid {
+        file: path.display().to_string(),
+        message,
+    };
+    let f = std::fs::File::open(path).map_err(|e| bad(format!("{what}: {e}")))?;
+    let mut out = Vec::new();
+    f.take(MAX_CONFIG_FILE + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad(format!("{what}: {e}")))?;
+    if out.len() as u64 > MAX_CONFIG_FILE {
+        return Err(bad(format!("{what}: larger than {MAX_CONFIG_FILE} bytes")));
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Reads the configuration and every file it names; any problem is an error naming it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let bad = |message: String| ConfigError::Invalid {
+            file: file.clone(),
+            message,
+        };
+        let text = read_bounded(path, "configuration")?;
+        let c: ConfigFile = serde_yaml::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let policy_path = base.join(&c.policy.file);
+        let ptext = String::from_utf8(read_bounded(&policy_path, "policy")?)
+            .map_err(|_| bad(format!("policy.file {}: not UTF-8", policy_path.display())))?;
+        let pbad = |e: &dyn std::fmt::Display| ConfigError::Invalid {
+            file: policy_path.display().to_string(),
+            message: e.to_string(),
+        };
+        let policy = Policy::parse(&ptext).map_err(|e| pbad(&e))?;
+        let mut references = References::from_policy(&policy).map_err(|e| pbad(&e))?;
+        let pbase = policy_path.parent().unwrap_or(Path::new("."));
+        for f in &policy.pcrs_json {
+            let data = read_bounded(&pbase.join(f), "pcrs_json")?;
+            references
+                .pcr11
+                .extend(verify::parse_pcrs_json(f, &data).map_err(|e| pbad(&e))?);
+        }
+        for f in &policy.manifests {
+            let data = read_bounded(&pbase.join(f), "manifest")?;
+            references
+                .artifacts
+                .push(verify::parse_manifest(f, &data).map_err(|e| pbad(&e))?);
+        }
+        let checkpoint = match &c.policy.checkpoint {
+            Some(p) => Some(
+                String::from_utf8(read_bounded(&base.join(p), "checkpoint")?)
+                    .map_err(|_| bad("policy.checkpoint: not UTF-8".into()))?,
+            ),
+            None => None,
+        };
+        let mut secrets = Vec::new();
+        for s in &c.policy.secrets {
+            let data = read_bounded(&base.join(&s.file), "secret")?;
+            if data.is_empty() || data.len() > MAX_SECRET {
+                return Err(bad(format!(
+                    "policy.secrets {}: {} bytes; a released secret is 1 to {MAX_SECRET} bytes",
+                    s.name,
+                    data.len()
+                )));
+            }
+            if secrets.iter().any(|(n, _)| n == &s.name) {
+                return Err(bad(format!("policy.secrets: {} listed twice", s.name)));
+            }
+            secrets.push((s.name.clone(), data));
+        }
+        if c.nonce_ttl_seconds == 0 || c.enrol_ttl_seconds == 0 {
+            return Err(bad(
+                "nonce_ttl_seconds and enrol_ttl_seconds must be positive".into(),
+            ));
+        }
+        Ok(Config {
+            listen: c.listen,
+            database: if crate::store::is_postgres(&c.database) {
+                c.database
+            } else {
+                base.join(&c.database).display().to_string()
+            },
+            nonce_ttl: i64::from(c.nonce_ttl_seconds),
+            enrol_ttl: i64::from(c.enrol_ttl_seconds),
+            policy_name: c.policy.name,
+            policy_version: c.policy.version,
+            policy,
+            references,
+            checkpoint,
+            secrets,
+        })
+    }
+}
+
+/// A refusal: HTTP status, a stable kind for machines and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct Refusal {
+    pub status: u16,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+fn refuse(status: u16, kind: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        kind,
+        message: message.into(),
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        refuse(500, "internal", e.to_string())
+    }
+}
+
+impl From<api::BodyError> for Refusal {
+    fn from(e: api::BodyError) -> Self {
+        refuse(400, "bad-request", e.0)
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn random(n: usize) -> Result<Vec<u8>, Refusal> {
+    let mut v = vec![0u8; n];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut v)
+        .map_err(|_| refuse(500, "internal", "no randomness from the system"))?;
+    Ok(v)
+}
+
+/// The service: configuration and store.
+#[derive(Debug)]
+pub struct Service {
+    pub config: Config,
+    pub store: Store,
+}
+
+impl Service {
+    pub fn open(config: Config) -> Result<Service, ConfigError> {
+        let store = Store::open(&config.database)?;
+        Ok(Service { config, store })
+    }
+
+    /// Enrolment, step 1: checks the EK and AK and answers a credential (a fresh random secret
+    /// made to the EK for the AK's Name) that only the TPM holding both can activate.
+    pub fn enrol(&mut self, req: &EnrolRequest) -> Result<EnrolResponse, Refusal> {
+        let ek = TpmPublic::parse(&req.ek_public)
+            .map_err(|e| refuse(400, "bad-ek", format!("ek_public: {e}")))?;
+        ek.check_ek().map_err(|e| refuse(400, "bad-ek", e))?;
+        let ak = TpmPublic::parse(&req.ak_public)
+            .map_err(|e| refuse(400, "bad-ak", format!("ak_public: {e}")))?;
+        ak.check_ak().map_err(|e| refuse(400, "bad-ak", e))?;
+        let secret = random(32)?;
+        let cred = make_credential(&ek, &ak.name, &secret)
+            .map_err(|e| refuse(400, "bad-ek", e.to_string()))?;
+        let id = hex::encode(&ek.name);
+        let expires_at = now() + self.config.enrol_ttl;
+        let m = Machine {
+            id: id.clone(),
+            ek_public: ek.bytes.clone(),
+            ak_public: ak.bytes.clone(),
+            ak_name: ak.name.clone(),
+            policy: self.config.policy_name.clone(),
+            state: "pending".into(),
+            activation_sha256: hex::encode(Sha256::digest(&secret)),
+            activation_expires: expires_at,
+        };
+        if !self.store.enrol(&m, now())? {
+            return Err(refuse(
+                409,
+                "already-enrolled",
+                format!("machine {id} is enrolled and active; its AK is not replaced"),
+            ));
+        }
+        Ok(EnrolResponse {
+            machine: id,
+            credential: api::encode(&CredentialFile(cred).encode()),
+            expires_at,
+        })
+    }
+
+    /// Enrolment, step 2: the AK is trusted only if the machine returns the credential's
+    /// secret before it expires. One attempt: a wrong secret fails the enrolment.
+    pub fn activate(&mut self, req: &ActivateRequest) -> Result<(), Refusal> {
+        let m = self.machine(&req.machine)?;
+        if m.state != "pending" {
+            return Err(refuse(
+                409,
+                "not-pending",
+                format!(
+                    "machine {} is {}, not waiting for activation",
+                    m.id, m.state
+                ),
+            ));
+        }
+        let expired = now() >= m.activation_expires;
+        // Digests of a secret: comparing them leaks nothing useful about the secret.
+        let ok = !expired && hex::encode(Sha256::digest(&req.secret)) == m.activation_sha256;
+        self.store.finish_activation(&m.id, ok)?;
+        match (ok, expired) {
+            (true, _) => Ok(()),
+            (false, true) => Err(refuse(403, "activation-expired", "the enrolment credential expired; enrol again")),
+            (false, false) => Err(refuse(
+                403,
+                "activation-failed",
+                "the secret does not match the credential: the AK is not on the TPM of that EK; enrol again",
+            )),
+        }
+    }
+
+    fn machine(&mut self, id: &str) -> Result<Machine, Refusal> {
+        self.store.machine(id)?.ok_or_else(|| {
+            refuse(
+                404,
+                "unknown-machine",
+                format!("no machine {id} is enrolled"),
+            )
+        })
+    }
+
+    fn active_machine(&mut self, id: &str) -> Result<Machine, Refusal> {
+        let m = self.machine(id)?;
+        if m.state != "active" {
+            return Err(refuse(
+                403,
+                "ak-not-activated",
+                format!(
+                    "machine {id}'s AK is {} (credential activation has not succeeded)",
+                    m.state
+                ),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// A fresh 32-byte nonce for an enrolled machine, single use, expiring.
+    pub fn challenge(&mut self, req: &ChallengeRequest) -> Result<ChallengeResponse, Refusal> {
+        let m = self.active_machine(&req.machine)?;
+        let nonce = random(32)?;
+        let expires_at = now() + self.config.nonce_ttl;
+        self.store.add_nonce(&nonce, &m.id, expires_at)?;
+        Ok(ChallengeResponse {
+            nonce: hex::encode(nonce),
+            expires_at,
+        })
+    }
+
+    /// Evidence: consumes the nonce, verifies the quote (with the enrolled AK, over the
+    /// nonce) and the logs against the policy, stores the verdict, and on ACCEPT releases the
+    /// policy's secrets, each MakeCredential'd to the machine's EK for its AK's Name.
+    pub fn evidence(
+        &mut self,
+        req: &EvidenceRequest,
+        body: &[u8],
+    ) -> Result<EvidenceResponse, Refusal> {
+        let m = self.active_machine(&req.machine)?;
+        match self.store.use_nonce(&req.nonce, &m.id, now())? {
+            NonceUse::Consumed => {}
+            NonceUse::Unknown => {
+                return Err(refuse(
+                    403,
+                    "nonce-unknown",
+                    "the nonce was not issued by this service",
+                ))
+            }
+            NonceUse::OtherMachine => {
+                return Err(refuse(
+                    403,
+                    "nonce-other-machine",
+                    "the nonce was issued to another machine",
+                ))
+            }
+            NonceUse::Used => {
+                return Err(refuse(
+                    403,
+                    "nonce-used",
+                    "the nonce was already answered (replay)",
+                ))
+            }
+            NonceUse::Expired => {
+                return Err(refuse(
+                    403,
+                    "nonce-expired",
+                    "the nonce expired before it was answered",
+                ))
+            }
+        }
+        let evidence_sha256 = hex::encode(Sha256::digest(body));
+        let verdict = self.verify(&m, req);
+        let (accepted, findings) = match &verdict {
+            Ok(v) => (v.accepted, serde_json::to_value(v).unwrap_or_default()),
+            Err(e) => (
+                false,
+                serde_json::json!({"accepted": false, "findings": [{"kind": "malformed-evidence", "message": e}]}),
+            ),
+        };
+        let mut releases = Vec::new();
+        if accepted {
+            let ek = TpmPublic::parse(&m.ek_public)
+                .map_err(|e| refuse(500, "internal", e.to_string()))?;
+            for (name, secret) in &self.config.secrets {
+                let cred = make_credential(&ek, &m.ak_name, secret)
+                    .map_err(|e| refuse(500, "internal", e.to_string()))?;
+                releases.push(Release {
+                    name: name.clone(),
+                    credential: api::encode(&CredentialFile(cred).encode()),
+                });
+            }
+        }
+        let names: Vec<String> = releases.iter().map(|r| r.name.clone()).collect();
+        let verdict_id = self.store.add_verdict(
+            &m.id,
+            &req.nonce,
+            accepted,
+            &evidence_sha256,
+            &self.config.policy_name,
+            self.config.policy_version,
+            self.config.checkpoint.as_deref(),
+            &findings.to_string(),
+            &names,
+            now(),
+        )?;
+        Ok(EvidenceResponse {
+            verdict_id,
+            accepted,
+            evidence_sha256,
+            policy: self.config.policy_name.clone(),
+            policy_version: self.config.policy_version,
+            log_checkpoint: self.config.checkpoint.clone(),
+            findings,
+            releases,
+        })
+    }
+
+    fn verify(&self, m: &Machine, req: &EvidenceRequest) -> Result<verify::Verdict, String> {
+        let ak = TpmPublic::parse(&m.ak_public).map_err(|e| format!("enrolled AK: {e}"))?;
+        let log = EventLog::parse(&req.event_log).map_err(|e| format!("event_log: {e}"))?;
+        let userspace = req
+            .userspace_log
+            .as_deref()
+            .map(UserspaceLog::parse)
+            .transpose()
+            .map_err(|e| format!("userspace_log: {e}"))?;
+        let signature = Signature::parse(&req.signature).map_err(|e| format!("signature: {e}"))?;
+        let mut policy = self.config.policy.clone();
+        // A service verdict always rests on a quote by the enrolled AK over the nonce.
+        policy.require_quote = true;
+        Ok(verify::verify(
+            &policy,
+            &self.config.references,
+            &log,
+            userspace.as_ref(),
+            Some(QuoteEvidence {
+                attest: &req.quote,
+                signature: &signature,
+                ak: &ak.key,
+                nonce: &req.nonce,
+            }),
+        ))
+    }
+}

@@ -1,0 +1,653 @@
+//! `imgctl serve` and `imgctl attest` end to end, real parts only: swtpm instances are the
+//! machines' TPMs, the evidence is the captured OVMF + swtpm + systemd-stub 252 boot
+//! (testdata/eventlogs/ovmf-swtpm) with each swtpm's PCRs extended by that log's events, the
+//! policy's golden values are the PCRs the booted guest read from its TPM, and PCR 11's
+//! prediction is systemd-measure's. Credential protection is checked against tpm2-tools
+//! (tpm2_makecredential --tcti none, tpm2_activatecredential) and the TPM itself.
+
+#![cfg(feature = "tpm")]
+#![allow(clippy::unwrap_used)] // reason: test code; a panic is a test failure
+
+mod common;
+#[path = "support/swtpm.rs"]
+mod swtpm;
+
+use std::collections::BTreeMap;
+use std::io::BufRead as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::{imgctl, require_tool, run_ok};
+use imgctl_attest::eventlog::{EventLog, EventType};
+use imgctl_measure::HashAlg;
+use imgctl_service::api::{
+    ActivateRequest, ChallengeRequest, EnrolRequest, EvidenceRequest, EvidenceResponse,
+};
+use imgctl_service::client::Client;
+use imgctl_service::credential::{make_credential, CredentialFile};
+use imgctl_service::tpm_public::TpmPublic;
+use imgctl_tpm::Tpm;
+use swtpm::Swtpm;
+
+const OVMF: &str = "testdata/eventlogs/ovmf-swtpm";
+const POLICY_PCRS: [u32; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 9, 11];
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+/// The captured boot: its event log and the service configuration that accepts it.
+struct Capture {
+    log: Vec<u8>,
+}
+
+fn tools() -> bool {
+    [
+        (swtpm::SWTPM, "swtpm"),
+        ("tpm2_makecredential", "tpm2-tools"),
+        ("tpm2_activatecredential", "tpm2-tools"),
+    ]
+    .iter()
+    .all(|(t, p)| require_tool(t, p).is_some())
+}
+
+/// Writes the policy (golden values from the guest's PCR reads, PCR 11 through a manifest of
+/// the booted sections and systemd-measure's prediction) next to a service configuration.
+fn setup(dir: &Path, nonce_ttl: u32, database: &str) -> Option<Capture> {
+    let src = common::shared_dir()?.join(OVMF);
+    let mut golden: BTreeMap<String, String> = BTreeMap::new();
+    for l in std::fs::read_to_string(src.join("ovmf-stub252-pcrs.txt"))
+        .unwrap()
+        .lines()
+    {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let pcr: u32 = f[2].parse().unwrap();
+        if f[1] == "sha256" && pcr != 11 && POLICY_PCRS.contains(&pcr) {
+            golden.insert(f[2].into(), f[3].to_lowercase());
+        }
+    }
+    let inputs: BTreeMap<String, String> =
+        std::fs::read_to_string(src.join("ovmf-stub252-inputs.sha256"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (h, n) = l.split_once(' ').unwrap();
+                (n.trim().to_owned(), h.to_owned())
+            })
+            .collect();
+    let sections: Vec<_> = [
+        (".linux", "vmlinuz"),
+        (".osrel", "osrel"),
+        (".cmdline", "cmdline"),
+        (".initrd", "initrd.cpio"),
+    ]
+    .iter()
+    .map(|(s, f)| serde_json::json!({"name": s, "measured": true, "digests": {"sha256": inputs[*f]}}))
+    .collect();
+    let pcrs: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(src.join("ovmf-stub252-systemd-measure.json")).unwrap(),
+    )
+    .unwrap();
+    let manifest = common::reference_manifest("demo", "demo.efi", "systemd-252", &sections, pcrs);
+    std::fs::write(dir.join("demo.manifest.json"), manifest.to_string()).unwrap();
+    let policy = serde_json::json!({
+        "pcrs": POLICY_PCRS, "banks": ["sha256"], "expected": {"sha256": golden},
+        "manifests": ["demo.manifest.json"],
+    });
+    std::fs::write(dir.join("demo.policy.yaml"), policy.to_string()).unwrap();
+    std::fs::write(dir.join("disk.key"), SECRET).unwrap();
+    std::fs::write(dir.join("checkpoint"), "example.org/log\n7\nAAAA\n").unwrap();
+    std::fs::write(
+        dir.join("serve.yaml"),
+        format!(
+            "listen: 127.0.0.1:0\ndatabase: '{database}'\nnonce_ttl_seconds: {nonce_ttl}\n\
+             policy:\n  name: demo\n  version: 3\n  file: demo.policy.yaml\n  checkpoint: checkpoint\n\
+             \x20 secrets:\n    - {{name: disk-key, file: disk.key}}\n"
+        ),
+    )
+    .unwrap();
+    Some(Capture {
+        log: std::fs::read(src.join("ovmf-stub252-eventlog.bin")).unwrap(),
+    })
+}
+
+/// A PostgreSQL cluster of its own (Debian's postgresql: initdb + pg_ctl) in a temporary
+/// folder, reachable only on a unix socket there; stopped on drop. As root, it runs as the
+/// `postgres` user (initdb refuses root).
+struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Postgres {
+    fn start() -> Option<Postgres> {
+        // Whatever major version Debian installed: the newest under /usr/lib/postgresql.
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|r| {
+                r.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                    .filter(|b| b.join("initdb").exists())
+                    .max()
+            })
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/VERSION/bin"));
+        require_tool(bin.join("initdb").to_str().unwrap(), "postgresql")?;
+        let dir = tempfile::tempdir().unwrap();
+        let pg = Postgres { dir, bin };
+        if is_root() {
+            run_ok(
+                Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(pg.dir.path()),
+            );
+        }
+        run_ok(
+            pg.tool("initdb", &["-A", "trust", "-U", "imgctl", "-N", "-D"])
+                .arg(pg.data()),
+        );
+        run_ok(
+            pg.tool("pg_ctl", &["-w", "-D"])
+                .arg(pg.data())
+                .arg("-l")
+                .arg(pg.dir.path().join("log"))
+                .arg("-o")
+                .arg(format!(
+                    "-F -k {} -c listen_addresses=",
+                    pg.dir.path().display()
+                ))
+                .arg("start"),
+        );
+        Some(pg)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn tool(&self, name: &str, args: &[&str]) -> Command {
+        let mut c = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(name));
+            c
+        } else {
+            Command::new(self.bin.join(name))
+        };
+        c.args(args).stdout(Stdio::null());
+        c
+    }
+
+    fn database(&self) -> String {
+        format!(
+            "host={} port=5432 user=imgctl dbname=postgres",
+            self.dir.path().display()
+        )
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .tool("pg_ctl", &["-m", "immediate", "-D"])
+            .arg(self.data())
+            .arg("stop")
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// `imgctl serve --config` as a child process; killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path) -> Server {
+    let mut child = imgctl()
+        .args(["serve", "--config"])
+        .arg(dir.join("serve.yaml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().to_owned();
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "serve printed {line:?}"
+    );
+    Server { child, url }
+}
+
+/// Extends the TPM's PCRs with every measured event of the log, in every bank both have:
+/// afterwards the TPM holds what the booted machine's TPM held.
+fn boot(tpm: &Swtpm, log: &[u8]) {
+    let log = EventLog::parse(log).unwrap();
+    let mut t = Tpm::open(&tpm.tcti()).unwrap();
+    let banks = t.active_banks().unwrap();
+    for e in &log.events {
+        if e.event_type == EventType::EV_NO_ACTION {
+            continue;
+        }
+        let digests: Vec<_> = e
+            .digests
+            .iter()
+            .filter(|(b, _)| banks.contains(b))
+            .cloned()
+            .collect();
+        t.extend(e.pcr, &digests).unwrap();
+    }
+}
+
+fn machine_id(t: &mut Tpm) -> String {
+    hex::encode(TpmPublic::parse(&t.ek_public().unwrap()).unwrap().name)
+}
+
+fn body(tpm2b: &[u8]) -> &[u8] {
+    &tpm2b[2..]
+}
+
+fn open_credential(t: &mut Tpm, b64: &str) -> Result<Vec<u8>, imgctl_tpm::TpmError> {
+    let file = imgctl_service::api::decode_blob(b64).unwrap();
+    let c = CredentialFile::parse(&file).unwrap().0;
+    t.activate_credential(body(&c.id_object), body(&c.encrypted_secret))
+}
+
+/// Enrols a machine through the API with its own EK and AK, activating on its TPM.
+fn enrol(c: &Client, t: &mut Tpm) -> String {
+    let e = c
+        .enrol(&EnrolRequest {
+            ek_public: t.ek_public().unwrap(),
+            ak_public: t.ak_public().unwrap(),
+        })
+        .unwrap();
+    let secret = open_credential(t, &e.credential).unwrap();
+    c.activate(&ActivateRequest {
+        machine: e.machine.clone(),
+        secret,
+    })
+    .unwrap();
+    e.machine
+}
+
+/// Evidence for `machine` answering `nonce`, quoted by `t` over `quote_nonce`.
+fn evidence(
+    t: &mut Tpm,
+    machine: &str,
+    nonce: &[u8],
+    quote_nonce: &[u8],
+    log: &[u8],
+) -> EvidenceRequest {
+    let q = t
+        .quote(quote_nonce, &[(HashAlg::SHA256, POLICY_PCRS.to_vec())])
+        .unwrap();
+    EvidenceRequest {
+        machine: machine.into(),
+        nonce: nonce.to_vec(),
+        quote: q.attest,
+        signature: q.signature,
+        event_log: log.to_vec(),
+        userspace_log: None,
+    }
+}
+
+fn nonce(c: &Client, machine: &str) -> Vec<u8> {
+    let ch = c
+        .challenge(&ChallengeRequest {
+            machine: machine.into(),
+        })
+        .unwrap();
+    hex::decode(ch.nonce).unwrap()
+}
+
+fn refused(r: Result<EvidenceResponse, imgctl_service::client::ClientError>, kind: &str) {
+    match r {
+        Err(e) => assert_eq!(e.kind(), Some(kind), "{e}"),
+        Ok(v) => panic!("expected refusal {kind}, got verdict {v:?}"),
+    }
+}
+
+fn rejected(v: EvidenceResponse, want: &str) {
+    assert!(!v.accepted, "accepted: {v:?}");
+    assert!(v.releases.is_empty(), "released on REJECT: {v:?}");
+    let text = v.findings.to_string();
+    assert!(text.contains(want), "findings lack {want}: {text}");
+}
+
+/// The happy path through the CLI on both ends: `imgctl attest` enrols the swtpm machine,
+/// answers a nonce with a quote and the captured log, and writes the released key (mode
+/// 0600) that only its TPM could open; a second swtpm cannot open that release.
+#[test]
+fn accept_releases_the_secret_to_that_tpm_only() {
+    accept_releases(None);
+}
+
+#[test]
+fn accept_releases_the_secret_to_that_tpm_only_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    accept_releases(Some(&pg));
+}
+
+fn accept_releases(pg: Option<&Postgres>) {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = pg.map_or("state.db".into(), Postgres::database);
+    let Some(cap) = setup(d, 60, &db) else { return };
+    std::fs::write(d.join("eventlog.bin"), &cap.log).unwrap();
+    let server = serve(d);
+    let tpm = Swtpm::start_tcp();
+    boot(&tpm, &cap.log);
+    let keys = d.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let out = run_ok(
+        imgctl()
+            .args([
+                "attest",
+                "--server",
+                &server.url,
+                "--tcti",
+                &tpm.tcti(),
+                "--json",
+            ])
+            .arg("--event-log")
+            .arg(d.join("eventlog.bin"))
+            .arg("--secrets-dir")
+            .arg(&keys),
+    );
+    let answer: EvidenceResponse = serde_json::from_slice(&out).unwrap();
+    assert!(answer.accepted, "{answer:?}");
+    assert_eq!((answer.policy.as_str(), answer.policy_version), ("demo", 3));
+    assert_eq!(
+        answer.log_checkpoint.as_deref(),
+        Some("example.org/log\n7\nAAAA\n")
+    );
+    let key = keys.join("disk-key");
+    assert_eq!(std::fs::read(&key).unwrap(), SECRET);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The release on record; another TPM cannot open it, that TPM can (again).
+    let mut a = Tpm::open(&tpm.tcti()).unwrap();
+    let id = machine_id(&mut a);
+    let c = Client::new(&server.url);
+    let n = nonce(&c, &id);
+    let v = c
+        .evidence(&evidence(&mut a, &id, &n, &n, &cap.log))
+        .unwrap();
+    assert!(v.accepted);
+    let cred = &v.releases[0].credential;
+    let other = Swtpm::start_tcp();
+    let mut b = Tpm::open(&other.tcti()).unwrap();
+    assert!(
+        open_credential(&mut b, cred).is_err(),
+        "another TPM opened the release"
+    );
+    assert_eq!(open_credential(&mut a, cred).unwrap(), SECRET);
+    let rec = c.verdicts(&id).unwrap();
+    assert_eq!(rec["verdicts"].as_array().unwrap().len(), 2);
+    assert_eq!(rec["releases"].as_array().unwrap().len(), 2);
+    // The evidence digest is the sha256 of the request body as sent.
+    assert_eq!(rec["verdicts"][1]["evidence_sha256"], v.evidence_sha256);
+}
+
+/// Every way to get a secret without an accepted, fresh, own quote is refused with a named
+/// reason, and nothing is released.
+#[test]
+fn tampered_replayed_expired_foreign_and_unactivated_evidence_gets_nothing() {
+    refusals(None);
+}
+
+#[test]
+fn tampered_replayed_expired_foreign_and_unactivated_evidence_gets_nothing_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    refusals(Some(&pg));
+}
+
+fn refusals(pg: Option<&Postgres>) {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = pg.map_or("state.db".into(), Postgres::database);
+    let Some(cap) = setup(d, 2, &db) else { return };
+    let server = serve(d);
+    let c = Client::new(&server.url);
+    let (sa, sb, sc) = (Swtpm::start_tcp(), Swtpm::start_tcp(), Swtpm::start_tcp());
+    for s in [&sa, &sb, &sc] {
+        boot(s, &cap.log);
+    }
+    let mut a = Tpm::open(&sa.tcti()).unwrap();
+    let mut b = Tpm::open(&sb.tcti()).unwrap();
+    let mut tc = Tpm::open(&sc.tcti()).unwrap();
+    let ida = enrol(&c, &mut a);
+    let idb = enrol(&c, &mut b);
+
+    // Tampered evidence: one digest of the firmware log changed.
+    let log = EventLog::parse(&cap.log).unwrap();
+    let e = log
+        .events
+        .iter()
+        .find(|e| e.pcr == 4 && e.event_type != EventType::EV_NO_ACTION)
+        .unwrap();
+    let d256 = e.digest(HashAlg::SHA256).unwrap().as_bytes().to_vec();
+    let at = cap.log.windows(32).position(|w| w == d256).unwrap();
+    let mut tampered = cap.log.clone();
+    tampered[at] ^= 1;
+    let n = nonce(&c, &ida);
+    rejected(
+        c.evidence(&evidence(&mut a, &ida, &n, &n, &tampered))
+            .unwrap(),
+        "PCR digest",
+    );
+
+    // A quote over another nonce than the one answered.
+    let n = nonce(&c, &ida);
+    rejected(
+        c.evidence(&evidence(&mut a, &ida, &n, &[7; 32], &cap.log))
+            .unwrap(),
+        "nonce mismatch",
+    );
+
+    // A replayed nonce: the first answer is accepted, the same evidence again is refused.
+    let n = nonce(&c, &ida);
+    let ev = evidence(&mut a, &ida, &n, &n, &cap.log);
+    assert!(c.evidence(&ev).unwrap().accepted);
+    refused(c.evidence(&ev), "nonce-used");
+
+    // An expired nonce (the configuration gives 2 s).
+    let n = nonce(&c, &ida);
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    refused(
+        c.evidence(&evidence(&mut a, &ida, &n, &n, &cap.log)),
+        "nonce-expired",
+    );
+
+    // Another machine's AK: B's quote over A's nonce, sent as A; and as B with A's nonce.
+    let n = nonce(&c, &ida);
+    rejected(
+        c.evidence(&evidence(&mut b, &ida, &n, &n, &cap.log))
+            .unwrap(),
+        "signature does not verify",
+    );
+    let n = nonce(&c, &ida);
+    refused(
+        c.evidence(&evidence(&mut b, &idb, &n, &n, &cap.log)),
+        "nonce-other-machine",
+    );
+    refused(
+        c.evidence(&evidence(&mut a, &ida, &[9; 32], &[9; 32], &cap.log)),
+        "nonce-unknown",
+    );
+
+    // An AK that is not on the EK's TPM: C's EK with B's AK. Neither TPM can activate the
+    // credential, so C cannot prove the AK; its wrong answer fails the enrolment for good.
+    let e = c
+        .enrol(&EnrolRequest {
+            ek_public: tc.ek_public().unwrap(),
+            ak_public: b.ak_public().unwrap(),
+        })
+        .unwrap();
+    assert!(open_credential(&mut tc, &e.credential).is_err());
+    assert!(open_credential(&mut b, &e.credential).is_err());
+    let wrong = c.activate(&ActivateRequest {
+        machine: e.machine.clone(),
+        secret: vec![0; 32],
+    });
+    assert_eq!(wrong.unwrap_err().kind(), Some("activation-failed"));
+    let ch = c.challenge(&ChallengeRequest {
+        machine: e.machine.clone(),
+    });
+    assert_eq!(ch.unwrap_err().kind(), Some("ak-not-activated"));
+    refused(
+        c.evidence(&evidence(&mut b, &e.machine, &[1; 32], &[1; 32], &cap.log)),
+        "ak-not-activated",
+    );
+
+    // Exactly one release on record: the one accepted answer; all refusals released nothing.
+    let rec = c.verdicts(&ida).unwrap();
+    assert_eq!(rec["releases"].as_array().unwrap().len(), 1, "{rec}");
+    let accepted: Vec<_> = rec["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["accepted"] == true)
+        .collect();
+    assert_eq!(accepted.len(), 1, "{rec}");
+}
+
+/// MakeCredential in Rust against tpm2-tools and the TPM: tpm2_activatecredential opens our
+/// credential for a tpm2_createak key (whose Name, as tpm2-tools computes it, equals ours),
+/// and our TPM2_ActivateCredential opens tpm2_makecredential --tcti none's file for our AK.
+#[test]
+fn make_credential_agrees_with_tpm2_tools_and_the_tpm() {
+    if !tools() {
+        return;
+    }
+    let tpm = Swtpm::start_tcp();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tools = |args: &[&str]| {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..])
+            .current_dir(d)
+            .env("TPM2TOOLS_TCTI", tpm.tcti());
+        run_ok(&mut c)
+    };
+    // No resource manager in front of swtpm: the EK is made persistent and transient objects
+    // are flushed after each tool (swtpm holds only three).
+    const EK: &str = "0x81010009";
+    tools(&["tpm2_createek", "-c", EK, "-G", "rsa", "-u", "ek.pub"]);
+    tools(&["tpm2_flushcontext", "-t"]);
+    tools(&[
+        "tpm2_createak",
+        "-C",
+        EK,
+        "-c",
+        "ak.ctx",
+        "-G",
+        "rsa",
+        "-g",
+        "sha256",
+        "-s",
+        "rsassa",
+        "-u",
+        "ak.pub",
+        "-n",
+        "ak.name",
+    ]);
+    tools(&["tpm2_flushcontext", "-t"]);
+    tools(&["tpm2_flushcontext", "-s"]);
+    let ek = TpmPublic::parse(&std::fs::read(d.join("ek.pub")).unwrap()).unwrap();
+    let ak = TpmPublic::parse(&std::fs::read(d.join("ak.pub")).unwrap()).unwrap();
+    assert_eq!(
+        ak.name,
+        std::fs::read(d.join("ak.name")).unwrap(),
+        "AK Name differs from tpm2-tools'"
+    );
+    ak.check_ak().unwrap();
+    let cred = make_credential(&ek, &ak.name, SECRET).unwrap();
+    std::fs::write(d.join("cred.bin"), CredentialFile(cred).encode()).unwrap();
+    tools(&[
+        "tpm2_startauthsession",
+        "--policy-session",
+        "-S",
+        "session.ctx",
+    ]);
+    tools(&["tpm2_policysecret", "-S", "session.ctx", "-c", "e"]);
+    tools(&[
+        "tpm2_activatecredential",
+        "-c",
+        "ak.ctx",
+        "-C",
+        EK,
+        "-i",
+        "cred.bin",
+        "-o",
+        "out.bin",
+        "-P",
+        "session:session.ctx",
+    ]);
+    tools(&["tpm2_flushcontext", "session.ctx"]);
+    tools(&["tpm2_flushcontext", "-t"]);
+    assert_eq!(std::fs::read(d.join("out.bin")).unwrap(), SECRET);
+
+    // The other way: tpm2-tools makes the credential (no TPM) for our EK and our AK's Name;
+    // the file parses as ours and our ActivateCredential opens it.
+    let mut t = Tpm::open(&tpm.tcti()).unwrap();
+    let our_ek = t.ek_public().unwrap();
+    assert_eq!(
+        TpmPublic::parse(&our_ek).unwrap().name,
+        ek.name,
+        "same EK as tpm2_createek"
+    );
+    let our_ak = TpmPublic::parse(&t.ak_public().unwrap()).unwrap();
+    our_ak.check_ak().unwrap();
+    let mut ek2b = u16::try_from(our_ek.len()).unwrap().to_be_bytes().to_vec();
+    ek2b.extend_from_slice(&our_ek);
+    std::fs::write(d.join("our-ek.pub"), &ek2b).unwrap();
+    std::fs::write(d.join("secret.bin"), SECRET).unwrap();
+    run_ok(Command::new("tpm2_makecredential").current_dir(d).args([
+        "--tcti",
+        "none",
+        "-u",
+        "our-ek.pub",
+        "-s",
+        "secret.bin",
+        "-n",
+        &hex::encode(&our_ak.name),
+        "-o",
+        "their.bin",
+    ]));
+    let theirs = CredentialFile::parse(&std::fs::read(d.join("their.bin")).unwrap())
+        .unwrap()
+        .0;
+    assert_eq!(
+        t.activate_credential(body(&theirs.id_object), body(&theirs.encrypted_secret))
+            .unwrap(),
+        SECRET
+    );
+    // And a credential for a different Name fails the TPM's integrity check.
+    let mut other = our_ak.name.clone();
+    other[5] ^= 1;
+    let bad = make_credential(&ek, &other, SECRET).unwrap();
+    assert!(t
+        .activate_credential(body(&bad.id_object), body(&bad.encrypted_secret))
+        .is_err());
+}
