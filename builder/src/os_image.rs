@@ -449,7 +449,7 @@ pub fn build_os_staged(
                 root_type.0,
                 root_type.repart_name().unwrap_or_default()
             ),
-            format!("file-system:/usr:erofs:{fs_uuid}:::::"),
+            format!("file-system:/usr:erofs:{fs_uuid}::::"),
         ],
     };
     let mut json = serde_json::to_vec_pretty(&record).unwrap_or_default();
