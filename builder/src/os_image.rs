@@ -205,6 +205,9 @@ pub fn build_os_staged(
         });
         set_mode(&dst, mode)?;
     }
+    for unit in &recipe.mask {
+        mask_unit(&usr_stage.join("usr/lib/systemd/system"), unit)?;
+    }
     for unit in &recipe.units {
         enable_unit(
             &usr_stage.join("usr/lib/systemd/system"),
@@ -596,6 +599,19 @@ fn mark_updated(root: &Path, epoch: u64) -> Result<(), Error> {
             .map_err(|e| Error::io(&p, "setting the time of", e))?;
     }
     Ok(())
+}
+
+/// Masks `unit` in /usr (so verity covers it): its unit file becomes a link to /dev/null,
+/// which systemd loads as masked ("the image does not need it"), whatever pulls it in.
+fn mask_unit(unit_dir: &Path, unit: &str) -> Result<(), Error> {
+    std::fs::create_dir_all(unit_dir).map_err(|e| Error::io(unit_dir, "creating", e))?;
+    let path = unit_dir.join(unit);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&path, "removing", e)),
+    }
+    std::os::unix::fs::symlink("/dev/null", &path).map_err(|e| Error::io(&path, "linking", e))
 }
 
 /// Links `unit` into the `.wants/` folder of each target its `[Install]` section names in
