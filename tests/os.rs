@@ -582,3 +582,61 @@ fn verify_accepts_the_boot_and_rejects_an_altered_userspace_log() {
     assert!(text.contains("altered-record"), "{text}");
     assert!(text.contains("machine-id:"), "the record is named: {text}");
 }
+
+/// `imgctl vm` tells a disk image from a UKI by its bytes, not its name, and refuses before
+/// starting anything a disk the firmware could not boot (no ESP, or an ESP past the end of the
+/// file) and a `--reuse-tpm` that is not a folder. The disks are partitioned by sfdisk.
+#[test]
+fn vm_refuses_disks_without_a_bootable_esp_whatever_their_name() {
+    let Some(sfdisk) = common::require_tool("sfdisk", "fdisk") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = |name: &str, script: &str, len: u64| {
+        let p = dir.path().join(name);
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let mut child = Command::new(&sfdisk)
+            .arg("--quiet")
+            .arg(&p)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "sfdisk {name}");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        p
+    };
+    let vm = |args: &[&std::ffi::OsStr]| {
+        let o = common::imgctl().arg("vm").args(args).output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // A GPT disk named like a UKI, with a Linux partition only.
+    let no_esp = disk("looks-like-a.efi", "label: gpt\n,,L\n", 16 << 20);
+    let (code, err) = vm(&[no_esp.as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no EFI System Partition"), "{err}");
+    assert!(err.contains("looks-like-a.efi"), "{err}");
+    // An ESP that the file was cut short of.
+    let cut = disk("cut.raw", "label: gpt\n,,U\n", 1 << 20);
+    let (code, err) = vm(&[cut.as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("past the end of the file"), "{err}");
+    // --reuse-tpm must be a folder.
+    let esp = disk("esp.raw", "label: gpt\n,,U\n", 16 << 20);
+    let file = dir.path().join("not-a-folder");
+    std::fs::write(&file, b"").unwrap();
+    let (code, err) = vm(&[esp.as_os_str(), "--reuse-tpm".as_ref(), file.as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not a folder"), "{err}");
+}
