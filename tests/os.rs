@@ -632,6 +632,11 @@ fn vm_refuses_disks_without_a_bootable_esp_whatever_their_name() {
     let (code, err) = vm(&[cut.as_os_str()]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("past the end of the file"), "{err}");
+    // An OS recipe is booted as the disk it builds, and says so.
+    let recipe = common::repo_root().join("recipes/os.yaml");
+    let (code, err) = vm(&[recipe.as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("imgctl build"), "{err}");
     // --reuse-tpm must be a folder.
     let esp = disk("esp.raw", "label: gpt\n,,U\n", 16 << 20);
     let file = dir.path().join("not-a-folder");

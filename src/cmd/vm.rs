@@ -317,6 +317,14 @@ fn medium_for(input: &Path) -> anyhow::Result<(Medium, Option<tempfile::TempPath
         check_disk(input)?;
         return Ok((Medium::Disk(input.to_path_buf()), None));
     }
+    if sniff(&head) == InputKind::Other
+        && imgctl_builder::os_recipe::recipe_kind(&head).as_deref() == Some("os")
+    {
+        bail!(
+            "{}: an OS recipe is booted as its disk image: `imgctl build {0}` first, then `imgctl vm images/NAME/NAME.raw`",
+            input.display()
+        );
+    }
     let data = crate::uki_input::load_uki(input)?;
     check_uki(input, &data)?;
     if sniff(&head) == InputKind::Pe {
