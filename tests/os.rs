@@ -71,6 +71,9 @@ struct OsBoot {
     _dir: tempfile::TempDir,
     /// The build's output folder: os.raw, os.efi, pcrs.json, manifest.json, image.json.
     out: PathBuf,
+    /// The transparency log the build appended the image's record to, and its verifier key.
+    log: PathBuf,
+    vkey: String,
     capture: PathBuf,
     vm: Output,
     build_time: Duration,
@@ -123,6 +126,16 @@ fn os_boot() -> Option<&'static OsBoot> {
         }
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
+        let (log, key) = (dir.path().join("log"), dir.path().join("log.key"));
+        common::run_ok(
+            common::imgctl()
+                .args(["log", "init"])
+                .arg(&log)
+                .arg("--key")
+                .arg(&key)
+                .args(["--origin", "example.org/os"]),
+        );
+        let vkey = format!("@{}", dir.path().join("log.vkey").display());
         let start = Instant::now();
         common::run_ok(
             common::imgctl()
@@ -132,6 +145,10 @@ fn os_boot() -> Option<&'static OsBoot> {
                 .arg(&out)
                 .arg("--cache")
                 .arg(common::repo_root().join(".cache/os-trees"))
+                .arg("--log")
+                .arg(&log)
+                .arg("--log-key")
+                .arg(&key)
                 .env("SOURCE_DATE_EPOCH", "0"),
         );
         let build_time = start.elapsed();
@@ -163,6 +180,8 @@ fn os_boot() -> Option<&'static OsBoot> {
         let boot = OsBoot {
             _dir: dir,
             out,
+            log,
+            vkey,
             capture,
             vm,
             build_time,
@@ -644,4 +663,58 @@ fn vm_refuses_disks_without_a_bootable_esp_whatever_their_name() {
     let (code, err) = vm(&[esp.as_os_str(), "--reuse-tpm".as_ref(), file.as_os_str()]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("not a folder"), "{err}");
+}
+
+/// `build --log` records the OS image in the transparency log through the one artifact record:
+/// its `.tlog-proof` verifies against the log's key, and the entry names the disk image with the
+/// sha256 of its bytes (sha2, computed here), the `/usr` root hash of the UKI's `usrhash=` and
+/// the usr partitions with the UUIDs sfdisk reads from the disk.
+#[test]
+fn build_log_records_the_os_image_its_digest_and_usr_root_hash() {
+    use sha2::Digest as _;
+    let Some(b) = os_boot() else { return };
+    let proof = b.out.join("os.raw.tlog-proof");
+    common::run_ok(
+        common::imgctl()
+            .args(["log", "verify", "--vkey", &b.vkey, "--proof"])
+            .arg(&proof),
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&common::run_ok(
+        common::imgctl().args(["log", "show", "--json"]).arg(&b.log),
+    ))
+    .unwrap();
+    let entries = shown["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{shown}");
+    let e = &entries[0]["entry"];
+    let image = e["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["role"] == "image")
+        .unwrap_or_else(|| panic!("no image file in {e}"));
+    let bytes = std::fs::read(b.image()).unwrap();
+    assert_eq!(image["path"], "os.raw");
+    assert_eq!(image["size"], bytes.len() as u64);
+    assert_eq!(
+        image["digests"]["sha256"].as_str().unwrap(),
+        hex::encode(sha2::Sha256::digest(&bytes))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cmdline = uki_cmdline(&b.uki(), dir.path());
+    let usrhash = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("usrhash="))
+        .unwrap();
+    assert_eq!(e["extension"]["root_hash"], usrhash);
+    let parts = sfdisk_partitions(&b.image());
+    for p in e["extension"]["partitions"].as_array().unwrap() {
+        let uuid = p["uuid"].as_str().unwrap();
+        assert!(
+            parts
+                .iter()
+                .any(|(t, u, _, _)| t == p["type_uuid"].as_str().unwrap() && u == uuid),
+            "partition {p} not on the disk: {parts:?}"
+        );
+    }
+    assert_eq!(e["extension"]["partitions"].as_array().unwrap().len(), 2);
 }
