@@ -1,7 +1,11 @@
-//! Boots a UKI under QEMU with Debian's OVMF and a private swtpm TPM 2.0: process I/O only.
+//! Boots a UKI or a whole disk image under QEMU with Debian's OVMF and a private swtpm TPM 2.0:
+//! process I/O only.
 //!
-//! One run: a temporary folder holds the swtpm state and control socket, a per-run copy of the
-//! OVMF variable store and a FAT image (the ESP) with the UKI at `\EFI\BOOT\BOOTX64.EFI`;
+//! One run: a temporary folder holds the swtpm state (unless `--reuse-tpm` names a folder that
+//! keeps it) and control socket, a per-run copy of the OVMF variable store and either a FAT
+//! image (the ESP) with the UKI at `\EFI\BOOT\BOOTX64.EFI`, or a copy-on-write qcow2 overlay
+//! of the user's disk image (the image itself is only read: every write of the guest lands in
+//! the overlay, which goes with the folder);
 //! swtpm and QEMU run as children in their own process groups (so a terminal's Ctrl-C reaches
 //! only us); the serial console is streamed back to the caller. [`Running`] kills both
 //! children and removes the folder when dropped, which covers every exit path: success, error,
@@ -52,10 +56,31 @@ impl Accel {
     }
 }
 
+/// What the firmware boots.
+#[derive(Debug, Clone)]
+pub enum Medium {
+    /// A UKI, put on a fresh FAT ESP as `\EFI\BOOT\BOOTX64.EFI`.
+    Uki(PathBuf),
+    /// A whole GPT disk image (its ESP holds the boot loader or UKI), attached through a
+    /// copy-on-write overlay.
+    Disk(PathBuf),
+}
+
+impl Medium {
+    pub fn path(&self) -> &Path {
+        match self {
+            Medium::Uki(p) | Medium::Disk(p) => p,
+        }
+    }
+}
+
 /// What to boot and how.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
-    pub uki: PathBuf,
+    pub medium: Medium,
+    /// Keep the swtpm state in this folder (made if missing) instead of a fresh TPM per run:
+    /// a second boot sees the same TPM (its seeds, NV indices, keys).
+    pub tpm_state: Option<PathBuf>,
     /// How to name the image in messages (the recipe or UKI the user gave).
     pub label: String,
     pub timeout: Duration,
@@ -106,6 +131,8 @@ pub struct VmRun {
 #[derive(Debug)]
 struct Tools {
     qemu: PathBuf,
+    /// For a disk image: makes the copy-on-write overlay.
+    qemu_img: Option<PathBuf>,
     swtpm: PathBuf,
     mkfs_vfat: PathBuf,
     mmd: PathBuf,
@@ -129,7 +156,7 @@ const ENROLLED: [(&str, &str); 3] = [
 
 impl Tools {
     /// Finds everything, or names every missing piece with the Debian package that has it.
-    fn find(secure_boot: bool, enroll: bool) -> anyhow::Result<Tools> {
+    fn find(secure_boot: bool, enroll: bool, disk: bool) -> anyhow::Result<Tools> {
         let mut missing = Vec::new();
         let mut tool = |name: &str, package: &str| {
             imgctl_fsio::find_program(name).unwrap_or_else(|| {
@@ -138,6 +165,7 @@ impl Tools {
             })
         };
         let qemu = tool("qemu-system-x86_64", "qemu-system-x86");
+        let qemu_img = disk.then(|| tool("qemu-img", "qemu-utils"));
         let swtpm = tool("swtpm", "swtpm");
         let mkfs_vfat = tool("mkfs.vfat", "dosfstools");
         let mmd = tool("mmd", "mtools");
@@ -173,12 +201,13 @@ impl Tools {
         let ovmf_vars = firmware(vars);
         if !missing.is_empty() {
             bail!(
-                "cannot boot: missing {}; install with `apt-get install qemu-system-x86 ovmf swtpm dosfstools mtools` or run scripts/setup.sh",
+                "cannot boot: missing {}; install with `apt-get install qemu-system-x86 qemu-utils ovmf swtpm dosfstools mtools` or run scripts/setup.sh",
                 missing.join(", ")
             );
         }
         Ok(Tools {
             qemu,
+            qemu_img,
             swtpm,
             mkfs_vfat,
             mmd,
@@ -439,6 +468,30 @@ fn make_esp(tools: &Tools, uki: &Path, extra: &[PathBuf], image: &Path) -> anyho
     Ok(())
 }
 
+/// A path as the value of a QEMU `-drive` option (a comma is written twice).
+fn qemu_option_value(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+/// Makes `overlay`, a qcow2 file whose backing file is the disk `image` (read, never written):
+/// everything the guest writes lands in the overlay.
+fn make_overlay(tools: &Tools, image: &Path, overlay: &Path) -> anyhow::Result<()> {
+    let qemu_img = tools
+        .qemu_img
+        .as_ref()
+        .context("qemu-img is needed for a disk image")?;
+    let image = image
+        .canonicalize()
+        .with_context(|| format!("{}", image.display()))?;
+    run_quiet(
+        Command::new(qemu_img)
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&image)
+            .arg(overlay),
+        "qemu-img create (the disk's copy-on-write overlay)",
+    )
+}
+
 fn run_quiet(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     let out = cmd
         .stdin(Stdio::null())
@@ -498,7 +551,7 @@ fn enroll(virt_fw_vars: &Path, template: &Path, dir: &Path, vars: &Path) -> anyh
     Ok(())
 }
 
-/// Boots `cfg.uki` and waits for the guest's done marker, its exit, the timeout or a signal.
+/// Boots `cfg.medium` and waits for the guest's done marker, its exit, the timeout or a signal.
 pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
     if cfg.enroll.is_some() && !cfg.secure_boot {
         bail!("--enroll needs --secure-boot");
@@ -513,9 +566,10 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
             }
         }
     }
-    let tools = Tools::find(cfg.secure_boot, cfg.enroll.is_some())?;
-    if !cfg.uki.is_file() {
-        bail!("{}: no such file", cfg.uki.display());
+    let disk = matches!(cfg.medium, Medium::Disk(_));
+    let tools = Tools::find(cfg.secure_boot, cfg.enroll.is_some(), disk)?;
+    if !cfg.medium.path().is_file() {
+        bail!("{}: no such file", cfg.medium.path().display());
     }
     let accel = resolve_accel(cfg.accel, &tools);
     eprintln!(
@@ -545,11 +599,36 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
         }
     }
     let firmware_vars = imgctl_fsio::read_bounded(&vars, 64 << 20, "an OVMF variable store")?;
-    let esp = run.path("esp.img");
-    make_esp(&tools, &cfg.uki, &cfg.extra, &esp)?;
+    // The drive the firmware boots from: a fresh ESP with the UKI, or an overlay of the disk.
+    let (drive, format) = match &cfg.medium {
+        Medium::Uki(uki) => {
+            let esp = run.path("esp.img");
+            make_esp(&tools, uki, &cfg.extra, &esp)?;
+            (esp, "raw")
+        }
+        Medium::Disk(image) => {
+            if !cfg.extra.is_empty() {
+                bail!("--extra is for a UKI; a disk image carries its own ESP");
+            }
+            let overlay = run.path("disk.qcow2");
+            make_overlay(&tools, image, &overlay)?;
+            (overlay, "qcow2")
+        }
+    };
 
-    let state = run.path("tpm");
-    std::fs::create_dir(&state).context("creating the swtpm state folder")?;
+    let state = match &cfg.tpm_state {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("--reuse-tpm: creating {}", dir.display()))?;
+            dir.canonicalize()
+                .with_context(|| format!("--reuse-tpm {}", dir.display()))?
+        }
+        None => {
+            let state = run.path("tpm");
+            std::fs::create_dir(&state).context("creating the swtpm state folder")?;
+            state
+        }
+    };
     let swtpm = run.spawn(
         "swtpm",
         Command::new(&tools.swtpm)
@@ -581,8 +660,11 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
         .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
         .args(["-device", "tpm-tis,tpmdev=tpm0"])
         .arg("-drive")
-        .arg(format!("if=none,id=esp,format=raw,file={}", esp.display()))
-        .args(["-device", "virtio-blk-pci,drive=esp"])
+        .arg(format!(
+            "if=none,id=boot,format={format},file={}",
+            qemu_option_value(&drive)
+        ))
+        .args(["-device", "virtio-blk-pci,drive=boot"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&stderr_file).context("creating qemu.err")?);

@@ -9,9 +9,16 @@
 //! Reproducible settings: SOURCE_DATE_EPOCH for mmdebstrap and dracut (`--reproducible`),
 //! documentation, manual pages and locales excluded by dpkg, `/etc/machine-id` set to
 //! `uninitialized` (systemd's first-boot marker), apt's lists and caches and every log removed.
-//! The initrd is made in the tree by its own dracut (`--no-hostonly`, systemd with
-//! veritysetup, pcrphase and tpm2-tss, and the drivers the image needs) as
-//! `/boot/imgctl-initrd.img`.
+//!
+//! The initrd is made in the finished tree by its own dracut ([`ensure_initrd`]), cached beside
+//! the tree's files as `/boot/imgctl-initrd-<key>.img` under a key of the dracut arguments (so
+//! changing them does not make the tree again). It is minimal, as a distribution's hostonly
+//! initrd for one kind of machine is: exactly the dracut modules a systemd initrd needs to
+//! find `/usr` by `usrhash=` and to extend the boot phases ([`DRACUT_MODULES`], with their
+//! dependencies), exactly the kernel modules a QEMU virtio disk with erofs, ext4 and
+//! dm-verity needs ([`DRACUT_DRIVERS`]; the TPM and virtio-pci drivers are built into Debian's
+//! kernel), gzip-compressed: under TCG every byte of the UKI is hashed by the firmware
+//! (PCR 4) and by the stub (PCR 11) in each bank, so a smaller initrd boots faster.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,13 +34,18 @@ pub const VARIANT: &str = "minbase";
 const COMPLETE: &str = ".imgctl-tree-complete";
 /// The file that marks a `.tmp` tree whose mmdebstrap run finished.
 const INSTALLED: &str = ".imgctl-mmdebstrap-done";
-/// The initrd dracut makes inside the tree.
-pub const INITRD: &str = "boot/imgctl-initrd.img";
-/// dracut modules added to the no-hostonly initrd (systemd's, for `usrhash=` and the phases).
-const DRACUT_MODULES: &str = "systemd systemd-veritysetup systemd-pcrphase tpm2-tss";
-/// Kernel modules the initrd loads for the disk, its file systems and the TPM.
-const DRACUT_DRIVERS: &str =
-    "virtio_blk virtio_pci virtio_scsi erofs ext4 dm_verity dm_mod tpm_tis tpm_crb vfat";
+/// The initrds dracut makes inside the tree: `boot/imgctl-initrd-<key>.img`.
+pub const INITRD_PREFIX: &str = "boot/imgctl-initrd-";
+/// The dracut modules of the initrd, exactly (dracut adds what they depend on): systemd as
+/// init, `usrhash=` (veritysetup), the boot phases (pcrphase, with tpm2-tss), the root and
+/// `/usr` mounts, and the switch to the real root.
+pub const DRACUT_MODULES: &str = "systemd-initrd systemd-veritysetup systemd-pcrphase tpm2-tss \
+    dracut-systemd kernel-modules base fs-lib rootfs-block usrmount shutdown";
+/// The kernel modules of the initrd, exactly: the virtio disk, its file systems, dm-verity.
+pub const DRACUT_DRIVERS: &str = "virtio_blk erofs ext4 dm_verity dm_mod";
+/// The initrd's format version: bump it when the dracut invocation changes other than by the
+/// two lists above.
+const INITRD_FORMAT: &str = "imgctl-os-initrd/2";
 const DPKG_EXCLUDES: [&str; 4] = [
     "path-exclude=/usr/share/doc/*",
     "path-exclude=/usr/share/man/*",
@@ -72,9 +84,74 @@ impl Tree {
             .join("boot")
             .join(format!("vmlinuz-{}", self.kernel_release))
     }
-    pub fn initrd(&self) -> PathBuf {
-        self.root.join(INITRD)
+}
+
+/// The cache key of the initrd (16 hex digits of a SHA-256 of the dracut arguments).
+pub fn initrd_key(source_date_epoch: u64) -> String {
+    let text = format!(
+        "{INITRD_FORMAT}\nmodules={}\ndrivers={DRACUT_DRIVERS}\nsource_date_epoch={source_date_epoch}\n",
+        DRACUT_MODULES.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    imgctl_measure::bank::HashAlg::SHA256
+        .hash(text.as_bytes())
+        .map(|d| hex::encode(d.as_bytes().get(..8).unwrap_or_default()))
+        .unwrap_or_default()
+}
+
+/// Returns the tree's initrd, making it with the tree's own dracut when it is not cached yet
+/// (written under a temporary name and renamed into place once complete).
+pub fn ensure_initrd(tree: &Tree, source_date_epoch: u64) -> Result<PathBuf, Error> {
+    let key = initrd_key(source_date_epoch);
+    let rel = format!("{INITRD_PREFIX}{key}.img");
+    let path = tree.root.join(&rel);
+    if path.is_file() {
+        return Ok(path);
     }
+    // Per process, so that two builds making the same initrd do not write one file.
+    let tmp_rel = format!("{rel}.{}.tmp", std::process::id());
+    // dracut runs in the tree with /proc, /sys and /dev mounted in a private mount namespace
+    // (gone when it exits, so nothing stays mounted on the host).
+    let script = r#"set -e
+T="$1"; shift
+mount -t proc proc "$T/proc"
+mount -t sysfs sysfs "$T/sys"
+mount --rbind /dev "$T/dev"
+exec chroot "$T" "$@""#;
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ])
+    .arg(&tree.root)
+    .args([
+        "dracut",
+        "--quiet",
+        "--force",
+        "--no-hostonly",
+        "--reproducible",
+        "--compress",
+        "gzip",
+    ])
+    .arg("--modules")
+    .arg(
+        DRACUT_MODULES
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+    .args(["--drivers", DRACUT_DRIVERS])
+    .args(["--kver", &tree.kernel_release])
+    .arg(format!("/{tmp_rel}"))
+    .env("SOURCE_DATE_EPOCH", source_date_epoch.to_string());
+    run(&mut cmd, "dracut (in the OS tree)")?;
+    std::fs::rename(tree.root.join(&tmp_rel), &path)
+        .map_err(|e| Error::io(&path, "renaming into place", e))?;
+    Ok(path)
 }
 
 /// Returns the cached tree for `recipe`, making it first when it is not there.
@@ -171,41 +248,9 @@ pub fn kernel_release(root: &Path) -> Result<String, Error> {
     }
 }
 
-/// The initrd and the reproducible clean-up, in the fresh tree `tmp`.
-fn finish_tree(tmp: &Path, source_date_epoch: u64) -> Result<(), Error> {
-    let kver = kernel_release(tmp)?;
-    // dracut runs in the tree with /proc, /sys and /dev mounted in a private mount namespace
-    // (gone when it exits, so nothing stays mounted on the host).
-    let script = r#"set -e
-T="$1"; shift
-mount -t proc proc "$T/proc"
-mount -t sysfs sysfs "$T/sys"
-mount --rbind /dev "$T/dev"
-exec chroot "$T" "$@""#;
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        script,
-        "sh",
-    ])
-    .arg(tmp)
-    .args([
-        "dracut",
-        "--quiet",
-        "--force",
-        "--no-hostonly",
-        "--reproducible",
-    ])
-    .args(["--add", DRACUT_MODULES])
-    .args(["--add-drivers", DRACUT_DRIVERS])
-    .args(["--kver", &kver])
-    .arg(format!("/{INITRD}"))
-    .env("SOURCE_DATE_EPOCH", source_date_epoch.to_string());
-    run(&mut cmd, "dracut (in the OS tree)")?;
+/// The reproducible clean-up, in the fresh tree `tmp`.
+fn finish_tree(tmp: &Path, _source_date_epoch: u64) -> Result<(), Error> {
+    kernel_release(tmp)?;
     // The distribution's own initrd (made by the kernel's postinst, not reproducibly) goes.
     for e in std::fs::read_dir(tmp.join("boot"))
         .map_err(|e| Error::io(&tmp.join("boot"), "reading", e))?

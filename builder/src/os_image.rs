@@ -26,7 +26,7 @@ use imgctl_extensions::{Architecture, Designator, PartitionType, VerityParams};
 use serde::Serialize;
 
 use crate::build::{build_staged, BuildOptions, BuildOutput};
-use crate::mmdebstrap::{ensure_tree, run, Tree};
+use crate::mmdebstrap::{ensure_initrd, ensure_tree, run, Tree};
 use crate::os_recipe::{OsRecipe, OsStub, TREE_STUB};
 use crate::output::Stage;
 use crate::recipe::{InitrdSpec, OsRelease, Recipe};
@@ -76,6 +76,12 @@ pub struct OsImageRecord {
     pub usr_salt: String,
     pub cmdline: String,
     pub partitions: Vec<OsPartition>,
+    /// The file-system records systemd-pcrfs extends into PCR 15 at boot (the image's
+    /// `/etc/fstab` marks `/` and `/usr` `x-systemd.pcrfs`), as systemd-pcrextend words them:
+    /// `file-system:WHERE:FSTYPE:FS-UUID:FS-LABEL:PART-UUID:PART-TYPE:PART-LABEL`, the partition
+    /// fields empty for `/usr`, whose device is the dm-verity mapping. Each record's digest in a
+    /// bank is that bank's hash of the string.
+    pub pcr15_file_systems: Vec<String>,
 }
 
 /// What an OS build wrote.
@@ -148,6 +154,7 @@ pub fn build_os_staged(
     let cp = tool("cp", "coreutils")?;
 
     let tree = ensure_tree(recipe, &opts.cache, epoch)?;
+    let initrd = ensure_initrd(&tree, epoch)?;
 
     // A scratch folder beside the output folder, named as fsio names temporaries so that a
     // killed run's is reclaimed.
@@ -172,6 +179,7 @@ pub fn build_os_staged(
         "cp (the tree's /usr)",
     )?;
     stage_root(&tree.root, &root_stage, &cp)?;
+    mark_updated(&root_stage, epoch)?;
     for f in &recipe.files {
         let rel = f.dst.trim_start_matches('/');
         let dst = if rel.starts_with("usr/") {
@@ -196,6 +204,9 @@ pub fn build_os_staged(
             }
         });
         set_mode(&dst, mode)?;
+    }
+    for unit in &recipe.mask {
+        mask_unit(&usr_stage.join("usr/lib/systemd/system"), unit)?;
     }
     for unit in &recipe.units {
         enable_unit(
@@ -232,8 +243,19 @@ pub fn build_os_staged(
     let usr_uuid = Guid(halves[0]);
     let verity_uuid = Guid(halves[1]);
 
-    // 3. The root file system.
+    // 3. The root file system, with an fstab that asks systemd-pcrfs to measure / and /usr.
     let root_uuid = Guid::v4_from(&sha256(&[b"imgctl os root uuid", &content]));
+    let fstab = root_stage.join("etc/fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "# imgctl: the file systems of this image. x-systemd.pcrfs: systemd-pcrfs measures each\n\
+             # into PCR 15 (imgctl predicts the records: image.json pcr15_file_systems).\n\
+             PARTUUID={root_uuid} / ext4 rw,x-systemd.pcrfs 0 0\n\
+             /dev/mapper/usr /usr erofs ro,x-systemd.pcrfs 0 0\n"
+        ),
+    )
+    .map_err(|e| Error::io(&fstab, "writing", e))?;
     let root_img = s.join("root.ext4");
     File::create(&root_img)
         .and_then(|f| f.set_len(ROOT_SIZE))
@@ -286,7 +308,7 @@ pub fn build_os_staged(
         os_release: OsRelease::File(usr_stage.join("usr/lib/os-release")),
         kernel: tree.kernel(),
         initrd: Some(InitrdSpec {
-            archives: vec![tree.initrd()],
+            archives: vec![initrd],
             ..InitrdSpec::default()
         }),
         cmdline: Some(cmdline.clone()),
@@ -424,6 +446,14 @@ pub fn build_os_staged(
         usr_salt: hex::encode(salt),
         cmdline,
         partitions,
+        pcr15_file_systems: vec![
+            format!(
+                "file-system:/:ext4:{root_uuid}:root:{root_uuid}:{}:{}",
+                root_type.0,
+                root_type.repart_name().unwrap_or_default()
+            ),
+            format!("file-system:/usr:erofs:{fs_uuid}::::"),
+        ],
     };
     let mut json = serde_json::to_vec_pretty(&record).unwrap_or_default();
     json.push(b'\n');
@@ -546,6 +576,42 @@ fn stage_root(tree: &Path, stage: &Path, cp: &Path) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Writes `/etc/.updated` and `/var/.updated` as systemd-update-done does, with the time of
+/// `/usr` (every erofs inode carries SOURCE_DATE_EPOCH): the image's /etc and /var are made
+/// from this very /usr, so `ConditionNeedsUpdate=` units (hwdb, ldconfig, the journal catalog,
+/// sysusers' update) have nothing to do at first boot. mkosi writes them likewise.
+fn mark_updated(root: &Path, epoch: u64) -> Result<(), Error> {
+    let text = format!(
+        "# This file was created by imgctl: /usr is as old as this image.\nTIMESTAMP_NSEC={}\n",
+        u128::from(epoch) * 1_000_000_000
+    );
+    for dir in ["etc", "var"] {
+        let p = root.join(dir).join(".updated");
+        std::fs::write(&p, &text).map_err(|e| Error::io(&p, "writing", e))?;
+        set_mode(&p, 0o644)?;
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
+        File::options()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_modified(t))
+            .map_err(|e| Error::io(&p, "setting the time of", e))?;
+    }
+    Ok(())
+}
+
+/// Masks `unit` in /usr (so verity covers it): its unit file becomes a link to /dev/null,
+/// which systemd loads as masked ("the image does not need it"), whatever pulls it in.
+fn mask_unit(unit_dir: &Path, unit: &str) -> Result<(), Error> {
+    std::fs::create_dir_all(unit_dir).map_err(|e| Error::io(unit_dir, "creating", e))?;
+    let path = unit_dir.join(unit);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&path, "removing", e)),
+    }
+    std::os::unix::fs::symlink("/dev/null", &path).map_err(|e| Error::io(&path, "linking", e))
 }
 
 /// Links `unit` into the `.wants/` folder of each target its `[Install]` section names in

@@ -11,6 +11,7 @@
 //! files:                            # placed into the tree after mmdebstrap (under /usr or /etc)
 //!   - { src: os/imgctl-capture.service, dst: /usr/lib/systemd/system/imgctl-capture.service }
 //! units: [imgctl-capture.service]   # enabled through their [Install] WantedBy= (links in /usr)
+//! mask: [systemd-networkd.service]  # units the image does not need: linked to /dev/null in /usr
 //! stub: tree                        # tree (the image's own systemd-stub, the default),
 //!                                   # imgctl (our Rust stub), or a path to a stub
 //! ```
@@ -55,6 +56,8 @@ struct RawOsRecipe {
     files: Vec<RawOsFile>,
     #[serde(default)]
     units: Vec<String>,
+    #[serde(default)]
+    mask: Vec<String>,
     #[serde(default)]
     stub: Option<String>,
 }
@@ -103,6 +106,8 @@ pub struct OsRecipe {
     pub cmdline: Option<String>,
     pub files: Vec<OsFile>,
     pub units: Vec<String>,
+    /// Units masked in the image (their file in /usr/lib/systemd/system a link to /dev/null).
+    pub mask: Vec<String>,
     pub stub: OsStub,
 }
 
@@ -231,7 +236,12 @@ impl OsRecipe {
             };
             files.push(OsFile { src, dst, mode });
         }
-        for u in &raw.units {
+        for (key, u) in raw
+            .units
+            .iter()
+            .map(|u| ("units", u))
+            .chain(raw.mask.iter().map(|u| ("mask", u)))
+        {
             let ok = !u.is_empty()
                 && u.len() <= 255
                 && !u.contains('/')
@@ -244,11 +254,14 @@ impl OsRecipe {
                 });
             if !ok {
                 return Err(ctx.err(
-                    "units",
+                    key,
                     u,
                     "must be a unit file name such as foo.service (no folders)",
                 ));
             }
+        }
+        if let Some(u) = raw.units.iter().find(|u| raw.mask.contains(u)) {
+            return Err(ctx.err("mask", u, "is also in units: a unit is enabled or masked"));
         }
         let stub = match raw.stub.as_deref() {
             None | Some("tree") => OsStub::Tree,
@@ -278,6 +291,7 @@ impl OsRecipe {
             cmdline: raw.cmdline,
             files,
             units: raw.units,
+            mask: raw.mask,
             stub,
         })
     }
@@ -325,6 +339,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("linux-image-amd64"), "{e}");
+        let e = parse(&format!("{BASE}mask: [a/b.service]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mask"), "{e}");
+        let e = parse(&format!("{BASE}units: [x.service]\nmask: [x.service]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("enabled or masked"), "{e}");
         let e = parse(&format!("{BASE}units: [../x.service]\n"))
             .unwrap_err()
             .to_string();

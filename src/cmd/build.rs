@@ -238,12 +238,17 @@ fn log_and_commit(
 fn run_os(args: Args, text: Vec<u8>) -> anyhow::Result<ExitCode> {
     use imgctl_builder::os_image::{build_os_staged, OsBuildOptions};
     use imgctl_builder::os_recipe::OsRecipe;
-    if args.pcr_private_key.is_some() || args.secureboot_key.is_some() || args.log.is_some() {
+    if args.pcr_private_key.is_some() || args.secureboot_key.is_some() {
         anyhow::bail!(
-            "{}: --pcr-private-key, --secureboot-key and --log are not supported for kind: os yet",
+            "{}: --pcr-private-key and --secureboot-key are not supported for kind: os yet",
             args.recipe.display()
         );
     }
+    // The log and its key are checked before the build: a wrong key writes nothing.
+    let log = match (&args.log, &args.log_key) {
+        (Some(dir), Some(key)) => Some(crate::cmd::log::ArtifactLog::check(dir, key)?),
+        _ => None,
+    };
     let recipe = OsRecipe::parse(&args.recipe, text)?;
     let out_dir = args
         .output
@@ -261,6 +266,19 @@ fn run_os(args: Args, text: Vec<u8>) -> anyhow::Result<ExitCode> {
         crate::output::with_spinner("building the OS image", || build_os_staged(&recipe, &opts))
             .with_context(|| format!("building {}", args.recipe.display()))?;
     stage.commit()?;
+    let logged = match &log {
+        Some(l) => {
+            let record = os_record(&out)?;
+            let mut proof = out.image.clone().into_os_string();
+            proof.push(".tlog-proof");
+            let proof = PathBuf::from(proof);
+            let index = l.publish(&record, &proof).with_context(|| {
+                format!("logging the OS image {} (it is built)", out.image.display())
+            })?;
+            Some((index, proof))
+        }
+        None => None,
+    };
     if args.json {
         crate::output::print_json(&out.record)?;
         return Ok(ExitCode::SUCCESS);
@@ -281,6 +299,9 @@ fn run_os(args: Args, text: Vec<u8>) -> anyhow::Result<ExitCode> {
     outln!("  pcrs      {}", out.uki.pcrs.display());
     outln!("  manifest  {}", out.uki.manifest_path.display());
     outln!("  usrhash   {}", out.record.usr_root_hash);
+    if let Some((index, proof)) = &logged {
+        outln!("  logged    entry {index}, proof {}", proof.display());
+    }
     outln!("  time      {:.1} s", started.elapsed().as_secs_f64());
     if let Some(v) = out
         .uki
@@ -290,4 +311,59 @@ fn run_os(args: Args, text: Vec<u8>) -> anyhow::Result<ExitCode> {
         outln!("  PCR 11 sha256 after the stub: {v}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The log record of an OS image: its UKI's record (PE facts, sections, PCR 11 per phase) with
+/// the disk image as a file (sha256 of the committed bytes) and the `/usr` dm-verity root hash
+/// and partitions as its verity facts, so the log holds what boots and what `/usr` is.
+fn os_record(
+    out: &imgctl_builder::os_image::OsBuildOutput,
+) -> anyhow::Result<imgctl_measure::record::ArtifactRecord> {
+    use imgctl_measure::manifest::FileRecord;
+    use imgctl_measure::record::{ExtensionRecord, PartitionRecord};
+    let mut record = out.uki.record.clone();
+    let mut f = std::fs::File::open(&out.image)
+        .with_context(|| format!("opening {}", out.image.display()))?;
+    let mut h = HashAlg::SHA256.hasher()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf)
+            .with_context(|| format!("reading {}", out.image.display()))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    record.files.push(FileRecord {
+        role: "image".into(),
+        path: out.record.image.clone(),
+        size,
+        digests: [("sha256".to_owned(), h.finish().to_hex())].into(),
+    });
+    let partitions = out
+        .record
+        .partitions
+        .iter()
+        .filter_map(|p| {
+            let role = match p.designator {
+                "usr" => "data",
+                "usr-verity" => "verity",
+                _ => return None,
+            };
+            Some(PartitionRecord {
+                role: role.into(),
+                type_uuid: p.type_uuid.to_string(),
+                uuid: p.uuid.to_string(),
+            })
+        })
+        .collect();
+    record.extension = Some(ExtensionRecord {
+        root_hash: out.record.usr_root_hash.clone(),
+        partitions,
+        signature_certificate_sha256: None,
+    });
+    record.check()?;
+    Ok(record)
 }

@@ -1,5 +1,5 @@
-//! `imgctl vm (RECIPE | UKI)`: boot an image under QEMU + OVMF + swtpm and report what the
-//! guest's TPM showed.
+//! `imgctl vm (RECIPE | UKI | DISK)`: boot an image under QEMU + OVMF + swtpm and report what
+//! the guest's TPM showed.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,14 +10,18 @@ use imgctl_attest::eventlog::PcrValuesJson;
 use imgctl_attest::guest_report::{GuestReport, MARK_DONE};
 
 use crate::output::outln;
-use crate::vm::{self, Accel, Ending, VmConfig};
+use crate::vm::{self, Accel, Ending, Medium, VmConfig};
 
-/// Boot a UKI under QEMU with OVMF and a private swtpm TPM 2.0, serial console on stderr.
+/// Boot a UKI or a disk image under QEMU with OVMF and a private swtpm TPM 2.0, serial console
+/// on stderr.
 ///
-/// The UKI goes to \EFI\BOOT\BOOTX64.EFI on a FAT ESP; KVM is used when a probe boot shows it
-/// works, TCG emulation otherwise. The demo initrd (recipes/demo) prints the PCRs and the
-/// firmware event log; `--capture` stores them. swtpm, QEMU and temporary files are cleaned
-/// up on every exit, Ctrl-C included.
+/// What the input is comes from its bytes, not its name: a PE image (`MZ`) is a UKI and goes to
+/// \EFI\BOOT\BOOTX64.EFI on a FAT ESP; a GPT disk (`EFI PART` at byte 512) with an ESP is
+/// booted whole, through a copy-on-write overlay (the image is never written); anything else
+/// is read as a recipe. KVM is used when a probe boot shows it works, TCG emulation otherwise.
+/// The demo initrd (recipes/demo) and an OS image's capture unit (recipes/os) print the PCRs,
+/// the firmware event log and systemd's userspace log; `--capture` stores them. swtpm, QEMU and
+/// temporary files are cleaned up on every exit, Ctrl-C included.
 ///
 /// Exit status: 0 the guest printed `IMGCTL-DEMO: done`; 1 error (bad input, missing tool,
 /// unreadable report); 3 the guest stopped without the done marker, or the firmware found
@@ -26,14 +30,20 @@ use crate::vm::{self, Accel, Ending, VmConfig};
 /// are checked before QEMU or swtpm start.
 ///
 /// Example: imgctl vm images/demo/demo.efi --capture /tmp/boot --timeout 120
+/// Example: imgctl vm images/os/os.raw --capture /tmp/os-boot --timeout 600
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A UKI (PE file) to boot, or a recipe (YAML) to build first.
+    /// A UKI (PE file) or a GPT disk image to boot, or a recipe (YAML) to build first.
     input: PathBuf,
-    /// Store the guest's PCRs (pcrs.json), event log (eventlog.bin), console (console.log)
-    /// and the firmware variable store it started with (firmware-vars.fd) in this folder.
+    /// Store the guest's PCRs (pcrs.json), event log (eventlog.bin), systemd's userspace log
+    /// (tpm2-measure.log), console (console.log) and the firmware variable store it started
+    /// with (firmware-vars.fd) in this folder.
     #[arg(long, value_name = "DIR")]
     capture: Option<PathBuf>,
+    /// Keep the TPM's state in DIR (made if missing) and use it again on the next boot with
+    /// the same DIR, instead of a fresh TPM per boot.
+    #[arg(long, value_name = "DIR")]
+    reuse_tpm: Option<PathBuf>,
     /// Stop the guest after this many seconds (1 to 86400).
     #[arg(long, value_name = "S", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_S))]
@@ -71,10 +81,13 @@ struct JsonOut<'a> {
     result: &'a str,
     accel: &'a str,
     seconds: f64,
+    /// The guest's uptime when it reported (an OS image's capture unit prints it).
+    guest_uptime_seconds: Option<f64>,
     init_reached: bool,
     /// Bank name → PCR index → lower-case hex.
     pcrs: PcrValuesJson<'a>,
     event_log_bytes: Option<usize>,
+    userspace_log_bytes: Option<usize>,
     capture: Option<&'a Path>,
 }
 
@@ -86,10 +99,11 @@ const MAX_MEMORY_MIB: i64 = 64 << 10;
 /// A day: a longer `--timeout` is a typo, not a boot.
 const MAX_TIMEOUT_S: u64 = 24 * 3600;
 /// What `--capture` writes.
-const CAPTURED: [&str; 4] = [
+const CAPTURED: [&str; 5] = [
     "console.log",
     "pcrs.json",
     "eventlog.bin",
+    "tpm2-measure.log",
     "firmware-vars.fd",
 ];
 
@@ -128,12 +142,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.capture {
         check_capture(dir, &args.input)?;
     }
-    let (uki, _built) = uki_for(&args.input)?;
+    let (medium, _built) = medium_for(&args.input)?;
     check_extra(&args.extra)?;
+    if matches!(medium, Medium::Disk(_)) && !args.extra.is_empty() {
+        bail!(
+            "{}: --extra is for a UKI; a disk image carries its own ESP",
+            args.input.display()
+        );
+    }
+    if let Some(dir) = &args.reuse_tpm {
+        check_tpm_dir(dir)?;
+    }
     vm::install_signal_handler();
     let cfg = VmConfig {
         label: args.input.display().to_string(),
-        uki,
+        medium,
+        tpm_state: args.reuse_tpm.clone(),
         timeout: Duration::from_secs(args.timeout),
         secure_boot: args.secure_boot,
         enroll: args.enroll.clone(),
@@ -204,9 +228,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             result,
             accel: run.accel.name(),
             seconds: (run.elapsed.as_secs_f64() * 10.0).round() / 10.0,
+            guest_uptime_seconds: report.uptime_ms.map(|ms| ms as f64 / 1000.0),
             init_reached: report.init_reached,
             pcrs: PcrValuesJson(&report.pcrs),
             event_log_bytes: report.event_log.as_ref().map(Vec::len),
+            userspace_log_bytes: report.userspace_log.as_ref().map(Vec::len),
             capture: args.capture.as_deref(),
         };
         let out = serde_json::to_string_pretty(&out)?;
@@ -218,7 +244,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|(b, v)| format!("{} {b}", v.len()))
             .collect();
         outln!(
-            "{result} after {:.1}s ({}): PCRs read: {}; event log: {}",
+            "{result} after {:.1}s ({}): PCRs read: {}; event log: {}{}{}",
             run.elapsed.as_secs_f64(),
             run.accel.name(),
             if banks.is_empty() {
@@ -230,6 +256,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .event_log
                 .as_ref()
                 .map_or("none".to_owned(), |l| format!("{} bytes", l.len())),
+            report
+                .userspace_log
+                .as_ref()
+                .map_or(String::new(), |l| format!(
+                    "; userspace log: {} bytes",
+                    l.len()
+                )),
+            report.uptime_ms.map_or(String::new(), |ms| format!(
+                "; guest uptime {:.1}s",
+                ms as f64 / 1000.0
+            )),
         );
     }
     if let Some(m) = message {
@@ -238,19 +275,60 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-/// The UKI to boot: the input itself if it is a PE file, else the recipe assembled in memory
-/// and written to a temporary file (kept until the returned guard drops). Either way it must
-/// be a PE image with a non-empty `.linux`, so nothing else is booted into a timeout.
-fn uki_for(input: &Path) -> anyhow::Result<(PathBuf, Option<tempfile::TempPath>)> {
+/// The first bytes that tell a UKI, a disk image and a recipe apart (the GPT header at 512
+/// or, on 4096-byte sectors, at 4096).
+const SNIFF_LEN: usize = 4096 + 512;
+
+/// What the input's bytes say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InputKind {
+    /// A PE image: `MZ` at offset 0.
+    Pe,
+    /// A GPT disk: `EFI PART` at byte 512 (512-byte sectors) or 4096 (4096-byte sectors).
+    GptDisk,
+    /// Anything else: a recipe (or an error from the recipe reader).
+    Other,
+}
+
+fn sniff(head: &[u8]) -> InputKind {
+    const GPT: &[u8] = b"EFI PART";
+    if head.starts_with(b"MZ") {
+        InputKind::Pe
+    } else if [512usize, 4096]
+        .iter()
+        .any(|&at| head.get(at..at + GPT.len()) == Some(GPT))
+    {
+        InputKind::GptDisk
+    } else {
+        InputKind::Other
+    }
+}
+
+/// What to boot: a UKI (the input itself if it is a PE file, else the recipe assembled in
+/// memory and written to a temporary file kept until the returned guard drops) or a disk
+/// image. A UKI must be a PE image with a non-empty `.linux`, a disk a GPT with an ESP, so
+/// nothing else is booted into a timeout.
+fn medium_for(input: &Path) -> anyhow::Result<(Medium, Option<tempfile::TempPath>)> {
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    let f = std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, SNIFF_LEN as u64), &mut head)
+        .with_context(|| format!("reading {}", input.display()))?;
+    if sniff(&head) == InputKind::GptDisk {
+        check_disk(input)?;
+        return Ok((Medium::Disk(input.to_path_buf()), None));
+    }
+    if sniff(&head) == InputKind::Other
+        && imgctl_builder::os_recipe::recipe_kind(&head).as_deref() == Some("os")
+    {
+        bail!(
+            "{}: an OS recipe is booted as its disk image: `imgctl build {0}` first, then `imgctl vm images/NAME/NAME.raw`",
+            input.display()
+        );
+    }
     let data = crate::uki_input::load_uki(input)?;
     check_uki(input, &data)?;
-    let mut magic = [0u8; 2];
-    let mut f =
-        std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
-    let n = std::io::Read::read(&mut f, &mut magic)
-        .with_context(|| format!("reading {}", input.display()))?;
-    if n == 2 && &magic == b"MZ" {
-        return Ok((input.to_path_buf(), None));
+    if sniff(&head) == InputKind::Pe {
+        return Ok((Medium::Uki(input.to_path_buf()), None));
     }
     let mut tmp = tempfile::Builder::new()
         .prefix("imgctl-vm-")
@@ -259,7 +337,57 @@ fn uki_for(input: &Path) -> anyhow::Result<(PathBuf, Option<tempfile::TempPath>)
         .context("creating a temporary file for the UKI")?;
     std::io::Write::write_all(&mut tmp, &data).context("writing the UKI")?;
     let path = tmp.into_temp_path();
-    Ok((path.to_path_buf(), Some(path)))
+    Ok((Medium::Uki(path.to_path_buf()), Some(path)))
+}
+
+/// The partition type of an EFI System Partition (UEFI 2.10 §5.3.3).
+const ESP_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+
+/// A bootable disk: a regular file holding a valid primary GPT (512-byte sectors, as imgctl
+/// and systemd-repart write) with an EFI System Partition inside the file.
+fn check_disk(input: &Path) -> anyhow::Result<()> {
+    use imgctl_extensions::gpt::{Gpt, Guid};
+    let meta = std::fs::metadata(input).with_context(|| format!("{}", input.display()))?;
+    if !meta.is_file() {
+        bail!("{}: not a regular file", input.display());
+    }
+    let mut head = Vec::new();
+    let f = std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(f, Gpt::TYPICAL_PREFIX as u64),
+        &mut head,
+    )
+    .with_context(|| format!("reading {}", input.display()))?;
+    let gpt = Gpt::parse(&head)
+        .with_context(|| format!("{}: not a disk image imgctl can boot", input.display()))?;
+    let esp: Guid = ESP_TYPE.parse().map_err(|_| anyhow::anyhow!("ESP type"))?;
+    let Some(p) = gpt.partitions.iter().find(|p| p.type_guid == esp) else {
+        bail!(
+            "{}: the disk has no EFI System Partition, so the firmware has nothing to boot",
+            input.display()
+        );
+    };
+    if p.offset().saturating_add(p.size()) > meta.len() {
+        bail!(
+            "{}: the EFI System Partition ends at byte {}, past the end of the file ({} bytes)",
+            input.display(),
+            p.offset().saturating_add(p.size()),
+            meta.len()
+        );
+    }
+    Ok(())
+}
+
+/// `--reuse-tpm DIR` must be a folder (or not exist yet), not a file or a symlink.
+fn check_tpm_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("--reuse-tpm {}: not a folder", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            imgctl_fsio::check_output_dir(dir).context("--reuse-tpm")
+        }
+        Err(e) => Err(e).with_context(|| format!("--reuse-tpm {}", dir.display())),
+    }
 }
 
 /// A bootable UKI: a PE image (measure's reader) whose `.linux` section has content.
@@ -304,8 +432,8 @@ fn stderr_note(stderr: &str) -> String {
     )
 }
 
-/// Writes console.log always, pcrs.json and eventlog.bin when the report has them, in one
-/// transaction; a pcrs.json or eventlog.bin of an earlier boot that this one did not produce
+/// Writes console.log always, pcrs.json, eventlog.bin and tpm2-measure.log when the report has
+/// them, in one transaction; a capture file of an earlier boot that this one did not produce
 /// is removed, so the folder never mixes two boots.
 fn capture(
     dir: &Path,
@@ -330,6 +458,10 @@ fn capture(
             t.add(&dir.join("eventlog.bin"), log)?;
             written.push("eventlog.bin");
         }
+        if let Some(log) = &r.userspace_log {
+            t.add(&dir.join("tpm2-measure.log"), log)?;
+            written.push("tpm2-measure.log");
+        }
     }
     t.commit()?;
     for stale in CAPTURED.iter().filter(|n| !written.contains(n)) {
@@ -339,4 +471,23 @@ fn capture(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_input_kind_comes_from_its_bytes() {
+        let mut disk = vec![0u8; SNIFF_LEN];
+        disk[512..520].copy_from_slice(b"EFI PART");
+        assert_eq!(sniff(&disk), InputKind::GptDisk);
+        let mut disk4k = vec![0u8; SNIFF_LEN];
+        disk4k[4096..4104].copy_from_slice(b"EFI PART");
+        assert_eq!(sniff(&disk4k), InputKind::GptDisk);
+        assert_eq!(sniff(b"MZ\x90\0"), InputKind::Pe);
+        assert_eq!(sniff(b"kind: os\n"), InputKind::Other);
+        assert_eq!(sniff(&disk[..515]), InputKind::Other);
+        assert_eq!(sniff(b""), InputKind::Other);
+    }
 }

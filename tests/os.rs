@@ -1,0 +1,720 @@
+//! The immutable OS (`recipes/os.yaml`) built and booted whole: the disk image (ESP with the UKI,
+//! `/usr` as erofs + dm-verity bound by `usrhash=`, ext4 root) boots under OVMF + swtpm into
+//! systemd 257 with `imgctl vm IMAGE.raw`, whose capture unit reports what the running system
+//! measured once the `ready` phase is in PCR 11.
+//!
+//! One build and ONE boot per test run, shared by every test here (a `OnceLock`): the OS tree
+//! comes from `.cache/os-trees` (mmdebstrap runs once per machine, ~3 min), the build then takes
+//! about a minute and the boot under TCG ~1–2 minutes.
+//!
+//! The judges are real: the guest's TPM (swtpm) for every PCR, `tpm2_eventlog` for the firmware
+//! log, `systemd-measure` 257 (Debian 13 chroot) for PCR 11, `veritysetup` for `/usr`,
+//! `systemd-dissect` and `sfdisk` for the partition table.
+#![allow(clippy::unwrap_used)] // reason: test code; a panic is a test failure
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use imgctl_attest::eventlog::userspace::UserspaceLog;
+use imgctl_measure::bank::HashAlg;
+
+/// Generous: other jobs may share the two cores (an idle machine boots in well under this).
+const BOOT_TIMEOUT_S: u64 = 900;
+/// The phase path the capture unit runs after (systemd-pcrphase's words, in order).
+const READY: &str = "enter-initrd:leave-initrd:sysinit:ready";
+
+/// Every peer and tool the build and the boot need (a failure in CI when one is missing).
+fn prerequisites() -> bool {
+    let tools = [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+        ("swtpm", "swtpm"),
+        ("mkfs.vfat", "dosfstools"),
+        ("mcopy", "mtools"),
+        ("mkfs.erofs", "erofs-utils"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("mmdebstrap", "mmdebstrap"),
+        ("tpm2_eventlog", "tpm2-tools"),
+        ("veritysetup", "cryptsetup-bin"),
+        ("systemd-dissect", "systemd-container"),
+        ("sfdisk", "fdisk"),
+        ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
+    ];
+    let mut ok = true;
+    for (t, p) in tools {
+        ok &= common::require_tool(t, p).is_some();
+    }
+    if chroot_257().is_none() {
+        ok = false;
+    }
+    ok
+}
+
+/// The Debian 13 chroot with systemd 257 (scripts/setup.sh makes it).
+fn chroot_257() -> Option<PathBuf> {
+    let root = common::repo_root().join(".cache/trixie-257");
+    let version = std::fs::read_to_string(root.join("VERSION")).unwrap_or_default();
+    if !root.join("usr/lib/systemd/systemd-measure").exists() || !version.starts_with("257.") {
+        common::missing("the Debian 13 chroot .cache/trixie-257 with systemd 257");
+        return None;
+    }
+    Some(root)
+}
+
+/// The build and the one boot every test here shares.
+struct OsBoot {
+    _dir: tempfile::TempDir,
+    /// The build's output folder: os.raw, os.efi, pcrs.json, manifest.json, image.json.
+    out: PathBuf,
+    /// The transparency log the build appended the image's record to, and its verifier key.
+    log: PathBuf,
+    vkey: String,
+    capture: PathBuf,
+    vm: Output,
+    build_time: Duration,
+    boot_time: Duration,
+}
+
+impl OsBoot {
+    fn image(&self) -> PathBuf {
+        self.out.join("os.raw")
+    }
+    fn uki(&self) -> PathBuf {
+        self.out.join("os.efi")
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.vm.stdout).unwrap_or_else(|e| {
+            panic!(
+                "imgctl vm --json: {e}\nstderr:\n{}",
+                String::from_utf8_lossy(&self.vm.stderr)
+            )
+        })
+    }
+    /// Fails with the console when the boot did not finish its report.
+    fn assert_done(&self) {
+        assert!(
+            self.vm.status.success(),
+            "imgctl vm failed ({}):\n{}\nconsole:\n{}",
+            self.vm.status,
+            String::from_utf8_lossy(&self.vm.stderr),
+            String::from_utf8_lossy(
+                &std::fs::read(self.capture.join("console.log")).unwrap_or_default()
+            )
+        );
+        assert_eq!(self.json()["result"], "done");
+    }
+    /// The PCRs the guest read: bank → index → hex.
+    fn pcrs(&self) -> BTreeMap<String, BTreeMap<u32, String>> {
+        self.assert_done();
+        serde_json::from_slice(&std::fs::read(self.capture.join("pcrs.json")).unwrap()).unwrap()
+    }
+    fn image_record(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.out.join("image.json")).unwrap()).unwrap()
+    }
+}
+
+fn os_boot() -> Option<&'static OsBoot> {
+    static BOOT: OnceLock<Option<OsBoot>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        if !prerequisites() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let (log, key) = (dir.path().join("log"), dir.path().join("log.key"));
+        common::run_ok(
+            common::imgctl()
+                .args(["log", "init"])
+                .arg(&log)
+                .arg("--key")
+                .arg(&key)
+                .args(["--origin", "example.org/os"]),
+        );
+        let vkey = format!("@{}", dir.path().join("log.vkey").display());
+        let start = Instant::now();
+        common::run_ok(
+            common::imgctl()
+                .arg("build")
+                .arg(common::repo_root().join("recipes/os.yaml"))
+                .arg("-o")
+                .arg(&out)
+                .arg("--cache")
+                .arg(common::repo_root().join(".cache/os-trees"))
+                .arg("--log")
+                .arg(&log)
+                .arg("--log-key")
+                .arg(&key)
+                .env("SOURCE_DATE_EPOCH", "0"),
+        );
+        let build_time = start.elapsed();
+        let capture = dir.path().join("capture");
+        let tmpdir = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmpdir).unwrap();
+        let image = out.join("os.raw");
+        let before = std::fs::read(&image).unwrap();
+        let start = Instant::now();
+        let vm = common::imgctl()
+            .arg("vm")
+            .arg(&image)
+            .arg("--capture")
+            .arg(&capture)
+            .args(["--timeout", &BOOT_TIMEOUT_S.to_string(), "--json", "--quiet"])
+            .env("TMPDIR", &tmpdir)
+            .output()
+            .unwrap();
+        let boot_time = start.elapsed();
+        assert!(
+            std::fs::read(&image).unwrap() == before,
+            "imgctl vm wrote to the image it booted"
+        );
+        assert_eq!(
+            std::fs::read_dir(&tmpdir).unwrap().count(),
+            0,
+            "imgctl vm left files in TMPDIR"
+        );
+        let boot = OsBoot {
+            _dir: dir,
+            out,
+            log,
+            vkey,
+            capture,
+            vm,
+            build_time,
+            boot_time,
+        };
+        let j = boot.json();
+        eprintln!(
+            "OS image: build {:.1}s; boot {:.1}s wall clock ({}), {}s in imgctl vm, guest uptime at the report {}s",
+            boot.build_time.as_secs_f64(),
+            boot.boot_time.as_secs_f64(),
+            j["accel"],
+            j["seconds"],
+            j["guest_uptime_seconds"],
+        );
+        Some(boot)
+    })
+    .as_ref()
+}
+
+/// The guest's PCR 11 after `ready` equals `imgctl predict-pcrs` for the phase path
+/// enter-initrd:leave-initrd:sysinit:ready in sha1 and sha256, and systemd-measure 257 computes
+/// the same from the UKI's sections (read back with goblin).
+#[test]
+fn pcr11_after_ready_equals_predict_pcrs_and_systemd_measure_257() {
+    let Some(b) = os_boot() else { return };
+    let guest = b.pcrs();
+    let ours: serde_json::Value = serde_json::from_slice(&common::run_ok(
+        common::imgctl().arg("predict-pcrs").arg(b.uki()).args([
+            "--phase", READY, "--bank", "sha1", "--bank", "sha256", "--json",
+        ]),
+    ))
+    .unwrap();
+    let theirs = systemd_measure_257(&b.uki(), READY);
+    for bank in ["sha1", "sha256"] {
+        let predicted = ours[bank][0]["hash"].as_str().unwrap();
+        assert_eq!(ours[bank][0]["phase"], READY);
+        assert_eq!(
+            guest[bank][&11], predicted,
+            "{bank}: the guest's PCR 11 after ready vs predict-pcrs"
+        );
+        assert_eq!(
+            theirs[bank][0]["hash"].as_str().unwrap(),
+            predicted,
+            "{bank}: systemd-measure 257 vs predict-pcrs"
+        );
+    }
+}
+
+/// `systemd-measure calculate` 257 in the chroot over the measured sections of `uki`.
+fn systemd_measure_257(uki: &Path, phase: &str) -> serde_json::Value {
+    const SECTIONS: &[&str] = &[
+        "linux", "osrel", "cmdline", "initrd", "ucode", "splash", "dtb", "uname", "sbat", "pcrpkey",
+    ];
+    let root = chroot_257().unwrap();
+    let data = std::fs::read(uki).unwrap();
+    let pe = goblin::pe::PE::parse(&data).unwrap();
+    let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
+    let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
+    let mut cmd = Command::new("chroot");
+    cmd.arg(&root)
+        .arg("/usr/lib/systemd/systemd-measure")
+        .arg("calculate")
+        .arg("--json=short")
+        .arg(format!("--phase={phase}"));
+    for s in &pe.sections {
+        let name = s.name().unwrap().trim_start_matches('.');
+        if !SECTIONS.contains(&name) {
+            continue;
+        }
+        let start = s.pointer_to_raw_data as usize;
+        let len = (s.virtual_size as usize).min(s.size_of_raw_data as usize);
+        let mut bytes = data[start..start + len].to_vec();
+        bytes.resize(s.virtual_size as usize, 0);
+        std::fs::write(dir.path().join(name), &bytes).unwrap();
+        cmd.arg(format!("--{name}={}", inside.join(name).display()));
+    }
+    serde_json::from_slice(&common::run_ok(&mut cmd)).unwrap()
+}
+
+/// `tpm2_eventlog`'s replay of the captured firmware log: bank → PCR → hex.
+fn tpm2_eventlog_pcrs(log: &Path) -> BTreeMap<String, BTreeMap<u32, String>> {
+    let text = String::from_utf8(common::run_ok(Command::new("tpm2_eventlog").arg(log))).unwrap();
+    let mut pcrs: BTreeMap<String, BTreeMap<u32, String>> = BTreeMap::new();
+    let mut in_pcrs = false;
+    let mut bank = String::new();
+    for line in text.lines() {
+        if line == "pcrs:" {
+            in_pcrs = true;
+            continue;
+        }
+        if !in_pcrs {
+            continue;
+        }
+        let t = line.trim();
+        if let Some(b) = t.strip_suffix(':') {
+            bank = b.to_owned();
+        } else if let Some((i, v)) = t.split_once(':') {
+            let v = v.trim().trim_start_matches("0x").to_ascii_lowercase();
+            pcrs.entry(bank.clone())
+                .or_default()
+                .insert(i.trim().parse().unwrap(), v);
+        }
+    }
+    pcrs
+}
+
+/// The firmware log the guest captured replays to its PCRs 0–7 (imgctl's replay), and
+/// tpm2_eventlog's replay of the same log agrees with both.
+#[test]
+fn the_firmware_log_replays_to_the_guests_pcrs_0_to_7_and_tpm2_eventlog_agrees() {
+    let Some(b) = os_boot() else { return };
+    let guest = b.pcrs();
+    let log = b.capture.join("eventlog.bin");
+    let theirs = tpm2_eventlog_pcrs(&log);
+    let ours: BTreeMap<String, BTreeMap<u32, String>> = serde_json::from_slice(&common::run_ok(
+        common::imgctl()
+            .args(["eventlog", "replay", "--json"])
+            .arg(&log),
+    ))
+    .unwrap();
+    for bank in ["sha1", "sha256"] {
+        for i in 0..=7u32 {
+            let g = &guest[bank][&i];
+            assert_eq!(ours[bank].get(&i), Some(g), "{bank} PCR {i}: imgctl replay");
+            assert_eq!(
+                theirs[bank].get(&i),
+                Some(g),
+                "{bank} PCR {i}: tpm2_eventlog"
+            );
+        }
+        // PCR 11 before the userspace phases: the stub's part, in both replays alike.
+        assert_eq!(ours[bank].get(&11), theirs[bank].get(&11), "{bank} PCR 11");
+    }
+}
+
+/// The records of the captured userspace log, by attest's one parser.
+fn userspace_log(b: &OsBoot) -> UserspaceLog {
+    b.assert_done();
+    let data = std::fs::read(b.capture.join("tpm2-measure.log")).unwrap();
+    UserspaceLog::parse(&data).unwrap()
+}
+
+/// What imgctl expects systemd 257 to record in PCR 15 for this image: the machine ID (made at
+/// first boot, so any 32 hex digits) and the `file-system:` records the build predicted from
+/// the image's own partition and file-system facts (image.json `pcr15_file_systems`).
+fn expected_pcr15(b: &OsBoot, machine_id: &str) -> Vec<String> {
+    let record = b.image_record();
+    let fs = record["pcr15_file_systems"].as_array().unwrap();
+    assert_eq!(fs.len(), 2, "/ and /usr: {record}");
+    let mut want: Vec<String> = fs.iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    want.push(format!("machine-id:{machine_id}"));
+    want
+}
+
+/// PCR 15 equals the replay of the captured userspace log (attest's parser) in sha1 and sha256;
+/// every record is one imgctl expected and nothing else is there; PCR 11's records are the four
+/// phase words in order.
+#[test]
+fn pcr15_equals_the_replay_of_the_userspace_log_and_holds_only_expected_records() {
+    let Some(b) = os_boot() else { return };
+    let guest = b.pcrs();
+    let log = userspace_log(b);
+    let replay = log.replay();
+    for (bank, name) in [(HashAlg::SHA1, "sha1"), (HashAlg::SHA256, "sha256")] {
+        let got = replay
+            .get(&bank)
+            .and_then(|m| m.get(&15))
+            .map(|d| d.to_hex())
+            .unwrap_or_else(|| panic!("no PCR 15 {name} in the userspace log"));
+        assert_eq!(got, guest[name][&15], "{name}: PCR 15 vs the log's replay");
+    }
+    let phases: Vec<&str> = log
+        .records
+        .iter()
+        .filter(|r| r.pcr == Some(11))
+        .map(|r| r.string.as_deref().unwrap_or(""))
+        .collect();
+    assert_eq!(phases.join(":"), READY, "PCR 11 records");
+    let pcr15: Vec<String> = log
+        .records
+        .iter()
+        .filter(|r| r.pcr == Some(15))
+        .map(|r| r.string.clone().unwrap_or_default())
+        .collect();
+    let machine_id = pcr15
+        .iter()
+        .find_map(|s| s.strip_prefix("machine-id:"))
+        .unwrap_or_else(|| panic!("no machine-id record in PCR 15: {pcr15:?}"));
+    assert!(
+        machine_id.len() == 32 && machine_id.bytes().all(|c| c.is_ascii_hexdigit()),
+        "machine-id {machine_id:?}"
+    );
+    let mut want = expected_pcr15(b, machine_id);
+    let mut got = pcr15.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "PCR 15 records vs what imgctl expected");
+    let others: Vec<_> = log
+        .records
+        .iter()
+        .filter(|r| !matches!(r.pcr, Some(11) | Some(15)))
+        .collect();
+    assert!(others.is_empty(), "unexpected records: {others:?}");
+    for r in &log.records {
+        assert!(
+            r.digest_mismatches().is_empty(),
+            "record {} is not the hash of its string",
+            r.index
+        );
+    }
+}
+
+/// The partitions of the image as `sfdisk --json` (util-linux) reads them: (type, uuid, start
+/// byte, size in bytes).
+fn sfdisk_partitions(image: &Path) -> Vec<(String, String, u64, u64)> {
+    let j: serde_json::Value = serde_json::from_slice(&common::run_ok(
+        Command::new("sfdisk").arg("--json").arg(image),
+    ))
+    .unwrap();
+    let sector = j["partitiontable"]["sectorsize"].as_u64().unwrap_or(512);
+    j["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["type"].as_str().unwrap().to_ascii_lowercase(),
+                p["uuid"].as_str().unwrap().to_ascii_lowercase(),
+                p["start"].as_u64().unwrap() * sector,
+                p["size"].as_u64().unwrap() * sector,
+            )
+        })
+        .collect()
+}
+
+/// The UKI's command line as objcopy (binutils) reads it out of the PE file.
+fn uki_cmdline(uki: &Path, dir: &Path) -> String {
+    let out = dir.join("cmdline.txt");
+    common::run_ok(
+        Command::new("objcopy")
+            .args(["-O", "binary", "--only-section=.cmdline"])
+            .arg(uki)
+            .arg(&out),
+    );
+    String::from_utf8(std::fs::read(&out).unwrap())
+        .unwrap()
+        .trim_end_matches('\0')
+        .trim()
+        .to_owned()
+}
+
+/// `veritysetup verify` accepts the /usr partition and its hash partition with the root hash of
+/// the UKI's `usrhash=`, and refuses them with one byte of /usr changed; `systemd-dissect` lists
+/// the partitions with their types and UUIDs.
+#[test]
+fn veritysetup_accepts_usr_with_the_ukis_usrhash_and_systemd_dissect_lists_the_partitions() {
+    let Some(b) = os_boot() else { return };
+    let Some(objcopy) = common::require_tool("objcopy", "binutils") else {
+        return;
+    };
+    let _ = objcopy;
+    let dir = tempfile::tempdir().unwrap();
+    let cmdline = uki_cmdline(&b.uki(), dir.path());
+    let usrhash = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("usrhash="))
+        .unwrap_or_else(|| panic!("no usrhash= in {cmdline:?}"))
+        .to_owned();
+    const USR: &str = "8484680c-9521-48c6-9c11-b0720656f69e";
+    const USR_VERITY: &str = "77ff5f63-e7b6-4633-acf4-1565b864c0e6";
+    let parts = sfdisk_partitions(&b.image());
+    let find = |t: &str| parts.iter().find(|p| p.0 == t).unwrap().clone();
+    let (usr, verity) = (find(USR), find(USR_VERITY));
+    let bytes = std::fs::read(b.image()).unwrap();
+    let slice = |p: &(String, String, u64, u64)| bytes[p.2 as usize..(p.2 + p.3) as usize].to_vec();
+    let (data, hash) = (dir.path().join("usr"), dir.path().join("usr-verity"));
+    let mut usr_bytes = slice(&usr);
+    std::fs::write(&data, &usr_bytes).unwrap();
+    std::fs::write(&hash, slice(&verity)).unwrap();
+    let verify = || {
+        Command::new("veritysetup")
+            .arg("verify")
+            .arg(&data)
+            .arg(&hash)
+            .arg(&usrhash)
+            .output()
+            .unwrap()
+    };
+    let ok = verify();
+    assert!(
+        ok.status.success(),
+        "veritysetup verify: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    usr_bytes[4096 * 3 + 17] ^= 1;
+    std::fs::write(&data, &usr_bytes).unwrap();
+    assert!(
+        !verify().status.success(),
+        "veritysetup accepted /usr with a flipped byte"
+    );
+    // The partition UUIDs are the root hash's halves (as systemd-repart makes them).
+    let uuid = |h: &str| {
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
+    };
+    assert_eq!(usr.1, uuid(&usrhash[..32]));
+    assert_eq!(verity.1, uuid(&usrhash[32..]));
+
+    let j: serde_json::Value = serde_json::from_slice(&common::run_ok(
+        Command::new("systemd-dissect")
+            .arg("--json=short")
+            .arg(b.image()),
+    ))
+    .unwrap();
+    let mounts: Vec<(String, String)> = j["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["designator"].as_str().unwrap_or("").to_owned(),
+                m["partition_uuid"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    for (designator, want) in [("usr", &usr.1), ("usr-verity", &verity.1)] {
+        assert!(
+            mounts.iter().any(|(d, u)| d == designator && u == want),
+            "systemd-dissect: no {designator} partition {want}: {mounts:?}"
+        );
+    }
+    assert!(
+        mounts.iter().any(|(d, _)| d == "root") && mounts.iter().any(|(d, _)| d == "esp"),
+        "systemd-dissect: root and esp: {mounts:?}"
+    );
+}
+
+/// `imgctl verify` with the build's pcrs.json and manifest.json accepts the boot with PCR 4, 11
+/// and 15 checked (15 against the value the guest's TPM holds), and rejects, naming the record,
+/// when the userspace log is altered.
+#[test]
+fn verify_accepts_the_boot_and_rejects_an_altered_userspace_log() {
+    let Some(b) = os_boot() else { return };
+    let guest = b.pcrs();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "pcrs: [4, 11, 15]\nbanks: [sha1, sha256]\npcrs_json: [{}]\nmanifests: [{}]\nexpected:\n  sha1: {{\"15\": \"{}\"}}\n  sha256: {{\"15\": \"{}\"}}\n",
+            b.out.join("pcrs.json").display(),
+            b.out.join("manifest.json").display(),
+            guest["sha1"][&15],
+            guest["sha256"][&15],
+        ),
+    )
+    .unwrap();
+    let verify = |userspace: &Path| {
+        let o = common::imgctl()
+            .args(["verify", "--json", "--eventlog"])
+            .arg(b.capture.join("eventlog.bin"))
+            .arg("--userspace-log")
+            .arg(userspace)
+            .arg("--policy")
+            .arg(&policy)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), text, o.stdout)
+    };
+    let log = b.capture.join("tpm2-measure.log");
+    let (code, text, stdout) = verify(&log);
+    assert_eq!(code, Some(0), "verify of the boot: {text}");
+    let verdict: serde_json::Value =
+        serde_json::from_slice(&stdout).unwrap_or_else(|e| panic!("verify --json: {e}: {text}"));
+    assert_eq!(verdict["accepted"], true, "{text}");
+    let checked: Vec<&str> = verdict["checked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for want in [
+        "Authenticode of os.efi",
+        "Authenticode of the .linux kernel in os.efi",
+        "PCR 11 sha1 after phase path enter-initrd:leave-initrd:sysinit:ready",
+        "PCR 11 sha256 after phase path enter-initrd:leave-initrd:sysinit:ready",
+        "PCR 15 sha1 = policy expected value",
+        "PCR 15 sha256 = policy expected value",
+    ] {
+        assert!(
+            checked.iter().any(|c| c.contains(want)),
+            "not checked: {want}: {checked:?}"
+        );
+    }
+
+    // The machine-id record with another ID: its digest no longer matches its string.
+    let data = String::from_utf8(std::fs::read(&log).unwrap()).unwrap();
+    let at = data.find("machine-id:").unwrap() + "machine-id:".len();
+    let mut altered = data.clone();
+    let c = if &data[at..at + 1] == "0" { "1" } else { "0" };
+    altered.replace_range(at..at + 1, c);
+    let bad = dir.path().join("altered.log");
+    std::fs::write(&bad, altered).unwrap();
+    let (code, text, _) = verify(&bad);
+    assert_eq!(code, Some(1), "verify of an altered log: {text}");
+    assert!(text.contains("altered-record"), "{text}");
+    assert!(text.contains("machine-id:"), "the record is named: {text}");
+}
+
+/// `imgctl vm` tells a disk image from a UKI by its bytes, not its name, and refuses before
+/// starting anything a disk the firmware could not boot (no ESP, or an ESP past the end of the
+/// file) and a `--reuse-tpm` that is not a folder. The disks are partitioned by sfdisk.
+#[test]
+fn vm_refuses_disks_without_a_bootable_esp_whatever_their_name() {
+    let Some(sfdisk) = common::require_tool("sfdisk", "fdisk") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = |name: &str, script: &str, len: u64| {
+        let p = dir.path().join(name);
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let mut child = Command::new(&sfdisk)
+            .arg("--quiet")
+            .arg(&p)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "sfdisk {name}");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        p
+    };
+    let vm = |args: &[&std::ffi::OsStr]| {
+        let o = common::imgctl().arg("vm").args(args).output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // A GPT disk named like a UKI, with a Linux partition only.
+    let no_esp = disk("looks-like-a.efi", "label: gpt\n,,L\n", 16 << 20);
+    let (code, err) = vm(&[no_esp.as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no EFI System Partition"), "{err}");
+    assert!(err.contains("looks-like-a.efi"), "{err}");
+    // An ESP that the file was cut short of.
+    let cut = disk("cut.raw", "label: gpt\n,,U\n", 1 << 20);
+    let (code, err) = vm(&[cut.as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("past the end of the file"), "{err}");
+    // An OS recipe is booted as the disk it builds, and says so.
+    let recipe = common::repo_root().join("recipes/os.yaml");
+    let (code, err) = vm(&[recipe.as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("imgctl build"), "{err}");
+    // --reuse-tpm must be a folder.
+    let esp = disk("esp.raw", "label: gpt\n,,U\n", 16 << 20);
+    let file = dir.path().join("not-a-folder");
+    std::fs::write(&file, b"").unwrap();
+    let (code, err) = vm(&[esp.as_os_str(), "--reuse-tpm".as_ref(), file.as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not a folder"), "{err}");
+}
+
+/// `build --log` records the OS image in the transparency log through the one artifact record:
+/// its `.tlog-proof` verifies against the log's key, and the entry names the disk image with the
+/// sha256 of its bytes (sha2, computed here), the `/usr` root hash of the UKI's `usrhash=` and
+/// the usr partitions with the UUIDs sfdisk reads from the disk.
+#[test]
+fn build_log_records_the_os_image_its_digest_and_usr_root_hash() {
+    use sha2::Digest as _;
+    let Some(b) = os_boot() else { return };
+    let proof = b.out.join("os.raw.tlog-proof");
+    common::run_ok(
+        common::imgctl()
+            .args(["log", "verify", "--vkey", &b.vkey, "--proof"])
+            .arg(&proof),
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&common::run_ok(
+        common::imgctl().args(["log", "show", "--json"]).arg(&b.log),
+    ))
+    .unwrap();
+    let entries = shown["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{shown}");
+    let e = &entries[0]["entry"];
+    let image = e["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["role"] == "image")
+        .unwrap_or_else(|| panic!("no image file in {e}"));
+    let bytes = std::fs::read(b.image()).unwrap();
+    assert_eq!(image["path"], "os.raw");
+    assert_eq!(image["size"], bytes.len() as u64);
+    assert_eq!(
+        image["digests"]["sha256"].as_str().unwrap(),
+        hex::encode(sha2::Sha256::digest(&bytes))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cmdline = uki_cmdline(&b.uki(), dir.path());
+    let usrhash = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("usrhash="))
+        .unwrap();
+    assert_eq!(e["extension"]["root_hash"], usrhash);
+    let parts = sfdisk_partitions(&b.image());
+    for p in e["extension"]["partitions"].as_array().unwrap() {
+        let uuid = p["uuid"].as_str().unwrap();
+        assert!(
+            parts
+                .iter()
+                .any(|(t, u, _, _)| t == p["type_uuid"].as_str().unwrap() && u == uuid),
+            "partition {p} not on the disk: {parts:?}"
+        );
+    }
+    assert_eq!(e["extension"]["partitions"].as_array().unwrap().len(), 2);
+}
