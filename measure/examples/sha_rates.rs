@@ -1,7 +1,7 @@
 //! Per-core hash rates of the implementations we can use (run by hand, release build: not a
 //! test): `cargo run --release -p imgctl-measure --example sha_rates [MIB]`.
 //!
-//! Prints GB per CPU-second for ring and RustCrypto (sha1/sha2, which pick SHA-NI / AVX2 at run
+//! Prints GB per CPU-second for ring, RustCrypto and OpenSSL (sha1/sha2, which pick SHA-NI / AVX2 at run
 //! time) over one large buffer, and for dm-verity's salted 4 KiB blocks, so the faster one per
 //! algorithm can be chosen on this CPU and the two-core limit of each row computed.
 
@@ -68,6 +68,18 @@ fn main() {
         rate(n, || {
             black_box(sha2::Sha512::digest(&data));
         })
+    );
+    let ossl = |md: openssl::hash::MessageDigest| {
+        rate(n, || {
+            black_box(openssl::hash::hash(md, &data).ok());
+        })
+    };
+    println!(
+        "  openssl: sha1 {:.2}  sha256 {:.2}  sha384 {:.2}  sha512 {:.2}",
+        ossl(openssl::hash::MessageDigest::sha1()),
+        ossl(openssl::hash::MessageDigest::sha256()),
+        ossl(openssl::hash::MessageDigest::sha384()),
+        ossl(openssl::hash::MessageDigest::sha512()),
     );
     let salt = [0x5au8; 32];
     let ring_salted = {
