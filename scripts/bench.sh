@@ -3,24 +3,23 @@
 # interleaved (peer, imgctl, peer, imgctl ...), medians and the ratio imgctl/peer; outputs are
 # checked equal to the peer's on every run. Prints one table; --json FILE writes it as JSON.
 #
-# Usage: scripts/bench.sh [--quick] [--json FILE] [--only ROW,...] [--build-rows]
-#   rows: verity predict eventlog tlog initrd uki   (--build-rows runs the initrd and UKI-build
-#   rows even when the streaming probe says the builder reads inputs whole)
+# Usage: scripts/bench.sh [--quick] [--json FILE] [--only ROW,...]
+#   rows: verity predict eventlog tlog initrd uki ext
 #   --quick: smaller inputs and fewer runs, about a minute.
 # Inputs are generated once under $IMGCTL_BENCH_DIR (default .cache/bench); nothing is committed.
 # Needs: veritysetup, systemd-measure (252 on the host, 257 in .cache/trixie-257), tpm2_eventlog,
-# GNU cpio, python3. Run it on an otherwise idle machine; the load average is printed with it.
+# GNU cpio, mkfs.erofs, python3; ukify and systemd-repart 257 in .cache/trixie-257. Run it on an otherwise idle machine; the load average is printed with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-quick=0; json=""; only="verity,predict,eventlog,tlog,initrd,uki"; force_build=0
+quick=0; json=""; only="verity,predict,eventlog,tlog,initrd,uki,ext"
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1; shift ;;
     --json) json=$(realpath -m "$2"); shift 2 ;;
     --only) only=$2; shift 2 ;;
-    --build-rows) force_build=1; shift ;;
-    *) echo "usage: scripts/bench.sh [--quick] [--json FILE] [--only ROW,...] [--build-rows]" >&2; exit 2 ;;
+    --build-rows) shift ;;   # accepted for old callers: the build rows always run now
+    *) echo "usage: scripts/bench.sh [--quick] [--json FILE] [--only ROW,...]" >&2; exit 2 ;;
   esac
 done
 want() { [[ ",$only," == *",$1,"* ]]; }
@@ -39,10 +38,10 @@ fi
 echo "building release binaries ..." >&2
 cargo build --release -q --bin imgctl --example bench_eventlog
 cargo build --release -q -p imgctl-tlog --example bench
-imgctl=$root/target/release/imgctl
+imgctl=${IMGCTL:-$root/target/release/imgctl}   # IMGCTL=path times another build (e.g. the base of a change)
 work=$(mktemp -d "$bench/run.XXXXXX")
-chroot_tmp=""
-cleanup() { rm -rf "$work"; [ -z "$chroot_tmp" ] || rm -rf "$chroot_tmp"; }
+chroot_dirs=()   # temporary folders inside the chroot, removed on exit
+cleanup() { rm -rf "$work" "${chroot_dirs[@]}"; }
 trap cleanup EXIT
 rows=$work/rows.jsonl; : > "$rows"
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -73,7 +72,7 @@ if want verity; then
   rm -f "$work/vs.hash" "$work/ours.hash"
 fi
 
-# --- UKI inputs (predict-pcrs, UKI build, streaming probe) ------------------------------------
+# --- UKI inputs (predict-pcrs, UKI build) -------------------------------------------------------
 uki=$bench/bench-uki.efi
 make_uki() {
   [ -s "$bench/initrd64.img" ] || head -c $((64 << 20)) /dev/urandom >"$bench/initrd64.img"
@@ -87,17 +86,16 @@ kernel: $kernel
 initrd: { archives: [$bench/initrd64.img] }
 cmdline: console=ttyS0 quiet
 EOR
-  # The build's peak memory for a 64 MiB initrd says whether the builder streams.
-  read -r _ _ build_rss < <(time_of "$imgctl" build "$bench/bench.yaml" -o "$work/uki")
+  "$imgctl" build "$bench/bench.yaml" -o "$work/uki" >/dev/null
   cp "$work/uki/bench.efi" "$uki"
 }
-if want predict || want initrd || want uki; then make_uki; fi
+if want predict || want initrd || want uki || want ext; then make_uki; fi
 
 # --- predict-pcrs -------------------------------------------------------------------------------
 if want predict; then
   tool pesections "$uki" "$work/sec" >"$work/sections"
   opts252=(); opts257=()
-  chroot_tmp=$(mktemp -d "$t257/tmp/imgctl-bench.XXXXXX")
+  chroot_tmp=$(mktemp -d "$t257/tmp/imgctl-bench.XXXXXX"); chroot_dirs+=("$chroot_tmp")
   for s in linux osrel cmdline initrd splash dtb pcrpkey ucode uname sbat; do
     [ -s "$work/sec/$s" ] || continue
     case $s in ucode|uname|sbat) ;; *) opts252+=("--$s=$work/sec/$s") ;; esac
@@ -159,21 +157,14 @@ if want tlog; then
     target="< 1 ms (1000 µs)" ours_samples="$proof"
 fi
 
-# --- initrd and UKI build (streaming is on the initrd branch) -----------------------------------
-if want initrd || want uki; then
-  limit=$(( (64 + 64 + 32) * 1024 ))   # KiB: 64 MiB + the largest file (the 64 MiB initrd) + slack
-  streaming=0; [ "${build_rss:-999999999}" -le $limit ] && streaming=1
-  why="imgctl build of a 64 MiB initrd peaks at $((build_rss / 1024)) MiB: the builder reads inputs whole (streaming is the initrd branch's D16)"
-  if [ $streaming = 0 ] && [ $force_build = 0 ]; then
-    want initrd && tool row "$rows" work="initrd, ${tree_mib} MiB tree of $tree_files files" peer="find | cpio -o -H newc" skipped="$why"
-    want uki && tool row "$rows" work="UKI build, the same inputs" peer="ukify 257 build" skipped="$why"
-  else
-    if want initrd; then
-      tree=$bench/tree-${tree_mib}M-$tree_files
-      if [ ! -f "$tree/.done" ]; then
-        echo "generating $tree ..." >&2
-        rm -rf "$tree"; mkdir -p "$tree"
-        python3 - "$tree" $((tree_mib << 20)) $tree_files <<'EOP'
+# --- initrd, UKI build and extension image ------------------------------------------------------
+# The tree of generated files (random, incompressible; sizes Pareto-distributed) shared by the
+# initrd and extension rows.
+tree=$bench/tree-${tree_mib}M-$tree_files
+if { want initrd || want ext; } && [ ! -f "$tree/.done" ]; then
+  echo "generating $tree ..." >&2
+  rm -rf "$tree"; mkdir -p "$tree"
+  python3 - "$tree" $((tree_mib << 20)) $tree_files <<'EOP'
 import os, random, sys
 root, total, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rnd = random.Random(16)
@@ -185,10 +176,11 @@ for i, s in enumerate(sizes):
     with open(os.path.join(d, f"f{i:05d}"), "wb") as f:
         f.write(os.urandom(max(1, int(s * scale))))
 EOP
-        touch "$tree/.done"
-      fi
-      largest=$(find "$tree" -type f -printf '%s\n' | sort -n | tail -1)
-      cat >"$work/tree.yaml" <<EOR
+  touch "$tree/.done"
+fi
+if want initrd; then
+  largest=$(find "$tree" -type f -printf '%s\n' | sort -n | tail -1)
+  cat >"$work/tree.yaml" <<EOR
 name: tree
 version: "1"
 os-release: { ID: bench, VERSION_ID: "1" }
@@ -196,35 +188,74 @@ kernel: ${kernel}
 initrd: { tree: $tree }
 cmdline: console=ttyS0 quiet
 EOR
-      ps=(); os=(); rss=0
-      for i in $(seq $build_runs); do
-        read -r w c _ < <(time_of bash -c 'cd "$1" && find . ! -name .done | cpio -o -H newc --quiet >"$2"' _ "$tree" "$work/peer.cpio"); ps+=("$w,$c")
-        rm -rf "$work/tree-out"
-        read -r w c m < <(time_of "$imgctl" build "$work/tree.yaml" -o "$work/tree-out"); os+=("$w,$c"); rss=$m
-      done
-      rm -f "$work/peer.cpio"; rm -rf "$work/tree-out"
-      tool row "$rows" work="initrd + UKI, ${tree_mib} MiB tree of $tree_files files" peer="find | cpio -o -H newc" \
-        target="≤ 1.0; RSS ≤ 64 MiB + largest" peer_samples="${ps[*]}" ours_samples="${os[*]}" \
-        note="imgctl peak RSS $((rss / 1024)) MiB, largest file $((largest >> 20)) MiB$([ $streaming = 0 ] && echo "; $why")"
-    fi
-    if want uki; then
-      d=$(mktemp -d "$t257/tmp/imgctl-bench-uki.XXXXXX")
-      inside=/tmp/$(basename "$d")
-      cp "$kernel" "$d/vmlinuz"; cp "$bench/initrd64.img" "$d/initrd"
-      printf 'ID=bench\nVERSION_ID=1\n' >"$d/os-release"
-      ps=(); os=()
-      for i in $(seq $build_runs); do
-        rm -f "$d/out.efi"; rm -rf "$work/uki-out"
-        read -r w c _ < <(time_of chroot "$t257" env SOURCE_DATE_EPOCH=0 ukify build --linux "$inside/vmlinuz" --initrd "$inside/initrd" \
-          --cmdline "console=ttyS0 quiet" --os-release "@$inside/os-release" --output "$inside/out.efi"); ps+=("$w,$c")
-        read -r w c _ < <(time_of "$imgctl" build "$bench/bench.yaml" -o "$work/uki-out"); os+=("$w,$c")
-      done
-      rm -rf "$d" "$work/uki-out"
-      tool row "$rows" work="UKI build, $(( $(stat -c %s "$uki") >> 20 )) MiB inputs" peer="ukify 257 build" \
-        target="≤ 0.5" peer_samples="${ps[*]}" ours_samples="${os[*]}" \
-        note="timing only; byte identity with ukify 257 is tests/systemd257.rs's$([ $streaming = 0 ] && echo "; $why")"
-    fi
-  fi
+  ps=(); os=(); rss=0
+  for i in $(seq $build_runs); do
+    read -r w c _ < <(time_of bash -c 'cd "$1" && find . ! -name .done | cpio -o -H newc --quiet >"$2"' _ "$tree" "$work/peer.cpio"); ps+=("$w,$c")
+    rm -rf "$work/tree-out"
+    read -r w c m < <(time_of "$imgctl" build "$work/tree.yaml" -o "$work/tree-out"); os+=("$w,$c")
+    [ "$m" -le "$rss" ] || rss=$m
+  done
+  rm -f "$work/peer.cpio"; rm -rf "$work/tree-out"
+  tool row "$rows" work="initrd + UKI, ${tree_mib} MiB tree of $tree_files files" peer="find | cpio -o -H newc" \
+    target="≤ 1.0; RSS ≤ 64 MiB + largest" peer_samples="${ps[*]}" ours_samples="${os[*]}" \
+    note="imgctl peak RSS $((rss / 1024)) MiB (limit $(( 64 + (largest >> 20) )) MiB: 64 MiB + the largest file, $((largest >> 20)) MiB)"
+fi
+if want uki; then
+  d=$(mktemp -d "$t257/tmp/imgctl-bench-uki.XXXXXX"); chroot_dirs+=("$d")
+  inside=/tmp/$(basename "$d")
+  cp "$kernel" "$d/vmlinuz"; cp "$bench/initrd64.img" "$d/initrd"
+  printf 'ID=bench\nVERSION_ID=1\n' >"$d/os-release"
+  ps=(); os=()
+  for i in $(seq $build_runs); do
+    rm -f "$d/out.efi"; rm -rf "$work/uki-out"
+    read -r w c _ < <(time_of chroot "$t257" env SOURCE_DATE_EPOCH=0 ukify build --linux "$inside/vmlinuz" --initrd "$inside/initrd" \
+      --cmdline "console=ttyS0 quiet" --os-release "@$inside/os-release" --output "$inside/out.efi"); ps+=("$w,$c")
+    read -r w c _ < <(time_of "$imgctl" build "$bench/bench.yaml" -o "$work/uki-out"); os+=("$w,$c")
+  done
+  [ -s "$d/out.efi" ] || { echo "bench: ukify 257 wrote no UKI" >&2; exit 1; }
+  rm -rf "$d" "$work/uki-out"
+  tool row "$rows" work="UKI build, $(( $(stat -c %s "$uki") >> 20 )) MiB inputs" peer="ukify 257 build" \
+    target="≤ 0.5" peer_samples="${ps[*]}" ours_samples="${os[*]}" \
+    note="timing only; byte identity with ukify 257 is tests/systemd257.rs's"
+fi
+if want ext; then
+  # The same tree as /usr of a sysext, erofs + dm-verity, unsigned: imgctl ext build against
+  # systemd-repart 257 (in the chroot) with the equivalent definitions. Both run the host's
+  # mkfs.erofs (the chroot has no erofs-utils; its libraries are in the chroot), so the row
+  # compares everything around the file system writer.
+  d=$(mktemp -d "$t257/tmp/imgctl-bench-ext.XXXXXX"); chroot_dirs+=("$d")
+  inside=/tmp/$(basename "$d")
+  mkdir -p "$d/bin" "$d/defs" "$d/src/usr/lib/extension-release.d" "$work/ext/usr"
+  cp /usr/bin/mkfs.erofs "$d/bin/"
+  cp -al "$tree" "$d/src/usr/tree"; rm -f "$d/src/usr/tree/.done"
+  printf 'ID=_any\nARCHITECTURE=x86-64\n' >"$d/src/usr/lib/extension-release.d/extension-release.bench"
+  cp -al "$tree" "$work/ext/usr/tree"; rm -f "$work/ext/usr/tree/.done"
+  printf '[Partition]\nType=root\nFormat=erofs\nCopyFiles=%s/src:/\nVerity=data\nVerityMatchKey=root\nMinimize=best\n' "$inside" >"$d/defs/10-root.conf"
+  printf '[Partition]\nType=root-verity\nVerity=hash\nVerityMatchKey=root\nMinimize=best\n' >"$d/defs/20-root-verity.conf"
+  cat >"$work/ext-bench.yaml" <<EOR
+kind: sysext
+name: bench
+version: "1"
+tree: ext
+release: { ID: _any, ARCHITECTURE: x86-64 }
+filesystem: erofs
+EOR
+  ps=(); os=()
+  for i in $(seq $build_runs); do
+    rm -f "$d/out.raw"; rm -rf "$work/ext-out"
+    # repart needs /proc and /dev: mounted in a private mount namespace, gone when it exits.
+    read -r w c _ < <(time_of unshare --mount --propagation private sh -c 'mount -t proc proc "$1/proc" && mount --rbind /dev "$1/dev" && shift && exec chroot "$@"' _ \
+      "$t257" "$t257" env PATH="$inside/bin:/usr/bin:/usr/sbin:/bin:/sbin" SOURCE_DATE_EPOCH=0 \
+      systemd-repart --definitions="$inside/defs" --empty=create --size=auto --dry-run=no --offline=yes \
+      --seed=0fda5ba1-2a3e-4b3a-9c5a-3e3b8c1d2f10 --json=short "$inside/out.raw"); ps+=("$w,$c")
+    read -r w c _ < <(time_of "$imgctl" ext build "$work/ext-bench.yaml" -o "$work/ext-out"); os+=("$w,$c")
+  done
+  [ -s "$d/out.raw" ] || { echo "bench: systemd-repart 257 wrote no image" >&2; exit 1; }
+  ours=$(find "$work/ext-out" -name '*.raw' -printf '%s\n' | head -1)
+  note="image sizes: repart $(( $(stat -c %s "$d/out.raw") >> 20 )) MiB, imgctl $(( ${ours:-0} >> 20 )) MiB; same tree, same mkfs.erofs; timing only"
+  rm -rf "$d" "$work/ext" "$work/ext-out" "$work/ext-bench.yaml"
+  tool row "$rows" work="extension image (erofs + verity), ${tree_mib} MiB tree" peer="systemd-repart 257" \
+    target="≤ 0.7" peer_samples="${ps[*]}" ours_samples="${os[*]}" note="$note"
 fi
 
 echo

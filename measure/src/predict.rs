@@ -243,8 +243,9 @@ pub fn predict_pcr11_per_dtb(
 }
 
 /// Relative cost per byte of a bank, only to order work: SHA-1 and SHA-256 run on the SHA
-/// extensions at about 1.4–1.8 GB/s a core, SHA-384 and SHA-512 (64-bit rounds, no SHA-NI
-/// support) at about 0.55–0.8 (`cargo run --release -p imgctl-measure --example sha_rates`).
+/// extensions at about 1.7–1.9 GB per CPU-second, SHA-384 and SHA-512 (64-bit rounds, no SHA-NI
+/// support; OpenSSL's AVX2 code) at about 0.8 (`cargo run --release -p imgctl-measure --example
+/// sha_rates`).
 fn cost_per_byte(bank: HashAlg) -> u64 {
     match bank {
         HashAlg::SHA1 | HashAlg::SHA256 => 2,
@@ -278,7 +279,7 @@ pub fn digest_matrix(banks: &[HashAlg], inputs: &[&[u8]]) -> Result<Vec<Vec<Dige
                 let Some(&(i, b)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
                     return Ok(mine);
                 };
-                mine.push((i, b, banks[b].hash(inputs[i])?));
+                mine.push((i, b, banks[b].hash_large(inputs[i])?));
             }
         })
         .collect::<Result<_, crate::bank::UnsupportedAlg>>()?;

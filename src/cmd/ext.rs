@@ -293,7 +293,9 @@ fn run_verity(args: VerityArgs) -> anyhow::Result<ExitCode> {
         args.block_size,
         args.block_size,
     )?;
-    let tree = imgctl_extensions::pipeline::write_verity(&args.data, &args.hash, params)?;
+    let tree = crate::output::with_spinner("hashing the data device", || {
+        imgctl_extensions::pipeline::write_verity(&args.data, &args.hash, params)
+    })?;
     if args.json {
         crate::output::print_json(&serde_json::json!({
             "root_hash": tree.root_hash_hex(),
