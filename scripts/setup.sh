@@ -15,7 +15,7 @@ systemd systemd-boot-efi systemd-container
 cryptsetup-bin erofs-utils squashfs-tools fdisk dosfstools mtools
 swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config libsqlite3-dev postgresql
 sbsigntool osslsigncode openssl binutils softhsm2
-qemu-system-x86 ovmf
+qemu-system-x86 qemu-utils ovmf
 busybox-static cpio kmod fsverity device-tree-compiler
 python3 python3-cryptography python3-pip ca-certificates
 mmdebstrap
