@@ -20,13 +20,13 @@ use std::process::{Child, Command, Stdio};
 
 use common::{imgctl, require_tool, run_ok};
 use imgctl_attest::eventlog::{EventLog, EventType};
+use imgctl_attest::tpm_public::TpmPublic;
 use imgctl_measure::HashAlg;
 use imgctl_service::api::{
     ActivateRequest, ChallengeRequest, EnrolRequest, EvidenceRequest, EvidenceResponse,
 };
 use imgctl_service::client::Client;
 use imgctl_service::credential::{make_credential, CredentialFile};
-use imgctl_service::tpm_public::TpmPublic;
 use imgctl_tpm::Tpm;
 use swtpm::Swtpm;
 

@@ -22,6 +22,7 @@ pub mod breakglass;
 pub mod eventlog;
 pub mod guest_report;
 pub mod quote;
+pub mod tpm_public;
 pub mod userspace_record;
 pub mod verify;
 

@@ -234,80 +234,11 @@ impl AkPublic {
         if data.first() == Some(&0x30) {
             return parse_spki(data);
         }
-        // TPMT_PUBLIC starts with its type (RSA 0x0001 / ECC 0x0023); a TPM2B_PUBLIC with its
-        // size. Try the bare form first when the type matches and it parses to the end.
-        if let Ok(k) = parse_tpmt_public(&mut Reader::new(data), true) {
-            return Ok(k);
-        }
-        let mut r = Reader::new(data);
-        let inner = r.sub(
-            usize::from(r.clone().u16_be("TPM2B_PUBLIC.size")?) + 2,
-            "TPM2B_PUBLIC",
-        )?;
-        r.expect_end("TPM2B_PUBLIC")?;
-        let mut inner = inner;
-        inner.skip(2, "TPM2B_PUBLIC.size")?;
-        parse_tpmt_public(&mut inner, true)
+        // A TPMT_PUBLIC or TPM2B_PUBLIC: the one parser of public areas.
+        crate::tpm_public::TpmPublic::parse(data).map(|p| p.key)
     }
 }
 
-fn parse_tpmt_public(r: &mut Reader<'_>, to_end: bool) -> Result<AkPublic, ParseError> {
-    let at = r.offset();
-    let key_type = r.u16_be("TPMT_PUBLIC.type")?;
-    let _name_alg = r.u16_be("TPMT_PUBLIC.nameAlg")?;
-    let _attributes = r.u32_be("TPMT_PUBLIC.objectAttributes")?;
-    tpm2b(r, "TPMT_PUBLIC.authPolicy")?;
-    // TPMT_SYM_DEF_OBJECT
-    if r.u16_be("symmetric.algorithm")? != TPM_ALG_NULL {
-        r.skip(4, "symmetric.keyBits/mode")?;
-    }
-    let key = match key_type {
-        TPM_ALG_RSA => {
-            if r.u16_be("TPMT_RSA_SCHEME.scheme")? != TPM_ALG_NULL {
-                r.skip(2, "TPMT_RSA_SCHEME.hashAlg")?;
-            }
-            let _bits = r.u16_be("TPMS_RSA_PARMS.keyBits")?;
-            let exp = r.u32_be("TPMS_RSA_PARMS.exponent")?;
-            let exp = if exp == 0 { 65537 } else { exp };
-            let n = tpm2b(r, "TPM2B_PUBLIC_KEY_RSA")?.to_vec();
-            let e = exp.to_be_bytes();
-            let first = e.iter().position(|b| *b != 0).unwrap_or(3);
-            AkPublic::Rsa {
-                n,
-                e: e[first..].to_vec(),
-            }
-        }
-        TPM_ALG_ECC => {
-            let scheme = r.u16_be("TPMT_ECC_SCHEME.scheme")?;
-            if scheme != TPM_ALG_NULL {
-                r.skip(2, "TPMT_ECC_SCHEME.hashAlg")?;
-                if scheme == TPM_ALG_ECDAA {
-                    r.skip(2, "TPMS_SCHEME_ECDAA.count")?;
-                }
-            }
-            let curve = r.u16_be("TPMS_ECC_PARMS.curveID")?;
-            if r.u16_be("TPMT_KDF_SCHEME.scheme")? != TPM_ALG_NULL {
-                r.skip(2, "TPMT_KDF_SCHEME.hashAlg")?;
-            }
-            let x = tpm2b(r, "TPMS_ECC_POINT.x")?.to_vec();
-            let y = tpm2b(r, "TPMS_ECC_POINT.y")?.to_vec();
-            AkPublic::Ecc { curve, x, y }
-        }
-        other => {
-            return Err(ParseError::new(
-                at,
-                "TPMT_PUBLIC.type",
-                format!("key type {other:#06x} is neither RSA nor ECC"),
-            ))
-        }
-    };
-    if to_end {
-        r.expect_end("TPMT_PUBLIC")?;
-    }
-    Ok(key)
-}
-
-/// `BEGIN PUBLIC KEY` PEM (RFC 7468) to DER; `None` when `data` is not PEM at all.
 fn pem_body(data: &[u8]) -> Option<Result<Vec<u8>, ParseError>> {
     let text = std::str::from_utf8(data).ok()?;
     let start = text.find("-----BEGIN ")?;

@@ -2,7 +2,7 @@
 //! TPMT_PUBLIC (EK/AK of an enrolment) and tpm2-tools credential files; MakeCredential for
 //! whatever EK parses.
 use imgctl_service::credential::{make_credential, CredentialFile};
-use imgctl_service::tpm_public::TpmPublic;
+use imgctl_attest::tpm_public::TpmPublic;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

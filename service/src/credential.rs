@@ -26,7 +26,7 @@ use imgctl_measure::tpm_wire::read_tpm2b;
 use imgctl_measure::ParseError;
 use rsa::{BigUint, Oaep, RsaPublicKey};
 
-use crate::tpm_public::TpmPublic;
+use imgctl_attest::tpm_public::TpmPublic;
 
 /// The label of the seed's OAEP encryption, with its terminating zero (Part 1 §24.4).
 const IDENTITY: &[u8] = b"IDENTITY\0";

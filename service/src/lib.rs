@@ -25,4 +25,3 @@ pub mod credential;
 pub mod server;
 pub mod service;
 pub mod store;
-pub mod tpm_public;

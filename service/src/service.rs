@@ -17,7 +17,7 @@ use crate::api::{
 };
 use crate::credential::{make_credential, CredentialFile};
 use crate::store::{Machine, NonceUse, Store, StoreError};
-use crate::tpm_public::TpmPublic;
+use imgctl_attest::tpm_public::TpmPublic;
 
 /// The largest secret released: a credential is a TPM2B_DIGEST, at most the size of the EK's
 /// name-algorithm digest (32 bytes for the default SHA-256 EK).

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
+use imgctl_attest::tpm_public::TpmPublic;
 use imgctl_measure::HashAlg;
 use imgctl_service::api::{ActivateRequest, ChallengeRequest, EnrolRequest, EvidenceRequest};
 use imgctl_service::client::Client;
 use imgctl_service::credential::CredentialFile;
-use imgctl_service::tpm_public::TpmPublic;
 use imgctl_tpm::DEFAULT_TCTI;
 
 /// Attest this machine to an imgctl attestation service and receive its released secrets.

@@ -1,7 +1,7 @@
-//! `TPMT_PUBLIC` (TPM 2.0 Library Part 2 §12.2.4) of the two keys enrolment is about: the
-//! endorsement key (the machine's identity; the key [`crate::credential`] encrypts to) and the
-//! attestation key (what signs quotes), with the object's Name (Part 1 §16: `nameAlg ||
-//! H_nameAlg(TPMT_PUBLIC)`).
+//! `TPMT_PUBLIC` (TPM 2.0 Library Part 2 §12.2.4), the one parser of a TPM object's public
+//! area: the attestation key a quote is checked with ([`crate::quote::AkPublic`] is its key),
+//! and for enrolment the endorsement key (the key `imgctl-service`'s credential encrypts to),
+//! with the object's Name (Part 1 §16: `nameAlg || H_nameAlg(TPMT_PUBLIC)`).
 //!
 //! ```text
 //! TPMT_PUBLIC: u16 type | u16 nameAlg | u32 objectAttributes | TPM2B authPolicy | parameters | unique
@@ -11,7 +11,7 @@
 //!     | u16 curveID | TPMT_KDF_SCHEME {u16 scheme [u16 hashAlg]};  unique: TPM2B x | TPM2B y
 //! ```
 
-use imgctl_attest::quote::{AkPublic, TPM_ALG_ECC, TPM_ALG_ECDAA, TPM_ALG_NULL, TPM_ALG_RSA};
+use crate::quote::{AkPublic, TPM_ALG_ECC, TPM_ALG_ECDAA, TPM_ALG_NULL, TPM_ALG_RSA};
 use imgctl_measure::bank::HashAlg;
 use imgctl_measure::reader::Reader;
 use imgctl_measure::tpm_wire::read_tpm2b;
