@@ -445,18 +445,7 @@ impl Tpm {
         id: tss_esapi::structures::IdObject,
         secret: tss_esapi::structures::EncryptedSecret,
     ) -> Result<Vec<u8>> {
-        let session = self
-            .ctx
-            .start_auth_session(
-                None,
-                None,
-                None,
-                SessionType::Policy,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(cmd("StartAuthSession"))?
-            .ok_or_else(|| TpmError::Policy("the TPM returned no session".into()))?;
+        let session = self.start_policy_session()?;
         let policy = PolicySession::try_from(session).map_err(cmd("StartAuthSession"))?;
         let out = self
             .ctx
@@ -485,9 +474,9 @@ impl Tpm {
         Ok(out?.value().to_vec())
     }
 
-    fn policy_session(&mut self) -> Result<PolicySession> {
-        let session = self
-            .ctx
+    /// An unbound, unsalted SHA-256 policy session (AES-128-CFB parameter encryption).
+    fn start_policy_session(&mut self) -> Result<AuthSession> {
+        self.ctx
             .start_auth_session(
                 None,
                 None,
@@ -497,7 +486,11 @@ impl Tpm {
                 HashingAlgorithm::Sha256,
             )
             .map_err(cmd("StartAuthSession"))?
-            .ok_or_else(|| TpmError::Policy("the TPM returned no session".into()))?;
+            .ok_or_else(|| TpmError::Policy("the TPM returned no session".into()))
+    }
+
+    fn policy_session(&mut self) -> Result<PolicySession> {
+        let session = self.start_policy_session()?;
         let (attrs, mask) = SessionAttributesBuilder::new()
             .with_decrypt(true)
             .with_encrypt(true)
