@@ -898,6 +898,23 @@ fn the_demo_boot_verifies_against_the_log_alone() {
     assert_eq!(code, Some(0), "published now: {text}");
 }
 
+/// The PCR value `ext predict-pcrs --json` gives for `pcr` in `bank` after the stub's last
+/// sidecar extend into it, if any archive goes there.
+fn sidecar_pcr(predicted: &serde_json::Value, pcr: u32, bank: &str) -> Option<String> {
+    let row = predicted
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|r| r["pcr"] == pcr)?;
+    let b = row["banks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["bank"] == bank)?;
+    Some(b["pcr_value"].as_str().unwrap().to_owned())
+}
+
 /// PCR 13 on real boots (issues 12 and 13): the demo sysext image beside the UKI
 /// (`vm --extra`, i.e. `\EFI\BOOT\BOOTX64.EFI.extra.d\demo-sysext.raw`), booted on
 /// systemd-stub 252 and 257. The guest's PCR 13 equals `ext predict-pcrs` for that stub in
@@ -965,12 +982,6 @@ fn a_sysext_beside_the_uki_is_measured_into_pcr13_as_predicted_and_checked_again
                 .arg(&image),
         ))
         .unwrap();
-        let row = predicted
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["pcr"] == 13)
-            .unwrap_or_else(|| panic!("no PCR 13 prediction: {predicted}"));
         let seen = boot.pcrs();
         let replay: serde_json::Value = serde_json::from_slice(&common::run_ok(
             common::imgctl()
@@ -979,15 +990,8 @@ fn a_sysext_beside_the_uki_is_measured_into_pcr13_as_predicted_and_checked_again
         ))
         .unwrap();
         for bank in ["sha1", "sha256"] {
-            let want = row["banks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|b| b["bank"] == bank)
-                .unwrap()["pcr_value"]
-                .as_str()
-                .unwrap()
-                .to_owned();
+            let want = sidecar_pcr(&predicted, 13, bank)
+                .unwrap_or_else(|| panic!("no PCR 13 prediction: {predicted}"));
             assert_eq!(
                 seen[bank][&13], want,
                 "stub {v}: PCR 13 {bank} vs ext predict-pcrs"
@@ -1100,22 +1104,9 @@ fn credentials_and_a_confext_beside_the_uki_are_measured_as_predicted() {
             &["Credentials initrd", "Configuration extension initrd"]
         };
         assert_eq!(descriptions, expected, "stub {v}: {predicted}");
-        // The value of a PCR after the stub: its last predicted row; zeros when it has none.
+        // The value of a PCR after the stub; zeros when nothing beside the UKI goes into it.
         let want = |pcr: u32, bank: &str| -> String {
-            rows.iter()
-                .rev()
-                .find(|r| r["pcr"] == pcr)
-                .map(|r| {
-                    r["banks"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .find(|b| b["bank"] == bank)
-                        .unwrap()["pcr_value"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned()
-                })
+            sidecar_pcr(&predicted, pcr, bank)
                 .unwrap_or_else(|| "00".repeat(if bank == "sha1" { 20 } else { 32 }))
         };
         let seen = boot.pcrs();
