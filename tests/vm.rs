@@ -1056,6 +1056,7 @@ fn credentials_and_a_confext_beside_the_uki_are_measured_as_predicted() {
     let cred = tmp.path().join("demo.cred");
     std::fs::write(&cred, b"imgctl test credential\n").unwrap();
     let extra = [cred, confext];
+    let (log, key, vkey) = new_log(tmp.path(), "log");
 
     let mut stubs: Vec<(&str, Option<PathBuf>)> = vec![("252", None)];
     if let Some(s) = stub_257() {
@@ -1067,7 +1068,7 @@ fn credentials_and_a_confext_beside_the_uki_are_measured_as_predicted() {
             let dir = tmp.path().join(format!("stub{v}"));
             std::fs::create_dir_all(&dir).unwrap();
             let recipe = demo_recipe(&dir, None, stub.as_deref(), None);
-            let uki = build_recipe(&recipe, &dir.join("out"), None);
+            let uki = build_recipe(&recipe, &dir.join("out"), Some((&log, &key)));
             (*v, dir, uki)
         })
         .collect();
@@ -1145,5 +1146,22 @@ fn credentials_and_a_confext_beside_the_uki_are_measured_as_predicted() {
                 "stub {v}: no {d:?} event in the log:\n{shown}"
             );
         }
+        // The UKI is published, the credential is not: the verifier names the credential
+        // archive's event as the first divergence (not a digest/payload lint finding).
+        let policy = boot.capture.join("policy.yaml");
+        std::fs::write(&policy, "pcrs: [4, 11]\nbanks: [sha1, sha256]\n").unwrap();
+        let (code, text) = verify_boot(boot, &policy, &["--log".as_ref(), log.as_os_str()], &vkey);
+        assert_eq!(code, Some(1), "stub {v}: {text}");
+        let first = text
+            .lines()
+            .skip_while(|l| !l.contains("first divergence"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            first.contains("PCR 12") && first.contains("Credentials initrd"),
+            "stub {v}: {text}"
+        );
+        assert!(!text.contains("digest-mismatch"), "stub {v}: {text}");
     }
 }

@@ -25,7 +25,7 @@
 //! initrd", PCR 12). No files: nothing is measured.
 
 use imgctl_measure::bank::{Digest, HashAlg, Hasher, Pcr, UnsupportedAlg};
-use imgctl_measure::StubSemantics;
+use imgctl_measure::{pcr11, StubSemantics};
 
 /// Which sidecar archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,16 +42,16 @@ impl Sidecar {
 
     pub fn pcr(self) -> u32 {
         match self {
-            Sidecar::Credentials | Sidecar::Confext => 12,
-            Sidecar::Sysext => 13,
+            Sidecar::Credentials | Sidecar::Confext => pcr11::PCR_KERNEL_PARAMETERS,
+            Sidecar::Sysext => pcr11::PCR_INITRD_SYSEXTS,
         }
     }
     /// The EV_IPL event description (UTF-16 in the log).
     pub fn description(self) -> &'static str {
         match self {
-            Sidecar::Credentials => "Credentials initrd",
-            Sidecar::Sysext => "System extension initrd",
-            Sidecar::Confext => "Configuration extension initrd",
+            Sidecar::Credentials => pcr11::CREDENTIALS_INITRD,
+            Sidecar::Sysext => pcr11::SYSEXT_INITRD,
+            Sidecar::Confext => pcr11::CONFEXT_INITRD,
         }
     }
     pub fn prefix(self) -> &'static str {

@@ -19,6 +19,21 @@ pub const PCR_KERNEL_PARAMETERS: u32 = 12;
 /// PCR for system extension images handed over through the ESP.
 pub const PCR_INITRD_SYSEXTS: u32 = 13;
 
+/// The EV_IPL descriptions of the sidecar cpio archives the stub builds from the files beside
+/// the UKI (src/boot/stub.c `generate_sidecar_initrds()`, 252 through 258). The event's data is
+/// the description (UTF-16), its digest the archive's hash, not the description's.
+pub const CREDENTIALS_INITRD: &str = "Credentials initrd";
+pub const GLOBAL_CREDENTIALS_INITRD: &str = "Global credentials initrd";
+pub const SYSEXT_INITRD: &str = "System extension initrd";
+pub const CONFEXT_INITRD: &str = "Configuration extension initrd";
+/// Every sidecar archive description, with the PCR it is measured into.
+pub const SIDECAR_ARCHIVES: [(&str, u32); 4] = [
+    (CREDENTIALS_INITRD, PCR_KERNEL_PARAMETERS),
+    (GLOBAL_CREDENTIALS_INITRD, PCR_KERNEL_PARAMETERS),
+    (SYSEXT_INITRD, PCR_INITRD_SYSEXTS),
+    (CONFEXT_INITRD, PCR_KERNEL_PARAMETERS),
+];
+
 /// Which systemd-stub's measurements apply: one row of [`STUB_VERSIONS`] per systemd version
 /// that changed what the stub measures. Sections a stub does not know are ignored by it
 /// (neither measured nor used), so the same UKI can measure differently under different stubs.

@@ -31,7 +31,9 @@ pub fn payload_candidates(event: &Event) -> Vec<&[u8]> {
         | EventType::EV_EFI_VARIABLE_DRIVER_CONFIG
         | EventType::EV_EFI_GPT_EVENT
         | EventType::EV_EFI_ACTION => vec![d],
-        EventType::EV_IPL if event.pcr == 12 => vec![d],
+        // A passed or addon command line: the data is what was hashed. Not so for the stub's
+        // sidecar archives, whose data only names the archive.
+        EventType::EV_IPL if event.pcr == 12 && !is_sidecar_archive(event) => vec![d],
         EventType::EV_IPL if event.pcr == 8 => match d.iter().position(|b| *b == b' ') {
             Some(sp) if d.last() == Some(&0) && sp + 1 < d.len() => {
                 vec![&d[sp + 1..d.len() - 1], &d[sp + 1..]]
@@ -40,6 +42,15 @@ pub fn payload_candidates(event: &Event) -> Vec<&[u8]> {
         },
         _ => Vec::new(),
     }
+}
+
+/// An EV_IPL event of systemd-stub for a sidecar cpio archive (credentials, extensions).
+fn is_sidecar_archive(event: &Event) -> bool {
+    crate::eventlog::describe::utf16_string(&event.data).is_some_and(|s| {
+        imgctl_measure::pcr11::SIDECAR_ARCHIVES
+            .iter()
+            .any(|(name, pcr)| *name == s && *pcr == event.pcr)
+    })
 }
 
 /// Banks in which `event`'s digest is none of the hashes its data determines.
@@ -108,4 +119,47 @@ pub fn lint(log: &EventLog) -> Vec<Finding> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imgctl_measure::bank::HashAlg;
+
+    fn utf16(s: &str) -> Vec<u8> {
+        s.encode_utf16()
+            .chain([0])
+            .flat_map(u16::to_le_bytes)
+            .collect()
+    }
+
+    fn pcr12(data: Vec<u8>, hashed: &[u8]) -> Event {
+        Event {
+            index: 0,
+            offset: 0,
+            pcr: 12,
+            event_type: EventType::EV_IPL,
+            digests: vec![(HashAlg::SHA256, HashAlg::SHA256.hash(hashed).unwrap())],
+            data,
+        }
+    }
+
+    #[test]
+    fn pcr12_command_lines_are_bound_to_their_data_and_sidecar_archives_are_not() {
+        let cmdline = utf16("console=ttyS0");
+        assert!(digest_mismatches(&pcr12(cmdline.clone(), &cmdline)).is_empty());
+        assert_eq!(
+            digest_mismatches(&pcr12(cmdline, b"other")),
+            [HashAlg::SHA256]
+        );
+        // The stub's credential and confext archives: data names them, digest hashes the cpio.
+        for name in ["Credentials initrd", "Configuration extension initrd"] {
+            assert!(digest_mismatches(&pcr12(utf16(name), b"070701...")).is_empty());
+        }
+        // A sysext archive's name is not one of PCR 12's.
+        assert_eq!(
+            digest_mismatches(&pcr12(utf16("System extension initrd"), b"cpio")),
+            [HashAlg::SHA256]
+        );
+    }
 }
