@@ -13,7 +13,6 @@ mod common;
 mod swtpm;
 
 use std::collections::BTreeMap;
-use std::io::BufRead as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -211,21 +210,12 @@ impl Drop for Server {
 }
 
 fn serve(dir: &Path) -> Server {
-    let mut child = imgctl()
-        .args(["serve", "--config"])
-        .arg(dir.join("serve.yaml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().to_owned();
-    assert!(
-        url.starts_with("http://127.0.0.1:"),
-        "serve printed {line:?}"
+    let (child, url) = common::spawn_http_service(
+        imgctl()
+            .args(["serve", "--config"])
+            .arg(dir.join("serve.yaml"))
+            .stderr(Stdio::inherit()),
+        "serve",
     );
     Server { child, url }
 }

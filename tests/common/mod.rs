@@ -229,27 +229,11 @@ impl Drop for WitnessProc {
     }
 }
 
-/// Starts (or restarts: same key and state folder) a witness named `name` for the log whose
-/// vkey (or @FILE) is `log_vkey`, keeping its key and state in `dir`.
-pub fn spawn_witness(dir: &Path, name: &str, log_vkey: &str) -> WitnessProc {
+/// Spawns an imgctl HTTP service that prints its URL as its first stdout line; returns the
+/// child and that URL (on loopback).
+pub fn spawn_http_service(cmd: &mut Command, what: &str) -> (std::process::Child, String) {
     use std::io::BufRead;
-    let stem: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let key = dir.join(format!("{stem}.key"));
-    let state = dir.join(format!("{stem}-state"));
-    let mut child = imgctl()
-        .args(["log", "witness", "--name", name, "--listen", "127.0.0.1:0"])
-        .arg("--key")
-        .arg(&key)
-        .arg("--state")
-        .arg(&state)
-        .args(["--log-vkey", log_vkey])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -257,8 +241,29 @@ pub fn spawn_witness(dir: &Path, name: &str, log_vkey: &str) -> WitnessProc {
     let url = line.trim().to_owned();
     assert!(
         url.starts_with("http://127.0.0.1:"),
-        "witness printed {line:?}"
+        "{what} printed {line:?}"
     );
+    (child, url)
+}
+
+/// Starts (or restarts: same key and state folder) a witness named `name` for the log whose
+/// vkey (or @FILE) is `log_vkey`, keeping its key and state in `dir`.
+pub fn spawn_witness(dir: &Path, name: &str, log_vkey: &str) -> WitnessProc {
+    let stem: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let key = dir.join(format!("{stem}.key"));
+    let state = dir.join(format!("{stem}-state"));
+    let mut cmd = imgctl();
+    cmd.args(["log", "witness", "--name", name, "--listen", "127.0.0.1:0"])
+        .arg("--key")
+        .arg(&key)
+        .arg("--state")
+        .arg(&state)
+        .args(["--log-vkey", log_vkey])
+        .stderr(std::process::Stdio::null());
+    let (child, url) = spawn_http_service(&mut cmd, "witness");
     let vkey = std::fs::read_to_string(key.with_extension("vkey"))
         .unwrap()
         .trim()
