@@ -718,3 +718,304 @@ fn build_log_records_the_os_image_its_digest_and_usr_root_hash() {
     }
     assert_eq!(e["extension"]["partitions"].as_array().unwrap().len(), 2);
 }
+
+/// Runs `imgctl verify` on the captured OS boot (firmware and userspace logs) with `policy` and
+/// the extra reference arguments; returns (exit code, stdout, stdout and stderr).
+fn verify_boot(
+    b: &OsBoot,
+    policy: &Path,
+    refs: &[&std::ffi::OsStr],
+) -> (Option<i32>, String, String) {
+    let o = common::imgctl()
+        .arg("verify")
+        .arg("--eventlog")
+        .arg(b.capture.join("eventlog.bin"))
+        .arg("--userspace-log")
+        .arg(b.capture.join("tpm2-measure.log"))
+        .arg("--policy")
+        .arg(policy)
+        .args(refs)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    (o.status.code(), stdout, all)
+}
+
+/// The locked loop on the OS boot (issue 13): with no manifest, pcrs.json or golden value, only
+/// the log the build appended to, `verify --log` accepts the captured boot with PCR 4 (the
+/// UKI's and its kernel's Authenticode), 11 (every stub section event, the phase path to
+/// `ready`) and 15 (each userspace record one the published image expects) checked; the
+/// predicted-vs-measured table's measured values are the guest TPM's own PCRs, and every
+/// prediction equals them. The `.tlog-proof` the build wrote verifies the same boot offline.
+#[test]
+fn verify_log_accepts_the_os_boot_from_the_log_alone_with_a_predicted_vs_measured_table() {
+    let Some(b) = os_boot() else { return };
+    let guest = b.pcrs();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "pcrs: [4, 11, 15]\nbanks: [sha1, sha256]\n").unwrap();
+    let log: &std::ffi::OsStr = b.log.as_os_str();
+    let started = Instant::now();
+    let (code, stdout, all) = verify_boot(
+        b,
+        &policy,
+        &[
+            "--json".as_ref(),
+            "--log".as_ref(),
+            log,
+            "--vkey".as_ref(),
+            b.vkey.as_ref(),
+        ],
+    );
+    eprintln!(
+        "verify --log of the OS boot: {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(code, Some(0), "verify --log of the OS boot: {all}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["accepted"], true, "{all}");
+    let checked: Vec<&str> = v["checked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for want in [
+        "PCR 11 stub section events against os.efi",
+        "= Authenticode of os.efi",
+        "= Authenticode of the .linux kernel in os.efi",
+        "PCR 11 sha256 after phase path enter-initrd:leave-initrd:sysinit:ready",
+        "PCR 15 sha1: 3 userspace record(s)",
+        "PCR 15 sha256: 3 userspace record(s)",
+    ] {
+        assert!(
+            checked.iter().any(|c| c.contains(want)),
+            "not checked: {want}: {checked:?}"
+        );
+    }
+    let rows = v["pcrs"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "3 PCRs x 2 banks: {rows:?}");
+    for r in rows {
+        let (bank, pcr) = (
+            r["bank"].as_str().unwrap(),
+            r["pcr"].as_u64().unwrap() as u32,
+        );
+        assert_eq!(r["verdict"], "match", "{r}");
+        assert_eq!(
+            r["measured"].as_str().unwrap(),
+            guest[bank][&pcr],
+            "PCR {pcr} {bank}: the table's measured value vs the guest's TPM"
+        );
+        assert_eq!(r["predicted"], r["measured"], "{r}");
+    }
+    // The text form carries the same table.
+    let (code, text, all) = verify_boot(
+        b,
+        &policy,
+        &["--log".as_ref(), log, "--vkey".as_ref(), b.vkey.as_ref()],
+    );
+    assert_eq!(code, Some(0), "{all}");
+    assert!(text.starts_with("ACCEPT"), "{text}");
+    let table: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(table.len(), 6, "{text}");
+    for (l, pcr) in table.iter().zip(["4", "4", "11", "11", "15", "15"]) {
+        assert!(
+            l.trim_start().starts_with(pcr) && l.contains(" match "),
+            "{l}\n{text}"
+        );
+    }
+
+    // Offline: the proof beside the image instead of the log.
+    let proof = b.out.join("os.raw.tlog-proof");
+    let (code, stdout, all) = verify_boot(
+        b,
+        &policy,
+        &[
+            "--json".as_ref(),
+            "--proof".as_ref(),
+            proof.as_os_str(),
+            "--vkey".as_ref(),
+            b.vkey.as_ref(),
+        ],
+    );
+    assert_eq!(code, Some(0), "verify --proof of the OS boot: {all}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["accepted"], true, "{all}");
+}
+
+/// The loop rejects a boot whose OS was not published: the same recipe with one more file in
+/// `/usr` is another `/usr` root hash, so another `usrhash=` and another UKI. Against a log
+/// holding only that rebuild, the captured boot of the first image is rejected as "not
+/// published", naming the stub's event; and its `/usr` file-system record is no record the
+/// rebuild expects either.
+#[test]
+fn verify_log_rejects_the_os_boot_against_a_log_holding_only_a_rebuild_with_another_usr() {
+    let Some(b) = os_boot() else { return };
+    b.assert_done();
+    let dir = tempfile::tempdir().unwrap();
+    // The recipe and its folder, with one more file in /usr.
+    let recipes = dir.path().join("recipes");
+    std::fs::create_dir_all(recipes.join("os")).unwrap();
+    for e in std::fs::read_dir(common::repo_root().join("recipes/os")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), recipes.join("os").join(e.file_name())).unwrap();
+    }
+    std::fs::write(recipes.join("extra"), "one more file in /usr\n").unwrap();
+    let text = std::fs::read_to_string(common::repo_root().join("recipes/os.yaml")).unwrap();
+    assert!(
+        text.contains("\nfiles:\n"),
+        "recipes/os.yaml has no files: list"
+    );
+    let text = text.replacen(
+        "\nfiles:\n",
+        "\nfiles:\n  - { src: extra, dst: /usr/share/imgctl-test/extra }\n",
+        1,
+    );
+    std::fs::write(recipes.join("os.yaml"), text).unwrap();
+    let (log, key) = (dir.path().join("log"), dir.path().join("log.key"));
+    common::run_ok(
+        common::imgctl()
+            .args(["log", "init"])
+            .arg(&log)
+            .arg("--key")
+            .arg(&key)
+            .args(["--origin", "example.org/os-rebuild"]),
+    );
+    let out = dir.path().join("out");
+    let started = Instant::now();
+    common::run_ok(
+        common::imgctl()
+            .arg("build")
+            .arg(recipes.join("os.yaml"))
+            .arg("-o")
+            .arg(&out)
+            .arg("--cache")
+            .arg(common::repo_root().join(".cache/os-trees"))
+            .arg("--log")
+            .arg(&log)
+            .arg("--log-key")
+            .arg(&key)
+            .env("SOURCE_DATE_EPOCH", "0"),
+    );
+    eprintln!(
+        "rebuild with one more file: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let record = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p.join("image.json")).unwrap()).unwrap()
+    };
+    let (first, second) = (b.image_record(), record(&out));
+    assert_ne!(
+        first["usr_root_hash"], second["usr_root_hash"],
+        "one more file in /usr must give another root hash"
+    );
+    // The test's image is gone from the log: it holds only the rebuild.
+    let vkey = format!("@{}", dir.path().join("log.vkey").display());
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "pcrs: [4, 11, 15]\nbanks: [sha1, sha256]\n").unwrap();
+    let (code, text, all) = verify_boot(
+        b,
+        &policy,
+        &[
+            "--log".as_ref(),
+            log.as_os_str(),
+            "--vkey".as_ref(),
+            vkey.as_ref(),
+        ],
+    );
+    assert_eq!(
+        code,
+        Some(1),
+        "verify against a log of the rebuild only: {all}"
+    );
+    assert!(text.starts_with("REJECT"), "{text}");
+    let first_line = text
+        .lines()
+        .find(|l| l.contains("first divergence"))
+        .unwrap_or_else(|| panic!("no first divergence: {text}"));
+    assert!(first_line.contains("not published in the log"), "{text}");
+    // The firmware loaded a UKI whose Authenticode hash no published artifact has (PCR 4),
+    // and the stub measured a command line (its usrhash=) that was not published (PCR 11).
+    assert!(
+        first_line
+            .contains("an EFI application was loaded whose Authenticode hash matches no artifact"),
+        "{text}"
+    );
+    assert!(text.contains("at: PCR 4, firmware-log record"), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("not published in the log")
+            && l.contains("content of section .cmdline is not the one built")),
+        "{text}"
+    );
+    assert!(text.contains("at: PCR 11, firmware-log record"), "{text}");
+    // The booted /usr's file-system record is not one the published rebuild expects.
+    let usr_fs = first["pcr15_file_systems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .find(|s| s.starts_with("file-system:/usr:"))
+        .unwrap();
+    // Its UUID comes from the recipe's text, so the rebuild's /usr record differs.
+    assert!(
+        !second["pcr15_file_systems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == usr_fs),
+        "{second}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("not published") && l.contains(usr_fs)),
+        "the /usr record {usr_fs} is not named: {text}"
+    );
+    // The rebuild's own proof does not vouch for the boot offline either.
+    let proof = out.join("os.raw.tlog-proof");
+    let (code, _, all) = verify_boot(
+        b,
+        &policy,
+        &[
+            "--proof".as_ref(),
+            proof.as_os_str(),
+            "--vkey".as_ref(),
+            vkey.as_ref(),
+        ],
+    );
+    assert_eq!(code, Some(1), "{all}");
+    assert!(all.contains("not published in the proofs"), "{all}");
+}
+
+/// Without Secure Boot (the OS boots on OVMF's own variable store, no PK), `predict-pcrs --pcr 7
+/// --firmware-vars` predicts from the store the guest booted with what the firmware logs: the
+/// guest TPM's PCR 7 in sha1 and sha256, whatever the UKI's signature.
+#[test]
+fn pcr7_without_secure_boot_equals_predict_pcrs_from_the_firmware_vars() {
+    let Some(b) = os_boot() else { return };
+    let guest = b.pcrs();
+    let vars = Path::new("/usr/share/OVMF/OVMF_VARS_4M.fd");
+    let ours: BTreeMap<String, BTreeMap<u32, String>> = serde_json::from_slice(&common::run_ok(
+        common::imgctl()
+            .arg("predict-pcrs")
+            .arg(b.uki())
+            .args([
+                "--pcr",
+                "7",
+                "--json",
+                "--bank",
+                "sha1",
+                "--bank",
+                "sha256",
+                "--firmware-vars",
+            ])
+            .arg(vars),
+    ))
+    .unwrap();
+    for bank in ["sha1", "sha256"] {
+        assert_eq!(ours[bank][&7], guest[bank][&7], "{bank}: PCR 7");
+    }
+}

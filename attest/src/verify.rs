@@ -56,6 +56,7 @@ use imgctl_measure::pcr11::{name_bytes, StubSemantics, PCR_KERNEL_IMAGE, PHASE_W
 
 pub use imgctl_measure::manifest::MANIFEST_FORMAT;
 use imgctl_measure::manifest::{Manifest, PcrsJson};
+use imgctl_measure::record::UserspaceEventRecord;
 
 /// A verification policy. Parse it with [`Policy::parse`], which also checks it: unknown keys,
 /// unknown banks, PCR indices outside 0–23, malformed or wrong-sized golden values, golden
@@ -175,6 +176,8 @@ pub struct Artifact {
     pub kernel_authenticode: BTreeMap<HashAlg, Digest>,
     pub events: Vec<EventRef>,
     pub pcr11: Vec<PhaseValue>,
+    /// What the booted system's userspace records (an OS image's PCR 15 records).
+    pub userspace: Vec<UserspaceEventRecord>,
 }
 
 /// `{bank: hex}` digests of `what` in the manifest `file`; errors name all three.
@@ -252,7 +255,7 @@ pub fn artifact_from_record(
 ) -> Result<Option<Artifact>, Error> {
     let Some(u) = &r.uki else {
         // An extension's predicted stub events (PCR 12/13) are references too.
-        if r.events.is_empty() {
+        if r.events.is_empty() && r.userspace_events.is_empty() {
             return Ok(None);
         }
         let mut a = Artifact {
@@ -260,6 +263,7 @@ pub fn artifact_from_record(
             ..Artifact::default()
         };
         a.events = events_from(file, r)?;
+        a.userspace = r.userspace_events.clone();
         return Ok(Some(a));
     };
     let mut a = Artifact {
@@ -280,6 +284,7 @@ pub fn artifact_from_record(
         });
     }
     a.events = events_from(file, r)?;
+    a.userspace = r.userspace_events.clone();
     a.pcr11 = pcrs_from(&a.name, r.pcrs.clone())?;
     Ok(Some(a))
 }
@@ -425,6 +430,31 @@ pub struct Verdict {
     pub quirks: Vec<Quirk>,
     /// What was compared, for the record (e.g. "PCR 11 sha256 = pcrs.json phase enter-initrd").
     pub checked: Vec<String>,
+    /// Predicted against measured, for each PCR of the policy in each bank checked.
+    pub pcrs: Vec<PcrRow>,
+}
+
+/// One row of the predicted-vs-measured table: a PCR of the policy in one bank.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PcrRow {
+    pub pcr: u32,
+    pub bank: HashAlg,
+    /// The value the references predict (hex), if they predict one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted: Option<String>,
+    /// Where the prediction comes from (or why there is none).
+    pub predicted_from: String,
+    /// The value the evidence shows: the replay of the firmware and userspace logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measured: Option<String>,
+    /// `replay`, or `replay = quote` when a verified quote covers this PCR (its digest
+    /// was checked against the replay).
+    pub measured_from: &'static str,
+    /// How many events (firmware and userspace) extended it; 0: it holds its reset value.
+    pub events: usize,
+    /// `match` (checked, nothing rejected, predicted = measured), `mismatch` (a rejection
+    /// names this PCR, or predicted ≠ measured) or `unchecked` (no reference checks it).
+    pub verdict: &'static str,
 }
 
 /// The PCR values the evidence implies: the firmware replay with the userspace log on top.
@@ -483,7 +513,7 @@ pub fn verify(
         }
         f.push(x);
     }
-    check_stub_events(refs, log, &banks, &mut f, &mut checked);
+    let booted = check_stub_events(refs, log, &banks, &mut f, &mut checked);
     if policy.pcrs.iter().any(|p| p.get() == 4)
         && refs.artifacts.iter().any(|a| !a.authenticode.is_empty())
     {
@@ -510,6 +540,19 @@ pub fn verify(
         &mut checked,
     );
     covered.extend(pcr11_final.into_iter().map(|b| (b, PCR_KERNEL_IMAGE)));
+    let mut predicted = Predicted::new();
+    check_userspace_records(
+        policy,
+        refs,
+        booted,
+        log,
+        userspace.unwrap_or(&empty),
+        &banks,
+        &mut f,
+        &mut checked,
+        &mut covered,
+        &mut predicted,
+    );
     let (values, _) = combined_pcrs(log, userspace);
     let value_of = |bank: HashAlg, pcr: u32| {
         values
@@ -573,9 +616,11 @@ pub fn verify(
             }
         }
     }
+    let mut quoted: BTreeSet<(HashAlg, u32)> = BTreeSet::new();
     match quote {
         Some(q) => match verify_quote(q.attest, q.signature, q.ak, q.nonce, value_of) {
             Ok(vq) => {
+                quoted.extend(vq.pcrs.iter().map(|(b, i, _)| (*b, *i)));
                 checked.push(format!(
                     "quote: signature, magic, type, nonce, PCR digest over {} PCRs",
                     vq.pcrs.len()
@@ -620,21 +665,368 @@ pub fn verify(
         }
     }
     f.sort_by_key(rank);
+    let pcrs = pcr_table(
+        policy,
+        refs,
+        log,
+        userspace.unwrap_or(&empty),
+        &banks,
+        &predicted,
+        &f,
+        &covered,
+        &quoted,
+        &value_of,
+    );
     Verdict {
         accepted: !f.iter().any(|x| x.severity == Severity::Reject) && !covered.is_empty(),
         findings: f,
         quirks,
         checked,
+        pcrs,
+    }
+}
+
+/// The predicted-vs-measured rows: for each PCR of the policy and each bank, the prediction
+/// (the policy's golden value; PCR 11: the published prediction of the phase path the log
+/// reached; PCR 4: the logged separators and actions with each application's published
+/// Authenticode hash; PCR 12/13: the published stub events; userspace PCRs: the records the
+/// booted image expects), the measured value, and the verdict.
+#[allow(clippy::too_many_arguments)] // reason: the verifier's shared state, as check_pcr4
+fn pcr_table(
+    policy: &Policy,
+    refs: &References,
+    log: &EventLog,
+    u: &UserspaceLog,
+    banks: &[HashAlg],
+    predicted: &Predicted,
+    f: &[Finding],
+    covered: &BTreeSet<(HashAlg, u32)>,
+    quoted: &BTreeSet<(HashAlg, u32)>,
+    value_of: &dyn Fn(HashAlg, u32) -> Option<Digest>,
+) -> Vec<PcrRow> {
+    let path: Vec<String> = u
+        .records
+        .iter()
+        .filter(|r| r.pcr == Some(PCR_KERNEL_IMAGE))
+        .map(|r| r.string.clone().unwrap_or_default())
+        .collect();
+    let mut rows = Vec::new();
+    for pcr in policy.pcrs.iter().map(|p| p.get()) {
+        let events = log.events.iter().filter(|e| e.pcr == pcr).count()
+            + u.records.iter().filter(|r| r.pcr == Some(pcr)).count();
+        let rejected = f.iter().any(|x| {
+            x.severity == Severity::Reject && x.pcr == Some(pcr) && x.kind != "unchecked-pcr"
+        });
+        for b in banks {
+            let measured = value_of(*b, pcr);
+            let (pred, from) = if let Some(v) = refs.expected.get(b).and_then(|m| m.get(&pcr)) {
+                (Some(v.clone()), "policy expected value".to_owned())
+            } else if let Some((v, from)) = predicted.get(&(*b, pcr)) {
+                (v.clone(), from.clone())
+            } else {
+                match pcr {
+                    PCR_KERNEL_IMAGE => predict_pcr11(refs, *b, &path, measured.as_ref()),
+                    4 => predict_pcr4(refs, log, *b),
+                    12 | 13 => predict_stub_pcr(refs, log, *b, pcr),
+                    _ => (None, "no reference predicts it".to_owned()),
+                }
+            };
+            let verdict = if rejected || (pred.is_some() && pred != measured) {
+                "mismatch"
+            } else if covered.contains(&(*b, pcr)) && pred.is_some() {
+                "match"
+            } else {
+                "unchecked"
+            };
+            rows.push(PcrRow {
+                pcr,
+                bank: *b,
+                predicted: pred.as_ref().map(Digest::to_hex),
+                predicted_from: from,
+                measured: measured.as_ref().map(Digest::to_hex),
+                measured_from: if quoted.contains(&(*b, pcr)) {
+                    "replay = quote"
+                } else {
+                    "replay"
+                },
+                events,
+                verdict,
+            });
+        }
+    }
+    rows
+}
+
+/// PCR 11: the published prediction for the phase path the userspace log reached (the one
+/// equal to the measured value when several artifacts predict that path).
+fn predict_pcr11(
+    refs: &References,
+    bank: HashAlg,
+    path: &[String],
+    measured: Option<&Digest>,
+) -> (Option<Digest>, String) {
+    let all: Vec<&PhaseValue> = refs
+        .all_pcr11()
+        .filter(|v| v.bank == bank && v.phase == path)
+        .collect();
+    let label = if path.is_empty() {
+        ":".to_owned()
+    } else {
+        path.join(":")
+    };
+    match all
+        .iter()
+        .find(|v| Some(&v.value) == measured)
+        .or(all.first())
+    {
+        Some(v) => (
+            Some(v.value.clone()),
+            format!("{}, phase path {label}", v.artifact),
+        ),
+        None => (
+            None,
+            format!("no published prediction for phase path {label}"),
+        ),
+    }
+}
+
+/// Extends the PCR's reset value with each event's predicted digest; `None` as soon as an
+/// event has none.
+fn replay_predicted<'a>(
+    bank: HashAlg,
+    pcr: u32,
+    events: impl Iterator<Item = Option<&'a Digest>>,
+) -> Option<Digest> {
+    let mut p = Pcr::with_value(bank, crate::eventlog::replay::reset_value(bank, pcr)?).ok()?;
+    for d in events {
+        p.extend(d?);
+    }
+    Some(p.value().clone())
+}
+
+/// PCR 4: each EFI application's published Authenticode hash (UKI or its kernel), the
+/// separators and EFI actions as logged (the lint binds their digests to their data).
+fn predict_pcr4(refs: &References, log: &EventLog, bank: HashAlg) -> (Option<Digest>, String) {
+    let events = log.events.iter().filter(|e| e.pcr == 4).map(|e| {
+        if e.event_type == EventType::EV_EFI_BOOT_SERVICES_APPLICATION {
+            let d = e.digest(bank)?;
+            refs.artifacts.iter().find_map(|a| {
+                [&a.authenticode, &a.kernel_authenticode]
+                    .into_iter()
+                    .find_map(|m| m.get(&bank).filter(|p| *p == d))
+            })
+        } else if matches!(
+            e.event_type,
+            EventType::EV_SEPARATOR | EventType::EV_EFI_ACTION
+        ) {
+            e.digest(bank)
+        } else {
+            None
+        }
+    });
+    match replay_predicted(bank, 4, events) {
+        Some(v) => (Some(v), "published Authenticode hashes".to_owned()),
+        None => (
+            None,
+            "an event matches no published Authenticode hash".to_owned(),
+        ),
+    }
+}
+
+/// PCR 12/13: every event a published stub event (a sidecar the build predicted).
+fn predict_stub_pcr(
+    refs: &References,
+    log: &EventLog,
+    bank: HashAlg,
+    pcr: u32,
+) -> (Option<Digest>, String) {
+    let n = log.events.iter().filter(|e| e.pcr == pcr).count();
+    let events = log.events.iter().filter(|e| e.pcr == pcr).map(|e| {
+        let d = e.digest(bank)?;
+        (e.event_type == EventType::EV_IPL)
+            .then(|| {
+                refs.artifacts.iter().find_map(|a| {
+                    a.events
+                        .iter()
+                        .find_map(|r| r.digests.get(&bank).filter(|p| r.pcr == pcr && *p == d))
+                })
+            })
+            .flatten()
+    });
+    match replay_predicted(bank, pcr, events) {
+        Some(v) if n == 0 => (Some(v), "no events: the reset value".to_owned()),
+        Some(v) => (Some(v), "published stub events".to_owned()),
+        None => (None, "an event matches no published artifact".to_owned()),
+    }
+}
+
+/// Predicted PCR values by (bank, PCR), with where each came from; `None`: no prediction.
+type Predicted = BTreeMap<(HashAlg, u32), (Option<Digest>, String)>;
+
+/// Is `s` a string of this unpredictable userspace event type
+/// ([`imgctl_measure::record::UNPREDICTABLE_USERSPACE_EVENTS`])? Unknown types never are.
+fn unpredictable_form_ok(event_type: &str, s: &str) -> bool {
+    match event_type {
+        // systemd-pcrmachine: "machine-id:" and the ID as 32 lower-case hex digits.
+        "machine-id" => s.strip_prefix("machine-id:").is_some_and(|id| {
+            id.len() == 32 && id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        }),
+        _ => false,
+    }
+}
+
+/// The userspace records of the PCRs a published OS image predicts (PCR 15: machine ID, file
+/// systems), when the policy checks them: every record in such a PCR must be one the booted
+/// image's record expects (its exact string, or for the machine ID its form), each expected
+/// record must be there once, and its digest in every bank must be the hash of its string.
+/// Then the PCR's final value, the replay of those records, is checked in that bank.
+/// Which image booted is the one whose UKI the stub measured ([`check_stub_events`]); when
+/// none did, every published image's expectations are tried (the boot is rejected anyway).
+#[allow(clippy::too_many_arguments)] // reason: the verifier's shared state, as check_pcr4
+fn check_userspace_records(
+    policy: &Policy,
+    refs: &References,
+    booted: Option<usize>,
+    log: &EventLog,
+    u: &UserspaceLog,
+    banks: &[HashAlg],
+    f: &mut Vec<Finding>,
+    checked: &mut Vec<String>,
+    covered: &mut BTreeSet<(HashAlg, u32)>,
+    predicted: &mut Predicted,
+) {
+    let candidates: Vec<&Artifact> = match booted.map(|i| &refs.artifacts[i]) {
+        Some(a) if !a.userspace.is_empty() => vec![a],
+        Some(_) => Vec::new(),
+        None => refs
+            .artifacts
+            .iter()
+            .filter(|a| !a.userspace.is_empty())
+            .collect(),
+    };
+    let pcrs: BTreeSet<u32> = candidates
+        .iter()
+        .flat_map(|a| a.userspace.iter().map(|e| e.pcr))
+        .filter(|p| policy.pcrs.iter().any(|q| q.get() == *p))
+        .collect();
+    for pcr in pcrs {
+        let before = f.iter().filter(|x| x.severity == Severity::Reject).count();
+        let expectations: Vec<(&Artifact, &UserspaceEventRecord)> = candidates
+            .iter()
+            .flat_map(|a| a.userspace.iter().map(move |e| (*a, e)))
+            .filter(|(_, e)| e.pcr == pcr)
+            .collect();
+        let names: Vec<&str> = candidates.iter().map(|a| a.name.as_str()).collect();
+        let names = names.join(" or ");
+        let mut used = vec![false; expectations.len()];
+        let mut accounted = Vec::new();
+        let mut unmatched = 0usize;
+        for r in u.records.iter().filter(|r| r.pcr == Some(pcr)) {
+            if policy.allow_break_glass && crate::breakglass::from_record(r).is_some() {
+                accounted.push(r); // judged (and allowed) by the break-glass rule
+                continue;
+            }
+            let et = r.event_type.as_deref().unwrap_or("");
+            let st = r.string.as_deref().unwrap_or("");
+            let hit = expectations.iter().enumerate().position(|(i, (_, e))| {
+                !used[i]
+                    && r.string.is_some()
+                    && e.event_type == et
+                    && match &e.string {
+                        Some(want) => want == st,
+                        None => unpredictable_form_ok(et, st),
+                    }
+            });
+            match hit {
+                Some(i) => {
+                    used[i] = true;
+                    accounted.push(r);
+                }
+                None => {
+                    unmatched += 1;
+                    let mut x = Finding::new(
+                        Severity::Reject,
+                        "unknown-event",
+                        "userspace-log",
+                        format!(
+                            "record {} in PCR {pcr} ({et}) {st:?} is no record {names} expects",
+                            r.index
+                        ),
+                    );
+                    x.pcr = Some(pcr);
+                    x.index = Some(r.index);
+                    x.event_type = r.event_type.clone();
+                    x.description = r.string.clone();
+                    x.digest = banks.first().and_then(|b| r.digest(*b)).map(Digest::to_hex);
+                    x.artifact = Some(names.clone());
+                    f.push(x);
+                }
+            }
+        }
+        for ((a, e), _) in expectations.iter().zip(&used).filter(|(_, u)| !**u) {
+            let what = e
+                .string
+                .clone()
+                .unwrap_or_else(|| format!("a {} record", e.event_type));
+            let mut x = Finding::new(
+                Severity::Reject,
+                "missing-event",
+                "userspace-log",
+                format!(
+                    "PCR {pcr}: {} expects {what:?}, which the userspace log does not hold",
+                    a.name
+                ),
+            );
+            x.pcr = Some(pcr);
+            x.artifact = Some(a.name.clone());
+            x.expected = Some(what);
+            f.push(x);
+        }
+        let firmware_events = log.events.iter().filter(|e| e.pcr == pcr).count();
+        let clean = f.iter().filter(|x| x.severity == Severity::Reject).count() == before;
+        for b in banks {
+            // The prediction: the expected records' strings hashed in this bank, in log order.
+            let mut p = crate::eventlog::replay::reset_value(*b, pcr)
+                .and_then(|v| Pcr::with_value(*b, v).ok());
+            let mut bound = firmware_events == 0 && unmatched == 0;
+            for r in &accounted {
+                let h = r.string.as_deref().and_then(|s| b.hash(s.as_bytes()).ok());
+                bound &= h.is_some() && h.as_ref() == r.digest(*b);
+                match (&mut p, h) {
+                    (Some(p), Some(h)) => p.extend(&h),
+                    _ => p = None,
+                }
+            }
+            let value = if bound {
+                p.map(|p| p.value().clone())
+            } else {
+                None
+            };
+            predicted.insert(
+                (*b, pcr),
+                (value, format!("the userspace records {names} expects")),
+            );
+            if clean && bound {
+                checked.push(format!(
+                    "PCR {pcr} {b}: {} userspace record(s), each one {names} expects",
+                    accounted.len()
+                ));
+                covered.insert((*b, pcr));
+            }
+        }
     }
 }
 
 /// A rejection of a firmware-log event that no artifact explains: with references from a
 /// transparency log, that event's artifact was not published.
 fn is_unpublished(x: &Finding) -> bool {
-    x.severity == Severity::Reject
-        && x.source == "firmware-log"
-        && x.index.is_some()
-        && matches!(x.kind, "unknown-event" | "section-digest" | "section-order")
+    let firmware = x.source == "firmware-log"
+        && matches!(x.kind, "unknown-event" | "section-digest" | "section-order");
+    // A userspace record outside PCR 11 (whose words are pcrphase's, not an artifact's) that
+    // no published image expects.
+    let userspace =
+        x.source == "userspace-log" && x.kind == "unknown-event" && x.pcr != Some(PCR_KERNEL_IMAGE);
+    x.severity == Severity::Reject && x.index.is_some() && (firmware || userspace)
 }
 
 fn utf16_of(data: &[u8]) -> Option<String> {
@@ -663,7 +1055,7 @@ fn check_stub_events(
     banks: &[HashAlg],
     f: &mut Vec<Finding>,
     checked: &mut Vec<String>,
-) {
+) -> Option<usize> {
     let stub: Vec<&Event> = log.events.iter().filter(|e| is_stub_event(e)).collect();
     let pcr11: Vec<&Event> = stub
         .iter()
@@ -672,16 +1064,27 @@ fn check_stub_events(
         .collect();
     // Which artifact explains the PCR 11 section events? The first whose sections all match.
     let mut explained: BTreeSet<usize> = BTreeSet::new();
-    let mut best: Option<(&Artifact, Vec<Finding>, BTreeSet<usize>)> = None;
-    for a in refs.artifacts.iter().filter(|a| !a.sections.is_empty()) {
+    let mut best: Option<(usize, Vec<Finding>, BTreeSet<usize>)> = None;
+    for (i, a) in refs.artifacts.iter().enumerate() {
+        if a.sections.is_empty() {
+            continue;
+        }
         let (errs, ok) = match_sections(a, &pcr11, banks);
         let better = best.as_ref().is_none_or(|(_, e, _)| errs.len() < e.len());
         if better {
-            best = Some((a, errs, ok));
+            best = Some((i, errs, ok));
         }
     }
-    if let Some((a, errs, ok)) = best {
-        checked.push(format!("PCR 11 stub section events against {}", a.name));
+    // The artifact that booted: the one whose sections the stub measured, all of them.
+    let mut booted = None;
+    if let Some((i, errs, ok)) = best {
+        checked.push(format!(
+            "PCR 11 stub section events against {}",
+            refs.artifacts[i].name
+        ));
+        if errs.is_empty() {
+            booted = Some(i);
+        }
         explained.extend(ok);
         f.extend(errs);
     }
@@ -725,6 +1128,7 @@ fn check_stub_events(
         }
         f.push(x);
     }
+    booted
 }
 
 /// Matches the PCR 11 EV_IPL events against an artifact's sections: pairs (name, content) in
@@ -1091,6 +1495,108 @@ fn check_userspace(
 mod tests {
     use super::*;
 
+    /// An OS image's record expects its machine ID (by form) and its file systems (by string)
+    /// in PCR 15: exactly those records accept, with PCR 15's prediction equal to a replay
+    /// computed here with ring; an unexpected, malformed, repeated or missing record rejects,
+    /// named.
+    #[test]
+    fn pcr15_holds_exactly_the_records_the_published_image_expects() {
+        use crate::eventlog::userspace::{Origin, UserspaceRecord};
+        let banks = [HashAlg::SHA1, HashAlg::SHA256];
+        let origin = Origin {
+            boot_id: "0".repeat(32),
+            timestamp_usec: 1,
+        };
+        let fs = "file-system:/usr:erofs:0992bb15-3efb-47e9-9412-b9717d626a16::::";
+        let id = "machine-id:bdc32cd1ac874eaaa9229c647a0df9dd";
+        let rec =
+            |t: &str, s: &str| UserspaceRecord::new(15, &banks, s.into(), t, &origin).unwrap();
+        let expect = |t: &str, s: Option<&str>| UserspaceEventRecord {
+            pcr: 15,
+            event_type: t.into(),
+            string: s.map(Into::into),
+        };
+        let refs = References {
+            artifacts: vec![Artifact {
+                name: "os.efi (os)".into(),
+                userspace: vec![expect("machine-id", None), expect("filesystem", Some(fs))],
+                ..Artifact::default()
+            }],
+            ..References::default()
+        };
+        let policy = Policy {
+            pcrs: [PcrIndex::new(15).unwrap()].into(),
+            banks: banks.to_vec(),
+            ..Policy::default()
+        };
+        let log = EventLog {
+            format: crate::eventlog::tcg::LogFormat::CryptoAgile,
+            spec_id: None,
+            header_pcr: 0,
+            events: Vec::new(),
+        };
+        let run = |records: Vec<UserspaceRecord>| {
+            let mut u = UserspaceLog { records };
+            for (i, r) in u.records.iter_mut().enumerate() {
+                r.index = i;
+            }
+            verify(&policy, &refs, &log, Some(&u), None)
+        };
+        let v = run(vec![rec("machine-id", id), rec("filesystem", fs)]);
+        assert!(v.accepted, "{v:#?}");
+        let sha256 = |b: &[u8]| {
+            ring::digest::digest(&ring::digest::SHA256, b)
+                .as_ref()
+                .to_vec()
+        };
+        let mut pcr = vec![0u8; 32];
+        for s in [id, fs] {
+            pcr = sha256(&[pcr, sha256(s.as_bytes())].concat());
+        }
+        let row = v.pcrs.iter().find(|r| r.bank == HashAlg::SHA256).unwrap();
+        assert_eq!(row.predicted.as_deref(), Some(hex::encode(&pcr).as_str()));
+        assert_eq!(row.measured, row.predicted);
+        assert_eq!((row.verdict, row.events), ("match", 2));
+
+        let kinds = |v: &Verdict| -> Vec<&str> {
+            v.findings
+                .iter()
+                .filter(|f| f.kind != "unchecked-pcr")
+                .map(|f| f.kind)
+                .collect()
+        };
+        // Another file system, an upper-case machine ID, the machine ID twice, none at all.
+        let other = fs.replace("0992", "1992");
+        let v = run(vec![rec("machine-id", id), rec("filesystem", &other)]);
+        assert!(!v.accepted);
+        assert_eq!(kinds(&v), ["unknown-event", "missing-event"], "{v:#?}");
+        assert!(v.findings[0].message.contains(&other), "{v:#?}");
+        assert_eq!(v.findings[0].index, Some(1));
+        let v = run(vec![
+            rec("machine-id", &id.to_uppercase()),
+            rec("filesystem", fs),
+        ]);
+        assert_eq!(kinds(&v), ["unknown-event", "missing-event"], "{v:#?}");
+        let v = run(vec![
+            rec("machine-id", id),
+            rec("machine-id", id),
+            rec("filesystem", fs),
+        ]);
+        assert_eq!(kinds(&v), ["unknown-event"], "{v:#?}");
+        let v = run(vec![rec("machine-id", id)]);
+        assert_eq!(kinds(&v), ["missing-event"], "{v:#?}");
+        assert!(v.findings[0].message.contains(fs), "{v:#?}");
+        // A record whose digest is not the hash of its string leaves PCR 15 unchecked.
+        let mut altered = rec("filesystem", fs);
+        altered.digests[1].1 = HashAlg::SHA256.hash(b"x").unwrap();
+        let v = run(vec![rec("machine-id", id), altered]);
+        assert!(!v.accepted);
+        assert!(v
+            .pcrs
+            .iter()
+            .any(|r| r.bank == HashAlg::SHA256 && r.verdict == "mismatch"));
+    }
+
     /// The 257 stub measures the `.dtbauto` the machine selected, or none: the verifier takes
     /// either, matches a selected one against every published `.dtbauto`, and rejects content
     /// that was not published.
@@ -1113,6 +1619,7 @@ mod tests {
             kernel_authenticode: BTreeMap::new(),
             events: Vec::new(),
             pcr11: Vec::new(),
+            userspace: Vec::new(),
         };
         let pair = |i: usize, name: &str, data: &[u8]| {
             let utf16: Vec<u8> = name

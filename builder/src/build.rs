@@ -892,6 +892,7 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
         }),
         pcrs: prediction.to_pcrs_json(),
         events: Vec::new(),
+        userspace_events: Vec::new(),
         extension: None,
         policy: None,
     };

@@ -84,6 +84,30 @@ pub struct OsImageRecord {
     pub pcr15_file_systems: Vec<String>,
 }
 
+impl OsImageRecord {
+    /// What the booted image's systemd records in PCR 15, as the artifact record lists it:
+    /// the machine ID (made at first boot: its form, not its value) and the file-system
+    /// records of [`OsImageRecord::pcr15_file_systems`].
+    pub fn userspace_events(&self) -> Vec<imgctl_measure::record::UserspaceEventRecord> {
+        use imgctl_measure::record::UserspaceEventRecord;
+        let mut v = vec![UserspaceEventRecord {
+            pcr: 15,
+            event_type: "machine-id".into(),
+            string: None,
+        }];
+        v.extend(
+            self.pcr15_file_systems
+                .iter()
+                .map(|s| UserspaceEventRecord {
+                    pcr: 15,
+                    event_type: "filesystem".into(),
+                    string: Some(s.clone()),
+                }),
+        );
+        v
+    }
+}
+
 /// What an OS build wrote.
 #[derive(Debug)]
 pub struct OsBuildOutput {

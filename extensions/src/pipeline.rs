@@ -119,6 +119,7 @@ impl Manifest {
             uki: None,
             pcrs: Default::default(),
             events: vec![],
+            userspace_events: Vec::new(),
             extension: Some(ExtensionRecord {
                 root_hash: self.verity.root_hash.clone(),
                 partitions: self

@@ -95,6 +95,29 @@ pub struct PolicyRecord {
     pub signs: PcrsJson,
 }
 
+/// systemd's userspace event types whose string only the booted machine knows, so an image can
+/// expect them but not predict their digest; a verifier checks each one's form.
+/// `machine-id` is systemd-pcrmachine's `machine-id:<32 lower-case hex digits>` (PCR 15), the
+/// ID made at first boot.
+pub const UNPREDICTABLE_USERSPACE_EVENTS: &[&str] = &["machine-id"];
+
+/// A record the booted image's systemd extends into a PCR from userspace (PCR 15 on an OS
+/// image: systemd-pcrmachine's machine ID, systemd-pcrfs' file systems), as the image
+/// predicts it. Its digest in a bank is that bank's hash of `string`, which the record itself
+/// carries in the userspace log; so the string alone is the prediction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserspaceEventRecord {
+    pub pcr: u32,
+    /// systemd's `eventType` in `/run/log/systemd/tpm2-measure.log` (`filesystem`,
+    /// `machine-id`, …).
+    pub event_type: String,
+    /// The exact string, when the image determines it; absent only for the event types of
+    /// [`UNPREDICTABLE_USERSPACE_EVENTS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub string: Option<String>,
+}
+
 /// The record of one artifact. Construct, then [`ArtifactRecord::check`] (the readers do).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +144,9 @@ pub struct ArtifactRecord {
     /// Other predicted events: the PCR 12/13 sidecar measurements and the like.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventRecord>,
+    /// OS images: what the booted system's userspace records (PCR 15), each once per boot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub userspace_events: Vec<UserspaceEventRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extension: Option<ExtensionRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,6 +250,27 @@ impl ArtifactRecord {
             }
             check_digests(&format!("PCR {} event", e.pcr), &e.digests)?;
         }
+        for u in &self.userspace_events {
+            let what = format!("userspace event {:?} in PCR {}", u.event_type, u.pcr);
+            if u.pcr > 23 {
+                return Err(bad(format!("{what}: PCR index above 23")));
+            }
+            check_token("userspace event type", &u.event_type)?;
+            match &u.string {
+                Some(s) if s.is_empty() || s.len() > 4096 || s.chars().any(char::is_control) => {
+                    return Err(bad(format!(
+                        "{what}: string must be 1-4096 bytes without control characters"
+                    )))
+                }
+                Some(_) => {}
+                None if UNPREDICTABLE_USERSPACE_EVENTS.contains(&u.event_type.as_str()) => {}
+                None => {
+                    return Err(bad(format!(
+                        "{what}: no string, and only {UNPREDICTABLE_USERSPACE_EVENTS:?} may be expected without one"
+                    )))
+                }
+            }
+        }
         if let Some(x) = &self.extension {
             check_hex("root hash", 32, &x.root_hash)?;
             if let Some(c) = &x.signature_certificate_sha256 {
@@ -272,6 +319,7 @@ impl ArtifactRecord {
             uki: Some(m.uki.clone()),
             pcrs: m.pcrs.clone(),
             events: m.events.clone(),
+            userspace_events: Vec::new(),
             extension: None,
             policy: None,
         }
@@ -411,6 +459,7 @@ impl ArtifactRecord {
             uki: None,
             pcrs: Default::default(),
             events: vec![],
+            userspace_events: vec![],
             extension: None,
             policy: Some(PolicyRecord {
                 key_fingerprint_sha256: hex::encode(key_fingerprint),
@@ -493,6 +542,58 @@ mod tests {
             assert!(ArtifactRecord::is_entry(&e));
             assert_eq!(ArtifactRecord::parse_entry(&e).unwrap(), r);
         }
+    }
+
+    /// An OS image's expected userspace records round-trip in both forms; a record without
+    /// its string is allowed only for an event type only the machine knows (the machine ID).
+    #[test]
+    fn userspace_event_expectations_round_trip_and_are_checked() {
+        let mut r = sample();
+        let fs = "file-system:/usr:erofs:0992bb15-3efb-47e9-9412-b9717d626a16::::";
+        r.userspace_events = vec![
+            UserspaceEventRecord {
+                pcr: 15,
+                event_type: "machine-id".into(),
+                string: None,
+            },
+            UserspaceEventRecord {
+                pcr: 15,
+                event_type: "filesystem".into(),
+                string: Some(fs.into()),
+            },
+        ];
+        let e = r.encode_entry().unwrap();
+        let text = String::from_utf8(e.clone()).unwrap();
+        assert!(
+            text.contains(&format!(
+                "\"userspace_events\":[{{\"pcr\":15,\"event_type\":\"machine-id\"}},{{\"pcr\":15,\"event_type\":\"filesystem\",\"string\":\"{fs}\"}}]"
+            )),
+            "{text}"
+        );
+        assert_eq!(ArtifactRecord::parse_entry(&e).unwrap(), r);
+        assert_eq!(
+            ArtifactRecord::from_json("r", &r.to_json_bytes()).unwrap(),
+            r
+        );
+        // Records without the field encode as before.
+        assert!(!String::from_utf8(sample().encode_entry().unwrap())
+            .unwrap()
+            .contains("userspace_events"));
+        for (t, s, err) in [
+            ("filesystem", None, "only [\"machine-id\"]"),
+            ("file system", Some("x"), "userspace event type"),
+            ("filesystem", Some(""), "1-4096 bytes"),
+            ("filesystem", Some("a\nb"), "control"),
+        ] {
+            let mut bad = r.clone();
+            bad.userspace_events[1].event_type = t.into();
+            bad.userspace_events[1].string = s.map(Into::into);
+            let e = bad.check().unwrap_err().to_string();
+            assert!(e.contains(err), "{t} {s:?}: {e}");
+        }
+        let mut bad = r.clone();
+        bad.userspace_events[0].pcr = 24;
+        assert!(bad.check().unwrap_err().to_string().contains("above 23"));
     }
 
     #[test]

@@ -285,6 +285,8 @@ pub struct Pcr7Event {
 pub enum Pcr7Error {
     #[error("Secure Boot is not enabled in the variable store (no PK, or SecureBootEnable is not 1); PCR 7 then depends on what the firmware does without it, which is not modelled")]
     NotEnforced,
+    #[error("Secure Boot is enforced by the variable store: the PCR 7 events name the db entry that vouches for the boot application")]
+    Enforced,
     #[error("db: {0}")]
     Db(ParseError),
     #[error("no X.509 entry of db is the boot application's signer certificate or its issuer, so the firmware would refuse it (or trust it through a longer chain, which is not modelled)")]
@@ -342,6 +344,42 @@ pub fn pcr7_events_trusting(
     events.push(Pcr7Event {
         kind: "EV_EFI_VARIABLE_AUTHORITY",
         data: uefi_variable_data(&EFI_IMAGE_SECURITY_DATABASE, "db", &entry.encode()),
+    });
+    Ok(events)
+}
+
+/// The PCR 7 events EDK2 logs when `store` does not enforce Secure Boot: the `SecureBoot`
+/// variable as 0, PK, KEK, db and dbx as the store holds them (empty on a fresh OVMF), the
+/// separator, and no authority event (the firmware checks no signature, so any application
+/// boots and none is named).
+pub fn pcr7_events_without_secure_boot(store: &VarStore) -> Result<Vec<Pcr7Event>, Pcr7Error> {
+    if store.secure_boot() {
+        return Err(Pcr7Error::Enforced);
+    }
+    let var = |vendor: &[u8; 16], name: &str| {
+        store
+            .get(vendor, name)
+            .map(|v| v.data.as_slice())
+            .unwrap_or_default()
+    };
+    let mut events = vec![Pcr7Event {
+        kind: "EV_EFI_VARIABLE_DRIVER_CONFIG",
+        data: uefi_variable_data(&EFI_GLOBAL_VARIABLE, "SecureBoot", &[0]),
+    }];
+    for (vendor, name) in [
+        (&EFI_GLOBAL_VARIABLE, "PK"),
+        (&EFI_GLOBAL_VARIABLE, "KEK"),
+        (&EFI_IMAGE_SECURITY_DATABASE, "db"),
+        (&EFI_IMAGE_SECURITY_DATABASE, "dbx"),
+    ] {
+        events.push(Pcr7Event {
+            kind: "EV_EFI_VARIABLE_DRIVER_CONFIG",
+            data: uefi_variable_data(vendor, name, var(vendor, name)),
+        });
+    }
+    events.push(Pcr7Event {
+        kind: "EV_SEPARATOR",
+        data: vec![0; 4],
     });
     Ok(events)
 }

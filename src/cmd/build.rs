@@ -315,7 +315,8 @@ fn run_os(args: Args, text: Vec<u8>) -> anyhow::Result<ExitCode> {
 
 /// The log record of an OS image: its UKI's record (PE facts, sections, PCR 11 per phase) with
 /// the disk image as a file (sha256 of the committed bytes) and the `/usr` dm-verity root hash
-/// and partitions as its verity facts, so the log holds what boots and what `/usr` is.
+/// and partitions as its verity facts, and the PCR 15 records the booted system makes (machine
+/// ID, file systems), so the log holds what boots, what `/usr` is and what userspace measures.
 fn os_record(
     out: &imgctl_builder::os_image::OsBuildOutput,
 ) -> anyhow::Result<imgctl_measure::record::ArtifactRecord> {
@@ -364,6 +365,7 @@ fn os_record(
         partitions,
         signature_certificate_sha256: None,
     });
+    record.userspace_events = out.record.userspace_events();
     record.check()?;
     Ok(record)
 }

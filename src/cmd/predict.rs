@@ -39,7 +39,8 @@ pub struct Args {
     #[command(flatten)]
     dtb: DtbArgs,
     /// Which PCR: 11 (default; the stub's measurements) or 7 (the Secure Boot policy, as
-    /// OVMF measures it booting this signed UKI; needs --firmware-vars).
+    /// OVMF measures it booting this signed UKI, or any UKI when the variable store does not
+    /// enforce Secure Boot; needs --firmware-vars).
     #[arg(long, default_value_t = 11, value_parser = clap::value_parser!(u32).range(7..=11))]
     pcr: u32,
     /// The firmware's variable store (an EDK2 raw varstore such as OVMF_VARS_4M.fd, e.g. the
@@ -55,13 +56,19 @@ pub struct Args {
 /// `--pcr 7`: `{"<bank>": {"7": "<hex>"}}` (the shape of `vm --capture`'s pcrs.json) or text.
 fn predict_pcr7(args: &Args) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
-    use imgctl_measure::secureboot::{pcr7_events_trusting, replay_pcr7, VarStore};
+    use imgctl_measure::secureboot::{pcr7_events_trusting, VarStore};
     let Some(vars_path) = &args.firmware_vars else {
         anyhow::bail!("--pcr 7 needs --firmware-vars FILE (the firmware's variable store)");
     };
     let raw = imgctl_fsio::read_bounded(vars_path, 64 << 20, "a firmware variable store")?;
     let store = VarStore::parse(&raw).with_context(|| vars_path.display().to_string())?;
     let data = load_uki(&args.input)?;
+    if !store.secure_boot() {
+        // Nothing is verified, so the UKI's signature does not matter.
+        let events = imgctl_measure::secureboot::pcr7_events_without_secure_boot(&store)
+            .with_context(|| vars_path.display().to_string())?;
+        return print_pcr7(args, &events);
+    }
     let signatures = imgctl_extensions::authenticode::pe_signatures(&data)
         .with_context(|| args.input.display().to_string())?;
     let signer = signatures
@@ -84,6 +91,14 @@ fn predict_pcr7(args: &Args) -> anyhow::Result<ExitCode> {
                 vars_path.display()
             )
         })?;
+    print_pcr7(args, &events)
+}
+
+fn print_pcr7(
+    args: &Args,
+    events: &[imgctl_measure::secureboot::Pcr7Event],
+) -> anyhow::Result<ExitCode> {
+    use imgctl_measure::secureboot::replay_pcr7;
     let banks = if args.banks.is_empty() {
         HashAlg::ALL.to_vec()
     } else {
@@ -91,17 +106,17 @@ fn predict_pcr7(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let mut out = serde_json::Map::new();
     for bank in &banks {
-        let v = replay_pcr7(&events, *bank)?;
+        let v = replay_pcr7(events, *bank)?;
         out.insert(bank.to_string(), serde_json::json!({ "7": v.to_hex() }));
     }
     if args.json {
         crate::output::print_json(&serde_json::Value::Object(out))?;
     } else {
-        for e in &events {
+        for e in events {
             outln!("# {}", e.kind);
         }
         for bank in &banks {
-            outln!("7:{bank}={}", replay_pcr7(&events, *bank)?);
+            outln!("7:{bank}={}", replay_pcr7(events, *bank)?);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -411,8 +411,54 @@ fn print_verdict(v: &Verdict, json: bool) -> anyhow::Result<()> {
             outln!("      artifact: {a}");
         }
     }
+    print_pcr_table(&v.pcrs)?;
     for c in &v.checked {
         eprintln!("checked: {c}");
+    }
+    Ok(())
+}
+
+/// The predicted-vs-measured table: one line per PCR of the policy and bank, the values cut
+/// to 16 hex digits (`--json` has them whole).
+fn print_pcr_table(rows: &[verify::PcrRow]) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let short = |v: &Option<String>| match v {
+        Some(h) => format!("{}…", &h[..h.len().min(16)]),
+        None => "(none)".to_owned(),
+    };
+    outln!();
+    outln!(
+        "  {:>3}  {:<6}  {:<17}  {:<17}  {:<9}  {:>6}  predicted from",
+        "PCR",
+        "bank",
+        "predicted",
+        "measured",
+        "verdict",
+        "events"
+    );
+    for r in rows {
+        let events = if r.events == 0 {
+            "none".to_owned()
+        } else {
+            r.events.to_string()
+        };
+        outln!(
+            "  {:>3}  {:<6}  {:<17}  {:<17}  {:<9}  {:>6}  {}{}",
+            r.pcr,
+            r.bank.to_string(),
+            short(&r.predicted),
+            short(&r.measured),
+            r.verdict,
+            events,
+            r.predicted_from,
+            if r.measured_from == "replay" {
+                ""
+            } else {
+                "; measured: replay = quote"
+            }
+        );
     }
     Ok(())
 }
