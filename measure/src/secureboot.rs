@@ -487,6 +487,24 @@ mod tests {
             pcr7_events(&off, b"CERT"),
             Err(Pcr7Error::NotEnforced)
         ));
+        // Not enforced: SecureBoot as 0, the databases as stored, the separator, no authority
+        // (the OS boot test checks the value against the guest's TPM).
+        let ev = pcr7_events_without_secure_boot(&off).unwrap();
+        let kinds: Vec<&str> = ev.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds[..5], ["EV_EFI_VARIABLE_DRIVER_CONFIG"; 5]);
+        assert_eq!(kinds[5..], ["EV_SEPARATOR"]);
+        assert_eq!(
+            ev[0].data,
+            uefi_variable_data(&EFI_GLOBAL_VARIABLE, "SecureBoot", &[0])
+        );
+        assert_eq!(
+            ev[1].data,
+            uefi_variable_data(&EFI_GLOBAL_VARIABLE, "PK", b"pk")
+        );
+        assert!(matches!(
+            pcr7_events_without_secure_boot(&s),
+            Err(Pcr7Error::Enforced)
+        ));
     }
 
     proptest! {
