@@ -825,6 +825,15 @@ fn a_sha1_quote_does_not_cover_a_sha256_check() {
             );
         }
         assert!(v.checked.iter().any(|c| c.starts_with("quote: signature")));
+        // The predicted-vs-measured row says whether the quote vouches for the measured value.
+        let row = v
+            .pcrs
+            .iter()
+            .find(|r| r.pcr == 0 && r.bank == bank)
+            .unwrap();
+        let from = if ok { "replay = quote" } else { "replay" };
+        assert_eq!(row.measured_from, from, "{row:?}");
+        assert_eq!(row.predicted, row.measured, "{row:?}");
     }
 }
 
