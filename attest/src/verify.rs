@@ -14,7 +14,15 @@
 //! - every userspace record: pcrphase words are known words whose digest is `H(word)`, and PCR
 //!   11 after each equals the `pcrs.json`/manifest value for that phase path where one is given;
 //!   break-glass records reject unless the policy allows them; altered records reject;
+//! - every userspace record in a PCR of the policy that the booted OS image's record expects
+//!   (`userspace_events`, PCR 15: machine ID by its form, file systems by their strings) is
+//!   one it expects, once, none missing, its digests the hashes of its string; the image that
+//!   booted is the one whose UKI sections the stub measured;
 //! - the policy's PCRs equal its golden values (`expected`) and the references' PCR 11.
+//!
+//! The verdict also carries the predicted-vs-measured table ([`PcrRow`]): per policy PCR and
+//! bank, what the references predict, what the evidence replays to (and whether a verified
+//! quote covers it), and the verdict for that PCR.
 //!
 //! The policy (YAML or JSON; unknown keys, banks other than sha1/sha256/sha384/sha512, PCRs
 //! outside 0–23, malformed or wrong-sized hex, and golden values for a PCR or bank the policy
