@@ -97,9 +97,15 @@ pcr15 = [r["content"]["string"] for r in records if r["pcr"] == 15]
 for want in image["pcr15_file_systems"]:
     ok = want in pcr15; bad += not ok
     print(f" 15 record {want[:60]}…  {'present' if ok else 'MISSING'}")
-volume_keys = tuple((image.get("var") or {}).get("pcr15_volume_key_prefixes", []))
+var = image.get("var") or {}
+volume_keys = tuple(var.get("pcr15_volume_key_prefixes", []))
+uuids = {s[len(p):] for s in pcr15 for p in volume_keys if s.startswith(p)}
+unlocks = {t.replace("{luks-uuid}", u) for t in var.get("pcr15_unlock_record_templates", []) for u in uuids}
+for want in sorted(unlocks):
+    ok = want in pcr15; bad += not ok
+    print(f" 15 record {want[:60]}…  {'present' if ok else 'MISSING'}")
 extra = [s for s in pcr15 if s not in image["pcr15_file_systems"] and not s.startswith("machine-id:")
-         and not (volume_keys and s.startswith(volume_keys))]
+         and not (volume_keys and s.startswith(volume_keys)) and s not in unlocks]
 bad += len(extra)
 for s in extra:
     print(f" 15 record {s}  UNEXPECTED")

@@ -363,12 +363,100 @@ fn expected_pcr15(b: &OsBoot, machine_id: &str) -> Vec<String> {
         .as_array()
         .unwrap();
     assert_eq!(prefixes.len(), 1, "one encrypted volume: {record}");
-    want.push(format!(
-        "{}{}",
-        prefixes[0].as_str().unwrap(),
-        luks_uuid(&b.var_partition)
-    ));
+    let uuid = luks_uuid(&b.var_partition);
+    want.push(format!("{}{uuid}", prefixes[0].as_str().unwrap()));
+    // How /var was unlocked (systemd 259's format, measured by the image's
+    // imgctl-var-keyslot.service): the TPM2 token's slot.
+    for t in record["var"]["pcr15_unlock_record_templates"]
+        .as_array()
+        .unwrap()
+    {
+        want.push(t.as_str().unwrap().replace("{luks-uuid}", &uuid));
+    }
     want
+}
+
+/// `imgctl audit` on the captured userspace log: the TPM unlock of /var (the image's
+/// `cryptsetup-keyslot:…:tpm2:0` record) is routine (exit 0, consistent with the guest's PCRs);
+/// the same log with that record turned into a recovery-key unlock (digests recomputed, as a
+/// guest that was opened with the recovery key would have logged it) is break-glass (exit 1,
+/// the volume and mechanism named), and against the guest's real PCRs it is inconsistent
+/// (exit 4): the record is not what the TPM saw.
+#[test]
+fn audit_tells_a_recovery_key_unlock_of_var_from_the_tpm_unlock_on_the_captured_log() {
+    use imgctl_attest::eventlog::userspace::UserspaceRecord;
+    let Some(b) = os_boot() else { return };
+    b.assert_done();
+    let log_path = b.capture.join("tpm2-measure.log");
+    let pcrs = b.capture.join("pcrs.json");
+    let audit = |log: &Path, with_pcrs: bool| {
+        let mut c = common::imgctl();
+        c.args(["audit", "--json", "--userspace-log"]).arg(log);
+        if with_pcrs {
+            c.arg("--pcrs")
+                .arg(&pcrs)
+                .arg("--eventlog")
+                .arg(b.capture.join("eventlog.bin"));
+        }
+        let o = c.output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        (o.status.code(), text)
+    };
+    let (code, text) = audit(&log_path, true);
+    assert_eq!(code, Some(0), "audit of the TPM-unlocked boot: {text}");
+    let log = userspace_log(b);
+    let keyslot: Vec<&UserspaceRecord> = log
+        .records
+        .iter()
+        .filter(|r| {
+            r.string
+                .as_deref()
+                .is_some_and(|s| s.starts_with("cryptsetup-keyslot:"))
+        })
+        .collect();
+    assert_eq!(keyslot.len(), 1, "one unlock record: {:?}", log.records);
+    let k = keyslot[0];
+    let tpm = k.string.clone().unwrap();
+    assert!(tpm.ends_with(":tpm2:0"), "{tpm}");
+    // The same boot, had /var been opened with the recovery key (slot 1).
+    let banks: Vec<HashAlg> = k.digests.iter().map(|(b, _)| *b).collect();
+    let rebuilt = UserspaceRecord::new(
+        15,
+        &banks,
+        tpm.replace(":tpm2:0", ":recovery:1"),
+        k.event_type.as_deref().unwrap_or("phase"),
+        &imgctl_attest::eventlog::userspace::Origin {
+            boot_id: k.boot_id.clone().unwrap_or_default(),
+            timestamp_usec: k.timestamp.unwrap_or_default(),
+        },
+    )
+    .unwrap();
+    let mut forged = Vec::new();
+    for r in &log.records {
+        forged.extend(if std::ptr::eq(r, k) {
+            rebuilt.to_json_seq()
+        } else {
+            r.to_json_seq()
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let forged_path = dir.path().join("recovery.log");
+    std::fs::write(&forged_path, &forged).unwrap();
+    let (code, text) = audit(&forged_path, false);
+    assert_eq!(code, Some(1), "a recovery unlock is break-glass: {text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let events = report["break_glass"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{report}");
+    assert_eq!(events[0]["kind"], "volume-unlock");
+    assert_eq!(events[0]["volume"], "var");
+    assert_eq!(events[0]["mechanism"], "recovery");
+    assert_eq!(events[0]["slot"], 1);
+    let (code, text) = audit(&forged_path, true);
+    assert_eq!(
+        code,
+        Some(4),
+        "the forged log against the guest's PCRs: {text}"
+    );
 }
 
 /// The encrypted /var's partition type (Discoverable Partitions Specification).
@@ -765,8 +853,19 @@ fn a_second_boot_of_the_same_disk_unlocks_var_from_the_tpm_and_keeps_its_files()
         .filter(|r| r.event_type.as_deref() == Some("volume-key"))
         .map(|r| r.string.as_deref().unwrap_or(""))
         .collect();
-    let want = format!("cryptsetup:var:{}", luks_uuid(&b.var_partition));
+    let uuid = luks_uuid(&b.var_partition);
+    let want = format!("cryptsetup:var:{uuid}");
     assert_eq!(volume, [want.as_str()]);
+    let unlock: Vec<&str> = log
+        .records
+        .iter()
+        .filter_map(|r| r.string.as_deref())
+        .filter(|s| s.starts_with("cryptsetup-keyslot:"))
+        .collect();
+    assert_eq!(
+        unlock,
+        [format!("cryptsetup-keyslot:var:{uuid}:tpm2:0").as_str()]
+    );
 }
 
 /// The partitions of the image as `sfdisk --json` (util-linux) reads them: (type, uuid, start

@@ -102,7 +102,15 @@ pub struct OsVarRecord {
     /// followed by the LUKS UUID repart gives the volume at first boot, and its digest an HMAC
     /// keyed by the volume key; neither is known to the build.
     pub pcr15_volume_key_prefixes: Vec<String>,
+    /// The unlock-mechanism record the image's `imgctl-var-keyslot.service` measures into PCR
+    /// 15 (systemd 259's `cryptsetup-keyslot:<name>:<uuid>:<mechanism>:<slot>`) for a TPM
+    /// unlock, with [`LUKS_UUID_PLACEHOLDER`] for the LUKS UUID made at first boot: repart
+    /// enrolls the TPM in key slot 0. Its digest is the hash of the string.
+    pub pcr15_unlock_record_templates: Vec<String>,
 }
+
+/// Where the LUKS UUID goes in [`OsVarRecord::pcr15_unlock_record_templates`].
+pub const LUKS_UUID_PLACEHOLDER: &str = "{luks-uuid}";
 
 /// The device-mapper name of the encrypted /var, and its partition label.
 pub const VAR_MAPPING: &str = "var";
@@ -530,6 +538,9 @@ pub fn build_os_staged(
             size: v.size,
             tpm2_public_key_pcrs: vec![11],
             pcr15_volume_key_prefixes: vec![format!("cryptsetup:{VAR_MAPPING}:")],
+            pcr15_unlock_record_templates: vec![format!(
+                "cryptsetup-keyslot:{VAR_MAPPING}:{LUKS_UUID_PLACEHOLDER}:tpm2:0"
+            )],
         }),
     };
     let mut json = serde_json::to_vec_pretty(&record).unwrap_or_default();
