@@ -65,7 +65,9 @@ else
     out=images/os
     ready=enter-initrd:leave-initrd:sysinit:ready
     step "build recipes/os.yaml (Debian 13 by mmdebstrap, cached) and append its record to the transparency log $log"
-    "$imgctl" build recipes/os.yaml -o "$out" --log "$log" --log-key images/log.key
+    # The OS's /var is bound to the UKI's signed PCR 11 policy: the build signs with this key.
+    [ -s images/os-pcr.pem ] || openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out images/os-pcr.pem 2>/dev/null
+    "$imgctl" build recipes/os.yaml -o "$out" --log "$log" --log-key images/log.key --pcr-private-key images/os-pcr.pem
 
     step "predict PCR 11 after the stub and after each boot phase up to ready (sha1, sha256)"
     "$imgctl" predict-pcrs "$out/os.efi" --bank sha1 --bank sha256 \

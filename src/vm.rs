@@ -5,7 +5,8 @@
 //! keeps it) and control socket, a per-run copy of the OVMF variable store and either a FAT
 //! image (the ESP) with the UKI at `\EFI\BOOT\BOOTX64.EFI`, or a copy-on-write qcow2 overlay
 //! of the user's disk image (the image itself is only read: every write of the guest lands in
-//! the overlay, which goes with the folder);
+//! the overlay, which goes with the folder, or stays in the `--reuse-tpm` folder beside the
+//! TPM's state so that the next boot continues the same disk);
 //! swtpm and QEMU run as children in their own process groups (so a terminal's Ctrl-C reaches
 //! only us); the serial console is streamed back to the caller. [`Running`] kills both
 //! children and removes the folder when dropped, which covers every exit path: success, error,
@@ -473,8 +474,15 @@ fn qemu_option_value(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
-/// Makes `overlay`, a qcow2 file whose backing file is the disk `image` (read, never written):
-/// everything the guest writes lands in the overlay.
+/// How much larger than the image the guest's disk is: the free space systemd-repart takes at
+/// first boot for the partitions an image makes then (e.g. an encrypted /var), as a real disk
+/// has beyond the image written onto it.
+pub const DISK_GROWTH: u64 = 256 << 20;
+/// The overlay kept in a `--reuse-tpm` folder: the disk's state, next to the TPM's.
+pub const DISK_STATE: &str = "disk.qcow2";
+
+/// Makes `overlay`, a qcow2 file whose backing file is the disk `image` (read, never written),
+/// [`DISK_GROWTH`] larger than it: everything the guest writes lands in the overlay.
 fn make_overlay(tools: &Tools, image: &Path, overlay: &Path) -> anyhow::Result<()> {
     let qemu_img = tools
         .qemu_img
@@ -483,13 +491,60 @@ fn make_overlay(tools: &Tools, image: &Path, overlay: &Path) -> anyhow::Result<(
     let image = image
         .canonicalize()
         .with_context(|| format!("{}", image.display()))?;
+    let size = std::fs::metadata(&image)
+        .with_context(|| format!("{}", image.display()))?
+        .len()
+        .checked_add(DISK_GROWTH)
+        .context("the disk image is too large")?;
     run_quiet(
         Command::new(qemu_img)
             .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
             .arg(&image)
-            .arg(overlay),
+            .arg(overlay)
+            .arg(size.to_string()),
         "qemu-img create (the disk's copy-on-write overlay)",
     )
+}
+
+/// Checks that the kept overlay `overlay` (a `--reuse-tpm` folder's) is a qcow2 file over this
+/// very `image` (`qemu-img info`), so a second boot continues the first one's disk and never
+/// another image's.
+fn check_overlay(tools: &Tools, image: &Path, overlay: &Path) -> anyhow::Result<()> {
+    let qemu_img = tools
+        .qemu_img
+        .as_ref()
+        .context("qemu-img is needed for a disk image")?;
+    let out = Command::new(qemu_img)
+        .args(["info", "--output=json", "-U"])
+        .arg(overlay)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", qemu_img.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{}: qemu-img info: {}",
+            overlay.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{}: qemu-img info output", overlay.display()))?;
+    let image = image
+        .canonicalize()
+        .with_context(|| format!("{}", image.display()))?;
+    let backing = info["full-backing-filename"]
+        .as_str()
+        .or_else(|| info["backing-filename"].as_str());
+    if info["format"] != "qcow2" || backing != Some(&*image.to_string_lossy()) {
+        bail!(
+            "{}: the kept disk state is not an overlay of {} (backing file {}); use another \
+             --reuse-tpm folder for another image",
+            overlay.display(),
+            image.display(),
+            backing.unwrap_or("none")
+        );
+    }
+    Ok(())
 }
 
 fn run_quiet(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
@@ -610,8 +665,21 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
             if !cfg.extra.is_empty() {
                 bail!("--extra is for a UKI; a disk image carries its own ESP");
             }
-            let overlay = run.path("disk.qcow2");
-            make_overlay(&tools, image, &overlay)?;
+            // With --reuse-tpm the disk's state is kept beside the TPM's: a second boot
+            // continues the first one (what it partitioned, enrolled and wrote).
+            let overlay = match &cfg.tpm_state {
+                Some(dir) => {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("--reuse-tpm: creating {}", dir.display()))?;
+                    dir.join(DISK_STATE)
+                }
+                None => run.path(DISK_STATE),
+            };
+            if cfg.tpm_state.is_some() && overlay.exists() {
+                check_overlay(&tools, image, &overlay)?;
+            } else {
+                make_overlay(&tools, image, &overlay)?;
+            }
             (overlay, "qcow2")
         }
     };

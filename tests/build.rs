@@ -805,7 +805,7 @@ fn build_appends_to_the_log_and_writes_a_verifiable_proof() {
     assert!(!o.status.success());
 }
 
-/// `build --pcr-private-key`: .pcrsig (JSON + NUL) and .pcrpkey are embedded as ukify does; the
+/// `build --pcr-private-key`: .pcrsig (the JSON alone, no NUL) and .pcrpkey are embedded as ukify does; the
 /// embedded signature equals `imgctl sign-pcrs` on the same UKI (which tests/sign_pcrs.rs holds
 /// byte-identical to systemd-measure sign), and .pcrsig does not move PCR 11.
 #[test]
@@ -831,8 +831,12 @@ fn build_with_a_pcr_key_embeds_pcrsig_and_pcrpkey() {
     let data = std::fs::read(&uki).unwrap();
     let pe = goblin::pe::PE::parse(&data).unwrap();
     let pcrsig = section(&pe, &data, ".pcrsig");
-    assert_eq!(pcrsig.last(), Some(&0), ".pcrsig ends in NUL");
-    let embedded: serde_json::Value = serde_json::from_slice(&pcrsig[..pcrsig.len() - 1]).unwrap();
+    assert_eq!(
+        pcrsig.last(),
+        Some(&b'}'),
+        ".pcrsig is the JSON alone, as ukify writes it"
+    );
+    let embedded: serde_json::Value = serde_json::from_slice(pcrsig).unwrap();
     let pem = String::from_utf8(section(&pe, &data, ".pcrpkey").to_vec()).unwrap();
     assert_eq!(pem.trim(), std::fs::read_to_string(&public).unwrap().trim());
     let signed: serde_json::Value = serde_json::from_slice(&run_ok(

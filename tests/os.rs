@@ -5,7 +5,10 @@
 //!
 //! One build and ONE boot per test run, shared by every test here (a `OnceLock`): the OS tree
 //! comes from `.cache/os-trees` (mmdebstrap runs once per machine, ~3 min), the build then takes
-//! about a minute and the boot under TCG ~1–2 minutes.
+//! about a minute and the boot under TCG ~1–3 minutes. The build signs PCR 11
+//! (`--pcr-private-key`): systemd-repart makes the encrypted /var at first boot, enrolled to the
+//! TPM against that signed policy. The tests of a second boot of the same disk (`--reuse-tpm`:
+//! TPM and disk state kept) share one more boot, made only when one of them runs.
 //!
 //! The judges are real: the guest's TPM (swtpm) for every PCR, `tpm2_eventlog` for the firmware
 //! log, `systemd-measure` 257 (Debian 13 chroot) for PCR 11, `veritysetup` for `/usr`,
@@ -68,7 +71,15 @@ fn chroot_257() -> Option<PathBuf> {
 
 /// The build and the one boot every test here shares.
 struct OsBoot {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// The PCR signing key the build used (RSA-2048, PEM) and its public half.
+    pcr_key: PathBuf,
+    pcr_public: PathBuf,
+    /// The `--reuse-tpm` folder of the boots: the TPM's and the disk's state.
+    state: PathBuf,
+    /// The encrypted /var partition as it was on the disk after the first boot (read from the
+    /// kept overlay with qemu-img before any second boot).
+    var_partition: PathBuf,
     /// The build's output folder: os.raw, os.efi, pcrs.json, manifest.json, image.json.
     out: PathBuf,
     /// The transparency log the build appended the image's record to, and its verifier key.
@@ -136,6 +147,7 @@ fn os_boot() -> Option<&'static OsBoot> {
                 .args(["--origin", "example.org/os"]),
         );
         let vkey = format!("@{}", dir.path().join("log.vkey").display());
+        let (pcr_key, pcr_public) = common::genkey(dir.path(), "pcr", common::RSA);
         let start = Instant::now();
         common::run_ok(
             common::imgctl()
@@ -149,9 +161,12 @@ fn os_boot() -> Option<&'static OsBoot> {
                 .arg(&log)
                 .arg("--log-key")
                 .arg(&key)
+                .arg("--pcr-private-key")
+                .arg(&pcr_key)
                 .env("SOURCE_DATE_EPOCH", "0"),
         );
         let build_time = start.elapsed();
+        let state = dir.path().join("state");
         let capture = dir.path().join("capture");
         let tmpdir = dir.path().join("tmp");
         std::fs::create_dir_all(&tmpdir).unwrap();
@@ -163,11 +178,15 @@ fn os_boot() -> Option<&'static OsBoot> {
             .arg(&image)
             .arg("--capture")
             .arg(&capture)
+            .arg("--reuse-tpm")
+            .arg(&state)
             .args(["--timeout", &BOOT_TIMEOUT_S.to_string(), "--json", "--quiet"])
             .env("TMPDIR", &tmpdir)
             .output()
             .unwrap();
         let boot_time = start.elapsed();
+        let var_partition = dir.path().join("var-after-boot-1.img");
+        copy_var_partition(&state.join("disk.qcow2"), &var_partition);
         assert!(
             std::fs::read(&image).unwrap() == before,
             "imgctl vm wrote to the image it booted"
@@ -178,7 +197,11 @@ fn os_boot() -> Option<&'static OsBoot> {
             "imgctl vm left files in TMPDIR"
         );
         let boot = OsBoot {
-            _dir: dir,
+            dir,
+            pcr_key,
+            pcr_public,
+            state,
+            var_partition,
             out,
             log,
             vkey,
@@ -325,15 +348,230 @@ fn userspace_log(b: &OsBoot) -> UserspaceLog {
 }
 
 /// What imgctl expects systemd 257 to record in PCR 15 for this image: the machine ID (made at
-/// first boot, so any 32 hex digits) and the `file-system:` records the build predicted from
-/// the image's own partition and file-system facts (image.json `pcr15_file_systems`).
+/// first boot, so any 32 hex digits), the `file-system:` records the build predicted from
+/// the image's own partition and file-system facts (image.json `pcr15_file_systems`) and the
+/// encrypted /var's volume-key record: the prefix the build predicted (image.json
+/// `var.pcr15_volume_key_prefixes`) followed by the LUKS UUID repart gave the volume at first
+/// boot, as `cryptsetup luksUUID` reads it from the disk.
 fn expected_pcr15(b: &OsBoot, machine_id: &str) -> Vec<String> {
     let record = b.image_record();
     let fs = record["pcr15_file_systems"].as_array().unwrap();
     assert_eq!(fs.len(), 2, "/ and /usr: {record}");
     let mut want: Vec<String> = fs.iter().map(|v| v.as_str().unwrap().to_owned()).collect();
     want.push(format!("machine-id:{machine_id}"));
+    let prefixes = record["var"]["pcr15_volume_key_prefixes"]
+        .as_array()
+        .unwrap();
+    assert_eq!(prefixes.len(), 1, "one encrypted volume: {record}");
+    let uuid = luks_uuid(&b.var_partition);
+    want.push(format!("{}{uuid}", prefixes[0].as_str().unwrap()));
+    // How /var was unlocked (systemd 259's format, measured by the image's
+    // imgctl-var-keyslot.service): the TPM2 token's slot.
+    for t in record["var"]["pcr15_unlock_record_templates"]
+        .as_array()
+        .unwrap()
+    {
+        want.push(t.as_str().unwrap().replace("{luks-uuid}", &uuid));
+    }
     want
+}
+
+/// `imgctl audit` on the captured userspace log: the TPM unlock of /var (the image's
+/// `cryptsetup-keyslot:…:tpm2:0` record) is routine (exit 0, consistent with the guest's PCRs);
+/// the same log with that record turned into a recovery-key unlock (digests recomputed, as a
+/// guest that was opened with the recovery key would have logged it) is break-glass (exit 1,
+/// the volume and mechanism named), and against the guest's real PCRs it is inconsistent
+/// (exit 4): the record is not what the TPM saw.
+#[test]
+fn audit_tells_a_recovery_key_unlock_of_var_from_the_tpm_unlock_on_the_captured_log() {
+    use imgctl_attest::eventlog::userspace::UserspaceRecord;
+    let Some(b) = os_boot() else { return };
+    b.assert_done();
+    let log_path = b.capture.join("tpm2-measure.log");
+    let pcrs = b.capture.join("pcrs.json");
+    let audit = |log: &Path, with_pcrs: bool| {
+        let mut c = common::imgctl();
+        c.args(["audit", "--json", "--userspace-log"]).arg(log);
+        if with_pcrs {
+            c.arg("--pcrs")
+                .arg(&pcrs)
+                .arg("--eventlog")
+                .arg(b.capture.join("eventlog.bin"));
+        }
+        let o = c.output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        (o.status.code(), text)
+    };
+    let (code, text) = audit(&log_path, true);
+    assert_eq!(code, Some(0), "audit of the TPM-unlocked boot: {text}");
+    let log = userspace_log(b);
+    let keyslot: Vec<&UserspaceRecord> = log
+        .records
+        .iter()
+        .filter(|r| {
+            r.string
+                .as_deref()
+                .is_some_and(|s| s.starts_with("cryptsetup-keyslot:"))
+        })
+        .collect();
+    assert_eq!(keyslot.len(), 1, "one unlock record: {:?}", log.records);
+    let k = keyslot[0];
+    let tpm = k.string.clone().unwrap();
+    assert!(tpm.ends_with(":tpm2:0"), "{tpm}");
+    // The same boot, had /var been opened with the recovery key (slot 1).
+    let banks: Vec<HashAlg> = k.digests.iter().map(|(b, _)| *b).collect();
+    let rebuilt = UserspaceRecord::new(
+        15,
+        &banks,
+        tpm.replace(":tpm2:0", ":recovery:1"),
+        k.event_type.as_deref().unwrap_or("phase"),
+        &imgctl_attest::eventlog::userspace::Origin {
+            boot_id: k.boot_id.clone().unwrap_or_default(),
+            timestamp_usec: k.timestamp.unwrap_or_default(),
+        },
+    )
+    .unwrap();
+    let mut forged = Vec::new();
+    for r in &log.records {
+        forged.extend(if std::ptr::eq(r, k) {
+            rebuilt.to_json_seq()
+        } else {
+            r.to_json_seq()
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let forged_path = dir.path().join("recovery.log");
+    std::fs::write(&forged_path, &forged).unwrap();
+    let (code, text) = audit(&forged_path, false);
+    assert_eq!(code, Some(1), "a recovery unlock is break-glass: {text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let events = report["break_glass"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{report}");
+    assert_eq!(events[0]["kind"], "volume-unlock");
+    assert_eq!(events[0]["volume"], "var");
+    assert_eq!(events[0]["mechanism"], "recovery");
+    assert_eq!(events[0]["slot"], 1);
+    let (code, text) = audit(&forged_path, true);
+    assert_eq!(
+        code,
+        Some(4),
+        "the forged log against the guest's PCRs: {text}"
+    );
+}
+
+/// The encrypted /var's partition type (Discoverable Partitions Specification).
+const VAR_TYPE: &str = "4d21b016-b534-45c2-a9fb-5c16e091fd2d";
+
+/// Copies the /var partition out of the kept disk state `overlay` (qcow2) into `out`: qemu-img
+/// makes a raw copy of the disk, sfdisk finds the partition. Nothing is written when the disk
+/// has no /var partition (the tests that need it then fail naming it).
+fn copy_var_partition(overlay: &Path, out: &Path) {
+    use std::io::{Read, Seek};
+    if !overlay.is_file() {
+        return;
+    }
+    let raw = out.with_extension("disk.raw");
+    let ok = Command::new("qemu-img")
+        .args(["convert", "-U", "-O", "raw"])
+        .arg(overlay)
+        .arg(&raw)
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        if let Some((_, _, start, size)) = sfdisk_partitions(&raw)
+            .into_iter()
+            .find(|p| p.0 == VAR_TYPE)
+        {
+            let mut f = std::fs::File::open(&raw).unwrap();
+            f.seek(std::io::SeekFrom::Start(start)).unwrap();
+            let mut o = std::fs::File::create(out).unwrap();
+            std::io::copy(&mut f.take(size), &mut o).unwrap();
+        }
+    }
+    let _ = std::fs::remove_file(&raw);
+}
+
+/// The LUKS UUID of a LUKS2 volume, as cryptsetup reads it.
+fn luks_uuid(volume: &Path) -> String {
+    assert!(
+        volume.is_file(),
+        "no /var partition on the disk after the first boot"
+    );
+    String::from_utf8(common::run_ok(
+        Command::new("cryptsetup").arg("luksUUID").arg(volume),
+    ))
+    .unwrap()
+    .trim()
+    .to_owned()
+}
+
+/// The capture unit's `IMGCTL-VAR <key> <value>` lines (recipes/os/imgctl-capture).
+fn var_report(capture: &Path) -> BTreeMap<String, String> {
+    let console = std::fs::read(capture.join("console.log")).unwrap();
+    String::from_utf8_lossy(&console)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_end_matches('\r');
+            l.find("IMGCTL-VAR ").map(|i| &l[i + "IMGCTL-VAR ".len()..])
+        })
+        .filter_map(|l| l.split_once(' ').or(Some((l, ""))))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// A base64 value of the capture's report, decoded.
+fn var_report_b64(report: &BTreeMap<String, String>, key: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let v = report
+        .get(key)
+        .unwrap_or_else(|| panic!("the capture reported no {key}: {report:?}"));
+    base64::engine::general_purpose::STANDARD
+        .decode(v)
+        .unwrap_or_else(|e| panic!("{key}: {e}"))
+}
+
+/// The second boot of the same disk with the same TPM (`--reuse-tpm` with the first boot's
+/// folder), made once when a test needs it.
+struct SecondBoot {
+    capture: PathBuf,
+    vm: Output,
+    boot_time: Duration,
+}
+
+fn second_boot() -> Option<&'static SecondBoot> {
+    static BOOT: OnceLock<Option<SecondBoot>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        let b = os_boot()?;
+        b.assert_done();
+        let capture = b.dir.path().join("capture-2");
+        let start = Instant::now();
+        let vm = common::imgctl()
+            .arg("vm")
+            .arg(b.image())
+            .arg("--capture")
+            .arg(&capture)
+            .arg("--reuse-tpm")
+            .arg(&b.state)
+            .args([
+                "--timeout",
+                &BOOT_TIMEOUT_S.to_string(),
+                "--json",
+                "--quiet",
+            ])
+            .output()
+            .unwrap();
+        let boot = SecondBoot {
+            capture,
+            vm,
+            boot_time: start.elapsed(),
+        };
+        eprintln!(
+            "OS image, second boot: {:.1}s wall clock",
+            boot.boot_time.as_secs_f64()
+        );
+        Some(boot)
+    })
+    .as_ref()
 }
 
 /// PCR 15 equals the replay of the captured userspace log (attest's parser) in sha1 and sha256;
@@ -375,6 +613,16 @@ fn pcr15_equals_the_replay_of_the_userspace_log_and_holds_only_expected_records(
         "machine-id {machine_id:?}"
     );
     let mut want = expected_pcr15(b, machine_id);
+    for r in log.records.iter().filter(|r| r.pcr == Some(15)) {
+        let volume_key = r.string.as_deref().unwrap_or("").starts_with("cryptsetup:");
+        assert_eq!(
+            r.event_type.as_deref() == Some("volume-key"),
+            volume_key,
+            "record {}: {:?}",
+            r.index,
+            r.string
+        );
+    }
     let mut got = pcr15.clone();
     want.sort();
     got.sort();
@@ -385,13 +633,239 @@ fn pcr15_equals_the_replay_of_the_userspace_log_and_holds_only_expected_records(
         .filter(|r| !matches!(r.pcr, Some(11) | Some(15)))
         .collect();
     assert!(others.is_empty(), "unexpected records: {others:?}");
-    for r in &log.records {
+    // Each record's digest is the hash of its string, but the volume key's (an HMAC keyed by
+    // the volume key, which only the guest knows).
+    for r in log
+        .records
+        .iter()
+        .filter(|r| r.event_type.as_deref() != Some("volume-key"))
+    {
         assert!(
             r.digest_mismatches().is_empty(),
             "record {} is not the hash of its string",
             r.index
         );
     }
+}
+
+/// `build --pcr-private-key` on an OS recipe embeds `.pcrpkey` (the public key) and `.pcrsig`
+/// through the kind: uki code path, and `.pcrsig` is byte for byte what `systemd-measure sign`
+/// 257 (Debian 13 chroot) prints for the UKI's sections with the same key (RSA PKCS#1 v1.5 is
+/// deterministic), without the newline and with no NUL: ukify 257 embeds `json.dumps` alone,
+/// and systemd-cryptsetup 257 refuses a signature file with a NUL after the JSON.
+#[test]
+fn os_uki_pcrsig_equals_systemd_measure_257_sign_over_its_sections() {
+    let Some(b) = os_boot() else { return };
+    const SECTIONS: &[&str] = &[
+        "linux", "osrel", "cmdline", "initrd", "ucode", "splash", "dtb", "uname", "sbat", "pcrpkey",
+    ];
+    let root = chroot_257().unwrap();
+    let data = std::fs::read(b.uki()).unwrap();
+    let pe = goblin::pe::PE::parse(&data).unwrap();
+    let section = |name: &str| -> Vec<u8> {
+        let s = pe
+            .sections
+            .iter()
+            .find(|s| s.name().unwrap() == name)
+            .unwrap_or_else(|| panic!("the OS UKI has no {name}"));
+        let start = s.pointer_to_raw_data as usize;
+        let len = (s.virtual_size as usize).min(s.size_of_raw_data as usize);
+        let mut bytes = data[start..start + len].to_vec();
+        bytes.resize(s.virtual_size as usize, 0);
+        bytes
+    };
+    assert_eq!(
+        String::from_utf8(section(".pcrpkey")).unwrap().trim(),
+        std::fs::read_to_string(&b.pcr_public).unwrap().trim(),
+        ".pcrpkey is the signing key's public half"
+    );
+    let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
+    let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
+    std::fs::copy(&b.pcr_key, dir.path().join("key.pem")).unwrap();
+    std::fs::copy(&b.pcr_public, dir.path().join("key.pub.pem")).unwrap();
+    let mut cmd = Command::new("chroot");
+    cmd.arg(&root)
+        .arg("/usr/lib/systemd/systemd-measure")
+        .arg("sign")
+        .arg("--json=short")
+        .arg(format!(
+            "--private-key={}",
+            inside.join("key.pem").display()
+        ))
+        .arg(format!(
+            "--public-key={}",
+            inside.join("key.pub.pem").display()
+        ));
+    for s in &pe.sections {
+        let name = s.name().unwrap().trim_start_matches('.');
+        if !SECTIONS.contains(&name) {
+            continue;
+        }
+        std::fs::write(dir.path().join(name), section(&format!(".{name}"))).unwrap();
+        cmd.arg(format!("--{name}={}", inside.join(name).display()));
+    }
+    let mut theirs = common::run_ok(&mut cmd);
+    assert_eq!(theirs.pop(), Some(b'\n'));
+    let ours = section(".pcrsig");
+    assert_eq!(
+        String::from_utf8_lossy(&ours),
+        String::from_utf8_lossy(&theirs),
+        ".pcrsig vs systemd-measure sign 257"
+    );
+}
+
+/// The first boot makes /var with systemd-repart 257 from the image's repart.d: LUKS2 on a new
+/// partition, a systemd-tpm2 token bound to the signed PCR 11 policy of the UKI's .pcrpkey, and
+/// a recovery key; the guest unlocks it from the TPM (crypttab `headless`: no other way) and
+/// mounts it. The volume is read back from the disk by cryptsetup on the host: its tokens, and
+/// the recovery key the guest reported opens it while another key does not.
+#[test]
+fn var_is_made_encrypted_at_first_boot_and_unlocked_by_the_tpm_through_the_signed_policy() {
+    let Some(b) = os_boot() else { return };
+    b.assert_done();
+    let report = var_report(&b.capture);
+    assert_eq!(
+        report.get("mount").map(String::as_str),
+        Some("/dev/mapper/var ext4"),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.get("dm-target").map(String::as_str),
+        Some("crypt"),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.get("cryptsetup-unit").map(String::as_str),
+        Some("active")
+    );
+    let journal = String::from_utf8(var_report_b64(&report, "journal")).unwrap();
+    assert!(
+        journal.contains("Automatically discovered security TPM2 token unlocks volume"),
+        "{journal}"
+    );
+    assert!(!journal.contains("falling back"), "{journal}");
+    assert!(journal.contains("Encrypting future partition"), "{journal}");
+    // What the guest reports of its volume is what cryptsetup reads from the disk.
+    let uuid = luks_uuid(&b.var_partition);
+    assert_eq!(report.get("luks-uuid"), Some(&uuid));
+    let meta: serde_json::Value = serde_json::from_slice(&common::run_ok(
+        Command::new("cryptsetup")
+            .args(["luksDump", "--dump-json-metadata"])
+            .arg(&b.var_partition),
+    ))
+    .unwrap();
+    let guest_meta: serde_json::Value =
+        serde_json::from_slice(&var_report_b64(&report, "luks-json")).unwrap();
+    assert_eq!(meta["tokens"], guest_meta["tokens"]);
+    let tokens: Vec<&serde_json::Value> = meta["tokens"].as_object().unwrap().values().collect();
+    let types: Vec<&str> = tokens.iter().map(|t| t["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["systemd-tpm2", "systemd-recovery"], "{meta}");
+    let tpm2 = tokens[0];
+    assert_eq!(tpm2["tpm2_pubkey_pcrs"], serde_json::json!([11]), "{tpm2}");
+    use base64::Engine as _;
+    let pubkey = base64::engine::general_purpose::STANDARD
+        .decode(tpm2["tpm2_pubkey"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(pubkey).unwrap().trim(),
+        std::fs::read_to_string(&b.pcr_public).unwrap().trim(),
+        "the TPM2 token is bound to the UKI's .pcrpkey"
+    );
+    // The recovery key opens the volume; another does not.
+    let key = report
+        .get("recovery-key")
+        .unwrap_or_else(|| panic!("no recovery key reported: {report:?}"));
+    let opens = |k: &str| {
+        let mut c = Command::new("cryptsetup")
+            .args(["open", "--test-passphrase", "--key-file=-"])
+            .arg(&b.var_partition)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut c.stdin.take().unwrap(), k.as_bytes()).unwrap();
+        c.wait().unwrap().success()
+    };
+    assert!(opens(key), "the recovery key does not open /var");
+    let mut wrong = key.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'c' { b'd' } else { b'c' };
+    assert!(!opens(std::str::from_utf8(&wrong).unwrap()));
+}
+
+/// A second boot of the same disk with the same TPM (`imgctl vm --reuse-tpm DIR` keeps both):
+/// /var is the same LUKS2 volume, unlocked again by the TPM token with no password (the
+/// mapping is dm-crypt), the file the first boot wrote to it is there, nothing is enrolled
+/// again, and PCR 15 holds the same volume-key record and equals its log's replay.
+#[test]
+fn a_second_boot_of_the_same_disk_unlocks_var_from_the_tpm_and_keeps_its_files() {
+    let Some(b) = os_boot() else { return };
+    let Some(s) = second_boot() else { return };
+    assert!(
+        s.vm.status.success(),
+        "second boot failed ({}):\n{}\nconsole:\n{}",
+        s.vm.status,
+        String::from_utf8_lossy(&s.vm.stderr),
+        String::from_utf8_lossy(&std::fs::read(s.capture.join("console.log")).unwrap_or_default())
+    );
+    let first = var_report(&b.capture);
+    let second = var_report(&s.capture);
+    assert_eq!(
+        second.get("mount").map(String::as_str),
+        Some("/dev/mapper/var ext4")
+    );
+    assert_eq!(second.get("dm-target").map(String::as_str), Some("crypt"));
+    assert_eq!(second.get("luks-uuid"), first.get("luks-uuid"));
+    let journal = String::from_utf8(var_report_b64(&second, "journal")).unwrap();
+    assert!(
+        journal.contains("Automatically discovered security TPM2 token unlocks volume"),
+        "{journal}"
+    );
+    assert!(!journal.contains("falling back"), "{journal}");
+    assert!(
+        !journal.contains("Encrypting future partition"),
+        "repart made /var again: {journal}"
+    );
+    // Written to /var by the first boot, read back by the second.
+    assert_ne!(second.get("boot-id"), first.get("boot-id"));
+    assert_eq!(second.get("first-boot-id"), first.get("boot-id"));
+    assert!(
+        !second.contains_key("recovery-key"),
+        "a second recovery key was enrolled"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&var_report_b64(&second, "luks-json")).unwrap();
+    assert_eq!(meta["tokens"].as_object().unwrap().len(), 2, "{meta}");
+    // PCR 15: the replay of the second boot's log, with the same volume-key record.
+    let pcrs: BTreeMap<String, BTreeMap<u32, String>> =
+        serde_json::from_slice(&std::fs::read(s.capture.join("pcrs.json")).unwrap()).unwrap();
+    let log =
+        UserspaceLog::parse(&std::fs::read(s.capture.join("tpm2-measure.log")).unwrap()).unwrap();
+    let replay = log.replay();
+    assert_eq!(
+        replay[&HashAlg::SHA256][&15].to_hex(),
+        pcrs["sha256"][&15],
+        "PCR 15 vs the second boot's log"
+    );
+    let volume: Vec<&str> = log
+        .records
+        .iter()
+        .filter(|r| r.event_type.as_deref() == Some("volume-key"))
+        .map(|r| r.string.as_deref().unwrap_or(""))
+        .collect();
+    let uuid = luks_uuid(&b.var_partition);
+    let want = format!("cryptsetup:var:{uuid}");
+    assert_eq!(volume, [want.as_str()]);
+    let unlock: Vec<&str> = log
+        .records
+        .iter()
+        .filter_map(|r| r.string.as_deref())
+        .filter(|s| s.starts_with("cryptsetup-keyslot:"))
+        .collect();
+    assert_eq!(
+        unlock,
+        [format!("cryptsetup-keyslot:var:{uuid}:tpm2:0").as_str()]
+    );
 }
 
 /// The partitions of the image as `sfdisk --json` (util-linux) reads them: (type, uuid, start
@@ -910,6 +1384,8 @@ fn verify_log_rejects_the_os_boot_against_a_log_holding_only_a_rebuild_with_anot
             .arg(&log)
             .arg("--log-key")
             .arg(&key)
+            .arg("--pcr-private-key")
+            .arg(&b.pcr_key)
             .env("SOURCE_DATE_EPOCH", "0"),
     );
     eprintln!(
@@ -1029,4 +1505,56 @@ fn pcr7_without_secure_boot_equals_predict_pcrs_from_the_firmware_vars() {
     for bank in ["sha1", "sha256"] {
         assert_eq!(ours[bank][&7], guest[bank][&7], "{bank}: PCR 7");
     }
+}
+
+/// `--reuse-tpm DIR` keeps a disk image's state beside the TPM's (DIR/disk.qcow2, an overlay of
+/// the image); booting another image with that DIR is refused before anything starts, naming
+/// the kept state, so a second boot always continues the same disk. The overlay is made by
+/// qemu-img, the disks are partitioned by sfdisk.
+#[test]
+fn vm_refuses_the_kept_disk_state_of_another_image() {
+    let (Some(sfdisk), Some(qemu_img)) = (
+        common::require_tool("sfdisk", "fdisk"),
+        common::require_tool("qemu-img", "qemu-utils"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let mut child = Command::new(&sfdisk)
+            .arg("--quiet")
+            .arg(&p)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"label: gpt\n,,U\n").unwrap();
+        assert!(child.wait().unwrap().success(), "sfdisk {name}");
+        p
+    };
+    let (a, other) = (disk("a.raw"), disk("b.raw"));
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    common::run_ok(
+        Command::new(&qemu_img)
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(a.canonicalize().unwrap())
+            .arg(state.join("disk.qcow2")),
+    );
+    let o = common::imgctl()
+        .arg("vm")
+        .arg(&other)
+        .arg("--reuse-tpm")
+        .arg(&state)
+        .args(["--timeout", "5"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("not an overlay of"), "{err}");
+    assert!(err.contains("disk.qcow2"), "{err}");
 }

@@ -1,4 +1,5 @@
-//! The break-glass auditor: lists every break-glass record of systemd's userspace log and checks
+//! The break-glass auditor: lists every break-glass record of systemd's userspace log (and every
+//! encrypted volume opened by other than a hardware-bound token, [`crate::keyslot`]) and checks
 //! that the log replays to the PCR values the TPM reports, so a removed or altered record is
 //! itself reported (docs/break-glass.md).
 //!
@@ -60,8 +61,20 @@ pub fn audit(
                 Err(e) => serde_json::json!({"record": r.index, "pcr": r.pcr, "error": e}),
             });
         }
+        // An encrypted volume opened by anything but a hardware-bound token (a recovery key, a
+        // passphrase, an unknown mechanism) is break-glass; a malformed claim is reported too.
+        match crate::keyslot::from_record(r) {
+            Some(Ok(k)) if k.is_break_glass() => events.push(serde_json::json!({
+                "record": r.index, "pcr": r.pcr, "kind": "volume-unlock", "volume": k.volume,
+                "uuid": k.uuid, "mechanism": k.mechanism, "slot": k.slot,
+                "bootId": r.boot_id, "timestamp": r.timestamp})),
+            Some(Err(e)) => {
+                events.push(serde_json::json!({"record": r.index, "pcr": r.pcr, "error": e}))
+            }
+            Some(Ok(_)) | None => {}
+        }
         let bad = r.digest_mismatches();
-        if !bad.is_empty() && r.event_type.as_deref() != Some("volume-key") {
+        if !bad.is_empty() {
             problems.push(format!(
                 "record {} ({}): logged digest is not the hash of its string in {} — altered after it was written",
                 r.index,
@@ -137,6 +150,46 @@ mod tests {
             .record(15, &[HashAlg::SHA256], &o)
             .unwrap()
             .to_json_seq()
+    }
+
+    #[test]
+    fn a_recovery_key_unlock_is_break_glass_and_a_tpm_unlock_is_not() {
+        let o = Origin {
+            boot_id: "0".into(),
+            timestamp_usec: 1,
+        };
+        let rec = |mechanism: &str, slot: u32| {
+            crate::eventlog::userspace::UserspaceRecord::new(
+                15,
+                &[HashAlg::SHA256],
+                format!("cryptsetup-keyslot:var:08a4b5bd-a0d3-4b2a-931b-efd7c5c09f1b:{mechanism}:{slot}"),
+                "phase",
+                &o,
+            )
+            .unwrap()
+            .to_json_seq()
+        };
+        let tpm = UserspaceLog::parse(&rec("tpm2", 0)).unwrap();
+        let r = audit(&tpm, &PcrValues::new(), Some(&tpm.replay()), false);
+        assert_eq!(r.verdict, AuditVerdict::Clean, "{r:?}");
+        let recovery = UserspaceLog::parse(&rec("recovery", 1)).unwrap();
+        let r = audit(
+            &recovery,
+            &PcrValues::new(),
+            Some(&recovery.replay()),
+            false,
+        );
+        assert_eq!(r.verdict, AuditVerdict::BreakGlass, "{r:?}");
+        assert_eq!(r.break_glass[0]["kind"], "volume-unlock");
+        assert_eq!(r.break_glass[0]["mechanism"], "recovery");
+        assert_eq!(r.break_glass[0]["volume"], "var");
+        // The mechanism rewritten in place: the digest gives it away.
+        let text = String::from_utf8(rec("tpm2", 0))
+            .unwrap()
+            .replace(":tpm2:", ":tpm3:");
+        let edited = UserspaceLog::parse(text.as_bytes()).unwrap();
+        let r = audit(&edited, &PcrValues::new(), None, false);
+        assert_eq!(r.verdict, AuditVerdict::Inconsistent, "{r:?}");
     }
 
     #[test]

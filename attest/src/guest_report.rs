@@ -11,6 +11,7 @@
 //! | `IMGCTL-EVENTLOG-BEGIN` … `IMGCTL-EVENTLOG-END` | `binary_bios_measurements` in base64 (RFC 4648, standard alphabet), any line wrapping |
 //! | `IMGCTL-USERLOG-BEGIN` … `IMGCTL-USERLOG-END` | systemd's userspace log `/run/log/systemd/tpm2-measure.log` in base64, likewise (an OS image's capture unit) |
 //! | `IMGCTL-OS: uptime <seconds>` | the guest's uptime when its capture unit ran (`/proc/uptime`) |
+//! | `IMGCTL-VAR <key> <value>` | an OS image's encrypted /var (mount, dm target, LUKS UUID and metadata, unlock journal, first-boot marker): read by tests/os.rs, not parsed here |
 //! | `IMGCTL-DEMO: done` | the report is complete; the guest powers off next |
 
 use std::collections::BTreeMap;

@@ -21,6 +21,7 @@ pub mod audit;
 pub mod breakglass;
 pub mod eventlog;
 pub mod guest_report;
+pub mod keyslot;
 pub mod quote;
 pub mod tpm_public;
 pub mod userspace_record;

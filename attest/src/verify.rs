@@ -871,18 +871,6 @@ fn predict_stub_pcr(
 /// Predicted PCR values by (bank, PCR), with where each came from; `None`: no prediction.
 type Predicted = BTreeMap<(HashAlg, u32), (Option<Digest>, String)>;
 
-/// Is `s` a string of this unpredictable userspace event type
-/// ([`imgctl_measure::record::UNPREDICTABLE_USERSPACE_EVENTS`])? Unknown types never are.
-fn unpredictable_form_ok(event_type: &str, s: &str) -> bool {
-    match event_type {
-        // systemd-pcrmachine: "machine-id:" and the ID as 32 lower-case hex digits.
-        "machine-id" => s.strip_prefix("machine-id:").is_some_and(|id| {
-            id.len() == 32 && id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-        }),
-        _ => false,
-    }
-}
-
 /// The userspace records of the PCRs a published OS image predicts (PCR 15: machine ID, file
 /// systems), when the policy checks them: every record in such a PCR must be one the booted
 /// image's record expects (its exact string, or for the machine ID its form), each expected
@@ -929,6 +917,8 @@ fn check_userspace_records(
         let mut used = vec![false; expectations.len()];
         let mut accounted = Vec::new();
         let mut unmatched = 0usize;
+        // What this boot's records bound the placeholders to (one machine ID, one LUKS UUID).
+        let mut bindings = BTreeMap::new();
         for r in u.records.iter().filter(|r| r.pcr == Some(pcr)) {
             if policy.allow_break_glass && crate::breakglass::from_record(r).is_some() {
                 accounted.push(r); // judged (and allowed) by the break-glass rule
@@ -940,10 +930,11 @@ fn check_userspace_records(
                 !used[i]
                     && r.string.is_some()
                     && e.event_type == et
-                    && match &e.string {
-                        Some(want) => want == st,
-                        None => unpredictable_form_ok(et, st),
-                    }
+                    && imgctl_measure::record::userspace_template_matches(
+                        &e.string,
+                        st,
+                        &mut bindings,
+                    )
             });
             match hit {
                 Some(i) => {
@@ -972,10 +963,7 @@ fn check_userspace_records(
             }
         }
         for ((a, e), _) in expectations.iter().zip(&used).filter(|(_, u)| !**u) {
-            let what = e
-                .string
-                .clone()
-                .unwrap_or_else(|| format!("a {} record", e.event_type));
+            let what = e.string.clone();
             let mut x = Finding::new(
                 Severity::Reject,
                 "missing-event",
@@ -998,7 +986,13 @@ fn check_userspace_records(
                 .and_then(|v| Pcr::with_value(*b, v).ok());
             let mut bound = firmware_events == 0 && unmatched == 0;
             for r in &accounted {
-                let h = r.string.as_deref().and_then(|s| b.hash(s.as_bytes()).ok());
+                // A secret-keyed record (the volume key's HMAC) counts with its logged digest:
+                // its string was matched, its digest only the machine can compute.
+                let h = if r.digest_is_of_string() {
+                    r.string.as_deref().and_then(|s| b.hash(s.as_bytes()).ok())
+                } else {
+                    r.digest(*b).cloned()
+                };
                 bound &= h.is_some() && h.as_ref() == r.digest(*b);
                 match (&mut p, h) {
                     (Some(p), Some(h)) => p.extend(&h),
@@ -1442,7 +1436,7 @@ fn check_userspace(
             x
         };
         let bad = r.digest_mismatches();
-        if !bad.is_empty() && r.event_type.as_deref() != Some("volume-key") {
+        if !bad.is_empty() {
             f.push(base(
                 Severity::Reject,
                 "altered-record",
@@ -1519,15 +1513,18 @@ mod tests {
         let id = "machine-id:bdc32cd1ac874eaaa9229c647a0df9dd";
         let rec =
             |t: &str, s: &str| UserspaceRecord::new(15, &banks, s.into(), t, &origin).unwrap();
-        let expect = |t: &str, s: Option<&str>| UserspaceEventRecord {
+        let expect = |t: &str, s: &str| UserspaceEventRecord {
             pcr: 15,
             event_type: t.into(),
-            string: s.map(Into::into),
+            string: s.into(),
         };
         let refs = References {
             artifacts: vec![Artifact {
                 name: "os.efi (os)".into(),
-                userspace: vec![expect("machine-id", None), expect("filesystem", Some(fs))],
+                userspace: vec![
+                    expect("machine-id", "machine-id:{machine-id}"),
+                    expect("filesystem", fs),
+                ],
                 ..Artifact::default()
             }],
             ..References::default()

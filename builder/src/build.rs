@@ -736,9 +736,7 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
                         .map_err(|e| Error::InvalidInput(format!("signing PCR 11: {e}")))?,
                 );
             }
-            let mut data = doc.to_json().into_bytes();
-            data.push(0);
-            Some((data, signed, phases))
+            Some((pcrsig_section(&doc.to_json()), signed, phases))
         }
         None => None,
     };
@@ -1017,7 +1015,16 @@ fn to_json_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// The UKI with `.pcrsig` = `json` + NUL (as ukify embeds it) appended as its last section.
+/// The `.pcrsig` section's content: the JSON text alone, as ukify 257 writes it
+/// (`json.dumps`, no NUL). The stub passes the whole section to the initrd as
+/// `/.extra/tpm2-pcr-signature.json`, which systemd-cryptsetup and systemd-cryptenroll parse as
+/// JSON: a trailing NUL makes systemd 257 refuse it ("Failed to load pcr signature: Bad
+/// message", seen booting this image), and the TPM unlock with it.
+pub fn pcrsig_section(json: &str) -> Vec<u8> {
+    json.as_bytes().to_vec()
+}
+
+/// The UKI with `.pcrsig` = [`pcrsig_section`] of `json` appended as its last section.
 /// Refuses a UKI that already has one, and checks that every other section, name and loaded
 /// bytes, is unchanged: `.pcrsig` is never measured, so whatever PCR 11 was signed (any profile,
 /// any `.dtbauto` selection, any stub version) stays valid for the result.
@@ -1028,13 +1035,11 @@ pub fn append_pcrsig(uki: &[u8], json: &str) -> Result<Vec<u8>, Error> {
             "the UKI already has a .pcrsig section".into(),
         ));
     }
-    let mut data = json.as_bytes().to_vec();
-    data.push(0);
     let out = assemble(
         uki,
         &[NewSection {
             name: ".pcrsig".into(),
-            data,
+            data: pcrsig_section(json),
         }],
     )?;
     let after = Uki::parse(&out).map_err(imgctl_measure::Error::from)?;

@@ -82,28 +82,102 @@ pub struct OsImageRecord {
     /// fields empty for `/usr`, whose device is the dm-verity mapping. Each record's digest in a
     /// bank is that bank's hash of the string.
     pub pcr15_file_systems: Vec<String>,
+    /// The encrypted `/var` systemd-repart makes at first boot, when the recipe has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub var: Option<OsVarRecord>,
+}
+
+/// The encrypted `/var` of an image (recipe `var:`), as image.json records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OsVarRecord {
+    /// The partition label repart gives it and crypttab finds it by (`PARTLABEL=`).
+    pub partition_label: String,
+    /// The device-mapper name crypttab unlocks it as (`/dev/mapper/NAME`).
+    pub mapping: String,
+    pub size: u64,
+    /// The TPM binding repart enrolls: the signed PCR 11 policy of the UKI's `.pcrpkey`.
+    pub tpm2_public_key_pcrs: Vec<u32>,
+    /// The PCR 15 `volume-key` records systemd-cryptsetup 257 writes when it unlocks the volume
+    /// (crypttab `tpm2-measure-pcr=yes`), as prefixes: each record's string is the prefix
+    /// followed by the LUKS UUID repart gives the volume at first boot, and its digest an HMAC
+    /// keyed by the volume key; neither is known to the build.
+    pub pcr15_volume_key_prefixes: Vec<String>,
+    /// The unlock-mechanism record the image's `imgctl-var-keyslot.service` measures into PCR
+    /// 15 (systemd 259's `cryptsetup-keyslot:<name>:<uuid>:<mechanism>:<slot>`) for a TPM
+    /// unlock, with [`LUKS_UUID_PLACEHOLDER`] for the LUKS UUID made at first boot: repart
+    /// enrolls the TPM in key slot 0. Its digest is the hash of the string.
+    pub pcr15_unlock_record_templates: Vec<String>,
+}
+
+/// Where the LUKS UUID goes in [`OsVarRecord::pcr15_unlock_record_templates`] (one of the
+/// record's [`imgctl_measure::record::USERSPACE_PLACEHOLDERS`]).
+pub const LUKS_UUID_PLACEHOLDER: &str = "{luks-uuid}";
+
+/// systemd-pcrmachine's record, with the machine ID only the first boot makes.
+const MACHINE_ID_TEMPLATE: &str = "machine-id:{machine-id}";
+
+/// The device-mapper name of the encrypted /var, and its partition label.
+pub const VAR_MAPPING: &str = "var";
+
+/// The repart.d definition of the encrypted /var (shipped in /usr, so verity covers it):
+/// systemd-repart 257 creates it in the boot disk's free space at first boot, formats it
+/// LUKS2 + ext4 and enrolls a TPM2 key slot bound to the signed PCR 11 policy of the public key
+/// the stub passes (`/run/systemd/tpm2-pcr-public-key.pem`, from `.pcrpkey`).
+pub fn var_repart_conf(size: u64) -> String {
+    format!(
+        "# imgctl: the encrypted /var, made by systemd-repart at first boot.\n\
+         [Partition]\n\
+         Type=var\n\
+         Label={VAR_MAPPING}\n\
+         Format=ext4\n\
+         Encrypt=tpm2\n\
+         SizeMinBytes={size}\n\
+         SizeMaxBytes={size}\n"
+    )
+}
+
+/// The crypttab line of the encrypted /var: unlocked by the TPM (the token repart enrolled,
+/// with the signed policy from `/run/systemd/tpm2-pcr-signature.json`), never by a prompt
+/// (`headless`: a failed unlock fails the boot), the volume key measured into PCR 15.
+pub fn var_crypttab() -> String {
+    format!(
+        "# imgctl: the encrypted /var (systemd-repart makes it at first boot).\n\
+         {VAR_MAPPING} PARTLABEL={VAR_MAPPING} - tpm2-device=auto,tpm2-measure-pcr=yes,headless=true\n"
+    )
 }
 
 impl OsImageRecord {
     /// What the booted image's systemd records in PCR 15, as the artifact record lists it:
-    /// the machine ID (made at first boot: its form, not its value) and the file-system
-    /// records of [`OsImageRecord::pcr15_file_systems`].
+    /// the machine ID (made at first boot: its form, not its value), the file-system records
+    /// of [`OsImageRecord::pcr15_file_systems`], and with an encrypted /var its volume-key
+    /// record (systemd-cryptsetup's `volume-key` event; UUID made at first boot, digest an
+    /// HMAC of the volume key) and the unlock-mechanism record (a `phase` event, as
+    /// systemd-pcrextend 257 logs a word).
     pub fn userspace_events(&self) -> Vec<imgctl_measure::record::UserspaceEventRecord> {
         use imgctl_measure::record::UserspaceEventRecord;
-        let mut v = vec![UserspaceEventRecord {
+        let event = |event_type: &str, string: String| UserspaceEventRecord {
             pcr: 15,
-            event_type: "machine-id".into(),
-            string: None,
-        }];
+            event_type: event_type.into(),
+            string,
+        };
+        let mut v = vec![event("machine-id", MACHINE_ID_TEMPLATE.into())];
         v.extend(
             self.pcr15_file_systems
                 .iter()
-                .map(|s| UserspaceEventRecord {
-                    pcr: 15,
-                    event_type: "filesystem".into(),
-                    string: Some(s.clone()),
-                }),
+                .map(|s| event("filesystem", s.clone())),
         );
+        if let Some(var) = &self.var {
+            v.extend(
+                var.pcr15_volume_key_prefixes
+                    .iter()
+                    .map(|p| event("volume-key", format!("{p}{LUKS_UUID_PLACEHOLDER}"))),
+            );
+            v.extend(
+                var.pcr15_unlock_record_templates
+                    .iter()
+                    .map(|t| event("phase", t.clone())),
+            );
+        }
         v
     }
 }
@@ -169,6 +243,13 @@ pub fn build_os_staged(
     recipe: &OsRecipe,
     opts: &OsBuildOptions,
 ) -> Result<(OsBuildOutput, Stage), Error> {
+    if recipe.var.is_some() && recipe.pcrpkey.is_none() && opts.uki.pcr_key.is_none() {
+        return Err(Error::InvalidInput(format!(
+            "{}: var: the encrypted /var is bound to the UKI's signed PCR policy: give \
+             --pcr-private-key (or pcrpkey: in the recipe)",
+            recipe.path.display()
+        )));
+    }
     let epoch = opts.uki.source_date_epoch;
     let mkfs_erofs = tool("mkfs.erofs", "erofs-utils")?;
     let mkfs_ext4 = tool("mkfs.ext4", "e2fsprogs")?;
@@ -240,6 +321,15 @@ pub fn build_os_staged(
         )?;
     }
 
+    if let Some(var) = &recipe.var {
+        let repart = usr_stage.join("usr/lib/repart.d");
+        std::fs::create_dir_all(&repart).map_err(|e| Error::io(&repart, "creating", e))?;
+        let conf = repart.join("50-var.conf");
+        std::fs::write(&conf, var_repart_conf(var.size))
+            .map_err(|e| Error::io(&conf, "writing", e))?;
+        set_mode(&conf, 0o644)?;
+    }
+
     // 2. erofs + dm-verity for /usr.
     let usr_img = s.join("usr.erofs");
     let content = sha256(&[tree.key.as_bytes(), &recipe.source]);
@@ -270,16 +360,20 @@ pub fn build_os_staged(
     // 3. The root file system, with an fstab that asks systemd-pcrfs to measure / and /usr.
     let root_uuid = Guid::v4_from(&sha256(&[b"imgctl os root uuid", &content]));
     let fstab = root_stage.join("etc/fstab");
-    std::fs::write(
-        &fstab,
-        format!(
-            "# imgctl: the file systems of this image. x-systemd.pcrfs: systemd-pcrfs measures each\n\
-             # into PCR 15 (imgctl predicts the records: image.json pcr15_file_systems).\n\
-             PARTUUID={root_uuid} / ext4 rw,x-systemd.pcrfs 0 0\n\
-             /dev/mapper/usr /usr erofs ro,x-systemd.pcrfs 0 0\n"
-        ),
-    )
-    .map_err(|e| Error::io(&fstab, "writing", e))?;
+    let mut fstab_text = format!(
+        "# imgctl: the file systems of this image. x-systemd.pcrfs: systemd-pcrfs measures each\n\
+         # into PCR 15 (imgctl predicts the records: image.json pcr15_file_systems).\n\
+         PARTUUID={root_uuid} / ext4 rw,x-systemd.pcrfs 0 0\n\
+         /dev/mapper/usr /usr erofs ro,x-systemd.pcrfs 0 0\n"
+    );
+    if recipe.var.is_some() {
+        fstab_text.push_str(&format!("/dev/mapper/{VAR_MAPPING} /var ext4 rw 0 0\n"));
+        let crypttab = root_stage.join("etc/crypttab");
+        std::fs::write(&crypttab, var_crypttab())
+            .map_err(|e| Error::io(&crypttab, "writing", e))?;
+        set_mode(&crypttab, 0o644)?;
+    }
+    std::fs::write(&fstab, fstab_text).map_err(|e| Error::io(&fstab, "writing", e))?;
     let root_img = s.join("root.ext4");
     File::create(&root_img)
         .and_then(|f| f.set_len(ROOT_SIZE))
@@ -342,7 +436,7 @@ pub fn build_os_staged(
         dtb: None,
         dtbauto: Vec::new(),
         ucode: None,
-        pcrpkey: None,
+        pcrpkey: recipe.pcrpkey.clone(),
         stub,
     };
     let (uki, mut stage) = build_staged(&uki_recipe, &opts.uki)?;
@@ -478,6 +572,16 @@ pub fn build_os_staged(
             ),
             format!("file-system:/usr:erofs:{fs_uuid}::::"),
         ],
+        var: recipe.var.as_ref().map(|v| OsVarRecord {
+            partition_label: VAR_MAPPING.into(),
+            mapping: VAR_MAPPING.into(),
+            size: v.size,
+            tpm2_public_key_pcrs: vec![11],
+            pcr15_volume_key_prefixes: vec![format!("cryptsetup:{VAR_MAPPING}:")],
+            pcr15_unlock_record_templates: vec![format!(
+                "cryptsetup-keyslot:{VAR_MAPPING}:{LUKS_UUID_PLACEHOLDER}:tpm2:0"
+            )],
+        }),
     };
     let mut json = serde_json::to_vec_pretty(&record).unwrap_or_default();
     json.push(b'\n');

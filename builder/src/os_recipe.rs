@@ -14,6 +14,11 @@
 //! mask: [systemd-networkd.service]  # units the image does not need: linked to /dev/null in /usr
 //! stub: tree                        # tree (the image's own systemd-stub, the default),
 //!                                   # imgctl (our Rust stub), or a path to a stub
+//! pcrpkey: pcr-public.pem           # optional .pcrpkey (else the public half of
+//!                                   # `build --pcr-private-key`), as in UKI recipes
+//! var:                              # optional: /var made at first boot by systemd-repart,
+//!   encrypt: tpm2                   # LUKS2 enrolled to the TPM against .pcrpkey's signed
+//!   size: 64M                       # PCR 11 policy; its size (K, M or G; default 64M)
 //! ```
 //!
 //! Relative paths resolve against the recipe's folder. Unknown keys, wrong types and missing
@@ -60,6 +65,21 @@ struct RawOsRecipe {
     mask: Vec<String>,
     #[serde(default)]
     stub: Option<String>,
+    #[serde(default)]
+    pcrpkey: Option<String>,
+    #[serde(default)]
+    var: Option<RawOsVar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "the /var partition (a mapping of encrypt, size)"
+)]
+struct RawOsVar {
+    encrypt: String,
+    #[serde(default)]
+    size: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +112,36 @@ pub struct OsFile {
     pub mode: Option<u32>,
 }
 
+/// The encrypted `/var` an image makes at first boot: a `repart.d` definition (Type=var,
+/// Format=ext4, Encrypt=tpm2) systemd-repart applies to the boot disk's free space, enrolling
+/// the TPM against the UKI's `.pcrpkey` (signed PCR 11 policy), an `/etc/crypttab` entry that
+/// unlocks it with the TPM (and measures its volume key into PCR 15), and its `/etc/fstab` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsVar {
+    /// The partition's size in bytes (a multiple of 4096).
+    pub size: u64,
+}
+
+/// The default size of the encrypted /var.
+pub const DEFAULT_VAR_SIZE: u64 = 64 << 20;
+/// Bounds of the encrypted /var's size: LUKS2's header takes 16 MiB, and the partition is
+/// formatted under emulation at first boot.
+const VAR_SIZE_RANGE: std::ops::RangeInclusive<u64> = (32 << 20)..=(1 << 40);
+
+/// `64M`-style sizes: digits with an optional K, M or G suffix (powers of 1024).
+fn parse_size(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()? {
+        b'K' => (&s[..s.len() - 1], 10),
+        b'M' => (&s[..s.len() - 1], 20),
+        b'G' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 15 {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
 /// A fully checked OS recipe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OsRecipe {
@@ -109,6 +159,9 @@ pub struct OsRecipe {
     /// Units masked in the image (their file in /usr/lib/systemd/system a link to /dev/null).
     pub mask: Vec<String>,
     pub stub: OsStub,
+    /// The `.pcrpkey` content's file, when the recipe names one.
+    pub pcrpkey: Option<PathBuf>,
+    pub var: Option<OsVar>,
 }
 
 /// The `kind:` of recipe text, if it has one at the top level (UKI recipes have none).
@@ -280,6 +333,44 @@ impl OsRecipe {
             }
             Some(s) => OsStub::File(ctx.file("stub", s)?),
         };
+        let pcrpkey = match &raw.pcrpkey {
+            Some(p) => Some(ctx.file("pcrpkey", p)?),
+            None => None,
+        };
+        let var = match raw.var {
+            None => None,
+            Some(v) => {
+                if v.encrypt != "tpm2" {
+                    return Err(ctx.err(
+                        "encrypt",
+                        &v.encrypt,
+                        "must be tpm2 (the TPM through the UKI's signed PCR policy)",
+                    ));
+                }
+                let size = match &v.size {
+                    None => DEFAULT_VAR_SIZE,
+                    Some(t) => parse_size(t)
+                        .filter(|n| VAR_SIZE_RANGE.contains(n) && n % 4096 == 0)
+                        .ok_or_else(|| {
+                            ctx.err(
+                                "size",
+                                t,
+                                "must be a size such as 64M (K, M or G), a multiple of 4 KiB, from 32M to 1024G",
+                            )
+                        })?,
+                };
+                for needed in ["systemd-repart", "systemd-cryptsetup"] {
+                    if !packages.iter().any(|p| p == needed) {
+                        return Err(ctx.err(
+                            "packages",
+                            "packages",
+                            &format!("must include {needed} for an encrypted /var (var:)"),
+                        ));
+                    }
+                }
+                Some(OsVar { size })
+            }
+        };
         Ok(OsRecipe {
             path: path.to_owned(),
             source: source.clone(),
@@ -293,6 +384,8 @@ impl OsRecipe {
             units: raw.units,
             mask: raw.mask,
             stub,
+            pcrpkey,
+            var,
         })
     }
 }
@@ -351,6 +444,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("units"), "{e}");
+    }
+
+    #[test]
+    fn var_is_checked() {
+        let full = "kind: os\nname: t\nversion: '1'\npackages: [systemd, linux-image-amd64, dracut, systemd-repart, systemd-cryptsetup]\n";
+        let r = parse(&format!("{full}var: {{encrypt: tpm2}}\n")).unwrap();
+        assert_eq!(r.var, Some(OsVar { size: 64 << 20 }));
+        let r = parse(&format!("{full}var: {{encrypt: tpm2, size: 1G}}\n")).unwrap();
+        assert_eq!(r.var, Some(OsVar { size: 1 << 30 }));
+        for (bad, word) in [
+            ("{encrypt: fido2}", "tpm2"),
+            ("{encrypt: tpm2, size: 1M}", "size"),
+            ("{encrypt: tpm2, size: 64X}", "size"),
+            ("{encrypt: tpm2, size: 99999999999999999G}", "size"),
+            ("{encrypt: tpm2, size: 40000001}", "multiple"),
+            ("{size: 64M}", "encrypt"),
+        ] {
+            let e = parse(&format!("{full}var: {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(word), "{bad}: {e}");
+        }
+        let e = parse(&format!("{BASE}var: {{encrypt: tpm2}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("systemd-repart"), "{e}");
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("M"), None);
+        assert_eq!(parse_size("-1"), None);
     }
 
     #[test]

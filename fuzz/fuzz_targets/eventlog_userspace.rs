@@ -1,6 +1,6 @@
 #![no_main]
 //! systemd's userspace measurement log (JSON-SEQ), the one parser the recorder, the verifier and
-//! the auditor share: parse, replay every bank, read break-glass claims, and re-encode records
+//! the auditor share: parse, replay every bank, read break-glass claims and unlock-mechanism records, and re-encode records
 //! (what was parsed encodes to a log that parses to the same records).
 use imgctl_attest::eventlog::UserspaceLog;
 use libfuzzer_sys::fuzz_target;
@@ -12,6 +12,14 @@ fuzz_target!(|data: &[u8]| {
         for r in &log.records {
             let _ = r.digest_mismatches();
             let _ = imgctl_attest::breakglass::from_record(r);
+            // Unlock-mechanism records: what parses re-encodes to the same string.
+            if let Some(Ok(k)) = imgctl_attest::keyslot::from_record(r) {
+                let s = k.string();
+                assert_eq!(
+                    imgctl_attest::keyslot::KeyslotRecord::parse(&s),
+                    Some(Ok(k))
+                );
+            }
             again.extend(r.to_json_seq());
         }
         let back = UserspaceLog::parse(&again).expect("own output parses");

@@ -8,8 +8,9 @@
 //! that bank's predicted PCR 11 value, `sig` the signature over `pol` with the bank's hash
 //! ([`crate::keys`]), `pkfp` the key fingerprint ([`TpmPublicKey::fingerprint`]). Banks are
 //! object keys in sorted order; entries follow the sorted phase paths. The text is compact JSON
-//! (no spaces); systemd-measure prints it followed by a newline, the UKI section holds it
-//! followed by a NUL.
+//! (no spaces); systemd-measure prints it followed by a newline, the UKI section holds it alone
+//! (as ukify writes it; a NUL after it makes systemd 257's JSON reader refuse the file the stub
+//! makes of it).
 
 use std::collections::BTreeMap;
 

@@ -95,27 +95,92 @@ pub struct PolicyRecord {
     pub signs: PcrsJson,
 }
 
-/// systemd's userspace event types whose string only the booted machine knows, so an image can
-/// expect them but not predict their digest; a verifier checks each one's form.
-/// `machine-id` is systemd-pcrmachine's `machine-id:<32 lower-case hex digits>` (PCR 15), the
-/// ID made at first boot.
-pub const UNPREDICTABLE_USERSPACE_EVENTS: &[&str] = &["machine-id"];
+/// What only the booted machine knows, as placeholders an expected userspace string may hold:
+/// `{machine-id}` (systemd-pcrmachine's ID, made at first boot: 32 lower-case hex digits) and
+/// `{luks-uuid}` (the UUID systemd-repart gives an encrypted volume at first boot: a lower-case
+/// 8-4-4-4-12 UUID). Within one boot a placeholder stands for one value everywhere.
+pub const USERSPACE_PLACEHOLDERS: &[&str] = &["{machine-id}", "{luks-uuid}"];
+
+/// systemd's userspace event types whose digest is not the hash of their string:
+/// systemd-cryptsetup's `volume-key` record (`cryptsetup:<name>:<uuid>`) is extended with an
+/// HMAC keyed by the volume key, which only the machine can compute.
+pub const DIGEST_NOT_OF_STRING: &[&str] = &["volume-key"];
+
+/// Does `value` have the form of `placeholder` (one of [`USERSPACE_PLACEHOLDERS`])?
+fn placeholder_form_ok(placeholder: &str, value: &str) -> bool {
+    let hex = |s: &str| s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    match placeholder {
+        "{machine-id}" => value.len() == 32 && hex(value),
+        "{luks-uuid}" => {
+            let parts: Vec<&str> = value.split('-').collect();
+            parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12]) && parts.iter().all(|p| hex(p))
+        }
+        _ => false,
+    }
+}
+
+/// The length of the values of `placeholder`.
+fn placeholder_len(placeholder: &str) -> usize {
+    match placeholder {
+        "{machine-id}" => 32,
+        _ => 36,
+    }
+}
+
+/// Does the logged string `s` match the expected `template` (literal text and
+/// [`USERSPACE_PLACEHOLDERS`])? Each placeholder's value must have its form and agree with
+/// `bindings` (what the same boot's earlier records bound it to); on a match the new
+/// bindings are added, otherwise `bindings` is left unchanged.
+pub fn userspace_template_matches(
+    template: &str,
+    s: &str,
+    bindings: &mut BTreeMap<String, String>,
+) -> bool {
+    let mut new = bindings.clone();
+    let (mut t, mut s) = (template, s);
+    loop {
+        let next = USERSPACE_PLACEHOLDERS
+            .iter()
+            .filter_map(|p| t.find(p).map(|i| (i, *p)))
+            .min();
+        let Some((i, p)) = next else {
+            if t != s {
+                return false;
+            }
+            break;
+        };
+        let Some(rest) = s.strip_prefix(&t[..i]) else {
+            return false;
+        };
+        let n = placeholder_len(p);
+        let Some(value) = rest.get(..n) else {
+            return false;
+        };
+        if !placeholder_form_ok(p, value) || new.get(p).is_some_and(|v| v != value) {
+            return false;
+        }
+        new.insert(p.to_owned(), value.to_owned());
+        (t, s) = (&t[i + p.len()..], &rest[n..]);
+    }
+    *bindings = new;
+    true
+}
 
 /// A record the booted image's systemd extends into a PCR from userspace (PCR 15 on an OS
-/// image: systemd-pcrmachine's machine ID, systemd-pcrfs' file systems), as the image
-/// predicts it. Its digest in a bank is that bank's hash of `string`, which the record itself
-/// carries in the userspace log; so the string alone is the prediction.
+/// image: systemd-pcrmachine's machine ID, systemd-pcrfs' file systems, systemd-cryptsetup's
+/// volume key, the image's unlock-mechanism record), as the image predicts it. Its digest in a
+/// bank is that bank's hash of the string the record carries in the userspace log (except
+/// for [`DIGEST_NOT_OF_STRING`]), so the string is the prediction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserspaceEventRecord {
     pub pcr: u32,
     /// systemd's `eventType` in `/run/log/systemd/tpm2-measure.log` (`filesystem`,
-    /// `machine-id`, …).
+    /// `machine-id`, `volume-key`, `phase`, …).
     pub event_type: String,
-    /// The exact string, when the image determines it; absent only for the event types of
-    /// [`UNPREDICTABLE_USERSPACE_EVENTS`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub string: Option<String>,
+    /// The exact string, with [`USERSPACE_PLACEHOLDERS`] where only the booted machine knows
+    /// the value ([`userspace_template_matches`]).
+    pub string: String,
 }
 
 /// The record of one artifact. Construct, then [`ArtifactRecord::check`] (the readers do).
@@ -256,19 +321,11 @@ impl ArtifactRecord {
                 return Err(bad(format!("{what}: PCR index above 23")));
             }
             check_token("userspace event type", &u.event_type)?;
-            match &u.string {
-                Some(s) if s.is_empty() || s.len() > 4096 || s.chars().any(char::is_control) => {
-                    return Err(bad(format!(
-                        "{what}: string must be 1-4096 bytes without control characters"
-                    )))
-                }
-                Some(_) => {}
-                None if UNPREDICTABLE_USERSPACE_EVENTS.contains(&u.event_type.as_str()) => {}
-                None => {
-                    return Err(bad(format!(
-                        "{what}: no string, and only {UNPREDICTABLE_USERSPACE_EVENTS:?} may be expected without one"
-                    )))
-                }
+            let s = &u.string;
+            if s.is_empty() || s.len() > 4096 || s.chars().any(char::is_control) {
+                return Err(bad(format!(
+                    "{what}: string must be 1-4096 bytes without control characters"
+                )));
             }
         }
         if let Some(x) = &self.extension {
@@ -544,8 +601,7 @@ mod tests {
         }
     }
 
-    /// An OS image's expected userspace records round-trip in both forms; a record without
-    /// its string is allowed only for an event type only the machine knows (the machine ID).
+    /// An OS image's expected userspace records round-trip in both forms and are checked.
     #[test]
     fn userspace_event_expectations_round_trip_and_are_checked() {
         let mut r = sample();
@@ -554,19 +610,19 @@ mod tests {
             UserspaceEventRecord {
                 pcr: 15,
                 event_type: "machine-id".into(),
-                string: None,
+                string: "machine-id:{machine-id}".into(),
             },
             UserspaceEventRecord {
                 pcr: 15,
                 event_type: "filesystem".into(),
-                string: Some(fs.into()),
+                string: fs.into(),
             },
         ];
         let e = r.encode_entry().unwrap();
         let text = String::from_utf8(e.clone()).unwrap();
         assert!(
             text.contains(&format!(
-                "\"userspace_events\":[{{\"pcr\":15,\"event_type\":\"machine-id\"}},{{\"pcr\":15,\"event_type\":\"filesystem\",\"string\":\"{fs}\"}}]"
+                "\"userspace_events\":[{{\"pcr\":15,\"event_type\":\"machine-id\",\"string\":\"machine-id:{{machine-id}}\"}},{{\"pcr\":15,\"event_type\":\"filesystem\",\"string\":\"{fs}\"}}]"
             )),
             "{text}"
         );
@@ -580,20 +636,76 @@ mod tests {
             .unwrap()
             .contains("userspace_events"));
         for (t, s, err) in [
-            ("filesystem", None, "only [\"machine-id\"]"),
-            ("file system", Some("x"), "userspace event type"),
-            ("filesystem", Some(""), "1-4096 bytes"),
-            ("filesystem", Some("a\nb"), "control"),
+            ("file system", "x", "userspace event type"),
+            ("filesystem", "", "1-4096 bytes"),
+            ("filesystem", "a\nb", "control"),
         ] {
             let mut bad = r.clone();
             bad.userspace_events[1].event_type = t.into();
-            bad.userspace_events[1].string = s.map(Into::into);
+            bad.userspace_events[1].string = s.into();
             let e = bad.check().unwrap_err().to_string();
             assert!(e.contains(err), "{t} {s:?}: {e}");
         }
         let mut bad = r.clone();
         bad.userspace_events[0].pcr = 24;
         assert!(bad.check().unwrap_err().to_string().contains("above 23"));
+    }
+
+    /// Placeholders match values of their form only, and one value per boot.
+    #[test]
+    fn userspace_templates_bind_each_placeholder_once() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let uuid = "3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+        let mut b = BTreeMap::new();
+        assert!(userspace_template_matches(
+            "machine-id:{machine-id}",
+            &format!("machine-id:{id}"),
+            &mut b
+        ));
+        for bad in [
+            "machine-id:0123456789ABCDEF0123456789abcdef",
+            "machine-id:0123456789abcdef0123456789abcde",
+            "machine-id:0123456789abcdef0123456789abcdef0",
+            "machine-id:",
+        ] {
+            assert!(
+                !userspace_template_matches("machine-id:{machine-id}", bad, &mut b.clone()),
+                "{bad}"
+            );
+        }
+        assert!(userspace_template_matches(
+            "cryptsetup:var:{luks-uuid}",
+            &format!("cryptsetup:var:{uuid}"),
+            &mut b
+        ));
+        assert!(userspace_template_matches(
+            "cryptsetup-keyslot:var:{luks-uuid}:tpm2:0",
+            &format!("cryptsetup-keyslot:var:{uuid}:tpm2:0"),
+            &mut b
+        ));
+        let before = b.clone();
+        let other = "3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3f4a5c";
+        assert!(!userspace_template_matches(
+            "cryptsetup-keyslot:var:{luks-uuid}:tpm2:0",
+            &format!("cryptsetup-keyslot:var:{other}:tpm2:0"),
+            &mut b
+        ));
+        assert!(!userspace_template_matches(
+            "cryptsetup-keyslot:var:{luks-uuid}:tpm2:0",
+            &format!("cryptsetup-keyslot:var:{uuid}:recovery:1"),
+            &mut b
+        ));
+        assert_eq!(b, before);
+        assert!(userspace_template_matches(
+            "file-system:/usr",
+            "file-system:/usr",
+            &mut b
+        ));
+        assert!(!userspace_template_matches(
+            "file-system:/usr",
+            "file-system:/us",
+            &mut b
+        ));
     }
 
     #[test]

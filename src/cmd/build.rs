@@ -90,16 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut opts = BuildOptions::new(out_dir, crate::output::source_date_epoch()?);
     opts.semantics = args.stub_semantics.fixed();
     let passphrase_file = args.key_passphrase_file.as_deref();
-    if let Some(k) = &args.pcr_private_key {
-        opts.pcr_key = Some(
-            crate::cmd::sign_pcrs::read_signing_key(
-                k,
-                crate::cmd::sign_pcrs::key_passphrase(k, passphrase_file)?.as_deref(),
-                args.pkcs11.pkcs11_module.as_deref(),
-            )
-            .context("PCR signing key")?,
-        );
-    }
+    opts.pcr_key = pcr_signing_key(&args)?;
     if let (Some(k), Some(c)) = (&args.secureboot_key, &args.secureboot_certificate) {
         let passphrase = crate::cmd::sign_pcrs::key_passphrase(k, passphrase_file)?;
         let signer = imgctl_extensions::sign::Signer::open(
@@ -172,6 +163,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `--pcr-private-key` of a build (kind: uki and kind: os alike), read once here.
+fn pcr_signing_key(args: &Args) -> anyhow::Result<Option<imgctl_measure::keys::SigningKey>> {
+    let Some(k) = &args.pcr_private_key else {
+        return Ok(None);
+    };
+    let passphrase = crate::cmd::sign_pcrs::key_passphrase(k, args.key_passphrase_file.as_deref())?;
+    Ok(Some(
+        crate::cmd::sign_pcrs::read_signing_key(
+            k,
+            passphrase.as_deref(),
+            args.pkcs11.pkcs11_module.as_deref(),
+        )
+        .context("PCR signing key")?,
+    ))
+}
+
 /// Appends the build's entry to the log, writes the proof beside the UKI and commits every
 /// output.
 ///
@@ -238,9 +245,9 @@ fn log_and_commit(
 fn run_os(args: Args, text: Vec<u8>) -> anyhow::Result<ExitCode> {
     use imgctl_builder::os_image::{build_os_staged, OsBuildOptions};
     use imgctl_builder::os_recipe::OsRecipe;
-    if args.pcr_private_key.is_some() || args.secureboot_key.is_some() {
+    if args.secureboot_key.is_some() {
         anyhow::bail!(
-            "{}: --pcr-private-key and --secureboot-key are not supported for kind: os yet",
+            "{}: --secureboot-key is not supported for kind: os yet",
             args.recipe.display()
         );
     }
@@ -257,14 +264,18 @@ fn run_os(args: Args, text: Vec<u8>) -> anyhow::Result<ExitCode> {
     imgctl_fsio::check_output_dir(&out_dir)?;
     let mut uki = BuildOptions::new(out_dir, crate::output::source_date_epoch()?);
     uki.semantics = args.stub_semantics.fixed();
+    uki.pcr_key = pcr_signing_key(&args)?;
     let opts = OsBuildOptions {
         uki,
         cache: args.cache.clone(),
     };
     let started = std::time::Instant::now();
-    let (out, stage) =
+    let (out, mut stage) =
         crate::output::with_spinner("building the OS image", || build_os_staged(&recipe, &opts))
             .with_context(|| format!("building {}", args.recipe.display()))?;
+    for p in [&args.pcr_private_key, &args.log_key].into_iter().flatten() {
+        stage.add_input(p);
+    }
     stage.commit()?;
     let logged = match &log {
         Some(l) => {

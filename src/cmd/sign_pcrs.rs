@@ -50,8 +50,8 @@ pub struct Args {
     /// Write the JSON here (atomically) instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// Also write a copy of the UKI with the signature added as its .pcrsig section (JSON and
-    /// a NUL, as ukify embeds it). .pcrsig is not measured: PCR 11 stays what was signed,
+    /// Also write a copy of the UKI with the signature added as its .pcrsig section (the JSON
+    /// alone, as ukify embeds it). .pcrsig is not measured: PCR 11 stays what was signed,
     /// which is checked before anything is written. Put the public key in .pcrpkey when
     /// building (recipe `pcrpkey:`) so systemd finds it.
     #[arg(long, value_name = "FILE")]

@@ -41,7 +41,9 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     capture: Option<PathBuf>,
     /// Keep the TPM's state in DIR (made if missing) and use it again on the next boot with
-    /// the same DIR, instead of a fresh TPM per boot.
+    /// the same DIR, instead of a fresh TPM per boot. For a disk image the disk's state is kept
+    /// there too (DIR/disk.qcow2, an overlay of the image, which stays unwritten): the next boot
+    /// of the same image with the same DIR continues from it.
     #[arg(long, value_name = "DIR")]
     reuse_tpm: Option<PathBuf>,
     /// Stop the guest after this many seconds (1 to 86400).

@@ -144,10 +144,20 @@ impl UserspaceRecord {
             .map(|(_, d)| d)
     }
 
-    /// Banks whose logged digest is not `H_bank(string)` (a record altered after it was
-    /// written, or a secret-keyed event whose digest is an HMAC).
+    /// Is this record's digest meant to be `H_bank(string)`? Not for systemd's secret-keyed
+    /// events ([`imgctl_measure::record::DIGEST_NOT_OF_STRING`]: the volume key's HMAC).
+    pub fn digest_is_of_string(&self) -> bool {
+        self.string.is_some()
+            && !self
+                .event_type
+                .as_deref()
+                .is_some_and(|t| imgctl_measure::record::DIGEST_NOT_OF_STRING.contains(&t))
+    }
+
+    /// Banks whose logged digest is not `H_bank(string)`, where it should be
+    /// ([`Self::digest_is_of_string`]): a record altered after it was written.
     pub fn digest_mismatches(&self) -> Vec<HashAlg> {
-        let Some(s) = &self.string else {
+        let Some(s) = self.string.as_ref().filter(|_| self.digest_is_of_string()) else {
             return Vec::new();
         };
         self.digests
