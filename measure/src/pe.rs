@@ -110,6 +110,28 @@ const MAX_SECTIONS: u16 = 96;
 impl<'a> PeFile<'a> {
     /// Parses the headers and section table of a PE image.
     pub fn parse(data: &'a [u8]) -> Result<Self, ParseError> {
+        Self::parse_with_len(data, data.len() as u64)
+    }
+
+    /// The section table of a PE file of `file_len` bytes from its first bytes `head` (which
+    /// must hold the headers and the section table): for a reader that streams the sections'
+    /// contents from the file instead of holding it. Checked as [`PeFile::parse`] checks it,
+    /// every section's raw data against `file_len`.
+    pub fn section_table(head: &[u8], file_len: u64) -> Result<Vec<Section>, ParseError> {
+        if (head.len() as u64) > file_len {
+            return Err(ParseError::new(
+                0,
+                "file length",
+                format!(
+                    "{} bytes of headers read from a file of {file_len} bytes",
+                    head.len()
+                ),
+            ));
+        }
+        Ok(PeFile::parse_with_len(head, file_len)?.sections)
+    }
+
+    fn parse_with_len(data: &'a [u8], file_len: u64) -> Result<Self, ParseError> {
         let mut r = Reader::new(data);
         let mz = r.array::<2>("DOS header magic")?;
         if &mz != b"MZ" {
@@ -223,13 +245,12 @@ impl<'a> PeFile<'a> {
             r.skip(12, "section relocation/line number fields")?;
             let characteristics = r.u32_le("section Characteristics")?;
             let end = pointer_to_raw_data as u64 + size_of_raw_data as u64;
-            if size_of_raw_data > 0 && end > data.len() as u64 {
+            if size_of_raw_data > 0 && end > file_len {
                 return Err(ParseError::new(
                     header_offset,
                     "section header",
                     format!(
-                        "section {i} ({name:?}) raw data {pointer_to_raw_data:#x}+{size_of_raw_data:#x} runs past the end of the file ({:#x} bytes)",
-                        data.len()
+                        "section {i} ({name:?}) raw data {pointer_to_raw_data:#x}+{size_of_raw_data:#x} runs past the end of the file ({file_len:#x} bytes)"
                     ),
                 ));
             }
@@ -338,20 +359,62 @@ impl<'a> PeFile<'a> {
         if vsize <= raw.len() {
             return Ok(Cow::Borrowed(&raw[..vsize]));
         }
-        if vsize - raw.len() > MAX_ZERO_FILL {
-            return Err(ParseError::new(
-                s.header_offset + 8,
-                "VirtualSize",
-                format!(
-                    "section {:?} has VirtualSize {vsize:#x} but only {:#x} bytes of data; refusing to zero-fill more than {MAX_ZERO_FILL:#x} bytes",
-                    s.name,
-                    raw.len()
-                ),
-            ));
-        }
+        s.memory_extent()?; // the zero fill's bound
         let mut v = raw.to_vec();
         v.resize(vsize, 0);
         Ok(Cow::Owned(v))
+    }
+}
+
+/// Where the bytes the firmware loads for a section come from ([`Section::memory_extent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryExtent {
+    /// File offset of the first byte.
+    pub offset: u64,
+    /// Bytes taken from the file there.
+    pub file_bytes: u64,
+    /// Zero bytes after them (`VirtualSize` past the raw data).
+    pub zeros: u64,
+}
+
+impl MemoryExtent {
+    /// `VirtualSize`: the number of bytes measured.
+    pub fn len(&self) -> u64 {
+        self.file_bytes + self.zeros
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Section {
+    /// The section's in-memory bytes ([`PeFile::memory_data`]) as a file range and a zero fill:
+    /// `VirtualSize` bytes, the raw data first. A zero fill beyond [`MAX_ZERO_FILL`] is refused.
+    pub fn memory_extent(&self) -> Result<MemoryExtent, ParseError> {
+        let raw = if self.size_of_raw_data > 0 {
+            u64::from(self.size_of_raw_data)
+        } else {
+            0
+        };
+        let vsize = u64::from(self.virtual_size);
+        let file_bytes = vsize.min(raw);
+        let zeros = vsize - file_bytes;
+        if zeros > MAX_ZERO_FILL as u64 {
+            return Err(ParseError::new(
+                self.header_offset + 8,
+                "VirtualSize",
+                format!(
+                    "section {:?} has VirtualSize {vsize:#x} but only {raw:#x} bytes of data; refusing to zero-fill more than {MAX_ZERO_FILL:#x} bytes",
+                    self.name
+                ),
+            ));
+        }
+        Ok(MemoryExtent {
+            offset: u64::from(self.pointer_to_raw_data),
+            file_bytes,
+            zeros,
+        })
     }
 }
 
