@@ -436,6 +436,63 @@ mod tests {
         assert!(pe.raw_data(&pe.sections[0]).is_empty());
     }
 
+    /// A PE32+ image with one section `.linux` of `raw` bytes at 0x200 whose VirtualSize is
+    /// `vsize`, built by hand (headers per the PE/COFF specification).
+    fn one_section_pe(raw: usize, vsize: u32) -> Vec<u8> {
+        let mut d = vec![0u8; 0x200 + raw];
+        d[..2].copy_from_slice(b"MZ");
+        d[0x3c..0x40].copy_from_slice(&0x40u32.to_le_bytes());
+        d[0x40..0x44].copy_from_slice(b"PE\0\0");
+        d[0x44..0x46].copy_from_slice(&0x8664u16.to_le_bytes());
+        d[0x46..0x48].copy_from_slice(&1u16.to_le_bytes());
+        d[0x54..0x56].copy_from_slice(&240u16.to_le_bytes()); // SizeOfOptionalHeader
+        let o = 0x58;
+        d[o..o + 2].copy_from_slice(&MAGIC_PE32_PLUS.to_le_bytes());
+        d[o + 32..o + 36].copy_from_slice(&0x1000u32.to_le_bytes());
+        d[o + 36..o + 40].copy_from_slice(&0x200u32.to_le_bytes());
+        d[o + 108..o + 112].copy_from_slice(&16u32.to_le_bytes());
+        let h = o + 240;
+        d[h..h + 6].copy_from_slice(b".linux");
+        d[h + 8..h + 12].copy_from_slice(&vsize.to_le_bytes());
+        d[h + 12..h + 16].copy_from_slice(&0x1000u32.to_le_bytes());
+        d[h + 16..h + 20].copy_from_slice(&(raw as u32).to_le_bytes());
+        d[h + 20..h + 24].copy_from_slice(&0x200u32.to_le_bytes());
+        for (i, b) in d[0x200..].iter_mut().enumerate() {
+            *b = (i % 251) as u8 + 1;
+        }
+        d
+    }
+
+    #[test]
+    fn the_section_table_from_the_head_equals_the_whole_files() {
+        let d = one_section_pe(0x600, 0x500);
+        let whole = PeFile::parse(&d).unwrap();
+        let table = PeFile::section_table(&d[..0x200], d.len() as u64).unwrap();
+        assert_eq!(table, whole.sections);
+        let e = table[0].memory_extent().unwrap();
+        assert_eq!((e.offset, e.file_bytes, e.zeros), (0x200, 0x500, 0));
+        assert_eq!(whole.memory_data(&table[0]).unwrap(), &d[0x200..0x700]);
+        // A file shorter than the section table says is refused, as the whole file is.
+        let e = PeFile::section_table(&d[..0x200], 0x7ff).unwrap_err();
+        assert!(e.to_string().contains("runs past the end"), "{e}");
+        assert!(PeFile::section_table(&d[..0x200], 0x100).is_err());
+    }
+
+    #[test]
+    fn the_memory_extent_zero_fills_past_the_raw_data_within_the_bound() {
+        let d = one_section_pe(0x200, 0x2345);
+        let pe = PeFile::parse(&d).unwrap();
+        let e = pe.sections[0].memory_extent().unwrap();
+        assert_eq!((e.file_bytes, e.zeros, e.len()), (0x200, 0x2145, 0x2345));
+        let mem = pe.memory_data(&pe.sections[0]).unwrap();
+        assert_eq!(&mem[..0x200], &d[0x200..]);
+        assert!(mem[0x200..].iter().all(|b| *b == 0) && mem.len() == 0x2345);
+        let huge = one_section_pe(0x200, u32::MAX);
+        let pe = PeFile::parse(&huge).unwrap();
+        assert!(pe.sections[0].memory_extent().is_err());
+        assert!(pe.memory_data(&pe.sections[0]).is_err());
+    }
+
     #[test]
     fn rejects_non_pe_with_a_clear_reason() {
         let e = PeFile::parse(b"\x7fELF....").unwrap_err();
