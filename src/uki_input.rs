@@ -186,3 +186,189 @@ impl DtbArgs {
         }
     }
 }
+
+/// A UKI file's PCR 11 prediction, computed without holding the file ([`predict_streamed`]).
+#[derive(Debug)]
+pub struct StreamedPrediction {
+    pub semantics: imgctl_measure::StubSemantics,
+    /// The names of the sections of the profile booted, in section-table order.
+    pub section_names: Vec<String>,
+    pub rows: Vec<(
+        Option<imgctl_measure::uki::DtbCandidate>,
+        imgctl_measure::Prediction,
+    )>,
+}
+
+/// Bytes read first for the PE headers and section table (a UKI's are under 4 KiB).
+const HEAD: u64 = 64 << 10;
+
+/// PCR 11 for the UKI at `input`, reading each measured section once from the file while every
+/// bank hashes it: the banks are split across the cores (two slow, SHA-384 and SHA-512, on
+/// different ones) and each core hashes every chunk in its banks as it is read, so the read
+/// overlaps the hashing and no copy of the file is made. Only what decides what is measured is
+/// read ahead (`.sdmagic` and `.sbat` for `--stub-semantics auto`, the `.dtbauto` devicetrees).
+/// `Ok(None)` when `input` is not a PE file whose headers this reads (a recipe, or a file the
+/// whole-file path should judge and name the fault of). The file must not change while it is
+/// read: its size and times are compared before and after.
+pub fn predict_streamed(
+    input: &Path,
+    semantics: SemanticsArg,
+    profile: u32,
+    dtb: &DtbArgs,
+    banks: &[imgctl_measure::HashAlg],
+    phases: &[imgctl_measure::PhasePath],
+) -> anyhow::Result<Option<StreamedPrediction>> {
+    use imgctl_fsio::fanout::{read_fanned_out, Extent};
+    use imgctl_measure::bank::{split_banks, MultiDigest};
+    use imgctl_measure::pe::{PeFile, Section};
+    use imgctl_measure::predict::{predict_per_dtb_from_digests, sections_to_digest, SectionInfo};
+    use std::os::unix::fs::{FileExt, MetadataExt};
+
+    let (file, len) = imgctl_fsio::open_regular(input)?;
+    if len > MAX_INPUT {
+        return Ok(None);
+    }
+    let stamp = |f: &std::fs::File| {
+        f.metadata()
+            .map(|m| {
+                (
+                    m.len(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                )
+            })
+            .with_context(|| format!("{}: reading metadata", input.display()))
+    };
+    let before = stamp(&file)?;
+    let mut head = vec![0; usize::try_from(len.min(HEAD))?];
+    file.read_exact_at(&mut head, 0)
+        .with_context(|| format!("{}: reading", input.display()))?;
+    if !head.starts_with(b"MZ") {
+        return Ok(None);
+    }
+    let Ok(table) = PeFile::section_table(&head, len) else {
+        return Ok(None);
+    };
+    let read_section = |s: &Section| -> anyhow::Result<Vec<u8>> {
+        let e = s
+            .memory_extent()
+            .with_context(|| input.display().to_string())?;
+        let mut v = vec![0; usize::try_from(e.len())?];
+        file.read_exact_at(&mut v[..usize::try_from(e.file_bytes)?], e.offset)
+            .with_context(|| format!("{}: reading section {}", input.display(), s.name))?;
+        Ok(v)
+    };
+    let semantics = match semantics.fixed() {
+        Some(s) => s,
+        None => {
+            let first = |n: &str| table.iter().find(|s| s.name == n).map(read_section);
+            let sdmagic = first(".sdmagic").transpose()?;
+            let sbat = first(".sbat").transpose()?;
+            imgctl_measure::StubIdentity::from_sections(sdmagic.as_deref(), sbat.as_deref())
+                .semantics()
+        }
+    };
+    let names: Vec<&str> = table.iter().map(|s| s.name.as_str()).collect();
+    let chosen: Vec<&Section> = imgctl_measure::uki::profile_sections(&names, profile)
+        .with_context(|| input.display().to_string())?
+        .into_iter()
+        .filter_map(|i| table.get(i))
+        .collect();
+    let mut extents = Vec::with_capacity(chosen.len());
+    let mut dtbs = Vec::with_capacity(chosen.len());
+    for s in &chosen {
+        let e = s
+            .memory_extent()
+            .with_context(|| input.display().to_string())?;
+        extents.push(e);
+        dtbs.push(if s.name == ".dtbauto" {
+            read_section(s)?
+        } else {
+            Vec::new()
+        });
+    }
+    let infos: Vec<SectionInfo<'_>> = chosen
+        .iter()
+        .zip(&extents)
+        .zip(&dtbs)
+        .map(|((s, e), d)| SectionInfo {
+            name: &s.name,
+            len: e.len(),
+            content: d,
+        })
+        .collect();
+    let wanted = sections_to_digest(semantics, &infos);
+    let to_read: Vec<Extent> = wanted
+        .iter()
+        .map(|&i| Extent {
+            offset: extents[i].offset,
+            len: extents[i].file_bytes,
+            zeros: extents[i].zeros,
+        })
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let groups = split_banks(banks, cores);
+    let mut workers = groups
+        .iter()
+        .map(|g| MultiDigest::new(g, to_read.len()))
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::output::with_spinner("hashing sections", || {
+        let sinks: Vec<_> = workers
+            .iter_mut()
+            .map(|m| move |i: usize, b: &[u8]| m.update(i, b))
+            .collect();
+        read_fanned_out(&file, input, &to_read, sinks).map(drop)
+    })
+    .with_context(|| input.display().to_string())?;
+    if stamp(&file)? != before {
+        anyhow::bail!(
+            "{}: the file changed while it was read; predict again",
+            input.display()
+        );
+    }
+    // [section][bank] in the order of `banks`, from each worker's [section][its banks].
+    let mut digests = vec![Vec::new(); infos.len()];
+    let mut per_worker = Vec::new();
+    for w in workers {
+        let group = w.banks().to_vec();
+        per_worker.push((group, w.finish()?));
+    }
+    for (k, &i) in wanted.iter().enumerate() {
+        for bank in banks {
+            let d = per_worker
+                .iter()
+                .find_map(|(g, d)| {
+                    let b = g.iter().position(|x| x == bank)?;
+                    d.get(k)?.get(b).cloned()
+                })
+                .with_context(|| format!("no {bank} digest of section {}", infos[i].name))?;
+            digests[i].push(d);
+        }
+    }
+    let rows = predict_per_dtb_from_digests(
+        semantics,
+        &infos,
+        &digests,
+        banks,
+        phases,
+        dtb.choice().as_ref(),
+    )
+    .with_context(|| input.display().to_string())?;
+    if let (Some(c), true) = (&dtb.dtb_match, semantics.knows(".dtbauto")) {
+        let (candidates, _) =
+            imgctl_measure::uki::dtbauto_candidates_of(infos.iter().map(|s| (s.name, s.content)));
+        if !candidates.iter().any(|d| d.compatible == *c) {
+            eprintln!(
+                "imgctl: warning: no .dtbauto of {} is {c:?}: none is selected",
+                input.display()
+            );
+        }
+    }
+    Ok(Some(StreamedPrediction {
+        semantics,
+        section_names: chosen.iter().map(|s| s.name.clone()).collect(),
+        rows,
+    }))
+}

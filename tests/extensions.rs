@@ -488,6 +488,60 @@ fn image_agrees_with_systemd_repart_252_for_the_same_file_system() {
     assert_eq!(v["verify"]["signature"], "valid", "{v}");
 }
 
+/// Tree files whose modes already are the image's are staged by hard link instead of a copy
+/// (a copy costs an inode and a write of every byte): the image and manifest are the same
+/// bytes as when every file is copied (the same tree with modes the build must normalise),
+/// two tree files that are hard links of each other stay two files, and the recipe's tree is
+/// left as it was (modes, link counts).
+#[test]
+fn files_staged_by_link_or_by_copy_give_the_same_image() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if require_tool("mkfs.erofs", "erofs-utils").is_none() {
+        return;
+    }
+    let (linked, copied) = (Fixture::new(), Fixture::new());
+    for f in [&linked, &copied] {
+        std::fs::write(f.path("tree/usr/share/demo/big"), vec![7u8; 300_000]).unwrap();
+        std::fs::hard_link(
+            f.path("tree/usr/share/demo/big"),
+            f.path("tree/usr/share/demo/big2"),
+        )
+        .unwrap();
+        std::fs::write(f.path("tree/usr/bin/tool"), b"#!/bin/sh\n").unwrap();
+    }
+    let set = |f: &Fixture, p: &str, mode: u32| {
+        std::fs::set_permissions(f.path(p), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    // The modes the image gets (0644, executables 0755) for one tree, others for the other.
+    for (p, same, other) in [
+        ("tree/usr/share/demo/a", 0o644, 0o600),
+        ("tree/usr/share/demo/z", 0o644, 0o640),
+        ("tree/usr/share/demo/big", 0o644, 0o600),
+        ("tree/usr/bin/hello", 0o755, 0o700),
+        ("tree/usr/bin/tool", 0o755, 0o750),
+    ] {
+        set(&linked, p, same);
+        set(&copied, p, other);
+    }
+    let ml = build_ok(&linked.recipe("same", ""), &linked.path("out"));
+    let mc = build_ok(&copied.recipe("same", ""), &copied.path("out"));
+    assert_eq!(ml, mc);
+    assert!(
+        std::fs::read(linked.path("out/same.raw")).unwrap()
+            == std::fs::read(copied.path("out/same.raw")).unwrap(),
+        "linked and copied staging made different images"
+    );
+    let files = ml["files"].as_array().unwrap();
+    for name in ["/usr/share/demo/big", "/usr/share/demo/big2"] {
+        let r = files.iter().find(|r| r["path"] == name).unwrap();
+        assert_eq!(r["size"], 300_000, "{r}");
+    }
+    let m = std::fs::metadata(linked.path("tree/usr/share/demo/big")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.nlink()), (0o644, 2));
+    let m = std::fs::metadata(copied.path("tree/usr/share/demo/big")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.nlink()), (0o600, 2));
+}
+
 #[test]
 fn two_builds_with_the_same_epoch_are_byte_identical() {
     if require_tool("mkfs.erofs", "erofs-utils").is_none() {

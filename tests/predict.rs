@@ -240,3 +240,94 @@ fn profiles_measure_base_sections_overridden_by_the_selected_profile() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("only 2 profiles"));
 }
+
+/// The streamed reader (each section read once in chunks, the banks split across the cores):
+/// sections that span several read chunks and end inside one, and a section whose VirtualSize
+/// runs past its raw data (the firmware zero-fills it, so the stub measures the zeros), equal
+/// systemd-measure given the bytes the stub sees, in every bank and with one bank alone.
+#[test]
+fn streamed_prediction_of_large_and_zero_filled_sections_matches_systemd_measure() {
+    if !peers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pattern = |n: usize, k: u32| -> Vec<u8> {
+        (0..n as u32)
+            .map(|i| (i.wrapping_mul(k) >> 3) as u8)
+            .collect()
+    };
+    let linux = pattern((3 << 20) + 12_345, 2_654_435_761);
+    let initrd = pattern((1 << 20) - 1, 40_503);
+    let cmdline = b"console=ttyS0 quiet".to_vec();
+    let new = vec![
+        NewSection {
+            name: ".linux".into(),
+            data: linux.clone(),
+        },
+        NewSection {
+            name: ".cmdline".into(),
+            data: cmdline.clone(),
+        },
+        NewSection {
+            name: ".initrd".into(),
+            data: initrd.clone(),
+        },
+    ];
+    let stub = std::fs::read(STUB).unwrap();
+    let mut uki = assemble(&stub, &new).unwrap();
+    let phases: Vec<String> = [
+        ":",
+        "enter-initrd",
+        "enter-initrd:leave-initrd:sysinit:ready",
+    ]
+    .map(String::from)
+    .to_vec();
+    let plain = dir.path().join("plain.efi");
+    std::fs::write(&plain, &uki).unwrap();
+    let contents = vec![
+        (0, linux.clone()),
+        (2, cmdline.clone()),
+        (3, initrd.clone()),
+    ];
+    assert_eq!(
+        ours(&plain, &phases),
+        systemd_measure(dir.path(), &contents, &phases)
+    );
+
+    // .cmdline's VirtualSize raised 300 KiB past its raw data: raw bytes (with the file
+    // alignment's padding), then zeros, 300 KiB of them spanning read chunks.
+    let pe = goblin::pe::PE::parse(&uki).unwrap();
+    let s = pe
+        .sections
+        .iter()
+        .find(|s| s.name().ok() == Some(".cmdline"))
+        .unwrap();
+    let (raw_at, raw_len) = (s.pointer_to_raw_data as usize, s.size_of_raw_data as usize);
+    let vsize = raw_len + (300 << 10);
+    let pe_at = u32::from_le_bytes(uki[0x3c..0x40].try_into().unwrap()) as usize;
+    let table = pe_at + 24 + pe.header.coff_header.size_of_optional_header as usize;
+    let index = pe
+        .sections
+        .iter()
+        .position(|s| s.name().ok() == Some(".cmdline"))
+        .unwrap();
+    let h = table + index * 40;
+    uki[h + 8..h + 12].copy_from_slice(&(vsize as u32).to_le_bytes());
+    let filled = dir.path().join("filled.efi");
+    std::fs::write(&filled, &uki).unwrap();
+    let mut in_memory = uki[raw_at..raw_at + raw_len].to_vec();
+    in_memory.resize(vsize, 0);
+    let contents = vec![(0, linux), (2, in_memory), (3, initrd)];
+    let expected = systemd_measure(dir.path(), &contents, &phases);
+    assert_eq!(ours(&filled, &phases), expected);
+    // One bank at a time (one worker) gives the same values.
+    let mut cmd = imgctl();
+    cmd.arg("predict-pcrs")
+        .arg(&filled)
+        .args(["--json", "--bank", "sha384"]);
+    for p in &phases {
+        cmd.arg(format!("--phase={p}"));
+    }
+    let one: serde_json::Value = serde_json::from_slice(&run_ok(&mut cmd)).unwrap();
+    assert_eq!(one["sha384"], expected["sha384"]);
+}

@@ -356,9 +356,82 @@ fn plan_tree(ext: &Extension) -> Result<(BTreeMap<String, Node>, String, String)
     Ok((nodes, rel, content))
 }
 
-/// Copies `source` to `dest`, returning (size, sha256, fs-verity digest).
-fn copy_hashing(source: &FileSource, dest: &Path) -> Result<(u64, String, String), Error> {
-    let mut out = File::create(dest).map_err(|e| Error::io(dest, "creating", e))?;
+/// What identifies a file's content on disk: (size, mtime, ctime); a write or a chmod of the
+/// inode changes it.
+type Stamp = (u64, i64, i64, i64, i64);
+
+/// Files staged as links, each with its stamp after linking.
+type StagedLinks = Vec<(PathBuf, Stamp)>;
+
+fn stamp_of(m: &fs::Metadata) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    (
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    )
+}
+
+/// Stages a tree file by a hard link instead of a copy when nothing about it changes: a
+/// regular file (not a symlink) whose permission bits already are `mode`, on the same file
+/// system as the staging folder. The copy costs a new inode and a write of every byte (the
+/// larger part of an extension build on ext4, where inode allocation dominates); the mkfs
+/// reads the same inode either way. Returns the link's stamp after linking (the link itself
+/// changes the ctime), or `None` when the file must be copied (any failure to link included).
+/// An inode is linked into the stage once (`seen`): two tree files that are hard links of each
+/// other are staged as two files, as copies would be, or the mkfs would store them as one.
+fn link_unchanged(
+    source: &Path,
+    dest: &Path,
+    mode: u32,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(source).ok()?;
+    if !m.file_type().is_file()
+        || m.permissions().mode() & 0o7777 != mode
+        || !seen.insert((m.dev(), m.ino()))
+    {
+        return None;
+    }
+    fs::hard_link(source, dest).ok()?;
+    fs::symlink_metadata(dest).ok().map(|m| stamp_of(&m))
+}
+
+/// Copies `source` to `dest` (or links it, [`link_unchanged`]), returning (size, sha256,
+/// fs-verity digest) and, for a link, its stamp to check after the mkfs read it.
+fn copy_hashing(
+    source: &FileSource,
+    dest: &Path,
+    mode: u32,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+) -> Result<(u64, String, String, Option<Stamp>), Error> {
+    if let FileSource::Path(p) = source {
+        if let Some(stamp) = link_unchanged(p, dest, mode, seen) {
+            let (size, sha, fsv) = hash_file(dest)?;
+            return Ok((size, sha, fsv, Some(stamp)));
+        }
+    }
+    let (size, sha, fsv) = copy_hashing_to(source, Some(dest))?;
+    Ok((size, sha, fsv, None))
+}
+
+/// (size, sha256, fs-verity digest) of a staged file.
+fn hash_file(path: &Path) -> Result<(u64, String, String), Error> {
+    copy_hashing_to(&FileSource::Path(path.to_owned()), None)
+}
+
+/// Copies `source` to `dest` (when given), returning (size, sha256, fs-verity digest).
+fn copy_hashing_to(
+    source: &FileSource,
+    dest: Option<&Path>,
+) -> Result<(u64, String, String), Error> {
+    let mut out = match dest {
+        Some(d) => Some((File::create(d).map_err(|e| Error::io(d, "creating", e))?, d)),
+        None => None,
+    };
     let mut sha = Context::new(&SHA256);
     let mut fsv = FsVerityHasher::default();
     let mut size = 0u64;
@@ -366,8 +439,10 @@ fn copy_hashing(source: &FileSource, dest: &Path) -> Result<(u64, String, String
         sha.update(chunk);
         fsv.update(chunk);
         size += chunk.len() as u64;
-        out.write_all(chunk)
-            .map_err(|e| Error::io(dest, "writing", e))
+        match &mut out {
+            Some((f, d)) => f.write_all(chunk).map_err(|e| Error::io(d, "writing", e)),
+            None => Ok(()),
+        }
     };
     match source {
         FileSource::Content(c) => feed(c)?,
@@ -396,11 +471,17 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
         .map_err(|e| Error::io(path, "setting mode of", e))
 }
 
-/// Stages `nodes` under `stage`; returns the file records.
-fn stage_tree(nodes: &BTreeMap<String, Node>, stage: &Path) -> Result<Vec<FileRecord>, Error> {
+/// Stages `nodes` under `stage`; returns the file records and the files staged as links, with
+/// their stamps ([`check_links`]).
+fn stage_tree(
+    nodes: &BTreeMap<String, Node>,
+    stage: &Path,
+) -> Result<(Vec<FileRecord>, StagedLinks), Error> {
     fs::create_dir(stage).map_err(|e| Error::io(stage, "creating", e))?;
     set_mode(stage, 0o755)?;
     let mut records = Vec::new();
+    let mut links = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (rel, node) in nodes {
         let dest = stage.join(rel);
         match node {
@@ -409,8 +490,11 @@ fn stage_tree(nodes: &BTreeMap<String, Node>, stage: &Path) -> Result<Vec<FileRe
                 set_mode(&dest, 0o755)?;
             }
             Node::File { source, mode } => {
-                let (size, sha, fsv) = copy_hashing(source, &dest)?;
-                set_mode(&dest, *mode)?;
+                let (size, sha, fsv, linked) = copy_hashing(source, &dest, *mode, &mut seen)?;
+                match linked {
+                    Some(stamp) => links.push((dest.clone(), stamp)),
+                    None => set_mode(&dest, *mode)?,
+                }
                 records.push(FileRecord {
                     path: format!("/{rel}"),
                     kind: "file",
@@ -435,7 +519,23 @@ fn stage_tree(nodes: &BTreeMap<String, Node>, stage: &Path) -> Result<Vec<FileRe
             }
         }
     }
-    Ok(records)
+    Ok((records, links))
+}
+
+/// Fails when a file staged as a link to the recipe's tree changed after it was hashed (so
+/// the image might hold other bytes than the manifest lists).
+fn check_links(links: &[(PathBuf, Stamp)]) -> Result<(), Error> {
+    for (p, stamp) in links {
+        let now = fs::symlink_metadata(p).map_err(|e| Error::io(p, "checking", e))?;
+        if stamp_of(&now) != *stamp {
+            return Err(Error::io(
+                p,
+                "building the image (the tree file changed while it was read; build again)",
+                std::io::ErrorKind::Other.into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn sha256_of(parts: &[&[u8]]) -> [u8; 32] {
@@ -605,7 +705,7 @@ pub fn build(ext: &Extension, opts: &BuildOptions) -> Result<BuildOutput, Error>
 
     // 3. Stage the tree and make the file system.
     let stage = tmp.path().join("root");
-    let files = stage_tree(&nodes, &stage)?;
+    let (files, links) = stage_tree(&nodes, &stage)?;
     let content_id = {
         let listing = serde_json::to_vec(&files).unwrap_or_default();
         sha256_of(&[
@@ -630,6 +730,7 @@ pub fn build(ext: &Extension, opts: &BuildOptions) -> Result<BuildOutput, Error>
         opts.source_date_epoch,
         fs_uuid,
     )?;
+    check_links(&links)?;
     // Pad to whole 4 KiB blocks, so verity covers every byte of the partition.
     let fs_len = {
         let f = fs::OpenOptions::new()

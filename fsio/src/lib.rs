@@ -201,6 +201,7 @@ pub fn read_stream_bounded(
     Ok(data)
 }
 
+pub mod fanout;
 pub mod yaml;
 
 /// Size caps for inputs whose format has a natural bound. Generous for real data, small enough

@@ -110,6 +110,28 @@ const MAX_SECTIONS: u16 = 96;
 impl<'a> PeFile<'a> {
     /// Parses the headers and section table of a PE image.
     pub fn parse(data: &'a [u8]) -> Result<Self, ParseError> {
+        Self::parse_with_len(data, data.len() as u64)
+    }
+
+    /// The section table of a PE file of `file_len` bytes from its first bytes `head` (which
+    /// must hold the headers and the section table): for a reader that streams the sections'
+    /// contents from the file instead of holding it. Checked as [`PeFile::parse`] checks it,
+    /// every section's raw data against `file_len`.
+    pub fn section_table(head: &[u8], file_len: u64) -> Result<Vec<Section>, ParseError> {
+        if (head.len() as u64) > file_len {
+            return Err(ParseError::new(
+                0,
+                "file length",
+                format!(
+                    "{} bytes of headers read from a file of {file_len} bytes",
+                    head.len()
+                ),
+            ));
+        }
+        Ok(PeFile::parse_with_len(head, file_len)?.sections)
+    }
+
+    fn parse_with_len(data: &'a [u8], file_len: u64) -> Result<Self, ParseError> {
         let mut r = Reader::new(data);
         let mz = r.array::<2>("DOS header magic")?;
         if &mz != b"MZ" {
@@ -223,13 +245,12 @@ impl<'a> PeFile<'a> {
             r.skip(12, "section relocation/line number fields")?;
             let characteristics = r.u32_le("section Characteristics")?;
             let end = pointer_to_raw_data as u64 + size_of_raw_data as u64;
-            if size_of_raw_data > 0 && end > data.len() as u64 {
+            if size_of_raw_data > 0 && end > file_len {
                 return Err(ParseError::new(
                     header_offset,
                     "section header",
                     format!(
-                        "section {i} ({name:?}) raw data {pointer_to_raw_data:#x}+{size_of_raw_data:#x} runs past the end of the file ({:#x} bytes)",
-                        data.len()
+                        "section {i} ({name:?}) raw data {pointer_to_raw_data:#x}+{size_of_raw_data:#x} runs past the end of the file ({file_len:#x} bytes)"
                     ),
                 ));
             }
@@ -338,20 +359,62 @@ impl<'a> PeFile<'a> {
         if vsize <= raw.len() {
             return Ok(Cow::Borrowed(&raw[..vsize]));
         }
-        if vsize - raw.len() > MAX_ZERO_FILL {
-            return Err(ParseError::new(
-                s.header_offset + 8,
-                "VirtualSize",
-                format!(
-                    "section {:?} has VirtualSize {vsize:#x} but only {:#x} bytes of data; refusing to zero-fill more than {MAX_ZERO_FILL:#x} bytes",
-                    s.name,
-                    raw.len()
-                ),
-            ));
-        }
+        s.memory_extent()?; // the zero fill's bound
         let mut v = raw.to_vec();
         v.resize(vsize, 0);
         Ok(Cow::Owned(v))
+    }
+}
+
+/// Where the bytes the firmware loads for a section come from ([`Section::memory_extent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryExtent {
+    /// File offset of the first byte.
+    pub offset: u64,
+    /// Bytes taken from the file there.
+    pub file_bytes: u64,
+    /// Zero bytes after them (`VirtualSize` past the raw data).
+    pub zeros: u64,
+}
+
+impl MemoryExtent {
+    /// `VirtualSize`: the number of bytes measured.
+    pub fn len(&self) -> u64 {
+        self.file_bytes + self.zeros
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Section {
+    /// The section's in-memory bytes ([`PeFile::memory_data`]) as a file range and a zero fill:
+    /// `VirtualSize` bytes, the raw data first. A zero fill beyond [`MAX_ZERO_FILL`] is refused.
+    pub fn memory_extent(&self) -> Result<MemoryExtent, ParseError> {
+        let raw = if self.size_of_raw_data > 0 {
+            u64::from(self.size_of_raw_data)
+        } else {
+            0
+        };
+        let vsize = u64::from(self.virtual_size);
+        let file_bytes = vsize.min(raw);
+        let zeros = vsize - file_bytes;
+        if zeros > MAX_ZERO_FILL as u64 {
+            return Err(ParseError::new(
+                self.header_offset + 8,
+                "VirtualSize",
+                format!(
+                    "section {:?} has VirtualSize {vsize:#x} but only {raw:#x} bytes of data; refusing to zero-fill more than {MAX_ZERO_FILL:#x} bytes",
+                    self.name
+                ),
+            ));
+        }
+        Ok(MemoryExtent {
+            offset: u64::from(self.pointer_to_raw_data),
+            file_bytes,
+            zeros,
+        })
     }
 }
 
@@ -371,6 +434,63 @@ mod tests {
         data[h + 20..h + 24].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
         let pe = PeFile::parse(&data).unwrap();
         assert!(pe.raw_data(&pe.sections[0]).is_empty());
+    }
+
+    /// A PE32+ image with one section `.linux` of `raw` bytes at 0x200 whose VirtualSize is
+    /// `vsize`, built by hand (headers per the PE/COFF specification).
+    fn one_section_pe(raw: usize, vsize: u32) -> Vec<u8> {
+        let mut d = vec![0u8; 0x200 + raw];
+        d[..2].copy_from_slice(b"MZ");
+        d[0x3c..0x40].copy_from_slice(&0x40u32.to_le_bytes());
+        d[0x40..0x44].copy_from_slice(b"PE\0\0");
+        d[0x44..0x46].copy_from_slice(&0x8664u16.to_le_bytes());
+        d[0x46..0x48].copy_from_slice(&1u16.to_le_bytes());
+        d[0x54..0x56].copy_from_slice(&240u16.to_le_bytes()); // SizeOfOptionalHeader
+        let o = 0x58;
+        d[o..o + 2].copy_from_slice(&MAGIC_PE32_PLUS.to_le_bytes());
+        d[o + 32..o + 36].copy_from_slice(&0x1000u32.to_le_bytes());
+        d[o + 36..o + 40].copy_from_slice(&0x200u32.to_le_bytes());
+        d[o + 108..o + 112].copy_from_slice(&16u32.to_le_bytes());
+        let h = o + 240;
+        d[h..h + 6].copy_from_slice(b".linux");
+        d[h + 8..h + 12].copy_from_slice(&vsize.to_le_bytes());
+        d[h + 12..h + 16].copy_from_slice(&0x1000u32.to_le_bytes());
+        d[h + 16..h + 20].copy_from_slice(&(raw as u32).to_le_bytes());
+        d[h + 20..h + 24].copy_from_slice(&0x200u32.to_le_bytes());
+        for (i, b) in d[0x200..].iter_mut().enumerate() {
+            *b = (i % 251) as u8 + 1;
+        }
+        d
+    }
+
+    #[test]
+    fn the_section_table_from_the_head_equals_the_whole_files() {
+        let d = one_section_pe(0x600, 0x500);
+        let whole = PeFile::parse(&d).unwrap();
+        let table = PeFile::section_table(&d[..0x200], d.len() as u64).unwrap();
+        assert_eq!(table, whole.sections);
+        let e = table[0].memory_extent().unwrap();
+        assert_eq!((e.offset, e.file_bytes, e.zeros), (0x200, 0x500, 0));
+        assert_eq!(whole.memory_data(&table[0]).unwrap(), &d[0x200..0x700]);
+        // A file shorter than the section table says is refused, as the whole file is.
+        let e = PeFile::section_table(&d[..0x200], 0x7ff).unwrap_err();
+        assert!(e.to_string().contains("runs past the end"), "{e}");
+        assert!(PeFile::section_table(&d[..0x200], 0x100).is_err());
+    }
+
+    #[test]
+    fn the_memory_extent_zero_fills_past_the_raw_data_within_the_bound() {
+        let d = one_section_pe(0x200, 0x2345);
+        let pe = PeFile::parse(&d).unwrap();
+        let e = pe.sections[0].memory_extent().unwrap();
+        assert_eq!((e.file_bytes, e.zeros, e.len()), (0x200, 0x2145, 0x2345));
+        let mem = pe.memory_data(&pe.sections[0]).unwrap();
+        assert_eq!(&mem[..0x200], &d[0x200..]);
+        assert!(mem[0x200..].iter().all(|b| *b == 0) && mem.len() == 0x2345);
+        let huge = one_section_pe(0x200, u32::MAX);
+        let pe = PeFile::parse(&huge).unwrap();
+        assert!(pe.sections[0].memory_extent().is_err());
+        assert!(pe.memory_data(&pe.sections[0]).is_err());
     }
 
     #[test]

@@ -208,7 +208,8 @@ pub fn predict_pcr11(
 /// PCR 11 on a machine that makes `choice` of the UKI's `.dtbauto` sections
 /// ([`crate::uki::DtbChoice`]); with `None` (the machine is not known), one prediction per
 /// `.dtbauto` the stub may select and one for "none selected" first. Before 257 (no `.dtbauto`
-/// selection) and for UKIs without `.dtbauto`, one row.
+/// selection) and for UKIs without `.dtbauto`, one row. Each measured section is digested once
+/// per bank, whatever the number of rows.
 pub fn predict_pcr11_per_dtb(
     semantics: StubSemantics,
     sections: &[crate::uki::SectionData<'_>],
@@ -216,14 +217,64 @@ pub fn predict_pcr11_per_dtb(
     phases: &[PhasePath],
     choice: Option<&crate::uki::DtbChoice>,
 ) -> Result<Vec<(Option<crate::uki::DtbCandidate>, Prediction)>, Error> {
-    use crate::uki::{as_measured, dtbauto_candidates, select_dtbauto, DtbChoice};
+    let infos: Vec<SectionInfo<'_>> = sections
+        .iter()
+        .map(|(name, data)| SectionInfo {
+            name,
+            len: data.len() as u64,
+            content: data,
+        })
+        .collect();
+    let wanted = sections_to_digest(semantics, &infos);
+    let contents: Vec<&[u8]> = wanted.iter().map(|&i| sections[i].1.as_ref()).collect();
+    let mut digests = vec![Vec::new(); sections.len()];
+    for (i, d) in wanted.into_iter().zip(digest_matrix(banks, &contents)?) {
+        digests[i] = d;
+    }
+    predict_per_dtb_from_digests(semantics, &infos, &digests, banks, phases, choice)
+}
+
+/// A section of the profile booted, as the predictor needs it: its name, the number of bytes
+/// the stub measures (`VirtualSize`), and its content where what is measured depends on it
+/// (`.dtbauto`, which the stub selects by its devicetree; other sections may leave it empty).
+#[derive(Debug, Clone, Copy)]
+pub struct SectionInfo<'a> {
+    pub name: &'a str,
+    pub len: u64,
+    pub content: &'a [u8],
+}
+
+/// Which of `sections` the stub may measure under some `.dtbauto` choice (names it measures,
+/// not empty): the ones [`predict_per_dtb_from_digests`] needs digests of.
+pub fn sections_to_digest(semantics: StubSemantics, sections: &[SectionInfo<'_>]) -> Vec<usize> {
+    sections
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.len > 0 && semantics.measured_sections().any(|m| m == s.name))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// [`predict_pcr11_per_dtb`] from digests already computed: `digests[i]` holds section `i`'s
+/// in the order of `banks` (empty for a section [`sections_to_digest`] did not name; a
+/// measured section without digests is an error).
+pub fn predict_per_dtb_from_digests(
+    semantics: StubSemantics,
+    sections: &[SectionInfo<'_>],
+    digests: &[Vec<Digest>],
+    banks: &[HashAlg],
+    phases: &[PhasePath],
+    choice: Option<&crate::uki::DtbChoice>,
+) -> Result<Vec<(Option<crate::uki::DtbCandidate>, Prediction)>, Error> {
+    use crate::uki::{dtbauto_candidates_of, kept_for_dtb_choice, DtbChoice};
+    let pairs = || sections.iter().map(|s| (s.name, s.content));
     let mut choices = Vec::new();
     match choice {
         Some(c) => choices.push((None, c.clone())),
         None => {
             choices.push((None, DtbChoice::None));
             if semantics.knows(".dtbauto") {
-                for c in dtbauto_candidates(sections).0 {
+                for c in dtbauto_candidates_of(pairs()).0 {
                     let choice = DtbChoice::Compatible(c.compatible.clone());
                     choices.push((Some(c), choice));
                 }
@@ -233,10 +284,17 @@ pub fn predict_pcr11_per_dtb(
     choices
         .into_iter()
         .map(|(c, choice)| {
-            let selected = select_dtbauto(sections, &choice);
+            let kept = kept_for_dtb_choice(pairs(), &choice);
+            let selected: Vec<(&str, u64, &[Digest])> = sections
+                .iter()
+                .zip(digests)
+                .zip(kept)
+                .filter(|(_, k)| *k)
+                .map(|((s, d), _)| (s.name, s.len, d.as_slice()))
+                .collect();
             Ok((
                 c,
-                predict_pcr11(semantics, &as_measured(&selected), banks, phases)?,
+                predict_from_section_digests(semantics, &selected, banks, phases)?,
             ))
         })
         .collect()

@@ -154,9 +154,17 @@ pub struct DtbCandidate {
 pub fn dtbauto_candidates(
     sections: &[SectionData<'_>],
 ) -> (Vec<DtbCandidate>, Vec<(usize, String)>) {
+    dtbauto_candidates_of(sections.iter().map(|(n, d)| (n.as_str(), d.as_ref())))
+}
+
+/// [`dtbauto_candidates`] over `(name, content)` pairs in section-table order (the content
+/// of sections other than `.dtbauto` is not looked at).
+pub fn dtbauto_candidates_of<'b>(
+    sections: impl Iterator<Item = (&'b str, &'b [u8])>,
+) -> (Vec<DtbCandidate>, Vec<(usize, String)>) {
     let mut out: Vec<DtbCandidate> = Vec::new();
     let mut never = Vec::new();
-    for (index, (_, data)) in sections.iter().filter(|(n, _)| n == ".dtbauto").enumerate() {
+    for (index, (_, data)) in sections.filter(|(n, _)| *n == ".dtbauto").enumerate() {
         match crate::dtb::root_compatible(data) {
             Ok(Some(c)) if out.iter().any(|o| o.compatible == c) => {
                 never.push((index, format!("an earlier .dtbauto is also {c:?}")))
@@ -175,9 +183,27 @@ pub fn select_dtbauto<'a>(
     sections: &[SectionData<'a>],
     choice: &DtbChoice,
 ) -> Vec<SectionData<'a>> {
+    let kept = kept_for_dtb_choice(
+        sections.iter().map(|(n, d)| (n.as_str(), d.as_ref())),
+        choice,
+    );
+    sections
+        .iter()
+        .zip(kept)
+        .filter(|(_, k)| *k)
+        .map(|(s, _)| s.clone())
+        .collect()
+}
+
+/// [`select_dtbauto`] over `(name, content)` pairs in section-table order: whether each section
+/// stays (every one but the `.dtbauto` sections not selected).
+pub fn kept_for_dtb_choice<'b>(
+    sections: impl Iterator<Item = (&'b str, &'b [u8])> + Clone,
+    choice: &DtbChoice,
+) -> Vec<bool> {
     let chosen = match choice {
         DtbChoice::None => None,
-        DtbChoice::Compatible(c) => dtbauto_candidates(sections)
+        DtbChoice::Compatible(c) => dtbauto_candidates_of(sections.clone())
             .0
             .into_iter()
             .find(|d| d.compatible == *c)
@@ -185,15 +211,13 @@ pub fn select_dtbauto<'a>(
     };
     let mut nth = 0;
     sections
-        .iter()
-        .filter(|(n, _)| {
+        .map(|(n, _)| {
             if n != ".dtbauto" {
                 return true;
             }
             nth += 1;
             Some(nth - 1) == chosen
         })
-        .cloned()
         .collect()
 }
 

@@ -129,15 +129,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (11, Some(_)) => anyhow::bail!("--firmware-vars is for --pcr 7"),
         (n, _) => anyhow::bail!("PCR {n} is not predicted (7 or 11)"),
     }
-    let data = load_uki(&args.input)?;
-    let (_uki, semantics, sections) =
-        crate::uki_input::measured_sections(&args.input, &data, args.stub_semantics, args.profile)?;
-    if !sections.iter().any(|(n, _)| n == ".linux") {
-        eprintln!(
-            "imgctl: warning: {} has no .linux section; is it a UKI?",
-            args.input.display()
-        );
-    }
     let banks = if args.banks.is_empty() {
         HashAlg::ALL.to_vec()
     } else {
@@ -145,10 +136,39 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let phases = crate::uki_input::phase_paths(&args.phases, PhasePath::defaults())?;
     // Which .dtbauto the stub selects depends on the machine: one prediction per candidate
-    // (and "none") unless the machine is named.
-    let rows = args
-        .dtb
-        .predict(&args.input, semantics, &sections, &banks, &phases)?;
+    // (and "none") unless the machine is named. A UKI file is streamed; a recipe (or a file
+    // whose headers the streamed reader does not take) is read whole.
+    let streamed = crate::uki_input::predict_streamed(
+        &args.input,
+        args.stub_semantics,
+        args.profile,
+        &args.dtb,
+        &banks,
+        &phases,
+    )?;
+    let (semantics, names, rows) = match streamed {
+        Some(p) => (p.semantics, p.section_names, p.rows),
+        None => {
+            let data = load_uki(&args.input)?;
+            let (_uki, semantics, sections) = crate::uki_input::measured_sections(
+                &args.input,
+                &data,
+                args.stub_semantics,
+                args.profile,
+            )?;
+            let rows = args
+                .dtb
+                .predict(&args.input, semantics, &sections, &banks, &phases)?;
+            let names = sections.into_iter().map(|(n, _)| n).collect();
+            (semantics, names, rows)
+        }
+    };
+    if !names.iter().any(|n| n == ".linux") {
+        eprintln!(
+            "imgctl: warning: {} has no .linux section; is it a UKI?",
+            args.input.display()
+        );
+    }
     let label = |c: &Option<DtbCandidate>| match c {
         None => "none selected".to_owned(),
         Some(c) => format!(".dtbauto #{} ({})", c.index, c.compatible),
