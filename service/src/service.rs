@@ -16,7 +16,7 @@ use crate::api::{
     EvidenceRequest, EvidenceResponse, Release,
 };
 use crate::credential::{make_credential, CredentialFile};
-use crate::store::{Machine, NonceUse, Store, StoreError};
+use crate::store::{Machine, NewVerdict, NonceUse, Store, StoreError};
 use imgctl_attest::tpm_public::TpmPublic;
 
 /// The largest secret released: a credential is a TPM2B_DIGEST, at most the size of the EK's
@@ -229,6 +229,27 @@ impl From<api::BodyError> for Refusal {
     }
 }
 
+fn nonce_refusal(why: NonceUse) -> Refusal {
+    match why {
+        NonceUse::Unknown => refuse(
+            403,
+            "nonce-unknown",
+            "the nonce was not issued by this service",
+        ),
+        NonceUse::OtherMachine => refuse(
+            403,
+            "nonce-other-machine",
+            "the nonce was issued to another machine",
+        ),
+        NonceUse::Used => refuse(403, "nonce-used", "the nonce was already answered (replay)"),
+        NonceUse::Expired => refuse(
+            403,
+            "nonce-expired",
+            "the nonce expired before it was answered",
+        ),
+    }
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -243,7 +264,8 @@ fn random(n: usize) -> Result<Vec<u8>, Refusal> {
     Ok(v)
 }
 
-/// The service: configuration and store.
+/// The service: configuration and store. Shared by every request without a lock (`&self`):
+/// the store is a pool and every state change one transaction in it.
 #[derive(Debug)]
 pub struct Service {
     pub config: Config,
@@ -258,7 +280,7 @@ impl Service {
 
     /// Enrolment, step 1: checks the EK and AK and answers a credential (a fresh random secret
     /// made to the EK for the AK's Name) that only the TPM holding both can activate.
-    pub fn enrol(&mut self, req: &EnrolRequest) -> Result<EnrolResponse, Refusal> {
+    pub fn enrol(&self, req: &EnrolRequest) -> Result<EnrolResponse, Refusal> {
         let ek = TpmPublic::parse(&req.ek_public)
             .map_err(|e| refuse(400, "bad-ek", format!("ek_public: {e}")))?;
         ek.check_ek().map_err(|e| refuse(400, "bad-ek", e))?;
@@ -296,7 +318,7 @@ impl Service {
 
     /// Enrolment, step 2: the AK is trusted only if the machine returns the credential's
     /// secret before it expires. One attempt: a wrong secret fails the enrolment.
-    pub fn activate(&mut self, req: &ActivateRequest) -> Result<(), Refusal> {
+    pub fn activate(&self, req: &ActivateRequest) -> Result<(), Refusal> {
         let m = self.machine(&req.machine)?;
         if m.state != "pending" {
             return Err(refuse(
@@ -323,7 +345,7 @@ impl Service {
         }
     }
 
-    fn machine(&mut self, id: &str) -> Result<Machine, Refusal> {
+    fn machine(&self, id: &str) -> Result<Machine, Refusal> {
         self.store.machine(id)?.ok_or_else(|| {
             refuse(
                 404,
@@ -333,7 +355,7 @@ impl Service {
         })
     }
 
-    fn active_machine(&mut self, id: &str) -> Result<Machine, Refusal> {
+    fn active_machine(&self, id: &str) -> Result<Machine, Refusal> {
         let m = self.machine(id)?;
         if m.state != "active" {
             return Err(refuse(
@@ -349,7 +371,7 @@ impl Service {
     }
 
     /// A fresh 32-byte nonce for an enrolled machine, single use, expiring.
-    pub fn challenge(&mut self, req: &ChallengeRequest) -> Result<ChallengeResponse, Refusal> {
+    pub fn challenge(&self, req: &ChallengeRequest) -> Result<ChallengeResponse, Refusal> {
         let m = self.active_machine(&req.machine)?;
         let nonce = random(32)?;
         let expires_at = now() + self.config.nonce_ttl;
@@ -364,41 +386,15 @@ impl Service {
     /// nonce) and the logs against the policy, stores the verdict, and on ACCEPT releases the
     /// policy's secrets, each MakeCredential'd to the machine's EK for its AK's Name.
     pub fn evidence(
-        &mut self,
+        &self,
         req: &EvidenceRequest,
         body: &[u8],
     ) -> Result<EvidenceResponse, Refusal> {
         let m = self.active_machine(&req.machine)?;
-        match self.store.use_nonce(&req.nonce, &m.id, now())? {
-            NonceUse::Consumed => {}
-            NonceUse::Unknown => {
-                return Err(refuse(
-                    403,
-                    "nonce-unknown",
-                    "the nonce was not issued by this service",
-                ))
-            }
-            NonceUse::OtherMachine => {
-                return Err(refuse(
-                    403,
-                    "nonce-other-machine",
-                    "the nonce was issued to another machine",
-                ))
-            }
-            NonceUse::Used => {
-                return Err(refuse(
-                    403,
-                    "nonce-used",
-                    "the nonce was already answered (replay)",
-                ))
-            }
-            NonceUse::Expired => {
-                return Err(refuse(
-                    403,
-                    "nonce-expired",
-                    "the nonce expired before it was answered",
-                ))
-            }
+        // A nonce that cannot be consumed is refused before the work of verifying; the one
+        // that decides is the conditional consume in the verdict's transaction below.
+        if let Some(why) = self.store.nonce_state(&req.nonce, &m.id, now())? {
+            return Err(nonce_refusal(why));
         }
         let evidence_sha256 = hex::encode(Sha256::digest(body));
         let verdict = self.verify(&m, req);
@@ -423,18 +419,22 @@ impl Service {
             }
         }
         let names: Vec<String> = releases.iter().map(|r| r.name.clone()).collect();
-        let verdict_id = self.store.add_verdict(
-            &m.id,
-            &req.nonce,
-            accepted,
-            &evidence_sha256,
-            &self.config.policy_name,
-            self.config.policy_version,
-            self.config.checkpoint.as_deref(),
-            &findings.to_string(),
-            &names,
-            now(),
-        )?;
+        let findings_text = findings.to_string();
+        let verdict_id = self
+            .store
+            .add_verdict(&NewVerdict {
+                machine: &m.id,
+                nonce: &req.nonce,
+                accepted,
+                evidence_sha256: &evidence_sha256,
+                policy: &self.config.policy_name,
+                policy_version: self.config.policy_version,
+                log_checkpoint: self.config.checkpoint.as_deref(),
+                findings: &findings_text,
+                releases: &names,
+                now: now(),
+            })?
+            .map_err(nonce_refusal)?;
         Ok(EvidenceResponse {
             verdict_id,
             accepted,
