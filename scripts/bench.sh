@@ -4,7 +4,7 @@
 # checked equal to the peer's on every run. Prints one table; --json FILE writes it as JSON.
 #
 # Usage: scripts/bench.sh [--quick] [--json FILE] [--only ROW,...]
-#   rows: verity predict eventlog tlog initrd uki ext
+#   rows: verity predict eventlog tlog initrd uki ext serve
 #   --quick: smaller inputs and fewer runs, about a minute.
 # Inputs are generated once under $IMGCTL_BENCH_DIR (default .cache/bench); nothing is committed.
 # Needs: veritysetup, systemd-measure (252 on the host, 257 in .cache/trixie-257), tpm2_eventlog,
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-quick=0; json=""; only="verity,predict,eventlog,tlog,initrd,uki,ext"
+quick=0; json=""; only="verity,predict,eventlog,tlog,initrd,uki,ext,serve"
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1; shift ;;
@@ -256,6 +256,12 @@ EOR
   rm -rf "$d" "$work/ext" "$work/ext-out" "$work/ext-bench.yaml"
   tool row "$rows" work="extension image (erofs + verity), ${tree_mib} MiB tree" peer="systemd-repart 257" \
     target="≤ 0.7" peer_samples="${ps[*]}" ours_samples="${os[*]}" note="$note"
+fi
+
+# --- serve: the attestation service under load (scripts/bench-serve.sh) ---------------------------
+if want serve; then
+  if [ $quick = 1 ]; then serve_args=(--machines 50 --rounds 2); else serve_args=(--machines 200 --rounds 5); fi
+  scripts/bench-serve.sh "${serve_args[@]}" --row "$rows" >&2
 fi
 
 echo

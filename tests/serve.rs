@@ -641,3 +641,195 @@ fn make_credential_agrees_with_tpm2_tools_and_the_tpm() {
         .activate_credential(body(&bad.id_object), body(&bad.encrypted_secret))
         .is_err());
 }
+
+/// Many answers carrying one nonce at once (the same evidence, from 16 threads, spread over
+/// the replicas): exactly one ACCEPT and one release; every other answer is refused as
+/// `nonce-used` and stored nothing.
+#[test]
+fn concurrent_answers_to_one_nonce_release_once() {
+    racing_answers(None);
+}
+
+#[test]
+fn concurrent_answers_to_one_nonce_release_once_two_replicas_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    racing_answers(Some(&pg));
+}
+
+fn racing_answers(pg: Option<&Postgres>) {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = pg.map_or("state.db".into(), Postgres::database);
+    let Some(cap) = setup(d, 60, &db) else { return };
+    // SQLite: two replicas on one file too (WAL, one host).
+    let servers = [serve(d), serve(d)];
+    let clients: Vec<Client> = servers.iter().map(|s| Client::new(&s.url)).collect();
+    let tpm = Swtpm::start_tcp();
+    boot(&tpm, &cap.log);
+    let mut t = Tpm::open(&tpm.tcti()).unwrap();
+    let id = enrol(&clients[0], &mut t);
+    for round in 0..3 {
+        let n = nonce(&clients[round % 2], &id);
+        let ev = evidence(&mut t, &id, &n, &n, &cap.log);
+        let barrier = std::sync::Barrier::new(16);
+        let answers: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..16)
+                .map(|i| {
+                    let (c, ev, barrier) = (&clients[i % 2], &ev, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        c.evidence(ev)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won: Vec<_> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+        assert_eq!(won.len(), 1, "{answers:?}");
+        assert!(
+            won[0].accepted && won[0].releases.len() == 1,
+            "{:?}",
+            won[0]
+        );
+        for a in answers.iter().filter_map(|a| a.as_ref().err()) {
+            assert_eq!(a.kind(), Some("nonce-used"), "{a}");
+        }
+        assert_eq!(
+            open_credential(&mut t, &won[0].releases[0].credential).unwrap(),
+            SECRET
+        );
+    }
+    let rec = clients[1].verdicts(&id).unwrap();
+    assert_eq!(rec["verdicts"].as_array().unwrap().len(), 3, "{rec}");
+    assert_eq!(rec["releases"].as_array().unwrap().len(), 3, "{rec}");
+}
+
+/// The software machine's ActivateCredential against tpm2-tools: tpm2_makecredential (no TPM)
+/// makes a credential for the software EK and AK Name, which it opens; what our MakeCredential
+/// makes for a swtpm EK, swtpm's TPM2_ActivateCredential opens
+/// (`make_credential_agrees_with_tpm2_tools_and_the_tpm`), so the one construction serves
+/// both ends. A credential for another Name fails its integrity check, as on the TPM.
+#[test]
+fn software_activate_credential_opens_tpm2_tools_credentials() {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let soft = imgctl_service::soft_tpm::SoftTpm::new().unwrap();
+    let ek = soft.ek_public();
+    let mut ek2b = u16::try_from(ek.len()).unwrap().to_be_bytes().to_vec();
+    ek2b.extend_from_slice(ek);
+    std::fs::write(d.join("ek.pub"), &ek2b).unwrap();
+    std::fs::write(d.join("secret.bin"), SECRET).unwrap();
+    let mut other = soft.ak_name().to_vec();
+    other[7] ^= 1;
+    for (name, out) in [(soft.ak_name(), "good.bin"), (&other[..], "other.bin")] {
+        run_ok(Command::new("tpm2_makecredential").current_dir(d).args([
+            "--tcti",
+            "none",
+            "-u",
+            "ek.pub",
+            "-s",
+            "secret.bin",
+            "-n",
+            &hex::encode(name),
+            "-o",
+            out,
+        ]));
+    }
+    let read = |f: &str| {
+        CredentialFile::parse(&std::fs::read(d.join(f)).unwrap())
+            .unwrap()
+            .0
+    };
+    assert_eq!(soft.activate_credential(&read("good.bin")).unwrap(), SECRET);
+    assert!(soft.activate_credential(&read("other.bin")).is_err());
+    // And the real TPM refuses what was made for the software EK.
+    let tpm = Swtpm::start_tcp();
+    let mut t = Tpm::open(&tpm.tcti()).unwrap();
+    let c = read("good.bin");
+    assert!(t
+        .activate_credential(body(&c.id_object), body(&c.encrypted_secret))
+        .is_err());
+}
+
+/// The load run, small: 30 software machines (EK, AK, ActivateCredential and quotes in
+/// software, re-signing the captured boot under each nonce) attest 3 times each through two
+/// replicas on one PostgreSQL; replica A is killed with SIGKILL after 30 attestations and the
+/// machines move to B. Then, from B's records and the database: every answered verdict is on
+/// record, no nonce has two verdicts, no (nonce, secret) two releases, no consumed nonce lacks
+/// its verdict, every machine finished. Invariants only; the figures are the bench's
+/// (scripts/bench-serve.sh).
+#[test]
+fn load_two_replicas_one_killed_loses_and_duplicates_nothing_postgres() {
+    if !tools() {
+        return;
+    }
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some(cap) = setup(d, 60, &pg.database()) else {
+        return;
+    };
+    let a = serve(d);
+    let b = serve(d);
+    let pid = a.child.id().to_string();
+    let (machines, rounds) = (30, 3);
+    let cfg = imgctl_service::load::LoadConfig {
+        servers: vec![a.url.clone(), b.url.clone()],
+        machines,
+        rounds,
+        event_log: cap.log.clone(),
+        selection: vec![(HashAlg::SHA256, POLICY_PCRS.to_vec())],
+        secrets: vec![("disk-key".into(), SECRET.to_vec())],
+    };
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let k = killed.clone();
+    let kill: Box<dyn FnOnce() + Send> = Box::new(move || {
+        run_ok(Command::new("kill").args(["-9", &pid]));
+        k.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let (report, logs) = imgctl_service::load::run(cfg, Some((machines, kill))).unwrap();
+    eprintln!("{}", serde_json::to_string(&report).unwrap());
+    assert!(killed.load(std::sync::atomic::Ordering::SeqCst));
+    let audit = imgctl_service::load::check(&b.url, &logs, rounds, 1)
+        .unwrap_or_else(|bad| panic!("{}", bad.join("\n")));
+    assert_eq!(report.attestations, machines * rounds);
+    assert!(
+        Client::new(&a.url).verdicts(&logs[0].id).is_err(),
+        "A still answers"
+    );
+    // The database itself: every consumed nonce has exactly one verdict; releases are unique.
+    let sql = |q: &str| -> String {
+        let out = run_ok(
+            Command::new(pg.bin.join("psql"))
+                .args(["-X", "-tA", "-c", q])
+                .arg(pg.database()),
+        );
+        String::from_utf8(out).unwrap().trim().to_owned()
+    };
+    assert_eq!(
+        sql("SELECT count(*) FROM nonces n WHERE used_at IS NOT NULL AND (SELECT count(*) FROM verdicts v WHERE v.nonce = n.nonce) <> 1"),
+        "0"
+    );
+    assert_eq!(
+        sql("SELECT count(*) FROM verdicts v WHERE NOT EXISTS (SELECT 1 FROM nonces n WHERE n.nonce = v.nonce AND n.used_at IS NOT NULL)"),
+        "0"
+    );
+    assert_eq!(
+        sql("SELECT count(*) - count(DISTINCT (nonce, secret)) FROM releases"),
+        "0"
+    );
+    assert_eq!(
+        sql("SELECT count(*) FROM verdicts"),
+        audit.verdicts.to_string()
+    );
+    assert_eq!(
+        sql("SELECT count(*) FROM verdicts WHERE accepted"),
+        (machines * rounds + audit.lost_but_recorded).to_string()
+    );
+}
