@@ -260,6 +260,7 @@ fn enrol(c: &Client, t: &mut Tpm) -> String {
         .enrol(&EnrolRequest {
             ek_public: t.ek_public().unwrap(),
             ak_public: t.ak_public().unwrap(),
+            ek_certificate: None,
         })
         .unwrap();
     let secret = open_credential(t, &e.credential).unwrap();
@@ -492,6 +493,7 @@ fn refusals(pg: Option<&Postgres>) {
         .enrol(&EnrolRequest {
             ek_public: tc.ek_public().unwrap(),
             ak_public: b.ak_public().unwrap(),
+            ek_certificate: None,
         })
         .unwrap();
     assert!(open_credential(&mut tc, &e.credential).is_err());
@@ -832,4 +834,187 @@ fn load_two_replicas_one_killed_loses_and_duplicates_nothing_postgres() {
         sql("SELECT count(*) FROM verdicts WHERE accepted"),
         (machines * rounds + audit.lost_but_recorded).to_string()
     );
+}
+
+/// swtpm manufactured by `swtpm_setup --create-ek-cert` with `swtpm_localca` (its own CA in a
+/// temporary folder): the EK certificate it wrote to NV index 0x01c00002.
+fn manufactured_swtpm(ca: &Path) -> (Swtpm, Vec<u8>) {
+    require_tool("swtpm_setup", "swtpm-tools");
+    require_tool("swtpm_localca", "swtpm-tools");
+    std::fs::create_dir_all(ca).unwrap();
+    let conf = ca.join("localca.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\ncertserial = {0}/certserial\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        ca.join("localca.options"),
+        "--platform-manufacturer imgctl\n",
+    )
+    .unwrap();
+    let setup = ca.join("swtpm_setup.conf");
+    std::fs::write(
+        &setup,
+        format!(
+            "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = {}\nactive_pcr_banks = sha256\n",
+            conf.display(),
+            ca.join("localca.options").display()
+        ),
+    )
+    .unwrap();
+    let tpm = Swtpm::start_tcp_with(|state| {
+        run_ok(
+            Command::new("swtpm_setup")
+                .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+                .arg(state)
+                .arg("--config")
+                .arg(&setup),
+        );
+    });
+    let out = ca.join(format!("ek-{}.der", tpm.port.unwrap()));
+    run_ok(
+        Command::new("tpm2_nvread")
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .args(["-C", "o", "-o"])
+            .arg(&out)
+            .arg("0x01c00002"),
+    );
+    (tpm, std::fs::read(&out).unwrap())
+}
+
+/// EK certificates: with CAs configured, a machine enrols only with a certificate a configured
+/// CA issued for the very EK it presents. The certificates are real: swtpm_setup
+/// --create-ek-cert with swtpm_localca; the impostors are openssl's.
+#[test]
+fn ek_certificates_from_configured_cas_only() {
+    if !tools() || require_tool("openssl", "openssl").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some(_cap) = setup(d, 60, "state.db") else {
+        return;
+    };
+    let ca = d.join("localca");
+    let (sa, cert_a) = manufactured_swtpm(&ca);
+    let (sb, cert_b) = manufactured_swtpm(&ca);
+    // The local CA's issuing certificate is the configured CA.
+    std::fs::copy(ca.join("issuercert.pem"), d.join("tpm-ca.pem")).unwrap();
+    let mut conf = std::fs::read_to_string(d.join("serve.yaml")).unwrap();
+    conf.push_str("ek_ca_files: [tpm-ca.pem]\n");
+    std::fs::write(d.join("serve.yaml"), conf).unwrap();
+    let server = serve(d);
+    let c = Client::new(&server.url);
+    let mut a = Tpm::open(&sa.tcti()).unwrap();
+    let mut b = Tpm::open(&sb.tcti()).unwrap();
+    let req = |t: &mut Tpm, cert: Option<&[u8]>| EnrolRequest {
+        ek_public: t.ek_public().unwrap(),
+        ak_public: t.ak_public().unwrap(),
+        ek_certificate: cert.map(<[u8]>::to_vec),
+    };
+    let refused_enrol = |r: EnrolRequest, kind: &str, words: &str| {
+        let e = c.enrol(&r).unwrap_err();
+        assert_eq!(e.kind(), Some(kind), "{e}");
+        assert!(e.to_string().contains(words), "{e} lacks {words}");
+    };
+    // No certificate; another TPM's certificate (not this EK).
+    refused_enrol(
+        req(&mut a, None),
+        "ek-certificate-required",
+        "configured CAs",
+    );
+    refused_enrol(
+        req(&mut a, Some(&cert_b)),
+        "ek-certificate-refused",
+        "not the presented EK",
+    );
+    // A certificate for this very EK from a CA that is not configured, and from one that
+    // takes the configured CA's name with another key.
+    let ek_pem = d.join("ek.pem");
+    std::fs::write(d.join("ek-a.der"), &cert_a).unwrap();
+    let ossl = |args: &[&str]| {
+        run_ok(Command::new("openssl").current_dir(d).args(args));
+    };
+    ossl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        "ek-a.der",
+        "-pubkey",
+        "-noout",
+        "-out",
+        ek_pem.to_str().unwrap(),
+    ]);
+    for (cn, out) in [
+        ("/CN=other-tpm-ca", "other.der"),
+        ("/CN=swtpm-localca", "samename.der"),
+    ] {
+        ossl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "o.key",
+            "-out",
+            "o.pem",
+            "-subj",
+            cn,
+            "-days",
+            "3",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+        ]);
+        ossl(&[
+            "x509",
+            "-new",
+            "-subj",
+            "/CN=impostor",
+            "-force_pubkey",
+            "ek.pem",
+            "-CA",
+            "o.pem",
+            "-CAkey",
+            "o.key",
+            "-days",
+            "3",
+            "-outform",
+            "DER",
+            "-out",
+            out,
+        ]);
+    }
+    let other = std::fs::read(d.join("other.der")).unwrap();
+    refused_enrol(
+        req(&mut a, Some(&other)),
+        "ek-certificate-refused",
+        "no configured CA has that name",
+    );
+    let same = std::fs::read(d.join("samename.der")).unwrap();
+    refused_enrol(
+        req(&mut a, Some(&same)),
+        "ek-certificate-refused",
+        "signature does not verify",
+    );
+    refused_enrol(
+        req(&mut a, Some(b"\x30\x03\x02\x01\x01")),
+        "ek-certificate-refused",
+        "not a DER X.509",
+    );
+    // The real certificate of this EK enrols, and the machine activates and attests.
+    let e = c.enrol(&req(&mut a, Some(&cert_a))).unwrap();
+    let secret = open_credential(&mut a, &e.credential).unwrap();
+    c.activate(&ActivateRequest {
+        machine: e.machine.clone(),
+        secret,
+    })
+    .unwrap();
+    let e = c.enrol(&req(&mut b, Some(&cert_b))).unwrap();
+    assert_eq!(e.machine, machine_id(&mut b));
 }

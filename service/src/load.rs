@@ -127,6 +127,7 @@ impl Machine<'_> {
         let req = EnrolRequest {
             ek_public: self.tpm.ek_public().to_vec(),
             ak_public: self.tpm.ak_public().to_vec(),
+            ek_certificate: None,
         };
         loop {
             let e = match self.client().enrol(&req) {

@@ -16,6 +16,7 @@ use crate::api::{
     EvidenceRequest, EvidenceResponse, Release,
 };
 use crate::credential::{make_credential, CredentialFile};
+use crate::ek_cert::EkCas;
 use crate::store::{Machine, NewVerdict, NonceUse, Store, StoreError};
 use imgctl_attest::tpm_public::TpmPublic;
 
@@ -30,6 +31,8 @@ pub const MAX_SECRET: usize = 32;
 ///                               # PostgreSQL connection string (host=/run/postgresql dbname=imgctl)
 /// nonce_ttl_seconds: 60         # how long a challenge may be answered
 /// enrol_ttl_seconds: 300        # how long an enrolment credential may be activated
+/// ek_ca_files: [tpm-ca.pem]     # optional: CAs of EK certificates; when listed, a machine
+///                               # enrols only with an EK certificate one of them issued
 /// policy:                       # the policy every enrolled machine is checked against
 ///   name: demo
 ///   version: 1
@@ -49,6 +52,9 @@ pub struct ConfigFile {
     pub nonce_ttl_seconds: u32,
     #[serde(default = "default_enrol_ttl")]
     pub enrol_ttl_seconds: u32,
+    /// CA certificates (PEM or DER, relative to the configuration) that issue EK certificates.
+    #[serde(default)]
+    pub ek_ca_files: Vec<PathBuf>,
     pub policy: PolicyConfig,
 }
 
@@ -100,6 +106,8 @@ pub struct Config {
     pub references: References,
     pub checkpoint: Option<String>,
     pub secrets: Vec<(String, Vec<u8>)>,
+    /// Trust anchors of EK certificates; empty: EK certificates are not required (nor read).
+    pub ek_cas: EkCas,
 }
 
 const MAX_CONFIG_FILE: u64 = 64 << 20;
@@ -176,6 +184,12 @@ impl Config {
             }
             secrets.push((s.name.clone(), data));
         }
+        let mut ca_files = Vec::new();
+        for f in &c.ek_ca_files {
+            let p = base.join(f);
+            ca_files.push((p.display().to_string(), read_bounded(&p, "ek_ca_files")?));
+        }
+        let ek_cas = EkCas::parse(&ca_files).map_err(|e| bad(format!("ek_ca_files: {e}")))?;
         if c.nonce_ttl_seconds == 0 || c.enrol_ttl_seconds == 0 {
             return Err(bad(
                 "nonce_ttl_seconds and enrol_ttl_seconds must be positive".into(),
@@ -196,6 +210,7 @@ impl Config {
             references,
             checkpoint,
             secrets,
+            ek_cas,
         })
     }
 }
@@ -278,12 +293,27 @@ impl Service {
         Ok(Service { config, store })
     }
 
-    /// Enrolment, step 1: checks the EK and AK and answers a credential (a fresh random secret
+    /// Enrolment, step 1: checks the EK (and its certificate, when CAs are configured) and AK
+    /// and answers a credential (a fresh random secret
     /// made to the EK for the AK's Name) that only the TPM holding both can activate.
     pub fn enrol(&self, req: &EnrolRequest) -> Result<EnrolResponse, Refusal> {
         let ek = TpmPublic::parse(&req.ek_public)
             .map_err(|e| refuse(400, "bad-ek", format!("ek_public: {e}")))?;
         ek.check_ek().map_err(|e| refuse(400, "bad-ek", e))?;
+        // With CAs configured, only an EK a configured CA certified enrols.
+        if !self.config.ek_cas.is_empty() {
+            let cert = req.ek_certificate.as_deref().ok_or_else(|| {
+                refuse(
+                    403,
+                    "ek-certificate-required",
+                    "this service enrols only EKs with a certificate from its configured CAs",
+                )
+            })?;
+            self.config
+                .ek_cas
+                .check(cert, &ek, now())
+                .map_err(|e| refuse(403, "ek-certificate-refused", e.to_string()))?;
+        }
         let ak = TpmPublic::parse(&req.ak_public)
             .map_err(|e| refuse(400, "bad-ak", format!("ak_public: {e}")))?;
         ak.check_ak().map_err(|e| refuse(400, "bad-ak", e))?;
