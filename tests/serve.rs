@@ -709,13 +709,13 @@ fn racing_answers(pg: Option<&Postgres>) {
     assert_eq!(rec["releases"].as_array().unwrap().len(), 3, "{rec}");
 }
 
-/// The software machine's ActivateCredential against tpm2-tools: tpm2_makecredential (no TPM)
-/// makes a credential for the software EK and AK Name, which it opens; what our MakeCredential
-/// makes for a swtpm EK, swtpm's TPM2_ActivateCredential opens
-/// (`make_credential_agrees_with_tpm2_tools_and_the_tpm`), so the one construction serves
-/// both ends. A credential for another Name fails its integrity check, as on the TPM.
+/// The software machine's ActivateCredential against tpm2-tools and the TPM: tpm2_makecredential
+/// (no TPM) makes a credential for the software EK and AK Name, which it opens (and refuses
+/// for another Name); then one credential goes through swtpm's TPM2_ActivateCredential (the
+/// software EK imported) and through ours, to the same secret, and one changed bit is refused
+/// by both.
 #[test]
-fn software_activate_credential_opens_tpm2_tools_credentials() {
+fn software_activate_credential_agrees_with_tpm2_tools_and_the_tpm() {
     if !tools() {
         return;
     }
@@ -757,6 +757,107 @@ fn software_activate_credential_opens_tpm2_tools_credentials() {
     assert!(t
         .activate_credential(body(&c.id_object), body(&c.encrypted_secret))
         .is_err());
+    drop(t);
+
+    // The same credential through the TPM's TPM2_ActivateCredential and the software one: the
+    // software EK's private key imported into swtpm (tpm2_import: a restricted decryption key,
+    // SHA-256, AES-128-CFB like the EK template) opens the credential made for it, the
+    // activated object being that imported key (its Name as the TPM reports it); the software
+    // ActivateCredential, given that Name, opens the very same file to the same secret, and
+    // both refuse it with one bit changed.
+    std::fs::write(d.join("ek.key"), soft.ek_private_pem().unwrap()).unwrap();
+    let tools = |args: &[&str]| {
+        run_ok(
+            Command::new(args[0])
+                .args(&args[1..])
+                .current_dir(d)
+                .env("TPM2TOOLS_TCTI", tpm.tcti()),
+        )
+    };
+    tools(&["tpm2_createprimary", "-C", "o", "-c", "parent.ctx", "-Q"]);
+    tools(&[
+        "tpm2_import",
+        "-C",
+        "parent.ctx",
+        "-G",
+        "rsa",
+        "-i",
+        "ek.key",
+        "-u",
+        "imp.pub",
+        "-r",
+        "imp.priv",
+        "-a",
+        "restricted|decrypt|userwithauth",
+    ]);
+    tools(&["tpm2_flushcontext", "-t"]);
+    tools(&[
+        "tpm2_load",
+        "-C",
+        "parent.ctx",
+        "-u",
+        "imp.pub",
+        "-r",
+        "imp.priv",
+        "-c",
+        "imp.ctx",
+        "-n",
+        "imp.name",
+    ]);
+    tools(&["tpm2_flushcontext", "-t"]);
+    let name = std::fs::read(d.join("imp.name")).unwrap();
+    let cred = make_credential(soft.ek(), &name, SECRET).unwrap();
+    let mut bad = cred.clone();
+    let last = bad.id_object.len() - 1;
+    bad.id_object[last] ^= 1;
+    for (c, f) in [(&cred, "same.bin"), (&bad, "bad.bin")] {
+        std::fs::write(d.join(f), CredentialFile(c.clone()).encode()).unwrap();
+    }
+    tools(&[
+        "tpm2_activatecredential",
+        "-c",
+        "imp.ctx",
+        "-C",
+        "imp.ctx",
+        "-i",
+        "same.bin",
+        "-o",
+        "tpm-out.bin",
+    ]);
+    assert_eq!(std::fs::read(d.join("tpm-out.bin")).unwrap(), SECRET);
+    let ours = imgctl_service::credential::activate_credential(
+        soft.ek(),
+        soft.ek_private_key(),
+        &name,
+        &cred,
+    );
+    assert_eq!(ours.unwrap(), SECRET);
+    let tpm_bad = Command::new("tpm2_activatecredential")
+        .args([
+            "-c",
+            "imp.ctx",
+            "-C",
+            "imp.ctx",
+            "-i",
+            "bad.bin",
+            "-o",
+            "bad-out.bin",
+        ])
+        .current_dir(d)
+        .env("TPM2TOOLS_TCTI", tpm.tcti())
+        .output()
+        .unwrap();
+    assert!(
+        !tpm_bad.status.success(),
+        "the TPM opened a changed credential"
+    );
+    assert!(imgctl_service::credential::activate_credential(
+        soft.ek(),
+        soft.ek_private_key(),
+        &name,
+        &bad
+    )
+    .is_err());
 }
 
 /// The load run, small: 30 software machines (EK, AK, ActivateCredential and quotes in

@@ -175,6 +175,26 @@ impl SoftTpm {
         &self.ak.name
     }
 
+    /// The EK's private key: a stand-in has nothing to protect, and tests give it to a real
+    /// TPM (tpm2_import) to run the TPM's ActivateCredential on the same credential.
+    pub fn ek_private_key(&self) -> &rsa::RsaPrivateKey {
+        &self.ek_key
+    }
+
+    /// The EK's private key as PKCS#1 PEM (what `tpm2_import -G rsa -i` reads).
+    pub fn ek_private_pem(&self) -> Result<String, SoftTpmError> {
+        use rsa::pkcs1::EncodeRsaPrivateKey as _;
+        self.ek_key
+            .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
+            .map(|p| p.to_string())
+            .map_err(|e| SoftTpmError::Key(e.to_string()))
+    }
+
+    /// The EK's parsed public area.
+    pub fn ek(&self) -> &TpmPublic {
+        &self.ek
+    }
+
     /// `TPM2_ActivateCredential` with this EK for this AK's Name.
     pub fn activate_credential(&self, cred: &Credential) -> Result<Vec<u8>, SoftTpmError> {
         Ok(activate_credential(
