@@ -4,7 +4,7 @@
 # checked equal to the peer's on every run. Prints one table; --json FILE writes it as JSON.
 #
 # Usage: scripts/bench.sh [--quick] [--json FILE] [--only ROW,...]
-#   rows: verity predict eventlog verify tlog initrd uki ext (a row left out by --only is
+#   rows: verity predict eventlog verify tlog initrd uki ext serve (a row left out by --only is
 #   printed as "not run", so the table always has every row of issue 16)
 #   --quick: smaller inputs and fewer runs, about a minute.
 # Inputs are generated once under $IMGCTL_BENCH_DIR (default .cache/bench); nothing is committed.
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-quick=0; json=""; only="verity,predict,eventlog,verify,tlog,initrd,uki,ext"
+quick=0; json=""; only="verity,predict,eventlog,verify,tlog,initrd,uki,ext,serve"
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1; shift ;;
@@ -274,6 +274,12 @@ EOR
     target="≤ 0.7" peer_samples="${ps[*]}" ours_samples="${os[*]}" note="$note"
 fi
 
+# --- serve: the attestation service under load (scripts/bench-serve.sh) ---------------------------
+if want serve; then
+  if [ $quick = 1 ]; then serve_args=(--machines 50 --rounds 2); else serve_args=(--machines 200 --rounds 5); fi
+  scripts/bench-serve.sh "${serve_args[@]}" --row "$rows" >&2
+fi
+
 # Rows of issue 16's table that --only left out: printed as not run.
 skip() { want "$1" || tool row "$rows" work="$2" peer="$3" skipped="not run (--only)"; }
 skip verity "dm-verity tree (byte-identical)" "veritysetup format 2.6.1"
@@ -284,6 +290,7 @@ skip tlog "transparency log: entries batched / proofs" "—"
 skip initrd "initrd + UKI from a tree" "find | cpio -o -H newc"
 skip uki "UKI build" "ukify 257 build"
 skip ext "extension image (erofs + verity)" "systemd-repart 257"
+skip serve "attestation service under load (2 replicas, kill -9)" "—"
 
 echo
 echo "load average at the start: $load_start"

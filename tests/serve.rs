@@ -260,6 +260,7 @@ fn enrol(c: &Client, t: &mut Tpm) -> String {
         .enrol(&EnrolRequest {
             ek_public: t.ek_public().unwrap(),
             ak_public: t.ak_public().unwrap(),
+            ek_certificate: None,
         })
         .unwrap();
     let secret = open_credential(t, &e.credential).unwrap();
@@ -492,6 +493,7 @@ fn refusals(pg: Option<&Postgres>) {
         .enrol(&EnrolRequest {
             ek_public: tc.ek_public().unwrap(),
             ak_public: b.ak_public().unwrap(),
+            ek_certificate: None,
         })
         .unwrap();
     assert!(open_credential(&mut tc, &e.credential).is_err());
@@ -640,4 +642,480 @@ fn make_credential_agrees_with_tpm2_tools_and_the_tpm() {
     assert!(t
         .activate_credential(body(&bad.id_object), body(&bad.encrypted_secret))
         .is_err());
+}
+
+/// Many answers carrying one nonce at once (the same evidence, from 16 threads, spread over
+/// the replicas): exactly one ACCEPT and one release; every other answer is refused as
+/// `nonce-used` and stored nothing.
+#[test]
+fn concurrent_answers_to_one_nonce_release_once() {
+    racing_answers(None);
+}
+
+#[test]
+fn concurrent_answers_to_one_nonce_release_once_two_replicas_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    racing_answers(Some(&pg));
+}
+
+fn racing_answers(pg: Option<&Postgres>) {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = pg.map_or("state.db".into(), Postgres::database);
+    let Some(cap) = setup(d, 60, &db) else { return };
+    // SQLite: two replicas on one file too (WAL, one host).
+    let servers = [serve(d), serve(d)];
+    let clients: Vec<Client> = servers.iter().map(|s| Client::new(&s.url)).collect();
+    let tpm = Swtpm::start_tcp();
+    boot(&tpm, &cap.log);
+    let mut t = Tpm::open(&tpm.tcti()).unwrap();
+    let id = enrol(&clients[0], &mut t);
+    for round in 0..3 {
+        let n = nonce(&clients[round % 2], &id);
+        let ev = evidence(&mut t, &id, &n, &n, &cap.log);
+        let barrier = std::sync::Barrier::new(16);
+        let answers: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..16)
+                .map(|i| {
+                    let (c, ev, barrier) = (&clients[i % 2], &ev, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        c.evidence(ev)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won: Vec<_> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+        assert_eq!(won.len(), 1, "{answers:?}");
+        assert!(
+            won[0].accepted && won[0].releases.len() == 1,
+            "{:?}",
+            won[0]
+        );
+        for a in answers.iter().filter_map(|a| a.as_ref().err()) {
+            assert_eq!(a.kind(), Some("nonce-used"), "{a}");
+        }
+        assert_eq!(
+            open_credential(&mut t, &won[0].releases[0].credential).unwrap(),
+            SECRET
+        );
+    }
+    let rec = clients[1].verdicts(&id).unwrap();
+    assert_eq!(rec["verdicts"].as_array().unwrap().len(), 3, "{rec}");
+    assert_eq!(rec["releases"].as_array().unwrap().len(), 3, "{rec}");
+}
+
+/// The software machine's ActivateCredential against tpm2-tools and the TPM: tpm2_makecredential
+/// (no TPM) makes a credential for the software EK and AK Name, which it opens (and refuses
+/// for another Name); then one credential goes through swtpm's TPM2_ActivateCredential (the
+/// software EK imported) and through ours, to the same secret, and one changed bit is refused
+/// by both.
+#[test]
+fn software_activate_credential_agrees_with_tpm2_tools_and_the_tpm() {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let soft = imgctl_service::soft_tpm::SoftTpm::new().unwrap();
+    let ek = soft.ek_public();
+    let mut ek2b = u16::try_from(ek.len()).unwrap().to_be_bytes().to_vec();
+    ek2b.extend_from_slice(ek);
+    std::fs::write(d.join("ek.pub"), &ek2b).unwrap();
+    std::fs::write(d.join("secret.bin"), SECRET).unwrap();
+    let mut other = soft.ak_name().to_vec();
+    other[7] ^= 1;
+    for (name, out) in [(soft.ak_name(), "good.bin"), (&other[..], "other.bin")] {
+        run_ok(Command::new("tpm2_makecredential").current_dir(d).args([
+            "--tcti",
+            "none",
+            "-u",
+            "ek.pub",
+            "-s",
+            "secret.bin",
+            "-n",
+            &hex::encode(name),
+            "-o",
+            out,
+        ]));
+    }
+    let read = |f: &str| {
+        CredentialFile::parse(&std::fs::read(d.join(f)).unwrap())
+            .unwrap()
+            .0
+    };
+    assert_eq!(soft.activate_credential(&read("good.bin")).unwrap(), SECRET);
+    assert!(soft.activate_credential(&read("other.bin")).is_err());
+    // And the real TPM refuses what was made for the software EK.
+    let tpm = Swtpm::start_tcp();
+    let mut t = Tpm::open(&tpm.tcti()).unwrap();
+    let c = read("good.bin");
+    assert!(t
+        .activate_credential(body(&c.id_object), body(&c.encrypted_secret))
+        .is_err());
+    drop(t);
+
+    // The same credential through the TPM's TPM2_ActivateCredential and the software one: the
+    // software EK's private key imported into swtpm (tpm2_import: a restricted decryption key,
+    // SHA-256, AES-128-CFB like the EK template) opens the credential made for it, the
+    // activated object being that imported key (its Name as the TPM reports it); the software
+    // ActivateCredential, given that Name, opens the very same file to the same secret, and
+    // both refuse it with one bit changed.
+    std::fs::write(d.join("ek.key"), soft.ek_private_pem().unwrap()).unwrap();
+    let tools = |args: &[&str]| {
+        run_ok(
+            Command::new(args[0])
+                .args(&args[1..])
+                .current_dir(d)
+                .env("TPM2TOOLS_TCTI", tpm.tcti()),
+        )
+    };
+    tools(&["tpm2_createprimary", "-C", "o", "-c", "parent.ctx", "-Q"]);
+    tools(&[
+        "tpm2_import",
+        "-C",
+        "parent.ctx",
+        "-G",
+        "rsa",
+        "-i",
+        "ek.key",
+        "-u",
+        "imp.pub",
+        "-r",
+        "imp.priv",
+        "-a",
+        "restricted|decrypt|userwithauth",
+    ]);
+    tools(&["tpm2_flushcontext", "-t"]);
+    tools(&[
+        "tpm2_load",
+        "-C",
+        "parent.ctx",
+        "-u",
+        "imp.pub",
+        "-r",
+        "imp.priv",
+        "-c",
+        "imp.ctx",
+        "-n",
+        "imp.name",
+    ]);
+    tools(&["tpm2_flushcontext", "-t"]);
+    let name = std::fs::read(d.join("imp.name")).unwrap();
+    let cred = make_credential(soft.ek(), &name, SECRET).unwrap();
+    let mut bad = cred.clone();
+    let last = bad.id_object.len() - 1;
+    bad.id_object[last] ^= 1;
+    for (c, f) in [(&cred, "same.bin"), (&bad, "bad.bin")] {
+        std::fs::write(d.join(f), CredentialFile(c.clone()).encode()).unwrap();
+    }
+    tools(&[
+        "tpm2_activatecredential",
+        "-c",
+        "imp.ctx",
+        "-C",
+        "imp.ctx",
+        "-i",
+        "same.bin",
+        "-o",
+        "tpm-out.bin",
+    ]);
+    assert_eq!(std::fs::read(d.join("tpm-out.bin")).unwrap(), SECRET);
+    let ours = imgctl_service::credential::activate_credential(
+        soft.ek(),
+        soft.ek_private_key(),
+        &name,
+        &cred,
+    );
+    assert_eq!(ours.unwrap(), SECRET);
+    let tpm_bad = Command::new("tpm2_activatecredential")
+        .args([
+            "-c",
+            "imp.ctx",
+            "-C",
+            "imp.ctx",
+            "-i",
+            "bad.bin",
+            "-o",
+            "bad-out.bin",
+        ])
+        .current_dir(d)
+        .env("TPM2TOOLS_TCTI", tpm.tcti())
+        .output()
+        .unwrap();
+    assert!(
+        !tpm_bad.status.success(),
+        "the TPM opened a changed credential"
+    );
+    assert!(imgctl_service::credential::activate_credential(
+        soft.ek(),
+        soft.ek_private_key(),
+        &name,
+        &bad
+    )
+    .is_err());
+}
+
+/// The load run, small: 30 software machines (EK, AK, ActivateCredential and quotes in
+/// software, re-signing the captured boot under each nonce) attest 3 times each through two
+/// replicas on one PostgreSQL; replica A is killed with SIGKILL after 30 attestations and the
+/// machines move to B. Then, from B's records and the database: every answered verdict is on
+/// record, no nonce has two verdicts, no (nonce, secret) two releases, no consumed nonce lacks
+/// its verdict, every machine finished. Invariants only; the figures are the bench's
+/// (scripts/bench-serve.sh).
+#[test]
+fn load_two_replicas_one_killed_loses_and_duplicates_nothing_postgres() {
+    if !tools() {
+        return;
+    }
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some(cap) = setup(d, 60, &pg.database()) else {
+        return;
+    };
+    let a = serve(d);
+    let b = serve(d);
+    let pid = a.child.id().to_string();
+    let (machines, rounds) = (30, 3);
+    let cfg = imgctl_service::load::LoadConfig {
+        servers: vec![a.url.clone(), b.url.clone()],
+        machines,
+        rounds,
+        event_log: cap.log.clone(),
+        selection: vec![(HashAlg::SHA256, POLICY_PCRS.to_vec())],
+        secrets: vec![("disk-key".into(), SECRET.to_vec())],
+    };
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let k = killed.clone();
+    let kill: Box<dyn FnOnce() + Send> = Box::new(move || {
+        run_ok(Command::new("kill").args(["-9", &pid]));
+        k.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let (report, logs) = imgctl_service::load::run(cfg, Some((machines, kill))).unwrap();
+    eprintln!("{}", serde_json::to_string(&report).unwrap());
+    assert!(killed.load(std::sync::atomic::Ordering::SeqCst));
+    let audit = imgctl_service::load::check(&b.url, &logs, rounds, 1)
+        .unwrap_or_else(|bad| panic!("{}", bad.join("\n")));
+    assert_eq!(report.attestations, machines * rounds);
+    assert!(
+        Client::new(&a.url).verdicts(&logs[0].id).is_err(),
+        "A still answers"
+    );
+    // The database itself: every consumed nonce has exactly one verdict; releases are unique.
+    let sql = |q: &str| -> String {
+        let out = run_ok(
+            Command::new(pg.bin.join("psql"))
+                .args(["-X", "-tA", "-c", q])
+                .arg(pg.database()),
+        );
+        String::from_utf8(out).unwrap().trim().to_owned()
+    };
+    assert_eq!(
+        sql("SELECT count(*) FROM nonces n WHERE used_at IS NOT NULL AND (SELECT count(*) FROM verdicts v WHERE v.nonce = n.nonce) <> 1"),
+        "0"
+    );
+    assert_eq!(
+        sql("SELECT count(*) FROM verdicts v WHERE NOT EXISTS (SELECT 1 FROM nonces n WHERE n.nonce = v.nonce AND n.used_at IS NOT NULL)"),
+        "0"
+    );
+    assert_eq!(
+        sql("SELECT count(*) - count(DISTINCT (nonce, secret)) FROM releases"),
+        "0"
+    );
+    assert_eq!(
+        sql("SELECT count(*) FROM verdicts"),
+        audit.verdicts.to_string()
+    );
+    assert_eq!(
+        sql("SELECT count(*) FROM verdicts WHERE accepted"),
+        (machines * rounds + audit.lost_but_recorded).to_string()
+    );
+}
+
+/// swtpm manufactured by `swtpm_setup --create-ek-cert` with `swtpm_localca` (its own CA in a
+/// temporary folder): the EK certificate it wrote to NV index 0x01c00002.
+fn manufactured_swtpm(ca: &Path) -> (Swtpm, Vec<u8>) {
+    require_tool("swtpm_setup", "swtpm-tools");
+    require_tool("swtpm_localca", "swtpm-tools");
+    std::fs::create_dir_all(ca).unwrap();
+    let conf = ca.join("localca.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\ncertserial = {0}/certserial\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        ca.join("localca.options"),
+        "--platform-manufacturer imgctl\n",
+    )
+    .unwrap();
+    let setup = ca.join("swtpm_setup.conf");
+    std::fs::write(
+        &setup,
+        format!(
+            "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = {}\nactive_pcr_banks = sha256\n",
+            conf.display(),
+            ca.join("localca.options").display()
+        ),
+    )
+    .unwrap();
+    let tpm = Swtpm::start_tcp_with(|state| {
+        run_ok(
+            Command::new("swtpm_setup")
+                .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+                .arg(state)
+                .arg("--config")
+                .arg(&setup),
+        );
+    });
+    let out = ca.join(format!("ek-{}.der", tpm.port.unwrap()));
+    run_ok(
+        Command::new("tpm2_nvread")
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .args(["-C", "o", "-o"])
+            .arg(&out)
+            .arg("0x01c00002"),
+    );
+    (tpm, std::fs::read(&out).unwrap())
+}
+
+/// EK certificates: with CAs configured, a machine enrols only with a certificate a configured
+/// CA issued for the very EK it presents. The certificates are real: swtpm_setup
+/// --create-ek-cert with swtpm_localca; the impostors are openssl's.
+#[test]
+fn ek_certificates_from_configured_cas_only() {
+    if !tools() || require_tool("openssl", "openssl").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some(_cap) = setup(d, 60, "state.db") else {
+        return;
+    };
+    let ca = d.join("localca");
+    let (sa, cert_a) = manufactured_swtpm(&ca);
+    let (sb, cert_b) = manufactured_swtpm(&ca);
+    // The local CA's issuing certificate is the configured CA.
+    std::fs::copy(ca.join("issuercert.pem"), d.join("tpm-ca.pem")).unwrap();
+    let mut conf = std::fs::read_to_string(d.join("serve.yaml")).unwrap();
+    conf.push_str("ek_ca_files: [tpm-ca.pem]\n");
+    std::fs::write(d.join("serve.yaml"), conf).unwrap();
+    let server = serve(d);
+    let c = Client::new(&server.url);
+    let mut a = Tpm::open(&sa.tcti()).unwrap();
+    let mut b = Tpm::open(&sb.tcti()).unwrap();
+    let req = |t: &mut Tpm, cert: Option<&[u8]>| EnrolRequest {
+        ek_public: t.ek_public().unwrap(),
+        ak_public: t.ak_public().unwrap(),
+        ek_certificate: cert.map(<[u8]>::to_vec),
+    };
+    let refused_enrol = |r: EnrolRequest, kind: &str, words: &str| {
+        let e = c.enrol(&r).unwrap_err();
+        assert_eq!(e.kind(), Some(kind), "{e}");
+        assert!(e.to_string().contains(words), "{e} lacks {words}");
+    };
+    // No certificate; another TPM's certificate (not this EK).
+    refused_enrol(
+        req(&mut a, None),
+        "ek-certificate-required",
+        "configured CAs",
+    );
+    refused_enrol(
+        req(&mut a, Some(&cert_b)),
+        "ek-certificate-refused",
+        "not the presented EK",
+    );
+    // A certificate for this very EK from a CA that is not configured, and from one that
+    // takes the configured CA's name with another key.
+    let ek_pem = d.join("ek.pem");
+    std::fs::write(d.join("ek-a.der"), &cert_a).unwrap();
+    let ossl = |args: &[&str]| {
+        run_ok(Command::new("openssl").current_dir(d).args(args));
+    };
+    ossl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        "ek-a.der",
+        "-pubkey",
+        "-noout",
+        "-out",
+        ek_pem.to_str().unwrap(),
+    ]);
+    for (cn, out) in [
+        ("/CN=other-tpm-ca", "other.der"),
+        ("/CN=swtpm-localca", "samename.der"),
+    ] {
+        ossl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "o.key",
+            "-out",
+            "o.pem",
+            "-subj",
+            cn,
+            "-days",
+            "3",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+        ]);
+        ossl(&[
+            "x509",
+            "-new",
+            "-subj",
+            "/CN=impostor",
+            "-force_pubkey",
+            "ek.pem",
+            "-CA",
+            "o.pem",
+            "-CAkey",
+            "o.key",
+            "-days",
+            "3",
+            "-outform",
+            "DER",
+            "-out",
+            out,
+        ]);
+    }
+    let other = std::fs::read(d.join("other.der")).unwrap();
+    refused_enrol(
+        req(&mut a, Some(&other)),
+        "ek-certificate-refused",
+        "no configured CA has that name",
+    );
+    let same = std::fs::read(d.join("samename.der")).unwrap();
+    refused_enrol(
+        req(&mut a, Some(&same)),
+        "ek-certificate-refused",
+        "signature does not verify",
+    );
+    refused_enrol(
+        req(&mut a, Some(b"\x30\x03\x02\x01\x01")),
+        "ek-certificate-refused",
+        "not a DER X.509",
+    );
+    // The real certificate of this EK enrols, and the machine activates and attests.
+    let e = c.enrol(&req(&mut a, Some(&cert_a))).unwrap();
+    let secret = open_credential(&mut a, &e.credential).unwrap();
+    c.activate(&ActivateRequest {
+        machine: e.machine.clone(),
+        secret,
+    })
+    .unwrap();
+    let e = c.enrol(&req(&mut b, Some(&cert_b))).unwrap();
+    assert_eq!(e.machine, machine_id(&mut b));
 }

@@ -73,11 +73,13 @@ pub fn decode_blob(s: &str) -> Result<Vec<u8>, BodyError> {
     decode("blob", s, MAX_BLOB)
 }
 
-/// `POST /v1/enrol`: the machine's EK and AK public areas.
+/// `POST /v1/enrol`: the machine's EK and AK public areas, and the EK's certificate (DER)
+/// when it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnrolRequest {
     pub ek_public: Vec<u8>,
     pub ak_public: Vec<u8>,
+    pub ek_certificate: Option<Vec<u8>>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -85,6 +87,8 @@ pub struct EnrolRequest {
 struct EnrolJson {
     ek_public: String,
     ak_public: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ek_certificate: Option<String>,
 }
 
 impl EnrolRequest {
@@ -93,6 +97,11 @@ impl EnrolRequest {
         Ok(EnrolRequest {
             ek_public: decode("ek_public", &j.ek_public, MAX_BLOB)?,
             ak_public: decode("ak_public", &j.ak_public, MAX_BLOB)?,
+            ek_certificate: j
+                .ek_certificate
+                .as_deref()
+                .map(|c| decode("ek_certificate", c, crate::ek_cert::MAX_CERT))
+                .transpose()?,
         })
     }
 
@@ -100,6 +109,7 @@ impl EnrolRequest {
         to_vec(&EnrolJson {
             ek_public: encode(&self.ek_public),
             ak_public: encode(&self.ak_public),
+            ek_certificate: self.ek_certificate.as_deref().map(encode),
         })
     }
 }

@@ -11,7 +11,11 @@
 //! credentialBlob  = TPM2B_ID_OBJECT(TPM2B_DIGEST(outerHMAC) || encIdentity)
 //! ```
 //! `TPM2_ActivateCredential` on the TPM holding that EK and an object with that Name returns
-//! the credential; any other TPM, or any other Name, fails the HMAC.
+//! the credential; any other TPM, or any other Name, fails the HMAC. [`activate_credential`]
+//! is the same in software, for a TPM stand-in whose EK private key is in memory
+//! ([`crate::soft_tpm`]): it runs the construction above backwards (Part 3 §12.5.1: decrypt
+//! the seed, check the HMAC before anything else, then decrypt the identity), through the
+//! same KDFa, HMAC and AES-CFB as MakeCredential.
 //!
 //! [`CredentialFile`] is tpm2-tools' file format for the pair (`tpm2_makecredential -o`,
 //! `tpm2_activatecredential -i`): magic `0xBADCC0DE`, version 1 (both u32 big-endian), then the
@@ -45,6 +49,12 @@ pub enum CredentialError {
     Name(usize),
     #[error("RSA-OAEP encryption of the seed: {0}")]
     Rsa(String),
+    #[error("credential: {0}")]
+    Malformed(String),
+    #[error(
+        "credential: the integrity check failed (it was not made for this EK and this object Name)"
+    )]
+    Integrity,
 }
 
 /// The two outputs of MakeCredential, each with its TPM2B size prefix.
@@ -99,6 +109,34 @@ fn hmac(hash: HashAlg, key: &[u8], parts: &[&[u8]]) -> Result<Vec<u8>, Credentia
         HashAlg::SHA256 => run::<SimpleHmac<sha2::Sha256>>(key, parts),
         HashAlg::SHA384 => run::<SimpleHmac<sha2::Sha384>>(key, parts),
         HashAlg::SHA512 => run::<SimpleHmac<sha2::Sha512>>(key, parts),
+        other => {
+            return Err(CredentialError::Ek(format!(
+                "name algorithm {other} is not supported"
+            )))
+        }
+    })
+}
+
+fn hmac_verify(
+    hash: HashAlg,
+    key: &[u8],
+    parts: &[&[u8]],
+    tag: &[u8],
+) -> Result<bool, CredentialError> {
+    fn run<M: Mac + hmac::digest::KeyInit>(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
+        let mut m = <M as hmac::digest::KeyInit>::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+        for p in parts {
+            m.update(p);
+        }
+        // Constant time.
+        m.verify_slice(tag).is_ok()
+    }
+    Ok(match hash {
+        HashAlg::SHA1 => run::<SimpleHmac<sha1::Sha1>>(key, parts, tag),
+        HashAlg::SHA256 => run::<SimpleHmac<sha2::Sha256>>(key, parts, tag),
+        HashAlg::SHA384 => run::<SimpleHmac<sha2::Sha384>>(key, parts, tag),
+        HashAlg::SHA512 => run::<SimpleHmac<sha2::Sha512>>(key, parts, tag),
         other => {
             return Err(CredentialError::Ek(format!(
                 "name algorithm {other} is not supported"
@@ -193,19 +231,7 @@ pub fn make_credential_with_seed(
         u32::from(sym.key_bits),
     )?;
     let mut enc_identity = tpm2b(credential);
-    let iv = [0u8; 16];
-    match sym_key.len() {
-        16 => cfb_mode::Encryptor::<aes::Aes128>::new_from_slices(&sym_key, &iv)
-            .map_err(|e| CredentialError::Ek(e.to_string()))?
-            .encrypt(&mut enc_identity),
-        24 => cfb_mode::Encryptor::<aes::Aes192>::new_from_slices(&sym_key, &iv)
-            .map_err(|e| CredentialError::Ek(e.to_string()))?
-            .encrypt(&mut enc_identity),
-        32 => cfb_mode::Encryptor::<aes::Aes256>::new_from_slices(&sym_key, &iv)
-            .map_err(|e| CredentialError::Ek(e.to_string()))?
-            .encrypt(&mut enc_identity),
-        n => return Err(CredentialError::Ek(format!("AES key of {n} bytes"))),
-    }
+    aes_cfb(&sym_key, &mut enc_identity, true)?;
     let hmac_key = kdfa(hash, seed, "INTEGRITY", &[], &[], 8 * size as u32)?;
     let outer = hmac(hash, &hmac_key, &[&enc_identity, object_name])?;
     let mut id = tpm2b(&outer);
@@ -214,6 +240,106 @@ pub fn make_credential_with_seed(
         id_object: tpm2b(&id),
         encrypted_secret: tpm2b(&encrypted_seed),
     })
+}
+
+/// AES-CFB with a zero IV (Part 1 §24.4: the IV of the identity's encryption is zero), in
+/// place.
+fn aes_cfb(key: &[u8], data: &mut [u8], encrypt: bool) -> Result<(), CredentialError> {
+    let iv = [0u8; 16];
+    let bad = |e: aes::cipher::InvalidLength| CredentialError::Ek(e.to_string());
+    match (key.len(), encrypt) {
+        (16, true) => cfb_mode::Encryptor::<aes::Aes128>::new_from_slices(key, &iv)
+            .map_err(bad)?
+            .encrypt(data),
+        (24, true) => cfb_mode::Encryptor::<aes::Aes192>::new_from_slices(key, &iv)
+            .map_err(bad)?
+            .encrypt(data),
+        (32, true) => cfb_mode::Encryptor::<aes::Aes256>::new_from_slices(key, &iv)
+            .map_err(bad)?
+            .encrypt(data),
+        (16, false) => cfb_mode::Decryptor::<aes::Aes128>::new_from_slices(key, &iv)
+            .map_err(bad)?
+            .decrypt(data),
+        (24, false) => cfb_mode::Decryptor::<aes::Aes192>::new_from_slices(key, &iv)
+            .map_err(bad)?
+            .decrypt(data),
+        (32, false) => cfb_mode::Decryptor::<aes::Aes256>::new_from_slices(key, &iv)
+            .map_err(bad)?
+            .decrypt(data),
+        (n, _) => return Err(CredentialError::Ek(format!("AES key of {n} bytes"))),
+    }
+    Ok(())
+}
+
+/// `TPM2_ActivateCredential` in software: the credential `cred` opened with the private key
+/// `ek_key` of the EK `ek` for the object Name `object_name`. Fails, naming why, when the
+/// credential was made for another EK or another Name (the HMAC), or is malformed; nothing is
+/// decrypted before the integrity check passes.
+pub fn activate_credential(
+    ek: &TpmPublic,
+    ek_key: &rsa::RsaPrivateKey,
+    object_name: &[u8],
+    cred: &Credential,
+) -> Result<Vec<u8>, CredentialError> {
+    ek.check_ek().map_err(CredentialError::Ek)?;
+    let hash = ek.name_alg;
+    let size = hash
+        .digest_size()
+        .ok_or_else(|| CredentialError::Ek(format!("name algorithm {hash} is not supported")))?;
+    let (AkPublic::Rsa { n, e }, Some(sym)) = (&ek.key, ek.symmetric) else {
+        return Err(CredentialError::Ek("not an RSA storage key".into()));
+    };
+    {
+        use rsa::traits::PublicKeyParts as _;
+        if ek_key.n() != &BigUint::from_bytes_be(n) || ek_key.e() != &BigUint::from_bytes_be(e) {
+            return Err(CredentialError::Ek(
+                "the private key is not the EK's".into(),
+            ));
+        }
+    }
+    let malformed = |e: ParseError| CredentialError::Malformed(e.to_string());
+    let mut r = Reader::new(&cred.encrypted_secret);
+    let encrypted_seed = read_tpm2b(&mut r, "TPM2B_ENCRYPTED_SECRET").map_err(malformed)?;
+    r.expect_end("TPM2B_ENCRYPTED_SECRET").map_err(malformed)?;
+    let mut r = Reader::new(&cred.id_object);
+    let id = read_tpm2b(&mut r, "TPM2B_ID_OBJECT").map_err(malformed)?;
+    r.expect_end("TPM2B_ID_OBJECT").map_err(malformed)?;
+    let mut r = Reader::new(id);
+    let outer = read_tpm2b(&mut r, "TPMS_ID_OBJECT.integrityHMAC").map_err(malformed)?;
+    let enc_identity = r.rest();
+    if outer.len() != size || enc_identity.len() < 2 {
+        return Err(CredentialError::Malformed(format!(
+            "TPMS_ID_OBJECT: integrityHMAC of {} bytes (want {size}), encIdentity of {}",
+            outer.len(),
+            enc_identity.len()
+        )));
+    }
+    // A wrong EK gives a wrong (or no) seed; a wrong Name, a wrong HMAC: both are the one
+    // integrity failure the TPM reports.
+    let seed = ek_key
+        .decrypt(oaep(hash)?, encrypted_seed)
+        .map_err(|_| CredentialError::Integrity)?;
+    let hmac_key = kdfa(hash, &seed, "INTEGRITY", &[], &[], 8 * size as u32)?;
+    if !hmac_verify(hash, &hmac_key, &[enc_identity, object_name], outer)? {
+        return Err(CredentialError::Integrity);
+    }
+    let sym_key = kdfa(
+        hash,
+        &seed,
+        "STORAGE",
+        object_name,
+        &[],
+        u32::from(sym.key_bits),
+    )?;
+    let mut plain = enc_identity.to_vec();
+    aes_cfb(&sym_key, &mut plain, false)?;
+    let mut r = Reader::new(&plain);
+    let credential = read_tpm2b(&mut r, "TPM2B_DIGEST credential").map_err(malformed)?;
+    r.expect_end("encIdentity").map_err(malformed)?;
+    if credential.is_empty() || credential.len() > size {
+        return Err(CredentialError::Size(credential.len(), size));
+    }
+    Ok(credential.to_vec())
 }
 
 /// tpm2-tools' credential file (what `tpm2_makecredential -o` writes and

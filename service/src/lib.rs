@@ -14,14 +14,21 @@
 //! - [`api`]: the request bodies, bounded and parsed into typed values; the answers.
 //! - [`store`]: the database, SQLite or PostgreSQL, and its migrations (`migrations/`).
 //! - [`service`]: the decisions; [`server`]: the axum routes; [`client`]: the machine's side.
+//! - [`soft_tpm`]: a TPM stand-in in software (EK, AK, ActivateCredential, quotes) for load
+//!   runs; [`load`]: many simulated machines against replicas, and the invariants after.
 //!
-//! Not yet: EK certificates checked against CAs, TLS, ECC EKs, inclusion of the references in
+//! - [`ek_cert`]: EK certificates checked against the configured CAs.
+//!
+//! Not yet: TLS, ECC EKs, inclusion of the references in
 //! the transparency log at verdict time (the configured checkpoint is recorded, not checked),
 //! the transparency log of verdicts; one policy per service.
 
 pub mod api;
 pub mod client;
 pub mod credential;
+pub mod ek_cert;
+pub mod load;
 pub mod server;
 pub mod service;
+pub mod soft_tpm;
 pub mod store;

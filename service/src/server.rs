@@ -1,9 +1,10 @@
 //! The HTTP front of [`Service`]: axum on the caller's tokio runtime. Each request body is
 //! bounded by [`MAX_BODY`] before it is read, parsed into its typed value, and handled on a
 //! blocking thread (the store is synchronous); answers are JSON, refusals
-//! `{"error": kind, "message": …}` with a 4xx status.
+//! `{"error": kind, "message": …}` with a 4xx status. Requests run side by side: no lock in
+//! the process, the database decides every race (`store`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -16,11 +17,11 @@ use crate::api::{
 };
 use crate::service::{Refusal, Service};
 
-type Shared = Arc<Mutex<Service>>;
+type Shared = Arc<Service>;
 
 /// The API's routes (service/openapi.yaml).
 pub fn router(service: Service) -> axum::Router {
-    let shared: Shared = Arc::new(Mutex::new(service));
+    let shared: Shared = Arc::new(service);
     axum::Router::new()
         .route("/v1/enrol", axum::routing::post(enrol))
         .route("/v1/activate", axum::routing::post(activate))
@@ -51,17 +52,9 @@ fn answer<T: Serialize>(r: Result<T, Refusal>) -> Response {
 
 async fn run<T: Serialize + Send + 'static>(
     s: Shared,
-    f: impl FnOnce(&mut Service) -> Result<T, Refusal> + Send + 'static,
+    f: impl FnOnce(&Service) -> Result<T, Refusal> + Send + 'static,
 ) -> Response {
-    let r = tokio::task::spawn_blocking(move || {
-        let mut guard = s.lock().map_err(|_| Refusal {
-            status: 500,
-            kind: "internal",
-            message: "the service state is poisoned".into(),
-        })?;
-        f(&mut guard)
-    })
-    .await;
+    let r = tokio::task::spawn_blocking(move || f(&s)).await;
     match r {
         Ok(r) => answer(r),
         Err(_) => answer::<()>(Err(Refusal {

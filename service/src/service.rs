@@ -16,7 +16,8 @@ use crate::api::{
     EvidenceRequest, EvidenceResponse, Release,
 };
 use crate::credential::{make_credential, CredentialFile};
-use crate::store::{Machine, NonceUse, Store, StoreError};
+use crate::ek_cert::EkCas;
+use crate::store::{Machine, NewVerdict, NonceUse, Store, StoreError};
 use imgctl_attest::tpm_public::TpmPublic;
 
 /// The largest secret released: a credential is a TPM2B_DIGEST, at most the size of the EK's
@@ -30,6 +31,8 @@ pub const MAX_SECRET: usize = 32;
 ///                               # PostgreSQL connection string (host=/run/postgresql dbname=imgctl)
 /// nonce_ttl_seconds: 60         # how long a challenge may be answered
 /// enrol_ttl_seconds: 300        # how long an enrolment credential may be activated
+/// ek_ca_files: [tpm-ca.pem]     # optional: CAs of EK certificates; when listed, a machine
+///                               # enrols only with an EK certificate one of them issued
 /// policy:                       # the policy every enrolled machine is checked against
 ///   name: demo
 ///   version: 1
@@ -49,6 +52,9 @@ pub struct ConfigFile {
     pub nonce_ttl_seconds: u32,
     #[serde(default = "default_enrol_ttl")]
     pub enrol_ttl_seconds: u32,
+    /// CA certificates (PEM or DER, relative to the configuration) that issue EK certificates.
+    #[serde(default)]
+    pub ek_ca_files: Vec<PathBuf>,
     pub policy: PolicyConfig,
 }
 
@@ -100,6 +106,8 @@ pub struct Config {
     pub references: References,
     pub checkpoint: Option<String>,
     pub secrets: Vec<(String, Vec<u8>)>,
+    /// Trust anchors of EK certificates; empty: EK certificates are not required (nor read).
+    pub ek_cas: EkCas,
 }
 
 const MAX_CONFIG_FILE: u64 = 64 << 20;
@@ -176,6 +184,12 @@ impl Config {
             }
             secrets.push((s.name.clone(), data));
         }
+        let mut ca_files = Vec::new();
+        for f in &c.ek_ca_files {
+            let p = base.join(f);
+            ca_files.push((p.display().to_string(), read_bounded(&p, "ek_ca_files")?));
+        }
+        let ek_cas = EkCas::parse(&ca_files).map_err(|e| bad(format!("ek_ca_files: {e}")))?;
         if c.nonce_ttl_seconds == 0 || c.enrol_ttl_seconds == 0 {
             return Err(bad(
                 "nonce_ttl_seconds and enrol_ttl_seconds must be positive".into(),
@@ -196,6 +210,7 @@ impl Config {
             references,
             checkpoint,
             secrets,
+            ek_cas,
         })
     }
 }
@@ -229,6 +244,27 @@ impl From<api::BodyError> for Refusal {
     }
 }
 
+fn nonce_refusal(why: NonceUse) -> Refusal {
+    match why {
+        NonceUse::Unknown => refuse(
+            403,
+            "nonce-unknown",
+            "the nonce was not issued by this service",
+        ),
+        NonceUse::OtherMachine => refuse(
+            403,
+            "nonce-other-machine",
+            "the nonce was issued to another machine",
+        ),
+        NonceUse::Used => refuse(403, "nonce-used", "the nonce was already answered (replay)"),
+        NonceUse::Expired => refuse(
+            403,
+            "nonce-expired",
+            "the nonce expired before it was answered",
+        ),
+    }
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -243,7 +279,8 @@ fn random(n: usize) -> Result<Vec<u8>, Refusal> {
     Ok(v)
 }
 
-/// The service: configuration and store.
+/// The service: configuration and store. Shared by every request without a lock (`&self`):
+/// the store is a pool and every state change one transaction in it.
 #[derive(Debug)]
 pub struct Service {
     pub config: Config,
@@ -256,12 +293,27 @@ impl Service {
         Ok(Service { config, store })
     }
 
-    /// Enrolment, step 1: checks the EK and AK and answers a credential (a fresh random secret
+    /// Enrolment, step 1: checks the EK (and its certificate, when CAs are configured) and AK
+    /// and answers a credential (a fresh random secret
     /// made to the EK for the AK's Name) that only the TPM holding both can activate.
-    pub fn enrol(&mut self, req: &EnrolRequest) -> Result<EnrolResponse, Refusal> {
+    pub fn enrol(&self, req: &EnrolRequest) -> Result<EnrolResponse, Refusal> {
         let ek = TpmPublic::parse(&req.ek_public)
             .map_err(|e| refuse(400, "bad-ek", format!("ek_public: {e}")))?;
         ek.check_ek().map_err(|e| refuse(400, "bad-ek", e))?;
+        // With CAs configured, only an EK a configured CA certified enrols.
+        if !self.config.ek_cas.is_empty() {
+            let cert = req.ek_certificate.as_deref().ok_or_else(|| {
+                refuse(
+                    403,
+                    "ek-certificate-required",
+                    "this service enrols only EKs with a certificate from its configured CAs",
+                )
+            })?;
+            self.config
+                .ek_cas
+                .check(cert, &ek, now())
+                .map_err(|e| refuse(403, "ek-certificate-refused", e.to_string()))?;
+        }
         let ak = TpmPublic::parse(&req.ak_public)
             .map_err(|e| refuse(400, "bad-ak", format!("ak_public: {e}")))?;
         ak.check_ak().map_err(|e| refuse(400, "bad-ak", e))?;
@@ -296,7 +348,7 @@ impl Service {
 
     /// Enrolment, step 2: the AK is trusted only if the machine returns the credential's
     /// secret before it expires. One attempt: a wrong secret fails the enrolment.
-    pub fn activate(&mut self, req: &ActivateRequest) -> Result<(), Refusal> {
+    pub fn activate(&self, req: &ActivateRequest) -> Result<(), Refusal> {
         let m = self.machine(&req.machine)?;
         if m.state != "pending" {
             return Err(refuse(
@@ -323,7 +375,7 @@ impl Service {
         }
     }
 
-    fn machine(&mut self, id: &str) -> Result<Machine, Refusal> {
+    fn machine(&self, id: &str) -> Result<Machine, Refusal> {
         self.store.machine(id)?.ok_or_else(|| {
             refuse(
                 404,
@@ -333,7 +385,7 @@ impl Service {
         })
     }
 
-    fn active_machine(&mut self, id: &str) -> Result<Machine, Refusal> {
+    fn active_machine(&self, id: &str) -> Result<Machine, Refusal> {
         let m = self.machine(id)?;
         if m.state != "active" {
             return Err(refuse(
@@ -349,7 +401,7 @@ impl Service {
     }
 
     /// A fresh 32-byte nonce for an enrolled machine, single use, expiring.
-    pub fn challenge(&mut self, req: &ChallengeRequest) -> Result<ChallengeResponse, Refusal> {
+    pub fn challenge(&self, req: &ChallengeRequest) -> Result<ChallengeResponse, Refusal> {
         let m = self.active_machine(&req.machine)?;
         let nonce = random(32)?;
         let expires_at = now() + self.config.nonce_ttl;
@@ -364,41 +416,15 @@ impl Service {
     /// nonce) and the logs against the policy, stores the verdict, and on ACCEPT releases the
     /// policy's secrets, each MakeCredential'd to the machine's EK for its AK's Name.
     pub fn evidence(
-        &mut self,
+        &self,
         req: &EvidenceRequest,
         body: &[u8],
     ) -> Result<EvidenceResponse, Refusal> {
         let m = self.active_machine(&req.machine)?;
-        match self.store.use_nonce(&req.nonce, &m.id, now())? {
-            NonceUse::Consumed => {}
-            NonceUse::Unknown => {
-                return Err(refuse(
-                    403,
-                    "nonce-unknown",
-                    "the nonce was not issued by this service",
-                ))
-            }
-            NonceUse::OtherMachine => {
-                return Err(refuse(
-                    403,
-                    "nonce-other-machine",
-                    "the nonce was issued to another machine",
-                ))
-            }
-            NonceUse::Used => {
-                return Err(refuse(
-                    403,
-                    "nonce-used",
-                    "the nonce was already answered (replay)",
-                ))
-            }
-            NonceUse::Expired => {
-                return Err(refuse(
-                    403,
-                    "nonce-expired",
-                    "the nonce expired before it was answered",
-                ))
-            }
+        // A nonce that cannot be consumed is refused before the work of verifying; the one
+        // that decides is the conditional consume in the verdict's transaction below.
+        if let Some(why) = self.store.nonce_state(&req.nonce, &m.id, now())? {
+            return Err(nonce_refusal(why));
         }
         let evidence_sha256 = hex::encode(Sha256::digest(body));
         let verdict = self.verify(&m, req);
@@ -423,18 +449,22 @@ impl Service {
             }
         }
         let names: Vec<String> = releases.iter().map(|r| r.name.clone()).collect();
-        let verdict_id = self.store.add_verdict(
-            &m.id,
-            &req.nonce,
-            accepted,
-            &evidence_sha256,
-            &self.config.policy_name,
-            self.config.policy_version,
-            self.config.checkpoint.as_deref(),
-            &findings.to_string(),
-            &names,
-            now(),
-        )?;
+        let findings_text = findings.to_string();
+        let verdict_id = self
+            .store
+            .add_verdict(&NewVerdict {
+                machine: &m.id,
+                nonce: &req.nonce,
+                accepted,
+                evidence_sha256: &evidence_sha256,
+                policy: &self.config.policy_name,
+                policy_version: self.config.policy_version,
+                log_checkpoint: self.config.checkpoint.as_deref(),
+                findings: &findings_text,
+                releases: &names,
+                now: now(),
+            })?
+            .map_err(nonce_refusal)?;
         Ok(EvidenceResponse {
             verdict_id,
             accepted,

@@ -4,10 +4,15 @@
 //! `schema_migrations`; the queries are the same text for both (`?N` parameters are written
 //! `$N` for PostgreSQL).
 //!
-//! Every state change that must happen at most once is a single conditional statement, so two
-//! requests (or two replicas) racing for it cannot both win: a nonce is consumed by
-//! `UPDATE … WHERE used_at IS NULL`, a verdict is unique per nonce, a release unique per
-//! (nonce, secret).
+//! No lock in the process guards the state: every request takes a connection from a pool
+//! ([`r2d2`]; several per replica) and every state change is one database transaction whose
+//! conditions are in SQL, so two requests, or two replicas on one PostgreSQL, racing for it
+//! cannot both win. A nonce is consumed by `UPDATE … WHERE used_at IS NULL AND expires_at > now`
+//! in the same transaction that inserts its verdict (unique per nonce) and its releases (unique
+//! per (nonce, secret)): a consumed nonce always has its verdict, whoever dies when. SQLite runs
+//! in WAL mode with a busy timeout and takes the write lock at `BEGIN IMMEDIATE`; PostgreSQL at
+//! READ COMMITTED, where the second `UPDATE` of a nonce waits for the first to commit and then
+//! finds it used.
 
 /// The migrations, in order: (name, SQLite text, PostgreSQL text).
 pub const MIGRATIONS: &[(&str, &str, &str)] = &[(
@@ -36,6 +41,8 @@ pub enum StoreError {
     Newer(i64, usize),
     #[error("database: column {0}: unexpected type")]
     Type(usize),
+    #[error("database connection pool: {0}")]
+    Pool(#[from] r2d2::Error),
 }
 
 /// A machine's enrolment state.
@@ -51,15 +58,28 @@ pub struct Machine {
     pub activation_expires: i64,
 }
 
-/// What happened to a nonce when the evidence answering it arrived.
+/// Why a nonce cannot be consumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceUse {
-    /// Unused, unexpired, this machine's: now consumed.
-    Consumed,
     Unknown,
     OtherMachine,
     Used,
     Expired,
+}
+
+/// A verdict to store, with the names of the secrets released on it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewVerdict<'a> {
+    pub machine: &'a str,
+    pub nonce: &'a [u8],
+    pub accepted: bool,
+    pub evidence_sha256: &'a str,
+    pub policy: &'a str,
+    pub policy_version: i64,
+    pub log_checkpoint: Option<&'a str>,
+    pub findings: &'a str,
+    pub releases: &'a [String],
+    pub now: i64,
 }
 
 /// A stored verdict, as the API reports it.
@@ -132,21 +152,77 @@ impl rusqlite::ToSql for Val {
     }
 }
 
+/// One database connection.
 enum Conn {
     Sqlite(rusqlite::Connection),
     Postgres(Box<postgres::Client>),
 }
 
-/// The service's database.
+/// Opens connections for the pool.
+#[derive(Debug)]
+struct Manager {
+    path: String,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = StoreError;
+
+    fn connect(&self) -> Result<Conn, StoreError> {
+        connect(&self.path)
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), StoreError> {
+        conn.batch("SELECT 1")
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        match conn {
+            Conn::Sqlite(_) => false,
+            Conn::Postgres(c) => c.is_closed(),
+        }
+    }
+}
+
+fn connect(path: &str) -> Result<Conn, StoreError> {
+    if is_postgres(path) {
+        let c = postgres::Client::connect(path, postgres::NoTls).map_err(|source| {
+            StoreError::OpenPg {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        Ok(Conn::Postgres(Box::new(c)))
+    } else {
+        let conn = rusqlite::Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        // WAL: readers do not block the writer; the pragma answers with the mode it set.
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+        Ok(Conn::Sqlite(conn))
+    }
+}
+
+/// Connections per process: requests beyond this wait for one (PostgreSQL's default
+/// `max_connections` of 100 leaves room for several replicas).
+pub const POOL_SIZE: u32 = 8;
+
+/// The service's database: a pool of connections; cheap to clone, shared by every request.
+#[derive(Clone)]
 pub struct Store {
-    conn: Conn,
+    pool: r2d2::Pool<Manager>,
+    postgres: bool,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.conn {
-            Conn::Sqlite(_) => "Store(SQLite)",
-            Conn::Postgres(_) => "Store(PostgreSQL)",
+        f.write_str(if self.postgres {
+            "Store(PostgreSQL)"
+        } else {
+            "Store(SQLite)"
         })
     }
 }
@@ -171,37 +247,9 @@ fn t(s: &str) -> Val {
     Val::Text(s.to_owned())
 }
 
-impl Store {
-    /// Opens the database `path` names, creating it (SQLite) and applying pending migrations:
-    /// `postgresql://…`, `postgres://…` or a `host=… dbname=…` string is PostgreSQL, anything
-    /// else a SQLite file.
-    pub fn open(path: &str) -> Result<Store, StoreError> {
-        let conn = if is_postgres(path) {
-            let c = postgres::Client::connect(path, postgres::NoTls).map_err(|source| {
-                StoreError::OpenPg {
-                    path: path.to_owned(),
-                    source,
-                }
-            })?;
-            Conn::Postgres(Box::new(c))
-        } else {
-            let conn = rusqlite::Connection::open(path).map_err(|source| StoreError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-            conn.busy_timeout(std::time::Duration::from_secs(10))?;
-            conn.pragma_update(None, "foreign_keys", "ON")?;
-            // WAL: readers do not block the writer; the pragma answers with the mode it set.
-            conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
-            Conn::Sqlite(conn)
-        };
-        let mut store = Store { conn };
-        store.migrate()?;
-        Ok(store)
-    }
-
+impl Conn {
     fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        match &mut self.conn {
+        match self {
             Conn::Sqlite(c) => c.execute_batch(sql)?,
             Conn::Postgres(c) => c.batch_execute(sql)?,
         }
@@ -209,7 +257,7 @@ impl Store {
     }
 
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
-        Ok(match &mut self.conn {
+        Ok(match self {
             Conn::Sqlite(c) => c.execute(sql, rusqlite::params_from_iter(params.iter()))? as u64,
             Conn::Postgres(c) => {
                 let p = pg_params(params);
@@ -219,9 +267,8 @@ impl Store {
             }
         })
     }
-
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Vec<Val>>, StoreError> {
-        match &mut self.conn {
+        match self {
             Conn::Sqlite(c) => {
                 let mut st = c.prepare(sql)?;
                 let n = st.column_count();
@@ -279,12 +326,17 @@ impl Store {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
-    /// Runs `f` in a transaction: committed when it returns Ok, rolled back otherwise.
+    /// Runs `f` in a transaction: committed when it returns Ok, rolled back otherwise. SQLite
+    /// takes the write lock at the start (`BEGIN IMMEDIATE`), so a transaction that reads and
+    /// then writes waits for another writer (busy timeout) instead of failing on upgrade.
     fn transaction<T>(
         &mut self,
-        f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.batch("BEGIN")?;
+        self.batch(match self {
+            Conn::Sqlite(_) => "BEGIN IMMEDIATE",
+            Conn::Postgres(_) => "BEGIN",
+        })?;
         match f(self) {
             Ok(v) => {
                 self.batch("COMMIT")?;
@@ -302,7 +354,7 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL)",
         )?;
         // Replicas starting together on one PostgreSQL: one migrates, the others wait.
-        let pg = matches!(self.conn, Conn::Postgres(_));
+        let pg = matches!(self, Conn::Postgres(_));
         self.transaction(|s| {
             if pg {
                 s.batch("LOCK TABLE schema_migrations IN EXCLUSIVE MODE")?;
@@ -330,9 +382,36 @@ impl Store {
             Ok(())
         })
     }
+}
 
-    pub fn machine(&mut self, id: &str) -> Result<Option<Machine>, StoreError> {
-        let Some(r) = self.query_one(
+impl Store {
+    /// Opens the database `path` names, creating it (SQLite) and applying pending migrations:
+    /// `postgresql://…`, `postgres://…` or a `host=… dbname=…` string is PostgreSQL, anything
+    /// else a SQLite file.
+    pub fn open(path: &str) -> Result<Store, StoreError> {
+        // The first connection migrates, and names the database in its error if it cannot.
+        let mut first = connect(path)?;
+        first.migrate()?;
+        let pool = r2d2::Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(1))
+            .connection_timeout(std::time::Duration::from_secs(30))
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build_unchecked(Manager {
+                path: path.to_owned(),
+            });
+        Ok(Store {
+            pool,
+            postgres: is_postgres(path),
+        })
+    }
+
+    fn conn(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
+        Ok(self.pool.get()?)
+    }
+
+    pub fn machine(&self, id: &str) -> Result<Option<Machine>, StoreError> {
+        let Some(r) = self.conn()?.query_one(
             "SELECT id, ek_public, ak_public, ak_name, policy, state, activation_sha256, activation_expires
              FROM machines WHERE id = ?1",
             &[t(id)],
@@ -355,8 +434,8 @@ impl Store {
 
     /// Records a (re-)enrolment: the machine is `pending` until it activates the credential.
     /// An `active` machine is not replaced (returns false).
-    pub fn enrol(&mut self, m: &Machine, now: i64) -> Result<bool, StoreError> {
-        let n = self.exec(
+    pub fn enrol(&self, m: &Machine, now: i64) -> Result<bool, StoreError> {
+        let n = self.conn()?.exec(
             "INSERT INTO machines (id, ek_public, ak_public, ak_name, policy, state, activation_sha256, activation_expires, enrolled_at)
              VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8)
              ON CONFLICT (id) DO UPDATE SET ak_public = excluded.ak_public, ak_name = excluded.ak_name,
@@ -378,8 +457,8 @@ impl Store {
     }
 
     /// Moves a pending machine to `active` or `failed`; false when it was not pending.
-    pub fn finish_activation(&mut self, id: &str, ok: bool) -> Result<bool, StoreError> {
-        let n = self.exec(
+    pub fn finish_activation(&self, id: &str, ok: bool) -> Result<bool, StoreError> {
+        let n = self.conn()?.exec(
             "UPDATE machines SET state = ?2 WHERE id = ?1 AND state = 'pending'",
             &[t(id), t(if ok { "active" } else { "failed" })],
         )?;
@@ -387,12 +466,12 @@ impl Store {
     }
 
     pub fn add_nonce(
-        &mut self,
+        &self,
         nonce: &[u8],
         machine: &str,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        self.exec(
+        self.conn()?.exec(
             "INSERT INTO nonces (nonce, machine, expires_at) VALUES (?1, ?2, ?3)",
             &[
                 Val::Text(hex::encode(nonce)),
@@ -403,89 +482,90 @@ impl Store {
         Ok(())
     }
 
-    /// Consumes a nonce for `machine` at `now`: one conditional UPDATE, so it is consumed at
-    /// most once whoever asks; then says why it was not, if it was not.
-    pub fn use_nonce(
-        &mut self,
+    /// Why `nonce` cannot be consumed by `machine` at `now`, or `None` when it can (a read,
+    /// to refuse a replay before the work of verifying it; the consuming is in
+    /// [`Store::add_verdict`]).
+    pub fn nonce_state(
+        &self,
         nonce: &[u8],
         machine: &str,
         now: i64,
-    ) -> Result<NonceUse, StoreError> {
-        let hex_nonce = hex::encode(nonce);
-        let n = self.exec(
-            "UPDATE nonces SET used_at = ?3 WHERE nonce = ?1 AND machine = ?2 AND used_at IS NULL AND expires_at > ?3",
-            &[t(&hex_nonce), t(machine), Val::Int(now)],
-        )?;
-        if n == 1 {
-            return Ok(NonceUse::Consumed);
-        }
-        let row = self.query_one(
+    ) -> Result<Option<NonceUse>, StoreError> {
+        let row = self.conn()?.query_one(
             "SELECT machine, expires_at, used_at FROM nonces WHERE nonce = ?1",
-            &[t(&hex_nonce)],
+            &[Val::Text(hex::encode(nonce))],
         )?;
-        Ok(match row {
-            None => NonceUse::Unknown,
-            Some(r) => {
-                let col = |i: usize| r.get(i).cloned().unwrap_or(Val::Null);
-                if col(0).text(0)? != machine {
-                    NonceUse::OtherMachine
-                } else if col(2).opt_int(2)?.is_some() {
-                    NonceUse::Used
-                } else {
-                    NonceUse::Expired
-                }
-            }
+        let Some(r) = row else {
+            return Ok(Some(NonceUse::Unknown));
+        };
+        let col = |i: usize| r.get(i).cloned().unwrap_or(Val::Null);
+        Ok(if col(0).text(0)? != machine {
+            Some(NonceUse::OtherMachine)
+        } else if col(2).opt_int(2)?.is_some() {
+            Some(NonceUse::Used)
+        } else if col(1).int(1)? <= now {
+            Some(NonceUse::Expired)
+        } else {
+            None
         })
     }
 
-    /// Stores a verdict and, in the same transaction, the releases made on it.
-    #[allow(clippy::too_many_arguments)] // reason: one row's columns
-    pub fn add_verdict(
-        &mut self,
-        machine: &str,
-        nonce: &[u8],
-        accepted: bool,
-        evidence_sha256: &str,
-        policy: &str,
-        policy_version: i64,
-        log_checkpoint: Option<&str>,
-        findings: &str,
-        releases: &[String],
-        now: i64,
-    ) -> Result<i64, StoreError> {
-        let nonce_hex = hex::encode(nonce);
-        self.transaction(|s| {
+    /// Consumes the nonce and stores the verdict and the releases made on it, in one
+    /// transaction: the nonce is consumed by one conditional UPDATE (unused, unexpired, this
+    /// machine's), so of any number of requests or replicas racing with it one wins; the others
+    /// learn why they lost ([`NonceUse`]) and nothing of theirs is stored. A verdict is unique
+    /// per nonce and a release per (nonce, secret) besides, in the schema.
+    pub fn add_verdict(&self, v: &NewVerdict<'_>) -> Result<Result<i64, NonceUse>, StoreError> {
+        let nonce_hex = hex::encode(v.nonce);
+        let mut conn = self.conn()?;
+        let won = conn.transaction(|s| {
+            let n = s.exec(
+                "UPDATE nonces SET used_at = ?3 WHERE nonce = ?1 AND machine = ?2 AND used_at IS NULL AND expires_at > ?3",
+                &[t(&nonce_hex), t(v.machine), Val::Int(v.now)],
+            )?;
+            if n != 1 {
+                return Ok(None);
+            }
             let id = s
                 .query_one(
                     "INSERT INTO verdicts (machine, nonce, accepted, evidence_sha256, policy, policy_version, log_checkpoint, findings, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
                     &[
-                        t(machine),
+                        t(v.machine),
                         t(&nonce_hex),
-                        Val::Bool(accepted),
-                        t(evidence_sha256),
-                        t(policy),
-                        Val::Int(policy_version),
-                        log_checkpoint.map_or(Val::Null, t),
-                        t(findings),
-                        Val::Int(now),
+                        Val::Bool(v.accepted),
+                        t(v.evidence_sha256),
+                        t(v.policy),
+                        Val::Int(v.policy_version),
+                        v.log_checkpoint.map_or(Val::Null, t),
+                        t(v.findings),
+                        Val::Int(v.now),
                     ],
                 )?
                 .and_then(|r| r.first().cloned())
                 .unwrap_or(Val::Null)
                 .int(0)?;
-            for secret in releases {
+            for secret in v.releases {
                 s.exec(
                     "INSERT INTO releases (verdict, machine, nonce, secret, released_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    &[Val::Int(id), t(machine), t(&nonce_hex), t(secret), Val::Int(now)],
+                    &[Val::Int(id), t(v.machine), t(&nonce_hex), t(secret), Val::Int(v.now)],
                 )?;
             }
-            Ok(id)
-        })
+            Ok(Some(id))
+        })?;
+        drop(conn);
+        match won {
+            Some(id) => Ok(Ok(id)),
+            // Lost: say why. A nonce that could still be consumed here (it cannot, the UPDATE
+            // just found it unusable) would be a bug; call it used rather than report success.
+            None => Ok(Err(self
+                .nonce_state(v.nonce, v.machine, v.now)?
+                .unwrap_or(NonceUse::Used))),
+        }
     }
 
-    pub fn verdicts(&mut self, machine: &str) -> Result<Vec<VerdictRow>, StoreError> {
-        let rows = self.query(
+    pub fn verdicts(&self, machine: &str) -> Result<Vec<VerdictRow>, StoreError> {
+        let rows = self.conn()?.query(
             "SELECT id, nonce, accepted, evidence_sha256, policy, policy_version, log_checkpoint, findings, created_at
              FROM verdicts WHERE machine = ?1 ORDER BY id",
             &[t(machine)],
@@ -509,8 +589,8 @@ impl Store {
     }
 
     /// Every release recorded for a machine: (verdict id, nonce, secret name).
-    pub fn releases(&mut self, machine: &str) -> Result<Vec<(i64, String, String)>, StoreError> {
-        let rows = self.query(
+    pub fn releases(&self, machine: &str) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let rows = self.conn()?.query(
             "SELECT verdict, nonce, secret FROM releases WHERE machine = ?1 ORDER BY id",
             &[t(machine)],
         )?;
@@ -554,41 +634,103 @@ mod tests {
         }
     }
 
+    fn verdict<'a>(
+        machine: &'a str,
+        nonce: &'a [u8],
+        releases: &'a [String],
+        now: i64,
+    ) -> NewVerdict<'a> {
+        NewVerdict {
+            machine,
+            nonce,
+            accepted: true,
+            evidence_sha256: "d",
+            policy: "demo",
+            policy_version: 1,
+            log_checkpoint: None,
+            findings: "[]",
+            releases,
+            now,
+        }
+    }
+
     #[test]
     fn a_nonce_is_consumed_once_by_its_machine_before_it_expires() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(dir.path().join("db").to_str().unwrap()).unwrap();
+        let s = Store::open(dir.path().join("db").to_str().unwrap()).unwrap();
         assert!(s.enrol(&machine("aa"), 0).unwrap());
         assert!(s.enrol(&machine("bb"), 0).unwrap());
         s.add_nonce(b"n1", "aa", 10).unwrap();
-        assert_eq!(s.use_nonce(b"n1", "bb", 5).unwrap(), NonceUse::OtherMachine);
-        assert_eq!(s.use_nonce(b"n1", "aa", 10).unwrap(), NonceUse::Expired);
-        assert_eq!(s.use_nonce(b"n1", "aa", 5).unwrap(), NonceUse::Consumed);
-        assert_eq!(s.use_nonce(b"n1", "aa", 6).unwrap(), NonceUse::Used);
-        assert_eq!(s.use_nonce(b"n2", "aa", 6).unwrap(), NonceUse::Unknown);
-        // An active machine is not re-enrolled; a second verdict or release for one nonce fails.
+        let k = ["k".to_owned()];
+        assert_eq!(
+            s.add_verdict(&verdict("bb", b"n1", &k, 5)).unwrap(),
+            Err(NonceUse::OtherMachine)
+        );
+        assert_eq!(
+            s.add_verdict(&verdict("aa", b"n1", &k, 10)).unwrap(),
+            Err(NonceUse::Expired)
+        );
+        assert_eq!(s.nonce_state(b"n1", "aa", 5).unwrap(), None);
+        let id = s
+            .add_verdict(&verdict("aa", b"n1", &k, 5))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.add_verdict(&verdict("aa", b"n1", &k, 6)).unwrap(),
+            Err(NonceUse::Used)
+        );
+        assert_eq!(s.nonce_state(b"n1", "aa", 6).unwrap(), Some(NonceUse::Used));
+        assert_eq!(
+            s.add_verdict(&verdict("aa", b"n2", &k, 6)).unwrap(),
+            Err(NonceUse::Unknown)
+        );
+        // The losers stored nothing: one verdict, one release.
+        assert_eq!(s.verdicts("aa").unwrap().len(), 1);
+        assert_eq!(s.verdicts("aa").unwrap()[0].id, id);
+        assert_eq!(s.releases("aa").unwrap().len(), 1);
+        assert!(s.verdicts("bb").unwrap().is_empty());
+        // An active machine is not re-enrolled.
         assert!(s.finish_activation("aa", true).unwrap());
         assert!(!s.enrol(&machine("aa"), 1).unwrap());
-        s.add_verdict(
-            "aa",
-            b"n1",
-            true,
-            "d",
-            "demo",
-            1,
-            None,
-            "[]",
-            &["k".into()],
-            7,
-        )
-        .unwrap();
-        assert!(s
-            .add_verdict("aa", b"n1", true, "d", "demo", 1, None, "[]", &[], 8)
-            .is_err());
-        assert_eq!(s.releases("aa").unwrap().len(), 1);
         // Reopening applies no migration twice.
         drop(s);
-        let mut s = Store::open(dir.path().join("db").to_str().unwrap()).unwrap();
+        let s = Store::open(dir.path().join("db").to_str().unwrap()).unwrap();
         assert_eq!(s.verdicts("aa").unwrap().len(), 1);
+    }
+
+    /// Many threads, each with its own pooled connection, race to answer one nonce: exactly
+    /// one wins, with one verdict and one release; every other is told the nonce is used.
+    #[test]
+    fn racing_answers_to_one_nonce_store_one_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().join("db").to_str().unwrap()).unwrap();
+        assert!(s.enrol(&machine("aa"), 0).unwrap());
+        for round in 0..5u8 {
+            let nonce = [round; 32];
+            s.add_nonce(&nonce, "aa", 100).unwrap();
+            let barrier = std::sync::Barrier::new(16);
+            let results: Vec<_> = std::thread::scope(|sc| {
+                let hs: Vec<_> = (0..16)
+                    .map(|_| {
+                        sc.spawn(|| {
+                            let k = ["k".to_owned()];
+                            barrier.wait();
+                            s.add_verdict(&verdict("aa", &nonce, &k, 5)).unwrap()
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(
+                results.iter().filter(|r| r.is_ok()).count(),
+                1,
+                "{results:?}"
+            );
+            assert!(results
+                .iter()
+                .all(|r| r.is_ok() || *r == Err(NonceUse::Used)));
+        }
+        assert_eq!(s.verdicts("aa").unwrap().len(), 5);
+        assert_eq!(s.releases("aa").unwrap().len(), 5);
     }
 }

@@ -48,6 +48,10 @@ pub struct Args {
     /// Where released secrets are written (one file per secret, mode 0600).
     #[arg(long)]
     pub secrets_dir: Option<PathBuf>,
+    /// The EK's certificate (DER), which a service with EK CAs configured requires, e.g. read
+    /// from NV index 0x01c00002 by `tpm2_nvread -C o -o ek.der 0x01c00002`.
+    #[arg(long)]
+    pub ek_certificate: Option<PathBuf>,
     /// Print the service's answer as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -56,13 +60,17 @@ pub struct Args {
 const MAX_LOG: u64 = imgctl_service::api::MAX_LOG as u64;
 
 fn read_log(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    read_bounded(path, MAX_LOG)
+}
+
+fn read_bounded(path: &std::path::Path, max: u64) -> anyhow::Result<Vec<u8>> {
     use std::io::Read as _;
     let mut out = Vec::new();
     std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_LOG + 1).read_to_end(&mut out))
+        .and_then(|f| f.take(max + 1).read_to_end(&mut out))
         .with_context(|| format!("reading {}", path.display()))?;
-    if out.len() as u64 > MAX_LOG {
-        bail!("{}: larger than {MAX_LOG} bytes", path.display());
+    if out.len() as u64 > max {
+        bail!("{}: larger than {max} bytes", path.display());
     }
     Ok(out)
 }
@@ -79,6 +87,11 @@ fn secret_name_ok(name: &str) -> bool {
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let event_log = read_log(&a.event_log)?;
     let userspace_log = a.userspace_log.as_deref().map(read_log).transpose()?;
+    let ek_certificate = a
+        .ek_certificate
+        .as_deref()
+        .map(|p| read_bounded(p, imgctl_service::ek_cert::MAX_CERT as u64))
+        .transpose()?;
     let mut tpm = crate::cmd::tpm::open(&a.tcti)?;
     let client = Client::new(&a.server);
     let ek_public = tpm.ek_public()?;
@@ -87,6 +100,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     match client.enrol(&EnrolRequest {
         ek_public,
         ak_public,
+        ek_certificate,
     }) {
         Ok(e) => {
             let file = imgctl_service::api::decode_blob(&e.credential)

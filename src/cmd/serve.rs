@@ -17,7 +17,7 @@ use imgctl_service::service::{Config, Service};
 /// Example: imgctl serve --config /etc/imgctl/serve.yaml
 #[derive(Debug, Parser)]
 pub struct Args {
-    /// The service configuration (YAML): listen, database, nonce_ttl_seconds, policy (name,
+    /// The service configuration (YAML): listen, database, nonce_ttl_seconds, ek_ca_files, policy (name,
     /// version, file, checkpoint, secrets).
     #[arg(long)]
     pub config: PathBuf,

@@ -56,8 +56,15 @@ impl Swtpm {
     /// `swtpm socket --tpm2 --server type=tcp,port=P --ctrl type=tcp,port=P+1 --tpmstate dir=D
     /// --flags not-need-init,startup-clear`.
     pub fn start_tcp() -> Swtpm {
+        Swtpm::start_tcp_with(|_| {})
+    }
+
+    /// [`Swtpm::start_tcp`] on a state folder `prepare` fills first (e.g. `swtpm_setup`
+    /// manufacturing the TPM with EK certificates).
+    pub fn start_tcp_with(prepare: impl Fn(&Path)) -> Swtpm {
         for _ in 0..5 {
             let state = tempfile::tempdir().expect("temp dir");
+            prepare(state.path());
             let port = free_port_pair();
             let mut child = Command::new(SWTPM)
                 .args(["socket", "--tpm2"])
