@@ -997,7 +997,7 @@ fn ek_certificates_from_configured_cas_only() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let Some(_cap) = setup(d, 60, "state.db") else {
+    let Some(cap) = setup(d, 60, "state.db") else {
         return;
     };
     let ca = d.join("localca");
@@ -1118,4 +1118,35 @@ fn ek_certificates_from_configured_cas_only() {
     .unwrap();
     let e = c.enrol(&req(&mut b, Some(&cert_b))).unwrap();
     assert_eq!(e.machine, machine_id(&mut b));
+
+    // imgctl reads the EK certificate from NV as tpm2_nvread does; a TPM without one has none.
+    assert_eq!(a.ek_certificate().unwrap().as_deref(), Some(&cert_a[..]));
+    let plain = Swtpm::start_tcp();
+    assert_eq!(
+        Tpm::open(&plain.tcti()).unwrap().ek_certificate().unwrap(),
+        None
+    );
+
+    // `imgctl attest` with no --ek-certificate sends the one in NV: a third manufactured TPM
+    // enrols, activates and is accepted; the plain TPM is refused for want of a certificate.
+    let (sc, _) = manufactured_swtpm(&ca);
+    boot(&sc, &cap.log);
+    std::fs::write(d.join("eventlog.bin"), &cap.log).unwrap();
+    let attest = |tcti: String| {
+        imgctl()
+            .args(["attest", "--server", &server.url, "--tcti", &tcti, "--json"])
+            .arg("--event-log")
+            .arg(d.join("eventlog.bin"))
+            .output()
+            .unwrap()
+    };
+    let o = attest(sc.tcti());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let answer: EvidenceResponse = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(answer.accepted, "{answer:?}");
+    boot(&plain, &cap.log);
+    let o = attest(plain.tcti());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("ek-certificate-required"), "{err}");
 }

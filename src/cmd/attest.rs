@@ -48,8 +48,9 @@ pub struct Args {
     /// Where released secrets are written (one file per secret, mode 0600).
     #[arg(long)]
     pub secrets_dir: Option<PathBuf>,
-    /// The EK's certificate (DER), which a service with EK CAs configured requires, e.g. read
-    /// from NV index 0x01c00002 by `tpm2_nvread -C o -o ek.der 0x01c00002`.
+    /// The EK's certificate (DER), which a service with EK CAs configured requires. Without
+    /// this option it is read from the TPM's NV index 0x01c00002 (the RSA-2048 EK certificate
+    /// of the TCG EK Credential Profile) when the TPM has one.
     #[arg(long)]
     pub ek_certificate: Option<PathBuf>,
     /// Print the service's answer as JSON on stdout.
@@ -93,6 +94,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         .map(|p| read_bounded(p, imgctl_service::ek_cert::MAX_CERT as u64))
         .transpose()?;
     let mut tpm = crate::cmd::tpm::open(&a.tcti)?;
+    let ek_certificate = match ek_certificate {
+        Some(c) => Some(c),
+        None => tpm
+            .ek_certificate()
+            .context("reading the EK certificate from the TPM's NV index 0x01c00002")?,
+    };
     let client = Client::new(&a.server);
     let ek_public = tpm.ek_public()?;
     let ak_public = tpm.ak_public()?;

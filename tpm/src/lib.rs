@@ -88,6 +88,12 @@ pub enum TpmError {
 
 type Result<T> = std::result::Result<T, TpmError>;
 
+/// The NV index of the RSA-2048 EK certificate (TCG EK Credential Profile 2.0, the low range).
+pub const EK_CERT_NV_INDEX_RSA2048: u32 = 0x01c0_0002;
+
+/// The largest EK certificate read from NV (TPM NV indices are far smaller in practice).
+pub const MAX_EK_CERT: usize = 16 * 1024;
+
 fn cmd(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
     move |source| {
         // TPM_RC_LOCKOUT (0x921): the dictionary-attack logic refuses authorisations.
@@ -402,6 +408,32 @@ impl Tpm {
     pub fn ek_public(&mut self) -> Result<Vec<u8>> {
         let ek = self.rsa_ek()?;
         self.public_of(ek)
+    }
+
+    /// The RSA-2048 EK's certificate (DER) as the manufacturer stored it in NV index
+    /// [`EK_CERT_NV_INDEX_RSA2048`] (TCG EK Credential Profile), read with owner authorisation;
+    /// `None` when the TPM has no such index. An index larger than [`MAX_EK_CERT`] is refused
+    /// before it is read.
+    pub fn ek_certificate(&mut self) -> Result<Option<Vec<u8>>> {
+        use tss_esapi::abstraction::nv;
+        use tss_esapi::handles::NvIndexTpmHandle;
+        use tss_esapi::interface_types::resource_handles::NvAuth;
+        let handle = NvIndexTpmHandle::new(EK_CERT_NV_INDEX_RSA2048).map_err(cmd("NV index"))?;
+        let indices = nv::list(&mut self.ctx).map_err(cmd("GetCapability(NV indices)"))?;
+        let Some((public, _)) = indices.iter().find(|(p, _)| p.nv_index() == handle) else {
+            return Ok(None);
+        };
+        if public.data_size() > MAX_EK_CERT {
+            return Err(TpmError::Policy(format!(
+                "the EK certificate in NV index {EK_CERT_NV_INDEX_RSA2048:#010x} is {} bytes, more than {MAX_EK_CERT}",
+                public.data_size()
+            )));
+        }
+        let cert = self
+            .ctx
+            .execute_with_nullauth_session(|ctx| nv::read_full(ctx, NvAuth::Owner, handle))
+            .map_err(cmd("NV_Read of the EK certificate"))?;
+        Ok(Some(cert))
     }
 
     /// The `TPMT_PUBLIC` of the attestation key [`Tpm::quote`] signs with.
