@@ -311,32 +311,14 @@ pub fn pcr7_events_trusting(
     if !store.secure_boot() {
         return Err(Pcr7Error::NotEnforced);
     }
-    let var = |vendor: &[u8; 16], name: &str| {
+    let mut events = pcr7_config_events(store, 1);
+    let db = signature_database(
         store
-            .get(vendor, name)
+            .get(&EFI_IMAGE_SECURITY_DATABASE, "db")
             .map(|v| v.data.as_slice())
-            .unwrap_or_default()
-    };
-    let mut events = vec![Pcr7Event {
-        kind: "EV_EFI_VARIABLE_DRIVER_CONFIG",
-        data: uefi_variable_data(&EFI_GLOBAL_VARIABLE, "SecureBoot", &[1]),
-    }];
-    for (vendor, name) in [
-        (&EFI_GLOBAL_VARIABLE, "PK"),
-        (&EFI_GLOBAL_VARIABLE, "KEK"),
-        (&EFI_IMAGE_SECURITY_DATABASE, "db"),
-        (&EFI_IMAGE_SECURITY_DATABASE, "dbx"),
-    ] {
-        events.push(Pcr7Event {
-            kind: "EV_EFI_VARIABLE_DRIVER_CONFIG",
-            data: uefi_variable_data(vendor, name, var(vendor, name)),
-        });
-    }
-    events.push(Pcr7Event {
-        kind: "EV_SEPARATOR",
-        data: vec![0; 4],
-    });
-    let db = signature_database(var(&EFI_IMAGE_SECURITY_DATABASE, "db")).map_err(Pcr7Error::Db)?;
+            .unwrap_or_default(),
+    )
+    .map_err(Pcr7Error::Db)?;
     let entry = db
         .iter()
         .find(|e| e.signature_type == EFI_CERT_X509 && (e.data == signer_der || issued(e.data)))
@@ -356,15 +338,16 @@ pub fn pcr7_events_without_secure_boot(store: &VarStore) -> Result<Vec<Pcr7Event
     if store.secure_boot() {
         return Err(Pcr7Error::Enforced);
     }
-    let var = |vendor: &[u8; 16], name: &str| {
-        store
-            .get(vendor, name)
-            .map(|v| v.data.as_slice())
-            .unwrap_or_default()
-    };
+    Ok(pcr7_config_events(store, 0))
+}
+
+/// The configuration events EDK2 logs in PCR 7 before any application: the `SecureBoot`
+/// variable as `secure_boot`, PK, KEK, db and dbx as `store` holds them (empty when absent),
+/// and the separator.
+fn pcr7_config_events(store: &VarStore, secure_boot: u8) -> Vec<Pcr7Event> {
     let mut events = vec![Pcr7Event {
         kind: "EV_EFI_VARIABLE_DRIVER_CONFIG",
-        data: uefi_variable_data(&EFI_GLOBAL_VARIABLE, "SecureBoot", &[0]),
+        data: uefi_variable_data(&EFI_GLOBAL_VARIABLE, "SecureBoot", &[secure_boot]),
     }];
     for (vendor, name) in [
         (&EFI_GLOBAL_VARIABLE, "PK"),
@@ -372,16 +355,20 @@ pub fn pcr7_events_without_secure_boot(store: &VarStore) -> Result<Vec<Pcr7Event
         (&EFI_IMAGE_SECURITY_DATABASE, "db"),
         (&EFI_IMAGE_SECURITY_DATABASE, "dbx"),
     ] {
+        let data = store
+            .get(vendor, name)
+            .map(|v| v.data.as_slice())
+            .unwrap_or_default();
         events.push(Pcr7Event {
             kind: "EV_EFI_VARIABLE_DRIVER_CONFIG",
-            data: uefi_variable_data(vendor, name, var(vendor, name)),
+            data: uefi_variable_data(vendor, name, data),
         });
     }
     events.push(Pcr7Event {
         kind: "EV_SEPARATOR",
         data: vec![0; 4],
     });
-    Ok(events)
+    events
 }
 
 /// PCR 7 in `bank` after `events` (each extended with the hash of its data).
