@@ -437,6 +437,53 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
+/// Syncs each `(path, name)` (the name is what an error reports), several at once: fsyncs in
+/// flight together are committed by one journal transaction on ext4 and xfs, where one after
+/// the other each waits for its own. Up to [`SYNC_THREADS`] threads; one path is synced inline.
+fn sync_side_by_side<'p>(items: impl Iterator<Item = (&'p Path, &'p Path)>) -> Result<(), Error> {
+    let items: Vec<(&Path, &Path)> = items.collect();
+    let sync = |(p, name): (&Path, &Path)| {
+        File::open(p)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(name, "syncing", e))
+    };
+    if items.len() <= 1 {
+        return items.into_iter().try_for_each(sync);
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = items.len().min(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match items.get(i) {
+                        Some(&item) => sync(item)?,
+                        None => return Ok(()),
+                    }
+                })
+            })
+            .collect();
+        let mut result = Ok(());
+        for w in workers {
+            let r = w.join().unwrap_or_else(|_| {
+                Err(Error::io(
+                    items[0].1,
+                    "syncing",
+                    std::io::Error::other("a syncing thread panicked"),
+                ))
+            });
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
+}
+
+/// How many fsyncs [`sync_side_by_side`] keeps in flight: they wait on the disk, not a core.
+const SYNC_THREADS: usize = 16;
+
 fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -460,8 +507,9 @@ struct Staged {
 }
 
 /// A set of files written together: each is staged under a temporary name beside its final
-/// path and synced; [`Transaction::commit`] checks every final path, then renames them into
-/// place in the order added and syncs their folders. Commit is all or nothing: if one rename
+/// path; [`Transaction::commit`] checks every final path, syncs every temporary (side by side,
+/// so the file system can commit them in one journal transaction rather than one per file),
+/// then renames them into place in the order added and syncs their folders. Commit is all or nothing: if one rename
 /// fails, the files already renamed are put back as they were (the old ones restored from a
 /// hard link taken before the first rename, new ones removed). Dropping an uncommitted
 /// transaction removes its temporaries.
@@ -469,6 +517,8 @@ struct Staged {
 pub struct Transaction {
     pending: Vec<Staged>,
     inputs: Vec<PathBuf>,
+    /// Folders whose stale temporaries were reclaimed already (once per folder is enough).
+    reclaimed: Vec<PathBuf>,
 }
 
 impl Transaction {
@@ -481,6 +531,7 @@ impl Transaction {
         Transaction {
             pending: Vec::new(),
             inputs: inputs.into_iter().map(|p| p.as_ref().to_owned()).collect(),
+            reclaimed: Vec::new(),
         }
     }
 
@@ -523,7 +574,10 @@ impl Transaction {
                 path: path.to_owned(),
             })?;
         let dir = parent_of(path);
-        reclaim_stale(dir);
+        if !self.reclaimed.iter().any(|d| d == dir) {
+            reclaim_stale(dir);
+            self.reclaimed.push(dir.to_owned());
+        }
         let tmp = dir.join(temporary_name(name));
         // Recorded before writing, so a partial temporary is removed too.
         register(&tmp);
@@ -629,26 +683,21 @@ impl Transaction {
             .open(tmp)
             .map_err(|e| Error::io(tmp, "creating", e))?;
         let mut w = std::io::BufWriter::new(&f);
+        // Synced by the commit, with every other file of the transaction.
         write(&mut w)
             .and_then(|()| w.flush())
-            .map_err(|e| Error::io(path, "writing", e))?;
-        drop(w);
-        f.sync_all().map_err(|e| Error::io(path, "syncing", e))?;
-        Ok(())
+            .map_err(|e| Error::io(path, "writing", e))
     }
 
     /// Stages an existing file (written by a tool) for `path`: `produce` gets the temporary
-    /// path to write to; the result is synced.
+    /// path to write to; the commit syncs it.
     pub fn add_path(
         &mut self,
         path: &Path,
         produce: impl FnOnce(&Path) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let tmp = self.stage_path(path, Replace::Allowed)?;
-        produce(&tmp)?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(path, "syncing", e))
+        produce(&tmp)
     }
 
     /// The final paths staged so far.
@@ -694,6 +743,8 @@ fn commit_all(pending: &[Staged], inputs: &[PathBuf]) -> Result<(), Error> {
             ));
         }
     }
+    // Every new content is durable before any name points at it.
+    sync_side_by_side(pending.iter().map(|s| (s.tmp.as_path(), s.fin.as_path())))?;
     let mut done: Vec<Done> = Vec::new();
     let mut dirs: Vec<PathBuf> = Vec::new();
     let result = (|| {
@@ -705,10 +756,7 @@ fn commit_all(pending: &[Staged], inputs: &[PathBuf]) -> Result<(), Error> {
                 dirs.push(d);
             }
         }
-        for d in &dirs {
-            sync_dir(d)?;
-        }
-        Ok(())
+        sync_side_by_side(dirs.iter().map(|d| (d.as_path(), d.as_path())))
     })();
     match result {
         Ok(()) => {
