@@ -690,7 +690,7 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
         Some(spec) => {
             let (path, (len, digests)) = stage.add_streamed(&initrd_file, |w| {
                 let fin = opts.out_dir.join(&initrd_file);
-                let mut hw = HashingWriter::new(w, vec![Tap::new(&banks)?]);
+                let mut hw = HashingWriter::new(w, vec![Tap::new(&banks)?])?;
                 crate::initrd::write_initrd(spec, prepared.mtime, &mut hw, &fin)?;
                 let (_, len, mut digests) =
                     hw.finish().map_err(|e| Error::io(&fin, "writing", e))?;
@@ -766,7 +766,7 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
                 Tap::new(&banks)?,
                 Tap::skipping(&banks, layout.authenticode_excluded())?,
             ];
-            let mut hw = HashingWriter::new(w, taps);
+            let mut hw = HashingWriter::new(w, taps)?;
             layout.write(
                 &mut hw,
                 &fin,
@@ -1000,8 +1000,10 @@ fn sign_staged_uki(
         .map_err(io("writing"))?;
 
     f.seek(SeekFrom::Start(0)).map_err(io("seeking"))?;
-    let mut hw =
-        crate::hashing::HashingWriter::new(std::io::sink(), vec![crate::hashing::Tap::new(banks)?]);
+    let mut hw = crate::hashing::HashingWriter::new(
+        std::io::sink(),
+        vec![crate::hashing::Tap::new(banks)?],
+    )?;
     std::io::copy(&mut f, &mut hw).map_err(io("reading"))?;
     let (_, total, mut digests) = hw.finish().map_err(io("hashing"))?;
     f.sync_all().map_err(io("syncing"))?;

@@ -1,6 +1,8 @@
 //! Hashing while writing: [`HashingWriter`] passes bytes on to its writer in chunks of at most
-//! [`CHUNK`] bytes and feeds every chunk to its [`Tap`]s (one hasher per bank each, all of them in
-//! parallel), so a large artifact is digested in every bank in the one pass that writes it.
+//! [`CHUNK`] bytes and feeds every chunk to its [`Tap`]s, so a large artifact is digested in
+//! every bank in the one pass that writes it. The banks are shared out among the cores
+//! ([`imgctl_measure::bank::split_banks`]); each core's [`MultiDigest`] hashes every tap in its
+//! banks (the SHA-384/SHA-512 digests of all taps as lanes of one multi-buffer computation).
 //! A tap may skip byte ranges (Authenticode leaves out header fields).
 //!
 //! Memory: one chunk buffer, whatever the size of what goes through.
@@ -8,6 +10,7 @@
 use std::io::{self, Write};
 use std::ops::Range;
 
+use imgctl_measure::bank::{split_banks, MultiDigest};
 use imgctl_measure::{Digest, HashAlg};
 use rayon::prelude::*;
 
@@ -19,7 +22,7 @@ pub const CHUNK: usize = 1 << 20;
 /// Digests in some banks of the bytes written, except `skip` (ranges of stream offsets).
 #[derive(Debug)]
 pub struct Tap {
-    hashers: Vec<imgctl_measure::bank::Hasher>,
+    banks: Vec<HashAlg>,
     skip: Vec<Range<u64>>,
 }
 
@@ -31,12 +34,15 @@ impl Tap {
 
     /// A tap hashing every byte outside `skip` in each of `banks`.
     pub fn skipping(banks: &[HashAlg], skip: Vec<Range<u64>>) -> Result<Tap, Error> {
-        let hashers = banks
-            .iter()
-            .map(|b| b.hasher())
-            .collect::<Result<_, _>>()
-            .map_err(imgctl_measure::Error::from)?;
-        Ok(Tap { hashers, skip })
+        if let Some(b) = banks.iter().find(|b| !b.is_supported()) {
+            return Err(
+                imgctl_measure::Error::from(imgctl_measure::bank::UnsupportedAlg(*b)).into(),
+            );
+        }
+        Ok(Tap {
+            banks: banks.to_vec(),
+            skip,
+        })
     }
 
     /// The parts of `chunk` (at stream offset `at`) this tap hashes.
@@ -68,16 +74,31 @@ pub struct HashingWriter<W: Write> {
     /// Bytes hashed and passed on so far.
     written: u64,
     taps: Vec<Tap>,
+    /// One per core: every tap in that core's banks.
+    workers: Vec<MultiDigest>,
 }
 
 impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W, taps: Vec<Tap>) -> Self {
-        HashingWriter {
+    pub fn new(inner: W, taps: Vec<Tap>) -> Result<Self, Error> {
+        let mut banks: Vec<HashAlg> = Vec::new();
+        for b in taps.iter().flat_map(|t| &t.banks) {
+            if !banks.contains(b) {
+                banks.push(*b);
+            }
+        }
+        let cores = rayon::current_num_threads();
+        let workers = split_banks(&banks, cores)
+            .iter()
+            .map(|g| MultiDigest::new(g, taps.len()))
+            .collect::<Result<_, _>>()
+            .map_err(imgctl_measure::Error::from)?;
+        Ok(HashingWriter {
             inner,
             buf: Vec::with_capacity(CHUNK),
             written: 0,
             taps,
-        }
+            workers,
+        })
     }
 
     /// Bytes written so far (passed on or buffered).
@@ -90,18 +111,22 @@ impl<W: Write> HashingWriter<W> {
             return Ok(());
         }
         let (chunk, at) = (&self.buf[..], self.written);
-        let mut jobs: Vec<(&mut imgctl_measure::bank::Hasher, Vec<&[u8]>)> = Vec::new();
-        for tap in &mut self.taps {
-            let parts = tap.parts(chunk, at);
-            for h in &mut tap.hashers {
-                jobs.push((h, parts.clone()));
-            }
-        }
-        jobs.par_iter_mut().with_max_len(1).for_each(|(h, parts)| {
-            for p in parts.iter() {
-                h.update(p);
-            }
-        });
+        let parts: Vec<Vec<&[u8]>> = self.taps.iter().map(|t| t.parts(chunk, at)).collect();
+        let rounds = parts.iter().map(Vec::len).max().unwrap_or(0);
+        self.workers
+            .par_iter_mut()
+            .with_max_len(1)
+            .try_for_each(|w| {
+                (0..rounds).try_for_each(|r| {
+                    let round: Vec<(usize, &[u8])> = parts
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(t, p)| p.get(r).map(|p| (t, *p)))
+                        .collect();
+                    w.update_many(&round)
+                })
+            })
+            .map_err(io::Error::other)?;
         self.inner.write_all(chunk)?;
         self.written += chunk.len() as u64;
         self.buf.clear();
@@ -113,11 +138,24 @@ impl<W: Write> HashingWriter<W> {
     pub fn finish(mut self) -> io::Result<(W, u64, Vec<Vec<Digest>>)> {
         self.drain()?;
         self.inner.flush()?;
-        let digests = self
-            .taps
-            .into_iter()
-            .map(|t| t.hashers.into_iter().map(|h| h.finish()).collect())
-            .collect();
+        // [worker][tap][the worker's banks]
+        let mut per_worker = Vec::with_capacity(self.workers.len());
+        for w in self.workers {
+            let banks = w.banks().to_vec();
+            per_worker.push((banks, w.finish().map_err(io::Error::other)?));
+        }
+        let mut digests = Vec::with_capacity(self.taps.len());
+        for (t, tap) in self.taps.iter().enumerate() {
+            let mut row = Vec::with_capacity(tap.banks.len());
+            for bank in &tap.banks {
+                let d = per_worker.iter().find_map(|(banks, d)| {
+                    let j = banks.iter().position(|b| b == bank)?;
+                    d.get(t)?.get(j).cloned()
+                });
+                row.push(d.ok_or_else(|| io::Error::other(format!("no {bank} digest")))?);
+            }
+            digests.push(row);
+        }
         Ok((self.inner, self.written, digests))
     }
 }
@@ -148,7 +186,7 @@ mod tests {
         let data: Vec<u8> = (0..3 * CHUNK as u32 + 12345)
             .map(|i| (i % 251) as u8)
             .collect();
-        let banks = [HashAlg::SHA1, HashAlg::SHA256];
+        let banks = HashAlg::ALL;
         // Skips inside one chunk, across a chunk boundary, and at the very start.
         let skip = vec![0..3, 100..104, CHUNK as u64 - 2..CHUNK as u64 + 6];
         let mut w = HashingWriter::new(
@@ -157,7 +195,8 @@ mod tests {
                 Tap::new(&banks).unwrap(),
                 Tap::skipping(&banks, skip.clone()).unwrap(),
             ],
-        );
+        )
+        .unwrap();
         let mut at = 0;
         for (i, step) in [1usize, 7, 4096, CHUNK + 3, 65_537]
             .iter()

@@ -364,18 +364,42 @@ pub fn cost_per_100_bytes(bank: HashAlg) -> u64 {
     }
 }
 
-/// Splits `banks` into at most `workers` groups of about equal hashing cost (longest first,
-/// each to the least loaded group), so that each group can hash the same bytes on its own
-/// core: with four banks on two cores, SHA-512 + SHA-1 and SHA-384 + SHA-256.
+/// Splits `banks` into at most `workers` groups of about equal hashing cost, so that each group
+/// can hash the same bytes on its own core. SHA-384 and SHA-512 always share a group: a
+/// [`MultiDigest`] runs them as lanes of one multi-buffer computation, which costs about what
+/// one of them costs alone. With four banks on two cores: SHA-384 + SHA-512 and SHA-1 + SHA-256.
 pub fn split_banks(banks: &[HashAlg], workers: usize) -> Vec<Vec<HashAlg>> {
-    let mut sorted = banks.to_vec();
-    sorted.sort_by_key(|b| std::cmp::Reverse(cost_per_100_bytes(*b)));
-    let n = workers.clamp(1, banks.len().max(1));
+    let laned = |b: HashAlg| b == HashAlg::SHA384 || b == HashAlg::SHA512;
+    // Units of work: the laned banks together (costed as the dearer one, ×1.2 for the second
+    // lane), every other bank alone.
+    let mut units: Vec<(u64, Vec<HashAlg>)> = Vec::new();
+    let lanes: Vec<HashAlg> = banks.iter().copied().filter(|b| laned(*b)).collect();
+    if !lanes.is_empty() {
+        let dearest = lanes
+            .iter()
+            .map(|b| cost_per_100_bytes(*b))
+            .max()
+            .unwrap_or(0);
+        let cost = if imgctl_sha512x4::is_accelerated() {
+            dearest * (10 + 2 * (lanes.len() as u64 - 1)) / 10
+        } else {
+            lanes.iter().map(|b| cost_per_100_bytes(*b)).sum()
+        };
+        units.push((cost, lanes));
+    }
+    units.extend(
+        banks
+            .iter()
+            .filter(|b| !laned(**b))
+            .map(|b| (cost_per_100_bytes(*b), vec![*b])),
+    );
+    units.sort_by_key(|u| std::cmp::Reverse(u.0));
+    let n = workers.clamp(1, units.len().max(1));
     let mut groups: Vec<(u64, Vec<HashAlg>)> = vec![(0, Vec::new()); n];
-    for b in sorted {
+    for (cost, unit) in units {
         if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
-            g.0 += cost_per_100_bytes(b);
-            g.1.push(b);
+            g.0 += cost;
+            g.1.extend(unit);
         }
     }
     groups
@@ -387,22 +411,52 @@ pub fn split_banks(banks: &[HashAlg], workers: usize) -> Vec<Vec<HashAlg>> {
 
 /// Digests of several inputs in a few banks, fed chunk by chunk: one worker's share of the
 /// banks ([`split_banks`]) over every input. Each chunk is hashed in each bank in turn while
-/// it is still in the core's cache.
+/// it is still in the core's cache; the SHA-384 and SHA-512 digests of every input are lanes of
+/// one [`imgctl_sha512x4::Lanes`], four compressed at once.
 #[derive(Debug)]
 pub struct MultiDigest {
     banks: Vec<HashAlg>,
-    /// `[input][bank]`
-    hashers: Vec<Vec<FastHasher>>,
+    /// `[input][bank]`: the hasher of a bank that is not laned.
+    hashers: Vec<Vec<Option<FastHasher>>>,
+    /// `[input][bank]`: the lane of a laned bank.
+    lane_of: Vec<Vec<Option<usize>>>,
+    lanes: imgctl_sha512x4::Lanes,
 }
 
 impl MultiDigest {
     pub fn new(banks: &[HashAlg], inputs: usize) -> Result<Self, UnsupportedAlg> {
-        let hashers = (0..inputs)
-            .map(|_| banks.iter().map(|b| FastHasher::new(*b)).collect())
-            .collect::<Result<_, _>>()?;
+        let mut variants = Vec::new();
+        let mut hashers = Vec::with_capacity(inputs);
+        let mut lane_of = Vec::with_capacity(inputs);
+        for _ in 0..inputs {
+            let mut row = Vec::with_capacity(banks.len());
+            let mut lanes = Vec::with_capacity(banks.len());
+            for b in banks {
+                let variant = match *b {
+                    HashAlg::SHA384 => Some(imgctl_sha512x4::Variant::Sha384),
+                    HashAlg::SHA512 => Some(imgctl_sha512x4::Variant::Sha512),
+                    _ => None,
+                };
+                match variant {
+                    Some(v) => {
+                        lanes.push(Some(variants.len()));
+                        variants.push(v);
+                        row.push(None);
+                    }
+                    None => {
+                        lanes.push(None);
+                        row.push(Some(FastHasher::new(*b)?));
+                    }
+                }
+            }
+            hashers.push(row);
+            lane_of.push(lanes);
+        }
         Ok(MultiDigest {
             banks: banks.to_vec(),
             hashers,
+            lane_of,
+            lanes: imgctl_sha512x4::Lanes::new(&variants),
         })
     }
 
@@ -413,23 +467,54 @@ impl MultiDigest {
 
     /// Feeds the next bytes of input `input` (an index below the `inputs` given to `new`).
     pub fn update(&mut self, input: usize, data: &[u8]) -> Result<(), HashFailed> {
-        let Some(hashers) = self.hashers.get_mut(input) else {
-            return Err(HashFailed {
-                bank: self.banks.first().copied().unwrap_or(HashAlg(0)),
-                message: format!("no input {input}"),
-            });
-        };
-        for h in hashers {
-            h.update(data)?;
+        self.update_many(&[(input, data)])
+    }
+
+    /// Feeds the next bytes of several inputs at once (each input at most once), so that their
+    /// SHA-384/SHA-512 lanes are compressed together.
+    pub fn update_many(&mut self, parts: &[(usize, &[u8])]) -> Result<(), HashFailed> {
+        let mut laned: Vec<&[u8]> = vec![&[]; self.lanes.len()];
+        for &(input, data) in parts {
+            let (Some(hashers), Some(lanes)) =
+                (self.hashers.get_mut(input), self.lane_of.get(input))
+            else {
+                return Err(HashFailed {
+                    bank: self.banks.first().copied().unwrap_or(HashAlg(0)),
+                    message: format!("no input {input}"),
+                });
+            };
+            for h in hashers.iter_mut().flatten() {
+                h.update(data)?;
+            }
+            for &l in lanes.iter().flatten() {
+                laned[l] = data;
+            }
+        }
+        if !self.lanes.is_empty() {
+            self.lanes.update(&laned);
         }
         Ok(())
     }
 
     /// `[input][bank]` digests, the banks in the order of [`MultiDigest::banks`].
     pub fn finish(self) -> Result<Vec<Vec<Digest>>, HashFailed> {
+        let laned = self.lanes.finish();
         self.hashers
             .into_iter()
-            .map(|row| row.into_iter().map(FastHasher::finish).collect())
+            .zip(self.lane_of)
+            .map(|(row, lanes)| {
+                row.into_iter()
+                    .zip(lanes)
+                    .map(|(h, lane)| match (h, lane) {
+                        (Some(h), _) => h.finish(),
+                        (None, Some(l)) => Ok(Digest(laned.get(l).cloned().unwrap_or_default())),
+                        (None, None) => Err(HashFailed {
+                            bank: HashAlg(0),
+                            message: "a bank with neither a hasher nor a lane".into(),
+                        }),
+                    })
+                    .collect()
+            })
             .collect()
     }
 }
@@ -536,17 +621,18 @@ mod tests {
     }
 
     #[test]
-    fn split_banks_pairs_a_slow_bank_with_a_fast_one() {
+    fn split_banks_keeps_the_laned_banks_together() {
         let g = split_banks(&HashAlg::ALL, 2);
         assert_eq!(g.len(), 2);
-        for group in &g {
-            assert_eq!(group.len(), 2, "{g:?}");
-            let slow = group
-                .iter()
-                .filter(|b| **b == HashAlg::SHA384 || **b == HashAlg::SHA512)
-                .count();
-            assert_eq!(slow, 1, "{g:?}");
-        }
+        let laned = |b: &HashAlg| *b == HashAlg::SHA384 || *b == HashAlg::SHA512;
+        let with_lanes: Vec<&Vec<HashAlg>> = g.iter().filter(|g| g.iter().any(laned)).collect();
+        assert_eq!(with_lanes.len(), 1, "{g:?}");
+        assert_eq!(
+            with_lanes[0].iter().filter(|b| laned(b)).count(),
+            2,
+            "{g:?}"
+        );
+        assert_eq!(g.iter().map(Vec::len).sum::<usize>(), 4, "{g:?}");
         assert_eq!(
             split_banks(&[HashAlg::SHA256], 2),
             vec![vec![HashAlg::SHA256]]
@@ -563,7 +649,8 @@ mod tests {
         for c in a.chunks(65_537) {
             m.update(0, c).unwrap();
         }
-        m.update(1, &b).unwrap();
+        m.update(1, &b[..3]).unwrap();
+        m.update_many(&[(1, &b[3..])]).unwrap();
         assert!(m.update(2, &b).is_err());
         let d = m.finish().unwrap();
         for (i, data) in [&a, &b].into_iter().enumerate() {
