@@ -72,12 +72,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match imgctl_builder::os_recipe::recipe_kind(&text).as_deref() {
         None => {}
         Some("os") => return run_os(args, text),
+        Some("addon") => return run_addon(args, text),
         Some(k @ ("sysext" | "confext")) => anyhow::bail!(
             "{}: kind: {k} is an extension recipe: build it with `imgctl ext build`",
             args.recipe.display()
         ),
         Some(k) => anyhow::bail!(
-            "{}: kind: {k} is not a recipe kind `imgctl build` knows (os, or none for a UKI)",
+            "{}: kind: {k} is not a recipe kind `imgctl build` knows (os, addon, or none for a UKI)",
             args.recipe.display()
         ),
     }
@@ -239,6 +240,64 @@ fn log_and_commit(
         )
     })?;
     Ok((proof_path, index))
+}
+
+/// `kind: addon`: a systemd-stub PE addon (NAME.addon.efi) and its manifest.json; with
+/// `--log`, its artifact record is appended and the proof written beside it.
+fn run_addon(args: Args, text: Vec<u8>) -> anyhow::Result<ExitCode> {
+    use imgctl_builder::addon::{build_addon_staged, AddonRecipe};
+    if args.pcr_private_key.is_some() || args.secureboot_key.is_some() {
+        anyhow::bail!(
+            "{}: kind: addon is built unsigned (--pcr-private-key and --secureboot-key are for UKIs)",
+            args.recipe.display()
+        );
+    }
+    let log = match (&args.log, &args.log_key) {
+        (Some(dir), Some(key)) => Some(crate::cmd::log::ArtifactLog::check(dir, key)?),
+        _ => None,
+    };
+    let recipe = AddonRecipe::parse(&args.recipe, text)?;
+    let out_dir = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("images").join(&recipe.name));
+    imgctl_fsio::check_output_dir(&out_dir)?;
+    let (out, mut stage) = build_addon_staged(&recipe, &out_dir)
+        .with_context(|| format!("building {}", args.recipe.display()))?;
+    if let Some(k) = &args.log_key {
+        stage.add_input(k);
+    }
+    stage.commit()?;
+    let logged = match &log {
+        Some(l) => {
+            let mut proof = out.addon.clone().into_os_string();
+            proof.push(".tlog-proof");
+            let proof = PathBuf::from(proof);
+            let index = l.publish(&out.record, &proof).with_context(|| {
+                format!("logging the addon {} (it is built)", out.addon.display())
+            })?;
+            Some((index, proof))
+        }
+        None => None,
+    };
+    if args.json {
+        crate::output::print_json(&out.record)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!("built {} {} (addon)", recipe.name, recipe.version);
+    outln!("  addon     {}", out.addon.display());
+    outln!("  manifest  {}", out.manifest_path.display());
+    if let Some((index, proof)) = &logged {
+        outln!("  logged    entry {index}, proof {}", proof.display());
+    }
+    for e in &out.record.events {
+        outln!(
+            "  PCR {} event (alone beside a UKI): {}",
+            e.pcr,
+            e.description.as_deref().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `kind: os`: the OS tree (cached), the disk image, its UKI, pcrs.json and manifest.json.
