@@ -96,6 +96,9 @@ pub struct VmConfig {
     /// Files put beside the UKI in `\EFI\BOOT\BOOTX64.EFI.extra.d\` (extension images,
     /// credentials, addons: what systemd-stub picks up and measures into PCR 12/13).
     pub extra: Vec<PathBuf>,
+    /// PE addons put in `\loader\addons\` (global: systemd-stub applies them to every UKI,
+    /// before the UKI's own).
+    pub global_addons: Vec<PathBuf>,
 }
 
 /// How a run ended.
@@ -396,12 +399,19 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// Makes a FAT image holding `uki` as `\EFI\BOOT\BOOTX64.EFI`. Same UKI, same image bytes:
 /// fixed volume ID, `mkfs.vfat --invariant`, and mtools timestamps from SOURCE_DATE_EPOCH=0
 /// (directories) and the UKI's own mtime (`mcopy -m`). Each of `extra` goes into
-/// `\EFI\BOOT\BOOTX64.EFI.extra.d\` under its own file name.
-fn make_esp(tools: &Tools, uki: &Path, extra: &[PathBuf], image: &Path) -> anyhow::Result<()> {
+/// `\EFI\BOOT\BOOTX64.EFI.extra.d\` under its own file name, each of `global` into
+/// `\loader\addons\`.
+fn make_esp(
+    tools: &Tools,
+    uki: &Path,
+    extra: &[PathBuf],
+    global: &[PathBuf],
+    image: &Path,
+) -> anyhow::Result<()> {
     let mut uki_size = std::fs::metadata(uki)
         .with_context(|| format!("reading {}", uki.display()))?
         .len();
-    for e in extra {
+    for e in extra.iter().chain(global) {
         uki_size += std::fs::metadata(e)
             .with_context(|| format!("reading {}", e.display()))?
             .len();
@@ -439,32 +449,37 @@ fn make_esp(tools: &Tools, uki: &Path, extra: &[PathBuf], image: &Path) -> anyho
             .arg("::/EFI/BOOT/BOOTX64.EFI"),
         "mcopy",
     )?;
-    if extra.is_empty() {
-        return Ok(());
-    }
-    const EXTRA_DIR: &str = "::/EFI/BOOT/BOOTX64.EFI.extra.d";
-    run_quiet(
-        Command::new(&tools.mmd)
-            .env("SOURCE_DATE_EPOCH", "0")
-            .arg("-i")
-            .arg(image_s)
-            .arg(EXTRA_DIR),
-        "mmd",
-    )?;
-    for e in extra {
-        let name = e
-            .file_name()
-            .and_then(|n| n.to_str())
-            .with_context(|| format!("{}: no usable file name", e.display()))?;
+    for (dirs, files) in [
+        (&["::/EFI/BOOT/BOOTX64.EFI.extra.d"][..], extra),
+        (&["::/loader", "::/loader/addons"][..], global),
+    ] {
+        if files.is_empty() {
+            continue;
+        }
         run_quiet(
-            Command::new(&tools.mcopy)
+            Command::new(&tools.mmd)
                 .env("SOURCE_DATE_EPOCH", "0")
-                .args(["-m", "-i"])
+                .arg("-i")
                 .arg(image_s)
-                .arg(e)
-                .arg(format!("{EXTRA_DIR}/{name}")),
-            "mcopy",
+                .args(dirs),
+            "mmd",
         )?;
+        let dir = dirs.last().copied().unwrap_or_default();
+        for e in files {
+            let name = e
+                .file_name()
+                .and_then(|n| n.to_str())
+                .with_context(|| format!("{}: no usable file name", e.display()))?;
+            run_quiet(
+                Command::new(&tools.mcopy)
+                    .env("SOURCE_DATE_EPOCH", "0")
+                    .args(["-m", "-i"])
+                    .arg(image_s)
+                    .arg(e)
+                    .arg(format!("{dir}/{name}")),
+                "mcopy",
+            )?;
+        }
     }
     Ok(())
 }
@@ -658,12 +673,12 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
     let (drive, format) = match &cfg.medium {
         Medium::Uki(uki) => {
             let esp = run.path("esp.img");
-            make_esp(&tools, uki, &cfg.extra, &esp)?;
+            make_esp(&tools, uki, &cfg.extra, &cfg.global_addons, &esp)?;
             (esp, "raw")
         }
         Medium::Disk(image) => {
-            if !cfg.extra.is_empty() {
-                bail!("--extra is for a UKI; a disk image carries its own ESP");
+            if !cfg.extra.is_empty() || !cfg.global_addons.is_empty() {
+                bail!("--extra and --global-addon are for a UKI; a disk image carries its own ESP");
             }
             // With --reuse-tpm the disk's state is kept beside the TPM's: a second boot
             // continues the first one (what it partitioned, enrolled and wrote).

@@ -203,6 +203,17 @@ impl Boot {
 
     /// [`Boot::run`] with `extra` files beside the UKI (`vm --extra`).
     fn run_with(dir: &Path, uki: &Path, extra: &[PathBuf], timeout_s: u64) -> Boot {
+        Boot::run_with_global(dir, uki, extra, &[], timeout_s)
+    }
+
+    /// [`Boot::run_with`] and `global` addons in `\loader\addons\` (`vm --global-addon`).
+    fn run_with_global(
+        dir: &Path,
+        uki: &Path,
+        extra: &[PathBuf],
+        global: &[PathBuf],
+        timeout_s: u64,
+    ) -> Boot {
         let tmpdir = dir.join("tmp");
         let capture = dir.join("capture");
         std::fs::create_dir_all(&tmpdir).unwrap();
@@ -217,6 +228,11 @@ impl Boot {
                 extra
                     .iter()
                     .flat_map(|e| [std::ffi::OsStr::new("--extra"), e.as_os_str()]),
+            )
+            .args(
+                global
+                    .iter()
+                    .flat_map(|e| [std::ffi::OsStr::new("--global-addon"), e.as_os_str()]),
             )
             .env("TMPDIR", &tmpdir)
             .output()
@@ -1164,4 +1180,187 @@ fn credentials_and_a_confext_beside_the_uki_are_measured_as_predicted() {
         );
         assert!(!text.contains("digest-mismatch"), "stub {v}: {text}");
     }
+}
+
+/// `imgctl build` of an addon recipe (`kind: addon`) on the 257 addon stub into `dir/NAME`,
+/// optionally published to a log; returns NAME.addon.efi.
+fn build_addon(
+    dir: &Path,
+    name: &str,
+    cmdline: &str,
+    addon_stub: &Path,
+    log: Option<(&Path, &Path)>,
+) -> PathBuf {
+    let recipe = dir.join(format!("{name}.yaml"));
+    let y = serde_yaml::to_string(&serde_yaml::Value::Mapping(
+        [
+            ("kind", "addon"),
+            ("name", name),
+            ("version", "1"),
+            ("cmdline", cmdline),
+            ("stub", addon_stub.to_str().unwrap()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect(),
+    ))
+    .unwrap();
+    std::fs::write(&recipe, y).unwrap();
+    let out = dir.join(name);
+    let mut cmd = common::imgctl();
+    cmd.args(["build", "-o"]).arg(&out).arg(&recipe);
+    if let Some((log, key)) = log {
+        cmd.arg("--log").arg(log).arg("--log-key").arg(key);
+    }
+    common::run_ok(&mut cmd);
+    out.join(format!("{name}.addon.efi"))
+}
+
+/// PE addons on the systemd-stub 257 (issue 12): addons built by `imgctl build` (`kind:
+/// addon`, byte-identical to ukify 257's, tests/systemd257.rs). Two boots of the demo UKI on
+/// the 257 stub, in parallel:
+/// - one addon beside the UKI, published with `build --log` like the UKI: the guest's PCR 12
+///   (sha1, sha256) equals `ext predict-pcrs` and the firmware log's replay, and `verify --log`
+///   over PCRs 4, 11 and 12 accepts: the addon's LoadImage (PCR 4) and its command-line event
+///   (PCR 12) resolve to its record;
+/// - a global addon (`\loader\addons\`), an addon beside the UKI and a credential: the stub
+///   measures one event of the joined command lines, global first, then the "Credentials
+///   initrd"; PCR 12 equals the prediction and the replay, and the kernel's /proc/cmdline ends
+///   with the joined text.
+#[test]
+fn addons_are_measured_into_pcr12_as_predicted_and_verified_against_the_log() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(stub) = stub_257() else { return };
+    let addon_stub = stub.with_file_name("addonx64.efi.stub");
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, key, vkey) = new_log(tmp.path(), "log");
+    let one = tmp.path().join("one");
+    let many = tmp.path().join("many");
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::create_dir_all(&many).unwrap();
+    let recipe = demo_recipe(&one, None, Some(&stub), None);
+    let uki = build_recipe(&recipe, &one.join("out"), Some((&log, &key)));
+    let local = build_addon(
+        tmp.path(),
+        "local",
+        " imgctl.addon=local\tquiet \n",
+        &addon_stub,
+        Some((&log, &key)),
+    );
+    let global = build_addon(
+        tmp.path(),
+        "global",
+        "imgctl.addon=global",
+        &addon_stub,
+        None,
+    );
+    let cred = tmp.path().join("demo.cred");
+    std::fs::write(&cred, b"imgctl test credential\n").unwrap();
+
+    let many_extra = [local.clone(), cred.clone()];
+    let (boot_one, boot_many) = std::thread::scope(|s| {
+        let a =
+            s.spawn(|| Boot::run_with(&one, &uki, std::slice::from_ref(&local), BOOT_TIMEOUT_S));
+        let b = s.spawn(|| {
+            Boot::run_with_global(
+                &many,
+                &uki,
+                &many_extra,
+                std::slice::from_ref(&global),
+                BOOT_TIMEOUT_S,
+            )
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let predict = |files: &[PathBuf], global: &[PathBuf]| -> serde_json::Value {
+        let mut cmd = common::imgctl();
+        cmd.args([
+            "ext",
+            "predict-pcrs",
+            "--json",
+            "--stub-semantics",
+            "257",
+            "--uki",
+        ])
+        .arg(&uki)
+        .args(files);
+        for g in global {
+            cmd.arg("--global-addon").arg(g);
+        }
+        serde_json::from_slice(&common::run_ok(&mut cmd)).unwrap()
+    };
+    let cases = [
+        (
+            "one addon",
+            &boot_one,
+            predict(std::slice::from_ref(&local), &[]),
+            vec!["imgctl.addon=local quiet"],
+        ),
+        (
+            "global + local addon + credential",
+            &boot_many,
+            predict(&many_extra, std::slice::from_ref(&global)),
+            vec![
+                "imgctl.addon=global imgctl.addon=local quiet",
+                "Credentials initrd",
+            ],
+        ),
+    ];
+    for (what, boot, predicted, descriptions) in &cases {
+        boot.assert_done();
+        eprintln!(
+            "boot on systemd-stub 257 with {what}: {:.1}s",
+            boot.elapsed.as_secs_f64()
+        );
+        let rows: Vec<&str> = predicted
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["description"].as_str().unwrap())
+            .collect();
+        assert_eq!(&rows, descriptions, "{what}: {predicted}");
+        let seen = boot.pcrs();
+        let replay: serde_json::Value = serde_json::from_slice(&common::run_ok(
+            common::imgctl()
+                .args(["eventlog", "replay", "--json"])
+                .arg(boot.capture.join("eventlog.bin")),
+        ))
+        .unwrap();
+        for bank in ["sha1", "sha256"] {
+            let want = sidecar_pcr(predicted, 12, bank).unwrap();
+            assert_eq!(
+                seen[bank][&12], want,
+                "{what}: guest PCR 12 {bank} vs ext predict-pcrs"
+            );
+            assert_eq!(
+                replay[bank]["12"].as_str().unwrap(),
+                want,
+                "{what}: the firmware log's PCR 12 {bank}"
+            );
+        }
+        let console =
+            String::from_utf8_lossy(&std::fs::read(boot.capture.join("console.log")).unwrap())
+                .into_owned();
+        let cmdline = console
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix("IMGCTL-CMDLINE "))
+            .unwrap_or_else(|| panic!("{what}: no IMGCTL-CMDLINE line:\n{console}"));
+        assert!(
+            cmdline.ends_with(descriptions[0]),
+            "{what}: /proc/cmdline {cmdline:?} does not end with the addons' {:?}",
+            descriptions[0]
+        );
+    }
+    // The published UKI and addon explain every event of PCRs 4, 11 and 12 of the first boot.
+    let policy = boot_one.capture.join("policy.yaml");
+    std::fs::write(&policy, "pcrs: [4, 11, 12]\nbanks: [sha1, sha256]\n").unwrap();
+    let (code, text) = verify_boot(
+        &boot_one,
+        &policy,
+        &["--log".as_ref(), log.as_os_str()],
+        &vkey,
+    );
+    assert_eq!(code, Some(0), "verify --log of the one-addon boot:\n{text}");
 }

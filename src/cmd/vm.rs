@@ -62,6 +62,10 @@ pub struct Args {
     /// image, a credential, an addon), as systemd-stub finds and measures them; repeatable.
     #[arg(long, value_name = "FILE")]
     extra: Vec<PathBuf>,
+    /// A PE addon to put in \loader\addons\ on the ESP, where systemd-stub finds addons
+    /// for every UKI (applied before the UKI's own); repeatable.
+    #[arg(long = "global-addon", value_name = "FILE")]
+    global_addons: Vec<PathBuf>,
     /// CPU virtualisation: auto probes KVM and falls back to TCG.
     #[arg(long, value_enum, default_value = "auto")]
     accel: Accel,
@@ -146,9 +150,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let (medium, _built) = medium_for(&args.input)?;
     check_extra(&args.extra)?;
-    if matches!(medium, Medium::Disk(_)) && !args.extra.is_empty() {
+    check_extra(&args.global_addons)?;
+    if matches!(medium, Medium::Disk(_))
+        && !(args.extra.is_empty() && args.global_addons.is_empty())
+    {
         bail!(
-            "{}: --extra is for a UKI; a disk image carries its own ESP",
+            "{}: --extra and --global-addon are for a UKI; a disk image carries its own ESP",
             args.input.display()
         );
     }
@@ -167,6 +174,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         memory_mib: args.memory,
         echo: !args.quiet,
         extra: args.extra.clone(),
+        global_addons: args.global_addons.clone(),
     };
     let run = vm::boot(&cfg)?;
     let report = GuestReport::parse(&run.console);
