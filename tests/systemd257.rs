@@ -838,3 +838,108 @@ fn a_recipe_with_dtbauto_builds_and_signs_every_case() {
     assert!(e.contains("a2.dtb") && e.contains("never select"), "{e}");
     assert!(!d.join("out2/dt.efi").exists());
 }
+
+/// An addon recipe (`kind: addon`) built by `imgctl build`, written with serde_yaml so any
+/// text survives; returns NAME.addon.efi.
+fn imgctl_addon(
+    dir: &Path,
+    root: &Path,
+    cmdline: &str,
+    uname: Option<&str>,
+    sbat: Option<&str>,
+) -> Vec<u8> {
+    let mut y = serde_yaml::Mapping::new();
+    for (k, v) in [
+        ("kind", Some("addon")),
+        ("name", Some("a")),
+        ("version", Some("1")),
+        ("cmdline", Some(cmdline)),
+        ("uname", uname),
+        ("sbat", sbat),
+    ] {
+        if let Some(v) = v {
+            y.insert(k.into(), v.into());
+        }
+    }
+    let stub = root.join("usr/lib/systemd/boot/efi/addonx64.efi.stub");
+    y.insert("stub".into(), stub.to_str().unwrap().into());
+    let recipe = dir.join("addon.yaml");
+    std::fs::write(&recipe, serde_yaml::to_string(&y).unwrap()).unwrap();
+    let out = dir.join("out");
+    run_ok(imgctl().arg("build").arg(&recipe).arg("-o").arg(&out));
+    std::fs::read(out.join("a.addon.efi")).unwrap()
+}
+
+/// `ukify build --stub addonx64.efi.stub` 257 in the chroot with the same inputs.
+fn ukify_addon(
+    dir: &Path,
+    root: &Path,
+    cmdline: &str,
+    uname: Option<&str>,
+    sbat: Option<&str>,
+) -> Vec<u8> {
+    let inside = Path::new("/").join(dir.strip_prefix(root).unwrap());
+    std::fs::write(dir.join("cmdline.txt"), cmdline).unwrap();
+    let mut cmd = Command::new("chroot");
+    cmd.arg(root).args([
+        "ukify",
+        "build",
+        "--stub",
+        "/usr/lib/systemd/boot/efi/addonx64.efi.stub",
+    ]);
+    cmd.arg(format!(
+        "--cmdline=@{}",
+        inside.join("cmdline.txt").display()
+    ));
+    if let Some(u) = uname {
+        cmd.arg(format!("--uname={u}"));
+    }
+    if let Some(s) = sbat {
+        std::fs::write(dir.join("sbat.txt"), s).unwrap();
+        cmd.arg(format!("--sbat=@{}", inside.join("sbat.txt").display()));
+    }
+    cmd.arg(format!("--output={}", inside.join("u.addon.efi").display()));
+    run_ok(&mut cmd);
+    std::fs::read(dir.join("u.addon.efi")).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
+    /// Addons (issue 12): `imgctl build` of a `kind: addon` recipe is byte-identical to `ukify
+    /// build --stub addonx64.efi.stub` 257 over random command lines, with and without
+    /// `.uname` and a recipe SBAT line; `ext predict-pcrs` reads the addon back and its PCR 12
+    /// event is the SHA-256 of the mangled text in UTF-16LE with its NUL.
+    #[test]
+    fn addons_are_byte_identical_to_ukify_257(
+        cmdline in "[a-z][a-z0-9=._ \t-]{0,60}[a-z0-9]",
+        uname in proptest::option::of("6\\.[0-9]{1,2}\\.[0-9]{1,2}-[a-z0-9]{1,8}"),
+        vendor in proptest::option::of("[a-z]{1,8}"),
+    ) {
+        let Some(root) = chroot() else { return Ok(()) };
+        let tmp = tempfile::tempdir_in(root.join("tmp")).unwrap();
+        let sbat = vendor.as_ref().map(|v| {
+            format!("sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md\n{v},1,Vendor,{v},1,https://example.org\n")
+        });
+        let ours = imgctl_addon(tmp.path(), &root, &cmdline, uname.as_deref(), sbat.as_deref());
+        let theirs = ukify_addon(tmp.path(), &root, &cmdline, uname.as_deref(), sbat.as_deref());
+        prop_assert!(ours == theirs, "imgctl and ukify 257 addons differ for {:?} {:?} {:?}", cmdline, uname, sbat);
+
+        let addon = tmp.path().join("u.addon.efi");
+        let mut cmd = imgctl();
+        cmd.args(["ext", "predict-pcrs", "--json", "--stub-semantics", "257", "--bank", "sha256"]).arg(&addon);
+        if uname.is_some() {
+            // The UKI with the same .uname: the stub applies the addon.
+            let uki = tmp.path().join("uki.efi");
+            let data = assemble(&stub(&root), &[NewSection { name: ".linux".into(), data: b"k".to_vec() }, NewSection { name: ".uname".into(), data: uname.clone().unwrap().into_bytes() }]).unwrap();
+            std::fs::write(&uki, data).unwrap();
+            cmd.arg("--uki").arg(&uki);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&run_ok(&mut cmd)).unwrap();
+        let mangled: String = cmdline.split([' ', '\t']).collect::<Vec<_>>().join(" ");
+        let mangled = mangled.trim().to_owned();
+        let data: Vec<u8> = mangled.encode_utf16().chain([0]).flat_map(u16::to_le_bytes).collect();
+        let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+        prop_assert_eq!(v[0]["description"].as_str().unwrap(), mangled.as_str());
+        prop_assert_eq!(v[0]["banks"][0]["event_digest"].as_str().unwrap(), want.as_str());
+    }
+}

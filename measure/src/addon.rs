@@ -99,8 +99,7 @@ pub fn uname_matches(addon_uname: Option<&[u8]>, uki_uname: Option<&[u8]>) -> bo
     };
     let u_end = u.iter().position(|&b| b == 0).unwrap_or(u.len());
     let u = &u[..u_end];
-    for i in 0..a.len() {
-        let ac = a[i];
+    for (i, &ac) in a.iter().enumerate() {
         let uc = u.get(i).copied().unwrap_or(0);
         if ac != uc {
             return false;
@@ -172,7 +171,7 @@ mod tests {
     fn command_lines_join_with_one_space_after_mangling() {
         assert_eq!(
             combined_cmdline(["  a=1\n", "b=2  c=3 "]).as_deref(),
-            Some("a=1 b=2 c=3")
+            Some("a=1 b=2  c=3")
         );
         // An empty one after text leaves a trailing space, which the last mangle drops.
         assert_eq!(combined_cmdline(["a", " \n"]).as_deref(), Some("a"));
@@ -197,5 +196,49 @@ mod tests {
         assert!(!uname_matches(Some(b"6.1.0-1"), Some(b"6.1.0")));
         // strneq8 compares the addon's length only.
         assert!(uname_matches(Some(b"6.1"), Some(b"6.1.0")));
+    }
+
+    /// ukify 257's addon (`ukify build --stub addonx64.efi.stub --cmdline "imgctl.addon=1
+    /// quiet"`), the fuzz corpus seed.
+    const UKIFY_ADDON: &[u8] = include_bytes!("../../fuzz/corpus/addon/cmdline.addon.efi");
+
+    #[test]
+    fn ukifys_addon_reads_back() {
+        let a = read(UKIFY_ADDON).unwrap();
+        assert_eq!(a.cmdline.as_deref(), Some("imgctl.addon=1 quiet"));
+        assert_eq!(a.uname, None);
+    }
+
+    proptest::proptest! {
+        /// Any bytes, and any corruption of a real addon, give an addon or an error, never a
+        /// panic; what reads back has ASCII text without NUL.
+        #[test]
+        fn read_never_panics(
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..4096),
+            flips in proptest::collection::vec((0usize..3072, proptest::num::u8::ANY), 0..8),
+        ) {
+            let _ = read(&noise);
+            let mut data = UKIFY_ADDON.to_vec();
+            for (at, b) in flips {
+                data[at % UKIFY_ADDON.len()] = b;
+            }
+            if let Ok(a) = read(&data) {
+                let c = a.cmdline.unwrap_or_default();
+                proptest::prop_assert!(c.is_ascii() && !c.contains('\0'));
+            }
+        }
+
+        /// The joined line equals mangling each part and joining them with a space.
+        #[test]
+        fn joined_lines_are_the_mangled_parts(parts in proptest::collection::vec("[ -~\t\n]{0,20}", 0..5)) {
+            let mangle = |s: &str| {
+                let mut u: Vec<u16> = s.encode_utf16().collect();
+                let n = crate::pcr11::mangle_cmdline(&mut u);
+                String::from_utf16_lossy(&u[..n])
+            };
+            let joined = parts.iter().map(|p| mangle(p)).collect::<Vec<_>>().join(" ");
+            let want = mangle(&joined);
+            proptest::prop_assert_eq!(combined_cmdline(parts.iter().map(String::as_str)).unwrap_or_default(), want);
+        }
     }
 }
