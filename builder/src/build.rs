@@ -332,6 +332,17 @@ fn prepare(
     }
     push(".sbat", "sbat", None, sbat);
     push(".linux", "kernel", Some(recipe.kernel.clone()), kernel);
+    // Multi-profile (ukify 257 --profile with --join-profile): the base's `.profile` last of
+    // the base, then each profile's `.profile` and its sections, in ukify's import order.
+    if let Some(p) = &recipe.profile {
+        push(".profile", "profile", None, p.clone().into_bytes());
+    }
+    for p in &recipe.profiles {
+        push(".profile", "profile", None, p.profile.clone().into_bytes());
+        if let Some(c) = &p.cmdline {
+            push(".cmdline", "cmdline", None, c.clone().into_bytes());
+        }
+    }
     Ok(Prepared {
         stub: stub_bytes,
         plan,
@@ -668,6 +679,12 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
         pcrpkey.as_deref(),
         kernel_signer,
     )?;
+    if opts.pcr_key.is_some() && !recipe.profiles.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{}: signing PCR 11 of a multi-profile UKI (.pcrsig per profile) is not supported yet",
+            recipe.path.display()
+        )));
+    }
     let stub = PeFile::parse(&prepared.stub).map_err(imgctl_measure::Error::from)?;
     let uki_file = format!("{}.efi", recipe.name);
     let initrd_file = format!("{}.initrd", recipe.name);

@@ -438,6 +438,8 @@ pub fn build_os_staged(
         ucode: None,
         pcrpkey: recipe.pcrpkey.clone(),
         stub,
+        profile: None,
+        profiles: Vec::new(),
     };
     let (uki, mut stage) = build_staged(&uki_recipe, &opts.uki)?;
     let uki_tmp = stage

@@ -139,11 +139,7 @@ pub fn combined_cmdline<'a>(cmdlines: impl IntoIterator<Item = &'a str>) -> Opti
 /// The bytes the stub hashes for a command line it measures into PCR 12: UTF-16LE with the
 /// terminating NUL (`strsize16`).
 pub fn cmdline_event_data(cmdline: &str) -> Vec<u8> {
-    cmdline
-        .encode_utf16()
-        .chain(std::iter::once(0))
-        .flat_map(u16::to_le_bytes)
-        .collect()
+    crate::predict::utf16le_with_nul(cmdline)
 }
 
 #[cfg(test)]

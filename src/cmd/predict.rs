@@ -169,13 +169,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.input.display()
         );
     }
+    // Profile N != 0 on a 257+ stub: the profile tag in PCR 12 (before anything else there).
+    let pcr12 = imgctl_measure::predict::profile_pcr12(semantics, args.profile, &banks)?;
     let label = |c: &Option<DtbCandidate>| match c {
         None => "none selected".to_owned(),
         Some(c) => format!(".dtbauto #{} ({})", c.index, c.compatible),
     };
+    // systemd-measure's shape: per bank a list of {pcr, hash, phase}; PCR 12 joins it.
+    let with_pcr12 = |mut v: serde_json::Value| {
+        for (bank, _, value) in pcr12.iter().flatten() {
+            if let Some(list) = v.get_mut(bank.to_string()).and_then(|l| l.as_array_mut()) {
+                list.push(serde_json::json!({"pcr": 12, "hash": value.to_hex()}));
+            }
+        }
+        v
+    };
     if args.json {
         if rows.len() == 1 {
-            crate::output::print_json(&rows[0].1.to_json())?;
+            crate::output::print_json(&with_pcr12(rows[0].1.to_json()))?;
         } else {
             let list: Vec<serde_json::Value> = rows
                 .iter()
@@ -183,7 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     serde_json::json!({
                         "dtbauto": c.as_ref().map(|c| serde_json::json!({
                             "index": c.index, "compatible": c.compatible})),
-                        "pcrs": p.to_json(),
+                        "pcrs": with_pcr12(p.to_json()),
                     })
                 })
                 .collect();
@@ -191,6 +202,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     } else {
         outln!("# stub semantics: {}", semantics.name());
+        if let Some(values) = &pcr12 {
+            outln!(
+                "# PCR[12] after the profile {} tag (EV_EVENT_TAG {:#x})",
+                args.profile,
+                imgctl_measure::predict::PROFILE_EVENT_TAG_ID
+            );
+            for (bank, _, value) in values {
+                outln!("12:{bank}={value}");
+            }
+        }
         for (c, prediction) in &rows {
             if rows.len() > 1 {
                 outln!("# devicetree: {}", label(c));
