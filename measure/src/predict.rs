@@ -334,23 +334,33 @@ pub fn utf16le_with_nul(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// The PCR 12 value right after the profile tag, per bank (`None` where the stub measures no
-/// tag): what PCR 12 holds when nothing else (no passed command line, addons, credentials) is
-/// measured into it.
+/// The PCR 12 value right after the profile tag, per bank, with the tag's digest (`None` where
+/// the stub measures no tag): what PCR 12 holds when nothing else (no addons, credentials) is
+/// measured into it. `via_systemd_boot`: systemd-boot 257 started the profile's boot entry
+/// (`uki.efi@ID`), passing `@N` as LoadOptions and measuring them into PCR 12 first
+/// (`call_image_start()`: `tpm_log_load_options("@N")`); the stub strips `@N` and, with nothing
+/// left, measures no command line.
 pub fn profile_pcr12(
     semantics: StubSemantics,
     profile: u32,
+    via_systemd_boot: bool,
     banks: &[HashAlg],
 ) -> Result<Option<Vec<(HashAlg, Digest, Digest)>>, Error> {
     let Some(data) = profile_event_data(semantics, profile) else {
         return Ok(None);
     };
+    let options = utf16le_with_nul(&format!("@{profile}"));
     let mut out = Vec::new();
     for &bank in banks {
+        let mut pcr = Pcr::reset(bank)?;
+        if via_systemd_boot {
+            let mut h = bank.hasher()?;
+            h.update(&options);
+            pcr.extend(&h.finish());
+        }
         let mut h = bank.hasher()?;
         h.update(&data);
         let ev = h.finish();
-        let mut pcr = Pcr::reset(bank)?;
         pcr.extend(&ev);
         out.push((bank, ev, pcr.value().clone()));
     }

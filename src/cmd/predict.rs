@@ -29,9 +29,14 @@ pub struct Args {
     /// several. Default: ':' and systemd-measure's four default paths.
     #[arg(long = "phase", value_name = "PATH")]
     phases: Vec<String>,
-    /// Profile of a multi-profile UKI to predict for.
+    /// Profile of a multi-profile UKI to predict for. N != 0 on a 257+ stub also predicts PCR
+    /// 12 after the profile tag.
     #[arg(long, default_value_t = 0)]
     profile: u32,
+    /// The profile is booted through systemd-boot 257 (its `uki.efi@ID` entry), which passes
+    /// `@N` and measures it into PCR 12 before the stub's profile tag.
+    #[arg(long, requires = "profile")]
+    via_systemd_boot: bool,
     /// Which stub's measurement rules to apply: `auto` (from the stub's .sdmagic) or the
     /// systemd version of the stub (252, 254, 256, 257, 258; `systemd-257` also).
     #[arg(long, default_value = "auto", value_name = "VERSION")]
@@ -170,7 +175,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     // Profile N != 0 on a 257+ stub: the profile tag in PCR 12 (before anything else there).
-    let pcr12 = imgctl_measure::predict::profile_pcr12(semantics, args.profile, &banks)?;
+    let pcr12 = imgctl_measure::predict::profile_pcr12(
+        semantics,
+        args.profile,
+        args.via_systemd_boot,
+        &banks,
+    )?;
     let label = |c: &Option<DtbCandidate>| match c {
         None => "none selected".to_owned(),
         Some(c) => format!(".dtbauto #{} ({})", c.index, c.compatible),

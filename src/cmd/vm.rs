@@ -66,6 +66,14 @@ pub struct Args {
     /// for every UKI (applied before the UKI's own); repeatable.
     #[arg(long = "global-addon", value_name = "FILE")]
     global_addons: Vec<PathBuf>,
+    /// Boot the UKI through this systemd-boot (systemd-bootx64.efi, as \EFI\BOOT\BOOTX64.EFI)
+    /// with --loader-conf as \loader\loader.conf; the UKI goes to \EFI\Linux\ under its own
+    /// name (e.g. `default demo.efi@1` in loader.conf boots profile 1 of demo.efi).
+    #[arg(long, value_name = "EFI", requires = "loader_conf")]
+    systemd_boot: Option<PathBuf>,
+    /// systemd-boot's loader.conf (with --systemd-boot).
+    #[arg(long, value_name = "FILE", requires = "systemd_boot")]
+    loader_conf: Option<PathBuf>,
     /// CPU virtualisation: auto probes KVM and falls back to TCG.
     #[arg(long, value_enum, default_value = "auto")]
     accel: Accel,
@@ -175,6 +183,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         echo: !args.quiet,
         extra: args.extra.clone(),
         global_addons: args.global_addons.clone(),
+        loader: match (&args.systemd_boot, &args.loader_conf) {
+            (Some(efi), Some(conf)) => {
+                for f in [efi, conf] {
+                    if !std::fs::metadata(f)
+                        .with_context(|| f.display().to_string())?
+                        .is_file()
+                    {
+                        bail!("{}: not a regular file", f.display());
+                    }
+                }
+                Some(vm::BootLoader {
+                    efi: efi.clone(),
+                    loader_conf: conf.clone(),
+                })
+            }
+            _ => None,
+        },
     };
     let run = vm::boot(&cfg)?;
     let report = GuestReport::parse(&run.console);
