@@ -206,7 +206,7 @@ impl Boot {
         Boot::run_with_global(dir, uki, extra, &[], timeout_s)
     }
 
-    /// [`Boot::run_with`] and `global` addons in `\loader\addons\` (`vm --global-addon`).
+    /// [`Boot::run_with`] and `global` addons in `\\loader\\addons\\` (`vm --global-addon`).
     fn run_with_global(
         dir: &Path,
         uki: &Path,
@@ -214,6 +214,18 @@ impl Boot {
         global: &[PathBuf],
         timeout_s: u64,
     ) -> Boot {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        for e in extra {
+            args.extend(["--extra".into(), e.into()]);
+        }
+        for g in global {
+            args.extend(["--global-addon".into(), g.into()]);
+        }
+        Boot::run_args(dir, uki, &args, timeout_s)
+    }
+
+    /// `imgctl vm UKI --capture DIR/capture` with more arguments.
+    fn run_args(dir: &Path, uki: &Path, more: &[std::ffi::OsString], timeout_s: u64) -> Boot {
         let tmpdir = dir.join("tmp");
         let capture = dir.join("capture");
         std::fs::create_dir_all(&tmpdir).unwrap();
@@ -224,16 +236,7 @@ impl Boot {
             .arg("--capture")
             .arg(&capture)
             .args(["--timeout", &timeout_s.to_string(), "--json", "--quiet"])
-            .args(
-                extra
-                    .iter()
-                    .flat_map(|e| [std::ffi::OsStr::new("--extra"), e.as_os_str()]),
-            )
-            .args(
-                global
-                    .iter()
-                    .flat_map(|e| [std::ffi::OsStr::new("--global-addon"), e.as_os_str()]),
-            )
+            .args(more)
             .env("TMPDIR", &tmpdir)
             .output()
             .unwrap();
@@ -1363,4 +1366,118 @@ fn addons_are_measured_into_pcr12_as_predicted_and_verified_against_the_log() {
         &vkey,
     );
     assert_eq!(code, Some(0), "verify --log of the one-addon boot:\n{text}");
+}
+
+/// Multi-profile UKIs on systemd 257 (issue 12): the demo recipe with `profile:` and a second
+/// profile (its own `.cmdline`), built by imgctl on the 257 stub, booted through systemd-boot
+/// 257 from the Debian 13 chroot with `default demo.efi@second` in loader.conf (the entry of
+/// profile 1, named by its `ID=`). The guest booted profile 1 (/proc/cmdline is its command
+/// line), and its PCR 11 and PCR 12 in sha1 and sha256 equal `predict-pcrs --profile 1
+/// --via-systemd-boot` (PCR 12: systemd-boot's `@1` load options, then the stub's profile tag
+/// 0x13aed6db) and the firmware log's replay; the log names the profile tag event. Profile 0's
+/// PCR 11 differs.
+#[test]
+fn profile_1_booted_through_systemd_boot_257_measures_as_predicted() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(stub) = stub_257() else { return };
+    let sdboot = stub.with_file_name("systemd-bootx64.efi");
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = demo_recipe(tmp.path(), None, Some(&stub), None);
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let mut y: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let second = "console=ttyS0 panic=-1 no_timer_check imgctl.profile=second";
+    y["profile"] = "ID=main\nTITLE=Main".into();
+    y["profiles"] = serde_yaml::from_str(&format!(
+        "[{{profile: \"ID=second\\nTITLE=Second\", cmdline: \"{second}\"}}]"
+    ))
+    .unwrap();
+    std::fs::write(&recipe, serde_yaml::to_string(&y).unwrap()).unwrap();
+    let uki = build_recipe(&recipe, &tmp.path().join("out"), None);
+    let conf = tmp.path().join("loader.conf");
+    std::fs::write(&conf, "default demo.efi@second\ntimeout 0\n").unwrap();
+    let boot = Boot::run_args(
+        tmp.path(),
+        &uki,
+        &[
+            "--systemd-boot".into(),
+            sdboot.into(),
+            "--loader-conf".into(),
+            conf.into(),
+        ],
+        BOOT_TIMEOUT_S,
+    );
+    boot.assert_done();
+    eprintln!(
+        "boot of profile 1 through systemd-boot 257: {:.1}s",
+        boot.elapsed.as_secs_f64()
+    );
+    let console =
+        String::from_utf8_lossy(&std::fs::read(boot.capture.join("console.log")).unwrap())
+            .into_owned();
+    assert!(
+        console
+            .lines()
+            .any(|l| l.trim_end() == format!("IMGCTL-CMDLINE {second}")),
+        "profile 1's command line did not reach the kernel:\n{console}"
+    );
+    let predict = |profile: &str| -> serde_json::Value {
+        serde_json::from_slice(&common::run_ok(
+            common::imgctl()
+                .args(["predict-pcrs", "--json", "--phase", ":", "--bank", "sha1"])
+                .args([
+                    "--bank",
+                    "sha256",
+                    "--profile",
+                    profile,
+                    "--via-systemd-boot",
+                ])
+                .arg(&uki),
+        ))
+        .unwrap()
+    };
+    let value = |v: &serde_json::Value, bank: &str, pcr: u32| -> String {
+        v[bank]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["pcr"] == pcr)
+            .map(|e| e["hash"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| "00".repeat(if bank == "sha1" { 20 } else { 32 }))
+    };
+    let p1 = predict("1");
+    let p0 = predict("0");
+    let seen = boot.pcrs();
+    let replay: serde_json::Value = serde_json::from_slice(&common::run_ok(
+        common::imgctl()
+            .args(["eventlog", "replay", "--json"])
+            .arg(boot.capture.join("eventlog.bin")),
+    ))
+    .unwrap();
+    for bank in ["sha1", "sha256"] {
+        for pcr in [11u32, 12] {
+            assert_eq!(
+                seen[bank][&pcr],
+                value(&p1, bank, pcr),
+                "PCR {pcr} {bank}: guest vs predict-pcrs --profile 1 --via-systemd-boot"
+            );
+        }
+        assert_eq!(
+            replay[bank]["12"].as_str().unwrap(),
+            seen[bank][&12],
+            "the firmware log's PCR 12 {bank}"
+        );
+        assert_ne!(value(&p0, bank, 11), seen[bank][&11], "profile 0's PCR 11");
+    }
+    let shown = String::from_utf8(common::run_ok(
+        common::imgctl()
+            .args(["eventlog", "show"])
+            .arg(boot.capture.join("eventlog.bin")),
+    ))
+    .unwrap();
+    assert!(
+        shown.contains("0x13aed6db"),
+        "no profile tag event:\n{shown}"
+    );
 }
