@@ -943,3 +943,123 @@ proptest! {
         prop_assert_eq!(v[0]["banks"][0]["event_digest"].as_str().unwrap(), want.as_str());
     }
 }
+
+/// Multi-profile UKIs (issue 12): a recipe with `profile:` and one more profile (its own
+/// `.cmdline`) builds byte-identically to `ukify build --profile … --join-profile P1.efi` 257
+/// (P1.efi made by `ukify build --profile … --cmdline …`, on the addon stub as ukify picks it),
+/// and `predict-pcrs --profile N` equals `systemd-measure calculate` 257 over profile N's
+/// sections (the base's `.osrel .uname .linux .sbat`, profile N's `.cmdline` and `.profile`).
+#[test]
+fn a_multi_profile_recipe_builds_as_ukify_257_and_predicts_as_systemd_measure_257() {
+    let Some(root) = chroot() else { return };
+    let kernel = common::repo_root().join(".cache/demo/vmlinuz");
+    if !kernel.exists() {
+        common::missing("the demo kernel .cache/demo/vmlinuz (run scripts/setup.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
+    let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
+    std::fs::copy(&kernel, dir.path().join("vmlinuz")).unwrap();
+    let osrel = "ID=imgctl-test\nVERSION_ID=257\n";
+    std::fs::write(dir.path().join("os-release"), osrel).unwrap();
+    let (base_cmdline, p1_cmdline) = ("console=ttyS0 quiet", "console=ttyS0 debug");
+    let (base_profile, p1_profile) = ("ID=main\nTITLE=Main", "ID=debug\nTITLE=Debug");
+    let at = |f: &str| inside.join(f).display().to_string();
+    run_ok(Command::new("chroot").arg(&root).args([
+        "ukify",
+        "build",
+        &format!("--profile={p1_profile}"),
+        &format!("--cmdline={p1_cmdline}"),
+        &format!("--output={}", at("p1.efi")),
+    ]));
+    run_ok(Command::new("chroot").arg(&root).args([
+        "ukify",
+        "build",
+        &format!("--linux={}", at("vmlinuz")),
+        &format!("--os-release=@{}", at("os-release")),
+        &format!("--cmdline={base_cmdline}"),
+        "--uname=6.1.0-imgctl",
+        &format!("--profile={base_profile}"),
+        &format!("--join-profile={}", at("p1.efi")),
+        &format!("--output={}", at("ukify.efi")),
+    ]));
+    let mut y = serde_yaml::Mapping::new();
+    for (k, v) in [
+        ("name", "multi"),
+        ("version", "1"),
+        ("os-release-file", "os-release"),
+        ("kernel", "vmlinuz"),
+        ("cmdline", base_cmdline),
+        ("uname", "6.1.0-imgctl"),
+        ("profile", base_profile),
+    ] {
+        y.insert(k.into(), v.into());
+    }
+    let stub_path = root.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub");
+    y.insert("stub".into(), stub_path.to_str().unwrap().into());
+    let mut p1 = serde_yaml::Mapping::new();
+    p1.insert("profile".into(), p1_profile.into());
+    p1.insert("cmdline".into(), p1_cmdline.into());
+    y.insert(
+        "profiles".into(),
+        serde_yaml::Value::Sequence(vec![serde_yaml::Value::Mapping(p1)]),
+    );
+    std::fs::write(
+        dir.path().join("multi.yaml"),
+        serde_yaml::to_string(&y).unwrap(),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    run_ok(
+        imgctl()
+            .arg("build")
+            .arg(dir.path().join("multi.yaml"))
+            .arg("-o")
+            .arg(&out),
+    );
+    let ours_bytes = std::fs::read(out.join("multi.efi")).unwrap();
+    let theirs_bytes = std::fs::read(dir.path().join("ukify.efi")).unwrap();
+    assert!(
+        ours_bytes == theirs_bytes,
+        "imgctl's multi-profile UKI differs from ukify 257's"
+    );
+    let sbat = sections_of(&ours_bytes)
+        .into_iter()
+        .find(|(n, _)| n == ".sbat")
+        .unwrap()
+        .1;
+    let kernel_bytes = std::fs::read(dir.path().join("vmlinuz")).unwrap();
+    let addon_stub =
+        std::fs::read(root.join("usr/lib/systemd/boot/efi/addonx64.efi.stub")).unwrap();
+    for (profile, cmdline, text) in [
+        ("0", base_cmdline, base_profile),
+        ("1", p1_cmdline, p1_profile),
+    ] {
+        let files: [(&str, &[u8]); 6] = [
+            ("--linux", &kernel_bytes),
+            ("--osrel", osrel.as_bytes()),
+            ("--cmdline", cmdline.as_bytes()),
+            ("--uname", b"6.1.0-imgctl"),
+            ("--sbat", &sbat),
+            ("--profile", text.as_bytes()),
+        ];
+        // The addon stub has no section systemd-measure takes: only `files` are measured.
+        let theirs = systemd_measure_with(&root, &addon_stub, PHASES, &files);
+        let mut cmd = imgctl();
+        cmd.arg("predict-pcrs")
+            .arg(out.join("multi.efi"))
+            .args(["--json", "--profile", profile]);
+        for p in PHASES {
+            cmd.arg(format!("--phase={p}"));
+        }
+        let mut ours: serde_json::Value = serde_json::from_slice(&run_ok(&mut cmd)).unwrap();
+        // PCR 12 (the profile tag) is imgctl's addition to systemd-measure's shape.
+        for list in ours.as_object_mut().unwrap().values_mut() {
+            list.as_array_mut().unwrap().retain(|e| e["pcr"] == 11);
+        }
+        assert_eq!(
+            ours, theirs,
+            "profile {profile}: PCR 11 vs systemd-measure 257"
+        );
+    }
+}

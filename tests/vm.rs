@@ -1481,3 +1481,78 @@ fn profile_1_booted_through_systemd_boot_257_measures_as_predicted() {
         "no profile tag event:\n{shown}"
     );
 }
+
+/// The ukify 257 bug with single-profile UKIs (issue 12, reference/systemd-257-and-later.md):
+/// `ukify build --profile ID=only` without `--join-profile` adds no `.sbat` of its own and
+/// leaves `.sbat` out of its `--measure` values, but the stub's `.sbat` stays in the image and
+/// the 257 stub measures it. Booted on the 257 stub: the guest's PCR 11 (sha256) extended by
+/// `enter-initrd` equals imgctl's prediction for that phase and not ukify's.
+#[test]
+fn ukify_257_leaves_the_stubs_sbat_out_of_a_single_profile_measurement_the_guest_follows_imgctl() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(stub) = stub_257() else { return };
+    let root = common::repo_root().join(".cache/trixie-257");
+    let tmp = tempfile::tempdir_in(root.join("tmp")).unwrap();
+    let inside = std::path::Path::new("/tmp").join(tmp.path().file_name().unwrap());
+    // The demo's kernel and initrd (built by imgctl on the 257 stub) into ukify.
+    let recipe = demo_recipe(tmp.path(), None, Some(&stub), None);
+    build_recipe(&recipe, &tmp.path().join("out"), None);
+    std::fs::copy(
+        common::repo_root().join(".cache/demo/vmlinuz"),
+        tmp.path().join("vmlinuz"),
+    )
+    .unwrap();
+    let at = |f: &str| inside.join(f).display().to_string();
+    let measured = common::run_ok(std::process::Command::new("chroot").arg(&root).args([
+        "ukify",
+        "build",
+        &format!("--linux={}", at("vmlinuz")),
+        &format!("--initrd={}", at("out/demo.initrd")),
+        "--cmdline=console=ttyS0 panic=-1 no_timer_check",
+        "--profile=ID=only",
+        "--measure",
+        &format!("--output={}", at("single.efi")),
+    ]));
+    let measured = String::from_utf8(measured).unwrap();
+    // ukify prints systemd-measure's values on stdout (the phase headers on stderr), the
+    // first phase path, enter-initrd, first.
+    let ukify_value = measured
+        .lines()
+        .find_map(|l| l.strip_prefix("11:sha256="))
+        .unwrap_or_else(|| panic!("no enter-initrd sha256 in ukify --measure:\n{measured}"))
+        .to_owned();
+    let uki = tmp.path().join("single.efi");
+    let ours: serde_json::Value = serde_json::from_slice(&common::run_ok(
+        common::imgctl()
+            .args([
+                "predict-pcrs",
+                "--json",
+                "--bank",
+                "sha256",
+                "--phase",
+                "enter-initrd",
+            ])
+            .arg(&uki),
+    ))
+    .unwrap();
+    let ours = ours["sha256"][0]["hash"].as_str().unwrap().to_owned();
+    assert_ne!(
+        ours, ukify_value,
+        "ukify 257 measured the stub's .sbat after all"
+    );
+    let boot = Boot::run(tmp.path(), &uki, BOOT_TIMEOUT_S);
+    boot.assert_done();
+    eprintln!(
+        "boot of ukify 257's single-profile UKI: {:.1}s",
+        boot.elapsed.as_secs_f64()
+    );
+    let guest = hex::decode(&boot.pcrs()["sha256"][&11]).unwrap();
+    let word = <sha2::Sha256 as sha2::Digest>::digest(b"enter-initrd");
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, &guest);
+    sha2::Digest::update(&mut h, word);
+    let guest_enter_initrd = hex::encode(sha2::Digest::finalize(h));
+    assert_eq!(guest_enter_initrd, ours, "the guest follows imgctl");
+}
