@@ -334,6 +334,9 @@ pub fn utf16le_with_nul(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// Per bank: the profile tag event's digest and PCR 12 after it.
+pub type ProfilePcr12 = Vec<(HashAlg, Digest, Digest)>;
+
 /// The PCR 12 value right after the profile tag, per bank, with the tag's digest (`None` where
 /// the stub measures no tag): what PCR 12 holds when nothing else (no addons, credentials) is
 /// measured into it. `via_systemd_boot`: systemd-boot 257 started the profile's boot entry
@@ -345,7 +348,7 @@ pub fn profile_pcr12(
     profile: u32,
     via_systemd_boot: bool,
     banks: &[HashAlg],
-) -> Result<Option<Vec<(HashAlg, Digest, Digest)>>, Error> {
+) -> Result<Option<ProfilePcr12>, Error> {
     let Some(data) = profile_event_data(semantics, profile) else {
         return Ok(None);
     };
