@@ -59,6 +59,21 @@ fn chroot() -> Option<PathBuf> {
     Some(root)
 }
 
+/// The chroot and a folder in its /tmp holding the demo kernel as `vmlinuz`, with that folder's
+/// path inside the chroot; `None` (reported) when either is missing.
+fn chroot_with_demo_kernel() -> Option<(PathBuf, tempfile::TempDir, PathBuf)> {
+    let root = chroot()?;
+    let kernel = common::repo_root().join(".cache/demo/vmlinuz");
+    if !kernel.exists() {
+        common::missing("the demo kernel .cache/demo/vmlinuz (run scripts/setup.sh)");
+        return None;
+    }
+    let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
+    let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
+    std::fs::copy(&kernel, dir.path().join("vmlinuz")).unwrap();
+    Some((root, dir, inside))
+}
+
 fn stub(root: &Path) -> Vec<u8> {
     std::fs::read(root.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub")).unwrap()
 }
@@ -166,15 +181,9 @@ proptest! {
 /// predicts what systemd-measure 257 computes for its sections, the stub's `.sbat` included.
 #[test]
 fn predict_matches_systemd_measure_257_on_a_ukify_257_uki() {
-    let Some(root) = chroot() else { return };
-    let kernel = common::repo_root().join(".cache/demo/vmlinuz");
-    if !kernel.exists() {
-        common::missing("the demo kernel .cache/demo/vmlinuz (run scripts/setup.sh)");
+    let Some((root, dir, inside)) = chroot_with_demo_kernel() else {
         return;
-    }
-    let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
-    let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
-    std::fs::copy(&kernel, dir.path().join("vmlinuz")).unwrap();
+    };
     std::fs::write(dir.path().join("initrd"), vec![7u8; 300_000]).unwrap();
     std::fs::write(
         dir.path().join("os-release"),
@@ -951,15 +960,9 @@ proptest! {
 /// sections (the base's `.osrel .uname .linux .sbat`, profile N's `.cmdline` and `.profile`).
 #[test]
 fn a_multi_profile_recipe_builds_as_ukify_257_and_predicts_as_systemd_measure_257() {
-    let Some(root) = chroot() else { return };
-    let kernel = common::repo_root().join(".cache/demo/vmlinuz");
-    if !kernel.exists() {
-        common::missing("the demo kernel .cache/demo/vmlinuz (run scripts/setup.sh)");
+    let Some((root, dir, inside)) = chroot_with_demo_kernel() else {
         return;
-    }
-    let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
-    let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
-    std::fs::copy(&kernel, dir.path().join("vmlinuz")).unwrap();
+    };
     let osrel = "ID=imgctl-test\nVERSION_ID=257\n";
     std::fs::write(dir.path().join("os-release"), osrel).unwrap();
     let (base_cmdline, p1_cmdline) = ("console=ttyS0 quiet", "console=ttyS0 debug");

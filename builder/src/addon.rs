@@ -30,7 +30,7 @@ use imgctl_measure::{Digest, HashAlg, StubSemantics};
 use serde::Deserialize;
 
 use crate::build::{
-    ArtifactRecord, Digests, FileRecord, RecordKind, SectionRecord, StubRecord, UkiRecord,
+    digests_map, ArtifactRecord, FileRecord, RecordKind, SectionRecord, StubRecord, UkiRecord,
     RECORD_FORMAT,
 };
 use crate::output::Stage;
@@ -201,14 +201,6 @@ pub struct AddonOutput {
     pub addon: PathBuf,
     pub manifest_path: PathBuf,
     pub record: ArtifactRecord,
-}
-
-fn digests_map(banks: &[HashAlg], d: &[Digest]) -> Digests {
-    banks
-        .iter()
-        .zip(d)
-        .map(|(b, d)| (b.to_string(), d.to_hex()))
-        .collect()
 }
 
 /// Builds the addon and stages NAME.addon.efi and manifest.json in `out_dir`.

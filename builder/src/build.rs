@@ -81,7 +81,8 @@ impl BuildOutput {
     }
 }
 
-fn digests_map(banks: &[HashAlg], d: &[Digest]) -> Digests {
+/// `{bank: hex}` of digests given in `banks` order.
+pub(crate) fn digests_map(banks: &[HashAlg], d: &[Digest]) -> Digests {
     banks
         .iter()
         .zip(d)
