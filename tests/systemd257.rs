@@ -1066,3 +1066,125 @@ fn a_multi_profile_recipe_builds_as_ukify_257_and_predicts_as_systemd_measure_25
         );
     }
 }
+
+/// `.hwids` (issue 12): a recipe with two `.dtbauto` blobs and `hwids:` (a folder of ukify
+/// hwid JSON files, two for the same board, whose CHIDs merge) builds byte-identically to
+/// `ukify build --devicetree-auto … --hwids DIR` 257; the section decodes to every CHID with
+/// its board's compatible; and `predict-pcrs` with no `.dtbauto` selected equals
+/// systemd-measure 257 given `.hwids` (through `--dtbauto=`, the option 257.13 measures as
+/// `.hwids`, PR #35765).
+#[test]
+fn a_recipe_with_hwids_builds_as_ukify_257() {
+    let Some((root, dir, inside)) = chroot_with_demo_kernel() else {
+        return;
+    };
+    let a = dtb(dir.path(), "a", &["vendor,board-a"]);
+    let b = dtb(dir.path(), "b", &["vendor,board-b"]);
+    if a.is_empty() || b.is_empty() {
+        return;
+    }
+    let hw = dir.path().join("hwids");
+    std::fs::create_dir_all(hw.join("sub")).unwrap();
+    let chids = [
+        "2a7c6e3e-4b7d-5c2e-9f0a-1b2c3d4e5f60",
+        "0f6b8a52-1c3d-5e7f-8a9b-c0d1e2f3a4b5",
+        "7d4e2c1b-9a8f-5e6d-b4c3-a2b1c0d9e8f7",
+    ];
+    std::fs::write(
+        hw.join("board-b.json"),
+        format!(r#"{{"type": "devicetree", "name": "Board B", "compatible": "vendor,board-b", "hwids": ["{}"]}}"#, chids[2]),
+    )
+    .unwrap();
+    std::fs::write(
+        hw.join("board-a.json"),
+        format!(r#"{{"type": "devicetree", "name": "Board A", "compatible": "vendor,board-a", "hwids": ["{}"]}}"#, chids[0]),
+    )
+    .unwrap();
+    std::fs::write(
+        hw.join("sub/board-a-rev2.json"),
+        format!(r#"{{"type": "devicetree", "name": "Board A", "compatible": "vendor,board-a", "hwids": ["{}"]}}"#, chids[1]),
+    )
+    .unwrap();
+    let at = |f: &str| inside.join(f).display().to_string();
+    run_ok(Command::new("chroot").arg(&root).args([
+        "ukify",
+        "build",
+        &format!("--linux={}", at("vmlinuz")),
+        "--cmdline=console=ttyS0",
+        "--uname=6.1.0-imgctl",
+        &format!("--devicetree-auto={}", at("a.dtb")),
+        &format!("--devicetree-auto={}", at("b.dtb")),
+        &format!("--hwids={}", at("hwids")),
+        &format!("--output={}", at("ukify.efi")),
+    ]));
+    std::fs::write(
+        dir.path().join("hw.yaml"),
+        format!(
+            "name: hw\nversion: \"1\"\nos-release: {{ID: x}}\nkernel: vmlinuz\ncmdline: console=ttyS0\n\
+             uname: 6.1.0-imgctl\ndtbauto: [a.dtb, b.dtb]\nhwids: hwids\nstub: {}\n",
+            root.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub").display()
+        ),
+    )
+    .unwrap();
+    // ukify gets no os-release here; the recipe needs one: compare everything but .osrel.
+    let out = dir.path().join("out");
+    run_ok(
+        imgctl()
+            .arg("build")
+            .arg(dir.path().join("hw.yaml"))
+            .arg("-o")
+            .arg(&out),
+    );
+    let ours_bytes = std::fs::read(out.join("hw.efi")).unwrap();
+    let theirs_bytes = std::fs::read(dir.path().join("ukify.efi")).unwrap();
+    let hwids_of = |b: &[u8]| {
+        sections_of(b)
+            .into_iter()
+            .find(|(n, _)| n == ".hwids")
+            .unwrap()
+            .1
+    };
+    let (ours_hw, theirs_hw) = (hwids_of(&ours_bytes), hwids_of(&theirs_bytes));
+    assert_eq!(ours_hw, theirs_hw, ".hwids differs from ukify 257's");
+    let decoded = imgctl_measure::hwids::decode(&theirs_hw).unwrap();
+    let mut got: Vec<(String, String)> = decoded
+        .iter()
+        .map(|r| {
+            (
+                imgctl_measure::hwids::format_uuid(&r.chid),
+                r.compatible.clone(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (chids[0].to_owned(), "vendor,board-a".to_owned()),
+        (chids[1].to_owned(), "vendor,board-a".to_owned()),
+        (chids[2].to_owned(), "vendor,board-b".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    let names: Vec<String> = sections_of(&ours_bytes)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let theirs_names: Vec<String> = sections_of(&theirs_bytes)
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n != ".osrel")
+        .collect();
+    let ours_names: Vec<String> = names.iter().filter(|n| *n != ".osrel").cloned().collect();
+    assert_eq!(ours_names, theirs_names, "section order");
+    // No .dtbauto selected (QEMU x86): PCR 11 over .hwids and the rest, as systemd-measure 257
+    // computes it when given .hwids through its swapped --dtbauto option.
+    let mut cmd = imgctl();
+    cmd.arg("predict-pcrs")
+        .arg(out.join("hw.efi"))
+        .args(["--json", "--no-dtb"]);
+    for p in PHASES {
+        cmd.arg(format!("--phase={p}"));
+    }
+    let ours: serde_json::Value = serde_json::from_slice(&run_ok(&mut cmd)).unwrap();
+    let theirs = systemd_measure_with(&root, &ours_bytes, PHASES, &[("--dtbauto", &ours_hw)]);
+    assert_eq!(ours, theirs, "PCR 11 with .hwids vs systemd-measure 257");
+}

@@ -435,6 +435,7 @@ pub fn build_os_staged(
         splash: None,
         dtb: None,
         dtbauto: Vec::new(),
+        hwids: None,
         ucode: None,
         pcrpkey: recipe.pcrpkey.clone(),
         stub,

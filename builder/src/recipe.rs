@@ -20,6 +20,7 @@
 //! splash: splash.bmp              # optional .splash, .dtb and .pcrpkey sections
 //! dtb: board.dtb
 //! dtbauto: [board-a.dtb, board-b.dtb] # .dtbauto sections (systemd 257+ picks one per machine)
+//! hwids: hwids/                   # .hwids from ukify's hwid JSON files (systemd 257+)
 //! ucode: ucode.cpio                  # .ucode: early microcode cpio (systemd 256+)
 //! pcrpkey: pcr-public.pem
 //! profile: "ID=default\nTITLE=Default"   # multi-profile UKI (systemd 257+): profile 0's .profile
@@ -76,6 +77,8 @@ struct RawRecipe {
     dtb: Option<String>,
     #[serde(default)]
     dtbauto: Vec<String>,
+    #[serde(default)]
+    hwids: Option<String>,
     #[serde(default)]
     ucode: Option<String>,
     #[serde(default)]
@@ -265,6 +268,8 @@ pub struct Recipe {
     pub dtb: Option<PathBuf>,
     /// `.dtbauto` sections, in this order (systemd 257+ selects one by the machine's devicetree).
     pub dtbauto: Vec<PathBuf>,
+    /// `.hwids`: a folder of ukify hwid JSON files (`ukify --hwids DIR`, systemd 257+).
+    pub hwids: Option<PathBuf>,
     /// `.ucode`: an early microcode cpio (systemd 256+).
     pub ucode: Option<PathBuf>,
     pub pcrpkey: Option<PathBuf>,
@@ -503,6 +508,20 @@ impl Recipe {
                 .iter()
                 .map(|v| ctx.file("dtbauto", v))
                 .collect::<Result<_, _>>()?,
+            hwids: match &raw.hwids {
+                None => None,
+                Some(h) => {
+                    let p = ctx.resolve(h);
+                    if !p.is_dir() {
+                        return Err(ctx.err(
+                            "hwids",
+                            h,
+                            &format!("{} is not a folder (of hwid JSON files)", p.display()),
+                        ));
+                    }
+                    Some(p)
+                }
+            },
             ucode: opt_file("ucode", &raw.ucode)?,
             pcrpkey: opt_file("pcrpkey", &raw.pcrpkey)?,
             stub,

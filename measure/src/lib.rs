@@ -35,6 +35,7 @@ pub mod authenticode;
 pub mod authenticode_sign;
 pub mod bank;
 pub mod dtb;
+pub mod hwids;
 pub mod keys;
 pub mod manifest;
 pub mod pcr11;
