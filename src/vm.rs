@@ -96,6 +96,11 @@ pub struct VmConfig {
     /// Files put beside the UKI in `\EFI\BOOT\BOOTX64.EFI.extra.d\` (extension images,
     /// credentials, addons: what systemd-stub picks up and measures into PCR 12/13).
     pub extra: Vec<PathBuf>,
+    /// PE addons put in `\loader\addons\` (global: systemd-stub applies them to every UKI,
+    /// before the UKI's own).
+    pub global_addons: Vec<PathBuf>,
+    /// A boot loader that starts the UKI (the UKI then lives in `\EFI\Linux\`).
+    pub loader: Option<BootLoader>,
 }
 
 /// How a run ended.
@@ -395,23 +400,66 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Makes a FAT image holding `uki` as `\EFI\BOOT\BOOTX64.EFI`. Same UKI, same image bytes:
 /// fixed volume ID, `mkfs.vfat --invariant`, and mtools timestamps from SOURCE_DATE_EPOCH=0
-/// (directories) and the UKI's own mtime (`mcopy -m`). Each of `extra` goes into
-/// `\EFI\BOOT\BOOTX64.EFI.extra.d\` under its own file name.
-fn make_esp(tools: &Tools, uki: &Path, extra: &[PathBuf], image: &Path) -> anyhow::Result<()> {
-    let mut uki_size = std::fs::metadata(uki)
-        .with_context(|| format!("reading {}", uki.display()))?
-        .len();
-    for e in extra {
-        uki_size += std::fs::metadata(e)
-            .with_context(|| format!("reading {}", e.display()))?
+/// (directories) and each file's own mtime (`mcopy -m`). Each of `extra` goes into
+/// `\EFI\BOOT\BOOTX64.EFI.extra.d\` under its own file name, each of `global` into
+/// `\loader\addons\`. With a boot `loader` (systemd-boot) that is `BOOTX64.EFI` instead, its
+/// `loader.conf` goes into `\loader\`, and the UKI into `\EFI\Linux\` under its own name
+/// (a Boot Loader Specification type #2 entry), its `extra` beside it.
+fn make_esp(
+    tools: &Tools,
+    uki: &Path,
+    extra: &[PathBuf],
+    global: &[PathBuf],
+    loader: Option<&BootLoader>,
+    image: &Path,
+) -> anyhow::Result<()> {
+    let file_name = |p: &Path| -> anyhow::Result<String> {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+            .with_context(|| format!("{}: no usable file name", p.display()))
+    };
+    let mut dirs: Vec<String> = vec!["::/EFI".into(), "::/EFI/BOOT".into()];
+    let mut copies: Vec<(&Path, String)> = Vec::new();
+    let extra_dir = match loader {
+        None => {
+            copies.push((uki, "::/EFI/BOOT/BOOTX64.EFI".into()));
+            "::/EFI/BOOT/BOOTX64.EFI.extra.d".to_owned()
+        }
+        Some(l) => {
+            dirs.extend(["::/EFI/Linux".into(), "::/loader".into()]);
+            copies.push((&l.efi, "::/EFI/BOOT/BOOTX64.EFI".into()));
+            copies.push((&l.loader_conf, "::/loader/loader.conf".into()));
+            let name = file_name(uki)?;
+            copies.push((uki, format!("::/EFI/Linux/{name}")));
+            format!("::/EFI/Linux/{name}.extra.d")
+        }
+    };
+    if !extra.is_empty() {
+        dirs.push(extra_dir.clone());
+        for e in extra {
+            copies.push((e, format!("{extra_dir}/{}", file_name(e)?)));
+        }
+    }
+    if !global.is_empty() {
+        for d in ["::/loader", "::/loader/addons"] {
+            if !dirs.iter().any(|x| x == d) {
+                dirs.push(d.into());
+            }
+        }
+        for e in global {
+            copies.push((e, format!("::/loader/addons/{}", file_name(e)?)));
+        }
+    }
+    let mut total = 0u64;
+    for (src, _) in &copies {
+        total += std::fs::metadata(src)
+            .with_context(|| format!("reading {}", src.display()))?
             .len();
     }
     const MIB: u64 = 1 << 20;
     // Room for the FAT structures and slack; at least 64 MiB so mkfs.vfat picks FAT16/32.
-    let size = (uki_size + uki_size / 8 + 16 * MIB)
-        .max(64 * MIB)
-        .div_ceil(MIB)
-        * MIB;
+    let size = (total + total / 8 + 16 * MIB).max(64 * MIB).div_ceil(MIB) * MIB;
     let f = std::fs::File::create(image).context("creating the ESP image")?;
     f.set_len(size).context("sizing the ESP image")?;
     drop(f);
@@ -427,46 +475,30 @@ fn make_esp(tools: &Tools, uki: &Path, extra: &[PathBuf], image: &Path) -> anyho
             .env("SOURCE_DATE_EPOCH", "0")
             .arg("-i")
             .arg(image_s)
-            .args(["::/EFI", "::/EFI/BOOT"]),
+            .args(&dirs),
         "mmd",
     )?;
-    run_quiet(
-        Command::new(&tools.mcopy)
-            .env("SOURCE_DATE_EPOCH", "0")
-            .args(["-m", "-i"])
-            .arg(image_s)
-            .arg(uki)
-            .arg("::/EFI/BOOT/BOOTX64.EFI"),
-        "mcopy",
-    )?;
-    if extra.is_empty() {
-        return Ok(());
-    }
-    const EXTRA_DIR: &str = "::/EFI/BOOT/BOOTX64.EFI.extra.d";
-    run_quiet(
-        Command::new(&tools.mmd)
-            .env("SOURCE_DATE_EPOCH", "0")
-            .arg("-i")
-            .arg(image_s)
-            .arg(EXTRA_DIR),
-        "mmd",
-    )?;
-    for e in extra {
-        let name = e
-            .file_name()
-            .and_then(|n| n.to_str())
-            .with_context(|| format!("{}: no usable file name", e.display()))?;
+    for (src, dest) in &copies {
         run_quiet(
             Command::new(&tools.mcopy)
                 .env("SOURCE_DATE_EPOCH", "0")
                 .args(["-m", "-i"])
                 .arg(image_s)
-                .arg(e)
-                .arg(format!("{EXTRA_DIR}/{name}")),
+                .arg(src)
+                .arg(dest),
             "mcopy",
         )?;
     }
     Ok(())
+}
+
+/// A boot loader on the ESP in front of the UKI (`imgctl vm --systemd-boot`).
+#[derive(Debug, Clone)]
+pub struct BootLoader {
+    /// The loader's EFI binary (e.g. systemd-bootx64.efi 257), booted as BOOTX64.EFI.
+    pub efi: PathBuf,
+    /// Its `loader.conf` (e.g. `default demo.efi@1` to boot profile 1 of demo.efi).
+    pub loader_conf: PathBuf,
 }
 
 /// A path as the value of a QEMU `-drive` option (a comma is written twice).
@@ -658,12 +690,19 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
     let (drive, format) = match &cfg.medium {
         Medium::Uki(uki) => {
             let esp = run.path("esp.img");
-            make_esp(&tools, uki, &cfg.extra, &esp)?;
+            make_esp(
+                &tools,
+                uki,
+                &cfg.extra,
+                &cfg.global_addons,
+                cfg.loader.as_ref(),
+                &esp,
+            )?;
             (esp, "raw")
         }
         Medium::Disk(image) => {
-            if !cfg.extra.is_empty() {
-                bail!("--extra is for a UKI; a disk image carries its own ESP");
+            if !cfg.extra.is_empty() || !cfg.global_addons.is_empty() || cfg.loader.is_some() {
+                bail!("--extra and --global-addon are for a UKI; a disk image carries its own ESP");
             }
             // With --reuse-tpm the disk's state is kept beside the TPM's: a second boot
             // continues the first one (what it partitioned, enrolled and wrote).

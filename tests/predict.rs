@@ -227,8 +227,21 @@ fn profiles_measure_base_sections_overridden_by_the_selected_profile() {
         ])))
         .unwrap()
     };
+    // Profile N != 0 adds its PCR 12 (the profile tag) to systemd-measure's shape.
+    let pcr = |mut v: serde_json::Value, n: u32| {
+        for list in v.as_object_mut().unwrap().values_mut() {
+            list.as_array_mut().unwrap().retain(|e| e["pcr"] == n);
+        }
+        v
+    };
+    let tag = pcr(predict(&multi, "1"), 12);
+    assert_eq!(tag["sha256"].as_array().unwrap().len(), 1, "{tag}");
+    assert_eq!(
+        pcr(predict(&multi, "0"), 12)["sha256"],
+        serde_json::json!([])
+    );
     // Every UKI here carries the stub's .sbat, which stubs since 254 measure too.
-    assert_eq!(predict(&multi, "1"), predict(&single1, "0"));
+    assert_eq!(pcr(predict(&multi, "1"), 11), predict(&single1, "0"));
     assert_eq!(predict(&multi, "0"), predict(&single0, "0"));
     assert_ne!(predict(&multi, "0"), predict(&multi, "1"));
     let o = imgctl()

@@ -59,6 +59,21 @@ fn chroot() -> Option<PathBuf> {
     Some(root)
 }
 
+/// The chroot and a folder in its /tmp holding the demo kernel as `vmlinuz`, with that folder's
+/// path inside the chroot; `None` (reported) when either is missing.
+fn chroot_with_demo_kernel() -> Option<(PathBuf, tempfile::TempDir, PathBuf)> {
+    let root = chroot()?;
+    let kernel = common::repo_root().join(".cache/demo/vmlinuz");
+    if !kernel.exists() {
+        common::missing("the demo kernel .cache/demo/vmlinuz (run scripts/setup.sh)");
+        return None;
+    }
+    let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
+    let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
+    std::fs::copy(&kernel, dir.path().join("vmlinuz")).unwrap();
+    Some((root, dir, inside))
+}
+
 fn stub(root: &Path) -> Vec<u8> {
     std::fs::read(root.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub")).unwrap()
 }
@@ -166,15 +181,9 @@ proptest! {
 /// predicts what systemd-measure 257 computes for its sections, the stub's `.sbat` included.
 #[test]
 fn predict_matches_systemd_measure_257_on_a_ukify_257_uki() {
-    let Some(root) = chroot() else { return };
-    let kernel = common::repo_root().join(".cache/demo/vmlinuz");
-    if !kernel.exists() {
-        common::missing("the demo kernel .cache/demo/vmlinuz (run scripts/setup.sh)");
+    let Some((root, dir, inside)) = chroot_with_demo_kernel() else {
         return;
-    }
-    let dir = tempfile::tempdir_in(root.join("tmp")).unwrap();
-    let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
-    std::fs::copy(&kernel, dir.path().join("vmlinuz")).unwrap();
+    };
     std::fs::write(dir.path().join("initrd"), vec![7u8; 300_000]).unwrap();
     std::fs::write(
         dir.path().join("os-release"),
@@ -837,4 +846,345 @@ fn a_recipe_with_dtbauto_builds_and_signs_every_case() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("a2.dtb") && e.contains("never select"), "{e}");
     assert!(!d.join("out2/dt.efi").exists());
+}
+
+/// An addon recipe (`kind: addon`) built by `imgctl build`, written with serde_yaml so any
+/// text survives; returns NAME.addon.efi.
+fn imgctl_addon(
+    dir: &Path,
+    root: &Path,
+    cmdline: &str,
+    uname: Option<&str>,
+    sbat: Option<&str>,
+) -> Vec<u8> {
+    let mut y = serde_yaml::Mapping::new();
+    for (k, v) in [
+        ("kind", Some("addon")),
+        ("name", Some("a")),
+        ("version", Some("1")),
+        ("cmdline", Some(cmdline)),
+        ("uname", uname),
+        ("sbat", sbat),
+    ] {
+        if let Some(v) = v {
+            y.insert(k.into(), v.into());
+        }
+    }
+    let stub = root.join("usr/lib/systemd/boot/efi/addonx64.efi.stub");
+    y.insert("stub".into(), stub.to_str().unwrap().into());
+    let recipe = dir.join("addon.yaml");
+    std::fs::write(&recipe, serde_yaml::to_string(&y).unwrap()).unwrap();
+    let out = dir.join("out");
+    run_ok(imgctl().arg("build").arg(&recipe).arg("-o").arg(&out));
+    std::fs::read(out.join("a.addon.efi")).unwrap()
+}
+
+/// `ukify build --stub addonx64.efi.stub` 257 in the chroot with the same inputs.
+fn ukify_addon(
+    dir: &Path,
+    root: &Path,
+    cmdline: &str,
+    uname: Option<&str>,
+    sbat: Option<&str>,
+) -> Vec<u8> {
+    let inside = Path::new("/").join(dir.strip_prefix(root).unwrap());
+    std::fs::write(dir.join("cmdline.txt"), cmdline).unwrap();
+    let mut cmd = Command::new("chroot");
+    cmd.arg(root).args([
+        "ukify",
+        "build",
+        "--stub",
+        "/usr/lib/systemd/boot/efi/addonx64.efi.stub",
+    ]);
+    cmd.arg(format!(
+        "--cmdline=@{}",
+        inside.join("cmdline.txt").display()
+    ));
+    if let Some(u) = uname {
+        cmd.arg(format!("--uname={u}"));
+    }
+    if let Some(s) = sbat {
+        std::fs::write(dir.join("sbat.txt"), s).unwrap();
+        cmd.arg(format!("--sbat=@{}", inside.join("sbat.txt").display()));
+    }
+    cmd.arg(format!("--output={}", inside.join("u.addon.efi").display()));
+    run_ok(&mut cmd);
+    std::fs::read(dir.join("u.addon.efi")).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
+    /// Addons (issue 12): `imgctl build` of a `kind: addon` recipe is byte-identical to `ukify
+    /// build --stub addonx64.efi.stub` 257 over random command lines, with and without
+    /// `.uname` and a recipe SBAT line; `ext predict-pcrs` reads the addon back and its PCR 12
+    /// event is the SHA-256 of the mangled text in UTF-16LE with its NUL.
+    #[test]
+    fn addons_are_byte_identical_to_ukify_257(
+        cmdline in "[a-z][a-z0-9=._ \t-]{0,60}[a-z0-9]",
+        uname in proptest::option::of("6\\.[0-9]{1,2}\\.[0-9]{1,2}-[a-z0-9]{1,8}"),
+        vendor in proptest::option::of("[a-z]{1,8}"),
+    ) {
+        let Some(root) = chroot() else { return Ok(()) };
+        let tmp = tempfile::tempdir_in(root.join("tmp")).unwrap();
+        let sbat = vendor.as_ref().map(|v| {
+            format!("sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md\n{v},1,Vendor,{v},1,https://example.org\n")
+        });
+        let ours = imgctl_addon(tmp.path(), &root, &cmdline, uname.as_deref(), sbat.as_deref());
+        let theirs = ukify_addon(tmp.path(), &root, &cmdline, uname.as_deref(), sbat.as_deref());
+        prop_assert!(ours == theirs, "imgctl and ukify 257 addons differ for {:?} {:?} {:?}", cmdline, uname, sbat);
+
+        let addon = tmp.path().join("u.addon.efi");
+        let mut cmd = imgctl();
+        cmd.args(["ext", "predict-pcrs", "--json", "--stub-semantics", "257", "--bank", "sha256"]).arg(&addon);
+        if uname.is_some() {
+            // The UKI with the same .uname: the stub applies the addon.
+            let uki = tmp.path().join("uki.efi");
+            let data = assemble(&stub(&root), &[NewSection { name: ".linux".into(), data: b"k".to_vec() }, NewSection { name: ".uname".into(), data: uname.clone().unwrap().into_bytes() }]).unwrap();
+            std::fs::write(&uki, data).unwrap();
+            cmd.arg("--uki").arg(&uki);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&run_ok(&mut cmd)).unwrap();
+        let mangled: String = cmdline.split([' ', '\t']).collect::<Vec<_>>().join(" ");
+        let mangled = mangled.trim().to_owned();
+        let data: Vec<u8> = mangled.encode_utf16().chain([0]).flat_map(u16::to_le_bytes).collect();
+        let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+        prop_assert_eq!(v[0]["description"].as_str().unwrap(), mangled.as_str());
+        prop_assert_eq!(v[0]["banks"][0]["event_digest"].as_str().unwrap(), want.as_str());
+    }
+}
+
+/// Multi-profile UKIs (issue 12): a recipe with `profile:` and one more profile (its own
+/// `.cmdline`) builds byte-identically to `ukify build --profile … --join-profile P1.efi` 257
+/// (P1.efi made by `ukify build --profile … --cmdline …`, on the addon stub as ukify picks it),
+/// and `predict-pcrs --profile N` equals `systemd-measure calculate` 257 over profile N's
+/// sections (the base's `.osrel .uname .linux .sbat`, profile N's `.cmdline` and `.profile`).
+#[test]
+fn a_multi_profile_recipe_builds_as_ukify_257_and_predicts_as_systemd_measure_257() {
+    let Some((root, dir, inside)) = chroot_with_demo_kernel() else {
+        return;
+    };
+    let osrel = "ID=imgctl-test\nVERSION_ID=257\n";
+    std::fs::write(dir.path().join("os-release"), osrel).unwrap();
+    let (base_cmdline, p1_cmdline) = ("console=ttyS0 quiet", "console=ttyS0 debug");
+    let (base_profile, p1_profile) = ("ID=main\nTITLE=Main", "ID=debug\nTITLE=Debug");
+    let at = |f: &str| inside.join(f).display().to_string();
+    run_ok(Command::new("chroot").arg(&root).args([
+        "ukify",
+        "build",
+        &format!("--profile={p1_profile}"),
+        &format!("--cmdline={p1_cmdline}"),
+        &format!("--output={}", at("p1.efi")),
+    ]));
+    run_ok(Command::new("chroot").arg(&root).args([
+        "ukify",
+        "build",
+        &format!("--linux={}", at("vmlinuz")),
+        &format!("--os-release=@{}", at("os-release")),
+        &format!("--cmdline={base_cmdline}"),
+        "--uname=6.1.0-imgctl",
+        &format!("--profile={base_profile}"),
+        &format!("--join-profile={}", at("p1.efi")),
+        &format!("--output={}", at("ukify.efi")),
+    ]));
+    let mut y = serde_yaml::Mapping::new();
+    for (k, v) in [
+        ("name", "multi"),
+        ("version", "1"),
+        ("os-release-file", "os-release"),
+        ("kernel", "vmlinuz"),
+        ("cmdline", base_cmdline),
+        ("uname", "6.1.0-imgctl"),
+        ("profile", base_profile),
+    ] {
+        y.insert(k.into(), v.into());
+    }
+    let stub_path = root.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub");
+    y.insert("stub".into(), stub_path.to_str().unwrap().into());
+    let mut p1 = serde_yaml::Mapping::new();
+    p1.insert("profile".into(), p1_profile.into());
+    p1.insert("cmdline".into(), p1_cmdline.into());
+    y.insert(
+        "profiles".into(),
+        serde_yaml::Value::Sequence(vec![serde_yaml::Value::Mapping(p1)]),
+    );
+    std::fs::write(
+        dir.path().join("multi.yaml"),
+        serde_yaml::to_string(&y).unwrap(),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    run_ok(
+        imgctl()
+            .arg("build")
+            .arg(dir.path().join("multi.yaml"))
+            .arg("-o")
+            .arg(&out),
+    );
+    let ours_bytes = std::fs::read(out.join("multi.efi")).unwrap();
+    let theirs_bytes = std::fs::read(dir.path().join("ukify.efi")).unwrap();
+    assert!(
+        ours_bytes == theirs_bytes,
+        "imgctl's multi-profile UKI differs from ukify 257's"
+    );
+    let sbat = sections_of(&ours_bytes)
+        .into_iter()
+        .find(|(n, _)| n == ".sbat")
+        .unwrap()
+        .1;
+    let kernel_bytes = std::fs::read(dir.path().join("vmlinuz")).unwrap();
+    let addon_stub =
+        std::fs::read(root.join("usr/lib/systemd/boot/efi/addonx64.efi.stub")).unwrap();
+    for (profile, cmdline, text) in [
+        ("0", base_cmdline, base_profile),
+        ("1", p1_cmdline, p1_profile),
+    ] {
+        let files: [(&str, &[u8]); 6] = [
+            ("--linux", &kernel_bytes),
+            ("--osrel", osrel.as_bytes()),
+            ("--cmdline", cmdline.as_bytes()),
+            ("--uname", b"6.1.0-imgctl"),
+            ("--sbat", &sbat),
+            ("--profile", text.as_bytes()),
+        ];
+        // The addon stub has no section systemd-measure takes: only `files` are measured.
+        let theirs = systemd_measure_with(&root, &addon_stub, PHASES, &files);
+        let mut cmd = imgctl();
+        cmd.arg("predict-pcrs")
+            .arg(out.join("multi.efi"))
+            .args(["--json", "--profile", profile]);
+        for p in PHASES {
+            cmd.arg(format!("--phase={p}"));
+        }
+        let mut ours: serde_json::Value = serde_json::from_slice(&run_ok(&mut cmd)).unwrap();
+        // PCR 12 (the profile tag) is imgctl's addition to systemd-measure's shape.
+        for list in ours.as_object_mut().unwrap().values_mut() {
+            list.as_array_mut().unwrap().retain(|e| e["pcr"] == 11);
+        }
+        assert_eq!(
+            ours, theirs,
+            "profile {profile}: PCR 11 vs systemd-measure 257"
+        );
+    }
+}
+
+/// `.hwids` (issue 12): a recipe with two `.dtbauto` blobs and `hwids:` (a folder of ukify
+/// hwid JSON files, two for the same board, whose CHIDs merge) builds byte-identically to
+/// `ukify build --devicetree-auto … --hwids DIR` 257; the section decodes to every CHID with
+/// its board's compatible; and `predict-pcrs` with no `.dtbauto` selected equals
+/// systemd-measure 257 given `.hwids` (through `--dtbauto=`, the option 257.13 measures as
+/// `.hwids`, PR #35765).
+#[test]
+fn a_recipe_with_hwids_builds_as_ukify_257() {
+    let Some((root, dir, inside)) = chroot_with_demo_kernel() else {
+        return;
+    };
+    let a = dtb(dir.path(), "a", &["vendor,board-a"]);
+    let b = dtb(dir.path(), "b", &["vendor,board-b"]);
+    if a.is_empty() || b.is_empty() {
+        return;
+    }
+    let hw = dir.path().join("hwids");
+    std::fs::create_dir_all(hw.join("sub")).unwrap();
+    let chids = [
+        "2a7c6e3e-4b7d-5c2e-9f0a-1b2c3d4e5f60",
+        "0f6b8a52-1c3d-5e7f-8a9b-c0d1e2f3a4b5",
+        "7d4e2c1b-9a8f-5e6d-b4c3-a2b1c0d9e8f7",
+    ];
+    std::fs::write(
+        hw.join("board-b.json"),
+        format!(r#"{{"type": "devicetree", "name": "Board B", "compatible": "vendor,board-b", "hwids": ["{}"]}}"#, chids[2]),
+    )
+    .unwrap();
+    std::fs::write(
+        hw.join("board-a.json"),
+        format!(r#"{{"type": "devicetree", "name": "Board A", "compatible": "vendor,board-a", "hwids": ["{}"]}}"#, chids[0]),
+    )
+    .unwrap();
+    std::fs::write(
+        hw.join("sub/board-a-rev2.json"),
+        format!(r#"{{"type": "devicetree", "name": "Board A", "compatible": "vendor,board-a", "hwids": ["{}"]}}"#, chids[1]),
+    )
+    .unwrap();
+    let at = |f: &str| inside.join(f).display().to_string();
+    run_ok(Command::new("chroot").arg(&root).args([
+        "ukify",
+        "build",
+        &format!("--linux={}", at("vmlinuz")),
+        "--cmdline=console=ttyS0",
+        "--uname=6.1.0-imgctl",
+        &format!("--devicetree-auto={}", at("a.dtb")),
+        &format!("--devicetree-auto={}", at("b.dtb")),
+        &format!("--hwids={}", at("hwids")),
+        &format!("--output={}", at("ukify.efi")),
+    ]));
+    std::fs::write(
+        dir.path().join("hw.yaml"),
+        format!(
+            "name: hw\nversion: \"1\"\nos-release: {{ID: x}}\nkernel: vmlinuz\ncmdline: console=ttyS0\n\
+             uname: 6.1.0-imgctl\ndtbauto: [a.dtb, b.dtb]\nhwids: hwids\nstub: {}\n",
+            root.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub").display()
+        ),
+    )
+    .unwrap();
+    // ukify gets no os-release here; the recipe needs one: compare everything but .osrel.
+    let out = dir.path().join("out");
+    run_ok(
+        imgctl()
+            .arg("build")
+            .arg(dir.path().join("hw.yaml"))
+            .arg("-o")
+            .arg(&out),
+    );
+    let ours_bytes = std::fs::read(out.join("hw.efi")).unwrap();
+    let theirs_bytes = std::fs::read(dir.path().join("ukify.efi")).unwrap();
+    let hwids_of = |b: &[u8]| {
+        sections_of(b)
+            .into_iter()
+            .find(|(n, _)| n == ".hwids")
+            .unwrap()
+            .1
+    };
+    let (ours_hw, theirs_hw) = (hwids_of(&ours_bytes), hwids_of(&theirs_bytes));
+    assert_eq!(ours_hw, theirs_hw, ".hwids differs from ukify 257's");
+    let decoded = imgctl_measure::hwids::decode(&theirs_hw).unwrap();
+    let mut got: Vec<(String, String)> = decoded
+        .iter()
+        .map(|r| {
+            (
+                imgctl_measure::hwids::format_uuid(&r.chid),
+                r.compatible.clone(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (chids[0].to_owned(), "vendor,board-a".to_owned()),
+        (chids[1].to_owned(), "vendor,board-a".to_owned()),
+        (chids[2].to_owned(), "vendor,board-b".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    let names: Vec<String> = sections_of(&ours_bytes)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let theirs_names: Vec<String> = sections_of(&theirs_bytes)
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n != ".osrel")
+        .collect();
+    let ours_names: Vec<String> = names.iter().filter(|n| *n != ".osrel").cloned().collect();
+    assert_eq!(ours_names, theirs_names, "section order");
+    // No .dtbauto selected (QEMU x86): PCR 11 over .hwids and the rest, as systemd-measure 257
+    // computes it when given .hwids through its swapped --dtbauto option.
+    let mut cmd = imgctl();
+    cmd.arg("predict-pcrs")
+        .arg(out.join("hw.efi"))
+        .args(["--json", "--no-dtb"]);
+    for p in PHASES {
+        cmd.arg(format!("--phase={p}"));
+    }
+    let ours: serde_json::Value = serde_json::from_slice(&run_ok(&mut cmd)).unwrap();
+    let theirs = systemd_measure_with(&root, &ours_bytes, PHASES, &[("--dtbauto", &ours_hw)]);
+    assert_eq!(ours, theirs, "PCR 11 with .hwids vs systemd-measure 257");
 }

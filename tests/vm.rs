@@ -203,6 +203,29 @@ impl Boot {
 
     /// [`Boot::run`] with `extra` files beside the UKI (`vm --extra`).
     fn run_with(dir: &Path, uki: &Path, extra: &[PathBuf], timeout_s: u64) -> Boot {
+        Boot::run_with_global(dir, uki, extra, &[], timeout_s)
+    }
+
+    /// [`Boot::run_with`] and `global` addons in `\\loader\\addons\\` (`vm --global-addon`).
+    fn run_with_global(
+        dir: &Path,
+        uki: &Path,
+        extra: &[PathBuf],
+        global: &[PathBuf],
+        timeout_s: u64,
+    ) -> Boot {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        for e in extra {
+            args.extend(["--extra".into(), e.into()]);
+        }
+        for g in global {
+            args.extend(["--global-addon".into(), g.into()]);
+        }
+        Boot::run_args(dir, uki, &args, timeout_s)
+    }
+
+    /// `imgctl vm UKI --capture DIR/capture` with more arguments.
+    fn run_args(dir: &Path, uki: &Path, more: &[std::ffi::OsString], timeout_s: u64) -> Boot {
         let tmpdir = dir.join("tmp");
         let capture = dir.join("capture");
         std::fs::create_dir_all(&tmpdir).unwrap();
@@ -213,11 +236,7 @@ impl Boot {
             .arg("--capture")
             .arg(&capture)
             .args(["--timeout", &timeout_s.to_string(), "--json", "--quiet"])
-            .args(
-                extra
-                    .iter()
-                    .flat_map(|e| [std::ffi::OsStr::new("--extra"), e.as_os_str()]),
-            )
+            .args(more)
             .env("TMPDIR", &tmpdir)
             .output()
             .unwrap();
@@ -1164,4 +1183,376 @@ fn credentials_and_a_confext_beside_the_uki_are_measured_as_predicted() {
         );
         assert!(!text.contains("digest-mismatch"), "stub {v}: {text}");
     }
+}
+
+/// `imgctl build` of an addon recipe (`kind: addon`) on the 257 addon stub into `dir/NAME`,
+/// optionally published to a log; returns NAME.addon.efi.
+fn build_addon(
+    dir: &Path,
+    name: &str,
+    cmdline: &str,
+    addon_stub: &Path,
+    log: Option<(&Path, &Path)>,
+) -> PathBuf {
+    let recipe = dir.join(format!("{name}.yaml"));
+    let y = serde_yaml::to_string(&serde_yaml::Value::Mapping(
+        [
+            ("kind", "addon"),
+            ("name", name),
+            ("version", "1"),
+            ("cmdline", cmdline),
+            ("stub", addon_stub.to_str().unwrap()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect(),
+    ))
+    .unwrap();
+    std::fs::write(&recipe, y).unwrap();
+    let out = dir.join(name);
+    let mut cmd = common::imgctl();
+    cmd.args(["build", "-o"]).arg(&out).arg(&recipe);
+    if let Some((log, key)) = log {
+        cmd.arg("--log").arg(log).arg("--log-key").arg(key);
+    }
+    common::run_ok(&mut cmd);
+    out.join(format!("{name}.addon.efi"))
+}
+
+/// PE addons on the systemd-stub 257 (issue 12): addons built by `imgctl build` (`kind:
+/// addon`, byte-identical to ukify 257's, tests/systemd257.rs). Two boots of the demo UKI on
+/// the 257 stub, in parallel:
+/// - one addon beside the UKI, published with `build --log` like the UKI: the guest's PCR 12
+///   (sha1, sha256) equals `ext predict-pcrs` and the firmware log's replay, and `verify --log`
+///   over PCRs 4, 11 and 12 accepts: the addon's LoadImage (PCR 4) and its command-line event
+///   (PCR 12) resolve to its record;
+/// - a global addon (`\loader\addons\`), an addon beside the UKI and a credential: the stub
+///   measures one event of the joined command lines, global first, then the "Credentials
+///   initrd"; PCR 12 equals the prediction and the replay, and the kernel's /proc/cmdline ends
+///   with the joined text.
+#[test]
+fn addons_are_measured_into_pcr12_as_predicted_and_verified_against_the_log() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(stub) = stub_257() else { return };
+    let addon_stub = stub.with_file_name("addonx64.efi.stub");
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, key, vkey) = new_log(tmp.path(), "log");
+    let one = tmp.path().join("one");
+    let many = tmp.path().join("many");
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::create_dir_all(&many).unwrap();
+    let recipe = demo_recipe(&one, None, Some(&stub), None);
+    let uki = build_recipe(&recipe, &one.join("out"), Some((&log, &key)));
+    let local = build_addon(
+        tmp.path(),
+        "local",
+        " imgctl.addon=local\tquiet \n",
+        &addon_stub,
+        Some((&log, &key)),
+    );
+    let global = build_addon(
+        tmp.path(),
+        "global",
+        "imgctl.addon=global",
+        &addon_stub,
+        None,
+    );
+    let cred = tmp.path().join("demo.cred");
+    std::fs::write(&cred, b"imgctl test credential\n").unwrap();
+
+    let many_extra = [local.clone(), cred.clone()];
+    let (boot_one, boot_many) = std::thread::scope(|s| {
+        let a =
+            s.spawn(|| Boot::run_with(&one, &uki, std::slice::from_ref(&local), BOOT_TIMEOUT_S));
+        let b = s.spawn(|| {
+            Boot::run_with_global(
+                &many,
+                &uki,
+                &many_extra,
+                std::slice::from_ref(&global),
+                BOOT_TIMEOUT_S,
+            )
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let predict = |files: &[PathBuf], global: &[PathBuf]| -> serde_json::Value {
+        let mut cmd = common::imgctl();
+        cmd.args([
+            "ext",
+            "predict-pcrs",
+            "--json",
+            "--stub-semantics",
+            "257",
+            "--uki",
+        ])
+        .arg(&uki)
+        .args(files);
+        for g in global {
+            cmd.arg("--global-addon").arg(g);
+        }
+        serde_json::from_slice(&common::run_ok(&mut cmd)).unwrap()
+    };
+    let cases = [
+        (
+            "one addon",
+            &boot_one,
+            predict(std::slice::from_ref(&local), &[]),
+            vec!["imgctl.addon=local quiet"],
+        ),
+        (
+            "global + local addon + credential",
+            &boot_many,
+            predict(&many_extra, std::slice::from_ref(&global)),
+            vec![
+                "imgctl.addon=global imgctl.addon=local quiet",
+                "Credentials initrd",
+            ],
+        ),
+    ];
+    for (what, boot, predicted, descriptions) in &cases {
+        boot.assert_done();
+        eprintln!(
+            "boot on systemd-stub 257 with {what}: {:.1}s",
+            boot.elapsed.as_secs_f64()
+        );
+        let rows: Vec<&str> = predicted
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["description"].as_str().unwrap())
+            .collect();
+        assert_eq!(&rows, descriptions, "{what}: {predicted}");
+        let seen = boot.pcrs();
+        let replay: serde_json::Value = serde_json::from_slice(&common::run_ok(
+            common::imgctl()
+                .args(["eventlog", "replay", "--json"])
+                .arg(boot.capture.join("eventlog.bin")),
+        ))
+        .unwrap();
+        for bank in ["sha1", "sha256"] {
+            let want = sidecar_pcr(predicted, 12, bank).unwrap();
+            assert_eq!(
+                seen[bank][&12], want,
+                "{what}: guest PCR 12 {bank} vs ext predict-pcrs"
+            );
+            assert_eq!(
+                replay[bank]["12"].as_str().unwrap(),
+                want,
+                "{what}: the firmware log's PCR 12 {bank}"
+            );
+        }
+        let console =
+            String::from_utf8_lossy(&std::fs::read(boot.capture.join("console.log")).unwrap())
+                .into_owned();
+        let cmdline = console
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix("IMGCTL-CMDLINE "))
+            .unwrap_or_else(|| panic!("{what}: no IMGCTL-CMDLINE line:\n{console}"));
+        assert!(
+            cmdline.ends_with(descriptions[0]),
+            "{what}: /proc/cmdline {cmdline:?} does not end with the addons' {:?}",
+            descriptions[0]
+        );
+    }
+    // The published UKI and addon explain every event of PCRs 4, 11 and 12 of the first boot.
+    let policy = boot_one.capture.join("policy.yaml");
+    std::fs::write(&policy, "pcrs: [4, 11, 12]\nbanks: [sha1, sha256]\n").unwrap();
+    let (code, text) = verify_boot(
+        &boot_one,
+        &policy,
+        &["--log".as_ref(), log.as_os_str()],
+        &vkey,
+    );
+    assert_eq!(code, Some(0), "verify --log of the one-addon boot:\n{text}");
+}
+
+/// Multi-profile UKIs on systemd 257 (issue 12): the demo recipe with `profile:` and a second
+/// profile (its own `.cmdline`), built by imgctl on the 257 stub, booted through systemd-boot
+/// 257 from the Debian 13 chroot with `default demo.efi@second` in loader.conf (the entry of
+/// profile 1, named by its `ID=`). The guest booted profile 1 (/proc/cmdline is its command
+/// line), and its PCR 11 and PCR 12 in sha1 and sha256 equal `predict-pcrs --profile 1
+/// --via-systemd-boot` (PCR 12: systemd-boot's `@1` load options, then the stub's profile tag
+/// 0x13aed6db) and the firmware log's replay; the log names the profile tag event. Profile 0's
+/// PCR 11 differs.
+#[test]
+fn profile_1_booted_through_systemd_boot_257_measures_as_predicted() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(stub) = stub_257() else { return };
+    let sdboot = stub.with_file_name("systemd-bootx64.efi");
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = demo_recipe(tmp.path(), None, Some(&stub), None);
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let mut y: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let second = "console=ttyS0 panic=-1 no_timer_check imgctl.profile=second";
+    y["profile"] = "ID=main\nTITLE=Main".into();
+    y["profiles"] = serde_yaml::from_str(&format!(
+        "[{{profile: \"ID=second\\nTITLE=Second\", cmdline: \"{second}\"}}]"
+    ))
+    .unwrap();
+    std::fs::write(&recipe, serde_yaml::to_string(&y).unwrap()).unwrap();
+    let uki = build_recipe(&recipe, &tmp.path().join("out"), None);
+    let conf = tmp.path().join("loader.conf");
+    std::fs::write(&conf, "default demo.efi@second\ntimeout 0\n").unwrap();
+    let boot = Boot::run_args(
+        tmp.path(),
+        &uki,
+        &[
+            "--systemd-boot".into(),
+            sdboot.into(),
+            "--loader-conf".into(),
+            conf.into(),
+        ],
+        BOOT_TIMEOUT_S,
+    );
+    boot.assert_done();
+    eprintln!(
+        "boot of profile 1 through systemd-boot 257: {:.1}s",
+        boot.elapsed.as_secs_f64()
+    );
+    let console =
+        String::from_utf8_lossy(&std::fs::read(boot.capture.join("console.log")).unwrap())
+            .into_owned();
+    assert!(
+        console
+            .lines()
+            .any(|l| l.trim_end() == format!("IMGCTL-CMDLINE {second}")),
+        "profile 1's command line did not reach the kernel:\n{console}"
+    );
+    let predict = |profile: &str| -> serde_json::Value {
+        serde_json::from_slice(&common::run_ok(
+            common::imgctl()
+                .args(["predict-pcrs", "--json", "--phase", ":", "--bank", "sha1"])
+                .args([
+                    "--bank",
+                    "sha256",
+                    "--profile",
+                    profile,
+                    "--via-systemd-boot",
+                ])
+                .arg(&uki),
+        ))
+        .unwrap()
+    };
+    let value = |v: &serde_json::Value, bank: &str, pcr: u32| -> String {
+        v[bank]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["pcr"] == pcr)
+            .map(|e| e["hash"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| "00".repeat(if bank == "sha1" { 20 } else { 32 }))
+    };
+    let p1 = predict("1");
+    let p0 = predict("0");
+    let seen = boot.pcrs();
+    let replay: serde_json::Value = serde_json::from_slice(&common::run_ok(
+        common::imgctl()
+            .args(["eventlog", "replay", "--json"])
+            .arg(boot.capture.join("eventlog.bin")),
+    ))
+    .unwrap();
+    for bank in ["sha1", "sha256"] {
+        for pcr in [11u32, 12] {
+            assert_eq!(
+                seen[bank][&pcr],
+                value(&p1, bank, pcr),
+                "PCR {pcr} {bank}: guest vs predict-pcrs --profile 1 --via-systemd-boot"
+            );
+        }
+        assert_eq!(
+            replay[bank]["12"].as_str().unwrap(),
+            seen[bank][&12],
+            "the firmware log's PCR 12 {bank}"
+        );
+        assert_ne!(value(&p0, bank, 11), seen[bank][&11], "profile 0's PCR 11");
+    }
+    let shown = String::from_utf8(common::run_ok(
+        common::imgctl()
+            .args(["eventlog", "show"])
+            .arg(boot.capture.join("eventlog.bin")),
+    ))
+    .unwrap();
+    assert!(
+        shown.contains("0x13aed6db"),
+        "no profile tag event:\n{shown}"
+    );
+}
+
+/// The ukify 257 bug with single-profile UKIs (issue 12, reference/systemd-257-and-later.md):
+/// `ukify build --profile ID=only` without `--join-profile` adds no `.sbat` of its own and
+/// leaves `.sbat` out of its `--measure` values, but the stub's `.sbat` stays in the image and
+/// the 257 stub measures it. Booted on the 257 stub: the guest's PCR 11 (sha256) extended by
+/// `enter-initrd` equals imgctl's prediction for that phase and not ukify's.
+#[test]
+fn ukify_257_leaves_the_stubs_sbat_out_of_a_single_profile_measurement_the_guest_follows_imgctl() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(stub) = stub_257() else { return };
+    let root = common::repo_root().join(".cache/trixie-257");
+    let tmp = tempfile::tempdir_in(root.join("tmp")).unwrap();
+    let inside = std::path::Path::new("/tmp").join(tmp.path().file_name().unwrap());
+    // The demo's kernel and initrd (built by imgctl on the 257 stub) into ukify.
+    let recipe = demo_recipe(tmp.path(), None, Some(&stub), None);
+    build_recipe(&recipe, &tmp.path().join("out"), None);
+    std::fs::copy(
+        common::repo_root().join(".cache/demo/vmlinuz"),
+        tmp.path().join("vmlinuz"),
+    )
+    .unwrap();
+    let at = |f: &str| inside.join(f).display().to_string();
+    let measured = common::run_ok(std::process::Command::new("chroot").arg(&root).args([
+        "ukify",
+        "build",
+        &format!("--linux={}", at("vmlinuz")),
+        &format!("--initrd={}", at("out/demo.initrd")),
+        "--cmdline=console=ttyS0 panic=-1 no_timer_check",
+        "--profile=ID=only",
+        "--measure",
+        &format!("--output={}", at("single.efi")),
+    ]));
+    let measured = String::from_utf8(measured).unwrap();
+    // ukify prints systemd-measure's values on stdout (the phase headers on stderr), the
+    // first phase path, enter-initrd, first.
+    let ukify_value = measured
+        .lines()
+        .find_map(|l| l.strip_prefix("11:sha256="))
+        .unwrap_or_else(|| panic!("no enter-initrd sha256 in ukify --measure:\n{measured}"))
+        .to_owned();
+    let uki = tmp.path().join("single.efi");
+    let ours: serde_json::Value = serde_json::from_slice(&common::run_ok(
+        common::imgctl()
+            .args([
+                "predict-pcrs",
+                "--json",
+                "--bank",
+                "sha256",
+                "--phase",
+                "enter-initrd",
+            ])
+            .arg(&uki),
+    ))
+    .unwrap();
+    let ours = ours["sha256"][0]["hash"].as_str().unwrap().to_owned();
+    assert_ne!(
+        ours, ukify_value,
+        "ukify 257 measured the stub's .sbat after all"
+    );
+    let boot = Boot::run(tmp.path(), &uki, BOOT_TIMEOUT_S);
+    boot.assert_done();
+    eprintln!(
+        "boot of ukify 257's single-profile UKI: {:.1}s",
+        boot.elapsed.as_secs_f64()
+    );
+    let guest = hex::decode(&boot.pcrs()["sha256"][&11]).unwrap();
+    let word = <sha2::Sha256 as sha2::Digest>::digest(b"enter-initrd");
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, &guest);
+    sha2::Digest::update(&mut h, word);
+    let guest_enter_initrd = hex::encode(sha2::Digest::finalize(h));
+    assert_eq!(guest_enter_initrd, ours, "the guest follows imgctl");
 }

@@ -7,6 +7,7 @@
 //! | line | meaning |
 //! |---|---|
 //! | `IMGCTL-DEMO: init reached` | the initrd's /init ran |
+//! | `IMGCTL-CMDLINE <text>` | the demo initrd's `/proc/cmdline` (the command line the stub passed, addons included): read by tests/systemd257.rs, not parsed here |
 //! | `IMGCTL-PCR <bank> <index> <HEX>` | PCR `index` in `bank` (sha1, sha256, …), as read from `/sys/class/tpm/tpm0/pcr-<bank>/<index>` (the kernel prints upper-case hex) |
 //! | `IMGCTL-EVENTLOG-BEGIN` … `IMGCTL-EVENTLOG-END` | `binary_bios_measurements` in base64 (RFC 4648, standard alphabet), any line wrapping |
 //! | `IMGCTL-USERLOG-BEGIN` … `IMGCTL-USERLOG-END` | systemd's userspace log `/run/log/systemd/tpm2-measure.log` in base64, likewise (an OS image's capture unit) |

@@ -81,7 +81,8 @@ impl BuildOutput {
     }
 }
 
-fn digests_map(banks: &[HashAlg], d: &[Digest]) -> Digests {
+/// `{bank: hex}` of digests given in `banks` order.
+pub(crate) fn digests_map(banks: &[HashAlg], d: &[Digest]) -> Digests {
     banks
         .iter()
         .zip(d)
@@ -282,6 +283,9 @@ fn prepare(
         }
         push(".dtbauto", "dtbauto", Some(p.clone()), blob);
     }
+    if let Some(dir) = &recipe.hwids {
+        push(".hwids", "hwids", Some(dir.clone()), hwids_section(dir)?);
+    }
     push(
         ".uname",
         "uname",
@@ -332,11 +336,61 @@ fn prepare(
     }
     push(".sbat", "sbat", None, sbat);
     push(".linux", "kernel", Some(recipe.kernel.clone()), kernel);
+    // Multi-profile (ukify 257 --profile with --join-profile): the base's `.profile` last of
+    // the base, then each profile's `.profile` and its sections, in ukify's import order.
+    if let Some(p) = &recipe.profile {
+        push(".profile", "profile", None, p.clone().into_bytes());
+    }
+    for p in &recipe.profiles {
+        push(".profile", "profile", None, p.profile.clone().into_bytes());
+        if let Some(c) = &p.cmdline {
+            push(".cmdline", "cmdline", None, c.clone().into_bytes());
+        }
+    }
     Ok(Prepared {
         stub: stub_bytes,
         plan,
         mtime,
     })
+}
+
+/// The `.hwids` section of a folder of ukify hwid JSON files, as ukify 257 makes it: every
+/// `*.json` below it in sorted path order (`parse_hwid_dir()`).
+pub fn hwids_section(dir: &Path) -> Result<Vec<u8>, Error> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| Error::io(dir, "reading the hwids folder", e))?;
+        for e in entries {
+            let e = e.map_err(|e| Error::io(dir, "reading the hwids folder", e))?;
+            let path = e.path();
+            let kind = e.file_type().map_err(|e| Error::io(&path, "reading", e))?;
+            if kind.is_dir() {
+                walk(&path, out)?;
+            } else if path.extension().is_some_and(|x| x == "json") {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files)?;
+    // pathlib's order: component by component.
+    files.sort_by(|a, b| a.components().cmp(b.components()));
+    if files.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "hwids {}: no *.json files",
+            dir.display()
+        )));
+    }
+    let mut devices = Vec::new();
+    for f in &files {
+        let text = imgctl_fsio::read_bounded(f, imgctl_fsio::caps::POLICY, "a hwid description")?;
+        devices.push(imgctl_measure::hwids::parse_json(
+            &f.display().to_string(),
+            &text,
+        )?);
+    }
+    Ok(imgctl_measure::hwids::encode(&devices)?)
 }
 
 fn stub_error(recipe: &Recipe, e: Error) -> Error {
@@ -668,6 +722,12 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
         pcrpkey.as_deref(),
         kernel_signer,
     )?;
+    if opts.pcr_key.is_some() && !recipe.profiles.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{}: signing PCR 11 of a multi-profile UKI (.pcrsig per profile) is not supported yet",
+            recipe.path.display()
+        )));
+    }
     let stub = PeFile::parse(&prepared.stub).map_err(imgctl_measure::Error::from)?;
     let uki_file = format!("{}.efi", recipe.name);
     let initrd_file = format!("{}.initrd", recipe.name);

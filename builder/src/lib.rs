@@ -21,6 +21,7 @@
 //! # Ok::<(), imgctl_builder::Error>(())
 //! ```
 
+pub mod addon;
 pub mod build;
 pub mod hashing;
 pub mod initrd;

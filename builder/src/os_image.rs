@@ -435,9 +435,12 @@ pub fn build_os_staged(
         splash: None,
         dtb: None,
         dtbauto: Vec::new(),
+        hwids: None,
         ucode: None,
         pcrpkey: recipe.pcrpkey.clone(),
         stub,
+        profile: None,
+        profiles: Vec::new(),
     };
     let (uki, mut stage) = build_staged(&uki_recipe, &opts.uki)?;
     let uki_tmp = stage

@@ -20,8 +20,12 @@
 //! splash: splash.bmp              # optional .splash, .dtb and .pcrpkey sections
 //! dtb: board.dtb
 //! dtbauto: [board-a.dtb, board-b.dtb] # .dtbauto sections (systemd 257+ picks one per machine)
+//! hwids: hwids/                   # .hwids from ukify's hwid JSON files (systemd 257+)
 //! ucode: ucode.cpio                  # .ucode: early microcode cpio (systemd 256+)
 //! pcrpkey: pcr-public.pem
+//! profile: "ID=default\nTITLE=Default"   # multi-profile UKI (systemd 257+): profile 0's .profile
+//! profiles:                          # profiles 1, 2, …, each .profile then its own sections
+//!   - { profile: "ID=debug\nTITLE=Debug", cmdline: console=ttyS0 debug }
 //! stub: /usr/lib/systemd/boot/efi/linuxx64.efi.stub   # the default; `imgctl` = our Rust stub
 //! ```
 //!
@@ -74,11 +78,28 @@ struct RawRecipe {
     #[serde(default)]
     dtbauto: Vec<String>,
     #[serde(default)]
+    hwids: Option<String>,
+    #[serde(default)]
     ucode: Option<String>,
     #[serde(default)]
     pcrpkey: Option<String>,
     #[serde(default)]
     stub: Option<String>,
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    profiles: Vec<RawProfile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a profile (a mapping of profile, cmdline)"
+)]
+struct RawProfile {
+    profile: String,
+    #[serde(default)]
+    cmdline: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,10 +268,25 @@ pub struct Recipe {
     pub dtb: Option<PathBuf>,
     /// `.dtbauto` sections, in this order (systemd 257+ selects one by the machine's devicetree).
     pub dtbauto: Vec<PathBuf>,
+    /// `.hwids`: a folder of ukify hwid JSON files (`ukify --hwids DIR`, systemd 257+).
+    pub hwids: Option<PathBuf>,
     /// `.ucode`: an early microcode cpio (systemd 256+).
     pub ucode: Option<PathBuf>,
     pub pcrpkey: Option<PathBuf>,
     pub stub: PathBuf,
+    /// `.profile` of the base (profile 0) of a multi-profile UKI (systemd 257+).
+    pub profile: Option<String>,
+    /// Profiles 1, 2, …: each a `.profile` text and the sections it overrides.
+    pub profiles: Vec<Profile>,
+}
+
+/// One extra profile of a multi-profile UKI, as `ukify --join-profile` adds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// The `.profile` text (`ID=…`, `TITLE=…`).
+    pub profile: String,
+    /// Its own `.cmdline`, overriding the base's when it is booted.
+    pub cmdline: Option<String>,
 }
 
 /// A recipe file's YAML, decoded into its raw form: UTF-8, no byte order mark, nesting bounded
@@ -438,6 +474,22 @@ impl Recipe {
                 return Err(ctx.err("uname", u, "must be one word, as `uname -r` prints it"));
             }
         }
+        for (key, text) in raw.profile.iter().map(|p| ("profile", p)).chain(
+            raw.profiles
+                .iter()
+                .map(|p| ("profiles.profile", &p.profile)),
+        ) {
+            if text.trim().is_empty() || text.contains('\0') {
+                return Err(ctx.err(
+                    key,
+                    text,
+                    "must be non-empty text (ID=..., TITLE=...) without NUL",
+                ));
+            }
+        }
+        if !raw.profiles.is_empty() && raw.profile.is_none() {
+            return Err(ctx.err("profile", "profiles", "profiles: needs profile: (the base profile 0's .profile text), as ukify --join-profile needs --profile"));
+        }
         Ok(Recipe {
             path: path.to_owned(),
             source: source.clone(),
@@ -456,9 +508,32 @@ impl Recipe {
                 .iter()
                 .map(|v| ctx.file("dtbauto", v))
                 .collect::<Result<_, _>>()?,
+            hwids: match &raw.hwids {
+                None => None,
+                Some(h) => {
+                    let p = ctx.resolve(h);
+                    if !p.is_dir() {
+                        return Err(ctx.err(
+                            "hwids",
+                            h,
+                            &format!("{} is not a folder (of hwid JSON files)", p.display()),
+                        ));
+                    }
+                    Some(p)
+                }
+            },
             ucode: opt_file("ucode", &raw.ucode)?,
             pcrpkey: opt_file("pcrpkey", &raw.pcrpkey)?,
             stub,
+            profile: raw.profile,
+            profiles: raw
+                .profiles
+                .into_iter()
+                .map(|p| Profile {
+                    profile: p.profile,
+                    cmdline: p.cmdline,
+                })
+                .collect(),
         })
     }
 }

@@ -1131,7 +1131,8 @@ pub fn inspect_file(
 #[derive(Debug, Clone, Serialize)]
 pub struct SidecarMeasurement {
     pub pcr: u32,
-    pub description: &'static str,
+    /// The event's description: the archive's, or for addons the command line measured.
+    pub description: String,
     /// File names in archive order.
     pub files: Vec<String>,
     /// Per bank: the event digest (hash of the archive) and the PCR value after the stub's
@@ -1154,6 +1155,123 @@ pub fn predict_sidecars(
     files: &[PathBuf],
     banks: &[imgctl_measure::HashAlg],
 ) -> Result<Vec<SidecarMeasurement>, Error> {
+    predict_beside_uki(semantics, files, &Addons::default(), banks)
+}
+
+/// Addons and what decides whether the stub applies them, for [`predict_beside_uki`].
+#[derive(Debug, Clone, Default)]
+pub struct Addons {
+    /// Files in `ESP/loader/addons/`, named as they will be there.
+    pub global: Vec<PathBuf>,
+    /// The UKI's `.uname` (the stub skips an addon whose `.uname` differs). `None`: the UKI
+    /// has none or was not given; then an addon with `.uname` is refused, not guessed.
+    pub uki_uname: Option<Vec<u8>>,
+    /// Whether the UKI is known (given), so that an absent `uki_uname` means "none".
+    pub uki_known: bool,
+}
+
+/// The PCR 12 event of the addons' command lines (global addons sorted, then `local`, the
+/// `*.addon.efi` among the files beside the UKI, sorted), as the 256+ stub measures it.
+fn addon_measurement(
+    semantics: imgctl_measure::StubSemantics,
+    local: &[(&str, &Path)],
+    addons: &Addons,
+    banks: &[imgctl_measure::HashAlg],
+) -> Result<Option<(SidecarMeasurement, Vec<imgctl_measure::Digest>)>, Error> {
+    use imgctl_measure::addon;
+    let mut global: Vec<(&str, &Path)> = Vec::new();
+    for f in &addons.global {
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::Unsupported(format!("{}: no usable file name", f.display())))?;
+        if global.iter().any(|(n, _)| *n == name) {
+            return Err(Error::Unsupported(format!(
+                "global addon {name} given twice"
+            )));
+        }
+        if addon::picks_up(name) {
+            global.push((name, f.as_path()));
+        }
+    }
+    global.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut local = local.to_vec();
+    local.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    if global.is_empty() && local.is_empty() {
+        return Ok(None);
+    }
+    match semantics {
+        imgctl_measure::StubSemantics::Systemd252 => return Ok(None), // no addons before 254
+        imgctl_measure::StubSemantics::Systemd254 => {
+            return Err(Error::Unsupported(
+                "addons under systemd 254-255 (measured one by one in 254, joined from 255) are not predicted; give --stub-semantics 256 or later".into(),
+            ))
+        }
+        _ => {}
+    }
+    let mut cmdlines: Vec<String> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for (prefix, (name, path)) in global
+        .iter()
+        .map(|g| (addon::GLOBAL_ADDON_DIR, g))
+        .chain(local.iter().map(|l| ("extra.d", l)))
+    {
+        let data = imgctl_fsio::read_bounded(path, imgctl_fsio::caps::ADDON, "an addon")?;
+        let a = addon::read(&data)
+            .map_err(|e| Error::Unsupported(format!("addon {}: {e}", path.display())))?;
+        if a.uname.is_some() && !addons.uki_known {
+            return Err(Error::Unsupported(format!(
+                "addon {}: carries .uname; give the UKI (--uki) to predict whether the stub applies it",
+                path.display()
+            )));
+        }
+        if !addon::uname_matches(a.uname.as_deref(), addons.uki_uname.as_deref()) {
+            continue; // the stub skips it: ".uname mismatch between addon and UKI"
+        }
+        cmdlines.extend(a.cmdline);
+        names.push(format!("{prefix}/{name}"));
+    }
+    let Some(text) = addon::combined_cmdline(cmdlines.iter().map(String::as_str)) else {
+        return Ok(None);
+    };
+    let data = addon::cmdline_event_data(&text);
+    let mut events = Vec::new();
+    let mut rows = Vec::new();
+    for bank in banks {
+        let mut h = bank
+            .hasher()
+            .map_err(|e| Error::Unsupported(e.to_string()))?;
+        h.update(&data);
+        let ev = h.finish();
+        let pcr =
+            crate::stub::pcr_after(*bank, &[&ev]).map_err(|e| Error::Unsupported(e.to_string()))?;
+        rows.push(SidecarBank {
+            bank: bank.to_string(),
+            event_digest: ev.to_hex(),
+            pcr_value: pcr.to_hex(),
+        });
+        events.push(ev);
+    }
+    Ok(Some((
+        SidecarMeasurement {
+            pcr: imgctl_measure::pcr11::PCR_KERNEL_PARAMETERS,
+            description: text,
+            files: names,
+            banks: rows,
+        },
+        events,
+    )))
+}
+
+/// [`predict_sidecars`] with addons: the addons' joined command line first (PCR 12, systemd
+/// 256 and later; `*.addon.efi` among `files` are the UKI's own, `addons.global` those in
+/// `loader/addons/`), then the sidecar archives.
+pub fn predict_beside_uki(
+    semantics: imgctl_measure::StubSemantics,
+    files: &[PathBuf],
+    addons: &Addons,
+    banks: &[imgctl_measure::HashAlg],
+) -> Result<Vec<SidecarMeasurement>, Error> {
     use crate::stub::{pcr_after, select, ArchiveHasher, Sidecar};
     let mut by_name = BTreeMap::new();
     for f in files {
@@ -1167,9 +1285,21 @@ pub fn predict_sidecars(
     }
     let names: Vec<&str> = by_name.keys().map(String::as_str).collect();
     let mut out = Vec::new();
-    // The events extended so far, per PCR and bank: PCR 12 takes credentials, then confexts.
+    // The events extended so far, per PCR and bank: PCR 12 takes the addons' command line,
+    // credentials, then confexts.
     let mut extended: BTreeMap<(u32, imgctl_measure::HashAlg), Vec<imgctl_measure::Digest>> =
         BTreeMap::new();
+    let local: Vec<(&str, &Path)> = by_name
+        .iter()
+        .filter(|(n, _)| imgctl_measure::addon::picks_up(n))
+        .map(|(n, p)| (n.as_str(), p.as_path()))
+        .collect();
+    if let Some((m, events)) = addon_measurement(semantics, &local, addons, banks)? {
+        for (bank, ev) in banks.iter().zip(events) {
+            extended.entry((m.pcr, *bank)).or_default().push(ev);
+        }
+        out.push(m);
+    }
     for sidecar in Sidecar::IN_STUB_ORDER {
         let chosen = select(semantics, sidecar, &names);
         let mut h =
@@ -1214,7 +1344,7 @@ pub fn predict_sidecars(
         }
         out.push(SidecarMeasurement {
             pcr: sidecar.pcr(),
-            description: sidecar.description(),
+            description: sidecar.description().to_owned(),
             files: chosen.iter().map(|s| s.to_string()).collect(),
             banks: rows,
         });

@@ -30,10 +30,12 @@
 //!            "2ccb64e2494a299a47994c804f7937bb5cbef8a849f2ca2d43d64f7c73e262c7");
 //! ```
 
+pub mod addon;
 pub mod authenticode;
 pub mod authenticode_sign;
 pub mod bank;
 pub mod dtb;
+pub mod hwids;
 pub mod keys;
 pub mod manifest;
 pub mod pcr11;

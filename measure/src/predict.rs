@@ -311,6 +311,65 @@ fn cost_per_byte(bank: HashAlg) -> u64 {
     }
 }
 
+/// `EV_EVENT_TAG` ID of the profile the stub boots (systemd 257 `UKI_PROFILE_EVENT_TAG_ID`).
+pub const PROFILE_EVENT_TAG_ID: u32 = 0x13ae_d6db;
+
+/// The bytes a systemd-stub 257+ hashes into PCR 12 when it boots `profile` of a multi-profile
+/// UKI (`measure_profile()`: the decimal number in UTF-16LE with its NUL, an `EV_EVENT_TAG`
+/// with [`PROFILE_EVENT_TAG_ID`]); `None` for profile 0 or a stub before 257, which measure
+/// nothing.
+pub fn profile_event_data(semantics: StubSemantics, profile: u32) -> Option<Vec<u8>> {
+    if profile == 0 || semantics < StubSemantics::Systemd257 {
+        return None;
+    }
+    Some(utf16le_with_nul(&profile.to_string()))
+}
+
+/// A string as systemd-stub hashes UTF-16 text it measures (`strsize16`): UTF-16LE with the
+/// terminating NUL.
+pub fn utf16le_with_nul(s: &str) -> Vec<u8> {
+    s.encode_utf16()
+        .chain(std::iter::once(0))
+        .flat_map(u16::to_le_bytes)
+        .collect()
+}
+
+/// Per bank: the profile tag event's digest and PCR 12 after it.
+pub type ProfilePcr12 = Vec<(HashAlg, Digest, Digest)>;
+
+/// The PCR 12 value right after the profile tag, per bank, with the tag's digest (`None` where
+/// the stub measures no tag): what PCR 12 holds when nothing else (no addons, credentials) is
+/// measured into it. `via_systemd_boot`: systemd-boot 257 started the profile's boot entry
+/// (`uki.efi@ID`), passing `@N` as LoadOptions and measuring them into PCR 12 first
+/// (`call_image_start()`: `tpm_log_load_options("@N")`); the stub strips `@N` and, with nothing
+/// left, measures no command line.
+pub fn profile_pcr12(
+    semantics: StubSemantics,
+    profile: u32,
+    via_systemd_boot: bool,
+    banks: &[HashAlg],
+) -> Result<Option<ProfilePcr12>, Error> {
+    let Some(data) = profile_event_data(semantics, profile) else {
+        return Ok(None);
+    };
+    let options = utf16le_with_nul(&format!("@{profile}"));
+    let mut out = Vec::new();
+    for &bank in banks {
+        let mut pcr = Pcr::reset(bank)?;
+        if via_systemd_boot {
+            let mut h = bank.hasher()?;
+            h.update(&options);
+            pcr.extend(&h.finish());
+        }
+        let mut h = bank.hasher()?;
+        h.update(&data);
+        let ev = h.finish();
+        pcr.extend(&ev);
+        out.push((bank, ev, pcr.value().clone()));
+    }
+    Ok(Some(out))
+}
+
 /// `H_bank(data)` for every bank (inner) and every input (outer), all pairs in parallel.
 ///
 /// Each (input, bank) pair is one job, hashed once from the bytes already in memory. The jobs
@@ -420,6 +479,16 @@ mod tests {
     }
 
     /// ../shared/reference/systemd.md §9 E1, values printed by Debian's systemd-measure 252.
+    #[test]
+    fn the_profile_tag_is_the_decimal_number_in_utf16_with_nul() {
+        assert_eq!(
+            profile_event_data(StubSemantics::Systemd257, 12),
+            Some(vec![b'1', 0, b'2', 0, 0, 0])
+        );
+        assert_eq!(profile_event_data(StubSemantics::Systemd257, 0), None);
+        assert_eq!(profile_event_data(StubSemantics::Systemd256, 1), None);
+    }
+
     #[test]
     fn reproduces_systemd_measure_vectors() {
         let linux = MeasuredSection {

@@ -72,21 +72,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match imgctl_builder::os_recipe::recipe_kind(&text).as_deref() {
         None => {}
         Some("os") => return run_os(args, text),
+        Some("addon") => return run_addon(args, text),
         Some(k @ ("sysext" | "confext")) => anyhow::bail!(
             "{}: kind: {k} is an extension recipe: build it with `imgctl ext build`",
             args.recipe.display()
         ),
         Some(k) => anyhow::bail!(
-            "{}: kind: {k} is not a recipe kind `imgctl build` knows (os, or none for a UKI)",
+            "{}: kind: {k} is not a recipe kind `imgctl build` knows (os, addon, or none for a UKI)",
             args.recipe.display()
         ),
     }
     let recipe = Recipe::parse(&args.recipe, text)?;
-    let out_dir = args
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("images").join(&recipe.name));
-    imgctl_fsio::check_output_dir(&out_dir)?;
+    let out_dir = output_dir(&args, &recipe.name)?;
     let mut opts = BuildOptions::new(out_dir, crate::output::source_date_epoch()?);
     opts.semantics = args.stub_semantics.fixed();
     let passphrase_file = args.key_passphrase_file.as_deref();
@@ -241,6 +238,85 @@ fn log_and_commit(
     Ok((proof_path, index))
 }
 
+/// `--log DIR --log-key KEY` of an artifact build, checked before the build: a wrong key
+/// writes nothing.
+fn artifact_log(args: &Args) -> anyhow::Result<Option<crate::cmd::log::ArtifactLog>> {
+    Ok(match (&args.log, &args.log_key) {
+        (Some(dir), Some(key)) => Some(crate::cmd::log::ArtifactLog::check(dir, key)?),
+        _ => None,
+    })
+}
+
+/// `-o DIR`, default images/NAME, checked before the build.
+fn output_dir(args: &Args, name: &str) -> anyhow::Result<PathBuf> {
+    let out_dir = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("images").join(name));
+    imgctl_fsio::check_output_dir(&out_dir)?;
+    Ok(out_dir)
+}
+
+/// Appends `record` to the log and writes its proof beside `file` as FILE.tlog-proof (the
+/// artifact is already committed). Returns the entry's index and the proof's path.
+fn publish_beside(
+    log: &crate::cmd::log::ArtifactLog,
+    record: &imgctl_measure::record::ArtifactRecord,
+    file: &Path,
+    what: &str,
+) -> anyhow::Result<(u64, PathBuf)> {
+    let mut proof = file.to_owned().into_os_string();
+    proof.push(".tlog-proof");
+    let proof = PathBuf::from(proof);
+    let index = log
+        .publish(record, &proof)
+        .with_context(|| format!("logging {what} {} (it is built)", file.display()))?;
+    Ok((index, proof))
+}
+
+/// `kind: addon`: a systemd-stub PE addon (NAME.addon.efi) and its manifest.json; with
+/// `--log`, its artifact record is appended and the proof written beside it.
+fn run_addon(args: Args, text: Vec<u8>) -> anyhow::Result<ExitCode> {
+    use imgctl_builder::addon::{build_addon_staged, AddonRecipe};
+    if args.pcr_private_key.is_some() || args.secureboot_key.is_some() {
+        anyhow::bail!(
+            "{}: kind: addon is built unsigned (--pcr-private-key and --secureboot-key are for UKIs)",
+            args.recipe.display()
+        );
+    }
+    let log = artifact_log(&args)?;
+    let recipe = AddonRecipe::parse(&args.recipe, text)?;
+    let out_dir = output_dir(&args, &recipe.name)?;
+    let (out, mut stage) = build_addon_staged(&recipe, &out_dir)
+        .with_context(|| format!("building {}", args.recipe.display()))?;
+    if let Some(k) = &args.log_key {
+        stage.add_input(k);
+    }
+    stage.commit()?;
+    let logged = match &log {
+        Some(l) => Some(publish_beside(l, &out.record, &out.addon, "the addon")?),
+        None => None,
+    };
+    if args.json {
+        crate::output::print_json(&out.record)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!("built {} {} (addon)", recipe.name, recipe.version);
+    outln!("  addon     {}", out.addon.display());
+    outln!("  manifest  {}", out.manifest_path.display());
+    if let Some((index, proof)) = &logged {
+        outln!("  logged    entry {index}, proof {}", proof.display());
+    }
+    for e in &out.record.events {
+        outln!(
+            "  PCR {} event (alone beside a UKI): {}",
+            e.pcr,
+            e.description.as_deref().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `kind: os`: the OS tree (cached), the disk image, its UKI, pcrs.json and manifest.json.
 fn run_os(args: Args, text: Vec<u8>) -> anyhow::Result<ExitCode> {
     use imgctl_builder::os_image::{build_os_staged, OsBuildOptions};
@@ -251,17 +327,9 @@ fn run_os(args: Args, text: Vec<u8>) -> anyhow::Result<ExitCode> {
             args.recipe.display()
         );
     }
-    // The log and its key are checked before the build: a wrong key writes nothing.
-    let log = match (&args.log, &args.log_key) {
-        (Some(dir), Some(key)) => Some(crate::cmd::log::ArtifactLog::check(dir, key)?),
-        _ => None,
-    };
+    let log = artifact_log(&args)?;
     let recipe = OsRecipe::parse(&args.recipe, text)?;
-    let out_dir = args
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("images").join(&recipe.name));
-    imgctl_fsio::check_output_dir(&out_dir)?;
+    let out_dir = output_dir(&args, &recipe.name)?;
     let mut uki = BuildOptions::new(out_dir, crate::output::source_date_epoch()?);
     uki.semantics = args.stub_semantics.fixed();
     uki.pcr_key = pcr_signing_key(&args)?;
@@ -278,16 +346,12 @@ fn run_os(args: Args, text: Vec<u8>) -> anyhow::Result<ExitCode> {
     }
     stage.commit()?;
     let logged = match &log {
-        Some(l) => {
-            let record = os_record(&out)?;
-            let mut proof = out.image.clone().into_os_string();
-            proof.push(".tlog-proof");
-            let proof = PathBuf::from(proof);
-            let index = l.publish(&record, &proof).with_context(|| {
-                format!("logging the OS image {} (it is built)", out.image.display())
-            })?;
-            Some((index, proof))
-        }
+        Some(l) => Some(publish_beside(
+            l,
+            &os_record(&out)?,
+            &out.image,
+            "the OS image",
+        )?),
         None => None,
     };
     if args.json {

@@ -27,17 +27,25 @@ enum ExtCommand {
 }
 
 /// Predict what systemd-stub measures for files placed next to a UKI (`<uki>.efi.extra.d/`):
-/// the sidecar cpios it builds from credentials (*.cred, PCR 12), extension images (*.raw,
-/// PCR 13) and, from systemd 256, configuration extensions (*.confext.raw, PCR 12), in the
-/// stub's order. The PCR values assume nothing else was measured into PCR 12 (no passed
-/// command line, addons or profile) and PCR 13.
+/// the joined command line of PE addons (*.addon.efi here and --global-addon in
+/// loader/addons/, PCR 12, systemd 256 and later), then the sidecar cpios it builds from
+/// credentials (*.cred, PCR 12), extension images (*.raw, PCR 13) and, from systemd 256,
+/// configuration extensions (*.confext.raw, PCR 12), in the stub's order. The PCR values
+/// assume nothing else was measured into PCR 12 (no passed command line or profile) and PCR 13.
 ///
 /// Example: imgctl ext predict-pcrs images/demo-sysext/demo-sysext.raw --stub-semantics systemd-252 --json
 #[derive(Debug, clap::Args)]
 struct PredictArgs {
-    /// The .raw and .cred files, named as they will be on the ESP.
+    /// The .raw, .cred and .addon.efi files, named as they will be on the ESP.
     #[arg(required = true)]
     images: Vec<PathBuf>,
+    /// A PE addon in ESP/loader/addons/ (applies to every UKI); repeatable.
+    #[arg(long = "global-addon", value_name = "FILE")]
+    global_addons: Vec<PathBuf>,
+    /// The UKI the files go beside: the stub skips an addon whose .uname differs from its
+    /// .uname (an addon with .uname is refused without it).
+    #[arg(long, value_name = "UKI")]
+    uki: Option<PathBuf>,
     /// The systemd version of the stub that will boot them: 252 (Debian 12), 257 (Debian 13), …
     #[arg(
         long = "stub-semantics",
@@ -316,7 +324,27 @@ fn run_predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.banks
     };
-    let m = imgctl_extensions::pipeline::predict_sidecars(semantics, &args.images, &banks)?;
+    let mut addons = imgctl_extensions::pipeline::Addons {
+        global: args.global_addons.clone(),
+        ..Default::default()
+    };
+    if let Some(path) = &args.uki {
+        let data = crate::uki_input::load_uki(path)?;
+        let uki = imgctl_measure::Uki::parse(&data)
+            .with_context(|| format!("{}: not a PE image", path.display()))?;
+        addons.uki_known = true;
+        addons.uki_uname = match uki.pe.section(".uname") {
+            Some(s) => Some(
+                uki.pe
+                    .memory_data(s)
+                    .with_context(|| format!("{}: .uname", path.display()))?
+                    .into_owned(),
+            ),
+            None => None,
+        };
+    }
+    let m =
+        imgctl_extensions::pipeline::predict_beside_uki(semantics, &args.images, &addons, &banks)?;
     if m.is_empty() {
         eprintln!(
             "imgctl: none of these files would be picked up by the stub; nothing is measured"

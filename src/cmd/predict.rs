@@ -29,9 +29,14 @@ pub struct Args {
     /// several. Default: ':' and systemd-measure's four default paths.
     #[arg(long = "phase", value_name = "PATH")]
     phases: Vec<String>,
-    /// Profile of a multi-profile UKI to predict for.
+    /// Profile of a multi-profile UKI to predict for. N != 0 on a 257+ stub also predicts PCR
+    /// 12 after the profile tag.
     #[arg(long, default_value_t = 0)]
     profile: u32,
+    /// The profile is booted through systemd-boot 257 (its `uki.efi@ID` entry), which passes
+    /// `@N` and measures it into PCR 12 before the stub's profile tag.
+    #[arg(long, requires = "profile")]
+    via_systemd_boot: bool,
     /// Which stub's measurement rules to apply: `auto` (from the stub's .sdmagic) or the
     /// systemd version of the stub (252, 254, 256, 257, 258; `systemd-257` also).
     #[arg(long, default_value = "auto", value_name = "VERSION")]
@@ -169,13 +174,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.input.display()
         );
     }
+    // Profile N != 0 on a 257+ stub: the profile tag in PCR 12 (before anything else there).
+    let pcr12 = imgctl_measure::predict::profile_pcr12(
+        semantics,
+        args.profile,
+        args.via_systemd_boot,
+        &banks,
+    )?;
     let label = |c: &Option<DtbCandidate>| match c {
         None => "none selected".to_owned(),
         Some(c) => format!(".dtbauto #{} ({})", c.index, c.compatible),
     };
+    // systemd-measure's shape: per bank a list of {pcr, hash, phase}; PCR 12 joins it.
+    let with_pcr12 = |mut v: serde_json::Value| {
+        for (bank, _, value) in pcr12.iter().flatten() {
+            if let Some(list) = v.get_mut(bank.to_string()).and_then(|l| l.as_array_mut()) {
+                list.push(serde_json::json!({"pcr": 12, "hash": value.to_hex()}));
+            }
+        }
+        v
+    };
     if args.json {
         if rows.len() == 1 {
-            crate::output::print_json(&rows[0].1.to_json())?;
+            crate::output::print_json(&with_pcr12(rows[0].1.to_json()))?;
         } else {
             let list: Vec<serde_json::Value> = rows
                 .iter()
@@ -183,7 +204,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     serde_json::json!({
                         "dtbauto": c.as_ref().map(|c| serde_json::json!({
                             "index": c.index, "compatible": c.compatible})),
-                        "pcrs": p.to_json(),
+                        "pcrs": with_pcr12(p.to_json()),
                     })
                 })
                 .collect();
@@ -191,6 +212,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     } else {
         outln!("# stub semantics: {}", semantics.name());
+        if let Some(values) = &pcr12 {
+            outln!(
+                "# PCR[12] after the profile {} tag (EV_EVENT_TAG {:#x})",
+                args.profile,
+                imgctl_measure::predict::PROFILE_EVENT_TAG_ID
+            );
+            for (bank, _, value) in values {
+                outln!("12:{bank}={value}");
+            }
+        }
         for (c, prediction) in &rows {
             if rows.len() > 1 {
                 outln!("# devicetree: {}", label(c));

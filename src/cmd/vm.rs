@@ -62,6 +62,18 @@ pub struct Args {
     /// image, a credential, an addon), as systemd-stub finds and measures them; repeatable.
     #[arg(long, value_name = "FILE")]
     extra: Vec<PathBuf>,
+    /// A PE addon to put in \loader\addons\ on the ESP, where systemd-stub finds addons
+    /// for every UKI (applied before the UKI's own); repeatable.
+    #[arg(long = "global-addon", value_name = "FILE")]
+    global_addons: Vec<PathBuf>,
+    /// Boot the UKI through this systemd-boot (systemd-bootx64.efi, as \EFI\BOOT\BOOTX64.EFI)
+    /// with --loader-conf as \loader\loader.conf; the UKI goes to \EFI\Linux\ under its own
+    /// name (e.g. `default demo.efi@1` in loader.conf boots profile 1 of demo.efi).
+    #[arg(long, value_name = "EFI", requires = "loader_conf")]
+    systemd_boot: Option<PathBuf>,
+    /// systemd-boot's loader.conf (with --systemd-boot).
+    #[arg(long, value_name = "FILE", requires = "systemd_boot")]
+    loader_conf: Option<PathBuf>,
     /// CPU virtualisation: auto probes KVM and falls back to TCG.
     #[arg(long, value_enum, default_value = "auto")]
     accel: Accel,
@@ -146,9 +158,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let (medium, _built) = medium_for(&args.input)?;
     check_extra(&args.extra)?;
-    if matches!(medium, Medium::Disk(_)) && !args.extra.is_empty() {
+    check_extra(&args.global_addons)?;
+    if matches!(medium, Medium::Disk(_))
+        && !(args.extra.is_empty() && args.global_addons.is_empty())
+    {
         bail!(
-            "{}: --extra is for a UKI; a disk image carries its own ESP",
+            "{}: --extra and --global-addon are for a UKI; a disk image carries its own ESP",
             args.input.display()
         );
     }
@@ -167,6 +182,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         memory_mib: args.memory,
         echo: !args.quiet,
         extra: args.extra.clone(),
+        global_addons: args.global_addons.clone(),
+        loader: match (&args.systemd_boot, &args.loader_conf) {
+            (Some(efi), Some(conf)) => {
+                for f in [efi, conf] {
+                    if !std::fs::metadata(f)
+                        .with_context(|| f.display().to_string())?
+                        .is_file()
+                    {
+                        bail!("{}: not a regular file", f.display());
+                    }
+                }
+                Some(vm::BootLoader {
+                    efi: efi.clone(),
+                    loader_conf: conf.clone(),
+                })
+            }
+            _ => None,
+        },
     };
     let run = vm::boot(&cfg)?;
     let report = GuestReport::parse(&run.console);
