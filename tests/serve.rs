@@ -524,6 +524,163 @@ fn refusals(pg: Option<&Postgres>) {
     assert_eq!(accepted.len(), 1, "{rec}");
 }
 
+/// `imgctl log` in `d`: runs it and fails the test on a non-zero exit.
+fn log_cmd(args: &[&str], d: &Path) {
+    run_ok(imgctl().arg("log").args(args).current_dir(d));
+}
+
+/// The captured boot's reference manifest as a log entry (`imgctl log append --entry`),
+/// with the file digests the log requires and the capture does not record; `cmdline` changes
+/// the .cmdline section's digest (another build, not the one booted).
+fn log_entry(d: &Path, name: &str, cmdline: Option<&str>) -> String {
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("demo.manifest.json")).unwrap()).unwrap();
+    m["recipe"]["digests"]["sha256"] = "00".repeat(32).into();
+    m["uki"]["digests"]["sha256"] = "00".repeat(32).into();
+    if let Some(c) = cmdline {
+        m["name"] = name.into();
+        m["uki"]["sections"][2]["digests"]["sha256"] = c.repeat(32).into();
+    }
+    let f = format!("{name}.entry.json");
+    std::fs::write(d.join(&f), m.to_string()).unwrap();
+    f
+}
+
+/// The service configured with a log (`log: {source: log, vkey: log.vkey}`) and a policy
+/// without references of its own: the log's records are the only ones.
+fn log_setup(d: &Path, database: &str) -> Option<Capture> {
+    let cap = setup(d, 60, database)?;
+    let mut policy: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("demo.policy.yaml")).unwrap()).unwrap();
+    policy.as_object_mut().unwrap().remove("manifests");
+    std::fs::write(d.join("demo.policy.yaml"), policy.to_string()).unwrap();
+    std::fs::write(
+        d.join("serve.yaml"),
+        format!(
+            "listen: 127.0.0.1:0\ndatabase: '{database}'\n\
+             log: {{source: log, vkey: log.vkey}}\n\
+             policy:\n  name: demo\n  version: 4\n  file: demo.policy.yaml\n\
+             \x20 secrets:\n    - {{name: disk-key, file: disk.key}}\n"
+        ),
+    )
+    .unwrap();
+    Some(cap)
+}
+
+/// The locked loop at verdict time, against logs `imgctl log` made: the service reads the
+/// log at each evidence. A log without the booted build: REJECT naming the unpublished event,
+/// nothing released. The log grows to hold it: ACCEPT, and the verdict and the database hold
+/// the log's new checkpoint (exactly the note the log serves); it grows again: ACCEPT, the
+/// checkpoint advances. The log is replaced by a fork (same key and origin, another history):
+/// refused as a split view, nothing stored or released, also by a restarted service that
+/// knows the old checkpoint only from the database.
+#[test]
+fn verdicts_against_the_log_accept_published_reject_unpublished_refuse_a_fork() {
+    log_verdicts(None);
+}
+
+#[test]
+fn verdicts_against_the_log_accept_published_reject_unpublished_refuse_a_fork_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    log_verdicts(Some(&pg));
+}
+
+fn log_verdicts(pg: Option<&Postgres>) {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = pg.map_or("state.db".into(), Postgres::database);
+    let Some(cap) = log_setup(d, &db) else { return };
+    let other = log_entry(d, "other", Some("11"));
+    let good = log_entry(d, "demo", None);
+    let later = log_entry(d, "later", Some("22"));
+    log_cmd(
+        &[
+            "init",
+            "log",
+            "--key",
+            "log.key",
+            "--origin",
+            "example.org/fleet",
+        ],
+        d,
+    );
+    log_cmd(&["append", "log", "--key", "log.key", "--entry", &other], d);
+    let server = serve(d);
+    let c = Client::new(&server.url);
+    let tpm = Swtpm::start_tcp();
+    boot(&tpm, &cap.log);
+    let mut a = Tpm::open(&tpm.tcti()).unwrap();
+    let id = enrol(&c, &mut a);
+    let served = || std::fs::read_to_string(d.join("log/checkpoint")).unwrap();
+    let size = |note: &str| note.lines().nth(1).unwrap().parse::<u64>().unwrap();
+
+    // The log holds another build only: the booted .cmdline is not published.
+    let n = nonce(&c, &id);
+    let v = c
+        .evidence(&evidence(&mut a, &id, &n, &n, &cap.log))
+        .unwrap();
+    assert_eq!(v.log_checkpoint.as_deref(), Some(served().as_str()));
+    rejected(v, "not published in the log");
+    let rec = c.verdicts(&id).unwrap();
+    let text = rec["verdicts"][0]["findings"].to_string();
+    assert!(text.contains(".cmdline"), "{text}");
+
+    // The log grows to hold the booted build: ACCEPT, against the new checkpoint.
+    log_cmd(&["append", "log", "--key", "log.key", "--entry", &good], d);
+    let mut seen = Vec::new();
+    for grow in [None, Some(&later)] {
+        if let Some(e) = grow {
+            log_cmd(&["append", "log", "--key", "log.key", "--entry", e], d);
+        }
+        let n = nonce(&c, &id);
+        let v = c
+            .evidence(&evidence(&mut a, &id, &n, &n, &cap.log))
+            .unwrap();
+        assert!(v.accepted, "{v:?}");
+        assert_eq!(
+            open_credential(&mut a, &v.releases[0].credential).unwrap(),
+            SECRET
+        );
+        let note = v.log_checkpoint.unwrap();
+        assert_eq!(note, served());
+        seen.push(size(&note));
+        let store = imgctl_service::store::Store::open(&if pg.is_some() {
+            db.clone()
+        } else {
+            d.join(&db).display().to_string()
+        })
+        .unwrap();
+        assert_eq!(
+            store.log_checkpoint("example.org/fleet").unwrap(),
+            Some(note),
+            "the database holds the checkpoint of the last verdict"
+        );
+    }
+    assert_eq!(seen, [2, 3]);
+
+    // A fork: the same key (so origin), the booted build first, then others: 4 entries.
+    log_cmd(&["init", "fork", "--key", "log.key"], d);
+    for e in [&good, &other, &later, &other] {
+        log_cmd(&["append", "fork", "--key", "log.key", "--entry", e], d);
+    }
+    std::fs::rename(d.join("log"), d.join("log.before")).unwrap();
+    std::fs::rename(d.join("fork"), d.join("log")).unwrap();
+    let before = c.verdicts(&id).unwrap();
+    let n = nonce(&c, &id);
+    let ev = evidence(&mut a, &id, &n, &n, &cap.log);
+    refused(c.evidence(&ev), "log-split-view");
+    drop(server);
+    let server = serve(d);
+    let c = Client::new(&server.url);
+    refused(c.evidence(&ev), "log-split-view");
+    let after = c.verdicts(&id).unwrap();
+    assert_eq!(before, after, "a refusal stored a verdict or a release");
+    assert_eq!(after["releases"].as_array().unwrap().len(), 2);
+}
+
 /// MakeCredential in Rust against tpm2-tools and the TPM: tpm2_activatecredential opens our
 /// credential for a tpm2_createak key (whose Name, as tpm2-tools computes it, equals ours),
 /// and our TPM2_ActivateCredential opens tpm2_makecredential --tcti none's file for our AK.
