@@ -336,3 +336,128 @@ fn current(src: &dyn TileFetch, trust: &Trust) -> Result<(Checkpoint, String), P
     let note = String::from_utf8(bytes).map_err(|_| log("the checkpoint is not UTF-8".into()))?;
     Ok((vc.checkpoint, note))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imgctl_tlog::note::VerifierKind;
+    use imgctl_tlog::tiles::Edge;
+    use imgctl_tlog::NoteSigner;
+    use proptest::prelude::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    /// A log served from memory, counting the resources read.
+    #[derive(Default)]
+    struct MemLog {
+        files: BTreeMap<String, Vec<u8>>,
+        reads: RefCell<Vec<String>>,
+    }
+
+    impl TileFetch for MemLog {
+        fn get(&self, path: &str) -> Result<Option<Vec<u8>>, imgctl_tlog::StoreError> {
+            self.reads.borrow_mut().push(path.to_owned());
+            Ok(self.files.get(path).cloned())
+        }
+        fn describe(&self) -> String {
+            "mem".into()
+        }
+    }
+
+    fn key() -> NoteSigner {
+        NoteSigner::from_seed("example.org/log", VerifierKind::Ed25519, [7; 32]).unwrap()
+    }
+
+    fn trust() -> Trust {
+        Trust::new(&key().verifier().vkey(), None).unwrap()
+    }
+
+    /// Appends `entries` to `log` (tiles and a checkpoint signed by the test key).
+    fn append(log: &mut MemLog, edge: &mut Edge, entries: &[Vec<u8>]) -> String {
+        for (id, bytes) in edge.append(entries).unwrap() {
+            log.files.insert(id.path(), bytes);
+        }
+        let note = Checkpoint {
+            origin: "example.org/log".into(),
+            size: edge.size(),
+            root: edge.root(),
+            extensions: Vec::new(),
+        }
+        .sign(&key())
+        .unwrap();
+        log.files
+            .insert("checkpoint".into(), note.clone().into_bytes());
+        note
+    }
+
+    fn entries(tag: u8, from: u64, to: u64) -> Vec<Vec<u8>> {
+        (from..to)
+            .map(|i| format!("{tag} {i}").into_bytes())
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Reading a log at size a and refreshing it at size b holds what reading it at b
+        /// does, reads no entry bundle before a's last one, and any checkpoint of it up to b
+        /// extends the view; a fork at any index below a is a split view, both for the
+        /// refresh and for a fresh read checked against a's checkpoint.
+        #[test]
+        fn refresh_equals_a_fresh_read_and_a_fork_is_a_split_view(
+            a in 1u64..600, grow in 0u64..600, fork_at in 0u64..600,
+        ) {
+            let b = a + grow;
+            let fork_at = fork_at % a;
+            let (mut log, mut edge) = (MemLog::default(), Edge::empty());
+            let note_a = append(&mut log, &mut edge, &entries(0, 0, a));
+            let mut view = PublishedLog::read(&log, &trust()).unwrap();
+            let note_b = append(&mut log, &mut edge, &entries(0, a, b));
+            log.reads.borrow_mut().clear();
+            prop_assert_eq!(view.refresh(&log, &trust()).unwrap(), b > a);
+            let first_bundle = format!("tile/entries/{}", imgctl_tlog::tiles::index_path(a / 256));
+            for r in log.reads.borrow().iter().filter(|r| r.starts_with("tile/entries/")) {
+                prop_assert!(r.as_str() >= first_bundle.as_str(), "read {} again", r);
+            }
+            let fresh = PublishedLog::read(&log, &trust()).unwrap();
+            prop_assert_eq!(view.checkpoint(), fresh.checkpoint());
+            prop_assert_eq!(view.note(), note_b.as_str());
+            view.check_extends(note_a.as_bytes(), &trust()).unwrap();
+            fresh.check_extends(note_a.as_bytes(), &trust()).unwrap();
+
+            // Same key and origin, another entry at fork_at, as long as b.
+            let (mut forked, mut fedge) = (MemLog::default(), Edge::empty());
+            let mut es = entries(0, 0, b);
+            es[fork_at as usize] = b"forked".to_vec();
+            append(&mut forked, &mut fedge, &es);
+            let before = view.checkpoint().clone();
+            let is_split = |e: PublishedError| matches!(e, PublishedError::SplitView { .. });
+            prop_assert!(is_split(view.refresh(&forked, &trust()).unwrap_err()));
+            prop_assert_eq!(view.checkpoint(), &before);
+            let fork_view = PublishedLog::read(&forked, &trust()).unwrap();
+            prop_assert!(is_split(fork_view.check_extends(note_a.as_bytes(), &trust()).unwrap_err()));
+            // A log that went backwards: behind what was verified.
+            if b > a {
+                let e = fresh_at(a).check_extends(note_b.as_bytes(), &trust()).unwrap_err();
+                prop_assert!(matches!(e, PublishedError::Behind { .. }), "{e}");
+            }
+        }
+    }
+
+    fn fresh_at(n: u64) -> PublishedLog {
+        let (mut log, mut edge) = (MemLog::default(), Edge::empty());
+        append(&mut log, &mut edge, &entries(0, 0, n));
+        PublishedLog::read(&log, &trust()).unwrap()
+    }
+
+    #[test]
+    fn a_checkpoint_under_another_key_is_no_reference() {
+        let (mut log, mut edge) = (MemLog::default(), Edge::empty());
+        append(&mut log, &mut edge, &entries(0, 0, 3));
+        let other =
+            NoteSigner::from_seed("example.org/log", VerifierKind::Ed25519, [8; 32]).unwrap();
+        let t = Trust::new(&other.verifier().vkey(), None).unwrap();
+        let e = PublishedLog::read(&log, &t).unwrap_err();
+        assert!(matches!(e, PublishedError::Log { .. }), "{e}");
+        assert!(Trust::new("not a vkey", None).is_err());
+    }
+}

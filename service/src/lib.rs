@@ -19,9 +19,12 @@
 //!
 //! - [`ek_cert`]: EK certificates checked against the configured CAs.
 //!
-//! Not yet: TLS, ECC EKs, inclusion of the references in
-//! the transparency log at verdict time (the configured checkpoint is recorded, not checked),
-//! the transparency log of verdicts; one policy per service.
+//! With `log` configured, the references are a transparency log's records
+//! ([`imgctl_attest::published`]), read at each evidence; the log's checkpoint is checked
+//! against the last one stored in the database (split view refused) and stored with the
+//! verdict.
+//!
+//! Not yet: TLS, ECC EKs, the transparency log of verdicts; one policy per service.
 
 pub mod api;
 pub mod client;

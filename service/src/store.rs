@@ -822,10 +822,11 @@ mod tests {
         };
         assert_eq!(s.log_checkpoint("o").unwrap(), None);
         for (n, old, note, size) in [(1u8, None, "c1", 1), (2, Some("c1"), "c2", 2)] {
-            s.add_nonce(&[n], "aa", 100).unwrap();
+            let nonce = [n];
+            s.add_nonce(&nonce, "aa", 100).unwrap();
             let v = NewVerdict {
                 advance: adv(old, note, size),
-                ..verdict("aa", &[n], &k, 5)
+                ..verdict("aa", &nonce, &k, 5)
             };
             assert!(s.add_verdict(&v).unwrap().is_ok());
             assert_eq!(s.log_checkpoint("o").unwrap().as_deref(), Some(note));

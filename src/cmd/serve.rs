@@ -17,8 +17,8 @@ use imgctl_service::service::{Config, Service};
 /// Example: imgctl serve --config /etc/imgctl/serve.yaml
 #[derive(Debug, Parser)]
 pub struct Args {
-    /// The service configuration (YAML): listen, database, nonce_ttl_seconds, ek_ca_files, policy (name,
-    /// version, file, checkpoint, secrets).
+    /// The service configuration (YAML): listen, database, nonce_ttl_seconds, ek_ca_files, log
+    /// (source, vkey, witness_policy), policy (name, version, file, checkpoint, secrets).
     #[arg(long)]
     pub config: PathBuf,
 }
