@@ -681,6 +681,164 @@ fn log_verdicts(pg: Option<&Postgres>) {
     assert_eq!(after["releases"].as_array().unwrap().len(), 2);
 }
 
+/// `openssl`: a CA (`NAME.pem`, `NAME.key`) in `d`.
+fn openssl_ca(d: &Path, name: &str) {
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "2", "-keyout"])
+            .arg(d.join(format!("{name}.key")))
+            .arg("-out")
+            .arg(d.join(format!("{name}.pem")))
+            .args(["-subj", &format!("/CN=imgctl test {name}")])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign"]),
+    );
+}
+
+/// `openssl`: a server certificate for 127.0.0.1 issued by the CA `ca` (`server.pem`,
+/// `server.key`).
+fn openssl_server_cert(d: &Path, ca: &str) {
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ])
+            .arg("-keyout")
+            .arg(d.join("server.key"))
+            .arg("-out")
+            .arg(d.join("server.csr"))
+            .args(["-subj", "/CN=127.0.0.1"]),
+    );
+    std::fs::write(
+        d.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-in"])
+            .arg(d.join("server.csr"))
+            .arg("-CA")
+            .arg(d.join(format!("{ca}.pem")))
+            .arg("-CAkey")
+            .arg(d.join(format!("{ca}.key")))
+            .args(["-set_serial", "7", "-out"])
+            .arg(d.join("server.pem"))
+            .arg("-extfile")
+            .arg(d.join("server.ext")),
+    );
+}
+
+/// TLS (rustls) with a certificate `openssl` issued: `imgctl attest --server https://…
+/// --ca-file` trusting that CA enrols, attests and receives the key; trusting another CA it
+/// fails with a one-line error before anything is sent; curl agrees both ways.
+#[test]
+fn attest_over_https_trusts_the_ca_file_only() {
+    if !tools() || require_tool("openssl", "openssl").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some(cap) = setup(d, 60, "state.db") else {
+        return;
+    };
+    std::fs::write(d.join("eventlog.bin"), &cap.log).unwrap();
+    openssl_ca(d, "ca");
+    openssl_ca(d, "other");
+    openssl_server_cert(d, "ca");
+    let mut yaml = std::fs::read_to_string(d.join("serve.yaml")).unwrap();
+    yaml.push_str("tls: {certificate: server.pem, key: server.key}\n");
+    std::fs::write(d.join("serve.yaml"), yaml).unwrap();
+    let server = serve(d);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let tpm = Swtpm::start_tcp();
+    boot(&tpm, &cap.log);
+    let keys = d.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let attest = |ca: &str| {
+        imgctl()
+            .args([
+                "attest",
+                "--server",
+                &server.url,
+                "--tcti",
+                &tpm.tcti(),
+                "--json",
+            ])
+            .arg("--ca-file")
+            .arg(d.join(ca))
+            .arg("--event-log")
+            .arg(d.join("eventlog.bin"))
+            .arg("--secrets-dir")
+            .arg(&keys)
+            .output()
+            .unwrap()
+    };
+    let o = attest("other.pem");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&server.url) && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    let o = attest("ca.pem");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let answer: EvidenceResponse = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(answer.accepted, "{answer:?}");
+    assert_eq!(std::fs::read(keys.join("disk-key")).unwrap(), SECRET);
+
+    let id = machine_id(&mut Tpm::open(&tpm.tcti()).unwrap());
+    let url = format!("{}/v1/machines/{id}/verdicts", server.url);
+    if require_tool("curl", "curl").is_some() {
+        let curl = |ca: &str| {
+            Command::new("curl")
+                .args(["-sS", "--fail", "--cacert"])
+                .arg(d.join(ca))
+                .arg(&url)
+                .output()
+                .unwrap()
+        };
+        let o = curl("ca.pem");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(rec["verdicts"].as_array().unwrap().len(), 1, "{rec}");
+        let o = curl("other.pem");
+        assert_eq!(
+            o.status.code(),
+            Some(60),
+            "curl trusted another CA's server"
+        );
+    }
+    // The service's own client agrees.
+    let c = Client::with_ca(
+        &server.url,
+        "ca.pem",
+        &std::fs::read(d.join("ca.pem")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.verdicts(&id).unwrap()["releases"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 /// MakeCredential in Rust against tpm2-tools and the TPM: tpm2_activatecredential opens our
 /// credential for a tpm2_createak key (whose Name, as tpm2-tools computes it, equals ours),
 /// and our TPM2_ActivateCredential opens tpm2_makecredential --tcti none's file for our AK.

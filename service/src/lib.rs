@@ -24,7 +24,9 @@
 //! against the last one stored in the database (split view refused) and stored with the
 //! verdict.
 //!
-//! Not yet: TLS, ECC EKs, the transparency log of verdicts; one policy per service.
+//! With `tls` configured, [`server::serve_tls`] serves the API over HTTPS (rustls, ring).
+//!
+//! Not yet: ECC EKs, the transparency log of verdicts; one policy per service.
 
 pub mod api;
 pub mod client;

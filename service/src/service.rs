@@ -35,6 +35,9 @@ pub const MAX_SECRET: usize = 32;
 /// enrol_ttl_seconds: 300        # how long an enrolment credential may be activated
 /// ek_ca_files: [tpm-ca.pem]     # optional: CAs of EK certificates; when listed, a machine
 ///                               # enrols only with an EK certificate one of them issued
+/// tls:                          # optional: serve HTTPS (rustls) with this certificate chain and key
+///   certificate: server.pem     # PEM: the server's certificate first, then intermediates
+///   key: server.key             # PEM: PKCS#8, PKCS#1 or SEC1 private key
 /// log:                          # optional: the transparency log the references are published in
 ///   source: log                 # a log folder or an http(s):// URL serving its tiles
 ///   vkey: log.vkey              # its verifier key, or a file holding it
@@ -68,7 +71,45 @@ pub struct ConfigFile {
     /// that checkpoint.
     #[serde(default)]
     pub log: Option<LogConfig>,
+    /// Serve HTTPS with this certificate and key.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
     pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A rustls server configuration (ring provider, TLS 1.2 and 1.3) from PEM files.
+fn tls_config(
+    cert_name: &str,
+    cert_pem: &[u8],
+    key_name: &str,
+    key_pem: &[u8],
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{cert_name}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{cert_name}: no PEM certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("{key_name}: {e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("{cert_name} with {key_name}: {e}"))?;
+    Ok(Arc::new(config))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +175,8 @@ pub struct Config {
     pub ek_cas: EkCas,
     /// The transparency log of the references: where it is and whom to trust.
     pub log: Option<(String, Trust)>,
+    /// HTTPS: the server's certificate and key, loaded.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 const MAX_CONFIG_FILE: u64 = 64 << 20;
@@ -251,6 +294,22 @@ impl Config {
             }
             None => None,
         };
+        let tls = match &c.tls {
+            Some(t) => {
+                let (cp, kp) = (base.join(&t.certificate), base.join(&t.key));
+                let (cn, kn) = (cp.display().to_string(), kp.display().to_string());
+                Some(
+                    tls_config(
+                        &cn,
+                        &read_bounded(&cp, "tls.certificate")?,
+                        &kn,
+                        &read_bounded(&kp, "tls.key")?,
+                    )
+                    .map_err(|e| bad(format!("tls: {e}")))?,
+                )
+            }
+            None => None,
+        };
         if c.nonce_ttl_seconds == 0 || c.enrol_ttl_seconds == 0 {
             return Err(bad(
                 "nonce_ttl_seconds and enrol_ttl_seconds must be positive".into(),
@@ -273,6 +332,7 @@ impl Config {
             secrets,
             ek_cas,
             log,
+            tls,
         })
     }
 }
