@@ -1465,3 +1465,91 @@ fn ek_certificates_from_configured_cas_only() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("ek-certificate-required"), "{err}");
 }
+
+/// EK certificate chains, with the CA swtpm_localca makes (a root, and an intermediate, its
+/// `issuercert`, that signs the EK certificates): the root with the intermediate as
+/// `ek_intermediate_files` enrols; the root alone refuses (no configured CA has the issuer's
+/// name); the intermediate as an anchor enrols (the operator's choice); an intermediate another
+/// root issued makes the configuration fail at start, naming it; an EK certificate from a
+/// CA outside the chain is refused.
+#[test]
+fn ek_certificate_chains_to_a_configured_root() {
+    if !tools() || require_tool("openssl", "openssl").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    if setup(d, 60, "state.db").is_none() {
+        return;
+    }
+    let ca = d.join("localca");
+    let (sa, cert_a) = manufactured_swtpm(&ca);
+    let root = ca.join("swtpm-localca-rootca-cert.pem");
+    assert!(
+        root.exists(),
+        "swtpm_localca made no root: {:?}",
+        std::fs::read_dir(&ca).unwrap().collect::<Vec<_>>()
+    );
+    openssl_ca(d, "other");
+    let base = std::fs::read_to_string(d.join("serve.yaml")).unwrap();
+    let mut a = Tpm::open(&sa.tcti()).unwrap();
+    let req = EnrolRequest {
+        ek_public: a.ek_public().unwrap(),
+        ak_public: a.ak_public().unwrap(),
+        ek_certificate: Some(cert_a.clone()),
+    };
+    let with = |db: &str, extra: &str| {
+        let conf = base.replace("state.db", db) + extra;
+        std::fs::write(d.join("serve.yaml"), conf).unwrap();
+    };
+    let (r, i) = (
+        root.display(),
+        ca.join("issuercert.pem").display().to_string(),
+    );
+    for (n, extra, ok) in [
+        (
+            1,
+            format!("ek_ca_files: ['{r}']\nek_intermediate_files: ['{i}']\n"),
+            None,
+        ),
+        (
+            2,
+            format!("ek_ca_files: ['{r}']\n"),
+            Some("no configured CA has that name"),
+        ),
+        (3, format!("ek_ca_files: ['{i}']\n"), None),
+        (
+            4,
+            "ek_ca_files: [other.pem]\n".to_owned(),
+            Some("no configured CA has that name"),
+        ),
+    ] {
+        with(&format!("state{n}.db"), &extra);
+        let server = serve(d);
+        let c = Client::new(&server.url);
+        match (c.enrol(&req), ok) {
+            (Ok(e), None) => assert_eq!(e.machine, machine_id(&mut a)),
+            (Err(e), Some(words)) => {
+                assert_eq!(e.kind(), Some("ek-certificate-refused"), "{e}");
+                assert!(e.to_string().contains(words), "{e}");
+            }
+            (r, _) => panic!("configuration {n}: {r:?}"),
+        }
+    }
+    // An intermediate that does not chain to the configured root: the service does not start.
+    with(
+        "state5.db",
+        &format!("ek_ca_files: [other.pem]\nek_intermediate_files: ['{i}']\n"),
+    );
+    let o = imgctl()
+        .args(["serve", "--config"])
+        .arg(d.join("serve.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("issuercert.pem") && err.contains("not issued by a configured CA"),
+        "{err}"
+    );
+}

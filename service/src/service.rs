@@ -35,6 +35,8 @@ pub const MAX_SECRET: usize = 32;
 /// enrol_ttl_seconds: 300        # how long an enrolment credential may be activated
 /// ek_ca_files: [tpm-ca.pem]     # optional: CAs of EK certificates; when listed, a machine
 ///                               # enrols only with an EK certificate one of them issued
+/// ek_intermediate_files: [i.pem] # optional: intermediate CAs, each issued (through at most 4
+///                               # links) by an ek_ca_files root; they issue EK certificates
 /// tls:                          # optional: serve HTTPS (rustls) with this certificate chain and key
 ///   certificate: server.pem     # PEM: the server's certificate first, then intermediates
 ///   key: server.key             # PEM: PKCS#8, PKCS#1 or SEC1 private key
@@ -64,6 +66,10 @@ pub struct ConfigFile {
     /// CA certificates (PEM or DER, relative to the configuration) that issue EK certificates.
     #[serde(default)]
     pub ek_ca_files: Vec<PathBuf>,
+    /// Intermediate CA certificates (PEM or DER) between `ek_ca_files` and EK certificates:
+    /// links of a chain, checked up to a root at start, not trust anchors themselves.
+    #[serde(default)]
+    pub ek_intermediate_files: Vec<PathBuf>,
     /// The transparency log whose artifact records are the references: at each evidence its
     /// current checkpoint is read, checked against the last one stored in the database (a
     /// log that shows another history is refused as a split view), and the evidence verified
@@ -253,12 +259,25 @@ impl Config {
             }
             secrets.push((s.name.clone(), data));
         }
-        let mut ca_files = Vec::new();
-        for f in &c.ek_ca_files {
-            let p = base.join(f);
-            ca_files.push((p.display().to_string(), read_bounded(&p, "ek_ca_files")?));
+        let read_all =
+            |files: &[PathBuf], what: &str| -> Result<Vec<(String, Vec<u8>)>, ConfigError> {
+                files
+                    .iter()
+                    .map(|f| {
+                        let p = base.join(f);
+                        Ok((p.display().to_string(), read_bounded(&p, what)?))
+                    })
+                    .collect()
+            };
+        let ca_files = read_all(&c.ek_ca_files, "ek_ca_files")?;
+        let intermediates = read_all(&c.ek_intermediate_files, "ek_intermediate_files")?;
+        if ca_files.is_empty() && !intermediates.is_empty() {
+            return Err(bad(
+                "ek_intermediate_files needs ek_ca_files: the roots they chain to".into(),
+            ));
         }
-        let ek_cas = EkCas::parse(&ca_files).map_err(|e| bad(format!("ek_ca_files: {e}")))?;
+        let ek_cas = EkCas::parse_chained(&ca_files, &intermediates)
+            .map_err(|e| bad(format!("ek_ca_files: {e}")))?;
         let log = match &c.log {
             Some(l) => {
                 if c.policy.checkpoint.is_some() {
