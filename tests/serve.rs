@@ -1553,3 +1553,92 @@ fn ek_certificate_chains_to_a_configured_root() {
         "{err}"
     );
 }
+
+/// Durable attestation: with `verdict_log`, every verdict (ACCEPT and REJECT) is appended to
+/// an `imgctl log init` log as its canonical record, at the index the evidence response gives;
+/// a refusal (a replayed nonce) appends nothing. The log's size equals the verdicts on record,
+/// and `imgctl log verify --log --entry --index` proves each record the verdicts API
+/// describes; a record with the verdict flipped does not verify.
+#[test]
+fn every_verdict_is_in_the_verdict_log() {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some(cap) = setup(d, 60, "state.db") else {
+        return;
+    };
+    log_cmd(
+        &[
+            "init",
+            "verdicts",
+            "--key",
+            "verdicts.key",
+            "--origin",
+            "example.org/verdicts",
+        ],
+        d,
+    );
+    let mut yaml = std::fs::read_to_string(d.join("serve.yaml")).unwrap();
+    yaml.push_str("verdict_log: {dir: verdicts, key: verdicts.key}\n");
+    std::fs::write(d.join("serve.yaml"), yaml).unwrap();
+    let server = serve(d);
+    let c = Client::new(&server.url);
+    let tpm = Swtpm::start_tcp();
+    boot(&tpm, &cap.log);
+    let mut a = Tpm::open(&tpm.tcti()).unwrap();
+    let id = enrol(&c, &mut a);
+    let mut indices = Vec::new();
+    for quote_nonce in [None, Some([7u8; 32]), None] {
+        let n = nonce(&c, &id);
+        let ev = evidence(
+            &mut a,
+            &id,
+            &n,
+            quote_nonce.as_ref().map_or(&n[..], |q| &q[..]),
+            &cap.log,
+        );
+        let v = c.evidence(&ev).unwrap();
+        assert_eq!(v.accepted, quote_nonce.is_none(), "{v:?}");
+        indices.push(v.verdict_log_index.unwrap());
+        refused(c.evidence(&ev), "nonce-used");
+    }
+    assert_eq!(indices, [0, 1, 2]);
+    let rec = c.verdicts(&id).unwrap();
+    let verdicts = rec["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 3);
+    let checkpoint = std::fs::read_to_string(d.join("verdicts/checkpoint")).unwrap();
+    assert_eq!(checkpoint.lines().nth(1), Some("3"), "{checkpoint}");
+    let verify = |record: &serde_json::Value, i: usize| {
+        std::fs::write(d.join("record.json"), record.to_string()).unwrap();
+        imgctl()
+            .current_dir(d)
+            .args([
+                "log",
+                "verify",
+                "--vkey",
+                "@verdicts.vkey",
+                "--log",
+                "verdicts",
+            ])
+            .args(["--entry", "record.json", "--index", &i.to_string()])
+            .output()
+            .unwrap()
+    };
+    for (i, v) in verdicts.iter().enumerate() {
+        let mut record = serde_json::json!({
+            "accepted": v["accepted"], "evidence_sha256": v["evidence_sha256"],
+            "format": "imgctl-verdict/1", "log_checkpoint": v["log_checkpoint"], "machine": id,
+            "nonce": v["nonce"], "policy": v["policy"], "policy_version": v["policy_version"],
+            "verdict": v["id"],
+        });
+        let o = verify(&record, i);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        record["accepted"] = (!v["accepted"].as_bool().unwrap()).into();
+        assert!(
+            !verify(&record, i).status.success(),
+            "a flipped verdict verified"
+        );
+    }
+}

@@ -26,7 +26,10 @@
 //!
 //! With `tls` configured, [`server::serve_tls`] serves the API over HTTPS (rustls, ring).
 //!
-//! Not yet: ECC EKs, the transparency log of verdicts; one policy per service.
+//! With `verdict_log`, each verdict's record ([`api::VerdictRecord`], canonical JSON) is
+//! appended to an imgctl transparency log (durable attestation); its index is in the answer.
+//!
+//! Not yet: ECC EKs; one policy per service.
 
 pub mod api;
 pub mod client;

@@ -40,6 +40,8 @@ pub const MAX_SECRET: usize = 32;
 /// tls:                          # optional: serve HTTPS (rustls) with this certificate chain and key
 ///   certificate: server.pem     # PEM: the server's certificate first, then intermediates
 ///   key: server.key             # PEM: PKCS#8, PKCS#1 or SEC1 private key
+/// verdict_log: {dir: verdicts, key: verdicts.key}  # optional: append each verdict's record to
+///                               # this `imgctl log init` log (durable attestation)
 /// log:                          # optional: the transparency log the references are published in
 ///   source: log                 # a log folder or an http(s):// URL serving its tiles
 ///   vkey: log.vkey              # its verifier key, or a file holding it
@@ -80,7 +82,18 @@ pub struct ConfigFile {
     /// Serve HTTPS with this certificate and key.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// Append every verdict's record to this transparency log (an `imgctl log init` folder,
+    /// and its signing key).
+    #[serde(default)]
+    pub verdict_log: Option<VerdictLogFiles>,
     pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictLogFiles {
+    pub dir: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,6 +196,25 @@ pub struct Config {
     pub log: Option<(String, Trust)>,
     /// HTTPS: the server's certificate and key, loaded.
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The verdict log's folder and signing key.
+    pub verdict_log: Option<(PathBuf, SigningKey)>,
+}
+
+/// A log's private key (the `imgctl log init` key file's text), checked at load; its Debug
+/// form does not show it.
+#[derive(Clone)]
+pub struct SigningKey(String);
+
+impl SigningKey {
+    fn signer(&self) -> Result<imgctl_tlog::NoteSigner, imgctl_tlog::Error> {
+        imgctl_tlog::NoteSigner::parse_skey(&self.0)
+    }
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(..)")
+    }
 }
 
 const MAX_CONFIG_FILE: u64 = 64 << 20;
@@ -329,6 +361,19 @@ impl Config {
             }
             None => None,
         };
+        let verdict_log = match &c.verdict_log {
+            Some(v) => {
+                let (dir, kp) = (base.join(&v.dir), base.join(&v.key));
+                let skey = String::from_utf8(read_bounded(&kp, "verdict_log.key")?)
+                    .map_err(|_| bad(format!("verdict_log.key {}: not UTF-8", kp.display())))?;
+                let signer = imgctl_tlog::NoteSigner::parse_skey(skey.trim())
+                    .map_err(|e| bad(format!("verdict_log.key {}: {e}", kp.display())))?;
+                imgctl_tlog::check_writable(&dir, &signer)
+                    .map_err(|e| bad(format!("verdict_log.dir {}: {e}", dir.display())))?;
+                Some((dir, SigningKey(skey.trim().to_owned())))
+            }
+            None => None,
+        };
         if c.nonce_ttl_seconds == 0 || c.enrol_ttl_seconds == 0 {
             return Err(bad(
                 "nonce_ttl_seconds and enrol_ttl_seconds must be positive".into(),
@@ -352,6 +397,7 @@ impl Config {
             ek_cas,
             log,
             tls,
+            verdict_log,
         })
     }
 }
@@ -765,6 +811,39 @@ impl Service {
             Err(Lost::Checkpoint) => return Ok(None),
             Err(Lost::Nonce(why)) => return Err(nonce_refusal(why)),
         };
+        // Durable attestation: the stored verdict's record in the verdict log. A verdict
+        // that cannot be logged is not answered (its releases stay on record, undelivered).
+        let verdict_log_index = match &self.config.verdict_log {
+            Some((dir, key)) => {
+                let record = api::VerdictRecord {
+                    accepted,
+                    evidence_sha256: evidence_sha256.to_owned(),
+                    format: api::VerdictRecord::FORMAT.to_owned(),
+                    log_checkpoint: view.checkpoint.clone(),
+                    machine: m.id.clone(),
+                    nonce: hex::encode(&req.nonce),
+                    policy: self.config.policy_name.clone(),
+                    policy_version: self.config.policy_version,
+                    verdict: verdict_id,
+                };
+                let appended = key
+                    .signer()
+                    .map_err(imgctl_tlog::StoreError::from)
+                    .and_then(|signer| imgctl_tlog::Appender::open(dir, signer))
+                    .and_then(|mut a| a.append(&[record.encode()]))
+                    .map_err(|e| {
+                        refuse(
+                            500,
+                            "verdict-log-failed",
+                            format!(
+                                "verdict {verdict_id} is stored but not in the verdict log: {e}"
+                            ),
+                        )
+                    })?;
+                Some(appended.first_index)
+            }
+            None => None,
+        };
         Ok(Some(EvidenceResponse {
             verdict_id,
             accepted,
@@ -774,6 +853,7 @@ impl Service {
             log_checkpoint: view.checkpoint.clone(),
             findings,
             releases,
+            verdict_log_index,
         }))
     }
 

@@ -18,8 +18,8 @@ use imgctl_service::service::{Config, Service};
 #[derive(Debug, Parser)]
 pub struct Args {
     /// The service configuration (YAML): listen, database, nonce_ttl_seconds, ek_ca_files, tls
-    /// (certificate, key), log (source, vkey, witness_policy), policy (name, version, file,
-    /// checkpoint, secrets).
+    /// (certificate, key), log (source, vkey, witness_policy), verdict_log (dir, key), policy
+    /// (name, version, file, checkpoint, secrets).
     #[arg(long)]
     pub config: PathBuf,
 }
