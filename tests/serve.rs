@@ -1642,3 +1642,150 @@ fn every_verdict_is_in_the_verdict_log() {
         );
     }
 }
+
+/// ECC EKs: our MakeCredential to a NIST P-256 EK (ephemeral ECDH, seed by KDFe, Part 1
+/// Annex C.6.1) is opened by the TPM's own TPM2_ActivateCredential (tpm2_createek -G ecc,
+/// tpm2_createak, tpm2_activatecredential on swtpm), for that AK's Name only: the credential
+/// made for another Name fails the TPM's integrity check.
+#[test]
+fn make_credential_to_an_ecc_ek_opens_on_the_tpm() {
+    if !tools() {
+        return;
+    }
+    let tpm = Swtpm::start_tcp();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str], ok: bool| {
+        let o = Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(d)
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.success(),
+            ok,
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    const EK: &str = "0x81010010";
+    run(
+        &["tpm2_createek", "-c", EK, "-G", "ecc", "-u", "ek.pub"],
+        true,
+    );
+    run(&["tpm2_flushcontext", "-t"], true);
+    run(
+        &[
+            "tpm2_createak",
+            "-C",
+            EK,
+            "-c",
+            "ak.ctx",
+            "-G",
+            "ecc",
+            "-g",
+            "sha256",
+            "-s",
+            "ecdsa",
+            "-u",
+            "ak.pub",
+            "-n",
+            "ak.name",
+        ],
+        true,
+    );
+    run(&["tpm2_flushcontext", "-t"], true);
+    run(&["tpm2_flushcontext", "-s"], true);
+    let ek = TpmPublic::parse(&std::fs::read(d.join("ek.pub")).unwrap()).unwrap();
+    ek.check_ek().unwrap();
+    let ak = TpmPublic::parse(&std::fs::read(d.join("ak.pub")).unwrap()).unwrap();
+    let mut other_name = ak.name.clone();
+    *other_name.last_mut().unwrap() ^= 1;
+    for (name, ok) in [(&ak.name, true), (&other_name, false)] {
+        let cred = make_credential(&ek, name, SECRET).unwrap();
+        std::fs::write(d.join("cred.bin"), CredentialFile(cred).encode()).unwrap();
+        let _ = std::fs::remove_file(d.join("out.bin"));
+        run(
+            &[
+                "tpm2_startauthsession",
+                "--policy-session",
+                "-S",
+                "session.ctx",
+            ],
+            true,
+        );
+        run(&["tpm2_policysecret", "-S", "session.ctx", "-c", "e"], true);
+        run(
+            &[
+                "tpm2_activatecredential",
+                "-c",
+                "ak.ctx",
+                "-C",
+                EK,
+                "-i",
+                "cred.bin",
+                "-o",
+                "out.bin",
+                "-P",
+                "session:session.ctx",
+            ],
+            ok,
+        );
+        run(&["tpm2_flushcontext", "session.ctx"], true);
+        run(&["tpm2_flushcontext", "-t"], true);
+        if ok {
+            assert_eq!(std::fs::read(d.join("out.bin")).unwrap(), SECRET);
+        }
+    }
+    // Through the API: the machine with the ECC EK enrols, activates on its TPM, is active.
+    let conf = tempfile::tempdir().unwrap();
+    if setup(conf.path(), 60, "state.db").is_none() {
+        return;
+    }
+    let server = serve(conf.path());
+    let c = Client::new(&server.url);
+    let e = c
+        .enrol(&EnrolRequest {
+            ek_public: std::fs::read(d.join("ek.pub")).unwrap(),
+            ak_public: std::fs::read(d.join("ak.pub")).unwrap(),
+            ek_certificate: None,
+        })
+        .unwrap();
+    let file = imgctl_service::api::decode_blob(&e.credential).unwrap();
+    std::fs::write(d.join("cred.bin"), file).unwrap();
+    run(
+        &[
+            "tpm2_startauthsession",
+            "--policy-session",
+            "-S",
+            "session.ctx",
+        ],
+        true,
+    );
+    run(&["tpm2_policysecret", "-S", "session.ctx", "-c", "e"], true);
+    run(
+        &[
+            "tpm2_activatecredential",
+            "-c",
+            "ak.ctx",
+            "-C",
+            EK,
+            "-i",
+            "cred.bin",
+            "-o",
+            "out.bin",
+            "-P",
+            "session:session.ctx",
+        ],
+        true,
+    );
+    run(&["tpm2_flushcontext", "session.ctx"], true);
+    c.activate(&ActivateRequest {
+        machine: e.machine.clone(),
+        secret: std::fs::read(d.join("out.bin")).unwrap(),
+    })
+    .unwrap();
+    assert_eq!(e.machine, hex::encode(&ek.name));
+    nonce(&c, &e.machine);
+}

@@ -29,7 +29,9 @@
 //! With `verdict_log`, each verdict's record ([`api::VerdictRecord`], canonical JSON) is
 //! appended to an imgctl transparency log (durable attestation); its index is in the answer.
 //!
-//! Not yet: ECC EKs; one policy per service.
+//! EKs: RSA (seed by RSA-OAEP) and NIST P-256 (seed by ephemeral ECDH and KDFe).
+//!
+//! Not yet: one policy per service; `imgctl attest` itself uses the TPM's RSA EK.
 
 pub mod api;
 pub mod client;
