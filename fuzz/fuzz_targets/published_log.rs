@@ -25,9 +25,15 @@ impl TileFetch for Mem {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&w, bundle)) = data.split_first() else { return };
+    let Some((&w, bundle)) = data.split_first() else {
+        return;
+    };
     let width = u16::from(w % 255) + 1;
-    let id = TileId { kind: TileKind::Entries, index: 0, width };
+    let id = TileId {
+        kind: TileKind::Entries,
+        index: 0,
+        width,
+    };
     let mut tree = MemTree::new();
     // A bundle that parses: the checkpoint is over its entries; else over nothing real.
     let size = match parse_bundle(&id, bundle) {
@@ -51,7 +57,9 @@ fuzz_target!(|data: &[u8]| {
     .sign(&key) else {
         return;
     };
-    let Ok(trust) = Trust::new(&key.verifier().vkey(), None) else { return };
+    let Ok(trust) = Trust::new(&key.verifier().vkey(), None) else {
+        return;
+    };
     let mut files = BTreeMap::new();
     files.insert("checkpoint".to_owned(), note.clone().into_bytes());
     files.insert(id.path(), bundle.to_vec());
