@@ -524,6 +524,321 @@ fn refusals(pg: Option<&Postgres>) {
     assert_eq!(accepted.len(), 1, "{rec}");
 }
 
+/// `imgctl log` in `d`: runs it and fails the test on a non-zero exit.
+fn log_cmd(args: &[&str], d: &Path) {
+    run_ok(imgctl().arg("log").args(args).current_dir(d));
+}
+
+/// The captured boot's reference manifest as a log entry (`imgctl log append --entry`),
+/// with the file digests the log requires and the capture does not record; `cmdline` changes
+/// the .cmdline section's digest (another build, not the one booted).
+fn log_entry(d: &Path, name: &str, cmdline: Option<&str>) -> String {
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("demo.manifest.json")).unwrap()).unwrap();
+    m["recipe"]["digests"]["sha256"] = "00".repeat(32).into();
+    m["uki"]["digests"]["sha256"] = "00".repeat(32).into();
+    if let Some(c) = cmdline {
+        m["name"] = name.into();
+        m["uki"]["sections"][2]["digests"]["sha256"] = c.repeat(32).into();
+    }
+    let f = format!("{name}.entry.json");
+    std::fs::write(d.join(&f), m.to_string()).unwrap();
+    f
+}
+
+/// The service configured with a log (`log: {source: log, vkey: log.vkey}`) and a policy
+/// without references of its own: the log's records are the only ones.
+fn log_setup(d: &Path, database: &str) -> Option<Capture> {
+    let cap = setup(d, 60, database)?;
+    let mut policy: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("demo.policy.yaml")).unwrap()).unwrap();
+    policy.as_object_mut().unwrap().remove("manifests");
+    std::fs::write(d.join("demo.policy.yaml"), policy.to_string()).unwrap();
+    std::fs::write(
+        d.join("serve.yaml"),
+        format!(
+            "listen: 127.0.0.1:0\ndatabase: '{database}'\n\
+             log: {{source: log, vkey: log.vkey}}\n\
+             policy:\n  name: demo\n  version: 4\n  file: demo.policy.yaml\n\
+             \x20 secrets:\n    - {{name: disk-key, file: disk.key}}\n"
+        ),
+    )
+    .unwrap();
+    Some(cap)
+}
+
+/// The locked loop at verdict time, against logs `imgctl log` made: the service reads the
+/// log at each evidence. A log without the booted build: REJECT naming the unpublished event,
+/// nothing released. The log grows to hold it: ACCEPT, and the verdict and the database hold
+/// the log's new checkpoint (exactly the note the log serves); it grows again: ACCEPT, the
+/// checkpoint advances. The log is replaced by a fork (same key and origin, another history):
+/// refused as a split view, nothing stored or released, also by a restarted service that
+/// knows the old checkpoint only from the database.
+#[test]
+fn verdicts_against_the_log_accept_published_reject_unpublished_refuse_a_fork() {
+    log_verdicts(None);
+}
+
+#[test]
+fn verdicts_against_the_log_accept_published_reject_unpublished_refuse_a_fork_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    log_verdicts(Some(&pg));
+}
+
+fn log_verdicts(pg: Option<&Postgres>) {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = pg.map_or("state.db".into(), Postgres::database);
+    let Some(cap) = log_setup(d, &db) else { return };
+    let other = log_entry(d, "other", Some("11"));
+    let good = log_entry(d, "demo", None);
+    let later = log_entry(d, "later", Some("22"));
+    log_cmd(
+        &[
+            "init",
+            "log",
+            "--key",
+            "log.key",
+            "--origin",
+            "example.org/fleet",
+        ],
+        d,
+    );
+    log_cmd(&["append", "log", "--key", "log.key", "--entry", &other], d);
+    let server = serve(d);
+    let c = Client::new(&server.url);
+    let tpm = Swtpm::start_tcp();
+    boot(&tpm, &cap.log);
+    let mut a = Tpm::open(&tpm.tcti()).unwrap();
+    let id = enrol(&c, &mut a);
+    let served = || std::fs::read_to_string(d.join("log/checkpoint")).unwrap();
+    let size = |note: &str| note.lines().nth(1).unwrap().parse::<u64>().unwrap();
+
+    // The log holds another build only: the booted .cmdline is not published.
+    let n = nonce(&c, &id);
+    let v = c
+        .evidence(&evidence(&mut a, &id, &n, &n, &cap.log))
+        .unwrap();
+    assert_eq!(v.log_checkpoint.as_deref(), Some(served().as_str()));
+    rejected(v, "not published in the log");
+    let rec = c.verdicts(&id).unwrap();
+    let text = rec["verdicts"][0]["findings"].to_string();
+    assert!(text.contains(".cmdline"), "{text}");
+
+    // The log grows to hold the booted build: ACCEPT, against the new checkpoint.
+    log_cmd(&["append", "log", "--key", "log.key", "--entry", &good], d);
+    let mut seen = Vec::new();
+    for grow in [None, Some(&later)] {
+        if let Some(e) = grow {
+            log_cmd(&["append", "log", "--key", "log.key", "--entry", e], d);
+        }
+        let n = nonce(&c, &id);
+        let v = c
+            .evidence(&evidence(&mut a, &id, &n, &n, &cap.log))
+            .unwrap();
+        assert!(v.accepted, "{v:?}");
+        assert_eq!(
+            open_credential(&mut a, &v.releases[0].credential).unwrap(),
+            SECRET
+        );
+        let note = v.log_checkpoint.unwrap();
+        assert_eq!(note, served());
+        seen.push(size(&note));
+        let store = imgctl_service::store::Store::open(&if pg.is_some() {
+            db.clone()
+        } else {
+            d.join(&db).display().to_string()
+        })
+        .unwrap();
+        assert_eq!(
+            store.log_checkpoint("example.org/fleet").unwrap(),
+            Some(note),
+            "the database holds the checkpoint of the last verdict"
+        );
+    }
+    assert_eq!(seen, [2, 3]);
+
+    // A fork: the same key (so origin), the booted build first, then others: 4 entries.
+    log_cmd(&["init", "fork", "--key", "log.key"], d);
+    for e in [&good, &other, &later, &other] {
+        log_cmd(&["append", "fork", "--key", "log.key", "--entry", e], d);
+    }
+    std::fs::rename(d.join("log"), d.join("log.before")).unwrap();
+    std::fs::rename(d.join("fork"), d.join("log")).unwrap();
+    let before = c.verdicts(&id).unwrap();
+    let n = nonce(&c, &id);
+    let ev = evidence(&mut a, &id, &n, &n, &cap.log);
+    refused(c.evidence(&ev), "log-split-view");
+    drop(server);
+    let server = serve(d);
+    let c = Client::new(&server.url);
+    refused(c.evidence(&ev), "log-split-view");
+    let after = c.verdicts(&id).unwrap();
+    assert_eq!(before, after, "a refusal stored a verdict or a release");
+    assert_eq!(after["releases"].as_array().unwrap().len(), 2);
+}
+
+/// `openssl`: a CA (`NAME.pem`, `NAME.key`) in `d`.
+fn openssl_ca(d: &Path, name: &str) {
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "2", "-keyout"])
+            .arg(d.join(format!("{name}.key")))
+            .arg("-out")
+            .arg(d.join(format!("{name}.pem")))
+            .args(["-subj", &format!("/CN=imgctl test {name}")])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign"]),
+    );
+}
+
+/// `openssl`: a server certificate for 127.0.0.1 issued by the CA `ca` (`server.pem`,
+/// `server.key`).
+fn openssl_server_cert(d: &Path, ca: &str) {
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ])
+            .arg("-keyout")
+            .arg(d.join("server.key"))
+            .arg("-out")
+            .arg(d.join("server.csr"))
+            .args(["-subj", "/CN=127.0.0.1"]),
+    );
+    std::fs::write(
+        d.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-in"])
+            .arg(d.join("server.csr"))
+            .arg("-CA")
+            .arg(d.join(format!("{ca}.pem")))
+            .arg("-CAkey")
+            .arg(d.join(format!("{ca}.key")))
+            .args(["-set_serial", "7", "-out"])
+            .arg(d.join("server.pem"))
+            .arg("-extfile")
+            .arg(d.join("server.ext")),
+    );
+}
+
+/// TLS (rustls) with a certificate `openssl` issued: `imgctl attest --server https://…
+/// --ca-file` trusting that CA enrols, attests and receives the key; trusting another CA it
+/// fails with a one-line error before anything is sent; curl agrees both ways.
+#[test]
+fn attest_over_https_trusts_the_ca_file_only() {
+    if !tools() || require_tool("openssl", "openssl").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some(cap) = setup(d, 60, "state.db") else {
+        return;
+    };
+    std::fs::write(d.join("eventlog.bin"), &cap.log).unwrap();
+    openssl_ca(d, "ca");
+    openssl_ca(d, "other");
+    openssl_server_cert(d, "ca");
+    let mut yaml = std::fs::read_to_string(d.join("serve.yaml")).unwrap();
+    yaml.push_str("tls: {certificate: server.pem, key: server.key}\n");
+    std::fs::write(d.join("serve.yaml"), yaml).unwrap();
+    let server = serve(d);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let tpm = Swtpm::start_tcp();
+    boot(&tpm, &cap.log);
+    let keys = d.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let attest = |ca: &str| {
+        imgctl()
+            .args([
+                "attest",
+                "--server",
+                &server.url,
+                "--tcti",
+                &tpm.tcti(),
+                "--json",
+            ])
+            .arg("--ca-file")
+            .arg(d.join(ca))
+            .arg("--event-log")
+            .arg(d.join("eventlog.bin"))
+            .arg("--secrets-dir")
+            .arg(&keys)
+            .output()
+            .unwrap()
+    };
+    let o = attest("other.pem");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&server.url) && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    let o = attest("ca.pem");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let answer: EvidenceResponse = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(answer.accepted, "{answer:?}");
+    assert_eq!(std::fs::read(keys.join("disk-key")).unwrap(), SECRET);
+
+    let id = machine_id(&mut Tpm::open(&tpm.tcti()).unwrap());
+    let url = format!("{}/v1/machines/{id}/verdicts", server.url);
+    if require_tool("curl", "curl").is_some() {
+        let curl = |ca: &str| {
+            Command::new("curl")
+                .args(["-sS", "--fail", "--cacert"])
+                .arg(d.join(ca))
+                .arg(&url)
+                .output()
+                .unwrap()
+        };
+        let o = curl("ca.pem");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(rec["verdicts"].as_array().unwrap().len(), 1, "{rec}");
+        let o = curl("other.pem");
+        assert_eq!(
+            o.status.code(),
+            Some(60),
+            "curl trusted another CA's server"
+        );
+    }
+    // The service's own client agrees.
+    let c = Client::with_ca(
+        &server.url,
+        "ca.pem",
+        &std::fs::read(d.join("ca.pem")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.verdicts(&id).unwrap()["releases"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 /// MakeCredential in Rust against tpm2-tools and the TPM: tpm2_activatecredential opens our
 /// credential for a tpm2_createak key (whose Name, as tpm2-tools computes it, equals ours),
 /// and our TPM2_ActivateCredential opens tpm2_makecredential --tcti none's file for our AK.
@@ -1149,4 +1464,328 @@ fn ek_certificates_from_configured_cas_only() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("ek-certificate-required"), "{err}");
+}
+
+/// EK certificate chains, with the CA swtpm_localca makes (a root, and an intermediate, its
+/// `issuercert`, that signs the EK certificates): the root with the intermediate as
+/// `ek_intermediate_files` enrols; the root alone refuses (no configured CA has the issuer's
+/// name); the intermediate as an anchor enrols (the operator's choice); an intermediate another
+/// root issued makes the configuration fail at start, naming it; an EK certificate from a
+/// CA outside the chain is refused.
+#[test]
+fn ek_certificate_chains_to_a_configured_root() {
+    if !tools() || require_tool("openssl", "openssl").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    if setup(d, 60, "state.db").is_none() {
+        return;
+    }
+    let ca = d.join("localca");
+    let (sa, cert_a) = manufactured_swtpm(&ca);
+    let root = ca.join("swtpm-localca-rootca-cert.pem");
+    assert!(
+        root.exists(),
+        "swtpm_localca made no root: {:?}",
+        std::fs::read_dir(&ca).unwrap().collect::<Vec<_>>()
+    );
+    openssl_ca(d, "other");
+    let base = std::fs::read_to_string(d.join("serve.yaml")).unwrap();
+    let mut a = Tpm::open(&sa.tcti()).unwrap();
+    let req = EnrolRequest {
+        ek_public: a.ek_public().unwrap(),
+        ak_public: a.ak_public().unwrap(),
+        ek_certificate: Some(cert_a.clone()),
+    };
+    let with = |db: &str, extra: &str| {
+        let conf = base.replace("state.db", db) + extra;
+        std::fs::write(d.join("serve.yaml"), conf).unwrap();
+    };
+    let (r, i) = (
+        root.display(),
+        ca.join("issuercert.pem").display().to_string(),
+    );
+    for (n, extra, ok) in [
+        (
+            1,
+            format!("ek_ca_files: ['{r}']\nek_intermediate_files: ['{i}']\n"),
+            None,
+        ),
+        (
+            2,
+            format!("ek_ca_files: ['{r}']\n"),
+            Some("no configured CA has that name"),
+        ),
+        (3, format!("ek_ca_files: ['{i}']\n"), None),
+        (
+            4,
+            "ek_ca_files: [other.pem]\n".to_owned(),
+            Some("no configured CA has that name"),
+        ),
+    ] {
+        with(&format!("state{n}.db"), &extra);
+        let server = serve(d);
+        let c = Client::new(&server.url);
+        match (c.enrol(&req), ok) {
+            (Ok(e), None) => assert_eq!(e.machine, machine_id(&mut a)),
+            (Err(e), Some(words)) => {
+                assert_eq!(e.kind(), Some("ek-certificate-refused"), "{e}");
+                assert!(e.to_string().contains(words), "{e}");
+            }
+            (r, _) => panic!("configuration {n}: {r:?}"),
+        }
+    }
+    // An intermediate that does not chain to the configured root: the service does not start.
+    with(
+        "state5.db",
+        &format!("ek_ca_files: [other.pem]\nek_intermediate_files: ['{i}']\n"),
+    );
+    let o = imgctl()
+        .args(["serve", "--config"])
+        .arg(d.join("serve.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("issuercert.pem") && err.contains("not issued by a configured CA"),
+        "{err}"
+    );
+}
+
+/// Durable attestation: with `verdict_log`, every verdict (ACCEPT and REJECT) is appended to
+/// an `imgctl log init` log as its canonical record, at the index the evidence response gives;
+/// a refusal (a replayed nonce) appends nothing. The log's size equals the verdicts on record,
+/// and `imgctl log verify --log --entry --index` proves each record the verdicts API
+/// describes; a record with the verdict flipped does not verify.
+#[test]
+fn every_verdict_is_in_the_verdict_log() {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some(cap) = setup(d, 60, "state.db") else {
+        return;
+    };
+    log_cmd(
+        &[
+            "init",
+            "verdicts",
+            "--key",
+            "verdicts.key",
+            "--origin",
+            "example.org/verdicts",
+        ],
+        d,
+    );
+    let mut yaml = std::fs::read_to_string(d.join("serve.yaml")).unwrap();
+    yaml.push_str("verdict_log: {dir: verdicts, key: verdicts.key}\n");
+    std::fs::write(d.join("serve.yaml"), yaml).unwrap();
+    let server = serve(d);
+    let c = Client::new(&server.url);
+    let tpm = Swtpm::start_tcp();
+    boot(&tpm, &cap.log);
+    let mut a = Tpm::open(&tpm.tcti()).unwrap();
+    let id = enrol(&c, &mut a);
+    let mut indices = Vec::new();
+    for quote_nonce in [None, Some([7u8; 32]), None] {
+        let n = nonce(&c, &id);
+        let ev = evidence(
+            &mut a,
+            &id,
+            &n,
+            quote_nonce.as_ref().map_or(&n[..], |q| &q[..]),
+            &cap.log,
+        );
+        let v = c.evidence(&ev).unwrap();
+        assert_eq!(v.accepted, quote_nonce.is_none(), "{v:?}");
+        indices.push(v.verdict_log_index.unwrap());
+        refused(c.evidence(&ev), "nonce-used");
+    }
+    assert_eq!(indices, [0, 1, 2]);
+    let rec = c.verdicts(&id).unwrap();
+    let verdicts = rec["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 3);
+    let checkpoint = std::fs::read_to_string(d.join("verdicts/checkpoint")).unwrap();
+    assert_eq!(checkpoint.lines().nth(1), Some("3"), "{checkpoint}");
+    let verify = |record: &serde_json::Value, i: usize| {
+        std::fs::write(d.join("record.json"), record.to_string()).unwrap();
+        imgctl()
+            .current_dir(d)
+            .args([
+                "log",
+                "verify",
+                "--vkey",
+                "@verdicts.vkey",
+                "--log",
+                "verdicts",
+            ])
+            .args(["--entry", "record.json", "--index", &i.to_string()])
+            .output()
+            .unwrap()
+    };
+    for (i, v) in verdicts.iter().enumerate() {
+        let mut record = serde_json::json!({
+            "accepted": v["accepted"], "evidence_sha256": v["evidence_sha256"],
+            "format": "imgctl-verdict/1", "log_checkpoint": v["log_checkpoint"], "machine": id,
+            "nonce": v["nonce"], "policy": v["policy"], "policy_version": v["policy_version"],
+            "verdict": v["id"],
+        });
+        let o = verify(&record, i);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        record["accepted"] = (!v["accepted"].as_bool().unwrap()).into();
+        assert!(
+            !verify(&record, i).status.success(),
+            "a flipped verdict verified"
+        );
+    }
+}
+
+/// ECC EKs: our MakeCredential to a NIST P-256 EK (ephemeral ECDH, seed by KDFe, Part 1
+/// Annex C.6.1) is opened by the TPM's own TPM2_ActivateCredential (tpm2_createek -G ecc,
+/// tpm2_createak, tpm2_activatecredential on swtpm), for that AK's Name only: the credential
+/// made for another Name fails the TPM's integrity check.
+#[test]
+fn make_credential_to_an_ecc_ek_opens_on_the_tpm() {
+    if !tools() {
+        return;
+    }
+    let tpm = Swtpm::start_tcp();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str], ok: bool| {
+        let o = Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(d)
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.success(),
+            ok,
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    const EK: &str = "0x81010010";
+    run(
+        &["tpm2_createek", "-c", EK, "-G", "ecc", "-u", "ek.pub"],
+        true,
+    );
+    run(&["tpm2_flushcontext", "-t"], true);
+    run(
+        &[
+            "tpm2_createak",
+            "-C",
+            EK,
+            "-c",
+            "ak.ctx",
+            "-G",
+            "ecc",
+            "-g",
+            "sha256",
+            "-s",
+            "ecdsa",
+            "-u",
+            "ak.pub",
+            "-n",
+            "ak.name",
+        ],
+        true,
+    );
+    run(&["tpm2_flushcontext", "-t"], true);
+    run(&["tpm2_flushcontext", "-s"], true);
+    let ek = TpmPublic::parse(&std::fs::read(d.join("ek.pub")).unwrap()).unwrap();
+    ek.check_ek().unwrap();
+    let ak = TpmPublic::parse(&std::fs::read(d.join("ak.pub")).unwrap()).unwrap();
+    let mut other_name = ak.name.clone();
+    *other_name.last_mut().unwrap() ^= 1;
+    for (name, ok) in [(&ak.name, true), (&other_name, false)] {
+        let cred = make_credential(&ek, name, SECRET).unwrap();
+        std::fs::write(d.join("cred.bin"), CredentialFile(cred).encode()).unwrap();
+        let _ = std::fs::remove_file(d.join("out.bin"));
+        run(
+            &[
+                "tpm2_startauthsession",
+                "--policy-session",
+                "-S",
+                "session.ctx",
+            ],
+            true,
+        );
+        run(&["tpm2_policysecret", "-S", "session.ctx", "-c", "e"], true);
+        run(
+            &[
+                "tpm2_activatecredential",
+                "-c",
+                "ak.ctx",
+                "-C",
+                EK,
+                "-i",
+                "cred.bin",
+                "-o",
+                "out.bin",
+                "-P",
+                "session:session.ctx",
+            ],
+            ok,
+        );
+        run(&["tpm2_flushcontext", "session.ctx"], true);
+        run(&["tpm2_flushcontext", "-t"], true);
+        if ok {
+            assert_eq!(std::fs::read(d.join("out.bin")).unwrap(), SECRET);
+        }
+    }
+    // Through the API: the machine with the ECC EK enrols, activates on its TPM, is active.
+    let conf = tempfile::tempdir().unwrap();
+    if setup(conf.path(), 60, "state.db").is_none() {
+        return;
+    }
+    let server = serve(conf.path());
+    let c = Client::new(&server.url);
+    let e = c
+        .enrol(&EnrolRequest {
+            ek_public: std::fs::read(d.join("ek.pub")).unwrap(),
+            ak_public: std::fs::read(d.join("ak.pub")).unwrap(),
+            ek_certificate: None,
+        })
+        .unwrap();
+    let file = imgctl_service::api::decode_blob(&e.credential).unwrap();
+    std::fs::write(d.join("cred.bin"), file).unwrap();
+    run(
+        &[
+            "tpm2_startauthsession",
+            "--policy-session",
+            "-S",
+            "session.ctx",
+        ],
+        true,
+    );
+    run(&["tpm2_policysecret", "-S", "session.ctx", "-c", "e"], true);
+    run(
+        &[
+            "tpm2_activatecredential",
+            "-c",
+            "ak.ctx",
+            "-C",
+            EK,
+            "-i",
+            "cred.bin",
+            "-o",
+            "out.bin",
+            "-P",
+            "session:session.ctx",
+        ],
+        true,
+    );
+    run(&["tpm2_flushcontext", "session.ctx"], true);
+    c.activate(&ActivateRequest {
+        machine: e.machine.clone(),
+        secret: std::fs::read(d.join("out.bin")).unwrap(),
+    })
+    .unwrap();
+    assert_eq!(e.machine, hex::encode(&ek.name));
+    nonce(&c, &e.machine);
 }

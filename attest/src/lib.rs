@@ -10,6 +10,8 @@
 //! - [`userspace_record`]: the records imgctl itself appends to systemd's userspace log
 //!   (`imgctl measure`), and [`breakglass`], the break-glass record the auditor looks for.
 //! - [`verify`]: the verifier: policy, references, verdict with the first divergence.
+//! - [`published`]: references from a transparency log (read once, then its new entries),
+//!   its checkpoints checked against one verified before (split view), `.tlog-proof`s.
 //! - [`audit`]: the break-glass auditor (consistency first, then break-glass records).
 //! - [`guest_report`]: the PCRs and event logs a booted guest prints on its console for
 //!   `imgctl vm --capture`.
@@ -22,6 +24,7 @@ pub mod breakglass;
 pub mod eventlog;
 pub mod guest_report;
 pub mod keyslot;
+pub mod published;
 pub mod quote;
 pub mod tpm_public;
 pub mod userspace_record;

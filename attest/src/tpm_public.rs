@@ -162,8 +162,14 @@ impl TpmPublic {
     /// An endorsement key credentials can be made for: an RSA restricted decryption key whose
     /// seed protection is AES-CFB (the TCG EK Credential Profile's templates).
     pub fn check_ek(&self) -> Result<(), String> {
-        if !matches!(self.key, AkPublic::Rsa { .. }) {
-            return Err("the EK is not an RSA key (only RSA EKs are supported)".into());
+        match &self.key {
+            AkPublic::Rsa { .. } => {}
+            AkPublic::Ecc { curve, .. } if *curve == crate::quote::TPM_ECC_NIST_P256 => {}
+            AkPublic::Ecc { curve, .. } => {
+                return Err(format!(
+                    "the EK's ECC curve {curve:#06x} is not supported (RSA and NIST P-256 EKs are)"
+                ))
+            }
         }
         if !self.has(attr::FIXED_TPM | attr::RESTRICTED | attr::DECRYPT)
             || self.has(attr::SIGN_ENCRYPT)

@@ -273,6 +273,37 @@ pub struct EvidenceResponse {
     pub log_checkpoint: Option<String>,
     pub findings: serde_json::Value,
     pub releases: Vec<Release>,
+    /// With a verdict log configured: the index of this verdict's record in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict_log_index: Option<u64>,
+}
+
+/// The record of a verdict appended to the verdict log (durable attestation): canonical JSON
+/// (keys in this order, which is sorted, no whitespace), the bytes of one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictRecord {
+    pub accepted: bool,
+    pub evidence_sha256: String,
+    /// `imgctl-verdict/1`.
+    pub format: String,
+    pub log_checkpoint: Option<String>,
+    pub machine: String,
+    /// Hex, as issued.
+    pub nonce: String,
+    pub policy: String,
+    pub policy_version: i64,
+    /// The verdict's id in the service's database.
+    pub verdict: i64,
+}
+
+impl VerdictRecord {
+    pub const FORMAT: &'static str = "imgctl-verdict/1";
+
+    /// The entry bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
 }
 
 /// An error answer: a stable kind (`nonce-used`, `ak-not-activated`, …) and a message.

@@ -39,10 +39,39 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client of the service at `base`; an `https://` service must have a certificate the
+    /// system's (webpki) roots trust.
     pub fn new(base: &str) -> Client {
+        Self::with_tls(base, ureq::tls::TlsConfig::default())
+    }
+
+    /// A client that trusts only the CA certificates in `ca_pem` (PEM; `name` in messages)
+    /// for an `https://` service.
+    pub fn with_ca(base: &str, name: &str, ca_pem: &[u8]) -> Result<Client, ClientError> {
+        let bad = |message: String| ClientError::Transport {
+            url: base.to_owned(),
+            message: format!("{name}: {message}"),
+        };
+        let mut roots = Vec::new();
+        for item in ureq::tls::parse_pem(ca_pem) {
+            if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| bad(e.to_string()))? {
+                roots.push(c);
+            }
+        }
+        if roots.is_empty() {
+            return Err(bad("no PEM certificate".into()));
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)))
+            .build();
+        Ok(Self::with_tls(base, tls))
+    }
+
+    fn with_tls(base: &str, tls: ureq::tls::TlsConfig) -> Client {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(std::time::Duration::from_secs(60)))
+            .tls_config(tls)
             .build()
             .new_agent();
         Client {

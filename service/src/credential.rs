@@ -1,9 +1,17 @@
 //! `TPM2_MakeCredential` without a TPM (TPM 2.0 Library Part 1 §24 "Credential Protection",
-//! Part 3 §12.6; KDFa from Part 1 §11.4.10.2), for an RSA endorsement key:
+//! Part 3 §12.6; KDFa from Part 1 §11.4.10.2), for an RSA or an ECC (NIST P-256) endorsement
+//! key:
 //!
 //! ```text
+//! RSA EK:
 //! seed            = random, |H_nameAlg(EK)| bytes
 //! encryptedSecret = RSA-OAEP(EK, seed; hash = EK nameAlg, label = "IDENTITY\0")
+//! ECC EK (Part 1 Annex C.6.1, one-pass Diffie-Hellman, C(1, 1, ECC CDH)):
+//! (de, Qe)        = a fresh ephemeral key pair on the EK's curve
+//! Z               = x-coordinate of de · Q_EK
+//! seed            = KDFe(nameAlg, Z, "IDENTITY\0", Qe.x, Q_EK.x, 8 · |H_nameAlg|)
+//! encryptedSecret = TPMS_ECC_POINT Qe (TPM2B x, TPM2B y)
+//! both:
 //! symKey          = KDFa(nameAlg, seed, "STORAGE", Name(AK), "", EK symmetric keyBits)
 //! encIdentity     = AES-CFB(symKey, IV = 0, TPM2B_DIGEST(credential))
 //! hmacKey         = KDFa(nameAlg, seed, "INTEGRITY", "", "", 8 * |H_nameAlg|)
@@ -64,6 +72,84 @@ pub struct Credential {
     pub id_object: Vec<u8>,
     /// `TPM2B_ENCRYPTED_SECRET`.
     pub encrypted_secret: Vec<u8>,
+}
+
+/// `KDFe(hash, Z, use, partyUInfo, partyVInfo, bits)` (Part 1 §11.4.10.3, the SP 800-56A
+/// concatenation KDF): `H([i]_32 || Z || use || 0 || partyUInfo || partyVInfo)` for i = 1, 2,
+/// …, concatenated and cut to `bits / 8` bytes.
+pub fn kdfe(
+    hash: HashAlg,
+    z: &[u8],
+    label: &str,
+    party_u: &[u8],
+    party_v: &[u8],
+    bits: u32,
+) -> Result<Vec<u8>, CredentialError> {
+    let want = usize::try_from(bits / 8).unwrap_or(usize::MAX);
+    let mut out = Vec::with_capacity(want);
+    let mut i: u32 = 1;
+    while out.len() < want {
+        let mut data = i.to_be_bytes().to_vec();
+        data.extend_from_slice(z);
+        data.extend_from_slice(label.as_bytes());
+        data.push(0);
+        data.extend_from_slice(party_u);
+        data.extend_from_slice(party_v);
+        let d = hash
+            .hash(&data)
+            .map_err(|e| CredentialError::Ek(format!("KDFe: {e}")))?;
+        out.extend_from_slice(d.as_bytes());
+        i += 1;
+    }
+    out.truncate(want);
+    Ok(out)
+}
+
+/// The seed and the `TPMS_ECC_POINT` of an ephemeral P-256 key whose ECDH with the EK's
+/// public point derives it (Part 1 Annex C.6.1).
+fn ecc_seed(
+    hash: HashAlg,
+    x: &[u8],
+    y: &[u8],
+    size: usize,
+) -> Result<(Vec<u8>, Vec<u8>), CredentialError> {
+    use ring::agreement;
+    let bad = |m: &str| CredentialError::Ek(format!("ECDH with the EK: {m}"));
+    let pad = |v: &[u8]| -> Result<Vec<u8>, CredentialError> {
+        let v = &v[v.iter().position(|b| *b != 0).unwrap_or(v.len())..];
+        if v.len() > 32 {
+            return Err(bad("a coordinate longer than 32 bytes"));
+        }
+        let mut p = vec![0u8; 32 - v.len()];
+        p.extend_from_slice(v);
+        Ok(p)
+    };
+    let (ek_x, ek_y) = (pad(x)?, pad(y)?);
+    let mut peer = vec![4u8];
+    peer.extend_from_slice(&ek_x);
+    peer.extend_from_slice(&ek_y);
+    let rng = ring::rand::SystemRandom::new();
+    let eph = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
+        .map_err(|_| bad("no randomness from the system"))?;
+    let public = eph
+        .compute_public_key()
+        .map_err(|_| bad("ephemeral public key"))?;
+    let q = public.as_ref();
+    let (qx, qy) = (
+        q.get(1..33).unwrap_or_default(),
+        q.get(33..65).unwrap_or_default(),
+    );
+    // An EK point that is not on the curve is refused here by ring.
+    let z = agreement::agree_ephemeral(
+        eph,
+        &agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, &peer),
+        |z| z.to_vec(),
+    )
+    .map_err(|_| bad("the EK's point is not on P-256"))?;
+    let seed = kdfe(hash, &z, "IDENTITY", qx, &ek_x, 8 * size as u32)?;
+    let mut point = tpm2b(qx);
+    point.extend_from_slice(&tpm2b(qy));
+    Ok((seed, point))
 }
 
 /// `KDFa(hash, key, label, contextU, contextV, bits)` (Part 1 §11.4.10.2, counter mode with
@@ -177,6 +263,18 @@ pub fn make_credential(
     let size = ek.name_alg.digest_size().ok_or_else(|| {
         CredentialError::Ek(format!("name algorithm {} is not supported", ek.name_alg))
     })?;
+    if let AkPublic::Ecc { curve, x, y } = &ek.key {
+        ek.check_ek().map_err(CredentialError::Ek)?;
+        if *curve != imgctl_attest::quote::TPM_ECC_NIST_P256 {
+            return Err(CredentialError::Ek(format!(
+                "ECC curve {curve:#06x} (only NIST P-256 EKs are supported)"
+            )));
+        }
+        let (seed, point) = ecc_seed(ek.name_alg, x, y, size)?;
+        let mut c = wrap(ek, object_name, credential, &seed)?;
+        c.encrypted_secret = tpm2b(&point);
+        return Ok(c);
+    }
     let mut seed = vec![0u8; size];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
         .map_err(|_| CredentialError::Rsa("no randomness from the system".into()))?;
@@ -197,6 +295,27 @@ pub fn make_credential_with_seed(
     seed: &[u8],
     rng: &mut impl rsa::rand_core::CryptoRngCore,
 ) -> Result<Credential, CredentialError> {
+    let AkPublic::Rsa { n, e } = &ek.key else {
+        return Err(CredentialError::Ek("not an RSA storage key".into()));
+    };
+    let mut c = wrap(ek, object_name, credential, seed)?;
+    let key = RsaPublicKey::new(BigUint::from_bytes_be(n), BigUint::from_bytes_be(e))
+        .map_err(|e| CredentialError::Rsa(e.to_string()))?;
+    let encrypted_seed = key
+        .encrypt(rng, oaep(ek.name_alg)?, seed)
+        .map_err(|e| CredentialError::Rsa(e.to_string()))?;
+    c.encrypted_secret = tpm2b(&encrypted_seed);
+    Ok(c)
+}
+
+/// The credential blob for `seed` (everything but the seed's encryption to the EK, left
+/// empty).
+fn wrap(
+    ek: &TpmPublic,
+    object_name: &[u8],
+    credential: &[u8],
+    seed: &[u8],
+) -> Result<Credential, CredentialError> {
     ek.check_ek().map_err(CredentialError::Ek)?;
     let hash = ek.name_alg;
     let size = hash
@@ -213,14 +332,11 @@ pub fn make_credential_with_seed(
     if !name_ok {
         return Err(CredentialError::Name(object_name.len()));
     }
-    let (AkPublic::Rsa { n, e }, Some(sym)) = (&ek.key, ek.symmetric) else {
-        return Err(CredentialError::Ek("not an RSA storage key".into()));
+    let Some(sym) = ek.symmetric else {
+        return Err(CredentialError::Ek(
+            "not a storage key (no symmetric algorithm)".into(),
+        ));
     };
-    let key = RsaPublicKey::new(BigUint::from_bytes_be(n), BigUint::from_bytes_be(e))
-        .map_err(|e| CredentialError::Rsa(e.to_string()))?;
-    let encrypted_seed = key
-        .encrypt(rng, oaep(hash)?, seed)
-        .map_err(|e| CredentialError::Rsa(e.to_string()))?;
 
     let sym_key = kdfa(
         hash,
@@ -238,7 +354,7 @@ pub fn make_credential_with_seed(
     id.extend_from_slice(&enc_identity);
     Ok(Credential {
         id_object: tpm2b(&id),
-        encrypted_secret: tpm2b(&encrypted_seed),
+        encrypted_secret: Vec::new(),
     })
 }
 

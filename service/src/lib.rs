@@ -19,9 +19,19 @@
 //!
 //! - [`ek_cert`]: EK certificates checked against the configured CAs.
 //!
-//! Not yet: TLS, ECC EKs, inclusion of the references in
-//! the transparency log at verdict time (the configured checkpoint is recorded, not checked),
-//! the transparency log of verdicts; one policy per service.
+//! With `log` configured, the references are a transparency log's records
+//! ([`imgctl_attest::published`]), read at each evidence; the log's checkpoint is checked
+//! against the last one stored in the database (split view refused) and stored with the
+//! verdict.
+//!
+//! With `tls` configured, [`server::serve_tls`] serves the API over HTTPS (rustls, ring).
+//!
+//! With `verdict_log`, each verdict's record ([`api::VerdictRecord`], canonical JSON) is
+//! appended to an imgctl transparency log (durable attestation); its index is in the answer.
+//!
+//! EKs: RSA (seed by RSA-OAEP) and NIST P-256 (seed by ephemeral ECDH and KDFe).
+//!
+//! Not yet: one policy per service; `imgctl attest` itself uses the TPM's RSA EK.
 
 pub mod api;
 pub mod client;

@@ -2,7 +2,8 @@
 //! bounded by [`MAX_BODY`] before it is read, parsed into its typed value, and handled on a
 //! blocking thread (the store is synchronous); answers are JSON, refusals
 //! `{"error": kind, "message": …}` with a 4xx status. Requests run side by side: no lock in
-//! the process, the database decides every race (`store`).
+//! the process, the database decides every race (`store`). With a certificate configured the
+//! same routes are served over TLS ([`serve_tls`]: rustls with the ring provider, HTTP/1.1).
 
 use std::sync::Arc;
 
@@ -30,6 +31,51 @@ pub fn router(service: Service) -> axum::Router {
         .route("/v1/machines/{id}/verdicts", axum::routing::get(verdicts))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
+}
+
+/// How long a client may take to finish the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `router` over TLS on `listener`: each connection's handshake (bounded by
+/// [`TLS_HANDSHAKE_TIMEOUT`]), then HTTP/1.1 on it. A failed handshake closes that
+/// connection only. Runs until accepting fails for good.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            // Out of descriptors or an aborted connection: the next accept may work.
+            Err(e) if is_transient(&e) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    ) || e.raw_os_error().is_some_and(|c| c == 23 || c == 24) // ENFILE, EMFILE
 }
 
 fn json(status: StatusCode, v: &impl Serialize) -> Response {

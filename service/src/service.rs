@@ -17,8 +17,10 @@ use crate::api::{
 };
 use crate::credential::{make_credential, CredentialFile};
 use crate::ek_cert::EkCas;
-use crate::store::{Machine, NewVerdict, NonceUse, Store, StoreError};
+use crate::store::{CheckpointAdvance, Lost, Machine, NewVerdict, NonceUse, Store, StoreError};
+use imgctl_attest::published::{PublishedError, PublishedLog, Trust};
 use imgctl_attest::tpm_public::TpmPublic;
+use std::sync::{Arc, Mutex};
 
 /// The largest secret released: a credential is a TPM2B_DIGEST, at most the size of the EK's
 /// name-algorithm digest (32 bytes for the default SHA-256 EK).
@@ -33,11 +35,22 @@ pub const MAX_SECRET: usize = 32;
 /// enrol_ttl_seconds: 300        # how long an enrolment credential may be activated
 /// ek_ca_files: [tpm-ca.pem]     # optional: CAs of EK certificates; when listed, a machine
 ///                               # enrols only with an EK certificate one of them issued
+/// ek_intermediate_files: [i.pem] # optional: intermediate CAs, each issued (through at most 4
+///                               # links) by an ek_ca_files root; they issue EK certificates
+/// tls:                          # optional: serve HTTPS (rustls) with this certificate chain and key
+///   certificate: server.pem     # PEM: the server's certificate first, then intermediates
+///   key: server.key             # PEM: PKCS#8, PKCS#1 or SEC1 private key
+/// verdict_log: {dir: verdicts, key: verdicts.key}  # optional: append each verdict's record to
+///                               # this `imgctl log init` log (durable attestation)
+/// log:                          # optional: the transparency log the references are published in
+///   source: log                 # a log folder or an http(s):// URL serving its tiles
+///   vkey: log.vkey              # its verifier key, or a file holding it
+///   witness_policy: trust.txt   # optional: a C2SP tlog-policy whose witness quorum must cosign
 /// policy:                       # the policy every enrolled machine is checked against
 ///   name: demo
 ///   version: 1
 ///   file: demo.policy.yaml      # an `imgctl verify` policy (its files relative to it)
-///   checkpoint: log/checkpoint  # optional: the transparency-log checkpoint it was published under
+///   checkpoint: log/checkpoint  # optional, without `log`: a checkpoint recorded in verdicts
 ///   secrets:                    # released only on ACCEPT, to the attesting TPM alone
 ///     - {name: disk-key, file: disk.key}
 /// ```
@@ -55,7 +68,78 @@ pub struct ConfigFile {
     /// CA certificates (PEM or DER, relative to the configuration) that issue EK certificates.
     #[serde(default)]
     pub ek_ca_files: Vec<PathBuf>,
+    /// Intermediate CA certificates (PEM or DER) between `ek_ca_files` and EK certificates:
+    /// links of a chain, checked up to a root at start, not trust anchors themselves.
+    #[serde(default)]
+    pub ek_intermediate_files: Vec<PathBuf>,
+    /// The transparency log whose artifact records are the references: at each evidence its
+    /// current checkpoint is read, checked against the last one stored in the database (a
+    /// log that shows another history is refused as a split view), and the evidence verified
+    /// against its records (an event none matches is "not published"); the verdict stores
+    /// that checkpoint.
+    #[serde(default)]
+    pub log: Option<LogConfig>,
+    /// Serve HTTPS with this certificate and key.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Append every verdict's record to this transparency log (an `imgctl log init` folder,
+    /// and its signing key).
+    #[serde(default)]
+    pub verdict_log: Option<VerdictLogFiles>,
     pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictLogFiles {
+    pub dir: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A rustls server configuration (ring provider, TLS 1.2 and 1.3) from PEM files.
+fn tls_config(
+    cert_name: &str,
+    cert_pem: &[u8],
+    key_name: &str,
+    key_pem: &[u8],
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{cert_name}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{cert_name}: no PEM certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("{key_name}: {e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("{cert_name} with {key_name}: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A log folder (relative to the configuration) or an `http://`/`https://` URL.
+    pub source: String,
+    /// The log's verifier key (C2SP signed-note vkey), or a file holding it.
+    pub vkey: String,
+    #[serde(default)]
+    pub witness_policy: Option<PathBuf>,
 }
 
 fn default_nonce_ttl() -> u32 {
@@ -108,6 +192,29 @@ pub struct Config {
     pub secrets: Vec<(String, Vec<u8>)>,
     /// Trust anchors of EK certificates; empty: EK certificates are not required (nor read).
     pub ek_cas: EkCas,
+    /// The transparency log of the references: where it is and whom to trust.
+    pub log: Option<(String, Trust)>,
+    /// HTTPS: the server's certificate and key, loaded.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The verdict log's folder and signing key.
+    pub verdict_log: Option<(PathBuf, SigningKey)>,
+}
+
+/// A log's private key (the `imgctl log init` key file's text), checked at load; its Debug
+/// form does not show it.
+#[derive(Clone)]
+pub struct SigningKey(String);
+
+impl SigningKey {
+    fn signer(&self) -> Result<imgctl_tlog::NoteSigner, imgctl_tlog::Error> {
+        imgctl_tlog::NoteSigner::parse_skey(&self.0)
+    }
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(..)")
+    }
 }
 
 const MAX_CONFIG_FILE: u64 = 64 << 20;
@@ -184,12 +291,89 @@ impl Config {
             }
             secrets.push((s.name.clone(), data));
         }
-        let mut ca_files = Vec::new();
-        for f in &c.ek_ca_files {
-            let p = base.join(f);
-            ca_files.push((p.display().to_string(), read_bounded(&p, "ek_ca_files")?));
+        let read_all =
+            |files: &[PathBuf], what: &str| -> Result<Vec<(String, Vec<u8>)>, ConfigError> {
+                files
+                    .iter()
+                    .map(|f| {
+                        let p = base.join(f);
+                        Ok((p.display().to_string(), read_bounded(&p, what)?))
+                    })
+                    .collect()
+            };
+        let ca_files = read_all(&c.ek_ca_files, "ek_ca_files")?;
+        let intermediates = read_all(&c.ek_intermediate_files, "ek_intermediate_files")?;
+        if ca_files.is_empty() && !intermediates.is_empty() {
+            return Err(bad(
+                "ek_intermediate_files needs ek_ca_files: the roots they chain to".into(),
+            ));
         }
-        let ek_cas = EkCas::parse(&ca_files).map_err(|e| bad(format!("ek_ca_files: {e}")))?;
+        let ek_cas = EkCas::parse_chained(&ca_files, &intermediates)
+            .map_err(|e| bad(format!("ek_ca_files: {e}")))?;
+        let log = match &c.log {
+            Some(l) => {
+                if c.policy.checkpoint.is_some() {
+                    return Err(bad(
+                        "policy.checkpoint and log: the checkpoint of a verdict is the log's"
+                            .into(),
+                    ));
+                }
+                let vkey = match imgctl_tlog::NoteVerifier::parse_vkey(l.vkey.trim()) {
+                    Ok(_) => l.vkey.clone(),
+                    Err(_) => String::from_utf8(read_bounded(&base.join(&l.vkey), "log.vkey")?)
+                        .map_err(|_| bad(format!("log.vkey {}: not UTF-8", l.vkey)))?,
+                };
+                let wp = match &l.witness_policy {
+                    Some(p) => {
+                        let p = base.join(p);
+                        Some((
+                            p.display().to_string(),
+                            read_bounded(&p, "log.witness_policy")?,
+                        ))
+                    }
+                    None => None,
+                };
+                let trust = Trust::new(&vkey, wp.as_ref().map(|(n, b)| (n.as_str(), b.as_slice())))
+                    .map_err(|e| bad(format!("log: {e}")))?;
+                let source = if l.source.starts_with("http://") || l.source.starts_with("https://")
+                {
+                    l.source.clone()
+                } else {
+                    base.join(&l.source).display().to_string()
+                };
+                Some((source, trust))
+            }
+            None => None,
+        };
+        let tls = match &c.tls {
+            Some(t) => {
+                let (cp, kp) = (base.join(&t.certificate), base.join(&t.key));
+                let (cn, kn) = (cp.display().to_string(), kp.display().to_string());
+                Some(
+                    tls_config(
+                        &cn,
+                        &read_bounded(&cp, "tls.certificate")?,
+                        &kn,
+                        &read_bounded(&kp, "tls.key")?,
+                    )
+                    .map_err(|e| bad(format!("tls: {e}")))?,
+                )
+            }
+            None => None,
+        };
+        let verdict_log = match &c.verdict_log {
+            Some(v) => {
+                let (dir, kp) = (base.join(&v.dir), base.join(&v.key));
+                let skey = String::from_utf8(read_bounded(&kp, "verdict_log.key")?)
+                    .map_err(|_| bad(format!("verdict_log.key {}: not UTF-8", kp.display())))?;
+                let signer = imgctl_tlog::NoteSigner::parse_skey(skey.trim())
+                    .map_err(|e| bad(format!("verdict_log.key {}: {e}", kp.display())))?;
+                imgctl_tlog::check_writable(&dir, &signer)
+                    .map_err(|e| bad(format!("verdict_log.dir {}: {e}", dir.display())))?;
+                Some((dir, SigningKey(skey.trim().to_owned())))
+            }
+            None => None,
+        };
         if c.nonce_ttl_seconds == 0 || c.enrol_ttl_seconds == 0 {
             return Err(bad(
                 "nonce_ttl_seconds and enrol_ttl_seconds must be positive".into(),
@@ -211,6 +395,9 @@ impl Config {
             checkpoint,
             secrets,
             ek_cas,
+            log,
+            tls,
+            verdict_log,
         })
     }
 }
@@ -279,18 +466,145 @@ fn random(n: usize) -> Result<Vec<u8>, Refusal> {
     Ok(v)
 }
 
+/// The references a verdict is checked against and, with a log, the checkpoint they are as
+/// of and the one stored before.
+struct View {
+    refs: Arc<References>,
+    checkpoint: Option<String>,
+    log: Option<LogCheck>,
+}
+
+struct LogCheck {
+    origin: String,
+    stored: Option<String>,
+    size: i64,
+}
+
+/// The transparency log of the references, read once and then refreshed at each evidence
+/// (its checkpoint, and only the new entries when it grew). The lock orders refreshes of this
+/// process's copy; the state that decides (the last checkpoint verified) is in the store.
+struct Published {
+    tiles: Box<dyn imgctl_tlog::TileFetch + Send + Sync>,
+    trust: Trust,
+    view: Mutex<Option<(PublishedLog, Arc<References>)>>,
+}
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Published({})", self.tiles.describe())
+    }
+}
+
+fn log_refusal(e: PublishedError) -> Refusal {
+    match e {
+        PublishedError::SplitView { .. } | PublishedError::Behind { .. } => {
+            refuse(502, "log-split-view", e.to_string())
+        }
+        e => refuse(503, "log-unavailable", e.to_string()),
+    }
+}
+
+impl Published {
+    /// The log's references as of its current checkpoint, checked against the checkpoint
+    /// `store` holds for it. A stored checkpoint newer than the log's (another replica saw
+    /// it grow meanwhile) makes one more read; still newer, the log went backwards.
+    fn view(&self, store: &Store, policy_refs: &References) -> Result<View, Refusal> {
+        let mut guard = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        for attempt in 0..2 {
+            let (log, refs) = match guard.take() {
+                None => {
+                    let log = PublishedLog::read(self.tiles.as_ref(), &self.trust)
+                        .map_err(log_refusal)?;
+                    let mut refs = policy_refs.clone();
+                    log.add_references(&mut refs);
+                    (log, Arc::new(refs))
+                }
+                Some((mut log, refs)) => match log.refresh(self.tiles.as_ref(), &self.trust) {
+                    Ok(false) => (log, refs),
+                    Ok(true) => {
+                        let mut refs = policy_refs.clone();
+                        log.add_references(&mut refs);
+                        (log, Arc::new(refs))
+                    }
+                    Err(e) => {
+                        // The copy stays as it was: a later read must still extend it.
+                        *guard = Some((log, refs));
+                        return Err(log_refusal(e));
+                    }
+                },
+            };
+            let origin = log.checkpoint().origin.clone();
+            let stored = store.log_checkpoint(&origin)?;
+            let checked = match &stored {
+                Some(old) => log.check_extends(old.as_bytes(), &self.trust),
+                None => Ok(()),
+            };
+            let view = View {
+                refs: refs.clone(),
+                checkpoint: Some(log.note().to_owned()),
+                log: Some(LogCheck {
+                    origin,
+                    stored,
+                    size: i64::try_from(log.checkpoint().size).unwrap_or(i64::MAX),
+                }),
+            };
+            *guard = Some((log, refs));
+            match checked {
+                Ok(()) => return Ok(view),
+                Err(PublishedError::Behind { .. }) if attempt == 0 => continue,
+                Err(e) => return Err(log_refusal(e)),
+            }
+        }
+        Err(refuse(503, "log-unavailable", "the log could not be read"))
+    }
+}
+
 /// The service: configuration and store. Shared by every request without a lock (`&self`):
 /// the store is a pool and every state change one transaction in it.
 #[derive(Debug)]
 pub struct Service {
     pub config: Config,
     pub store: Store,
+    references: Arc<References>,
+    published: Option<Published>,
 }
+
+/// How many times a verdict is checked again when another request moved the stored log
+/// checkpoint between the check and the store.
+const CHECKPOINT_RETRIES: usize = 4;
 
 impl Service {
     pub fn open(config: Config) -> Result<Service, ConfigError> {
         let store = Store::open(&config.database)?;
-        Ok(Service { config, store })
+        let published = match &config.log {
+            Some((source, trust)) => Some(Published {
+                tiles: imgctl_tlog::client::open(source).map_err(|e| ConfigError::Invalid {
+                    file: source.clone(),
+                    message: e.to_string(),
+                })?,
+                trust: trust.clone(),
+                view: Mutex::new(None),
+            }),
+            None => None,
+        };
+        Ok(Service {
+            references: Arc::new(config.references.clone()),
+            config,
+            store,
+            published,
+        })
+    }
+
+    /// The references of a verdict now: the policy's, and the log's as of its checkpoint.
+    fn view(&self) -> Result<View, Refusal> {
+        match &self.published {
+            Some(p) => p.view(&self.store, &self.config.references),
+            None => Ok(View {
+                refs: self.references.clone(),
+                checkpoint: self.config.checkpoint.clone(),
+                log: None,
+            }),
+        }
     }
 
     /// Enrolment, step 1: checks the EK (and its certificate, when CAs are configured) and AK
@@ -427,7 +741,29 @@ impl Service {
             return Err(nonce_refusal(why));
         }
         let evidence_sha256 = hex::encode(Sha256::digest(body));
-        let verdict = self.verify(&m, req);
+        for _ in 0..CHECKPOINT_RETRIES {
+            let view = self.view()?;
+            if let Some(r) = self.judge(&m, req, &evidence_sha256, &view)? {
+                return Ok(r);
+            }
+        }
+        Err(refuse(
+            503,
+            "log-busy",
+            "the log checkpoint stored kept moving while this evidence was checked; try again",
+        ))
+    }
+
+    /// Verifies the evidence against `view` and stores the verdict (and the log checkpoint
+    /// it was checked against); `None` when the stored checkpoint moved meanwhile.
+    fn judge(
+        &self,
+        m: &Machine,
+        req: &EvidenceRequest,
+        evidence_sha256: &str,
+        view: &View,
+    ) -> Result<Option<EvidenceResponse>, Refusal> {
+        let verdict = self.verify(m, req, &view.refs);
         let (accepted, findings) = match &verdict {
             Ok(v) => (v.accepted, serde_json::to_value(v).unwrap_or_default()),
             Err(e) => (
@@ -450,34 +786,83 @@ impl Service {
         }
         let names: Vec<String> = releases.iter().map(|r| r.name.clone()).collect();
         let findings_text = findings.to_string();
-        let verdict_id = self
-            .store
-            .add_verdict(&NewVerdict {
-                machine: &m.id,
-                nonce: &req.nonce,
-                accepted,
-                evidence_sha256: &evidence_sha256,
-                policy: &self.config.policy_name,
-                policy_version: self.config.policy_version,
-                log_checkpoint: self.config.checkpoint.as_deref(),
-                findings: &findings_text,
-                releases: &names,
-                now: now(),
-            })?
-            .map_err(nonce_refusal)?;
-        Ok(EvidenceResponse {
-            verdict_id,
+        let verdict_id = match self.store.add_verdict(&NewVerdict {
+            machine: &m.id,
+            nonce: &req.nonce,
             accepted,
             evidence_sha256,
+            policy: &self.config.policy_name,
+            policy_version: self.config.policy_version,
+            log_checkpoint: view.checkpoint.as_deref(),
+            findings: &findings_text,
+            releases: &names,
+            now: now(),
+            advance: match (&view.log, &view.checkpoint) {
+                (Some(l), Some(note)) => Some(CheckpointAdvance {
+                    origin: &l.origin,
+                    old: l.stored.as_deref(),
+                    note,
+                    size: l.size,
+                }),
+                _ => None,
+            },
+        })? {
+            Ok(id) => id,
+            Err(Lost::Checkpoint) => return Ok(None),
+            Err(Lost::Nonce(why)) => return Err(nonce_refusal(why)),
+        };
+        // Durable attestation: the stored verdict's record in the verdict log. A verdict
+        // that cannot be logged is not answered (its releases stay on record, undelivered).
+        let verdict_log_index = match &self.config.verdict_log {
+            Some((dir, key)) => {
+                let record = api::VerdictRecord {
+                    accepted,
+                    evidence_sha256: evidence_sha256.to_owned(),
+                    format: api::VerdictRecord::FORMAT.to_owned(),
+                    log_checkpoint: view.checkpoint.clone(),
+                    machine: m.id.clone(),
+                    nonce: hex::encode(&req.nonce),
+                    policy: self.config.policy_name.clone(),
+                    policy_version: self.config.policy_version,
+                    verdict: verdict_id,
+                };
+                let appended = key
+                    .signer()
+                    .map_err(imgctl_tlog::StoreError::from)
+                    .and_then(|signer| imgctl_tlog::Appender::open(dir, signer))
+                    .and_then(|mut a| a.append(&[record.encode()]))
+                    .map_err(|e| {
+                        refuse(
+                            500,
+                            "verdict-log-failed",
+                            format!(
+                                "verdict {verdict_id} is stored but not in the verdict log: {e}"
+                            ),
+                        )
+                    })?;
+                Some(appended.first_index)
+            }
+            None => None,
+        };
+        Ok(Some(EvidenceResponse {
+            verdict_id,
+            accepted,
+            evidence_sha256: evidence_sha256.to_owned(),
             policy: self.config.policy_name.clone(),
             policy_version: self.config.policy_version,
-            log_checkpoint: self.config.checkpoint.clone(),
+            log_checkpoint: view.checkpoint.clone(),
             findings,
             releases,
-        })
+            verdict_log_index,
+        }))
     }
 
-    fn verify(&self, m: &Machine, req: &EvidenceRequest) -> Result<verify::Verdict, String> {
+    fn verify(
+        &self,
+        m: &Machine,
+        req: &EvidenceRequest,
+        refs: &References,
+    ) -> Result<verify::Verdict, String> {
         let ak = TpmPublic::parse(&m.ak_public).map_err(|e| format!("enrolled AK: {e}"))?;
         let log = EventLog::parse(&req.event_log).map_err(|e| format!("event_log: {e}"))?;
         let userspace = req
@@ -492,7 +877,7 @@ impl Service {
         policy.require_quote = true;
         Ok(verify::verify(
             &policy,
-            &self.config.references,
+            refs,
             &log,
             userspace.as_ref(),
             Some(QuoteEvidence {

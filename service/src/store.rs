@@ -15,11 +15,18 @@
 //! finds it used.
 
 /// The migrations, in order: (name, SQLite text, PostgreSQL text).
-pub const MIGRATIONS: &[(&str, &str, &str)] = &[(
-    "0001_init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str, &str)] = &[
+    (
+        "0001_init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        "0002_log_checkpoints",
+        include_str!("../migrations/sqlite/0002_log_checkpoints.sql"),
+        include_str!("../migrations/postgres/0002_log_checkpoints.sql"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -43,6 +50,12 @@ pub enum StoreError {
     Type(usize),
     #[error("database connection pool: {0}")]
     Pool(#[from] r2d2::Error),
+    /// Rolls a verdict's transaction back: the stored checkpoint moved (never reported).
+    #[error("the stored log checkpoint moved")]
+    CheckpointMoved,
+    /// Rolls a verdict's transaction back: the nonce could not be consumed (never reported).
+    #[error("the nonce could not be consumed")]
+    NonceLost,
 }
 
 /// A machine's enrolment state.
@@ -67,6 +80,26 @@ pub enum NonceUse {
     Expired,
 }
 
+/// Why a verdict was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// The nonce cannot be consumed.
+    Nonce(NonceUse),
+    /// The log checkpoint stored was moved by another request since it was read: check
+    /// against the new one and try again.
+    Checkpoint,
+}
+
+/// A log checkpoint a verdict was checked against, to store in its transaction in place of
+/// `old` (the one stored when the check ran, `None` when there was none).
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointAdvance<'a> {
+    pub origin: &'a str,
+    pub old: Option<&'a str>,
+    pub note: &'a str,
+    pub size: i64,
+}
+
 /// A verdict to store, with the names of the secrets released on it.
 #[derive(Debug, Clone, Copy)]
 pub struct NewVerdict<'a> {
@@ -80,6 +113,8 @@ pub struct NewVerdict<'a> {
     pub findings: &'a str,
     pub releases: &'a [String],
     pub now: i64,
+    /// With a transparency log: its checkpoint to store as the last one verified.
+    pub advance: Option<CheckpointAdvance<'a>>,
 }
 
 /// A stored verdict, as the API reports it.
@@ -514,17 +549,36 @@ impl Store {
     /// transaction: the nonce is consumed by one conditional UPDATE (unused, unexpired, this
     /// machine's), so of any number of requests or replicas racing with it one wins; the others
     /// learn why they lost ([`NonceUse`]) and nothing of theirs is stored. A verdict is unique
-    /// per nonce and a release per (nonce, secret) besides, in the schema.
-    pub fn add_verdict(&self, v: &NewVerdict<'_>) -> Result<Result<i64, NonceUse>, StoreError> {
+    /// per nonce and a release per (nonce, secret) besides, in the schema. With `advance`,
+    /// the log checkpoint is replaced in the same transaction only if it is still the one the
+    /// verdict was checked against ([`Lost::Checkpoint`] otherwise, and nothing is stored).
+    pub fn add_verdict(&self, v: &NewVerdict<'_>) -> Result<Result<i64, Lost>, StoreError> {
         let nonce_hex = hex::encode(v.nonce);
         let mut conn = self.conn()?;
         let won = conn.transaction(|s| {
+            if let Some(a) = &v.advance {
+                let n = match a.old {
+                    Some(old) => s.exec(
+                        "UPDATE log_checkpoints SET size = ?2, note = ?3, updated_at = ?4 WHERE origin = ?1 AND note = ?5",
+                        &[t(a.origin), Val::Int(a.size), t(a.note), Val::Int(v.now), t(old)],
+                    )?,
+                    None => s.exec(
+                        "INSERT INTO log_checkpoints (origin, size, note, updated_at) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (origin) DO NOTHING",
+                        &[t(a.origin), Val::Int(a.size), t(a.note), Val::Int(v.now)],
+                    )?,
+                };
+                if n != 1 {
+                    return Err(StoreError::CheckpointMoved);
+                }
+            }
             let n = s.exec(
                 "UPDATE nonces SET used_at = ?3 WHERE nonce = ?1 AND machine = ?2 AND used_at IS NULL AND expires_at > ?3",
                 &[t(&nonce_hex), t(v.machine), Val::Int(v.now)],
             )?;
             if n != 1 {
-                return Ok(None);
+                // Nothing of this verdict may stay, the checkpoint advance included.
+                return Err(StoreError::NonceLost);
             }
             let id = s
                 .query_one(
@@ -551,16 +605,30 @@ impl Store {
                     &[Val::Int(id), t(v.machine), t(&nonce_hex), t(secret), Val::Int(v.now)],
                 )?;
             }
-            Ok(Some(id))
-        })?;
+            Ok(id)
+        });
         drop(conn);
         match won {
-            Some(id) => Ok(Ok(id)),
+            Ok(id) => Ok(Ok(id)),
+            Err(StoreError::CheckpointMoved) => Ok(Err(Lost::Checkpoint)),
             // Lost: say why. A nonce that could still be consumed here (it cannot, the UPDATE
             // just found it unusable) would be a bug; call it used rather than report success.
-            None => Ok(Err(self
-                .nonce_state(v.nonce, v.machine, v.now)?
-                .unwrap_or(NonceUse::Used))),
+            Err(StoreError::NonceLost) => Ok(Err(Lost::Nonce(
+                self.nonce_state(v.nonce, v.machine, v.now)?
+                    .unwrap_or(NonceUse::Used),
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The last checkpoint of the log `origin` a verdict was checked against (its note).
+    pub fn log_checkpoint(&self, origin: &str) -> Result<Option<String>, StoreError> {
+        match self.conn()?.query_one(
+            "SELECT note FROM log_checkpoints WHERE origin = ?1",
+            &[t(origin)],
+        )? {
+            Some(r) => Ok(Some(r.first().cloned().unwrap_or(Val::Null).text(0)?)),
+            None => Ok(None),
         }
     }
 
@@ -651,6 +719,7 @@ mod tests {
             findings: "[]",
             releases,
             now,
+            advance: None,
         }
     }
 
@@ -664,11 +733,11 @@ mod tests {
         let k = ["k".to_owned()];
         assert_eq!(
             s.add_verdict(&verdict("bb", b"n1", &k, 5)).unwrap(),
-            Err(NonceUse::OtherMachine)
+            Err(Lost::Nonce(NonceUse::OtherMachine))
         );
         assert_eq!(
             s.add_verdict(&verdict("aa", b"n1", &k, 10)).unwrap(),
-            Err(NonceUse::Expired)
+            Err(Lost::Nonce(NonceUse::Expired))
         );
         assert_eq!(s.nonce_state(b"n1", "aa", 5).unwrap(), None);
         let id = s
@@ -677,12 +746,12 @@ mod tests {
             .unwrap();
         assert_eq!(
             s.add_verdict(&verdict("aa", b"n1", &k, 6)).unwrap(),
-            Err(NonceUse::Used)
+            Err(Lost::Nonce(NonceUse::Used))
         );
         assert_eq!(s.nonce_state(b"n1", "aa", 6).unwrap(), Some(NonceUse::Used));
         assert_eq!(
             s.add_verdict(&verdict("aa", b"n2", &k, 6)).unwrap(),
-            Err(NonceUse::Unknown)
+            Err(Lost::Nonce(NonceUse::Unknown))
         );
         // The losers stored nothing: one verdict, one release.
         assert_eq!(s.verdicts("aa").unwrap().len(), 1);
@@ -728,9 +797,57 @@ mod tests {
             );
             assert!(results
                 .iter()
-                .all(|r| r.is_ok() || *r == Err(NonceUse::Used)));
+                .all(|r| r.is_ok() || *r == Err(Lost::Nonce(NonceUse::Used))));
         }
         assert_eq!(s.verdicts("aa").unwrap().len(), 5);
         assert_eq!(s.releases("aa").unwrap().len(), 5);
+    }
+
+    /// The log checkpoint moves only from the note a verdict was checked against: a verdict
+    /// checked against a checkpoint another one has replaced stores nothing (nonce unused),
+    /// and one whose nonce is lost does not move the checkpoint.
+    #[test]
+    fn the_log_checkpoint_moves_only_from_the_one_checked_against() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().join("db").to_str().unwrap()).unwrap();
+        assert!(s.enrol(&machine("aa"), 0).unwrap());
+        let k: [String; 0] = [];
+        let adv = |old: Option<&'static str>, note: &'static str, size| {
+            Some(CheckpointAdvance {
+                origin: "o",
+                old,
+                note,
+                size,
+            })
+        };
+        assert_eq!(s.log_checkpoint("o").unwrap(), None);
+        for (n, old, note, size) in [(1u8, None, "c1", 1), (2, Some("c1"), "c2", 2)] {
+            let nonce = [n];
+            s.add_nonce(&nonce, "aa", 100).unwrap();
+            let v = NewVerdict {
+                advance: adv(old, note, size),
+                ..verdict("aa", &nonce, &k, 5)
+            };
+            assert!(s.add_verdict(&v).unwrap().is_ok());
+            assert_eq!(s.log_checkpoint("o").unwrap().as_deref(), Some(note));
+        }
+        // Checked against c1 (or against none) while c2 is stored: lost, nonce still usable.
+        s.add_nonce(&[3], "aa", 100).unwrap();
+        for old in [Some("c1"), None] {
+            let v = NewVerdict {
+                advance: adv(old, "c3", 3),
+                ..verdict("aa", &[3], &k, 5)
+            };
+            assert_eq!(s.add_verdict(&v).unwrap(), Err(Lost::Checkpoint));
+        }
+        assert_eq!(s.nonce_state(&[3], "aa", 5).unwrap(), None);
+        // A lost nonce rolls the advance back.
+        let v = NewVerdict {
+            advance: adv(Some("c2"), "c3", 3),
+            ..verdict("aa", &[1], &k, 5)
+        };
+        assert_eq!(s.add_verdict(&v).unwrap(), Err(Lost::Nonce(NonceUse::Used)));
+        assert_eq!(s.log_checkpoint("o").unwrap().as_deref(), Some("c2"));
+        assert_eq!(s.verdicts("aa").unwrap().len(), 2);
     }
 }

@@ -24,9 +24,13 @@ use imgctl_tpm::DEFAULT_TCTI;
 /// Example: imgctl attest --server http://verifier:8080 --secrets-dir /run/keys
 #[derive(Debug, Parser)]
 pub struct Args {
-    /// The service's base URL.
+    /// The service's base URL (http:// or https://).
     #[arg(long)]
     pub server: String,
+    /// With an https:// server: trust only the CA certificates in this PEM file (instead of
+    /// the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// TCTI of the TPM (see `imgctl tpm --help`).
     #[arg(long, default_value = DEFAULT_TCTI, env = "IMGCTL_TCTI")]
     pub tcti: String,
@@ -86,6 +90,14 @@ fn secret_name_ok(name: &str) -> bool {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let client = match &a.ca_file {
+        Some(f) => Client::with_ca(
+            &a.server,
+            &f.display().to_string(),
+            &read_bounded(f, imgctl_service::ek_cert::MAX_CERT as u64 * 16)?,
+        )?,
+        None => Client::new(&a.server),
+    };
     let event_log = read_log(&a.event_log)?;
     let userspace_log = a.userspace_log.as_deref().map(read_log).transpose()?;
     let ek_certificate = a
@@ -100,7 +112,6 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .ek_certificate()
             .context("reading the EK certificate from the TPM's NV index 0x01c00002")?,
     };
-    let client = Client::new(&a.server);
     let ek_public = tpm.ek_public()?;
     let ak_public = tpm.ak_public()?;
     let machine = hex::encode(TpmPublic::parse(&ek_public)?.name);

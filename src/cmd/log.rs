@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use imgctl_tlog::checkpoint::{self, Checkpoint, Policy};
 use imgctl_tlog::client::{self, TileFetch};
 use imgctl_tlog::note::{NoteSigner, NoteVerifier, VerifierKind};
-use imgctl_tlog::{Appender, FolderTiles, HttpTiles, LogReader};
+use imgctl_tlog::{Appender, LogReader};
 use imgctl_tlog::{Entry, TlogProof};
 use serde_json::json;
 
@@ -642,12 +642,8 @@ impl Trust {
     }
 }
 
-fn source(s: &str) -> anyhow::Result<Box<dyn TileFetch>> {
-    if s.starts_with("http://") || s.starts_with("https://") {
-        Ok(Box::new(HttpTiles::new(s)?))
-    } else {
-        Ok(Box::new(FolderTiles(PathBuf::from(s))))
-    }
+fn source(s: &str) -> anyhow::Result<Box<dyn TileFetch + Send + Sync>> {
+    Ok(imgctl_tlog::client::open(s)?)
 }
 
 /// Prints a verdict; the exit code is the verdict's even when stdout is closed or full.
@@ -754,7 +750,7 @@ fn consistency(a: ConsistencyArgs) -> anyhow::Result<ExitCode> {
                 imgctl_fsio::read_bounded(n.as_ref(), imgctl_fsio::caps::ENTRY, "a log input")?;
             let src = a.log.as_deref().map(source).transpose()?;
             return client::check_checkpoints_consistency(
-                src.as_deref(),
+                src.as_deref().map(|s| s as &dyn TileFetch),
                 &policy,
                 &old_bytes,
                 &new_bytes,

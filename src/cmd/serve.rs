@@ -17,8 +17,9 @@ use imgctl_service::service::{Config, Service};
 /// Example: imgctl serve --config /etc/imgctl/serve.yaml
 #[derive(Debug, Parser)]
 pub struct Args {
-    /// The service configuration (YAML): listen, database, nonce_ttl_seconds, ek_ca_files, policy (name,
-    /// version, file, checkpoint, secrets).
+    /// The service configuration (YAML): listen, database, nonce_ttl_seconds, ek_ca_files, tls
+    /// (certificate, key), log (source, vkey, witness_policy), verdict_log (dir, key), policy
+    /// (name, version, file, checkpoint, secrets).
     #[arg(long)]
     pub config: PathBuf,
 }
@@ -26,10 +27,12 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&a.config)?;
     let listen = config.listen.clone();
+    let tls = config.tls.clone();
     let service =
         Service::open(config).with_context(|| format!("--config {}", a.config.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .context("starting the HTTP runtime")?;
     rt.block_on(async move {
@@ -37,11 +40,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
-        eprintln!("imgctl: attestation service on http://{addr}/");
-        crate::output::outln!("http://{addr}");
-        axum::serve(listener, imgctl_service::server::router(service))
-            .await
-            .context("serving")?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        eprintln!("imgctl: attestation service on {scheme}://{addr}/");
+        crate::output::outln!("{scheme}://{addr}");
+        let router = imgctl_service::server::router(service);
+        match tls {
+            Some(tls) => imgctl_service::server::serve_tls(listener, router, tls)
+                .await
+                .context("serving")?,
+            None => axum::serve(listener, router).await.context("serving")?,
+        }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

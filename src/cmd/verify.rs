@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use crate::output::outln;
 use anyhow::Context;
 use imgctl_attest::eventlog::{EventLog, UserspaceLog};
+use imgctl_attest::published::{self, PublishedLog, Trust};
 use imgctl_attest::quote::{parse_quote_json, AkPublic, Attest, Signature};
 use imgctl_attest::verify::{self, Policy, QuoteEvidence, References, Severity, Verdict};
 use imgctl_fsio::caps;
@@ -72,28 +73,16 @@ pub struct Args {
 
 /// Checks the log's checkpoint against the one `state` remembers for its origin, then
 /// remembers the new one.
-fn check_state(
-    state: &Path,
-    tiles: &dyn imgctl_tlog::TileFetch,
-    policy: &imgctl_tlog::checkpoint::Policy<'_>,
-    origin: &str,
-    note: &[u8],
-) -> anyhow::Result<()> {
+fn check_state(state: &Path, log: &PublishedLog, trust: &Trust) -> anyhow::Result<()> {
     let mut seen: std::collections::BTreeMap<String, String> = match std::fs::metadata(state) {
         Ok(_) => serde_json::from_slice(&read(state, caps::POLICY, "a verifier state file")?)
             .with_context(|| format!("{}: not a verifier state file", state.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
         Err(e) => return Err(e).with_context(|| state.display().to_string()),
     };
-    let new = String::from_utf8(note.to_vec()).context("checkpoint is not UTF-8")?;
+    let origin = &log.checkpoint().origin;
     if let Some(old) = seen.get(origin) {
-        imgctl_tlog::client::check_checkpoints_consistency(
-            Some(tiles),
-            policy,
-            old.as_bytes(),
-            note,
-        )
-        .map_err(|e| {
+        log.check_extends(old.as_bytes(), trust).map_err(|e| {
             anyhow::anyhow!(
                 "the log {origin}: checkpoint inconsistent with the checkpoint seen before \
                  (state {}): {e}",
@@ -101,71 +90,32 @@ fn check_state(
             )
         })?;
     }
-    seen.insert(origin.to_owned(), new);
+    seen.insert(origin.clone(), log.note().to_owned());
     let mut bytes = serde_json::to_vec_pretty(&seen)?;
     bytes.push(b'\n');
     imgctl_fsio::write_atomic(state, &bytes, &[])?;
     Ok(())
 }
 
-/// The log's key and, with a witness policy, the witnesses and quorum its checkpoints need.
-struct Trust {
-    key: imgctl_tlog::NoteVerifier,
-    witnesses: Vec<imgctl_tlog::NoteVerifier>,
-    quorum: Option<imgctl_tlog::policy::Quorum>,
-}
-
-impl Trust {
-    fn load(vkey: &str, witness: Option<&Path>) -> anyhow::Result<Trust> {
-        let key = imgctl_tlog::NoteVerifier::parse_vkey(&crate::cmd::log::key_arg(vkey)?)
-            .context("--vkey")?;
-        let Some(path) = witness else {
-            return Ok(Trust {
-                key,
-                witnesses: Vec::new(),
-                quorum: None,
-            });
-        };
-        let bytes = read(
-            path,
-            imgctl_tlog::policy::MAX_POLICY_LEN as u64,
-            "a witness policy",
-        )?;
-        let t = imgctl_tlog::TrustPolicy::parse(&bytes)
-            .with_context(|| format!("{}", path.display()))?;
-        if !t.logs.is_empty() && !t.logs.iter().any(|l| l.key == key) {
-            anyhow::bail!(
-                "{}: the policy does not list the log key {}",
-                path.display(),
-                key.vkey()
-            );
-        }
-        Ok(Trust {
-            key,
-            witnesses: t.witness_keys(),
-            quorum: Some(t.quorum.clone()),
-        })
-    }
-
-    fn policy(&self) -> imgctl_tlog::checkpoint::Policy<'_> {
-        let mut policy = imgctl_tlog::checkpoint::Policy::log_only(&self.key);
-        if let Some(q) = &self.quorum {
-            policy.witnesses = &self.witnesses;
-            policy.quorum = q.clone();
-        }
-        policy
-    }
-}
-
-/// Adds an entry's artifact record to the references; entries of other formats (v1, raw)
-/// carry no section digests and are not references.
-fn add_entry(name: &str, entry: &[u8], refs: &mut References) -> anyhow::Result<()> {
-    if let Ok(imgctl_tlog::Entry::V2(r)) = imgctl_tlog::Entry::parse(entry) {
-        if let Some(a) = verify::artifact_from_record(name, &r)? {
-            refs.artifacts.push(a);
-        }
-    }
-    Ok(())
+/// The log's key (`--vkey`) and the witness policy file, when one is given.
+fn load_trust(vkey: &str, witness: Option<&Path>) -> anyhow::Result<Trust> {
+    let vkey = crate::cmd::log::key_arg(vkey)?;
+    let policy = match witness {
+        Some(path) => Some((
+            path.display().to_string(),
+            read(
+                path,
+                imgctl_tlog::policy::MAX_POLICY_LEN as u64,
+                "a witness policy",
+            )?,
+        )),
+        None => None,
+    };
+    Trust::new(
+        &vkey,
+        policy.as_ref().map(|(n, b)| (n.as_str(), b.as_slice())),
+    )
+    .context("--vkey")
 }
 
 /// Adds every artifact record of the log to the references. The entries are read through the
@@ -177,23 +127,12 @@ fn load_log_references(
     state: Option<&Path>,
     refs: &mut References,
 ) -> anyhow::Result<()> {
-    let tiles: Box<dyn imgctl_tlog::TileFetch> =
-        if src.starts_with("http://") || src.starts_with("https://") {
-            Box::new(imgctl_tlog::HttpTiles::new(src)?)
-        } else {
-            Box::new(imgctl_tlog::FolderTiles(PathBuf::from(src)))
-        };
-    let policy = trust.policy();
-    let (c, note, entries) = imgctl_tlog::client::read_all_entries(tiles.as_ref(), &policy)
-        .with_context(|| format!("the log {src}"))?;
+    let tiles = imgctl_tlog::client::open(src)?;
+    let log = PublishedLog::read(tiles.as_ref(), trust)?;
     if let Some(state) = state {
-        check_state(state, tiles.as_ref(), &policy, &c.origin, &note)?;
+        check_state(state, &log, trust)?;
     }
-    for (i, e) in entries.iter().enumerate() {
-        add_entry(&format!("{src} entry {i} of {}", c.size), e, refs)?;
-    }
-    let n = if c.size == 1 { "entry" } else { "entries" };
-    refs.published_in = Some(format!("the log {src} ({} {n})", c.size));
+    log.add_references(refs);
     Ok(())
 }
 
@@ -204,28 +143,9 @@ fn load_proof_references(
     trust: &Trust,
     refs: &mut References,
 ) -> anyhow::Result<()> {
-    let policy = trust.policy();
     for p in proofs {
         let data = read(p, caps::ENTRY, "a .tlog-proof")?;
-        let proof =
-            imgctl_tlog::TlogProof::parse(&data).with_context(|| format!("{}", p.display()))?;
-        let entry = proof.extra.as_deref().with_context(|| {
-            format!(
-                "{}: the proof carries no entry (no `extra` line): give the log instead",
-                p.display()
-            )
-        })?;
-        let vc = proof
-            .verify(entry, &policy)
-            .with_context(|| format!("{}", p.display()))?;
-        let name = format!(
-            "{} (entry {} of {} at size {})",
-            p.display(),
-            proof.index,
-            vc.checkpoint.origin,
-            vc.checkpoint.size
-        );
-        add_entry(&name, entry, refs)?;
+        published::add_proof(&p.display().to_string(), &data, trust, refs)?;
     }
     let names: Vec<String> = proofs.iter().map(|p| p.display().to_string()).collect();
     refs.published_in = Some(format!("the proofs {}", names.join(", ")));
@@ -286,7 +206,7 @@ fn load(args: &Args) -> anyhow::Result<Loaded> {
     let (policy, mut refs) = load_policy(&args.policy)?;
     match &args.vkey {
         Some(vkey) => {
-            let trust = Trust::load(vkey, args.witness_policy.as_deref())?;
+            let trust = load_trust(vkey, args.witness_policy.as_deref())?;
             match &args.log {
                 Some(src) => load_log_references(src, &trust, args.state.as_deref(), &mut refs)?,
                 None if !args.proof.is_empty() => {

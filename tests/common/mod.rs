@@ -240,7 +240,7 @@ pub fn spawn_http_service(cmd: &mut Command, what: &str) -> (std::process::Child
         .unwrap();
     let url = line.trim().to_owned();
     assert!(
-        url.starts_with("http://127.0.0.1:"),
+        url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"),
         "{what} printed {line:?}"
     );
     (child, url)

@@ -45,6 +45,15 @@ impl TileFetch for FolderTiles {
     }
 }
 
+/// A log's resources from `src`: an `http://` or `https://` URL, or else a folder.
+pub fn open(src: &str) -> Result<Box<dyn TileFetch + Send + Sync>, Error> {
+    if src.starts_with("http://") || src.starts_with("https://") {
+        Ok(Box::new(HttpTiles::new(src)?))
+    } else {
+        Ok(Box::new(FolderTiles(PathBuf::from(src))))
+    }
+}
+
 /// How long one request may take in all (connect, send, receive), and to connect.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 pub const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

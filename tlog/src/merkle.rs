@@ -421,13 +421,37 @@ impl MemTree {
     }
 }
 
-impl NodeSource for MemTree {
-    fn node(&mut self, level: u32, index: u64) -> Result<Hash, Error> {
+impl MemTree {
+    /// The root of the tree of its first `size` leaves (an earlier state of this tree), or an
+    /// error when it holds fewer.
+    pub fn root_at(&self, size: u64) -> Result<Hash, Error> {
+        if size > self.size() {
+            return Err(Error::Source(format!(
+                "no tree of size {size}: {} leaves",
+                self.size()
+            )));
+        }
+        tree_root(&mut &*self, size)
+    }
+
+    fn stored(&self, level: u32, index: u64) -> Result<Hash, Error> {
         self.levels
             .get(level as usize)
             .and_then(|l| l.get(usize::try_from(index).ok()?))
             .copied()
             .ok_or_else(|| Error::Source(format!("no node at level {level}, index {index}")))
+    }
+}
+
+impl NodeSource for MemTree {
+    fn node(&mut self, level: u32, index: u64) -> Result<Hash, Error> {
+        self.stored(level, index)
+    }
+}
+
+impl NodeSource for &MemTree {
+    fn node(&mut self, level: u32, index: u64) -> Result<Hash, Error> {
+        self.stored(level, index)
     }
 }
 
