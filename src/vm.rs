@@ -96,6 +96,36 @@ pub struct VmConfig {
     /// Files put beside the UKI in `\EFI\BOOT\BOOTX64.EFI.extra.d\` (extension images,
     /// credentials, addons: what systemd-stub picks up and measures into PCR 12/13).
     pub extra: Vec<PathBuf>,
+    /// System credentials passed to the guest in SMBIOS type 11 strings
+    /// (`io.systemd.credential.binary:NAME=BASE64`), as a hypervisor provisions a machine:
+    /// systemd (PID 1) imports them at boot (e.g. `cryptsetup.passphrase` for
+    /// systemd-cryptsetup). Each name is [`credential_name_valid`].
+    pub credentials: Vec<(String, Vec<u8>)>,
+}
+
+/// The most a `--credential` may hold: SMBIOS strings are small, and so is a key.
+pub const MAX_CREDENTIAL_BYTES: u64 = 16 << 10;
+
+/// A credential name QEMU's `-smbios` option and systemd both take: 1 to 255 bytes of ASCII
+/// letters, digits, `.`, `_` and `-`, not `.` or `..` (systemd's `credential_name_valid()` is a
+/// file name; `,` and `=` would end QEMU's or systemd's field).
+pub fn credential_name_valid(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The SMBIOS type 11 string that hands the credential `name` with `value` to systemd.
+pub fn smbios_credential(name: &str, value: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "io.systemd.credential.binary:{name}={}",
+        base64::engine::general_purpose::STANDARD.encode(value)
+    )
 }
 
 /// How a run ended.
@@ -732,8 +762,13 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
             "if=none,id=boot,format={format},file={}",
             qemu_option_value(&drive)
         ))
-        .args(["-device", "virtio-blk-pci,drive=boot"])
-        .stdin(Stdio::null())
+        .args(["-device", "virtio-blk-pci,drive=boot"]);
+    for (name, value) in &cfg.credentials {
+        // Base64 and a checked name: no `,` that QEMU would read as the next option.
+        qemu.arg("-smbios")
+            .arg(format!("type=11,value={}", smbios_credential(name, value)));
+    }
+    qemu.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&stderr_file).context("creating qemu.err")?);
 

@@ -1165,3 +1165,52 @@ fn credentials_and_a_confext_beside_the_uki_are_measured_as_predicted() {
         assert!(!text.contains("digest-mismatch"), "stub {v}: {text}");
     }
 }
+
+/// `vm --credential NAME=FILE` refuses, before anything starts and in one line naming the
+/// argument: no `=`, a name QEMU's `-smbios` or systemd would misread (a comma, an `=`-free
+/// empty name, `..`), a missing file, a file over 16 KiB, the same name twice.
+#[test]
+fn vm_refuses_bad_credentials_before_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = dir.path().join("key");
+    std::fs::write(&ok, "secret").unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'a'; (16 << 10) + 1]).unwrap();
+    let ok_arg = format!("cryptsetup.passphrase={}", ok.display());
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["cryptsetup.passphrase".into()], "expected NAME=FILE"),
+        (
+            vec![format!("a,b={}", ok.display())],
+            "is not a credential name",
+        ),
+        (
+            vec![format!("={}", ok.display())],
+            "is not a credential name",
+        ),
+        (
+            vec![format!("..={}", ok.display())],
+            "is not a credential name",
+        ),
+        (
+            vec![format!("x={}", dir.path().join("missing").display())],
+            "missing",
+        ),
+        (vec![format!("x={}", big.display())], "x="),
+        (vec![ok_arg.clone(), ok_arg.clone()], "given twice"),
+    ];
+    for (args, want) in cases {
+        let mut c = common::imgctl();
+        c.arg("vm").arg(dir.path().join("no-such.efi"));
+        for a in &args {
+            c.arg("--credential").arg(a);
+        }
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--credential") && err.contains(want),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+}
