@@ -8,7 +8,10 @@
 //! about a minute and the boot under TCG ~1–3 minutes. The build signs PCR 11
 //! (`--pcr-private-key`): systemd-repart makes the encrypted /var at first boot, enrolled to the
 //! TPM against that signed policy. The tests of a second boot of the same disk (`--reuse-tpm`:
-//! TPM and disk state kept) share one more boot, made only when one of them runs.
+//! TPM and disk state kept) share one more boot, made only when one of them runs; the tests of
+//! a rebuild with another command line share two more, each of the first boot's disk and TPM
+//! (kept right after it) with another UKI and sysext on the ESP: the rebuilt UKI carrying the
+//! first UKI's `.pcrsig` (the TPM refuses, the recovery key opens /var) and with its own.
 //!
 //! The judges are real: the guest's TPM (swtpm) for every PCR, `tpm2_eventlog` for the firmware
 //! log, `systemd-measure` 257 (Debian 13 chroot) for PCR 11, `veritysetup` for `/usr`,
@@ -69,6 +72,39 @@ fn chroot_257() -> Option<PathBuf> {
     Some(root)
 }
 
+/// Fails, with `imgctl vm`'s stderr and the guest's console, when the boot `what` did not end
+/// with the capture unit's report.
+fn assert_boot_ok(what: &str, vm: &Output, capture: &Path) {
+    assert!(
+        vm.status.success(),
+        "{what}: imgctl vm failed ({}):\n{}\nconsole:\n{}",
+        vm.status,
+        String::from_utf8_lossy(&vm.stderr),
+        String::from_utf8_lossy(&std::fs::read(capture.join("console.log")).unwrap_or_default())
+    );
+}
+
+/// `imgctl build RECIPE -o OUT --log LOG --log-key KEY --pcr-private-key PCR_KEY` at
+/// SOURCE_DATE_EPOCH=0, OS trees from the shared cache `.cache/os-trees`.
+fn build_logged(recipe: &Path, out: &Path, (log, key): (&Path, &Path), pcr_key: &Path) {
+    common::run_ok(
+        common::imgctl()
+            .arg("build")
+            .arg(recipe)
+            .arg("-o")
+            .arg(out)
+            .arg("--cache")
+            .arg(common::repo_root().join(".cache/os-trees"))
+            .arg("--log")
+            .arg(log)
+            .arg("--log-key")
+            .arg(key)
+            .arg("--pcr-private-key")
+            .arg(pcr_key)
+            .env("SOURCE_DATE_EPOCH", "0"),
+    );
+}
+
 /// The build and the one boot every test here shares.
 struct OsBoot {
     dir: tempfile::TempDir,
@@ -112,15 +148,7 @@ impl OsBoot {
     }
     /// Fails with the console when the boot did not finish its report.
     fn assert_done(&self) {
-        assert!(
-            self.vm.status.success(),
-            "imgctl vm failed ({}):\n{}\nconsole:\n{}",
-            self.vm.status,
-            String::from_utf8_lossy(&self.vm.stderr),
-            String::from_utf8_lossy(
-                &std::fs::read(self.capture.join("console.log")).unwrap_or_default()
-            )
-        );
+        assert_boot_ok("the first boot", &self.vm, &self.capture);
         assert_eq!(self.json()["result"], "done");
     }
     /// The PCRs the guest read: bank → index → hex.
@@ -141,33 +169,14 @@ fn os_boot() -> Option<&'static OsBoot> {
         }
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let (log, key) = (dir.path().join("log"), dir.path().join("log.key"));
-        common::run_ok(
-            common::imgctl()
-                .args(["log", "init"])
-                .arg(&log)
-                .arg("--key")
-                .arg(&key)
-                .args(["--origin", "example.org/os"]),
-        );
-        let vkey = format!("@{}", dir.path().join("log.vkey").display());
+        let (log, key, vkey) = common::new_log(dir.path(), "os");
         let (pcr_key, pcr_public) = common::genkey(dir.path(), "pcr", common::RSA);
         let start = Instant::now();
-        common::run_ok(
-            common::imgctl()
-                .arg("build")
-                .arg(common::repo_root().join("recipes/os.yaml"))
-                .arg("-o")
-                .arg(&out)
-                .arg("--cache")
-                .arg(common::repo_root().join(".cache/os-trees"))
-                .arg("--log")
-                .arg(&log)
-                .arg("--log-key")
-                .arg(&key)
-                .arg("--pcr-private-key")
-                .arg(&pcr_key)
-                .env("SOURCE_DATE_EPOCH", "0"),
+        build_logged(
+            &common::repo_root().join("recipes/os.yaml"),
+            &out,
+            (&log, &key),
+            &pcr_key,
         );
         let build_time = start.elapsed();
         let state = dir.path().join("state");
@@ -263,6 +272,27 @@ fn pcr11_after_ready_equals_predict_pcrs_and_systemd_measure_257() {
     }
 }
 
+/// Section `s` of the PE file `data` as the loader sees it (its virtual size: the file's bytes,
+/// zeros past them), and where it starts in the file.
+fn pe_section_bytes(data: &[u8], s: &goblin::pe::section_table::SectionTable) -> (usize, Vec<u8>) {
+    let start = s.pointer_to_raw_data as usize;
+    let len = (s.virtual_size as usize).min(s.size_of_raw_data as usize);
+    let mut bytes = data[start..start + len].to_vec();
+    bytes.resize(s.virtual_size as usize, 0);
+    (start, bytes)
+}
+
+/// Section `name` (e.g. `.pcrsig`) of the PE file `data` (goblin), as [`pe_section_bytes`].
+fn pe_section(data: &[u8], name: &str) -> (usize, Vec<u8>) {
+    let pe = goblin::pe::PE::parse(data).unwrap();
+    let s = pe
+        .sections
+        .iter()
+        .find(|s| s.name().unwrap() == name)
+        .unwrap_or_else(|| panic!("no {name} section"));
+    pe_section_bytes(data, s)
+}
+
 /// `systemd-measure calculate` 257 in the chroot over the measured sections of `uki`.
 fn systemd_measure_257(uki: &Path, phase: &str) -> serde_json::Value {
     const SECTIONS: &[&str] = &[
@@ -284,11 +314,7 @@ fn systemd_measure_257(uki: &Path, phase: &str) -> serde_json::Value {
         if !SECTIONS.contains(&name) {
             continue;
         }
-        let start = s.pointer_to_raw_data as usize;
-        let len = (s.virtual_size as usize).min(s.size_of_raw_data as usize);
-        let mut bytes = data[start..start + len].to_vec();
-        bytes.resize(s.virtual_size as usize, 0);
-        std::fs::write(dir.path().join(name), &bytes).unwrap();
+        std::fs::write(dir.path().join(name), pe_section_bytes(&data, s).1).unwrap();
         cmd.arg(format!("--{name}={}", inside.join(name).display()));
     }
     serde_json::from_slice(&common::run_ok(&mut cmd)).unwrap()
@@ -454,19 +480,24 @@ fn audit_tells_a_recovery_key_unlock_of_var_from_the_tpm_unlock_on_the_captured_
     std::fs::write(&forged_path, &forged).unwrap();
     let (code, text) = audit(&forged_path, false);
     assert_eq!(code, Some(1), "a recovery unlock is break-glass: {text}");
-    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let events = report["break_glass"].as_array().unwrap();
-    assert_eq!(events.len(), 1, "{report}");
-    assert_eq!(events[0]["kind"], "volume-unlock");
-    assert_eq!(events[0]["volume"], "var");
-    assert_eq!(events[0]["mechanism"], "recovery");
-    assert_eq!(events[0]["slot"], 1);
+    assert_eq!(the_one_recovery_unlock_of_var(&text)["slot"], 1);
     let (code, text) = audit(&forged_path, true);
     assert_eq!(
         code,
         Some(4),
         "the forged log against the guest's PCRs: {text}"
     );
+}
+
+/// The one break-glass event of an `imgctl audit --json` report: a recovery-key unlock of /var.
+fn the_one_recovery_unlock_of_var(audit_json: &str) -> serde_json::Value {
+    let report: serde_json::Value = serde_json::from_str(audit_json).unwrap();
+    let events = report["break_glass"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{report}");
+    assert_eq!(events[0]["kind"], "volume-unlock");
+    assert_eq!(events[0]["volume"], "var");
+    assert_eq!(events[0]["mechanism"], "recovery");
+    events[0].clone()
 }
 
 /// The encrypted /var's partition type (Discoverable Partitions Specification).
@@ -540,6 +571,18 @@ fn var_report(capture: &Path) -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once(' ').or(Some((l, ""))))
         .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
         .collect()
+}
+
+/// The journal of /var's unlock in a capture's report (systemd-cryptsetup, repart, the image's
+/// units); fails unless the TPM2 token unlocked /var with no fallback.
+fn var_journal_of_a_tpm_unlock(report: &BTreeMap<String, String>) -> String {
+    let journal = String::from_utf8(var_report_b64(report, "journal")).unwrap();
+    assert!(
+        journal.contains("Automatically discovered security TPM2 token unlocks volume"),
+        "{journal}"
+    );
+    assert!(!journal.contains("falling back"), "{journal}");
+    journal
 }
 
 /// A base64 value of the capture's report, decoded.
@@ -685,18 +728,7 @@ fn os_uki_pcrsig_equals_systemd_measure_257_sign_over_its_sections() {
     let root = chroot_257().unwrap();
     let data = std::fs::read(b.uki()).unwrap();
     let pe = goblin::pe::PE::parse(&data).unwrap();
-    let section = |name: &str| -> Vec<u8> {
-        let s = pe
-            .sections
-            .iter()
-            .find(|s| s.name().unwrap() == name)
-            .unwrap_or_else(|| panic!("the OS UKI has no {name}"));
-        let start = s.pointer_to_raw_data as usize;
-        let len = (s.virtual_size as usize).min(s.size_of_raw_data as usize);
-        let mut bytes = data[start..start + len].to_vec();
-        bytes.resize(s.virtual_size as usize, 0);
-        bytes
-    };
+    let section = |name: &str| -> Vec<u8> { pe_section(&data, name).1 };
     assert_eq!(
         String::from_utf8(section(".pcrpkey")).unwrap().trim(),
         std::fs::read_to_string(&b.pcr_public).unwrap().trim(),
@@ -761,12 +793,7 @@ fn var_is_made_encrypted_at_first_boot_and_unlocked_by_the_tpm_through_the_signe
         report.get("cryptsetup-unit").map(String::as_str),
         Some("active")
     );
-    let journal = String::from_utf8(var_report_b64(&report, "journal")).unwrap();
-    assert!(
-        journal.contains("Automatically discovered security TPM2 token unlocks volume"),
-        "{journal}"
-    );
-    assert!(!journal.contains("falling back"), "{journal}");
+    let journal = var_journal_of_a_tpm_unlock(&report);
     assert!(journal.contains("Encrypting future partition"), "{journal}");
     // What the guest reports of its volume is what cryptsetup reads from the disk.
     let uuid = luks_uuid(&b.var_partition);
@@ -824,13 +851,7 @@ fn var_is_made_encrypted_at_first_boot_and_unlocked_by_the_tpm_through_the_signe
 fn a_second_boot_of_the_same_disk_unlocks_var_from_the_tpm_and_keeps_its_files() {
     let Some(b) = os_boot() else { return };
     let Some(s) = second_boot() else { return };
-    assert!(
-        s.vm.status.success(),
-        "second boot failed ({}):\n{}\nconsole:\n{}",
-        s.vm.status,
-        String::from_utf8_lossy(&s.vm.stderr),
-        String::from_utf8_lossy(&std::fs::read(s.capture.join("console.log")).unwrap_or_default())
-    );
+    assert_boot_ok("the second boot", &s.vm, &s.capture);
     let first = var_report(&b.capture);
     let second = var_report(&s.capture);
     assert_eq!(
@@ -839,12 +860,7 @@ fn a_second_boot_of_the_same_disk_unlocks_var_from_the_tpm_and_keeps_its_files()
     );
     assert_eq!(second.get("dm-target").map(String::as_str), Some("crypt"));
     assert_eq!(second.get("luks-uuid"), first.get("luks-uuid"));
-    let journal = String::from_utf8(var_report_b64(&second, "journal")).unwrap();
-    assert!(
-        journal.contains("Automatically discovered security TPM2 token unlocks volume"),
-        "{journal}"
-    );
-    assert!(!journal.contains("falling back"), "{journal}");
+    let journal = var_journal_of_a_tpm_unlock(&second);
     assert!(
         !journal.contains("Encrypting future partition"),
         "repart made /var again: {journal}"
@@ -1223,12 +1239,21 @@ fn verify_boot(
     policy: &Path,
     refs: &[&std::ffi::OsStr],
 ) -> (Option<i32>, String, String) {
+    verify_capture(&b.capture, policy, refs)
+}
+
+/// [`verify_boot`] on the boot captured in `capture`.
+fn verify_capture(
+    capture: &Path,
+    policy: &Path,
+    refs: &[&std::ffi::OsStr],
+) -> (Option<i32>, String, String) {
     let o = common::imgctl()
         .arg("verify")
         .arg("--eventlog")
-        .arg(b.capture.join("eventlog.bin"))
+        .arg(capture.join("eventlog.bin"))
         .arg("--userspace-log")
-        .arg(b.capture.join("tpm2-measure.log"))
+        .arg(capture.join("tpm2-measure.log"))
         .arg("--policy")
         .arg(policy)
         .args(refs)
@@ -1384,33 +1409,10 @@ fn verify_log_rejects_the_os_boot_against_a_log_holding_only_a_rebuild_with_anot
         1,
     );
     std::fs::write(recipes.join("os.yaml"), text).unwrap();
-    let (log, key) = (dir.path().join("log"), dir.path().join("log.key"));
-    common::run_ok(
-        common::imgctl()
-            .args(["log", "init"])
-            .arg(&log)
-            .arg("--key")
-            .arg(&key)
-            .args(["--origin", "example.org/os-rebuild"]),
-    );
+    let (log, key, vkey) = common::new_log(dir.path(), "os-rebuild");
     let out = dir.path().join("out");
     let started = Instant::now();
-    common::run_ok(
-        common::imgctl()
-            .arg("build")
-            .arg(recipes.join("os.yaml"))
-            .arg("-o")
-            .arg(&out)
-            .arg("--cache")
-            .arg(common::repo_root().join(".cache/os-trees"))
-            .arg("--log")
-            .arg(&log)
-            .arg("--log-key")
-            .arg(&key)
-            .arg("--pcr-private-key")
-            .arg(&b.pcr_key)
-            .env("SOURCE_DATE_EPOCH", "0"),
-    );
+    build_logged(&recipes.join("os.yaml"), &out, (&log, &key), &b.pcr_key);
     eprintln!(
         "rebuild with one more file: {:.1}s",
         started.elapsed().as_secs_f64()
@@ -1424,7 +1426,6 @@ fn verify_log_rejects_the_os_boot_against_a_log_holding_only_a_rebuild_with_anot
         "one more file in /usr must give another root hash"
     );
     // The test's image is gone from the log: it holds only the rebuild.
-    let vkey = format!("@{}", dir.path().join("log.vkey").display());
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, "pcrs: [4, 11, 15]\nbanks: [sha1, sha256]\n").unwrap();
     let (code, text, all) = verify_boot(
@@ -1582,20 +1583,6 @@ fn vm_refuses_the_kept_disk_state_of_another_image() {
     assert!(err.contains("disk.qcow2"), "{err}");
 }
 
-/// The bytes of section `name` (e.g. `.pcrsig`) of the PE file `data` (goblin), and where they
-/// are in the file.
-fn pe_section(data: &[u8], name: &str) -> (usize, Vec<u8>) {
-    let pe = goblin::pe::PE::parse(data).unwrap();
-    let s = pe
-        .sections
-        .iter()
-        .find(|s| s.name().unwrap() == name)
-        .unwrap_or_else(|| panic!("no {name} section"));
-    let start = s.pointer_to_raw_data as usize;
-    let len = (s.virtual_size as usize).min(s.size_of_raw_data as usize);
-    (start, data[start..start + len].to_vec())
-}
-
 /// The OS UKI rebuilt with another command line (`imgctl.rebuild=2` appended; the same kernel,
 /// initrd, os-release, uname and stub, read out of the first UKI with objcopy, so it boots the
 /// same disk), as a `kind: uki` recipe signed with the same PCR key: its own `.pcrsig` for its
@@ -1648,30 +1635,9 @@ fn rebuild() -> Option<&'static Rebuild> {
                 ),
             )
             .unwrap();
-            let (log, key) = (d.join("log"), d.join("log.key"));
-            common::run_ok(
-                common::imgctl()
-                    .args(["log", "init"])
-                    .arg(&log)
-                    .arg("--key")
-                    .arg(&key)
-                    .args(["--origin", "example.org/os-cmdline"]),
-            );
+            let (log, key, vkey) = common::new_log(d, "os-cmdline");
             let out = d.join("out");
-            common::run_ok(
-                common::imgctl()
-                    .arg("build")
-                    .arg(&recipe)
-                    .arg("-o")
-                    .arg(&out)
-                    .arg("--log")
-                    .arg(&log)
-                    .arg("--log-key")
-                    .arg(&key)
-                    .arg("--pcr-private-key")
-                    .arg(&b.pcr_key)
-                    .env("SOURCE_DATE_EPOCH", "0"),
-            );
+            build_logged(&recipe, &out, (&log, &key), &b.pcr_key);
             let signed = out.join("os.efi");
             let mut bytes = std::fs::read(&signed).unwrap();
             let (at, new_sig) = pe_section(&bytes, ".pcrsig");
@@ -1721,7 +1687,7 @@ fn rebuild() -> Option<&'static Rebuild> {
                 false,
             );
             Some(Rebuild {
-                vkey: format!("@{}", d.join("log.vkey").display()),
+                vkey,
                 _dir: dir,
                 signed,
                 old_sig,
@@ -1740,6 +1706,7 @@ fn rebuild() -> Option<&'static Rebuild> {
 /// with mtools; `recovery_key`: the first boot's recovery key passed as the system credential
 /// `cryptsetup.passphrase` (`vm --credential`).
 struct EspBoot {
+    name: String,
     capture: PathBuf,
     vm: Output,
     boot_time: Duration,
@@ -1747,15 +1714,7 @@ struct EspBoot {
 
 impl EspBoot {
     fn assert_done(&self) {
-        assert!(
-            self.vm.status.success(),
-            "boot failed ({}):\n{}\nconsole:\n{}",
-            self.vm.status,
-            String::from_utf8_lossy(&self.vm.stderr),
-            String::from_utf8_lossy(
-                &std::fs::read(self.capture.join("console.log")).unwrap_or_default()
-            )
-        );
+        assert_boot_ok(&self.name, &self.vm, &self.capture);
     }
     fn log(&self) -> UserspaceLog {
         self.assert_done();
@@ -1844,6 +1803,7 @@ fn esp_boot(b: &OsBoot, name: &str, uki: &Path, sysext: &Path, recovery_key: boo
     let start = Instant::now();
     let vm = cmd.output().unwrap();
     let boot = EspBoot {
+        name: name.to_owned(),
         capture,
         vm,
         boot_time: start.elapsed(),
@@ -1964,12 +1924,7 @@ fn after_a_rebuild_with_another_cmdline_the_tpm_unlocks_var_only_with_the_new_uk
     );
     // The new signature: the TPM unlocks, no password.
     let report = var_report(&s.capture);
-    let journal = String::from_utf8(var_report_b64(&report, "journal")).unwrap();
-    assert!(
-        journal.contains("Automatically discovered security TPM2 token unlocks volume"),
-        "{journal}"
-    );
-    assert!(!journal.contains("falling back"), "{journal}");
+    var_journal_of_a_tpm_unlock(&report);
     assert_eq!(
         s.unlock_records(),
         [format!("cryptsetup-keyslot:var:{uuid}:tpm2:0")]
@@ -2003,15 +1958,10 @@ fn audit_reports_the_recovery_key_unlock_of_a_real_boot_and_not_the_tpm_unlock()
     };
     let (code, text) = audit(t);
     assert_eq!(code, Some(1), "the recovery unlock is break-glass: {text}");
-    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let events = report["break_glass"].as_array().unwrap();
-    assert_eq!(events.len(), 1, "{report}");
-    assert_eq!(events[0]["kind"], "volume-unlock");
-    assert_eq!(events[0]["volume"], "var");
-    assert_eq!(events[0]["mechanism"], "recovery");
+    let event = the_one_recovery_unlock_of_var(&text);
     assert!(
-        t.unlock_records()[0].ends_with(&format!(":recovery:{}", events[0]["slot"])),
-        "{report}"
+        t.unlock_records()[0].ends_with(&format!(":recovery:{}", event["slot"])),
+        "{text}"
     );
     let (code, text) = audit(s);
     assert_eq!(code, Some(0), "the TPM unlock is routine: {text}");
@@ -2031,25 +1981,17 @@ fn verify_log_rejects_an_unpublished_sysext_on_the_esp_and_accepts_the_published
         boot.assert_done();
         let policy = dir.path().join("policy.yaml");
         std::fs::write(&policy, format!("pcrs: {pcrs}\nbanks: [sha1, sha256]\n")).unwrap();
-        let o = common::imgctl()
-            .arg("verify")
-            .arg("--eventlog")
-            .arg(boot.capture.join("eventlog.bin"))
-            .arg("--userspace-log")
-            .arg(boot.capture.join("tpm2-measure.log"))
-            .arg("--policy")
-            .arg(&policy)
-            .arg("--log")
-            .arg(&r.log)
-            .arg("--vkey")
-            .arg(&r.vkey)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        (
-            o.status.code(),
-            format!("{text}{}", String::from_utf8_lossy(&o.stderr)),
-        )
+        let (code, _, all) = verify_capture(
+            &boot.capture,
+            &policy,
+            &[
+                "--log".as_ref(),
+                r.log.as_os_str(),
+                "--vkey".as_ref(),
+                r.vkey.as_ref(),
+            ],
+        );
+        (code, all)
     };
     let (code, text) = verify(t, "[13]");
     assert_eq!(code, Some(1), "another sysext: {text}");

@@ -153,21 +153,6 @@ fn verify_boot(
     (o.status.code(), text)
 }
 
-/// A new transparency log in `dir/NAME` with its key; returns (log, key, "@vkey file").
-fn new_log(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
-    let (log, key) = (dir.join(name), dir.join(format!("{name}.key")));
-    common::run_ok(
-        common::imgctl()
-            .args(["log", "init"])
-            .arg(&log)
-            .arg("--key")
-            .arg(&key)
-            .args(["--origin", &format!("example.org/{name}")]),
-    );
-    let vkey = format!("@{}", dir.join(format!("{name}.vkey")).display());
-    (log, key, vkey)
-}
-
 /// `imgctl predict-pcrs UKI --phase :` in sha1 and sha256: PCR 11 right after the stub.
 fn predicted_pcr11(uki: &Path) -> BTreeMap<String, String> {
     let out = common::run_ok(common::imgctl().arg("predict-pcrs").arg(uki).args([
@@ -858,7 +843,7 @@ fn the_demo_boot_verifies_against_the_log_alone() {
     b.first.assert_done();
     b.second.assert_done();
     let tmp = tempfile::tempdir().unwrap();
-    let (log, key, vkey) = new_log(tmp.path(), "log");
+    let (log, key, vkey) = common::new_log(tmp.path(), "log");
     let publish = |name: &str, cmdline: Option<&str>, booted: &Path| -> PathBuf {
         let dir = tmp.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -927,8 +912,8 @@ fn a_sysext_beside_the_uki_is_measured_into_pcr13_as_predicted_and_checked_again
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (log, key, vkey) = new_log(tmp.path(), "log");
-    let (bare, bare_key, bare_vkey) = new_log(tmp.path(), "without-sysext");
+    let (log, key, vkey) = common::new_log(tmp.path(), "log");
+    let (bare, bare_key, bare_vkey) = common::new_log(tmp.path(), "without-sysext");
     let ext_out = tmp.path().join("sysext");
     common::run_ok(
         common::imgctl()
@@ -1056,7 +1041,7 @@ fn credentials_and_a_confext_beside_the_uki_are_measured_as_predicted() {
     let cred = tmp.path().join("demo.cred");
     std::fs::write(&cred, b"imgctl test credential\n").unwrap();
     let extra = [cred, confext];
-    let (log, key, vkey) = new_log(tmp.path(), "log");
+    let (log, key, vkey) = common::new_log(tmp.path(), "log");
 
     let mut stubs: Vec<(&str, Option<PathBuf>)> = vec![("252", None)];
     if let Some(s) = stub_257() {
