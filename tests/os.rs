@@ -376,6 +376,15 @@ fn the_firmware_log_replays_to_the_guests_pcrs_0_to_7_and_tpm2_eventlog_agrees()
     }
 }
 
+/// The strings of `log`'s records that start with `prefix`, in order.
+fn strings_starting_with(log: &UserspaceLog, prefix: &str) -> Vec<String> {
+    log.records
+        .iter()
+        .filter_map(|r| r.string.clone())
+        .filter(|s| s.starts_with(prefix))
+        .collect()
+}
+
 /// The records of the captured userspace log, by attest's one parser.
 fn userspace_log(b: &OsBoot) -> UserspaceLog {
     b.assert_done();
@@ -480,7 +489,9 @@ fn audit_tells_a_recovery_key_unlock_of_var_from_the_tpm_unlock_on_the_captured_
     std::fs::write(&forged_path, &forged).unwrap();
     let (code, text) = audit(&forged_path, false);
     assert_eq!(code, Some(1), "a recovery unlock is break-glass: {text}");
-    assert_eq!(the_one_recovery_unlock_of_var(&text)["slot"], 1);
+    let events = break_glass_events(&text);
+    assert_eq!(events.len(), 1, "{text}");
+    assert_eq!(the_recovery_unlock_of_var(&events)["slot"], 1);
     let (code, text) = audit(&forged_path, true);
     assert_eq!(
         code,
@@ -489,15 +500,25 @@ fn audit_tells_a_recovery_key_unlock_of_var_from_the_tpm_unlock_on_the_captured_
     );
 }
 
-/// The one break-glass event of an `imgctl audit --json` report: a recovery-key unlock of /var.
-fn the_one_recovery_unlock_of_var(audit_json: &str) -> serde_json::Value {
+/// The break-glass events of an `imgctl audit --json` report.
+fn break_glass_events(audit_json: &str) -> Vec<serde_json::Value> {
     let report: serde_json::Value = serde_json::from_str(audit_json).unwrap();
-    let events = report["break_glass"].as_array().unwrap();
-    assert_eq!(events.len(), 1, "{report}");
-    assert_eq!(events[0]["kind"], "volume-unlock");
-    assert_eq!(events[0]["volume"], "var");
-    assert_eq!(events[0]["mechanism"], "recovery");
-    events[0].clone()
+    report["break_glass"].as_array().unwrap().clone()
+}
+
+/// The one event of `kind` among break-glass `events`.
+fn the_one_event(events: &[serde_json::Value], kind: &str) -> serde_json::Value {
+    let of_kind: Vec<&serde_json::Value> = events.iter().filter(|e| e["kind"] == kind).collect();
+    assert_eq!(of_kind.len(), 1, "one {kind}: {events:?}");
+    of_kind[0].clone()
+}
+
+/// The one recovery-key unlock of /var among break-glass `events`.
+fn the_recovery_unlock_of_var(events: &[serde_json::Value]) -> serde_json::Value {
+    let unlock = the_one_event(events, "volume-unlock");
+    assert_eq!(unlock["volume"], "var");
+    assert_eq!(unlock["mechanism"], "recovery");
+    unlock
 }
 
 /// The encrypted /var's partition type (Discoverable Partitions Specification).
@@ -895,16 +916,8 @@ fn a_second_boot_of_the_same_disk_unlocks_var_from_the_tpm_and_keeps_its_files()
     let uuid = luks_uuid(&b.var_partition);
     let want = format!("cryptsetup:var:{uuid}");
     assert_eq!(volume, [want.as_str()]);
-    let unlock: Vec<&str> = log
-        .records
-        .iter()
-        .filter_map(|r| r.string.as_deref())
-        .filter(|s| s.starts_with("cryptsetup-keyslot:"))
-        .collect();
-    assert_eq!(
-        unlock,
-        [format!("cryptsetup-keyslot:var:{uuid}:tpm2:0").as_str()]
-    );
+    let unlock = strings_starting_with(&log, "cryptsetup-keyslot:");
+    assert_eq!(unlock, [format!("cryptsetup-keyslot:var:{uuid}:tpm2:0")]);
 }
 
 /// The partitions of the image as `sfdisk --json` (util-linux) reads them: (type, uuid, start
@@ -1703,8 +1716,8 @@ fn rebuild() -> Option<&'static Rebuild> {
 /// A boot of the first boot's disk and TPM (as they were right after it) with the ESP changed:
 /// `uki` at `\EFI\BOOT\BOOTX64.EFI` and `\EFI\Linux\os.efi`, `sysext` beside it in
 /// `\EFI\BOOT\BOOTX64.EFI.extra.d\` (the path the firmware started the stub from), written
-/// with mtools; `recovery_key`: the first boot's recovery key passed as the system credential
-/// `cryptsetup.passphrase` (`vm --credential`).
+/// with mtools; `break_glass`: the first boot's recovery key passed as the system credential
+/// `cryptsetup.passphrase` (`vm --credential`) and a root login on the serial console.
 struct EspBoot {
     name: String,
     capture: PathBuf,
@@ -1724,18 +1737,31 @@ impl EspBoot {
         self.assert_done();
         serde_json::from_slice(&std::fs::read(self.capture.join("pcrs.json")).unwrap()).unwrap()
     }
+    /// `imgctl audit --json` of its userspace log against its PCRs and firmware log: (exit
+    /// code, stdout).
+    fn audit(&self) -> (Option<i32>, String) {
+        self.assert_done();
+        let o = common::imgctl()
+            .args(["audit", "--json", "--userspace-log"])
+            .arg(self.capture.join("tpm2-measure.log"))
+            .arg("--pcrs")
+            .arg(self.capture.join("pcrs.json"))
+            .arg("--eventlog")
+            .arg(self.capture.join("eventlog.bin"))
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
     /// The `cryptsetup-keyslot:` records of its userspace log.
     fn unlock_records(&self) -> Vec<String> {
-        self.log()
-            .records
-            .iter()
-            .filter_map(|r| r.string.clone())
-            .filter(|s| s.starts_with("cryptsetup-keyslot:"))
-            .collect()
+        strings_starting_with(&self.log(), "cryptsetup-keyslot:")
     }
 }
 
-fn esp_boot(b: &OsBoot, name: &str, uki: &Path, sysext: &Path, recovery_key: bool) -> EspBoot {
+fn esp_boot(b: &OsBoot, name: &str, uki: &Path, sysext: &Path, break_glass: bool) -> EspBoot {
     b.assert_done();
     let dir = b.dir.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -1790,7 +1816,7 @@ fn esp_boot(b: &OsBoot, name: &str, uki: &Path, sysext: &Path, recovery_key: boo
             "--quiet",
         ])
         .env("TMPDIR", &tmpdir);
-    if recovery_key {
+    if break_glass {
         let key = var_report(&b.capture)
             .get("recovery-key")
             .cloned()
@@ -1799,6 +1825,22 @@ fn esp_boot(b: &OsBoot, name: &str, uki: &Path, sysext: &Path, recovery_key: boo
         std::fs::write(&file, key).unwrap();
         cmd.arg("--credential")
             .arg(format!("cryptsetup.passphrase={}", file.display()));
+        // A break-glass root password for the console (its SHA-512 crypt hash by openssl),
+        // and a root login typed on the serial console.
+        let hash = common::run_ok(Command::new("openssl").args([
+            "passwd",
+            "-6",
+            "-salt",
+            "imgctl0test",
+            BREAK_GLASS_PASSWORD,
+        ]));
+        let file = dir.join("break-glass-password");
+        std::fs::write(&file, String::from_utf8(hash).unwrap().trim()).unwrap();
+        cmd.arg("--credential")
+            .arg(format!("imgctl.break-glass-password={}", file.display()))
+            .args(["--type-after", "login: =root"])
+            .arg("--type-after")
+            .arg(format!("Password: ={BREAK_GLASS_PASSWORD}"));
     }
     let start = Instant::now();
     let vm = cmd.output().unwrap();
@@ -1815,8 +1857,13 @@ fn esp_boot(b: &OsBoot, name: &str, uki: &Path, sysext: &Path, recovery_key: boo
     boot
 }
 
+/// The root password of the console login of [`tamper_boot`].
+const BREAK_GLASS_PASSWORD: &str = "break-glass-4-test";
+
 /// The first boot's disk with the rebuilt UKI carrying the FIRST UKI's `.pcrsig`, an
-/// unpublished sysext beside it, and the recovery key given as a credential.
+/// unpublished sysext beside it, the recovery key given as a credential, and a root login on
+/// the serial console (a break-glass root password provisioned as the credential
+/// `imgctl.break-glass-password`, `root` and the password typed at the prompts).
 fn tamper_boot() -> Option<&'static EspBoot> {
     static BOOT: OnceLock<Option<EspBoot>> = OnceLock::new();
     BOOT.get_or_init(|| {
@@ -1940,30 +1987,14 @@ fn after_a_rebuild_with_another_cmdline_the_tpm_unlocks_var_only_with_the_new_uk
 fn audit_reports_the_recovery_key_unlock_of_a_real_boot_and_not_the_tpm_unlock() {
     let Some(t) = tamper_boot() else { return };
     let Some(s) = resigned_boot() else { return };
-    let audit = |boot: &EspBoot| {
-        boot.assert_done();
-        let o = common::imgctl()
-            .args(["audit", "--json", "--userspace-log"])
-            .arg(boot.capture.join("tpm2-measure.log"))
-            .arg("--pcrs")
-            .arg(boot.capture.join("pcrs.json"))
-            .arg("--eventlog")
-            .arg(boot.capture.join("eventlog.bin"))
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-        )
-    };
-    let (code, text) = audit(t);
+    let (code, text) = t.audit();
     assert_eq!(code, Some(1), "the recovery unlock is break-glass: {text}");
-    let event = the_one_recovery_unlock_of_var(&text);
+    let event = the_recovery_unlock_of_var(&break_glass_events(&text));
     assert!(
         t.unlock_records()[0].ends_with(&format!(":recovery:{}", event["slot"])),
         "{text}"
     );
-    let (code, text) = audit(s);
+    let (code, text) = s.audit();
     assert_eq!(code, Some(0), "the TPM unlock is routine: {text}");
 }
 
@@ -2007,4 +2038,39 @@ fn verify_log_rejects_an_unpublished_sysext_on_the_esp_and_accepts_the_published
         text.contains("PCR 13 sha256: 1 published stub event"),
         "{text}"
     );
+}
+
+/// A console root login records a break-glass event: in the boot where root logged in on the
+/// serial console (`vm --type-after`: `root`, then the break-glass password provisioned as a
+/// credential), the image's PAM hook measured `break-glass:{"actor":"root","kind":
+/// "console-login",…}` into PCR 15 before the session opened (the console shows the shell's
+/// prompt), and `imgctl audit` lists it beside the recovery unlock, consistent with the guest's
+/// PCRs; the boots without a login (the first, the one with the new `.pcrsig`) hold no
+/// break-glass record.
+#[test]
+fn a_root_login_on_the_serial_console_is_recorded_as_break_glass_and_plain_boots_have_none() {
+    let Some(b) = os_boot() else { return };
+    let Some(t) = tamper_boot() else { return };
+    let Some(s) = resigned_boot() else { return };
+    t.assert_done();
+    let console = String::from_utf8_lossy(&std::fs::read(t.capture.join("console.log")).unwrap())
+        .into_owned();
+    assert!(console.contains("root@"), "no root shell prompt: {console}");
+    let (code, text) = t.audit();
+    assert_eq!(code, Some(1), "{text}");
+    let login = the_one_event(&break_glass_events(&text), "console-login");
+    assert_eq!(login["actor"], "root");
+    let reason = login["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("root login on ") && reason.ends_with("ttyS0"),
+        "{reason}"
+    );
+    assert_eq!(login["pcr"], 15);
+    for (name, log) in [
+        ("the first boot", userspace_log(b)),
+        ("new .pcrsig", s.log()),
+    ] {
+        let bg = strings_starting_with(&log, "break-glass:");
+        assert!(bg.is_empty(), "{name}: {bg:?}");
+    }
 }

@@ -1151,8 +1151,8 @@ fn credentials_and_a_confext_beside_the_uki_are_measured_as_predicted() {
     }
 }
 
-/// `vm --credential NAME=FILE` refuses, before anything starts and in one line naming the
-/// argument: no `=`, a name QEMU's `-smbios` or systemd would misread (a comma, an `=`-free
+/// `vm --credential NAME=FILE` (and `--type-after PROMPT=LINE`) refuses, before anything
+/// starts and in one line naming the argument: no `=`, a name QEMU's `-smbios` or systemd would misread (a comma, an `=`-free
 /// empty name, `..`), a missing file, a file over 16 KiB, the same name twice.
 #[test]
 fn vm_refuses_bad_credentials_before_starting_anything() {
@@ -1197,5 +1197,17 @@ fn vm_refuses_bad_credentials_before_starting_anything() {
             "{args:?}: {err}"
         );
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    // --type-after: PROMPT=LINE, printable ASCII, a prompt not empty.
+    for bad in ["no-equals", "=root", "login: =ro\tot"] {
+        let out = common::imgctl()
+            .arg("vm")
+            .arg(dir.path().join("no-such.efi"))
+            .args(["--type-after", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--type-after"), "{bad:?}: {err}");
     }
 }

@@ -69,6 +69,11 @@ pub struct Args {
     /// most 16 KiB; repeatable.
     #[arg(long, value_name = "NAME=FILE")]
     credential: Vec<String>,
+    /// Type LINE and Enter on the serial console once PROMPT appears on it (after the previous
+    /// --type-after's prompt), e.g. `--type-after 'login: =root'`; repeatable, in order.
+    /// PROMPT: no `=`; both printable ASCII.
+    #[arg(long, value_name = "PROMPT=LINE")]
+    type_after: Vec<String>,
     /// CPU virtualisation: auto probes KVM and falls back to TCG.
     #[arg(long, value_enum, default_value = "auto")]
     accel: Accel,
@@ -178,6 +183,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Everything is checked before QEMU and swtpm start: the credentials, the capture folder,
     // then the UKI.
     let credentials = read_credentials(&args.credential)?;
+    let console_input = args
+        .type_after
+        .iter()
+        .map(|a| {
+            let (prompt, line) = a
+                .split_once('=')
+                .filter(|(p, l)| {
+                    !p.is_empty()
+                        && p.bytes()
+                            .chain(l.bytes())
+                            .all(|b| b == b' ' || b.is_ascii_graphic())
+                })
+                .with_context(|| {
+                    format!("--type-after {a:?}: expected PROMPT=LINE, printable ASCII")
+                })?;
+            Ok((prompt.as_bytes().to_vec(), line.as_bytes().to_vec()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(dir) = &args.capture {
         check_capture(dir, &args.input)?;
     }
@@ -205,6 +228,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         echo: !args.quiet,
         extra: args.extra.clone(),
         credentials,
+        console_input,
     };
     let run = vm::boot(&cfg)?;
     let report = GuestReport::parse(&run.console);
