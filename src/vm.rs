@@ -101,6 +101,39 @@ pub struct VmConfig {
     pub global_addons: Vec<PathBuf>,
     /// A boot loader that starts the UKI (the UKI then lives in `\EFI\Linux\`).
     pub loader: Option<BootLoader>,
+    /// System credentials passed to the guest in SMBIOS type 11 strings
+    /// (`io.systemd.credential.binary:NAME=BASE64`), as a hypervisor provisions a machine:
+    /// systemd (PID 1) imports them at boot (e.g. `cryptsetup.passphrase` for
+    /// systemd-cryptsetup). Each name is [`credential_name_valid`].
+    pub credentials: Vec<(String, Vec<u8>)>,
+    /// Typed on the serial console, in order: when the prompt (bytes) appears in the console
+    /// output after the previous step, the line is written to the guest, then Enter (`\r`).
+    pub console_input: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The most a `--credential` may hold: SMBIOS strings are small, and so is a key.
+pub const MAX_CREDENTIAL_BYTES: u64 = 16 << 10;
+
+/// A credential name QEMU's `-smbios` option and systemd both take: 1 to 255 bytes of ASCII
+/// letters, digits, `.`, `_` and `-`, not `.` or `..` (systemd's `credential_name_valid()` is a
+/// file name; `,` and `=` would end QEMU's or systemd's field).
+pub fn credential_name_valid(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The SMBIOS type 11 string that hands the credential `name` with `value` to systemd.
+pub fn smbios_credential(name: &str, value: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "io.systemd.credential.binary:{name}={}",
+        base64::engine::general_purpose::STANDARD.encode(value)
+    )
 }
 
 /// How a run ended.
@@ -771,14 +804,26 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
             "if=none,id=boot,format={format},file={}",
             qemu_option_value(&drive)
         ))
-        .args(["-device", "virtio-blk-pci,drive=boot"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_file).context("creating qemu.err")?);
+        .args(["-device", "virtio-blk-pci,drive=boot"]);
+    for (name, value) in &cfg.credentials {
+        // Base64 and a checked name: no `,` that QEMU would read as the next option.
+        qemu.arg("-smbios")
+            .arg(format!("type=11,value={}", smbios_credential(name, value)));
+    }
+    qemu.stdin(if cfg.console_input.is_empty() {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    })
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(&stderr_file).context("creating qemu.err")?);
 
     let start = Instant::now();
     let q = run.spawn("qemu-system-x86_64", &mut qemu)?;
     let rx = stream(run.children[q].1.stdout.take(), cfg.echo);
+    let mut keyboard = run.children[q].1.stdin.take();
+    let mut typed = 0; // steps of cfg.console_input done
+    let mut prompt_from = 0; // where in the console the next prompt is looked for
     let mut console = Vec::new();
     let mut done_at: Option<Instant> = None;
     let mut last_stderr_check = start;
@@ -795,6 +840,16 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
             let from = from.saturating_sub(OVMF_NOTHING_BOOTABLE.len());
             if contains(&console[from..], OVMF_NOTHING_BOOTABLE.as_bytes()) {
                 break Ending::NothingBootable;
+            }
+            if let (Some((prompt, line)), Some(k)) = (cfg.console_input.get(typed), &mut keyboard) {
+                if contains(&console[prompt_from.min(console.len())..], prompt) {
+                    use std::io::Write as _;
+                    // A guest that stopped reading is seen by the loop (exit or timeout).
+                    let _ = k.write_all(line).and_then(|()| k.write_all(b"\r"));
+                    let _ = k.flush();
+                    typed += 1;
+                    prompt_from = console.len();
+                }
             }
         }
         if let Ok(Some(status)) = run.children[q].1.try_wait() {

@@ -8,7 +8,10 @@
 //! about a minute and the boot under TCG ~1–3 minutes. The build signs PCR 11
 //! (`--pcr-private-key`): systemd-repart makes the encrypted /var at first boot, enrolled to the
 //! TPM against that signed policy. The tests of a second boot of the same disk (`--reuse-tpm`:
-//! TPM and disk state kept) share one more boot, made only when one of them runs.
+//! TPM and disk state kept) share one more boot, made only when one of them runs; the tests of
+//! a rebuild with another command line share two more, each of the first boot's disk and TPM
+//! (kept right after it) with another UKI and sysext on the ESP: the rebuilt UKI carrying the
+//! first UKI's `.pcrsig` (the TPM refuses, the recovery key opens /var) and with its own.
 //!
 //! The judges are real: the guest's TPM (swtpm) for every PCR, `tpm2_eventlog` for the firmware
 //! log, `systemd-measure` 257 (Debian 13 chroot) for PCR 11, `veritysetup` for `/usr`,
@@ -69,6 +72,39 @@ fn chroot_257() -> Option<PathBuf> {
     Some(root)
 }
 
+/// Fails, with `imgctl vm`'s stderr and the guest's console, when the boot `what` did not end
+/// with the capture unit's report.
+fn assert_boot_ok(what: &str, vm: &Output, capture: &Path) {
+    assert!(
+        vm.status.success(),
+        "{what}: imgctl vm failed ({}):\n{}\nconsole:\n{}",
+        vm.status,
+        String::from_utf8_lossy(&vm.stderr),
+        String::from_utf8_lossy(&std::fs::read(capture.join("console.log")).unwrap_or_default())
+    );
+}
+
+/// `imgctl build RECIPE -o OUT --log LOG --log-key KEY --pcr-private-key PCR_KEY` at
+/// SOURCE_DATE_EPOCH=0, OS trees from the shared cache `.cache/os-trees`.
+fn build_logged(recipe: &Path, out: &Path, (log, key): (&Path, &Path), pcr_key: &Path) {
+    common::run_ok(
+        common::imgctl()
+            .arg("build")
+            .arg(recipe)
+            .arg("-o")
+            .arg(out)
+            .arg("--cache")
+            .arg(common::repo_root().join(".cache/os-trees"))
+            .arg("--log")
+            .arg(log)
+            .arg("--log-key")
+            .arg(key)
+            .arg("--pcr-private-key")
+            .arg(pcr_key)
+            .env("SOURCE_DATE_EPOCH", "0"),
+    );
+}
+
 /// The build and the one boot every test here shares.
 struct OsBoot {
     dir: tempfile::TempDir,
@@ -80,6 +116,10 @@ struct OsBoot {
     /// The encrypted /var partition as it was on the disk after the first boot (read from the
     /// kept overlay with qemu-img before any second boot).
     var_partition: PathBuf,
+    /// The whole disk (raw) and the TPM's state (swtpm's files) right after the first boot,
+    /// before any other boot continues them: the base of the boots of a changed ESP.
+    disk_after_boot_1: PathBuf,
+    tpm_after_boot_1: PathBuf,
     /// The build's output folder: os.raw, os.efi, pcrs.json, manifest.json, image.json.
     out: PathBuf,
     /// The transparency log the build appended the image's record to, and its verifier key.
@@ -108,15 +148,7 @@ impl OsBoot {
     }
     /// Fails with the console when the boot did not finish its report.
     fn assert_done(&self) {
-        assert!(
-            self.vm.status.success(),
-            "imgctl vm failed ({}):\n{}\nconsole:\n{}",
-            self.vm.status,
-            String::from_utf8_lossy(&self.vm.stderr),
-            String::from_utf8_lossy(
-                &std::fs::read(self.capture.join("console.log")).unwrap_or_default()
-            )
-        );
+        assert_boot_ok("the first boot", &self.vm, &self.capture);
         assert_eq!(self.json()["result"], "done");
     }
     /// The PCRs the guest read: bank → index → hex.
@@ -137,33 +169,14 @@ fn os_boot() -> Option<&'static OsBoot> {
         }
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let (log, key) = (dir.path().join("log"), dir.path().join("log.key"));
-        common::run_ok(
-            common::imgctl()
-                .args(["log", "init"])
-                .arg(&log)
-                .arg("--key")
-                .arg(&key)
-                .args(["--origin", "example.org/os"]),
-        );
-        let vkey = format!("@{}", dir.path().join("log.vkey").display());
+        let (log, key, vkey) = common::new_log(dir.path(), "os");
         let (pcr_key, pcr_public) = common::genkey(dir.path(), "pcr", common::RSA);
         let start = Instant::now();
-        common::run_ok(
-            common::imgctl()
-                .arg("build")
-                .arg(common::repo_root().join("recipes/os.yaml"))
-                .arg("-o")
-                .arg(&out)
-                .arg("--cache")
-                .arg(common::repo_root().join(".cache/os-trees"))
-                .arg("--log")
-                .arg(&log)
-                .arg("--log-key")
-                .arg(&key)
-                .arg("--pcr-private-key")
-                .arg(&pcr_key)
-                .env("SOURCE_DATE_EPOCH", "0"),
+        build_logged(
+            &common::repo_root().join("recipes/os.yaml"),
+            &out,
+            (&log, &key),
+            &pcr_key,
         );
         let build_time = start.elapsed();
         let state = dir.path().join("state");
@@ -186,7 +199,11 @@ fn os_boot() -> Option<&'static OsBoot> {
             .unwrap();
         let boot_time = start.elapsed();
         let var_partition = dir.path().join("var-after-boot-1.img");
-        copy_var_partition(&state.join("disk.qcow2"), &var_partition);
+        let disk_after_boot_1 = dir.path().join("disk-after-boot-1.raw");
+        copy_disk(&state.join("disk.qcow2"), &disk_after_boot_1);
+        copy_var_partition(&disk_after_boot_1, &var_partition);
+        let tpm_after_boot_1 = dir.path().join("tpm-after-boot-1");
+        copy_tpm_state(&state, &tpm_after_boot_1);
         assert!(
             std::fs::read(&image).unwrap() == before,
             "imgctl vm wrote to the image it booted"
@@ -202,6 +219,8 @@ fn os_boot() -> Option<&'static OsBoot> {
             pcr_public,
             state,
             var_partition,
+            disk_after_boot_1,
+            tpm_after_boot_1,
             out,
             log,
             vkey,
@@ -253,6 +272,27 @@ fn pcr11_after_ready_equals_predict_pcrs_and_systemd_measure_257() {
     }
 }
 
+/// Section `s` of the PE file `data` as the loader sees it (its virtual size: the file's bytes,
+/// zeros past them), and where it starts in the file.
+fn pe_section_bytes(data: &[u8], s: &goblin::pe::section_table::SectionTable) -> (usize, Vec<u8>) {
+    let start = s.pointer_to_raw_data as usize;
+    let len = (s.virtual_size as usize).min(s.size_of_raw_data as usize);
+    let mut bytes = data[start..start + len].to_vec();
+    bytes.resize(s.virtual_size as usize, 0);
+    (start, bytes)
+}
+
+/// Section `name` (e.g. `.pcrsig`) of the PE file `data` (goblin), as [`pe_section_bytes`].
+fn pe_section(data: &[u8], name: &str) -> (usize, Vec<u8>) {
+    let pe = goblin::pe::PE::parse(data).unwrap();
+    let s = pe
+        .sections
+        .iter()
+        .find(|s| s.name().unwrap() == name)
+        .unwrap_or_else(|| panic!("no {name} section"));
+    pe_section_bytes(data, s)
+}
+
 /// `systemd-measure calculate` 257 in the chroot over the measured sections of `uki`.
 fn systemd_measure_257(uki: &Path, phase: &str) -> serde_json::Value {
     const SECTIONS: &[&str] = &[
@@ -274,11 +314,7 @@ fn systemd_measure_257(uki: &Path, phase: &str) -> serde_json::Value {
         if !SECTIONS.contains(&name) {
             continue;
         }
-        let start = s.pointer_to_raw_data as usize;
-        let len = (s.virtual_size as usize).min(s.size_of_raw_data as usize);
-        let mut bytes = data[start..start + len].to_vec();
-        bytes.resize(s.virtual_size as usize, 0);
-        std::fs::write(dir.path().join(name), &bytes).unwrap();
+        std::fs::write(dir.path().join(name), pe_section_bytes(&data, s).1).unwrap();
         cmd.arg(format!("--{name}={}", inside.join(name).display()));
     }
     serde_json::from_slice(&common::run_ok(&mut cmd)).unwrap()
@@ -338,6 +374,15 @@ fn the_firmware_log_replays_to_the_guests_pcrs_0_to_7_and_tpm2_eventlog_agrees()
         // PCR 11 before the userspace phases: the stub's part, in both replays alike.
         assert_eq!(ours[bank].get(&11), theirs[bank].get(&11), "{bank} PCR 11");
     }
+}
+
+/// The strings of `log`'s records that start with `prefix`, in order.
+fn strings_starting_with(log: &UserspaceLog, prefix: &str) -> Vec<String> {
+    log.records
+        .iter()
+        .filter_map(|r| r.string.clone())
+        .filter(|s| s.starts_with(prefix))
+        .collect()
 }
 
 /// The records of the captured userspace log, by attest's one parser.
@@ -444,13 +489,9 @@ fn audit_tells_a_recovery_key_unlock_of_var_from_the_tpm_unlock_on_the_captured_
     std::fs::write(&forged_path, &forged).unwrap();
     let (code, text) = audit(&forged_path, false);
     assert_eq!(code, Some(1), "a recovery unlock is break-glass: {text}");
-    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let events = report["break_glass"].as_array().unwrap();
-    assert_eq!(events.len(), 1, "{report}");
-    assert_eq!(events[0]["kind"], "volume-unlock");
-    assert_eq!(events[0]["volume"], "var");
-    assert_eq!(events[0]["mechanism"], "recovery");
-    assert_eq!(events[0]["slot"], 1);
+    let events = break_glass_events(&text);
+    assert_eq!(events.len(), 1, "{text}");
+    assert_eq!(the_recovery_unlock_of_var(&events)["slot"], 1);
     let (code, text) = audit(&forged_path, true);
     assert_eq!(
         code,
@@ -459,36 +500,70 @@ fn audit_tells_a_recovery_key_unlock_of_var_from_the_tpm_unlock_on_the_captured_
     );
 }
 
+/// The break-glass events of an `imgctl audit --json` report.
+fn break_glass_events(audit_json: &str) -> Vec<serde_json::Value> {
+    let report: serde_json::Value = serde_json::from_str(audit_json).unwrap();
+    report["break_glass"].as_array().unwrap().clone()
+}
+
+/// The one event of `kind` among break-glass `events`.
+fn the_one_event(events: &[serde_json::Value], kind: &str) -> serde_json::Value {
+    let of_kind: Vec<&serde_json::Value> = events.iter().filter(|e| e["kind"] == kind).collect();
+    assert_eq!(of_kind.len(), 1, "one {kind}: {events:?}");
+    of_kind[0].clone()
+}
+
+/// The one recovery-key unlock of /var among break-glass `events`.
+fn the_recovery_unlock_of_var(events: &[serde_json::Value]) -> serde_json::Value {
+    let unlock = the_one_event(events, "volume-unlock");
+    assert_eq!(unlock["volume"], "var");
+    assert_eq!(unlock["mechanism"], "recovery");
+    unlock
+}
+
 /// The encrypted /var's partition type (Discoverable Partitions Specification).
 const VAR_TYPE: &str = "4d21b016-b534-45c2-a9fb-5c16e091fd2d";
 
-/// Copies the /var partition out of the kept disk state `overlay` (qcow2) into `out`: qemu-img
-/// makes a raw copy of the disk, sfdisk finds the partition. Nothing is written when the disk
-/// has no /var partition (the tests that need it then fail naming it).
-fn copy_var_partition(overlay: &Path, out: &Path) {
-    use std::io::{Read, Seek};
-    if !overlay.is_file() {
-        return;
+/// Copies the kept disk state `overlay` (qcow2) into the raw disk `out` with qemu-img.
+/// Nothing is written when there is no overlay (the tests that need it then fail naming it).
+fn copy_disk(overlay: &Path, out: &Path) {
+    if overlay.is_file() {
+        let _ = Command::new("qemu-img")
+            .args(["convert", "-U", "-O", "raw"])
+            .arg(overlay)
+            .arg(out)
+            .status();
     }
-    let raw = out.with_extension("disk.raw");
-    let ok = Command::new("qemu-img")
-        .args(["convert", "-U", "-O", "raw"])
-        .arg(overlay)
-        .arg(&raw)
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        if let Some((_, _, start, size)) = sfdisk_partitions(&raw)
-            .into_iter()
-            .find(|p| p.0 == VAR_TYPE)
-        {
-            let mut f = std::fs::File::open(&raw).unwrap();
-            f.seek(std::io::SeekFrom::Start(start)).unwrap();
-            let mut o = std::fs::File::create(out).unwrap();
-            std::io::copy(&mut f.take(size), &mut o).unwrap();
+}
+
+/// Copies the TPM's state of a `--reuse-tpm` folder (every file but the disk's overlay) into
+/// the new folder `out`.
+fn copy_tpm_state(state: &Path, out: &Path) {
+    std::fs::create_dir_all(out).unwrap();
+    for e in std::fs::read_dir(state).into_iter().flatten() {
+        let e = e.unwrap();
+        if e.file_name() != "disk.qcow2" && e.path().is_file() {
+            std::fs::copy(e.path(), out.join(e.file_name())).unwrap();
         }
     }
-    let _ = std::fs::remove_file(&raw);
+}
+
+/// Copies the /var partition out of the raw disk `disk` into `out` (sfdisk finds it). Nothing
+/// is written when the disk has no /var partition (the tests that need it then fail naming it).
+fn copy_var_partition(disk: &Path, out: &Path) {
+    use std::io::{Read, Seek};
+    if !disk.is_file() {
+        return;
+    }
+    if let Some((_, _, start, size)) = sfdisk_partitions(disk)
+        .into_iter()
+        .find(|p| p.0 == VAR_TYPE)
+    {
+        let mut f = std::fs::File::open(disk).unwrap();
+        f.seek(std::io::SeekFrom::Start(start)).unwrap();
+        let mut o = std::fs::File::create(out).unwrap();
+        std::io::copy(&mut f.take(size), &mut o).unwrap();
+    }
 }
 
 /// The LUKS UUID of a LUKS2 volume, as cryptsetup reads it.
@@ -517,6 +592,18 @@ fn var_report(capture: &Path) -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once(' ').or(Some((l, ""))))
         .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
         .collect()
+}
+
+/// The journal of /var's unlock in a capture's report (systemd-cryptsetup, repart, the image's
+/// units); fails unless the TPM2 token unlocked /var with no fallback.
+fn var_journal_of_a_tpm_unlock(report: &BTreeMap<String, String>) -> String {
+    let journal = String::from_utf8(var_report_b64(report, "journal")).unwrap();
+    assert!(
+        journal.contains("Automatically discovered security TPM2 token unlocks volume"),
+        "{journal}"
+    );
+    assert!(!journal.contains("falling back"), "{journal}");
+    journal
 }
 
 /// A base64 value of the capture's report, decoded.
@@ -662,18 +749,7 @@ fn os_uki_pcrsig_equals_systemd_measure_257_sign_over_its_sections() {
     let root = chroot_257().unwrap();
     let data = std::fs::read(b.uki()).unwrap();
     let pe = goblin::pe::PE::parse(&data).unwrap();
-    let section = |name: &str| -> Vec<u8> {
-        let s = pe
-            .sections
-            .iter()
-            .find(|s| s.name().unwrap() == name)
-            .unwrap_or_else(|| panic!("the OS UKI has no {name}"));
-        let start = s.pointer_to_raw_data as usize;
-        let len = (s.virtual_size as usize).min(s.size_of_raw_data as usize);
-        let mut bytes = data[start..start + len].to_vec();
-        bytes.resize(s.virtual_size as usize, 0);
-        bytes
-    };
+    let section = |name: &str| -> Vec<u8> { pe_section(&data, name).1 };
     assert_eq!(
         String::from_utf8(section(".pcrpkey")).unwrap().trim(),
         std::fs::read_to_string(&b.pcr_public).unwrap().trim(),
@@ -716,7 +792,7 @@ fn os_uki_pcrsig_equals_systemd_measure_257_sign_over_its_sections() {
 
 /// The first boot makes /var with systemd-repart 257 from the image's repart.d: LUKS2 on a new
 /// partition, a systemd-tpm2 token bound to the signed PCR 11 policy of the UKI's .pcrpkey, and
-/// a recovery key; the guest unlocks it from the TPM (crypttab `headless`: no other way) and
+/// a recovery key; the guest unlocks it from the TPM (no credential holds the recovery key) and
 /// mounts it. The volume is read back from the disk by cryptsetup on the host: its tokens, and
 /// the recovery key the guest reported opens it while another key does not.
 #[test]
@@ -738,12 +814,7 @@ fn var_is_made_encrypted_at_first_boot_and_unlocked_by_the_tpm_through_the_signe
         report.get("cryptsetup-unit").map(String::as_str),
         Some("active")
     );
-    let journal = String::from_utf8(var_report_b64(&report, "journal")).unwrap();
-    assert!(
-        journal.contains("Automatically discovered security TPM2 token unlocks volume"),
-        "{journal}"
-    );
-    assert!(!journal.contains("falling back"), "{journal}");
+    let journal = var_journal_of_a_tpm_unlock(&report);
     assert!(journal.contains("Encrypting future partition"), "{journal}");
     // What the guest reports of its volume is what cryptsetup reads from the disk.
     let uuid = luks_uuid(&b.var_partition);
@@ -801,13 +872,7 @@ fn var_is_made_encrypted_at_first_boot_and_unlocked_by_the_tpm_through_the_signe
 fn a_second_boot_of_the_same_disk_unlocks_var_from_the_tpm_and_keeps_its_files() {
     let Some(b) = os_boot() else { return };
     let Some(s) = second_boot() else { return };
-    assert!(
-        s.vm.status.success(),
-        "second boot failed ({}):\n{}\nconsole:\n{}",
-        s.vm.status,
-        String::from_utf8_lossy(&s.vm.stderr),
-        String::from_utf8_lossy(&std::fs::read(s.capture.join("console.log")).unwrap_or_default())
-    );
+    assert_boot_ok("the second boot", &s.vm, &s.capture);
     let first = var_report(&b.capture);
     let second = var_report(&s.capture);
     assert_eq!(
@@ -816,12 +881,7 @@ fn a_second_boot_of_the_same_disk_unlocks_var_from_the_tpm_and_keeps_its_files()
     );
     assert_eq!(second.get("dm-target").map(String::as_str), Some("crypt"));
     assert_eq!(second.get("luks-uuid"), first.get("luks-uuid"));
-    let journal = String::from_utf8(var_report_b64(&second, "journal")).unwrap();
-    assert!(
-        journal.contains("Automatically discovered security TPM2 token unlocks volume"),
-        "{journal}"
-    );
-    assert!(!journal.contains("falling back"), "{journal}");
+    let journal = var_journal_of_a_tpm_unlock(&second);
     assert!(
         !journal.contains("Encrypting future partition"),
         "repart made /var again: {journal}"
@@ -856,16 +916,8 @@ fn a_second_boot_of_the_same_disk_unlocks_var_from_the_tpm_and_keeps_its_files()
     let uuid = luks_uuid(&b.var_partition);
     let want = format!("cryptsetup:var:{uuid}");
     assert_eq!(volume, [want.as_str()]);
-    let unlock: Vec<&str> = log
-        .records
-        .iter()
-        .filter_map(|r| r.string.as_deref())
-        .filter(|s| s.starts_with("cryptsetup-keyslot:"))
-        .collect();
-    assert_eq!(
-        unlock,
-        [format!("cryptsetup-keyslot:var:{uuid}:tpm2:0").as_str()]
-    );
+    let unlock = strings_starting_with(&log, "cryptsetup-keyslot:");
+    assert_eq!(unlock, [format!("cryptsetup-keyslot:var:{uuid}:tpm2:0")]);
 }
 
 /// The partitions of the image as `sfdisk --json` (util-linux) reads them: (type, uuid, start
@@ -1200,12 +1252,21 @@ fn verify_boot(
     policy: &Path,
     refs: &[&std::ffi::OsStr],
 ) -> (Option<i32>, String, String) {
+    verify_capture(&b.capture, policy, refs)
+}
+
+/// [`verify_boot`] on the boot captured in `capture`.
+fn verify_capture(
+    capture: &Path,
+    policy: &Path,
+    refs: &[&std::ffi::OsStr],
+) -> (Option<i32>, String, String) {
     let o = common::imgctl()
         .arg("verify")
         .arg("--eventlog")
-        .arg(b.capture.join("eventlog.bin"))
+        .arg(capture.join("eventlog.bin"))
         .arg("--userspace-log")
-        .arg(b.capture.join("tpm2-measure.log"))
+        .arg(capture.join("tpm2-measure.log"))
         .arg("--policy")
         .arg(policy)
         .args(refs)
@@ -1361,33 +1422,10 @@ fn verify_log_rejects_the_os_boot_against_a_log_holding_only_a_rebuild_with_anot
         1,
     );
     std::fs::write(recipes.join("os.yaml"), text).unwrap();
-    let (log, key) = (dir.path().join("log"), dir.path().join("log.key"));
-    common::run_ok(
-        common::imgctl()
-            .args(["log", "init"])
-            .arg(&log)
-            .arg("--key")
-            .arg(&key)
-            .args(["--origin", "example.org/os-rebuild"]),
-    );
+    let (log, key, vkey) = common::new_log(dir.path(), "os-rebuild");
     let out = dir.path().join("out");
     let started = Instant::now();
-    common::run_ok(
-        common::imgctl()
-            .arg("build")
-            .arg(recipes.join("os.yaml"))
-            .arg("-o")
-            .arg(&out)
-            .arg("--cache")
-            .arg(common::repo_root().join(".cache/os-trees"))
-            .arg("--log")
-            .arg(&log)
-            .arg("--log-key")
-            .arg(&key)
-            .arg("--pcr-private-key")
-            .arg(&b.pcr_key)
-            .env("SOURCE_DATE_EPOCH", "0"),
-    );
+    build_logged(&recipes.join("os.yaml"), &out, (&log, &key), &b.pcr_key);
     eprintln!(
         "rebuild with one more file: {:.1}s",
         started.elapsed().as_secs_f64()
@@ -1401,7 +1439,6 @@ fn verify_log_rejects_the_os_boot_against_a_log_holding_only_a_rebuild_with_anot
         "one more file in /usr must give another root hash"
     );
     // The test's image is gone from the log: it holds only the rebuild.
-    let vkey = format!("@{}", dir.path().join("log.vkey").display());
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, "pcrs: [4, 11, 15]\nbanks: [sha1, sha256]\n").unwrap();
     let (code, text, all) = verify_boot(
@@ -1557,4 +1594,483 @@ fn vm_refuses_the_kept_disk_state_of_another_image() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("not an overlay of"), "{err}");
     assert!(err.contains("disk.qcow2"), "{err}");
+}
+
+/// The OS UKI rebuilt with another command line (`imgctl.rebuild=2` appended; the same kernel,
+/// initrd, os-release, uname and stub, read out of the first UKI with objcopy, so it boots the
+/// same disk), as a `kind: uki` recipe signed with the same PCR key: its own `.pcrsig` for its
+/// own PCR 11. `old_sig` is the same UKI carrying the first UKI's `.pcrsig` instead (the bytes
+/// of that section replaced in place: both are the same length). The rebuild's log holds the
+/// rebuilt UKI and the demo sysext (`ext build --log`); `other_sysext` is the same recipe with
+/// other content, never published.
+struct Rebuild {
+    _dir: tempfile::TempDir,
+    signed: PathBuf,
+    old_sig: PathBuf,
+    cmdline: String,
+    log: PathBuf,
+    vkey: String,
+    sysext: PathBuf,
+    other_sysext: PathBuf,
+}
+
+fn rebuild() -> Option<&'static Rebuild> {
+    static REBUILD: OnceLock<Option<Rebuild>> = OnceLock::new();
+    REBUILD
+        .get_or_init(|| {
+            let b = os_boot()?;
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            for s in ["osrel", "cmdline", "uname", "initrd", "linux"] {
+                common::run_ok(
+                    Command::new("objcopy")
+                        .args(["-O", "binary", &format!("--only-section=.{s}")])
+                        .arg(b.uki())
+                        .arg(d.join(s)),
+                );
+            }
+            let cmdline = format!("{} imgctl.rebuild=2", uki_cmdline(&b.uki(), d));
+            let uname = std::fs::read_to_string(d.join("uname")).unwrap();
+            let tree_key = b.image_record()["tree_key"].as_str().unwrap().to_owned();
+            let stub = common::repo_root()
+                .join(".cache/os-trees")
+                .join(tree_key)
+                .join("usr/lib/systemd/boot/efi/linuxx64.efi.stub");
+            assert!(stub.is_file(), "no stub in the OS tree: {}", stub.display());
+            let recipe = d.join("os-rebuild.yaml");
+            std::fs::write(
+                &recipe,
+                format!(
+                    "name: os\nversion: \"2\"\nos-release-file: osrel\nkernel: linux\n\
+                     initrd:\n  archives: [initrd]\ncmdline: {cmdline}\nuname: {}\nstub: {}\n",
+                    uname.trim_end_matches('\0').trim(),
+                    stub.display()
+                ),
+            )
+            .unwrap();
+            let (log, key, vkey) = common::new_log(d, "os-cmdline");
+            let out = d.join("out");
+            build_logged(&recipe, &out, (&log, &key), &b.pcr_key);
+            let signed = out.join("os.efi");
+            let mut bytes = std::fs::read(&signed).unwrap();
+            let (at, new_sig) = pe_section(&bytes, ".pcrsig");
+            let (_, old) = pe_section(&std::fs::read(b.uki()).unwrap(), ".pcrsig");
+            assert_eq!(old.len(), new_sig.len(), "the two .pcrsig differ in length");
+            assert_ne!(old, new_sig, "another command line, another signed policy");
+            bytes[at..at + old.len()].copy_from_slice(&old);
+            let old_sig = d.join("os-old-pcrsig.efi");
+            std::fs::write(&old_sig, &bytes).unwrap();
+            // The published sysext, and another one with other content.
+            let ext = |recipe: &Path, out: &Path, publish: bool| {
+                let mut c = common::imgctl();
+                c.args(["ext", "build"])
+                    .arg(recipe)
+                    .arg("-o")
+                    .arg(out)
+                    .env("SOURCE_DATE_EPOCH", "0");
+                if publish {
+                    c.arg("--log").arg(&log).arg("--log-key").arg(&key);
+                }
+                common::run_ok(&mut c);
+                out.join("demo-sysext.raw")
+            };
+            let sysext = ext(
+                &common::repo_root().join("recipes/demo-sysext.yaml"),
+                &d.join("sysext"),
+                true,
+            );
+            let other_dir = d.join("other");
+            std::fs::create_dir_all(&other_dir).unwrap();
+            let text =
+                std::fs::read_to_string(common::repo_root().join("recipes/demo-sysext.yaml"))
+                    .unwrap()
+                    .replace("content: \"1.0\\n\"", "content: \"1.0-other\\n\"")
+                    .replace(
+                        "tree: demo-sysext",
+                        &format!(
+                            "tree: {}",
+                            common::repo_root().join("recipes/demo-sysext").display()
+                        ),
+                    );
+            assert!(text.contains("1.0-other"), "{text}");
+            std::fs::write(other_dir.join("demo-sysext.yaml"), text).unwrap();
+            let other_sysext = ext(
+                &other_dir.join("demo-sysext.yaml"),
+                &other_dir.join("out"),
+                false,
+            );
+            Some(Rebuild {
+                vkey,
+                _dir: dir,
+                signed,
+                old_sig,
+                cmdline,
+                log,
+                sysext,
+                other_sysext,
+            })
+        })
+        .as_ref()
+}
+
+/// A boot of the first boot's disk and TPM (as they were right after it) with the ESP changed:
+/// `uki` at `\EFI\BOOT\BOOTX64.EFI` and `\EFI\Linux\os.efi`, `sysext` beside it in
+/// `\EFI\BOOT\BOOTX64.EFI.extra.d\` (the path the firmware started the stub from), written
+/// with mtools; `break_glass`: the first boot's recovery key passed as the system credential
+/// `cryptsetup.passphrase` (`vm --credential`) and a root login on the serial console.
+struct EspBoot {
+    name: String,
+    capture: PathBuf,
+    vm: Output,
+    boot_time: Duration,
+}
+
+impl EspBoot {
+    fn assert_done(&self) {
+        assert_boot_ok(&self.name, &self.vm, &self.capture);
+    }
+    fn log(&self) -> UserspaceLog {
+        self.assert_done();
+        UserspaceLog::parse(&std::fs::read(self.capture.join("tpm2-measure.log")).unwrap()).unwrap()
+    }
+    fn pcrs(&self) -> BTreeMap<String, BTreeMap<u32, String>> {
+        self.assert_done();
+        serde_json::from_slice(&std::fs::read(self.capture.join("pcrs.json")).unwrap()).unwrap()
+    }
+    /// `imgctl audit --json` of its userspace log against its PCRs and firmware log: (exit
+    /// code, stdout).
+    fn audit(&self) -> (Option<i32>, String) {
+        self.assert_done();
+        let o = common::imgctl()
+            .args(["audit", "--json", "--userspace-log"])
+            .arg(self.capture.join("tpm2-measure.log"))
+            .arg("--pcrs")
+            .arg(self.capture.join("pcrs.json"))
+            .arg("--eventlog")
+            .arg(self.capture.join("eventlog.bin"))
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+    /// The `cryptsetup-keyslot:` records of its userspace log.
+    fn unlock_records(&self) -> Vec<String> {
+        strings_starting_with(&self.log(), "cryptsetup-keyslot:")
+    }
+}
+
+fn esp_boot(b: &OsBoot, name: &str, uki: &Path, sysext: &Path, break_glass: bool) -> EspBoot {
+    b.assert_done();
+    let dir = b.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.raw");
+    assert!(
+        b.disk_after_boot_1.is_file(),
+        "no disk was kept after the first boot"
+    );
+    common::run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&b.disk_after_boot_1)
+            .arg(&disk),
+    );
+    const ESP_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+    let (_, _, start, _) = sfdisk_partitions(&disk)
+        .into_iter()
+        .find(|p| p.0 == ESP_TYPE)
+        .expect("no ESP on the disk");
+    let esp = format!("{}@@{start}", disk.display());
+    for to in ["::/EFI/BOOT/BOOTX64.EFI", "::/EFI/Linux/os.efi"] {
+        common::run_ok(
+            Command::new("mcopy")
+                .args(["-o", "-i", &esp])
+                .arg(uki)
+                .arg(to),
+        );
+    }
+    common::run_ok(Command::new("mmd").args(["-i", &esp, "::/EFI/BOOT/BOOTX64.EFI.extra.d"]));
+    common::run_ok(
+        Command::new("mcopy")
+            .args(["-o", "-i", &esp])
+            .arg(sysext)
+            .arg("::/EFI/BOOT/BOOTX64.EFI.extra.d/demo-sysext.raw"),
+    );
+    let state = dir.join("state");
+    copy_tpm_state(&b.tpm_after_boot_1, &state);
+    let capture = dir.join("capture");
+    let tmpdir = dir.join("tmp");
+    std::fs::create_dir_all(&tmpdir).unwrap();
+    let mut cmd = common::imgctl();
+    cmd.arg("vm")
+        .arg(&disk)
+        .arg("--capture")
+        .arg(&capture)
+        .arg("--reuse-tpm")
+        .arg(&state)
+        .args([
+            "--timeout",
+            &BOOT_TIMEOUT_S.to_string(),
+            "--json",
+            "--quiet",
+        ])
+        .env("TMPDIR", &tmpdir);
+    if break_glass {
+        let key = var_report(&b.capture)
+            .get("recovery-key")
+            .cloned()
+            .expect("the first boot reported no recovery key");
+        let file = dir.join("recovery-key");
+        std::fs::write(&file, key).unwrap();
+        cmd.arg("--credential")
+            .arg(format!("cryptsetup.passphrase={}", file.display()));
+        // A break-glass root password for the console (its SHA-512 crypt hash by openssl),
+        // and a root login typed on the serial console.
+        let hash = common::run_ok(Command::new("openssl").args([
+            "passwd",
+            "-6",
+            "-salt",
+            "imgctl0test",
+            BREAK_GLASS_PASSWORD,
+        ]));
+        let file = dir.join("break-glass-password");
+        std::fs::write(&file, String::from_utf8(hash).unwrap().trim()).unwrap();
+        cmd.arg("--credential")
+            .arg(format!("imgctl.break-glass-password={}", file.display()))
+            .args(["--type-after", "login: =root"])
+            .arg("--type-after")
+            .arg(format!("Password: ={BREAK_GLASS_PASSWORD}"));
+    }
+    let start = Instant::now();
+    let vm = cmd.output().unwrap();
+    let boot = EspBoot {
+        name: name.to_owned(),
+        capture,
+        vm,
+        boot_time: start.elapsed(),
+    };
+    eprintln!(
+        "OS image, {name}: {:.1}s wall clock",
+        boot.boot_time.as_secs_f64()
+    );
+    boot
+}
+
+/// The root password of the console login of [`tamper_boot`].
+const BREAK_GLASS_PASSWORD: &str = "break-glass-4-test";
+
+/// The first boot's disk with the rebuilt UKI carrying the FIRST UKI's `.pcrsig`, an
+/// unpublished sysext beside it, the recovery key given as a credential, and a root login on
+/// the serial console (a break-glass root password provisioned as the credential
+/// `imgctl.break-glass-password`, `root` and the password typed at the prompts).
+fn tamper_boot() -> Option<&'static EspBoot> {
+    static BOOT: OnceLock<Option<EspBoot>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        let b = os_boot()?;
+        let r = rebuild()?;
+        Some(esp_boot(
+            b,
+            "boot-old-pcrsig",
+            &r.old_sig,
+            &r.other_sysext,
+            true,
+        ))
+    })
+    .as_ref()
+}
+
+/// The first boot's disk with the rebuilt UKI and its own `.pcrsig`, the published sysext
+/// beside it, and no recovery key: only the TPM can open /var.
+fn resigned_boot() -> Option<&'static EspBoot> {
+    static BOOT: OnceLock<Option<EspBoot>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        let b = os_boot()?;
+        let r = rebuild()?;
+        Some(esp_boot(b, "boot-new-pcrsig", &r.signed, &r.sysext, false))
+    })
+    .as_ref()
+}
+
+/// After a rebuild with another command line the TPM refuses to unlock /var until the new
+/// UKI's signed policy is used. The kept disk of the first boot, its ESP carrying the rebuilt
+/// UKI (`imgctl.rebuild=2` appended) with the first UKI's `.pcrsig`: PCR 11 is the rebuild's
+/// (`predict-pcrs` of the rebuild, not of the first UKI), systemd-cryptsetup 257 finds no
+/// signed policy for it and falls back (its journal), and /var opens only with the recovery
+/// key given as the `cryptsetup.passphrase` credential: the image measures
+/// `cryptsetup-keyslot:var:<uuid>:recovery:<the recovery key's slot>`. The same disk with the
+/// rebuilt UKI and its own `.pcrsig` (same key, no credential): the TPM token unlocks /var
+/// (`…:tpm2:0`), the same volume with the first boot's file on it.
+#[test]
+fn after_a_rebuild_with_another_cmdline_the_tpm_unlocks_var_only_with_the_new_ukis_signed_policy() {
+    let Some(b) = os_boot() else { return };
+    let Some(r) = rebuild() else { return };
+    let Some(t) = tamper_boot() else { return };
+    let Some(s) = resigned_boot() else { return };
+    let first = var_report(&b.capture);
+    let uuid = luks_uuid(&b.var_partition);
+    // Both boots run the rebuilt command line: PCR 11 after ready is the rebuild's.
+    let dir = tempfile::tempdir().unwrap();
+    assert!(uki_cmdline(&r.old_sig, dir.path()).ends_with("imgctl.rebuild=2"));
+    assert_eq!(uki_cmdline(&r.signed, dir.path()), r.cmdline);
+    let predict = |uki: &Path| -> serde_json::Value {
+        serde_json::from_slice(&common::run_ok(
+            common::imgctl()
+                .arg("predict-pcrs")
+                .arg(uki)
+                .args(["--phase", READY, "--bank", "sha256", "--json"]),
+        ))
+        .unwrap()
+    };
+    let rebuilt = predict(&r.signed)["sha256"][0]["hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(
+        rebuilt,
+        predict(&b.uki())["sha256"][0]["hash"].as_str().unwrap()
+    );
+    for (name, boot) in [("old .pcrsig", t), ("new .pcrsig", s)] {
+        assert_eq!(boot.pcrs()["sha256"][&11], rebuilt, "{name}: PCR 11");
+        let report = var_report(&boot.capture);
+        assert_eq!(
+            report.get("mount").map(String::as_str),
+            Some("/dev/mapper/var ext4"),
+            "{name}: {report:?}"
+        );
+        assert_eq!(report.get("luks-uuid"), Some(&uuid), "{name}");
+        assert_eq!(report.get("first-boot-id"), first.get("boot-id"), "{name}");
+    }
+    // The old signature: the TPM refuses, the recovery key opens /var.
+    let report = var_report(&t.capture);
+    let journal = String::from_utf8(var_report_b64(&report, "journal")).unwrap();
+    assert!(
+        journal.contains("falling back to traditional unlocking"),
+        "{journal}"
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&common::run_ok(
+        Command::new("cryptsetup")
+            .args(["luksDump", "--dump-json-metadata"])
+            .arg(&b.var_partition),
+    ))
+    .unwrap();
+    let recovery_slot = meta["tokens"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|t| t["type"] == "systemd-recovery")
+        .and_then(|t| t["keyslots"][0].as_str())
+        .unwrap_or_else(|| panic!("no recovery key slot: {meta}"))
+        .to_owned();
+    assert_eq!(
+        t.unlock_records(),
+        [format!(
+            "cryptsetup-keyslot:var:{uuid}:recovery:{recovery_slot}"
+        )],
+        "{journal}"
+    );
+    // The new signature: the TPM unlocks, no password.
+    let report = var_report(&s.capture);
+    var_journal_of_a_tpm_unlock(&report);
+    assert_eq!(
+        s.unlock_records(),
+        [format!("cryptsetup-keyslot:var:{uuid}:tpm2:0")]
+    );
+}
+
+/// /var unlocked with the recovery key, for real: `imgctl audit` on the userspace log of the
+/// boot whose TPM refused reports the break-glass unlock (exit 1: volume `var`, mechanism
+/// `recovery`, the recovery key's slot) and the log is consistent with that guest's PCRs (the
+/// record is what its TPM saw, not an edit); on the boot the TPM unlocked it reports nothing
+/// (exit 0).
+#[test]
+fn audit_reports_the_recovery_key_unlock_of_a_real_boot_and_not_the_tpm_unlock() {
+    let Some(t) = tamper_boot() else { return };
+    let Some(s) = resigned_boot() else { return };
+    let (code, text) = t.audit();
+    assert_eq!(code, Some(1), "the recovery unlock is break-glass: {text}");
+    let event = the_recovery_unlock_of_var(&break_glass_events(&text));
+    assert!(
+        t.unlock_records()[0].ends_with(&format!(":recovery:{}", event["slot"])),
+        "{text}"
+    );
+    let (code, text) = s.audit();
+    assert_eq!(code, Some(0), "the TPM unlock is routine: {text}");
+}
+
+/// Another sysext than the one published (PCR 13): the boot with an unpublished
+/// `demo-sysext.raw` beside the UKI on the ESP is rejected by `verify --log` at the PCR 13
+/// event, "not published"; the boot with the published one (and the published rebuilt UKI) is
+/// accepted with PCR 4, 11 and 13 checked.
+#[test]
+fn verify_log_rejects_an_unpublished_sysext_on_the_esp_and_accepts_the_published_one() {
+    let Some(r) = rebuild() else { return };
+    let Some(t) = tamper_boot() else { return };
+    let Some(s) = resigned_boot() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let verify = |boot: &EspBoot, pcrs: &str| {
+        boot.assert_done();
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, format!("pcrs: {pcrs}\nbanks: [sha1, sha256]\n")).unwrap();
+        let (code, _, all) = verify_capture(
+            &boot.capture,
+            &policy,
+            &[
+                "--log".as_ref(),
+                r.log.as_os_str(),
+                "--vkey".as_ref(),
+                r.vkey.as_ref(),
+            ],
+        );
+        (code, all)
+    };
+    let (code, text) = verify(t, "[13]");
+    assert_eq!(code, Some(1), "another sysext: {text}");
+    assert!(text.starts_with("REJECT"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("not published in the log") && l.contains("PCR 13")),
+        "{text}"
+    );
+    let (code, text) = verify(s, "[4, 11, 13]");
+    assert_eq!(code, Some(0), "the published sysext: {text}");
+    assert!(
+        text.contains("PCR 13 sha256: 1 published stub event"),
+        "{text}"
+    );
+}
+
+/// A console root login records a break-glass event: in the boot where root logged in on the
+/// serial console (`vm --type-after`: `root`, then the break-glass password provisioned as a
+/// credential), the image's PAM hook measured `break-glass:{"actor":"root","kind":
+/// "console-login",…}` into PCR 15 before the session opened (the console shows the shell's
+/// prompt), and `imgctl audit` lists it beside the recovery unlock, consistent with the guest's
+/// PCRs; the boots without a login (the first, the one with the new `.pcrsig`) hold no
+/// break-glass record.
+#[test]
+fn a_root_login_on_the_serial_console_is_recorded_as_break_glass_and_plain_boots_have_none() {
+    let Some(b) = os_boot() else { return };
+    let Some(t) = tamper_boot() else { return };
+    let Some(s) = resigned_boot() else { return };
+    t.assert_done();
+    let console = String::from_utf8_lossy(&std::fs::read(t.capture.join("console.log")).unwrap())
+        .into_owned();
+    assert!(console.contains("root@"), "no root shell prompt: {console}");
+    let (code, text) = t.audit();
+    assert_eq!(code, Some(1), "{text}");
+    let login = the_one_event(&break_glass_events(&text), "console-login");
+    assert_eq!(login["actor"], "root");
+    let reason = login["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("root login on ") && reason.ends_with("ttyS0"),
+        "{reason}"
+    );
+    assert_eq!(login["pcr"], 15);
+    for (name, log) in [
+        ("the first boot", userspace_log(b)),
+        ("new .pcrsig", s.log()),
+    ] {
+        let bg = strings_starting_with(&log, "break-glass:");
+        assert!(bg.is_empty(), "{name}: {bg:?}");
+    }
 }

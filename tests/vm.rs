@@ -153,21 +153,6 @@ fn verify_boot(
     (o.status.code(), text)
 }
 
-/// A new transparency log in `dir/NAME` with its key; returns (log, key, "@vkey file").
-fn new_log(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
-    let (log, key) = (dir.join(name), dir.join(format!("{name}.key")));
-    common::run_ok(
-        common::imgctl()
-            .args(["log", "init"])
-            .arg(&log)
-            .arg("--key")
-            .arg(&key)
-            .args(["--origin", &format!("example.org/{name}")]),
-    );
-    let vkey = format!("@{}", dir.join(format!("{name}.vkey")).display());
-    (log, key, vkey)
-}
-
 /// `imgctl predict-pcrs UKI --phase :` in sha1 and sha256: PCR 11 right after the stub.
 fn predicted_pcr11(uki: &Path) -> BTreeMap<String, String> {
     let out = common::run_ok(common::imgctl().arg("predict-pcrs").arg(uki).args([
@@ -877,7 +862,7 @@ fn the_demo_boot_verifies_against_the_log_alone() {
     b.first.assert_done();
     b.second.assert_done();
     let tmp = tempfile::tempdir().unwrap();
-    let (log, key, vkey) = new_log(tmp.path(), "log");
+    let (log, key, vkey) = common::new_log(tmp.path(), "log");
     let publish = |name: &str, cmdline: Option<&str>, booted: &Path| -> PathBuf {
         let dir = tmp.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -946,8 +931,8 @@ fn a_sysext_beside_the_uki_is_measured_into_pcr13_as_predicted_and_checked_again
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (log, key, vkey) = new_log(tmp.path(), "log");
-    let (bare, bare_key, bare_vkey) = new_log(tmp.path(), "without-sysext");
+    let (log, key, vkey) = common::new_log(tmp.path(), "log");
+    let (bare, bare_key, bare_vkey) = common::new_log(tmp.path(), "without-sysext");
     let ext_out = tmp.path().join("sysext");
     common::run_ok(
         common::imgctl()
@@ -1075,7 +1060,7 @@ fn credentials_and_a_confext_beside_the_uki_are_measured_as_predicted() {
     let cred = tmp.path().join("demo.cred");
     std::fs::write(&cred, b"imgctl test credential\n").unwrap();
     let extra = [cred, confext];
-    let (log, key, vkey) = new_log(tmp.path(), "log");
+    let (log, key, vkey) = common::new_log(tmp.path(), "log");
 
     let mut stubs: Vec<(&str, Option<PathBuf>)> = vec![("252", None)];
     if let Some(s) = stub_257() {
@@ -1238,7 +1223,7 @@ fn addons_are_measured_into_pcr12_as_predicted_and_verified_against_the_log() {
     let Some(stub) = stub_257() else { return };
     let addon_stub = stub.with_file_name("addonx64.efi.stub");
     let tmp = tempfile::tempdir().unwrap();
-    let (log, key, vkey) = new_log(tmp.path(), "log");
+    let (log, key, vkey) = common::new_log(tmp.path(), "log");
     let one = tmp.path().join("one");
     let many = tmp.path().join("many");
     std::fs::create_dir_all(&one).unwrap();
@@ -1555,4 +1540,65 @@ fn ukify_257_leaves_the_stubs_sbat_out_of_a_single_profile_measurement_the_guest
     sha2::Digest::update(&mut h, word);
     let guest_enter_initrd = hex::encode(sha2::Digest::finalize(h));
     assert_eq!(guest_enter_initrd, ours, "the guest follows imgctl");
+}
+
+/// `vm --credential NAME=FILE` (and `--type-after PROMPT=LINE`) refuses, before anything
+/// starts and in one line naming the argument: no `=`, a name QEMU's `-smbios` or systemd would misread (a comma, an `=`-free
+/// empty name, `..`), a missing file, a file over 16 KiB, the same name twice.
+#[test]
+fn vm_refuses_bad_credentials_before_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = dir.path().join("key");
+    std::fs::write(&ok, "secret").unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'a'; (16 << 10) + 1]).unwrap();
+    let ok_arg = format!("cryptsetup.passphrase={}", ok.display());
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["cryptsetup.passphrase".into()], "expected NAME=FILE"),
+        (
+            vec![format!("a,b={}", ok.display())],
+            "is not a credential name",
+        ),
+        (
+            vec![format!("={}", ok.display())],
+            "is not a credential name",
+        ),
+        (
+            vec![format!("..={}", ok.display())],
+            "is not a credential name",
+        ),
+        (
+            vec![format!("x={}", dir.path().join("missing").display())],
+            "missing",
+        ),
+        (vec![format!("x={}", big.display())], "x="),
+        (vec![ok_arg.clone(), ok_arg.clone()], "given twice"),
+    ];
+    for (args, want) in cases {
+        let mut c = common::imgctl();
+        c.arg("vm").arg(dir.path().join("no-such.efi"));
+        for a in &args {
+            c.arg("--credential").arg(a);
+        }
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--credential") && err.contains(want),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    // --type-after: PROMPT=LINE, printable ASCII, a prompt not empty.
+    for bad in ["no-equals", "=root", "login: =ro\tot"] {
+        let out = common::imgctl()
+            .arg("vm")
+            .arg(dir.path().join("no-such.efi"))
+            .args(["--type-after", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--type-after"), "{bad:?}: {err}");
+    }
 }

@@ -96,14 +96,19 @@ impl BreakGlass {
         origin: &Origin,
     ) -> Result<UserspaceRecord, Error> {
         let mut r = UserspaceRecord::new(pcr, banks, self.string(), BREAK_GLASS, origin)?;
+        // imgctl logs the measured string itself (systemd logs it C-escaped).
         r.content_type = Some("imgctl".into());
+        r.string = Some(self.string());
         Ok(r)
     }
 
     /// The claim a break-glass record makes, checked against its measured string. `None` for
     /// records that are not break-glass records by [`break_glass_claim`]'s one rule.
     pub fn from_record(r: &UserspaceRecord) -> Option<Result<Self, String>> {
-        break_glass_claim(r.event_type.as_deref(), r.string.as_deref())
+        // What was measured: a break-glass string written by systemd-pcrextend (an image's
+        // PAM hook) is logged C-escaped, its quotes as `\"`.
+        let measured = r.measured_string().or_else(|| r.string.clone());
+        break_glass_claim(r.event_type.as_deref(), measured.as_deref())
     }
 }
 

@@ -137,14 +137,23 @@ pub fn var_repart_conf(size: u64) -> String {
 }
 
 /// The crypttab line of the encrypted /var: unlocked by the TPM (the token repart enrolled,
-/// with the signed policy from `/run/systemd/tpm2-pcr-signature.json`), never by a prompt
-/// (`headless`: a failed unlock fails the boot), the volume key measured into PCR 15.
+/// with the signed policy from `/run/systemd/tpm2-pcr-signature.json`), the volume key
+/// measured into PCR 15. When the TPM refuses (the running UKI's signed policy does not match
+/// the measured boot), systemd-cryptsetup falls back to a passphrase: the system credential
+/// `cryptsetup.passphrase` (the recovery key, as a hypervisor or provisioning tool passes it),
+/// else a prompt for at most [`VAR_PASSPHRASE_TIMEOUT`], then the unlock fails and so does the
+/// boot. Not `headless`: systemd-cryptsetup 257 then refuses the credential too ("Password
+/// querying disabled via 'headless' option").
 pub fn var_crypttab() -> String {
     format!(
         "# imgctl: the encrypted /var (systemd-repart makes it at first boot).\n\
-         {VAR_MAPPING} PARTLABEL={VAR_MAPPING} - tpm2-device=auto,tpm2-measure-pcr=yes,headless=true\n"
+         {VAR_MAPPING} PARTLABEL={VAR_MAPPING} - tpm2-device=auto,tpm2-measure-pcr=yes,timeout={VAR_PASSPHRASE_TIMEOUT}\n"
     )
 }
+
+/// How long systemd-cryptsetup asks for the recovery key of /var when the TPM refused and no
+/// credential holds it (crypttab `timeout=`).
+pub const VAR_PASSPHRASE_TIMEOUT: &str = "2min";
 
 impl OsImageRecord {
     /// What the booted image's systemd records in PCR 15, as the artifact record lists it:

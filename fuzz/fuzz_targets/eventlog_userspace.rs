@@ -1,6 +1,6 @@
 #![no_main]
 //! systemd's userspace measurement log (JSON-SEQ), the one parser the recorder, the verifier and
-//! the auditor share: parse, replay every bank, read break-glass claims and unlock-mechanism records, and re-encode records
+//! the auditor share: parse, replay every bank, unescape systemd's strings, read break-glass claims and unlock-mechanism records, and re-encode records
 //! (what was parsed encodes to a log that parses to the same records).
 use imgctl_attest::eventlog::UserspaceLog;
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +11,12 @@ fuzz_target!(|data: &[u8]| {
         let mut again = Vec::new();
         for r in &log.records {
             let _ = r.digest_mismatches();
+            // systemd's C-escaped strings: what unescapes escapes back to the same text.
+            if let Some(s) = r.string.as_deref() {
+                if let Some(b) = imgctl_attest::eventlog::userspace::systemd_cunescape(s) {
+                    assert_eq!(imgctl_attest::eventlog::userspace::systemd_cescape(&b), s);
+                }
+            }
             let _ = imgctl_attest::breakglass::from_record(r);
             // Unlock-mechanism records: what parses re-encodes to the same string.
             if let Some(Ok(k)) = imgctl_attest::keyslot::from_record(r) {

@@ -74,6 +74,18 @@ pub struct Args {
     /// systemd-boot's loader.conf (with --systemd-boot).
     #[arg(long, value_name = "FILE", requires = "systemd_boot")]
     loader_conf: Option<PathBuf>,
+    /// Pass the system credential NAME with the bytes of FILE to the guest (SMBIOS type 11,
+    /// `io.systemd.credential.binary:`), as a hypervisor provisions a machine; systemd imports
+    /// it at boot, e.g. `cryptsetup.passphrase=KEYFILE` unlocks an encrypted volume with a
+    /// recovery key when its TPM token does not. NAME: letters, digits, `.`, `_`, `-`; FILE at
+    /// most 16 KiB; repeatable.
+    #[arg(long, value_name = "NAME=FILE")]
+    credential: Vec<String>,
+    /// Type LINE and Enter on the serial console once PROMPT appears on it (after the previous
+    /// --type-after's prompt), e.g. `--type-after 'login: =root'`; repeatable, in order.
+    /// PROMPT: no `=`; both printable ASCII.
+    #[arg(long, value_name = "PROMPT=LINE")]
+    type_after: Vec<String>,
     /// CPU virtualisation: auto probes KVM and falls back to TCG.
     #[arg(long, value_enum, default_value = "auto")]
     accel: Accel,
@@ -151,8 +163,56 @@ fn check_extra(extra: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads each `--credential NAME=FILE`: a valid name, given once, and a regular file of at most
+/// [`vm::MAX_CREDENTIAL_BYTES`].
+fn read_credentials(args: &[String]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for a in args {
+        let Some((name, file)) = a.split_once('=') else {
+            bail!("--credential {a}: expected NAME=FILE");
+        };
+        if !vm::credential_name_valid(name) {
+            bail!(
+                "--credential {a}: {name:?} is not a credential name (1 to 255 letters, digits, \
+                 `.`, `_`, `-`)"
+            );
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            bail!("--credential {a}: the credential {name} is given twice");
+        }
+        let value = imgctl_fsio::read_bounded(
+            Path::new(file),
+            vm::MAX_CREDENTIAL_BYTES,
+            "a --credential file",
+        )
+        .with_context(|| format!("--credential {a}"))?;
+        out.push((name.to_owned(), value));
+    }
+    Ok(out)
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // Everything is checked before QEMU and swtpm start: the capture folder, then the UKI.
+    // Everything is checked before QEMU and swtpm start: the credentials, the capture folder,
+    // then the UKI.
+    let credentials = read_credentials(&args.credential)?;
+    let console_input = args
+        .type_after
+        .iter()
+        .map(|a| {
+            let (prompt, line) = a
+                .split_once('=')
+                .filter(|(p, l)| {
+                    !p.is_empty()
+                        && p.bytes()
+                            .chain(l.bytes())
+                            .all(|b| b == b' ' || b.is_ascii_graphic())
+                })
+                .with_context(|| {
+                    format!("--type-after {a:?}: expected PROMPT=LINE, printable ASCII")
+                })?;
+            Ok((prompt.as_bytes().to_vec(), line.as_bytes().to_vec()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(dir) = &args.capture {
         check_capture(dir, &args.input)?;
     }
@@ -200,6 +260,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             _ => None,
         },
+        credentials,
+        console_input,
     };
     let run = vm::boot(&cfg)?;
     let report = GuestReport::parse(&run.console);

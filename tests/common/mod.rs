@@ -276,3 +276,19 @@ pub fn spawn_witness(dir: &Path, name: &str, log_vkey: &str) -> WitnessProc {
         state,
     }
 }
+
+/// A new transparency log in `dir/NAME` with its key (origin `example.org/NAME`); returns (log,
+/// key, "@vkey file").
+pub fn new_log(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
+    let (log, key) = (dir.join(name), dir.join(format!("{name}.key")));
+    run_ok(
+        imgctl()
+            .args(["log", "init"])
+            .arg(&log)
+            .arg("--key")
+            .arg(&key)
+            .args(["--origin", &format!("example.org/{name}")]),
+    );
+    let vkey = format!("@{}", dir.join(format!("{name}.vkey")).display());
+    (log, key, vkey)
+}

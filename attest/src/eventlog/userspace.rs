@@ -56,7 +56,9 @@ pub struct UserspaceRecord {
     pub content_type: Option<String>,
     /// `content.eventType`.
     pub event_type: Option<String>,
-    /// `content.string`: the bytes systemd hashed.
+    /// `content.string` as logged: the bytes hashed, for records of other writers; for
+    /// systemd's (`content_type` `systemd`) their C-escaped form ([`systemd_cescape`]: systemd
+    /// logs `cescape()` of what it measured), see [`UserspaceRecord::measured_string`].
     pub string: Option<String>,
     /// `content.bootId`.
     pub boot_id: Option<String>,
@@ -86,7 +88,7 @@ impl UserspaceRecord {
             digests,
             content_type: Some("systemd".into()),
             event_type: Some(event_type.into()),
-            string: Some(string),
+            string: Some(systemd_cescape(string.as_bytes())),
             boot_id: Some(origin.boot_id.clone()),
             timestamp: Some(origin.timestamp_usec),
         })
@@ -154,18 +156,119 @@ impl UserspaceRecord {
                 .is_some_and(|t| imgctl_measure::record::DIGEST_NOT_OF_STRING.contains(&t))
     }
 
-    /// Banks whose logged digest is not `H_bank(string)`, where it should be
-    /// ([`Self::digest_is_of_string`]): a record altered after it was written.
+    /// The bytes the writer measured: `content.string` unescaped for systemd's records
+    /// ([`systemd_cunescape`]), as logged for others. `None` without a string, or for a
+    /// systemd record whose string is no C-escaped text (it cannot be what systemd wrote).
+    pub fn measured_bytes(&self) -> Option<Vec<u8>> {
+        let s = self.string.as_deref()?;
+        if self.content_type.as_deref() == Some("systemd") {
+            systemd_cunescape(s)
+        } else {
+            Some(s.as_bytes().to_vec())
+        }
+    }
+
+    /// [`Self::measured_bytes`] as text (`None` if not UTF-8).
+    pub fn measured_string(&self) -> Option<String> {
+        String::from_utf8(self.measured_bytes()?).ok()
+    }
+
+    /// Banks whose logged digest is not `H_bank(measured bytes)`, where it should be
+    /// ([`Self::digest_is_of_string`]): a record altered after it was written. A systemd
+    /// record whose string does not unescape mismatches in every bank.
     pub fn digest_mismatches(&self) -> Vec<HashAlg> {
-        let Some(s) = self.string.as_ref().filter(|_| self.digest_is_of_string()) else {
+        if !self.digest_is_of_string() {
             return Vec::new();
-        };
+        }
+        let measured = self.measured_bytes();
         self.digests
             .iter()
-            .filter(|(b, d)| b.hash(s.as_bytes()).is_ok_and(|h| &h != d))
+            .filter(|(b, d)| match &measured {
+                Some(m) => b.hash(m).is_ok_and(|h| &h != d),
+                None => true,
+            })
             .map(|(b, _)| *b)
             .collect()
     }
+}
+
+/// systemd's `cescape()` (src/basic/escape.c), which systemd applies to what it measured before
+/// it logs it as `content.string`: `\a \b \f \n \r \t \v \\ \" \'` for those bytes, `\xNN`
+/// (lower-case hex) for any other byte below 0x20 or from 0x7f, the byte itself otherwise.
+pub fn systemd_cescape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &c in bytes {
+        let esc = match c {
+            0x07 => "\\a",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x0b => "\\v",
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            b'\'' => "\\'",
+            0x20..=0x7e => {
+                out.push(char::from(c));
+                continue;
+            }
+            _ => {
+                out.push_str(&format!("\\x{c:02x}"));
+                continue;
+            }
+        };
+        out.push_str(esc);
+    }
+    out
+}
+
+/// The inverse of [`systemd_cescape`]: `None` for text it never writes (a lone or unknown
+/// escape, a raw byte it would have escaped).
+pub fn systemd_cunescape(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c != b'\\' {
+            if !(0x20..=0x7e).contains(&c) || c == b'"' || c == b'\'' {
+                return None;
+            }
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let e = *b.get(i + 1)?;
+        let (byte, len) = match e {
+            b'a' => (0x07, 2),
+            b'b' => (0x08, 2),
+            b'f' => (0x0c, 2),
+            b'n' => (b'\n', 2),
+            b'r' => (b'\r', 2),
+            b't' => (b'\t', 2),
+            b'v' => (0x0b, 2),
+            b'\\' => (b'\\', 2),
+            b'"' => (b'"', 2),
+            b'\'' => (b'\'', 2),
+            b'x' => {
+                let hex = b.get(i + 2..i + 4)?;
+                if !hex.iter().all(|h| matches!(h, b'0'..=b'9' | b'a'..=b'f')) {
+                    return None;
+                }
+                let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+                // systemd writes these itself, or by name (`\\a` … `\\v`).
+                if (0x20..=0x7e).contains(&v) || (0x07..=0x0d).contains(&v) {
+                    return None;
+                }
+                (v, 4)
+            }
+            _ => return None,
+        };
+        out.push(byte);
+        i += len;
+    }
+    Some(out)
 }
 
 #[derive(Deserialize)]
@@ -476,5 +579,78 @@ mod tests {
         let err = UserspaceLog::parse(b"{}").unwrap_err();
         assert_eq!(err.offset, 0);
         assert!(n > 0);
+    }
+
+    /// A record systemd-pcrextend 257 wrote in a real boot of recipes/os (the image's PAM hook,
+    /// a root login on the serial console): systemd logs `cescape()` of what it measured, so
+    /// the string's quotes are `\"`; the digests are those of the unescaped string, and the
+    /// break-glass claim is read from it.
+    #[test]
+    fn systemd_logs_the_measured_string_c_escaped() {
+        const LOGGED: &str = r#"{"pcr":15,"digests":[{"hashAlg":"sha1","digest":"958f9a03b008365a52a9b420624a7b0913d3b642"},{"hashAlg":"sha256","digest":"3c8fa35150e3ce70664cbcf267404e75828556c3ed63573ef7efaa5fea2f0e53"},{"hashAlg":"sha384","digest":"e8a3fa38efd93938e6e780833054dd15f9a95f26fc5c50ee444142f35afca7c37fcd97975304910a9f161ffba1ab0750"},{"hashAlg":"sha512","digest":"6cf241f6c65b619b3384a7ea29e402ef0f008738ca325d09267be0cdc160c21f3e4525a78e58b559902334ffc9cef881a683e5304f8d8e373cfc584858708d9b"}],"content_type":"systemd","content":{"string":"break-glass:{\\\"actor\\\":\\\"root\\\",\\\"kind\\\":\\\"console-login\\\",\\\"reason\\\":\\\"root login on /dev/ttyS0\\\",\\\"time\\\":\\\"2026-12-08T01:56:36Z\\\"}","bootId":"f13bbf8c4c0246578e86ed361f247a8b","timestamp":58793695,"eventType":"phase"}}"#;
+        let mut data = vec![RS];
+        data.extend_from_slice(LOGGED.as_bytes());
+        data.push(b'\n');
+        let log = UserspaceLog::parse(&data).unwrap();
+        let r = &log.records[0];
+        assert!(r
+            .string
+            .as_deref()
+            .unwrap()
+            .contains(r#"{\"actor\":\"root\""#));
+        let measured = r.measured_string().unwrap();
+        assert!(measured.starts_with(r#"break-glass:{"actor":"root","kind":"console-login""#));
+        assert_eq!(
+            r.digest(HashAlg::SHA256).unwrap().to_hex(),
+            HashAlg::SHA256.hash(measured.as_bytes()).unwrap().to_hex()
+        );
+        assert!(r.digest_mismatches().is_empty());
+        let bg = crate::userspace_record::BreakGlass::from_record(r)
+            .unwrap()
+            .unwrap();
+        assert_eq!(bg.kind, "console-login");
+        // Our writer gives the same bytes back for the same measurement.
+        let again = UserspaceRecord::new(
+            15,
+            &[
+                HashAlg::SHA1,
+                HashAlg::SHA256,
+                HashAlg::SHA384,
+                HashAlg::SHA512,
+            ],
+            measured,
+            "phase",
+            &Origin {
+                boot_id: r.boot_id.clone().unwrap(),
+                timestamp_usec: r.timestamp.unwrap(),
+            },
+        )
+        .unwrap();
+        assert_eq!(again.to_json_seq(), data);
+        // An escape systemd never writes is no measured string: every bank mismatches.
+        let mut odd = r.clone();
+        odd.string = Some("break-glass:\\q".into());
+        assert_eq!(odd.measured_bytes(), None);
+        assert_eq!(odd.digest_mismatches().len(), 4);
+    }
+}
+
+#[cfg(test)]
+mod cescape_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every byte string survives systemd's escaping and back; the escaped form is
+        /// printable ASCII; unescaping arbitrary text never panics.
+        #[test]
+        fn cescape_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..64), text in ".{0,64}") {
+            let e = systemd_cescape(&bytes);
+            prop_assert!(e.bytes().all(|b| (0x20..0x7f).contains(&b)));
+            prop_assert_eq!(systemd_cunescape(&e), Some(bytes));
+            if let Some(b) = systemd_cunescape(&text) {
+                prop_assert_eq!(systemd_cescape(&b), text);
+            }
+        }
     }
 }
