@@ -105,7 +105,8 @@ pub fn from_record(r: &UserspaceRecord) -> Option<Result<KeyslotRecord, String>>
     KeyslotRecord::parse(r.string.as_deref()?)
 }
 
-fn escape(s: &str) -> String {
+/// systemd's `xescape(s, ":")`: `:`, `\` and bytes outside printable ASCII as `\xNN`.
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b == b':' || b == b'\\' || !(0x20..0x7f).contains(&b) {
@@ -117,7 +118,8 @@ fn escape(s: &str) -> String {
     out
 }
 
-fn unescape(s: &str) -> Result<String, String> {
+/// The inverse of [`escape`]; the result must be UTF-8.
+pub(crate) fn unescape(s: &str) -> Result<String, String> {
     let mut out = Vec::new();
     let b = s.as_bytes();
     let mut i = 0;
@@ -128,7 +130,7 @@ fn unescape(s: &str) -> Result<String, String> {
                 .filter(|h| h[0] == b'x')
                 .and_then(|h| std::str::from_utf8(&h[1..]).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad escape in the volume name {s:?}"))?;
+                .ok_or_else(|| format!("bad escape in the name {s:?}"))?;
             out.push(hex);
             i += 4;
         } else {
@@ -136,7 +138,7 @@ fn unescape(s: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| format!("the volume name {s:?} is not UTF-8"))
+    String::from_utf8(out).map_err(|_| format!("the name {s:?} is not UTF-8"))
 }
 
 #[cfg(test)]

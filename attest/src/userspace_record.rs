@@ -141,6 +141,96 @@ pub fn break_glass_claim(
     })
 }
 
+/// Prefix of an extension-activation record.
+pub const VERITY_PREFIX: &str = "verity:";
+
+/// An activated dm-verity image (a system or configuration extension merged on the running
+/// OS), in the string format of systemd's `verity` NvPCR (systemd main,
+/// `pcrextend_verity_word`): `verity:<name>:<root hash hex>:<signers>`. `<name>` is escaped as
+/// systemd's `xescape(name, ":")`; `<signers>` is empty for an unsigned root hash, otherwise a
+/// comma list of `<serial hex>/<issuer base64>` (the PKCS#7 signers). systemd 257 has no
+/// NvPCRs: the OS image measures these into PCR 15 (recipes/os/imgctl-sysext-measure), and the
+/// verifier resolves each root hash to a published extension record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerityRecord {
+    /// The image's name, unescaped.
+    pub name: String,
+    /// The root hash the kernel enforces, lower-case hex.
+    pub root_hash: String,
+    /// `(serial hex, issuer base64)` of each signer of the root hash; empty when unsigned.
+    pub signers: Vec<(String, String)>,
+}
+
+impl VerityRecord {
+    /// Parses `verity:<name>:<root hash>:<signers>`; `None` without the prefix.
+    pub fn parse(s: &str) -> Option<Result<VerityRecord, String>> {
+        let rest = s.strip_prefix(VERITY_PREFIX)?;
+        Some(Self::parse_fields(rest).map_err(|why| format!("{s:?}: {why}")))
+    }
+
+    /// Reads an activation record from a userspace log record: `None` if its string does not
+    /// start with [`VERITY_PREFIX`].
+    pub fn from_record(r: &UserspaceRecord) -> Option<Result<VerityRecord, String>> {
+        Self::parse(r.string.as_deref()?)
+    }
+
+    fn parse_fields(rest: &str) -> Result<VerityRecord, String> {
+        let fields: Vec<&str> = rest.split(':').collect();
+        let [name, hash, signers] = fields[..] else {
+            return Err(format!(
+                "expected <name>:<root hash>:<signers> after {VERITY_PREFIX}, found {} field(s)",
+                fields.len()
+            ));
+        };
+        let name = crate::keyslot::unescape(name)?;
+        if name.is_empty() {
+            return Err("the image name is empty".into());
+        }
+        // SHA-256 to SHA-512 root hashes, as systemd's hexmem writes them (lower case).
+        let lower_hex = |h: &str| h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+        if !(32..=64).contains(&(hash.len() / 2)) || hash.len() % 2 != 0 || !lower_hex(hash) {
+            return Err(format!("{hash:?} is not a root hash (lower-case hex)"));
+        }
+        let mut list = Vec::new();
+        if !signers.is_empty() {
+            for one in signers.split(',') {
+                let (serial, issuer) = one
+                    .split_once('/')
+                    .ok_or_else(|| format!("signer {one:?} is not <serial hex>/<issuer base64>"))?;
+                let base64 = issuer
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='));
+                if serial.is_empty() || !lower_hex(serial) || issuer.is_empty() || !base64 {
+                    return Err(format!(
+                        "signer {one:?} is not <serial hex>/<issuer base64>"
+                    ));
+                }
+                list.push((serial.to_owned(), issuer.to_owned()));
+            }
+        }
+        Ok(VerityRecord {
+            name,
+            root_hash: hash.to_owned(),
+            signers: list,
+        })
+    }
+
+    /// The measured string.
+    pub fn string(&self) -> String {
+        let signers: Vec<String> = self
+            .signers
+            .iter()
+            .map(|(serial, issuer)| format!("{serial}/{issuer}"))
+            .collect();
+        format!(
+            "{VERITY_PREFIX}{}:{}:{}",
+            crate::keyslot::escape(&self.name),
+            self.root_hash,
+            signers.join(",")
+        )
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the Unix epoch (proleptic Gregorian, UTC).
 pub fn rfc3339_utc(unix_seconds: u64) -> String {
     let days = unix_seconds / 86_400;
@@ -216,6 +306,75 @@ mod tests {
         assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339_utc(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+}
+
+#[cfg(test)]
+mod verity {
+    use super::*;
+    use proptest::prelude::*;
+
+    const HASH: &str = "4a7c1e1b1a0c2b0e9f8d7c6b5a4938271605f4e3d2c1b0a99887766554433221";
+
+    #[test]
+    fn activation_records_parse_and_round_trip() {
+        let s = format!("verity:demo-sysext:{HASH}:");
+        let v = VerityRecord::parse(&s).unwrap().unwrap();
+        assert_eq!(v.name, "demo-sysext");
+        assert_eq!(v.root_hash, HASH);
+        assert!(v.signers.is_empty());
+        assert_eq!(v.string(), s);
+        // Signed: serial/issuer pairs, the issuer's base64 may hold '/'.
+        let signed = format!("verity:a\\x3ab:{HASH}:01ff/MA0x/CzAJ=,02/QQ==");
+        let v = VerityRecord::parse(&signed).unwrap().unwrap();
+        assert_eq!(v.name, "a:b");
+        assert_eq!(
+            v.signers,
+            vec![
+                ("01ff".into(), "MA0x/CzAJ=".into()),
+                ("02".into(), "QQ==".into())
+            ]
+        );
+        assert_eq!(v.string(), signed);
+        assert_eq!(VerityRecord::parse("cryptsetup-keyslot:var"), None);
+    }
+
+    #[test]
+    fn malformed_activation_records_are_errors() {
+        for bad in [
+            "verity:".to_owned(),
+            format!("verity:x:{HASH}"),
+            format!("verity::{HASH}:"),
+            format!("verity:x:{}:", HASH.to_uppercase()),
+            format!("verity:x:{}:", &HASH[..63]),
+            "verity:x:abcd:".to_owned(),
+            format!("verity:x:{HASH}:nosigner"),
+            format!("verity:x:{HASH}:01/"),
+            format!("verity:x:{HASH}:zz/QQ=="),
+            format!("verity:x:{HASH}::extra"),
+            format!("verity:x\\q:{HASH}:"),
+        ] {
+            assert!(matches!(VerityRecord::parse(&bad), Some(Err(_))), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn activation_records_round_trip_through_their_string(
+            name in "\\PC{1,24}",
+            hash in "([0-9a-f]{2}){32,64}",
+            signers in proptest::collection::vec(("([0-9a-f]{2}){1,20}", "[A-Za-z0-9+/]{1,40}={0,2}"), 0..3),
+        ) {
+            let v = VerityRecord { name, root_hash: hash, signers };
+            let s = v.string();
+            prop_assert_eq!(s.matches(':').count(), 3);
+            prop_assert_eq!(VerityRecord::parse(&s).unwrap().unwrap(), v);
+        }
+
+        #[test]
+        fn activation_record_parsing_never_panics(s in "verity:\\PC{0,200}") {
+            let _ = VerityRecord::parse(&s);
+        }
     }
 }
 

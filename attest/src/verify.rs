@@ -186,6 +186,9 @@ pub struct Artifact {
     pub pcr11: Vec<PhaseValue>,
     /// What the booted system's userspace records (an OS image's PCR 15 records).
     pub userspace: Vec<UserspaceEventRecord>,
+    /// An extension image's dm-verity root hash (lower-case hex): what its activation record
+    /// (`verity:<name>:<root hash>:…` in the userspace log) resolves to.
+    pub root_hash: Option<String>,
 }
 
 /// `{bank: hex}` digests of `what` in the manifest `file`; errors name all three.
@@ -263,7 +266,7 @@ pub fn artifact_from_record(
 ) -> Result<Option<Artifact>, Error> {
     let Some(u) = &r.uki else {
         // An extension's predicted stub events (PCR 12/13) are references too.
-        if r.events.is_empty() && r.userspace_events.is_empty() {
+        if r.events.is_empty() && r.userspace_events.is_empty() && r.extension.is_none() {
             return Ok(None);
         }
         let mut a = Artifact {
@@ -272,6 +275,10 @@ pub fn artifact_from_record(
         };
         a.events = events_from(file, r)?;
         a.userspace = r.userspace_events.clone();
+        a.root_hash = r
+            .extension
+            .as_ref()
+            .map(|x| x.root_hash.to_ascii_lowercase());
         return Ok(Some(a));
     };
     let mut a = Artifact {
@@ -926,6 +933,43 @@ fn check_userspace_records(
             }
             let et = r.event_type.as_deref().unwrap_or("");
             let st = r.string.as_deref().unwrap_or("");
+            // An extension activated on the running OS: its root hash must be a referenced
+            // (published) extension's.
+            if let Some(v) = crate::userspace_record::VerityRecord::from_record(r) {
+                let why = match v {
+                    Ok(v) => match refs
+                        .artifacts
+                        .iter()
+                        .find(|a| a.root_hash.as_deref() == Some(v.root_hash.as_str()))
+                    {
+                        Some(a) => {
+                            checked.push(format!(
+                                "record {}: extension image {} activated with root hash {}, that of {}",
+                                r.index, v.name, v.root_hash, a.name
+                            ));
+                            accounted.push(r);
+                            continue;
+                        }
+                        None => format!(
+                            "record {} in PCR {pcr}: extension image {} activated with root hash {}, which no {} extension has",
+                            r.index,
+                            v.name,
+                            v.root_hash,
+                            if refs.published_in.is_some() { "published" } else { "referenced" }
+                        ),
+                    },
+                    Err(e) => format!("record {} in PCR {pcr}: malformed activation record {e}", r.index),
+                };
+                unmatched += 1;
+                let mut x = Finding::new(Severity::Reject, "unknown-event", "userspace-log", why);
+                x.pcr = Some(pcr);
+                x.index = Some(r.index);
+                x.event_type = r.event_type.clone();
+                x.description = r.string.clone();
+                x.digest = banks.first().and_then(|b| r.digest(*b)).map(Digest::to_hex);
+                f.push(x);
+                continue;
+            }
             let hit = expectations.iter().enumerate().position(|(i, (_, e))| {
                 !used[i]
                     && r.string.is_some()
@@ -1602,6 +1646,99 @@ mod tests {
             .any(|r| r.bank == HashAlg::SHA256 && r.verdict == "mismatch"));
     }
 
+    /// An extension activated on the running OS (`verity:<name>:<root hash>:` in PCR 15) is
+    /// accepted when its root hash is a referenced extension's, counted in PCR 15's
+    /// prediction (a replay computed here with ring); another root hash rejects naming the
+    /// image, the root hash and the record, as "not published" with references from a log.
+    #[test]
+    fn an_activated_extension_resolves_to_a_referenced_root_hash_or_rejects() {
+        use crate::eventlog::userspace::{Origin, UserspaceRecord};
+        let banks = [HashAlg::SHA256];
+        let origin = Origin {
+            boot_id: "0".repeat(32),
+            timestamp_usec: 1,
+        };
+        let id = "machine-id:bdc32cd1ac874eaaa9229c647a0df9dd";
+        let hash = "4a7c1e1b1a0c2b0e9f8d7c6b5a4938271605f4e3d2c1b0a99887766554433221";
+        let act = format!("verity:demo-sysext:{hash}:");
+        let rec =
+            |t: &str, s: &str| UserspaceRecord::new(15, &banks, s.into(), t, &origin).unwrap();
+        let os = Artifact {
+            name: "os.efi (os)".into(),
+            userspace: vec![UserspaceEventRecord {
+                pcr: 15,
+                event_type: "machine-id".into(),
+                string: "machine-id:{machine-id}".into(),
+            }],
+            ..Artifact::default()
+        };
+        let sysext = Artifact {
+            name: "sysext demo-sysext 1.0".into(),
+            root_hash: Some(hash.into()),
+            ..Artifact::default()
+        };
+        let policy = Policy {
+            pcrs: [PcrIndex::new(15).unwrap()].into(),
+            banks: banks.to_vec(),
+            ..Policy::default()
+        };
+        let log = EventLog {
+            format: crate::eventlog::tcg::LogFormat::CryptoAgile,
+            spec_id: None,
+            header_pcr: 0,
+            events: Vec::new(),
+        };
+        let run = |refs: &References, records: Vec<UserspaceRecord>| {
+            let mut u = UserspaceLog { records };
+            for (i, r) in u.records.iter_mut().enumerate() {
+                r.index = i;
+            }
+            verify(&policy, refs, &log, Some(&u), None)
+        };
+        let with = References {
+            artifacts: vec![os.clone(), sysext],
+            ..References::default()
+        };
+        let v = run(&with, vec![rec("machine-id", id), rec("pcrextend", &act)]);
+        assert!(v.accepted, "{v:#?}");
+        let sha256 = |b: &[u8]| {
+            ring::digest::digest(&ring::digest::SHA256, b)
+                .as_ref()
+                .to_vec()
+        };
+        let mut pcr = vec![0u8; 32];
+        for s in [id, act.as_str()] {
+            pcr = sha256(&[pcr, sha256(s.as_bytes())].concat());
+        }
+        let row = v.pcrs.iter().find(|r| r.pcr == 15).unwrap();
+        assert_eq!(row.predicted.as_deref(), Some(hex::encode(&pcr).as_str()));
+        assert_eq!(row.verdict, "match");
+
+        let without = References {
+            artifacts: vec![os],
+            published_in: Some("the log".into()),
+            ..References::default()
+        };
+        let v = run(
+            &without,
+            vec![rec("machine-id", id), rec("pcrextend", &act)],
+        );
+        assert!(!v.accepted);
+        let x = v
+            .findings
+            .iter()
+            .find(|f| f.kind == "unknown-event")
+            .expect("a rejection");
+        assert_eq!(x.index, Some(1));
+        for part in ["not published", "demo-sysext", hash, "record 1"] {
+            assert!(x.message.contains(part), "{part}: {}", x.message);
+        }
+        // A malformed activation record rejects too.
+        let bad = format!("verity:demo-sysext:{}:", hash.to_uppercase());
+        let v = run(&with, vec![rec("machine-id", id), rec("pcrextend", &bad)]);
+        assert!(!v.accepted, "{v:#?}");
+    }
+
     /// The 257 stub measures the `.dtbauto` the machine selected, or none: the verifier takes
     /// either, matches a selected one against every published `.dtbauto`, and rejects content
     /// that was not published.
@@ -1625,6 +1762,7 @@ mod tests {
             events: Vec::new(),
             pcr11: Vec::new(),
             userspace: Vec::new(),
+            root_hash: None,
         };
         let pair = |i: usize, name: &str, data: &[u8]| {
             let utf16: Vec<u8> = name

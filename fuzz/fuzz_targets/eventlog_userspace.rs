@@ -26,6 +26,14 @@ fuzz_target!(|data: &[u8]| {
                     Some(Ok(k))
                 );
             }
+            // Extension-activation records: what parses re-encodes to the same string.
+            if let Some(Ok(v)) = imgctl_attest::userspace_record::VerityRecord::from_record(r) {
+                let s = v.string();
+                assert_eq!(
+                    imgctl_attest::userspace_record::VerityRecord::parse(&s),
+                    Some(Ok(v))
+                );
+            }
             again.extend(r.to_json_seq());
         }
         let back = UserspaceLog::parse(&again).expect("own output parses");
