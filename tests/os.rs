@@ -582,12 +582,17 @@ fn luks_uuid(volume: &Path) -> String {
 
 /// The capture unit's `IMGCTL-VAR <key> <value>` lines (recipes/os/imgctl-capture).
 fn var_report(capture: &Path) -> BTreeMap<String, String> {
+    capture_report(capture, "IMGCTL-VAR ")
+}
+
+/// The `<marker><key> <value>` lines of a capture's console, by key.
+fn capture_report(capture: &Path, marker: &str) -> BTreeMap<String, String> {
     let console = std::fs::read(capture.join("console.log")).unwrap();
     String::from_utf8_lossy(&console)
         .lines()
         .filter_map(|l| {
             let l = l.trim_end_matches('\r');
-            l.find("IMGCTL-VAR ").map(|i| &l[i + "IMGCTL-VAR ".len()..])
+            l.find(marker).map(|i| &l[i + marker.len()..])
         })
         .filter_map(|l| l.split_once(' ').or(Some((l, ""))))
         .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
@@ -2036,6 +2041,133 @@ fn verify_log_rejects_an_unpublished_sysext_on_the_esp_and_accepts_the_published
     assert_eq!(code, Some(0), "the published sysext: {text}");
     assert!(
         text.contains("PCR 13 sha256: 1 published stub event"),
+        "{text}"
+    );
+}
+
+/// Extension activation is measured and checked (issue 17 item 3, issue 13 item 3). In the
+/// boots with a sysext beside the UKI on the ESP, the image hands it to systemd-sysext 257
+/// (imgctl-sysext-esp.service), which merges it with dm-verity, and measures the merged image
+/// into PCR 15 in the format of systemd's `verity` NvPCR (imgctl-sysext-measure): exactly one
+/// `verity:demo-sysext:<root hash>:` record, whose root hash is the one `imgctl ext build`
+/// gave that image (the published one, and the other one), and the guest's PCR 15 equals the
+/// replay of the userspace log holding it; the first boot (no sysext) has none. `verify --log`
+/// with PCR 15 checked, on the boot with the published sysext: the OS build's log (the
+/// image's PCR 15 templates) with the sysext published in it too accepts, the activation
+/// resolved to that record; the OS build's log alone rejects, naming the activation record,
+/// the image and its root hash as not published.
+#[test]
+fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root_hash() {
+    let Some(b) = os_boot() else { return };
+    let Some(r) = rebuild() else { return };
+    let Some(t) = tamper_boot() else { return };
+    let Some(s) = resigned_boot() else { return };
+    let root_hash = |sysext: &Path| -> String {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(sysext.with_file_name("manifest.json")).unwrap())
+                .unwrap();
+        m["verity"]["root_hash"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no root hash in the sysext's manifest: {m}"))
+            .to_owned()
+    };
+    assert_ne!(root_hash(&r.sysext), root_hash(&r.other_sysext));
+    assert_eq!(
+        strings_starting_with(&userspace_log(b), "verity:"),
+        Vec::<String>::new(),
+        "no sysext on the ESP, no activation record"
+    );
+    for (boot, sysext) in [(t, &r.other_sysext), (s, &r.sysext)] {
+        let log = boot.log();
+        let want = format!("verity:demo-sysext:{}:", root_hash(sysext));
+        let journal = var_report_b64(&capture_report(&boot.capture, "IMGCTL-SYSEXT "), "journal");
+        assert_eq!(
+            strings_starting_with(&log, "verity:"),
+            std::slice::from_ref(&want),
+            "{}: the activation record; the activation's journal:\n{}",
+            boot.name,
+            String::from_utf8_lossy(&journal)
+        );
+        assert!(
+            log.records
+                .iter()
+                .any(|r| r.pcr == Some(15) && r.string.as_deref() == Some(want.as_str())),
+            "{}: the activation record is in PCR 15",
+            boot.name
+        );
+        let guest = boot.pcrs();
+        let replay = log.replay();
+        for (bank, name) in [(HashAlg::SHA1, "sha1"), (HashAlg::SHA256, "sha256")] {
+            let got = replay
+                .get(&bank)
+                .and_then(|m| m.get(&15))
+                .map(|d| d.to_hex())
+                .unwrap_or_else(|| panic!("{}: no PCR 15 {name} in the log", boot.name));
+            assert_eq!(
+                got, guest[name][&15],
+                "{}: {name} PCR 15 vs the replay of the log with the activation record",
+                boot.name
+            );
+        }
+    }
+    // The OS build's log, and a copy of it with the demo sysext published too (`ext build
+    // --log` with the log's key; the build is reproducible: the same root hash).
+    let dir = tempfile::tempdir().unwrap();
+    let with_sysext = dir.path().join("os-log");
+    common::run_ok(Command::new("cp").arg("-a").arg(&b.log).arg(&with_sysext));
+    let published = dir.path().join("sysext");
+    common::run_ok(
+        common::imgctl()
+            .args(["ext", "build"])
+            .arg(common::repo_root().join("recipes/demo-sysext.yaml"))
+            .arg("-o")
+            .arg(&published)
+            .arg("--log")
+            .arg(&with_sysext)
+            .arg("--log-key")
+            .arg(b.dir.path().join("os.key"))
+            .env("SOURCE_DATE_EPOCH", "0"),
+    );
+    assert_eq!(
+        root_hash(&published.join("demo-sysext.raw")),
+        root_hash(&r.sysext)
+    );
+    let verify = |log: &Path| {
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, "pcrs: [15]\nbanks: [sha1, sha256]\n").unwrap();
+        let (code, _, all) = verify_capture(
+            &s.capture,
+            &policy,
+            &[
+                "--log".as_ref(),
+                log.as_os_str(),
+                "--vkey".as_ref(),
+                b.vkey.as_ref(),
+            ],
+        );
+        (code, all)
+    };
+    let hash = root_hash(&r.sysext);
+    let (code, text) = verify(&with_sysext);
+    assert_eq!(code, Some(0), "the published sysext's activation: {text}");
+    assert!(
+        text.contains(&format!(
+            "extension image demo-sysext activated with root hash {hash}"
+        )),
+        "{text}"
+    );
+    let (code, text) = verify(&b.log);
+    assert_eq!(
+        code,
+        Some(1),
+        "an activation of an unpublished sysext: {text}"
+    );
+    assert!(text.starts_with("REJECT"), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("not published in the log")
+            && l.contains("demo-sysext")
+            && l.contains(&hash)
+            && l.contains("PCR 15")),
         "{text}"
     );
 }

@@ -13,6 +13,7 @@
 //! | `IMGCTL-USERLOG-BEGIN` … `IMGCTL-USERLOG-END` | systemd's userspace log `/run/log/systemd/tpm2-measure.log` in base64, likewise (an OS image's capture unit) |
 //! | `IMGCTL-OS: uptime <seconds>` | the guest's uptime when its capture unit ran (`/proc/uptime`) |
 //! | `IMGCTL-VAR <key> <value>` | an OS image's encrypted /var (mount, dm target, LUKS UUID and metadata, unlock journal, first-boot marker): read by tests/os.rs, not parsed here |
+//! | `IMGCTL-SYSEXT journal <base64>` | an OS image's extension activation (the journal of imgctl-sysext-esp.service and systemd-sysext.service), for diagnosis: not parsed here |
 //! | `IMGCTL-DEMO: done` | the report is complete; the guest powers off next |
 
 use std::collections::BTreeMap;
