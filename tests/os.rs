@@ -2053,9 +2053,9 @@ fn verify_log_rejects_an_unpublished_sysext_on_the_esp_and_accepts_the_published
 /// gave that image (the published one, and the other one), and the guest's PCR 15 equals the
 /// replay of the userspace log holding it; the first boot (no sysext) has none. `verify --log`
 /// with PCR 15 checked, on the boot with the published sysext: the OS build's log (the
-/// image's PCR 15 templates) with the sysext published in it too accepts, the activation
-/// resolved to that record; the OS build's log alone rejects, naming the activation record,
-/// the image and its root hash as not published.
+/// image's PCR 15 templates) with the booted rebuilt UKI and the sysext published in it too
+/// accepts, the activation resolved to that record; without the sysext it rejects, naming
+/// the activation record, the image and its root hash as not published.
 #[test]
 fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root_hash() {
     let Some(b) = os_boot() else { return };
@@ -2110,11 +2110,25 @@ fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root
             );
         }
     }
-    // The OS build's log, and a copy of it with the demo sysext published too (`ext build
-    // --log` with the log's key; the build is reproducible: the same root hash).
+    // The OS build's log (the image's PCR 15 templates) with the rebuilt UKI the boot started
+    // appended (`log append` of its manifest, with the log's key), and a copy of that with the
+    // demo sysext published too (`ext build --log`; the build is reproducible: the same root
+    // hash).
     let dir = tempfile::tempdir().unwrap();
-    let with_sysext = dir.path().join("os-log");
-    common::run_ok(Command::new("cp").arg("-a").arg(&b.log).arg(&with_sysext));
+    let key = b.dir.path().join("os.key");
+    let plain = dir.path().join("os-log");
+    common::run_ok(Command::new("cp").arg("-a").arg(&b.log).arg(&plain));
+    common::run_ok(
+        common::imgctl()
+            .args(["log", "append"])
+            .arg(&plain)
+            .arg("--key")
+            .arg(&key)
+            .arg("--entry")
+            .arg(r.signed.with_file_name("manifest.json")),
+    );
+    let with_sysext = dir.path().join("os-log-sysext");
+    common::run_ok(Command::new("cp").arg("-a").arg(&plain).arg(&with_sysext));
     let published = dir.path().join("sysext");
     common::run_ok(
         common::imgctl()
@@ -2125,7 +2139,7 @@ fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root
             .arg("--log")
             .arg(&with_sysext)
             .arg("--log-key")
-            .arg(b.dir.path().join("os.key"))
+            .arg(&key)
             .env("SOURCE_DATE_EPOCH", "0"),
     );
     assert_eq!(
@@ -2134,7 +2148,7 @@ fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root
     );
     let verify = |log: &Path| {
         let policy = dir.path().join("policy.yaml");
-        std::fs::write(&policy, "pcrs: [15]\nbanks: [sha1, sha256]\n").unwrap();
+        std::fs::write(&policy, "pcrs: [4, 11, 13, 15]\nbanks: [sha1, sha256]\n").unwrap();
         let (code, _, all) = verify_capture(
             &s.capture,
             &policy,
@@ -2156,7 +2170,7 @@ fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root
         )),
         "{text}"
     );
-    let (code, text) = verify(&b.log);
+    let (code, text) = verify(&plain);
     assert_eq!(
         code,
         Some(1),

@@ -884,7 +884,9 @@ type Predicted = BTreeMap<(HashAlg, u32), (Option<Digest>, String)>;
 /// record must be there once, and its digest in every bank must be the hash of its string.
 /// Then the PCR's final value, the replay of those records, is checked in that bank.
 /// Which image booted is the one whose UKI the stub measured ([`check_stub_events`]); when
-/// none did, every published image's expectations are tried (the boot is rejected anyway).
+/// none did (the boot is rejected anyway), or the booted UKI's record expects no userspace
+/// records (a UKI built on its own, booting an OS image's disk), every referenced image's
+/// expectations are tried.
 #[allow(clippy::too_many_arguments)] // reason: the verifier's shared state, as check_pcr4
 fn check_userspace_records(
     policy: &Policy,
@@ -900,8 +902,7 @@ fn check_userspace_records(
 ) {
     let candidates: Vec<&Artifact> = match booted.map(|i| &refs.artifacts[i]) {
         Some(a) if !a.userspace.is_empty() => vec![a],
-        Some(_) => Vec::new(),
-        None => refs
+        Some(_) | None => refs
             .artifacts
             .iter()
             .filter(|a| !a.userspace.is_empty())
