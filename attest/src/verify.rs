@@ -1542,6 +1542,46 @@ fn check_userspace(
 mod tests {
     use super::*;
 
+    /// Verifies a userspace log of `records` (numbered in order) against `refs` with a policy
+    /// of PCR 15 alone in `banks` and an empty firmware log.
+    fn verify_pcr15(
+        refs: &References,
+        banks: &[HashAlg],
+        records: Vec<crate::eventlog::userspace::UserspaceRecord>,
+    ) -> Verdict {
+        let policy = Policy {
+            pcrs: [PcrIndex::new(15).unwrap()].into(),
+            banks: banks.to_vec(),
+            ..Policy::default()
+        };
+        let log = EventLog {
+            format: crate::eventlog::tcg::LogFormat::CryptoAgile,
+            spec_id: None,
+            header_pcr: 0,
+            events: Vec::new(),
+        };
+        let mut u = UserspaceLog { records };
+        for (i, r) in u.records.iter_mut().enumerate() {
+            r.index = i;
+        }
+        verify(&policy, refs, &log, Some(&u), None)
+    }
+
+    /// SHA-256 PCR 15 after extending the hash of each string, computed with ring (not the
+    /// code under test).
+    fn sha256_replay(strings: &[&str]) -> String {
+        let sha256 = |b: &[u8]| {
+            ring::digest::digest(&ring::digest::SHA256, b)
+                .as_ref()
+                .to_vec()
+        };
+        let mut pcr = vec![0u8; 32];
+        for s in strings {
+            pcr = sha256(&[pcr, sha256(s.as_bytes())].concat());
+        }
+        hex::encode(pcr)
+    }
+
     /// An OS image's record expects its machine ID (by form) and its file systems (by string)
     /// in PCR 15: exactly those records accept, with PCR 15's prediction equal to a replay
     /// computed here with ring; an unexpected, malformed, repeated or missing record rejects,
@@ -1574,37 +1614,14 @@ mod tests {
             }],
             ..References::default()
         };
-        let policy = Policy {
-            pcrs: [PcrIndex::new(15).unwrap()].into(),
-            banks: banks.to_vec(),
-            ..Policy::default()
-        };
-        let log = EventLog {
-            format: crate::eventlog::tcg::LogFormat::CryptoAgile,
-            spec_id: None,
-            header_pcr: 0,
-            events: Vec::new(),
-        };
-        let run = |records: Vec<UserspaceRecord>| {
-            let mut u = UserspaceLog { records };
-            for (i, r) in u.records.iter_mut().enumerate() {
-                r.index = i;
-            }
-            verify(&policy, &refs, &log, Some(&u), None)
-        };
+        let run = |records: Vec<UserspaceRecord>| verify_pcr15(&refs, &banks, records);
         let v = run(vec![rec("machine-id", id), rec("filesystem", fs)]);
         assert!(v.accepted, "{v:#?}");
-        let sha256 = |b: &[u8]| {
-            ring::digest::digest(&ring::digest::SHA256, b)
-                .as_ref()
-                .to_vec()
-        };
-        let mut pcr = vec![0u8; 32];
-        for s in [id, fs] {
-            pcr = sha256(&[pcr, sha256(s.as_bytes())].concat());
-        }
         let row = v.pcrs.iter().find(|r| r.bank == HashAlg::SHA256).unwrap();
-        assert_eq!(row.predicted.as_deref(), Some(hex::encode(&pcr).as_str()));
+        assert_eq!(
+            row.predicted.as_deref(),
+            Some(sha256_replay(&[id, fs]).as_str())
+        );
         assert_eq!(row.measured, row.predicted);
         assert_eq!((row.verdict, row.events), ("match", 2));
 
@@ -1678,41 +1695,19 @@ mod tests {
             root_hash: Some(hash.into()),
             ..Artifact::default()
         };
-        let policy = Policy {
-            pcrs: [PcrIndex::new(15).unwrap()].into(),
-            banks: banks.to_vec(),
-            ..Policy::default()
-        };
-        let log = EventLog {
-            format: crate::eventlog::tcg::LogFormat::CryptoAgile,
-            spec_id: None,
-            header_pcr: 0,
-            events: Vec::new(),
-        };
-        let run = |refs: &References, records: Vec<UserspaceRecord>| {
-            let mut u = UserspaceLog { records };
-            for (i, r) in u.records.iter_mut().enumerate() {
-                r.index = i;
-            }
-            verify(&policy, refs, &log, Some(&u), None)
-        };
+        let run =
+            |refs: &References, records: Vec<UserspaceRecord>| verify_pcr15(refs, &banks, records);
         let with = References {
             artifacts: vec![os.clone(), sysext],
             ..References::default()
         };
         let v = run(&with, vec![rec("machine-id", id), rec("pcrextend", &act)]);
         assert!(v.accepted, "{v:#?}");
-        let sha256 = |b: &[u8]| {
-            ring::digest::digest(&ring::digest::SHA256, b)
-                .as_ref()
-                .to_vec()
-        };
-        let mut pcr = vec![0u8; 32];
-        for s in [id, act.as_str()] {
-            pcr = sha256(&[pcr, sha256(s.as_bytes())].concat());
-        }
         let row = v.pcrs.iter().find(|r| r.pcr == 15).unwrap();
-        assert_eq!(row.predicted.as_deref(), Some(hex::encode(&pcr).as_str()));
+        assert_eq!(
+            row.predicted.as_deref(),
+            Some(sha256_replay(&[id, act.as_str()]).as_str())
+        );
         assert_eq!(row.verdict, "match");
 
         let without = References {
