@@ -2184,6 +2184,51 @@ fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root
             && l.contains("PCR 15")),
         "{text}"
     );
+    // The rebuilt UKI's record without what its `.pcrsig` signs (no `policy`), with the
+    // sysext published: the UKI booted with a signed PCR policy the log does not show.
+    let unsigned = dir.path().join("os-log-no-policy");
+    common::run_ok(Command::new("cp").arg("-a").arg(&b.log).arg(&unsigned));
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(r.signed.with_file_name("manifest.json")).unwrap())
+            .unwrap();
+    assert!(
+        record["policy"]["key_fingerprint_sha256"].is_string(),
+        "the build's record states its policy: {record}"
+    );
+    record.as_object_mut().unwrap().remove("policy");
+    let entry = dir.path().join("no-policy.json");
+    std::fs::write(&entry, record.to_string()).unwrap();
+    common::run_ok(
+        common::imgctl()
+            .args(["log", "append"])
+            .arg(&unsigned)
+            .arg("--key")
+            .arg(&key)
+            .arg("--entry")
+            .arg(&entry),
+    );
+    common::run_ok(
+        common::imgctl()
+            .args(["ext", "build"])
+            .arg(common::repo_root().join("recipes/demo-sysext.yaml"))
+            .arg("-o")
+            .arg(dir.path().join("sysext-again"))
+            .arg("--log")
+            .arg(&unsigned)
+            .arg("--log-key")
+            .arg(&key)
+            .env("SOURCE_DATE_EPOCH", "0"),
+    );
+    let (code, text) = verify(&unsigned);
+    assert_eq!(code, Some(1), "a signed policy not published: {text}");
+    let rejects: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("not published"))
+        .collect();
+    assert!(
+        rejects.len() == 1 && rejects[0].contains("carries a signed PCR policy (.pcrsig)"),
+        "{text}"
+    );
 }
 
 /// A console root login records a break-glass event: in the boot where root logged in on the

@@ -373,6 +373,8 @@ fn sign_pcrs_logs_the_policy_record() {
             .arg(&key)
             .args(["--bank=sha256", "-o"])
             .arg(&out)
+            .arg("--embed")
+            .arg(dir.path().join("signed.efi"))
             .arg("--log")
             .arg(&log)
             .arg("--log-key")
@@ -436,4 +438,25 @@ fn sign_pcrs_logs_the_policy_record() {
     ));
     assert_eq!(r["files"][0]["role"], "pcrsig");
     assert_eq!(r["files"][0]["digests"]["sha256"], file.as_str());
+    // The UKI that carries it (the embedded one, which is what boots) by its Authenticode
+    // hash, the PCR 4 measurement a verifier finds it by.
+    let signed = std::fs::read(dir.path().join("signed.efi")).unwrap();
+    assert_eq!(
+        r["files"][1]["digests"]["sha256"],
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&signed)).as_str()
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&run_ok(
+        imgctl()
+            .args(["inspect", "--json"])
+            .arg(dir.path().join("signed.efi")),
+    ))
+    .unwrap();
+    let authenticode = shown["authenticode"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p[0] == "sha256")
+        .map(|p| p[1].clone())
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!(r["policy"]["uki_authenticode"]["sha256"], authenticode);
 }

@@ -835,6 +835,25 @@ fn a_recipe_with_dtbauto_builds_and_signs_every_case() {
         3 * defaults.len(),
         "none, board-a and board-b, each for every phase path"
     );
+    // The build's record states the policy its .pcrsig carries: the key .pcrsig names and
+    // every PCR 11 value signed, systemd-measure 257's "none selected" values among them.
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("out/manifest.json")).unwrap()).unwrap();
+    let policy = &record["policy"];
+    assert_eq!(policy["key_fingerprint_sha256"], doc["sha256"][0]["pkfp"]);
+    let signed = policy["signs"]["sha256"].as_array().unwrap();
+    assert_eq!(signed.len(), 3 * defaults.len(), "{policy}");
+    for e in systemd_measure(&root, &bytes, defaults)["sha256"]
+        .as_array()
+        .unwrap()
+    {
+        assert!(
+            signed
+                .iter()
+                .any(|s| s["phase"] == e["phase"] && s["hash"] == e["hash"]),
+            "{e} not in the record's policy: {policy}"
+        );
+    }
     let o = imgctl()
         .arg("build")
         .arg(recipe("a.dtb, a2.dtb"))

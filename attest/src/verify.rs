@@ -11,6 +11,9 @@
 //!   description;
 //! - every `EV_EFI_BOOT_SERVICES_APPLICATION` in PCR 4 matches an Authenticode reference when the
 //!   policy asks for PCR 4;
+//! - with references from a transparency log, a booted UKI that carries a signed PCR policy
+//!   (`.pcrsig`) has that policy published: a record naming the UKI (its own, or a policy
+//!   record with its Authenticode hash) that authorises the UKI's PCR 11 predictions;
 //! - every userspace record: pcrphase words are known words whose digest is `H(word)`, and PCR
 //!   11 after each equals the `pcrs.json`/manifest value for that phase path where one is given;
 //!   break-glass records reject unless the policy allows them; altered records reject;
@@ -189,6 +192,64 @@ pub struct Artifact {
     /// An extension image's dm-verity root hash (lower-case hex): what its activation record
     /// (`verity:<name>:<root hash>:…` in the userspace log) resolves to.
     pub root_hash: Option<String>,
+    /// The UKI carries a signed PCR policy (a `.pcrsig` section).
+    pub carries_pcrsig: bool,
+    /// A signed PCR policy this record publishes: the UKI's own (its record states what its
+    /// `.pcrsig` signs) or one of its own (`sign-pcrs --log`, naming its UKI by Authenticode).
+    pub policy: Option<PolicyRef>,
+}
+
+/// A published signed PCR policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyRef {
+    /// SHA-256 of the signing key as `.pcrsig` names it (`pkfp`), lower-case hex.
+    pub key_fingerprint: String,
+    /// The Authenticode hash per bank of the UKI that carries it (PCR 4 shows it).
+    pub uki_authenticode: BTreeMap<HashAlg, Digest>,
+    /// The PCR 11 values it authorises.
+    pub signs: Vec<PhaseValue>,
+}
+
+impl PolicyRef {
+    /// Does the policy authorise the value `values` holds for each (bank, phase path) it signs
+    /// (and share one at least)? Phase paths it does not sign (`:`, right after the stub,
+    /// which pcrs.json has and systemd-measure does not sign) are not its concern.
+    fn authorises(&self, values: &[PhaseValue]) -> bool {
+        let paths: BTreeSet<(HashAlg, &[String])> = self
+            .signs
+            .iter()
+            .map(|v| (v.bank, v.phase.as_slice()))
+            .collect();
+        let mine: Vec<&PhaseValue> = values
+            .iter()
+            .filter(|v| paths.contains(&(v.bank, v.phase.as_slice())))
+            .collect();
+        !mine.is_empty()
+            && mine.iter().all(|v| {
+                self.signs
+                    .iter()
+                    .any(|s| s.bank == v.bank && s.phase == v.phase && s.value == v.value)
+            })
+    }
+}
+
+/// The [`PolicyRef`] of a record's policy; `uki_authenticode` when the record is the UKI's own.
+fn policy_from(
+    file: &str,
+    name: &str,
+    p: &imgctl_measure::record::PolicyRecord,
+    uki_authenticode: &BTreeMap<HashAlg, Digest>,
+) -> Result<PolicyRef, Error> {
+    let own = digests(file, "policy.uki_authenticode", &p.uki_authenticode)?;
+    Ok(PolicyRef {
+        key_fingerprint: p.key_fingerprint_sha256.clone(),
+        uki_authenticode: if own.is_empty() {
+            uki_authenticode.clone()
+        } else {
+            own
+        },
+        signs: pcrs_from(name, p.signs.clone())?,
+    })
 }
 
 /// `{bank: hex}` digests of `what` in the manifest `file`; errors name all three.
@@ -265,12 +326,24 @@ pub fn artifact_from_record(
     r: &imgctl_measure::record::ArtifactRecord,
 ) -> Result<Option<Artifact>, Error> {
     let Some(u) = &r.uki else {
-        // An extension's predicted stub events (PCR 12/13) are references too.
-        if r.events.is_empty() && r.userspace_events.is_empty() && r.extension.is_none() {
+        // An extension's predicted stub events (PCR 12/13) are references too, and so is a
+        // signed policy that names its UKI.
+        let policy = match &r.policy {
+            Some(p) if !p.uki_authenticode.is_empty() => {
+                Some(policy_from(file, &r.name, p, &BTreeMap::new())?)
+            }
+            _ => None,
+        };
+        if r.events.is_empty()
+            && r.userspace_events.is_empty()
+            && r.extension.is_none()
+            && policy.is_none()
+        {
             return Ok(None);
         }
         let mut a = Artifact {
             name: format!("{} {} {}", r.kind, r.name, r.version),
+            policy,
             ..Artifact::default()
         };
         a.events = events_from(file, r)?;
@@ -301,6 +374,11 @@ pub fn artifact_from_record(
     a.events = events_from(file, r)?;
     a.userspace = r.userspace_events.clone();
     a.pcr11 = pcrs_from(&a.name, r.pcrs.clone())?;
+    a.carries_pcrsig = u.sections.iter().any(|s| s.name == ".pcrsig");
+    a.policy = match &r.policy {
+        Some(p) => Some(policy_from(file, &a.name, p, &a.authenticode)?),
+        None => None,
+    };
     Ok(Some(a))
 }
 
@@ -534,6 +612,7 @@ pub fn verify(
     {
         check_pcr4(refs, log, &banks, &mut f, &mut checked, &mut covered);
     }
+    check_signed_policy(refs, log, booted, &banks, &mut f, &mut checked);
     for pcr in [12, 13] {
         if policy.pcrs.iter().any(|p| p.get() == pcr) {
             cover_stub_pcr(refs, log, &banks, pcr, &mut checked, &mut covered);
@@ -1068,7 +1147,10 @@ fn check_userspace_records(
 /// transparency log, that event's artifact was not published.
 fn is_unpublished(x: &Finding) -> bool {
     let firmware = x.source == "firmware-log"
-        && matches!(x.kind, "unknown-event" | "section-digest" | "section-order");
+        && matches!(
+            x.kind,
+            "unknown-event" | "section-digest" | "section-order" | "unpublished-policy"
+        );
     // A userspace record outside PCR 11 (whose words are pcrphase's, not an artifact's) that
     // no published image expects.
     let userspace =
@@ -1398,6 +1480,89 @@ fn check_pcr4(
                 covered.insert((*b, 4));
             }
         }
+    }
+}
+
+/// Equal in every bank both have, and they have one at least.
+fn same_digests(a: &BTreeMap<HashAlg, Digest>, b: &BTreeMap<HashAlg, Digest>) -> bool {
+    let common: Vec<&HashAlg> = a.keys().filter(|k| b.contains_key(k)).collect();
+    !common.is_empty() && common.iter().all(|k| a.get(k) == b.get(k))
+}
+
+/// With references from a transparency log, the signed PCR policy of a booted UKI is an
+/// artifact too: a UKI that carries `.pcrsig` and booted (its sections explain PCR 11, or PCR
+/// 4 shows its Authenticode hash, which covers `.pcrsig`) needs a published record of that
+/// policy (the UKI's own record, or one of its own from `sign-pcrs --log`) naming this UKI and
+/// authorising every PCR 11 value the UKI's record predicts. Otherwise the key signed
+/// something the log does not show: "not published", or a policy that does not sign this UKI.
+fn check_signed_policy(
+    refs: &References,
+    log: &EventLog,
+    booted: Option<usize>,
+    banks: &[HashAlg],
+    f: &mut Vec<Finding>,
+    checked: &mut Vec<String>,
+) {
+    if refs.published_in.is_none() {
+        return;
+    }
+    let apps: Vec<&Event> = log
+        .events
+        .iter()
+        .filter(|e| e.pcr == 4 && e.event_type == EventType::EV_EFI_BOOT_SERVICES_APPLICATION)
+        .collect();
+    let first_stub_event = log
+        .events
+        .iter()
+        .find(|e| e.pcr == PCR_KERNEL_IMAGE && e.event_type == EventType::EV_IPL);
+    for (i, a) in refs.artifacts.iter().enumerate() {
+        if !a.carries_pcrsig {
+            continue;
+        }
+        let app = apps
+            .iter()
+            .copied()
+            .find(|e| matches_ref(e, &a.authenticode, banks));
+        let Some(event) = app.or(first_stub_event.filter(|_| booted == Some(i))) else {
+            continue;
+        };
+        let published: Vec<(&Artifact, &PolicyRef)> = refs
+            .artifacts
+            .iter()
+            .filter_map(|p| p.policy.as_ref().map(|r| (p, r)))
+            .filter(|(_, r)| same_digests(&r.uki_authenticode, &a.authenticode))
+            .collect();
+        if let Some((p, r)) = published.iter().find(|(_, r)| r.authorises(&a.pcr11)) {
+            checked.push(format!(
+                "the signed PCR policy (.pcrsig) of {} = published in {} (key {})",
+                a.name, p.name, r.key_fingerprint
+            ));
+            continue;
+        }
+        let x = match published.first() {
+            None => Finding::new(
+                Severity::Reject,
+                "unpublished-policy",
+                "firmware-log",
+                format!(
+                    "event {}: {} carries a signed PCR policy (.pcrsig) that no record states (its key and the PCR 11 values it signs)",
+                    event.index, a.name
+                ),
+            ),
+            Some((p, _)) => Finding::new(
+                Severity::Reject,
+                "policy-mismatch",
+                "firmware-log",
+                format!(
+                    "event {}: the signed PCR policy published in {} for {} does not authorise the UKI's own PCR 11 predictions",
+                    event.index, p.name, a.name
+                ),
+            ),
+        };
+        f.push(Finding {
+            artifact: Some(a.name.clone()),
+            ..x.at_event(event, banks.first().copied())
+        });
     }
 }
 
@@ -1756,9 +1921,7 @@ mod tests {
             authenticode: BTreeMap::new(),
             kernel_authenticode: BTreeMap::new(),
             events: Vec::new(),
-            pcr11: Vec::new(),
-            userspace: Vec::new(),
-            root_hash: None,
+            ..Artifact::default()
         };
         let pair = |i: usize, name: &str, data: &[u8]| {
             let utf16: Vec<u8> = name
@@ -1806,6 +1969,97 @@ mod tests {
             .collect();
         let refs: Vec<&Event> = events.iter().collect();
         assert!(!match_sections(&old, &refs, &[b]).0.is_empty());
+    }
+
+    /// A booted UKI carrying `.pcrsig` (PCR 4 shows its Authenticode hash) needs its policy
+    /// published with references from a log: the UKI's own record stating it, or a policy
+    /// record naming it by Authenticode hash; a policy for another UKI, or one that does not
+    /// sign the UKI's PCR 11, rejects; local references are not held to it.
+    #[test]
+    fn a_booted_uki_signed_policy_must_be_published_and_sign_its_pcr11() {
+        let b = HashAlg::SHA256;
+        let d = |x: &[u8]| b.hash(x).unwrap();
+        let at = |phase: &[&str], v: &[u8]| PhaseValue {
+            phase: phase.iter().map(|w| w.to_string()).collect(),
+            bank: b,
+            value: d(v),
+            artifact: "x".into(),
+        };
+        let value = |v: &[u8]| at(&["enter-initrd"], v);
+        let policy = |uki: &[u8], signs: &[u8]| PolicyRef {
+            key_fingerprint: "ab".repeat(32),
+            uki_authenticode: [(b, d(uki))].into(),
+            signs: vec![value(signs)],
+        };
+        let uki = Artifact {
+            name: "demo.efi (demo)".into(),
+            authenticode: [(b, d(b"uki"))].into(),
+            // Right after the stub (":"), which no policy signs, and after enter-initrd.
+            pcr11: vec![at(&[], b"stub"), value(b"pcr11")],
+            carries_pcrsig: true,
+            ..Artifact::default()
+        };
+        let log = EventLog {
+            format: crate::eventlog::tcg::LogFormat::CryptoAgile,
+            spec_id: None,
+            header_pcr: 0,
+            events: vec![Event {
+                index: 7,
+                offset: 0,
+                pcr: 4,
+                event_type: EventType::EV_EFI_BOOT_SERVICES_APPLICATION,
+                digests: vec![(b, d(b"uki"))],
+                data: Vec::new(),
+            }],
+        };
+        let run = |artifacts: Vec<Artifact>, published: bool| {
+            let refs = References {
+                artifacts,
+                published_in: published.then(|| "the log L (2 entries)".to_string()),
+                ..References::default()
+            };
+            let (mut f, mut checked) = (Vec::new(), Vec::new());
+            check_signed_policy(&refs, &log, None, &[b], &mut f, &mut checked);
+            (f, checked)
+        };
+        let kinds = |f: &[Finding]| f.iter().map(|x| x.kind).collect::<Vec<_>>();
+        // Not published: the UKI's record says nothing of its policy.
+        let (f, _) = run(vec![uki.clone()], true);
+        assert_eq!(kinds(&f), ["unpublished-policy"]);
+        assert!(
+            is_unpublished(&f[0]) && f[0].message.contains("event 7"),
+            "{f:?}"
+        );
+        // Local references: not checked.
+        assert!(run(vec![uki.clone()], false).0.is_empty());
+        // The UKI's own record states it.
+        let own = Artifact {
+            policy: Some(policy(b"uki", b"pcr11")),
+            ..uki.clone()
+        };
+        let (f, checked) = run(vec![own], true);
+        assert!(f.is_empty(), "{f:?}");
+        assert!(checked[0].contains(&"ab".repeat(32)), "{checked:?}");
+        // A policy record of its own, for this UKI.
+        let record = |p: PolicyRef| Artifact {
+            name: "policy demo 1".into(),
+            policy: Some(p),
+            ..Artifact::default()
+        };
+        let (f, _) = run(vec![uki.clone(), record(policy(b"uki", b"pcr11"))], true);
+        assert!(f.is_empty(), "{f:?}");
+        // For another UKI: not this one's.
+        let (f, _) = run(vec![uki.clone(), record(policy(b"other", b"pcr11"))], true);
+        assert_eq!(kinds(&f), ["unpublished-policy"]);
+        // For this UKI, signing something else.
+        let (f, _) = run(vec![uki.clone(), record(policy(b"uki", b"else"))], true);
+        assert_eq!(kinds(&f), ["policy-mismatch"]);
+        // A UKI without .pcrsig needs nothing.
+        let plain = Artifact {
+            carries_pcrsig: false,
+            ..uki
+        };
+        assert!(run(vec![plain], true).0.is_empty());
     }
 
     fn manifest(semantics: &str) -> Vec<u8> {

@@ -22,6 +22,7 @@ use crate::uki::{
 use crate::Error;
 
 pub use imgctl_measure::manifest::{Digests, FileRecord, SectionRecord, StubRecord, UkiRecord};
+use imgctl_measure::record::PolicyRecord;
 pub use imgctl_measure::record::{ArtifactRecord, RecordKind, RECORD_FORMAT};
 
 /// How to build.
@@ -952,7 +953,14 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
         events: Vec::new(),
         userspace_events: Vec::new(),
         extension: None,
-        policy: None,
+        // The .pcrsig it carries: whose key, signing which PCR 11 values.
+        policy: match (&opts.pcr_key, &pcrsig) {
+            (Some(key), Some((_, signed, _))) => Some(PolicyRecord::new(
+                &key.public().fingerprint(),
+                &signed.iter().collect::<Vec<_>>(),
+            )),
+            _ => None,
+        },
     };
     artifact
         .check()

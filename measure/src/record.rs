@@ -93,6 +93,34 @@ pub struct PolicyRecord {
     pub key_fingerprint_sha256: String,
     /// What it signs: per bank, the PCR values (per phase) the signatures authorise.
     pub signs: PcrsJson,
+    /// A policy record of its own (`imgctl sign-pcrs --log`): the Authenticode hash, per bank,
+    /// of the UKI that carries it, which PCR 4 shows when that UKI boots. Empty in a UKI's own
+    /// record, whose `uki` facts say which UKI it is.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub uki_authenticode: Digests,
+}
+
+impl PolicyRecord {
+    /// The policy of key `key_fingerprint` (systemd's `pkfp`) signing the PCR 11 values of
+    /// `signs` (every `.dtbauto` case merged, duplicates dropped).
+    pub fn new(key_fingerprint: &[u8; 32], signs: &[&crate::Prediction]) -> PolicyRecord {
+        let mut merged = PcrsJson::new();
+        for p in signs {
+            for (bank, values) in p.to_pcrs_json() {
+                let row = merged.entry(bank).or_default();
+                for v in values {
+                    if !row.contains(&v) {
+                        row.push(v);
+                    }
+                }
+            }
+        }
+        PolicyRecord {
+            key_fingerprint_sha256: hex::encode(key_fingerprint),
+            signs: merged,
+            uki_authenticode: Digests::new(),
+        }
+    }
 }
 
 /// What only the booted machine knows, as placeholders an expected userspace string may hold:
@@ -337,6 +365,7 @@ impl ArtifactRecord {
         if let Some(p) = &self.policy {
             check_hex("policy key fingerprint", 32, &p.key_fingerprint_sha256)?;
             check_pcrs("policy", &p.signs)?;
+            check_digests("policy uki_authenticode", &p.uki_authenticode)?;
         }
         let need = |ok: bool, what: &str| {
             if ok {
@@ -469,32 +498,21 @@ impl ArtifactRecord {
         Ok(r)
     }
 
-    /// The record of a signed PCR policy (`.pcrsig` JSON `pcrsig`, for the UKI `uki` named
-    /// `uki_name`): its and the UKI's sha256, the key's fingerprint (systemd's `pkfp`) and the
-    /// PCR 11 values it authorises (every `.dtbauto` case merged, duplicates dropped). The
-    /// version is the first 16 hex digits of the UKI's sha256, so two policies for two builds
-    /// of one UKI name differ.
+    /// The record of a signed PCR policy of its own (`.pcrsig` JSON `pcrsig`, for the UKI
+    /// `uki` named `uki_name`, whose Authenticode hash per bank is `uki_authenticode`): its
+    /// and the UKI's sha256, the key's fingerprint (systemd's `pkfp`) and the PCR 11 values it
+    /// authorises. The version is the first 16 hex digits of the UKI's sha256, so two policies
+    /// for two builds of one UKI name differ.
     pub fn for_policy(
         uki_name: &str,
         uki: &[u8],
+        uki_authenticode: Digests,
         pcrsig: &[u8],
-        key_fingerprint: &[u8; 32],
-        signs: &[&crate::Prediction],
+        policy: PolicyRecord,
         builder: &str,
     ) -> Result<ArtifactRecord, Error> {
         let sha = |b: &[u8]| hex::encode(ring::digest::digest(&ring::digest::SHA256, b));
         let uki_sha = sha(uki);
-        let mut merged = PcrsJson::new();
-        for p in signs {
-            for (bank, values) in p.to_pcrs_json() {
-                let row = merged.entry(bank).or_default();
-                for v in values {
-                    if !row.contains(&v) {
-                        row.push(v);
-                    }
-                }
-            }
-        }
         let file = |role: &str, path: &str, b: &[u8]| FileRecord {
             role: role.into(),
             path: path.into(),
@@ -519,8 +537,8 @@ impl ArtifactRecord {
             userspace_events: vec![],
             extension: None,
             policy: Some(PolicyRecord {
-                key_fingerprint_sha256: hex::encode(key_fingerprint),
-                signs: merged,
+                uki_authenticode,
+                ..policy
             }),
         };
         r.check()?;

@@ -208,22 +208,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let mut text = doc.to_json();
-    if let Some(path) = &args.embed {
-        let signed = imgctl_builder::build::append_pcrsig(&data, &text)
-            .with_context(|| format!("embedding .pcrsig into {}", args.input.display()))?;
-        if uki.pe.section(".pcrpkey").is_none() {
-            eprintln!(
-                "imgctl: warning: {} has no .pcrpkey section; systemd needs the public key \
-                 (recipe `pcrpkey:`) to use the signature",
-                args.input.display()
-            );
+    // The UKI that carries the policy: the input with .pcrsig embedded, or the input.
+    let embedded = match &args.embed {
+        Some(path) => {
+            let signed = imgctl_builder::build::append_pcrsig(&data, &text)
+                .with_context(|| format!("embedding .pcrsig into {}", args.input.display()))?;
+            if uki.pe.section(".pcrpkey").is_none() {
+                eprintln!(
+                    "imgctl: warning: {} has no .pcrpkey section; systemd needs the public key \
+                     (recipe `pcrpkey:`) to use the signature",
+                    args.input.display()
+                );
+            }
+            Some((path, signed))
         }
-        outputs.add(path, &signed)?;
-    }
+        None => None,
+    };
     text.push('\n');
-    if let Some(path) = &args.output {
-        outputs.add(path, text.as_bytes())?;
-    }
     let record = match (&log, &args.output) {
         (Some(_), Some(path)) => {
             let name = args
@@ -231,15 +232,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .unwrap_or("uki");
+            let carrier = embedded.as_ref().map_or(data.as_slice(), |(_, b)| b);
+            let pe = imgctl_measure::pe::PeFile::parse(carrier)
+                .with_context(|| format!("reading {}", args.input.display()))?;
+            let authenticode = imgctl_measure::authenticode::authenticode_digests(&pe, &banks)?;
             let predictions: Vec<&imgctl_measure::Prediction> =
                 rows.iter().map(|(_, p)| p).collect();
             Some((
                 imgctl_measure::record::ArtifactRecord::for_policy(
                     name,
-                    &data,
+                    carrier,
+                    banks
+                        .iter()
+                        .zip(&authenticode)
+                        .map(|(b, d)| (b.to_string(), d.to_hex()))
+                        .collect(),
                     text.as_bytes(),
-                    &key.public().fingerprint(),
-                    &predictions,
+                    imgctl_measure::record::PolicyRecord::new(
+                        &key.public().fingerprint(),
+                        &predictions,
+                    ),
                     &format!("imgctl/{}", env!("CARGO_PKG_VERSION")),
                 )?,
                 path,
@@ -247,6 +259,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    if let Some((path, signed)) = &embedded {
+        outputs.add(path, signed)?;
+    }
+    if let Some(path) = &args.output {
+        outputs.add(path, text.as_bytes())?;
+    }
     outputs.commit()?;
     if let (Some(l), Some((record, path))) = (&log, record) {
         let mut proof = path.clone().into_os_string();
