@@ -12,7 +12,6 @@ mod cmd;
 mod output;
 mod signals;
 mod uki_input;
-mod vm;
 
 /// Build measured, immutable Linux OS images and prove what a machine booted.
 ///

@@ -10,7 +10,7 @@ use imgctl_attest::eventlog::PcrValuesJson;
 use imgctl_attest::guest_report::{GuestReport, MARK_DONE};
 
 use crate::output::outln;
-use crate::vm::{self, Accel, Ending, Medium, VmConfig};
+use imgctl_vm::{self as vm, Accel, Ending, Medium, VmConfig};
 
 /// Boot a UKI or a disk image under QEMU with OVMF and a private swtpm TPM 2.0, serial console
 /// on stderr.
@@ -87,7 +87,10 @@ pub struct Args {
     #[arg(long, value_name = "PROMPT=LINE")]
     type_after: Vec<String>,
     /// CPU virtualisation: auto probes KVM and falls back to TCG.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, default_value = "auto",
+          value_parser = clap::builder::TypedValueParser::try_map(
+              clap::builder::PossibleValuesParser::new(Accel::ALL.map(Accel::name)),
+              |s| s.parse::<Accel>()))]
     accel: Accel,
     /// Guest memory in MiB (64 to 65536).
     #[arg(long, value_name = "MIB", default_value_t = 1024,
@@ -230,7 +233,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.reuse_tpm {
         check_tpm_dir(dir)?;
     }
-    vm::install_signal_handler();
+    // SIGINT and SIGTERM now stop the run cleanly (QEMU and swtpm torn down, then a report)
+    // instead of ending imgctl mid-way.
+    crate::signals::cooperate();
     let cfg = VmConfig {
         label: args.input.display().to_string(),
         medium,
@@ -262,6 +267,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         credentials,
         console_input,
+        done_marker: MARK_DONE.to_owned(),
+        interrupted: crate::signals::interrupted,
+        progress: |m| eprintln!("imgctl vm: {m}"),
     };
     let run = vm::boot(&cfg)?;
     let report = GuestReport::parse(&run.console);

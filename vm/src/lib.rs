@@ -13,7 +13,8 @@
 //! timeout and SIGINT/SIGTERM (the handler only sets a flag the wait loop polls). A SIGKILL of
 //! imgctl itself cannot be caught; swtpm then exits when QEMU closes its socket.
 //!
-//! What the guest printed is interpreted elsewhere (`imgctl_attest::guest_report`).
+//! What the guest printed is interpreted elsewhere (`imgctl_attest::guest_report`); the run
+//! only watches for the marker the guest prints when it is done ([`VmConfig::done_marker`]).
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -24,8 +25,45 @@ use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use imgctl_attest::guest_report::MARK_DONE;
+/// Why a run could not be made or watched (how the guest's boot ended is an [`Ending`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Programs or firmware files the run needs are missing (each named with its package).
+    #[error(
+        "cannot boot: missing {0}; install with `apt-get install qemu-system-x86 qemu-utils ovmf swtpm dosfstools mtools` or run scripts/setup.sh"
+    )]
+    Missing(String),
+    /// A file, folder or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bounded read of an input.
+    #[error(transparent)]
+    Read(#[from] imgctl_fsio::Error),
+    /// A program ran and failed, or did not do what it should have.
+    #[error("{0}")]
+    Tool(String),
+    /// The configuration asks for what cannot be done.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// `Err(Error::Io)` with `what` for an I/O result.
+trait IoContext<T> {
+    fn io(self, what: impl FnOnce() -> String) -> Result<T, Error>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn io(self, what: impl FnOnce() -> String) -> Result<T, Error> {
+        self.map_err(|source| Error::Io {
+            what: what(),
+            source,
+        })
+    }
+}
 
 /// Where Debian's `ovmf` package puts the firmware; `IMGCTL_OVMF_DIR` overrides it.
 const OVMF_DIR: &str = "/usr/share/OVMF";
@@ -39,7 +77,7 @@ const POWEROFF_GRACE: Duration = Duration::from_secs(15);
 const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// CPU virtualisation for the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
     /// KVM if a probe boot of OVMF under KVM works, TCG otherwise.
     Auto,
@@ -48,12 +86,26 @@ pub enum Accel {
 }
 
 impl Accel {
+    /// Every choice, by [`Accel::name`].
+    pub const ALL: [Accel; 3] = [Accel::Auto, Accel::Kvm, Accel::Tcg];
+
     pub fn name(self) -> &'static str {
         match self {
             Accel::Auto => "auto",
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
         }
+    }
+}
+
+impl std::str::FromStr for Accel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Accel, String> {
+        Accel::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| format!("{s:?}: one of auto, kvm, tcg"))
     }
 }
 
@@ -109,6 +161,13 @@ pub struct VmConfig {
     /// Typed on the serial console, in order: when the prompt (bytes) appears in the console
     /// output after the previous step, the line is written to the guest, then Enter (`\r`).
     pub console_input: Vec<(Vec<u8>, Vec<u8>)>,
+    /// What the guest prints on its console when it is done (then it powers off).
+    pub done_marker: String,
+    /// Polled while the guest runs: the signal (SIGINT, SIGTERM) that asks the run to stop,
+    /// if one arrived. The run then tears down and ends [`Ending::Interrupted`].
+    pub interrupted: fn() -> Option<i32>,
+    /// Where the run reports what it does (which accelerator, a KVM probe that failed).
+    pub progress: fn(&str),
 }
 
 /// The most a `--credential` may hold: SMBIOS strings are small, and so is a key.
@@ -195,7 +254,7 @@ const ENROLLED: [(&str, &str); 3] = [
 
 impl Tools {
     /// Finds everything, or names every missing piece with the Debian package that has it.
-    fn find(secure_boot: bool, enroll: bool, disk: bool) -> anyhow::Result<Tools> {
+    fn find(secure_boot: bool, enroll: bool, disk: bool) -> Result<Tools, Error> {
         let mut missing = Vec::new();
         let mut tool = |name: &str, package: &str| {
             imgctl_fsio::find_program(name).unwrap_or_else(|| {
@@ -239,10 +298,7 @@ impl Tools {
         let ovmf_code = firmware(code);
         let ovmf_vars = firmware(vars);
         if !missing.is_empty() {
-            bail!(
-                "cannot boot: missing {}; install with `apt-get install qemu-system-x86 qemu-utils ovmf swtpm dosfstools mtools` or run scripts/setup.sh",
-                missing.join(", ")
-            );
+            return Err(Error::Missing(missing.join(", ")));
         }
         Ok(Tools {
             qemu,
@@ -258,11 +314,6 @@ impl Tools {
     }
 }
 
-/// Makes SIGINT and SIGTERM stop a run cleanly instead of killing imgctl mid-way.
-pub fn install_signal_handler() {
-    crate::signals::cooperate();
-}
-
 /// Child processes and the run folder, torn down on drop (children first, newest first).
 struct Running {
     children: Vec<(&'static str, Child)>,
@@ -270,11 +321,11 @@ struct Running {
 }
 
 impl Running {
-    fn new() -> anyhow::Result<Running> {
+    fn new() -> Result<Running, Error> {
         let dir = tempfile::Builder::new()
             .prefix("imgctl-vm-")
             .tempdir()
-            .context("creating the run folder")?;
+            .io(|| "creating the run folder".into())?;
         Ok(Running {
             children: Vec::new(),
             dir,
@@ -285,11 +336,11 @@ impl Running {
         self.dir.path().join(name)
     }
 
-    fn spawn(&mut self, what: &'static str, cmd: &mut Command) -> anyhow::Result<usize> {
+    fn spawn(&mut self, what: &'static str, cmd: &mut Command) -> Result<usize, Error> {
         let child = cmd
             .process_group(0)
             .spawn()
-            .with_context(|| format!("starting {what} ({cmd:?})"))?;
+            .io(|| format!("starting {what} ({cmd:?})"))?;
         self.children.push((what, child));
         Ok(self.children.len() - 1)
     }
@@ -307,17 +358,14 @@ impl Drop for Running {
 }
 
 /// Which accelerator to use: KVM only if asked for or if a probe boot under KVM works.
-fn resolve_accel(requested: Accel, tools: &Tools) -> Accel {
+fn resolve_accel(requested: Accel, tools: &Tools, cfg: &VmConfig) -> Accel {
     static PROBED: OnceLock<Accel> = OnceLock::new();
     match requested {
         Accel::Kvm | Accel::Tcg => requested,
-        Accel::Auto => *PROBED.get_or_init(|| match probe_kvm(tools) {
+        Accel::Auto => *PROBED.get_or_init(|| match probe_kvm(tools, cfg.interrupted) {
             Ok(()) => Accel::Kvm,
             Err(why) => {
-                eprintln!(
-                    "imgctl vm: KVM unusable ({}); using TCG emulation",
-                    crate::output::render_error(&why)
-                );
+                (cfg.progress)(&format!("KVM unusable ({why}); using TCG emulation"));
                 Accel::Tcg
             }
         }),
@@ -326,15 +374,15 @@ fn resolve_accel(requested: Accel, tools: &Tools) -> Accel {
 
 /// Boots OVMF alone under KVM and waits for its boot manager's first line on the serial port.
 /// On some hosts /dev/kvm exists but QEMU under OVMF stops at once with "KVM internal error".
-fn probe_kvm(tools: &Tools) -> anyhow::Result<()> {
+fn probe_kvm(tools: &Tools, interrupted: fn() -> Option<i32>) -> Result<(), Error> {
     OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .context("opening /dev/kvm")?;
+        .io(|| "opening /dev/kvm".into())?;
     let mut run = Running::new()?;
     let vars = run.path("vars.fd");
-    std::fs::copy(&tools.ovmf_vars, &vars).context("copying the OVMF variable store")?;
+    std::fs::copy(&tools.ovmf_vars, &vars).io(|| "copying the OVMF variable store".into())?;
     let stderr_file = run.path("qemu.err");
     let mut cmd = Command::new(&tools.qemu);
     cmd.args(["-machine", "q35", "-m", "256", "-accel", "kvm"])
@@ -342,7 +390,7 @@ fn probe_kvm(tools: &Tools) -> anyhow::Result<()> {
         .args(pflash_args(&tools.ovmf_code, &vars))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_file).context("creating qemu.err")?);
+        .stderr(std::fs::File::create(&stderr_file).io(|| "creating qemu.err".into())?);
     let i = run.spawn("qemu (KVM probe)", &mut cmd)?;
     let rx = stream(run.children[i].1.stdout.take(), false);
     let start = Instant::now();
@@ -359,19 +407,22 @@ fn probe_kvm(tools: &Tools) -> anyhow::Result<()> {
             .lines()
             .find(|l| l.contains("KVM") && !l.contains("warning"))
         {
-            bail!("{}", line.trim());
+            return Err(Error::Tool(line.trim().to_owned()));
         }
         if let Ok(Some(status)) = run.children[i].1.try_wait() {
-            bail!("QEMU exited ({status}): {}", err.trim());
+            return Err(Error::Tool(format!(
+                "QEMU exited ({status}): {}",
+                err.trim()
+            )));
         }
-        if crate::signals::interrupted().is_some() {
-            bail!("interrupted");
+        if interrupted().is_some() {
+            return Err(Error::Tool("interrupted".into()));
         }
     }
-    bail!(
+    Err(Error::Tool(format!(
         "OVMF printed nothing within {}s",
         KVM_PROBE_TIMEOUT.as_secs()
-    )
+    )))
 }
 
 fn common_qemu_args() -> [&'static str; 9] {
@@ -445,12 +496,12 @@ fn make_esp(
     global: &[PathBuf],
     loader: Option<&BootLoader>,
     image: &Path,
-) -> anyhow::Result<()> {
-    let file_name = |p: &Path| -> anyhow::Result<String> {
+) -> Result<(), Error> {
+    let file_name = |p: &Path| -> Result<String, Error> {
         p.file_name()
             .and_then(|n| n.to_str())
             .map(str::to_owned)
-            .with_context(|| format!("{}: no usable file name", p.display()))
+            .ok_or_else(|| Error::Config(format!("{}: no usable file name", p.display())))
     };
     let mut dirs: Vec<String> = vec!["::/EFI".into(), "::/EFI/BOOT".into()];
     let mut copies: Vec<(&Path, String)> = Vec::new();
@@ -487,14 +538,14 @@ fn make_esp(
     let mut total = 0u64;
     for (src, _) in &copies {
         total += std::fs::metadata(src)
-            .with_context(|| format!("reading {}", src.display()))?
+            .io(|| format!("reading {}", src.display()))?
             .len();
     }
     const MIB: u64 = 1 << 20;
     // Room for the FAT structures and slack; at least 64 MiB so mkfs.vfat picks FAT16/32.
     let size = (total + total / 8 + 16 * MIB).max(64 * MIB).div_ceil(MIB) * MIB;
-    let f = std::fs::File::create(image).context("creating the ESP image")?;
-    f.set_len(size).context("sizing the ESP image")?;
+    let f = std::fs::File::create(image).io(|| "creating the ESP image".into())?;
+    f.set_len(size).io(|| "sizing the ESP image".into())?;
     drop(f);
     let image_s = image.as_os_str();
     run_quiet(
@@ -548,19 +599,17 @@ pub const DISK_STATE: &str = "disk.qcow2";
 
 /// Makes `overlay`, a qcow2 file whose backing file is the disk `image` (read, never written),
 /// [`DISK_GROWTH`] larger than it: everything the guest writes lands in the overlay.
-fn make_overlay(tools: &Tools, image: &Path, overlay: &Path) -> anyhow::Result<()> {
+fn make_overlay(tools: &Tools, image: &Path, overlay: &Path) -> Result<(), Error> {
     let qemu_img = tools
         .qemu_img
         .as_ref()
-        .context("qemu-img is needed for a disk image")?;
-    let image = image
-        .canonicalize()
-        .with_context(|| format!("{}", image.display()))?;
+        .ok_or_else(|| Error::Missing("qemu-img (Debian package qemu-utils)".into()))?;
+    let image = image.canonicalize().io(|| image.display().to_string())?;
     let size = std::fs::metadata(&image)
-        .with_context(|| format!("{}", image.display()))?
+        .io(|| image.display().to_string())?
         .len()
         .checked_add(DISK_GROWTH)
-        .context("the disk image is too large")?;
+        .ok_or_else(|| Error::Config(format!("{}: too large", image.display())))?;
     run_quiet(
         Command::new(qemu_img)
             .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
@@ -574,69 +623,73 @@ fn make_overlay(tools: &Tools, image: &Path, overlay: &Path) -> anyhow::Result<(
 /// Checks that the kept overlay `overlay` (a `--reuse-tpm` folder's) is a qcow2 file over this
 /// very `image` (`qemu-img info`), so a second boot continues the first one's disk and never
 /// another image's.
-fn check_overlay(tools: &Tools, image: &Path, overlay: &Path) -> anyhow::Result<()> {
+fn check_overlay(tools: &Tools, image: &Path, overlay: &Path) -> Result<(), Error> {
     let qemu_img = tools
         .qemu_img
         .as_ref()
-        .context("qemu-img is needed for a disk image")?;
+        .ok_or_else(|| Error::Missing("qemu-img (Debian package qemu-utils)".into()))?;
     let out = Command::new(qemu_img)
         .args(["info", "--output=json", "-U"])
         .arg(overlay)
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("running {}", qemu_img.display()))?;
+        .io(|| format!("running {}", qemu_img.display()))?;
     if !out.status.success() {
-        bail!(
+        return Err(Error::Tool(format!(
             "{}: qemu-img info: {}",
             overlay.display(),
             String::from_utf8_lossy(&out.stderr).trim()
-        );
+        )));
     }
     let info: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("{}: qemu-img info output", overlay.display()))?;
-    let image = image
-        .canonicalize()
-        .with_context(|| format!("{}", image.display()))?;
+        .map_err(|e| Error::Tool(format!("{}: qemu-img info output: {e}", overlay.display())))?;
+    let image = image.canonicalize().io(|| image.display().to_string())?;
     let backing = info["full-backing-filename"]
         .as_str()
         .or_else(|| info["backing-filename"].as_str());
     if info["format"] != "qcow2" || backing != Some(&*image.to_string_lossy()) {
-        bail!(
+        return Err(Error::Config(format!(
             "{}: the kept disk state is not an overlay of {} (backing file {}); use another \
              --reuse-tpm folder for another image",
             overlay.display(),
             image.display(),
             backing.unwrap_or("none")
-        );
+        )));
     }
     Ok(())
 }
 
-fn run_quiet(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+fn run_quiet(cmd: &mut Command, what: &str) -> Result<(), Error> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("running {what}"))?;
+        .io(|| format!("running {what}"))?;
     if !out.status.success() {
-        bail!(
+        return Err(Error::Tool(format!(
             "{what} failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
-        );
+        )));
     }
     Ok(())
 }
 
 /// Waits until swtpm's control socket exists (or swtpm died).
-fn wait_for_socket(run: &mut Running, idx: usize, sock: &Path) -> anyhow::Result<()> {
+fn wait_for_socket(run: &mut Running, idx: usize, sock: &Path) -> Result<(), Error> {
     let start = Instant::now();
     while !sock.exists() {
         if let Ok(Some(status)) = run.children[idx].1.try_wait() {
             let log = std::fs::read_to_string(run.path("swtpm.log")).unwrap_or_default();
-            bail!("swtpm exited ({status}) before listening: {}", log.trim());
+            return Err(Error::Tool(format!(
+                "swtpm exited ({status}) before listening: {}",
+                log.trim()
+            )));
         }
         if start.elapsed() > Duration::from_secs(10) {
-            bail!("swtpm did not create {} within 10s", sock.display());
+            return Err(Error::Tool(format!(
+                "swtpm did not create {} within 10s",
+                sock.display()
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -645,7 +698,7 @@ fn wait_for_socket(run: &mut Running, idx: usize, sock: &Path) -> anyhow::Result
 
 /// Writes `vars`: the variable store `template` with `dir`'s PK, KEK and db certificates
 /// enrolled (owner [`SIGNATURE_OWNER`]) and Secure Boot enabled, by virt-fw-vars.
-fn enroll(virt_fw_vars: &Path, template: &Path, dir: &Path, vars: &Path) -> anyhow::Result<()> {
+fn enroll(virt_fw_vars: &Path, template: &Path, dir: &Path, vars: &Path) -> Result<(), Error> {
     let mut cmd = Command::new(virt_fw_vars);
     cmd.arg("-i").arg(template);
     for (opt, name) in ENROLLED {
@@ -655,10 +708,10 @@ fn enroll(virt_fw_vars: &Path, template: &Path, dir: &Path, vars: &Path) -> anyh
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("running {}", virt_fw_vars.display()))?;
+        .io(|| format!("running {}", virt_fw_vars.display()))?;
     if !out.status.success() || !vars.is_file() {
         let err = String::from_utf8_lossy(&out.stderr);
-        bail!(
+        return Err(Error::Tool(format!(
             "{}: enrolling the keys of {} failed: {}",
             virt_fw_vars.display(),
             dir.display(),
@@ -666,56 +719,59 @@ fn enroll(virt_fw_vars: &Path, template: &Path, dir: &Path, vars: &Path) -> anyh
                 .rev()
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("no message")
-        );
+        )));
     }
     Ok(())
 }
 
 /// Boots `cfg.medium` and waits for the guest's done marker, its exit, the timeout or a signal.
-pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
+pub fn boot(cfg: &VmConfig) -> Result<VmRun, Error> {
     if cfg.enroll.is_some() && !cfg.secure_boot {
-        bail!("--enroll needs --secure-boot");
+        return Err(Error::Config("--enroll needs --secure-boot".into()));
     }
     if let Some(dir) = &cfg.enroll {
         for (_, name) in ENROLLED {
             if !dir.join(name).is_file() {
-                bail!(
+                return Err(Error::Config(format!(
                     "{}: no {name} (make the keys with `imgctl keygen DIR --pk-kek`)",
                     dir.display()
-                );
+                )));
             }
         }
     }
     let disk = matches!(cfg.medium, Medium::Disk(_));
     let tools = Tools::find(cfg.secure_boot, cfg.enroll.is_some(), disk)?;
     if !cfg.medium.path().is_file() {
-        bail!("{}: no such file", cfg.medium.path().display());
+        return Err(Error::Config(format!(
+            "{}: no such file",
+            cfg.medium.path().display()
+        )));
     }
-    let accel = resolve_accel(cfg.accel, &tools);
-    eprintln!(
-        "imgctl vm: booting {} with {} ({}Secure Boot)",
+    let accel = resolve_accel(cfg.accel, &tools, cfg);
+    (cfg.progress)(&format!(
+        "booting {} with {} ({}Secure Boot)",
         cfg.label,
         match accel {
             Accel::Kvm => "KVM",
             _ => "TCG emulation",
         },
         if cfg.secure_boot { "" } else { "no " }
-    );
+    ));
 
     let mut run = Running::new()?;
     let sock = run.path("swtpm.sock");
     if sock.as_os_str().len() >= 108 {
-        bail!(
+        return Err(Error::Config(format!(
             "the run folder path {} is too long for a unix socket; set TMPDIR to a shorter folder",
             run.dir.path().display()
-        );
+        )));
     }
     let vars = run.path("vars.fd");
     match (&cfg.enroll, &tools.virt_fw_vars) {
         (Some(dir), Some(virt_fw_vars)) => enroll(virt_fw_vars, &tools.ovmf_vars, dir, &vars)?,
         _ => {
             std::fs::copy(&tools.ovmf_vars, &vars)
-                .with_context(|| format!("copying {}", tools.ovmf_vars.display()))?;
+                .io(|| format!("copying {}", tools.ovmf_vars.display()))?;
         }
     }
     let firmware_vars = imgctl_fsio::read_bounded(&vars, 64 << 20, "an OVMF variable store")?;
@@ -735,14 +791,17 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
         }
         Medium::Disk(image) => {
             if !cfg.extra.is_empty() || !cfg.global_addons.is_empty() || cfg.loader.is_some() {
-                bail!("--extra and --global-addon are for a UKI; a disk image carries its own ESP");
+                return Err(Error::Config(
+                    "--extra and --global-addon are for a UKI; a disk image carries its own ESP"
+                        .into(),
+                ));
             }
             // With --reuse-tpm the disk's state is kept beside the TPM's: a second boot
             // continues the first one (what it partitioned, enrolled and wrote).
             let overlay = match &cfg.tpm_state {
                 Some(dir) => {
                     std::fs::create_dir_all(dir)
-                        .with_context(|| format!("--reuse-tpm: creating {}", dir.display()))?;
+                        .io(|| format!("--reuse-tpm: creating {}", dir.display()))?;
                     dir.join(DISK_STATE)
                 }
                 None => run.path(DISK_STATE),
@@ -759,13 +818,13 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
     let state = match &cfg.tpm_state {
         Some(dir) => {
             std::fs::create_dir_all(dir)
-                .with_context(|| format!("--reuse-tpm: creating {}", dir.display()))?;
+                .io(|| format!("--reuse-tpm: creating {}", dir.display()))?;
             dir.canonicalize()
-                .with_context(|| format!("--reuse-tpm {}", dir.display()))?
+                .io(|| format!("--reuse-tpm {}", dir.display()))?
         }
         None => {
             let state = run.path("tpm");
-            std::fs::create_dir(&state).context("creating the swtpm state folder")?;
+            std::fs::create_dir(&state).io(|| "creating the swtpm state folder".into())?;
             state
         }
     };
@@ -816,7 +875,7 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
         Stdio::piped()
     })
     .stdout(Stdio::piped())
-    .stderr(std::fs::File::create(&stderr_file).context("creating qemu.err")?);
+    .stderr(std::fs::File::create(&stderr_file).io(|| "creating qemu.err".into())?);
 
     let start = Instant::now();
     let q = run.spawn("qemu-system-x86_64", &mut qemu)?;
@@ -828,13 +887,13 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
     let mut done_at: Option<Instant> = None;
     let mut last_stderr_check = start;
     let ending = loop {
-        if let Some(signal) = crate::signals::interrupted() {
+        if let Some(signal) = (cfg.interrupted)() {
             break Ending::Interrupted(signal);
         }
         if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
-            let from = console.len().saturating_sub(MARK_DONE.len());
+            let from = console.len().saturating_sub(cfg.done_marker.len());
             console.extend_from_slice(&chunk);
-            if done_at.is_none() && contains(&console[from..], MARK_DONE.as_bytes()) {
+            if done_at.is_none() && contains(&console[from..], cfg.done_marker.as_bytes()) {
                 done_at = Some(Instant::now());
             }
             let from = from.saturating_sub(OVMF_NOTHING_BOOTABLE.len());
@@ -857,7 +916,7 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
             while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
                 console.extend_from_slice(&chunk);
             }
-            if done_at.is_some() || contains(&console, MARK_DONE.as_bytes()) {
+            if done_at.is_some() || contains(&console, cfg.done_marker.as_bytes()) {
                 break Ending::Done;
             }
             break Ending::Exited(status);
@@ -887,4 +946,55 @@ pub fn boot(cfg: &VmConfig) -> anyhow::Result<VmRun> {
         qemu_stderr,
         firmware_vars,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accelerators_parse_by_their_names_only() {
+        for a in Accel::ALL {
+            assert_eq!(a.name().parse::<Accel>(), Ok(a));
+        }
+        assert!("KVM".parse::<Accel>().is_err());
+        assert!("".parse::<Accel>().is_err());
+    }
+
+    #[test]
+    fn credential_names_are_what_qemu_and_systemd_both_take() {
+        for ok in ["cryptsetup.passphrase", "a", "x_y-z.1", &"n".repeat(255)] {
+            assert!(credential_name_valid(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a,b",
+            "a=b",
+            "a/b",
+            "a b",
+            &"n".repeat(256),
+            "é",
+        ] {
+            assert!(!credential_name_valid(bad), "{bad}");
+        }
+    }
+
+    /// The SMBIOS type 11 string systemd reads: `io.systemd.credential.binary:NAME=` and the
+    /// value in standard Base64 (no `,` QEMU would split on).
+    #[test]
+    fn a_credential_is_named_and_base64_encoded() {
+        assert_eq!(
+            smbios_credential("k", b"\xff\xfe,="),
+            "io.systemd.credential.binary:k=//4sPQ=="
+        );
+    }
+
+    #[test]
+    fn a_comma_in_a_drive_path_is_doubled() {
+        assert_eq!(qemu_option_value(Path::new("/a,b/c")), "/a,,b/c");
+        assert!(contains(b"xx IMGCTL-DEMO: done", b"done"));
+        assert!(!contains(b"don", b"done"));
+    }
 }
