@@ -245,6 +245,59 @@ fn a_recipe_signs_like_its_built_uki() {
     );
 }
 
+/// `build --pcr-private-key --log`: the UKI's own record states the policy its `.pcrsig`
+/// carries, and `log monitor` shows it, with the key's fingerprint as the `.pcrsig` names it
+/// (pkfp) and the number of PCR 11 values signed: systemd-measure's four phase paths in the
+/// four banks.
+#[test]
+fn a_built_uki_signed_policy_is_in_its_record_and_the_monitor_shows_it() {
+    if !peers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, _) = genkey(d, "rsa", RSA);
+    std::fs::write(d.join("vmlinuz"), common::fake_kernel(4096)).unwrap();
+    let recipe = d.join("r.yaml");
+    std::fs::write(
+        &recipe,
+        "name: r\nversion: \"1\"\nos-release: { ID: r }\nkernel: vmlinuz\ncmdline: quiet\n",
+    )
+    .unwrap();
+    let (log, log_key, vkey) = common::new_log(d, "log");
+    run_ok(
+        imgctl()
+            .arg("build")
+            .arg(&recipe)
+            .arg("-o")
+            .arg(d.join("out"))
+            .arg("--pcr-private-key")
+            .arg(&key)
+            .arg("--log")
+            .arg(&log)
+            .arg("--log-key")
+            .arg(&log_key),
+    );
+    let uki = std::fs::read(d.join("out/r.efi")).unwrap();
+    let pe = imgctl_measure::PeFile::parse(&uki).unwrap();
+    let sig: serde_json::Value =
+        serde_json::from_slice(&pe.memory_data(pe.section(".pcrsig").unwrap()).unwrap()).unwrap();
+    let pkfp = sig["sha256"][0]["pkfp"].as_str().unwrap().to_owned();
+    let out = String::from_utf8(run_ok(
+        imgctl()
+            .args(["log", "monitor"])
+            .arg(&log)
+            .args(["--vkey", &vkey]),
+    ))
+    .unwrap();
+    assert!(
+        out.contains(&format!(
+            "signed PCR policy: key sha256:{pkfp} signs 16 PCR 11 values (sha1, sha256, sha384, sha512)"
+        )),
+        "{out}"
+    );
+}
+
 /// C9: `-o` and `--embed` never replace a FIFO, a symlink, a folder, a device node (as root,
 /// a `mknod` character device) or an input; the refusal comes before any output is written
 /// and leaves no temporaries.

@@ -915,6 +915,19 @@ fn print_monitored(json_out: bool, index: u64, bytes: &[u8]) -> anyhow::Result<(
             for (what, alg, hex) in e.digest_list() {
                 outln!("  {what} {alg}:{hex}");
             }
+            // A signed PCR policy (its own record, or the one a UKI carries): whose key signed
+            // how many PCR 11 values, so a key holder sees every use of the key.
+            if let Entry::V2(r) = &e {
+                if let Some(p) = &r.policy {
+                    let values: usize = p.signs.values().map(Vec::len).sum();
+                    let banks: Vec<&str> = p.signs.keys().map(String::as_str).collect();
+                    outln!(
+                        "  signed PCR policy: key sha256:{} signs {values} PCR 11 values ({})",
+                        p.key_fingerprint_sha256,
+                        banks.join(", ")
+                    );
+                }
+            }
         }
         Err(_) if json_out => outln!(
             "{}",
