@@ -16,7 +16,9 @@
 //! - [`reader`]: the cursor every parser of untrusted bytes reads through.
 //! - [`manifest`]: the build manifest (`manifest.json`); [`keys`], [`policy`], [`pcrsig`]:
 //!   PCR policy keys, TPM policy digests and the signed `.pcrsig` policy; [`tpm_wire`]: the
-//!   TPM 2.0 structures they are encoded in; [`dtb`]: the device-tree facts `.dtbauto` needs.
+//!   TPM 2.0 structures they are encoded in; [`dtb`]: the device-tree facts `.dtbauto` needs;
+//!   [`hwids`]: the `.hwids` section; [`chid`]: a machine's Computer Hardware IDs from its
+//!   SMBIOS strings ([`smbios`]: the raw table) and the `.hwids` device they select.
 //!
 //! What it deliberately does not do: build images (`imgctl-builder`), read evidence (`imgctl-attest`),
 //! keep the transparency log (`imgctl-tlog`), talk to a TPM, or read files.
@@ -34,6 +36,7 @@ pub mod addon;
 pub mod authenticode;
 pub mod authenticode_sign;
 pub mod bank;
+pub mod chid;
 pub mod dtb;
 pub mod hwids;
 pub mod keys;
@@ -46,6 +49,7 @@ pub mod predict;
 pub mod reader;
 pub mod record;
 pub mod secureboot;
+pub mod smbios;
 pub mod tpm_wire;
 pub mod uki;
 
