@@ -1,6 +1,6 @@
 //! Reading the thing a command is pointed at: a built UKI, or a recipe to assemble in memory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use imgctl_builder::recipe::Recipe;
@@ -115,28 +115,122 @@ pub fn measured_sections<'a>(
     Ok((uki, semantics, sections))
 }
 
-/// Which `.dtbauto` the machine makes a 257+ stub select (`--dtb-match`, `--no-dtb`); neither:
-/// every case.
+/// Which `.dtbauto` the machine makes a 257+ stub select (`--dtb-match`, `--hwids`, `--no-dtb`);
+/// none of them: every case.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DtbArgs {
     /// The machine's devicetree compatible (the first string of its firmware devicetree's root
     /// `compatible`, or the one the UKI's .hwids entry for it names): use the `.dtbauto` the
     /// stub selects for it (systemd 257+). Default: every `.dtbauto` the stub may select, and none.
-    #[arg(long, value_name = "COMPATIBLE", conflicts_with = "no_dtb")]
+    #[arg(long, value_name = "COMPATIBLE", conflicts_with_all = ["no_dtb", "hwids"])]
     dtb_match: Option<String>,
+    /// The machine's SMBIOS: a raw table (/sys/firmware/dmi/tables/DMI) or JSON with fwupd's
+    /// keys ({"Manufacturer", "Family", "ProductName", "ProductSku", "BaseboardManufacturer",
+    /// "BaseboardProduct"}). Its CHIDs pick the UKI's .hwids device and so the `.dtbauto` a
+    /// systemd 257 stub selects on a machine without a firmware devicetree (x86), or none.
+    #[arg(long, value_name = "SMBIOS", conflicts_with = "no_dtb")]
+    hwids: Option<PathBuf>,
     /// The machine selects no `.dtbauto` (e.g. x86 without a devicetree).
     #[arg(long)]
     no_dtb: bool,
+    /// What `--hwids` selected, once resolved (for the text output).
+    #[arg(skip)]
+    selected: std::cell::OnceCell<String>,
 }
 
+/// The most a `--hwids` file may hold (a raw SMBIOS table or its JSON).
+const MAX_SMBIOS_FILE: u64 = imgctl_measure::smbios::MAX_TABLE as u64;
+
 impl DtbArgs {
-    pub fn choice(&self) -> Option<imgctl_measure::uki::DtbChoice> {
+    /// The machine's choice, or `None` for every case. With `--hwids`, the `.hwids` device its
+    /// CHIDs select among `sections` (the first `.hwids`, as the stub reads it) gives the
+    /// compatible; what was selected is said on stderr and kept for [`Self::selection`]. (The
+    /// stub matches the base's `.dtbauto` with the base's `.hwids` and a profile's with the
+    /// profile's; here the first `.hwids` the booted profile sees serves both.)
+    pub fn choice<'b>(
+        &self,
+        input: &Path,
+        semantics: imgctl_measure::StubSemantics,
+        sections: impl Iterator<Item = (&'b str, &'b [u8])> + Clone,
+    ) -> anyhow::Result<Option<imgctl_measure::uki::DtbChoice>> {
+        use imgctl_measure::chid::{self, HwidsMatch};
         use imgctl_measure::uki::DtbChoice;
-        match (&self.dtb_match, self.no_dtb) {
-            (Some(c), _) => Some(DtbChoice::Compatible(c.clone())),
-            (None, true) => Some(DtbChoice::None),
-            (None, false) => None,
+        let Some(file) = &self.hwids else {
+            return Ok(match (&self.dtb_match, self.no_dtb) {
+                (Some(c), _) => Some(DtbChoice::Compatible(c.clone())),
+                (None, true) => Some(DtbChoice::None),
+                (None, false) => None,
+            });
+        };
+        let data = imgctl_fsio::read_bounded(file, MAX_SMBIOS_FILE, "an SMBIOS table or JSON")?;
+        let fields = chid::SmbiosFields::parse(&file.display().to_string(), &data)?;
+        let chids = chid::chids(&fields);
+        let say = |what: String| {
+            eprintln!("imgctl: --hwids {}: {what}", file.display());
+            let _ = self.selected.set(what);
+        };
+        if !semantics.knows(".hwids") {
+            say(format!(
+                "a {} stub does not read .hwids: none selected",
+                semantics.name()
+            ));
+            return Ok(Some(DtbChoice::None));
         }
+        let Some((_, hwids)) = sections.clone().find(|(n, _)| *n == ".hwids") else {
+            say(format!(
+                "{} has no .hwids section: none selected",
+                input.display()
+            ));
+            return Ok(Some(DtbChoice::None));
+        };
+        let matched = chid::match_hwids(hwids, &chids)
+            .with_context(|| format!("{}: .hwids", input.display()))?;
+        let (kind, uuid, name, compatible) = match matched {
+            HwidsMatch::Device {
+                chid_type,
+                chid,
+                name,
+                compatible,
+                ..
+            } => (chid_type, chid, name, compatible),
+            HwidsMatch::NoMatch => {
+                say("no .hwids device has one of the machine's CHIDs: none selected".into());
+                return Ok(Some(DtbChoice::None));
+            }
+            HwidsMatch::Unsupported { index, descriptor } => {
+                say(format!(
+                    ".hwids record {index} is not a devicetree record (descriptor {descriptor:#x}), so the stub matches nothing: none selected"
+                ));
+                return Ok(Some(DtbChoice::None));
+            }
+        };
+        let device = format!(
+            "CHID type {kind} {} is .hwids device {:?}",
+            imgctl_measure::hwids::format_uuid(&uuid),
+            name.as_deref().unwrap_or("(no name)")
+        );
+        let Some(compatible) = compatible else {
+            say(format!(
+                "{device}, which names no compatible: none selected"
+            ));
+            return Ok(Some(DtbChoice::None));
+        };
+        let (candidates, _) = imgctl_measure::uki::dtbauto_candidates_of(sections);
+        match candidates.iter().find(|c| c.compatible == compatible) {
+            Some(c) => say(format!(
+                "{device} ({compatible}): .dtbauto #{} selected",
+                c.index
+            )),
+            None => say(format!(
+                "{device} ({compatible}), but no .dtbauto is {compatible:?}: none selected"
+            )),
+        }
+        Ok(Some(DtbChoice::Compatible(compatible)))
+    }
+
+    /// What `--hwids` selected, after [`Self::choice`].
+    pub fn selection(&self) -> Option<&str> {
+        self.selected.get().map(String::as_str)
     }
 
     /// PCR 11 for the machine named (or every `.dtbauto` case), with a spinner, errors naming
@@ -154,13 +248,18 @@ impl DtbArgs {
             imgctl_measure::Prediction,
         )>,
     > {
+        let choice = self.choice(
+            input,
+            semantics,
+            sections.iter().map(|(n, d)| (n.as_str(), d.as_ref())),
+        )?;
         let rows = crate::output::with_spinner("hashing sections", || {
             imgctl_measure::predict::predict_pcr11_per_dtb(
                 semantics,
                 sections,
                 banks,
                 phases,
-                self.choice().as_ref(),
+                choice.as_ref(),
             )
         })
         .with_context(|| input.display().to_string())?;
@@ -283,11 +382,14 @@ pub fn predict_streamed(
             .memory_extent()
             .with_context(|| input.display().to_string())?;
         extents.push(e);
-        dtbs.push(if s.name == ".dtbauto" {
-            read_section(s)?
-        } else {
-            Vec::new()
-        });
+        // Read ahead: what decides which .dtbauto is measured.
+        dtbs.push(
+            if s.name == ".dtbauto" || (s.name == ".hwids" && dtb.hwids.is_some()) {
+                read_section(s)?
+            } else {
+                Vec::new()
+            },
+        );
     }
     let infos: Vec<SectionInfo<'_>> = chosen
         .iter()
@@ -300,6 +402,7 @@ pub fn predict_streamed(
         })
         .collect();
     let wanted = sections_to_digest(semantics, &infos);
+    let choice = dtb.choice(input, semantics, infos.iter().map(|s| (s.name, s.content)))?;
     let to_read: Vec<Extent> = wanted
         .iter()
         .map(|&i| Extent {
@@ -347,15 +450,9 @@ pub fn predict_streamed(
             digests[i].push(d);
         }
     }
-    let rows = predict_per_dtb_from_digests(
-        semantics,
-        &infos,
-        &digests,
-        banks,
-        phases,
-        dtb.choice().as_ref(),
-    )
-    .with_context(|| input.display().to_string())?;
+    let rows =
+        predict_per_dtb_from_digests(semantics, &infos, &digests, banks, phases, choice.as_ref())
+            .with_context(|| input.display().to_string())?;
     if let (Some(c), true) = (&dtb.dtb_match, semantics.knows(".dtbauto")) {
         let (candidates, _) =
             imgctl_measure::uki::dtbauto_candidates_of(infos.iter().map(|s| (s.name, s.content)));

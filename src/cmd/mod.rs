@@ -4,6 +4,7 @@
 pub mod attest;
 pub mod audit;
 pub mod build;
+pub mod chid;
 pub mod completions;
 pub mod eventlog;
 pub mod ext;

@@ -13,11 +13,13 @@ use crate::uki_input::{load_uki, DtbArgs, SemanticsArg};
 /// after the stub (the empty boot path ":") and after each systemd-pcrphase step.
 ///
 /// The JSON output has the shape `systemd-measure calculate --json` prints. A UKI with
-/// `.dtbauto` sections (systemd 257+) measures differently per machine: without `--dtb-match`
-/// or `--no-dtb` there is one prediction per `.dtbauto` the stub may select and one for none,
-/// labelled (JSON: `{"candidates": [{"dtbauto": null | {"index", "compatible"}, "pcrs": …}]}`).
+/// `.dtbauto` sections (systemd 257+) measures differently per machine: without `--dtb-match`,
+/// `--hwids` or `--no-dtb` there is one prediction per `.dtbauto` the stub may select and one
+/// for none, labelled (JSON: `{"candidates": [{"dtbauto": null | {"index", "compatible"}, "pcrs": …}]}`).
 ///
 /// Example: imgctl predict-pcrs images/demo/demo.efi --bank sha256 --phase enter-initrd --json
+///
+/// Example: imgctl predict-pcrs board.efi --hwids /sys/firmware/dmi/tables/DMI
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A UKI (.efi) or a recipe (.yaml), which is assembled in memory.
@@ -212,6 +214,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     } else {
         outln!("# stub semantics: {}", semantics.name());
+        if let Some(selected) = args.dtb.selection() {
+            outln!("# devicetree (--hwids): {selected}");
+        }
         if let Some(values) = &pcr12 {
             outln!(
                 "# PCR[12] after the profile {} tag (EV_EVENT_TAG {:#x})",
