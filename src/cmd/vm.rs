@@ -81,6 +81,13 @@ pub struct Args {
     /// most 16 KiB; repeatable.
     #[arg(long, value_name = "NAME=FILE")]
     credential: Vec<String>,
+    /// Give the guest these SMBIOS fields: one QEMU `-smbios` option, e.g.
+    /// `type=1,manufacturer=Foo,product=Bar,family=F,sku=S` or `type=2,manufacturer=Foo,product=B`
+    /// (a `,` inside a value written `,,`); repeatable. Types 0, 1, 2, 3, 4, 11, 17 with
+    /// QEMU's keys for them; printable ASCII; no host files (`file=`, `path=`). systemd-stub
+    /// 257 computes the machine's CHIDs from type 1 and 2 (`imgctl chid`, `predict-pcrs --hwids`).
+    #[arg(long, value_name = "SPEC")]
+    smbios: Vec<String>,
     /// Type LINE and Enter on the serial console once PROMPT appears on it (after the previous
     /// --type-after's prompt), e.g. `--type-after 'login: =root'`; repeatable, in order.
     /// PROMPT: no `=`; both printable ASCII.
@@ -194,10 +201,123 @@ fn read_credentials(args: &[String]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
+/// QEMU's keys per SMBIOS type (qemu-options.hx `-smbios`), without the host-file ones.
+const SMBIOS_KEYS: [(u8, &[&str]); 7] = [
+    (0, &["vendor", "version", "date", "release", "uefi"]),
+    (
+        1,
+        &[
+            "manufacturer",
+            "product",
+            "version",
+            "serial",
+            "uuid",
+            "sku",
+            "family",
+        ],
+    ),
+    (
+        2,
+        &[
+            "manufacturer",
+            "product",
+            "version",
+            "serial",
+            "asset",
+            "location",
+        ],
+    ),
+    (3, &["manufacturer", "version", "serial", "asset", "sku"]),
+    (
+        4,
+        &[
+            "sock_pfx",
+            "manufacturer",
+            "version",
+            "serial",
+            "asset",
+            "part",
+            "processor-family",
+            "processor-id",
+        ],
+    ),
+    (11, &["value"]),
+    (
+        17,
+        &[
+            "loc_pfx",
+            "bank",
+            "manufacturer",
+            "serial",
+            "asset",
+            "part",
+            "speed",
+        ],
+    ),
+];
+
+/// Checks one `--smbios SPEC` as a single QEMU `-smbios` option: `type=N` first, then
+/// `key=value` items (QEMU's `,,` escape for a comma in a value) with keys QEMU takes for that
+/// type, each once (type 11's `value` may repeat), printable ASCII, at most 4 KiB.
+fn check_smbios(spec: &str) -> anyhow::Result<()> {
+    let bad = |why: String| anyhow::anyhow!("--smbios {spec:?}: {why}");
+    if spec.len() > 4096 || !spec.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(bad("printable ASCII, at most 4096 bytes".into()));
+    }
+    // Items split at a single `,` (`,,` is a comma inside a value).
+    let mut items: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != ',' {
+            cur.push(c);
+        } else if chars.peek() == Some(&',') {
+            chars.next();
+            cur.push(',');
+        } else {
+            items.push(std::mem::take(&mut cur));
+        }
+    }
+    items.push(cur);
+    let kind = items[0]
+        .strip_prefix("type=")
+        .and_then(|t| t.parse::<u8>().ok())
+        .ok_or_else(|| bad("expected type=N first (e.g. type=1,manufacturer=Foo)".into()))?;
+    let keys = SMBIOS_KEYS
+        .iter()
+        .find(|(t, _)| *t == kind)
+        .map(|(_, k)| *k)
+        .ok_or_else(|| {
+            bad(format!(
+                "type {kind}: imgctl passes types 0, 1, 2, 3, 4, 11, 17"
+            ))
+        })?;
+    let mut seen: Vec<&str> = Vec::new();
+    for item in &items[1..] {
+        let (key, _) = item
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{item:?}: expected key=value")))?;
+        if !keys.contains(&key) {
+            return Err(bad(format!(
+                "type {kind} has no key {key:?} (QEMU's: {})",
+                keys.join(", ")
+            )));
+        }
+        if seen.contains(&key) && !(kind == 11 && key == "value") {
+            return Err(bad(format!("{key} given twice")));
+        }
+        seen.push(key);
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Everything is checked before QEMU and swtpm start: the credentials, the capture folder,
     // then the UKI.
     let credentials = read_credentials(&args.credential)?;
+    for spec in &args.smbios {
+        check_smbios(spec)?;
+    }
     let console_input = args
         .type_after
         .iter()
@@ -266,6 +386,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             _ => None,
         },
         credentials,
+        smbios: args.smbios.clone(),
         console_input,
         done_marker: MARK_DONE.to_owned(),
         interrupted: crate::signals::interrupted,
@@ -581,6 +702,31 @@ fn capture(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smbios_specs_are_one_qemu_option_with_its_keys() {
+        for ok in [
+            "type=1,manufacturer=Foo,product=Bar,family=F,sku=S",
+            "type=2,manufacturer=Foo Inc.,,Ltd,product=B-1",
+            "type=11,value=a=b,value=c",
+            "type=0,vendor=x",
+        ] {
+            check_smbios(ok).unwrap();
+        }
+        for (bad, why) in [
+            ("manufacturer=Foo", "type=N first"),
+            ("type=1,manufacturer=a,manufacturer=b", "twice"),
+            ("type=1,path=/etc/passwd", "no key"),
+            ("file=/tmp/x", "type=N first"),
+            ("type=99,x=y", "type 99"),
+            ("type=1,product", "key=value"),
+            ("type=1,product=a\nb", "printable"),
+            ("type=1,product=a\tb", "printable"),
+        ] {
+            let e = check_smbios(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn the_input_kind_comes_from_its_bytes() {

@@ -158,6 +158,9 @@ pub struct VmConfig {
     /// systemd (PID 1) imports them at boot (e.g. `cryptsetup.passphrase` for
     /// systemd-cryptsetup). Each name is [`credential_name_valid`].
     pub credentials: Vec<(String, Vec<u8>)>,
+    /// QEMU `-smbios` arguments, each one checked option (`imgctl vm --smbios`), e.g.
+    /// `type=1,manufacturer=Foo,product=Bar`: the SMBIOS strings the firmware and the stub see.
+    pub smbios: Vec<String>,
     /// Typed on the serial console, in order: when the prompt (bytes) appears in the console
     /// output after the previous step, the line is written to the guest, then Enter (`\r`).
     pub console_input: Vec<(Vec<u8>, Vec<u8>)>,
@@ -868,6 +871,9 @@ pub fn boot(cfg: &VmConfig) -> Result<VmRun, Error> {
         // Base64 and a checked name: no `,` that QEMU would read as the next option.
         qemu.arg("-smbios")
             .arg(format!("type=11,value={}", smbios_credential(name, value)));
+    }
+    for spec in &cfg.smbios {
+        qemu.arg("-smbios").arg(spec);
     }
     qemu.stdin(if cfg.console_input.is_empty() {
         Stdio::null()
