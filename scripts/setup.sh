@@ -236,6 +236,24 @@ else
     say "Debian 13 chroot already made: systemd $(cat "$T257/VERSION")"
 fi
 
+# --- fwupd (Debian 13) for the CHID cross-check: `fwupdtool hwids` computes Computer Hardware IDs
+# from an SMBIOS table (read through FWUPD_SYSFSFWDIR) independently of systemd and imgctl; the
+# tests compare `imgctl chid` with it (tests/systemd257.rs, and on the table a booted guest read,
+# tests/vm.rs). A chroot of its own so the systemd 257 one stays as it is; about a minute and
+# 240 MB. The tests check the version (`.cache/trixie-fwupd-chid/VERSION`, fwupd 2.x).
+TFW="$CACHE/trixie-fwupd-chid"
+if [ ! -f "$TFW/.complete" ]; then
+    command -v mmdebstrap >/dev/null 2>&1 || apt-get install -y -q --no-install-recommends --no-remove mmdebstrap
+    say "making the Debian 13 chroot with fwupd ($TFW)"
+    rm -rf "$TFW" "$TFW.tmp"
+    mmdebstrap --quiet --variant=apt --include=fwupd trixie "$TFW.tmp" http://deb.debian.org/debian
+    chroot "$TFW.tmp" dpkg-query -W -f='${Version}\n' fwupd > "$TFW.tmp/VERSION"
+    echo fwupd > "$TFW.tmp/.complete"
+    mv "$TFW.tmp" "$TFW"
+else
+    say "fwupd chroot already made: fwupd $(cat "$TFW/VERSION")"
+fi
+
 # --- Rust tooling ---
 if command -v cargo >/dev/null 2>&1; then
     # scripts/fuzz.sh runs the fuzz targets with cargo-fuzz (and the nightly toolchain).

@@ -1207,3 +1207,77 @@ fn a_recipe_with_hwids_builds_as_ukify_257() {
     let theirs = systemd_measure_with(&root, &ours_bytes, PHASES, &[("--dtbauto", &ours_hw)]);
     assert_eq!(ours, theirs, "PCR 11 with .hwids vs systemd-measure 257");
 }
+
+/// An SMBIOS table laid out by hand (type 0, type 1 of 27 bytes, type 2, type 127) with these
+/// type 1 strings (manufacturer, product, SKU, family) and type 2 strings (manufacturer,
+/// product), and an SMBIOS 3 entry point for it, as Linux exports them.
+fn smbios_table(system: [&str; 4], baseboard: [&str; 2]) -> (Vec<u8>, Vec<u8>) {
+    let structure = |kind: u8, formatted: &[u8], strings: &[&str]| {
+        let mut s = vec![kind, 4 + formatted.len() as u8, kind, 0];
+        s.extend(formatted);
+        for t in strings {
+            s.extend(t.as_bytes());
+            s.push(0);
+        }
+        s.push(0);
+        if strings.is_empty() {
+            s.push(0);
+        }
+        s
+    };
+    let mut t1 = vec![1, 2, 0, 0];
+    t1.extend([0x11; 16]); // UUID
+    t1.extend([6, 3, 4]); // wake-up type, SKU = string 3, family = string 4
+    let mut dmi = structure(
+        0,
+        &[1, 2, 0, 0xe8, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &["EDK II", "1.0"],
+    );
+    dmi.extend(structure(1, &t1, &system));
+    dmi.extend(structure(2, &[1, 2, 0, 0], &baseboard));
+    dmi.extend(structure(127, &[], &[]));
+    let mut ep = b"_SM3_\0\x18\x03\x00\x00\x01\x00".to_vec();
+    ep.extend((dmi.len() as u32).to_le_bytes());
+    ep.extend(0x1000u64.to_le_bytes());
+    ep[5] = 0u8.wrapping_sub(ep.iter().fold(0u8, |a, b| a.wrapping_add(*b)));
+    (ep, dmi)
+}
+
+/// CHIDs of a raw SMBIOS table: `imgctl chid` equals fwupd's `fwupdtool hwids` (Debian 13, an
+/// independent implementation reading the same bytes) for every CHID the 257 stub computes,
+/// with strings that need the trimming both do (spaces around) and non-ASCII UTF-8.
+#[test]
+fn chids_of_a_raw_smbios_table_equal_fwupdtool_hwids() {
+    let Some(root) = common::fwupd_chroot() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (system, baseboard) in [
+        (
+            [
+                "LENOVO",
+                "20ARS19C0C",
+                "LENOVO_MT_20AR_BU_Think_FM_ThinkPad T440s",
+                "ThinkPad T440s",
+            ],
+            ["LENOVO", "20ARS19C0C"],
+        ),
+        (
+            ["  Fabrique Générale  ", "Modèle 7 ", " SKU-é", "Famille Ω"],
+            [" Carte Mère ", "CM-1"],
+        ),
+    ] {
+        let (ep, dmi) = smbios_table(system, baseboard);
+        let file = dir.path().join("DMI");
+        std::fs::write(&file, &dmi).unwrap();
+        let ours = common::imgctl_chids(&file);
+        assert_eq!(ours.len(), 10);
+        let theirs = common::fwupdtool_hwids(&root, &ep, &dmi);
+        for c in &ours {
+            assert!(
+                theirs.contains(c),
+                "fwupdtool hwids lacks {c:?}: {theirs:?}"
+            );
+        }
+    }
+}

@@ -1602,3 +1602,241 @@ fn vm_refuses_bad_credentials_before_starting_anything() {
         assert!(err.contains("--type-after"), "{bad:?}: {err}");
     }
 }
+
+/// `dtc` of a one-node devicetree whose root `compatible` is `compatible`, into `dir/NAME.dtb`.
+fn dtb_blob(dir: &Path, name: &str, compatible: &str) -> Option<Vec<u8>> {
+    let dtc = common::require_tool("dtc", "device-tree-compiler")?;
+    let src = dir.join(format!("{name}.dts"));
+    std::fs::write(
+        &src,
+        format!("/dts-v1/;\n/ {{\n\tmodel = \"{name}\";\n\tcompatible = \"{compatible}\", \"imgctl,soc\";\n\tcpus {{ }};\n}};\n"),
+    )
+    .unwrap();
+    let out = dir.join(format!("{name}.dtb"));
+    common::run_ok(
+        std::process::Command::new(dtc)
+            .args(["-I", "dts", "-O", "dtb", "-o"])
+            .arg(&out)
+            .arg(&src),
+    );
+    Some(std::fs::read(out).unwrap())
+}
+
+/// The block `IMGCTL-DMI-BEGIN <name>` … `IMGCTL-DMI-END` of a console, base64-decoded.
+fn console_block(console: &str, name: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let begin = format!("IMGCTL-DMI-BEGIN {name}");
+    let body: String = console
+        .lines()
+        .map(str::trim_end)
+        .skip_while(|l| *l != begin)
+        .skip(1)
+        .take_while(|l| *l != "IMGCTL-DMI-END")
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap_or_else(|e| panic!("{name} on the console: {e}"))
+}
+
+/// `.hwids` selecting a `.dtbauto` by the machine's SMBIOS on the 257 stub (issue 12). A demo
+/// UKI on the 257 stub with two `.dtbauto` (imgctl,board-a and imgctl,board-b, made by dtc) and
+/// `.hwids` naming board A by the machine's CHID type 11 (Manufacturer + Family) and board B by
+/// its type 5 (Manufacturer + Family + ProductName); QEMU gives the guest those SMBIOS strings
+/// (`vm --smbios`). The stub matches type 5 before 11, so it selects board B though board A
+/// comes first: the guest's PCR 11 (sha1, sha256) equals `predict-pcrs --hwids smbios.json` and
+/// tpm2_eventlog's replay, differs from the none and board-a cases, and the log holds the
+/// `.dtbauto` events of board B's blob. The guest's own SMBIOS table (QEMU + OVMF's, dumped from
+/// /sys/firmware/dmi/tables) predicts the same, and fwupd's CHIDs for it (`fwupdtool hwids`,
+/// Debian 13) equal `imgctl chid`'s.
+#[test]
+fn a_dtbauto_selected_through_hwids_by_the_machines_smbios_is_measured_as_predicted() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(stub) = stub_257() else { return };
+    let fwupd = common::fwupd_chroot();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (Some(a), Some(b)) = (
+        dtb_blob(d, "a", "imgctl,board-a"),
+        dtb_blob(d, "b", "imgctl,board-b"),
+    ) else {
+        return;
+    };
+    // The demo initrd, its /init also printing the SMBIOS table the guest's kernel found.
+    let recipes = common::repo_root().join("recipes");
+    let tree = d.join("initrd");
+    common::run_ok(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(recipes.join("demo/initrd"))
+            .arg(&tree),
+    );
+    let init = std::fs::read_to_string(tree.join("init")).unwrap();
+    let dump = "for f in smbios_entry_point DMI; do\n    echo \"IMGCTL-DMI-BEGIN $f\"\n    \
+                base64 \"/sys/firmware/dmi/tables/$f\"\n    echo \"IMGCTL-DMI-END\"\ndone\n\
+                echo \"IMGCTL-DEMO: done\"\n";
+    let init = init.replacen("echo \"IMGCTL-DEMO: done\"\n", dump, 1);
+    assert!(init.contains("IMGCTL-DMI-BEGIN"), "the demo init changed");
+    std::fs::write(tree.join("init"), init).unwrap();
+    // The machine, as SMBIOS JSON and as QEMU options.
+    let smbios = d.join("smbios.json");
+    std::fs::write(
+        &smbios,
+        r#"{"Manufacturer": "imgctl Test Systems", "Family": "Test Family",
+            "ProductName": "Board B Laptop", "ProductSku": "SKU-B",
+            "BaseboardManufacturer": "imgctl Boards", "BaseboardProduct": "BB-1"}"#,
+    )
+    .unwrap();
+    let qemu_smbios = [
+        "type=1,manufacturer=imgctl Test Systems,product=Board B Laptop,family=Test Family,sku=SKU-B",
+        "type=2,manufacturer=imgctl Boards,product=BB-1",
+    ];
+    let chids: serde_json::Value = serde_json::from_slice(&common::run_ok(
+        common::imgctl().arg("chid").arg(&smbios).arg("--json"),
+    ))
+    .unwrap();
+    let chid = |t: u64| {
+        chids["chids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap()["chid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let hw = d.join("hwids");
+    std::fs::create_dir_all(&hw).unwrap();
+    for (file, name, compatible, id) in [
+        ("a.json", "Board A", "imgctl,board-a", chid(11)),
+        ("b.json", "Board B", "imgctl,board-b", chid(5)),
+    ] {
+        std::fs::write(
+            hw.join(file),
+            format!(r#"{{"type": "devicetree", "name": "{name}", "compatible": "{compatible}", "hwids": ["{id}"]}}"#),
+        )
+        .unwrap();
+    }
+    let recipe = d.join("demo.yaml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "name: demo\nversion: \"1\"\nos-release:\n  ID: imgctl-demo\n  VERSION_ID: \"1\"\n\
+             kernel: {}\ninitrd:\n  tree: {}\n  files:\n    - {{ src: /bin/busybox, dst: /bin/busybox, mode: \"0755\" }}\n\
+             cmdline: console=ttyS0 panic=-1 no_timer_check\nstub: {}\n\
+             dtbauto: [{}, {}]\nhwids: {}\n",
+            common::repo_root().join(".cache/demo/vmlinuz").display(),
+            tree.display(),
+            stub.display(),
+            d.join("a.dtb").display(),
+            d.join("b.dtb").display(),
+            hw.display()
+        ),
+    )
+    .unwrap();
+    let uki = build_recipe(&recipe, &d.join("out"), None);
+    let predict = |more: &[&std::ffi::OsStr]| -> (serde_json::Value, String) {
+        let o = common::imgctl()
+            .arg("predict-pcrs")
+            .arg(&uki)
+            .args([
+                "--phase", ":", "--bank", "sha1", "--bank", "sha256", "--json",
+            ])
+            .args(more)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            serde_json::from_slice(&o.stdout).unwrap(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let pcr11 = |v: &serde_json::Value, bank: &str| v[bank][0]["hash"].as_str().unwrap().to_owned();
+    let (by_json, said) = predict(&["--hwids".as_ref(), smbios.as_os_str()]);
+    assert!(
+        said.contains("CHID type 5") && said.contains(".dtbauto #1 selected"),
+        "{said}"
+    );
+    let (board_b, _) = predict(&["--dtb-match".as_ref(), "imgctl,board-b".as_ref()]);
+    let (board_a, _) = predict(&["--dtb-match".as_ref(), "imgctl,board-a".as_ref()]);
+    let (none, _) = predict(&["--no-dtb".as_ref()]);
+    assert_eq!(by_json, board_b);
+    // Another machine (no CHID in .hwids): none selected, and said so.
+    let other = d.join("other.json");
+    std::fs::write(&other, r#"{"Manufacturer": "Someone Else"}"#).unwrap();
+    let (by_other, said) = predict(&["--hwids".as_ref(), other.as_os_str()]);
+    assert_eq!(by_other, none, "{said}");
+    assert!(said.contains("none selected"), "{said}");
+
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    for s in qemu_smbios {
+        args.extend(["--smbios".into(), s.into()]);
+    }
+    let boot = Boot::run_args(d, &uki, &args, BOOT_TIMEOUT_S);
+    boot.assert_done();
+    eprintln!(
+        "boot of the .hwids/.dtbauto UKI on the 257 stub: {:.1}s",
+        boot.elapsed.as_secs_f64()
+    );
+    let guest = boot.pcrs();
+    let replay = tpm2_eventlog(&boot.capture.join("eventlog.bin"));
+    for bank in ["sha1", "sha256"] {
+        let want = pcr11(&by_json, bank);
+        assert_eq!(
+            guest[bank].get(&11),
+            Some(&want),
+            "PCR 11 {bank}: guest (257 stub, SMBIOS of board B) vs predict-pcrs --hwids"
+        );
+        assert_eq!(
+            replay.pcrs[bank].get(&11),
+            Some(&want),
+            "{bank}: tpm2_eventlog replay"
+        );
+        assert_ne!(want, pcr11(&none, bank), "{bank}: a .dtbauto is measured");
+        assert_ne!(want, pcr11(&board_a, bank), "{bank}: not board A's");
+        eprintln!("PCR 11 {bank}: guest = predict-pcrs --hwids = tpm2_eventlog = {want}");
+    }
+    // Board B's blob is measured in PCR 11 (its EV_IPL digest), board A's is not.
+    use sha2::Digest as _;
+    let in_pcr11 = |blob: &[u8]| {
+        let h: String = sha2::Sha256::digest(blob)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        replay
+            .events
+            .iter()
+            .any(|e| e.pcr == 11 && e.digests.values().any(|d| *d == h))
+    };
+    assert!(in_pcr11(&b), "board B's devicetree measured");
+    assert!(!in_pcr11(&a), "board A's devicetree not measured");
+
+    // The SMBIOS table the guest read (QEMU + OVMF's): the same prediction from the raw table.
+    let console =
+        String::from_utf8_lossy(&std::fs::read(boot.capture.join("console.log")).unwrap())
+            .into_owned();
+    let entry_point = console_block(&console, "smbios_entry_point");
+    let table = console_block(&console, "DMI");
+    let dmi = d.join("guest.DMI");
+    std::fs::write(&dmi, &table).unwrap();
+    let (by_table, said) = predict(&["--hwids".as_ref(), dmi.as_os_str()]);
+    assert_eq!(by_table, by_json, "{said}");
+    let ours = common::imgctl_chids(&dmi);
+    assert_eq!(
+        ours,
+        common::imgctl_chids(&smbios),
+        "CHIDs: the guest's table vs the JSON"
+    );
+    // fwupd reads the same table (entry point and DMI, as in /sys/firmware/dmi/tables).
+    let Some(root) = fwupd else { return };
+    let theirs = common::fwupdtool_hwids(&root, &entry_point, &table);
+    assert_eq!(ours.len(), 10, "every CHID the 257 stub computes");
+    for c in &ours {
+        assert!(
+            theirs.contains(c),
+            "fwupdtool hwids lacks {c:?}: {theirs:?}"
+        );
+    }
+}

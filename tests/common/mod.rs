@@ -292,3 +292,68 @@ pub fn new_log(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
     let vkey = format!("@{}", dir.join(format!("{name}.vkey")).display());
     (log, key, vkey)
 }
+
+/// The Debian 13 chroot with fwupd that scripts/setup.sh makes for the CHID cross-check.
+pub fn fwupd_chroot() -> Option<PathBuf> {
+    let root = repo_root().join(".cache/trixie-fwupd-chid");
+    if root.join("usr/bin/fwupdtool").exists() {
+        // The fwupd the tests were written against (Debian 13's 2.0), not whatever is current.
+        let version = std::fs::read_to_string(root.join("VERSION")).unwrap_or_default();
+        assert!(
+            version.starts_with("2."),
+            "{}/VERSION: fwupd {version:?}, expected 2.x",
+            root.display()
+        );
+        Some(root)
+    } else {
+        missing("fwupdtool in .cache/trixie-fwupd-chid (run scripts/setup.sh)");
+        None
+    }
+}
+
+/// `fwupdtool hwids` (fwupd, Debian 13) over an SMBIOS table laid out as Linux exports it
+/// (`dmi/tables/smbios_entry_point` and `dmi/tables/DMI` under `FWUPD_SYSFSFWDIR`): each
+/// Hardware ID line as (CHID, the fields it is made of joined by " + ").
+pub fn fwupdtool_hwids(root: &Path, entry_point: &[u8], dmi: &[u8]) -> Vec<(String, String)> {
+    let inside = tempfile::tempdir_in(root.join("tmp")).unwrap();
+    let tables = inside.path().join("dmi/tables");
+    std::fs::create_dir_all(&tables).unwrap();
+    std::fs::write(tables.join("smbios_entry_point"), entry_point).unwrap();
+    std::fs::write(tables.join("DMI"), dmi).unwrap();
+    let at = Path::new("/tmp").join(inside.path().file_name().unwrap());
+    let out = run_ok(
+        Command::new("chroot")
+            .arg(root)
+            .args(["env", "LANG=C.UTF-8"])
+            .arg(format!("FWUPD_SYSFSFWDIR={}", at.display()))
+            .args(["fwupdtool", "hwids"]),
+    );
+    String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| {
+            let (guid, fields) = l.trim().split_once("   <- ")?;
+            let guid = guid.strip_prefix('{')?.strip_suffix('}')?;
+            Some((guid.to_owned(), fields.to_owned()))
+        })
+        .collect()
+}
+
+/// `imgctl chid FILE --json`'s CHIDs as (CHID, fields joined by " + "), fwupd's form.
+pub fn imgctl_chids(smbios: &Path) -> Vec<(String, String)> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&run_ok(imgctl().arg("chid").arg(smbios).arg("--json"))).unwrap();
+    v["chids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let fields: Vec<&str> = c["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap())
+                .collect();
+            (c["chid"].as_str().unwrap().to_owned(), fields.join(" + "))
+        })
+        .collect()
+}
