@@ -170,6 +170,7 @@ seed_target() {
         verity_superblock) seed "$t" "$w/sysext.verity-sb" ;;
         verity_signature) seed "$t" "$w/sysext.verity-sig" ;;
         guest_report) seed "$t" fuzz/corpus/guest_report/* ;;
+        smbios) seed "$t" fuzz/corpus/smbios/* ;;
         *) mkdir -p "$seeds/$t" ;;
     esac
 }
