@@ -650,6 +650,14 @@ fn uki_commands_refuse_truncated_flipped_and_endless_inputs() {
             refuse.push((cases.len(), name_of(&p)));
             cases.push(case(format!("{} of {label}", cmd[0]), a));
         }
+        // The SMBIOS input of CHIDs (`chid`, `predict-pcrs --hwids`).
+        refuse.push((cases.len(), name_of(&p)));
+        cases.push(case(format!("chid of {label}"), args(&[&"chid", &p])));
+        refuse.push((cases.len(), name_of(&p)));
+        cases.push(case(
+            format!("predict-pcrs --hwids {label}"),
+            args(&[&"predict-pcrs", &u.efi, &"--hwids", &p]),
+        ));
         if let Some(k) = &key {
             refuse.push((cases.len(), name_of(&p)));
             cases.push(case(
