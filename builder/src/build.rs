@@ -228,8 +228,9 @@ fn prepare(
         recipe_sbat.as_bytes(),
     ]);
 
-    // ukify's insertion order: .osrel .cmdline .dtb .uname .splash .pcrpkey .initrd, .sbat,
-    // and .linux last (its PE file order does not affect PCR 11).
+    // ukify 257's insertion order (`make_uki()`): .osrel .cmdline .dtb .dtbauto… .hwids .uname
+    // .splash .pcrpkey .linux .initrd .ucode, then .sbat (the stub's, refilled in place). The
+    // file order does not affect PCR 11, which the stub measures in its own order.
     let mut plan: Vec<Planned> = Vec::new();
     let mut push = |name, role, source: Option<PathBuf>, data: Vec<u8>| {
         if !data.is_empty() {
@@ -309,6 +310,7 @@ fn prepare(
     } else if let Some(pem) = pcrpkey {
         push(".pcrpkey", "pcrpkey", None, pem.to_vec());
     }
+    push(".linux", "kernel", Some(recipe.kernel.clone()), kernel);
     if recipe.initrd.is_some() {
         plan.push(Planned {
             name: ".initrd",
@@ -336,7 +338,6 @@ fn prepare(
         );
     }
     push(".sbat", "sbat", None, sbat);
-    push(".linux", "kernel", Some(recipe.kernel.clone()), kernel);
     // Multi-profile (ukify 257 --profile with --join-profile): the base's `.profile` last of
     // the base, then each profile's `.profile` and its sections, in ukify's import order.
     if let Some(p) = &recipe.profile {
