@@ -867,27 +867,57 @@ fn a_recipe_with_dtbauto_builds_and_signs_every_case() {
     assert!(!d.join("out2/dt.efi").exists());
 }
 
+/// What an addon test puts into an addon: `cmdline`, `uname`, `sbat` as text; `initrd`
+/// (one archive, taken verbatim: its length is a multiple of 4), `ucode` and `dtb` as bytes.
+#[derive(Debug, Default)]
+struct AddonInputs<'a> {
+    cmdline: Option<&'a str>,
+    uname: Option<&'a str>,
+    sbat: Option<&'a str>,
+    initrd: Option<&'a [u8]>,
+    ucode: Option<&'a [u8]>,
+    dtb: Option<&'a [u8]>,
+}
+
+impl AddonInputs<'_> {
+    /// Writes the binary inputs into `dir` (as initrd.bin, ucode.cpio, board.dtb).
+    fn write_files(&self, dir: &Path) {
+        for (file, data) in [
+            ("initrd.bin", self.initrd),
+            ("ucode.cpio", self.ucode),
+            ("board.dtb", self.dtb),
+        ] {
+            if let Some(d) = data {
+                std::fs::write(dir.join(file), d).unwrap();
+            }
+        }
+    }
+}
+
 /// An addon recipe (`kind: addon`) built by `imgctl build`, written with serde_yaml so any
 /// text survives; returns NAME.addon.efi.
-fn imgctl_addon(
-    dir: &Path,
-    root: &Path,
-    cmdline: &str,
-    uname: Option<&str>,
-    sbat: Option<&str>,
-) -> Vec<u8> {
+fn imgctl_addon(dir: &Path, root: &Path, inputs: &AddonInputs<'_>) -> Vec<u8> {
+    inputs.write_files(dir);
     let mut y = serde_yaml::Mapping::new();
     for (k, v) in [
         ("kind", Some("addon")),
         ("name", Some("a")),
         ("version", Some("1")),
-        ("cmdline", Some(cmdline)),
-        ("uname", uname),
-        ("sbat", sbat),
+        ("cmdline", inputs.cmdline),
+        ("uname", inputs.uname),
+        ("sbat", inputs.sbat),
+        ("ucode", inputs.ucode.map(|_| "ucode.cpio")),
+        ("dtb", inputs.dtb.map(|_| "board.dtb")),
     ] {
         if let Some(v) = v {
             y.insert(k.into(), v.into());
         }
+    }
+    if inputs.initrd.is_some() {
+        y.insert(
+            "initrd".into(),
+            serde_yaml::from_str("{archives: [initrd.bin]}").unwrap(),
+        );
     }
     let stub = root.join("usr/lib/systemd/boot/efi/addonx64.efi.stub");
     y.insert("stub".into(), stub.to_str().unwrap().into());
@@ -898,16 +928,11 @@ fn imgctl_addon(
     std::fs::read(out.join("a.addon.efi")).unwrap()
 }
 
-/// `ukify build --stub addonx64.efi.stub` 257 in the chroot with the same inputs.
-fn ukify_addon(
-    dir: &Path,
-    root: &Path,
-    cmdline: &str,
-    uname: Option<&str>,
-    sbat: Option<&str>,
-) -> Vec<u8> {
+/// `ukify build --stub addonx64.efi.stub` 257 in the chroot with the same inputs
+/// (`--cmdline=@FILE --uname --sbat=@FILE --initrd --microcode --devicetree`).
+fn ukify_addon(dir: &Path, root: &Path, inputs: &AddonInputs<'_>) -> Vec<u8> {
+    inputs.write_files(dir);
     let inside = Path::new("/").join(dir.strip_prefix(root).unwrap());
-    std::fs::write(dir.join("cmdline.txt"), cmdline).unwrap();
     let mut cmd = Command::new("chroot");
     cmd.arg(root).args([
         "ukify",
@@ -915,42 +940,81 @@ fn ukify_addon(
         "--stub",
         "/usr/lib/systemd/boot/efi/addonx64.efi.stub",
     ]);
-    cmd.arg(format!(
-        "--cmdline=@{}",
-        inside.join("cmdline.txt").display()
-    ));
-    if let Some(u) = uname {
+    if let Some(c) = inputs.cmdline {
+        std::fs::write(dir.join("cmdline.txt"), c).unwrap();
+        cmd.arg(format!(
+            "--cmdline=@{}",
+            inside.join("cmdline.txt").display()
+        ));
+    }
+    if let Some(u) = inputs.uname {
         cmd.arg(format!("--uname={u}"));
     }
-    if let Some(s) = sbat {
+    if let Some(s) = inputs.sbat {
         std::fs::write(dir.join("sbat.txt"), s).unwrap();
         cmd.arg(format!("--sbat=@{}", inside.join("sbat.txt").display()));
+    }
+    for (opt, file, data) in [
+        ("--initrd", "initrd.bin", inputs.initrd),
+        ("--microcode", "ucode.cpio", inputs.ucode),
+        ("--devicetree", "board.dtb", inputs.dtb),
+    ] {
+        if data.is_some() {
+            cmd.arg(format!("{opt}={}", inside.join(file).display()));
+        }
     }
     cmd.arg(format!("--output={}", inside.join("u.addon.efi").display()));
     run_ok(&mut cmd);
     std::fs::read(dir.join("u.addon.efi")).unwrap()
 }
 
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
     /// Addons (issue 12): `imgctl build` of a `kind: addon` recipe is byte-identical to `ukify
-    /// build --stub addonx64.efi.stub` 257 over random command lines, with and without
-    /// `.uname` and a recipe SBAT line; `ext predict-pcrs` reads the addon back and its PCR 12
-    /// event is the SHA-256 of the mangled text in UTF-16LE with its NUL.
+    /// build --stub addonx64.efi.stub` 257 over random command lines, initrds, microcode cpios
+    /// and a devicetree (each present or not, at least one of them), with and without `.uname`
+    /// and a recipe SBAT line. `ext predict-pcrs` reads ukify's addon back: its PCR 12 events
+    /// are the SHA-256 of the mangled text in UTF-16LE with its NUL, the devicetree's bytes,
+    /// then (after the sidecar archives, here none) the microcode's and the initrd's bytes
+    /// (the order and data the 257 stub measures, tests/vm.rs boots it).
     #[test]
     fn addons_are_byte_identical_to_ukify_257(
-        cmdline in "[a-z][a-z0-9=._ \t-]{0,60}[a-z0-9]",
+        cmdline in proptest::option::of("[a-z][a-z0-9=._ \t-]{0,60}[a-z0-9]"),
         uname in proptest::option::of("6\\.[0-9]{1,2}\\.[0-9]{1,2}-[a-z0-9]{1,8}"),
         vendor in proptest::option::of("[a-z]{1,8}"),
+        initrd in proptest::option::of(proptest::collection::vec(any::<u32>(), 1..3000)),
+        ucode in proptest::option::of(proptest::collection::vec(any::<u8>(), 1..700)),
+        with_dtb in any::<bool>(),
     ) {
         let Some(root) = chroot() else { return Ok(()) };
         let tmp = tempfile::tempdir_in(root.join("tmp")).unwrap();
+        let initrd: Option<Vec<u8>> = initrd.map(|w| w.iter().flat_map(|x| x.to_le_bytes()).collect());
+        let dtb_blob = if with_dtb { dtb(tmp.path(), "board", &["imgctl,addon-board"]) } else { Vec::new() };
+        // At least one thing the stub uses.
+        let cmdline = match (&cmdline, &initrd, &ucode, dtb_blob.is_empty()) {
+            (None, None, None, true) => Some("imgctl.addon=1".to_owned()),
+            _ => cmdline,
+        };
         let sbat = vendor.as_ref().map(|v| {
             format!("sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md\n{v},1,Vendor,{v},1,https://example.org\n")
         });
-        let ours = imgctl_addon(tmp.path(), &root, &cmdline, uname.as_deref(), sbat.as_deref());
-        let theirs = ukify_addon(tmp.path(), &root, &cmdline, uname.as_deref(), sbat.as_deref());
-        prop_assert!(ours == theirs, "imgctl and ukify 257 addons differ for {:?} {:?} {:?}", cmdline, uname, sbat);
+        let inputs = AddonInputs {
+            cmdline: cmdline.as_deref(),
+            uname: uname.as_deref(),
+            sbat: sbat.as_deref(),
+            initrd: initrd.as_deref(),
+            ucode: ucode.as_deref(),
+            dtb: (!dtb_blob.is_empty()).then_some(dtb_blob.as_slice()),
+        };
+        let ours = imgctl_addon(tmp.path(), &root, &inputs);
+        let theirs = ukify_addon(tmp.path(), &root, &inputs);
+        let names = |b: &[u8]| sections_of(b).into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        prop_assert_eq!(names(&ours), names(&theirs), "section order for {:?}", inputs);
+        prop_assert!(ours == theirs, "imgctl and ukify 257 addons differ for {:?}", inputs);
 
         let addon = tmp.path().join("u.addon.efi");
         let mut cmd = imgctl();
@@ -963,12 +1027,27 @@ proptest! {
             cmd.arg("--uki").arg(&uki);
         }
         let v: serde_json::Value = serde_json::from_slice(&run_ok(&mut cmd)).unwrap();
-        let mangled: String = cmdline.split([' ', '\t']).collect::<Vec<_>>().join(" ");
-        let mangled = mangled.trim().to_owned();
-        let data: Vec<u8> = mangled.encode_utf16().chain([0]).flat_map(u16::to_le_bytes).collect();
-        let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
-        prop_assert_eq!(v[0]["description"].as_str().unwrap(), mangled.as_str());
-        prop_assert_eq!(v[0]["banks"][0]["event_digest"].as_str().unwrap(), want.as_str());
+        let mut want: Vec<(String, String)> = Vec::new();
+        if let Some(c) = &cmdline {
+            let mangled: String = c.split([' ', '\t']).collect::<Vec<_>>().join(" ");
+            let mangled = mangled.trim().to_owned();
+            let data: Vec<u8> = mangled.encode_utf16().chain([0]).flat_map(u16::to_le_bytes).collect();
+            want.push((mangled, sha256_hex(&data)));
+        }
+        if !dtb_blob.is_empty() {
+            want.push(("devicetree addon u.addon.efi".into(), sha256_hex(&dtb_blob)));
+        }
+        if let Some(u) = &ucode {
+            want.push(("microcode addon u.addon.efi".into(), sha256_hex(u)));
+        }
+        if let Some(i) = &initrd {
+            want.push(("initrd addon u.addon.efi".into(), sha256_hex(i)));
+        }
+        let got: Vec<(String, String)> = v.as_array().unwrap().iter().map(|r| (
+            r["description"].as_str().unwrap().to_owned(),
+            r["banks"][0]["event_digest"].as_str().unwrap().to_owned(),
+        )).collect();
+        prop_assert_eq!(got, want);
     }
 }
 

@@ -1179,21 +1179,30 @@ fn build_addon(
     addon_stub: &Path,
     log: Option<(&Path, &Path)>,
 ) -> PathBuf {
+    let mut content = serde_yaml::Mapping::new();
+    content.insert("cmdline".into(), cmdline.into());
+    build_addon_with(dir, name, content, addon_stub, log)
+}
+
+/// [`build_addon`] with the recipe's content keys (`cmdline`, `initrd`, `ucode`, `dtb`; paths
+/// relative to `dir`).
+fn build_addon_with(
+    dir: &Path,
+    name: &str,
+    mut y: serde_yaml::Mapping,
+    addon_stub: &Path,
+    log: Option<(&Path, &Path)>,
+) -> PathBuf {
     let recipe = dir.join(format!("{name}.yaml"));
-    let y = serde_yaml::to_string(&serde_yaml::Value::Mapping(
-        [
-            ("kind", "addon"),
-            ("name", name),
-            ("version", "1"),
-            ("cmdline", cmdline),
-            ("stub", addon_stub.to_str().unwrap()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.into(), v.into()))
-        .collect(),
-    ))
-    .unwrap();
-    std::fs::write(&recipe, y).unwrap();
+    for (k, v) in [
+        ("kind", "addon"),
+        ("name", name),
+        ("version", "1"),
+        ("stub", addon_stub.to_str().unwrap()),
+    ] {
+        y.insert(k.into(), v.into());
+    }
+    std::fs::write(&recipe, serde_yaml::to_string(&y).unwrap()).unwrap();
     let out = dir.join(name);
     let mut cmd = common::imgctl();
     cmd.args(["build", "-o"]).arg(&out).arg(&recipe);
@@ -1204,6 +1213,20 @@ fn build_addon(
     out.join(format!("{name}.addon.efi"))
 }
 
+/// The demo initrd's `/init` with one more report line after IMGCTL-CMDLINE: `IMGCTL-ADDON
+/// <marker file> <microcode file>` (what an initrd addon that replaces `/init` prints).
+fn addon_init() -> String {
+    let init =
+        std::fs::read_to_string(common::repo_root().join("recipes/demo/initrd/init")).unwrap();
+    let line = "echo \"IMGCTL-CMDLINE $(cat /proc/cmdline)\"\n";
+    assert!(init.contains(line), "the demo /init changed: {init}");
+    init.replacen(
+        line,
+        &format!("{line}echo \"IMGCTL-ADDON $(cat /etc/imgctl-addon) $(cat /kernel/x86/microcode/imgctl-ucode 2>/dev/null)\"\n"),
+        1,
+    )
+}
+
 /// PE addons on the systemd-stub 257 (issue 12): addons built by `imgctl build` (`kind:
 /// addon`, byte-identical to ukify 257's, tests/systemd257.rs). Two boots of the demo UKI on
 /// the 257 stub, in parallel:
@@ -1211,10 +1234,16 @@ fn build_addon(
 ///   (sha1, sha256) equals `ext predict-pcrs` and the firmware log's replay, and `verify --log`
 ///   over PCRs 4, 11 and 12 accepts: the addon's LoadImage (PCR 4) and its command-line event
 ///   (PCR 12) resolve to its record;
-/// - a global addon (`\loader\addons\`), an addon beside the UKI and a credential: the stub
-///   measures one event of the joined command lines, global first, then the "Credentials
-///   initrd"; PCR 12 equals the prediction and the replay, and the kernel's /proc/cmdline ends
-///   with the joined text.
+/// - two global addons (`\loader\addons\`: a command line, and an initrd whose `/init`
+///   replaces the demo's and reports a marker file), three beside the UKI (a command line, a
+///   microcode cpio, a devicetree) and a credential: the 257 stub measures one event of the
+///   joined command lines (global first), the devicetree addon's `EV_EVENT_TAG` (0x6c46f751:
+///   it installs it although OVMF has no devicetree), the "Credentials initrd", then the
+///   microcode addon's and the initrd addon's (0xdac08e1a, 0x49dffe0f); each tagged event
+///   hashes the section's bytes and names the file; PCR 12 equals `ext predict-pcrs`, the
+///   firmware log's replay and tpm2_eventlog's,
+///   the kernel's /proc/cmdline ends with the joined text, and the guest ran the addon's
+///   `/init`, which saw the initrd addon's and the microcode addon's files.
 #[test]
 fn addons_are_measured_into_pcr12_as_predicted_and_verified_against_the_log() {
     if !prerequisites() {
@@ -1246,19 +1275,67 @@ fn addons_are_measured_into_pcr12_as_predicted_and_verified_against_the_log() {
     );
     let cred = tmp.path().join("demo.cred");
     std::fs::write(&cred, b"imgctl test credential\n").unwrap();
-
-    let many_extra = [local.clone(), cred.clone()];
+    // An initrd addon whose /init (the demo's, one report line more) replaces the UKI's, with
+    // a marker file; a microcode addon (a cpio the kernel unpacks first); a devicetree addon.
+    std::fs::write(tmp.path().join("init"), addon_init()).unwrap();
+    std::fs::write(tmp.path().join("marker"), "initrd-addon-257\n").unwrap();
+    let initrd_addon = build_addon_with(
+        tmp.path(),
+        "initrd",
+        serde_yaml::from_str(
+            "initrd: {files: [{src: init, dst: /init, mode: \"0755\"}, {src: marker, dst: /etc/imgctl-addon}]}",
+        )
+        .unwrap(),
+        &addon_stub,
+        None,
+    );
+    let ucode = imgctl_builder::initrd::encode_newc(
+        &[imgctl_builder::initrd::CpioEntry {
+            path: "kernel/x86/microcode/imgctl-ucode".into(),
+            mode: 0o644,
+            kind: imgctl_builder::initrd::EntryKind::File(imgctl_builder::initrd::FileData::Bytes(
+                b"ucode-addon-257".to_vec(),
+            )),
+        }],
+        0,
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("ucode.cpio"), ucode).unwrap();
+    let ucode_addon = build_addon_with(
+        tmp.path(),
+        "ucode",
+        serde_yaml::from_str("ucode: ucode.cpio").unwrap(),
+        &addon_stub,
+        None,
+    );
+    let dtc = common::require_tool("dtc", "device-tree-compiler");
+    let dt_addon = dtc.map(|dtc| {
+        std::fs::write(
+            tmp.path().join("board.dts"),
+            "/dts-v1/;\n/ {\n\tcompatible = \"imgctl,addon-board\";\n};\n",
+        )
+        .unwrap();
+        common::run_ok(
+            std::process::Command::new(dtc)
+                .current_dir(tmp.path())
+                .args(["-I", "dts", "-O", "dtb", "-o", "board.dtb", "board.dts"]),
+        );
+        build_addon_with(
+            tmp.path(),
+            "dt",
+            serde_yaml::from_str("dtb: board.dtb").unwrap(),
+            &addon_stub,
+            None,
+        )
+    });
+    let mut many_extra = vec![local.clone(), cred.clone(), ucode_addon.clone()];
+    many_extra.extend(dt_addon.clone());
+    let many_global = [global.clone(), initrd_addon.clone()];
     let (boot_one, boot_many) = std::thread::scope(|s| {
         let a =
             s.spawn(|| Boot::run_with(&one, &uki, std::slice::from_ref(&local), BOOT_TIMEOUT_S));
         let b = s.spawn(|| {
-            Boot::run_with_global(
-                &many,
-                &uki,
-                &many_extra,
-                std::slice::from_ref(&global),
-                BOOT_TIMEOUT_S,
-            )
+            Boot::run_with_global(&many, &uki, &many_extra, &many_global, BOOT_TIMEOUT_S)
         });
         (a.join().unwrap(), b.join().unwrap())
     });
@@ -1287,13 +1364,19 @@ fn addons_are_measured_into_pcr12_as_predicted_and_verified_against_the_log() {
             vec!["imgctl.addon=local quiet"],
         ),
         (
-            "global + local addon + credential",
+            "global + local addons (command lines, initrd, microcode, devicetree) + credential",
             &boot_many,
-            predict(&many_extra, std::slice::from_ref(&global)),
-            vec![
+            predict(&many_extra, &many_global),
+            [
                 "imgctl.addon=global imgctl.addon=local quiet",
+                "devicetree addon dt.addon.efi",
                 "Credentials initrd",
-            ],
+                "microcode addon ucode.addon.efi",
+                "initrd addon initrd.addon.efi",
+            ]
+            .into_iter()
+            .filter(|d| dt_addon.is_some() || !d.starts_with("devicetree"))
+            .collect(),
         ),
     ];
     for (what, boot, predicted, descriptions) in &cases {
@@ -1327,6 +1410,11 @@ fn addons_are_measured_into_pcr12_as_predicted_and_verified_against_the_log() {
                 want,
                 "{what}: the firmware log's PCR 12 {bank}"
             );
+            assert_eq!(
+                tpm2_eventlog(&boot.capture.join("eventlog.bin")).pcrs[bank].get(&12),
+                Some(&want),
+                "{what}: tpm2_eventlog's replay of PCR 12 {bank}"
+            );
         }
         let console =
             String::from_utf8_lossy(&std::fs::read(boot.capture.join("console.log")).unwrap())
@@ -1340,6 +1428,32 @@ fn addons_are_measured_into_pcr12_as_predicted_and_verified_against_the_log() {
             "{what}: /proc/cmdline {cmdline:?} does not end with the addons' {:?}",
             descriptions[0]
         );
+        let shown = String::from_utf8(common::run_ok(
+            common::imgctl()
+                .args(["eventlog", "show"])
+                .arg(boot.capture.join("eventlog.bin")),
+        ))
+        .unwrap();
+        let tags: Vec<&str> = ["0x6c46f751", "0xdac08e1a", "0x49dffe0f"]
+            .into_iter()
+            .filter(|t| shown.contains(t))
+            .collect();
+        if descriptions.len() > 2 {
+            // The addon's /init ran and saw both addons' files.
+            assert!(
+                console
+                    .lines()
+                    .any(|l| l.trim_end() == "IMGCTL-ADDON initrd-addon-257 ucode-addon-257"),
+                "{what}: the initrd addon's /init did not report its files:\n{console}"
+            );
+            let mut want = vec!["0x6c46f751", "0xdac08e1a", "0x49dffe0f"];
+            if dt_addon.is_none() {
+                want.remove(0);
+            }
+            assert_eq!(tags, want, "{what}: addon tags in the log:\n{shown}");
+        } else {
+            assert!(tags.is_empty(), "{what}: {shown}");
+        }
     }
     // The published UKI and addon explain every event of PCRs 4, 11 and 12 of the first boot.
     let policy = boot_one.capture.join("policy.yaml");

@@ -5,21 +5,24 @@
 //! kind: addon
 //! name: debug                    # output NAME.addon.efi
 //! version: "1"
-//! cmdline: systemd.log_level=debug
+//! cmdline: systemd.log_level=debug   # .cmdline
+//! initrd:                        # .initrd (systemd 257+): the UKI recipe's initrd keys
+//!   files: [{ src: fw.bin, dst: /lib/firmware/fw.bin }]
+//! ucode: intel-ucode.cpio        # .ucode (systemd 257+): an early microcode cpio
+//! dtb: board.dtb                 # .dtb: a devicetree blob
 //! uname: 6.12.48+deb13-amd64     # optional: the stub applies the addon only to this kernel
 //! sbat: |                        # optional; default ukify's `uki-addon` line
 //!   debug,1,Example,debug,1,https://example.org
 //! stub: /usr/lib/systemd/boot/efi/addonx64.efi.stub   # the default
 //! ```
 //!
-//! Section order as ukify 257 writes it: `.cmdline`, `.uname`, then `.sbat` (ukify's
-//! `ADDON_SBAT`, or the recipe's lines under the SBAT header, merged as for a UKI). The addon
-//! stub has no `.sbat` of its own, so the section is appended. Outputs, atomically, in the
-//! output folder: `NAME.addon.efi` and `manifest.json` (an `addon` artifact record with the
-//! PE facts and the PCR 12 event the addon's command line gives when it is the only addon).
-//!
-//! Devicetree, initrd and microcode addons are not built yet (their measurements are not
-//! predicted either, [`imgctl_measure::addon`]).
+//! At least one of `cmdline`, `initrd`, `ucode`, `dtb`. Section order as ukify 257 writes it
+//! (`make_uki()`): `.cmdline .dtb .uname .initrd .ucode`, then `.sbat` (ukify's `ADDON_SBAT`,
+//! or the recipe's lines under the SBAT header, merged as for a UKI); the addon stub has no
+//! `.sbat` of its own, so the section is appended. The initrd is packed as a UKI's is
+//! (SOURCE_DATE_EPOCH cpio mtimes). Outputs, atomically, in the output folder: `NAME.addon.efi`
+//! and `manifest.json` (an `addon` artifact record with the PE facts and the PCR 12 events
+//! the addon gives when it is the only addon: [`imgctl_measure::addon`]).
 
 use std::path::{Path, PathBuf};
 
@@ -34,7 +37,7 @@ use crate::build::{
     RECORD_FORMAT,
 };
 use crate::output::Stage;
-use crate::recipe::{decode_yaml, valid_name, Ctx};
+use crate::recipe::{decode_yaml, valid_name, Ctx, InitrdSpec, RawInitrd};
 use crate::uki::{assemble, check_stub, merge_sbat, NewSection};
 use crate::Error;
 
@@ -56,6 +59,12 @@ struct RawAddonRecipe {
     #[serde(default)]
     cmdline: Option<String>,
     #[serde(default)]
+    initrd: Option<RawInitrd>,
+    #[serde(default)]
+    ucode: Option<String>,
+    #[serde(default)]
+    dtb: Option<String>,
+    #[serde(default)]
     uname: Option<String>,
     #[serde(default)]
     sbat: Option<String>,
@@ -70,7 +79,14 @@ pub struct AddonRecipe {
     pub source: Vec<u8>,
     pub name: String,
     pub version: String,
-    pub cmdline: String,
+    /// `.cmdline`: non-blank ASCII.
+    pub cmdline: Option<String>,
+    /// `.initrd`, packed as a UKI recipe's initrd.
+    pub initrd: Option<InitrdSpec>,
+    /// `.ucode`: an early microcode cpio.
+    pub ucode: Option<PathBuf>,
+    /// `.dtb`: a devicetree blob.
+    pub dtb: Option<PathBuf>,
     pub uname: Option<String>,
     pub sbat: Option<String>,
     pub stub: PathBuf,
@@ -103,18 +119,32 @@ impl AddonRecipe {
                 "must be non-empty and contain no '/' or newline",
             ));
         }
-        // The stub skips an addon without a command line (nothing else is built yet), and
-        // predicts only ASCII text.
-        let cmdline = raw.cmdline.unwrap_or_default();
-        if imgctl_measure::addon::combined_cmdline([cmdline.as_str()]).is_none() {
-            return Err(ctx.err(
-                "cmdline",
-                "cmdline",
-                "missing or blank: an addon without a command line does nothing (devicetree, initrd and microcode addons are not supported yet)",
-            ));
+        if let Some(c) = &raw.cmdline {
+            // Predicted only as ASCII; a blank one the stub drops.
+            if imgctl_measure::addon::combined_cmdline([c.as_str()]).is_none() {
+                return Err(ctx.err(
+                    "cmdline",
+                    "cmdline",
+                    "is blank: the stub would add nothing (leave it out)",
+                ));
+            }
+            if !c.is_ascii() {
+                return Err(ctx.err("cmdline", "cmdline", "must be ASCII"));
+            }
         }
-        if !cmdline.is_ascii() {
-            return Err(ctx.err("cmdline", "cmdline", "must be ASCII"));
+        let initrd = raw.initrd.map(|i| i.check(&ctx)).transpose()?;
+        let ucode = raw
+            .ucode
+            .as_deref()
+            .map(|u| ctx.file("ucode", u))
+            .transpose()?;
+        let dtb = raw.dtb.as_deref().map(|d| ctx.file("dtb", d)).transpose()?;
+        if raw.cmdline.is_none() && initrd.is_none() && ucode.is_none() && dtb.is_none() {
+            return Err(ctx.err(
+                "kind",
+                "addon",
+                "gives none of cmdline, initrd, ucode, dtb: the stub would skip the addon",
+            ));
         }
         if let Some(u) = &raw.uname {
             if u.is_empty() || u.contains(char::is_whitespace) {
@@ -135,7 +165,10 @@ impl AddonRecipe {
             source,
             name: raw.name,
             version: raw.version,
-            cmdline,
+            cmdline: raw.cmdline,
+            initrd,
+            ucode,
+            dtb,
             uname: raw.uname,
             sbat: raw.sbat,
             stub,
@@ -175,23 +208,58 @@ fn check_addon_stub(stub: &PeFile<'_>) -> Result<StubSemantics, Error> {
     Ok(StubSemantics::for_systemd_version(major))
 }
 
-/// The addon's bytes: the stub with `.cmdline`, `.uname` and `.sbat`, as ukify 257 adds them.
-pub fn assemble_addon(recipe: &AddonRecipe, stub: &[u8]) -> Result<Vec<u8>, Error> {
+/// The addon's bytes: the stub with `.cmdline .dtb .uname .initrd .ucode .sbat` (those given),
+/// as ukify 257 adds them; `mtime` is the initrd's cpio mtime (SOURCE_DATE_EPOCH).
+pub fn assemble_addon(recipe: &AddonRecipe, stub: &[u8], mtime: u32) -> Result<Vec<u8>, Error> {
+    let read = |p: &Path, what: &'static str| std::fs::read(p).map_err(|e| Error::io(p, what, e));
     let sbat_text = recipe.sbat.as_deref().unwrap_or(SBAT_ADDON_DEFAULT);
-    let mut sections = vec![NewSection {
-        name: ".cmdline".into(),
-        data: recipe.cmdline.clone().into_bytes(),
-    }];
-    if let Some(u) = &recipe.uname {
-        sections.push(NewSection {
-            name: ".uname".into(),
-            data: u.clone().into_bytes(),
-        });
+    let mut sections = Vec::new();
+    let mut push = |name: &str, data: Vec<u8>| {
+        // ukify adds a section only when its content is not empty.
+        if !data.is_empty() {
+            sections.push(NewSection {
+                name: name.into(),
+                data,
+            });
+        }
+    };
+    if let Some(c) = &recipe.cmdline {
+        push(".cmdline", c.clone().into_bytes());
     }
-    sections.push(NewSection {
-        name: ".sbat".into(),
-        data: merge_sbat(&[sbat_text.as_bytes()]),
-    });
+    if let Some(p) = &recipe.dtb {
+        let blob = read(p, "reading the devicetree")?;
+        if let Err(e) = imgctl_measure::dtb::root_compatible(&blob) {
+            return Err(Error::InvalidInput(format!(
+                "dtb {}: not a devicetree blob: {e}",
+                p.display()
+            )));
+        }
+        push(".dtb", blob);
+    }
+    if let Some(u) = &recipe.uname {
+        push(".uname", u.clone().into_bytes());
+    }
+    if let Some(spec) = &recipe.initrd {
+        let initrd = crate::initrd::build_initrd(spec, mtime)?;
+        if initrd.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "{}: the initrd is empty",
+                recipe.path.display()
+            )));
+        }
+        push(".initrd", initrd);
+    }
+    if let Some(p) = &recipe.ucode {
+        let ucode = read(p, "reading the microcode cpio")?;
+        if ucode.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "ucode {}: the file is empty",
+                p.display()
+            )));
+        }
+        push(".ucode", ucode);
+    }
+    push(".sbat", merge_sbat(&[sbat_text.as_bytes()]));
     assemble(stub, &sections)
 }
 
@@ -207,7 +275,11 @@ pub struct AddonOutput {
 pub fn build_addon_staged(
     recipe: &AddonRecipe,
     out_dir: &Path,
+    source_date_epoch: u64,
 ) -> Result<(AddonOutput, Stage), Error> {
+    let mtime = u32::try_from(source_date_epoch).map_err(|_| {
+        Error::InvalidInput("SOURCE_DATE_EPOCH does not fit the cpio format (32 bits)".into())
+    })?;
     let banks = HashAlg::ALL;
     let stub_bytes =
         std::fs::read(&recipe.stub).map_err(|e| Error::io(&recipe.stub, "reading the stub", e))?;
@@ -221,7 +293,7 @@ pub fn build_addon_staged(
         })?;
         check_addon_stub(&stub).map_err(stub_error)?
     };
-    let bytes = assemble_addon(recipe, &stub_bytes).map_err(stub_error)?;
+    let bytes = assemble_addon(recipe, &stub_bytes, mtime).map_err(stub_error)?;
     let pe = PeFile::parse(&bytes).map_err(imgctl_measure::Error::from)?;
     let file = format!("{}.addon.efi", recipe.name);
 
@@ -245,20 +317,29 @@ pub fn build_addon_staged(
             digests: digests_map(&banks, &d[0]),
         });
     }
-    // The PCR 12 event this addon's command line gives on its own (with others beside the
-    // UKI the stub measures their joined text: `ext predict-pcrs` predicts that).
-    let events = match imgctl_measure::addon::combined_cmdline([recipe.cmdline.as_str()]) {
-        Some(text) => {
-            let data = imgctl_measure::addon::cmdline_event_data(&text);
-            let d = digest_matrix(&banks, &[&data])?;
-            vec![imgctl_measure::manifest::EventRecord {
-                pcr: imgctl_measure::pcr11::PCR_KERNEL_PARAMETERS,
-                digests: digests_map(&banks, &d[0]),
-                description: Some(text),
-            }]
-        }
-        None => Vec::new(),
-    };
+    // The PCR 12 events this addon gives on its own, as the stub reads it back (with others
+    // beside the UKI the stub joins the command lines and orders the rest: `ext predict-pcrs`
+    // predicts that).
+    let read_back = imgctl_measure::addon::read(&bytes)?;
+    let alone = [(recipe.name.clone(), file.clone(), read_back)];
+    let predicted =
+        imgctl_measure::addon::events(semantics.max(StubSemantics::Systemd256), &alone)?;
+    let mut events = Vec::new();
+    for e in predicted
+        .before_sidecars
+        .iter()
+        .chain(&predicted.after_sidecars)
+    {
+        let d = digest_matrix(&banks, &[&e.data])?;
+        events.push(imgctl_measure::manifest::EventRecord {
+            pcr: imgctl_measure::pcr11::PCR_KERNEL_PARAMETERS,
+            digests: digests_map(&banks, &d[0]),
+            description: Some(match e.tag {
+                None => e.description.clone(),
+                Some(tag) => format!("EV_EVENT_TAG {tag:#010x} {}", e.description),
+            }),
+        });
+    }
     let record = |role: &str, path: String, size: usize, d: &[Digest]| FileRecord {
         role: role.to_owned(),
         path,
@@ -338,7 +419,17 @@ mod tests {
             "kind: addon\nname: dbg\nversion: 1\ncmdline: quiet\nstub: stub\n",
         )
         .unwrap();
-        assert_eq!((r.name.as_str(), r.cmdline.as_str()), ("dbg", "quiet"));
+        assert_eq!(
+            (r.name.as_str(), r.cmdline.as_deref()),
+            ("dbg", Some("quiet"))
+        );
+        // No command line, a microcode cpio only: an addon the 257 stub uses.
+        let r = parse(
+            dir.path(),
+            "kind: addon\nname: u\nversion: 1\nucode: stub\nstub: stub\n",
+        )
+        .unwrap();
+        assert_eq!((r.cmdline, r.ucode), (None, Some(dir.path().join("stub"))));
         for (text, needle) in [
             (
                 "kind: addon\nname: dbg\nversion: 1\nstub: stub\n",

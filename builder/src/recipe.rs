@@ -108,7 +108,7 @@ struct RawProfile {
     rename_all = "kebab-case",
     expecting = "a mapping of archives, tree, files, compression"
 )]
-struct RawInitrd {
+pub(crate) struct RawInitrd {
     #[serde(default)]
     archives: Vec<String>,
     #[serde(default)]
@@ -117,6 +117,68 @@ struct RawInitrd {
     files: Vec<RawFile>,
     #[serde(default)]
     compression: Compression,
+}
+
+impl RawInitrd {
+    /// The checked initrd: every path exists, destinations are plain and distinct.
+    pub(crate) fn check(self, ctx: &Ctx<'_>) -> Result<InitrdSpec, Error> {
+        let archives = self
+            .archives
+            .iter()
+            .map(|a| ctx.file("initrd.archives", a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tree = match self.tree {
+            None => None,
+            Some(t) => {
+                let p = ctx.resolve(&t);
+                if !p.is_dir() {
+                    return Err(ctx.err(
+                        "initrd.tree",
+                        &t,
+                        &format!("{} is not a directory", p.display()),
+                    ));
+                }
+                Some(p)
+            }
+        };
+        let mut files: Vec<ExtraFile> = Vec::new();
+        for f in self.files {
+            let src = ctx.file("initrd.files.src", &f.src)?;
+            let dst = check_dst(&f.dst)
+                .map_err(|why| ctx.err("initrd.files.dst", &f.dst.replace('\0', "\\0"), &why))?;
+            for other in &files {
+                let clash = if other.dst == dst {
+                    Some("is given twice".to_owned())
+                } else if dst.starts_with(&format!("{}/", other.dst)) {
+                    Some(format!("lies under {}, which is a file", other.dst))
+                } else if other.dst.starts_with(&format!("{dst}/")) {
+                    Some(format!("is a file but {} lies under it", other.dst))
+                } else {
+                    None
+                };
+                if let Some(why) = clash {
+                    return Err(ctx.err("initrd.files.dst", &dst, &format!("{dst} {why}")));
+                }
+            }
+            let mode = match f.mode {
+                None => None,
+                Some(m) => Some(parse_mode(&m).ok_or_else(|| {
+                    ctx.err(
+                        "initrd.files.mode",
+                        &m,
+                        "must be octal permission bits such as \"0755\"",
+                    )
+                })?),
+            };
+            files.push(ExtraFile { src, dst, mode });
+        }
+        Ok(InitrdSpec {
+            archives,
+            tree,
+            files,
+            compression: self.compression,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -385,68 +447,7 @@ impl Recipe {
             }
         };
         let kernel = ctx.file("kernel", &raw.kernel)?;
-        let initrd = match raw.initrd {
-            None => None,
-            Some(i) => {
-                let archives = i
-                    .archives
-                    .iter()
-                    .map(|a| ctx.file("initrd.archives", a))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let tree = match i.tree {
-                    None => None,
-                    Some(t) => {
-                        let p = ctx.resolve(&t);
-                        if !p.is_dir() {
-                            return Err(ctx.err(
-                                "initrd.tree",
-                                &t,
-                                &format!("{} is not a directory", p.display()),
-                            ));
-                        }
-                        Some(p)
-                    }
-                };
-                let mut files: Vec<ExtraFile> = Vec::new();
-                for f in i.files {
-                    let src = ctx.file("initrd.files.src", &f.src)?;
-                    let dst = check_dst(&f.dst).map_err(|why| {
-                        ctx.err("initrd.files.dst", &f.dst.replace('\0', "\\0"), &why)
-                    })?;
-                    for other in &files {
-                        let clash = if other.dst == dst {
-                            Some("is given twice".to_owned())
-                        } else if dst.starts_with(&format!("{}/", other.dst)) {
-                            Some(format!("lies under {}, which is a file", other.dst))
-                        } else if other.dst.starts_with(&format!("{dst}/")) {
-                            Some(format!("is a file but {} lies under it", other.dst))
-                        } else {
-                            None
-                        };
-                        if let Some(why) = clash {
-                            return Err(ctx.err("initrd.files.dst", &dst, &format!("{dst} {why}")));
-                        }
-                    }
-                    let mode = match f.mode {
-                        None => None,
-                        Some(m) => Some(parse_mode(&m).ok_or_else(|| {
-                            ctx.err(
-                                "initrd.files.mode",
-                                &m,
-                                "must be octal permission bits such as \"0755\"",
-                            )
-                        })?),
-                    };
-                    files.push(ExtraFile { src, dst, mode });
-                }
-                Some(InitrdSpec {
-                    archives,
-                    tree,
-                    files,
-                    compression: i.compression,
-                })
-            }
-        };
+        let initrd = raw.initrd.map(|i| i.check(&ctx)).transpose()?;
         let opt_file =
             |key: &str, v: &Option<String>| v.as_ref().map(|v| ctx.file(key, v)).transpose();
         let stub = match raw.stub.as_deref() {

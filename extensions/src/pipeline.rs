@@ -1170,14 +1170,22 @@ pub struct Addons {
     pub uki_known: bool,
 }
 
-/// The PCR 12 event of the addons' command lines (global addons sorted, then `local`, the
-/// `*.addon.efi` among the files beside the UKI, sorted), as the 256+ stub measures it.
-fn addon_measurement(
+/// The events extended so far, per PCR and bank.
+type Extended = BTreeMap<(u32, imgctl_measure::HashAlg), Vec<imgctl_measure::Digest>>;
+
+/// One addon measurement with its event digest per bank (in `banks` order).
+type AddonMeasurement = (SidecarMeasurement, Vec<imgctl_measure::Digest>);
+
+/// The addons' PCR 12 events (global addons sorted, then `local`, the `*.addon.efi` among the
+/// files beside the UKI, sorted), as the stub measures them: those it makes before the sidecar
+/// archives (the joined command lines, then devicetrees), and those after them (microcode in
+/// reverse order, then initrds). The PCR values are filled in by the caller.
+fn addon_measurements(
     semantics: imgctl_measure::StubSemantics,
     local: &[(&str, &Path)],
     addons: &Addons,
     banks: &[imgctl_measure::HashAlg],
-) -> Result<Option<(SidecarMeasurement, Vec<imgctl_measure::Digest>)>, Error> {
+) -> Result<(Vec<AddonMeasurement>, Vec<AddonMeasurement>), Error> {
     use imgctl_measure::addon;
     let mut global: Vec<(&str, &Path)> = Vec::new();
     for f in &addons.global {
@@ -1197,20 +1205,12 @@ fn addon_measurement(
     global.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let mut local = local.to_vec();
     local.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    if global.is_empty() && local.is_empty() {
-        return Ok(None);
+    if global.is_empty() && local.is_empty()
+        || semantics == imgctl_measure::StubSemantics::Systemd252
+    {
+        return Ok((Vec::new(), Vec::new())); // no addons before 254
     }
-    match semantics {
-        imgctl_measure::StubSemantics::Systemd252 => return Ok(None), // no addons before 254
-        imgctl_measure::StubSemantics::Systemd254 => {
-            return Err(Error::Unsupported(
-                "addons under systemd 254-255 (measured one by one in 254, joined from 255) are not predicted; give --stub-semantics 256 or later".into(),
-            ))
-        }
-        _ => {}
-    }
-    let mut cmdlines: Vec<String> = Vec::new();
-    let mut names: Vec<String> = Vec::new();
+    let mut loaded: Vec<(String, String, addon::Addon)> = Vec::new();
     for (prefix, (name, path)) in global
         .iter()
         .map(|g| (addon::GLOBAL_ADDON_DIR, g))
@@ -1228,39 +1228,52 @@ fn addon_measurement(
         if !addon::uname_matches(a.uname.as_deref(), addons.uki_uname.as_deref()) {
             continue; // the stub skips it: ".uname mismatch between addon and UKI"
         }
-        cmdlines.extend(a.cmdline);
-        names.push(format!("{prefix}/{name}"));
+        loaded.push((format!("{prefix}/{name}"), (*name).to_owned(), a));
     }
-    let Some(text) = addon::combined_cmdline(cmdlines.iter().map(String::as_str)) else {
-        return Ok(None);
+    let events =
+        addon::events(semantics, &loaded).map_err(|e| Error::Unsupported(e.to_string()))?;
+    let measure = |list: &[addon::AddonEvent<'_>]| -> Result<Vec<AddonMeasurement>, Error> {
+        let mut out = Vec::new();
+        for e in list {
+            let mut digests = Vec::new();
+            let mut rows = Vec::new();
+            for bank in banks {
+                let mut h = bank
+                    .hasher()
+                    .map_err(|e| Error::Unsupported(e.to_string()))?;
+                h.update(&e.data);
+                let ev = h.finish();
+                rows.push(SidecarBank {
+                    bank: bank.to_string(),
+                    event_digest: ev.to_hex(),
+                    pcr_value: String::new(),
+                });
+                digests.push(ev);
+            }
+            let description = match e.tag {
+                None => e.description.clone(),
+                Some(addon::INITRD_ADDON_EVENT_TAG_ID) => format!("initrd addon {}", e.description),
+                Some(addon::UCODE_ADDON_EVENT_TAG_ID) => {
+                    format!("microcode addon {}", e.description)
+                }
+                Some(_) => format!("devicetree addon {}", e.description),
+            };
+            out.push((
+                SidecarMeasurement {
+                    pcr: imgctl_measure::pcr11::PCR_KERNEL_PARAMETERS,
+                    description,
+                    files: e.addons.clone(),
+                    banks: rows,
+                },
+                digests,
+            ));
+        }
+        Ok(out)
     };
-    let data = addon::cmdline_event_data(&text);
-    let mut events = Vec::new();
-    let mut rows = Vec::new();
-    for bank in banks {
-        let mut h = bank
-            .hasher()
-            .map_err(|e| Error::Unsupported(e.to_string()))?;
-        h.update(&data);
-        let ev = h.finish();
-        let pcr =
-            crate::stub::pcr_after(*bank, &[&ev]).map_err(|e| Error::Unsupported(e.to_string()))?;
-        rows.push(SidecarBank {
-            bank: bank.to_string(),
-            event_digest: ev.to_hex(),
-            pcr_value: pcr.to_hex(),
-        });
-        events.push(ev);
-    }
-    Ok(Some((
-        SidecarMeasurement {
-            pcr: imgctl_measure::pcr11::PCR_KERNEL_PARAMETERS,
-            description: text,
-            files: names,
-            banks: rows,
-        },
-        events,
-    )))
+    Ok((
+        measure(&events.before_sidecars)?,
+        measure(&events.after_sidecars)?,
+    ))
 }
 
 /// [`predict_sidecars`] with addons: the addons' joined command line first (PCR 12, systemd
@@ -1286,19 +1299,32 @@ pub fn predict_beside_uki(
     let names: Vec<&str> = by_name.keys().map(String::as_str).collect();
     let mut out = Vec::new();
     // The events extended so far, per PCR and bank: PCR 12 takes the addons' command line,
-    // credentials, then confexts.
-    let mut extended: BTreeMap<(u32, imgctl_measure::HashAlg), Vec<imgctl_measure::Digest>> =
-        BTreeMap::new();
+    // credentials, confexts, then microcode and initrd addons.
+    let mut extended: Extended = BTreeMap::new();
     let local: Vec<(&str, &Path)> = by_name
         .iter()
         .filter(|(n, _)| imgctl_measure::addon::picks_up(n))
         .map(|(n, p)| (n.as_str(), p.as_path()))
         .collect();
-    if let Some((m, events)) = addon_measurement(semantics, &local, addons, banks)? {
-        for (bank, ev) in banks.iter().zip(events) {
-            extended.entry((m.pcr, *bank)).or_default().push(ev);
+    let (before, after) = addon_measurements(semantics, &local, addons, banks)?;
+    fn add_addon(
+        (mut m, events): AddonMeasurement,
+        banks: &[imgctl_measure::HashAlg],
+        extended: &mut Extended,
+        out: &mut Vec<SidecarMeasurement>,
+    ) -> Result<(), Error> {
+        for ((bank, ev), row) in banks.iter().zip(events).zip(m.banks.iter_mut()) {
+            let before = extended.entry((m.pcr, *bank)).or_default();
+            before.push(ev);
+            row.pcr_value = crate::stub::pcr_after(*bank, &before.iter().collect::<Vec<_>>())
+                .map_err(|e| Error::Unsupported(e.to_string()))?
+                .to_hex();
         }
         out.push(m);
+        Ok(())
+    }
+    for m in before {
+        add_addon(m, banks, &mut extended, &mut out)?;
     }
     for sidecar in Sidecar::IN_STUB_ORDER {
         let chosen = select(semantics, sidecar, &names);
@@ -1348,6 +1374,9 @@ pub fn predict_beside_uki(
             files: chosen.iter().map(|s| s.to_string()).collect(),
             banks: rows,
         });
+    }
+    for m in after {
+        add_addon(m, banks, &mut extended, &mut out)?;
     }
     Ok(out)
 }

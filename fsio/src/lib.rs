@@ -221,8 +221,9 @@ pub mod caps {
     pub const NOTE: u64 = 1 << 20;
     /// A raw log entry.
     pub const ENTRY: u64 = 16 << 20;
-    /// A systemd-stub PE addon (command-line addons are a few KiB).
-    pub const ADDON: u64 = 16 << 20;
+    /// A systemd-stub PE addon (command-line addons are a few KiB; initrd addons carry
+    /// firmware or modules).
+    pub const ADDON: u64 = 256 << 20;
 }
 
 // ---------------------------------------------------------------------------------------------

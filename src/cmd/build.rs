@@ -287,8 +287,9 @@ fn run_addon(args: Args, text: Vec<u8>) -> anyhow::Result<ExitCode> {
     let log = artifact_log(&args)?;
     let recipe = AddonRecipe::parse(&args.recipe, text)?;
     let out_dir = output_dir(&args, &recipe.name)?;
-    let (out, mut stage) = build_addon_staged(&recipe, &out_dir)
-        .with_context(|| format!("building {}", args.recipe.display()))?;
+    let (out, mut stage) =
+        build_addon_staged(&recipe, &out_dir, crate::output::source_date_epoch()?)
+            .with_context(|| format!("building {}", args.recipe.display()))?;
     if let Some(k) = &args.log_key {
         stage.add_input(k);
     }

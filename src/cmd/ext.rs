@@ -28,9 +28,10 @@ enum ExtCommand {
 
 /// Predict what systemd-stub measures for files placed next to a UKI (`<uki>.efi.extra.d/`):
 /// the joined command line of PE addons (*.addon.efi here and --global-addon in
-/// loader/addons/, PCR 12, systemd 256 and later), then the sidecar cpios it builds from
-/// credentials (*.cred, PCR 12), extension images (*.raw, PCR 13) and, from systemd 256,
-/// configuration extensions (*.confext.raw, PCR 12), in the stub's order. The PCR values
+/// loader/addons/, PCR 12, systemd 256 and later) and their devicetrees (257), then the
+/// sidecar cpios it builds from credentials (*.cred, PCR 12), extension images (*.raw, PCR 13)
+/// and, from systemd 256, configuration extensions (*.confext.raw, PCR 12), then the addons'
+/// microcode (in reverse order) and initrds (257), in the stub's order. The PCR values
 /// assume nothing else was measured into PCR 12 (no passed command line or profile) and PCR 13.
 ///
 /// Example: imgctl ext predict-pcrs images/demo-sysext/demo-sysext.raw --stub-semantics systemd-252 --json
