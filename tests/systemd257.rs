@@ -1245,6 +1245,146 @@ proptest! {
     }
 }
 
+/// Signing PCR 11 of a multi-profile UKI (issue 12): `imgctl build --pcr-private-key` of a
+/// recipe with an initrd, `profile:` and two more profiles is byte-identical to `ukify build
+/// --pcr-private-key … --profile … --join-profile P1.efi --join-profile P2.efi` 257 (RSA key):
+/// one `.pcrsig` per profile, each `systemd-measure sign` 257 over what the stub measures when
+/// booting that profile (ukify calls it once for the base, placing it after the base's
+/// `.profile`, and once after each joined profile's sections), and the same `.pcrpkey`. Each
+/// profile's `.pcrsig` equals `imgctl sign-pcrs --profile N` (which signs `predict-pcrs
+/// --profile N`), and they differ between profiles.
+#[test]
+fn a_signed_multi_profile_build_is_byte_identical_to_ukify_257() {
+    let Some((root, dir, inside)) = chroot_with_demo_kernel() else {
+        return;
+    };
+    if common::require_tool("openssl", "openssl").is_none() {
+        return;
+    }
+    let d = dir.path();
+    let (key, _) = common::genkey(d, "pcr", common::RSA);
+    let at = |f: &str| inside.join(f).display().to_string();
+    std::fs::write(d.join("os-release"), "ID=imgctl-test\nVERSION_ID=257\n").unwrap();
+    std::fs::write(d.join("initrd.bin"), vec![0x5au8; 4096]).unwrap();
+    let profiles = [
+        ("ID=debug\nTITLE=Debug", "console=ttyS0 debug"),
+        ("ID=rescue\nTITLE=Rescue", "console=ttyS0 rescue"),
+    ];
+    for (i, (profile, cmdline)) in profiles.iter().enumerate() {
+        run_ok(Command::new("chroot").arg(&root).args([
+            "ukify".to_owned(),
+            "build".into(),
+            format!("--profile={profile}"),
+            format!("--cmdline={cmdline}"),
+            format!("--output={}", at(&format!("p{}.efi", i + 1))),
+        ]));
+    }
+    let mut y = serde_yaml::Mapping::new();
+    for (k, v) in [
+        ("name", "signed"),
+        ("version", "1"),
+        ("os-release-file", "os-release"),
+        ("kernel", "vmlinuz"),
+        ("cmdline", "console=ttyS0 quiet"),
+        ("uname", "6.1.0-imgctl"),
+        ("profile", "ID=main\nTITLE=Main"),
+    ] {
+        y.insert(k.into(), v.into());
+    }
+    let stub_path = root.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub");
+    y.insert("stub".into(), stub_path.to_str().unwrap().into());
+    y.insert(
+        "initrd".into(),
+        serde_yaml::from_str("{archives: [initrd.bin]}").unwrap(),
+    );
+    let list: Vec<serde_yaml::Value> = profiles
+        .iter()
+        .map(|(p, c)| {
+            let mut m = serde_yaml::Mapping::new();
+            m.insert("profile".into(), (*p).into());
+            m.insert("cmdline".into(), (*c).into());
+            serde_yaml::Value::Mapping(m)
+        })
+        .collect();
+    y.insert("profiles".into(), serde_yaml::Value::Sequence(list));
+    std::fs::write(d.join("signed.yaml"), serde_yaml::to_string(&y).unwrap()).unwrap();
+    run_ok(
+        imgctl()
+            .arg("build")
+            .arg(d.join("signed.yaml"))
+            .arg("-o")
+            .arg(d.join("out"))
+            .arg("--pcr-private-key")
+            .arg(&key),
+    );
+    run_ok(Command::new("chroot").arg(&root).args([
+        "ukify".to_owned(),
+        "build".into(),
+        format!("--linux={}", at("vmlinuz")),
+        format!("--os-release=@{}", at("os-release")),
+        "--cmdline=console=ttyS0 quiet".into(),
+        "--uname=6.1.0-imgctl".into(),
+        format!("--initrd={}", at("out/signed.initrd")),
+        "--profile=ID=main\nTITLE=Main".into(),
+        format!("--join-profile={}", at("p1.efi")),
+        format!("--join-profile={}", at("p2.efi")),
+        format!("--pcr-private-key={}", at("pcr.pem")),
+        format!("--output={}", at("ukify.efi")),
+    ]));
+    let ours = std::fs::read(d.join("out/signed.efi")).unwrap();
+    let theirs = std::fs::read(d.join("ukify.efi")).unwrap();
+    let names = |b: &[u8]| {
+        sections_of(b)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&ours), names(&theirs), "section order");
+    for ((n, a), (_, b)) in sections_of(&ours).iter().zip(sections_of(&theirs).iter()) {
+        assert!(a == b, "section {n} differs from ukify 257's");
+    }
+    assert!(
+        ours == theirs,
+        "imgctl's signed multi-profile UKI differs from ukify 257's"
+    );
+    let pcrsigs: Vec<serde_json::Value> = sections_of(&ours)
+        .into_iter()
+        .filter(|(n, _)| n == ".pcrsig")
+        .map(|(_, data)| serde_json::from_slice(&data).unwrap())
+        .collect();
+    assert_eq!(pcrsigs.len(), 3, "one .pcrsig per profile");
+    for (n, embedded) in pcrsigs.iter().enumerate() {
+        let signed: serde_json::Value = serde_json::from_slice(&run_ok(
+            imgctl()
+                .arg("sign-pcrs")
+                .arg(d.join("out/signed.efi"))
+                .args(["--profile", &n.to_string()])
+                .arg("--private-key")
+                .arg(&key),
+        ))
+        .unwrap();
+        assert_eq!(
+            *embedded, signed,
+            "profile {n}: .pcrsig vs sign-pcrs --profile {n}"
+        );
+    }
+    assert_ne!(pcrsigs[0], pcrsigs[1]);
+    assert_ne!(pcrsigs[1], pcrsigs[2]);
+    // One .pcrsig appended at the end would serve only the last profile: refused.
+    let o = imgctl()
+        .arg("sign-pcrs")
+        .arg(d.join("out/signed.efi"))
+        .arg("--private-key")
+        .arg(&key)
+        .arg("--embed")
+        .arg(d.join("embedded.efi"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("multi-profile"), "{e}");
+}
+
 /// `.hwids` (issue 12): a recipe with two `.dtbauto` blobs and `hwids:` (a folder of ukify
 /// hwid JSON files, two for the same board, whose CHIDs merge) builds byte-identically to
 /// `ukify build --devicetree-auto … --hwids DIR` 257; the section decodes to every CHID with

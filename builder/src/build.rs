@@ -402,28 +402,38 @@ fn stub_error(recipe: &Recipe, e: Error) -> Error {
     }
 }
 
-/// The sections to add, in plan order: the initrd as `initrd` (left out when empty), then
-/// `.pcrsig` when given.
+/// The sections to add, in plan order: the initrd as `initrd` (left out when empty), and the
+/// `.pcrsig` of each profile where ukify 257 puts it (`call_systemd_measure()` adds it after the
+/// sections it signed): profile k's right before profile k+1's `.profile`, the last one at the
+/// end. A UKI without profiles takes one `.pcrsig`, at the end.
 fn section_inputs<'a>(
     plan: &'a [Planned],
     initrd: Content<'a>,
-    pcrsig: Option<&'a [u8]>,
+    pcrsigs: &[&'a [u8]],
 ) -> Vec<SectionInput<'a>> {
-    let mut inputs: Vec<SectionInput<'a>> = plan
-        .iter()
-        .filter_map(|p| {
-            let content = match &p.data {
-                PlannedData::Bytes(b) => Content::Bytes(b),
-                PlannedData::Initrd if initrd.is_empty() => return None,
-                PlannedData::Initrd => initrd,
-            };
-            Some(SectionInput {
-                name: p.name,
-                content,
-            })
-        })
-        .collect();
-    if let Some(data) = pcrsig {
+    let mut inputs: Vec<SectionInput<'a>> = Vec::new();
+    let mut profiles_seen = 0usize;
+    for p in plan {
+        let content = match &p.data {
+            PlannedData::Bytes(b) => Content::Bytes(b),
+            PlannedData::Initrd if initrd.is_empty() => continue,
+            PlannedData::Initrd => initrd,
+        };
+        if p.name == ".profile" {
+            if let Some(data) = profiles_seen.checked_sub(1).and_then(|k| pcrsigs.get(k)) {
+                inputs.push(SectionInput {
+                    name: ".pcrsig",
+                    content: Content::Bytes(data),
+                });
+            }
+            profiles_seen += 1;
+        }
+        inputs.push(SectionInput {
+            name: p.name,
+            content,
+        });
+    }
+    if let Some(data) = pcrsigs.get(profiles_seen.saturating_sub(1)) {
         inputs.push(SectionInput {
             name: ".pcrsig",
             content: Content::Bytes(data),
@@ -447,7 +457,7 @@ pub fn assemble_recipe(
         None => None,
     };
     let initrd_content = Content::Bytes(initrd.as_deref().unwrap_or_default());
-    let inputs = section_inputs(&prepared.plan, initrd_content, None);
+    let inputs = section_inputs(&prepared.plan, initrd_content, &[]);
     let layout = crate::uki::layout(&prepared.stub, &inputs).map_err(|e| stub_error(recipe, e))?;
     let mut uki = Vec::new();
     layout.write(&mut uki, Path::new("(memory)"), &mut |i, _| {
@@ -524,6 +534,31 @@ impl SectionDigests {
         Ok(())
     }
 
+    /// Re-indexes the digests for `inputs`, which are the inputs digested so far with
+    /// `.pcrsig` sections inserted among them; hashes those.
+    fn insert_pcrsigs(
+        &mut self,
+        inputs: &[SectionInput<'_>],
+        banks: &[HashAlg],
+    ) -> Result<(), Error> {
+        let mut old = std::mem::take(&mut self.inputs).into_iter();
+        for s in inputs {
+            let d = match (s.name, s.content) {
+                (".pcrsig", Content::Bytes(b)) => digest_matrix(banks, &[b])?.remove(0),
+                _ => old.next().ok_or_else(|| {
+                    Error::InvalidInput("section digests out of step with the layout".into())
+                })?,
+            };
+            self.inputs.push(d);
+        }
+        if old.next().is_some() {
+            return Err(Error::InvalidInput(
+                "section digests out of step with the layout".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn of(&self, s: &PlacedSection) -> &[Digest] {
         match s.origin {
             Origin::Stub(i) => &self.stub[i],
@@ -537,7 +572,8 @@ impl SectionDigests {
 struct Measured<'l> {
     identity: imgctl_measure::StubIdentity,
     semantics: StubSemantics,
-    /// The sections of profile 0 (placed indices), as `Uki::sections_for_profile` lists them.
+    /// The sections of the profile it was made for (placed indices), as
+    /// `Uki::sections_for_profile` lists them.
     selected: Vec<usize>,
     /// The memory image of a section that is in memory (the stub's, or given as bytes).
     images: Vec<Option<std::borrow::Cow<'l, [u8]>>>,
@@ -549,6 +585,7 @@ impl<'l> Measured<'l> {
         stub: &PeFile<'l>,
         inputs: &[SectionInput<'l>],
         semantics: Option<StubSemantics>,
+        profile: u32,
     ) -> Result<Measured<'l>, Error> {
         let images: Vec<Option<std::borrow::Cow<'l, [u8]>>> = layout
             .sections()
@@ -575,7 +612,7 @@ impl<'l> Measured<'l> {
             imgctl_measure::StubIdentity::from_sections(first(".sdmagic"), first(".sbat"));
         let semantics = semantics.unwrap_or_else(|| identity.semantics());
         let names: Vec<&str> = layout.sections().iter().map(|s| s.name.as_str()).collect();
-        let selected = imgctl_measure::uki::profile_sections(&names, 0)?;
+        let selected = imgctl_measure::uki::profile_sections(&names, profile)?;
         Ok(Measured {
             identity,
             semantics,
@@ -724,12 +761,6 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
         pcrpkey.as_deref(),
         kernel_signer,
     )?;
-    if opts.pcr_key.is_some() && !recipe.profiles.is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "{}: signing PCR 11 of a multi-profile UKI (.pcrsig per profile) is not supported yet",
-            recipe.path.display()
-        )));
-    }
     let stub = PeFile::parse(&prepared.stub).map_err(imgctl_measure::Error::from)?;
     let uki_file = format!("{}.efi", recipe.name);
     let initrd_file = format!("{}.initrd", recipe.name);
@@ -768,7 +799,7 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
     let initrd_content = Content::Streamed(initrd.as_ref().map_or(0, |i| i.2));
 
     // Lay the UKI out and measure it from the section digests; sign PCR 11 and add .pcrsig.
-    let inputs = section_inputs(&prepared.plan, initrd_content, None);
+    let inputs = section_inputs(&prepared.plan, initrd_content, &[]);
     let known: Vec<(usize, Vec<Digest>)> = inputs
         .iter()
         .position(|s| matches!(s.content, Content::Streamed(_)))
@@ -777,9 +808,17 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
         .collect();
     let layout = crate::uki::layout(&prepared.stub, &inputs).map_err(|e| stub_error(recipe, e))?;
     let mut digests = SectionDigests::new(&stub, &inputs, &known, &banks)?;
+    // Profiles 0..n of a multi-profile UKI (one, 0, otherwise): each is signed on its own and
+    // gets its own .pcrsig, as ukify 257 signs each with systemd-measure over the sections the
+    // stub measures when booting it.
+    let profiles = layout
+        .sections()
+        .iter()
+        .filter(|s| s.name == ".profile")
+        .count()
+        .max(1) as u32;
     let pcrsig = match &opts.pcr_key {
         Some(key) => {
-            let measured = Measured::new(&layout, &stub, &inputs, opts.semantics)?;
             if layout.sections().iter().any(|s| s.name == ".pcrsig") {
                 return Err(Error::InvalidInput(
                     "the UKI already has a .pcrsig section".into(),
@@ -789,34 +828,46 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
                 .iter()
                 .map(|p| p.parse())
                 .collect::<Result<_, _>>()?;
-            // Every .dtbauto case is signed: systemd uses the entry the TPM's PCR 11 matches.
-            let signed = measured.predict_cases(&layout, &digests, &banks, &phases)?;
-            let mut doc = imgctl_measure::pcrsig::PcrSignature::default();
-            for case in &signed {
-                doc.append(
-                    imgctl_measure::pcrsig::sign(key, None, case)
-                        .map_err(|e| Error::InvalidInput(format!("signing PCR 11: {e}")))?,
-                );
+            let mut sections = Vec::new();
+            let mut signed_all = Vec::new();
+            for profile in 0..profiles {
+                let measured = Measured::new(&layout, &stub, &inputs, opts.semantics, profile)?;
+                // Every .dtbauto case is signed: systemd uses the entry the TPM's PCR 11 matches.
+                let signed = measured.predict_cases(&layout, &digests, &banks, &phases)?;
+                let mut doc = imgctl_measure::pcrsig::PcrSignature::default();
+                for case in &signed {
+                    doc.append(
+                        imgctl_measure::pcrsig::sign(key, None, case)
+                            .map_err(|e| Error::InvalidInput(format!("signing PCR 11: {e}")))?,
+                    );
+                }
+                sections.push(pcrsig_section(&doc));
+                signed_all.push(signed);
             }
-            Some((pcrsig_section(&doc.to_json()), signed, phases))
+            Some((sections, signed_all, phases))
         }
         None => None,
     };
-    let inputs = section_inputs(
-        &prepared.plan,
-        initrd_content,
-        pcrsig.as_ref().map(|p| p.0.as_slice()),
-    );
+    let pcrsig_refs: Vec<&[u8]> = pcrsig
+        .as_ref()
+        .map(|p| p.0.iter().map(Vec::as_slice).collect())
+        .unwrap_or_default();
+    let inputs = section_inputs(&prepared.plan, initrd_content, &pcrsig_refs);
     let layout = crate::uki::layout(&prepared.stub, &inputs).map_err(|e| stub_error(recipe, e))?;
-    digests.add_inputs(&inputs, &known, &banks)?;
-    let measured = Measured::new(&layout, &stub, &inputs, opts.semantics)?;
-    if let Some((_, signed, phases)) = &pcrsig {
-        if measured.predict_cases(&layout, &digests, &banks, phases)? != *signed {
-            return Err(Error::InvalidInput(
-                "adding .pcrsig changed PCR 11; refusing to write".into(),
-            ));
+    // The .pcrsig sections shift the inputs after them: their digests move along, only the
+    // .pcrsig sections are hashed.
+    digests.insert_pcrsigs(&inputs, &banks)?;
+    if let Some((_, signed_all, phases)) = &pcrsig {
+        for (profile, signed) in signed_all.iter().enumerate() {
+            let measured = Measured::new(&layout, &stub, &inputs, opts.semantics, profile as u32)?;
+            if measured.predict_cases(&layout, &digests, &banks, phases)? != *signed {
+                return Err(Error::InvalidInput(format!(
+                    "adding .pcrsig changed PCR 11 of profile {profile}; refusing to write"
+                )));
+            }
         }
     }
+    let measured = Measured::new(&layout, &stub, &inputs, opts.semantics, 0)?;
     let prediction = measured.predict(&layout, &digests, &banks, &PhasePath::defaults())?;
     let semantics = measured.semantics;
 
@@ -1086,20 +1137,23 @@ fn to_json_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// The `.pcrsig` section's content: the JSON text alone, as ukify 257 writes it
-/// (`json.dumps`, no NUL). The stub passes the whole section to the initrd as
-/// `/.extra/tpm2-pcr-signature.json`, which systemd-cryptsetup and systemd-cryptenroll parse as
-/// JSON: a trailing NUL makes systemd 257 refuse it ("Failed to load pcr signature: Bad
-/// message", seen booting this image), and the TPM unlock with it.
-pub fn pcrsig_section(json: &str) -> Vec<u8> {
-    json.as_bytes().to_vec()
+/// The `.pcrsig` section's content: the JSON text alone, as ukify 257 writes it (Python's
+/// `json.dumps` spacing, no NUL: [`PcrSignature::to_ukify_json`]). The stub passes the whole
+/// section to the initrd as `/.extra/tpm2-pcr-signature.json`, which systemd-cryptsetup and
+/// systemd-cryptenroll parse as JSON: a trailing NUL makes systemd 257 refuse it ("Failed to
+/// load pcr signature: Bad message", seen booting this image), and the TPM unlock with it.
+pub fn pcrsig_section(doc: &imgctl_measure::pcrsig::PcrSignature) -> Vec<u8> {
+    doc.to_ukify_json().into_bytes()
 }
 
-/// The UKI with `.pcrsig` = [`pcrsig_section`] of `json` appended as its last section.
+/// The UKI with `.pcrsig` = [`pcrsig_section`] of `doc` appended as its last section.
 /// Refuses a UKI that already has one, and checks that every other section, name and loaded
 /// bytes, is unchanged: `.pcrsig` is never measured, so whatever PCR 11 was signed (any profile,
 /// any `.dtbauto` selection, any stub version) stays valid for the result.
-pub fn append_pcrsig(uki: &[u8], json: &str) -> Result<Vec<u8>, Error> {
+pub fn append_pcrsig(
+    uki: &[u8],
+    doc: &imgctl_measure::pcrsig::PcrSignature,
+) -> Result<Vec<u8>, Error> {
     let before = Uki::parse(uki).map_err(imgctl_measure::Error::from)?;
     if before.pe.section(".pcrsig").is_some() {
         return Err(Error::InvalidInput(
@@ -1110,7 +1164,7 @@ pub fn append_pcrsig(uki: &[u8], json: &str) -> Result<Vec<u8>, Error> {
         uki,
         &[NewSection {
             name: ".pcrsig".into(),
-            data: pcrsig_section(json),
+            data: pcrsig_section(doc),
         }],
     )?;
     let after = Uki::parse(&out).map_err(imgctl_measure::Error::from)?;

@@ -85,6 +85,13 @@ impl PcrSignature {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// The JSON text ukify 257 embeds as `.pcrsig`: systemd-measure's document re-serialised by
+    /// Python's `json.dumps` (`combine_signatures()`), i.e. the same members in the same order
+    /// with `", "` between items and `": "` after keys.
+    pub fn to_ukify_json(&self) -> String {
+        python_json_spacing(&self.to_json())
+    }
+
     /// Appends another document's entries (systemd-measure `--append`, ukify combining keys).
     pub fn append(&mut self, other: PcrSignature) {
         for (bank, entries) in other.banks {
@@ -135,6 +142,29 @@ impl PcrSignature {
     }
 }
 
+/// Compact JSON text (no whitespace between tokens) spaced as Python's `json.dumps` writes it
+/// by default: a space after every `,` and `:` that is not inside a string.
+fn python_json_spacing(compact: &str) -> String {
+    let mut out = String::with_capacity(compact.len() + compact.len() / 8);
+    let (mut in_string, mut escaped) = (false, false);
+    for c in compact.chars() {
+        out.push(c);
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if c == ',' || c == ':' {
+            out.push(' ');
+        }
+    }
+    out
+}
+
 /// Signs predicted PCR 11 values the way `systemd-measure sign` does: for every bank in
 /// `prediction` and every phase path of that bank, in order, an entry over the PolicyPCR
 /// digest of the value. `public` (systemd's `--public-key`) must be the signing key's public
@@ -172,6 +202,22 @@ pub fn sign(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ukify_json_is_python_json_dumps_spacing() {
+        // ukify 257's .pcrsig (json.dumps of systemd-measure's document), shortened.
+        assert_eq!(
+            python_json_spacing(
+                r#"{"sha1":[{"pcrs":[11],"pkfp":"3f","pol":"dd","sig":"Aj/+=="},{"pcrs":[11,12],"pkfp":"a","pol":"b","sig":"c"}]}"#
+            ),
+            r#"{"sha1": [{"pcrs": [11], "pkfp": "3f", "pol": "dd", "sig": "Aj/+=="}, {"pcrs": [11, 12], "pkfp": "a", "pol": "b", "sig": "c"}]}"#
+        );
+        // Commas, colons and escaped quotes inside strings stay as they are.
+        assert_eq!(
+            python_json_spacing(r#"{"a":"x,y:\"z,"}"#),
+            r#"{"a": "x,y:\"z,"}"#
+        );
+    }
     use crate::predict::{predict_pcr11, MeasuredSection, PhasePath};
     use crate::StubSemantics;
 

@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// Also write a copy of the UKI with the signature added as its .pcrsig section (the JSON
-    /// alone, as ukify embeds it). .pcrsig is not measured: PCR 11 stays what was signed,
+    /// alone, spaced as ukify embeds it; not for multi-profile UKIs). .pcrsig is not measured: PCR 11 stays what was signed,
     /// which is checked before anything is written. Put the public key in .pcrpkey when
     /// building (recipe `pcrpkey:`) so systemd finds it.
     #[arg(long, value_name = "FILE")]
@@ -174,6 +174,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let data = load_uki(&args.input)?;
     let (uki, semantics, sections) =
         crate::uki_input::measured_sections(&args.input, &data, args.stub_semantics, args.profile)?;
+    if args.embed.is_some() && uki.pe.section(".profile").is_some() {
+        anyhow::bail!(
+            "{}: a multi-profile UKI needs one .pcrsig per profile, each after its profile's sections; build it with `imgctl build --pcr-private-key` instead of --embed",
+            args.input.display()
+        );
+    }
     let banks = if args.banks.is_empty() {
         HashAlg::ALL.to_vec()
     } else {
@@ -211,7 +217,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The UKI that carries the policy: the input with .pcrsig embedded, or the input.
     let embedded = match &args.embed {
         Some(path) => {
-            let signed = imgctl_builder::build::append_pcrsig(&data, &text)
+            let signed = imgctl_builder::build::append_pcrsig(&data, &doc)
                 .with_context(|| format!("embedding .pcrsig into {}", args.input.display()))?;
             if uki.pe.section(".pcrpkey").is_none() {
                 eprintln!(
