@@ -743,8 +743,8 @@ fn pcr15_equals_the_replay_of_the_userspace_log_and_holds_only_expected_records(
 /// `build --pcr-private-key` on an OS recipe embeds `.pcrpkey` (the public key) and `.pcrsig`
 /// through the kind: uki code path, and `.pcrsig` is byte for byte what `systemd-measure sign`
 /// 257 (Debian 13 chroot) prints for the UKI's sections with the same key (RSA PKCS#1 v1.5 is
-/// deterministic), without the newline and with no NUL: ukify 257 embeds `json.dumps` alone,
-/// and systemd-cryptsetup 257 refuses a signature file with a NUL after the JSON.
+/// deterministic) as ukify 257 embeds it: re-serialised by `json.dumps` (python3 here), no
+/// newline, no NUL (systemd-cryptsetup 257 refuses a signature file with a NUL after the JSON).
 #[test]
 fn os_uki_pcrsig_equals_systemd_measure_257_sign_over_its_sections() {
     let Some(b) = os_boot() else { return };
@@ -787,6 +787,7 @@ fn os_uki_pcrsig_equals_systemd_measure_257_sign_over_its_sections() {
     }
     let mut theirs = common::run_ok(&mut cmd);
     assert_eq!(theirs.pop(), Some(b'\n'));
+    let theirs = common::ukify_pcrsig_json(&theirs);
     let ours = section(".pcrsig");
     assert_eq!(
         String::from_utf8_lossy(&ours),

@@ -263,22 +263,7 @@ fn unseal_reads_the_pcrsig_section_of_a_uki() {
     }
     // ukify 257 embeds systemd-measure's document re-serialised by Python's json.dumps (no
     // newline, no NUL); python3 makes the expected bytes.
-    let want = {
-        use std::io::Write;
-        let mut py = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import json,sys; sys.stdout.write(json.dumps(json.loads(sys.stdin.read())))",
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        py.stdin.take().unwrap().write_all(&sig).unwrap();
-        let out = py.wait_with_output().unwrap();
-        assert!(out.status.success());
-        out.stdout
-    };
+    let want = common::ukify_pcrsig_json(&sig);
     assert_eq!(
         pa.memory_data(pa.section(".pcrsig").unwrap())
             .unwrap()

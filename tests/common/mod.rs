@@ -357,3 +357,27 @@ pub fn imgctl_chids(smbios: &Path) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// systemd-measure's `.pcrsig` JSON as ukify 257 embeds it: re-serialised by Python's
+/// `json.dumps` (`combine_signatures()`), computed by python3 itself.
+#[allow(dead_code)] // reason: not every test binary embeds .pcrsig
+pub fn ukify_pcrsig_json(systemd_measure_json: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut py = Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys; sys.stdout.write(json.dumps(json.loads(sys.stdin.read())))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (ukify's JSON formatting)");
+    py.stdin
+        .take()
+        .unwrap()
+        .write_all(systemd_measure_json)
+        .unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(out.status.success(), "python3 json.dumps failed");
+    out.stdout
+}
