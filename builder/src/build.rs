@@ -1005,11 +1005,12 @@ pub fn build_staged(recipe: &Recipe, opts: &BuildOptions) -> Result<(BuildOutput
         events: Vec::new(),
         userspace_events: Vec::new(),
         extension: None,
-        // The .pcrsig it carries: whose key, signing which PCR 11 values.
+        // The .pcrsig sections it carries (one per profile): whose key, signing which PCR 11
+        // values (every profile's).
         policy: match (&opts.pcr_key, &pcrsig) {
-            (Some(key), Some((_, signed, _))) => Some(PolicyRecord::new(
+            (Some(key), Some((_, signed_all, _))) => Some(PolicyRecord::new(
                 &key.public().fingerprint(),
-                &signed.iter().collect::<Vec<_>>(),
+                &signed_all.iter().flatten().collect::<Vec<_>>(),
             )),
             _ => None,
         },
