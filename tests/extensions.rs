@@ -1368,4 +1368,68 @@ fn ext_build_logs_the_image_record_and_writes_its_proof() {
         .replace(':', "")
         .to_lowercase();
     assert_eq!(r["extension"]["signature_certificate_sha256"], fp.as_str());
+    // The signers systemd main's `verity` NvPCR record names for this signature: the DER of
+    // the signer certificate's serial INTEGER (hex) and issuer Name (base64), here cut out of
+    // the certificate at the offsets `openssl asn1parse` gives.
+    assert_eq!(
+        r["extension"]["verity_signers"],
+        openssl_verity_signer(&f.path("sign.crt")).as_str(),
+        "{r}"
+    );
+}
+
+/// `<serial DER hex>/<issuer DER base64>` of a PEM certificate, by `openssl asn1parse`: the
+/// tbsCertificate's elements at depth 2 are [0] version, serial, signature algorithm, issuer.
+fn openssl_verity_signer(cert: &Path) -> String {
+    use base64::Engine;
+    let der = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(cert),
+    );
+    let parsed = String::from_utf8(run_ok(
+        Command::new("openssl").args(["asn1parse", "-in"]).arg(cert),
+    ))
+    .unwrap();
+    // "    4:d=1  hl=4 l= 653 cons: SEQUENCE"
+    let depth2: Vec<(usize, usize)> = parsed
+        .lines()
+        .filter(|l| l.contains(":d=2 "))
+        .map(|l| {
+            let off: usize = l.split(':').next().unwrap().trim().parse().unwrap();
+            let hl: usize = l
+                .split("hl=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let len: usize = l
+                .split("l=")
+                .nth(2)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (off, off + hl + len)
+        })
+        .collect();
+    assert!(
+        parsed
+            .lines()
+            .find(|l| l.contains(":d=2 "))
+            .unwrap()
+            .contains("cont [ 0 ]"),
+        "{parsed}"
+    );
+    let (serial, issuer) = (depth2[1], depth2[3]);
+    format!(
+        "{}/{}",
+        hex::encode(&der[serial.0..serial.1]),
+        base64::engine::general_purpose::STANDARD.encode(&der[issuer.0..issuer.1])
+    )
 }

@@ -132,6 +132,7 @@ impl Manifest {
                     })
                     .collect(),
                 signature_certificate_sha256: self.verity.certificate_fingerprint.clone(),
+                verity_signers: self.verity.signers.clone(),
             }),
             policy: None,
         };
@@ -165,6 +166,10 @@ pub struct VerityRecord {
     pub data_blocks: u64,
     pub signed: bool,
     pub certificate_fingerprint: Option<String>,
+    /// The signature's signers as systemd's `verity` NvPCR record names them
+    /// ([`crate::pkcs7::verity_signers`]), when signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signers: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -891,6 +896,13 @@ pub fn build(ext: &Extension, opts: &BuildOptions) -> Result<BuildOutput, Error>
             certificate_fingerprint: signature
                 .as_ref()
                 .and_then(|s| s.certificate_fingerprint.map(hex::encode)),
+            signers: signature
+                .as_ref()
+                .map(|s| {
+                    crate::pkcs7::verity_signers(&s.signature)
+                        .map_err(|e| Error::Unsupported(format!("root hash signature: {e}")))
+                })
+                .transpose()?,
         },
         partitions,
         files,

@@ -759,6 +759,46 @@ fn verify_signer_info(si: &SignerInfo, cert: &Cert, octets: &[u8]) -> Result<(),
     }
 }
 
+/// At most this many signers are named, as systemd's `pkcs7_extract_signers()` allows.
+pub const VERITY_SIGNERS_MAX: usize = 32;
+
+/// The `<signers>` field of systemd's `verity` NvPCR record for a root hash signature `der`
+/// (systemd main, src/shared/pcrextend-util.c `pcrextend_verity_word()` over
+/// src/shared/pkcs7-util.c `pkcs7_extract_signers()`): for each SignerInfo, in order, the
+/// lower-case hex of its serial number's whole DER INTEGER (`i2d_ASN1_INTEGER`: tag, length
+/// and content) and the standard, padded base64 of its issuer Name's DER (`i2d_X509_NAME`),
+/// joined by `/`; signers joined by `,`. A signer named by subject key identifier (systemd
+/// reads only issuer and serial), none, or more than [`VERITY_SIGNERS_MAX`] is an error.
+pub fn verity_signers(der: &[u8]) -> Result<String, Pkcs7Error> {
+    use base64::Engine;
+    let sd = signed_data_of(der, oid::DATA, "data")?;
+    let n = sd.signer_infos.0.len();
+    if n == 0 || n > VERITY_SIGNERS_MAX {
+        return Err(Pkcs7Error::Unsupported(format!(
+            "{n} signers; systemd names 1 to {VERITY_SIGNERS_MAX}"
+        )));
+    }
+    let mut out = Vec::with_capacity(n);
+    for si in sd.signer_infos.0.iter() {
+        let SignerIdentifier::IssuerAndSerialNumber(ias) = &si.sid else {
+            return Err(Pkcs7Error::Unsupported(
+                "a signer named by subject key identifier (systemd names issuer and serial)".into(),
+            ));
+        };
+        let serial = ias
+            .serial_number
+            .to_der()
+            .map_err(der_err("serial number"))?;
+        let issuer = ias.issuer.to_der().map_err(der_err("issuer"))?;
+        out.push(format!(
+            "{}/{}",
+            hex::encode(serial),
+            base64::engine::general_purpose::STANDARD.encode(issuer)
+        ));
+    }
+    Ok(out.join(","))
+}
+
 /// A DER INTEGER's content octets of a (positive) serial as upper-case hex of the integer: the
 /// leading zero bytes DER adds for the sign are dropped, one digit pair is kept.
 fn serial_hex(der: &[u8]) -> String {

@@ -82,6 +82,10 @@ pub struct ExtensionRecord {
     /// SHA-256 of the DER certificate the root-hash signature verifies with, if signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_certificate_sha256: Option<String>,
+    /// The signature's signers as systemd main's `verity` NvPCR record names them when the
+    /// kernel verified it (`<serial DER hex>/<issuer DER base64>`, `,`-separated), if signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity_signers: Option<String>,
 }
 
 /// What a signed PCR policy (`.pcrsig`) adds to the record.
@@ -250,6 +254,32 @@ fn bad(m: String) -> Error {
     Error::InvalidInput(m)
 }
 
+/// `<serial hex>/<issuer base64>[,…]`: lower-case hex, standard base64, 1 to 32 signers.
+fn check_verity_signers(v: &str) -> Result<(), Error> {
+    let list: Vec<&str> = v.split(',').collect();
+    let ok = list.len() <= 32
+        && list.iter().all(|one| {
+            one.split_once('/').is_some_and(|(serial, issuer)| {
+                !serial.is_empty()
+                    && serial.len() % 2 == 0
+                    && serial
+                        .bytes()
+                        .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+                    && !issuer.is_empty()
+                    && issuer
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='))
+            })
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "verity signers {v:?} are not <serial hex>/<issuer base64>[,...] (1 to 32)"
+        )))
+    }
+}
+
 fn check_hex(what: &str, len: usize, h: &str) -> Result<(), Error> {
     if h.len() != 2 * len
         || !h
@@ -360,6 +390,9 @@ impl ArtifactRecord {
             check_hex("root hash", 32, &x.root_hash)?;
             if let Some(c) = &x.signature_certificate_sha256 {
                 check_hex("signature certificate", 32, c)?;
+            }
+            if let Some(v) = &x.verity_signers {
+                check_verity_signers(v)?;
             }
         }
         if let Some(p) = &self.policy {
@@ -597,6 +630,7 @@ mod tests {
                 uuid: "66666666-6666-6666-6666-666666666666".into(),
             }],
             signature_certificate_sha256: Some("77".repeat(32)),
+            verity_signers: Some("020101/MA8xDTALBgNVBAMMBHRlc3Q=".into()),
         });
         r.events = vec![EventRecord {
             pcr: 13,

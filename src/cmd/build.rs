@@ -440,6 +440,7 @@ fn os_record(
         root_hash: out.record.usr_root_hash.clone(),
         partitions,
         signature_certificate_sha256: None,
+        verity_signers: None,
     });
     record.userspace_events = out.record.userspace_events();
     record.check()?;
