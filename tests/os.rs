@@ -404,6 +404,18 @@ fn expected_pcr15(b: &OsBoot, machine_id: &str) -> Vec<String> {
     assert_eq!(fs.len(), 2, "/ and /usr: {record}");
     let mut want: Vec<String> = fs.iter().map(|v| v.as_str().unwrap().to_owned()).collect();
     want.push(format!("machine-id:{machine_id}"));
+    // The /usr dm-verity device's activation (the image's imgctl-usr-verity-measure.service,
+    // in systemd main's `verity` NvPCR format), with the root hash of the UKI's usrhash=.
+    let verity = record["pcr15_verity_records"].as_array().unwrap();
+    assert_eq!(
+        verity,
+        &[serde_json::Value::from(format!(
+            "verity:usr:{}:",
+            record["usr_root_hash"].as_str().unwrap()
+        ))],
+        "{record}"
+    );
+    want.extend(verity.iter().map(|v| v.as_str().unwrap().to_owned()));
     let prefixes = record["var"]["pcr15_volume_key_prefixes"]
         .as_array()
         .unwrap();
@@ -719,6 +731,19 @@ fn pcr15_equals_the_replay_of_the_userspace_log_and_holds_only_expected_records(
     want.sort();
     got.sort();
     assert_eq!(got, want, "PCR 15 records vs what imgctl expected");
+    // The /usr activation record holds the root hash the UKI's command line gave the kernel
+    // (usrhash=, read back from the built UKI), once.
+    let tmp = tempfile::tempdir().unwrap();
+    let usrhash = uki_cmdline(&b.uki(), tmp.path())
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("usrhash="))
+        .map(str::to_owned)
+        .expect("no usrhash= in the UKI's command line");
+    assert_eq!(
+        strings_starting_with(&log, "verity:usr:"),
+        [format!("verity:usr:{usrhash}:")],
+        "the /usr activation record"
+    );
     let others: Vec<_> = log
         .records
         .iter()
@@ -1504,6 +1529,16 @@ fn verify_log_rejects_the_os_boot_against_a_log_holding_only_a_rebuild_with_anot
             .any(|l| l.contains("not published") && l.contains(usr_fs)),
         "the /usr record {usr_fs} is not named: {text}"
     );
+    // The booted /usr's activation record (its root hash, from the kernel's dm-verity table)
+    // is no published image's /usr.
+    let usr_hash = first["usr_root_hash"].as_str().unwrap();
+    assert!(
+        text.lines().any(|l| l.contains("not published in the log")
+            && l.contains("/usr (verity volume usr) activated with root hash")
+            && l.contains(usr_hash)
+            && l.contains("PCR 15")),
+        "the /usr activation {usr_hash} is not named: {text}"
+    );
     // The rebuild's own proof does not vouch for the boot offline either.
     let proof = out.join("os.raw.tlog-proof");
     let (code, _, all) = verify_boot(
@@ -1618,6 +1653,8 @@ struct Rebuild {
     vkey: String,
     sysext: PathBuf,
     other_sysext: PathBuf,
+    /// The demo confext (`recipes/demo-confext.yaml`), not in the rebuild's log.
+    confext: PathBuf,
 }
 
 fn rebuild() -> Option<&'static Rebuild> {
@@ -1705,9 +1742,21 @@ fn rebuild() -> Option<&'static Rebuild> {
                 &other_dir.join("out"),
                 false,
             );
+            let confext_dir = d.join("confext");
+            common::run_ok(
+                common::imgctl()
+                    .args(["ext", "build"])
+                    .arg(common::repo_root().join("recipes/demo-confext.yaml"))
+                    .arg("-o")
+                    .arg(&confext_dir)
+                    .env("SOURCE_DATE_EPOCH", "0"),
+            );
+            let confext = confext_dir.join("demo-confext.confext.raw");
+            assert!(confext.is_file(), "no {}", confext.display());
             Some(Rebuild {
                 vkey,
                 _dir: dir,
+                confext,
                 signed,
                 old_sig,
                 cmdline,
@@ -1767,7 +1816,14 @@ impl EspBoot {
     }
 }
 
-fn esp_boot(b: &OsBoot, name: &str, uki: &Path, sysext: &Path, break_glass: bool) -> EspBoot {
+fn esp_boot(
+    b: &OsBoot,
+    name: &str,
+    uki: &Path,
+    sysext: &Path,
+    confext: Option<&Path>,
+    break_glass: bool,
+) -> EspBoot {
     b.assert_done();
     let dir = b.dir.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -1803,6 +1859,14 @@ fn esp_boot(b: &OsBoot, name: &str, uki: &Path, sysext: &Path, break_glass: bool
             .arg(sysext)
             .arg("::/EFI/BOOT/BOOTX64.EFI.extra.d/demo-sysext.raw"),
     );
+    if let Some(confext) = confext {
+        common::run_ok(
+            Command::new("mcopy")
+                .args(["-o", "-i", &esp])
+                .arg(confext)
+                .arg("::/EFI/BOOT/BOOTX64.EFI.extra.d/demo-confext.confext.raw"),
+        );
+    }
     let state = dir.join("state");
     copy_tpm_state(&b.tpm_after_boot_1, &state);
     let capture = dir.join("capture");
@@ -1880,20 +1944,28 @@ fn tamper_boot() -> Option<&'static EspBoot> {
             "boot-old-pcrsig",
             &r.old_sig,
             &r.other_sysext,
+            None,
             true,
         ))
     })
     .as_ref()
 }
 
-/// The first boot's disk with the rebuilt UKI and its own `.pcrsig`, the published sysext
-/// beside it, and no recovery key: only the TPM can open /var.
+/// The first boot's disk with the rebuilt UKI and its own `.pcrsig`, the published sysext and
+/// the demo confext beside it, and no recovery key: only the TPM can open /var.
 fn resigned_boot() -> Option<&'static EspBoot> {
     static BOOT: OnceLock<Option<EspBoot>> = OnceLock::new();
     BOOT.get_or_init(|| {
         let b = os_boot()?;
         let r = rebuild()?;
-        Some(esp_boot(b, "boot-new-pcrsig", &r.signed, &r.sysext, false))
+        Some(esp_boot(
+            b,
+            "boot-new-pcrsig",
+            &r.signed,
+            &r.sysext,
+            Some(&r.confext),
+            false,
+        ))
     })
     .as_ref()
 }
@@ -2073,17 +2145,44 @@ fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root
             .to_owned()
     };
     assert_ne!(root_hash(&r.sysext), root_hash(&r.other_sysext));
+    let usr = format!(
+        "verity:usr:{}:",
+        b.image_record()["usr_root_hash"].as_str().unwrap()
+    );
     assert_eq!(
         strings_starting_with(&userspace_log(b), "verity:"),
-        Vec::<String>::new(),
-        "no sysext on the ESP, no activation record"
+        std::slice::from_ref(&usr),
+        "no sysext on the ESP: the /usr activation record alone"
     );
     for (boot, sysext) in [(t, &r.other_sysext), (s, &r.sysext)] {
         let log = boot.log();
+        assert_eq!(
+            strings_starting_with(&log, "verity:usr:"),
+            std::slice::from_ref(&usr),
+            "{}: the /usr activation record (the rebuild's /usr is the first build's)",
+            boot.name
+        );
+        // The confext beside the UKI of the boot with the new .pcrsig, merged by
+        // systemd-confext: one record with its root hash; the other boot has none.
+        let confext: Vec<String> = if std::ptr::eq(boot, s) {
+            vec![format!("verity:demo-confext:{}:", root_hash(&r.confext))]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(
+            strings_starting_with(&log, "verity:demo-confext:"),
+            confext,
+            "{}: the confext's activation record; the activation's journal:\n{}",
+            boot.name,
+            String::from_utf8_lossy(&var_report_b64(
+                &capture_report(&boot.capture, "IMGCTL-SYSEXT "),
+                "journal"
+            ))
+        );
         let want = format!("verity:demo-sysext:{}:", root_hash(sysext));
         let journal = var_report_b64(&capture_report(&boot.capture, "IMGCTL-SYSEXT "), "journal");
         assert_eq!(
-            strings_starting_with(&log, "verity:"),
+            strings_starting_with(&log, "verity:demo-sysext:"),
             std::slice::from_ref(&want),
             "{}: the activation record; the activation's journal:\n{}",
             boot.name,
@@ -2147,9 +2246,35 @@ fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root
         root_hash(&published.join("demo-sysext.raw")),
         root_hash(&r.sysext)
     );
-    let verify = |log: &Path| {
+    // And a copy with the demo confext published too (`ext build --log`, reproducible).
+    let with_both = dir.path().join("os-log-sysext-confext");
+    common::run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&with_sysext)
+            .arg(&with_both),
+    );
+    let published_confext = dir.path().join("confext");
+    common::run_ok(
+        common::imgctl()
+            .args(["ext", "build"])
+            .arg(common::repo_root().join("recipes/demo-confext.yaml"))
+            .arg("-o")
+            .arg(&published_confext)
+            .arg("--log")
+            .arg(&with_both)
+            .arg("--log-key")
+            .arg(&key)
+            .env("SOURCE_DATE_EPOCH", "0"),
+    );
+    let confext_hash = root_hash(&r.confext);
+    assert_eq!(
+        root_hash(&published_confext.join("demo-confext.confext.raw")),
+        confext_hash
+    );
+    let verify = |log: &Path, pcrs: &str| {
         let policy = dir.path().join("policy.yaml");
-        std::fs::write(&policy, "pcrs: [4, 11, 13, 15]\nbanks: [sha1, sha256]\n").unwrap();
+        std::fs::write(&policy, format!("pcrs: {pcrs}\nbanks: [sha1, sha256]\n")).unwrap();
         let (code, _, all) = verify_capture(
             &s.capture,
             &policy,
@@ -2163,15 +2288,38 @@ fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root
         (code, all)
     };
     let hash = root_hash(&r.sysext);
-    let (code, text) = verify(&with_sysext);
-    assert_eq!(code, Some(0), "the published sysext's activation: {text}");
+    // Both published: PCR 12 (the stub's confext archive) and 13 (its sysext archive) resolve
+    // to the published images' predictions, PCR 15 holds each activation.
+    let (code, text) = verify(&with_both, "[4, 11, 12, 13, 15]");
+    assert_eq!(
+        code,
+        Some(0),
+        "the published sysext's and confext's activations: {text}"
+    );
+    for want in [
+        format!("extension image demo-sysext activated with root hash {hash}"),
+        format!("extension image demo-confext activated with root hash {confext_hash}"),
+        "PCR 12 sha256: 1 published stub event".to_owned(),
+        "PCR 13 sha256: 1 published stub event".to_owned(),
+    ] {
+        assert!(text.contains(&want), "{want}: {text}");
+    }
+    // The confext not published: its activation rejects, named.
+    let (code, text) = verify(&with_sysext, "[4, 11, 13, 15]");
+    assert_eq!(
+        code,
+        Some(1),
+        "an activation of an unpublished confext: {text}"
+    );
+    assert!(text.starts_with("REJECT"), "{text}");
     assert!(
-        text.contains(&format!(
-            "extension image demo-sysext activated with root hash {hash}"
-        )),
+        text.lines().any(|l| l.contains("not published in the log")
+            && l.contains("demo-confext")
+            && l.contains(&confext_hash)
+            && l.contains("PCR 15")),
         "{text}"
     );
-    let (code, text) = verify(&plain);
+    let (code, text) = verify(&plain, "[4, 11, 13, 15]");
     assert_eq!(
         code,
         Some(1),

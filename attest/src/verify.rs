@@ -152,6 +152,11 @@ fn decode_digest(bank: HashAlg, hex: &str) -> Result<Digest, String> {
     }
 }
 
+/// The volume name systemd's veritysetup generator gives the dm-verity device of `usrhash=`:
+/// an activation record (`verity:usr:<root hash>:…`) with it is the booted OS image's `/usr`,
+/// checked against that image's published record, never resolved to an extension.
+pub const USR_VERITY_VOLUME: &str = "usr";
+
 /// One reference PCR 11 value: after the stub and the words of `phase`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PhaseValue {
@@ -197,6 +202,9 @@ pub struct Artifact {
     /// A signed PCR policy this record publishes: the UKI's own (its record states what its
     /// `.pcrsig` signs) or one of its own (`sign-pcrs --log`, naming its UKI by Authenticode).
     pub policy: Option<PolicyRef>,
+    /// A signed extension image's signers as its activation record names them (the published
+    /// record's `verity_signers`).
+    pub verity_signers: Option<String>,
 }
 
 /// A published signed PCR policy.
@@ -352,6 +360,7 @@ pub fn artifact_from_record(
             .extension
             .as_ref()
             .map(|x| x.root_hash.to_ascii_lowercase());
+        a.verity_signers = r.extension.as_ref().and_then(|x| x.verity_signers.clone());
         return Ok(Some(a));
     };
     let mut a = Artifact {
@@ -957,6 +966,37 @@ fn predict_stub_pcr(
 /// Predicted PCR values by (bank, PCR), with where each came from; `None`: no prediction.
 type Predicted = BTreeMap<(HashAlg, u32), (Option<Digest>, String)>;
 
+/// The `<signers>` of an activation record `v` against the extension `a` its root hash
+/// resolved to. Signers are logged only when the kernel verified the root hash signature
+/// (systemd main's veritysetup and dissection); they must then be exactly the published
+/// signature's (its certificate's issuer and serial, as systemd names them), and an image
+/// published unsigned cannot have any. No signers on a signed image: the kernel did not verify
+/// the signature (no trusted key; systemd falls back to an unsigned activation), which is said
+/// (`Ok` holds that note), not rejected: the root hash alone binds the content.
+fn check_verity_signers(
+    v: &crate::userspace_record::VerityRecord,
+    a: &Artifact,
+) -> Result<String, String> {
+    let logged: Vec<String> = v.signers.iter().map(|(s, i)| format!("{s}/{i}")).collect();
+    let logged = logged.join(",");
+    match (logged.is_empty(), &a.verity_signers) {
+        (true, None) => Ok(String::new()),
+        (true, Some(_)) => Ok(
+            "; no kernel-verified signature (the published image is signed; the kernel did not verify it)"
+                .into(),
+        ),
+        (false, Some(p)) if *p == logged => {
+            Ok(format!("; signature verified by the kernel, signers {logged} as published"))
+        }
+        (false, Some(p)) => Err(format!(
+            "signed by {logged}, not by the published signature's signers {p}"
+        )),
+        (false, None) => Err(format!(
+            "signed by {logged}, but the published image is unsigned"
+        )),
+    }
+}
+
 /// The userspace records of the PCRs a published OS image predicts (PCR 15: machine ID, file
 /// systems), when the policy checks them: every record in such a PCR must be one the booted
 /// image's record expects (its exact string, or for the machine ID its form), each expected
@@ -1013,23 +1053,52 @@ fn check_userspace_records(
             }
             let et = r.event_type.as_deref().unwrap_or("");
             let st = r.string.as_deref().unwrap_or("");
-            // An extension activated on the running OS: its root hash must be a referenced
-            // (published) extension's.
+            // A dm-verity activation: the booted image's own (its /usr, the exact record its
+            // published record expects), else an extension's, whose root hash must be a
+            // referenced (published) extension's.
             if let Some(v) = crate::userspace_record::VerityRecord::from_record(r) {
+                let expected = expectations
+                    .iter()
+                    .enumerate()
+                    .position(|(i, (_, e))| !used[i] && e.event_type == et && e.string == st);
+                if let (Some(i), Ok(v)) = (expected, &v) {
+                    used[i] = true;
+                    checked.push(format!(
+                        "record {}: verity volume {} activated with root hash {}, as {} expects",
+                        r.index, v.name, v.root_hash, expectations[i].0.name
+                    ));
+                    accounted.push(r);
+                    continue;
+                }
                 let why = match v {
+                    // The image's own volume (systemd's veritysetup names the device of
+                    // usrhash= `usr`) with a root hash the booted image does not expect.
+                    Ok(v) if v.name == USR_VERITY_VOLUME => format!(
+                        "record {} in PCR {pcr}: /usr (verity volume {}) activated with root hash {}, which no {} OS image ({names}) has",
+                        r.index,
+                        v.name,
+                        v.root_hash,
+                        if refs.published_in.is_some() { "published" } else { "referenced" }
+                    ),
                     Ok(v) => match refs
                         .artifacts
                         .iter()
                         .find(|a| a.root_hash.as_deref() == Some(v.root_hash.as_str()))
                     {
-                        Some(a) => {
-                            checked.push(format!(
-                                "record {}: extension image {} activated with root hash {}, that of {}",
+                        Some(a) => match check_verity_signers(&v, a) {
+                            Ok(how) => {
+                                checked.push(format!(
+                                    "record {}: extension image {} activated with root hash {}, that of {}{how}",
+                                    r.index, v.name, v.root_hash, a.name
+                                ));
+                                accounted.push(r);
+                                continue;
+                            }
+                            Err(why) => format!(
+                                "record {} in PCR {pcr}: extension image {} activated with root hash {} (that of {}) {why}",
                                 r.index, v.name, v.root_hash, a.name
-                            ));
-                            accounted.push(r);
-                            continue;
-                        }
+                            ),
+                        },
                         None => format!(
                             "record {} in PCR {pcr}: extension image {} activated with root hash {}, which no {} extension has",
                             r.index,
@@ -1898,6 +1967,155 @@ mod tests {
         let bad = format!("verity:demo-sysext:{}:", hash.to_uppercase());
         let v = run(&with, vec![rec("machine-id", id), rec("pcrextend", &bad)]);
         assert!(!v.accepted, "{v:#?}");
+    }
+
+    /// A signed extension's activation record names its signers only when the kernel verified
+    /// the signature: the published signers accept (said so), others or signers on an image
+    /// published unsigned reject naming both; no signers on a signed image accept with the note
+    /// that the kernel did not verify it.
+    #[test]
+    fn activation_signers_must_be_the_published_signatures() {
+        use crate::eventlog::userspace::{Origin, UserspaceRecord};
+        let banks = [HashAlg::SHA256];
+        let origin = Origin {
+            boot_id: "0".repeat(32),
+            timestamp_usec: 1,
+        };
+        let hash = "4a7c1e1b1a0c2b0e9f8d7c6b5a4938271605f4e3d2c1b0a99887766554433221";
+        let published = "0214aa/MA8xDTALBgNVBAMMBHRlc3Q=";
+        let other = "020101/MA8xDTALBgNVBAMMBHRlc3Q=";
+        let rec =
+            |t: &str, s: &str| UserspaceRecord::new(15, &banks, s.into(), t, &origin).unwrap();
+        let os = Artifact {
+            name: "os.efi (os)".into(),
+            userspace: vec![],
+            ..Artifact::default()
+        };
+        let refs = |signers: Option<&str>| References {
+            artifacts: vec![
+                Artifact {
+                    userspace: vec![UserspaceEventRecord {
+                        pcr: 15,
+                        event_type: "machine-id".into(),
+                        string: "machine-id:{machine-id}".into(),
+                    }],
+                    ..os.clone()
+                },
+                Artifact {
+                    name: "sysext demo-sysext 1".into(),
+                    root_hash: Some(hash.into()),
+                    verity_signers: signers.map(str::to_owned),
+                    ..Artifact::default()
+                },
+            ],
+            published_in: Some("the log".into()),
+            ..References::default()
+        };
+        let id = "machine-id:bdc32cd1ac874eaaa9229c647a0df9dd";
+        let run = |refs: &References, signers: &str| {
+            verify_pcr15(
+                refs,
+                &banks,
+                vec![
+                    rec("machine-id", id),
+                    rec("phase", &format!("verity:demo-sysext:{hash}:{signers}")),
+                ],
+            )
+        };
+        let checked = |v: &Verdict| v.checked.join("\n");
+        let v = run(&refs(Some(published)), published);
+        assert!(v.accepted, "{v:#?}");
+        assert!(checked(&v).contains("verified by the kernel"), "{v:#?}");
+        let v = run(&refs(Some(published)), "");
+        assert!(v.accepted, "{v:#?}");
+        assert!(
+            checked(&v).contains("no kernel-verified signature"),
+            "{v:#?}"
+        );
+        for (signers, logged, what) in [
+            (Some(published), other, "not by the published"),
+            (None, published, "published image is unsigned"),
+        ] {
+            let v = run(&refs(signers), logged);
+            assert!(!v.accepted, "{v:#?}");
+            assert!(
+                v.findings.iter().any(|f| f.kind == "unknown-event"
+                    && f.message.contains(what)
+                    && f.message.contains(logged)),
+                "{what}: {v:#?}"
+            );
+        }
+    }
+
+    /// The booted OS image's `/usr` activation (`verity:usr:<root hash>:`, the record the
+    /// image's published record expects) is accepted and counted in PCR 15's prediction; with
+    /// another root hash it is rejected as a `/usr` of no published OS image (never resolved
+    /// to an extension, even one with that root hash), naming the record and the root hash,
+    /// and the expected record is reported missing; without it, missing.
+    #[test]
+    fn the_usr_activation_resolves_to_the_booted_images_usr_root_hash_or_rejects() {
+        use crate::eventlog::userspace::{Origin, UserspaceRecord};
+        let banks = [HashAlg::SHA256];
+        let origin = Origin {
+            boot_id: "0".repeat(32),
+            timestamp_usec: 1,
+        };
+        let usr = "66".repeat(32);
+        let other = "77".repeat(32);
+        let act = format!("verity:usr:{usr}:");
+        let bad = format!("verity:usr:{other}:");
+        let rec =
+            |t: &str, s: &str| UserspaceRecord::new(15, &banks, s.into(), t, &origin).unwrap();
+        let os = Artifact {
+            name: "os.efi (os)".into(),
+            userspace: vec![UserspaceEventRecord {
+                pcr: 15,
+                event_type: "phase".into(),
+                string: act.clone(),
+            }],
+            ..Artifact::default()
+        };
+        // An extension that happens to have the other root hash does not make it /usr's.
+        let sysext = Artifact {
+            name: "sysext usr 1".into(),
+            root_hash: Some(other.clone()),
+            ..Artifact::default()
+        };
+        let refs = References {
+            artifacts: vec![os, sysext],
+            published_in: Some("the log".into()),
+            ..References::default()
+        };
+        let v = verify_pcr15(&refs, &banks, vec![rec("phase", &act)]);
+        assert!(v.accepted, "{v:#?}");
+        let row = v.pcrs.iter().find(|r| r.pcr == 15).unwrap();
+        assert_eq!(
+            row.predicted.as_deref(),
+            Some(sha256_replay(&[act.as_str()]).as_str())
+        );
+        assert_eq!(row.verdict, "match");
+        let v = verify_pcr15(&refs, &banks, vec![rec("phase", &bad)]);
+        assert!(!v.accepted);
+        let kinds: Vec<&str> = v
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Reject && f.kind != "unchecked-pcr")
+            .map(|f| f.kind)
+            .collect();
+        assert_eq!(kinds, ["unknown-event", "missing-event"], "{v:#?}");
+        let x = &v.findings[0];
+        assert_eq!(x.index, Some(0));
+        for part in ["not published", "/usr", &other, "record 0", "os.efi (os)"] {
+            assert!(x.message.contains(part), "{part}: {}", x.message);
+        }
+        let v = verify_pcr15(&refs, &banks, vec![]);
+        assert!(!v.accepted);
+        assert!(
+            v.findings
+                .iter()
+                .any(|f| f.kind == "missing-event" && f.message.contains(&act)),
+            "{v:#?}"
+        );
     }
 
     /// The 257 stub measures the `.dtbauto` the machine selected, or none: the verifier takes

@@ -82,6 +82,13 @@ pub struct OsImageRecord {
     /// fields empty for `/usr`, whose device is the dm-verity mapping. Each record's digest in a
     /// bank is that bank's hash of the string.
     pub pcr15_file_systems: Vec<String>,
+    /// The activation record of the `/usr` dm-verity device the image's
+    /// `imgctl-usr-verity-measure.service` extends into PCR 15 (systemd 257 measures none), in
+    /// the format systemd main's systemd-veritysetup writes to its `verity` NvPCR:
+    /// `verity:usr:<root hash>:<signers>`, `usr` being the volume name the veritysetup generator
+    /// gives the device of `usrhash=`. The signers are empty: `/usr` is activated from
+    /// `usrhash=` without a root hash signature. Its digest is the hash of the string.
+    pub pcr15_verity_records: Vec<String>,
     /// The encrypted `/var` systemd-repart makes at first boot, when the recipe has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub var: Option<OsVarRecord>,
@@ -115,6 +122,24 @@ pub const LUKS_UUID_PLACEHOLDER: &str = "{luks-uuid}";
 
 /// systemd-pcrmachine's record, with the machine ID only the first boot makes.
 const MACHINE_ID_TEMPLATE: &str = "machine-id:{machine-id}";
+
+/// The volume name systemd's veritysetup generator gives the dm-verity device of `usrhash=`
+/// (`/dev/mapper/usr`), which names it in its activation record.
+pub const USR_VERITY_VOLUME: &str = "usr";
+
+/// The unit and script every OS image ships (in `/usr`, under verity) to measure the `/usr`
+/// dm-verity device's activation record ([`OsImageRecord::pcr15_verity_records`]).
+const USR_VERITY_MEASURE_UNIT: (&str, &str) = (
+    "imgctl-usr-verity-measure.service",
+    include_str!("os/imgctl-usr-verity-measure.service"),
+);
+const USR_VERITY_MEASURE_SCRIPT: (&str, &str) =
+    ("usr-verity-measure", include_str!("os/usr-verity-measure"));
+
+/// The `/usr` activation record for root hash `root_hash` (lower-case hex), unsigned.
+pub fn usr_verity_record(root_hash: &str) -> String {
+    format!("verity:{USR_VERITY_VOLUME}:{root_hash}:")
+}
 
 /// The device-mapper name of the encrypted /var, and its partition label.
 pub const VAR_MAPPING: &str = "var";
@@ -174,6 +199,12 @@ impl OsImageRecord {
             self.pcr15_file_systems
                 .iter()
                 .map(|s| event("filesystem", s.clone())),
+        );
+        // systemd-pcrextend 257 logs a word it is given as a `phase` event.
+        v.extend(
+            self.pcr15_verity_records
+                .iter()
+                .map(|s| event("phase", s.clone())),
         );
         if let Some(var) = &self.var {
             v.extend(
@@ -318,6 +349,22 @@ pub fn build_os_staged(
             }
         });
         set_mode(&dst, mode)?;
+    }
+    // The measurement of the /usr verity device's activation (image.json
+    // pcr15_verity_records): shipped by the builder, which predicts its record.
+    {
+        let units = usr_stage.join("usr/lib/systemd/system");
+        let lib = usr_stage.join("usr/lib/imgctl");
+        for (dir, (name, text), mode) in [
+            (&units, USR_VERITY_MEASURE_UNIT, 0o644),
+            (&lib, USR_VERITY_MEASURE_SCRIPT, 0o755),
+        ] {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating", e))?;
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|e| Error::io(&path, "writing", e))?;
+            set_mode(&path, mode)?;
+        }
+        enable_unit(&units, USR_VERITY_MEASURE_UNIT.0, &recipe.path)?;
     }
     for unit in &recipe.mask {
         mask_unit(&usr_stage.join("usr/lib/systemd/system"), unit)?;
@@ -572,6 +619,7 @@ pub fn build_os_staged(
         suite: recipe.suite.clone(),
         packages: recipe.packages.clone(),
         kernel_release: tree.kernel_release.clone(),
+        pcr15_verity_records: vec![usr_verity_record(&root_hash)],
         usr_root_hash: root_hash,
         usr_salt: hex::encode(salt),
         cmdline,
