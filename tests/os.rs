@@ -1642,8 +1642,8 @@ fn vm_refuses_the_kept_disk_state_of_another_image() {
 /// same disk), as a `kind: uki` recipe signed with the same PCR key: its own `.pcrsig` for its
 /// own PCR 11. `old_sig` is the same UKI carrying the first UKI's `.pcrsig` instead (the bytes
 /// of that section replaced in place: both are the same length). The rebuild's log holds the
-/// rebuilt UKI and the demo sysext (`ext build --log`); `other_sysext` is the same recipe with
-/// other content, never published.
+/// rebuilt UKI, the demo sysext and the demo confext (`ext build --log`); `other_sysext` is the
+/// same recipe with other content, never published.
 struct Rebuild {
     _dir: tempfile::TempDir,
     signed: PathBuf,
@@ -1653,7 +1653,7 @@ struct Rebuild {
     vkey: String,
     sysext: PathBuf,
     other_sysext: PathBuf,
-    /// The demo confext (`recipes/demo-confext.yaml`), not in the rebuild's log.
+    /// The demo confext (`recipes/demo-confext.yaml`), published in the rebuild's log too.
     confext: PathBuf,
 }
 
@@ -1749,6 +1749,10 @@ fn rebuild() -> Option<&'static Rebuild> {
                     .arg(common::repo_root().join("recipes/demo-confext.yaml"))
                     .arg("-o")
                     .arg(&confext_dir)
+                    .arg("--log")
+                    .arg(&log)
+                    .arg("--log-key")
+                    .arg(&key)
                     .env("SOURCE_DATE_EPOCH", "0"),
             );
             let confext = confext_dir.join("demo-confext.confext.raw");
