@@ -2338,7 +2338,8 @@ fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root
         "{text}"
     );
     // The rebuilt UKI's record without what its `.pcrsig` signs (no `policy`), with the
-    // sysext published: the UKI booted with a signed PCR policy the log does not show.
+    // sysext and the confext published: the UKI booted with a signed PCR policy the log does
+    // not show.
     let unsigned = dir.path().join("os-log-no-policy");
     common::run_ok(Command::new("cp").arg("-a").arg(&b.log).arg(&unsigned));
     let mut record: serde_json::Value =
@@ -2372,7 +2373,19 @@ fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root
             .arg(&key)
             .env("SOURCE_DATE_EPOCH", "0"),
     );
-    let (code, text) = verify(&unsigned);
+    common::run_ok(
+        common::imgctl()
+            .args(["ext", "build"])
+            .arg(common::repo_root().join("recipes/demo-confext.yaml"))
+            .arg("-o")
+            .arg(dir.path().join("confext-again"))
+            .arg("--log")
+            .arg(&unsigned)
+            .arg("--log-key")
+            .arg(&key)
+            .env("SOURCE_DATE_EPOCH", "0"),
+    );
+    let (code, text) = verify(&unsigned, "[4, 11, 13, 15]");
     assert_eq!(code, Some(1), "a signed policy not published: {text}");
     let rejects: Vec<&str> = text
         .lines()
