@@ -1827,6 +1827,7 @@ fn esp_boot(
     sysext: &Path,
     confext: Option<&Path>,
     break_glass: bool,
+    flip_usr_canary: bool,
 ) -> EspBoot {
     b.assert_done();
     let dir = b.dir.path().join(name);
@@ -1870,6 +1871,9 @@ fn esp_boot(
                 .arg(confext)
                 .arg("::/EFI/BOOT/BOOTX64.EFI.extra.d/demo-confext.confext.raw"),
         );
+    }
+    if flip_usr_canary {
+        flip_a_byte_of_the_usr_canary(&disk);
     }
     let state = dir.join("state");
     copy_tpm_state(&b.tpm_after_boot_1, &state);
@@ -1931,13 +1935,52 @@ fn esp_boot(
     boot
 }
 
+/// The canary file the OS image ships in /usr (`recipes/os/usr-canary`, read by its capture
+/// unit and by nothing else).
+fn usr_canary() -> Vec<u8> {
+    std::fs::read(common::repo_root().join("recipes/os/usr-canary")).unwrap()
+}
+
+/// Flips one byte of the canary's data in `disk`'s /usr partition, in place, after the build:
+/// the partition's dm-verity tree and the root hash in the UKI stay the build's, so nothing
+/// measured changes; only the block's hash no longer matches. The canary's 8 KiB must be in
+/// the (uncompressed erofs) partition exactly once.
+fn flip_a_byte_of_the_usr_canary(disk: &Path) {
+    use std::os::unix::fs::FileExt;
+    const USR: &str = "8484680c-9521-48c6-9c11-b0720656f69e";
+    let (_, _, start, len) = sfdisk_partitions(disk)
+        .into_iter()
+        .find(|p| p.0 == USR)
+        .expect("no /usr partition on the disk");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .unwrap();
+    let mut usr = vec![0u8; len as usize];
+    f.read_exact_at(&mut usr, start).unwrap();
+    let canary = usr_canary();
+    let at: Vec<usize> = usr
+        .windows(canary.len())
+        .enumerate()
+        .filter(|(_, w)| *w == canary.as_slice())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "the canary in /usr at offsets {at:?}");
+    let byte = at[0] + 1000;
+    f.write_all_at(&[usr[byte] ^ 0x20], start + byte as u64)
+        .unwrap();
+    f.sync_all().unwrap();
+}
+
 /// The root password of the console login of [`tamper_boot`].
 const BREAK_GLASS_PASSWORD: &str = "break-glass-4-test";
 
 /// The first boot's disk with the rebuilt UKI carrying the FIRST UKI's `.pcrsig`, an
-/// unpublished sysext beside it, the recovery key given as a credential, and a root login on
+/// unpublished sysext beside it, the recovery key given as a credential, a root login on
 /// the serial console (a break-glass root password provisioned as the credential
-/// `imgctl.break-glass-password`, `root` and the password typed at the prompts).
+/// `imgctl.break-glass-password`, `root` and the password typed at the prompts), and one byte
+/// of /usr's canary file flipped on the disk.
 fn tamper_boot() -> Option<&'static EspBoot> {
     static BOOT: OnceLock<Option<EspBoot>> = OnceLock::new();
     BOOT.get_or_init(|| {
@@ -1949,6 +1992,7 @@ fn tamper_boot() -> Option<&'static EspBoot> {
             &r.old_sig,
             &r.other_sysext,
             None,
+            true,
             true,
         ))
     })
@@ -1968,6 +2012,7 @@ fn resigned_boot() -> Option<&'static EspBoot> {
             &r.signed,
             &r.sysext,
             Some(&r.confext),
+            false,
             false,
         ))
     })
@@ -2430,4 +2475,51 @@ fn a_root_login_on_the_serial_console_is_recorded_as_break_glass_and_plain_boots
         let bg = strings_starting_with(&log, "break-glass:");
         assert!(bg.is_empty(), "{name}: {bg:?}");
     }
+}
+
+/// dm-verity guards /usr on the running system, not only at build time: on the tamper boot's
+/// disk one byte of a file /usr ships (the canary, which only the capture unit reads) was
+/// flipped after the build. The root hash and the tree are the build's, so nothing measured
+/// differs; the guest's kernel refuses the block: the read fails with an I/O error and
+/// dm-verity reports a corrupted block. The boots of the untouched disk read the canary as
+/// built (its sha256) with no corrupted block.
+#[test]
+fn a_byte_flipped_in_usr_after_the_build_is_refused_by_the_guests_kernel() {
+    let Some(b) = os_boot() else { return };
+    let Some(t) = tamper_boot() else { return };
+    let Some(s) = resigned_boot() else { return };
+    t.assert_done();
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(usr_canary()));
+    for (name, capture) in [("first boot", &b.capture), (s.name.as_str(), &s.capture)] {
+        let report = capture_report(capture, "IMGCTL-OS: ");
+        assert_eq!(
+            report.get("usr-canary").map(String::as_str),
+            Some(format!("ok {want}").as_str()),
+            "{name}: {report:?}"
+        );
+        assert_eq!(
+            report.get("verity-corrupted-blocks").map(String::as_str),
+            Some("0"),
+            "{name}"
+        );
+    }
+    let report = capture_report(&t.capture, "IMGCTL-OS: ");
+    let read = report.get("usr-canary").cloned().unwrap_or_default();
+    assert!(
+        read.starts_with("failed") && read.contains("Input/output error"),
+        "the flipped canary was read: {report:?}"
+    );
+    let corrupted: u32 = report
+        .get("verity-corrupted-blocks")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(corrupted >= 1, "{report:?}");
+    let console = String::from_utf8_lossy(&std::fs::read(t.capture.join("console.log")).unwrap())
+        .into_owned();
+    assert!(
+        console
+            .lines()
+            .any(|l| l.contains("device-mapper: verity") && l.contains("is corrupted")),
+        "the kernel's report of the block"
+    );
 }
