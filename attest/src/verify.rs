@@ -1801,6 +1801,26 @@ mod tests {
         verify(&policy, refs, &log, Some(&u), None)
     }
 
+    /// A userspace-log record of `event_type` with `string` in PCR 15, in `banks`, of one boot.
+    fn pcr15_record(
+        banks: &[HashAlg],
+        event_type: &str,
+        string: &str,
+    ) -> crate::eventlog::userspace::UserspaceRecord {
+        let origin = crate::eventlog::userspace::Origin {
+            boot_id: "0".repeat(32),
+            timestamp_usec: 1,
+        };
+        crate::eventlog::userspace::UserspaceRecord::new(
+            15,
+            banks,
+            string.into(),
+            event_type,
+            &origin,
+        )
+        .unwrap()
+    }
+
     /// SHA-256 PCR 15 after extending the hash of each string, computed with ring (not the
     /// code under test).
     fn sha256_replay(strings: &[&str]) -> String {
@@ -1822,16 +1842,11 @@ mod tests {
     /// named.
     #[test]
     fn pcr15_holds_exactly_the_records_the_published_image_expects() {
-        use crate::eventlog::userspace::{Origin, UserspaceRecord};
+        use crate::eventlog::userspace::UserspaceRecord;
         let banks = [HashAlg::SHA1, HashAlg::SHA256];
-        let origin = Origin {
-            boot_id: "0".repeat(32),
-            timestamp_usec: 1,
-        };
         let fs = "file-system:/usr:erofs:0992bb15-3efb-47e9-9412-b9717d626a16::::";
         let id = "machine-id:bdc32cd1ac874eaaa9229c647a0df9dd";
-        let rec =
-            |t: &str, s: &str| UserspaceRecord::new(15, &banks, s.into(), t, &origin).unwrap();
+        let rec = |t: &str, s: &str| pcr15_record(&banks, t, s);
         let expect = |t: &str, s: &str| UserspaceEventRecord {
             pcr: 15,
             event_type: t.into(),
@@ -1904,17 +1919,12 @@ mod tests {
     /// image, the root hash and the record, as "not published" with references from a log.
     #[test]
     fn an_activated_extension_resolves_to_a_referenced_root_hash_or_rejects() {
-        use crate::eventlog::userspace::{Origin, UserspaceRecord};
+        use crate::eventlog::userspace::UserspaceRecord;
         let banks = [HashAlg::SHA256];
-        let origin = Origin {
-            boot_id: "0".repeat(32),
-            timestamp_usec: 1,
-        };
         let id = "machine-id:bdc32cd1ac874eaaa9229c647a0df9dd";
         let hash = "4a7c1e1b1a0c2b0e9f8d7c6b5a4938271605f4e3d2c1b0a99887766554433221";
         let act = format!("verity:demo-sysext:{hash}:");
-        let rec =
-            |t: &str, s: &str| UserspaceRecord::new(15, &banks, s.into(), t, &origin).unwrap();
+        let rec = |t: &str, s: &str| pcr15_record(&banks, t, s);
         let os = Artifact {
             name: "os.efi (os)".into(),
             userspace: vec![UserspaceEventRecord {
@@ -1975,17 +1985,11 @@ mod tests {
     /// that the kernel did not verify it.
     #[test]
     fn activation_signers_must_be_the_published_signatures() {
-        use crate::eventlog::userspace::{Origin, UserspaceRecord};
         let banks = [HashAlg::SHA256];
-        let origin = Origin {
-            boot_id: "0".repeat(32),
-            timestamp_usec: 1,
-        };
         let hash = "4a7c1e1b1a0c2b0e9f8d7c6b5a4938271605f4e3d2c1b0a99887766554433221";
         let published = "0214aa/MA8xDTALBgNVBAMMBHRlc3Q=";
         let other = "020101/MA8xDTALBgNVBAMMBHRlc3Q=";
-        let rec =
-            |t: &str, s: &str| UserspaceRecord::new(15, &banks, s.into(), t, &origin).unwrap();
+        let rec = |t: &str, s: &str| pcr15_record(&banks, t, s);
         let os = Artifact {
             name: "os.efi (os)".into(),
             userspace: vec![],
@@ -2054,18 +2058,12 @@ mod tests {
     /// and the expected record is reported missing; without it, missing.
     #[test]
     fn the_usr_activation_resolves_to_the_booted_images_usr_root_hash_or_rejects() {
-        use crate::eventlog::userspace::{Origin, UserspaceRecord};
         let banks = [HashAlg::SHA256];
-        let origin = Origin {
-            boot_id: "0".repeat(32),
-            timestamp_usec: 1,
-        };
         let usr = "66".repeat(32);
         let other = "77".repeat(32);
         let act = format!("verity:usr:{usr}:");
         let bad = format!("verity:usr:{other}:");
-        let rec =
-            |t: &str, s: &str| UserspaceRecord::new(15, &banks, s.into(), t, &origin).unwrap();
+        let rec = |t: &str, s: &str| pcr15_record(&banks, t, s);
         let os = Artifact {
             name: "os.efi (os)".into(),
             userspace: vec![UserspaceEventRecord {
