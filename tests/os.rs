@@ -2481,7 +2481,7 @@ fn a_root_login_on_the_serial_console_is_recorded_as_break_glass_and_plain_boots
 /// disk one byte of a file /usr ships (the canary, which only the capture unit reads) was
 /// flipped after the build. The root hash and the tree are the build's, so nothing measured
 /// differs; the guest's kernel refuses the block: the read fails with an I/O error and
-/// dm-verity reports a corrupted block. The boots of the untouched disk read the canary as
+/// dm-verity logs a corrupted block in the kernel's log. The boots of the untouched disk read the canary as
 /// built (its sha256) with no corrupted block.
 #[test]
 fn a_byte_flipped_in_usr_after_the_build_is_refused_by_the_guests_kernel() {
@@ -2513,13 +2513,10 @@ fn a_byte_flipped_in_usr_after_the_build_is_refused_by_the_guests_kernel() {
         .get("verity-corrupted-blocks")
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(corrupted >= 1, "{report:?}");
-    let console = String::from_utf8_lossy(&std::fs::read(t.capture.join("console.log")).unwrap())
-        .into_owned();
+    // The kernel's own account (its log, `dmesg` in the guest: dm-verity's "data block N is
+    // corrupted" lines, KERN_ERR), which the command line's loglevel=3 keeps off the console.
     assert!(
-        console
-            .lines()
-            .any(|l| l.contains("device-mapper: verity") && l.contains("is corrupted")),
-        "the kernel's report of the block"
+        corrupted >= 1,
+        "no corrupted block in the guest's kernel log: {report:?}"
     );
 }
