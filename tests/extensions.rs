@@ -1397,25 +1397,15 @@ fn openssl_verity_signer(cert: &Path) -> String {
         .filter(|l| l.contains(":d=2 "))
         .map(|l| {
             let off: usize = l.split(':').next().unwrap().trim().parse().unwrap();
-            let hl: usize = l
-                .split("hl=")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            let len: usize = l
-                .split("l=")
-                .nth(2)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            (off, off + hl + len)
+            // `hl=N` (header length) and then `l=N` (content length), as asn1parse prints them.
+            let field = |key: &str, nth: usize| -> usize {
+                l.split(key)
+                    .nth(nth)
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no {key} in {l:?}"))
+            };
+            (off, off + field("hl=", 1) + field("l=", 2))
         })
         .collect();
     assert!(
