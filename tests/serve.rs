@@ -1697,15 +1697,9 @@ fn make_credential_to_an_ecc_ek_opens_on_the_tpm() {
     );
     run(&["tpm2_flushcontext", "-t"], true);
     run(&["tpm2_flushcontext", "-s"], true);
-    let ek = TpmPublic::parse(&std::fs::read(d.join("ek.pub")).unwrap()).unwrap();
-    ek.check_ek().unwrap();
-    let ak = TpmPublic::parse(&std::fs::read(d.join("ak.pub")).unwrap()).unwrap();
-    let mut other_name = ak.name.clone();
-    *other_name.last_mut().unwrap() ^= 1;
-    for (name, ok) in [(&ak.name, true), (&other_name, false)] {
-        let cred = make_credential(&ek, name, SECRET).unwrap();
-        std::fs::write(d.join("cred.bin"), CredentialFile(cred).encode()).unwrap();
-        let _ = std::fs::remove_file(d.join("out.bin"));
+    // TPM2_ActivateCredential of d/cred.bin into d/out.bin with the AK and the ECC EK (its
+    // policy session, PolicySecret of the endorsement hierarchy); `ok`: whether it succeeds.
+    let activate = |ok: bool| {
         run(
             &[
                 "tpm2_startauthsession",
@@ -1733,6 +1727,17 @@ fn make_credential_to_an_ecc_ek_opens_on_the_tpm() {
             ok,
         );
         run(&["tpm2_flushcontext", "session.ctx"], true);
+    };
+    let ek = TpmPublic::parse(&std::fs::read(d.join("ek.pub")).unwrap()).unwrap();
+    ek.check_ek().unwrap();
+    let ak = TpmPublic::parse(&std::fs::read(d.join("ak.pub")).unwrap()).unwrap();
+    let mut other_name = ak.name.clone();
+    *other_name.last_mut().unwrap() ^= 1;
+    for (name, ok) in [(&ak.name, true), (&other_name, false)] {
+        let cred = make_credential(&ek, name, SECRET).unwrap();
+        std::fs::write(d.join("cred.bin"), CredentialFile(cred).encode()).unwrap();
+        let _ = std::fs::remove_file(d.join("out.bin"));
+        activate(ok);
         run(&["tpm2_flushcontext", "-t"], true);
         if ok {
             assert_eq!(std::fs::read(d.join("out.bin")).unwrap(), SECRET);
@@ -1754,33 +1759,7 @@ fn make_credential_to_an_ecc_ek_opens_on_the_tpm() {
         .unwrap();
     let file = imgctl_service::api::decode_blob(&e.credential).unwrap();
     std::fs::write(d.join("cred.bin"), file).unwrap();
-    run(
-        &[
-            "tpm2_startauthsession",
-            "--policy-session",
-            "-S",
-            "session.ctx",
-        ],
-        true,
-    );
-    run(&["tpm2_policysecret", "-S", "session.ctx", "-c", "e"], true);
-    run(
-        &[
-            "tpm2_activatecredential",
-            "-c",
-            "ak.ctx",
-            "-C",
-            EK,
-            "-i",
-            "cred.bin",
-            "-o",
-            "out.bin",
-            "-P",
-            "session:session.ctx",
-        ],
-        true,
-    );
-    run(&["tpm2_flushcontext", "session.ctx"], true);
+    activate(true);
     c.activate(&ActivateRequest {
         machine: e.machine.clone(),
         secret: std::fs::read(d.join("out.bin")).unwrap(),
