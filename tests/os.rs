@@ -2265,57 +2265,52 @@ fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root
     // hash).
     let dir = tempfile::tempdir().unwrap();
     let key = b.dir.path().join("os.key");
-    let plain = dir.path().join("os-log");
-    common::run_ok(Command::new("cp").arg("-a").arg(&b.log).arg(&plain));
-    common::run_ok(
-        common::imgctl()
-            .args(["log", "append"])
-            .arg(&plain)
-            .arg("--key")
-            .arg(&key)
-            .arg("--entry")
-            .arg(r.signed.with_file_name("manifest.json")),
-    );
-    let with_sysext = dir.path().join("os-log-sysext");
-    common::run_ok(Command::new("cp").arg("-a").arg(&plain).arg(&with_sysext));
-    let published = dir.path().join("sysext");
-    common::run_ok(
-        common::imgctl()
-            .args(["ext", "build"])
-            .arg(common::repo_root().join("recipes/demo-sysext.yaml"))
-            .arg("-o")
-            .arg(&published)
-            .arg("--log")
-            .arg(&with_sysext)
-            .arg("--log-key")
-            .arg(&key)
-            .env("SOURCE_DATE_EPOCH", "0"),
-    );
+    // A copy of the log `from`, named `name`.
+    let copy_log = |from: &Path, name: &str| -> PathBuf {
+        let to = dir.path().join(name);
+        common::run_ok(Command::new("cp").arg("-a").arg(from).arg(&to));
+        to
+    };
+    // `log append LOG --entry ENTRY` with the log's key.
+    let append = |log: &Path, entry: &Path| {
+        common::run_ok(
+            common::imgctl()
+                .args(["log", "append"])
+                .arg(log)
+                .arg("--key")
+                .arg(&key)
+                .arg("--entry")
+                .arg(entry),
+        );
+    };
+    // `ext build recipes/RECIPE -o OUT --log LOG` (reproducible: SOURCE_DATE_EPOCH=0); OUT.
+    let publish_ext = |recipe: &str, out: &str, log: &Path| -> PathBuf {
+        let out = dir.path().join(out);
+        common::run_ok(
+            common::imgctl()
+                .args(["ext", "build"])
+                .arg(common::repo_root().join("recipes").join(recipe))
+                .arg("-o")
+                .arg(&out)
+                .arg("--log")
+                .arg(log)
+                .arg("--log-key")
+                .arg(&key)
+                .env("SOURCE_DATE_EPOCH", "0"),
+        );
+        out
+    };
+    let plain = copy_log(&b.log, "os-log");
+    append(&plain, &r.signed.with_file_name("manifest.json"));
+    let with_sysext = copy_log(&plain, "os-log-sysext");
+    let published = publish_ext("demo-sysext.yaml", "sysext", &with_sysext);
     assert_eq!(
         root_hash(&published.join("demo-sysext.raw")),
         root_hash(&r.sysext)
     );
     // And a copy with the demo confext published too (`ext build --log`, reproducible).
-    let with_both = dir.path().join("os-log-sysext-confext");
-    common::run_ok(
-        Command::new("cp")
-            .arg("-a")
-            .arg(&with_sysext)
-            .arg(&with_both),
-    );
-    let published_confext = dir.path().join("confext");
-    common::run_ok(
-        common::imgctl()
-            .args(["ext", "build"])
-            .arg(common::repo_root().join("recipes/demo-confext.yaml"))
-            .arg("-o")
-            .arg(&published_confext)
-            .arg("--log")
-            .arg(&with_both)
-            .arg("--log-key")
-            .arg(&key)
-            .env("SOURCE_DATE_EPOCH", "0"),
-    );
+    let with_both = copy_log(&with_sysext, "os-log-sysext-confext");
+    let published_confext = publish_ext("demo-confext.yaml", "confext", &with_both);
     let confext_hash = root_hash(&r.confext);
     assert_eq!(
         root_hash(&published_confext.join("demo-confext.confext.raw")),
@@ -2385,8 +2380,7 @@ fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root
     // The rebuilt UKI's record without what its `.pcrsig` signs (no `policy`), with the
     // sysext and the confext published: the UKI booted with a signed PCR policy the log does
     // not show.
-    let unsigned = dir.path().join("os-log-no-policy");
-    common::run_ok(Command::new("cp").arg("-a").arg(&b.log).arg(&unsigned));
+    let unsigned = copy_log(&b.log, "os-log-no-policy");
     let mut record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(r.signed.with_file_name("manifest.json")).unwrap())
             .unwrap();
@@ -2397,39 +2391,9 @@ fn an_activated_sysext_is_measured_into_pcr15_and_resolved_to_its_published_root
     record.as_object_mut().unwrap().remove("policy");
     let entry = dir.path().join("no-policy.json");
     std::fs::write(&entry, record.to_string()).unwrap();
-    common::run_ok(
-        common::imgctl()
-            .args(["log", "append"])
-            .arg(&unsigned)
-            .arg("--key")
-            .arg(&key)
-            .arg("--entry")
-            .arg(&entry),
-    );
-    common::run_ok(
-        common::imgctl()
-            .args(["ext", "build"])
-            .arg(common::repo_root().join("recipes/demo-sysext.yaml"))
-            .arg("-o")
-            .arg(dir.path().join("sysext-again"))
-            .arg("--log")
-            .arg(&unsigned)
-            .arg("--log-key")
-            .arg(&key)
-            .env("SOURCE_DATE_EPOCH", "0"),
-    );
-    common::run_ok(
-        common::imgctl()
-            .args(["ext", "build"])
-            .arg(common::repo_root().join("recipes/demo-confext.yaml"))
-            .arg("-o")
-            .arg(dir.path().join("confext-again"))
-            .arg("--log")
-            .arg(&unsigned)
-            .arg("--log-key")
-            .arg(&key)
-            .env("SOURCE_DATE_EPOCH", "0"),
-    );
+    append(&unsigned, &entry);
+    publish_ext("demo-sysext.yaml", "sysext-again", &unsigned);
+    publish_ext("demo-confext.yaml", "confext-again", &unsigned);
     let (code, text) = verify(&unsigned, "[4, 11, 13, 15]");
     assert_eq!(code, Some(1), "a signed policy not published: {text}");
     let rejects: Vec<&str> = text
